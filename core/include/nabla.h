@@ -1,0 +1,520 @@
+/* nabla.h - the whole application API of Nabla: tensors, ops, autograd, nn, optim.
+ *
+ * Conventions. Functions that act return nb_status (NB_OK == 0); functions that create return a
+ * pointer, or NULL with the reason in nb_last_error(). Every nb_tensor * you receive is yours to
+ * release with nb_release(); every pointer you pass is borrowed. An op given NULL returns NULL
+ * and keeps the first error, so nb_sum(nb_mul(a, b)) needs one check at the end (the
+ * intermediate is then yours too: wrap such chains in nb_scope_begin/end).
+ */
+#ifndef NABLA_H
+#define NABLA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NABLA_VERSION_MAJOR 0
+#define NABLA_VERSION_MINOR 1
+#define NABLA_VERSION_PATCH 0
+
+/* ---- Types shared with nabla_plugin.h (kept identical; the core checks it at compile time) -- */
+#ifndef NB_SHARED_TYPES_DEFINED
+#define NB_SHARED_TYPES_DEFINED
+
+#define NB_MAX_DIMS 8
+
+/* Element types. Values are part of the ABI and never change. */
+typedef enum nb_dtype {
+    NB_DTYPE_F32 = 0,
+    NB_DTYPE_F64 = 1,
+    NB_DTYPE_I32 = 2,
+    NB_DTYPE_I64 = 3,
+    NB_DTYPE_BOOL = 4, /* one byte, 0 or 1 */
+    NB_DTYPE_U8 = 5,
+    NB_DTYPE_COUNT
+} nb_dtype;
+
+/* Status codes: X(name, value, description). Append only; never renumber. */
+#define NB_STATUS_MAP(X)                                                                   \
+    X(OK, 0, "success")                                                                    \
+    X(INVALID_ARGUMENT, 1, "invalid argument")                                             \
+    X(NULL_ARGUMENT, 2, "NULL argument")                                                   \
+    X(SHAPE_MISMATCH, 3, "shape mismatch")                                                 \
+    X(DTYPE_UNSUPPORTED, 4, "dtype not supported")                                         \
+    X(DEVICE_MISMATCH, 5, "tensors on different devices")                                  \
+    X(UNKNOWN_DEVICE, 6, "unknown device")                                                 \
+    X(DEVICE_OUT_OF_RANGE, 7, "device index out of range")                                 \
+    X(OUT_OF_MEMORY, 8, "out of memory")                                                   \
+    X(NOT_IMPLEMENTED, 9, "operation not implemented on this device")                      \
+    X(PLUGIN_LOAD, 10, "plugin failed to load")                                            \
+    X(ABI_MISMATCH, 11, "plugin ABI mismatch")                                             \
+    X(DEVICE_ERROR, 12, "device or driver error")                                          \
+    X(AUTOGRAD, 13, "autograd error")                                                      \
+    X(VIEW_STRIDES, 14, "view not possible with these strides")                            \
+    X(INDEX_OUT_OF_RANGE, 15, "index out of range")                                        \
+    X(IO, 16, "input/output error")                                                        \
+    X(FORMAT, 17, "malformed data")                                                        \
+    X(STATE, 18, "object in the wrong state")                                              \
+    X(NO_DEVICE, 19, "no device available")
+
+typedef enum nb_status {
+#define NB_STATUS_ENUM_(name, value, desc) NB_##name = value,
+    NB_STATUS_MAP(NB_STATUS_ENUM_)
+#undef NB_STATUS_ENUM_
+} nb_status;
+
+#endif /* NB_SHARED_TYPES_DEFINED */
+
+/* ======================================== Runtime ========================================= */
+
+const char *nb_status_str(nb_status status);
+/* Message of the last error on this thread ("" if none). Reading it never changes it. */
+const char *nb_last_error(void);
+nb_status nb_last_status(void);
+void nb_clear_error(void);
+
+/* Loads plugins and sets up devices; called implicitly by the first call that needs it. */
+nb_status nb_init(void);
+/* Frees caches and unloads plugins. Returns NB_STATE (with a message counting them) if tensors
+ * or other objects are still alive, which makes every test's teardown a leak check. */
+nb_status nb_shutdown(void);
+/* Objects alive now: tensors and storages (for tests and leak reports). */
+int64_t nb_live_tensors(void);
+int64_t nb_live_storages(void);
+
+/* Host memory used for every core object; replaceable so tests can inject failures. */
+typedef struct nb_allocator {
+    void *(*malloc)(size_t size);
+    void *(*realloc)(void *ptr, size_t size);
+    void (*free)(void *ptr);
+} nb_allocator;
+/* NULL restores the C library's. Only while no object is alive. */
+nb_status nb_set_allocator(const nb_allocator *allocator);
+void nb_free(void *ptr); /* frees strings the API returns (nb_tensor_str...) */
+
+/* Scopes: tensors created inside begin/end are released at end unless handed to nb_keep(). */
+void nb_scope_begin(void);
+void nb_scope_end(void);
+struct nb_tensor *nb_keep(struct nb_tensor *t); /* returns t, now owned by the enclosing code */
+
+/* ======================================= Devices ========================================== */
+
+/* Device strings: "type[:index]" ("cuda" means "cuda:0"). */
+nb_status nb_set_default_device(const char *device);
+const char *nb_default_device(void); /* "cpu" unless set or NABLA_DEVICE says otherwise */
+int nb_device_count(const char *type); /* -1 with an error for an unknown type */
+/* Canonical "type:index" into buf; an error for malformed, unknown or out-of-range strings. */
+nb_status nb_device_parse(const char *device, char *buf, size_t len);
+nb_status nb_synchronize(const char *device);
+/* true if the device runs `op` for `dtype` with a kernel of its own (not a composite). */
+bool nb_device_has_kernel(const char *device, const char *op, nb_dtype dtype);
+
+/* Plugins: discovered from NABLA_PLUGIN_PATH, the core library's folder and the install folder. */
+nb_status nb_plugin_load(const char *path);
+typedef struct nb_plugin_info {
+    const char *name;    /* device type, or the file name if it did not load */
+    const char *path;    /* file it came from */
+    const char *version; /* plugin's own version string ("" if it did not load) */
+    uint32_t abi_major, abi_minor;
+    bool loaded;
+    int devices;         /* device count */
+    const char *note;    /* why it failed to load, or why it has no device; "" if none */
+    size_t n_kernels;    /* native kernels */
+} nb_plugin_info;
+size_t nb_plugin_count(void); /* loaded and failed ones */
+nb_status nb_plugin_get(size_t i, nb_plugin_info *info);
+/* Names of the ops the core dispatches (tier 1 and tier 2), for coverage listings. */
+size_t nb_op_count(void);
+const char *nb_op_name(size_t i);
+
+/* ======================================== Tensors ========================================= */
+
+typedef struct nb_tensor nb_tensor;
+
+typedef struct nb_shape {
+    int32_t ndim;
+    int64_t dims[NB_MAX_DIMS];
+} nb_shape;
+
+#define NB_SHAPE(...)                                                                       \
+    ((nb_shape){.ndim = (int32_t)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)),       \
+                .dims = {__VA_ARGS__}})
+#define NB_SHAPE_SCALAR ((nb_shape){.ndim = 0})
+
+/* Creation options; the zero value means float32, default device, no grad. */
+typedef struct nb_opts {
+    nb_dtype dtype;
+    const char *device;
+    bool requires_grad;
+} nb_opts;
+
+const char *nb_dtype_name(nb_dtype dtype); /* "float32", "int64", ... */
+size_t nb_dtype_size(nb_dtype dtype);
+bool nb_dtype_is_float(nb_dtype dtype);
+nb_dtype nb_promote_types(nb_dtype a, nb_dtype b); /* PyTorch's rules */
+
+nb_tensor *nb_retain(nb_tensor *t); /* returns t with one more reference */
+void nb_release(nb_tensor *t);      /* NULL is a no-op */
+
+/* Creation. `data` holds numel elements of opts.dtype, row-major. */
+nb_tensor *nb_from_data(const void *data, nb_shape shape, nb_opts opts);
+/* Wraps `data` without copying (torch.as_tensor); `release(ctx)` runs when the last view dies.
+ * Only on devices that address host memory (cpu); elsewhere it copies. release may be NULL. */
+nb_tensor *nb_from_blob(void *data, nb_shape shape, nb_opts opts, void (*release)(void *ctx),
+                        void *ctx);
+nb_tensor *nb_scalar(double value, nb_opts opts); /* 0-d */
+nb_tensor *nb_empty(nb_shape shape, nb_opts opts);
+nb_tensor *nb_zeros(nb_shape shape, nb_opts opts);
+nb_tensor *nb_ones(nb_shape shape, nb_opts opts);
+nb_tensor *nb_full(nb_shape shape, double value, nb_opts opts);
+nb_tensor *nb_arange(double start, double end, double step, nb_opts opts);
+nb_tensor *nb_linspace(double start, double end, int64_t steps, nb_opts opts);
+nb_tensor *nb_eye(int64_t n, int64_t m, nb_opts opts); /* m <= 0 means m = n */
+nb_tensor *nb_rand(nb_shape shape, nb_opts opts);       /* uniform [0, 1) */
+nb_tensor *nb_randn(nb_shape shape, nb_opts opts);      /* standard normal */
+nb_tensor *nb_normal(double mean, double std, nb_shape shape, nb_opts opts);
+nb_tensor *nb_uniform(double low, double high, nb_shape shape, nb_opts opts);
+nb_tensor *nb_randint(int64_t low, int64_t high, nb_shape shape, nb_opts opts); /* [low, high) */
+nb_tensor *nb_randperm(int64_t n, nb_opts opts); /* int64 by default when opts.dtype is f32 */
+nb_tensor *nb_empty_like(const nb_tensor *t);
+nb_tensor *nb_zeros_like(const nb_tensor *t);
+nb_tensor *nb_ones_like(const nb_tensor *t);
+nb_tensor *nb_full_like(const nb_tensor *t, double value);
+nb_tensor *nb_rand_like(const nb_tensor *t);
+nb_tensor *nb_randn_like(const nb_tensor *t);
+/* The global generator: same seed, same numbers, on every run and every device. */
+void nb_manual_seed(uint64_t seed);
+uint64_t nb_initial_seed(void);
+
+/* Inspection. */
+int32_t nb_tensor_ndim(const nb_tensor *t);
+nb_shape nb_tensor_shape(const nb_tensor *t);
+int64_t nb_tensor_size(const nb_tensor *t, int32_t dim); /* negative dims count from the end */
+int64_t nb_tensor_stride(const nb_tensor *t, int32_t dim);
+int64_t nb_tensor_numel(const nb_tensor *t);
+nb_dtype nb_tensor_dtype(const nb_tensor *t);
+const char *nb_tensor_device(const nb_tensor *t); /* "cpu", "cuda:0", "opencl:0" */
+int64_t nb_tensor_offset(const nb_tensor *t);     /* storage offset in elements */
+bool nb_tensor_is_contiguous(const nb_tensor *t);
+bool nb_tensor_shares_storage(const nb_tensor *a, const nb_tensor *b);
+int64_t nb_tensor_version(const nb_tensor *t); /* bumped by every in-place change */
+
+/* Data in and out. Buffers hold numel elements of the tensor's dtype, row-major. */
+nb_status nb_tensor_copy_to_host(const nb_tensor *t, void *dst, size_t bytes);
+nb_status nb_tensor_copy_from_host(nb_tensor *t, const void *src, size_t bytes);
+nb_status nb_item(const nb_tensor *t, double *value); /* one-element tensors */
+nb_status nb_tensor_copy_(nb_tensor *dst, const nb_tensor *src); /* broadcast, cast, any device */
+bool nb_allclose(const nb_tensor *a, const nb_tensor *b, double rtol, double atol);
+bool nb_equal(const nb_tensor *a, const nb_tensor *b); /* same shape and values */
+nb_tensor *nb_to_device(const nb_tensor *t, const char *device); /* t itself (retained) if there */
+nb_tensor *nb_to_dtype(const nb_tensor *t, nb_dtype dtype);
+nb_tensor *nb_clone(const nb_tensor *t);
+
+/* PyTorch's printing: "tensor([[1., 1.],\n        [1., 1.]], requires_grad=True)". */
+char *nb_tensor_str(const nb_tensor *t); /* free with nb_free */
+nb_status nb_fprint(FILE *f, const nb_tensor *t); /* with a newline */
+nb_status nb_print(const nb_tensor *t);           /* to stdout */
+
+/* ====================================== Views ============================================ */
+/* Views share storage with their base. Dims may be negative (counted from the end). */
+
+nb_tensor *nb_view(const nb_tensor *t, nb_shape shape); /* one dim may be -1 */
+nb_tensor *nb_reshape(const nb_tensor *t, nb_shape shape); /* copies only when it must */
+nb_tensor *nb_transpose(const nb_tensor *t, int32_t dim0, int32_t dim1);
+nb_tensor *nb_t(const nb_tensor *t); /* 2-d transpose */
+nb_tensor *nb_permute(const nb_tensor *t, const int32_t *dims, int32_t ndims);
+nb_tensor *nb_squeeze(const nb_tensor *t, int32_t dim);
+nb_tensor *nb_squeeze_all(const nb_tensor *t);
+nb_tensor *nb_unsqueeze(const nb_tensor *t, int32_t dim);
+nb_tensor *nb_flatten(const nb_tensor *t, int32_t start_dim, int32_t end_dim);
+nb_tensor *nb_expand(const nb_tensor *t, nb_shape shape); /* -1 keeps a dim */
+nb_tensor *nb_narrow(const nb_tensor *t, int32_t dim, int64_t start, int64_t length);
+nb_tensor *nb_slice(const nb_tensor *t, int32_t dim, int64_t start, int64_t end, int64_t step);
+nb_tensor *nb_select(const nb_tensor *t, int32_t dim, int64_t index);
+nb_tensor *nb_contiguous(const nb_tensor *t); /* t itself (retained) when already contiguous */
+nb_tensor *nb_detach(const nb_tensor *t);     /* shares storage, no grad */
+
+/* Joining and indexing (copies). */
+nb_tensor *nb_cat(nb_tensor *const *ts, int32_t n, int32_t dim);
+nb_tensor *nb_stack(nb_tensor *const *ts, int32_t n, int32_t dim);
+nb_tensor *nb_index_select(const nb_tensor *t, int32_t dim, const nb_tensor *index);
+nb_tensor *nb_gather(const nb_tensor *t, int32_t dim, const nb_tensor *index);
+nb_tensor *nb_scatter_add(const nb_tensor *t, int32_t dim, const nb_tensor *index,
+                          const nb_tensor *src);
+
+/* ==================================== Elementwise ========================================= */
+/* Binary ops broadcast and promote dtypes like PyTorch. In-place forms return NB_OK or an error
+ * and require the result to fit the destination's shape and dtype. */
+
+#define NB_BINARY_OPS_(X) X(add) X(sub) X(mul) X(div) X(pow) X(maximum) X(minimum)
+#define NB_COMPARE_OPS_(X) X(eq) X(ne) X(lt) X(le) X(gt) X(ge)
+#define NB_LOGICAL_OPS_(X) X(logical_and) X(logical_or) X(logical_xor)
+#define NB_UNARY_OPS_(X)                                                                   \
+    X(neg) X(abs) X(exp) X(log) X(sqrt) X(rsqrt) X(sin) X(cos) X(tanh) X(sigmoid) X(relu)  \
+    X(sign) X(floor) X(ceil) X(round)
+
+#define NB_DECLARE_BINARY_(name)                                                           \
+    nb_tensor *nb_##name(const nb_tensor *a, const nb_tensor *b);                          \
+    nb_tensor *nb_##name##_scalar(const nb_tensor *a, double b);                           \
+    nb_status nb_##name##_(nb_tensor *a, const nb_tensor *b);                               \
+    nb_status nb_##name##_scalar_(nb_tensor *a, double b);
+#define NB_DECLARE_COMPARE_(name)                                                          \
+    nb_tensor *nb_##name(const nb_tensor *a, const nb_tensor *b);                          \
+    nb_tensor *nb_##name##_scalar(const nb_tensor *a, double b);
+#define NB_DECLARE_LOGICAL_(name) nb_tensor *nb_##name(const nb_tensor *a, const nb_tensor *b);
+#define NB_DECLARE_UNARY_(name)                                                            \
+    nb_tensor *nb_##name(const nb_tensor *a);                                              \
+    nb_status nb_##name##_(nb_tensor *a);
+
+NB_BINARY_OPS_(NB_DECLARE_BINARY_)
+NB_COMPARE_OPS_(NB_DECLARE_COMPARE_)
+NB_LOGICAL_OPS_(NB_DECLARE_LOGICAL_)
+NB_UNARY_OPS_(NB_DECLARE_UNARY_)
+
+nb_tensor *nb_rsub_scalar(const nb_tensor *a, double s); /* s - a */
+nb_tensor *nb_rdiv_scalar(const nb_tensor *a, double s); /* s / a */
+nb_tensor *nb_logical_not(const nb_tensor *a);
+/* clamp: NAN for a bound means "no bound" (clamp(min=0) is nb_clamp(x, 0, NAN)). */
+nb_tensor *nb_clamp(const nb_tensor *a, double min, double max);
+nb_status nb_clamp_(nb_tensor *a, double min, double max);
+nb_tensor *nb_where(const nb_tensor *cond, const nb_tensor *a, const nb_tensor *b);
+nb_status nb_fill_(nb_tensor *t, double value);
+nb_status nb_zero_(nb_tensor *t);
+/* a + alpha * b, in place (the optimizer's workhorse). */
+nb_status nb_add_scaled_(nb_tensor *a, const nb_tensor *b, double alpha);
+
+/* ===================================== Reductions ========================================= */
+/* dims == NULL (ndims 0) reduces over all dims. */
+
+nb_tensor *nb_sum(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool keepdim);
+nb_tensor *nb_mean(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool keepdim);
+nb_tensor *nb_prod(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool keepdim);
+nb_tensor *nb_amax(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool keepdim);
+nb_tensor *nb_amin(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool keepdim);
+/* correction = 1 is the unbiased estimate (PyTorch's default). */
+nb_tensor *nb_var(const nb_tensor *t, const int32_t *dims, int32_t ndims, int64_t correction,
+                  bool keepdim);
+nb_tensor *nb_std(const nb_tensor *t, const int32_t *dims, int32_t ndims, int64_t correction,
+                  bool keepdim);
+nb_tensor *nb_norm(const nb_tensor *t, double p, const int32_t *dims, int32_t ndims,
+                   bool keepdim);
+/* max/min over one dim with their indices (either output pointer may be NULL). */
+nb_status nb_max_dim(const nb_tensor *t, int32_t dim, bool keepdim, nb_tensor **values,
+                     nb_tensor **indices);
+nb_status nb_min_dim(const nb_tensor *t, int32_t dim, bool keepdim, nb_tensor **values,
+                     nb_tensor **indices);
+nb_tensor *nb_argmax(const nb_tensor *t, int32_t dim, bool keepdim); /* dim < -ndim: flat */
+nb_tensor *nb_argmin(const nb_tensor *t, int32_t dim, bool keepdim);
+#define NB_ALL_DIMS INT32_MIN /* for nb_argmax/nb_argmin over the flattened tensor */
+
+/* ===================================== Linear algebra ===================================== */
+
+nb_tensor *nb_mm(const nb_tensor *a, const nb_tensor *b);  /* (n,k) @ (k,m) */
+nb_tensor *nb_bmm(const nb_tensor *a, const nb_tensor *b); /* (b,n,k) @ (b,k,m) */
+nb_tensor *nb_matmul(const nb_tensor *a, const nb_tensor *b); /* torch.matmul's rules */
+/* beta * c + alpha * (a @ b) */
+nb_tensor *nb_addmm(const nb_tensor *c, const nb_tensor *a, const nb_tensor *b, double beta,
+                    double alpha);
+
+/* ======================================= Autograd ========================================= */
+
+bool nb_tensor_requires_grad(const nb_tensor *t);
+/* Only floating point tensors can require gradients; NB_DTYPE_UNSUPPORTED otherwise. */
+nb_status nb_tensor_set_requires_grad(nb_tensor *t, bool requires_grad);
+bool nb_tensor_is_leaf(const nb_tensor *t);
+/* The accumulated gradient (a new reference) or NULL without error when there is none. */
+nb_tensor *nb_tensor_grad(const nb_tensor *t);
+nb_status nb_tensor_set_grad(nb_tensor *t, const nb_tensor *grad); /* NULL clears it */
+nb_status nb_tensor_zero_grad(nb_tensor *t); /* sets .grad to None, like set_to_none=True */
+nb_status nb_tensor_retain_grad(nb_tensor *t);
+
+/* The graph. A nb_grad_fn is borrowed: valid while a tensor of that graph is alive. */
+typedef struct nb_grad_fn nb_grad_fn;
+const nb_grad_fn *nb_tensor_grad_fn(const nb_tensor *t); /* NULL for leaves */
+const char *nb_grad_fn_name(const nb_grad_fn *fn);       /* "AddBackward0", "AccumulateGrad" */
+int32_t nb_grad_fn_next_count(const nb_grad_fn *fn);
+/* The i-th next function (NULL for inputs that need no grad). */
+const nb_grad_fn *nb_grad_fn_next(const nb_grad_fn *fn, int32_t i);
+
+/* grad may be NULL for one-element outputs. */
+nb_status nb_backward(nb_tensor *t, const nb_tensor *grad, bool retain_graph);
+
+typedef struct nb_grad_opts {
+    bool retain_graph; /* defaults to create_graph */
+    bool create_graph; /* build a graph of the gradient itself (higher order) */
+    bool allow_unused; /* an input the outputs do not depend on gets NULL instead of an error */
+} nb_grad_opts;
+/* torch.autograd.grad: grads[i] = d(sum outputs * grad_outputs) / d inputs[i] (new refs). */
+nb_status nb_grad(nb_tensor *const *outputs, nb_tensor *const *grad_outputs, int32_t n_outputs,
+                  nb_tensor *const *inputs, int32_t n_inputs, nb_grad_opts opts,
+                  nb_tensor **grads);
+
+/* Thread-local grad mode. nb_set_grad_enabled returns the previous mode. */
+bool nb_is_grad_enabled(void);
+bool nb_set_grad_enabled(bool enabled);
+void nb_no_grad_begin(void); /* nests */
+void nb_no_grad_end(void);
+
+/* Hooks see the gradient flowing into t; return NULL to keep it or a new tensor to replace it. */
+typedef nb_tensor *(*nb_grad_hook_fn)(const nb_tensor *grad, void *ctx);
+nb_status nb_tensor_register_hook(nb_tensor *t, nb_grad_hook_fn fn, void *ctx);
+
+/* Custom differentiable functions. forward runs with grad disabled and returns the output;
+ * backward receives the output's gradient and writes one gradient per input (NULL allowed). */
+typedef struct nb_function {
+    const char *name; /* shown as grad_fn name */
+    nb_tensor *(*forward)(void *ctx, nb_tensor *const *inputs, int32_t n_inputs);
+    nb_status (*backward)(void *ctx, const nb_tensor *grad_output, nb_tensor **grad_inputs,
+                          int32_t n_inputs);
+    void (*free_ctx)(void *ctx); /* (optional) when the graph is freed */
+} nb_function;
+nb_tensor *nb_function_apply(const nb_function *fn, void *ctx, nb_tensor *const *inputs,
+                             int32_t n_inputs);
+
+/* Central finite differences in float64 against the analytic gradient. fn must return a new
+ * tensor computed from inputs (which must require grad). NB_OK if every entry agrees within
+ * atol + rtol * |numeric|; otherwise NB_AUTOGRAD with the first mismatch in the message. */
+typedef nb_tensor *(*nb_gradcheck_fn)(nb_tensor *const *inputs, int32_t n_inputs, void *ctx);
+nb_status nb_gradcheck(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs, int32_t n_inputs,
+                       double eps, double atol, double rtol);
+
+/* ================================== nn: functional ======================================== */
+
+typedef enum nb_reduction { NB_REDUCTION_MEAN = 0, NB_REDUCTION_SUM, NB_REDUCTION_NONE } nb_reduction;
+
+typedef struct nb_conv2d_opts {
+    int64_t stride[2];   /* 0 means 1 */
+    int64_t padding[2];
+    int64_t dilation[2]; /* 0 means 1 */
+    int64_t groups;      /* 0 means 1 */
+} nb_conv2d_opts;
+
+typedef struct nb_pool2d_opts {
+    int64_t kernel[2];
+    int64_t stride[2]; /* 0 means the kernel size */
+    int64_t padding[2];
+} nb_pool2d_opts;
+
+nb_tensor *nb_linear(const nb_tensor *x, const nb_tensor *w, const nb_tensor *b); /* b optional */
+nb_tensor *nb_conv2d(const nb_tensor *x, const nb_tensor *w, const nb_tensor *b,
+                     nb_conv2d_opts opts);
+nb_tensor *nb_max_pool2d(const nb_tensor *x, nb_pool2d_opts opts);
+nb_tensor *nb_avg_pool2d(const nb_tensor *x, nb_pool2d_opts opts);
+nb_tensor *nb_gelu(const nb_tensor *x);
+nb_tensor *nb_softmax(const nb_tensor *x, int32_t dim);
+nb_tensor *nb_log_softmax(const nb_tensor *x, int32_t dim);
+nb_tensor *nb_dropout(const nb_tensor *x, double p, bool training);
+nb_tensor *nb_batch_norm(const nb_tensor *x, nb_tensor *running_mean, nb_tensor *running_var,
+                         const nb_tensor *weight, const nb_tensor *bias, bool training,
+                         double momentum, double eps);
+nb_tensor *nb_mse_loss(const nb_tensor *input, const nb_tensor *target, nb_reduction r);
+nb_tensor *nb_binary_cross_entropy(const nb_tensor *input, const nb_tensor *target,
+                                   nb_reduction r);
+nb_tensor *nb_binary_cross_entropy_with_logits(const nb_tensor *input, const nb_tensor *target,
+                                               nb_reduction r);
+/* target: int64 class indices (N) for input (N, C) */
+nb_tensor *nb_cross_entropy(const nb_tensor *input, const nb_tensor *target, nb_reduction r);
+nb_tensor *nb_nll_loss(const nb_tensor *input, const nb_tensor *target, nb_reduction r);
+
+/* ==================================== nn: modules ========================================= */
+
+typedef struct nb_module nb_module;
+/* A module's forward: computes the output from x (a new reference). */
+typedef nb_tensor *(*nb_forward_fn)(nb_module *self, const nb_tensor *x);
+
+/* A container with a type name ("Net") and a forward of your own; add children and parameters. */
+nb_module *nb_module_new(const char *type_name, nb_forward_fn forward, void *user);
+void nb_module_free(nb_module *m); /* frees children too; NULL is a no-op */
+nb_status nb_module_add(nb_module *m, const char *name, nb_module *child); /* takes ownership */
+nb_status nb_module_add_parameter(nb_module *m, const char *name, nb_tensor *p); /* retains */
+nb_status nb_module_add_buffer(nb_module *m, const char *name, nb_tensor *b);    /* retains */
+nb_module *nb_module_child(const nb_module *m, const char *name); /* borrowed, or NULL */
+void *nb_module_user(const nb_module *m);
+nb_tensor *nb_module_forward(nb_module *m, const nb_tensor *x);
+/* Parameters in registration order, depth first; borrowed pointers valid while m lives. */
+int32_t nb_module_parameter_count(const nb_module *m);
+nb_tensor *nb_module_parameter(const nb_module *m, int32_t i);
+const char *nb_module_parameter_name(const nb_module *m, int32_t i); /* "conv1.weight" */
+/* Named state (parameters then buffers, depth first), for checkpoints. */
+int32_t nb_module_state_count(const nb_module *m);
+nb_tensor *nb_module_state(const nb_module *m, int32_t i, const char **name);
+nb_status nb_module_zero_grad(nb_module *m);
+nb_status nb_module_train(nb_module *m, bool training);
+bool nb_module_is_training(const nb_module *m);
+nb_status nb_module_to(nb_module *m, const char *device); /* moves parameters and buffers */
+char *nb_module_str(const nb_module *m); /* PyTorch's repr; free with nb_free */
+
+nb_module *nb_linear_new(int64_t in_features, int64_t out_features, bool bias, nb_opts opts);
+nb_module *nb_conv2d_new(int64_t in_channels, int64_t out_channels, int64_t kh, int64_t kw,
+                         nb_conv2d_opts conv, bool bias, nb_opts opts);
+nb_module *nb_max_pool2d_new(nb_pool2d_opts opts);
+nb_module *nb_relu_new(void);
+nb_module *nb_sigmoid_new(void);
+nb_module *nb_tanh_new(void);
+nb_module *nb_flatten_new(int32_t start_dim, int32_t end_dim);
+nb_module *nb_dropout_new(double p);
+nb_module *nb_batch_norm1d_new(int64_t features, double eps, double momentum, nb_opts opts);
+nb_module *nb_batch_norm2d_new(int64_t features, double eps, double momentum, nb_opts opts);
+nb_module *nb_sequential_new(nb_module *const *children, int32_t n); /* takes ownership */
+
+/* ======================================== optim =========================================== */
+
+typedef struct nb_optim nb_optim;
+typedef struct nb_sgd_opts {
+    double lr, momentum, dampening, weight_decay;
+    bool nesterov;
+} nb_sgd_opts;
+typedef struct nb_adam_opts {
+    double lr;       /* 0 means 1e-3 */
+    double beta1;    /* 0 means 0.9 */
+    double beta2;    /* 0 means 0.999 */
+    double eps;      /* 0 means 1e-8 */
+    double weight_decay; /* AdamW: 0 means 1e-2 */
+} nb_adam_opts;
+typedef struct nb_rmsprop_opts {
+    double lr;    /* 0 means 1e-2 */
+    double alpha; /* 0 means 0.99 */
+    double eps;   /* 0 means 1e-8 */
+    double weight_decay, momentum;
+} nb_rmsprop_opts;
+/* params are retained by the optimizer. */
+nb_optim *nb_sgd_new(nb_tensor *const *params, int32_t n, nb_sgd_opts opts);
+nb_optim *nb_adam_new(nb_tensor *const *params, int32_t n, nb_adam_opts opts);
+nb_optim *nb_adamw_new(nb_tensor *const *params, int32_t n, nb_adam_opts opts);
+nb_optim *nb_rmsprop_new(nb_tensor *const *params, int32_t n, nb_rmsprop_opts opts);
+/* All parameters of a module. */
+nb_optim *nb_sgd_new_for(const nb_module *m, nb_sgd_opts opts);
+nb_status nb_optim_step(nb_optim *o);
+nb_status nb_optim_zero_grad(nb_optim *o);
+double nb_optim_lr(const nb_optim *o);
+nb_status nb_optim_set_lr(nb_optim *o, double lr);
+void nb_optim_free(nb_optim *o);
+
+typedef struct nb_lr_scheduler nb_lr_scheduler;
+nb_lr_scheduler *nb_step_lr_new(nb_optim *o, int64_t step_size, double gamma);
+nb_lr_scheduler *nb_cosine_annealing_lr_new(nb_optim *o, int64_t t_max, double eta_min);
+nb_status nb_lr_scheduler_step(nb_lr_scheduler *s);
+void nb_lr_scheduler_free(nb_lr_scheduler *s);
+
+/* ==================================== Serialization ======================================= */
+
+/* safetensors files: named tensors (f32/f64/i32/i64/bool/u8), readable by the Python package. */
+nb_status nb_safetensors_save(const char *path, nb_tensor *const *tensors,
+                              const char *const *names, int32_t n);
+/* Loads every tensor onto `device` (NULL: default); *tensors and *names are arrays to release
+ * with nb_safetensors_free. */
+nb_status nb_safetensors_load(const char *path, const char *device, nb_tensor ***tensors,
+                              char ***names, int32_t *n);
+void nb_safetensors_free(nb_tensor **tensors, char **names, int32_t n);
+nb_status nb_module_save(const nb_module *m, const char *path);
+nb_status nb_module_load(nb_module *m, const char *path); /* shapes must match */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NABLA_H */
