@@ -6,11 +6,15 @@
 #include "nabla.h"
 #include "nabla_plugin.h"
 
+#include <stdatomic.h>
+
 /* ---- For the files built on ops (functional.c, nn.c, optim.c, serialize.c) ---- */
 
 /* Records an error for this thread and returns status; fmt is printf-style. */
 nb_status nbi_error(nb_status status, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The pending error's status, or a new error (status, msg) when none is pending. */
+nb_status nbi_last_or(nb_status status, const char *msg);
 
 /* true if the device of `like` has a native kernel for op at like's dtype. */
 bool nbi_has_kernel(const nb_tensor *like, const char *op);
@@ -20,5 +24,210 @@ bool nbi_has_kernel(const nb_tensor *like, const char *op);
  * operands are passed as they are (with their strides). f and i may be NULL (zeros). */
 nb_status nbi_run(const char *op, nb_tensor *out, nb_tensor *const *in, int32_t n_in,
                   const double *f, int32_t nf, const int64_t *i, int32_t ni);
+
+/* ---- Core-private from here on ---- */
+
+#define NBI_LIKELY(x) __builtin_expect(!!(x), 1)
+#define NBI_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* runtime.c: host memory through the replaceable allocator. */
+void *nbi_malloc(size_t size);
+void *nbi_calloc(size_t n, size_t size);
+void *nbi_realloc(void *p, size_t size);
+void nbi_free(void *p);
+char *nbi_strdup(const char *s);
+void nbi_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool nbi_error_pending(void); /* an op received NULL: keep the first error */
+nb_status nbi_ensure_init(void);
+/* Scopes track exactly the tensors handed to application code. Every public function runs its
+ * body one level deeper (NBI_API); a result leaving depth 0 goes into the open scope, while calls
+ * the core makes to its own public functions stay untracked. Application callbacks (forwards,
+ * hooks, custom functions) run at depth 0 again through nbi_call_user_begin/end. */
+extern _Thread_local int nbi_api_depth;
+void nbi_scope_track(nb_tensor *t);
+void nbi_scope_untrack(nb_tensor *t); /* a tensor a callback returned to the core */
+static inline nb_tensor *nbi_api_leave(nb_tensor *t)
+{
+    if (--nbi_api_depth == 0 && t)
+        nbi_scope_track(t);
+    return t;
+}
+#define NBI_API(expr) (nbi_api_depth++, nbi_api_leave(expr))
+#define NBI_API_STATUS(expr) (nbi_api_depth++, nbi_api_status_leave(expr))
+static inline nb_status nbi_api_status_leave(nb_status st)
+{
+    nbi_api_depth--;
+    return st;
+}
+static inline int nbi_call_user_begin(void)
+{
+    int saved = nbi_api_depth;
+    nbi_api_depth = 0;
+    return saved;
+}
+static inline void nbi_call_user_end(int saved) { nbi_api_depth = saved; }
+extern _Atomic int64_t nbi_live_tensor_count;
+extern _Atomic int64_t nbi_live_storage_count;
+
+/* Op ids: the core's own numbering; names cross the ABI as strings. */
+#define NBI_OPS(X)                                                                          \
+    X(fill) X(copy) X(arange)                                                              \
+    X(neg) X(abs) X(exp) X(log) X(sqrt) X(rsqrt) X(sin) X(cos) X(tanh) X(sigmoid) X(relu)   \
+    X(sign) X(floor) X(ceil) X(round) X(logical_not)                                       \
+    X(add_scalar) X(mul_scalar) X(rsub_scalar) X(div_scalar) X(rdiv_scalar) X(pow_scalar)  \
+    X(rpow_scalar) X(clamp)                                                                \
+    X(eq_scalar) X(ne_scalar) X(lt_scalar) X(le_scalar) X(gt_scalar) X(ge_scalar)          \
+    X(add) X(sub) X(mul) X(div) X(pow) X(maximum) X(minimum)                               \
+    X(eq) X(ne) X(lt) X(le) X(gt) X(ge) X(logical_and) X(logical_or) X(logical_xor)        \
+    X(where) X(sum) X(prod) X(max) X(min) X(argmax) X(argmin) X(matmul) X(gather)          \
+    X(scatter_add) X(random_uniform) X(random_normal)                                      \
+    X(relu_backward) X(softmax) X(log_softmax) X(log_softmax_backward) X(softmax_backward) \
+    X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
+    X(max_pool2d_backward) X(sgd_step) X(adam_step)
+
+typedef enum nbi_op {
+#define NBI_OP_ENUM_(name) NBI_OP_##name,
+    NBI_OPS(NBI_OP_ENUM_)
+#undef NBI_OP_ENUM_
+    NBI_OP_COUNT
+} nbi_op;
+
+const char *nbi_op_name(nbi_op op);
+int nbi_op_lookup(const char *name); /* -1 if unknown */
+
+/* device.c / plugin.c */
+typedef struct nbi_plugin nbi_plugin;
+
+typedef struct nbi_device {
+    nbi_plugin *plugin;
+    const nb_plugin *api;
+    int32_t index;      /* within the plugin */
+    char name[48];      /* "cpu", "opencl:0": as printed in device='...' and by nb_tensor_device */
+    nb_kernel_fn kernels[NBI_OP_COUNT][NB_DTYPE_COUNT];
+    bool is_cpu;
+    /* caching allocator: free blocks by size class */
+    struct nbi_storage *free_lists[256]; /* by size class, linked through handle-less storages */
+    size_t cached_bytes;
+    bool fell_back[NBI_OP_COUNT]; /* ops that ran on the CPU through NABLA_CPU_FALLBACK */
+} nbi_device;
+
+nb_status nbi_device_get(const char *device, nbi_device **out); /* NULL: default device */
+nbi_device *nbi_cpu_device(void);
+void nbi_devices_shutdown(void);
+nb_status nbi_plugins_discover(void);
+void nbi_plugins_unload(void);
+bool nbi_cpu_fallback_enabled(void);
+
+/* storage.c: reference-counted device buffers through the per-device cache. */
+typedef struct nbi_storage {
+    _Atomic int64_t refcount;
+    struct nbi_storage *next_free; /* in the device's cache while unused */
+    nbi_device *device;
+    void *handle;   /* plugin handle; never dereferenced here */
+    size_t bytes;   /* usable bytes */
+    size_t block;   /* bytes of the cached block (0 for wrapped host memory) */
+    void (*release)(void *ctx); /* from_blob */
+    void *release_ctx;
+    _Atomic int64_t version; /* shared by every view: bumped by in-place ops */
+} nbi_storage;
+
+nbi_storage *nbi_storage_new(nbi_device *dev, size_t bytes);
+nbi_storage *nbi_storage_wrap(nbi_device *dev, void *ptr, size_t bytes, void (*release)(void *),
+                              void *ctx);
+void nbi_storage_release(nbi_storage *s);
+void nbi_storage_cache_flush(nbi_device *dev);
+
+/* autograd.c */
+typedef struct nbi_node nbi_node;
+typedef struct nbi_hook nbi_hook;
+
+struct nb_tensor {
+    _Atomic int64_t refcount;
+    nbi_storage *storage;
+    int64_t offset; /* in elements */
+    nb_dtype dtype;
+    int32_t ndim;
+    int64_t shape[NB_MAX_DIMS];
+    int64_t strides[NB_MAX_DIMS];
+    /* autograd */
+    bool requires_grad;
+    bool retains_grad;
+    bool tracked; /* in an application scope */
+    nbi_node *grad_fn;  /* strong; NULL for leaves */
+    nbi_node *grad_acc; /* weak: the AccumulateGrad node of a leaf, if one exists */
+    nb_tensor *grad;
+    nbi_hook *hooks; /* for leaves; non-leaves keep theirs on grad_fn */
+};
+
+/* tensor.c */
+nb_tensor *nbi_tensor_new(nbi_device *dev, nb_dtype dtype, int32_t ndim, const int64_t *shape);
+nb_tensor *nbi_tensor_alias(const nb_tensor *t); /* new view object with the same geometry */
+nb_tensor *nbi_tensor_view(const nb_tensor *t, int32_t ndim, const int64_t *shape,
+                           const int64_t *strides, int64_t offset);
+int64_t nbi_numel(int32_t ndim, const int64_t *shape);
+bool nbi_is_contiguous(const nb_tensor *t);
+void nbi_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides);
+nb_status nbi_check_dim(const char *op, const nb_tensor *t, int32_t *dim, bool allow_end);
+void nbi_bump_version(nb_tensor *t);
+nb_status nbi_read_f64(const nb_tensor *t, double *dst); /* numel doubles, any dtype/device */
+nb_status nbi_shape_str(char *buf, size_t len, int32_t ndim, const int64_t *shape);
+#define NBI_SHAPE_STR(t) nbi_shape_cstr((t)->ndim, (t)->shape)
+const char *nbi_shape_cstr(int32_t ndim, const int64_t *shape); /* thread-local ring buffer */
+nb_dtype nbi_default_float(void);
+
+/* dispatch.c */
+nb_status nbi_launch(nbi_op op, nb_dtype kdtype, nb_tensor *out, nb_tensor *const *in,
+                     int32_t n_in, const double *f, int32_t nf, const int64_t *i, int32_t ni);
+bool nbi_device_has_op(const nbi_device *dev, nbi_op op, nb_dtype dtype);
+void nbi_fill_operand(nb_operand *o, const nb_tensor *t);
+
+/* autograd.c: nodes and recording. */
+typedef nb_status (*nbi_backward_fn)(nbi_node *node, nb_tensor *grad, nb_tensor **grad_inputs);
+
+#define NBI_MAX_SAVED 4
+struct nbi_node {
+    _Atomic int64_t refcount;
+    const char *name;
+    nbi_backward_fn backward;
+    int32_t n_in;
+    nbi_node **next;       /* n_in edges; NULL where the input needs no grad */
+    nb_shape *in_shape;    /* the inputs' shapes, to undo broadcasting */
+    nb_dtype *in_dtype;    /* and dtypes, to cast the gradient back */
+    nb_tensor *saved[NBI_MAX_SAVED];
+    int64_t saved_version[NBI_MAX_SAVED];
+    int32_t n_saved;
+    bool released; /* saved tensors freed by a backward without retain_graph */
+    double f[4];
+    int64_t i[NB_MAX_DIMS + 2];
+    nb_tensor *leaf;     /* AccumulateGrad: the leaf (strong) */
+    nb_tensor *retain;   /* weak: the non-leaf whose grad is retained */
+    nbi_hook *hooks;     /* hooks of the tensor this node produced */
+    const nb_function *fn; /* custom functions */
+    void *ctx;
+    nbi_node **extra_next; /* storage for edges when n_in is large */
+    /* engine scratch */
+    nb_tensor *buf;
+    int32_t deps;
+    uint32_t mark;
+};
+
+bool nbi_grad_needed(nb_tensor *const *inputs, int32_t n);
+/* Creates the node for `out` if grad mode is on and an input requires grad; NULL otherwise. */
+nbi_node *nbi_record(nb_tensor *out, const char *name, nbi_backward_fn bw,
+                     nb_tensor *const *inputs, int32_t n);
+void nbi_save(nbi_node *node, const nb_tensor *t); /* saves t (keeps its graph) */
+void nbi_save_detached(nbi_node *node, const nb_tensor *t); /* for outputs: no cycle */
+nb_status nbi_saved(nbi_node *node, int32_t k, nb_tensor **t); /* borrowed; checks versions */
+void nbi_node_release(nbi_node *n);
+void nbi_tensor_autograd_release(nb_tensor *t);
+nb_status nbi_check_inplace(const char *op, nb_tensor *t);
+nb_tensor *nbi_sum_to(const nb_tensor *g, const nb_shape *shape);
+
+/* ops.c: helpers for backward rules and composites. */
+nb_tensor *nbi_binary(nbi_op op, const nb_tensor *a, const nb_tensor *b);
+nb_tensor *nbi_reduce(nbi_op op, const nb_tensor *t, const int32_t *dims, int32_t ndims,
+                      bool keepdim);
+nb_tensor *nbi_expand_to(const nb_tensor *t, int32_t ndim, const int64_t *shape);
+nb_tensor *nbi_cast(const nb_tensor *t, nb_dtype dtype); /* no autograd */
 
 #endif

@@ -1,0 +1,318 @@
+/* plugin.c - finds, loads and validates plugins (dlopen + one entry symbol), and keeps the
+ * reason each one failed so nabla-info can show it. */
+#define _GNU_SOURCE
+#include "nabla_internal.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+nb_status nbi_host_error(nb_status status, const char *fmt, ...);
+nb_status nbi_plugin_attach(nbi_plugin *p);
+
+struct nbi_plugin {
+    char *path;
+    void *dl;
+    const nb_plugin *api;
+    bool loaded;
+    char note[512];
+    int32_t n_devices;
+    nbi_device *devices;
+};
+
+static nbi_plugin **plugins;
+static size_t n_plugins;
+
+static const nb_host host = {
+    .abi_major = NB_PLUGIN_ABI_MAJOR,
+    .abi_minor = NB_PLUGIN_ABI_MINOR,
+    .size = sizeof(nb_host),
+    .error = nbi_host_error,
+    .log = nbi_log,
+};
+
+size_t nbi_plugin_total(void) { return n_plugins; }
+nbi_plugin *nbi_plugin_at(size_t i) { return i < n_plugins ? plugins[i] : NULL; }
+int32_t nbi_plugin_device_count(const nbi_plugin *p) { return p->n_devices; }
+nbi_device *nbi_plugin_device(nbi_plugin *p, int32_t i) { return &p->devices[i]; }
+const nb_plugin *nbi_plugin_api(const nbi_plugin *p) { return p->loaded ? p->api : NULL; }
+
+static nbi_plugin *find_loaded_type(const char *type)
+{
+    for (size_t k = 0; k < n_plugins; k++)
+        if (plugins[k]->loaded && strcmp(plugins[k]->api->name, type) == 0)
+            return plugins[k];
+    return NULL;
+}
+
+/* Records the plugin (loaded or not). Returns the status of the load. */
+static nb_status load_one(const char *path, bool explicit)
+{
+    char real[PATH_MAX];
+    const char *key = realpath(path, real) ? real : path;
+    for (size_t k = 0; k < n_plugins; k++)
+        if (strcmp(plugins[k]->path, key) == 0)
+            return plugins[k]->loaded ? NB_OK
+                                      : nbi_error(NB_PLUGIN_LOAD, "plugin %s: %s", key,
+                                                  plugins[k]->note);
+
+    nbi_plugin *p = nbi_calloc(1, sizeof *p);
+    nbi_plugin **grown = nbi_realloc(plugins, (n_plugins + 1) * sizeof *grown);
+    if (!p || !grown || !(p->path = nbi_strdup(key))) {
+        nbi_free(p ? p->path : NULL);
+        nbi_free(p);
+        if (grown)
+            plugins = grown;
+        return nbi_error(NB_OUT_OF_MEMORY, "plugin %s: out of memory", path);
+    }
+    plugins = grown;
+    plugins[n_plugins++] = p;
+
+    nb_status st = NB_PLUGIN_LOAD;
+    p->dl = dlopen(key, RTLD_NOW | RTLD_LOCAL);
+    if (!p->dl) {
+        const char *why = dlerror();
+        snprintf(p->note, sizeof p->note, "cannot load: %s", why ? why : "unknown dlopen error");
+        goto fail;
+    }
+    nb_plugin_entry_fn entry = (nb_plugin_entry_fn)dlsym(p->dl, NB_PLUGIN_ENTRY_SYMBOL);
+    if (!entry) {
+        snprintf(p->note, sizeof p->note, "not a Nabla plugin: no '%s' symbol",
+                 NB_PLUGIN_ENTRY_SYMBOL);
+        goto fail;
+    }
+    nb_clear_error();
+    p->api = entry(&host);
+    if (!p->api) {
+        snprintf(p->note, sizeof p->note, "entry point refused to load: %s",
+                 *nb_last_error() ? nb_last_error() : "no reason given");
+        goto fail;
+    }
+    const nb_plugin *a = p->api;
+    if (a->abi_major != NB_PLUGIN_ABI_MAJOR) {
+        st = NB_ABI_MISMATCH;
+        snprintf(p->note, sizeof p->note, "ABI major %u, but this core speaks ABI %u.%u",
+                 a->abi_major, NB_PLUGIN_ABI_MAJOR, NB_PLUGIN_ABI_MINOR);
+        goto fail;
+    }
+    if (a->size < offsetof(nb_plugin, n_kernels) + sizeof a->n_kernels) {
+        st = NB_ABI_MISMATCH;
+        snprintf(p->note, sizeof p->note, "plugin table is %u bytes, ABI 1.0 needs at least %zu",
+                 a->size, offsetof(nb_plugin, n_kernels) + sizeof a->n_kernels);
+        goto fail;
+    }
+    if (!a->name || !*a->name || !a->device_count || !a->alloc || !a->free || !a->write ||
+        !a->read || (!a->kernels && a->n_kernels)) {
+        st = NB_ABI_MISMATCH;
+        snprintf(p->note, sizeof p->note,
+                 "plugin table lacks a required member (name, device_count, alloc, free, write, "
+                 "read or kernels)");
+        goto fail;
+    }
+    nbi_plugin *other = find_loaded_type(a->name);
+    if (other) {
+        snprintf(p->note, sizeof p->note, "device type '%s' is already provided by %s", a->name,
+                 other->path);
+        goto fail;
+    }
+    p->loaded = true;
+    if ((st = nbi_plugin_attach(p)) != NB_OK) {
+        p->loaded = false;
+        snprintf(p->note, sizeof p->note, "%s", nb_last_error());
+        goto fail;
+    }
+    nb_clear_error();
+    return NB_OK;
+
+fail:
+    if (p->dl && !p->loaded) {
+        dlclose(p->dl);
+        p->dl = NULL;
+    }
+    p->api = NULL;
+    nbi_log(explicit ? NB_LOG_DEBUG : NB_LOG_INFO, "plugin %s skipped: %s", key, p->note);
+    return nbi_error(st, "plugin %s: %s", key, p->note);
+}
+
+static bool is_plugin_file(const char *name)
+{
+    size_t n = strlen(name);
+    return strncmp(name, "nabla_plugin_", 13) == 0 && n > 16 && strcmp(name + n - 3, ".so") == 0;
+}
+
+/* Loads a file, or every nabla_plugin_*.so in a folder (in name order, for stable numbering). */
+static void scan(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d) {
+        load_one(path, false);
+        return;
+    }
+    char **names = NULL;
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!is_plugin_file(e->d_name))
+            continue;
+        char **g = nbi_realloc(names, (n + 1) * sizeof *g);
+        if (!g)
+            break;
+        names = g;
+        if (!(names[n] = nbi_strdup(e->d_name)))
+            break;
+        n++;
+    }
+    closedir(d);
+    for (size_t k = 1; k < n; k++) /* insertion sort: a handful of files */
+        for (size_t j = k; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
+            char *t = names[j];
+            names[j] = names[j - 1];
+            names[j - 1] = t;
+        }
+    for (size_t k = 0; k < n; k++) {
+        char full[PATH_MAX];
+        snprintf(full, sizeof full, "%s/%s", path, names[k]);
+        load_one(full, false);
+        nbi_free(names[k]);
+    }
+    nbi_free(names);
+}
+
+nb_status nbi_plugins_discover(void)
+{
+    /* Discovery must not leave a skipped plugin's reason in the caller's error slot. */
+    nb_status saved_status = nb_last_status();
+    char saved[1024];
+    snprintf(saved, sizeof saved, "%s", nb_last_error());
+
+    const char *env = getenv("NABLA_PLUGIN_PATH");
+    if (env && *env) {
+        char *list = nbi_strdup(env), *save = NULL;
+        for (char *tok = list ? strtok_r(list, ":", &save) : NULL; tok;
+             tok = strtok_r(NULL, ":", &save))
+            if (*tok)
+                scan(tok);
+        nbi_free(list);
+    }
+    Dl_info info;
+    if (dladdr((void *)nbi_plugins_discover, &info) && info.dli_fname) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", info.dli_fname);
+        char *slash = strrchr(dir, '/');
+        if (slash) {
+            *slash = '\0';
+            scan(dir);
+        }
+    }
+#ifdef NB_PLUGIN_INSTALL_DIR
+    scan(NB_PLUGIN_INSTALL_DIR);
+#endif
+    if (saved_status == NB_OK)
+        nb_clear_error();
+    else
+        nbi_error(saved_status, "%s", saved);
+    return NB_OK;
+}
+
+nb_status nb_plugin_load(const char *path)
+{
+    if (!path)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_plugin_load: path is NULL");
+    nb_status st = nbi_ensure_init();
+    if (st != NB_OK)
+        return st;
+    return load_one(path, true);
+}
+
+void nbi_plugins_unload(void)
+{
+    for (size_t k = 0; k < n_plugins; k++) {
+        nbi_plugin *p = plugins[k];
+        if (p->loaded && p->api->shutdown)
+            p->api->shutdown();
+        if (p->dl)
+            dlclose(p->dl);
+        nbi_free(p->devices);
+        nbi_free(p->path);
+        nbi_free(p);
+    }
+    nbi_free(plugins);
+    plugins = NULL;
+    n_plugins = 0;
+}
+
+size_t nb_plugin_count(void)
+{
+    nbi_ensure_init();
+    return n_plugins;
+}
+
+nb_status nb_plugin_get(size_t i, nb_plugin_info *info)
+{
+    if (!info)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_plugin_get: info is NULL");
+    nbi_ensure_init();
+    if (i >= n_plugins)
+        return nbi_error(NB_INDEX_OUT_OF_RANGE, "nb_plugin_get: index %zu out of range: %zu "
+                         "plugins", i, n_plugins);
+    nbi_plugin *p = plugins[i];
+    const char *base = strrchr(p->path, '/');
+    *info = (nb_plugin_info){
+        .name = p->loaded ? p->api->name : (base ? base + 1 : p->path),
+        .path = p->path,
+        .version = p->loaded && p->api->version ? p->api->version : "",
+        .abi_major = p->loaded ? p->api->abi_major : 0,
+        .abi_minor = p->loaded ? p->api->abi_minor : 0,
+        .loaded = p->loaded,
+        .devices = p->n_devices,
+        .note = p->note,
+        .n_kernels = p->loaded ? p->api->n_kernels : 0,
+    };
+    return NB_OK;
+}
+
+/* Fills the plugin's devices; called once the table is validated. */
+nb_status nbi_plugin_attach(nbi_plugin *p)
+{
+    const nb_plugin *a = p->api;
+    nb_clear_error();
+    int count = a->device_count();
+    if (count <= 0) {
+        const char *why = a->status_note ? a->status_note() : NULL;
+        if (!why || !*why)
+            why = *nb_last_error() ? nb_last_error() : "no device found";
+        snprintf(p->note, sizeof p->note, "%s", why);
+        nb_clear_error();
+        return NB_OK;
+    }
+    p->devices = nbi_calloc((size_t)count, sizeof *p->devices);
+    if (!p->devices)
+        return nbi_error(NB_OUT_OF_MEMORY, "plugin %s: out of memory", a->name);
+    p->n_devices = count;
+    bool cpu = strcmp(a->name, "cpu") == 0;
+    for (int d = 0; d < count; d++) {
+        nbi_device *dev = &p->devices[d];
+        dev->plugin = p;
+        dev->api = a;
+        dev->index = d;
+        dev->is_cpu = cpu;
+        if (cpu && d == 0)
+            snprintf(dev->name, sizeof dev->name, "cpu");
+        else
+            snprintf(dev->name, sizeof dev->name, "%s:%d", a->name, d);
+        for (size_t k = 0; k < a->n_kernels; k++) {
+            const nb_kernel_desc *kd = &a->kernels[k];
+            int op = kd->op ? nbi_op_lookup(kd->op) : -1;
+            if (op < 0 || (unsigned)kd->dtype >= NB_DTYPE_COUNT || !kd->fn) {
+                nbi_log(NB_LOG_DEBUG, "plugin %s: ignoring kernel '%s' (dtype %d)", a->name,
+                        kd->op ? kd->op : "(null)", (int)kd->dtype);
+                continue;
+            }
+            dev->kernels[op][kd->dtype] = kd->fn;
+        }
+    }
+    return NB_OK;
+}

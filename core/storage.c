@@ -1,0 +1,138 @@
+/* storage.c - reference-counted device buffers, and the per-device caching allocator that lets a
+ * training step run without a single driver allocation in steady state. */
+#include "nabla_internal.h"
+
+#include <pthread.h>
+#include <string.h>
+
+/* Blocks are rounded up to a size class: four classes per power of two (at most 25% slack),
+ * 256 bytes at least. Unused blocks wait in the device's free list of their class. */
+static size_t size_class(size_t bytes, int *cls)
+{
+    if (bytes <= 256) {
+        *cls = 0;
+        return 256;
+    }
+    int e = 63 - __builtin_clzll((unsigned long long)(bytes - 1)); /* 2^e < bytes <= 2^(e+1) */
+    size_t step = (size_t)1 << (e - 1);                            /* quarter of 2^(e+1) */
+    size_t n = (bytes + step - 1) / step;                          /* 3 or 4 (2^e = 2 steps) */
+    *cls = (e - 7) * 4 + (int)n;
+    return n * step;
+}
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static nbi_storage *cache_pop(nbi_device *dev, int cls)
+{
+    pthread_mutex_lock(&cache_lock);
+    nbi_storage *s = dev->free_lists[cls];
+    if (s) {
+        dev->free_lists[cls] = s->next_free;
+        dev->cached_bytes -= s->block;
+    }
+    pthread_mutex_unlock(&cache_lock);
+    return s;
+}
+
+void nbi_storage_cache_flush(nbi_device *dev)
+{
+    pthread_mutex_lock(&cache_lock);
+    for (int c = 0; c < 256; c++) {
+        nbi_storage *s = dev->free_lists[c];
+        while (s) {
+            nbi_storage *next = s->next_free;
+            dev->api->free(dev->index, s->handle);
+            nbi_free(s);
+            s = next;
+        }
+        dev->free_lists[c] = NULL;
+    }
+    dev->cached_bytes = 0;
+    pthread_mutex_unlock(&cache_lock);
+}
+
+nbi_storage *nbi_storage_new(nbi_device *dev, size_t bytes)
+{
+    int cls;
+    size_t block = size_class(bytes, &cls);
+    if (cls < 0 || cls >= 256) {
+        nbi_error(NB_OUT_OF_MEMORY, "cannot allocate %zu bytes on %s", bytes, dev->name);
+        return NULL;
+    }
+    nbi_storage *s = cache_pop(dev, cls);
+    if (!s) {
+        s = nbi_malloc(sizeof *s);
+        if (!s) {
+            nbi_error(NB_OUT_OF_MEMORY, "out of host memory for a storage");
+            return NULL;
+        }
+        void *handle = NULL;
+        nb_status st = dev->api->alloc(dev->index, block, &handle);
+        if (st != NB_OK || !handle) { /* give cached blocks back to the driver and retry once */
+            nbi_storage_cache_flush(dev);
+            st = dev->api->alloc(dev->index, block, &handle);
+        }
+        if (st != NB_OK || !handle) {
+            nbi_free(s);
+            nbi_error(NB_OUT_OF_MEMORY, "cannot allocate %zu bytes on %s", block, dev->name);
+            return NULL;
+        }
+        s->handle = handle;
+        s->block = block;
+        s->device = dev;
+    }
+    s->next_free = NULL;
+    s->bytes = bytes;
+    s->release = NULL;
+    s->release_ctx = NULL;
+    atomic_store_explicit(&s->refcount, 1, memory_order_relaxed);
+    atomic_store_explicit(&s->version, 0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&nbi_live_storage_count, 1, memory_order_relaxed);
+    return s;
+}
+
+nbi_storage *nbi_storage_wrap(nbi_device *dev, void *ptr, size_t bytes, void (*release)(void *),
+                              void *ctx)
+{
+    nbi_storage *s = nbi_calloc(1, sizeof *s);
+    if (!s) {
+        nbi_error(NB_OUT_OF_MEMORY, "out of host memory for a storage");
+        return NULL;
+    }
+    void *handle = NULL;
+    nb_status st = dev->api->wrap_host(dev->index, ptr, bytes, &handle);
+    if (st != NB_OK) {
+        nbi_free(s);
+        return NULL;
+    }
+    s->device = dev;
+    s->handle = handle;
+    s->bytes = bytes;
+    s->release = release;
+    s->release_ctx = ctx;
+    atomic_store(&s->refcount, 1);
+    atomic_fetch_add_explicit(&nbi_live_storage_count, 1, memory_order_relaxed);
+    return s;
+}
+
+void nbi_storage_release(nbi_storage *s)
+{
+    if (!s || atomic_fetch_sub_explicit(&s->refcount, 1, memory_order_acq_rel) != 1)
+        return;
+    atomic_fetch_sub_explicit(&nbi_live_storage_count, 1, memory_order_relaxed);
+    nbi_device *dev = s->device;
+    if (s->block == 0) { /* wrapped host memory: free the wrapper, then tell the owner */
+        dev->api->free(dev->index, s->handle);
+        if (s->release)
+            s->release(s->release_ctx);
+        nbi_free(s);
+        return;
+    }
+    int cls;
+    size_class(s->block, &cls);
+    pthread_mutex_lock(&cache_lock);
+    s->next_free = dev->free_lists[cls];
+    dev->free_lists[cls] = s;
+    dev->cached_bytes += s->block;
+    pthread_mutex_unlock(&cache_lock);
+}

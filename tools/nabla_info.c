@@ -1,0 +1,70 @@
+/* nabla-info - lists the plugins Nabla found (with the reason any failed), their ABI versions,
+ * their devices, and which ops each device runs with a kernel of its own. */
+#include "nabla.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const nb_dtype dtypes[] = {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_I32,
+                                  NB_DTYPE_I64, NB_DTYPE_BOOL, NB_DTYPE_U8};
+
+static void print_coverage(const char *device)
+{
+    printf("    %-24s", "op");
+    for (size_t d = 0; d < sizeof dtypes / sizeof *dtypes; d++)
+        printf(" %-7s", nb_dtype_name(dtypes[d]));
+    printf("\n");
+    for (size_t k = 0; k < nb_op_count(); k++) {
+        printf("    %-24s", nb_op_name(k));
+        for (size_t d = 0; d < sizeof dtypes / sizeof *dtypes; d++)
+            printf(" %-7s", nb_device_has_kernel(device, nb_op_name(k), dtypes[d]) ? "native"
+                                                                                  : "-");
+        printf("\n");
+    }
+}
+
+int main(int argc, char **argv)
+{
+    bool ops = argc > 1 && strcmp(argv[1], "--ops") == 0;
+    if (argc > 1 && !ops) {
+        fprintf(stderr, "usage: nabla-info [--ops]\n"
+                        "  lists plugins, devices and (with --ops) each device's native ops\n");
+        return 2;
+    }
+    if (nb_init() != NB_OK) {
+        fprintf(stderr, "nabla-info: %s\n", nb_last_error());
+        return 1;
+    }
+    printf("Nabla %d.%d.%d, plugin ABI %d.%d\n", NABLA_VERSION_MAJOR, NABLA_VERSION_MINOR,
+           NABLA_VERSION_PATCH, 1, 0);
+    printf("default device: %s\n\n", nb_default_device());
+    size_t n = nb_plugin_count();
+    if (n == 0)
+        printf("no plugins found (set NABLA_PLUGIN_PATH to a folder with nabla_plugin_*.so)\n");
+    for (size_t i = 0; i < n; i++) {
+        nb_plugin_info info;
+        if (nb_plugin_get(i, &info) != NB_OK)
+            continue;
+        if (!info.loaded) {
+            printf("plugin %s: NOT LOADED\n  file: %s\n  reason: %s\n\n", info.name, info.path,
+                   info.note);
+            continue;
+        }
+        printf("plugin %s %s (ABI %u.%u), %zu kernels\n  file: %s\n  devices: %d%s%s\n",
+               info.name, info.version, info.abi_major, info.abi_minor, info.n_kernels,
+               info.path, info.devices, *info.note ? " - " : "", info.note);
+        for (int d = 0; d < info.devices; d++) {
+            char dev[64];
+            snprintf(dev, sizeof dev, "%s:%d", info.name, d);
+            int native = 0;
+            for (size_t k = 0; k < nb_op_count(); k++)
+                for (size_t t = 0; t < sizeof dtypes / sizeof *dtypes; t++)
+                    native += nb_device_has_kernel(dev, nb_op_name(k), dtypes[t]);
+            printf("  %s: %d native (op, dtype) kernels of %zu ops\n", dev, native, nb_op_count());
+            if (ops)
+                print_coverage(dev);
+        }
+        printf("\n");
+    }
+    return nb_shutdown() == NB_OK ? 0 : 1;
+}
