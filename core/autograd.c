@@ -463,8 +463,8 @@ static nb_status accumulate_grad(nb_tensor *leaf, nb_tensor *g, bool create_grap
     if (create_graph)
         return accumulate_into(&leaf->grad, g, true);
     if (!leaf->grad) {
-        bool own = atomic_load(&g->refcount) == 1 && !g->grad_fn && !g->tracked &&
-                   nbi_is_contiguous(g) && g->offset == 0;
+        bool own = atomic_load(&g->refcount) == 1 && atomic_load(&g->storage->refcount) == 1 &&
+                   !g->grad_fn && !g->tracked && nbi_is_contiguous(g) && g->offset == 0;
         leaf->grad = own ? nb_retain(g) : nb_clone(g);
         if (leaf->grad && leaf->grad->grad_fn) { /* never keep a graph in .grad */
             nb_tensor *d = nb_detach(leaf->grad);

@@ -152,7 +152,7 @@ struct nb_tensor {
     /* autograd */
     bool requires_grad;
     bool retains_grad;
-    bool tracked; /* in an application scope */
+    int32_t tracked; /* references held by application scopes */
     nbi_node *grad_fn;  /* strong; NULL for leaves */
     nbi_node *grad_acc; /* weak: the AccumulateGrad node of a leaf, if one exists */
     nb_tensor *grad;

@@ -173,7 +173,7 @@ void nb_scope_end(void)
     }
     scope *s = &scopes[--scope_depth];
     for (size_t k = 0; k < s->n; k++) {
-        s->items[k]->tracked = false;
+        s->items[k]->tracked--;
         nb_release(s->items[k]);
     }
     s->n = 0;
@@ -190,7 +190,7 @@ _Thread_local int nbi_api_depth;
 
 void nbi_scope_track(nb_tensor *t)
 {
-    if (!t || scope_depth == 0 || t->tracked)
+    if (!t || scope_depth == 0)
         return;
     scope *s = &scopes[scope_depth - 1];
     if (s->n == s->cap) {
@@ -204,7 +204,7 @@ void nbi_scope_track(nb_tensor *t)
         s->cap = cap;
     }
     s->items[s->n++] = t;
-    t->tracked = true;
+    t->tracked++;
 }
 
 void nbi_scope_untrack(nb_tensor *t)
@@ -216,7 +216,7 @@ void nbi_scope_untrack(nb_tensor *t)
         for (size_t k = s->n; k-- > 0;)
             if (s->items[k] == t) {
                 s->items[k] = s->items[--s->n];
-                t->tracked = false;
+                t->tracked--;
                 return;
             }
     }
