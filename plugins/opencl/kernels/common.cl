@@ -1,0 +1,93 @@
+/* common.cl - the element type of this program and the strided-offset helpers. The host builds
+ * one program per (device, dtype) with -DNBK_KIND=<0..5> (f32 f64 i32 i64 bool u8) and
+ * -DHAS_FP64=<0|1>; every kernel below is written once in terms of T. */
+#if HAS_FP64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+typedef double real_t; /* wide type for arange, random numbers and scalar comparisons */
+#define NBK_PI M_PI
+#else
+typedef float real_t;
+#define NBK_PI M_PI_F
+#endif
+
+#if NBK_KIND == 0
+#define T float
+#define ACC float
+#define IS_FLOAT 1
+#define T_LOWEST (-INFINITY)
+#define T_HIGHEST INFINITY
+#elif NBK_KIND == 1
+#define T double
+#define ACC double
+#define IS_FLOAT 1
+#define T_LOWEST (-(double)INFINITY)
+#define T_HIGHEST ((double)INFINITY)
+#elif NBK_KIND == 2
+#define T int
+#define ACC long
+#define T_LOWEST INT_MIN
+#define T_HIGHEST INT_MAX
+#elif NBK_KIND == 3
+#define T long
+#define ACC long
+#define T_LOWEST LONG_MIN
+#define T_HIGHEST LONG_MAX
+#elif NBK_KIND == 4
+#define T uchar
+#define ACC long
+#define IS_BOOL 1
+#define T_LOWEST 0
+#define T_HIGHEST 1
+#else
+#define T uchar
+#define ACC long
+#define T_LOWEST 0
+#define T_HIGHEST 255
+#endif
+#ifndef IS_FLOAT
+#define IS_FLOAT 0
+#endif
+#ifndef IS_BOOL
+#define IS_BOOL 0
+#endif
+
+/* Conversion into T: a bool is 0 or 1 whatever the source; floats go to narrow integers through
+ * long so that out-of-range values wrap the way the CPU's conversion does. */
+#if IS_BOOL
+#define TO_T(x) ((T)((x) != 0))
+#define TO_T_FROM_FLOAT(x) ((T)((x) != 0))
+#elif IS_FLOAT
+#define TO_T(x) ((T)(x))
+#define TO_T_FROM_FLOAT(x) ((T)(x))
+#else
+#define TO_T(x) ((T)(x))
+#define TO_T_FROM_FLOAT(x) ((T)(long)(x))
+#endif
+
+#define IS_NAN(x) ((x) != (x))
+
+/* Element offsets of operands 0..nops-1 for row-major element i of g. */
+static inline void nbk_offsets(const nbk_geom *g, long i, int nops, long *o)
+{
+    for (int k = 0; k < nops; k++)
+        o[k] = g->off[k];
+    if (g->ndim == 1) {
+        for (int k = 0; k < nops; k++)
+            o[k] += i * g->st[k][0];
+        return;
+    }
+    for (int d = (int)g->ndim - 1; d >= 0; d--) {
+        long s = g->shape[d], c = i % s;
+        i /= s;
+        for (int k = 0; k < nops; k++)
+            o[k] += c * g->st[k][d];
+    }
+}
+
+/* The common prologue of elementwise kernels: i is this work-item's element, o its offsets. */
+#define NBK_ELEMENT(nops)                                                                    \
+    long i = get_global_id(0);                                                                \
+    if (i >= g.n)                                                                             \
+        return;                                                                               \
+    long o[nops];                                                                             \
+    nbk_offsets(&g, i, nops, o)

@@ -1,0 +1,57 @@
+/* random.cl - random_uniform and random_normal through Philox4x32-10, the same function as
+ * nb_philox() in nabla_plugin.h, so a seed gives the CPU's numbers on every device. */
+#if IS_FLOAT
+static inline void nbk_philox(ulong key, ulong ctr_lo, ulong ctr_hi, uint r[4])
+{
+    uint c0 = (uint)ctr_lo, c1 = (uint)(ctr_lo >> 32), c2 = (uint)ctr_hi,
+         c3 = (uint)(ctr_hi >> 32);
+    uint k0 = (uint)key, k1 = (uint)(key >> 32);
+    for (int rr = 0; rr < 10; rr++) {
+        uint lo0 = 0xD2511F53u * c0, hi0 = mul_hi(0xD2511F53u, c0);
+        uint lo1 = 0xCD9E8D57u * c2, hi1 = mul_hi(0xCD9E8D57u, c2);
+        uint n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c1 = lo1;
+        c3 = lo0;
+        c0 = n0;
+        c2 = n2;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    r[0] = c0;
+    r[1] = c1;
+    r[2] = c2;
+    r[3] = c3;
+}
+
+/* 53 random bits from two words, as nb_philox_uniform and nb_philox_normal_parts take them */
+#define NBK_BITS53(hi, lo) ((((ulong)(hi)) << 21) ^ (ulong)((lo) >> 11))
+
+/* out = lo + (hi - lo) * u; the element's row-major index is its counter */
+__kernel void random_uniform(__global T *out, nbk_geom g, ulong seed, ulong offset, real_t lo,
+                             real_t hi)
+{
+    NBK_ELEMENT(1);
+    uint r[4];
+    nbk_philox(seed, (ulong)i, offset, r);
+#if NBK_KIND == 1
+    real_t u = (real_t)NBK_BITS53(r[0], r[1]) * (real_t)0x1p-53f;
+#else
+    real_t u = (real_t)(r[0] >> 8) * (real_t)0x1p-24f;
+#endif
+    out[o[0]] = (T)(lo + (hi - lo) * u);
+}
+
+/* out = mean + std * z with z = sqrt(-2 ln u1) cos(2 pi u2); u1 in (0, 1] */
+__kernel void random_normal(__global T *out, nbk_geom g, ulong seed, ulong offset, real_t mean,
+                            real_t std)
+{
+    NBK_ELEMENT(1);
+    uint r[4];
+    nbk_philox(seed, (ulong)i, offset, r);
+    /* 2^53 - bits is exact in integers, so u1 never rounds to 0 even in single precision */
+    real_t u1 = (real_t)(((ulong)1 << 53) - NBK_BITS53(r[0], r[1])) * (real_t)0x1p-53f;
+    real_t u2 = (real_t)NBK_BITS53(r[2], r[3]) * (real_t)0x1p-53f;
+    real_t z = sqrt((real_t)-2 * log(u1)) * cos((real_t)2 * NBK_PI * u2);
+    out[o[0]] = (T)(mean + std * z);
+}
+#endif

@@ -1,0 +1,139 @@
+/* reduce.cl - sum/prod/max/min/argmax/argmin over any set of dims: one work-group per output
+ * element (or per slice of it, when a few outputs reduce many elements), each work-item walking
+ * a strided share of the reduced elements, then a tree in local memory. */
+
+/* Is candidate (vb, ib) better than the current (va, ia)? NaN counts as the extreme (as in
+ * torch.argmax); ties go to the smaller index. */
+static inline int nbk_arg_better(int op, ACC va, long ia, ACC vb, long ib)
+{
+    if (IS_NAN(vb))
+        return !IS_NAN(va) || ib < ia;
+    if (IS_NAN(va))
+        return 0;
+    if (vb == va)
+        return ib < ia;
+    return op == NBK_ARGMAX ? vb > va : vb < va;
+}
+
+static inline ACC nbk_red_init(int op)
+{
+    switch (op) {
+    case NBK_SUM: return (ACC)0;
+    case NBK_PROD: return (ACC)1;
+    case NBK_MAX: case NBK_ARGMAX: return (ACC)T_LOWEST;
+    default: return (ACC)T_HIGHEST;
+    }
+}
+
+/* Combines (vb, ib) into (*va, *ia). NaN propagates through max and min. */
+static inline void nbk_red_combine(int op, ACC *va, long *ia, ACC vb, long ib)
+{
+    switch (op) {
+    case NBK_SUM: *va += vb; break;
+    case NBK_PROD: *va *= vb; break;
+    case NBK_MAX:
+        if (!IS_NAN(*va) && (IS_NAN(vb) || vb > *va))
+            *va = vb;
+        break;
+    case NBK_MIN:
+        if (!IS_NAN(*va) && (IS_NAN(vb) || vb < *va))
+            *va = vb;
+        break;
+    default:
+        if (nbk_arg_better(op, *va, *ia, vb, ib)) {
+            *va = vb;
+            *ia = ib;
+        }
+        break;
+    }
+}
+
+/* Tree over the work-group (a power of two), then work-item 0 writes the result: to out/outi
+ * when final, else to the partial buffers pv/pi at index slot. */
+static inline void nbk_red_finish(int op, int final_, ACC v, long vi, __local ACC *lv,
+                                  __local long *li, __global T *out, __global long *outi,
+                                  long out_off, __global ACC *pv, __global long *pi, long slot)
+{
+    int lid = get_local_id(0);
+    lv[lid] = v;
+    li[lid] = vi;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int h = get_local_size(0) / 2; h > 0; h >>= 1) {
+        if (lid < h) {
+            ACC a = lv[lid];
+            long ai = li[lid];
+            nbk_red_combine(op, &a, &ai, lv[lid + h], li[lid + h]);
+            lv[lid] = a;
+            li[lid] = ai;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid != 0)
+        return;
+    if (!final_) {
+        pv[slot] = lv[0];
+        pi[slot] = li[0];
+    } else if (op == NBK_ARGMAX || op == NBK_ARGMIN) {
+        outi[out_off] = li[0] == LONG_MAX ? 0 : li[0];
+    } else {
+        out[out_off] = TO_T(lv[0]);
+    }
+}
+
+/* out and outi name the same buffer: outi is used by argmax/argmin (int64 output). */
+__kernel void reduce(__global T *out, __global long *outi, __global const T *in,
+                     __global ACC *pv, __global long *pi, nbk_red g, int op, int final_,
+                     __local ACC *lv, __local long *li)
+{
+    long grp = get_group_id(0), o = grp / g.split, part = grp % g.split;
+    long rem = o, base = g.off_in, out_off = g.off_out;
+    for (int d = (int)g.nd_out - 1; d >= 0; d--) {
+        long c = rem % g.shape_out[d];
+        rem /= g.shape_out[d];
+        base += c * g.st_in_out[d];
+        out_off += c * g.st_out[d];
+    }
+    long beg = part * g.chunk, end = min(g.n_red, beg + g.chunk);
+    ACC acc = nbk_red_init(op), comp = 0;
+    long ai = LONG_MAX;
+    for (long k = beg + get_local_id(0); k < end; k += get_local_size(0)) {
+        long off = base;
+        if (g.nd_red == 1) {
+            off += k * g.st_in_red[0];
+        } else {
+            long r = k;
+            for (int d = (int)g.nd_red - 1; d >= 0; d--) {
+                off += (r % g.shape_red[d]) * g.st_in_red[d];
+                r /= g.shape_red[d];
+            }
+        }
+        ACC x = (ACC)in[off];
+#if IS_FLOAT
+        if (op == NBK_SUM) { /* Kahan: long float rows stay accurate; inf/NaN skip the fix-up */
+            ACC y = x - comp, t = acc + y;
+            comp = isfinite(t) ? (t - acc) - y : (ACC)0;
+            acc = t;
+            continue;
+        }
+#endif
+        nbk_red_combine(op, &acc, &ai, x, k);
+    }
+    nbk_red_finish(op, final_, acc, ai, lv, li, out, outi, out_off, pv, pi, grp);
+}
+
+/* Second pass after a split reduction: work-group o combines partials [o*split, (o+1)*split). */
+__kernel void reduce_partials(__global T *out, __global long *outi, __global const ACC *pv_in,
+                              __global const long *pi_in, nbk_red g, int op, __local ACC *lv,
+                              __local long *li)
+{
+    long o = get_group_id(0), rem = o, out_off = g.off_out;
+    for (int d = (int)g.nd_out - 1; d >= 0; d--) {
+        out_off += (rem % g.shape_out[d]) * g.st_out[d];
+        rem /= g.shape_out[d];
+    }
+    ACC acc = nbk_red_init(op);
+    long ai = LONG_MAX;
+    for (long s = get_local_id(0); s < g.split; s += get_local_size(0))
+        nbk_red_combine(op, &acc, &ai, pv_in[o * g.split + s], pi_in[o * g.split + s]);
+    nbk_red_finish(op, 1, acc, ai, lv, li, out, outi, out_off, 0, 0, 0);
+}

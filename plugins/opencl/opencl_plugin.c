@@ -1,0 +1,473 @@
+/* opencl_plugin.c - the opencl plugin's device side: every device of every OpenCL platform as
+ * opencl:N, one context and in-order queue each, buffers, and kernel programs built once per
+ * (device, dtype) from the sources embedded at build time. */
+#include "opencl_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const nb_host *ocl_host;
+
+extern const char *const nbk_sources[];
+extern const size_t nbk_n_sources;
+
+static ocl_dev *devs;
+static int n_devs;
+static char note[512];
+static nb_kernel_desc table[OCL_MAX_TABLE];
+
+static const char *const kernel_names[OCL_K_COUNT] = {
+#define OCL_NAME_(name) #name,
+    OCL_KERNELS(OCL_NAME_)
+#undef OCL_NAME_
+};
+
+const char *ocl_err_name(cl_int err)
+{
+    switch (err) {
+#define E_(name) case name: return #name;
+        E_(CL_SUCCESS) E_(CL_DEVICE_NOT_FOUND) E_(CL_DEVICE_NOT_AVAILABLE)
+        E_(CL_COMPILER_NOT_AVAILABLE) E_(CL_MEM_OBJECT_ALLOCATION_FAILURE)
+        E_(CL_OUT_OF_RESOURCES) E_(CL_OUT_OF_HOST_MEMORY) E_(CL_PROFILING_INFO_NOT_AVAILABLE)
+        E_(CL_MEM_COPY_OVERLAP) E_(CL_IMAGE_FORMAT_MISMATCH) E_(CL_IMAGE_FORMAT_NOT_SUPPORTED)
+        E_(CL_BUILD_PROGRAM_FAILURE) E_(CL_MAP_FAILURE) E_(CL_MISALIGNED_SUB_BUFFER_OFFSET)
+        E_(CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST) E_(CL_COMPILE_PROGRAM_FAILURE)
+        E_(CL_LINKER_NOT_AVAILABLE) E_(CL_LINK_PROGRAM_FAILURE) E_(CL_DEVICE_PARTITION_FAILED)
+        E_(CL_KERNEL_ARG_INFO_NOT_AVAILABLE) E_(CL_INVALID_VALUE) E_(CL_INVALID_DEVICE_TYPE)
+        E_(CL_INVALID_PLATFORM) E_(CL_INVALID_DEVICE) E_(CL_INVALID_CONTEXT)
+        E_(CL_INVALID_QUEUE_PROPERTIES) E_(CL_INVALID_COMMAND_QUEUE) E_(CL_INVALID_HOST_PTR)
+        E_(CL_INVALID_MEM_OBJECT) E_(CL_INVALID_IMAGE_FORMAT_DESCRIPTOR)
+        E_(CL_INVALID_IMAGE_SIZE) E_(CL_INVALID_SAMPLER) E_(CL_INVALID_BINARY)
+        E_(CL_INVALID_BUILD_OPTIONS) E_(CL_INVALID_PROGRAM) E_(CL_INVALID_PROGRAM_EXECUTABLE)
+        E_(CL_INVALID_KERNEL_NAME) E_(CL_INVALID_KERNEL_DEFINITION) E_(CL_INVALID_KERNEL)
+        E_(CL_INVALID_ARG_INDEX) E_(CL_INVALID_ARG_VALUE) E_(CL_INVALID_ARG_SIZE)
+        E_(CL_INVALID_KERNEL_ARGS) E_(CL_INVALID_WORK_DIMENSION)
+        E_(CL_INVALID_WORK_GROUP_SIZE) E_(CL_INVALID_WORK_ITEM_SIZE)
+        E_(CL_INVALID_GLOBAL_OFFSET) E_(CL_INVALID_EVENT_WAIT_LIST) E_(CL_INVALID_EVENT)
+        E_(CL_INVALID_OPERATION) E_(CL_INVALID_GL_OBJECT) E_(CL_INVALID_BUFFER_SIZE)
+        E_(CL_INVALID_MIP_LEVEL) E_(CL_INVALID_GLOBAL_WORK_SIZE) E_(CL_INVALID_PROPERTY)
+        E_(CL_INVALID_IMAGE_DESCRIPTOR) E_(CL_INVALID_COMPILER_OPTIONS)
+        E_(CL_INVALID_LINKER_OPTIONS) E_(CL_INVALID_DEVICE_PARTITION_COUNT)
+#undef E_
+    case -1001: return "CL_PLATFORM_NOT_FOUND_KHR";
+    default: return "unknown OpenCL error";
+    }
+}
+
+nb_status ocl_fail(nb_status st, const char *op, const char *call, cl_int err)
+{
+    if (err == CL_MEM_OBJECT_ALLOCATION_FAILURE || err == CL_OUT_OF_HOST_MEMORY)
+        st = NB_OUT_OF_MEMORY;
+    return ocl_host->error(st, "opencl %s: %s failed: %s (%d)", op, call, ocl_err_name(err),
+                           (int)err);
+}
+
+/* ---- Discovery ---- */
+
+static void init_device(cl_device_id id)
+{
+    ocl_dev *d = &devs[n_devs];
+    memset(d, 0, sizeof *d);
+    d->id = id;
+    cl_int err;
+    d->ctx = clCreateContext(NULL, 1, &id, NULL, NULL, &err);
+    if (!d->ctx) {
+        ocl_host->log(NB_LOG_WARN, "opencl: skipping a device: clCreateContext failed: %s (%d)",
+                      ocl_err_name(err), (int)err);
+        return;
+    }
+    d->queue = clCreateCommandQueue(d->ctx, id, 0, &err);
+    if (!d->queue) {
+        ocl_host->log(NB_LOG_WARN, "opencl: skipping a device: clCreateCommandQueue failed: "
+                      "%s (%d)", ocl_err_name(err), (int)err);
+        clReleaseContext(d->ctx);
+        return;
+    }
+    if (clGetDeviceInfo(id, CL_DEVICE_NAME, sizeof d->name - 1, d->name, NULL) != CL_SUCCESS)
+        snprintf(d->name, sizeof d->name, "OpenCL device");
+    cl_device_fp_config fp64 = 0;
+    clGetDeviceInfo(id, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof fp64, &fp64, NULL);
+    char ext[4096] = {0};
+    clGetDeviceInfo(id, CL_DEVICE_EXTENSIONS, sizeof ext - 1, ext, NULL);
+    d->has_fp64 = fp64 != 0 || strstr(ext, "cl_khr_fp64") != NULL;
+    clGetDeviceInfo(id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof d->compute_units,
+                    &d->compute_units, NULL);
+    if (d->compute_units == 0)
+        d->compute_units = 1;
+    clGetDeviceInfo(id, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof d->max_alloc, &d->max_alloc, NULL);
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&d->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+    n_devs++;
+}
+
+static void discover(void)
+{
+    cl_uint np = 0;
+    cl_int err = clGetPlatformIDs(0, NULL, &np);
+    if (err != CL_SUCCESS || np == 0) {
+        snprintf(note, sizeof note, "no OpenCL platform found (clGetPlatformIDs returned %d)",
+                 err != CL_SUCCESS ? (int)err : -1001);
+        return;
+    }
+    cl_platform_id *plats = calloc(np, sizeof *plats);
+    if (!plats || clGetPlatformIDs(np, plats, NULL) != CL_SUCCESS) {
+        snprintf(note, sizeof note, "cannot list the %u OpenCL platforms", np);
+        free(plats);
+        return;
+    }
+    /* first count, then fill: devs never moves once kernels hold pointers into it */
+    cl_uint total = 0;
+    for (cl_uint p = 0; p < np; p++) {
+        cl_uint nd = 0;
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd) == CL_SUCCESS)
+            total += nd;
+    }
+    if (total == 0) {
+        snprintf(note, sizeof note, "%u OpenCL platform%s but no device", np, np == 1 ? "" : "s");
+        free(plats);
+        return;
+    }
+    devs = calloc(total, sizeof *devs);
+    if (!devs) {
+        snprintf(note, sizeof note, "out of host memory listing %u OpenCL devices", total);
+        free(plats);
+        return;
+    }
+    for (cl_uint p = 0; p < np; p++) {
+        cl_uint nd = 0;
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd) != CL_SUCCESS || !nd)
+            continue;
+        cl_device_id ids[64];
+        if (nd > 64)
+            nd = 64;
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, nd, ids, NULL) != CL_SUCCESS)
+            continue;
+        for (cl_uint k = 0; k < nd && (cl_uint)n_devs < total; k++)
+            init_device(ids[k]);
+    }
+    free(plats);
+    if (n_devs == 0)
+        snprintf(note, sizeof note, "%u OpenCL device%s found, none usable (see the log)", total,
+                 total == 1 ? "" : "s");
+}
+
+ocl_dev *ocl_device(int device, const char *op)
+{
+    if (device < 0 || device >= n_devs) {
+        ocl_host->error(NB_DEVICE_OUT_OF_RANGE, "opencl %s: device index %d out of range: %d "
+                        "opencl device%s", op, device, n_devs, n_devs == 1 ? "" : "s");
+        return NULL;
+    }
+    return &devs[device];
+}
+
+void ocl_lock(ocl_dev *d) { pthread_mutex_lock(&d->lock); }
+void ocl_unlock(ocl_dev *d) { pthread_mutex_unlock(&d->lock); }
+
+/* ---- Programs and kernels ---- */
+
+static const char *const dtype_names[NB_DTYPE_COUNT] = {"f32", "f64", "i32", "i64", "bool", "u8"};
+
+static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
+{
+    if (d->prog[dt])
+        return d->prog[dt];
+    if (d->prog_failed[dt]) {
+        ocl_host->error(NB_DEVICE_ERROR, "opencl %s: the %s kernels failed to build on %s "
+                        "earlier", op, dtype_names[dt], d->name);
+        return NULL;
+    }
+    if (dt == NB_DTYPE_F64 && !d->has_fp64) {
+        ocl_host->error(NB_DTYPE_UNSUPPORTED, "opencl %s: f64 needs cl_khr_fp64, which %s does "
+                        "not report", op, d->name);
+        return NULL;
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    cl_int err;
+    cl_program p = clCreateProgramWithSource(d->ctx, (cl_uint)nbk_n_sources,
+                                             (const char **)nbk_sources, NULL, &err);
+    if (!p) {
+        ocl_fail(NB_DEVICE_ERROR, op, "clCreateProgramWithSource", err);
+        return NULL;
+    }
+    char opts[128];
+    snprintf(opts, sizeof opts, "-DNBK_KIND=%d -DHAS_FP64=%d", (int)dt, d->has_fp64);
+    err = clBuildProgram(p, 1, &d->id, opts, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        size_t len = 0;
+        clGetProgramBuildInfo(p, d->id, CL_PROGRAM_BUILD_LOG, 0, NULL, &len);
+        char *log = malloc(len + 1);
+        if (log) {
+            log[0] = '\0';
+            clGetProgramBuildInfo(p, d->id, CL_PROGRAM_BUILD_LOG, len, log, NULL);
+            log[len] = '\0';
+            ocl_host->log(NB_LOG_ERROR, "opencl: build log for the %s kernels on %s:\n%s",
+                          dtype_names[dt], d->name, log);
+        }
+        ocl_host->error(NB_DEVICE_ERROR, "opencl %s: building the %s kernels on %s failed: %s "
+                        "(%d): %.600s", op, dtype_names[dt], d->name, ocl_err_name(err),
+                        (int)err, log ? log : "");
+        free(log);
+        clReleaseProgram(p);
+        d->prog_failed[dt] = 1;
+        return NULL;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ocl_host->log(NB_LOG_DEBUG, "opencl: built the %s kernels for %s in %.0f ms",
+                  dtype_names[dt], d->name,
+                  (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+    d->prog[dt] = p;
+    return p;
+}
+
+cl_kernel ocl_kernel(ocl_dev *d, nb_dtype dt, ocl_kid kid, const char *op, size_t *max_wg)
+{
+    cl_kernel k = NULL;
+    ocl_lock(d);
+    if (!d->kern[dt][kid]) {
+        cl_program p = build_program(d, dt, op);
+        if (p) {
+            cl_int err;
+            k = clCreateKernel(p, kernel_names[kid], &err);
+            if (!k) {
+                ocl_host->error(NB_NOT_IMPLEMENTED, "opencl %s: no kernel '%s' for %s on %s: %s "
+                                "(%d)", op, kernel_names[kid], dtype_names[dt], d->name,
+                                ocl_err_name(err), (int)err);
+            } else {
+                size_t wg = 0;
+                if (clGetKernelWorkGroupInfo(k, d->id, CL_KERNEL_WORK_GROUP_SIZE, sizeof wg, &wg,
+                                             NULL) != CL_SUCCESS || wg == 0)
+                    wg = 1;
+                d->kern[dt][kid] = k;
+                d->kern_wg[dt][kid] = wg;
+            }
+        }
+    }
+    k = d->kern[dt][kid];
+    if (k && max_wg)
+        *max_wg = d->kern_wg[dt][kid];
+    ocl_unlock(d);
+    return k;
+}
+
+nb_status ocl_launch(ocl_dev *d, cl_kernel k, const char *op, int nargs, const ocl_arg *args,
+                     cl_uint dims, const size_t *global, const size_t *local)
+{
+    nb_status st = NB_OK;
+    /* arguments live in the kernel object: set and enqueue under one lock */
+    ocl_lock(d);
+    for (int a = 0; a < nargs && st == NB_OK; a++) {
+        cl_int err = clSetKernelArg(k, (cl_uint)a, args[a].size, args[a].ptr);
+        if (err != CL_SUCCESS) {
+            char call[64];
+            snprintf(call, sizeof call, "clSetKernelArg(%d)", a);
+            st = ocl_fail(NB_DEVICE_ERROR, op, call, err);
+        }
+    }
+    if (st == NB_OK) {
+        cl_int err = clEnqueueNDRangeKernel(d->queue, k, dims, NULL, global, local, 0, NULL, NULL);
+        if (err != CL_SUCCESS)
+            st = ocl_fail(NB_DEVICE_ERROR, op, "clEnqueueNDRangeKernel", err);
+    }
+    ocl_unlock(d);
+    return st;
+}
+
+static nb_status grow(ocl_dev *d, const char *op, cl_mem *m, size_t *have, size_t want)
+{
+    if (*have >= want)
+        return NB_OK;
+    if (*m)
+        clReleaseMemObject(*m); /* queued kernels still using it keep it alive */
+    *m = NULL;
+    *have = 0;
+    cl_int err;
+    *m = clCreateBuffer(d->ctx, CL_MEM_READ_WRITE, want, NULL, &err);
+    if (!*m)
+        return ocl_fail(NB_OUT_OF_MEMORY, op, "clCreateBuffer (scratch)", err);
+    *have = want;
+    return NB_OK;
+}
+
+nb_status ocl_scratch(ocl_dev *d, const char *op, size_t vbytes, size_t ibytes)
+{
+    nb_status st = grow(d, op, &d->scratch_v, &d->scratch_v_bytes, vbytes ? vbytes : 8);
+    if (st == NB_OK)
+        st = grow(d, op, &d->scratch_i, &d->scratch_i_bytes, ibytes ? ibytes : 8);
+    return st;
+}
+
+/* ---- The plugin table's functions ---- */
+
+static int device_count(void) { return n_devs; }
+
+static nb_status device_name(int device, char *buf, size_t len)
+{
+    ocl_dev *d = ocl_device(device, "device_name");
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    if (!buf || !len)
+        return ocl_host->error(NB_NULL_ARGUMENT, "opencl device_name: buf is NULL or len is 0");
+    snprintf(buf, len, "%s", d->name);
+    return NB_OK;
+}
+
+static nb_status alloc_buf(int device, size_t bytes, void **handle)
+{
+    ocl_dev *d = ocl_device(device, "alloc");
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    if (!handle)
+        return ocl_host->error(NB_NULL_ARGUMENT, "opencl alloc: handle is NULL");
+    *handle = NULL;
+    if (bytes == 0)
+        return ocl_host->error(NB_INVALID_ARGUMENT, "opencl alloc: 0 bytes requested, expected "
+                               "at least 1");
+    if (d->max_alloc && bytes > d->max_alloc)
+        return ocl_host->error(NB_OUT_OF_MEMORY, "opencl alloc: %zu bytes requested, but %s "
+                               "allows at most %llu bytes in one buffer", bytes, d->name,
+                               (unsigned long long)d->max_alloc);
+    ocl_buf *b = malloc(sizeof *b);
+    if (!b)
+        return ocl_host->error(NB_OUT_OF_MEMORY, "opencl alloc: out of host memory");
+    cl_int err;
+    b->mem = clCreateBuffer(d->ctx, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    if (!b->mem) {
+        free(b);
+        return ocl_fail(NB_OUT_OF_MEMORY, "alloc", "clCreateBuffer", err);
+    }
+    b->bytes = bytes;
+    *handle = b;
+    return NB_OK;
+}
+
+static void free_buf(int device, void *handle)
+{
+    ocl_buf *b = handle;
+    if (!b)
+        return;
+    clReleaseMemObject(b->mem);
+    free(b);
+}
+
+static nb_status check_range(const char *op, const ocl_buf *b, size_t offset, size_t bytes,
+                             const void *host)
+{
+    if (!b)
+        return ocl_host->error(NB_NULL_ARGUMENT, "opencl %s: buffer handle is NULL", op);
+    if (bytes && !host)
+        return ocl_host->error(NB_NULL_ARGUMENT, "opencl %s: host pointer is NULL", op);
+    if (offset > b->bytes || bytes > b->bytes - offset)
+        return ocl_host->error(NB_INDEX_OUT_OF_RANGE, "opencl %s: %zu bytes at offset %zu do not "
+                               "fit in a buffer of %zu bytes", op, bytes, offset, b->bytes);
+    return NB_OK;
+}
+
+static nb_status write_buf(int device, void *handle, size_t offset, const void *src, size_t bytes)
+{
+    ocl_dev *d = ocl_device(device, "write");
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    ocl_buf *b = handle;
+    nb_status st = check_range("write", b, offset, bytes, src);
+    if (st != NB_OK || bytes == 0)
+        return st;
+    /* blocking: the caller may reuse src as soon as we return */
+    cl_int err = clEnqueueWriteBuffer(d->queue, b->mem, CL_TRUE, offset, bytes, src, 0, NULL,
+                                      NULL);
+    return err == CL_SUCCESS ? NB_OK : ocl_fail(NB_DEVICE_ERROR, "write", "clEnqueueWriteBuffer",
+                                                err);
+}
+
+static nb_status read_buf(int device, const void *handle, size_t offset, void *dst, size_t bytes)
+{
+    ocl_dev *d = ocl_device(device, "read");
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    const ocl_buf *b = handle;
+    nb_status st = check_range("read", b, offset, bytes, dst);
+    if (st != NB_OK || bytes == 0)
+        return st;
+    cl_int err = clEnqueueReadBuffer(d->queue, b->mem, CL_TRUE, offset, bytes, dst, 0, NULL,
+                                     NULL);
+    return err == CL_SUCCESS ? NB_OK : ocl_fail(NB_DEVICE_ERROR, "read", "clEnqueueReadBuffer",
+                                                err);
+}
+
+static nb_status synchronize(int device)
+{
+    ocl_dev *d = ocl_device(device, "synchronize");
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    cl_int err = clFinish(d->queue);
+    return err == CL_SUCCESS ? NB_OK : ocl_fail(NB_DEVICE_ERROR, "synchronize", "clFinish", err);
+}
+
+static const char *status_note(void) { return n_devs ? NULL : note; }
+
+static void shutdown_plugin(void)
+{
+    for (int i = 0; i < n_devs; i++) {
+        ocl_dev *d = &devs[i];
+        clFinish(d->queue);
+        for (int t = 0; t < NB_DTYPE_COUNT; t++) {
+            for (int k = 0; k < OCL_K_COUNT; k++)
+                if (d->kern[t][k])
+                    clReleaseKernel(d->kern[t][k]);
+            if (d->prog[t])
+                clReleaseProgram(d->prog[t]);
+        }
+        if (d->scratch_v)
+            clReleaseMemObject(d->scratch_v);
+        if (d->scratch_i)
+            clReleaseMemObject(d->scratch_i);
+        if (d->flag)
+            clReleaseMemObject(d->flag);
+        clReleaseCommandQueue(d->queue);
+        clReleaseContext(d->ctx);
+        pthread_mutex_destroy(&d->lock);
+    }
+    free(devs);
+    devs = NULL;
+    n_devs = 0;
+}
+
+static nb_plugin plugin = {
+    .abi_major = NB_PLUGIN_ABI_MAJOR,
+    .abi_minor = NB_PLUGIN_ABI_MINOR,
+    .size = sizeof(nb_plugin),
+    .name = "opencl",
+    .version = "0.1.0",
+    .device_count = device_count,
+    .device_name = device_name,
+    .alloc = alloc_buf,
+    .free = free_buf,
+    .write = write_buf,
+    .read = read_buf,
+    .synchronize = synchronize,
+    .wrap_host = NULL,
+    .status_note = status_note,
+    .shutdown = shutdown_plugin,
+    .kernels = table,
+    .n_kernels = 0,
+};
+
+NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)
+{
+    if (!host || host->abi_major != NB_PLUGIN_ABI_MAJOR || !host->error || !host->log)
+        return NULL;
+    ocl_host = host;
+    if (!devs && !note[0])
+        discover();
+    int any_fp64 = 0;
+    for (int i = 0; i < n_devs; i++)
+        any_fp64 |= devs[i].has_fp64;
+    plugin.n_kernels = ocl_kernel_table(table, any_fp64);
+    return &plugin;
+}
