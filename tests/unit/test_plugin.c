@@ -1,0 +1,295 @@
+/* test_plugin.c - tests core/plugin.c: loading plugins by path, every way a plugin can fail
+ * (each one reported through nb_plugin_load and kept with its reason in nb_plugin_get), and
+ * the plugins that load (the cpu plugin, one with no device, one built for a later ABI minor).
+ * The test plugins come from tests/badplugins; NABLA_BADPLUGIN_DIR overrides their folder. */
+#include "nb_test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static char plugin_dir[1024];
+
+/* Path of a test plugin into buf, or skips the test when they were not built. */
+static const char *bad_path(char *buf, size_t len, const char *kind)
+{
+    if (!plugin_dir[0])
+        skip();
+    snprintf(buf, len, "%s/badplugin_%s.so", plugin_dir, kind);
+    if (access(buf, R_OK) != 0)
+        fail_msg("test plugin %s was not built", buf);
+    return buf;
+}
+
+/* The nb_plugin_get entry whose path ends in `suffix`; fails the test when there is none. */
+static nb_plugin_info info_for(const char *suffix)
+{
+    nb_plugin_info info;
+    size_t n = nb_plugin_count();
+    for (size_t i = 0; i < n; i++) {
+        NB_ASSERT_OK(nb_plugin_get(i, &info));
+        size_t lp = strlen(info.path), ls = strlen(suffix);
+        if (lp >= ls && strcmp(info.path + lp - ls, suffix) == 0)
+            return info;
+    }
+    fail_msg("no plugin entry for %s among %zu", suffix, n);
+    return info;
+}
+
+/* Loads a test plugin that must fail with `want`, and checks the message and the record. */
+static void expect_failure(const char *kind, nb_status want, const char *reason)
+{
+    char path[1200], file[64];
+    bad_path(path, sizeof path, kind);
+    snprintf(file, sizeof file, "badplugin_%s.so", kind);
+    nb_clear_error();
+    nb_status st = nb_plugin_load(path);
+    if (st != want)
+        fail_msg("%s: got status %d (%s), expected %d (%s); message: %s", kind, st,
+                 nb_status_str(st), want, nb_status_str(want), nb_last_error());
+    assert_int_equal(nb_last_status(), want);
+    NB_ASSERT_ERROR_HAS(file); /* says which file */
+    NB_ASSERT_ERROR_HAS(reason);
+    nb_plugin_info info = info_for(file);
+    assert_false(info.loaded);
+    assert_string_equal(info.name, file);
+    assert_string_equal(info.version, "");
+    assert_int_equal(info.devices, 0);
+    assert_int_equal(info.n_kernels, 0);
+    if (!strstr(info.note, reason))
+        fail_msg("%s: note \"%s\" lacks \"%s\"", kind, info.note, reason);
+    /* loading it again gives the same answer without a second dlopen */
+    size_t count = nb_plugin_count();
+    nb_clear_error();
+    assert_int_equal(nb_plugin_load(path), want);
+    NB_ASSERT_ERROR_HAS(reason);
+    assert_int_equal(nb_plugin_count(), count);
+}
+
+static void load_null_path_is_an_error(void **state)
+{
+    (void)state;
+    assert_int_equal(nb_plugin_load(NULL), NB_NULL_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("path is NULL");
+}
+
+static void load_missing_file_fails_and_is_recorded(void **state)
+{
+    (void)state;
+    const char *path = "/nonexistent/folder/nabla_plugin_ghost.so";
+    assert_int_equal(nb_plugin_load(path), NB_PLUGIN_LOAD);
+    NB_ASSERT_ERROR_HAS("nabla_plugin_ghost.so");
+    NB_ASSERT_ERROR_HAS("cannot load");
+    nb_plugin_info info = info_for("nabla_plugin_ghost.so");
+    assert_false(info.loaded);
+    assert_string_equal(info.name, "nabla_plugin_ghost.so");
+    assert_non_null(strstr(info.note, "cannot load"));
+}
+
+static void load_text_file_fails_with_the_loader_reason(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/nabla_test_textXXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char text[] = "this is not a shared library\n";
+    assert_int_equal(write(fd, text, sizeof text - 1), (ssize_t)(sizeof text - 1));
+    close(fd);
+    nb_status st = nb_plugin_load(path);
+    unlink(path);
+    assert_int_equal(st, NB_PLUGIN_LOAD);
+    NB_ASSERT_ERROR_HAS("cannot load");
+    nb_plugin_info info = info_for(strrchr(path, '/'));
+    assert_false(info.loaded);
+    /* dlerror() names the problem (an ELF header that is not there) */
+    assert_true(strlen(info.note) > strlen("cannot load: "));
+}
+
+static void library_without_entry_symbol_is_not_a_plugin(void **state)
+{
+    (void)state;
+    expect_failure("noentry", NB_PLUGIN_LOAD, "no 'nb_plugin_entry' symbol");
+}
+
+static void entry_returning_null_keeps_its_reason(void **state)
+{
+    (void)state;
+    expect_failure("refuses", NB_PLUGIN_LOAD, "frobnicator driver 0.3 is too old (need 1.2)");
+    expect_failure("refuses_silently", NB_PLUGIN_LOAD, "no reason given");
+}
+
+static void newer_abi_major_is_refused(void **state)
+{
+    (void)state;
+    expect_failure("abi2", NB_ABI_MISMATCH, "ABI major 2");
+}
+
+static void too_small_table_is_refused(void **state)
+{
+    (void)state;
+    expect_failure("small", NB_ABI_MISMATCH, "plugin table is");
+}
+
+static void table_lacking_alloc_is_refused(void **state)
+{
+    (void)state;
+    expect_failure("noalloc", NB_ABI_MISMATCH, "lacks a required member");
+}
+
+static void duplicate_device_type_is_refused(void **state)
+{
+    (void)state;
+    char path[1200];
+    bad_path(path, sizeof path, "dupcpu");
+    if (nb_device_count("cpu") < 1) /* the duplicate would be the only cpu */
+        skip();
+    expect_failure("dupcpu", NB_PLUGIN_LOAD, "device type 'cpu' is already provided by");
+    /* the real cpu keeps working */
+    assert_int_equal(nb_device_count("cpu"), 1);
+}
+
+static void plugin_with_no_device_loads_and_keeps_its_note(void **state)
+{
+    (void)state;
+    char path[1200];
+    NB_ASSERT_OK(nb_plugin_load(bad_path(path, sizeof path, "nodev")));
+    assert_int_equal(nb_last_status(), NB_OK); /* a successful load leaves no error behind */
+    nb_plugin_info info = info_for("badplugin_nodev.so");
+    assert_true(info.loaded);
+    assert_string_equal(info.name, "nodev");
+    assert_string_equal(info.version, "test-1");
+    assert_int_equal(info.devices, 0);
+    assert_string_equal(info.note, "no frobnicator hardware found");
+    assert_int_equal(nb_device_count("nodev"), 0);
+    char buf[64];
+    assert_int_equal(nb_device_parse("nodev", buf, sizeof buf), NB_NO_DEVICE);
+    NB_ASSERT_ERROR_HAS("device index 0 out of range: 0 nodev devices");
+    nb_tensor *t = nb_zeros(NB_SHAPE(2), (nb_opts){.device = "nodev"});
+    assert_null(t);
+    assert_int_equal(nb_last_status(), NB_NO_DEVICE);
+}
+
+static void plugin_built_for_a_later_minor_loads(void **state)
+{
+    (void)state;
+    char path[1200];
+    NB_ASSERT_OK(nb_plugin_load(bad_path(path, sizeof path, "newminor")));
+    nb_plugin_info info = info_for("badplugin_newminor.so");
+    assert_true(info.loaded);
+    assert_string_equal(info.name, "newminor");
+    assert_int_equal(info.abi_major, 1);
+    assert_int_equal(info.abi_minor, 5);
+    assert_int_equal(info.devices, 2);
+    assert_string_equal(info.note, "");
+    /* 3 entries in its table; the unknown op name is ignored when kernels are bound */
+    assert_int_equal(info.n_kernels, 3);
+    assert_true(nb_device_has_kernel("newminor:1", "fill", NB_DTYPE_F32));
+    assert_false(nb_device_has_kernel("newminor:1", "no_such_op", NB_DTYPE_F32));
+    assert_false(nb_device_has_kernel("newminor:1", "fill", NB_DTYPE_F64));
+}
+
+static void loading_the_same_plugin_twice_is_a_no_op(void **state)
+{
+    (void)state;
+    char path[1200];
+    bad_path(path, sizeof path, "mini");
+    NB_ASSERT_OK(nb_plugin_load(path));
+    size_t n = nb_plugin_count();
+    NB_ASSERT_OK(nb_plugin_load(path));
+    assert_int_equal(nb_plugin_count(), n);
+    assert_int_equal(nb_device_count("mini"), 2);
+}
+
+static void a_failed_plugin_never_stops_the_others(void **state)
+{
+    (void)state;
+    /* after every failure above, the discovered plugins are still there and still work */
+    if (nb_device_count("cpu") < 1)
+        skip();
+    nb_plugin_info info = info_for("nabla_plugin_cpu_blas.so");
+    assert_true(info.loaded);
+    assert_string_equal(info.name, "cpu");
+    assert_int_equal(info.devices, 1);
+    assert_true(info.n_kernels > 0);
+    assert_int_equal(info.abi_major, 1);
+    nb_tensor *t = nb_ones(NB_SHAPE(3), (nb_opts){0});
+    assert_non_null(t);
+    nb_release(t);
+}
+
+static void plugin_get_checks_its_arguments(void **state)
+{
+    (void)state;
+    nb_plugin_info info;
+    assert_int_equal(nb_plugin_get(0, NULL), NB_NULL_ARGUMENT);
+    size_t n = nb_plugin_count();
+    assert_int_equal(nb_plugin_get(n, &info), NB_INDEX_OUT_OF_RANGE);
+    NB_ASSERT_ERROR_HAS("out of range");
+}
+
+static void op_names_are_listed(void **state)
+{
+    (void)state;
+    size_t n = nb_op_count();
+    assert_true(n > 50);
+    bool has_fill = false, has_matmul = false;
+    for (size_t i = 0; i < n; i++) {
+        assert_non_null(nb_op_name(i));
+        has_fill |= strcmp(nb_op_name(i), "fill") == 0;
+        has_matmul |= strcmp(nb_op_name(i), "matmul") == 0;
+    }
+    assert_true(has_fill && has_matmul);
+    assert_null(nb_op_name(n));
+}
+
+static void shutdown_unloads_and_a_later_call_reloads(void **state)
+{
+    (void)state;
+    size_t before = nb_plugin_count();
+    NB_ASSERT_OK(nb_shutdown());
+    /* explicit loads are forgotten; discovery runs again */
+    size_t after = nb_plugin_count();
+    assert_true(after <= before);
+    if (plugin_dir[0]) {
+        char path[1200];
+        NB_ASSERT_OK(nb_plugin_load(bad_path(path, sizeof path, "mini")));
+        assert_int_equal(nb_device_count("mini"), 2);
+    }
+}
+
+int main(void)
+{
+    const char *env = getenv("NABLA_BADPLUGIN_DIR");
+#ifdef BADPLUGIN_DIR
+    if (!env || !*env)
+        env = BADPLUGIN_DIR;
+#endif
+    if (env && *env)
+        snprintf(plugin_dir, sizeof plugin_dir, "%s", env);
+    else
+        fprintf(stderr, "test_plugin: test plugins not built (add badplugins to "
+                        "tests/CMakeLists.txt or set NABLA_BADPLUGIN_DIR); skipping those\n");
+    const struct CMUnitTest tests[] = {
+        NB_TEST(load_null_path_is_an_error),
+        NB_TEST(load_missing_file_fails_and_is_recorded),
+        NB_TEST(load_text_file_fails_with_the_loader_reason),
+        NB_TEST(library_without_entry_symbol_is_not_a_plugin),
+        NB_TEST(entry_returning_null_keeps_its_reason),
+        NB_TEST(newer_abi_major_is_refused),
+        NB_TEST(too_small_table_is_refused),
+        NB_TEST(table_lacking_alloc_is_refused),
+        NB_TEST(duplicate_device_type_is_refused),
+        NB_TEST(plugin_with_no_device_loads_and_keeps_its_note),
+        NB_TEST(plugin_built_for_a_later_minor_loads),
+        NB_TEST(loading_the_same_plugin_twice_is_a_no_op),
+        NB_TEST(a_failed_plugin_never_stops_the_others),
+        NB_TEST(plugin_get_checks_its_arguments),
+        NB_TEST(op_names_are_listed),
+        NB_TEST(shutdown_unloads_and_a_later_call_reloads),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    nb_status st = nb_shutdown();
+    if (st != NB_OK)
+        fprintf(stderr, "%s\n", nb_last_error());
+    return failed || st != NB_OK;
+}
