@@ -1,0 +1,381 @@
+/* test_runtime.c - tests core/runtime.c: status strings, the thread-local last error, scopes,
+ * nb_shutdown's leak report, and the replaceable allocator (out of memory injected at every
+ * allocation of a small training step: each call fails cleanly or succeeds, nothing leaks). */
+#include "nb_test.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* ---- status strings ---- */
+
+static void status_str_covers_every_code(void **state)
+{
+    (void)state;
+    struct {
+        nb_status code;
+        const char *desc;
+    } table[] = {
+#define ROW_(name, value, desc) {NB_##name, desc},
+        NB_STATUS_MAP(ROW_)
+#undef ROW_
+    };
+    size_t n = sizeof table / sizeof *table;
+    assert_int_equal(n, NB_NO_DEVICE + 1); /* codes are dense from 0 */
+    for (size_t k = 0; k < n; k++) {
+        assert_int_equal(table[k].code, (nb_status)k);
+        assert_string_equal(nb_status_str(table[k].code), table[k].desc);
+        assert_true(strlen(table[k].desc) > 0);
+        for (size_t j = 0; j < k; j++) /* each code reads differently */
+            assert_string_not_equal(nb_status_str(table[j].code), table[k].desc);
+    }
+    assert_string_equal(nb_status_str(NB_OK), "success");
+    assert_string_equal(nb_status_str((nb_status)(NB_NO_DEVICE + 1)), "unknown status");
+    assert_string_equal(nb_status_str((nb_status)-1), "unknown status");
+}
+
+/* ---- the last error ---- */
+
+static void no_error_reads_as_empty(void **state)
+{
+    (void)state;
+    nb_clear_error();
+    assert_int_equal(nb_last_status(), NB_OK);
+    assert_string_equal(nb_last_error(), "");
+}
+
+static void last_error_is_kept_and_reading_never_changes_it(void **state)
+{
+    (void)state;
+    assert_int_equal(nb_plugin_load(NULL), NB_NULL_ARGUMENT);
+    char first[1024];
+    snprintf(first, sizeof first, "%s", nb_last_error());
+    assert_true(strlen(first) > 0);
+    for (int k = 0; k < 3; k++) { /* reading, status strings and pure queries leave it alone */
+        assert_string_equal(nb_last_error(), first);
+        assert_int_equal(nb_last_status(), NB_NULL_ARGUMENT);
+        (void)nb_status_str(NB_IO);
+        (void)nb_dtype_name(NB_DTYPE_F32);
+        (void)nb_live_tensors();
+    }
+    nb_clear_error();
+    assert_int_equal(nb_last_status(), NB_OK);
+    assert_string_equal(nb_last_error(), "");
+}
+
+static void later_error_replaces_earlier_one(void **state)
+{
+    (void)state;
+    assert_int_equal(nb_plugin_load(NULL), NB_NULL_ARGUMENT);
+    assert_int_equal(nb_set_allocator(&(nb_allocator){.malloc = malloc}), NB_NULL_ARGUMENT);
+    assert_int_equal(nb_last_status(), NB_NULL_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("nb_set_allocator");
+}
+
+static void *error_in_thread(void *arg)
+{
+    (void)arg;
+    /* a fresh thread starts clean and its error stays its own */
+    int clean = nb_last_status() == NB_OK && nb_last_error()[0] == '\0';
+    nb_plugin_load(NULL);
+    return (void *)(intptr_t)clean;
+}
+
+static void errors_are_per_thread(void **state)
+{
+    (void)state;
+    nb_scope_end(); /* NB_STATE here */
+    assert_int_equal(nb_last_status(), NB_STATE);
+    char mine[1024];
+    snprintf(mine, sizeof mine, "%s", nb_last_error());
+    pthread_t th;
+    void *clean = NULL;
+    assert_int_equal(pthread_create(&th, NULL, error_in_thread, NULL), 0);
+    assert_int_equal(pthread_join(th, &clean), 0);
+    assert_true(clean != NULL);
+    assert_int_equal(nb_last_status(), NB_STATE);
+    assert_string_equal(nb_last_error(), mine);
+}
+
+/* ---- scopes ---- */
+
+static nb_tensor *small(void) { return nb_empty(NB_SHAPE(2, 3), (nb_opts){0}); }
+
+static void scope_releases_tensors_at_its_end(void **state)
+{
+    (void)state;
+    nb_scope_begin();
+    for (int k = 0; k < 100; k++) /* more than one growth of the scope's list */
+        assert_non_null(small());
+    assert_int_equal(nb_live_tensors(), 100);
+    nb_scope_end();
+    assert_int_equal(nb_live_tensors(), 0);
+    assert_int_equal(nb_live_storages(), 0);
+    assert_int_equal(nb_last_status(), NB_OK);
+}
+
+static void keep_hands_a_tensor_to_the_caller(void **state)
+{
+    (void)state;
+    nb_scope_begin();
+    nb_tensor *a = small(), *b = small();
+    assert_ptr_equal(nb_keep(b), b);
+    (void)a;
+    nb_scope_end();
+    assert_int_equal(nb_live_tensors(), 1); /* b survived, a did not */
+    assert_int_equal(nb_tensor_numel(b), 6);
+    nb_release(b);
+}
+
+static void keep_in_a_nested_scope_hands_to_the_enclosing_one(void **state)
+{
+    (void)state;
+    nb_scope_begin();
+    nb_tensor *outer = small();
+    nb_scope_begin();
+    nb_tensor *kept = nb_keep(small());
+    (void)small();
+    nb_scope_end();
+    assert_int_equal(nb_live_tensors(), 2); /* outer and kept */
+    assert_int_equal(nb_tensor_numel(kept), 6);
+    assert_int_equal(nb_tensor_numel(outer), 6);
+    nb_scope_end(); /* kept belonged to the outer scope: released now */
+    assert_int_equal(nb_live_tensors(), 0);
+}
+
+static void retained_tensor_outlives_its_scope(void **state)
+{
+    (void)state;
+    nb_scope_begin();
+    nb_tensor *t = nb_retain(small()); /* one reference the scope drops, one mine */
+    nb_scope_end();
+    assert_int_equal(nb_live_tensors(), 1);
+    nb_release(t);
+}
+
+static void tensors_outside_any_scope_are_untouched_by_one(void **state)
+{
+    (void)state;
+    nb_tensor *t = small();
+    nb_scope_begin();
+    nb_tensor *v = nb_reshape(t, NB_SHAPE(6)); /* a view of t made in the scope */
+    assert_non_null(v);
+    nb_scope_end();
+    assert_int_equal(nb_live_tensors(), 1);
+    assert_int_equal(nb_tensor_numel(t), 6);
+    nb_release(t);
+}
+
+static void keep_outside_a_scope_and_keep_null_are_harmless(void **state)
+{
+    (void)state;
+    assert_null(nb_keep(NULL));
+    nb_tensor *t = small();
+    assert_ptr_equal(nb_keep(t), t);
+    nb_release(t);
+    nb_release(NULL); /* a no-op */
+}
+
+static void scope_end_without_begin_is_an_error(void **state)
+{
+    (void)state;
+    nb_scope_end();
+    assert_int_equal(nb_last_status(), NB_STATE);
+    NB_ASSERT_ERROR_HAS("no scope is open");
+}
+
+static void many_nested_scopes(void **state)
+{
+    (void)state;
+    for (int d = 0; d < 20; d++) { /* deeper than the first allocation of the scope stack */
+        nb_scope_begin();
+        (void)small();
+    }
+    assert_int_equal(nb_live_tensors(), 20);
+    for (int d = 0; d < 20; d++) {
+        nb_scope_end();
+        assert_int_equal(nb_live_tensors(), 19 - d);
+    }
+}
+
+/* ---- shutdown ---- */
+
+static void shutdown_reports_live_tensors(void **state)
+{
+    (void)state;
+    nb_tensor *a = small(), *b = small();
+    assert_non_null(a);
+    assert_int_equal(nb_shutdown(), NB_STATE);
+    NB_ASSERT_ERROR_HAS("2 tensors and 2 storages are still alive");
+    nb_tensor *v = nb_reshape(a, NB_SHAPE(3, 2)); /* a view: a tensor, no new storage */
+    assert_int_equal(nb_shutdown(), NB_STATE);
+    NB_ASSERT_ERROR_HAS("3 tensors and 2 storages");
+    nb_release(a);
+    nb_release(b);
+    assert_int_equal(nb_shutdown(), NB_STATE);
+    NB_ASSERT_ERROR_HAS("1 tensors and 1 storages");
+    nb_release(v);
+    nb_clear_error();
+    NB_ASSERT_OK(nb_shutdown());
+    NB_ASSERT_OK(nb_shutdown()); /* twice is fine */
+    /* and the runtime comes back on the next call */
+    nb_tensor *c = small();
+    assert_non_null(c);
+    nb_release(c);
+}
+
+/* ---- the allocator ---- */
+
+/* Counts live blocks and fails the fail_at-th allocation (0: never). */
+static struct {
+    long calls, live, fail_at, failures;
+} acct;
+
+static void *count_malloc(size_t n)
+{
+    if (++acct.calls == acct.fail_at) {
+        acct.failures++;
+        return NULL;
+    }
+    void *p = malloc(n);
+    if (p)
+        acct.live++;
+    return p;
+}
+
+static void *count_realloc(void *p, size_t n)
+{
+    if (++acct.calls == acct.fail_at) {
+        acct.failures++;
+        return NULL;
+    }
+    void *q = realloc(p, n);
+    if (q && !p)
+        acct.live++;
+    return q;
+}
+
+static void count_free(void *p)
+{
+    if (p)
+        acct.live--;
+    free(p);
+}
+
+static const nb_allocator counting = {count_malloc, count_realloc, count_free};
+
+static void set_allocator_refuses_while_tensors_live(void **state)
+{
+    (void)state;
+    nb_tensor *t = small();
+    assert_int_equal(nb_set_allocator(&counting), NB_STATE);
+    NB_ASSERT_ERROR_HAS("1 tensors");
+    nb_release(t);
+}
+
+static void set_allocator_needs_all_three_functions(void **state)
+{
+    (void)state;
+    nb_allocator partial = {.malloc = malloc, .realloc = realloc};
+    assert_int_equal(nb_set_allocator(&partial), NB_NULL_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("malloc, realloc and free");
+    NB_ASSERT_OK(nb_set_allocator(NULL));
+}
+
+static void check(bool ok_or_error)
+{
+    /* every call either worked or left a reason */
+    if (!ok_or_error && nb_last_status() == NB_OK)
+        fail_msg("a call failed without an error (allocation %ld)", acct.fail_at);
+}
+
+/* A small training step: creation, ops with broadcasting, autograd, scopes, printing. */
+static void workload(void)
+{
+    float data[6] = {1, 2, 3, 4, 5, 6};
+    nb_tensor *x = nb_from_data(data, NB_SHAPE(2, 3), (nb_opts){.requires_grad = true});
+    check(x != NULL);
+    nb_scope_begin();
+    nb_tensor *w = nb_full(NB_SHAPE(3), 0.5, (nb_opts){0});
+    check(w != NULL);
+    nb_tensor *y = nb_mul(x, w);
+    nb_tensor *z = nb_add_scalar(y, 1);
+    nb_tensor *s = nb_sum(nb_relu(z), NULL, 0, false);
+    check(s != NULL);
+    if (s)
+        check(nb_backward(s, NULL, false) == NB_OK);
+    char *str = nb_tensor_str(s);
+    check(str != NULL || s == NULL);
+    nb_free(str);
+    nb_tensor *m = nb_matmul(x, nb_t(x));
+    check(m != NULL);
+    nb_scope_end();
+    nb_tensor *g = nb_tensor_grad(x);
+    nb_release(g);
+    nb_release(x);
+}
+
+static void out_of_memory_at_every_allocation_fails_cleanly(void **state)
+{
+    (void)state;
+    if (nb_device_count("cpu") < 1 || !nb_device_has_kernel("cpu", "add", NB_DTYPE_F32))
+        skip(); /* needs the cpu plugin's kernels */
+    /* measure a clean run with everything (plugins too) allocated through the counter */
+    NB_ASSERT_OK(nb_shutdown());
+    acct = (typeof(acct)){0};
+    NB_ASSERT_OK(nb_set_allocator(&counting));
+    workload();
+    assert_int_equal(nb_last_status(), NB_OK);
+    NB_ASSERT_OK(nb_shutdown());
+    long total = acct.calls;
+    assert_int_equal(acct.live, 0);
+    NB_ASSERT_OK(nb_set_allocator(NULL));
+    assert_true(total > 10);
+
+    long failed_runs = 0;
+    for (long k = 1; k <= total; k++) {
+        acct = (typeof(acct)){.fail_at = k};
+        nb_clear_error();
+        NB_ASSERT_OK(nb_set_allocator(&counting));
+        workload();
+        failed_runs += nb_last_status() != NB_OK;
+        if (nb_live_tensors() || nb_live_storages())
+            fail_msg("allocation %ld of %ld failed: %lld tensors and %lld storages leaked "
+                     "(error: %s)", k, total, (long long)nb_live_tensors(),
+                     (long long)nb_live_storages(), nb_last_error());
+        NB_ASSERT_OK(nb_shutdown());
+        if (acct.live != 0)
+            fail_msg("allocation %ld of %ld failed: %ld host blocks leaked (error: %s)", k,
+                     total, acct.live, nb_last_error());
+        NB_ASSERT_OK(nb_set_allocator(NULL));
+    }
+    /* most failures must surface as errors; a few may be absorbed (a scope that cannot grow
+     * logs and goes on) */
+    assert_true(failed_runs > total / 2);
+    nb_clear_error();
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        NB_TEST(status_str_covers_every_code),
+        NB_TEST(no_error_reads_as_empty),
+        NB_TEST(last_error_is_kept_and_reading_never_changes_it),
+        NB_TEST(later_error_replaces_earlier_one),
+        NB_TEST(errors_are_per_thread),
+        NB_TEST(scope_releases_tensors_at_its_end),
+        NB_TEST(keep_hands_a_tensor_to_the_caller),
+        NB_TEST(keep_in_a_nested_scope_hands_to_the_enclosing_one),
+        NB_TEST(retained_tensor_outlives_its_scope),
+        NB_TEST(tensors_outside_any_scope_are_untouched_by_one),
+        NB_TEST(keep_outside_a_scope_and_keep_null_are_harmless),
+        NB_TEST(scope_end_without_begin_is_an_error),
+        NB_TEST(many_nested_scopes),
+        NB_TEST(shutdown_reports_live_tensors),
+        NB_TEST(set_allocator_refuses_while_tensors_live),
+        NB_TEST(set_allocator_needs_all_three_functions),
+        NB_TEST(out_of_memory_at_every_allocation_fails_cleanly),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    return failed || nb_shutdown() != NB_OK;
+}
