@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# compare_pytorch.sh - runs the same workloads in Nabla and PyTorch with the same thread count
+# and prints `workload | nabla | pytorch | ratio`: the seed's two-layer net (500 steps), one
+# Fashion-MNIST epoch of LeNet (nabla-train vs torch_lenet.py, same recipe, plus peak RSS),
+# matmul 1024^3 and a 1-element add. Without torch it says so and prints Nabla's column only.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+build="$here/../build"
+threads=1
+data=/usr/share/datasets/fashion-mnist
+device=cpu
+epochs=1
+usage() {
+    echo "usage: $0 [--build DIR] [--threads N] [--data DIR] [--device D] [--quick]"
+    echo "  --build DIR  Nabla build folder holding bin/nabla-bench and bin/nabla-train"
+    echo "  --quick      LeNet on 6000 images instead of a whole epoch"
+}
+limit=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --build) build=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --data) data=$2; shift 2 ;;
+    --device) device=$2; shift 2 ;;
+    --quick) limit=6000; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "compare_pytorch.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+case "$threads" in ''|*[!0-9]*) echo "compare_pytorch.sh: --threads '$threads': expected a positive integer" >&2; exit 2 ;; esac
+
+bench="$build/bin/nabla-bench"
+train="$build/bin/nabla-train"
+for exe in "$bench" "$train"; do
+    if [ ! -x "$exe" ]; then
+        echo "compare_pytorch.sh: $exe not found; build it first (cmake --build $build --target nabla-bench nabla-train) or pass --build DIR" >&2
+        exit 1
+    fi
+done
+
+# Same thread count for both: OpenMP and OpenBLAS read these, torch gets set_num_threads(N).
+export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+
+py=""
+for cand in /usr/bin/python3 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c "import torch" >/dev/null 2>&1; then
+        py=$cand
+        break
+    fi
+done
+if [ -z "$py" ]; then
+    echo "# PyTorch not found (tried /usr/bin/python3 and python3 with 'import torch'): Nabla's column only"
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+value() { # value NAME FILE -> the number on the `NAME value ...` line
+    awk -v n="$1" '$1 == n { print $2; exit }' "$2"
+}
+
+echo "# threads $threads, device $device"
+"$bench" --device "$device" --only mlp,matmul,dispatch > "$tmp/nb_bench.txt"
+limit_args=()
+[ "$limit" -gt 0 ] && limit_args=(--limit "$limit")
+"$train" --data "$data" --device "$device" --threads "$threads" --epochs "$epochs" \
+    "${limit_args[@]}" > "$tmp/nb_train.txt"
+if [ -n "$py" ]; then
+    "$py" "$here/torch_bench.py" --only mlp,matmul,dispatch --threads "$threads" > "$tmp/pt_bench.txt"
+    "$py" "$here/torch_lenet.py" --data "$data" --threads "$threads" --epochs "$epochs" \
+        "${limit_args[@]}" > "$tmp/pt_train.txt"
+else
+    : > "$tmp/pt_bench.txt"
+    : > "$tmp/pt_train.txt"
+fi
+
+lenet_name="lenet_fashion_epoch (s)"
+[ "$limit" -gt 0 ] && lenet_name="lenet_fashion_${limit}_images (s)"
+row() { # row LABEL NABLA PYTORCH: the ratio is nabla / pytorch
+    local r="-"
+    if [ -n "$2" ] && [ -n "$3" ]; then
+        r=$(awk -v a="$2" -v b="$3" 'BEGIN { if (b != 0) printf "%.2f", a / b; else print "-" }')
+    fi
+    printf '%-34s | %12s | %12s | %6s\n' "$1" "${2:--}" "${3:--}" "$r"
+}
+printf '%-34s | %12s | %12s | %6s\n' workload nabla pytorch ratio
+row "mlp_seed_500 (s)" "$(value mlp_seed_500 "$tmp/nb_bench.txt")" "$(value mlp_seed_500 "$tmp/pt_bench.txt")"
+row "$lenet_name" "$(value train_seconds "$tmp/nb_train.txt")" "$(value train_seconds "$tmp/pt_train.txt")"
+row "lenet test_accuracy" "$(value test_accuracy "$tmp/nb_train.txt")" "$(value test_accuracy "$tmp/pt_train.txt")"
+row "lenet peak_rss (MB)" "$(value peak_rss_mb "$tmp/nb_train.txt")" "$(value peak_rss_mb "$tmp/pt_train.txt")"
+row "matmul_f32_1024 (GFLOP/s)" "$(value matmul_f32_1024 "$tmp/nb_bench.txt")" "$(value matmul_f32_1024 "$tmp/pt_bench.txt")"
+row "dispatch_add_1 (ns)" "$(value dispatch_add_1 "$tmp/nb_bench.txt")" "$(value dispatch_add_1 "$tmp/pt_bench.txt")"
+echo "# ratio = nabla / pytorch: below 1 is better for times, memory and ns; above 1 for GFLOP/s"
