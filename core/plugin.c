@@ -18,6 +18,7 @@ struct nbi_plugin {
     void *dl;
     const nb_plugin *api;
     bool loaded;
+    nb_status status; /* of the load, repeated when the same file is asked for again */
     char note[512];
     int32_t n_devices;
     nbi_device *devices;
@@ -56,7 +57,7 @@ static nb_status load_one(const char *path, bool explicit)
     for (size_t k = 0; k < n_plugins; k++)
         if (strcmp(plugins[k]->path, key) == 0)
             return plugins[k]->loaded ? NB_OK
-                                      : nbi_error(NB_PLUGIN_LOAD, "plugin %s: %s", key,
+                                      : nbi_error(plugins[k]->status, "plugin %s: %s", key,
                                                   plugins[k]->note);
 
     nbi_plugin *p = nbi_calloc(1, sizeof *p);
@@ -133,6 +134,7 @@ fail:
         p->dl = NULL;
     }
     p->api = NULL;
+    p->status = st;
     nbi_log(explicit ? NB_LOG_DEBUG : NB_LOG_INFO, "plugin %s skipped: %s", key, p->note);
     return nbi_error(st, "plugin %s: %s", key, p->note);
 }
