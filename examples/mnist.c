@@ -138,9 +138,9 @@ bool mnist_load(const char *dir, const char *prefix, int64_t limit, mnist_set *s
         goto done;
     }
     /* Read everything even with a limit, so a damaged file is reported the same way. */
-    if (!read_exact(fi, set->images, (size_t)ni * px, ipath, "the pixels", err, errlen) ||
+    if (!read_exact(fi, set->images, (size_t)ni * px, ipath, "the pixel data", err, errlen) ||
         !check_end(fi, ipath, err, errlen) ||
-        !read_exact(fl, set->labels, (size_t)nl, lpath, "the labels", err, errlen) ||
+        !read_exact(fl, set->labels, (size_t)nl, lpath, "the label data", err, errlen) ||
         !check_end(fl, lpath, err, errlen))
         goto done;
     for (int64_t k = 0; k < nl; k++)
