@@ -17,7 +17,8 @@
     X(compare_scalar) X(logical) X(where) X(reduce) X(reduce_partials) X(matmul)           \
     X(matmul_naive) X(index_check) X(gather) X(scatter_add) X(random_uniform)              \
     X(random_normal) X(relu_backward) X(softmax_rows) X(softmax_backward_rows) X(sgd_step)  \
-    X(adam_step)
+    X(adam_step) X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)    \
+    X(max_pool2d_backward)
 
 typedef enum ocl_kid {
 #define OCL_KID_(name) OCL_K_##name,

@@ -991,6 +991,159 @@ static nb_status k_adam_step(const nb_kernel_args *a)
     return run_elementwise(a->device, "adam_step", t, OCL_K_adam_step, 4, v, &g, 8, extra);
 }
 
+/* ---- Tier 2: conv2d and max_pool2d ---- */
+
+/* Launches kernel kid over n work-items with the three buffers of v and p. */
+static nb_status run_flat(int device, const char *op, nb_dtype t, ocl_kid kid, int64_t n,
+                          const view *v, const nbk_conv *p)
+{
+    if (n == 0)
+        return NB_OK;
+    ocl_dev *d = ocl_device(device, op);
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    size_t wg;
+    cl_kernel k = ocl_kernel(d, t, kid, op, &wg);
+    if (!k)
+        return NB_DEVICE_ERROR;
+    ocl_arg args[] = {OCL_ARG(v[0].mem), OCL_ARG(v[1].mem), OCL_ARG(v[2].mem),
+                      {sizeof *p, p}};
+    size_t local = wg < 128 ? wg : 128;
+    size_t global = ((size_t)n + local - 1) / local * local;
+    return ocl_launch(d, k, op, 4, args, 1, &global, &local);
+}
+
+/* out, in[0], in[1] as 4-d float tensors (in[1] int64 for the pooling indices). */
+static nb_status check4(const char *op, const nb_kernel_args *a, int idx_dtype, view *v)
+{
+    nb_status st = n_inputs(op, a, 2);
+    if (st == NB_OK)
+        st = check(op, "out", a->out, -1, &v[0]);
+    if (st == NB_OK && a->out->dtype != NB_DTYPE_F32 && a->out->dtype != NB_DTYPE_F64)
+        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s, expected f32 or f64", op,
+                 dt_name[a->out->dtype]);
+    if (st == NB_OK)
+        st = check(op, "input 0", &a->in[0], (int)a->out->dtype, &v[1]);
+    if (st == NB_OK)
+        st = check(op, "input 1", &a->in[1], idx_dtype >= 0 ? idx_dtype : (int)a->out->dtype,
+                   &v[2]);
+    if (st == NB_OK && (a->out->ndim != 4 || a->in[0].ndim != 4 || a->in[1].ndim != 4))
+        st = ERR(NB_SHAPE_MISMATCH, "opencl %s: operands have %d, %d and %d dims, expected 4 "
+                 "each", op, (int)a->out->ndim, (int)a->in[0].ndim, (int)a->in[1].ndim);
+    return st;
+}
+
+static void conv_role(int64_t *off, int64_t *st, const view *v)
+{
+    *off = v->off;
+    for (int k = 0; k < 4; k++)
+        st[k] = v->o->strides[k];
+}
+
+/* role 0: out = conv2d(in[0] x, in[1] w); 1: out = grad x from in[0] grad y and in[1] w;
+ * 2: out = grad w from in[0] grad y and in[1] x. */
+static nb_status run_conv(const nb_kernel_args *a, const char *op, ocl_kid kid, int role)
+{
+    view v[3];
+    nb_status st = check4(op, a, -1, v);
+    if (st != NB_OK)
+        return st;
+    const view *vy = role == 0 ? &v[0] : &v[1];
+    const view *vx = role == 0 ? &v[1] : role == 1 ? &v[0] : &v[2];
+    const view *vw = role == 2 ? &v[0] : &v[2];
+    const int64_t *ys = vy->o->shape, *xs = vx->o->shape, *ws = vw->o->shape;
+    nbk_conv p;
+    memset(&p, 0, sizeof p);
+    p.n = xs[0], p.c = xs[1], p.h = xs[2], p.w = xs[3];
+    p.o = ys[1], p.oh = ys[2], p.ow = ys[3];
+    p.kh = ws[2], p.kw = ws[3];
+    p.sh = a->i[0], p.sw = a->i[1], p.ph = a->i[2], p.pw = a->i[3];
+    p.dh = a->i[4], p.dw = a->i[5], p.groups = a->i[6];
+    if (p.sh < 1 || p.sw < 1 || p.ph < 0 || p.pw < 0 || p.dh < 1 || p.dw < 1 || p.groups < 1)
+        return ERR(NB_INVALID_ARGUMENT, "opencl %s: stride %lldx%lld, padding %lldx%lld, "
+                   "dilation %lldx%lld, groups %lld; expected stride, dilation and groups >= 1 "
+                   "and padding >= 0", op, (long long)p.sh, (long long)p.sw, (long long)p.ph,
+                   (long long)p.pw, (long long)p.dh, (long long)p.dw, (long long)p.groups);
+    int64_t eh = (p.h + 2 * p.ph - p.dh * (p.kh - 1) - 1), ew = (p.w + 2 * p.pw - p.dw * (p.kw - 1) - 1);
+    if (ys[0] != p.n || ws[0] != p.o || p.c % p.groups || p.o % p.groups ||
+        ws[1] != p.c / p.groups || eh < 0 || ew < 0 || p.oh != eh / p.sh + 1 ||
+        p.ow != ew / p.sw + 1)
+        return ERR(NB_SHAPE_MISMATCH, "opencl %s: x [%lld,%lld,%lld,%lld], w [%lld,%lld,%lld,"
+                   "%lld] and y [%lld,%lld,%lld,%lld] do not fit a conv2d with these stride, "
+                   "padding, dilation and %lld groups", op, (long long)xs[0], (long long)xs[1],
+                   (long long)xs[2], (long long)xs[3], (long long)ws[0], (long long)ws[1],
+                   (long long)ws[2], (long long)ws[3], (long long)ys[0], (long long)ys[1],
+                   (long long)ys[2], (long long)ys[3], (long long)p.groups);
+    conv_role(&p.off_y, p.st_y, vy);
+    conv_role(&p.off_x, p.st_x, vx);
+    conv_role(&p.off_w, p.st_w, vw);
+    int64_t n = role == 0 ? p.n * p.o * p.oh * p.ow
+              : role == 1 ? p.n * p.c * p.h * p.w
+                          : p.o * (p.c / p.groups) * p.kh * p.kw;
+    return run_flat(a->device, op, a->out->dtype, kid, n, v, &p);
+}
+
+static nb_status k_conv2d(const nb_kernel_args *a)
+{
+    return run_conv(a, "conv2d", OCL_K_conv2d, 0);
+}
+static nb_status k_conv2d_backward_input(const nb_kernel_args *a)
+{
+    return run_conv(a, "conv2d_backward_input", OCL_K_conv2d_backward_input, 1);
+}
+static nb_status k_conv2d_backward_weight(const nb_kernel_args *a)
+{
+    return run_conv(a, "conv2d_backward_weight", OCL_K_conv2d_backward_weight, 2);
+}
+
+/* forward: out y, in[0] x, in[1] indices (written); backward: out grad x, in[0] grad y,
+ * in[1] indices. i[] = kernel h,w, stride h,w, padding h,w (backward scans whole planes when
+ * they are 0). */
+static nb_status run_pool(const nb_kernel_args *a, const char *op, int backward)
+{
+    view v[3];
+    nb_status st = check4(op, a, NB_DTYPE_I64, v);
+    if (st != NB_OK)
+        return st;
+    const view *vy = backward ? &v[1] : &v[0], *vx = backward ? &v[0] : &v[1];
+    const int64_t *ys = vy->o->shape, *xs = vx->o->shape, *is = v[2].o->shape;
+    nbk_conv p;
+    memset(&p, 0, sizeof p);
+    p.n = xs[0], p.c = xs[1], p.h = xs[2], p.w = xs[3];
+    p.o = ys[1], p.oh = ys[2], p.ow = ys[3];
+    p.kh = a->i[0], p.kw = a->i[1], p.sh = a->i[2], p.sw = a->i[3], p.ph = a->i[4],
+    p.pw = a->i[5];
+    if (ys[0] != p.n || ys[1] != p.c || is[0] != ys[0] || is[1] != ys[1] || is[2] != ys[2] ||
+        is[3] != ys[3])
+        return ERR(NB_SHAPE_MISMATCH, "opencl %s: x [%lld,%lld,%lld,%lld], y [%lld,%lld,%lld,"
+                   "%lld] and indices [%lld,%lld,%lld,%lld]; expected y and indices (N,C,OH,OW) "
+                   "for x (N,C,H,W)", op, (long long)xs[0], (long long)xs[1], (long long)xs[2],
+                   (long long)xs[3], (long long)ys[0], (long long)ys[1], (long long)ys[2],
+                   (long long)ys[3], (long long)is[0], (long long)is[1], (long long)is[2],
+                   (long long)is[3]);
+    if (!backward && (p.kh < 1 || p.kw < 1 || p.sh < 1 || p.sw < 1 || p.ph < 0 || p.pw < 0 ||
+                      p.ph * 2 > p.kh || p.pw * 2 > p.kw))
+        return ERR(NB_INVALID_ARGUMENT, "opencl %s: kernel %lldx%lld, stride %lldx%lld, "
+                   "padding %lldx%lld; expected kernel and stride >= 1 and 0 <= padding <= "
+                   "kernel/2", op, (long long)p.kh, (long long)p.kw, (long long)p.sh,
+                   (long long)p.sw, (long long)p.ph, (long long)p.pw);
+    conv_role(&p.off_y, p.st_y, vy);
+    conv_role(&p.off_x, p.st_x, vx);
+    conv_role(&p.off_w, p.st_w, &v[2]);
+    int64_t n = backward ? p.n * p.c * p.h * p.w : p.n * p.c * p.oh * p.ow;
+    return run_flat(a->device, op, a->out->dtype,
+                    backward ? OCL_K_max_pool2d_backward : OCL_K_max_pool2d, n, v, &p);
+}
+
+static nb_status k_max_pool2d(const nb_kernel_args *a)
+{
+    return run_pool(a, "max_pool2d", 0);
+}
+static nb_status k_max_pool2d_backward(const nb_kernel_args *a)
+{
+    return run_pool(a, "max_pool2d_backward", 1);
+}
+
 /* ---- The kernel table ---- */
 
 #define B_(t) (1u << NB_DTYPE_##t)
@@ -1073,6 +1226,11 @@ static const spec specs[] = {
     {"log_softmax_backward", k_log_softmax_backward, FLT},
     {"sgd_step", k_sgd_step, FLT},
     {"adam_step", k_adam_step, FLT},
+    {"conv2d", k_conv2d, FLT},
+    {"conv2d_backward_input", k_conv2d_backward_input, FLT},
+    {"conv2d_backward_weight", k_conv2d_backward_weight, FLT},
+    {"max_pool2d", k_max_pool2d, FLT},
+    {"max_pool2d_backward", k_max_pool2d_backward, FLT},
 };
 
 size_t ocl_kernel_table(nb_kernel_desc *table, int with_f64)

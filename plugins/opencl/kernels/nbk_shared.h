@@ -54,6 +54,16 @@ typedef struct nbk_mm {
     nbk_i64 st[3][3];
 } nbk_mm;
 
+/* conv2d and max_pool2d. Three tensors by role: y (N,O,OH,OW) the output side, x (N,C,H,W) the
+ * input side, w (O,C/groups,KH,KW) the weight (for pooling: the int64 indices, shaped like y). */
+typedef struct nbk_conv {
+    nbk_i64 n, c, h, w;
+    nbk_i64 o, oh, ow;
+    nbk_i64 kh, kw, sh, sw, ph, pw, dh, dw, groups;
+    nbk_i64 off_y, off_x, off_w;
+    nbk_i64 st_y[4], st_x[4], st_w[4];
+} nbk_conv;
+
 /* unary, out = op(x) */
 #define NBK_NEG 0
 #define NBK_ABS 1

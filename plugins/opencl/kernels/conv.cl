@@ -1,0 +1,133 @@
+/* conv.cl - direct conv2d (forward, grad of input, grad of weight) and max_pool2d (forward and
+ * backward), one work-item per output element; each gathers what it needs, so nothing races and
+ * no atomics are needed. Float dtypes only. */
+#if IS_FLOAT
+#define Y_AT(p, n, o, a, b) ((p).off_y + (n) * (p).st_y[0] + (o) * (p).st_y[1] + (a) * (p).st_y[2] + (b) * (p).st_y[3])
+#define X_AT(p, n, c, a, b) ((p).off_x + (n) * (p).st_x[0] + (c) * (p).st_x[1] + (a) * (p).st_x[2] + (b) * (p).st_x[3])
+#define W_AT(p, o, c, a, b) ((p).off_w + (o) * (p).st_w[0] + (c) * (p).st_w[1] + (a) * (p).st_w[2] + (b) * (p).st_w[3])
+
+__kernel void conv2d(__global T *y, __global const T *x, __global const T *w, nbk_conv p)
+{
+    long i = get_global_id(0);
+    if (i >= p.n * p.o * p.oh * p.ow)
+        return;
+    long ow = i % p.ow, oh = i / p.ow % p.oh, o = i / (p.ow * p.oh) % p.o,
+         n = i / (p.ow * p.oh * p.o);
+    long cg = p.c / p.groups, og = p.o / p.groups, c0 = o / og * cg;
+    T acc = 0;
+    for (long c = 0; c < cg; c++)
+        for (long a = 0; a < p.kh; a++) {
+            long ih = oh * p.sh - p.ph + a * p.dh;
+            if (ih < 0 || ih >= p.h)
+                continue;
+            for (long b = 0; b < p.kw; b++) {
+                long iw = ow * p.sw - p.pw + b * p.dw;
+                if (iw >= 0 && iw < p.w)
+                    acc += x[X_AT(p, n, c0 + c, ih, iw)] * w[W_AT(p, o, c, a, b)];
+            }
+        }
+    y[Y_AT(p, n, o, oh, ow)] = acc;
+}
+
+/* gx (N,C,H,W) = sum over the outputs each input element feeds */
+__kernel void conv2d_backward_input(__global T *gx, __global const T *gy, __global const T *w,
+                                    nbk_conv p)
+{
+    long i = get_global_id(0);
+    if (i >= p.n * p.c * p.h * p.w)
+        return;
+    long iw = i % p.w, ih = i / p.w % p.h, c = i / (p.w * p.h) % p.c, n = i / (p.w * p.h * p.c);
+    long cg = p.c / p.groups, og = p.o / p.groups, g = c / cg, cl = c % cg;
+    T acc = 0;
+    for (long o = g * og; o < (g + 1) * og; o++)
+        for (long a = 0; a < p.kh; a++) {
+            long t = ih + p.ph - a * p.dh;
+            if (t < 0 || t % p.sh || t / p.sh >= p.oh)
+                continue;
+            for (long b = 0; b < p.kw; b++) {
+                long u = iw + p.pw - b * p.dw;
+                if (u < 0 || u % p.sw || u / p.sw >= p.ow)
+                    continue;
+                acc += gy[Y_AT(p, n, o, t / p.sh, u / p.sw)] * w[W_AT(p, o, cl, a, b)];
+            }
+        }
+    gx[X_AT(p, n, c, ih, iw)] = acc;
+}
+
+/* gw (O,C/g,KH,KW) = sum over batch and output positions */
+__kernel void conv2d_backward_weight(__global T *gw, __global const T *gy, __global const T *x,
+                                     nbk_conv p)
+{
+    long cg = p.c / p.groups, og = p.o / p.groups;
+    long i = get_global_id(0);
+    if (i >= p.o * cg * p.kh * p.kw)
+        return;
+    long b = i % p.kw, a = i / p.kw % p.kh, c = i / (p.kw * p.kh) % cg, o = i / (p.kw * p.kh * cg);
+    long cx = o / og * cg + c;
+    T acc = 0;
+    for (long n = 0; n < p.n; n++)
+        for (long oh = 0; oh < p.oh; oh++) {
+            long ih = oh * p.sh - p.ph + a * p.dh;
+            if (ih < 0 || ih >= p.h)
+                continue;
+            for (long ow = 0; ow < p.ow; ow++) {
+                long iw = ow * p.sw - p.pw + b * p.dw;
+                if (iw >= 0 && iw < p.w)
+                    acc += gy[Y_AT(p, n, o, oh, ow)] * x[X_AT(p, n, cx, ih, iw)];
+            }
+        }
+    gw[W_AT(p, o, c, a, b)] = acc;
+}
+
+/* y (N,C,OH,OW) = window max, idx (role w, shaped like y) = its flat h*W+w; NaN wins, and an
+ * all -inf window reports its first in-bounds element, as PyTorch does. */
+__kernel void max_pool2d(__global T *y, __global const T *x, __global long *idx, nbk_conv p)
+{
+    long i = get_global_id(0);
+    if (i >= p.n * p.c * p.oh * p.ow)
+        return;
+    long ow = i % p.ow, oh = i / p.ow % p.oh, c = i / (p.ow * p.oh) % p.c,
+         n = i / (p.ow * p.oh * p.c);
+    long h0 = oh * p.sh - p.ph, w0 = ow * p.sw - p.pw;
+    long hs = max(h0, 0L), ws = max(w0, 0L), he = min(h0 + p.kh, p.h), we = min(w0 + p.kw, p.w);
+    T best = -INFINITY;
+    long bi = hs * p.w + ws;
+    for (long a = hs; a < he; a++)
+        for (long b = ws; b < we; b++) {
+            T v = x[X_AT(p, n, c, a, b)];
+            if (v > best || (IS_NAN(v) && !IS_NAN(best))) { /* the first NaN stays */
+                best = v;
+                bi = a * p.w + b;
+            }
+        }
+    y[Y_AT(p, n, c, oh, ow)] = best;
+    idx[W_AT(p, n, c, oh, ow)] = bi;
+}
+
+/* gx (N,C,H,W): each input element sums the gradients of the windows that picked it */
+__kernel void max_pool2d_backward(__global T *gx, __global const T *gy, __global const long *idx,
+                                  nbk_conv p)
+{
+    long i = get_global_id(0);
+    if (i >= p.n * p.c * p.h * p.w)
+        return;
+    long iw = i % p.w, ih = i / p.w % p.h, c = i / (p.w * p.h) % p.c, n = i / (p.w * p.h * p.c);
+    long me = ih * p.w + iw;
+    /* windows oh with oh*sh - ph <= ih < oh*sh - ph + kh */
+    long oh0 = 0, ow0 = 0, oh1 = p.oh - 1, ow1 = p.ow - 1;
+    if (p.kh > 0 && p.kw > 0 && p.sh > 0 && p.sw > 0) { /* else: scan the whole plane */
+        oh0 = ih + p.ph - p.kh + 1;
+        ow0 = iw + p.pw - p.kw + 1;
+        oh0 = oh0 <= 0 ? 0 : (oh0 + p.sh - 1) / p.sh;
+        ow0 = ow0 <= 0 ? 0 : (ow0 + p.sw - 1) / p.sw;
+        oh1 = min((ih + p.ph) / p.sh, p.oh - 1);
+        ow1 = min((iw + p.pw) / p.sw, p.ow - 1);
+    }
+    T acc = 0;
+    for (long oh = oh0; oh <= oh1; oh++)
+        for (long ow = ow0; ow <= ow1; ow++)
+            if (idx[W_AT(p, n, c, oh, ow)] == me)
+                acc += gy[Y_AT(p, n, c, oh, ow)];
+    gx[X_AT(p, n, c, ih, iw)] = acc;
+}
+#endif
