@@ -119,9 +119,11 @@ typedef struct nb_kernel_args {
 /* A kernel returns NB_OK, or reports through nb_host.error and returns that status. */
 typedef nb_status (*nb_kernel_fn)(const nb_kernel_args *args);
 
-/* One entry of a plugin's kernel table: op name (see below) and the dtype it handles. For "copy"
- * the dtype is the output's; the kernel must accept every input dtype. For comparison ops the
- * dtype is the inputs' (the output is always bool). */
+/* One entry of a plugin's kernel table: op name (see below) and the dtype it handles: the
+ * output's dtype ("copy" must then accept every input dtype; "where" is registered under the
+ * output's dtype, its condition is bool), except comparison ops, "*_scalar" comparisons and
+ * "argmax"/"argmin", which are registered under their input's dtype (their output is bool or
+ * int64), and the logical ops, which the core always calls with bool inputs. */
 typedef struct nb_kernel_desc {
     const char *op;
     nb_dtype dtype;
