@@ -1,0 +1,129 @@
+/* cpu_internal.h - what the files of the cpu_blas plugin share: the host table, the one strided
+ * N-d iterator every elementwise kernel runs on, per-thread scratch memory, dtype conversions
+ * and the per-file kernel tables that cpu_plugin.c joins. */
+#ifndef NBC_INTERNAL_H
+#define NBC_INTERNAL_H
+
+#include "nabla_plugin.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+extern const nb_host *nbc_host;
+
+/* Reports through the host when there is one (the plugin tests provide one too). */
+#define NBC_ERR(status, ...)                                                                \
+    (nbc_host && nbc_host->error ? nbc_host->error((status), __VA_ARGS__) : (status))
+
+/* Elementwise work below this many elements stays on the calling thread. */
+#define NBC_PARALLEL_MIN 32768
+
+/* ---- dtypes ----
+ * X(suffix, C type, enum, kind): kind is d for float types and i for integer ones, and picks
+ * how a value converts to another dtype (nbc_fromd_* or nbc_fromi_*). bool is one byte, 0 or 1. */
+#define NBC_ALL_DTYPES(X)                                                                   \
+    X(f32, float, NB_DTYPE_F32, d)                                                          \
+    X(f64, double, NB_DTYPE_F64, d)                                                         \
+    X(i32, int32_t, NB_DTYPE_I32, i)                                                        \
+    X(i64, int64_t, NB_DTYPE_I64, i)                                                        \
+    X(u8, uint8_t, NB_DTYPE_U8, i)                                                          \
+    X(b8, uint8_t, NB_DTYPE_BOOL, i)
+
+/* Float to integer saturates and maps NaN to 0, so no conversion is undefined behaviour. */
+static inline int64_t nbc_fromd_i64(double x)
+{
+    if (x != x)
+        return 0;
+    if (x >= 9223372036854775807.0)
+        return INT64_MAX;
+    if (x <= -9223372036854775808.0)
+        return INT64_MIN;
+    return (int64_t)x;
+}
+static inline float nbc_fromd_f32(double x) { return (float)x; }
+static inline double nbc_fromd_f64(double x) { return x; }
+static inline int32_t nbc_fromd_i32(double x) { return (int32_t)nbc_fromd_i64(x); }
+static inline uint8_t nbc_fromd_u8(double x) { return (uint8_t)nbc_fromd_i64(x); }
+static inline uint8_t nbc_fromd_b8(double x) { return x != 0; }
+static inline float nbc_fromi_f32(int64_t x) { return (float)x; }
+static inline double nbc_fromi_f64(int64_t x) { return (double)x; }
+static inline int32_t nbc_fromi_i32(int64_t x) { return (int32_t)x; }
+static inline int64_t nbc_fromi_i64(int64_t x) { return x; }
+static inline uint8_t nbc_fromi_u8(int64_t x) { return (uint8_t)x; }
+static inline uint8_t nbc_fromi_b8(int64_t x) { return x != 0; }
+
+size_t nbc_dtype_size(nb_dtype dt);
+const char *nbc_dtype_name(nb_dtype dt);
+
+static inline char *nbc_ptr(const nb_operand *o) { return (char *)o->handle + o->offset; }
+
+int64_t nbc_numel(const nb_operand *o);
+/* True when o is laid out row-major without gaps. */
+bool nbc_is_contiguous(const nb_operand *o);
+
+/* ---- the strided iterator ----
+ * A kernel describes up to NBC_MAX_OPS operands over one shape (byte strides, 0 = broadcast);
+ * the iterator drops size-1 dims, merges dims that are contiguous for every operand, and calls
+ * a row function for each run along the innermost remaining dim. Rows come in row-major order
+ * of the shape; k0 is the linear (row-major) index of the row's first element. */
+#define NBC_MAX_OPS 5
+
+typedef void (*nbc_row_fn)(char **p, const int64_t *s, int64_t n, int64_t k0, const void *ctx);
+
+typedef struct nbc_iter {
+    int nops;
+    int ndim;
+    int64_t shape[NB_MAX_DIMS];
+    int64_t st[NBC_MAX_OPS][NB_MAX_DIMS]; /* byte strides */
+    char *base[NBC_MAX_OPS];
+} nbc_iter;
+
+void nbc_iter_init(nbc_iter *it, int nops, int ndim, const int64_t *shape);
+/* Operand k starts at base and moves by strides (in elements of esize bytes). */
+void nbc_iter_operand(nbc_iter *it, int k, char *base, const int64_t *strides, size_t esize);
+/* Runs fn over every element; parallel allows splitting the range over OpenMP threads, which
+ * is only correct when no two elements write the same output. */
+void nbc_iter_run(nbc_iter *it, nbc_row_fn fn, const void *ctx, bool parallel);
+
+/* The two halves of nbc_iter_run, for kernels that split the work themselves. prepare drops
+ * size-1 dims, merges dims contiguous for every operand (afterwards ndim >= 1) and returns the
+ * element count (0 when a dim is empty); range visits linear elements [start, end). */
+int64_t nbc_iter_prepare(nbc_iter *it);
+void nbc_iter_range(const nbc_iter *it, nbc_row_fn fn, const void *ctx, int64_t start,
+                    int64_t end);
+
+/* The common case: out and args->in[0..n_in-1] over out's shape. */
+nb_status nbc_ew(const nb_kernel_args *a, nbc_row_fn fn, const void *ctx);
+
+/* ---- scratch ----
+ * Grow-only buffers of the calling thread (slot 0..NBC_SCRATCH_SLOTS-1), 64-byte aligned, so a
+ * training step reuses the same memory every iteration. NULL (after reporting) when out of
+ * memory. */
+#define NBC_SCRATCH_SLOTS 6
+void *nbc_scratch(int slot, size_t bytes);
+void nbc_scratch_release(void);
+
+/* Copies src into a contiguous row-major buffer dst of the same dtype. */
+void nbc_gather_contiguous(void *dst, const nb_operand *src);
+/* Copies the contiguous row-major buffer src into the (maybe strided) operand dst. */
+void nbc_scatter_contiguous(const nb_operand *dst, const void *src);
+/* Returns o's data as a contiguous buffer: o's own memory when it already is, else a copy in
+ * scratch slot `slot`. NULL when out of memory. */
+void *nbc_contiguous_in(const nb_operand *o, int slot);
+
+/* Threads available to an OpenMP region (1 without OpenMP). */
+int nbc_max_threads(void);
+
+/* ---- kernel tables of each file ---- */
+extern const nb_kernel_desc nbc_elementwise_kernels[];
+extern const size_t nbc_elementwise_count;
+extern const nb_kernel_desc nbc_reduce_kernels[];
+extern const size_t nbc_reduce_count;
+extern const nb_kernel_desc nbc_matmul_kernels[];
+extern const size_t nbc_matmul_count;
+extern const nb_kernel_desc nbc_nn_kernels[];
+extern const size_t nbc_nn_count;
+
+#endif /* NBC_INTERNAL_H */

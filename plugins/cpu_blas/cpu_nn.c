@@ -1,0 +1,581 @@
+/* cpu_nn.c - the fused tier-2 kernels of the cpu_blas plugin: softmax and log_softmax with
+ * their backwards, conv2d and its two backwards (im2col + one gemm per group over the whole
+ * batch), and max_pool2d with its backward. Strided operands are made contiguous first. */
+#include "cpu_internal.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <tgmath.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Scratch slots used here (one kernel runs at a time on a thread, so slots never clash). */
+enum { S_IN0 = 0, S_IN1 = 1, S_OUT = 2, S_COL = 3, S_PERM = 4, S_IN2 = 5 };
+
+/* An output written in place when contiguous, else through scratch and copied out at the end. */
+static void *out_buffer(const nb_operand *o, int slot)
+{
+    if (nbc_is_contiguous(o))
+        return nbc_ptr(o);
+    return nbc_scratch(slot, (size_t)nbc_numel(o) * nbc_dtype_size(o->dtype) + 1);
+}
+
+static void out_finish(const nb_operand *o, const void *buf)
+{
+    if (buf != nbc_ptr(o))
+        nbc_scatter_contiguous(o, buf);
+}
+
+static nb_status same_shape(const char *name, const nb_operand *a, const nb_operand *b)
+{
+    bool ok = a->ndim == b->ndim;
+    for (int32_t d = 0; ok && d < a->ndim; d++)
+        ok = a->shape[d] == b->shape[d];
+    if (!ok)
+        return NBC_ERR(NB_SHAPE_MISMATCH, "%s: operand shapes differ (%d-d and %d-d, or a dim "
+                       "size), expected the output's shape", name, (int)a->ndim, (int)b->ndim);
+    return NB_OK;
+}
+
+/* ---- softmax family: rows along the last dim ---- */
+
+typedef struct rows {
+    int64_t n, len; /* rows, row length */
+} rows;
+
+static nb_status softmax_rows(const char *name, const nb_kernel_args *a, int n_in, rows *r)
+{
+    const nb_operand *out = a->out;
+    if (a->n_in < n_in)
+        return NBC_ERR(NB_INVALID_ARGUMENT, "%s: needs %d inputs, got %d", name, n_in,
+                       (int)a->n_in);
+    for (int k = 0; k < n_in; k++)
+        if (same_shape(name, out, &a->in[k]) != NB_OK)
+            return NB_SHAPE_MISMATCH;
+    if (out->ndim > 0 && a->i[0] != out->ndim - 1)
+        return NBC_ERR(NB_INVALID_ARGUMENT, "%s: dim %lld given, this kernel only reduces the "
+                       "last dim (%d)", name, (long long)a->i[0], (int)out->ndim - 1);
+    r->len = out->ndim ? out->shape[out->ndim - 1] : 1;
+    r->n = r->len ? nbc_numel(out) / r->len : 0;
+    return NB_OK;
+}
+
+/* MODE 0 softmax, 1 log_softmax, 2 softmax_backward, 3 log_softmax_backward. */
+#define DEF_SOFTMAX(SFX, T)                                                                 \
+    static void softmax_row_##SFX(int mode, int64_t len, T *o, const T *x, const T *y)     \
+    {                                                                                       \
+        if (mode <= 1) {                                                                    \
+            T m = -INFINITY;                                                                \
+            for (int64_t j = 0; j < len; j++)                                               \
+                m = (x[j] > m || x[j] != x[j]) ? x[j] : m;                                  \
+            if (m == -INFINITY)                                                             \
+                m = 0; /* all -inf: exp gives 0s and the sum 0, like PyTorch's NaN */     \
+            double sum = 0;                                                                 \
+            if (mode == 0) {                                                                \
+                for (int64_t j = 0; j < len; j++) {                                         \
+                    o[j] = exp(x[j] - m);                                                   \
+                    sum += o[j];                                                            \
+                }                                                                           \
+                const T inv = (T)(1 / sum);                                                 \
+                for (int64_t j = 0; j < len; j++)                                           \
+                    o[j] *= inv;                                                            \
+            } else {                                                                        \
+                for (int64_t j = 0; j < len; j++)                                           \
+                    sum += exp(x[j] - m);                                                   \
+                const T lse = (T)(m + log(sum));                                            \
+                for (int64_t j = 0; j < len; j++)                                           \
+                    o[j] = x[j] - lse;                                                      \
+            }                                                                               \
+        } else if (mode == 2) {                                                             \
+            double dot = 0;                                                                 \
+            for (int64_t j = 0; j < len; j++)                                               \
+                dot += (double)x[j] * y[j];                                                 \
+            for (int64_t j = 0; j < len; j++)                                               \
+                o[j] = y[j] * (x[j] - (T)dot);                                              \
+        } else {                                                                            \
+            double sum = 0;                                                                 \
+            for (int64_t j = 0; j < len; j++)                                               \
+                sum += x[j];                                                                \
+            for (int64_t j = 0; j < len; j++)                                               \
+                o[j] = x[j] - exp(y[j]) * (T)sum;                                           \
+        }                                                                                   \
+    }                                                                                       \
+    static nb_status softmax_kernel_##SFX(const nb_kernel_args *a, int mode, const char *name) \
+    {                                                                                       \
+        rows r;                                                                             \
+        int n_in = mode <= 1 ? 1 : 2;                                                       \
+        if (softmax_rows(name, a, n_in, &r) != NB_OK)                                       \
+            return NB_SHAPE_MISMATCH;                                                       \
+        if (r.n == 0)                                                                       \
+            return NB_OK;                                                                   \
+        const T *x = nbc_contiguous_in(&a->in[0], S_IN0);                                   \
+        const T *y = n_in > 1 ? nbc_contiguous_in(&a->in[1], S_IN1) : x;                   \
+        T *o = out_buffer(a->out, S_OUT);                                                   \
+        if (!x || !y || !o)                                                                 \
+            return NB_OUT_OF_MEMORY;                                                        \
+        _Pragma("omp parallel for if (r.n * r.len >= NBC_PARALLEL_MIN)")                    \
+        for (int64_t k = 0; k < r.n; k++)                                                   \
+            softmax_row_##SFX(mode, r.len, o + k * r.len, x + k * r.len, y + k * r.len);    \
+        out_finish(a->out, o);                                                              \
+        return NB_OK;                                                                       \
+    }                                                                                       \
+    static nb_status k_softmax_##SFX(const nb_kernel_args *a)                               \
+    {                                                                                       \
+        return softmax_kernel_##SFX(a, 0, "softmax");                                       \
+    }                                                                                       \
+    static nb_status k_log_softmax_##SFX(const nb_kernel_args *a)                           \
+    {                                                                                       \
+        return softmax_kernel_##SFX(a, 1, "log_softmax");                                   \
+    }                                                                                       \
+    static nb_status k_softmax_backward_##SFX(const nb_kernel_args *a)                      \
+    {                                                                                       \
+        return softmax_kernel_##SFX(a, 2, "softmax_backward");                              \
+    }                                                                                       \
+    static nb_status k_log_softmax_backward_##SFX(const nb_kernel_args *a)                  \
+    {                                                                                       \
+        return softmax_kernel_##SFX(a, 3, "log_softmax_backward");                          \
+    }
+DEF_SOFTMAX(f32, float)
+DEF_SOFTMAX(f64, double)
+
+/* ---- conv2d ---- */
+
+typedef struct geom {
+    int64_t N, C, H, W;    /* input */
+    int64_t O, kh, kw;     /* weight (O, C/G, kh, kw) */
+    int64_t OH, OW, P;     /* output plane, P = OH * OW */
+    int64_t sh, sw, ph, pw, dh, dw, G;
+    int64_t Cg, Og, K;     /* channels per group, K = Cg * kh * kw */
+} geom;
+
+static int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d)
+{
+    int64_t span = in + 2 * p - d * (k - 1) - 1;
+    return span < 0 ? 0 : span / s + 1;
+}
+
+/* Checks x, w and y shapes against each other and the parameters in a->i. */
+static nb_status conv_geom(const char *name, const nb_kernel_args *a, const nb_operand *x,
+                           const nb_operand *w, const nb_operand *y, geom *g)
+{
+    if (x->ndim != 4 || w->ndim != 4 || y->ndim != 4)
+        return NBC_ERR(NB_SHAPE_MISMATCH, "%s: input, weight and output must be 4-d, got %d, "
+                       "%d and %d dims", name, (int)x->ndim, (int)w->ndim, (int)y->ndim);
+    if (x->dtype != y->dtype || w->dtype != y->dtype)
+        return NBC_ERR(NB_DTYPE_UNSUPPORTED, "%s: input, weight and output are %s, %s and %s; "
+                       "expected one float dtype", name, nbc_dtype_name(x->dtype),
+                       nbc_dtype_name(w->dtype), nbc_dtype_name(y->dtype));
+    *g = (geom){x->shape[0], x->shape[1], x->shape[2], x->shape[3], w->shape[0], w->shape[2],
+                w->shape[3], y->shape[2], y->shape[3], 0, a->i[0], a->i[1], a->i[2], a->i[3],
+                a->i[4], a->i[5], a->i[6] ? a->i[6] : 1, 0, 0, 0};
+    if (g->sh < 1 || g->sw < 1 || g->dh < 1 || g->dw < 1 || g->ph < 0 || g->pw < 0 || g->G < 1)
+        return NBC_ERR(NB_INVALID_ARGUMENT, "%s: stride (%lld,%lld), padding (%lld,%lld), "
+                       "dilation (%lld,%lld), groups %lld; expected stride, dilation and groups "
+                       ">= 1 and padding >= 0", name, (long long)g->sh, (long long)g->sw,
+                       (long long)g->ph, (long long)g->pw, (long long)g->dh, (long long)g->dw,
+                       (long long)g->G);
+    if (g->C % g->G || g->O % g->G || w->shape[1] != g->C / g->G)
+        return NBC_ERR(NB_SHAPE_MISMATCH, "%s: %lld input and %lld output channels with %lld "
+                       "groups need a weight of (O, C/groups, kh, kw); got C/groups %lld",
+                       name, (long long)g->C, (long long)g->O, (long long)g->G,
+                       (long long)w->shape[1]);
+    int64_t oh = conv_out_size(g->H, g->kh, g->sh, g->ph, g->dh);
+    int64_t ow = conv_out_size(g->W, g->kw, g->sw, g->pw, g->dw);
+    if (y->shape[0] != g->N || y->shape[1] != g->O || oh != g->OH || ow != g->OW)
+        return NBC_ERR(NB_SHAPE_MISMATCH, "%s: output is (%lld,%lld,%lld,%lld), expected "
+                       "(%lld,%lld,%lld,%lld)", name, (long long)y->shape[0],
+                       (long long)y->shape[1], (long long)y->shape[2], (long long)y->shape[3],
+                       (long long)g->N, (long long)g->O, (long long)oh, (long long)ow);
+    g->P = g->OH * g->OW;
+    g->Cg = g->C / g->G;
+    g->Og = g->O / g->G;
+    g->K = g->Cg * g->kh * g->kw;
+    if (g->K > INT_MAX || g->N * g->P > INT_MAX || g->Og > INT_MAX)
+        return NBC_ERR(NB_INVALID_ARGUMENT, "%s: sizes exceed the BLAS limit %d", name, INT_MAX);
+    return NB_OK;
+}
+
+/* Output columns ow whose input column ow * sw + off lies inside [0, W): [*lo, *hi). Computed
+ * once per kernel row, so the copy loops have no bounds tests. */
+static void valid_cols(const geom *g, int64_t off, int64_t *lo, int64_t *hi)
+{
+    int64_t l = off >= 0 ? 0 : (-off + g->sw - 1) / g->sw;
+    int64_t h = g->W - off <= 0 ? 0 : (g->W - off + g->sw - 1) / g->sw;
+    if (l > g->OW)
+        l = g->OW;
+    if (h > g->OW)
+        h = g->OW;
+    if (h < l)
+        h = l;
+    *lo = l;
+    *hi = h;
+}
+
+/* col is (K, N * P) for group grp: row (c, ki, kj), column (n, oh, ow). im2col fills it from
+ * x; col2im adds it back into dx (the adjoint). */
+#define DEF_IM2COL(SFX, T)                                                                  \
+    static void im2col_##SFX(const geom *g, const T *x, int64_t grp, T *col)               \
+    {                                                                                       \
+        const int64_t NP = g->N * g->P;                                                     \
+        for (int64_t c = 0; c < g->Cg; c++)                                                 \
+            for (int64_t ki = 0; ki < g->kh; ki++)                                          \
+                for (int64_t kj = 0; kj < g->kw; kj++) {                                    \
+                    T *row = col + ((c * g->kh + ki) * g->kw + kj) * NP;                    \
+                    const int64_t off = kj * g->dw - g->pw;                                 \
+                    int64_t lo, hi;                                                         \
+                    valid_cols(g, off, &lo, &hi);                                           \
+                    for (int64_t n = 0; n < g->N; n++) {                                    \
+                        const T *xc = x + ((n * g->C + grp * g->Cg + c) * g->H) * g->W;     \
+                        for (int64_t oh = 0; oh < g->OH; oh++) {                            \
+                            T *dst = row + n * g->P + oh * g->OW;                           \
+                            const int64_t ih = oh * g->sh + ki * g->dh - g->ph;             \
+                            if (ih < 0 || ih >= g->H) {                                     \
+                                memset(dst, 0, (size_t)g->OW * sizeof(T));                  \
+                                continue;                                                   \
+                            }                                                               \
+                            const T *src = xc + ih * g->W + off;                            \
+                            for (int64_t ow = 0; ow < lo; ow++)                             \
+                                dst[ow] = 0;                                                \
+                            if (g->sw == 1)                                                 \
+                                memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof(T));  \
+                            else                                                            \
+                                for (int64_t ow = lo; ow < hi; ow++)                        \
+                                    dst[ow] = src[ow * g->sw];                              \
+                            for (int64_t ow = hi; ow < g->OW; ow++)                         \
+                                dst[ow] = 0;                                                \
+                        }                                                                   \
+                    }                                                                       \
+                }                                                                           \
+    }                                                                                       \
+    static void col2im_##SFX(const geom *g, const T *col, int64_t grp, T *dx)              \
+    {                                                                                       \
+        const int64_t NP = g->N * g->P;                                                     \
+        for (int64_t c = 0; c < g->Cg; c++)                                                 \
+            for (int64_t ki = 0; ki < g->kh; ki++)                                          \
+                for (int64_t kj = 0; kj < g->kw; kj++) {                                    \
+                    const T *row = col + ((c * g->kh + ki) * g->kw + kj) * NP;              \
+                    const int64_t off = kj * g->dw - g->pw;                                 \
+                    int64_t lo, hi;                                                         \
+                    valid_cols(g, off, &lo, &hi);                                           \
+                    for (int64_t n = 0; n < g->N; n++) {                                    \
+                        T *xc = dx + ((n * g->C + grp * g->Cg + c) * g->H) * g->W;          \
+                        for (int64_t oh = 0; oh < g->OH; oh++) {                            \
+                            const int64_t ih = oh * g->sh + ki * g->dh - g->ph;             \
+                            if (ih < 0 || ih >= g->H)                                       \
+                                continue;                                                   \
+                            const T *srow = row + n * g->P + oh * g->OW;                    \
+                            T *d = xc + ih * g->W + off;                                    \
+                            if (g->sw == 1)                                                 \
+                                for (int64_t ow = lo; ow < hi; ow++)                        \
+                                    d[ow] += srow[ow];                                      \
+                            else                                                            \
+                                for (int64_t ow = lo; ow < hi; ow++)                        \
+                                    d[ow * g->sw] += srow[ow];                              \
+                        }                                                                   \
+                    }                                                                       \
+                }                                                                           \
+    }
+DEF_IM2COL(f32, float)
+DEF_IM2COL(f64, double)
+
+/* C (M x N) = op(A) @ op(B), row-major. */
+static void gemm(nb_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void *A,
+                 int64_t lda, const void *B, int64_t ldb, void *C, int64_t ldc)
+{
+    CBLAS_TRANSPOSE tA = ta ? CblasTrans : CblasNoTrans, tB = tb ? CblasTrans : CblasNoTrans;
+    if (dt == NB_DTYPE_F32)
+        cblas_sgemm(CblasRowMajor, tA, tB, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, B,
+                    (int)ldb, 0.0f, C, (int)ldc);
+    else
+        cblas_dgemm(CblasRowMajor, tA, tB, (int)M, (int)N, (int)K, 1.0, A, (int)lda, B,
+                    (int)ldb, 0.0, C, (int)ldc);
+}
+
+/* y (N, O, P) <-> yp (Og, N * P) for one group: the layout a batched gemm reads and writes. */
+static void to_group_major(const geom *g, const char *y, int64_t grp, char *yp, size_t es)
+{
+    const size_t row = (size_t)g->P * es;
+    for (int64_t o = 0; o < g->Og; o++)
+        for (int64_t n = 0; n < g->N; n++)
+            memcpy(yp + (size_t)(o * g->N + n) * row, y + (size_t)(n * g->O + grp * g->Og + o) * row,
+                   row);
+}
+
+static void from_group_major(const geom *g, const char *yp, int64_t grp, char *y, size_t es)
+{
+    const size_t row = (size_t)g->P * es;
+    for (int64_t o = 0; o < g->Og; o++)
+        for (int64_t n = 0; n < g->N; n++)
+            memcpy(y + (size_t)(n * g->O + grp * g->Og + o) * row, yp + (size_t)(o * g->N + n) * row,
+                   row);
+}
+
+static void im2col(nb_dtype dt, const geom *g, const void *x, int64_t grp, void *col)
+{
+    if (dt == NB_DTYPE_F32)
+        im2col_f32(g, x, grp, col);
+    else
+        im2col_f64(g, x, grp, col);
+}
+
+static void col2im(nb_dtype dt, const geom *g, const void *col, int64_t grp, void *dx)
+{
+    if (dt == NB_DTYPE_F32)
+        col2im_f32(g, col, grp, dx);
+    else
+        col2im_f64(g, col, grp, dx);
+}
+
+/* in[0] x (N,C,H,W), in[1] w (O,C/G,kh,kw); out y (N,O,OH,OW). */
+static nb_status k_conv2d(const nb_kernel_args *a)
+{
+    geom g;
+    if (a->n_in < 2 || conv_geom("conv2d", a, &a->in[0], &a->in[1], a->out, &g) != NB_OK)
+        return a->n_in < 2 ? NBC_ERR(NB_INVALID_ARGUMENT, "conv2d: needs x and w") : NB_SHAPE_MISMATCH;
+    const nb_dtype dt = a->out->dtype;
+    const size_t es = nbc_dtype_size(dt);
+    const int64_t NP = g.N * g.P;
+    if (NP == 0 || g.O == 0)
+        return NB_OK;
+    const char *x = nbc_contiguous_in(&a->in[0], S_IN0);
+    const char *w = nbc_contiguous_in(&a->in[1], S_IN1);
+    char *y = out_buffer(a->out, S_OUT);
+    char *col = nbc_scratch(S_COL, (size_t)(g.K * NP) * es + 1);
+    char *yp = nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es + 1);
+    if (!x || !w || !y || !col || !yp)
+        return NB_OUT_OF_MEMORY;
+    for (int64_t grp = 0; grp < g.G; grp++) {
+        if (g.K == 0) {
+            memset(yp, 0, (size_t)(g.Og * NP) * es);
+        } else {
+            im2col(dt, &g, x, grp, col);
+            gemm(dt, false, false, g.Og, NP, g.K, w + (size_t)(grp * g.Og * g.K) * es, g.K, col,
+                 NP, yp, NP);
+        }
+        from_group_major(&g, yp, grp, y, es);
+    }
+    out_finish(a->out, y);
+    return NB_OK;
+}
+
+/* in[0] grad y (N,O,OH,OW), in[1] w; out dx (N,C,H,W). */
+static nb_status k_conv2d_backward_input(const nb_kernel_args *a)
+{
+    geom g;
+    if (a->n_in < 2 || conv_geom("conv2d_backward_input", a, a->out, &a->in[1], &a->in[0], &g))
+        return a->n_in < 2 ? NBC_ERR(NB_INVALID_ARGUMENT, "conv2d_backward_input: needs grad "
+                                     "and w") : NB_SHAPE_MISMATCH;
+    const nb_dtype dt = a->out->dtype;
+    const size_t es = nbc_dtype_size(dt);
+    const int64_t NP = g.N * g.P;
+    char *dx = out_buffer(a->out, S_OUT);
+    if (!dx)
+        return NB_OUT_OF_MEMORY;
+    memset(dx, 0, (size_t)nbc_numel(a->out) * es);
+    if (NP > 0 && g.K > 0 && g.Og > 0) {
+        const char *dy = nbc_contiguous_in(&a->in[0], S_IN0);
+        const char *w = nbc_contiguous_in(&a->in[1], S_IN1);
+        char *col = nbc_scratch(S_COL, (size_t)(g.K * NP) * es);
+        char *dyp = nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es);
+        if (!dy || !w || !col || !dyp)
+            return NB_OUT_OF_MEMORY;
+        for (int64_t grp = 0; grp < g.G; grp++) {
+            to_group_major(&g, dy, grp, dyp, es);
+            /* dcol (K, NP) = W_g^T (K, Og) @ dy_g (Og, NP) */
+            gemm(dt, true, false, g.K, NP, g.Og, w + (size_t)(grp * g.Og * g.K) * es, g.K, dyp,
+                 NP, col, NP);
+            col2im(dt, &g, col, grp, dx);
+        }
+    }
+    out_finish(a->out, dx);
+    return NB_OK;
+}
+
+/* in[0] grad y (N,O,OH,OW), in[1] x; out dw (O,C/G,kh,kw). */
+static nb_status k_conv2d_backward_weight(const nb_kernel_args *a)
+{
+    geom g;
+    if (a->n_in < 2 || conv_geom("conv2d_backward_weight", a, &a->in[1], a->out, &a->in[0], &g))
+        return a->n_in < 2 ? NBC_ERR(NB_INVALID_ARGUMENT, "conv2d_backward_weight: needs grad "
+                                     "and x") : NB_SHAPE_MISMATCH;
+    const nb_dtype dt = a->out->dtype;
+    const size_t es = nbc_dtype_size(dt);
+    const int64_t NP = g.N * g.P;
+    char *dw = out_buffer(a->out, S_OUT);
+    if (!dw)
+        return NB_OUT_OF_MEMORY;
+    if (NP == 0) {
+        memset(dw, 0, (size_t)nbc_numel(a->out) * es);
+    } else if (g.K > 0 && g.Og > 0) {
+        const char *dy = nbc_contiguous_in(&a->in[0], S_IN0);
+        const char *x = nbc_contiguous_in(&a->in[1], S_IN1);
+        char *col = nbc_scratch(S_COL, (size_t)(g.K * NP) * es);
+        char *dyp = nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es);
+        if (!dy || !x || !col || !dyp)
+            return NB_OUT_OF_MEMORY;
+        for (int64_t grp = 0; grp < g.G; grp++) {
+            im2col(dt, &g, x, grp, col);
+            to_group_major(&g, dy, grp, dyp, es);
+            /* dW_g (Og, K) = dy_g (Og, NP) @ col^T (NP, K) */
+            gemm(dt, false, true, g.Og, g.K, NP, dyp, NP, col, NP,
+                 dw + (size_t)(grp * g.Og * g.K) * es, g.K);
+        }
+    }
+    out_finish(a->out, dw);
+    return NB_OK;
+}
+
+/* ---- max_pool2d ---- */
+
+typedef struct pool {
+    int64_t planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw;
+} pool;
+
+static nb_status pool_geom(const char *name, const nb_kernel_args *a, const nb_operand *x,
+                           const nb_operand *y, pool *p)
+{
+    if (a->n_in < 2)
+        return NBC_ERR(NB_INVALID_ARGUMENT, "%s: needs 2 inputs, got %d", name, (int)a->n_in);
+    const nb_operand *idx = &a->in[1];
+    if (x->ndim != 4 || y->ndim != 4 || idx->ndim != 4)
+        return NBC_ERR(NB_SHAPE_MISMATCH, "%s: input, output and indices must be 4-d, got %d, "
+                       "%d and %d dims", name, (int)x->ndim, (int)y->ndim, (int)idx->ndim);
+    if (idx->dtype != NB_DTYPE_I64)
+        return NBC_ERR(NB_DTYPE_UNSUPPORTED, "%s: indices are %s, expected int64", name,
+                       nbc_dtype_name(idx->dtype));
+    *p = (pool){x->shape[0] * x->shape[1], x->shape[2], x->shape[3], y->shape[2], y->shape[3],
+                a->i[0], a->i[1], a->i[2], a->i[3], a->i[4], a->i[5]};
+    if (p->kh < 1 || p->kw < 1 || p->sh < 1 || p->sw < 1 || p->ph < 0 || p->pw < 0 ||
+        2 * p->ph > p->kh || 2 * p->pw > p->kw)
+        return NBC_ERR(NB_INVALID_ARGUMENT, "%s: kernel (%lld,%lld), stride (%lld,%lld), padding "
+                       "(%lld,%lld); expected kernel and stride >= 1 and 0 <= padding <= "
+                       "kernel/2", name, (long long)p->kh, (long long)p->kw, (long long)p->sh,
+                       (long long)p->sw, (long long)p->ph, (long long)p->pw);
+    int64_t oh = conv_out_size(p->H, p->kh, p->sh, p->ph, 1);
+    int64_t ow = conv_out_size(p->W, p->kw, p->sw, p->pw, 1);
+    bool ok = y->shape[0] == x->shape[0] && y->shape[1] == x->shape[1] && oh == p->OH &&
+              ow == p->OW;
+    for (int d = 0; d < 4; d++)
+        ok = ok && idx->shape[d] == y->shape[d];
+    if (!ok)
+        return NBC_ERR(NB_SHAPE_MISMATCH, "%s: pooled shape is (%lld,%lld,%lld,%lld) with "
+                       "indices (%lld,%lld,%lld,%lld), expected (%lld,%lld,%lld,%lld)", name,
+                       (long long)y->shape[0], (long long)y->shape[1], (long long)y->shape[2],
+                       (long long)y->shape[3], (long long)idx->shape[0], (long long)idx->shape[1],
+                       (long long)idx->shape[2], (long long)idx->shape[3], (long long)x->shape[0],
+                       (long long)x->shape[1], (long long)oh, (long long)ow);
+    return NB_OK;
+}
+
+/* The window's first element starts as the best, so an all -inf window still gives a valid
+ * index; a NaN wins and stops the search like PyTorch. */
+#define DEF_POOL(SFX, T)                                                                    \
+    static nb_status k_max_pool2d_##SFX(const nb_kernel_args *a)                            \
+    {                                                                                       \
+        pool p;                                                                             \
+        if (pool_geom("max_pool2d", a, &a->in[0], a->out, &p) != NB_OK)                     \
+            return NB_INVALID_ARGUMENT;                                                     \
+        const T *x = nbc_contiguous_in(&a->in[0], S_IN0);                                   \
+        T *y = out_buffer(a->out, S_OUT);                                                   \
+        int64_t *ix = out_buffer(&a->in[1], S_IN1);                                         \
+        if (!x || !y || !ix)                                                                \
+            return NB_OUT_OF_MEMORY;                                                        \
+        const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;                                    \
+        _Pragma("omp parallel for if (p.planes * OHW * p.kh * p.kw >= NBC_PARALLEL_MIN)")   \
+        for (int64_t pl = 0; pl < p.planes; pl++) {                                         \
+            const T *xp = x + pl * HW;                                                      \
+            T *yp = y + pl * OHW;                                                           \
+            int64_t *ip = ix + pl * OHW;                                                    \
+            for (int64_t oh = 0; oh < p.OH; oh++) {                                         \
+                int64_t h0 = oh * p.sh - p.ph, h1 = h0 + p.kh;                              \
+                h0 = h0 < 0 ? 0 : h0;                                                       \
+                h1 = h1 > p.H ? p.H : h1;                                                   \
+                for (int64_t ow = 0; ow < p.OW; ow++) {                                     \
+                    int64_t w0 = ow * p.sw - p.pw, w1 = w0 + p.kw;                          \
+                    w0 = w0 < 0 ? 0 : w0;                                                   \
+                    w1 = w1 > p.W ? p.W : w1;                                               \
+                    int64_t bi = h0 * p.W + w0;                                             \
+                    T best = xp[bi];                                                        \
+                    for (int64_t h = h0; h < h1 && best == best; h++)                       \
+                        for (int64_t w = w0; w < w1; w++) {                                 \
+                            T v = xp[h * p.W + w];                                          \
+                            if (v > best || v != v) {                                       \
+                                best = v;                                                   \
+                                bi = h * p.W + w;                                           \
+                                if (v != v)                                                 \
+                                    break;                                                  \
+                            }                                                               \
+                        }                                                                   \
+                    yp[oh * p.OW + ow] = best;                                              \
+                    ip[oh * p.OW + ow] = bi;                                                \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        out_finish(a->out, y);                                                              \
+        out_finish(&a->in[1], ix);                                                          \
+        return NB_OK;                                                                       \
+    }                                                                                       \
+    /* in[0] grad (N,C,OH,OW), in[1] indices; out dx (N,C,H,W) */                          \
+    static nb_status k_max_pool2d_backward_##SFX(const nb_kernel_args *a)                   \
+    {                                                                                       \
+        pool p;                                                                             \
+        if (a->n_in < 2 || a->out->ndim != 4 || a->in[0].ndim != 4)                         \
+            return NBC_ERR(NB_SHAPE_MISMATCH, "max_pool2d_backward: needs a 4-d grad, "    \
+                           "indices and output");                                           \
+        if (same_shape("max_pool2d_backward", &a->in[0], &a->in[1]) != NB_OK)               \
+            return NB_SHAPE_MISMATCH;                                                       \
+        if (a->in[1].dtype != NB_DTYPE_I64)                                                 \
+            return NBC_ERR(NB_DTYPE_UNSUPPORTED, "max_pool2d_backward: indices are %s, "   \
+                           "expected int64", nbc_dtype_name(a->in[1].dtype));               \
+        p.planes = a->out->shape[0] * a->out->shape[1];                                     \
+        p.H = a->out->shape[2];                                                             \
+        p.W = a->out->shape[3];                                                             \
+        p.OH = a->in[0].shape[2];                                                           \
+        p.OW = a->in[0].shape[3];                                                           \
+        if (a->in[0].shape[0] * a->in[0].shape[1] != p.planes)                              \
+            return NBC_ERR(NB_SHAPE_MISMATCH, "max_pool2d_backward: grad has %lld planes, " \
+                           "the output %lld", (long long)(a->in[0].shape[0] * a->in[0].shape[1]), \
+                           (long long)p.planes);                                            \
+        const T *g = nbc_contiguous_in(&a->in[0], S_IN0);                                   \
+        const int64_t *ix = nbc_contiguous_in(&a->in[1], S_IN1);                            \
+        T *dx = out_buffer(a->out, S_OUT);                                                  \
+        if (!g || !ix || !dx)                                                               \
+            return NB_OUT_OF_MEMORY;                                                        \
+        const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;                                    \
+        memset(dx, 0, (size_t)(p.planes * HW) * sizeof(T));                                 \
+        int64_t bad = -1;                                                                   \
+        for (int64_t pl = 0; pl < p.planes; pl++) {                                         \
+            T *dp = dx + pl * HW;                                                           \
+            const T *gp = g + pl * OHW;                                                     \
+            const int64_t *ip = ix + pl * OHW;                                              \
+            for (int64_t k = 0; k < OHW; k++) {                                             \
+                int64_t j = ip[k];                                                          \
+                if ((uint64_t)j >= (uint64_t)HW) {                                          \
+                    bad = j;                                                                \
+                    continue;                                                               \
+                }                                                                           \
+                dp[j] += gp[k];                                                             \
+            }                                                                               \
+        }                                                                                   \
+        out_finish(a->out, dx);                                                             \
+        if (bad != -1)                                                                      \
+            return NBC_ERR(NB_INDEX_OUT_OF_RANGE, "max_pool2d_backward: index %lld out of " \
+                           "range for a plane of %lld elements", (long long)bad,            \
+                           (long long)HW);                                                  \
+        return NB_OK;                                                                       \
+    }
+DEF_POOL(f32, float)
+DEF_POOL(f64, double)
+
+#define E_NN(SFX, E)                                                                        \
+    {"softmax", E, k_softmax_##SFX}, {"log_softmax", E, k_log_softmax_##SFX},               \
+        {"softmax_backward", E, k_softmax_backward_##SFX},                                  \
+        {"log_softmax_backward", E, k_log_softmax_backward_##SFX},                          \
+        {"conv2d", E, k_conv2d}, {"conv2d_backward_input", E, k_conv2d_backward_input},     \
+        {"conv2d_backward_weight", E, k_conv2d_backward_weight},                            \
+        {"max_pool2d", E, k_max_pool2d_##SFX},                                              \
+        {"max_pool2d_backward", E, k_max_pool2d_backward_##SFX},
+
+const nb_kernel_desc nbc_nn_kernels[] = {E_NN(f32, NB_DTYPE_F32) E_NN(f64, NB_DTYPE_F64)};
+const size_t nbc_nn_count = sizeof nbc_nn_kernels / sizeof nbc_nn_kernels[0];
