@@ -135,9 +135,9 @@ static bool host_view(const conf_input *in, const conf_host *base, conf_host *ou
         for (int32_t d = 0; d < in->to.ndim; d++) {
             int32_t sd = d - lead;
             ns[d] = sd < 0 || shape[sd] != in->to.dims[d] ? 0 : strides[sd];
-            shape[d] = in->to.dims[d];
         }
         memcpy(strides, ns, sizeof ns);
+        memcpy(shape, in->to.dims, sizeof shape);
         nd = in->to.ndim;
         break;
     }
@@ -281,6 +281,8 @@ static nb_dtype kernel_dtype(const conf_op *op, nb_dtype dt)
         return NB_DTYPE_BOOL;
     if (op->kdtype == CONF_KD_FLOAT && !is_float(dt))
         return NB_DTYPE_F32;
+    if (op->kdtype == CONF_KD_DOUBLE && !is_float(dt))
+        return NB_DTYPE_F64;
     return dt;
 }
 

@@ -98,6 +98,7 @@ typedef enum conf_kdtype {
     CONF_KD_SAME,  /* the dtype under test */
     CONF_KD_FLOAT, /* float32 for integer inputs (exp, log, true division, ...) */
     CONF_KD_BOOL,  /* logical ops run on bool */
+    CONF_KD_DOUBLE, /* float64 for integer inputs (comparisons with a scalar) */
 } conf_kdtype;
 
 typedef struct conf_tol {
