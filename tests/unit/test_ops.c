@@ -124,7 +124,8 @@ static void binary_ops_broadcast_scalar_tensor_and_strided_inputs(void **state)
     (void)state;
     double s = 2.5, m[6], want[6];
     fill_vals(m, 6, -3, 3, 3);
-    nb_tensor *ts = mk(&s, NB_SHAPE_SCALAR, NB_DTYPE_F64), *tm = mk(m, NB_SHAPE(2, 3), NB_DTYPE_F64);
+    nb_tensor *ts = mk(&s, NB_SHAPE_SCALAR, NB_DTYPE_F64);
+    nb_tensor *tm = mk(m, NB_SHAPE(2, 3), NB_DTYPE_F64);
     nb_tensor *r = nb_sub(ts, tm);
     expect_shape_dtype(r, NB_SHAPE(2, 3), NB_DTYPE_F64);
     for (int k = 0; k < 6; k++)
@@ -303,9 +304,11 @@ static void unary_ops_match_libm(void **state)
     } ops[] = {
         {"neg", nb_neg, nb_neg_, ref_neg, false},      {"abs", nb_abs, nb_abs_, fabs, false},
         {"exp", nb_exp, nb_exp_, exp, false},          {"log", nb_log, nb_log_, log, true},
-        {"sqrt", nb_sqrt, nb_sqrt_, sqrt, true},       {"rsqrt", nb_rsqrt, nb_rsqrt_, ref_rsqrt, true},
+        {"sqrt", nb_sqrt, nb_sqrt_, sqrt, true},
+        {"rsqrt", nb_rsqrt, nb_rsqrt_, ref_rsqrt, true},
         {"sin", nb_sin, nb_sin_, sin, false},          {"cos", nb_cos, nb_cos_, cos, false},
-        {"tanh", nb_tanh, nb_tanh_, tanh, false},      {"sigmoid", nb_sigmoid, nb_sigmoid_, ref_sigmoid, false},
+        {"tanh", nb_tanh, nb_tanh_, tanh, false},
+        {"sigmoid", nb_sigmoid, nb_sigmoid_, ref_sigmoid, false},
         {"relu", nb_relu, nb_relu_, ref_relu, false},  {"sign", nb_sign, nb_sign_, ref_sign, false},
         {"floor", nb_floor, nb_floor_, floor, false},  {"ceil", nb_ceil, nb_ceil_, ceil, false},
         {"round", nb_round, nb_round_, nearbyint, false}, /* half to even, like torch */
@@ -611,7 +614,8 @@ static void integer_sums_are_int64_and_mean_needs_float(void **state)
 static void reduction_errors_and_empty_inputs(void **state)
 {
     (void)state;
-    nb_tensor *t = nb_ones(NB_SHAPE(2, 3), (nb_opts){0}), *e = nb_zeros(NB_SHAPE(0, 3), (nb_opts){0});
+    nb_tensor *t = nb_ones(NB_SHAPE(2, 3), (nb_opts){0});
+    nb_tensor *e = nb_zeros(NB_SHAPE(0, 3), (nb_opts){0});
     int32_t dup[2] = {1, -1}, far[1] = {2};
     assert_null(nb_sum(t, dup, 2, false));
     NB_ASSERT_ERROR_HAS("appears multiple times");
@@ -772,7 +776,8 @@ static void mm_and_bmm_match_triple_loops(void **state)
         expect_close(r, want, 12, tol, tol);
         nb_release(r);
         /* transposed operands: (5,3)^T @ (4,5)^T */
-        nb_tensor *at = nb_t(ta), *bt = nb_t(tb), *att = nb_contiguous(at), *btt = nb_contiguous(bt);
+        nb_tensor *at = nb_t(ta);
+        nb_tensor *bt = nb_t(tb), *att = nb_contiguous(at), *btt = nb_contiguous(bt);
         nb_tensor *at2 = nb_t(att), *bt2 = nb_t(btt); /* same values, transposed strides */
         r = nb_mm(at2, bt2);
         expect_close(r, want, 12, tol, tol);
@@ -799,8 +804,10 @@ static void matmul_follows_torch_rules_for_1d_and_batches(void **state)
     fill_vals(a, 24, -1, 1, 13);
     fill_vals(b, 20, -1, 1, 14);
     fill_vals(v, 4, -1, 1, 15);
-    nb_tensor *m34 = mk(a, NB_SHAPE(3, 4), NB_DTYPE_F64), *m45 = mk(b, NB_SHAPE(4, 5), NB_DTYPE_F64);
-    nb_tensor *v4 = mk(v, NB_SHAPE(4), NB_DTYPE_F64), *b234 = mk(a, NB_SHAPE(2, 3, 4), NB_DTYPE_F64);
+    nb_tensor *m34 = mk(a, NB_SHAPE(3, 4), NB_DTYPE_F64);
+    nb_tensor *m45 = mk(b, NB_SHAPE(4, 5), NB_DTYPE_F64);
+    nb_tensor *v4 = mk(v, NB_SHAPE(4), NB_DTYPE_F64);
+    nb_tensor *b234 = mk(a, NB_SHAPE(2, 3, 4), NB_DTYPE_F64);
     nb_tensor *r = nb_matmul(v4, m45); /* (4) @ (4,5) -> (5) */
     ref_bmm(v, b, want, 1, 1, 1, 4, 5);
     expect_shape_dtype(r, NB_SHAPE(5), NB_DTYPE_F64);
@@ -844,9 +851,11 @@ static void matmul_follows_torch_rules_for_1d_and_batches(void **state)
 static void matmul_errors_name_shapes_and_dtypes(void **state)
 {
     (void)state;
-    nb_tensor *a = nb_ones(NB_SHAPE(2, 3), (nb_opts){0}), *b = nb_ones(NB_SHAPE(4, 5), (nb_opts){0});
+    nb_tensor *a = nb_ones(NB_SHAPE(2, 3), (nb_opts){0});
+    nb_tensor *b = nb_ones(NB_SHAPE(4, 5), (nb_opts){0});
     nb_tensor *d = nb_ones(NB_SHAPE(3, 2), (nb_opts){NB_DTYPE_F64});
-    nb_tensor *b3 = nb_ones(NB_SHAPE(2, 3, 4), (nb_opts){0}), *c3 = nb_ones(NB_SHAPE(3, 4, 2), (nb_opts){0});
+    nb_tensor *b3 = nb_ones(NB_SHAPE(2, 3, 4), (nb_opts){0});
+    nb_tensor *c3 = nb_ones(NB_SHAPE(3, 4, 2), (nb_opts){0});
     assert_null(nb_mm(a, b));
     assert_int_equal(nb_last_status(), NB_SHAPE_MISMATCH);
     NB_ASSERT_ERROR_HAS("mm: shapes [2, 3] and [4, 5] cannot be multiplied (2x3 and 4x5)");
