@@ -250,7 +250,7 @@ EW(cos, cos(x[0]))
 EW(tanh, tanh(x[0]))
 EW(sigmoid, sigmoid(x[0]))
 EW(relu, isnan(x[0]) ? x[0] : x[0] > 0 ? x[0] : 0)
-EW(sign, isnan(x[0]) ? x[0] : (x[0] > 0) - (x[0] < 0))
+EW(sign, (x[0] > 0) - (x[0] < 0)) /* NaN gives 0, as in PyTorch */
 EW(floor, floor(x[0]))
 EW(ceil, ceil(x[0]))
 EW(round, round_half_even(x[0]))

@@ -188,7 +188,7 @@ UNARY_(cos, float_of(dt), cos(x))
 UNARY_(tanh, float_of(dt), tanh(x))
 UNARY_(sigmoid, float_of(dt), 1.0 / (1.0 + exp(-x)))
 UNARY_(relu, dt, isnan(x) ? x : x > 0 ? x : 0.0)
-UNARY_(sign, dt, isnan(x) ? x : (double)((x > 0) - (x < 0)))
+UNARY_(sign, dt, (double)((x > 0) - (x < 0))) /* NaN gives 0, as in PyTorch */
 UNARY_(floor, dt, floor(x))
 UNARY_(ceil, dt, ceil(x))
 UNARY_(round, dt, x - floor(x) == 0.5 ? 2 * round(x / 2) : round(x)) /* half to even */
