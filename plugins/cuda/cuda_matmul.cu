@@ -1,0 +1,182 @@
+// cuda_matmul.cu - batched strided matmul through cuBLAS. Row-major C = A B is computed as the
+// column-major product C^T = B^T A^T; an operand with unit stride in neither matrix dim (or
+// with a broadcast row or column) is first copied to dense scratch memory.
+#include <limits.h>
+
+#include "cuda_common.cuh"
+
+namespace nbcu {
+
+// How cuBLAS reads one operand: its buffer, the transpose flag for the C^T = B^T A^T product,
+// its leading dimension and batch stride (elements).
+template <class T> struct Mat {
+    const T *p;
+    cublasOperation_t op;
+    int64_t ld, batch_stride;
+};
+
+// A row-major (r x c) matrix with element strides (sr, sc) as a cuBLAS operand of the
+// transposed product: unit column stride is the column-major X^T (no transpose), unit row stride
+// the column-major X (transpose). False when neither fits.
+static bool blas_view(int64_t r, int64_t c, int64_t sr, int64_t sc, cublasOperation_t *op,
+                      int64_t *ld)
+{
+    if ((sc == 1 || c == 1) && (r == 1 || sr >= c)) {
+        *op = CUBLAS_OP_N;
+        *ld = r == 1 ? (c > 1 ? c : 1) : sr;
+        return true;
+    }
+    if ((sr == 1 || r == 1) && (c == 1 || sc >= r)) {
+        *op = CUBLAS_OP_T;
+        *ld = c == 1 ? (r > 1 ? r : 1) : sc;
+        return true;
+    }
+    return false;
+}
+
+// out = beta * out (beta == 0: zeros), for k == 0, where the product is empty.
+template <class T> struct ScaleF {
+    T *out;
+    T beta;
+    __device__ void operator()(int64_t, const int64_t *off) const
+    {
+        out[off[0]] = beta == T(0) ? T(0) : T(beta * out[off[0]]);
+    }
+};
+
+static cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                           int n, int k, const float *alpha, const float *a, int lda,
+                           long long sa, const float *b, int ldb, long long sb, const float *beta,
+                           float *c, int ldc, long long sc, int batch)
+{
+    return cublasSgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c,
+                                     ldc, sc, batch);
+}
+
+static cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                           int n, int k, const double *alpha, const double *a, int lda,
+                           long long sa, const double *b, int ldb, long long sb,
+                           const double *beta, double *c, int ldc, long long sc, int batch)
+{
+    return cublasDgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c,
+                                     ldc, sc, batch);
+}
+
+// Prepares one input: a view cuBLAS can read directly, or a dense copy in `scratch`.
+template <class T>
+static nb_status prepare(const char *op, int device, cudaStream_t s, const nb_operand *x,
+                         int64_t batch, Scratch &scratch, Mat<T> *m)
+{
+    int64_t r = x->shape[1], c = x->shape[2];
+    m->batch_stride = x->shape[0] == 1 ? 0 : x->strides[0];
+    if (blas_view(r, c, x->strides[1], x->strides[2], &m->op, &m->ld)) {
+        m->p = data<const T>(x);
+        return NB_OK;
+    }
+    int64_t shape[3] = {x->shape[0], r, c};
+    nb_status st = scratch.get(op, s, (size_t)(shape[0] * r * c) * sizeof(T));
+    if (st != NB_OK)
+        return st;
+    Dense d(scratch.p, dtype_of<T>::value, 3, shape);
+    if ((st = copy_strided(op, device, &d.op, x)) != NB_OK)
+        return st;
+    m->p = (const T *)scratch.p;
+    m->op = CUBLAS_OP_N;
+    m->ld = c;
+    m->batch_stride = x->shape[0] == 1 ? 0 : r * c;
+    (void)batch;
+    return NB_OK;
+}
+
+static bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
+
+template <class T> static nb_status k_matmul(const nb_kernel_args *a)
+{
+    const char *op = "matmul";
+    nb_status st = check_args(op, a, 2);
+    if (st == NB_OK)
+        st = check_dtype(op, "output", a->out, dtype_of<T>::value);
+    for (int k = 0; k < 2 && st == NB_OK; k++)
+        st = check_dtype(op, k ? "input 1" : "input 0", &a->in[k], dtype_of<T>::value);
+    if (st != NB_OK)
+        return st;
+    const nb_operand *o = a->out, *x = &a->in[0], *y = &a->in[1];
+    if (o->ndim != 3 || x->ndim != 3 || y->ndim != 3)
+        return fail(NB_SHAPE_MISMATCH, "matmul: operands must be 3-d (batch, rows, cols), got "
+                    "%d-d output and %d-d, %d-d inputs", (int)o->ndim, (int)x->ndim,
+                    (int)y->ndim);
+    int64_t batch = o->shape[0], n = o->shape[1], m = o->shape[2], k = x->shape[2];
+    if (x->shape[1] != n || y->shape[1] != k || y->shape[2] != m ||
+        (x->shape[0] != batch && x->shape[0] != 1) || (y->shape[0] != batch && y->shape[0] != 1))
+        return fail(NB_SHAPE_MISMATCH, "matmul: shapes [%lld,%lld,%lld] @ [%lld,%lld,%lld] do "
+                    "not give the output [%lld,%lld,%lld]", (long long)x->shape[0],
+                    (long long)x->shape[1], (long long)x->shape[2], (long long)y->shape[0],
+                    (long long)y->shape[1], (long long)y->shape[2], (long long)batch,
+                    (long long)n, (long long)m);
+    if (batch == 0 || n == 0 || m == 0)
+        return NB_OK;
+    T alpha = (T)a->f[0], beta = (T)a->f[1];
+    if (k == 0) {
+        const nb_operand *ops[1] = {o};
+        return launch_ew<1>(op, a->device, ops, ScaleF<T>{data<T>(o), beta});
+    }
+    if (!fits_int(batch) || !fits_int(n) || !fits_int(m) || !fits_int(k))
+        return fail(NB_INVALID_ARGUMENT, "matmul: sizes (batch %lld, %lld x %lld x %lld) exceed "
+                    "cuBLAS's 32-bit limit", (long long)batch, (long long)n, (long long)k,
+                    (long long)m);
+    cublasHandle_t h;
+    if ((st = nbcu_blas(op, a->device, &h)) != NB_OK)
+        return st;
+    cudaStream_t s;
+    if ((st = nbcu_stream(op, a->device, &s)) != NB_OK)
+        return st;
+
+    Scratch sx, sy, so;
+    Mat<T> mx, my;
+    if ((st = prepare<T>(op, a->device, s, x, batch, sx, &mx)) != NB_OK ||
+        (st = prepare<T>(op, a->device, s, y, batch, sy, &my)) != NB_OK)
+        return st;
+    // The output must be row-major with unit column stride (C^T column-major) and a batch
+    // stride that keeps batches apart; otherwise the product goes to scratch first.
+    T *c = data<T>(o);
+    int64_t ldc = 0, sc = batch == 1 ? 0 : o->strides[0];
+    cublasOperation_t cop;
+    bool direct = blas_view(n, m, o->strides[1], o->strides[2], &cop, &ldc) &&
+                  cop == CUBLAS_OP_N && (batch == 1 || o->strides[0] != 0);
+    int64_t dshape[3] = {batch, n, m};
+    Dense dense(nullptr, dtype_of<T>::value, 3, dshape);
+    if (!direct) {
+        if ((st = so.get(op, s, (size_t)(batch * n * m) * sizeof(T))) != NB_OK)
+            return st;
+        dense.op.handle = so.p;
+        if (beta != T(0) && (st = copy_strided(op, a->device, &dense.op, o)) != NB_OK)
+            return st;
+        c = (T *)so.p;
+        ldc = m;
+        sc = n * m;
+    }
+    if (!fits_int(mx.ld) || !fits_int(my.ld) || !fits_int(ldc))
+        return fail(NB_INVALID_ARGUMENT, "matmul: a leading dimension exceeds cuBLAS's 32-bit "
+                    "limit");
+    cublasStatus_t bs = gemm(h, my.op, mx.op, (int)m, (int)n, (int)k, &alpha, my.p, (int)my.ld,
+                             (long long)my.batch_stride, mx.p, (int)mx.ld,
+                             (long long)mx.batch_stride, &beta, c, (int)ldc, (long long)sc,
+                             (int)batch);
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return nbcu_blas_error(op, sizeof(T) == 4 ? "cublasSgemmStridedBatched"
+                                                  : "cublasDgemmStridedBatched", bs);
+    if (!direct && (st = copy_strided(op, a->device, o, &dense.op)) != NB_OK)
+        return st;
+    return launched(op);
+}
+
+} // namespace nbcu
+
+using namespace nbcu;
+
+extern "C" const nb_kernel_desc nbcu_matmul_kernels[] = {
+    {"matmul", NB_DTYPE_F32, k_matmul<float>},
+    {"matmul", NB_DTYPE_F64, k_matmul<double>},
+};
+extern "C" const size_t nbcu_matmul_count =
+    sizeof nbcu_matmul_kernels / sizeof nbcu_matmul_kernels[0];
