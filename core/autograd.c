@@ -227,7 +227,10 @@ nb_status nbi_saved(nbi_node *node, int32_t k, nb_tensor **t)
     if (node->released)
         return nbi_error(NB_AUTOGRAD, "%s", retain_graph_msg);
     nb_tensor *s = node->saved[k];
-    if (s && s->storage->version != node->saved_version[k])
+    if (!s) /* nbi_save_detached ran out of memory when the op was recorded */
+        return nbi_error(NB_OUT_OF_MEMORY, "%s: saved tensor %d could not be kept (out of "
+                         "memory when the graph was built)", node->name, k);
+    if (s->storage->version != node->saved_version[k])
         return nbi_error(NB_AUTOGRAD, "one of the variables needed for gradient computation has "
                          "been modified by an inplace operation: [%s %s] is at version %lld; "
                          "expected version %lld instead (in %s)", nb_dtype_name(s->dtype),
@@ -711,7 +714,10 @@ nb_status nb_grad(nb_tensor *const *outputs, nb_tensor *const *grad_outputs, int
     nb_status st = grad_impl(outputs, grad_outputs, n, inputs, n_in, opts, grads);
     nbi_api_depth--;
     for (int32_t k = 0; st == NB_OK && nbi_api_depth == 0 && k < n_in; k++)
-        nbi_scope_track(grads[k]);
+        if (!nbi_scope_track(grads[k])) { /* released by the failed track */
+            grads[k] = NULL;
+            st = NB_OUT_OF_MEMORY;
+        }
     return st;
 }
 

@@ -44,12 +44,12 @@ nb_status nbi_ensure_init(void);
  * the core makes to its own public functions stay untracked. Application callbacks (forwards,
  * hooks, custom functions) run at depth 0 again through nbi_call_user_begin/end. */
 extern _Thread_local int nbi_api_depth;
-void nbi_scope_track(nb_tensor *t);
+bool nbi_scope_track(nb_tensor *t); /* false (and t released, error set) when out of memory */
 void nbi_scope_untrack(nb_tensor *t); /* a tensor a callback returned to the core */
 static inline nb_tensor *nbi_api_leave(nb_tensor *t)
 {
-    if (--nbi_api_depth == 0 && t)
-        nbi_scope_track(t);
+    if (--nbi_api_depth == 0 && t && !nbi_scope_track(t))
+        return NULL;
     return t;
 }
 #define NBI_API(expr) (nbi_api_depth++, nbi_api_leave(expr))

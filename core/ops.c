@@ -1236,19 +1236,28 @@ static nb_status max_dim_impl(bool is_max, const nb_tensor *t, int32_t dim, bool
     return NB_OK;
 }
 
+/* Hands both results of max_dim/min_dim to the application's scope. */
+static nb_status track_pair(nb_tensor **values, nb_tensor **indices)
+{
+    if (nbi_api_depth != 0)
+        return NB_OK;
+    nb_tensor **out[2] = {values, indices};
+    nb_status st = NB_OK;
+    for (int k = 0; k < 2; k++)
+        if (out[k] && !nbi_scope_track(*out[k])) {
+            *out[k] = NULL;
+            st = NB_OUT_OF_MEMORY;
+        }
+    return st;
+}
+
 nb_status nb_max_dim(const nb_tensor *t, int32_t dim, bool keepdim, nb_tensor **values,
                      nb_tensor **indices)
 {
     nbi_api_depth++;
     nb_status st = max_dim_impl(true, t, dim, keepdim, values, indices);
     nbi_api_depth--;
-    if (st == NB_OK && nbi_api_depth == 0) {
-        if (values)
-            nbi_scope_track(*values);
-        if (indices)
-            nbi_scope_track(*indices);
-    }
-    return st;
+    return st == NB_OK ? track_pair(values, indices) : st;
 }
 
 nb_status nb_min_dim(const nb_tensor *t, int32_t dim, bool keepdim, nb_tensor **values,
@@ -1257,13 +1266,7 @@ nb_status nb_min_dim(const nb_tensor *t, int32_t dim, bool keepdim, nb_tensor **
     nbi_api_depth++;
     nb_status st = max_dim_impl(false, t, dim, keepdim, values, indices);
     nbi_api_depth--;
-    if (st == NB_OK && nbi_api_depth == 0) {
-        if (values)
-            nbi_scope_track(*values);
-        if (indices)
-            nbi_scope_track(*indices);
-    }
-    return st;
+    return st == NB_OK ? track_pair(values, indices) : st;
 }
 
 /* ============================== linear algebra ============================== */

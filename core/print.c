@@ -126,56 +126,44 @@ typedef struct printer {
     formatter fmt;
 } printer;
 
+/* Mirrors torch/_tensor_str.py: a row is a list of items (" ..." counts as one) wrapped every
+ * elements_per_line; higher dims join their slices (with "..." as a slice) by ",\n...". */
 static void tensor_str(sbuf *b, const printer *p, int32_t dim, int64_t base, int indent)
 {
     int64_t size = p->shape[dim];
     bool cut = p->summarize && size > 2 * EDGEITEMS;
+    int64_t items = cut ? 2 * EDGEITEMS + 1 : size;
+    put(b, "[");
     if (dim == p->ndim - 1) {
-        int elem = p->fmt.width + 2;
-        int per_line = (LINEWIDTH - indent) / elem;
+        int per_line = (LINEWIDTH - indent) / (p->fmt.width + 2);
         if (per_line < 1)
             per_line = 1;
-        put(b, "[");
-        int on_line = 0;
-        for (int64_t k = 0; k < size; k++) {
+        for (int64_t k = 0; k < items; k++) {
+            if (k > 0)
+                put(b, k % per_line ? ", " : ",\n%*s", k % per_line ? 0 : indent + 1, "");
             if (cut && k == EDGEITEMS) {
-                put(b, " ...,");
-                k = size - EDGEITEMS - 1;
+                put(b, " ...");
                 continue;
             }
-            if (on_line == per_line) {
-                put(b, ",\n%*s", indent + 1, "");
-                on_line = 0;
-            } else if (k > 0 && !(cut && k == size - EDGEITEMS)) {
-                put(b, ", ");
-            } else if (cut && k == size - EDGEITEMS) {
-                put(b, " ");
+            int64_t at = cut && k > EDGEITEMS ? size - (items - k) : k;
+            put_value(b, &p->fmt, p->data[base + at * p->strides[dim]]);
+        }
+    } else {
+        int32_t nl = p->ndim - dim - 1;
+        for (int64_t k = 0; k < items; k++) {
+            if (k > 0) {
+                put(b, ",");
+                for (int32_t j = 0; j < nl; j++)
+                    put(b, "\n");
+                put(b, "%*s", indent + 1, "");
             }
-            put_value(b, &p->fmt, p->data[base + k * p->strides[dim]]);
-            on_line++;
+            if (cut && k == EDGEITEMS) {
+                put(b, "...");
+                continue;
+            }
+            int64_t at = cut && k > EDGEITEMS ? size - (items - k) : k;
+            tensor_str(b, p, dim + 1, base + at * p->strides[dim], indent + 1);
         }
-        put(b, "]");
-        return;
-    }
-    put(b, "[");
-    int32_t nl = p->ndim - dim - 1;
-    for (int64_t k = 0; k < size; k++) {
-        if (cut && k == EDGEITEMS) {
-            put(b, "...");
-            k = size - EDGEITEMS - 1;
-            put(b, ",");
-            for (int32_t j = 0; j < nl; j++)
-                put(b, "\n");
-            put(b, "%*s", indent + 1, "");
-            continue;
-        }
-        if (k > 0) {
-            put(b, ",");
-            for (int32_t j = 0; j < nl; j++)
-                put(b, "\n");
-            put(b, "%*s", indent + 1, "");
-        }
-        tensor_str(b, p, dim + 1, base + k * p->strides[dim], indent + 1);
     }
     put(b, "]");
 }

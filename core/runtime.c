@@ -188,23 +188,25 @@ void nb_scope_end(void)
 
 _Thread_local int nbi_api_depth;
 
-void nbi_scope_track(nb_tensor *t)
+bool nbi_scope_track(nb_tensor *t)
 {
     if (!t || scope_depth == 0)
-        return;
+        return true;
     scope *s = &scopes[scope_depth - 1];
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 64;
         nb_tensor **items = nbi_realloc(s->items, cap * sizeof *items);
-        if (!items) {
-            nbi_log(NB_LOG_ERROR, "scope: out of memory; a tensor will not be released");
-            return;
+        if (!items) { /* the caller cannot own what the scope cannot track: fail the call */
+            nb_release(t);
+            nbi_error(NB_OUT_OF_MEMORY, "out of memory tracking a tensor in the open scope");
+            return false;
         }
         s->items = items;
         s->cap = cap;
     }
     s->items[s->n++] = t;
     t->tracked++;
+    return true;
 }
 
 void nbi_scope_untrack(nb_tensor *t)
@@ -229,8 +231,10 @@ nb_tensor *nb_keep(nb_tensor *t)
     nbi_scope_untrack(t);
     if (scope_depth > 1) { /* handed to the enclosing scope */
         scope_depth--;
-        nbi_scope_track(t);
+        bool ok = nbi_scope_track(t);
         scope_depth++;
+        if (!ok)
+            return NULL;
     }
     return t;
 }
