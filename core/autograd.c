@@ -226,6 +226,10 @@ nb_status nbi_saved(nbi_node *node, int32_t k, nb_tensor **t)
 {
     if (node->released)
         return nbi_error(NB_AUTOGRAD, "%s", retain_graph_msg);
+    if (k >= node->n_saved) { /* the rule did not save this one */
+        *t = NULL;
+        return NB_OK;
+    }
     nb_tensor *s = node->saved[k];
     if (!s) /* nbi_save_detached ran out of memory when the op was recorded */
         return nbi_error(NB_OUT_OF_MEMORY, "%s: saved tensor %d could not be kept (out of "

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 nb_status nbi_host_error(nb_status status, const char *fmt, ...);
 nb_status nbi_plugin_attach(nbi_plugin *p);
@@ -145,12 +146,14 @@ static bool is_plugin_file(const char *name)
     return strncmp(name, "nabla_plugin_", 13) == 0 && n > 16 && strcmp(name + n - 3, ".so") == 0;
 }
 
-/* Loads a file, or every nabla_plugin_*.so in a folder (in name order, for stable numbering). */
-static void scan(const char *path)
+/* Loads a file, or every nabla_plugin_*.so in a folder (in name order, for stable numbering).
+ * A path that does not exist is recorded as a failure only when the user named it. */
+static void scan(const char *path, bool named)
 {
     DIR *d = opendir(path);
     if (!d) {
-        load_one(path, false);
+        if (named || access(path, F_OK) == 0)
+            load_one(path, false);
         return;
     }
     char **names = NULL;
@@ -196,7 +199,7 @@ nb_status nbi_plugins_discover(void)
         for (char *tok = list ? strtok_r(list, ":", &save) : NULL; tok;
              tok = strtok_r(NULL, ":", &save))
             if (*tok)
-                scan(tok);
+                scan(tok, true);
         nbi_free(list);
     }
     Dl_info info;
@@ -206,11 +209,11 @@ nb_status nbi_plugins_discover(void)
         char *slash = strrchr(dir, '/');
         if (slash) {
             *slash = '\0';
-            scan(dir);
+            scan(dir, false);
         }
     }
 #ifdef NB_PLUGIN_INSTALL_DIR
-    scan(NB_PLUGIN_INSTALL_DIR);
+    scan(NB_PLUGIN_INSTALL_DIR, false);
 #endif
     if (saved_status == NB_OK)
         nb_clear_error();
