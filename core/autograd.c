@@ -523,7 +523,9 @@ static nb_status process(engine *e, nbi_node *x)
             const nb_shape *want = &x->in_shape[k];
             if (gk->ndim != want->ndim || memcmp(gk->shape, want->dims, (size_t)gk->ndim * 8)) {
                 nb_tensor *r = nbi_sum_to(gk, want); /* undo broadcasting, once, here */
-                if (!r)
+                if (!r && nbi_error_pending())
+                    st = nb_last_status();
+                else if (!r)
                     st = nbi_error(NB_AUTOGRAD, "%s: gradient %s does not match input %d of "
                                    "shape %s", x->name, NBI_SHAPE_STR(gk), k,
                                    nbi_shape_cstr(want->ndim, want->dims));

@@ -1077,11 +1077,31 @@ nb_tensor *nb_var(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t c
     return NBI_API(var_impl(t, dims, nd, corr, keepdim));
 }
 
+/* std = sqrt(var), except that where std is 0 the gradient is 0 (PyTorch's rule), not inf. */
+static nb_status bw_std(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    SAVED(0, y);
+    nb_tensor *zero = nb_eq_scalar(y, 0), *two = nb_mul_scalar(y, 2);
+    nb_tensor *q = two ? nb_div(g, two) : NULL;
+    nb_tensor *z = nb_zeros(NB_SHAPE_SCALAR, (nb_opts){g->dtype, g->storage->device->name});
+    gi[0] = zero && q && z ? nb_where(zero, z, q) : NULL;
+    nb_release(zero);
+    nb_release(two);
+    nb_release(q);
+    nb_release(z);
+    return done(gi, 1);
+}
+
 nb_tensor *nb_std(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t corr, bool keepdim)
 {
     NBI_NULL_CHECK("std", t);
     nbi_api_depth++;
-    nb_tensor *v = var_impl(t, dims, nd, corr, keepdim), *s = v ? nb_sqrt(v) : NULL;
+    nb_tensor *v = var_impl(t, dims, nd, corr, keepdim);
+    nb_tensor *s = v ? unary_kernel(NBI_OP_sqrt, v, v->dtype, v->dtype, NULL, 0, NULL, 0, NULL)
+                     : NULL;
+    nbi_node *node = s ? nbi_record(s, "StdBackward0", bw_std, &v, 1) : NULL;
+    if (node)
+        nbi_save_detached(node, s);
     nb_release(v);
     nbi_api_depth--;
     return NBI_API(s);
