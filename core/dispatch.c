@@ -8,7 +8,7 @@
 void nbi_fill_operand(nb_operand *o, const nb_tensor *t)
 {
     o->handle = t->storage->handle;
-    o->offset = (size_t)t->offset * nb_dtype_size(t->dtype);
+    o->offset = (size_t)t->offset * nbi_dtype_bytes[t->dtype];
     o->dtype = t->dtype;
     o->ndim = t->ndim;
     o->shape = t->shape;

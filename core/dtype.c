@@ -11,6 +11,8 @@ static const struct {
     [NB_DTYPE_BOOL] = {"bool", 1, false},  [NB_DTYPE_U8] = {"uint8", 1, false},
 };
 
+const uint8_t nbi_dtype_bytes[NB_DTYPE_COUNT] = {4, 8, 4, 8, 1, 1};
+
 static bool valid(nb_dtype d) { return (unsigned)d < NB_DTYPE_COUNT; }
 
 const char *nb_dtype_name(nb_dtype d) { return valid(d) ? dtypes[d].name : "invalid dtype"; }

@@ -29,7 +29,7 @@ static nb_status same_device(const char *op, const nb_tensor *a, const nb_tensor
 /* A stack-only view of t broadcast to `shape`: no object is allocated, it only feeds a kernel. */
 static void shadow(nb_tensor *dst, const nb_tensor *src, int32_t ndim, const int64_t *shape)
 {
-    memset(dst, 0, sizeof *dst);
+    /* only the fields a kernel launch reads: this sits on the dispatch fast path */
     dst->storage = src->storage;
     dst->offset = src->offset;
     dst->dtype = src->dtype;
@@ -201,8 +201,13 @@ static nb_tensor *binary_into(nbi_op op, const nb_tensor *a, const nb_tensor *b,
     nb_dtype out_dt = (is_compare(op) || is_logical(op)) ? NB_DTYPE_BOOL : dt;
     int32_t ndim;
     int64_t shape[NB_MAX_DIMS];
-    if (broadcast_shapes(name, a, b, &ndim, shape) != NB_OK)
+    bool same = a->ndim == b->ndim && !memcmp(a->shape, b->shape, (size_t)a->ndim * 8);
+    if (same) {
+        ndim = a->ndim;
+        memcpy(shape, a->shape, (size_t)ndim * 8);
+    } else if (broadcast_shapes(name, a, b, &ndim, shape) != NB_OK) {
         return NULL;
+    }
     if (into) {
         if (!same_shape(into, ndim, shape)) {
             nbi_error(NB_SHAPE_MISMATCH, "%s_: output with shape %s doesn't match the broadcast "
@@ -223,10 +228,14 @@ static nb_tensor *binary_into(nbi_op op, const nb_tensor *a, const nb_tensor *b,
         else
             out = nbi_tensor_new(a->storage->device, out_dt, ndim, shape);
     }
-    if (out && ndim >= 0) {
-        nb_tensor sa, sb, *in[2] = {&sa, &sb};
-        shadow(&sa, ca, ndim, shape);
-        shadow(&sb, cb, ndim, shape);
+    if (out) {
+        nb_tensor sa, sb, *in[2] = {ca, cb};
+        if (!same) { /* broadcast views; equal shapes go to the kernel as they are */
+            shadow(&sa, ca, ndim, shape);
+            shadow(&sb, cb, ndim, shape);
+            in[0] = &sa;
+            in[1] = &sb;
+        }
         if (nbi_numel(ndim, shape) &&
             nbi_launch(op, dt, out, in, 2, NULL, 0, NULL, 0) != NB_OK) {
             nb_release(out);

@@ -2,7 +2,6 @@
  * training step run without a single driver allocation in steady state. */
 #include "nabla_internal.h"
 
-#include <pthread.h>
 #include <string.h>
 
 /* Blocks are rounded up to a size class: four classes per power of two (at most 25% slack),
@@ -20,23 +19,32 @@ static size_t size_class(size_t bytes, int *cls)
     return n * step;
 }
 
-static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+/* A spinlock: the critical sections are a few pointer moves, on the dispatch fast path. */
+static atomic_flag cache_flag = ATOMIC_FLAG_INIT;
+
+static void cache_lock(void)
+{
+    while (atomic_flag_test_and_set_explicit(&cache_flag, memory_order_acquire))
+        ;
+}
+
+static void cache_unlock(void) { atomic_flag_clear_explicit(&cache_flag, memory_order_release); }
 
 static nbi_storage *cache_pop(nbi_device *dev, int cls)
 {
-    pthread_mutex_lock(&cache_lock);
+    cache_lock();
     nbi_storage *s = dev->free_lists[cls];
     if (s) {
         dev->free_lists[cls] = s->next_free;
         dev->cached_bytes -= s->block;
     }
-    pthread_mutex_unlock(&cache_lock);
+    cache_unlock();
     return s;
 }
 
 void nbi_storage_cache_flush(nbi_device *dev)
 {
-    pthread_mutex_lock(&cache_lock);
+    cache_lock();
     for (int c = 0; c < 256; c++) {
         nbi_storage *s = dev->free_lists[c];
         while (s) {
@@ -48,7 +56,7 @@ void nbi_storage_cache_flush(nbi_device *dev)
         dev->free_lists[c] = NULL;
     }
     dev->cached_bytes = 0;
-    pthread_mutex_unlock(&cache_lock);
+    cache_unlock();
 }
 
 nbi_storage *nbi_storage_new(nbi_device *dev, size_t bytes)
@@ -130,9 +138,9 @@ void nbi_storage_release(nbi_storage *s)
     }
     int cls;
     size_class(s->block, &cls);
-    pthread_mutex_lock(&cache_lock);
+    cache_lock();
     s->next_free = dev->free_lists[cls];
     dev->free_lists[cls] = s;
     dev->cached_bytes += s->block;
-    pthread_mutex_unlock(&cache_lock);
+    cache_unlock();
 }
