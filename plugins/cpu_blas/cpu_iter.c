@@ -186,6 +186,44 @@ nb_status nbc_ew(const nb_kernel_args *a, nbc_row_fn fn, const void *ctx)
     if (a->n_in + 1 > NBC_MAX_OPS)
         return NBC_ERR(NB_INVALID_ARGUMENT, "cpu: %d inputs given, at most %d supported",
                        (int)a->n_in, NBC_MAX_OPS - 1);
+    /* Small operands that are contiguous or broadcast scalars need no iterator: one row call
+     * keeps a 1-element op at a few nanoseconds. */
+    int64_t n = 1;
+    for (int32_t d = 0; d < out->ndim; d++)
+        n *= out->shape[d];
+    if (n == 1) {
+        /* one element: every stride is irrelevant */
+        char *p[NBC_MAX_OPS];
+        static const int64_t s[NBC_MAX_OPS] = {0};
+        p[0] = nbc_ptr(out);
+        for (int32_t k = 0; k < a->n_in; k++)
+            p[1 + k] = nbc_ptr(&a->in[k]);
+        fn(p, s, 1, 0, ctx);
+        return NB_OK;
+    }
+    if (n < NBC_PARALLEL_MIN && nbc_is_contiguous(out)) {
+        char *p[NBC_MAX_OPS];
+        int64_t s[NBC_MAX_OPS];
+        p[0] = nbc_ptr(out);
+        s[0] = (int64_t)nbc_dtype_size(out->dtype);
+        bool simple = true;
+        for (int32_t k = 0; k < a->n_in && simple; k++) {
+            const nb_operand *in = &a->in[k];
+            bool scalar = in->ndim == out->ndim;
+            for (int32_t d = 0; d < in->ndim && scalar; d++)
+                scalar = in->strides[d] == 0 || in->shape[d] == 1;
+            p[1 + k] = nbc_ptr(in);
+            s[1 + k] = scalar ? 0 : (int64_t)nbc_dtype_size(in->dtype);
+            simple = in->ndim == out->ndim && (scalar || nbc_is_contiguous(in));
+            for (int32_t d = 0; d < in->ndim && simple; d++)
+                simple = in->shape[d] == out->shape[d];
+        }
+        if (simple) {
+            if (n > 0)
+                fn(p, s, n, 0, ctx);
+            return NB_OK;
+        }
+    }
     nbc_iter it;
     nbc_iter_init(&it, 1 + a->n_in, out->ndim, out->shape);
     nbc_iter_operand(&it, 0, nbc_ptr(out), out->strides, nbc_dtype_size(out->dtype));

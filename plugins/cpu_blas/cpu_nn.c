@@ -5,6 +5,7 @@
 
 #include <cblas.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <tgmath.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -237,8 +238,10 @@ static void valid_cols(const geom *g, int64_t off, int64_t *lo, int64_t *hi)
                             const T *src = xc + ih * g->W + off;                            \
                             for (int64_t ow = 0; ow < lo; ow++)                             \
                                 dst[ow] = 0;                                                \
+                            /* rows are short (tens of elements): a loop beats memcpy */    \
                             if (g->sw == 1)                                                 \
-                                memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof(T));  \
+                                for (int64_t ow = lo; ow < hi; ow++)                        \
+                                    dst[ow] = src[ow];                                      \
                             else                                                            \
                                 for (int64_t ow = lo; ow < hi; ow++)                        \
                                     dst[ow] = src[ow * g->sw];                              \
@@ -279,17 +282,17 @@ static void valid_cols(const geom *g, int64_t off, int64_t *lo, int64_t *hi)
 DEF_IM2COL(f32, float)
 DEF_IM2COL(f64, double)
 
-/* C (M x N) = op(A) @ op(B), row-major. */
+/* C (M x N) = op(A) @ op(B) + beta * C, row-major. */
 static void gemm(nb_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void *A,
-                 int64_t lda, const void *B, int64_t ldb, void *C, int64_t ldc)
+                 int64_t lda, const void *B, int64_t ldb, double beta, void *C, int64_t ldc)
 {
     CBLAS_TRANSPOSE tA = ta ? CblasTrans : CblasNoTrans, tB = tb ? CblasTrans : CblasNoTrans;
     if (dt == NB_DTYPE_F32)
         cblas_sgemm(CblasRowMajor, tA, tB, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, B,
-                    (int)ldb, 0.0f, C, (int)ldc);
+                    (int)ldb, (float)beta, C, (int)ldc);
     else
         cblas_dgemm(CblasRowMajor, tA, tB, (int)M, (int)N, (int)K, 1.0, A, (int)lda, B,
-                    (int)ldb, 0.0, C, (int)ldc);
+                    (int)ldb, beta, C, (int)ldc);
 }
 
 /* y (N, O, P) <-> yp (Og, N * P) for one group: the layout a batched gemm reads and writes. */
@@ -327,6 +330,29 @@ static void col2im(nb_dtype dt, const geom *g, const void *col, int64_t grp, voi
         col2im_f64(g, col, grp, dx);
 }
 
+/* Images with many output positions run one gemm per image and group: the column buffer of one
+ * image stays in cache and the gemm reads and writes (N, O, P) in place. Tiny images batch all
+ * N into one gemm per group instead, paying a transpose to (Og, N * P) and back. */
+static bool per_image(const geom *g)
+{
+    static int forced = -1;
+    if (forced < 0) {
+        const char *e = getenv("NBC_CONV_BATCHED");
+        forced = e ? (e[0] == '1' ? 0 : 1) + 2 : 0; /* test hook: 2 = batched, 3 = per image */
+    }
+    if (forced >= 2)
+        return forced == 3;
+    return g->N == 1 || g->P >= 64;
+}
+
+/* The geometry of image n alone: x, y and dx pointers advance by one image per step. */
+static geom one_image(const geom *g)
+{
+    geom g1 = *g;
+    g1.N = 1;
+    return g1;
+}
+
 /* in[0] x (N,C,H,W), in[1] w (O,C/G,kh,kw); out y (N,O,OH,OW). */
 static nb_status k_conv2d(const nb_kernel_args *a)
 {
@@ -338,22 +364,39 @@ static nb_status k_conv2d(const nb_kernel_args *a)
     const int64_t NP = g.N * g.P;
     if (NP == 0 || g.O == 0)
         return NB_OK;
+    char *y = out_buffer(a->out, S_OUT);
+    if (!y)
+        return NB_OUT_OF_MEMORY;
+    if (g.K == 0) {
+        memset(y, 0, (size_t)(NP * g.O) * es);
+        out_finish(a->out, y);
+        return NB_OK;
+    }
     const char *x = nbc_contiguous_in(&a->in[0], S_IN0);
     const char *w = nbc_contiguous_in(&a->in[1], S_IN1);
-    char *y = out_buffer(a->out, S_OUT);
-    char *col = nbc_scratch(S_COL, (size_t)(g.K * NP) * es + 1);
-    char *yp = nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es + 1);
-    if (!x || !w || !y || !col || !yp)
+    const bool each = per_image(&g);
+    const geom g1 = one_image(&g);
+    char *col = nbc_scratch(S_COL, (size_t)(g.K * (each ? g.P : NP)) * es);
+    char *yp = each ? y : nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es);
+    if (!x || !w || !col || !yp)
         return NB_OUT_OF_MEMORY;
-    for (int64_t grp = 0; grp < g.G; grp++) {
-        if (g.K == 0) {
-            memset(yp, 0, (size_t)(g.Og * NP) * es);
-        } else {
+    if (each) {
+        for (int64_t n = 0; n < g.N; n++) {
+            const char *xn = x + (size_t)(n * g.C * g.H * g.W) * es;
+            char *yn = y + (size_t)(n * g.O * g.P) * es;
+            for (int64_t grp = 0; grp < g.G; grp++) {
+                im2col(dt, &g1, xn, grp, col);
+                gemm(dt, false, false, g.Og, g.P, g.K, w + (size_t)(grp * g.Og * g.K) * es, g.K,
+                     col, g.P, 0, yn + (size_t)(grp * g.Og * g.P) * es, g.P);
+            }
+        }
+    } else {
+        for (int64_t grp = 0; grp < g.G; grp++) {
             im2col(dt, &g, x, grp, col);
             gemm(dt, false, false, g.Og, NP, g.K, w + (size_t)(grp * g.Og * g.K) * es, g.K, col,
-                 NP, yp, NP);
+                 NP, 0, yp, NP);
+            from_group_major(&g, yp, grp, y, es);
         }
-        from_group_major(&g, yp, grp, y, es);
     }
     out_finish(a->out, y);
     return NB_OK;
@@ -374,18 +417,28 @@ static nb_status k_conv2d_backward_input(const nb_kernel_args *a)
         return NB_OUT_OF_MEMORY;
     memset(dx, 0, (size_t)nbc_numel(a->out) * es);
     if (NP > 0 && g.K > 0 && g.Og > 0) {
+        const bool each = per_image(&g);
+        const geom g1 = one_image(&g);
         const char *dy = nbc_contiguous_in(&a->in[0], S_IN0);
         const char *w = nbc_contiguous_in(&a->in[1], S_IN1);
-        char *col = nbc_scratch(S_COL, (size_t)(g.K * NP) * es);
-        char *dyp = nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es);
+        char *col = nbc_scratch(S_COL, (size_t)(g.K * (each ? g.P : NP)) * es);
+        char *dyp = each ? (char *)dy : nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es);
         if (!dy || !w || !col || !dyp)
             return NB_OUT_OF_MEMORY;
-        for (int64_t grp = 0; grp < g.G; grp++) {
-            to_group_major(&g, dy, grp, dyp, es);
-            /* dcol (K, NP) = W_g^T (K, Og) @ dy_g (Og, NP) */
-            gemm(dt, true, false, g.K, NP, g.Og, w + (size_t)(grp * g.Og * g.K) * es, g.K, dyp,
-                 NP, col, NP);
-            col2im(dt, &g, col, grp, dx);
+        for (int64_t n = 0; n < (each ? g.N : 1); n++) {
+            for (int64_t grp = 0; grp < g.G; grp++) {
+                const char *wg = w + (size_t)(grp * g.Og * g.K) * es;
+                /* dcol (K, P) = W_g^T (K, Og) @ dy_g (Og, P) */
+                if (each) {
+                    gemm(dt, true, false, g.K, g.P, g.Og, wg, g.K,
+                         dy + (size_t)((n * g.O + grp * g.Og) * g.P) * es, g.P, 0, col, g.P);
+                    col2im(dt, &g1, col, grp, dx + (size_t)(n * g.C * g.H * g.W) * es);
+                } else {
+                    to_group_major(&g, dy, grp, dyp, es);
+                    gemm(dt, true, false, g.K, NP, g.Og, wg, g.K, dyp, NP, 0, col, NP);
+                    col2im(dt, &g, col, grp, dx);
+                }
+            }
         }
     }
     out_finish(a->out, dx);
@@ -408,18 +461,29 @@ static nb_status k_conv2d_backward_weight(const nb_kernel_args *a)
     if (NP == 0) {
         memset(dw, 0, (size_t)nbc_numel(a->out) * es);
     } else if (g.K > 0 && g.Og > 0) {
+        const bool each = per_image(&g);
+        const geom g1 = one_image(&g);
         const char *dy = nbc_contiguous_in(&a->in[0], S_IN0);
         const char *x = nbc_contiguous_in(&a->in[1], S_IN1);
-        char *col = nbc_scratch(S_COL, (size_t)(g.K * NP) * es);
-        char *dyp = nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es);
+        char *col = nbc_scratch(S_COL, (size_t)(g.K * (each ? g.P : NP)) * es);
+        char *dyp = each ? (char *)dy : nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es);
         if (!dy || !x || !col || !dyp)
             return NB_OUT_OF_MEMORY;
-        for (int64_t grp = 0; grp < g.G; grp++) {
-            im2col(dt, &g, x, grp, col);
-            to_group_major(&g, dy, grp, dyp, es);
-            /* dW_g (Og, K) = dy_g (Og, NP) @ col^T (NP, K) */
-            gemm(dt, false, true, g.Og, g.K, NP, dyp, NP, col, NP,
-                 dw + (size_t)(grp * g.Og * g.K) * es, g.K);
+        for (int64_t n = 0; n < (each ? g.N : 1); n++) {
+            for (int64_t grp = 0; grp < g.G; grp++) {
+                char *dwg = dw + (size_t)(grp * g.Og * g.K) * es;
+                /* dW_g (Og, K) (+)= dy_g (Og, P) @ col^T (P, K), summed over images */
+                if (each) {
+                    im2col(dt, &g1, x + (size_t)(n * g.C * g.H * g.W) * es, grp, col);
+                    gemm(dt, false, true, g.Og, g.K, g.P,
+                         dy + (size_t)((n * g.O + grp * g.Og) * g.P) * es, g.P, col, g.P,
+                         n == 0 ? 0 : 1, dwg, g.K);
+                } else {
+                    im2col(dt, &g, x, grp, col);
+                    to_group_major(&g, dy, grp, dyp, es);
+                    gemm(dt, false, true, g.Og, g.K, NP, dyp, NP, col, NP, 0, dwg, g.K);
+                }
+            }
         }
     }
     out_finish(a->out, dw);
@@ -468,6 +532,35 @@ static nb_status pool_geom(const char *name, const nb_kernel_args *a, const nb_o
     return NB_OK;
 }
 
+/* The common 2x2 stride-2 window of one plane without NaN tests per element: a window whose
+ * sum is NaN (a NaN, or both infinities) makes the plane take the general path. Returns false
+ * then. */
+#define DEF_POOL2(SFX, T)                                                                   \
+    static bool pool2x2_##SFX(const pool *p, const T *x, T *y, int64_t *ix)                 \
+    {                                                                                       \
+        for (int64_t oh = 0; oh < p->OH; oh++) {                                            \
+            const T *r0 = x + 2 * oh * p->W, *r1 = r0 + p->W;                               \
+            const int64_t base = 2 * oh * p->W;                                             \
+            for (int64_t ow = 0; ow < p->OW; ow++) {                                        \
+                T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];   \
+                if ((a + b) + (c + d) != (a + b) + (c + d))                                 \
+                    return false;                                                           \
+                /* selects, not branches: which element wins is random on real data; strict  \
+                 * compares keep the first index of ties in row-major order */             \
+                const bool right0 = b > a, right1 = d > c;                                  \
+                const T m0 = right0 ? b : a, m1 = right1 ? d : c;                           \
+                const bool down = m1 > m0;                                                  \
+                const T m = down ? m1 : m0;                                                 \
+                const int64_t i = base + 2 * ow + (down ? p->W + right1 : right0);          \
+                y[oh * p->OW + ow] = m;                                                     \
+                ix[oh * p->OW + ow] = i;                                                    \
+            }                                                                               \
+        }                                                                                   \
+        return true;                                                                        \
+    }
+DEF_POOL2(f32, float)
+DEF_POOL2(f64, double)
+
 /* The window's first element starts as the best, so an all -inf window still gives a valid
  * index; a NaN wins and stops the search like PyTorch. */
 #define DEF_POOL(SFX, T)                                                                    \
@@ -482,11 +575,15 @@ static nb_status pool_geom(const char *name, const nb_kernel_args *a, const nb_o
         if (!x || !y || !ix)                                                                \
             return NB_OUT_OF_MEMORY;                                                        \
         const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;                                    \
+        const bool two = p.kh == 2 && p.kw == 2 && p.sh == 2 && p.sw == 2 && p.ph == 0 &&   \
+                         p.pw == 0;                                                         \
         _Pragma("omp parallel for if (p.planes * OHW * p.kh * p.kw >= NBC_PARALLEL_MIN)")   \
         for (int64_t pl = 0; pl < p.planes; pl++) {                                         \
             const T *xp = x + pl * HW;                                                      \
             T *yp = y + pl * OHW;                                                           \
             int64_t *ip = ix + pl * OHW;                                                    \
+            if (two && pool2x2_##SFX(&p, xp, yp, ip))                                       \
+                continue;                                                                   \
             for (int64_t oh = 0; oh < p.OH; oh++) {                                         \
                 int64_t h0 = oh * p.sh - p.ph, h1 = h0 + p.kh;                              \
                 h0 = h0 < 0 ? 0 : h0;                                                       \

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <math.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -659,20 +660,24 @@ static void conv2d_rejects_mismatched_shapes(void **state)
 
 /* ---- pooling ---- */
 
-static void max_pool2d_and_backward_match_the_naive_loops(void **state)
+/* Pools x (N, C, H, W) with kernel k, stride s, padding p against a naive loop (first index of
+ * the maximum wins, a NaN wins over everything), then checks the backward's scatter-add. */
+static void pool_check(int64_t N, int64_t C, int64_t H, int64_t W, const int64_t *iv, bool nan)
 {
-    (void)state;
-    enum { N = 2, C = 3, H = 7, W = 6, KH = 3, KW = 2, SH = 2, SW = 2, PH = 1, PW = 1 };
+    const int64_t KH = iv[0], KW = iv[1], SH = iv[2], SW = iv[3], PH = iv[4], PW = iv[5];
     const int64_t OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1;
-    float x[N * C * H * W], y[N * C * 4 * 4], dy[N * C * 4 * 4], dx[N * C * H * W];
-    int64_t idx[N * C * 4 * 4];
-    double rdx[N * C * H * W] = {0};
-    fill_f32(x, N * C * H * W);
-    x[5] = x[6]; /* a tie inside one window */
-    fill_f32(dy, N * C * OH * OW);
+    const int64_t nx = N * C * H * W, ny = N * C * OH * OW;
+    float *x = malloc(nx * 4), *y = malloc(ny * 4), *dy = malloc(ny * 4), *dx = malloc(nx * 4);
+    int64_t *idx = malloc(ny * 8);
+    double *rdx = calloc(nx, 8);
+    fill_f32(x, nx);
+    fill_f32(dy, ny);
+    x[1] = x[0];         /* a tie inside the first window */
+    x[W + 1] = x[W];     /* and one across its rows */
+    if (nan)
+        x[nx - 1] = NAN; /* the last plane takes the careful path */
     const int64_t xs[4] = {N, C, H, W}, xt[4] = {C * H * W, H * W, W, 1};
     const int64_t ys[4] = {N, C, OH, OW}, yt[4] = {C * OH * OW, OH * OW, OW, 1};
-    const int64_t iv[6] = {KH, KW, SH, SW, PH, PW};
     nb_operand o = opd(y, NB_DTYPE_F32, 4, ys, yt);
     nb_operand in[2] = {opd(x, NB_DTYPE_F32, 4, xs, xt), opd(idx, NB_DTYPE_I64, 4, ys, yt)};
     assert_int_equal(run("max_pool2d", NB_DTYPE_F32, &o, in, 2, NULL, iv), NB_OK);
@@ -682,13 +687,20 @@ static void max_pool2d_and_backward_match_the_naive_loops(void **state)
                 float best = -INFINITY;
                 int64_t bi = -1;
                 for (int64_t i = oh * SH - PH; i < oh * SH - PH + KH; i++)
-                    for (int64_t j = ow * SW - PW; j < ow * SW - PW + KW; j++)
-                        if (i >= 0 && i < H && j >= 0 && j < W && (bi < 0 || x[p * H * W + i * W + j] > best)) {
-                            best = x[p * H * W + i * W + j];
+                    for (int64_t j = ow * SW - PW; j < ow * SW - PW + KW; j++) {
+                        if (i < 0 || i >= H || j < 0 || j >= W || (bi >= 0 && isnan(best)))
+                            continue;
+                        float v = x[p * H * W + i * W + j];
+                        if (bi < 0 || v > best || isnan(v)) {
+                            best = v;
                             bi = i * W + j;
                         }
+                    }
                 int64_t k = (p * OH + oh) * OW + ow;
-                assert_true(y[k] == best);
+                if (isnan(best))
+                    assert_true(isnan(y[k]));
+                else
+                    assert_true(y[k] == best);
                 assert_int_equal(idx[k], bi);
                 rdx[p * H * W + bi] += dy[k];
             }
@@ -696,8 +708,19 @@ static void max_pool2d_and_backward_match_the_naive_loops(void **state)
     in[0] = opd(dy, NB_DTYPE_F32, 4, ys, yt);
     assert_int_equal(run("max_pool2d_backward", NB_DTYPE_F32, &o, in, 2, NULL, iv), NB_OK);
     /* at most a few float additions per element */
-    for (int64_t k = 0; k < N * C * H * W; k++)
+    for (int64_t k = 0; k < nx; k++)
         CLOSE(dx[k], rdx[k], 1e-6, 1e-6);
+    free(x), free(y), free(dy), free(dx), free(idx), free(rdx);
+}
+
+static void max_pool2d_and_backward_match_the_naive_loops(void **state)
+{
+    (void)state;
+    const int64_t general[6] = {3, 2, 2, 2, 1, 1}, two[6] = {2, 2, 2, 2, 0, 0};
+    pool_check(2, 3, 7, 6, general, false);
+    pool_check(2, 3, 7, 6, general, true);
+    pool_check(3, 2, 9, 8, two, false); /* the 2x2 fast path, odd H drops a row */
+    pool_check(3, 2, 8, 8, two, true);
 }
 
 /* ---- softmax, random, optimizers ---- */
