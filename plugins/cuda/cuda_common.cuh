@@ -243,4 +243,25 @@ struct Dense {
 // `device`. Defined with the copy kernels in cuda_elementwise.cu.
 nb_status copy_strided(const char *op, int device, const nb_operand *dst, const nb_operand *src);
 
+// Row-major batched product on the device's stream: C (n x m) = alpha * op(A) (n x k) @ op(B)
+// (k x m) + beta * C, where ta/tb say the stored matrix is the transpose (A stored k x n).
+// lda, ldb, ldc are the row strides of the stored matrices, sa, sb, sc the batch strides
+// (0 = shared). Defined for float and double in cuda_matmul.cu.
+template <class T>
+nb_status gemm_rm(const char *op, int device, bool ta, bool tb, int64_t n, int64_t m, int64_t k,
+                  T alpha, const T *A, int64_t lda, int64_t sa, const T *B, int64_t ldb,
+                  int64_t sb, T beta, T *C, int64_t ldc, int64_t sc, int64_t batch);
+
+// True when the operand is laid out row-major without gaps (sizes of 1 may have any stride).
+inline bool is_contiguous(const nb_operand *o)
+{
+    int64_t s = 1;
+    for (int32_t d = o->ndim - 1; d >= 0; d--) {
+        if (o->shape[d] != 1 && o->strides[d] != s)
+            return false;
+        s *= o->shape[d];
+    }
+    return true;
+}
+
 } // namespace nbcu

@@ -203,9 +203,10 @@ template <class T> struct ScatterAddF {
 };
 
 // Checks gather/scatter operands: `idx` is int64 with the iteration shape; `big` (the gathered
-// input or the scattered output) has the same ndim and at least that size off the dim.
+// input, the scattered output or the source) has the same ndim and at least the index's size in
+// every dim but `dim` (in every dim when `all_dims`).
 static nb_status check_indexing(const char *op, const nb_operand *big, const char *big_name,
-                                const nb_operand *idx, int64_t dim)
+                                const nb_operand *idx, int64_t dim, bool all_dims)
 {
     nb_status st = check_dtype(op, "index", idx, NB_DTYPE_I64);
     if (st != NB_OK)
@@ -218,7 +219,7 @@ static nb_status check_indexing(const char *op, const nb_operand *big, const cha
         return fail(NB_INVALID_ARGUMENT, "%s: dim %lld out of range for %d dims", op,
                     (long long)dim, (int)big->ndim);
     for (int32_t d = 0; d < big->ndim; d++)
-        if (d != dim && idx->shape[d] > big->shape[d])
+        if ((d != dim || all_dims) && idx->shape[d] > big->shape[d])
             return fail(NB_SHAPE_MISMATCH, "%s: index size %lld in dim %d exceeds the %s's %lld",
                         op, (long long)idx->shape[d], (int)d, big_name,
                         (long long)big->shape[d]);
@@ -265,7 +266,7 @@ template <class T> static nb_status k_gather(const nb_kernel_args *a)
     const nb_operand *out = a->out, *in = &a->in[0], *idx = &a->in[1];
     int64_t dim = a->i[0];
     if (st == NB_OK)
-        st = check_indexing(op, in, "input", idx, dim);
+        st = check_indexing(op, in, "input", idx, dim, false);
     if (st == NB_OK)
         st = check_same_shape(op, "index", out, idx);
     if (st != NB_OK)
@@ -300,9 +301,9 @@ template <class T> static nb_status k_scatter_add(const nb_kernel_args *a)
     const nb_operand *out = a->out, *idx = &a->in[0], *src = &a->in[1];
     int64_t dim = a->i[0];
     if (st == NB_OK)
-        st = check_indexing(op, out, "output", idx, dim);
+        st = check_indexing(op, out, "output", idx, dim, false);
     if (st == NB_OK)
-        st = check_indexing(op, src, "source", idx, dim);
+        st = check_indexing(op, src, "source", idx, dim, true);
     if (st != NB_OK)
         return st;
     if (numel(idx) == 0)

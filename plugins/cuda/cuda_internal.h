@@ -39,6 +39,8 @@ extern const nb_kernel_desc nbcu_index_kernels[];
 extern const size_t nbcu_index_count;
 extern const nb_kernel_desc nbcu_nn_kernels[];
 extern const size_t nbcu_nn_count;
+extern const nb_kernel_desc nbcu_conv_kernels[];
+extern const size_t nbcu_conv_count;
 
 #ifdef __cplusplus
 }

@@ -90,6 +90,36 @@ static nb_status prepare(const char *op, int device, cudaStream_t s, const nb_op
 
 static bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
+template <class T>
+nb_status gemm_rm(const char *op, int device, bool ta, bool tb, int64_t n, int64_t m, int64_t k,
+                  T alpha, const T *A, int64_t lda, int64_t sa, const T *B, int64_t ldb,
+                  int64_t sb, T beta, T *C, int64_t ldc, int64_t sc, int64_t batch)
+{
+    if (!fits_int(n) || !fits_int(m) || !fits_int(k) || !fits_int(lda) || !fits_int(ldb) ||
+        !fits_int(ldc) || !fits_int(batch))
+        return fail(NB_INVALID_ARGUMENT, "%s: a matrix size or leading dimension exceeds "
+                    "cuBLAS's 32-bit limit", op);
+    cublasHandle_t h;
+    nb_status st = nbcu_blas(op, device, &h);
+    if (st != NB_OK)
+        return st;
+    // Row-major C = op(A) op(B) is the column-major C^T = op(B)^T op(A)^T.
+    cublasStatus_t bs = gemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                             (int)m, (int)n, (int)k, &alpha, B, (int)ldb, (long long)sb, A,
+                             (int)lda, (long long)sa, &beta, C, (int)ldc, (long long)sc,
+                             (int)batch);
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return nbcu_blas_error(op, sizeof(T) == 4 ? "cublasSgemmStridedBatched"
+                                                  : "cublasDgemmStridedBatched", bs);
+    return NB_OK;
+}
+template nb_status gemm_rm<float>(const char *, int, bool, bool, int64_t, int64_t, int64_t,
+                                  float, const float *, int64_t, int64_t, const float *, int64_t,
+                                  int64_t, float, float *, int64_t, int64_t, int64_t);
+template nb_status gemm_rm<double>(const char *, int, bool, bool, int64_t, int64_t, int64_t,
+                                   double, const double *, int64_t, int64_t, const double *,
+                                   int64_t, int64_t, double, double *, int64_t, int64_t, int64_t);
+
 template <class T> static nb_status k_matmul(const nb_kernel_args *a)
 {
     const char *op = "matmul";

@@ -249,7 +249,7 @@ static void cu_shutdown(void)
     pthread_mutex_unlock(&lock);
 }
 
-/* The five per-file tables, joined once at entry. */
+/* The per-file tables, joined once at entry. */
 #define NBCU_MAX_KERNELS 4096
 static nb_kernel_desc table[NBCU_MAX_KERNELS];
 
@@ -285,9 +285,10 @@ NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)
     }
     nbcu_host = host;
     const nb_kernel_desc *parts[] = {nbcu_elementwise_kernels, nbcu_reduce_kernels,
-                                     nbcu_matmul_kernels, nbcu_index_kernels, nbcu_nn_kernels};
+                                     nbcu_matmul_kernels, nbcu_index_kernels, nbcu_nn_kernels,
+                                     nbcu_conv_kernels};
     const size_t counts[] = {nbcu_elementwise_count, nbcu_reduce_count, nbcu_matmul_count,
-                             nbcu_index_count, nbcu_nn_count};
+                             nbcu_index_count, nbcu_nn_count, nbcu_conv_count};
     size_t n = 0;
     for (size_t p = 0; p < sizeof counts / sizeof counts[0]; p++) {
         if (n + counts[p] > NBCU_MAX_KERNELS) {
