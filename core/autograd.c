@@ -451,7 +451,7 @@ static nb_status accumulate_into(nb_tensor **slot, nb_tensor *g, bool create_gra
 static nb_tensor *run_hooks(nbi_hook *h, nb_tensor *g)
 {
     for (; h && g; h = h->next) {
-        int saved = nbi_call_user_begin();
+        nbi_user_call saved = nbi_call_user_begin();
         nb_tensor *r = h->fn(g, h->ctx);
         nbi_call_user_end(saved);
         if (r) {
@@ -732,7 +732,9 @@ nb_status nb_grad(nb_tensor *const *outputs, nb_tensor *const *grad_outputs, int
 static nb_status custom_backward(nbi_node *node, nb_tensor *g, nb_tensor **gi)
 {
     bool user = node->i[0] != 0;
-    int saved = user ? nbi_call_user_begin() : 0;
+    nbi_user_call saved = {0};
+    if (user)
+        saved = nbi_call_user_begin();
     nb_status st = node->fn->backward(node->ctx, g, gi, node->n_in);
     if (user)
         nbi_call_user_end(saved);
@@ -760,7 +762,9 @@ static nb_tensor *function_apply_impl(const nb_function *fn, void *ctx, nb_tenso
         return NULL;
     }
     bool prev = nb_set_grad_enabled(false);
-    int saved = user ? nbi_call_user_begin() : 0;
+    nbi_user_call saved = {0};
+    if (user)
+        saved = nbi_call_user_begin();
     nb_tensor *out = fn->forward(ctx, inputs, n);
     if (user)
         nbi_call_user_end(saved);
@@ -809,7 +813,7 @@ static nb_status read_doubles(const nb_tensor *t, double **out, int64_t *n)
 
 static nb_tensor *call_fn(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *in, int32_t n)
 {
-    int saved = nbi_call_user_begin();
+    nbi_user_call saved = nbi_call_user_begin();
     nb_tensor *r = fn(in, n, ctx);
     nbi_call_user_end(saved);
     nbi_scope_untrack(r);

@@ -680,7 +680,7 @@ static nb_status max_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
         int64_t iv[6];
         pool_ints(&geo, iv);
         nb_tensor *gc = tk(&s, nb_contiguous(g));
-        nb_tensor *gx = gc ? nb_zeros(xs, opts_of(g)) : NULL;
+        nb_tensor *gx = gc ? nb_empty(xs, opts_of(g)) : NULL; /* the kernel zeroes it first */
         if (gx && nbi_run("max_pool2d_backward", gx, (nb_tensor *[]){gc, idx}, 2, NULL, 0, iv,
                           6) != NB_OK) {
             nb_release(gx);

@@ -42,7 +42,7 @@ nb_status nbi_ensure_init(void);
 /* Scopes track exactly the tensors handed to application code. Every public function runs its
  * body one level deeper (NBI_API); a result leaving depth 0 goes into the open scope, while calls
  * the core makes to its own public functions stay untracked. Application callbacks (forwards,
- * hooks, custom functions) run at depth 0 again through nbi_call_user_begin/end. */
+ * hooks, custom functions) run at depth 0 again through nbi_call_user_begin/end, below. */
 extern _Thread_local int nbi_api_depth;
 bool nbi_scope_track(nb_tensor *t); /* false (and t released, error set) when out of memory */
 void nbi_scope_untrack(nb_tensor *t); /* a tensor a callback returned to the core */
@@ -59,13 +59,13 @@ static inline nb_status nbi_api_status_leave(nb_status st)
     nbi_api_depth--;
     return st;
 }
-static inline int nbi_call_user_begin(void)
-{
-    int saved = nbi_api_depth;
-    nbi_api_depth = 0;
-    return saved;
-}
-static inline void nbi_call_user_end(int saved) { nbi_api_depth = saved; }
+/* A callback starts like fresh application code: at depth 0 and with no scope open (it may open
+ * its own), so it can follow the plain ownership rule whatever scope its caller had open. */
+typedef struct nbi_user_call {
+    int depth, floor;
+} nbi_user_call;
+nbi_user_call nbi_call_user_begin(void);
+void nbi_call_user_end(nbi_user_call saved);
 extern _Atomic int64_t nbi_live_tensor_count;
 extern _Atomic int64_t nbi_live_storage_count;
 

@@ -574,7 +574,13 @@ static nb_tensor *scalar_op(const char *name, nbi_op op, const nb_tensor *a, dou
     double f[1] = {s};
     switch (op) {
     case NBI_OP_add: return unary_op(NBI_OP_add_scalar, a, f, 1, NULL, 0, into);
-    case NBI_OP_sub: f[0] = -s; return unary_op(NBI_OP_add_scalar, a, f, 1, NULL, 0, into);
+    case NBI_OP_sub: {
+        f[0] = -s;
+        nb_tensor *r = unary_op(NBI_OP_add_scalar, a, f, 1, NULL, 0, into);
+        if (r && !into && r->grad_fn)
+            r->grad_fn->name = "SubBackward0";
+        return r;
+    }
     case NBI_OP_mul: return unary_op(NBI_OP_mul_scalar, a, f, 1, NULL, 0, into);
     case NBI_OP_div: return unary_op(NBI_OP_div_scalar, a, f, 1, NULL, 0, into);
     case NBI_OP_pow: return unary_op(NBI_OP_pow_scalar, a, f, 1, NULL, 0, into);

@@ -148,6 +148,23 @@ typedef struct scope {
 
 static _Thread_local scope *scopes;
 static _Thread_local int scope_depth, scope_cap;
+static _Thread_local int scope_floor; /* scopes below it belong to the code that called back */
+
+nbi_user_call nbi_call_user_begin(void)
+{
+    nbi_user_call saved = {nbi_api_depth, scope_floor};
+    nbi_api_depth = 0;
+    scope_floor = scope_depth;
+    return saved;
+}
+
+void nbi_call_user_end(nbi_user_call saved)
+{
+    while (scope_depth > scope_floor) /* a callback that left its own scope open */
+        nb_scope_end();
+    nbi_api_depth = saved.depth;
+    scope_floor = saved.floor;
+}
 
 void nb_scope_begin(void)
 {
@@ -167,7 +184,7 @@ void nb_scope_begin(void)
 
 void nb_scope_end(void)
 {
-    if (scope_depth == 0) {
+    if (scope_depth <= scope_floor) {
         nbi_error(NB_STATE, "nb_scope_end: no scope is open");
         return;
     }
@@ -190,7 +207,7 @@ _Thread_local int nbi_api_depth;
 
 bool nbi_scope_track(nb_tensor *t)
 {
-    if (!t || scope_depth == 0)
+    if (!t || scope_depth <= scope_floor)
         return true;
     scope *s = &scopes[scope_depth - 1];
     if (s->n == s->cap) {
@@ -226,10 +243,10 @@ void nbi_scope_untrack(nb_tensor *t)
 
 nb_tensor *nb_keep(nb_tensor *t)
 {
-    if (!t || scope_depth == 0)
+    if (!t || scope_depth <= scope_floor)
         return t;
     nbi_scope_untrack(t);
-    if (scope_depth > 1) { /* handed to the enclosing scope */
+    if (scope_depth - 1 > scope_floor) { /* handed to the enclosing scope */
         scope_depth--;
         bool ok = nbi_scope_track(t);
         scope_depth++;
