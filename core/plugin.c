@@ -193,6 +193,11 @@ nb_status nbi_plugins_discover(void)
     char saved[1024];
     snprintf(saved, sizeof saved, "%s", nb_last_error());
 
+    /* OpenMP workers that spin between parallel regions starve OpenBLAS's own threads (and
+     * everything else) on a small machine: 20x slower training was measured on 2 cores. Ask for
+     * sleeping workers unless the user chose; this must happen before a plugin loads libgomp. */
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
+
     const char *env = getenv("NABLA_PLUGIN_PATH");
     if (env && *env) {
         char *list = nbi_strdup(env), *save = NULL;
