@@ -1297,6 +1297,109 @@ static void a_training_step_leaves_nothing_behind(void **state)
     release_all((nb_tensor *[]){w1, b1, w2, t, gw}, 5);
 }
 
+/* ------------------------------------------------------------ out of memory */
+
+static struct {
+    long calls, live, fail_at;
+} oom_acct;
+
+static void *count_malloc(size_t n)
+{
+    if (++oom_acct.calls == oom_acct.fail_at)
+        return NULL;
+    void *p = malloc(n);
+    oom_acct.live += p != NULL;
+    return p;
+}
+
+static void *count_realloc(void *p, size_t n)
+{
+    if (++oom_acct.calls == oom_acct.fail_at)
+        return NULL;
+    void *q = realloc(p, n);
+    oom_acct.live += q && !p;
+    return q;
+}
+
+static void count_free(void *p)
+{
+    oom_acct.live -= p != NULL;
+    free(p);
+}
+
+/* Every op forward and backward, chained without checks: a NULL carries the first error. */
+static nb_status oom_workload(void)
+{
+    static const double xv[2 * 4 * 6 * 6] = {0}, wv[4 * 2 * 3 * 3] = {0};
+    static const int64_t tv[2] = {1, -100};
+    nb_opts g = {.dtype = NB_DTYPE_F64, .requires_grad = true};
+    nb_tensor *x = nb_from_data(xv, NB_SHAPE(2, 4, 6, 6), g);
+    nb_tensor *w = nb_from_data(wv, NB_SHAPE(4, 2, 3, 3), g);
+    nb_tensor *t = nb_from_data(tv, NB_SHAPE(2), (nb_opts){.dtype = NB_DTYPE_I64});
+    nb_tensor *r[24] = {0};
+    int n = 0;
+    r[n++] = nb_conv2d(x, w, NULL, (nb_conv2d_opts){.padding = {1, 1}, .groups = 2});
+    r[n++] = nb_max_pool2d(r[0], (nb_pool2d_opts){.kernel = {2, 2}});
+    r[n++] = nb_avg_pool2d(r[1], (nb_pool2d_opts){.kernel = {3, 3}, .stride = {1, 1}, .padding = {1, 1}});
+    r[n++] = nb_batch_norm(r[2], NULL, NULL, NULL, NULL, true, 0.1, 1e-5);
+    r[n++] = nb_reshape(r[3], NB_SHAPE(2, 36));
+    r[n++] = nb_gelu(r[4]);
+    r[n++] = nb_dropout(r[5], 0.5, true);
+    r[n++] = nb_linear(r[6], r[6], NULL) /* (2, 2) */;
+    r[n++] = nb_softmax(r[7], 0);
+    r[n++] = nb_cross_entropy(r[8], t, NB_REDUCTION_MEAN);
+    r[n++] = nb_nll_loss(r[8], t, NB_REDUCTION_SUM);
+    r[n++] = nb_sigmoid(r[8]);
+    r[n++] = nb_binary_cross_entropy(r[11], r[11], NB_REDUCTION_MEAN);
+    r[n++] = nb_binary_cross_entropy_with_logits(r[8], r[11], NB_REDUCTION_SUM);
+    r[n++] = nb_mse_loss(r[8], r[11], NB_REDUCTION_MEAN);
+    r[n++] = nb_add(r[9], r[10]);
+    r[n++] = nb_add(r[15], r[12]);
+    r[n++] = nb_add(r[16], r[13]);
+    r[n++] = nb_add(r[17], r[14]);
+    nb_status st = r[n - 1] ? nb_backward(r[n - 1], NULL, false) : nb_last_status();
+    release_all(r, n);
+    release_all((nb_tensor *[]){x, w, t}, 3);
+    return st;
+}
+
+/* Each allocation in turn fails: every op returns NULL with an error, nothing leaks. */
+static void out_of_memory_anywhere_fails_cleanly_without_leaks(void **state)
+{
+    (void)state;
+    static const nb_allocator counting = {count_malloc, count_realloc, count_free};
+    NB_ASSERT_OK(nb_shutdown());
+    oom_acct = (typeof(oom_acct)){0};
+    NB_ASSERT_OK(nb_set_allocator(&counting));
+    if (oom_workload() != NB_OK) /* warm: plugins loaded, caches filled */
+        fail_msg("workload: %s", nb_last_error());
+    long start = oom_acct.calls;
+    NB_ASSERT_OK(oom_workload());
+    long total = oom_acct.calls - start;
+    assert_true(total > 50);
+    long failed_runs = 0;
+    for (long k = 1; k <= total; k++) {
+        nb_clear_error();
+        oom_acct.fail_at = oom_acct.calls + k;
+        nb_status st = oom_workload();
+        oom_acct.fail_at = 0;
+        failed_runs += st != NB_OK;
+        if (st != NB_OK && nb_last_status() == NB_OK)
+            fail_msg("allocation %ld of %ld failed without an error", k, total);
+        if (nb_live_tensors() || nb_live_storages())
+            fail_msg("allocation %ld of %ld failed (\"%s\") and %lld tensors, %lld storages "
+                     "leaked", k, total, nb_last_error(), (long long)nb_live_tensors(),
+                     (long long)nb_live_storages());
+    }
+    nb_clear_error();
+    NB_ASSERT_OK(nb_shutdown());
+    print_message("out of memory injected at each of %ld allocations: %ld runs failed cleanly\n",
+                  total, failed_runs);
+    assert_int_equal(oom_acct.live, 0); /* contexts, tables and host buffers all came back */
+    NB_ASSERT_OK(nb_set_allocator(NULL));
+    assert_true(failed_runs > total / 2);
+}
+
 /* ---------------------------------------------------------------------- main */
 
 int main(int argc, char **argv)
@@ -1337,6 +1440,7 @@ int main(int argc, char **argv)
         NB_TEST(nll_and_cross_entropy_reject_bad_targets),
         NB_TEST(inplace_change_of_a_saved_tensor_fails_backward),
         NB_TEST(a_training_step_leaves_nothing_behind),
+        NB_TEST(out_of_memory_anywhere_fails_cleanly_without_leaks),
     };
     const char *no_tier2 = getenv("NABLA_NO_TIER2");
     bool composite = no_tier2 && strcmp(no_tier2, "1") == 0;
