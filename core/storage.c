@@ -13,9 +13,9 @@ static size_t size_class(size_t bytes, int *cls)
         return 256;
     }
     int e = 63 - __builtin_clzll((unsigned long long)(bytes - 1)); /* 2^e < bytes <= 2^(e+1) */
-    size_t step = (size_t)1 << (e - 1);                            /* quarter of 2^(e+1) */
-    size_t n = (bytes + step - 1) / step;                          /* 3 or 4 (2^e = 2 steps) */
-    *cls = (e - 7) * 4 + (int)n;
+    size_t step = (size_t)1 << (e - 2);                            /* an eighth of 2^(e+1) */
+    size_t n = (bytes + step - 1) / step;                          /* 5..8 (2^e = 4 steps) */
+    *cls = (e - 8) * 4 + (int)(n - 5) + 1;
     return n * step;
 }
 
