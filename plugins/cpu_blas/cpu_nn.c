@@ -330,19 +330,197 @@ static void col2im(nb_dtype dt, const geom *g, const void *col, int64_t grp, voi
         col2im_f64(g, col, grp, dx);
 }
 
-/* Images with many output positions run one gemm per image and group: the column buffer of one
- * image stays in cache and the gemm reads and writes (N, O, P) in place. Tiny images batch all
- * N into one gemm per group instead, paying a transpose to (Og, N * P) and back. */
-static bool per_image(const geom *g)
+/* Three ways to lower a convolution to gemm, picked per call:
+ * - span (stride 1): see below; no im2col row copies at all.
+ * - per image: one im2col + gemm per image and group; the column buffer of one image stays in
+ *   cache and the gemm reads and writes (N, O, P) in place.
+ * - batched: tiny images put all N into one gemm per group, paying a transpose to (Og, N * P).
+ * NBC_CONV_PATH=im2col or =batched forces the last two (the plugin tests run every path). */
+enum conv_path { PATH_SPAN, PATH_IMAGE, PATH_BATCHED };
+
+static enum conv_path conv_path(const geom *g)
 {
     static int forced = -1;
     if (forced < 0) {
-        const char *e = getenv("NBC_CONV_BATCHED");
-        forced = e ? (e[0] == '1' ? 0 : 1) + 2 : 0; /* test hook: 2 = batched, 3 = per image */
+        const char *e = getenv("NBC_CONV_PATH");
+        forced = !e ? 0 : !strcmp(e, "im2col") ? 1 : !strcmp(e, "batched") ? 2 : 0;
     }
-    if (forced >= 2)
-        return forced == 3;
-    return g->N == 1 || g->P >= 64;
+    if (forced == 0 && g->sh == 1 && g->sw == 1)
+        return PATH_SPAN;
+    if (forced == 2 || (forced == 0 && g->N > 1 && g->P < 64))
+        return PATH_BATCHED;
+    return PATH_IMAGE;
+}
+
+/* ---- stride-1 convolution over spans ----
+ * With stride 1, tap (c, ki, kj) of output (oh, ow) reads x[c, oh + ki*dh, ow + kj*dw] of the
+ * padded image. Letting ow run over the whole padded width Wp instead of OW turns each tap's
+ * row of the column matrix into one contiguous span of OH * Wp elements starting at
+ * (ki*dh, kj*dw): building the matrix is Cg*kh*kw memcpys per image, and its adjoint as many
+ * contiguous adds. The Wp - OW extra outputs per row are dropped (forward) or fed zero
+ * gradients (backwards). */
+typedef struct span {
+    int64_t Hp, Wp, plane, L; /* padded image, its size, span length OH * Wp */
+    bool padded;
+} span;
+
+static span span_of(const geom *g)
+{
+    span sp;
+    sp.Hp = g->H + 2 * g->ph;
+    sp.Wp = g->W + 2 * g->pw;
+    sp.plane = sp.Hp * sp.Wp;
+    sp.L = g->OH * sp.Wp;
+    sp.padded = g->ph || g->pw;
+    return sp;
+}
+
+/* The Cg planes of image n, group grp, zero-padded into pad when the conv pads. */
+static const char *span_input(const geom *g, const span *sp, const char *x, int64_t n,
+                              int64_t grp, char *pad, size_t es)
+{
+    const char *src = x + (size_t)((n * g->C + grp * g->Cg) * g->H * g->W) * es;
+    if (!sp->padded)
+        return src;
+    memset(pad, 0, (size_t)(g->Cg * sp->plane) * es);
+    for (int64_t c = 0; c < g->Cg; c++)
+        for (int64_t h = 0; h < g->H; h++)
+            memcpy(pad + (size_t)((c * sp->Hp + h + g->ph) * sp->Wp + g->pw) * es,
+                   src + (size_t)((c * g->H + h) * g->W) * es, (size_t)g->W * es);
+    return pad;
+}
+
+/* Span of tap r = (c, ki, kj): its offset in the (padded) planes and how much of it lies inside
+ * its plane (the tail of the last rows would run into the next plane; it only feeds dropped
+ * outputs, so it reads as zero). */
+static int64_t span_tap(const geom *g, const span *sp, int64_t c, int64_t ki, int64_t kj,
+                        int64_t *len)
+{
+    int64_t off = ki * g->dh * sp->Wp + kj * g->dw;
+    *len = sp->plane - off < sp->L ? sp->plane - off : sp->L;
+    return c * sp->plane + off;
+}
+
+static void span_cols(const geom *g, const span *sp, const char *xin, char *col, size_t es)
+{
+    for (int64_t c = 0, r = 0; c < g->Cg; c++)
+        for (int64_t ki = 0; ki < g->kh; ki++)
+            for (int64_t kj = 0; kj < g->kw; kj++, r++) {
+                int64_t len, at = span_tap(g, sp, c, ki, kj, &len);
+                char *dst = col + (size_t)(r * sp->L) * es;
+                memcpy(dst, xin + (size_t)at * es, (size_t)len * es);
+                memset(dst + (size_t)len * es, 0, (size_t)(sp->L - len) * es);
+            }
+}
+
+#define DEF_SPAN_ADD(SFX, T)                                                                \
+    static void span_add_##SFX(void *dst, const void *src, int64_t n)                       \
+    {                                                                                       \
+        T *d = dst;                                                                         \
+        const T *s = src;                                                                   \
+        for (int64_t j = 0; j < n; j++)                                                     \
+            d[j] += s[j];                                                                   \
+    }
+DEF_SPAN_ADD(f32, float)
+DEF_SPAN_ADD(f64, double)
+
+/* dy rows of image n, group grp, into (Og, OH, Wp) with zeros in the dropped columns (which
+ * the caller zeroed once). */
+static void span_grad(const geom *g, const span *sp, const char *dy, int64_t n, int64_t grp,
+                      char *dyext, size_t es)
+{
+    for (int64_t o = 0; o < g->Og; o++)
+        for (int64_t oh = 0; oh < g->OH; oh++)
+            memcpy(dyext + (size_t)(o * sp->L + oh * sp->Wp) * es,
+                   dy + (size_t)(((n * g->O + grp * g->Og + o) * g->OH + oh) * g->OW) * es,
+                   (size_t)g->OW * es);
+}
+
+static nb_status span_forward(nb_dtype dt, const geom *g, const char *x, const char *w, char *y)
+{
+    const size_t es = nbc_dtype_size(dt);
+    const span sp = span_of(g);
+    char *col = nbc_scratch(S_COL, (size_t)(g->K * sp.L) * es);
+    char *yext = nbc_scratch(S_PERM, (size_t)(g->Og * sp.L) * es);
+    char *pad = sp.padded ? nbc_scratch(S_IN2, (size_t)(g->Cg * sp.plane) * es) : NULL;
+    if (!col || !yext || (sp.padded && !pad))
+        return NB_OUT_OF_MEMORY;
+    for (int64_t n = 0; n < g->N; n++)
+        for (int64_t grp = 0; grp < g->G; grp++) {
+            span_cols(g, &sp, span_input(g, &sp, x, n, grp, pad, es), col, es);
+            gemm(dt, false, false, g->Og, sp.L, g->K, w + (size_t)(grp * g->Og * g->K) * es,
+                 g->K, col, sp.L, 0, yext, sp.L);
+            for (int64_t o = 0; o < g->Og; o++)
+                for (int64_t oh = 0; oh < g->OH; oh++)
+                    memcpy(y + (size_t)(((n * g->O + grp * g->Og + o) * g->OH + oh) * g->OW) * es,
+                           yext + (size_t)(o * sp.L + oh * sp.Wp) * es, (size_t)g->OW * es);
+        }
+    return NB_OK;
+}
+
+/* dx must be zero on entry. */
+static nb_status span_backward_input(nb_dtype dt, const geom *g, const char *dy, const char *w,
+                                     char *dx)
+{
+    const size_t es = nbc_dtype_size(dt);
+    const span sp = span_of(g);
+    char *dcol = nbc_scratch(S_COL, (size_t)(g->K * sp.L) * es);
+    char *dyext = nbc_scratch(S_PERM, (size_t)(g->Og * sp.L) * es);
+    char *pad = sp.padded ? nbc_scratch(S_IN2, (size_t)(g->Cg * sp.plane) * es) : NULL;
+    if (!dcol || !dyext || (sp.padded && !pad))
+        return NB_OUT_OF_MEMORY;
+    memset(dyext, 0, (size_t)(g->Og * sp.L) * es);
+    for (int64_t n = 0; n < g->N; n++)
+        for (int64_t grp = 0; grp < g->G; grp++) {
+            span_grad(g, &sp, dy, n, grp, dyext, es);
+            /* dcol (K, L) = W_g^T (K, Og) @ dyext (Og, L) */
+            gemm(dt, true, false, g->K, sp.L, g->Og, w + (size_t)(grp * g->Og * g->K) * es,
+                 g->K, dyext, sp.L, 0, dcol, sp.L);
+            char *dxn = dx + (size_t)((n * g->C + grp * g->Cg) * g->H * g->W) * es;
+            char *target = sp.padded ? pad : dxn;
+            if (sp.padded)
+                memset(pad, 0, (size_t)(g->Cg * sp.plane) * es);
+            for (int64_t c = 0, r = 0; c < g->Cg; c++)
+                for (int64_t ki = 0; ki < g->kh; ki++)
+                    for (int64_t kj = 0; kj < g->kw; kj++, r++) {
+                        int64_t len, at = span_tap(g, &sp, c, ki, kj, &len);
+                        char *d = target + (size_t)at * es;
+                        const char *src = dcol + (size_t)(r * sp.L) * es;
+                        if (dt == NB_DTYPE_F32)
+                            span_add_f32(d, src, len);
+                        else
+                            span_add_f64(d, src, len);
+                    }
+            if (sp.padded)
+                for (int64_t c = 0; c < g->Cg; c++)
+                    for (int64_t h = 0; h < g->H; h++)
+                        memcpy(dxn + (size_t)((c * g->H + h) * g->W) * es,
+                               pad + (size_t)((c * sp.Hp + h + g->ph) * sp.Wp + g->pw) * es,
+                               (size_t)g->W * es);
+        }
+    return NB_OK;
+}
+
+static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy, const char *x,
+                                      char *dw)
+{
+    const size_t es = nbc_dtype_size(dt);
+    const span sp = span_of(g);
+    char *col = nbc_scratch(S_COL, (size_t)(g->K * sp.L) * es);
+    char *dyext = nbc_scratch(S_PERM, (size_t)(g->Og * sp.L) * es);
+    char *pad = sp.padded ? nbc_scratch(S_IN2, (size_t)(g->Cg * sp.plane) * es) : NULL;
+    if (!col || !dyext || (sp.padded && !pad))
+        return NB_OUT_OF_MEMORY;
+    memset(dyext, 0, (size_t)(g->Og * sp.L) * es);
+    for (int64_t n = 0; n < g->N; n++)
+        for (int64_t grp = 0; grp < g->G; grp++) {
+            span_cols(g, &sp, span_input(g, &sp, x, n, grp, pad, es), col, es);
+            span_grad(g, &sp, dy, n, grp, dyext, es);
+            /* dW_g (Og, K) (+)= dyext (Og, L) @ col^T (L, K) */
+            gemm(dt, false, true, g->Og, g->K, sp.L, dyext, sp.L, col, sp.L, n == 0 ? 0 : 1,
+                 dw + (size_t)(grp * g->Og * g->K) * es, g->K);
+        }
+    return NB_OK;
 }
 
 /* The geometry of image n alone: x, y and dx pointers advance by one image per step. */
@@ -374,7 +552,14 @@ static nb_status k_conv2d(const nb_kernel_args *a)
     }
     const char *x = nbc_contiguous_in(&a->in[0], S_IN0);
     const char *w = nbc_contiguous_in(&a->in[1], S_IN1);
-    const bool each = per_image(&g);
+    const enum conv_path path = conv_path(&g);
+    if (path == PATH_SPAN) {
+        nb_status st = x && w ? span_forward(dt, &g, x, w, y) : NB_OUT_OF_MEMORY;
+        if (st == NB_OK)
+            out_finish(a->out, y);
+        return st;
+    }
+    const bool each = path == PATH_IMAGE;
     const geom g1 = one_image(&g);
     char *col = nbc_scratch(S_COL, (size_t)(g.K * (each ? g.P : NP)) * es);
     char *yp = each ? y : nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es);
@@ -417,10 +602,17 @@ static nb_status k_conv2d_backward_input(const nb_kernel_args *a)
         return NB_OUT_OF_MEMORY;
     memset(dx, 0, (size_t)nbc_numel(a->out) * es);
     if (NP > 0 && g.K > 0 && g.Og > 0) {
-        const bool each = per_image(&g);
+        const enum conv_path path = conv_path(&g);
+        const bool each = path == PATH_IMAGE;
         const geom g1 = one_image(&g);
         const char *dy = nbc_contiguous_in(&a->in[0], S_IN0);
         const char *w = nbc_contiguous_in(&a->in[1], S_IN1);
+        if (path == PATH_SPAN) {
+            nb_status st = dy && w ? span_backward_input(dt, &g, dy, w, dx) : NB_OUT_OF_MEMORY;
+            if (st == NB_OK)
+                out_finish(a->out, dx);
+            return st;
+        }
         char *col = nbc_scratch(S_COL, (size_t)(g.K * (each ? g.P : NP)) * es);
         char *dyp = each ? (char *)dy : nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es);
         if (!dy || !w || !col || !dyp)
@@ -461,10 +653,17 @@ static nb_status k_conv2d_backward_weight(const nb_kernel_args *a)
     if (NP == 0) {
         memset(dw, 0, (size_t)nbc_numel(a->out) * es);
     } else if (g.K > 0 && g.Og > 0) {
-        const bool each = per_image(&g);
+        const enum conv_path path = conv_path(&g);
+        const bool each = path == PATH_IMAGE;
         const geom g1 = one_image(&g);
         const char *dy = nbc_contiguous_in(&a->in[0], S_IN0);
         const char *x = nbc_contiguous_in(&a->in[1], S_IN1);
+        if (path == PATH_SPAN) {
+            nb_status st = dy && x ? span_backward_weight(dt, &g, dy, x, dw) : NB_OUT_OF_MEMORY;
+            if (st == NB_OK)
+                out_finish(a->out, dw);
+            return st;
+        }
         char *col = nbc_scratch(S_COL, (size_t)(g.K * (each ? g.P : NP)) * es);
         char *dyp = each ? (char *)dy : nbc_scratch(S_PERM, (size_t)(g.Og * NP) * es);
         if (!dy || !x || !col || !dyp)

@@ -516,7 +516,8 @@ static void matmul_with_transposed_and_strided_operands(void **state)
     assert_memory_equal(ic, iref, sizeof iref);
 }
 
-/* ---- conv2d ---- */
+/* ---- conv2d ----
+ * The plugin lowers convolutions three ways (NBC_CONV_PATH); ctest runs this file once per way. */
 
 typedef struct conv_case {
     int64_t N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, G;
@@ -639,7 +640,10 @@ static void conv2d_and_backwards_match_the_naive_loops(void **state)
     const conv_case plain = {2, 3, 8, 7, 4, 3, 3, 1, 1, 0, 0, 1, 1, 1};
     const conv_case mixed = {2, 4, 11, 10, 6, 3, 2, 2, 2, 1, 2, 2, 2, 2}; /* stride 2, pad, dil 2, groups 2 */
     const conv_case lenet1 = {4, 1, 32, 32, 6, 3, 3, 1, 1, 0, 0, 1, 1, 1};
+    const conv_case unit = {3, 4, 9, 7, 6, 3, 2, 1, 1, 2, 1, 2, 1, 2}; /* stride 1, pad, dil, groups */
     conv_check(&plain, NB_DTYPE_F32, atol, rtol);
+    conv_check(&unit, NB_DTYPE_F32, atol, rtol);
+    conv_check(&unit, NB_DTYPE_F64, 1e-12, 1e-12);
     conv_check(&mixed, NB_DTYPE_F32, atol, rtol);
     conv_check(&lenet1, NB_DTYPE_F32, atol, rtol);
     conv_check(&mixed, NB_DTYPE_F64, 1e-12, 1e-12);
