@@ -105,18 +105,67 @@ NBCU_MATH1(rint, rintf) // round half to even, as torch.round
 __device__ inline float m_pow(float x, float y) { return powf(x, y); }
 __device__ inline double m_pow(double x, double y) { return pow(x, y); }
 
-template <class T> __device__ inline T m_abs(T x) { return x < T(0) ? T(-x) : x; }
+// Integer versions: floor, ceil and round are the identity; pow is exact and wraps like the
+// CPU plugin's (a negative exponent gives 0 except for bases 1 and -1).
+template <class T> __device__ inline T m_floor(T x) { return x; }
+template <class T> __device__ inline T m_ceil(T x) { return x; }
+template <class T> __device__ inline T m_rint(T x) { return x; }
+template <class T> __device__ inline T m_pow(T x, T y)
+{
+    int64_t b = (int64_t)x, e = (int64_t)y;
+    if (e < 0)
+        return T(b == 1 ? 1 : b == -1 ? ((e & 1) ? -1 : 1) : 0);
+    uint64_t r = 1, ub = (uint64_t)b;
+    while (e) {
+        if (e & 1)
+            r *= ub;
+        ub *= ub;
+        e >>= 1;
+    }
+    return T(r);
+}
+
+// Integer negation wraps (-INT_MIN stays defined).
+template <class T> __device__ inline T m_neg(T x) { return T(0ull - (unsigned long long)x); }
+__device__ inline float m_neg(float x) { return -x; }
+__device__ inline double m_neg(double x) { return -x; }
+
+template <class T> __device__ inline T m_abs(T x) { return x < T(0) ? m_neg(x) : x; }
 __device__ inline float m_abs(float x) { return fabsf(x); } // -0.0 -> 0.0, NaN stays NaN
 __device__ inline double m_abs(double x) { return fabs(x); }
 __device__ inline uint8_t m_abs(uint8_t x) { return x; }
 template <class T> __device__ inline T m_sign(T x) { return T((T(0) < x) - (x < T(0))); }
 __device__ inline uint8_t m_sign(uint8_t x) { return x != 0; }
+template <class T> __device__ inline T m_relu(T x) { return x < T(0) ? T(0) : x; } // NaN stays
+__device__ inline uint8_t m_relu(uint8_t x) { return x; }
 
 // Parameters of the scalar ops, converted to the kernel's type once on the host.
 template <class T> struct Par {
-    T s, t;         // f[0], f[1]
-    bool lo, hi;    // clamp: i[0] has min, i[1] has max
+    T s, t;        // f[0], f[1] as T
+    double fs, ft; // f[0], f[1] as given
+    bool lo, hi;   // clamp: i[0] has min, i[1] has max
 };
+
+// clamp is min(max(x, lo), hi), as PyTorch: NaN in x stays, a NaN bound wins. Integers compare
+// with the bounds as given and round them inward (x < 2.5 becomes 3), as the CPU plugin does.
+template <class T> __device__ inline T m_clamp(T x, const Par<T> &p)
+{
+    if (p.lo && (double)x < p.fs)
+        x = convert<T>(ceil(p.fs));
+    if (p.hi && (double)x > p.ft)
+        x = convert<T>(floor(p.ft));
+    return x;
+}
+template <class T> __device__ inline T clamp_float(T x, const Par<T> &p)
+{
+    if (p.lo && (x < p.s || is_nan(p.s)))
+        x = p.s;
+    if (p.hi && (x > p.t || is_nan(p.t)))
+        x = p.t;
+    return x;
+}
+__device__ inline float m_clamp(float x, const Par<float> &p) { return clamp_float(x, p); }
+__device__ inline double m_clamp(double x, const Par<double> &p) { return clamp_float(x, p); }
 
 // ---- unary ops: T -> T ----
 
@@ -125,7 +174,7 @@ template <class T> struct Par {
         static constexpr const char *name = str;                                              \
         template <class T> __device__ T operator()(T x, const Par<T> &p) const { return expr; } \
     };
-NBCU_UNARY(Neg, "neg", T(-x))
+NBCU_UNARY(Neg, "neg", m_neg(x))
 NBCU_UNARY(Abs, "abs", m_abs(x))
 NBCU_UNARY(Exp, "exp", m_exp(x))
 NBCU_UNARY(Log, "log", m_log(x))
@@ -135,7 +184,7 @@ NBCU_UNARY(Sin, "sin", m_sin(x))
 NBCU_UNARY(Cos, "cos", m_cos(x))
 NBCU_UNARY(Tanh, "tanh", m_tanh(x))
 NBCU_UNARY(Sigmoid, "sigmoid", T(1) / (T(1) + m_exp(-x)))
-NBCU_UNARY(Relu, "relu", (x > T(0) || is_nan(x)) ? x : T(0))
+NBCU_UNARY(Relu, "relu", m_relu(x))
 NBCU_UNARY(Sign, "sign", m_sign(x)) // NaN -> 0, as torch.sign
 NBCU_UNARY(Floor, "floor", m_floor(x))
 NBCU_UNARY(Ceil, "ceil", m_ceil(x))
@@ -147,8 +196,7 @@ NBCU_UNARY(DivScalar, "div_scalar", x / p.s)
 NBCU_UNARY(RdivScalar, "rdiv_scalar", p.s / x)
 NBCU_UNARY(PowScalar, "pow_scalar", m_pow(x, p.s))
 NBCU_UNARY(RpowScalar, "rpow_scalar", m_pow(p.s, x))
-// NaN passes through (comparisons with NaN are false), as torch.clamp.
-NBCU_UNARY(Clamp, "clamp", (p.hi && x > p.t) ? p.t : (p.lo && x < p.s) ? p.s : x)
+NBCU_UNARY(Clamp, "clamp", m_clamp(x, p))
 #undef NBCU_UNARY
 
 template <class T, class Op> struct UnaryF {
@@ -166,6 +214,8 @@ template <class T> static Par<T> make_par(const nb_kernel_args *a)
     Par<T> p;
     p.s = convert<T>(a->f[0]);
     p.t = convert<T>(a->f[1]);
+    p.fs = a->f[0];
+    p.ft = a->f[1];
     p.lo = a->i[0] != 0;
     p.hi = a->i[1] != 0;
     return p;
@@ -495,16 +545,16 @@ extern "C" const nb_kernel_desc nbcu_elementwise_kernels[] = {
     FLOAT_UNARY("sigmoid", Sigmoid)
     NUM_UNARY("relu", Relu)
     NUM_UNARY("sign", Sign)
-    FLOAT_UNARY("floor", Floor)
-    FLOAT_UNARY("ceil", Ceil)
-    FLOAT_UNARY("round", Round)
+    NUM_UNARY("floor", Floor)
+    NUM_UNARY("ceil", Ceil)
+    NUM_UNARY("round", Round)
     NUM_UNARY("add_scalar", AddScalar)
     NUM_UNARY("mul_scalar", MulScalar)
     NUM_UNARY("rsub_scalar", RsubScalar)
     FLOAT_UNARY("div_scalar", DivScalar)
     FLOAT_UNARY("rdiv_scalar", RdivScalar)
-    FLOAT_UNARY("pow_scalar", PowScalar)
-    FLOAT_UNARY("rpow_scalar", RpowScalar)
+    NUM_UNARY("pow_scalar", PowScalar)
+    NUM_UNARY("rpow_scalar", RpowScalar)
     NUM_UNARY("clamp", Clamp)
     COMPARE_SCALAR("eq_scalar", Eq)
     COMPARE_SCALAR("ne_scalar", Ne)
@@ -516,9 +566,9 @@ extern "C" const nb_kernel_desc nbcu_elementwise_kernels[] = {
     NUM_BINARY("sub", Sub)
     NUM_BINARY("mul", Mul)
     BIN("div", Div, float, float) BIN("div", Div, double, double)
-    BIN("pow", Pow, float, float) BIN("pow", Pow, double, double)
-    NUM_BINARY("maximum", Maximum)
-    NUM_BINARY("minimum", Minimum)
+    NUM_BINARY("pow", Pow)
+    NUM_BINARY("maximum", Maximum) BIN("maximum", Maximum, bool, bool)
+    NUM_BINARY("minimum", Minimum) BIN("minimum", Minimum, bool, bool)
     COMPARE("eq", Eq)
     COMPARE("ne", Ne)
     COMPARE("lt", Lt)
