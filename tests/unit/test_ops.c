@@ -877,9 +877,9 @@ static void matmul_errors_name_shapes_and_dtypes(void **state)
 static void addmm_scales_and_broadcasts_the_input(void **state)
 {
     (void)state;
-    double a[6], b[8], c[4], want[8];
+    double a[6], b[12], c[4], want[8];
     fill_vals(a, 6, -1, 1, 16);
-    fill_vals(b, 8, -1, 1, 17);
+    fill_vals(b, 12, -1, 1, 17);
     fill_vals(c, 4, -1, 1, 18);
     nb_tensor *ta = mk(a, NB_SHAPE(2, 3), NB_DTYPE_F64), *tb = mk(b, NB_SHAPE(3, 4), NB_DTYPE_F64);
     nb_tensor *tc = mk(c, NB_SHAPE(4), NB_DTYPE_F64);
