@@ -28,7 +28,8 @@ template <class T> struct ArangeF {
     double start, step;
     __device__ void operator()(int64_t k, const int64_t *off) const
     {
-        out[off[0]] = convert<T>(start + (double)k * step);
+        // Rounded multiply then add, never a fused multiply-add: the CPU's numbers exactly.
+        out[off[0]] = convert<T>(__dadd_rn(start, __dmul_rn((double)k, step)));
     }
 };
 
@@ -87,10 +88,12 @@ template <class T, bool Normal> struct RandomF {
         double v;
         if (Normal) {
             double u1 = 1.0 - unit53(r[0], r[1]), u2 = unit53(r[2], r[3]); // u1 in (0, 1]
-            v = a + b * (sqrt(-2.0 * log(u1)) * cos(2.0 * 3.14159265358979323846 * u2));
+            double z = sqrt(-2.0 * log(u1)) * cos(2.0 * 3.14159265358979323846 * u2);
+            v = __dadd_rn(a, __dmul_rn(b, z));
         } else {
             double u = sizeof(T) == 8 ? unit53(r[0], r[1]) : (double)(r[0] >> 8) * 0x1p-24;
-            v = a + (b - a) * u;
+            // No fused multiply-add, so uniforms agree bit for bit with the other plugins.
+            v = __dadd_rn(a, __dmul_rn(b - a, u));
         }
         out[off[0]] = (T)v;
     }
