@@ -75,16 +75,21 @@ static nb_operand opd(void *p, nb_dtype dt, int nd, const int64_t *shape, const 
     return (nb_operand){p, 0, dt, nd, shape, strides};
 }
 
-static nb_status run(const char *op, nb_dtype dt, const nb_operand *out, const nb_operand *in,
-                     int n_in, const double *f, const int64_t *iv)
+/* f and iv may be shorter than the 8 slots: run() passes their sizes along, so both must be
+ * arrays (or NULL), never pointers. */
+static nb_status run_sized(const char *op, nb_dtype dt, const nb_operand *out,
+                           const nb_operand *in, int n_in, const double *f, size_t f_bytes,
+                           const int64_t *iv, size_t iv_bytes)
 {
     nb_kernel_args a = {0, n_in, out, in, {0}, {0}};
-    for (int k = 0; f && k < 8; k++)
+    for (size_t k = 0; f && k < 8 && k < f_bytes / sizeof *f; k++)
         a.f[k] = f[k];
-    for (int k = 0; iv && k < 8; k++)
+    for (size_t k = 0; iv && k < 8 && k < iv_bytes / sizeof *iv; k++)
         a.i[k] = iv[k];
     return kernel(op, dt)(&a);
 }
+#define run(op, dt, out, in, n_in, f, iv)                                                   \
+    run_sized(op, dt, out, in, n_in, f, sizeof(f), iv, sizeof(iv))
 
 /* Deterministic data in [-1, 1). */
 static uint64_t rng_state = 88172645463325252ull;
@@ -684,7 +689,9 @@ static void pool_check(int64_t N, int64_t C, int64_t H, int64_t W, const int64_t
     const int64_t ys[4] = {N, C, OH, OW}, yt[4] = {C * OH * OW, OH * OW, OW, 1};
     nb_operand o = opd(y, NB_DTYPE_F32, 4, ys, yt);
     nb_operand in[2] = {opd(x, NB_DTYPE_F32, 4, xs, xt), opd(idx, NB_DTYPE_I64, 4, ys, yt)};
-    assert_int_equal(run("max_pool2d", NB_DTYPE_F32, &o, in, 2, NULL, iv), NB_OK);
+    int64_t pv[6];
+    memcpy(pv, iv, sizeof pv);
+    assert_int_equal(run("max_pool2d", NB_DTYPE_F32, &o, in, 2, NULL, pv), NB_OK);
     for (int64_t p = 0; p < N * C; p++)
         for (int64_t oh = 0; oh < OH; oh++)
             for (int64_t ow = 0; ow < OW; ow++) {
@@ -710,7 +717,7 @@ static void pool_check(int64_t N, int64_t C, int64_t H, int64_t W, const int64_t
             }
     o = opd(dx, NB_DTYPE_F32, 4, xs, xt);
     in[0] = opd(dy, NB_DTYPE_F32, 4, ys, yt);
-    assert_int_equal(run("max_pool2d_backward", NB_DTYPE_F32, &o, in, 2, NULL, iv), NB_OK);
+    assert_int_equal(run("max_pool2d_backward", NB_DTYPE_F32, &o, in, 2, NULL, pv), NB_OK);
     /* at most a few float additions per element */
     for (int64_t k = 0; k < nx; k++)
         CLOSE(dx[k], rdx[k], 1e-6, 1e-6);
@@ -807,9 +814,9 @@ static void sgd_and_adam_steps_match_torch_formulas(void **state)
     const double lr = 0.1, mom = 0.9, damp = 0.1, wd = 0.01;
     nb_operand o = opd(w, NB_DTYPE_F64, 1, shape, st);
     nb_operand in[3] = {opd(g, NB_DTYPE_F64, 1, shape, st), opd(buf, NB_DTYPE_F64, 1, shape, st)};
-    assert_int_equal(run("sgd_step", NB_DTYPE_F64, &o, in, 2, (const double[]){lr, mom, damp, wd},
-                         (const int64_t[]){1, 0}),
-                     NB_OK);
+    const double sgd_f[4] = {lr, mom, damp, wd};
+    const int64_t nesterov[2] = {1, 0};
+    assert_int_equal(run("sgd_step", NB_DTYPE_F64, &o, in, 2, sgd_f, nesterov), NB_OK);
     for (int k = 0; k < n; k++) {
         double d = g[k] + wd * rw[k];
         rbuf[k] = mom * rbuf[k] + (1 - damp) * d;
@@ -826,9 +833,9 @@ static void sgd_and_adam_steps_match_torch_formulas(void **state)
     const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
     in[1] = opd(m, NB_DTYPE_F64, 1, shape, st);
     in[2] = opd(v, NB_DTYPE_F64, 1, shape, st);
-    assert_int_equal(run("adam_step", NB_DTYPE_F64, &o, in, 3,
-                         (const double[]){lr, b1, b2, eps, wd}, (const int64_t[]){3, 1}),
-                     NB_OK);
+    const double adam_f[5] = {lr, b1, b2, eps, wd};
+    const int64_t adam_i[2] = {3, 1};
+    assert_int_equal(run("adam_step", NB_DTYPE_F64, &o, in, 3, adam_f, adam_i), NB_OK);
     for (int k = 0; k < n; k++) {
         rw[k] *= 1 - lr * wd;
         rm[k] = b1 * rm[k] + (1 - b1) * g[k];
