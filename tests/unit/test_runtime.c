@@ -315,6 +315,16 @@ static void workload(void)
     nb_free(str);
     nb_tensor *m = nb_matmul(x, nb_t(x));
     check(m != NULL);
+    nb_tensor *parts[2] = {x, y};
+    nb_tensor *c = nb_reshape(nb_t(nb_cat(parts, 2, 0)), NB_SHAPE(-1)); /* a copying reshape */
+    check(c != NULL);
+    int64_t iv[2] = {2, 0};
+    nb_tensor *idx = nb_from_data(iv, NB_SHAPE(2), (nb_opts){NB_DTYPE_I64});
+    nb_tensor *g2 = NULL, *sq = nb_sum(nb_pow_scalar(nb_index_select(x, 1, idx), 3), NULL, 0,
+                                        false);
+    if (sq) /* a second-order graph */
+        check(nb_grad(&sq, NULL, 1, &x, 1, (nb_grad_opts){.create_graph = true}, &g2) ==
+              NB_OK);
     nb_scope_end();
     nb_tensor *g = nb_tensor_grad(x);
     nb_release(g);
@@ -369,6 +379,8 @@ static void out_of_memory_at_every_allocation_fails_cleanly(void **state)
         NB_ASSERT_OK(nb_set_allocator(NULL));
     }
     nb_set_allocator(NULL);
+    print_message("out of memory injected at each of %ld allocations: %ld calls failed "
+                  "cleanly\n", total, failed_runs);
     if (leaky_runs)
         fail_msg("%ld of %ld injected failures leaked:%s", leaky_runs, total, report);
     assert_true(failed_runs > total / 2); /* the failures surface as errors */
