@@ -3,7 +3,9 @@
  * checked against a plain C computation here, and the errors (shapes, dtypes, NULL chains). */
 #include "nb_test.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 /* ---- helpers ---- */
 
@@ -1055,8 +1057,44 @@ static void null_input_propagates_and_keeps_the_first_error(void **state)
     nb_release(m);
 }
 
+/* ---- devices ---- */
+
+static char mini_path[1200]; /* the two-device test plugin from tests/badplugins */
+
+static void ops_refuse_operands_on_different_devices(void **state)
+{
+    (void)state;
+    if (!mini_path[0] || access(mini_path, R_OK) != 0)
+        skip();
+    NB_ASSERT_OK(nb_plugin_load(mini_path));
+    nb_tensor *c = nb_ones(NB_SHAPE(2, 2), (nb_opts){0});
+    nb_tensor *m = nb_ones(NB_SHAPE(2, 2), (nb_opts){.device = "mini:1"});
+    nb_tensor *b = nb_ones(NB_SHAPE(2, 2), (nb_opts){NB_DTYPE_BOOL});
+    nb_tensor *cm[2] = {c, m};
+    nb_tensor *r[] = {nb_add(c, m), nb_mul(m, c), nb_eq(c, m), nb_matmul(c, m), nb_mm(m, c),
+                      nb_where(b, c, m), nb_cat(cm, 2, 0), nb_addmm(m, c, c, 1, 1)};
+    for (size_t k = 0; k < sizeof r / sizeof *r; k++) {
+        if (r[k])
+            fail_msg("case %zu mixed cpu and mini:1 without an error", k);
+    }
+    assert_int_equal(nb_last_status(), NB_DEVICE_MISMATCH);
+    nb_clear_error();
+    assert_null(nb_sub(c, m));
+    NB_ASSERT_ERROR_HAS("sub: expected all tensors on the same device, got cpu and mini:1");
+    nb_release(c);
+    nb_release(m);
+    nb_release(b);
+}
+
 int main(void)
 {
+    const char *dir = getenv("NABLA_BADPLUGIN_DIR");
+#ifdef BADPLUGIN_DIR
+    if (!dir || !*dir)
+        dir = BADPLUGIN_DIR;
+#endif
+    if (dir && *dir)
+        snprintf(mini_path, sizeof mini_path, "%s/badplugin_mini.so", dir);
     const struct CMUnitTest tests[] = {
         NB_TEST(binary_ops_broadcast_column_with_row),
         NB_TEST(binary_ops_broadcast_scalar_tensor_and_strided_inputs),
@@ -1087,6 +1125,7 @@ int main(void)
         NB_TEST(indexing_errors),
         NB_TEST(cat_and_stack_join_along_a_dim),
         NB_TEST(null_input_propagates_and_keeps_the_first_error),
+        NB_TEST(ops_refuse_operands_on_different_devices),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
