@@ -1223,7 +1223,8 @@ static nb_tensor *reduce_loss(nb_tensor *l, nb_reduction r)
 {
     if (!l || r == NB_REDUCTION_NONE)
         return l;
-    nb_tensor *out = r == NB_REDUCTION_MEAN ? nb_mean(l, NULL, 0, false) : nb_sum(l, NULL, 0, false);
+    nb_tensor *out = r == NB_REDUCTION_MEAN ? nb_mean(l, NULL, 0, false)
+                                            : nb_sum(l, NULL, 0, false);
     nb_release(l);
     return out;
 }
@@ -1669,7 +1670,10 @@ nb_tensor *nb_avg_pool2d(const nb_tensor *x, nb_pool2d_opts opts)
 
 nb_tensor *nb_gelu(const nb_tensor *x) { return NBI_API(gelu_impl(x)); }
 
-nb_tensor *nb_softmax(const nb_tensor *x, int32_t dim) { return NBI_API(softmax_impl(x, dim, false)); }
+nb_tensor *nb_softmax(const nb_tensor *x, int32_t dim)
+{
+    return NBI_API(softmax_impl(x, dim, false));
+}
 
 nb_tensor *nb_log_softmax(const nb_tensor *x, int32_t dim)
 {

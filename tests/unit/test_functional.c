@@ -310,6 +310,8 @@ static void conv2d_matches_direct_loops(void **state)
 {
     (void)state;
     const conv_case cases[] = {
+        {2, 4, 7, 6, 6, 3, 2, {.stride = {2, 2}, .padding = {1, 1}, .dilation = {2, 2},
+                               .groups = 2}},
         {2, 4, 7, 6, 6, 3, 2, {.stride = {2, 1}, .padding = {1, 1}, .dilation = {2, 1},
                                .groups = 2}},
         {2, 3, 6, 5, 4, 3, 3, {.stride = {2, 2}, .padding = {1, 1}}},
@@ -478,7 +480,8 @@ static void pool_ref(const pool_case *pc, const double *x, bool avg, double *out
                      int64_t *argmax, int64_t *oh_, int64_t *ow_)
 {
     int64_t kh = pc->o.kernel[0], kw = pc->o.kernel[1];
-    int64_t sh = pc->o.stride[0] ? pc->o.stride[0] : kh, sw = pc->o.stride[1] ? pc->o.stride[1] : kw;
+    int64_t sh = pc->o.stride[0] ? pc->o.stride[0] : kh;
+    int64_t sw = pc->o.stride[1] ? pc->o.stride[1] : kw;
     int64_t ph = pc->o.padding[0], pw = pc->o.padding[1];
     int64_t oh = (pc->h + 2 * ph - kh) / sh + 1, ow = (pc->w + 2 * pw - kw) / sw + 1;
     for (int64_t p = 0; p < pc->n * pc->c; p++)
@@ -1340,7 +1343,8 @@ static nb_status oom_workload(void)
     int n = 0;
     r[n++] = nb_conv2d(x, w, NULL, (nb_conv2d_opts){.padding = {1, 1}, .groups = 2});
     r[n++] = nb_max_pool2d(r[0], (nb_pool2d_opts){.kernel = {2, 2}});
-    r[n++] = nb_avg_pool2d(r[1], (nb_pool2d_opts){.kernel = {3, 3}, .stride = {1, 1}, .padding = {1, 1}});
+    r[n++] = nb_avg_pool2d(r[1], (nb_pool2d_opts){.kernel = {3, 3}, .stride = {1, 1},
+                                                  .padding = {1, 1}});
     r[n++] = nb_batch_norm(r[2], NULL, NULL, NULL, NULL, true, 0.1, 1e-5);
     r[n++] = nb_reshape(r[3], NB_SHAPE(2, 36));
     r[n++] = nb_gelu(r[4]);
