@@ -180,50 +180,40 @@ void nbc_iter_run(nbc_iter *it, nbc_row_fn fn, const void *ctx, bool parallel)
     nbc_iter_range(it, fn, ctx, 0, total);
 }
 
-nb_status nbc_ew(const nb_kernel_args *a, nbc_row_fn fn, const void *ctx)
+/* Small operands that are all contiguous or broadcast scalars: one row call, no iterator. */
+static __attribute__((noinline)) bool ew_small(const nb_kernel_args *a, int64_t n,
+                                               nbc_row_fn fn, const void *ctx)
 {
     const nb_operand *out = a->out;
-    if (a->n_in + 1 > NBC_MAX_OPS)
-        return NBC_ERR(NB_INVALID_ARGUMENT, "cpu: %d inputs given, at most %d supported",
-                       (int)a->n_in, NBC_MAX_OPS - 1);
-    /* Small operands that are contiguous or broadcast scalars need no iterator: one row call
-     * keeps a 1-element op at a few nanoseconds. */
-    int64_t n = 1;
-    for (int32_t d = 0; d < out->ndim; d++)
-        n *= out->shape[d];
-    if (n == 1) {
-        /* one element: every stride is irrelevant */
-        char *p[NBC_MAX_OPS];
-        static const int64_t s[NBC_MAX_OPS] = {0};
-        p[0] = nbc_ptr(out);
-        for (int32_t k = 0; k < a->n_in; k++)
-            p[1 + k] = nbc_ptr(&a->in[k]);
-        fn(p, s, 1, 0, ctx);
-        return NB_OK;
-    }
-    if (n < NBC_PARALLEL_MIN && nbc_is_contiguous(out)) {
-        char *p[NBC_MAX_OPS];
-        int64_t s[NBC_MAX_OPS];
-        p[0] = nbc_ptr(out);
-        s[0] = (int64_t)nbc_dtype_size(out->dtype);
-        bool simple = true;
-        for (int32_t k = 0; k < a->n_in && simple; k++) {
-            const nb_operand *in = &a->in[k];
-            bool scalar = in->ndim == out->ndim;
-            for (int32_t d = 0; d < in->ndim && scalar; d++)
-                scalar = in->strides[d] == 0 || in->shape[d] == 1;
-            p[1 + k] = nbc_ptr(in);
-            s[1 + k] = scalar ? 0 : (int64_t)nbc_dtype_size(in->dtype);
-            simple = in->ndim == out->ndim && (scalar || nbc_is_contiguous(in));
-            for (int32_t d = 0; d < in->ndim && simple; d++)
-                simple = in->shape[d] == out->shape[d];
+    if (!nbc_is_contiguous(out))
+        return false;
+    char *p[NBC_MAX_OPS];
+    int64_t s[NBC_MAX_OPS];
+    p[0] = nbc_ptr(out);
+    s[0] = (int64_t)nbc_dtype_size(out->dtype);
+    for (int32_t k = 0; k < a->n_in; k++) {
+        const nb_operand *in = &a->in[k];
+        if (in->ndim != out->ndim)
+            return false;
+        bool scalar = true, same = true;
+        for (int32_t d = 0; d < in->ndim; d++) {
+            scalar = scalar && (in->strides[d] == 0 || in->shape[d] == 1);
+            same = same && in->shape[d] == out->shape[d];
         }
-        if (simple) {
-            if (n > 0)
-                fn(p, s, n, 0, ctx);
-            return NB_OK;
-        }
+        if (!same || (!scalar && !nbc_is_contiguous(in)))
+            return false;
+        p[1 + k] = nbc_ptr(in);
+        s[1 + k] = scalar ? 0 : (int64_t)nbc_dtype_size(in->dtype);
     }
+    if (n > 0)
+        fn(p, s, n, 0, ctx);
+    return true;
+}
+
+static __attribute__((noinline)) nb_status ew_general(const nb_kernel_args *a, nbc_row_fn fn,
+                                                      const void *ctx)
+{
+    const nb_operand *out = a->out;
     nbc_iter it;
     nbc_iter_init(&it, 1 + a->n_in, out->ndim, out->shape);
     nbc_iter_operand(&it, 0, nbc_ptr(out), out->strides, nbc_dtype_size(out->dtype));
@@ -236,6 +226,32 @@ nb_status nbc_ew(const nb_kernel_args *a, nbc_row_fn fn, const void *ctx)
     }
     nbc_iter_run(&it, fn, ctx, true);
     return NB_OK;
+}
+
+/* Kept small so that a 1-element op costs a few nanoseconds: the iterator's setup lives in
+ * functions this one only calls when needed. */
+nb_status nbc_ew(const nb_kernel_args *a, nbc_row_fn fn, const void *ctx)
+{
+    const nb_operand *out = a->out;
+    if ((uint32_t)a->n_in + 1 > NBC_MAX_OPS)
+        return NBC_ERR(NB_INVALID_ARGUMENT, "cpu: %d inputs given, at most %d supported",
+                       (int)a->n_in, NBC_MAX_OPS - 1);
+    int64_t n = 1;
+    for (int32_t d = 0; d < out->ndim; d++)
+        n *= out->shape[d];
+    if (n == 1) {
+        /* one element: strides are irrelevant */
+        static const int64_t s[NBC_MAX_OPS] = {0};
+        char *p[NBC_MAX_OPS];
+        p[0] = nbc_ptr(out);
+        for (int32_t k = 0; k < a->n_in; k++)
+            p[1 + k] = nbc_ptr(&a->in[k]);
+        fn(p, s, 1, 0, ctx);
+        return NB_OK;
+    }
+    if (n < NBC_PARALLEL_MIN && ew_small(a, n, fn, ctx))
+        return NB_OK;
+    return ew_general(a, fn, ctx);
 }
 
 /* ---- scratch ---- */

@@ -401,13 +401,15 @@ static int64_t span_tap(const geom *g, const span *sp, int64_t c, int64_t ki, in
     return c * sp->plane + off;
 }
 
-static void span_cols(const geom *g, const span *sp, const char *xin, char *col, size_t es)
+/* Column matrix rows of one image: row r at col + r * ld, this image's L columns. */
+static void span_cols(const geom *g, const span *sp, const char *xin, char *col, int64_t ld,
+                      size_t es)
 {
     for (int64_t c = 0, r = 0; c < g->Cg; c++)
         for (int64_t ki = 0; ki < g->kh; ki++)
             for (int64_t kj = 0; kj < g->kw; kj++, r++) {
                 int64_t len, at = span_tap(g, sp, c, ki, kj, &len);
-                char *dst = col + (size_t)(r * sp->L) * es;
+                char *dst = col + (size_t)(r * ld) * es;
                 memcpy(dst, xin + (size_t)at * es, (size_t)len * es);
                 memset(dst + (size_t)len * es, 0, (size_t)(sp->L - len) * es);
             }
@@ -424,37 +426,53 @@ static void span_cols(const geom *g, const span *sp, const char *xin, char *col,
 DEF_SPAN_ADD(f32, float)
 DEF_SPAN_ADD(f64, double)
 
-/* dy rows of image n, group grp, into (Og, OH, Wp) with zeros in the dropped columns (which
- * the caller zeroed once). */
+/* dy rows of image n, group grp, into rows o * ld of (Og, OH, Wp) layout; the dropped columns
+ * hold zeros the caller wrote once. */
 static void span_grad(const geom *g, const span *sp, const char *dy, int64_t n, int64_t grp,
-                      char *dyext, size_t es)
+                      char *dyext, int64_t ld, size_t es)
 {
     for (int64_t o = 0; o < g->Og; o++)
         for (int64_t oh = 0; oh < g->OH; oh++)
-            memcpy(dyext + (size_t)(o * sp->L + oh * sp->Wp) * es,
+            memcpy(dyext + (size_t)(o * ld + oh * sp->Wp) * es,
                    dy + (size_t)(((n * g->O + grp * g->Og + o) * g->OH + oh) * g->OW) * es,
                    (size_t)g->OW * es);
+}
+
+/* Images per gemm: as many as keep the column matrix near 256 KiB (measured on LeNet's shapes:
+ * larger blocks fall out of cache, smaller ones change little). */
+static int64_t span_block(const geom *g, const span *sp, size_t es)
+{
+    int64_t per = g->K * sp->L * (int64_t)es, b = per > 0 ? (256 << 10) / per : g->N;
+    return b < 1 ? 1 : b > g->N ? g->N : b;
 }
 
 static nb_status span_forward(nb_dtype dt, const geom *g, const char *x, const char *w, char *y)
 {
     const size_t es = nbc_dtype_size(dt);
     const span sp = span_of(g);
-    char *col = nbc_scratch(S_COL, (size_t)(g->K * sp.L) * es);
-    char *yext = nbc_scratch(S_PERM, (size_t)(g->Og * sp.L) * es);
+    const int64_t B = span_block(g, &sp, es), ld = B * sp.L;
+    char *col = nbc_scratch(S_COL, (size_t)(g->K * ld) * es);
+    char *yext = nbc_scratch(S_PERM, (size_t)(g->Og * ld) * es);
     char *pad = sp.padded ? nbc_scratch(S_IN2, (size_t)(g->Cg * sp.plane) * es) : NULL;
     if (!col || !yext || (sp.padded && !pad))
         return NB_OUT_OF_MEMORY;
-    for (int64_t n = 0; n < g->N; n++)
+    for (int64_t n0 = 0; n0 < g->N; n0 += B) {
+        const int64_t nb = g->N - n0 < B ? g->N - n0 : B;
         for (int64_t grp = 0; grp < g->G; grp++) {
-            span_cols(g, &sp, span_input(g, &sp, x, n, grp, pad, es), col, es);
-            gemm(dt, false, false, g->Og, sp.L, g->K, w + (size_t)(grp * g->Og * g->K) * es,
-                 g->K, col, sp.L, 0, yext, sp.L);
-            for (int64_t o = 0; o < g->Og; o++)
-                for (int64_t oh = 0; oh < g->OH; oh++)
-                    memcpy(y + (size_t)(((n * g->O + grp * g->Og + o) * g->OH + oh) * g->OW) * es,
-                           yext + (size_t)(o * sp.L + oh * sp.Wp) * es, (size_t)g->OW * es);
+            for (int64_t j = 0; j < nb; j++)
+                span_cols(g, &sp, span_input(g, &sp, x, n0 + j, grp, pad, es),
+                          col + (size_t)(j * sp.L) * es, ld, es);
+            gemm(dt, false, false, g->Og, nb * sp.L, g->K,
+                 w + (size_t)(grp * g->Og * g->K) * es, g->K, col, ld, 0, yext, ld);
+            for (int64_t j = 0; j < nb; j++)
+                for (int64_t o = 0; o < g->Og; o++)
+                    for (int64_t oh = 0; oh < g->OH; oh++)
+                        memcpy(y + (size_t)((((n0 + j) * g->O + grp * g->Og + o) * g->OH + oh) *
+                                            g->OW) * es,
+                               yext + (size_t)(o * ld + j * sp.L + oh * sp.Wp) * es,
+                               (size_t)g->OW * es);
         }
+    }
     return NB_OK;
 }
 
@@ -464,40 +482,46 @@ static nb_status span_backward_input(nb_dtype dt, const geom *g, const char *dy,
 {
     const size_t es = nbc_dtype_size(dt);
     const span sp = span_of(g);
-    char *dcol = nbc_scratch(S_COL, (size_t)(g->K * sp.L) * es);
-    char *dyext = nbc_scratch(S_PERM, (size_t)(g->Og * sp.L) * es);
+    const int64_t B = span_block(g, &sp, es), ld = B * sp.L;
+    char *dcol = nbc_scratch(S_COL, (size_t)(g->K * ld) * es);
+    char *dyext = nbc_scratch(S_PERM, (size_t)(g->Og * ld) * es);
     char *pad = sp.padded ? nbc_scratch(S_IN2, (size_t)(g->Cg * sp.plane) * es) : NULL;
     if (!dcol || !dyext || (sp.padded && !pad))
         return NB_OUT_OF_MEMORY;
-    memset(dyext, 0, (size_t)(g->Og * sp.L) * es);
-    for (int64_t n = 0; n < g->N; n++)
+    memset(dyext, 0, (size_t)(g->Og * ld) * es);
+    for (int64_t n0 = 0; n0 < g->N; n0 += B) {
+        const int64_t nb = g->N - n0 < B ? g->N - n0 : B;
         for (int64_t grp = 0; grp < g->G; grp++) {
-            span_grad(g, &sp, dy, n, grp, dyext, es);
-            /* dcol (K, L) = W_g^T (K, Og) @ dyext (Og, L) */
-            gemm(dt, true, false, g->K, sp.L, g->Og, w + (size_t)(grp * g->Og * g->K) * es,
-                 g->K, dyext, sp.L, 0, dcol, sp.L);
-            char *dxn = dx + (size_t)((n * g->C + grp * g->Cg) * g->H * g->W) * es;
-            char *target = sp.padded ? pad : dxn;
-            if (sp.padded)
-                memset(pad, 0, (size_t)(g->Cg * sp.plane) * es);
-            for (int64_t c = 0, r = 0; c < g->Cg; c++)
-                for (int64_t ki = 0; ki < g->kh; ki++)
-                    for (int64_t kj = 0; kj < g->kw; kj++, r++) {
-                        int64_t len, at = span_tap(g, &sp, c, ki, kj, &len);
-                        char *d = target + (size_t)at * es;
-                        const char *src = dcol + (size_t)(r * sp.L) * es;
-                        if (dt == NB_DTYPE_F32)
-                            span_add_f32(d, src, len);
-                        else
-                            span_add_f64(d, src, len);
-                    }
-            if (sp.padded)
-                for (int64_t c = 0; c < g->Cg; c++)
-                    for (int64_t h = 0; h < g->H; h++)
-                        memcpy(dxn + (size_t)((c * g->H + h) * g->W) * es,
-                               pad + (size_t)((c * sp.Hp + h + g->ph) * sp.Wp + g->pw) * es,
-                               (size_t)g->W * es);
+            for (int64_t j = 0; j < nb; j++)
+                span_grad(g, &sp, dy, n0 + j, grp, dyext + (size_t)(j * sp.L) * es, ld, es);
+            /* dcol (K, nb L) = W_g^T (K, Og) @ dyext (Og, nb L) */
+            gemm(dt, true, false, g->K, nb * sp.L, g->Og, w + (size_t)(grp * g->Og * g->K) * es,
+                 g->K, dyext, ld, 0, dcol, ld);
+            for (int64_t j = 0; j < nb; j++) {
+                char *dxn = dx + (size_t)(((n0 + j) * g->C + grp * g->Cg) * g->H * g->W) * es;
+                char *target = sp.padded ? pad : dxn;
+                if (sp.padded)
+                    memset(pad, 0, (size_t)(g->Cg * sp.plane) * es);
+                for (int64_t c = 0, r = 0; c < g->Cg; c++)
+                    for (int64_t ki = 0; ki < g->kh; ki++)
+                        for (int64_t kj = 0; kj < g->kw; kj++, r++) {
+                            int64_t len, at = span_tap(g, &sp, c, ki, kj, &len);
+                            char *d = target + (size_t)at * es;
+                            const char *src = dcol + (size_t)(r * ld + j * sp.L) * es;
+                            if (dt == NB_DTYPE_F32)
+                                span_add_f32(d, src, len);
+                            else
+                                span_add_f64(d, src, len);
+                        }
+                if (sp.padded)
+                    for (int64_t c = 0; c < g->Cg; c++)
+                        for (int64_t h = 0; h < g->H; h++)
+                            memcpy(dxn + (size_t)((c * g->H + h) * g->W) * es,
+                                   pad + (size_t)((c * sp.Hp + h + g->ph) * sp.Wp + g->pw) * es,
+                                   (size_t)g->W * es);
+            }
         }
+    }
     return NB_OK;
 }
 
@@ -506,20 +530,26 @@ static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy
 {
     const size_t es = nbc_dtype_size(dt);
     const span sp = span_of(g);
-    char *col = nbc_scratch(S_COL, (size_t)(g->K * sp.L) * es);
-    char *dyext = nbc_scratch(S_PERM, (size_t)(g->Og * sp.L) * es);
+    const int64_t B = span_block(g, &sp, es), ld = B * sp.L;
+    char *col = nbc_scratch(S_COL, (size_t)(g->K * ld) * es);
+    char *dyext = nbc_scratch(S_PERM, (size_t)(g->Og * ld) * es);
     char *pad = sp.padded ? nbc_scratch(S_IN2, (size_t)(g->Cg * sp.plane) * es) : NULL;
     if (!col || !dyext || (sp.padded && !pad))
         return NB_OUT_OF_MEMORY;
-    memset(dyext, 0, (size_t)(g->Og * sp.L) * es);
-    for (int64_t n = 0; n < g->N; n++)
+    memset(dyext, 0, (size_t)(g->Og * ld) * es);
+    for (int64_t n0 = 0; n0 < g->N; n0 += B) {
+        const int64_t nb = g->N - n0 < B ? g->N - n0 : B;
         for (int64_t grp = 0; grp < g->G; grp++) {
-            span_cols(g, &sp, span_input(g, &sp, x, n, grp, pad, es), col, es);
-            span_grad(g, &sp, dy, n, grp, dyext, es);
-            /* dW_g (Og, K) (+)= dyext (Og, L) @ col^T (L, K) */
-            gemm(dt, false, true, g->Og, g->K, sp.L, dyext, sp.L, col, sp.L, n == 0 ? 0 : 1,
+            for (int64_t j = 0; j < nb; j++) {
+                span_cols(g, &sp, span_input(g, &sp, x, n0 + j, grp, pad, es),
+                          col + (size_t)(j * sp.L) * es, ld, es);
+                span_grad(g, &sp, dy, n0 + j, grp, dyext + (size_t)(j * sp.L) * es, ld, es);
+            }
+            /* dW_g (Og, K) (+)= dyext (Og, nb L) @ col^T (nb L, K) */
+            gemm(dt, false, true, g->Og, g->K, nb * sp.L, dyext, ld, col, ld, n0 == 0 ? 0 : 1,
                  dw + (size_t)(grp * g->Og * g->K) * es, g->K);
         }
+    }
     return NB_OK;
 }
 
