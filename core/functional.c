@@ -832,7 +832,8 @@ static nb_tensor *erfc_ops(const nb_tensor *z)
     int np = z->dtype == NB_DTYPE_F64 ? (int)(sizeof erfc_p64 / sizeof *erfc_p64)
                                       : (int)(sizeof erfc_p32 / sizeof *erfc_p32);
     tmps s = {0};
-    nb_tensor *a = tk(&s, nb_abs(z));
+    /* beyond |z| = 40 erfc is 0 (or 2) in float64; the clamp keeps u finite for infinities */
+    nb_tensor *a = tk(&s, nb_clamp(tk(&s, nb_abs(z)), NAN, 40.0));
     nb_tensor *u = tk(&s, nb_div(tk(&s, nb_add_scalar(a, -3.0)), tk(&s, nb_add_scalar(a, 3.0))));
     /* Horner in u; the loop releases as it goes to stay within the temporaries */
     nb_tensor *q = u ? nb_mul_scalar(u, p[np - 1]) : NULL;

@@ -658,7 +658,15 @@ static void gelu_is_the_exact_erf_form(void **state)
         assert_close(y, ref, 41, dt == NB_DTYPE_F32 ? 1e-6 : 1e-14, dt == NB_DTYPE_F32 ? 1e-6 : 0,
                      "gelu");
         assert_grad_fn(y, "GeluBackward0");
-        release_all((nb_tensor *[]){x, y}, 2);
+        /* PyTorch: gelu(inf) = inf, gelu(-inf) = -inf * 0 = nan */
+        double ev[5] = {INFINITY, -INFINITY, NAN, 40, -40}, eref[5] = {INFINITY, NAN, NAN, 40, 0};
+        nb_tensor *xe = make(NB_SHAPE(5), ev, dt, false), *ye = nb_gelu(xe);
+        double got[5];
+        read_d(ye, got, 5);
+        for (int k = 0; k < 5; k++)
+            if (!(isnan(eref[k]) ? isnan(got[k]) : got[k] == eref[k]))
+                fail_msg("gelu(%g) is %g, expected %g", ev[k], got[k], eref[k]);
+        release_all((nb_tensor *[]){x, y, xe, ye}, 4);
     }
 }
 
