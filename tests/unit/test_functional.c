@@ -1264,6 +1264,42 @@ static void nll_and_cross_entropy_reject_bad_targets(void **state)
     release_all((nb_tensor *[]){x, tb, tn, t2, to, tf, ti}, 7);
 }
 
+/* ------------------------------------------------------------ strided input */
+
+/* Transposed and offset views give what their contiguous copies give. */
+static void ops_accept_strided_views(void **state)
+{
+    (void)state;
+    rng_seed(19);
+    double v[2 * 5 * 3 * 4 + 8];
+    nb_tensor *base = random_t(NB_SHAPE(2 * 5 * 3 * 4 + 8), v, -2, 2, NB_DTYPE_F32, false);
+    nb_tensor *flat = nb_narrow(base, 0, 8, 2 * 5 * 3 * 4); /* offset 8 */
+    nb_tensor *b4 = nb_view(flat, NB_SHAPE(2, 5, 3, 4));
+    nb_tensor *x = nb_transpose(b4, 1, 2); /* (2, 3, 5, 4), not contiguous */
+    nb_tensor *xc = nb_contiguous(x);
+    assert_false(nb_tensor_is_contiguous(x));
+    nb_tensor *w = random_t(NB_SHAPE(4, 3, 2, 2), v, -1, 1, NB_DTYPE_F32, false);
+    nb_tensor *wt = nb_transpose(w, 2, 3), *wtc = nb_contiguous(wt);
+    nb_conv2d_opts co = {.padding = {1, 0}};
+    nb_pool2d_opts po = {.kernel = {2, 2}, .stride = {1, 2}, .padding = {1, 1}};
+    nb_tensor *pairs[][2] = {
+        {nb_conv2d(x, wt, NULL, co), nb_conv2d(xc, wtc, NULL, co)},
+        {nb_max_pool2d(x, po), nb_max_pool2d(xc, po)},
+        {nb_avg_pool2d(x, po), nb_avg_pool2d(xc, po)},
+        {nb_softmax(x, -1), nb_softmax(xc, -1)},
+        {nb_log_softmax(x, 1), nb_log_softmax(xc, 1)},
+        {nb_gelu(x), nb_gelu(xc)},
+    };
+    for (size_t k = 0; k < sizeof pairs / sizeof *pairs; k++) {
+        if (!pairs[k][0] || !pairs[k][1])
+            fail_msg("pair %zu: %s", k, nb_last_error());
+        if (!nb_allclose(pairs[k][0], pairs[k][1], 1e-6, 1e-6))
+            fail_msg("pair %zu differs between the view and its contiguous copy", k);
+        release_all(pairs[k], 2);
+    }
+    release_all((nb_tensor *[]){base, flat, b4, x, xc, w, wt, wtc}, 8);
+}
+
 /* --------------------------------------------------------------- lifetime */
 
 /* A node's saved tensors are checked against in-place changes, as in PyTorch. */
@@ -1450,6 +1486,7 @@ int main(int argc, char **argv)
         NB_TEST(cross_entropy_takes_unbatched_input_and_probabilities),
         NB_TEST(nll_and_cross_entropy_gradcheck),
         NB_TEST(nll_and_cross_entropy_reject_bad_targets),
+        NB_TEST(ops_accept_strided_views),
         NB_TEST(inplace_change_of_a_saved_tensor_fails_backward),
         NB_TEST(a_training_step_leaves_nothing_behind),
         NB_TEST(out_of_memory_anywhere_fails_cleanly_without_leaks),
