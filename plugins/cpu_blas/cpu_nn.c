@@ -761,34 +761,35 @@ static nb_status pool_geom(const char *name, const nb_kernel_args *a, const nb_o
     return NB_OK;
 }
 
-/* The common 2x2 stride-2 window of one plane without NaN tests per element: a window whose
- * sum is NaN (a NaN, or both infinities) makes the plane take the general path. Returns false
- * then. */
-#define DEF_POOL2(SFX, T)                                                                   \
+/* The common 2x2 stride-2 window of one plane, written as selects so it vectorises: the winner
+ * is random on real data, and strict compares keep the first index of ties in row-major order.
+ * A NaN (or both infinities) in any window makes the plane take the general path: returns
+ * false then. */
+#define DEF_POOL2(SFX, T, IT)                                                               \
     static bool pool2x2_##SFX(const pool *p, const T *x, T *y, int64_t *ix)                 \
     {                                                                                       \
+        const int64_t W = p->W, OW = p->OW;                                                 \
+        IT bad = 0;                                                                         \
         for (int64_t oh = 0; oh < p->OH; oh++) {                                            \
-            const T *r0 = x + 2 * oh * p->W, *r1 = r0 + p->W;                               \
-            const int64_t base = 2 * oh * p->W;                                             \
-            for (int64_t ow = 0; ow < p->OW; ow++) {                                        \
-                T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];   \
-                if ((a + b) + (c + d) != (a + b) + (c + d))                                 \
-                    return false;                                                           \
-                /* selects, not branches: which element wins is random on real data; strict  \
-                 * compares keep the first index of ties in row-major order */             \
-                const bool right0 = b > a, right1 = d > c;                                  \
+            const T *r0 = x + 2 * oh * W, *r1 = r0 + W;                                     \
+            T *yo = y + oh * OW;                                                            \
+            int64_t *io = ix + oh * OW;                                                     \
+            const int64_t base = 2 * oh * W;                                                \
+            for (int64_t ow = 0; ow < OW; ow++) {                                           \
+                const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1]; \
+                const T sum = (a + b) + (c + d);                                            \
+                bad |= sum != sum;                                                          \
+                const IT right0 = b > a, right1 = d > c;                                    \
                 const T m0 = right0 ? b : a, m1 = right1 ? d : c;                           \
-                const bool down = m1 > m0;                                                  \
-                const T m = down ? m1 : m0;                                                 \
-                const int64_t i = base + 2 * ow + (down ? p->W + right1 : right0);          \
-                y[oh * p->OW + ow] = m;                                                     \
-                ix[oh * p->OW + ow] = i;                                                    \
+                const IT down = m1 > m0;                                                    \
+                yo[ow] = down ? m1 : m0;                                                    \
+                io[ow] = base + 2 * ow + (down ? W + right1 : right0);                      \
             }                                                                               \
         }                                                                                   \
-        return true;                                                                        \
+        return !bad;                                                                        \
     }
-DEF_POOL2(f32, float)
-DEF_POOL2(f64, double)
+DEF_POOL2(f32, float, int32_t)
+DEF_POOL2(f64, double, int64_t)
 
 /* The window's first element starts as the best, so an all -inf window still gives a valid
  * index; a NaN wins and stops the search like PyTorch. */
