@@ -3,6 +3,7 @@
  * ones for the kernels (conv, pooling, softmax) that want them. */
 #include "cpu_internal.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -256,15 +257,38 @@ nb_status nbc_ew(const nb_kernel_args *a, nbc_row_fn fn, const void *ctx)
 
 /* ---- scratch ---- */
 
-static _Thread_local struct {
+typedef struct scratch_buf {
     void *p;
     size_t cap;
-} scratch[NBC_SCRATCH_SLOTS];
+} scratch_buf;
+
+static _Thread_local scratch_buf scratch[NBC_SCRATCH_SLOTS];
+
+/* A thread that used scratch frees it when it exits (the key's destructor), so application
+ * threads that run kernels leave nothing behind. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free_thread(void *bufs)
+{
+    scratch_buf *b = bufs;
+    for (int k = 0; k < NBC_SCRATCH_SLOTS; k++) {
+        free(b[k].p);
+        b[k].p = NULL;
+        b[k].cap = 0;
+    }
+}
+
+static void scratch_key_create(void) { pthread_key_create(&scratch_key, scratch_free_thread); }
 
 void *nbc_scratch(int slot, size_t bytes)
 {
+    if (bytes == 0)
+        bytes = 1; /* an empty operand still gets a valid pointer */
     if (bytes <= scratch[slot].cap)
         return scratch[slot].p;
+    pthread_once(&scratch_once, scratch_key_create);
+    pthread_setspecific(scratch_key, scratch);
     size_t cap = (bytes + 63) & ~(size_t)63;
     void *p = aligned_alloc(64, cap);
     if (!p) {
@@ -277,14 +301,7 @@ void *nbc_scratch(int slot, size_t bytes)
     return p;
 }
 
-void nbc_scratch_release(void)
-{
-    for (int k = 0; k < NBC_SCRATCH_SLOTS; k++) {
-        free(scratch[k].p);
-        scratch[k].p = NULL;
-        scratch[k].cap = 0;
-    }
-}
+void nbc_scratch_release(void) { scratch_free_thread(scratch); }
 
 /* ---- contiguous copies ---- */
 
