@@ -646,10 +646,14 @@ static nb_tensor *max_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
         if (w4 && nb_max_dim(w4, 2, true, &val, &arg) == NB_OK) {
             tk(&s, val);
             tk(&s, arg);
-            /* window offset -> flat input position, through the same table */
+            /* window offset -> flat input position, through the same table. Tier 1 promises
+             * a float32 gather only, and positions below 2^24 are exact in float32. */
+            nb_dtype via = g.h * g.w < (1 << 24) ? NB_DTYPE_F32 : NB_DTYPE_I64;
             nb_tensor *t1 = tk(&s, nb_view(table, NB_SHAPE(1, 1, K, L)));
-            nb_tensor *t4 = tk(&s, nb_expand(t1, NB_SHAPE(g.n, g.c, K, L)));
-            nb_tensor *pos = t4 ? tk(&s, nb_gather(t4, 2, arg)) : NULL;
+            nb_tensor *tf = tk(&s, nb_to_dtype(t1, via));
+            nb_tensor *t4 = tk(&s, nb_expand(tf, NB_SHAPE(g.n, g.c, K, L)));
+            nb_tensor *pf = t4 ? tk(&s, nb_gather(t4, 2, arg)) : NULL;
+            nb_tensor *pos = pf ? tk(&s, nb_to_dtype(pf, NB_DTYPE_I64)) : NULL;
             out = nb_reshape(val, os);
             idx = pos ? nb_reshape(pos, os) : NULL;
         }
