@@ -560,8 +560,8 @@ static nb_status run_engine(nb_tensor *const *roots, nb_tensor *const *root_grad
 {
     engine e = {.retain_graph = retain_graph, .create_graph = create_graph,
                 .mark = atomic_fetch_add(&engine_epoch, 1) + 1};
-    nbi_node *root_nodes_buf[8], **root_nodes = root_nodes_buf;
-    nbi_node *cap_buf[8], **cap = cap_buf;
+    nbi_node *root_nodes_buf[8] = {0}, **root_nodes = root_nodes_buf;
+    nbi_node *cap_buf[8] = {0}, **cap = cap_buf;
     nb_status st = NB_OK;
     if ((n > 8 && !(root_nodes = nbi_calloc((size_t)n, sizeof *root_nodes))) ||
         (n_inputs > 8 && !(cap = nbi_calloc((size_t)n_inputs, sizeof *cap))))
