@@ -330,23 +330,27 @@ static void col2im(nb_dtype dt, const geom *g, const void *col, int64_t grp, voi
         col2im_f64(g, col, grp, dx);
 }
 
-/* Three ways to lower a convolution to gemm, picked per call:
- * - span (stride 1): see below; no im2col row copies at all.
+/* Four ways to run a convolution, picked per call:
+ * - direct (stride 1, few taps per output: Cg*kh*kw <= NBC_DIRECT_MAX_K): vector loops over the
+ *   image spans below, no gemm; gemm shapes degenerate there (LeNet's first layer: K = 9).
+ * - span (stride 1): the column matrix built from spans, then gemm.
  * - per image: one im2col + gemm per image and group; the column buffer of one image stays in
  *   cache and the gemm reads and writes (N, O, P) in place.
  * - batched: tiny images put all N into one gemm per group, paying a transpose to (Og, N * P).
- * NBC_CONV_PATH=im2col or =batched forces the last two (the plugin tests run every path). */
-enum conv_path { PATH_SPAN, PATH_IMAGE, PATH_BATCHED };
+ * NBC_CONV_PATH=span, =im2col or =batched forces the gemm lowerings (the plugin tests run each). */
+enum conv_path { PATH_DIRECT, PATH_SPAN, PATH_IMAGE, PATH_BATCHED };
+#define NBC_DIRECT_MAX_K 32
 
 static enum conv_path conv_path(const geom *g)
 {
     static int forced = -1;
     if (forced < 0) {
         const char *e = getenv("NBC_CONV_PATH");
-        forced = !e ? 0 : !strcmp(e, "im2col") ? 1 : !strcmp(e, "batched") ? 2 : 0;
+        forced = !e ? 0 : !strcmp(e, "span") ? 3 : !strcmp(e, "im2col") ? 1
+                        : !strcmp(e, "batched") ? 2 : 0;
     }
-    if (forced == 0 && g->sh == 1 && g->sw == 1)
-        return PATH_SPAN;
+    if (g->sh == 1 && g->sw == 1 && (forced == 0 || forced == 3))
+        return forced == 0 && g->K <= NBC_DIRECT_MAX_K ? PATH_DIRECT : PATH_SPAN;
     if (forced == 2 || (forced == 0 && g->N > 1 && g->P < 64))
         return PATH_BATCHED;
     return PATH_IMAGE;
@@ -553,6 +557,247 @@ static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy
     return NB_OK;
 }
 
+/* ---- direct stride-1 convolutions ----
+ * Output position pos = oh * Wp + ow of the span layout reads tap r at xin[off[r] + pos], so
+ * the forward, the weight gradient and the input gradient are loops over pos with the taps'
+ * offsets, vectorised 32 bytes at a time with GCC vector types (one build also targets
+ * x86-64-v3 for FMA, picked at load time). Positions run over [0, Lv) with
+ * Lv = (OH - 1) * Wp + OW, which keeps every read inside the image; ow >= OW positions are
+ * computed and dropped, or read zero gradients. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define NBC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define NBC_CLONES
+#endif
+
+#define VLOAD(v, p) memcpy(&(v), (p), sizeof(v))
+#define DEF_DIRECT(SFX, T, LANES)                                                           \
+    typedef T vec_##SFX __attribute__((vector_size(32)));                                   \
+    /* by pointer: passing 32-byte vectors by value would change with the ABI of AVX */    \
+    static inline T vsum_##SFX(const vec_##SFX *v)                                          \
+    {                                                                                       \
+        T s = 0;                                                                            \
+        for (int l = 0; l < LANES; l++)                                                     \
+            s += (*v)[l];                                                                   \
+        return s;                                                                           \
+    }                                                                                       \
+    /* ext (Og, Lv) = sum over taps of w[o][r] * xin[off[r] + pos]; 6 channels per pass,    \
+     * w6 padded with zero channels so the loop has no branches */                          \
+    NBC_CLONES static void direct_fwd_##SFX(const T *xin, const int64_t *off, int64_t K,    \
+                                            const T *w, int64_t Og, T *ext, int64_t Lv)     \
+    {                                                                                       \
+        T w6[6 * NBC_DIRECT_MAX_K];                                                         \
+        for (int64_t o = 0; o < Og; o += 6) {                                               \
+            const int64_t ob = Og - o < 6 ? Og - o : 6;                                     \
+            memset(w6, 0, sizeof w6);                                                       \
+            for (int64_t b = 0; b < ob; b++)                                                \
+                for (int64_t r = 0; r < K; r++)                                             \
+                    w6[r * 6 + b] = w[(o + b) * K + r];                                     \
+            int64_t pos = 0;                                                                \
+            for (; pos + LANES <= Lv; pos += LANES) {                                       \
+                vec_##SFX a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};        \
+                for (int64_t r = 0; r < K; r++) {                                           \
+                    vec_##SFX xv;                                                           \
+                    VLOAD(xv, xin + off[r] + pos);                                          \
+                    const T *wr = w6 + r * 6;                                               \
+                    a0 += wr[0] * xv;                                                       \
+                    a1 += wr[1] * xv;                                                       \
+                    a2 += wr[2] * xv;                                                       \
+                    a3 += wr[3] * xv;                                                       \
+                    a4 += wr[4] * xv;                                                       \
+                    a5 += wr[5] * xv;                                                       \
+                }                                                                           \
+                const vec_##SFX acc[6] = {a0, a1, a2, a3, a4, a5};                          \
+                for (int64_t b = 0; b < ob; b++)                                            \
+                    memcpy(ext + (o + b) * Lv + pos, &acc[b], sizeof acc[b]);               \
+            }                                                                               \
+            for (; pos < Lv; pos++)                                                         \
+                for (int64_t b = 0; b < ob; b++) {                                          \
+                    T a = 0;                                                                \
+                    for (int64_t r = 0; r < K; r++)                                         \
+                        a += w6[r * 6 + b] * xin[off[r] + pos];                             \
+                    ext[(o + b) * Lv + pos] = a;                                            \
+                }                                                                           \
+        }                                                                                   \
+    }                                                                                       \
+    /* dw[o][r] += sum over pos of dy[o][pos] * xin[off[r] + pos]; blocks of 2 channels by  \
+     * 4 taps, out-of-range ones duplicated and dropped */                                  \
+    NBC_CLONES static void direct_bw_w_##SFX(const T *xin, const int64_t *off, int64_t K,   \
+                                             const T *dy, int64_t Og, int64_t Lv, T *dw)    \
+    {                                                                                       \
+        for (int64_t o = 0; o < Og; o += 2)                                                 \
+            for (int64_t r = 0; r < K; r += 4) {                                            \
+                const T *d0 = dy + o * Lv, *d1 = dy + (o + 1 < Og ? o + 1 : o) * Lv;        \
+                const T *x[4];                                                              \
+                for (int k = 0; k < 4; k++)                                                 \
+                    x[k] = xin + off[r + k < K ? r + k : r];                                \
+                vec_##SFX acc[8] = {{0}};                                                   \
+                int64_t pos = 0;                                                            \
+                for (; pos + LANES <= Lv; pos += LANES) {                                   \
+                    vec_##SFX g0, g1;                                                       \
+                    VLOAD(g0, d0 + pos);                                                    \
+                    VLOAD(g1, d1 + pos);                                                    \
+                    for (int k = 0; k < 4; k++) {                                           \
+                        vec_##SFX xv;                                                       \
+                        VLOAD(xv, x[k] + pos);                                              \
+                        acc[k] += g0 * xv;                                                  \
+                        acc[4 + k] += g1 * xv;                                              \
+                    }                                                                       \
+                }                                                                           \
+                T sum[8];                                                                   \
+                for (int k = 0; k < 8; k++)                                                 \
+                    sum[k] = vsum_##SFX(&acc[k]);                                           \
+                for (; pos < Lv; pos++)                                                     \
+                    for (int k = 0; k < 4; k++) {                                           \
+                        sum[k] += d0[pos] * x[k][pos];                                      \
+                        sum[4 + k] += d1[pos] * x[k][pos];                                  \
+                    }                                                                       \
+                for (int b = 0; b < 2 && o + b < Og; b++)                                   \
+                    for (int k = 0; k < 4 && r + k < K; k++)                                \
+                        dw[(o + b) * K + r + k] += sum[b * 4 + k];                          \
+            }                                                                               \
+    }                                                                                       \
+    /* dxin[off[r] + pos] += sum over o of w[o][r] * dy[o][pos] */                          \
+    NBC_CLONES static void direct_bw_in_##SFX(T *dxin, const int64_t *off, int64_t K,       \
+                                              const T *w, const T *dy, int64_t Og,          \
+                                              int64_t Lv)                                   \
+    {                                                                                       \
+        for (int64_t r = 0; r < K; r++) {                                                   \
+            T *d = dxin + off[r];                                                           \
+            int64_t pos = 0;                                                                \
+            for (; pos + LANES <= Lv; pos += LANES) {                                       \
+                vec_##SFX acc, gv;                                                          \
+                VLOAD(acc, d + pos);                                                        \
+                for (int64_t o = 0; o < Og; o++) {                                          \
+                    VLOAD(gv, dy + o * Lv + pos);                                           \
+                    acc += w[o * K + r] * gv;                                               \
+                }                                                                           \
+                memcpy(d + pos, &acc, sizeof acc);                                          \
+            }                                                                               \
+            for (; pos < Lv; pos++)                                                         \
+                for (int64_t o = 0; o < Og; o++)                                            \
+                    d[pos] += w[o * K + r] * dy[o * Lv + pos];                              \
+        }                                                                                   \
+    }
+DEF_DIRECT(f32, float, 8)
+DEF_DIRECT(f64, double, 4)
+
+/* Tap offsets into the Cg (padded) planes, and the position count Lv. */
+static int64_t direct_taps(const geom *g, const span *sp, int64_t *off)
+{
+    for (int64_t c = 0, r = 0; c < g->Cg; c++)
+        for (int64_t ki = 0; ki < g->kh; ki++)
+            for (int64_t kj = 0; kj < g->kw; kj++, r++)
+                off[r] = c * sp->plane + ki * g->dh * sp->Wp + kj * g->dw;
+    return (g->OH - 1) * sp->Wp + g->OW;
+}
+
+/* dy rows of image n, group grp, into (Og, Lv) rows with row stride Wp; the ow >= OW columns
+ * keep the zeros the caller wrote once. */
+static void direct_grad(const geom *g, const span *sp, const char *dy, int64_t n, int64_t grp,
+                        char *dyv, int64_t Lv, size_t es)
+{
+    for (int64_t o = 0; o < g->Og; o++)
+        for (int64_t oh = 0; oh < g->OH; oh++)
+            memcpy(dyv + (size_t)(o * Lv + oh * sp->Wp) * es,
+                   dy + (size_t)(((n * g->O + grp * g->Og + o) * g->OH + oh) * g->OW) * es,
+                   (size_t)g->OW * es);
+}
+
+static nb_status direct_forward(nb_dtype dt, const geom *g, const char *x, const char *w,
+                                char *y)
+{
+    const size_t es = nbc_dtype_size(dt);
+    const span sp = span_of(g);
+    int64_t off[NBC_DIRECT_MAX_K];
+    const int64_t Lv = direct_taps(g, &sp, off);
+    char *ext = nbc_scratch(S_PERM, (size_t)(g->Og * Lv) * es);
+    char *pad = sp.padded ? nbc_scratch(S_IN2, (size_t)(g->Cg * sp.plane) * es) : NULL;
+    if (!ext || (sp.padded && !pad))
+        return NB_OUT_OF_MEMORY;
+    for (int64_t n = 0; n < g->N; n++)
+        for (int64_t grp = 0; grp < g->G; grp++) {
+            const char *xin = span_input(g, &sp, x, n, grp, pad, es);
+            const char *wg = w + (size_t)(grp * g->Og * g->K) * es;
+            if (dt == NB_DTYPE_F32)
+                direct_fwd_f32((const float *)xin, off, g->K, (const float *)wg, g->Og,
+                               (float *)ext, Lv);
+            else
+                direct_fwd_f64((const double *)xin, off, g->K, (const double *)wg, g->Og,
+                               (double *)ext, Lv);
+            for (int64_t o = 0; o < g->Og; o++)
+                for (int64_t oh = 0; oh < g->OH; oh++)
+                    memcpy(y + (size_t)(((n * g->O + grp * g->Og + o) * g->OH + oh) * g->OW) * es,
+                           ext + (size_t)(o * Lv + oh * sp.Wp) * es, (size_t)g->OW * es);
+        }
+    return NB_OK;
+}
+
+/* dx must be zero on entry. */
+static nb_status direct_backward_input(nb_dtype dt, const geom *g, const char *dy,
+                                       const char *w, char *dx)
+{
+    const size_t es = nbc_dtype_size(dt);
+    const span sp = span_of(g);
+    int64_t off[NBC_DIRECT_MAX_K];
+    const int64_t Lv = direct_taps(g, &sp, off);
+    char *dyv = nbc_scratch(S_PERM, (size_t)(g->Og * Lv) * es);
+    char *pad = sp.padded ? nbc_scratch(S_IN2, (size_t)(g->Cg * sp.plane) * es) : NULL;
+    if (!dyv || (sp.padded && !pad))
+        return NB_OUT_OF_MEMORY;
+    memset(dyv, 0, (size_t)(g->Og * Lv) * es);
+    for (int64_t n = 0; n < g->N; n++)
+        for (int64_t grp = 0; grp < g->G; grp++) {
+            direct_grad(g, &sp, dy, n, grp, dyv, Lv, es);
+            char *dxn = dx + (size_t)((n * g->C + grp * g->Cg) * g->H * g->W) * es;
+            char *target = sp.padded ? pad : dxn;
+            if (sp.padded)
+                memset(pad, 0, (size_t)(g->Cg * sp.plane) * es);
+            const char *wg = w + (size_t)(grp * g->Og * g->K) * es;
+            if (dt == NB_DTYPE_F32)
+                direct_bw_in_f32((float *)target, off, g->K, (const float *)wg,
+                                 (const float *)dyv, g->Og, Lv);
+            else
+                direct_bw_in_f64((double *)target, off, g->K, (const double *)wg,
+                                 (const double *)dyv, g->Og, Lv);
+            if (sp.padded)
+                for (int64_t c = 0; c < g->Cg; c++)
+                    for (int64_t h = 0; h < g->H; h++)
+                        memcpy(dxn + (size_t)((c * g->H + h) * g->W) * es,
+                               pad + (size_t)((c * sp.Hp + h + g->ph) * sp.Wp + g->pw) * es,
+                               (size_t)g->W * es);
+        }
+    return NB_OK;
+}
+
+static nb_status direct_backward_weight(nb_dtype dt, const geom *g, const char *dy,
+                                        const char *x, char *dw)
+{
+    const size_t es = nbc_dtype_size(dt);
+    const span sp = span_of(g);
+    int64_t off[NBC_DIRECT_MAX_K];
+    const int64_t Lv = direct_taps(g, &sp, off);
+    char *dyv = nbc_scratch(S_PERM, (size_t)(g->Og * Lv) * es);
+    char *pad = sp.padded ? nbc_scratch(S_IN2, (size_t)(g->Cg * sp.plane) * es) : NULL;
+    if (!dyv || (sp.padded && !pad))
+        return NB_OUT_OF_MEMORY;
+    memset(dyv, 0, (size_t)(g->Og * Lv) * es);
+    memset(dw, 0, (size_t)(g->O * g->K) * es);
+    for (int64_t n = 0; n < g->N; n++)
+        for (int64_t grp = 0; grp < g->G; grp++) {
+            direct_grad(g, &sp, dy, n, grp, dyv, Lv, es);
+            const char *xin = span_input(g, &sp, x, n, grp, pad, es);
+            char *dwg = dw + (size_t)(grp * g->Og * g->K) * es;
+            if (dt == NB_DTYPE_F32)
+                direct_bw_w_f32((const float *)xin, off, g->K, (const float *)dyv, g->Og, Lv,
+                                (float *)dwg);
+            else
+                direct_bw_w_f64((const double *)xin, off, g->K, (const double *)dyv, g->Og, Lv,
+                                (double *)dwg);
+        }
+    return NB_OK;
+}
+
 /* The geometry of image n alone: x, y and dx pointers advance by one image per step. */
 static geom one_image(const geom *g)
 {
@@ -583,8 +828,10 @@ static nb_status k_conv2d(const nb_kernel_args *a)
     const char *x = nbc_contiguous_in(&a->in[0], S_IN0);
     const char *w = nbc_contiguous_in(&a->in[1], S_IN1);
     const enum conv_path path = conv_path(&g);
-    if (path == PATH_SPAN) {
-        nb_status st = x && w ? span_forward(dt, &g, x, w, y) : NB_OUT_OF_MEMORY;
+    if (path == PATH_SPAN || path == PATH_DIRECT) {
+        nb_status st = !x || !w              ? NB_OUT_OF_MEMORY
+                       : path == PATH_DIRECT ? direct_forward(dt, &g, x, w, y)
+                                             : span_forward(dt, &g, x, w, y);
         if (st == NB_OK)
             out_finish(a->out, y);
         return st;
@@ -637,8 +884,10 @@ static nb_status k_conv2d_backward_input(const nb_kernel_args *a)
         const geom g1 = one_image(&g);
         const char *dy = nbc_contiguous_in(&a->in[0], S_IN0);
         const char *w = nbc_contiguous_in(&a->in[1], S_IN1);
-        if (path == PATH_SPAN) {
-            nb_status st = dy && w ? span_backward_input(dt, &g, dy, w, dx) : NB_OUT_OF_MEMORY;
+        if (path == PATH_SPAN || path == PATH_DIRECT) {
+            nb_status st = !dy || !w              ? NB_OUT_OF_MEMORY
+                           : path == PATH_DIRECT ? direct_backward_input(dt, &g, dy, w, dx)
+                                                 : span_backward_input(dt, &g, dy, w, dx);
             if (st == NB_OK)
                 out_finish(a->out, dx);
             return st;
@@ -688,8 +937,10 @@ static nb_status k_conv2d_backward_weight(const nb_kernel_args *a)
         const geom g1 = one_image(&g);
         const char *dy = nbc_contiguous_in(&a->in[0], S_IN0);
         const char *x = nbc_contiguous_in(&a->in[1], S_IN1);
-        if (path == PATH_SPAN) {
-            nb_status st = dy && x ? span_backward_weight(dt, &g, dy, x, dw) : NB_OUT_OF_MEMORY;
+        if (path == PATH_SPAN || path == PATH_DIRECT) {
+            nb_status st = !dy || !x              ? NB_OUT_OF_MEMORY
+                           : path == PATH_DIRECT ? direct_backward_weight(dt, &g, dy, x, dw)
+                                                 : span_backward_weight(dt, &g, dy, x, dw);
             if (st == NB_OK)
                 out_finish(a->out, dw);
             return st;
