@@ -2,6 +2,7 @@
 # [-DCHECK=name] -P check_output.cmake. The program must exit 0; every non-empty, non-# line of
 # EXPECT is a regular expression that must match the output; CHECK adds a numeric check that a
 # regex alone cannot express.
+cmake_minimum_required(VERSION 3.25)
 execute_process(COMMAND ${PROG} OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
 message("${out}")
 if(NOT rc EQUAL 0)

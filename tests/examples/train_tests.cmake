@@ -4,6 +4,7 @@
 #   bad        ARGS ("|"-separated) must fail with a message matching MSG and leave no checkpoint;
 #              KIND makes a damaged synthetic dataset first, BAD_CKPT a mis-shaped checkpoint.
 # Inputs: TRAIN (nabla-train), DATA (dataset dir), WORK (scratch dir), MAKE_IDX, MAKE_CKPT.
+cmake_minimum_required(VERSION 3.25) # new policies: no @VAR@ expansion in strings
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 # Small but learnable in one epoch: 250 steps of 8 images (PyTorch with this recipe: 64-70%).
