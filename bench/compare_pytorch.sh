@@ -42,15 +42,16 @@ done
 # Same thread count for both: OpenMP and OpenBLAS read these, torch gets set_num_threads(N).
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 
+# NABLA_COMPARE_PYTHON picks the interpreter (one without torch shows the Nabla-only output)
 py=""
-for cand in /usr/bin/python3 python3; do
+for cand in ${NABLA_COMPARE_PYTHON:-/usr/bin/python3 python3}; do
     if command -v "$cand" >/dev/null 2>&1 && "$cand" -c "import torch" >/dev/null 2>&1; then
         py=$cand
         break
     fi
 done
 if [ -z "$py" ]; then
-    echo "# PyTorch not found (tried /usr/bin/python3 and python3 with 'import torch'): Nabla's column only"
+    echo "# PyTorch not found (tried ${NABLA_COMPARE_PYTHON:-/usr/bin/python3 and python3} with 'import torch'): Nabla's column only"
 fi
 
 tmp=$(mktemp -d)
