@@ -331,7 +331,7 @@ static void col2im(nb_dtype dt, const geom *g, const void *col, int64_t grp, voi
 }
 
 /* Four ways to run a convolution, picked per call:
- * - direct (stride 1, few taps per output: Cg*kh*kw <= NBC_DIRECT_MAX_K): vector loops over the
+ * - direct (stride 1, Cg*kh*kw <= NBC_DIRECT_MAX_K taps per output): vector loops over the
  *   image spans below, no gemm; gemm shapes degenerate there (LeNet's first layer: K = 9).
  * - span (stride 1): the column matrix built from spans, then gemm.
  * - per image: one im2col + gemm per image and group; the column buffer of one image stays in
@@ -339,7 +339,7 @@ static void col2im(nb_dtype dt, const geom *g, const void *col, int64_t grp, voi
  * - batched: tiny images put all N into one gemm per group, paying a transpose to (Og, N * P).
  * NBC_CONV_PATH=span, =im2col or =batched forces the gemm lowerings (the plugin tests run each). */
 enum conv_path { PATH_DIRECT, PATH_SPAN, PATH_IMAGE, PATH_BATCHED };
-#define NBC_DIRECT_MAX_K 32
+#define NBC_DIRECT_MAX_K 64
 
 static enum conv_path conv_path(const geom *g)
 {
@@ -657,26 +657,42 @@ static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy
                         dw[(o + b) * K + r + k] += sum[b * 4 + k];                          \
             }                                                                               \
     }                                                                                       \
-    /* dxin[off[r] + pos] += sum over o of w[o][r] * dy[o][pos] */                          \
-    NBC_CLONES static void direct_bw_in_##SFX(T *dxin, const int64_t *off, int64_t K,       \
-                                              const T *w, const T *dy, int64_t Og,          \
-                                              int64_t Lv)                                   \
+    /* dxin[c][q] = sum over the taps t of channel c and over o of                         \
+     * w[o][c, t] * dyp[o][M + q - offt[t]]: the correlation with the flipped kernel, so     \
+     * every element is written once and no two vectors overlap. dyp rows hold M zeros, the  \
+     * gradient and zeros up to Lp = M + Q, so all reads stay inside them; four vectors of q \
+     * per pass, through row (Q >= plane elements, a multiple of 4 vectors). */             \
+    NBC_CLONES static void direct_bw_in_##SFX(T *dxin, const int64_t *offt, int64_t taps,   \
+                                              int64_t Cg, const T *w, int64_t K,            \
+                                              const T *dyp, int64_t Og, int64_t Lp,         \
+                                              int64_t M, int64_t plane, T *row, int64_t Q)  \
     {                                                                                       \
-        for (int64_t r = 0; r < K; r++) {                                                   \
-            T *d = dxin + off[r];                                                           \
-            int64_t pos = 0;                                                                \
-            for (; pos + LANES <= Lv; pos += LANES) {                                       \
-                vec_##SFX acc, gv;                                                          \
-                VLOAD(acc, d + pos);                                                        \
-                for (int64_t o = 0; o < Og; o++) {                                          \
-                    VLOAD(gv, dy + o * Lv + pos);                                           \
-                    acc += w[o * K + r] * gv;                                               \
+        for (int64_t c = 0; c < Cg; c++) {                                                  \
+            for (int64_t q = 0; q < Q; q += 4 * LANES) {                                    \
+                vec_##SFX a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                           \
+                for (int64_t t = 0; t < taps; t++) {                                        \
+                    const T *base = dyp + M + q - offt[t];                                  \
+                    const T *wc = w + c * taps + t;                                         \
+                    for (int64_t o = 0; o < Og; o++) {                                      \
+                        const T wv = wc[o * K];                                             \
+                        const T *bp = base + o * Lp;                                        \
+                        vec_##SFX v0, v1, v2, v3;                                           \
+                        VLOAD(v0, bp);                                                      \
+                        VLOAD(v1, bp + LANES);                                              \
+                        VLOAD(v2, bp + 2 * LANES);                                          \
+                        VLOAD(v3, bp + 3 * LANES);                                          \
+                        a0 += wv * v0;                                                      \
+                        a1 += wv * v1;                                                      \
+                        a2 += wv * v2;                                                      \
+                        a3 += wv * v3;                                                      \
+                    }                                                                       \
                 }                                                                           \
-                memcpy(d + pos, &acc, sizeof acc);                                          \
+                memcpy(row + q, &a0, sizeof a0);                                            \
+                memcpy(row + q + LANES, &a1, sizeof a1);                                    \
+                memcpy(row + q + 2 * LANES, &a2, sizeof a2);                                \
+                memcpy(row + q + 3 * LANES, &a3, sizeof a3);                                \
             }                                                                               \
-            for (; pos < Lv; pos++)                                                         \
-                for (int64_t o = 0; o < Og; o++)                                            \
-                    d[pos] += w[o * K + r] * dy[o * Lv + pos];                              \
+            memcpy(dxin + c * plane, row, (size_t)plane * sizeof(T));                       \
         }                                                                                   \
     }
 DEF_DIRECT(f32, float, 8)
@@ -733,33 +749,37 @@ static nb_status direct_forward(nb_dtype dt, const geom *g, const char *x, const
     return NB_OK;
 }
 
-/* dx must be zero on entry. */
+/* Writes every element of dx. */
 static nb_status direct_backward_input(nb_dtype dt, const geom *g, const char *dy,
                                        const char *w, char *dx)
 {
     const size_t es = nbc_dtype_size(dt);
     const span sp = span_of(g);
+    const int64_t taps = g->kh * g->kw, lanes = 32 / (int64_t)es;
     int64_t off[NBC_DIRECT_MAX_K];
     const int64_t Lv = direct_taps(g, &sp, off);
-    char *dyv = nbc_scratch(S_PERM, (size_t)(g->Og * Lv) * es);
+    /* offsets within a plane are those of channel 0's taps; the largest is the margin */
+    const int64_t M = off[taps - 1], Q = (sp.plane + 4 * lanes - 1) / (4 * lanes) * 4 * lanes;
+    const int64_t Lp = M + Q;
+    char *dyp = nbc_scratch(S_PERM, (size_t)(g->Og * Lp) * es);
+    char *row = nbc_scratch(S_COL, (size_t)Q * es);
     char *pad = sp.padded ? nbc_scratch(S_IN2, (size_t)(g->Cg * sp.plane) * es) : NULL;
-    if (!dyv || (sp.padded && !pad))
+    if (!dyp || !row || (sp.padded && !pad))
         return NB_OUT_OF_MEMORY;
-    memset(dyv, 0, (size_t)(g->Og * Lv) * es);
+    (void)Lv;
+    memset(dyp, 0, (size_t)(g->Og * Lp) * es);
     for (int64_t n = 0; n < g->N; n++)
         for (int64_t grp = 0; grp < g->G; grp++) {
-            direct_grad(g, &sp, dy, n, grp, dyv, Lv, es);
+            direct_grad(g, &sp, dy, n, grp, dyp + (size_t)M * es, Lp, es);
             char *dxn = dx + (size_t)((n * g->C + grp * g->Cg) * g->H * g->W) * es;
             char *target = sp.padded ? pad : dxn;
-            if (sp.padded)
-                memset(pad, 0, (size_t)(g->Cg * sp.plane) * es);
             const char *wg = w + (size_t)(grp * g->Og * g->K) * es;
             if (dt == NB_DTYPE_F32)
-                direct_bw_in_f32((float *)target, off, g->K, (const float *)wg,
-                                 (const float *)dyv, g->Og, Lv);
+                direct_bw_in_f32((float *)target, off, taps, g->Cg, (const float *)wg, g->K,
+                                 (const float *)dyp, g->Og, Lp, M, sp.plane, (float *)row, Q);
             else
-                direct_bw_in_f64((double *)target, off, g->K, (const double *)wg,
-                                 (const double *)dyv, g->Og, Lv);
+                direct_bw_in_f64((double *)target, off, taps, g->Cg, (const double *)wg, g->K,
+                                 (const double *)dyp, g->Og, Lp, M, sp.plane, (double *)row, Q);
             if (sp.padded)
                 for (int64_t c = 0; c < g->Cg; c++)
                     for (int64_t h = 0; h < g->H; h++)
