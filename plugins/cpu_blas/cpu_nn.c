@@ -1,6 +1,7 @@
 /* cpu_nn.c - the fused tier-2 kernels of the cpu_blas plugin: softmax and log_softmax with
- * their backwards, conv2d and its two backwards (im2col + one gemm per group over the whole
- * batch), and max_pool2d with its backward. Strided operands are made contiguous first. */
+ * their backwards, conv2d and its two backwards (direct vector loops for few taps, else
+ * lowered to gemm; see conv_path), and max_pool2d with its backward. Strided operands are made
+ * contiguous first. */
 #include "cpu_internal.h"
 
 #include <cblas.h>
