@@ -11,7 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-nb_status nbi_host_error(nb_status status, const char *fmt, ...);
 nb_status nbi_plugin_attach(nbi_plugin *p);
 
 struct nbi_plugin {
@@ -32,7 +31,7 @@ static const nb_host host = {
     .abi_major = NB_PLUGIN_ABI_MAJOR,
     .abi_minor = NB_PLUGIN_ABI_MINOR,
     .size = sizeof(nb_host),
-    .error = nbi_host_error,
+    .error = nbi_error, /* plugins report through the caller's thread-local slot */
     .log = nbi_log,
 };
 

@@ -48,16 +48,6 @@ nb_status nbi_error(nb_status status, const char *fmt, ...)
     return status;
 }
 
-/* The host table's error(): plugins report through the same thread-local slot. */
-nb_status nbi_host_error(nb_status status, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    verror(status, fmt, ap);
-    va_end(ap);
-    return status;
-}
-
 nb_status nbi_last_or(nb_status status, const char *msg)
 {
     return tls_error.status != NB_OK ? tls_error.status : nbi_error(status, "%s", msg);
