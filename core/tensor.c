@@ -683,7 +683,7 @@ nb_tensor *nbi_cast(const nb_tensor *t, nb_dtype dtype)
     return r;
 }
 
-bool nb_allclose(const nb_tensor *a, const nb_tensor *b, double rtol, double atol)
+static bool allclose_impl(const nb_tensor *a, const nb_tensor *b, double rtol, double atol)
 {
     if (!a || !b || a->ndim != b->ndim || memcmp(a->shape, b->shape, (size_t)a->ndim * 8))
         return false;
@@ -700,6 +700,14 @@ bool nb_allclose(const nb_tensor *a, const nb_tensor *b, double rtol, double ato
     }
     nbi_free(x);
     return ok;
+}
+
+bool nb_allclose(const nb_tensor *a, const nb_tensor *b, double rtol, double atol)
+{
+    nbi_api_depth++; /* its reads make temporaries that must not enter the caller's scope */
+    bool r = allclose_impl(a, b, rtol, atol);
+    nbi_api_depth--;
+    return r;
 }
 
 bool nb_equal(const nb_tensor *a, const nb_tensor *b) { return nb_allclose(a, b, 0, 0); }

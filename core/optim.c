@@ -1,0 +1,588 @@
+/* optim.c - optimizers with torch.optim's update rules (SGD, Adam, AdamW, RMSprop), run under
+ * no-grad with in-place public ops or, where the device has them, the fused "sgd_step" and
+ * "adam_step" kernels; and the StepLR and CosineAnnealingLR schedulers (closed forms). */
+#include "nabla_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef enum optim_kind { OPT_SGD, OPT_ADAM, OPT_ADAMW, OPT_RMSPROP } optim_kind;
+
+static const char *const optim_names[] = {"SGD", "Adam", "AdamW", "RMSprop"};
+
+struct nb_optim {
+    optim_kind kind;
+    int32_t n;
+    nb_tensor **params; /* strong */
+    /* per-parameter state, created on a parameter's first step:
+     *   SGD: s1 momentum_buffer; Adam/AdamW: s1 exp_avg, s2 exp_avg_sq;
+     *   RMSprop: s1 square_avg, s2 momentum_buffer */
+    nb_tensor **s1, **s2;
+    int64_t *steps;
+    double lr, momentum, dampening, weight_decay;
+    bool nesterov;
+    double beta1, beta2, eps, alpha;
+    /* schedulers driving this optimizer: freeing it detaches them */
+    nb_lr_scheduler **scheds;
+    int32_t n_scheds, cap_scheds;
+};
+
+typedef enum sched_kind { SCHED_STEP, SCHED_COSINE } sched_kind;
+
+struct nb_lr_scheduler {
+    sched_kind kind;
+    nb_optim *opt; /* borrowed; NULL once the optimizer is freed */
+    double base_lr;
+    int64_t epoch;
+    int64_t step_size;
+    double gamma;
+    int64_t t_max;
+    double eta_min;
+};
+
+/* ============================== construction ============================== */
+
+static bool bad_number(double v) { return !(v >= 0) || isinf(v); }
+
+static nb_optim *optim_new(const char *what, optim_kind kind, nb_tensor *const *params,
+                           int32_t n, double lr)
+{
+    if (!params) {
+        nbi_error(NB_NULL_ARGUMENT, "%s: params is NULL", what);
+        return NULL;
+    }
+    if (n <= 0) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: got %d parameters; an optimizer needs at least one",
+                  what, n);
+        return NULL;
+    }
+    if (bad_number(lr)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: invalid learning rate %g; expected lr >= 0", what,
+                  lr);
+        return NULL;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        nb_tensor *p = params[i];
+        if (!p) {
+            nbi_error(NB_NULL_ARGUMENT, "%s: parameter %d is NULL", what, i);
+            return NULL;
+        }
+        if (!nb_dtype_is_float(nb_tensor_dtype(p))) {
+            nbi_error(NB_DTYPE_UNSUPPORTED, "%s: parameter %d is %s; only float32 and float64 "
+                      "tensors can be optimized", what, i, nb_dtype_name(nb_tensor_dtype(p)));
+            return NULL;
+        }
+        if (!nb_tensor_is_leaf(p)) {
+            nbi_error(NB_AUTOGRAD, "%s: parameter %d is not a leaf (it has a grad_fn); can't "
+                      "optimize a non-leaf tensor", what, i);
+            return NULL;
+        }
+        for (int32_t j = 0; j < i; j++)
+            if (params[j] == p) {
+                nbi_error(NB_INVALID_ARGUMENT, "%s: parameters %d and %d are the same tensor; "
+                          "each parameter may appear once", what, j, i);
+                return NULL;
+            }
+    }
+    nb_optim *o = nbi_calloc(1, sizeof *o);
+    if (o) {
+        o->params = nbi_calloc((size_t)n, sizeof *o->params);
+        o->s1 = nbi_calloc((size_t)n, sizeof *o->s1);
+        o->s2 = nbi_calloc((size_t)n, sizeof *o->s2);
+        o->steps = nbi_calloc((size_t)n, sizeof *o->steps);
+    }
+    if (!o || !o->params || !o->s1 || !o->s2 || !o->steps) {
+        if (o) {
+            nbi_free(o->params);
+            nbi_free(o->s1);
+            nbi_free(o->s2);
+            nbi_free(o->steps);
+            nbi_free(o);
+        }
+        nbi_error(NB_OUT_OF_MEMORY, "%s: out of host memory for %d parameters", what, n);
+        return NULL;
+    }
+    o->kind = kind;
+    o->n = n;
+    o->lr = lr;
+    for (int32_t i = 0; i < n; i++)
+        o->params[i] = nb_retain(params[i]);
+    return o;
+}
+
+nb_optim *nb_sgd_new(nb_tensor *const *params, int32_t n, nb_sgd_opts opts)
+{
+    const char *what = "nb_sgd_new";
+    if (bad_number(opts.momentum)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: invalid momentum %g; expected momentum >= 0", what,
+                  opts.momentum);
+        return NULL;
+    }
+    if (bad_number(opts.weight_decay)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: invalid weight_decay %g; expected weight_decay >= 0",
+                  what, opts.weight_decay);
+        return NULL;
+    }
+    if (isnan(opts.dampening) || isinf(opts.dampening)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: invalid dampening %g", what, opts.dampening);
+        return NULL;
+    }
+    if (opts.nesterov && (opts.momentum <= 0 || opts.dampening != 0)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: nesterov momentum requires a momentum and zero "
+                  "dampening (got momentum %g, dampening %g)", what, opts.momentum,
+                  opts.dampening);
+        return NULL;
+    }
+    nb_optim *o = optim_new(what, OPT_SGD, params, n, opts.lr);
+    if (o) {
+        o->momentum = opts.momentum;
+        o->dampening = opts.dampening;
+        o->weight_decay = opts.weight_decay;
+        o->nesterov = opts.nesterov;
+    }
+    return o;
+}
+
+static nb_optim *adam_new(const char *what, optim_kind kind, nb_tensor *const *params,
+                          int32_t n, nb_adam_opts opts)
+{
+    double lr = opts.lr ? opts.lr : 1e-3, b1 = opts.beta1 ? opts.beta1 : 0.9,
+           b2 = opts.beta2 ? opts.beta2 : 0.999, eps = opts.eps ? opts.eps : 1e-8;
+    double wd = opts.weight_decay ? opts.weight_decay : kind == OPT_ADAMW ? 1e-2 : 0;
+    if (!(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: invalid betas (%g, %g); each must be in [0, 1)",
+                  what, b1, b2);
+        return NULL;
+    }
+    if (bad_number(eps)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: invalid epsilon %g; expected eps >= 0", what, eps);
+        return NULL;
+    }
+    if (bad_number(wd)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: invalid weight_decay %g; expected weight_decay >= 0",
+                  what, wd);
+        return NULL;
+    }
+    nb_optim *o = optim_new(what, kind, params, n, lr);
+    if (o) {
+        o->beta1 = b1;
+        o->beta2 = b2;
+        o->eps = eps;
+        o->weight_decay = wd;
+    }
+    return o;
+}
+
+nb_optim *nb_adam_new(nb_tensor *const *params, int32_t n, nb_adam_opts opts)
+{
+    return adam_new("nb_adam_new", OPT_ADAM, params, n, opts);
+}
+
+nb_optim *nb_adamw_new(nb_tensor *const *params, int32_t n, nb_adam_opts opts)
+{
+    return adam_new("nb_adamw_new", OPT_ADAMW, params, n, opts);
+}
+
+nb_optim *nb_rmsprop_new(nb_tensor *const *params, int32_t n, nb_rmsprop_opts opts)
+{
+    const char *what = "nb_rmsprop_new";
+    double lr = opts.lr ? opts.lr : 1e-2, alpha = opts.alpha ? opts.alpha : 0.99,
+           eps = opts.eps ? opts.eps : 1e-8;
+    if (!(alpha >= 0 && alpha <= 1)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: invalid alpha %g; expected alpha in [0, 1]", what,
+                  alpha);
+        return NULL;
+    }
+    if (bad_number(eps) || bad_number(opts.momentum) || bad_number(opts.weight_decay)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: eps %g, momentum %g, weight_decay %g; each must be "
+                  ">= 0", what, eps, opts.momentum, opts.weight_decay);
+        return NULL;
+    }
+    nb_optim *o = optim_new(what, OPT_RMSPROP, params, n, lr);
+    if (o) {
+        o->alpha = alpha;
+        o->eps = eps;
+        o->momentum = opts.momentum;
+        o->weight_decay = opts.weight_decay;
+    }
+    return o;
+}
+
+nb_optim *nb_sgd_new_for(const nb_module *m, nb_sgd_opts opts)
+{
+    if (!m) {
+        nbi_error(NB_NULL_ARGUMENT, "nb_sgd_new_for: module is NULL");
+        return NULL;
+    }
+    int32_t n = nb_module_parameter_count(m);
+    if (n < 0)
+        return NULL;
+    if (n == 0) {
+        nbi_error(NB_INVALID_ARGUMENT, "nb_sgd_new_for: the module has no parameters");
+        return NULL;
+    }
+    nb_tensor **ps = nbi_malloc((size_t)n * sizeof *ps);
+    if (!ps) {
+        nbi_error(NB_OUT_OF_MEMORY, "nb_sgd_new_for: out of host memory");
+        return NULL;
+    }
+    for (int32_t i = 0; i < n; i++)
+        ps[i] = nb_module_parameter(m, i);
+    nb_optim *o = nb_sgd_new(ps, n, opts);
+    nbi_free(ps);
+    return o;
+}
+
+void nb_optim_free(nb_optim *o)
+{
+    if (!o)
+        return;
+    for (int32_t i = 0; i < o->n_scheds; i++)
+        o->scheds[i]->opt = NULL;
+    for (int32_t i = 0; i < o->n; i++) {
+        nb_release(o->params[i]);
+        nb_release(o->s1[i]);
+        nb_release(o->s2[i]);
+    }
+    nbi_free(o->scheds);
+    nbi_free(o->params);
+    nbi_free(o->s1);
+    nbi_free(o->s2);
+    nbi_free(o->steps);
+    nbi_free(o);
+}
+
+/* ============================== steps ============================== */
+
+/* Temporaries of one parameter's update, released together whatever happened. */
+typedef struct tmps {
+    nb_tensor *t[8];
+    int n;
+} tmps;
+
+static nb_tensor *keep(tmps *k, nb_tensor *t)
+{
+    if (t)
+        k->t[k->n++] = t;
+    return t;
+}
+
+static void drop(tmps *k)
+{
+    for (int i = 0; i < k->n; i++)
+        nb_release(k->t[i]);
+    k->n = 0;
+}
+
+static nb_status failed(void) { return nbi_last_or(NB_OUT_OF_MEMORY, "optimizer step failed"); }
+
+/* d = g + wd * p, or g itself (borrowed) without weight decay. */
+static nb_tensor *with_decay(tmps *k, nb_tensor *g, nb_tensor *p, double wd)
+{
+    if (wd == 0)
+        return g;
+    nb_tensor *s = keep(k, nb_mul_scalar(p, wd));
+    return s ? keep(k, nb_add(g, s)) : NULL;
+}
+
+static bool fused(nb_optim *o, nb_tensor *p, nb_tensor *g, const char *op)
+{
+    return nb_tensor_dtype(g) == nb_tensor_dtype(p) && nbi_has_kernel(p, op);
+}
+
+/* torch.optim.SGD: d = g + wd p; buf = d on the first step, else momentum buf + (1 - dampening)
+ * d; d = d + momentum buf (nesterov) or buf; p -= lr d. */
+static nb_status sgd_update(nb_optim *o, int32_t i, nb_tensor *p, nb_tensor *g)
+{
+    bool use_buf = o->momentum != 0, first = !o->s1[i];
+    if (fused(o, p, g, "sgd_step")) {
+        if (use_buf && first && !(o->s1[i] = nb_empty_like(p)))
+            return failed();
+        nb_tensor *in[2] = {g, o->s1[i]};
+        double f[4] = {o->lr, o->momentum, o->dampening, o->weight_decay};
+        int64_t iv[2] = {o->nesterov, first};
+        nb_status st = nbi_run("sgd_step", p, in, use_buf ? 2 : 1, f, 4, iv, 2);
+        if (st != NB_OK && first) { /* the buffer holds nothing yet */
+            nb_release(o->s1[i]);
+            o->s1[i] = NULL;
+        }
+        return st;
+    }
+    tmps k = {0};
+    nb_status st = NB_OK;
+    nb_tensor *d = with_decay(&k, g, p, o->weight_decay);
+    if (!d)
+        st = failed();
+    if (st == NB_OK && use_buf) {
+        if (first) {
+            if (!(o->s1[i] = nb_clone(d)))
+                st = failed();
+        } else if ((st = nb_mul_scalar_(o->s1[i], o->momentum)) == NB_OK) {
+            st = nb_add_scaled_(o->s1[i], d, 1 - o->dampening);
+        }
+        if (st == NB_OK && o->nesterov) {
+            nb_tensor *mb = keep(&k, nb_mul_scalar(o->s1[i], o->momentum));
+            d = mb ? keep(&k, nb_add(d, mb)) : NULL;
+            if (!d)
+                st = failed();
+        } else if (st == NB_OK) {
+            d = o->s1[i];
+        }
+    }
+    if (st == NB_OK)
+        st = nb_add_scaled_(p, d, -o->lr);
+    drop(&k);
+    return st;
+}
+
+/* torch.optim.Adam / AdamW: (AdamW: p *= 1 - lr wd; Adam: g += wd p); m = b1 m + (1 - b1) g;
+ * v = b2 v + (1 - b2) g^2; p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). */
+static nb_status adam_update(nb_optim *o, int32_t i, nb_tensor *p, nb_tensor *g)
+{
+    if (!o->s1[i]) {
+        o->s1[i] = nb_zeros_like(p);
+        o->s2[i] = nb_zeros_like(p);
+        if (!o->s1[i] || !o->s2[i]) {
+            nb_release(o->s1[i]);
+            nb_release(o->s2[i]);
+            o->s1[i] = o->s2[i] = NULL;
+            return failed();
+        }
+    }
+    int64_t step = o->steps[i] + 1;
+    bool decoupled = o->kind == OPT_ADAMW;
+    nb_status st;
+    if (fused(o, p, g, "adam_step")) {
+        nb_tensor *in[3] = {g, o->s1[i], o->s2[i]};
+        double f[5] = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay};
+        int64_t iv[2] = {step, decoupled};
+        st = nbi_run("adam_step", p, in, 3, f, 5, iv, 2);
+    } else {
+        tmps k = {0};
+        nb_tensor *m = o->s1[i], *v = o->s2[i];
+        st = NB_OK;
+        if (decoupled && o->weight_decay != 0)
+            st = nb_mul_scalar_(p, 1 - o->lr * o->weight_decay);
+        nb_tensor *d = st == NB_OK ? with_decay(&k, g, p, decoupled ? 0 : o->weight_decay) : NULL;
+        nb_tensor *g2 = d ? keep(&k, nb_mul(d, d)) : NULL;
+        if (!g2)
+            st = failed();
+        if (st == NB_OK && (st = nb_mul_scalar_(m, o->beta1)) == NB_OK)
+            st = nb_add_scaled_(m, d, 1 - o->beta1);
+        if (st == NB_OK && (st = nb_mul_scalar_(v, o->beta2)) == NB_OK)
+            st = nb_add_scaled_(v, g2, 1 - o->beta2);
+        double bc1 = 1 - pow(o->beta1, (double)step), bc2 = 1 - pow(o->beta2, (double)step);
+        nb_tensor *denom = st == NB_OK ? keep(&k, nb_sqrt(v)) : NULL;
+        if (st == NB_OK && !denom)
+            st = failed();
+        if (st == NB_OK && (st = nb_div_scalar_(denom, sqrt(bc2))) == NB_OK)
+            st = nb_add_scalar_(denom, o->eps);
+        nb_tensor *upd = st == NB_OK ? keep(&k, nb_div(m, denom)) : NULL;
+        if (st == NB_OK && !upd)
+            st = failed();
+        if (st == NB_OK)
+            st = nb_add_scaled_(p, upd, -o->lr / bc1);
+        drop(&k);
+    }
+    if (st == NB_OK)
+        o->steps[i] = step;
+    return st;
+}
+
+/* torch.optim.RMSprop (not centered): g += wd p; sq = alpha sq + (1 - alpha) g^2;
+ * avg = sqrt(sq) + eps; buf = momentum buf + g / avg, p -= lr buf (momentum > 0), or
+ * p -= lr g / avg. */
+static nb_status rmsprop_update(nb_optim *o, int32_t i, nb_tensor *p, nb_tensor *g)
+{
+    bool use_buf = o->momentum > 0;
+    if (!o->s1[i]) {
+        o->s1[i] = nb_zeros_like(p);
+        o->s2[i] = use_buf ? nb_zeros_like(p) : NULL;
+        if (!o->s1[i] || (use_buf && !o->s2[i])) {
+            nb_release(o->s1[i]);
+            nb_release(o->s2[i]);
+            o->s1[i] = o->s2[i] = NULL;
+            return failed();
+        }
+    }
+    tmps k = {0};
+    nb_status st = NB_OK;
+    nb_tensor *sq = o->s1[i];
+    nb_tensor *d = with_decay(&k, g, p, o->weight_decay);
+    nb_tensor *g2 = d ? keep(&k, nb_mul(d, d)) : NULL;
+    if (!g2)
+        st = failed();
+    if (st == NB_OK && (st = nb_mul_scalar_(sq, o->alpha)) == NB_OK)
+        st = nb_add_scaled_(sq, g2, 1 - o->alpha);
+    nb_tensor *avg = st == NB_OK ? keep(&k, nb_sqrt(sq)) : NULL;
+    if (st == NB_OK && !avg)
+        st = failed();
+    if (st == NB_OK)
+        st = nb_add_scalar_(avg, o->eps);
+    nb_tensor *q = st == NB_OK ? keep(&k, nb_div(d, avg)) : NULL;
+    if (st == NB_OK && !q)
+        st = failed();
+    if (st == NB_OK && use_buf) {
+        if ((st = nb_mul_scalar_(o->s2[i], o->momentum)) == NB_OK &&
+            (st = nb_add_(o->s2[i], q)) == NB_OK)
+            st = nb_add_scaled_(p, o->s2[i], -o->lr);
+    } else if (st == NB_OK) {
+        st = nb_add_scaled_(p, q, -o->lr);
+    }
+    drop(&k);
+    if (st == NB_OK)
+        o->steps[i]++;
+    return st;
+}
+
+nb_status nb_optim_step(nb_optim *o)
+{
+    if (!o)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_optim_step: optimizer is NULL");
+    nb_status st = NB_OK;
+    nb_no_grad_begin();
+    for (int32_t i = 0; i < o->n && st == NB_OK; i++) {
+        nb_tensor *p = o->params[i];
+        nb_tensor *g = nb_tensor_grad(p);
+        if (!g) /* no gradient: this parameter took no part, as in PyTorch */
+            continue;
+        switch (o->kind) {
+        case OPT_SGD: st = sgd_update(o, i, p, g); break;
+        case OPT_ADAM:
+        case OPT_ADAMW: st = adam_update(o, i, p, g); break;
+        case OPT_RMSPROP: st = rmsprop_update(o, i, p, g); break;
+        }
+        nb_release(g);
+        if (st != NB_OK)
+            nbi_last_or(st, "optimizer step failed");
+    }
+    nb_no_grad_end();
+    return st;
+}
+
+nb_status nb_optim_zero_grad(nb_optim *o)
+{
+    if (!o)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_optim_zero_grad: optimizer is NULL");
+    for (int32_t i = 0; i < o->n; i++)
+        nb_tensor_zero_grad(o->params[i]);
+    return NB_OK;
+}
+
+double nb_optim_lr(const nb_optim *o)
+{
+    if (!o) {
+        nbi_error(NB_NULL_ARGUMENT, "nb_optim_lr: optimizer is NULL");
+        return NAN;
+    }
+    return o->lr;
+}
+
+nb_status nb_optim_set_lr(nb_optim *o, double lr)
+{
+    if (!o)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_optim_set_lr: optimizer is NULL");
+    if (bad_number(lr))
+        return nbi_error(NB_INVALID_ARGUMENT, "nb_optim_set_lr: invalid learning rate %g for %s; "
+                         "expected lr >= 0", lr, optim_names[o->kind]);
+    o->lr = lr;
+    return NB_OK;
+}
+
+/* ============================== schedulers ============================== */
+
+static nb_lr_scheduler *sched_new(const char *what, nb_optim *o, sched_kind kind)
+{
+    if (!o) {
+        nbi_error(NB_NULL_ARGUMENT, "%s: optimizer is NULL", what);
+        return NULL;
+    }
+    nb_lr_scheduler *s = nbi_calloc(1, sizeof *s);
+    if (!s || o->n_scheds == o->cap_scheds) {
+        int32_t cap = o->cap_scheds ? o->cap_scheds * 2 : 2;
+        nb_lr_scheduler **p = s ? nbi_realloc(o->scheds, (size_t)cap * sizeof *p) : NULL;
+        if (!p) {
+            nbi_free(s);
+            nbi_error(NB_OUT_OF_MEMORY, "%s: out of host memory", what);
+            return NULL;
+        }
+        o->scheds = p;
+        o->cap_scheds = cap;
+    }
+    o->scheds[o->n_scheds++] = s;
+    s->kind = kind;
+    s->opt = o;
+    s->base_lr = o->lr; /* PyTorch's initial_lr: the lr when the scheduler was made */
+    return s;
+}
+
+nb_lr_scheduler *nb_step_lr_new(nb_optim *o, int64_t step_size, double gamma)
+{
+    const char *what = "nb_step_lr_new";
+    if (step_size <= 0) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: step_size=%lld must be positive", what,
+                  (long long)step_size);
+        return NULL;
+    }
+    if (bad_number(gamma)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: gamma=%g must be a number >= 0", what, gamma);
+        return NULL;
+    }
+    nb_lr_scheduler *s = sched_new(what, o, SCHED_STEP);
+    if (s) {
+        s->step_size = step_size;
+        s->gamma = gamma;
+    }
+    return s;
+}
+
+nb_lr_scheduler *nb_cosine_annealing_lr_new(nb_optim *o, int64_t t_max, double eta_min)
+{
+    const char *what = "nb_cosine_annealing_lr_new";
+    if (t_max <= 0) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: T_max=%lld must be positive", what,
+                  (long long)t_max);
+        return NULL;
+    }
+    if (bad_number(eta_min)) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: eta_min=%g must be a number >= 0", what, eta_min);
+        return NULL;
+    }
+    nb_lr_scheduler *s = sched_new(what, o, SCHED_COSINE);
+    if (s) {
+        s->t_max = t_max;
+        s->eta_min = eta_min;
+    }
+    return s;
+}
+
+nb_status nb_lr_scheduler_step(nb_lr_scheduler *s)
+{
+    if (!s)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_lr_scheduler_step: scheduler is NULL");
+    if (!s->opt)
+        return nbi_error(NB_STATE, "nb_lr_scheduler_step: the scheduler's optimizer was freed");
+    int64_t e = ++s->epoch;
+    double lr;
+    if (s->kind == SCHED_STEP)
+        lr = s->base_lr * pow(s->gamma, (double)(e / s->step_size));
+    else
+        lr = s->eta_min + (s->base_lr - s->eta_min) *
+                              (1 + cos(M_PI * (double)e / (double)s->t_max)) / 2;
+    if (lr < 0) /* rounding when eta_min is 0 */
+        lr = 0;
+    return nb_optim_set_lr(s->opt, lr);
+}
+
+void nb_lr_scheduler_free(nb_lr_scheduler *s)
+{
+    if (!s)
+        return;
+    nb_optim *o = s->opt;
+    for (int32_t i = 0; o && i < o->n_scheds; i++)
+        if (o->scheds[i] == s) {
+            o->scheds[i] = o->scheds[--o->n_scheds];
+            break;
+        }
+    nbi_free(s);
+}
