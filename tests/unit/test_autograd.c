@@ -4,6 +4,7 @@
  * nb_gradcheck on every differentiable op in float64 (and one wrong backward it must catch). */
 #include "nb_test.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 static void fill_vals(double *v, int64_t n, double lo, double hi, int seed)
@@ -978,6 +979,62 @@ static void callbacks_release_their_temporaries_inside_a_scope(void **state)
         fail_msg("%d freed blocks were written to after their free (a double release)", dirty);
 }
 
+/* ---- across devices ---- */
+
+/* The seed's two-layer net (smaller), trained for a few steps on `device`; returns the losses. */
+static void train_two_layer(const char *device, double *losses, int steps)
+{
+    nb_manual_seed(7);
+    nb_opts o = {.device = device}, og = {.device = device, .requires_grad = true};
+    nb_tensor *x = nb_randn(NB_SHAPE(16, 64), o), *y = nb_randn(NB_SHAPE(16, 4), o);
+    nb_tensor *w1 = nb_randn(NB_SHAPE(64, 32), og), *w2 = nb_randn(NB_SHAPE(32, 4), og);
+    for (int t = 0; t < steps; t++) {
+        nb_scope_begin();
+        nb_tensor *pred = nb_mm(nb_clamp(nb_mm(x, w1), 0, NAN), w2);
+        nb_tensor *loss = nb_sum(nb_pow_scalar(nb_sub(pred, y), 2), NULL, 0, false);
+        assert_non_null(loss);
+        NB_ASSERT_OK(nb_item(loss, &losses[t]));
+        NB_ASSERT_OK(nb_backward(loss, NULL, false));
+        nb_no_grad_begin();
+        NB_ASSERT_OK(nb_add_scaled_(w1, nb_tensor_grad(w1), -1e-4));
+        NB_ASSERT_OK(nb_add_scaled_(w2, nb_tensor_grad(w2), -1e-4));
+        nb_no_grad_end();
+        nb_tensor_zero_grad(w1);
+        nb_tensor_zero_grad(w2);
+        nb_scope_end();
+    }
+    nb_tensor *all[] = {x, y, w1, w2};
+    for (int k = 0; k < 4; k++)
+        nb_release(all[k]);
+}
+
+static void two_layer_net_trains_alike_on_every_device(void **state)
+{
+    (void)state;
+    enum { STEPS = 20 };
+    double ref[STEPS], got[STEPS];
+    train_two_layer("cpu", ref, STEPS);
+    assert_true(ref[STEPS - 1] < ref[0]);
+    int tested = 0;
+    for (size_t p = 0; p < nb_plugin_count(); p++) {
+        nb_plugin_info info;
+        if (nb_plugin_get(p, &info) != NB_OK || !info.loaded || !strcmp(info.name, "cpu"))
+            continue;
+        for (int d = 0; d < info.devices; d++) {
+            char dev[64];
+            snprintf(dev, sizeof dev, "%s:%d", info.name, d);
+            if (!nb_device_has_kernel(dev, "matmul", NB_DTYPE_F32))
+                continue; /* a test plugin without the ops this needs */
+            train_two_layer(dev, got, STEPS);
+            for (int t = 0; t < STEPS; t++) /* float32 on both: same numbers, other rounding */
+                if (fabs(got[t] - ref[t]) > 1e-3 * fabs(ref[t]))
+                    fail_msg("%s: step %d loss %.7g, cpu %.7g", dev, t, got[t], ref[t]);
+            tested++;
+        }
+    }
+    print_message("two-layer net checked on %d device(s) besides cpu\n", tested);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1002,6 +1059,7 @@ int main(void)
         NB_TEST(gradcheck_passes_for_every_differentiable_op),
         NB_TEST(gradcheck_catches_a_wrong_backward),
         NB_TEST(callbacks_release_their_temporaries_inside_a_scope),
+        NB_TEST(two_layer_net_trains_alike_on_every_device),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
