@@ -14,7 +14,8 @@ set(short --data ${DATA} --limit 2000 --test-limit 2000 --batch-size 8 --lr 0.02
 function(run_train out_var rc_var err_var)
   execute_process(COMMAND ${TRAIN} ${ARGN} OUTPUT_VARIABLE out ERROR_VARIABLE err
                   RESULT_VARIABLE rc)
-  message("$ nabla-train ${ARGN}\n${out}${err}")
+  list(JOIN ARGN " " shown)
+  message("$ nabla-train ${shown}\n${out}${err}")
   set(${out_var} "${out}" PARENT_SCOPE)
   set(${rc_var} "${rc}" PARENT_SCOPE)
   set(${err_var} "${err}" PARENT_SCOPE)
