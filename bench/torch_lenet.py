@@ -63,6 +63,35 @@ def batch(x_u8, normalize):
     return (x - MEAN) / STD if normalize else x
 
 
+def evaluate(net, xte, yte, norm):
+    with torch.no_grad():
+        correct, loss_sum = 0, 0.0
+        for k in range(0, xte.shape[0], 1000):
+            out = net(batch(xte[k:k + 1000], norm))
+            loss_sum += F.cross_entropy(out, yte[k:k + 1000], reduction="sum").item()
+            correct += (out.argmax(1) == yte[k:k + 1000]).sum().item()
+    return loss_sum / xte.shape[0], correct / xte.shape[0]
+
+
+def load_safetensors(path):
+    """A safetensors file as {name: tensor} (float32/int64 only), without the package."""
+    import json
+    with open(path, "rb") as f:
+        data = f.read()
+    n, = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    body = data[8 + n:]
+    dtypes = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64}
+    out = {}
+    for name, d in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = d["data_offsets"]
+        t = torch.frombuffer(bytearray(body[a:b]), dtype=dtypes[d["dtype"]])
+        out[name] = t.view(*d["shape"]) if d["shape"] else t.view(())
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
@@ -75,13 +104,21 @@ def main():
     ap.add_argument("--test-limit", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-normalize", action="store_true")
+    ap.add_argument("--eval-checkpoint", metavar="FILE",
+                    help="only evaluate these weights (e.g. nabla-train --save FILE)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     norm = not a.no_normalize
-    xtr, ytr = load(a.data, "train", a.limit)
     xte, yte = load(a.data, "t10k", a.test_limit)
     net = Net()
+    if a.eval_checkpoint:
+        net.load_state_dict(load_safetensors(a.eval_checkpoint))
+        loss, acc = evaluate(net, xte, yte, norm)
+        print(f"test_loss {loss:.4f} test_accuracy {acc:.4f}")
+        print(f"test_accuracy {acc:.4f}")
+        return
+    xtr, ytr = load(a.data, "train", a.limit)
     opt = torch.optim.SGD(net.parameters(), lr=a.lr, momentum=a.momentum)
     n = xtr.shape[0]
     steps = (n + a.batch_size - 1) // a.batch_size
@@ -103,14 +140,8 @@ def main():
                 print(f"epoch {epoch} step {s + 1}/{steps} loss {window / wn:.4f}", flush=True)
                 window, wn = 0.0, 0
         train_s += time.perf_counter() - t0
-        with torch.no_grad():
-            correct, loss_sum = 0, 0.0
-            for k in range(0, xte.shape[0], 1000):
-                out = net(batch(xte[k:k + 1000], norm))
-                loss_sum += F.cross_entropy(out, yte[k:k + 1000], reduction="sum").item()
-                correct += (out.argmax(1) == yte[k:k + 1000]).sum().item()
-        acc = correct / xte.shape[0]
-        print(f"epoch {epoch} test_loss {loss_sum / xte.shape[0]:.4f} test_accuracy {acc:.4f}")
+        loss, acc = evaluate(net, xte, yte, norm)
+        print(f"epoch {epoch} test_loss {loss:.4f} test_accuracy {acc:.4f}")
     print(f"test_accuracy {acc:.4f}")
     print(f"train_seconds {train_s:.3f}")
     print(f"images_per_second {n * a.epochs / train_s:.1f}")

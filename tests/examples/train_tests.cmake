@@ -1,6 +1,7 @@
 # train_tests.cmake - nabla-train's tests, one MODE per ctest entry:
 #   learn      a short run on real data: the loss falls and test accuracy beats 50% (chance 10%)
 #   roundtrip  save, load + eval-only: the same accuracy and byte-identical weights
+#   pytorch    PyTorch's LeNet evaluates the saved weights to the same loss and accuracy
 #   bad        ARGS ("|"-separated) must fail with a message matching MSG and leave no checkpoint;
 #              KIND makes a damaged synthetic dataset first, BAD_CKPT a mis-shaped checkpoint.
 # Inputs: TRAIN (nabla-train), DATA (dataset dir), WORK (scratch dir), MAKE_IDX, MAKE_CKPT.
@@ -85,6 +86,28 @@ elseif(MODE STREQUAL "roundtrip")
   file(GLOB left ${WORK}/*.tmp-*)
   if(left)
     message(FATAL_ERROR "temporary files left behind: ${left}")
+  endif()
+elseif(MODE STREQUAL "pytorch")
+  # PyTorch's own LeNet, given nabla-train's weights, must see the same test loss and accuracy
+  run_train(out rc err ${short} --save ${WORK}/a.safetensors)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "training with --save failed (${rc})")
+  endif()
+  accuracy("${out}" acc_nabla)
+  string(REGEX MATCH "\ntest_loss ([0-9.]+)" m "${out}")
+  set(loss_nabla "${CMAKE_MATCH_1}")
+  execute_process(COMMAND ${PYTHON} ${TORCH_LENET} --data ${DATA} --test-limit 2000
+                  --eval-checkpoint ${WORK}/a.safetensors
+                  OUTPUT_VARIABLE pt ERROR_VARIABLE pterr RESULT_VARIABLE rc)
+  message("$ torch_lenet.py --eval-checkpoint\n${pt}${pterr}")
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "torch_lenet.py failed (${rc})")
+  endif()
+  accuracy("\n${pt}" acc_torch)
+  string(REGEX MATCH "test_loss ([0-9.]+)" m "${pt}")
+  if(NOT acc_torch STREQUAL acc_nabla OR NOT CMAKE_MATCH_1 STREQUAL loss_nabla)
+    message(FATAL_ERROR "PyTorch on the same weights: loss ${CMAKE_MATCH_1}, accuracy "
+            "${acc_torch}; nabla-train: loss ${loss_nabla}, accuracy ${acc_nabla}")
   endif()
 elseif(MODE STREQUAL "bad")
   set(data ${DATA})
