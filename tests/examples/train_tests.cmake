@@ -3,7 +3,8 @@
 #   roundtrip  save, load + eval-only: the same accuracy and byte-identical weights
 #   pytorch    PyTorch's LeNet evaluates the saved weights to the same loss and accuracy
 #   bad        ARGS ("|"-separated) must fail with a message matching MSG and leave no checkpoint;
-#              KIND makes a damaged synthetic dataset first, BAD_CKPT a mis-shaped checkpoint.
+#              KIND makes a damaged synthetic dataset first, BAD_CKPT a mis-shaped checkpoint,
+#              SAVE_ONTO_DIR a directory where the checkpoint should go.
 # Inputs: TRAIN (nabla-train), DATA (dataset dir), WORK (scratch dir), MAKE_IDX, MAKE_CKPT.
 cmake_minimum_required(VERSION 3.25) # new policies: no @VAR@ expansion in strings
 file(REMOVE_RECURSE ${WORK})
@@ -131,6 +132,10 @@ elseif(MODE STREQUAL "bad")
   string(REPLACE "@DATA@" "${data}" args "${args}")
   string(REPLACE "@WORK@" "${WORK}" args "${args}")
   set(save ${WORK}/ckpt.safetensors)
+  if(SAVE_ONTO_DIR)
+    # the checkpoint's name is taken by a directory: the save fails only after training
+    file(MAKE_DIRECTORY ${save})
+  endif()
   if(NOT args MATCHES "--save")
     list(APPEND args --save ${save})
   endif()
@@ -142,6 +147,11 @@ elseif(MODE STREQUAL "bad")
     message(FATAL_ERROR "the message does not match '${MSG}'")
   endif()
   file(GLOB left ${WORK}/ckpt.safetensors* ${WORK}/*.tmp-*)
+  if(SAVE_ONTO_DIR)
+    file(GLOB inside ${save}/*)
+    list(REMOVE_ITEM left ${save})
+    list(APPEND left ${inside})
+  endif()
   if(left)
     message(FATAL_ERROR "a checkpoint was left behind: ${left}")
   endif()
