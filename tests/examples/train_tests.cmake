@@ -1,6 +1,7 @@
 # train_tests.cmake - nabla-train's tests, one MODE per ctest entry:
 #   learn      a short run on real data: the loss falls and test accuracy beats 50% (chance 10%)
 #   roundtrip  save, load + eval-only: the same accuracy and byte-identical weights
+#   device     a short run on DEVICE matches the same run on cpu (skipped without that device)
 #   pytorch    PyTorch's LeNet evaluates the saved weights to the same loss and accuracy
 #   bad        ARGS ("|"-separated) must fail with a message matching MSG and leave no checkpoint;
 #              KIND makes a damaged synthetic dataset first, BAD_CKPT a mis-shaped checkpoint,
@@ -110,6 +111,34 @@ elseif(MODE STREQUAL "pytorch")
     message(FATAL_ERROR "PyTorch on the same weights: loss ${CMAKE_MATCH_1}, accuracy "
             "${acc_torch}; nabla-train: loss ${loss_nabla}, accuracy ${acc_nabla}")
   endif()
+elseif(MODE STREQUAL "device")
+  # the same short run on DEVICE and on cpu: the same test loss and accuracy within 0.01
+  set(small --data ${DATA} --limit 640 --test-limit 1000 --threads 1 --seed 1)
+  run_train(out_dev rc err_dev ${small} --device ${DEVICE})
+  if(NOT rc EQUAL 0 AND err_dev MATCHES "unknown device type|out of range|no device")
+    message("NABLA_SKIP: no ${DEVICE} here")
+    return()
+  endif()
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "nabla-train on ${DEVICE} failed (${rc})")
+  endif()
+  run_train(out_cpu rc err ${small} --device cpu)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "nabla-train on cpu failed (${rc})")
+  endif()
+  foreach(name test_loss test_accuracy)
+    # printed with 4 decimals: compare in units of 1e-4
+    foreach(which dev cpu)
+      if(NOT out_${which} MATCHES "\n${name} ([0-9]+)\\.([0-9][0-9][0-9][0-9])\n")
+        message(FATAL_ERROR "no ${name} line from the ${which} run")
+      endif()
+      math(EXPR ${which} "${CMAKE_MATCH_1} * 10000 + 1${CMAKE_MATCH_2} - 10000")
+    endforeach()
+    math(EXPR diff "${dev} - ${cpu}")
+    if(diff GREATER 100 OR diff LESS -100)
+      message(FATAL_ERROR "${name} on ${DEVICE} differs from cpu by ${diff}e-4")
+    endif()
+  endforeach()
 elseif(MODE STREQUAL "bad")
   set(data ${DATA})
   if(KIND)
