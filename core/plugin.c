@@ -73,7 +73,9 @@ static nb_status load_one(const char *path, bool explicit)
     plugins[n_plugins++] = p;
 
     nb_status st = NB_PLUGIN_LOAD;
-    p->dl = dlopen(key, RTLD_NOW | RTLD_LOCAL);
+    /* NODELETE: a plugin's worker threads (OpenMP, OpenBLAS) may outlive nb_shutdown, and leak
+     * checkers need its frames mapped to name them. */
+    p->dl = dlopen(key, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!p->dl) {
         const char *why = dlerror();
         snprintf(p->note, sizeof p->note, "cannot load: %s", why ? why : "unknown dlopen error");
@@ -242,8 +244,7 @@ void nbi_plugins_unload(void)
         nbi_plugin *p = plugins[k];
         if (p->loaded && p->api->shutdown)
             p->api->shutdown();
-        /* NABLA_KEEP_PLUGINS=1 leaves them mapped, so leak checkers can name their frames */
-        if (p->dl && !getenv("NABLA_KEEP_PLUGINS"))
+        if (p->dl)
             dlclose(p->dl);
         nbi_free(p->devices);
         nbi_free(p->path);

@@ -13,7 +13,7 @@ cmake --build build -j"$jobs"
 # The sanitizer build runs the same tests; PoCL's own allocations are not ours to check.
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DNABLA_SANITIZE=ON
 cmake --build build-asan -j"$jobs"
-(cd build-asan && NABLA_KEEP_PLUGINS=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
    LSAN_OPTIONS=suppressions="$PWD/../tests/lsan.supp" \
    ctest --output-on-failure -j"$jobs" "$@")
