@@ -69,6 +69,16 @@ void nbi_call_user_end(nbi_user_call saved);
 extern _Atomic int64_t nbi_live_tensor_count;
 extern _Atomic int64_t nbi_live_storage_count;
 
+/* runtime.c: a growable string; the first failed allocation sticks (oom) and p stays valid. */
+typedef struct nbi_sbuf {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} nbi_sbuf;
+void nbi_sbuf_putn(nbi_sbuf *b, const char *s, size_t n);
+void nbi_sbuf_puts(nbi_sbuf *b, const char *s);
+void nbi_sbuf_printf(nbi_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Op ids: the core's own numbering; names cross the ABI as strings. */
 #define NBI_OPS(X)                                                                          \
     X(fill) X(copy) X(arange)                                                              \

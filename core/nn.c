@@ -174,35 +174,6 @@ static void py_float_repr(double v, char *out, size_t len)
     snprintf(out, len, "%s%s", neg ? "-" : "", body);
 }
 
-/* A growable string for reprs; the first failed allocation sticks. */
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 128;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = nbi_realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
-
-static void sb_puts(sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
 
 /* ============================== the module tree ============================== */
 
@@ -748,37 +719,37 @@ static void extra_repr(const nb_module *m, char *buf, size_t len)
 
 /* Module.__repr__: "Name(extra)" for a leaf, otherwise the extra line and "(name): child"
  * lines indented by two, with the child's own later lines indented two more (_addindent). */
-static void repr(const nb_module *m, sbuf *out)
+static void repr(const nb_module *m, nbi_sbuf *out)
 {
     char extra[512];
     extra_repr(m, extra, sizeof extra);
-    sb_puts(out, m->type_name);
-    sb_puts(out, "(");
+    nbi_sbuf_puts(out, m->type_name);
+    nbi_sbuf_puts(out, "(");
     if (m->n_children == 0) {
-        sb_puts(out, extra);
+        nbi_sbuf_puts(out, extra);
     } else {
         if (extra[0]) {
-            sb_puts(out, "\n  ");
-            sb_puts(out, extra);
+            nbi_sbuf_puts(out, "\n  ");
+            nbi_sbuf_puts(out, extra);
         }
         for (int32_t i = 0; i < m->n_children; i++) {
-            sb_puts(out, "\n  (");
-            sb_puts(out, m->children[i].name);
-            sb_puts(out, "): ");
-            sbuf sub = {0};
+            nbi_sbuf_puts(out, "\n  (");
+            nbi_sbuf_puts(out, m->children[i].name);
+            nbi_sbuf_puts(out, "): ");
+            nbi_sbuf sub = {0};
             repr(m->children[i].m, &sub);
             if (sub.oom)
                 out->oom = true;
             for (size_t k = 0; k < sub.n; k++) {
-                sb_putn(out, &sub.p[k], 1);
+                nbi_sbuf_putn(out, &sub.p[k], 1);
                 if (sub.p[k] == '\n')
-                    sb_puts(out, "  ");
+                    nbi_sbuf_puts(out, "  ");
             }
             nbi_free(sub.p);
         }
-        sb_puts(out, "\n");
+        nbi_sbuf_puts(out, "\n");
     }
-    sb_puts(out, ")");
+    nbi_sbuf_puts(out, ")");
 }
 
 char *nb_module_str(const nb_module *m)
@@ -787,7 +758,7 @@ char *nb_module_str(const nb_module *m)
         nbi_error(NB_NULL_ARGUMENT, "nb_module_str: module is NULL");
         return NULL;
     }
-    sbuf b = {0};
+    nbi_sbuf b = {0};
     repr(m, &b);
     if (b.oom) {
         nbi_free(b.p);

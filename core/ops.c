@@ -1199,27 +1199,6 @@ nb_tensor *nb_argmin(const nb_tensor *t, int32_t dim, bool keepdim)
     return NBI_API(arg_impl(NBI_OP_argmin, t, dim, keepdim));
 }
 
-static nb_status bw_max_dim(nbi_node *node, nb_tensor *g, nb_tensor **gi)
-{
-    SAVED(0, idx);
-    int32_t dim = (int32_t)node->i[0];
-    nb_tensor *gk = g, *ik = idx;
-    bool keep = node->i[1];
-    if (!keep) {
-        gk = nb_unsqueeze(g, dim);
-        ik = nb_unsqueeze(idx, dim);
-    }
-    nb_tensor *z = gk ? nb_zeros(node->in_shape[0], (nb_opts){g->dtype, g->storage->device->name})
-                      : NULL;
-    gi[0] = z && ik ? nb_scatter_add(z, dim, ik, gk) : NULL;
-    nb_release(z);
-    if (!keep) {
-        nb_release(gk);
-        nb_release(ik);
-    }
-    return done(gi, 1);
-}
-
 static nb_status max_dim_impl(bool is_max, const nb_tensor *t, int32_t dim, bool keepdim,
                               nb_tensor **values, nb_tensor **indices)
 {
@@ -1267,7 +1246,6 @@ static nb_status max_dim_impl(bool is_max, const nb_tensor *t, int32_t dim, bool
     } else {
         nb_release(idx);
     }
-    (void)bw_max_dim;
     return NB_OK;
 }
 

@@ -4,48 +4,12 @@
 #include "nabla_internal.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <string.h>
 
 #define LINEWIDTH 80
 #define THRESHOLD 1000
 #define EDGEITEMS 3
 #define PRECISION 4
-
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(sbuf *b, const char *fmt, ...)
-{
-    if (b->oom)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    int need = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
-    va_end(ap);
-    if (need < 0)
-        return;
-    if (b->n + (size_t)need + 1 > b->cap) {
-        size_t cap = (b->cap ? b->cap : 256);
-        while (cap < b->n + (size_t)need + 1)
-            cap *= 2;
-        char *p = nbi_realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-        va_start(ap, fmt);
-        vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
-        va_end(ap);
-    }
-    b->n += (size_t)need;
-}
 
 typedef struct formatter {
     bool floating, int_mode, sci_mode, is_bool;
@@ -110,11 +74,11 @@ static void formatter_init(formatter *f, nb_dtype dtype, const double *v, int64_
         }
 }
 
-static void put_value(sbuf *b, const formatter *f, double v)
+static void put_value(nbi_sbuf *b, const formatter *f, double v)
 {
     char tmp[64];
     int w = format_raw(f, v, tmp, sizeof tmp);
-    put(b, "%*s%s", f->width > w ? f->width - w : 0, "", tmp);
+    nbi_sbuf_printf(b, "%*s%s", f->width > w ? f->width - w : 0, "", tmp);
 }
 
 typedef struct printer {
@@ -128,21 +92,21 @@ typedef struct printer {
 
 /* Mirrors torch/_tensor_str.py: a row is a list of items (" ..." counts as one) wrapped every
  * elements_per_line; higher dims join their slices (with "..." as a slice) by ",\n...". */
-static void tensor_str(sbuf *b, const printer *p, int32_t dim, int64_t base, int indent)
+static void tensor_str(nbi_sbuf *b, const printer *p, int32_t dim, int64_t base, int indent)
 {
     int64_t size = p->shape[dim];
     bool cut = p->summarize && size > 2 * EDGEITEMS;
     int64_t items = cut ? 2 * EDGEITEMS + 1 : size;
-    put(b, "[");
+    nbi_sbuf_printf(b, "[");
     if (dim == p->ndim - 1) {
         int per_line = (LINEWIDTH - indent) / (p->fmt.width + 2);
         if (per_line < 1)
             per_line = 1;
         for (int64_t k = 0; k < items; k++) {
             if (k > 0)
-                put(b, k % per_line ? ", " : ",\n%*s", k % per_line ? 0 : indent + 1, "");
+                nbi_sbuf_printf(b, k % per_line ? ", " : ",\n%*s", k % per_line ? 0 : indent + 1, "");
             if (cut && k == EDGEITEMS) {
-                put(b, " ...");
+                nbi_sbuf_printf(b, " ...");
                 continue;
             }
             int64_t at = cut && k > EDGEITEMS ? size - (items - k) : k;
@@ -152,20 +116,20 @@ static void tensor_str(sbuf *b, const printer *p, int32_t dim, int64_t base, int
         int32_t nl = p->ndim - dim - 1;
         for (int64_t k = 0; k < items; k++) {
             if (k > 0) {
-                put(b, ",");
+                nbi_sbuf_printf(b, ",");
                 for (int32_t j = 0; j < nl; j++)
-                    put(b, "\n");
-                put(b, "%*s", indent + 1, "");
+                    nbi_sbuf_printf(b, "\n");
+                nbi_sbuf_printf(b, "%*s", indent + 1, "");
             }
             if (cut && k == EDGEITEMS) {
-                put(b, "...");
+                nbi_sbuf_printf(b, "...");
                 continue;
             }
             int64_t at = cut && k > EDGEITEMS ? size - (items - k) : k;
             tensor_str(b, p, dim + 1, base + at * p->strides[dim], indent + 1);
         }
     }
-    put(b, "]");
+    nbi_sbuf_printf(b, "]");
 }
 
 /* The values the formatter sees: all of them, or only the edges when summarising. */
@@ -184,14 +148,14 @@ static void collect_edges(const printer *p, int32_t dim, int64_t base, double *o
     }
 }
 
-static void add_suffix(sbuf *b, size_t *last_line, const char *s, int indent)
+static void add_suffix(nbi_sbuf *b, size_t *last_line, const char *s, int indent)
 {
     size_t len = strlen(s);
     if (*last_line + len + 2 > LINEWIDTH) {
-        put(b, ",\n%*s%s", indent, "", s);
+        nbi_sbuf_printf(b, ",\n%*s%s", indent, "", s);
         *last_line = (size_t)indent + len;
     } else {
-        put(b, ", %s", s);
+        nbi_sbuf_printf(b, ", %s", s);
         *last_line += len + 2;
     }
 }
@@ -201,7 +165,7 @@ static char *str_impl(const nb_tensor *t)
     int64_t n = nbi_numel(t->ndim, t->shape);
     double *v = nbi_malloc((size_t)(n ? n : 1) * sizeof *v);
     double *edges = nbi_malloc((size_t)(n ? n : 1) * sizeof *edges);
-    sbuf b = {0};
+    nbi_sbuf b = {0};
     if (!v || !edges || nbi_read_f64(t, v) != NB_OK) {
         nbi_free(v);
         nbi_free(edges);
@@ -212,9 +176,9 @@ static char *str_impl(const nb_tensor *t)
     printer p = {.data = v, .shape = t->shape, .ndim = t->ndim, .summarize = n > THRESHOLD};
     nbi_contiguous_strides(t->ndim, t->shape, p.strides);
     const int indent = 7; /* strlen("tensor(") */
-    put(&b, "tensor(");
+    nbi_sbuf_printf(&b, "tensor(");
     if (n == 0) {
-        put(&b, "[]");
+        nbi_sbuf_printf(&b, "[]");
     } else if (t->ndim == 0) {
         formatter_init(&p.fmt, t->dtype, v, 1);
         put_value(&b, &p.fmt, v[0]);
@@ -250,7 +214,7 @@ static char *str_impl(const nb_tensor *t)
     } else if (t->requires_grad) {
         add_suffix(&b, &last_line, "requires_grad=True", indent);
     }
-    put(&b, ")");
+    nbi_sbuf_printf(&b, ")");
     nbi_free(v);
     nbi_free(edges);
     if (b.oom) {

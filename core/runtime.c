@@ -129,6 +129,52 @@ nb_status nb_set_allocator(const nb_allocator *a)
     return NB_OK;
 }
 
+/* ---- growable strings (printing, reprs, safetensors headers) ---- */
+
+static bool sbuf_reserve(nbi_sbuf *b, size_t extra)
+{
+    if (b->oom)
+        return false;
+    if (b->n + extra + 1 <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->n + extra + 1)
+        cap *= 2;
+    char *p = nbi_realloc(b->p, cap);
+    if (!p) {
+        b->oom = true;
+        return false;
+    }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+void nbi_sbuf_putn(nbi_sbuf *b, const char *s, size_t n)
+{
+    if (!sbuf_reserve(b, n))
+        return;
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+}
+
+void nbi_sbuf_puts(nbi_sbuf *b, const char *s) { nbi_sbuf_putn(b, s, strlen(s)); }
+
+void nbi_sbuf_printf(nbi_sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int need = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (need < 0 || !sbuf_reserve(b, (size_t)need))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
+    va_end(ap);
+    b->n += (size_t)need;
+}
+
 /* ---- scopes: a stack of tensor lists per thread ---- */
 
 typedef struct scope {

@@ -76,53 +76,25 @@ static bool utf8_ok(const unsigned char *s, size_t n)
 
 /* ============================== writing ============================== */
 
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
 
-static void sb_putn(sbuf *b, const char *s, size_t n)
+static void sb_json_string(nbi_sbuf *b, const char *s)
 {
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = nbi_realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
-
-static void sb_puts(sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
-
-static void sb_json_string(sbuf *b, const char *s)
-{
-    sb_puts(b, "\"");
+    nbi_sbuf_puts(b, "\"");
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         char esc[8];
         if (c == '"' || c == '\\') {
             esc[0] = '\\';
             esc[1] = (char)c;
-            sb_putn(b, esc, 2);
+            nbi_sbuf_putn(b, esc, 2);
         } else if (c < 0x20) {
             snprintf(esc, sizeof esc, "\\u%04x", c);
-            sb_puts(b, esc);
+            nbi_sbuf_puts(b, esc);
         } else {
-            sb_putn(b, (const char *)&c, 1);
+            nbi_sbuf_putn(b, (const char *)&c, 1);
         }
     }
-    sb_puts(b, "\"");
+    nbi_sbuf_puts(b, "\"");
 }
 
 static int cmp_str_ptr(const void *a, const void *b)
@@ -184,32 +156,32 @@ static nb_status check_save_args(const char *path, nb_tensor *const *tensors,
 /* {"__metadata__":{"format":"pt"},"name":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},...}
  * padded with spaces so the data starts 8-byte aligned. */
 static nb_status build_header(nb_tensor *const *tensors, const char *const *names, int32_t n,
-                              sbuf *h)
+                              nbi_sbuf *h)
 {
     uint64_t offset = 0;
     char num[64];
-    sb_puts(h, "{\"__metadata__\":{\"format\":\"pt\"}");
+    nbi_sbuf_puts(h, "{\"__metadata__\":{\"format\":\"pt\"}");
     for (int32_t i = 0; i < n; i++) {
         nb_shape s = nb_tensor_shape(tensors[i]);
         uint64_t bytes = (uint64_t)nb_tensor_numel(tensors[i]) *
                          nb_dtype_size(nb_tensor_dtype(tensors[i]));
-        sb_puts(h, ",");
+        nbi_sbuf_puts(h, ",");
         sb_json_string(h, names[i]);
-        sb_puts(h, ":{\"dtype\":\"");
-        sb_puts(h, st_dtype_name(nb_tensor_dtype(tensors[i])));
-        sb_puts(h, "\",\"shape\":[");
+        nbi_sbuf_puts(h, ":{\"dtype\":\"");
+        nbi_sbuf_puts(h, st_dtype_name(nb_tensor_dtype(tensors[i])));
+        nbi_sbuf_puts(h, "\",\"shape\":[");
         for (int32_t d = 0; d < s.ndim; d++) {
             snprintf(num, sizeof num, "%s%lld", d ? "," : "", (long long)s.dims[d]);
-            sb_puts(h, num);
+            nbi_sbuf_puts(h, num);
         }
         snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}",
                  (unsigned long long)offset, (unsigned long long)(offset + bytes));
-        sb_puts(h, num);
+        nbi_sbuf_puts(h, num);
         offset += bytes;
     }
-    sb_puts(h, "}");
+    nbi_sbuf_puts(h, "}");
     while (!h->oom && h->n % 8)
-        sb_puts(h, " ");
+        nbi_sbuf_puts(h, " ");
     return h->oom ? nbi_error(NB_OUT_OF_MEMORY, "nb_safetensors_save: out of host memory for "
                               "the header") : NB_OK;
 }
@@ -246,7 +218,7 @@ static nb_status save_impl(const char *path, nb_tensor *const *tensors, const ch
     nb_status st = check_save_args(path, tensors, names, n);
     if (st != NB_OK)
         return st;
-    sbuf h = {0};
+    nbi_sbuf h = {0};
     if ((st = build_header(tensors, names, n, &h)) != NB_OK) {
         nbi_free(h.p);
         return st;
@@ -396,7 +368,7 @@ static bool jstring(jp *p, char **out)
     if (!jexpect(p, '"'))
         return false;
     size_t start = p->pos;
-    sbuf b = {0};
+    nbi_sbuf b = {0};
     while (true) {
         if (p->pos >= p->n) {
             nbi_free(b.p);
@@ -416,7 +388,7 @@ static bool jstring(jp *p, char **out)
             while (run < p->n && p->s[run] != '"' && p->s[run] != '\\' &&
                    (unsigned char)p->s[run] >= 0x20)
                 run++;
-            sb_putn(&b, p->s + p->pos, run - p->pos);
+            nbi_sbuf_putn(&b, p->s + p->pos, run - p->pos);
             p->pos = run;
             continue;
         }
@@ -426,7 +398,7 @@ static bool jstring(jp *p, char **out)
         const char *simple = strchr("\"\\/bfnrt", e);
         if (simple && e) {
             static const char map[] = "\"\\/\b\f\n\r\t";
-            sb_putn(&b, &map[simple - "\"\\/bfnrt"], 1);
+            nbi_sbuf_putn(&b, &map[simple - "\"\\/bfnrt"], 1);
             continue;
         }
         if (e != 'u') {
@@ -488,7 +460,7 @@ static bool jstring(jp *p, char **out)
             u[3] = (char)(0x80 | (cp & 0x3F));
             un = 4;
         }
-        sb_putn(&b, u, un);
+        nbi_sbuf_putn(&b, u, un);
     }
     p->pos++; /* the closing quote */
     if (b.oom) {

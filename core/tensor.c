@@ -286,9 +286,7 @@ nb_tensor *nb_from_blob(void *data, nb_shape shape, nb_opts o, void (*release)(v
 
 static nb_tensor *arange_impl(double start, double step, int64_t n, nb_opts o, const char *op)
 {
-    int64_t shape[1] = {n};
     nb_tensor *t = empty_impl(op, (nb_shape){.ndim = 1, .dims = {n}}, o);
-    (void)shape;
     if (!t)
         return NULL;
     double f[2] = {start, step};

@@ -70,8 +70,6 @@ static nb_tensor *make_view(const nb_tensor *t, int32_t ndim, const int64_t *sha
     nbi_node *node = v ? nbi_record(v, name, bw, in, 1) : NULL;
     for (int32_t k = 0; node && k < np; k++)
         node->i[k] = params[k];
-    if (v && t->requires_grad && !v->grad_fn && !nb_is_grad_enabled())
-        v->requires_grad = false;
     return v;
 }
 
@@ -231,10 +229,9 @@ nb_tensor *nb_permute(const nb_tensor *t, const int32_t *dims, int32_t n)
                              n));
 }
 
-static nb_tensor *reshape_view(const char *op, const nb_tensor *t, int32_t ndim,
-                               const int64_t *shape, const int64_t *strides, const char *name)
+static nb_tensor *reshape_view(const nb_tensor *t, int32_t ndim, const int64_t *shape,
+                               const int64_t *strides, const char *name)
 {
-    (void)op;
     return make_view(t, ndim, shape, strides, t->offset, name, bw_view, NULL, 0);
 }
 
@@ -244,7 +241,7 @@ nb_tensor *nb_squeeze(const nb_tensor *t, int32_t dim)
     if (nbi_check_dim("squeeze", t, &dim, false) != NB_OK)
         return NULL;
     if (t->ndim == 0 || t->shape[dim] != 1)
-        return NBI_API(reshape_view("squeeze", t, t->ndim, t->shape, t->strides,
+        return NBI_API(reshape_view(t, t->ndim, t->shape, t->strides,
                                     "SqueezeBackward1"));
     int64_t shape[NB_MAX_DIMS], strides[NB_MAX_DIMS];
     int32_t n = 0;
@@ -253,7 +250,7 @@ nb_tensor *nb_squeeze(const nb_tensor *t, int32_t dim)
             shape[n] = t->shape[d];
             strides[n++] = t->strides[d];
         }
-    return NBI_API(reshape_view("squeeze", t, n, shape, strides, "SqueezeBackward1"));
+    return NBI_API(reshape_view(t, n, shape, strides, "SqueezeBackward1"));
 }
 
 nb_tensor *nb_squeeze_all(const nb_tensor *t)
@@ -266,7 +263,7 @@ nb_tensor *nb_squeeze_all(const nb_tensor *t)
             shape[n] = t->shape[d];
             strides[n++] = t->strides[d];
         }
-    return NBI_API(reshape_view("squeeze", t, n, shape, strides, "SqueezeBackward0"));
+    return NBI_API(reshape_view(t, n, shape, strides, "SqueezeBackward0"));
 }
 
 nb_tensor *nb_unsqueeze(const nb_tensor *t, int32_t dim)
@@ -288,7 +285,7 @@ nb_tensor *nb_unsqueeze(const nb_tensor *t, int32_t dim)
             strides[d] = t->strides[s++];
         }
     }
-    return NBI_API(reshape_view("unsqueeze", t, t->ndim + 1, shape, strides,
+    return NBI_API(reshape_view(t, t->ndim + 1, shape, strides,
                                 "UnsqueezeBackward0"));
 }
 
