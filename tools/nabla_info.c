@@ -3,22 +3,35 @@
 #include "nabla.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const nb_dtype dtypes[] = {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_I32,
                                   NB_DTYPE_I64, NB_DTYPE_BOOL, NB_DTYPE_U8};
 
+/* native: the device's own kernel; fallback: runs on the CPU because NABLA_CPU_FALLBACK=1 is
+ * set; cpu-only: would run on the CPU with NABLA_CPU_FALLBACK=1, an error without it. */
+static const char *coverage(const char *device, const char *op, nb_dtype dt, bool fallback)
+{
+    if (nb_device_has_kernel(device, op, dt))
+        return "native";
+    if (strcmp(device, "cpu:0") != 0 && nb_device_has_kernel("cpu", op, dt))
+        return fallback ? "fallback" : "cpu-only";
+    return "-";
+}
+
 static void print_coverage(const char *device)
 {
+    const char *env = getenv("NABLA_CPU_FALLBACK");
+    bool fallback = env && strcmp(env, "1") == 0;
     printf("    %-24s", "op");
     for (size_t d = 0; d < sizeof dtypes / sizeof *dtypes; d++)
-        printf(" %-7s", nb_dtype_name(dtypes[d]));
+        printf(" %-8s", nb_dtype_name(dtypes[d]));
     printf("\n");
     for (size_t k = 0; k < nb_op_count(); k++) {
         printf("    %-24s", nb_op_name(k));
         for (size_t d = 0; d < sizeof dtypes / sizeof *dtypes; d++)
-            printf(" %-7s", nb_device_has_kernel(device, nb_op_name(k), dtypes[d]) ? "native"
-                                                                                  : "-");
+            printf(" %-8s", coverage(device, nb_op_name(k), dtypes[d], fallback));
         printf("\n");
     }
 }
@@ -28,7 +41,9 @@ int main(int argc, char **argv)
     bool ops = argc > 1 && strcmp(argv[1], "--ops") == 0;
     if (argc > 1 && !ops) {
         fprintf(stderr, "usage: nabla-info [--ops]\n"
-                        "  lists plugins, devices and (with --ops) each device's native ops\n");
+                        "  lists plugins, devices and (with --ops) each device's op coverage:\n"
+                        "  native, fallback (runs on the CPU: NABLA_CPU_FALLBACK=1), cpu-only\n"
+                        "  (would fall back if NABLA_CPU_FALLBACK=1 were set) or -\n");
         return 2;
     }
     if (nb_init() != NB_OK) {
