@@ -7,7 +7,8 @@
 
 size_t nbi_plugin_total(void);
 nbi_plugin *nbi_plugin_at(size_t i);
-int32_t nbi_plugin_device_count(const nbi_plugin *p);
+int32_t nbi_plugin_device_count(nbi_plugin *p);   /* enumerates on first use */
+int32_t nbi_plugin_devices_known(const nbi_plugin *p); /* without enumerating */
 nbi_device *nbi_plugin_device(nbi_plugin *p, int32_t i);
 const nb_plugin *nbi_plugin_api(const nbi_plugin *p);
 
@@ -233,7 +234,7 @@ void nbi_devices_shutdown(void)
 {
     for (size_t k = 0; k < nbi_plugin_total(); k++) {
         nbi_plugin *p = nbi_plugin_at(k);
-        for (int32_t d = 0; d < nbi_plugin_device_count(p); d++)
+        for (int32_t d = 0; d < nbi_plugin_devices_known(p); d++)
             nbi_storage_cache_flush(nbi_plugin_device(p, d));
     }
     default_device[0] = '\0';

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ struct nbi_plugin {
     bool loaded;
     nb_status status; /* of the load, repeated when the same file is asked for again */
     char note[512];
+    bool enumerated; /* devices are counted on first use: no GPU runtime loads for a cpu run */
     int32_t n_devices;
     nbi_device *devices;
 };
@@ -37,7 +39,37 @@ static const nb_host host = {
 
 size_t nbi_plugin_total(void) { return n_plugins; }
 nbi_plugin *nbi_plugin_at(size_t i) { return i < n_plugins ? plugins[i] : NULL; }
-int32_t nbi_plugin_device_count(const nbi_plugin *p) { return p->n_devices; }
+static pthread_mutex_t enum_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Counts a plugin's devices the first time anyone asks: asking an OpenCL platform or a CUDA
+ * driver loads large runtimes (PoCL brings LLVM: about 70 MB resident), which a run on another
+ * device should not pay for. */
+static void enumerate(nbi_plugin *p)
+{
+    pthread_mutex_lock(&enum_lock);
+    if (!p->enumerated && p->loaded) {
+        nb_status saved_status = nb_last_status();
+        char saved[1024];
+        snprintf(saved, sizeof saved, "%s", nb_last_error());
+        if (nbi_plugin_attach(p) != NB_OK)
+            snprintf(p->note, sizeof p->note, "%s", nb_last_error());
+        if (saved_status == NB_OK)
+            nb_clear_error();
+        else
+            nbi_error(saved_status, "%s", saved);
+        p->enumerated = true;
+    }
+    pthread_mutex_unlock(&enum_lock);
+}
+
+int32_t nbi_plugin_device_count(nbi_plugin *p)
+{
+    if (!p->enumerated)
+        enumerate(p);
+    return p->n_devices;
+}
+
+int32_t nbi_plugin_devices_known(const nbi_plugin *p) { return p->n_devices; }
 nbi_device *nbi_plugin_device(nbi_plugin *p, int32_t i) { return &p->devices[i]; }
 const nb_plugin *nbi_plugin_api(const nbi_plugin *p) { return p->loaded ? p->api : NULL; }
 
@@ -122,11 +154,6 @@ static nb_status load_one(const char *path, bool explicit)
         goto fail;
     }
     p->loaded = true;
-    if ((st = nbi_plugin_attach(p)) != NB_OK) {
-        p->loaded = false;
-        snprintf(p->note, sizeof p->note, "%s", nb_last_error());
-        goto fail;
-    }
     nb_clear_error();
     return NB_OK;
 
@@ -270,6 +297,7 @@ nb_status nb_plugin_get(size_t i, nb_plugin_info *info)
         return nbi_error(NB_INDEX_OUT_OF_RANGE, "nb_plugin_get: index %zu out of range: %zu "
                          "plugins", i, n_plugins);
     nbi_plugin *p = plugins[i];
+    int32_t devices = nbi_plugin_device_count(p); /* fills the note of a plugin with none */
     const char *base = strrchr(p->path, '/');
     *info = (nb_plugin_info){
         .name = p->loaded ? p->api->name : (base ? base + 1 : p->path),
@@ -278,7 +306,7 @@ nb_status nb_plugin_get(size_t i, nb_plugin_info *info)
         .abi_major = p->loaded ? p->api->abi_major : 0,
         .abi_minor = p->loaded ? p->api->abi_minor : 0,
         .loaded = p->loaded,
-        .devices = p->n_devices,
+        .devices = devices,
         .note = p->note,
         .n_kernels = p->loaded ? p->api->n_kernels : 0,
     };

@@ -305,7 +305,14 @@ nb_status ocl_scratch(ocl_dev *d, const char *op, size_t vbytes, size_t ibytes)
 
 /* ---- The plugin table's functions ---- */
 
-static int device_count(void) { return n_devs; }
+/* Platforms are asked for on the first device_count(), not at load: an OpenCL runtime can be
+ * large (PoCL brings LLVM), and a process that never uses opencl:N should not pay for it. */
+static int device_count(void)
+{
+    if (!devs && !note[0])
+        discover();
+    return n_devs;
+}
 
 static nb_status device_name(int device, char *buf, size_t len)
 {
@@ -463,11 +470,8 @@ NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)
     if (!host || host->abi_major != NB_PLUGIN_ABI_MAJOR || !host->error || !host->log)
         return NULL;
     ocl_host = host;
-    if (!devs && !note[0])
-        discover();
-    int any_fp64 = 0;
-    for (int i = 0; i < n_devs; i++)
-        any_fp64 |= devs[i].has_fp64;
-    plugin.n_kernels = ocl_kernel_table(table, any_fp64);
+    /* f64 kernels are listed before any device is known; on a device without cl_khr_fp64 they
+     * answer NB_DTYPE_UNSUPPORTED */
+    plugin.n_kernels = ocl_kernel_table(table, 1);
     return &plugin;
 }
