@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup-debian.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j"$(nproc)" --target nabla-train
+cmake --build build -j"$(nproc)" --target nabla-train nabla_plugins
 [ $# -eq 0 ] && set -- --epochs 5
 exec build/bin/nabla-train "$@"
