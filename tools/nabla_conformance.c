@@ -3,6 +3,7 @@
  * unsupported) with one summary line per device. Exit 0: no failure; 1: a failure; 77: no device. */
 #include "conformance.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,10 +149,12 @@ int main(int argc, char **argv)
             nb_shutdown();
             return 1;
         }
-        /* the plugin just loaded is the last one of its path */
+        /* the core records plugins by their resolved path ("./x.so" is "/cwd/x.so" there) */
+        char resolved[PATH_MAX];
+        const char *want = realpath(plugin, resolved) ? resolved : plugin;
         for (size_t k = nb_plugin_count(); k-- > 0;) {
             nb_plugin_info pi;
-            if (nb_plugin_get(k, &pi) == NB_OK && pi.loaded && pi.path && strstr(pi.path, plugin)) {
+            if (nb_plugin_get(k, &pi) == NB_OK && pi.loaded && pi.path && !strcmp(pi.path, want)) {
                 n_dev = add_plugin_devices(&pi, devices, 0);
                 if (pi.devices == 0)
                     printf("conformance: plugin %s has no device: %s\n", pi.name, pi.note);
