@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "nabla.h"
@@ -38,6 +39,44 @@ static inline int nb_test_setup(void **state)
     nb_test_storages_before = nb_live_storages();
     nb_clear_error();
     return 0;
+}
+
+/* A counting allocator for out-of-memory tests (install it with nb_set_allocator): it fails the
+ * fail_at-th call (0: never) and counts the blocks still live. */
+typedef struct nb_test_alloc {
+    long calls, live, fail_at;
+} nb_test_alloc;
+
+static inline nb_test_alloc *nb_test_acct(void)
+{
+    static nb_test_alloc acct;
+    return &acct;
+}
+
+static inline void *nb_test_malloc(size_t n)
+{
+    nb_test_alloc *a = nb_test_acct();
+    if (++a->calls == a->fail_at)
+        return NULL;
+    void *p = malloc(n);
+    a->live += p != NULL;
+    return p;
+}
+
+static inline void *nb_test_realloc(void *p, size_t n)
+{
+    nb_test_alloc *a = nb_test_acct();
+    if (++a->calls == a->fail_at)
+        return NULL;
+    void *q = realloc(p, n);
+    a->live += q && !p;
+    return q;
+}
+
+static inline void nb_test_free(void *p)
+{
+    nb_test_acct()->live -= p != NULL;
+    free(p);
 }
 
 #define NB_TEST(fn) cmocka_unit_test_setup_teardown(fn, nb_test_setup, nb_test_teardown)

@@ -1346,34 +1346,6 @@ static void a_training_step_leaves_nothing_behind(void **state)
 
 /* ------------------------------------------------------------ out of memory */
 
-static struct {
-    long calls, live, fail_at;
-} oom_acct;
-
-static void *count_malloc(size_t n)
-{
-    if (++oom_acct.calls == oom_acct.fail_at)
-        return NULL;
-    void *p = malloc(n);
-    oom_acct.live += p != NULL;
-    return p;
-}
-
-static void *count_realloc(void *p, size_t n)
-{
-    if (++oom_acct.calls == oom_acct.fail_at)
-        return NULL;
-    void *q = realloc(p, n);
-    oom_acct.live += q && !p;
-    return q;
-}
-
-static void count_free(void *p)
-{
-    oom_acct.live -= p != NULL;
-    free(p);
-}
-
 /* Every op forward and backward, chained without checks: a NULL carries the first error. */
 static nb_status oom_workload(void)
 {
@@ -1415,22 +1387,22 @@ static nb_status oom_workload(void)
 static void out_of_memory_anywhere_fails_cleanly_without_leaks(void **state)
 {
     (void)state;
-    static const nb_allocator counting = {count_malloc, count_realloc, count_free};
+    static const nb_allocator counting = {nb_test_malloc, nb_test_realloc, nb_test_free};
     NB_ASSERT_OK(nb_shutdown());
-    oom_acct = (typeof(oom_acct)){0};
+    *nb_test_acct() = (nb_test_alloc){0};
     NB_ASSERT_OK(nb_set_allocator(&counting));
     if (oom_workload() != NB_OK) /* warm: plugins loaded, caches filled */
         fail_msg("workload: %s", nb_last_error());
-    long start = oom_acct.calls;
+    long start = nb_test_acct()->calls;
     NB_ASSERT_OK(oom_workload());
-    long total = oom_acct.calls - start;
+    long total = nb_test_acct()->calls - start;
     assert_true(total > 50);
     long failed_runs = 0;
     for (long k = 1; k <= total; k++) {
         nb_clear_error();
-        oom_acct.fail_at = oom_acct.calls + k;
+        nb_test_acct()->fail_at = nb_test_acct()->calls + k;
         nb_status st = oom_workload();
-        oom_acct.fail_at = 0;
+        nb_test_acct()->fail_at = 0;
         failed_runs += st != NB_OK;
         if (st != NB_OK && nb_last_status() == NB_OK)
             fail_msg("allocation %ld of %ld failed without an error", k, total);
@@ -1443,7 +1415,7 @@ static void out_of_memory_anywhere_fails_cleanly_without_leaks(void **state)
     NB_ASSERT_OK(nb_shutdown());
     print_message("out of memory injected at each of %ld allocations: %ld runs failed cleanly\n",
                   total, failed_runs);
-    assert_int_equal(oom_acct.live, 0); /* contexts, tables and host buffers all came back */
+    assert_int_equal(nb_test_acct()->live, 0); /* contexts, tables and host buffers all came back */
     NB_ASSERT_OK(nb_set_allocator(NULL));
     assert_true(failed_runs > total / 2);
 }
