@@ -1,5 +1,6 @@
 /* nabla_bench.c - nabla-bench: one `name value unit` line per figure (median of repetitions):
- * matmul against cblas called directly, elementwise add against memcpy, per-op dispatch cost,
+ * matmul against cblas called directly (in this process, and with each OpenBLAS core in a child),
+ * elementwise add against memcpy, per-op dispatch cost,
  * the seed's two-layer net and a LeNet training step/epoch. Never run by ctest. */
 #include <errno.h>
 #include <math.h>
@@ -8,8 +9,13 @@
 #include <string.h>
 #include <time.h>
 
-#ifdef NB_BENCH_HAVE_CBLAS
+#ifdef NB_BENCH_BLAS_SONAME
 #include <cblas.h>
+#include <dlfcn.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char **environ;
 #endif
 
 #include "lenet.h"
@@ -72,6 +78,96 @@ static bool wanted(const bench_opts *o, const char *group, const char *const *fi
 }
 
 /* ---- matmul 1024^3: nb_matmul against cblas_sgemm on the same host data ---- */
+#ifdef NB_BENCH_BLAS_SONAME
+/* cblas_sgemm 1024^3 on a and b (NULL: made up here), median GFLOP/s; 0 when it cannot run.
+ * In this process the library is the one the cpu plugin loaded, with the plugin's core. */
+static double sgemm_gflops(const float *a, const float *b, int reps)
+{
+    enum { N = 1024 };
+    void *h = dlopen(NB_BENCH_BLAS_SONAME, RTLD_NOW | RTLD_LOCAL);
+    __typeof__(cblas_sgemm) *sgemm = h ? (__typeof__(cblas_sgemm) *)dlsym(h, "cblas_sgemm") : NULL;
+    float *own = NULL, *c = malloc(sizeof(float) * N * N);
+    if (!a) {
+        own = malloc(sizeof(float) * N * N);
+        for (int k = 0; own && k < N * N; k++)
+            own[k] = (float)(k % 13) / 13.0f - 0.5f;
+        a = b = own;
+    }
+    double t[64], g = 0;
+    if (sgemm && a && c) {
+        for (int r = -1; r < reps; r++) {
+            double t0 = now_s();
+            sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0f, a, N, b, N, 0.0f, c,
+                  N);
+            if (r >= 0)
+                t[r] = now_s() - t0;
+        }
+        g = 2.0 * N * N * N / median(t, reps) / 1e9;
+    } else {
+        fprintf(stderr, "nabla-bench: cblas_sgemm from %s: %s\n", NB_BENCH_BLAS_SONAME,
+                h ? "no symbol or no memory" : dlerror());
+    }
+    free(own);
+    free(c);
+    if (h)
+        dlclose(h);
+    return g;
+}
+
+/* The same figure in a child process with OPENBLAS_CORETYPE=core ("" leaves it unset). */
+static double sgemm_gflops_in_child(const char *core, int reps)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return 0;
+    char reps_s[16], env_core[64];
+    snprintf(reps_s, sizeof reps_s, "%d", reps);
+    snprintf(env_core, sizeof env_core, "OPENBLAS_CORETYPE=%s", core);
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 2, sizeof *env);
+    if (!env) {
+        close(fds[0]);
+        close(fds[1]);
+        return 0;
+    }
+    size_t m = 0;
+    for (size_t k = 0; k < n; k++)
+        if (strncmp(environ[k], "OPENBLAS_CORETYPE=", 18) != 0)
+            env[m++] = environ[k];
+    if (*core)
+        env[m++] = env_core;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&fa, fds[0]);
+    char *argv[] = {"nabla-bench", "--sgemm-child", reps_s, NULL};
+    pid_t pid;
+    int err = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    free(env);
+    close(fds[1]);
+    double g = 0;
+    if (err == 0) {
+        FILE *f = fdopen(fds[0], "r");
+        if (f) {
+            if (fscanf(f, "%lf", &g) != 1)
+                g = 0;
+            fclose(f);
+        } else {
+            close(fds[0]);
+        }
+        int status;
+        if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            g = 0;
+    } else {
+        close(fds[0]);
+    }
+    return g;
+}
+#endif
+
 static int bench_matmul(const bench_opts *o)
 {
     enum { N = 1024 };
@@ -100,31 +196,36 @@ static int bench_matmul(const bench_opts *o)
     }
     double nabla = flop / median(t, o->reps) / 1e9;
     report("matmul_f32_1024", nabla, "GFLOP/s");
-#ifdef NB_BENCH_HAVE_CBLAS
-    float *ha = malloc(sizeof(float) * N * N), *hb = malloc(sizeof(float) * N * N),
-          *hc = malloc(sizeof(float) * N * N);
+#ifdef NB_BENCH_BLAS_SONAME
     int rc = 0;
-    if (!ha || !hb || !hc) {
-        fprintf(stderr, "nabla-bench: out of memory\n");
-        rc = 1;
-    } else if (nb_tensor_copy_to_host(a, ha, sizeof(float) * N * N) != NB_OK ||
-               nb_tensor_copy_to_host(b, hb, sizeof(float) * N * N) != NB_OK) {
+    float *ha = malloc(sizeof(float) * N * N), *hb = malloc(sizeof(float) * N * N);
+    double same = 0;
+    if (!ha || !hb)
+        fprintf(stderr, "nabla-bench: out of memory\n"), rc = 1;
+    else if (nb_tensor_copy_to_host(a, ha, sizeof(float) * N * N) != NB_OK ||
+             nb_tensor_copy_to_host(b, hb, sizeof(float) * N * N) != NB_OK)
         rc = fail("copy to host");
-    } else {
-        for (int r = -1; r < o->reps; r++) {
-            double t0 = now_s();
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0f, ha, N, hb, N,
-                        0.0f, hc, N);
-            if (r >= 0)
-                t[r] = now_s() - t0;
-        }
-        double blas = flop / median(t, o->reps) / 1e9;
-        report("cblas_sgemm_f32_1024", blas, "GFLOP/s");
-        report("matmul_ratio", nabla / blas, "nabla/cblas");
-    }
+    else if ((same = sgemm_gflops(ha, hb, o->reps)) > 0)
+        report("cblas_sgemm_f32_1024", same, "GFLOP/s");
     free(ha);
     free(hb);
-    free(hc);
+    /* The ceiling: the same call with each core that might suit this CPU, each in a child
+     * process (OpenBLAS reads OPENBLAS_CORETYPE when it is loaded); cores this CPU cannot run
+     * simply fail in their child. */
+    static const char *const cores[] = {"", "SkylakeX", "Haswell", "Zen", "Sandybridge"};
+    double best = 0;
+    const char *best_core = NULL;
+    for (size_t k = 0; rc == 0 && k < sizeof cores / sizeof *cores; k++) {
+        double g = sgemm_gflops_in_child(cores[k], o->reps);
+        if (g > best)
+            best = g, best_core = *cores[k] ? cores[k] : "OpenBLAS's own pick";
+    }
+    if (best > 0) {
+        printf("cblas_sgemm_best_f32_1024 %.4g GFLOP/s (core %s)\n", best, best_core);
+        report("matmul_ratio", nabla / best, "nabla/best-core-cblas");
+    }
+    if (same > 0)
+        report("matmul_ratio_same_core", nabla / same, "nabla/cblas");
 #else
     int rc = 0;
     printf("cblas_sgemm_f32_1024 n/a (built without cblas)\n");
@@ -364,7 +465,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: nabla-bench [--device D] [--only NAME[,NAME...]] [--reps N] "
                "[--long-reps N] [--dispatch-calls N]\n"
                "  groups and figures: matmul (matmul_f32_1024, cblas_sgemm_f32_1024, "
-               "matmul_ratio),\n"
+               "cblas_sgemm_best_f32_1024,\n"
+               "  matmul_ratio, matmul_ratio_same_core),\n"
                "  add (add_f32_16M, memcpy_16M, add_ratio), dispatch (dispatch_add_1),\n"
                "  mlp (mlp_seed_500), lenet (lenet_step, lenet_epoch)\n");
 }
@@ -385,6 +487,13 @@ static bool parse_count(const char *opt, const char *s, long max, long *out)
 int main(int argc, char **argv)
 {
     bench_opts o = {.reps = 5, .long_reps = 3, .dispatch_calls = 1000000};
+#ifdef NB_BENCH_BLAS_SONAME
+    if (argc == 3 && strcmp(argv[1], "--sgemm-child") == 0) { /* internal: see bench_matmul */
+        double g = sgemm_gflops(NULL, NULL, atoi(argv[2]) > 0 && atoi(argv[2]) <= 64 ? atoi(argv[2]) : 5);
+        printf("%.6g\n", g);
+        return g > 0 ? 0 : 1;
+    }
+#endif
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -420,7 +529,8 @@ int main(int argc, char **argv)
         }
     }
     static const char *const g_matmul[] = {"matmul_f32_1024", "cblas_sgemm_f32_1024",
-                                           "matmul_ratio", NULL};
+                                           "cblas_sgemm_best_f32_1024", "matmul_ratio",
+                                           "matmul_ratio_same_core", NULL};
     static const char *const g_add[] = {"add_f32_16M", "memcpy_16M", "add_ratio", NULL};
     static const char *const g_dispatch[] = {"dispatch_add_1", NULL};
     static const char *const g_mlp[] = {"mlp_seed_500", NULL};

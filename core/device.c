@@ -220,6 +220,22 @@ bool nb_device_has_kernel(const char *device, const char *op, nb_dtype dtype)
     return k >= 0 && (unsigned)dtype < NB_DTYPE_COUNT && d->kernels[k][dtype] != NULL;
 }
 
+nb_status nb_device_name(const char *device, char *buf, size_t len)
+{
+    if (!buf || len == 0)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_device_name: buf is NULL or of 0 bytes");
+    buf[0] = 0;
+    nbi_device *d;
+    nb_status st = nbi_device_get(device, &d);
+    if (st != NB_OK)
+        return st;
+    if (!d->api->device_name) {
+        snprintf(buf, len, "%s", d->name);
+        return NB_OK;
+    }
+    return d->api->device_name(d->index, buf, len);
+}
+
 bool nbi_cpu_fallback_enabled(void)
 {
     static int enabled = -1;

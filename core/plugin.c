@@ -235,6 +235,8 @@ nb_status nbi_plugins_discover(void)
                 scan(tok, true);
         nbi_free(list);
     }
+    /* Beside the loaded libnabla (a build tree), then in its nabla/ folder (an install, found
+     * relative to the library so that the tree can be moved). */
     Dl_info info;
     if (dladdr((void *)nbi_plugins_discover, &info) && info.dli_fname) {
         char dir[PATH_MAX];
@@ -243,11 +245,11 @@ nb_status nbi_plugins_discover(void)
         if (slash) {
             *slash = '\0';
             scan(dir, false);
+            char sub[PATH_MAX];
+            if ((size_t)snprintf(sub, sizeof sub, "%s/%s", dir, NB_PLUGIN_SUBDIR) < sizeof sub)
+                scan(sub, false);
         }
     }
-#ifdef NB_PLUGIN_INSTALL_DIR
-    scan(NB_PLUGIN_INSTALL_DIR, false);
-#endif
     if (saved_status == NB_OK)
         nb_clear_error();
     else

@@ -75,7 +75,11 @@ int main(int argc, char **argv)
             for (size_t k = 0; k < nb_op_count(); k++)
                 for (size_t t = 0; t < sizeof dtypes / sizeof *dtypes; t++)
                     native += nb_device_has_kernel(dev, nb_op_name(k), dtypes[t]);
-            printf("  %s: %d native (op, dtype) kernels of %zu ops\n", dev, native, nb_op_count());
+            char name[512];
+            if (nb_device_name(dev, name, sizeof name) != NB_OK)
+                snprintf(name, sizeof name, "(no name: %s)", nb_last_error());
+            printf("  %s: %s\n    %d native (op, dtype) kernels of %zu ops\n", dev, name, native,
+                   nb_op_count());
             if (ops)
                 print_coverage(dev);
         }

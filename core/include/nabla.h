@@ -113,8 +113,11 @@ nb_status nb_device_parse(const char *device, char *buf, size_t len);
 nb_status nb_synchronize(const char *device);
 /* true if the device runs `op` for `dtype` with a kernel of its own (not a composite). */
 bool nb_device_has_kernel(const char *device, const char *op, nb_dtype dtype);
+/* What the device's plugin says it is (model, ISA, libraries), truncated to fit buf. */
+nb_status nb_device_name(const char *device, char *buf, size_t len);
 
-/* Plugins: discovered from NABLA_PLUGIN_PATH, the core library's folder and the install folder. */
+/* Plugins: discovered from NABLA_PLUGIN_PATH, then the loaded libnabla's folder and its nabla/
+ * subfolder (where an install puts them, so an install tree can be moved). */
 nb_status nb_plugin_load(const char *path);
 typedef struct nb_plugin_info {
     const char *name;    /* device type, or the file name if it did not load */

@@ -116,6 +116,30 @@ void *nbc_contiguous_in(const nb_operand *o, int slot);
 /* Threads available to an OpenMP region (1 without OpenMP). */
 int nbc_max_threads(void);
 
+/* ---- the machine (cpu_platform.c) ---- */
+
+/* The widest ISA the plugin's own kernels may use: the CPU's (cpuid and the OS's saved
+ * registers), capped by NABLA_CPU_ISA=baseline|avx2|avx512. */
+typedef enum nbc_isa { NBC_ISA_BASELINE, NBC_ISA_AVX2, NBC_ISA_AVX512 } nbc_isa;
+extern nbc_isa nbc_isa_level;
+
+/* The BLAS library, loaded at run time (so the plugin can choose its OpenBLAS core); the
+ * openblas_* members are NULL for another BLAS. */
+#include <cblas.h>
+typedef struct nbc_blas_fns {
+    __typeof__(cblas_sgemm) *sgemm;
+    __typeof__(cblas_dgemm) *dgemm;
+    char *(*get_config)(void);
+    char *(*get_corename)(void);
+    int (*get_num_threads)(void);
+    void (*thread_shutdown)(void);
+} nbc_blas_fns;
+extern nbc_blas_fns nbc_blas;
+
+nb_status nbc_platform_open(void);       /* at plugin entry: ISA level, BLAS library */
+void nbc_platform_stop_threads(void);    /* at shutdown: joins OpenMP and BLAS workers */
+void nbc_platform_describe(char *buf, size_t len); /* CPU model, ISA, BLAS and core, threads */
+
 /* ---- kernel tables of each file ---- */
 extern const nb_kernel_desc nbc_elementwise_kernels[];
 extern const size_t nbc_elementwise_count;

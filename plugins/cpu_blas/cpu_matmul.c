@@ -159,8 +159,8 @@ static nb_status check_shapes(const nb_kernel_args *a, mat *A, mat *B, mat *C, i
         }                                                                                   \
         return NB_OK;                                                                       \
     }
-DEF_GEMM(f32, float, cblas_sgemm)
-DEF_GEMM(f64, double, cblas_dgemm)
+DEF_GEMM(f32, float, nbc_blas.sgemm)
+DEF_GEMM(f64, double, nbc_blas.dgemm)
 
 /* Integers: a plain triple loop, products summed in 64-bit wrapping arithmetic. */
 #define DEF_IMATMUL(SFX, T)                                                                 \

@@ -289,10 +289,10 @@ static void gemm(nb_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
 {
     CBLAS_TRANSPOSE tA = ta ? CblasTrans : CblasNoTrans, tB = tb ? CblasTrans : CblasNoTrans;
     if (dt == NB_DTYPE_F32)
-        cblas_sgemm(CblasRowMajor, tA, tB, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, B,
+        nbc_blas.sgemm(CblasRowMajor, tA, tB, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, B,
                     (int)ldb, (float)beta, C, (int)ldc);
     else
-        cblas_dgemm(CblasRowMajor, tA, tB, (int)M, (int)N, (int)K, 1.0, A, (int)lda, B,
+        nbc_blas.dgemm(CblasRowMajor, tA, tB, (int)M, (int)N, (int)K, 1.0, A, (int)lda, B,
                     (int)ldb, beta, C, (int)ldc);
 }
 
@@ -562,17 +562,19 @@ static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy
  * Output position pos = oh * Wp + ow of the span layout reads tap r at xin[off[r] + pos], so
  * the forward, the weight gradient and the input gradient are loops over pos with the taps'
  * offsets, vectorised 32 bytes at a time with GCC vector types (one build also targets
- * x86-64-v3 for FMA, picked at load time). Positions run over [0, Lv) with
+ * x86-64-v3 for FMA, picked by nbc_isa_level, never by CPU model). Positions run over [0, Lv) with
  * Lv = (OH - 1) * Wp + OW, which keeps every read inside the image; ow >= OW positions are
  * computed and dropped, or read zero gradients. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define NBC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define NBC_HAVE_V3 1
+#define NBC_PICK(fn) (nbc_isa_level >= NBC_ISA_AVX2 ? fn##_v3 : fn##_base)
 #else
-#define NBC_CLONES
+#define NBC_HAVE_V3 0
+#define NBC_PICK(fn) fn##_base
 #endif
 
 #define VLOAD(v, p) memcpy(&(v), (p), sizeof(v))
-#define DEF_DIRECT(SFX, T, LANES)                                                           \
+#define DEF_VEC(SFX, T, LANES)                                                              \
     typedef T vec_##SFX __attribute__((vector_size(32)));                                   \
     /* by pointer: passing 32-byte vectors by value would change with the ABI of AVX */    \
     static inline T vsum_##SFX(const vec_##SFX *v)                                          \
@@ -581,10 +583,12 @@ static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy
         for (int l = 0; l < LANES; l++)                                                     \
             s += (*v)[l];                                                                   \
         return s;                                                                           \
-    }                                                                                       \
+    }
+/* One instance per ISA: ATTR is empty for the baseline one. */
+#define DEF_DIRECT(SFX, T, LANES, ISA, ATTR)                                                \
     /* ext (Og, Lv) = sum over taps of w[o][r] * xin[off[r] + pos]; 6 channels per pass,    \
      * w6 padded with zero channels so the loop has no branches */                          \
-    NBC_CLONES static void direct_fwd_##SFX(const T *xin, const int64_t *off, int64_t K,    \
+    ATTR static void direct_fwd_##SFX##_##ISA(const T *xin, const int64_t *off, int64_t K,    \
                                             const T *w, int64_t Og, T *ext, int64_t Lv)     \
     {                                                                                       \
         T w6[6 * NBC_DIRECT_MAX_K];                                                         \
@@ -623,7 +627,7 @@ static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy
     }                                                                                       \
     /* dw[o][r] += sum over pos of dy[o][pos] * xin[off[r] + pos]; blocks of 2 channels by  \
      * 4 taps, out-of-range ones duplicated and dropped */                                  \
-    NBC_CLONES static void direct_bw_w_##SFX(const T *xin, const int64_t *off, int64_t K,   \
+    ATTR static void direct_bw_w_##SFX##_##ISA(const T *xin, const int64_t *off, int64_t K,   \
                                              const T *dy, int64_t Og, int64_t Lv, T *dw)    \
     {                                                                                       \
         for (int64_t o = 0; o < Og; o += 2)                                                 \
@@ -663,7 +667,7 @@ static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy
      * every element is written once and no two vectors overlap. dyp rows hold M zeros, the  \
      * gradient and zeros up to Lp = M + Q, so all reads stay inside them; four vectors of q \
      * per pass, through row (Q >= plane elements, a multiple of 4 vectors). */             \
-    NBC_CLONES static void direct_bw_in_##SFX(T *dxin, const int64_t *offt, int64_t taps,   \
+    ATTR static void direct_bw_in_##SFX##_##ISA(T *dxin, const int64_t *offt, int64_t taps,   \
                                               int64_t Cg, const T *w, int64_t K,            \
                                               const T *dyp, int64_t Og, int64_t Lp,         \
                                               int64_t M, int64_t plane, T *row, int64_t Q)  \
@@ -696,8 +700,15 @@ static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy
             memcpy(dxin + c * plane, row, (size_t)plane * sizeof(T));                       \
         }                                                                                   \
     }
-DEF_DIRECT(f32, float, 8)
-DEF_DIRECT(f64, double, 4)
+DEF_VEC(f32, float, 8)
+DEF_VEC(f64, double, 4)
+DEF_DIRECT(f32, float, 8, base, )
+DEF_DIRECT(f64, double, 4, base, )
+#if NBC_HAVE_V3
+#define NBC_V3 __attribute__((target("arch=x86-64-v3")))
+DEF_DIRECT(f32, float, 8, v3, NBC_V3)
+DEF_DIRECT(f64, double, 4, v3, NBC_V3)
+#endif
 
 /* Tap offsets into the Cg (padded) planes, and the position count Lv. */
 static int64_t direct_taps(const geom *g, const span *sp, int64_t *off)
@@ -737,10 +748,10 @@ static nb_status direct_forward(nb_dtype dt, const geom *g, const char *x, const
             const char *xin = span_input(g, &sp, x, n, grp, pad, es);
             const char *wg = w + (size_t)(grp * g->Og * g->K) * es;
             if (dt == NB_DTYPE_F32)
-                direct_fwd_f32((const float *)xin, off, g->K, (const float *)wg, g->Og,
+                NBC_PICK(direct_fwd_f32)((const float *)xin, off, g->K, (const float *)wg, g->Og,
                                (float *)ext, Lv);
             else
-                direct_fwd_f64((const double *)xin, off, g->K, (const double *)wg, g->Og,
+                NBC_PICK(direct_fwd_f64)((const double *)xin, off, g->K, (const double *)wg, g->Og,
                                (double *)ext, Lv);
             for (int64_t o = 0; o < g->Og; o++)
                 for (int64_t oh = 0; oh < g->OH; oh++)
@@ -776,10 +787,10 @@ static nb_status direct_backward_input(nb_dtype dt, const geom *g, const char *d
             char *target = sp.padded ? pad : dxn;
             const char *wg = w + (size_t)(grp * g->Og * g->K) * es;
             if (dt == NB_DTYPE_F32)
-                direct_bw_in_f32((float *)target, off, taps, g->Cg, (const float *)wg, g->K,
+                NBC_PICK(direct_bw_in_f32)((float *)target, off, taps, g->Cg, (const float *)wg, g->K,
                                  (const float *)dyp, g->Og, Lp, M, sp.plane, (float *)row, Q);
             else
-                direct_bw_in_f64((double *)target, off, taps, g->Cg, (const double *)wg, g->K,
+                NBC_PICK(direct_bw_in_f64)((double *)target, off, taps, g->Cg, (const double *)wg, g->K,
                                  (const double *)dyp, g->Og, Lp, M, sp.plane, (double *)row, Q);
             if (sp.padded)
                 for (int64_t c = 0; c < g->Cg; c++)
@@ -810,10 +821,10 @@ static nb_status direct_backward_weight(nb_dtype dt, const geom *g, const char *
             const char *xin = span_input(g, &sp, x, n, grp, pad, es);
             char *dwg = dw + (size_t)(grp * g->Og * g->K) * es;
             if (dt == NB_DTYPE_F32)
-                direct_bw_w_f32((const float *)xin, off, g->K, (const float *)dyv, g->Og, Lv,
+                NBC_PICK(direct_bw_w_f32)((const float *)xin, off, g->K, (const float *)dyv, g->Og, Lv,
                                 (float *)dwg);
             else
-                direct_bw_w_f64((const double *)xin, off, g->K, (const double *)dyv, g->Og, Lv,
+                NBC_PICK(direct_bw_w_f64)((const double *)xin, off, g->K, (const double *)dyv, g->Og, Lv,
                                 (double *)dwg);
         }
     return NB_OK;

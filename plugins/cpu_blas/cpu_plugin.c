@@ -5,7 +5,6 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <cblas.h>
 #include <pthread.h>
 
 const nb_host *nbc_host;
@@ -19,7 +18,10 @@ static nb_status cpu_device_name(int device, char *buf, size_t len)
 {
     if (!buf || len == 0)
         return NBC_ERR(NB_NULL_ARGUMENT, "cpu: device_name needs a buffer");
-    snprintf(buf, len, "CPU (%d threads, OpenBLAS %s)", nbc_max_threads(), openblas_get_config());
+    if (device != 0)
+        return NBC_ERR(NB_DEVICE_OUT_OF_RANGE, "cpu: device_name of device %d, but there is 1 "
+                       "cpu device (index 0)", device);
+    nbc_platform_describe(buf, len);
     return NB_OK;
 }
 
@@ -124,6 +126,7 @@ static nb_status cpu_synchronize(int device) { return NB_OK; }
 static void cpu_shutdown(void)
 {
     nbc_scratch_release();
+    nbc_platform_stop_threads();
     free(kernel_table);
     kernel_table = NULL;
     kernel_count = 0;
@@ -155,6 +158,8 @@ NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)
                 NB_PLUGIN_ABI_MAJOR, host->abi_major);
         return NULL;
     }
+    if (nbc_platform_open() != NB_OK)
+        return NULL;
     if (!kernel_table) {
         const nb_kernel_desc *parts[] = {nbc_elementwise_kernels, nbc_reduce_kernels,
                                          nbc_matmul_kernels, nbc_nn_kernels};

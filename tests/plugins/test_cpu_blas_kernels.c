@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <dirent.h>
 
 #include "nabla_plugin.h"
 
@@ -521,6 +522,72 @@ static void matmul_with_transposed_and_strided_operands(void **state)
     assert_memory_equal(ic, iref, sizeof iref);
 }
 
+/* Threads of this process, from /proc (the test runs on Linux). */
+static int thread_count(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Leak checkers stop the world at exit; worker threads still alive then made LeakSanitizer
+ * crash. A matmul large enough for OpenBLAS's threads and an add large enough for OpenMP's,
+ * then shutdown: one thread is left, and both pools start again on their next use. */
+static void shutdown_joins_every_worker_thread(void **state)
+{
+    (void)state;
+    const int64_t n = 512;
+    float *a = calloc((size_t)(n * n), sizeof *a), *c = calloc((size_t)(n * n), sizeof *c);
+    assert_non_null(a);
+    assert_non_null(c);
+    for (int64_t k = 0; k < n * n; k++)
+        a[k] = (float)(k % 7) - 3;
+    const int64_t shape[3] = {1, n, n}, strides[3] = {n * n, n, 1};
+    for (int round = 0; round < 2; round++) {
+        nb_operand o = opd(c, NB_DTYPE_F32, 3, shape, strides);
+        nb_operand in[2] = {opd(a, NB_DTYPE_F32, 3, shape, strides),
+                            opd(a, NB_DTYPE_F32, 3, shape, strides)};
+        const double f[2] = {1, 0};
+        assert_int_equal(run("matmul", NB_DTYPE_F32, &o, in, 2, f, NULL), NB_OK);
+        assert_int_equal(run("add", NB_DTYPE_F32, &o, in, 2, NULL, NULL), NB_OK);
+        assert_float_equal(c[n + 1], 2 * a[n + 1], 0);
+        P->shutdown();
+        assert_int_equal(thread_count(), 1);
+        nb_plugin_entry_fn entry = (nb_plugin_entry_fn)dlsym(plugin_lib, NB_PLUGIN_ENTRY_SYMBOL);
+        P = entry(&host);
+        assert_non_null(P);
+    }
+    free(a);
+    free(c);
+}
+
+/* The device name says what runs: CPU model, the ISA level in use, the BLAS and its core. */
+static void device_name_names_isa_blas_and_core(void **state)
+{
+    (void)state;
+    char name[512];
+    assert_int_equal(P->device_name(0, name, sizeof name), NB_OK);
+    assert_non_null(strstr(name, "; ISA "));
+    assert_non_null(strstr(name, "; BLAS "));
+    assert_non_null(strstr(name, ", core "));
+    assert_non_null(strstr(name, " threads"));
+    const char *cap = getenv("NABLA_CPU_ISA");
+    if (cap && strcmp(cap, "baseline") == 0) {
+        assert_non_null(strstr(name, "ISA baseline x86-64"));
+        if (strstr(name, "OpenBLAS") && !getenv("OPENBLAS_CORETYPE"))
+            assert_non_null(strstr(name, "core Prescott"));
+    }
+    char tiny[8];
+    assert_int_equal(P->device_name(0, tiny, sizeof tiny), NB_OK);
+    assert_int_equal(strlen(tiny), sizeof tiny - 1);
+    assert_int_equal(P->device_name(1, name, sizeof name), NB_DEVICE_OUT_OF_RANGE);
+}
+
 /* ---- conv2d ----
  * The plugin lowers convolutions three ways (NBC_CONV_PATH); ctest runs this file once per way. */
 
@@ -871,6 +938,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(softmax_family_matches_reference),
         cmocka_unit_test(random_fills_follow_philox_in_row_major_order),
         cmocka_unit_test(sgd_and_adam_steps_match_torch_formulas),
+        cmocka_unit_test(device_name_names_isa_blas_and_core),
+        cmocka_unit_test(shutdown_joins_every_worker_thread),
     };
     return cmocka_run_group_tests(tests, load_plugin, unload_plugin);
 }

@@ -259,6 +259,19 @@ static void kernel_queries_answer_for_known_and_unknown_names(void **state)
     assert_false(nb_device_has_kernel("cdua", "fill", NB_DTYPE_F32));
 }
 
+static void device_name_comes_from_the_plugin(void **state)
+{
+    (void)state;
+    need_cpu();
+    char name[512];
+    NB_ASSERT_OK(nb_device_name("cpu", name, sizeof name));
+    assert_non_null(strstr(name, "ISA ")); /* cpu_blas: CPU model; ISA ...; BLAS ..., core ... */
+    assert_int_equal(nb_device_name("cdua", name, sizeof name), NB_UNKNOWN_DEVICE);
+    assert_string_equal(name, "");
+    assert_int_equal(nb_device_name("cpu", NULL, 8), NB_NULL_ARGUMENT);
+    assert_int_equal(nb_device_name("cpu", name, 0), NB_NULL_ARGUMENT);
+}
+
 int main(void)
 {
     unsetenv("NABLA_DEVICE");
@@ -284,6 +297,7 @@ int main(void)
         NB_TEST(null_arguments_are_errors),
         NB_TEST(small_parse_buffer_is_an_error),
         NB_TEST(kernel_queries_answer_for_known_and_unknown_names),
+        NB_TEST(device_name_comes_from_the_plugin),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
