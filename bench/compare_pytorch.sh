@@ -42,17 +42,29 @@ done
 # Same thread count for both: OpenMP and OpenBLAS read these, torch gets set_num_threads(N).
 export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
 
-# NABLA_COMPARE_PYTHON picks the interpreter (one without torch shows the Nabla-only output)
+# NABLA_COMPARE_PYTHON picks the interpreter (one without torch shows the Nabla-only output);
+# otherwise the virtual environment of setup-pytorch.sh (PyTorch 2.x from PyPI), then the system's.
+venv_py="${NABLA_TORCH_VENV:-$here/.venv-torch}/bin/python"
 py=""
-for cand in ${NABLA_COMPARE_PYTHON:-/usr/bin/python3 python3}; do
+for cand in ${NABLA_COMPARE_PYTHON:-$venv_py /usr/bin/python3 python3}; do
     if command -v "$cand" >/dev/null 2>&1 && "$cand" -c "import torch" >/dev/null 2>&1; then
         py=$cand
         break
     fi
 done
 if [ -z "$py" ]; then
-    echo "# PyTorch not found (tried ${NABLA_COMPARE_PYTHON:-/usr/bin/python3 and python3} with 'import torch'): Nabla's column only"
+    echo "# PyTorch not found (tried ${NABLA_COMPARE_PYTHON:-$venv_py, /usr/bin/python3 and python3} with 'import torch'): Nabla's column only; bench/setup-pytorch.sh installs PyTorch 2.x"
+else
+    "$py" - <<'PY'
+import re, torch
+cfg = torch.__config__.show()
+blas = re.search(r"BLAS_INFO=(\w+)", cfg)
+mkl = "Math Kernel Library" in cfg or "oneMKL" in cfg
+print(f"# pytorch {torch.__version__} (BLAS: {blas.group(1) if blas else ('mkl' if mkl else 'unknown')}) from {torch.__file__.rsplit('/', 2)[0]}")
+PY
 fi
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+echo "# machine: ${cpu_model:-unknown CPU}, $(nproc) cores; nabla: $("$build/bin/nabla-info" | awk '/^  cpu:0: /{ sub(/^  cpu:0: /, ""); print; exit }')"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -91,4 +103,6 @@ row "lenet test_accuracy" "$(value test_accuracy "$tmp/nb_train.txt")" "$(value 
 row "lenet peak_rss (MB)" "$(value peak_rss_mb "$tmp/nb_train.txt")" "$(value peak_rss_mb "$tmp/pt_train.txt")"
 row "matmul_f32_1024 (GFLOP/s)" "$(value matmul_f32_1024 "$tmp/nb_bench.txt")" "$(value matmul_f32_1024 "$tmp/pt_bench.txt")"
 row "dispatch_add_1 (ns)" "$(value dispatch_add_1 "$tmp/nb_bench.txt")" "$(value dispatch_add_1 "$tmp/pt_bench.txt")"
+best=$(value cblas_sgemm_best_f32_1024 "$tmp/nb_bench.txt")
+[ -n "$best" ] && echo "# nabla matmul / cblas_sgemm with the best OpenBLAS core ($best GFLOP/s): $(value matmul_ratio "$tmp/nb_bench.txt")"
 echo "# ratio = nabla / pytorch: below 1 is better for times, memory and ns; above 1 for GFLOP/s"
