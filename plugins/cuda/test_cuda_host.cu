@@ -1,8 +1,10 @@
 // test_cuda_host.cu - the cuda plugin's host-side logic, run on any machine (no GPU, no driver):
 // the conversion rule the kernels and the host-side scalar casts share, bool bytes, wrapping
 // integer arithmetic, which devices a build's architectures run on, the words for a missing or
-// old driver, and the choice of reduction loop.
+// old driver, the choice of reduction loop, and the plugin's kernel table (argv[1]: the plugin).
+#include <dlfcn.h>
 #include <limits.h>
+#include <stdio.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -183,8 +185,69 @@ static void reductions_pick_a_coalesced_loop(void **state)
     assert_int_equal(p.chunks, 1);
 }
 
-int main(void)
+// ---- the plugin's kernel table, read without a device ----
+
+static const nb_plugin *plugin;
+
+static nb_status host_error(nb_status st, const char *fmt, ...)
 {
+    (void)fmt;
+    return st;
+}
+static void host_log(int level, const char *fmt, ...)
+{
+    (void)level;
+    (void)fmt;
+}
+static const nb_host host = {NB_PLUGIN_ABI_MAJOR, NB_PLUGIN_ABI_MINOR, sizeof(nb_host),
+                             host_error, host_log};
+
+static bool has_kernel(const char *op, nb_dtype t)
+{
+    for (size_t k = 0; k < plugin->n_kernels; k++)
+        if (strcmp(plugin->kernels[k].op, op) == 0 && plugin->kernels[k].dtype == t)
+            return true;
+    return false;
+}
+
+// What the cpu plugin registers, the cuda plugin registers too (issue 16: integer matmul),
+// and what the cpu refuses it refuses (bool scatter_add, bool sum and prod).
+static void kernel_table_agrees_with_the_cpu(void **state)
+{
+    (void)state;
+    if (!plugin)
+        skip();
+    assert_true(has_kernel("matmul", NB_DTYPE_I32));
+    assert_true(has_kernel("matmul", NB_DTYPE_I64));
+    assert_true(has_kernel("matmul", NB_DTYPE_U8));
+    assert_false(has_kernel("matmul", NB_DTYPE_BOOL));
+    assert_false(has_kernel("scatter_add", NB_DTYPE_BOOL));
+    assert_true(has_kernel("scatter_add", NB_DTYPE_U8));
+    assert_false(has_kernel("sum", NB_DTYPE_BOOL));
+    assert_false(has_kernel("prod", NB_DTYPE_BOOL));
+    assert_true(has_kernel("max", NB_DTYPE_BOOL));
+    // Device discovery never fails to answer: a count, and a reason when it is 0.
+    int n = plugin->device_count();
+    assert_true(n >= 0);
+    if (n == 0)
+        assert_non_null(plugin->status_note());
+}
+
+int main(int argc, char **argv)
+{
+    void *dl = argc > 1 ? dlopen(argv[1], RTLD_NOW | RTLD_LOCAL) : NULL;
+    if (argc > 1 && !dl) {
+        fprintf(stderr, "cannot load %s: %s\n", argv[1], dlerror());
+        return 1;
+    }
+    if (dl) {
+        nb_plugin_entry_fn entry = (nb_plugin_entry_fn)dlsym(dl, NB_PLUGIN_ENTRY_SYMBOL);
+        plugin = entry ? entry(&host) : NULL;
+        if (!plugin) {
+            fprintf(stderr, "%s: no plugin table\n", argv[1]);
+            return 1;
+        }
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(float_to_u8_truncates_then_wraps),
         cmocka_unit_test(out_of_range_and_nan_go_through_int64_min),
@@ -195,6 +258,10 @@ int main(void)
         cmocka_unit_test(archs_decide_which_devices_can_run_the_build),
         cmocka_unit_test(driver_reasons_name_the_cause),
         cmocka_unit_test(reductions_pick_a_coalesced_loop),
+        cmocka_unit_test(kernel_table_agrees_with_the_cpu),
     };
-    return cmocka_run_group_tests_name("cuda host logic", tests, NULL, NULL);
+    int failed = cmocka_run_group_tests_name("cuda host logic", tests, NULL, NULL);
+    if (plugin && plugin->shutdown)
+        plugin->shutdown();
+    return failed ? 1 : 0;
 }
