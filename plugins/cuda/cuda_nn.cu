@@ -392,6 +392,9 @@ template <class T> static nb_status k_max_pool2d_backward(const nb_kernel_args *
         st = check_same_shape(op, "indices", &a->in[0], &a->in[1]);
     if (st != NB_OK)
         return st;
+    cudaStream_t s;
+    if ((st = nbcu_stream(op, a->device, &s)) != NB_OK) // before nbcu_index_flags
+        return st;
     const nb_operand *zo[1] = {a->out};
     if ((st = launch_ew<1>(op, a->device, zo, ZeroF<T>{data<T>(a->out)})) != NB_OK)
         return st;

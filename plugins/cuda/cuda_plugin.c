@@ -1,6 +1,7 @@
-/* cuda_plugin.c - the cuda plugin's table: device discovery (0 devices and the reason when there
- * is no driver), cudaMalloc'd buffers, host<->device copies, and the per-device stream and
- * cuBLAS handle that every kernel and copy is queued on. */
+/* cuda_plugin.c - the cuda plugin's table: device discovery (only devices this build's kernels
+ * run on; 0 and the reason when there is no driver), stream-ordered buffers, host<->device
+ * copies that report deferred index errors, cuBLAS loaded on first use, and the per-device
+ * stream and cuBLAS handle that every kernel and copy is queued on. */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -69,7 +70,9 @@ static void note_add(const char *fmt, const char *name, int ordinal, int major, 
 /* Counts the devices and keeps those this build can run on: a device whose compute capability
  * has no cubin and no older PTX in the fatbin (a T4 under an sm_80-only build) would fail every
  * launch with cudaErrorNoKernelImageForDevice, so it is not offered; the note says why. This
- * reads device properties only, so no CUDA context is created before a device is used. */
+ * reads device properties only, so no CUDA context is created before a device is used (a
+ * context costs hundreds of MB per GPU); the first use of a device then asks the driver itself
+ * (cudaFuncGetAttributes on a kernel, in device_setup). */
 static void discover(void)
 {
     int n = 0;
@@ -99,7 +102,17 @@ static void discover(void)
                      "built for %s)", "", k, 0, 0);
             continue;
         }
-        if (nbcu_archs_run_on(nbcu_built_archs, p.major, p.minor) == 0) {
+        int runs = nbcu_archs_run_on(nbcu_built_archs, p.major, p.minor);
+        if (runs < 0) {
+            /* An architecture list this cannot read (native, all): ask the device, at the
+             * cost of creating its context now. */
+            cudaError_t pe = cudaSetDevice(k);
+            if (pe == cudaSuccess)
+                pe = nbcu_probe_kernels();
+            runs = pe == cudaSuccess;
+            cudaGetLastError();
+        }
+        if (!runs) {
             note_add("CUDA device %d (%s, sm_%d%d) skipped: this build has no kernels it can "
                      "run (built for %s; rebuild with CMAKE_CUDA_ARCHITECTURES including it)",
                      p.name, k, p.major, p.minor);
