@@ -4,6 +4,7 @@
  * stream and cuBLAS handle that every kernel and copy is queued on. */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,15 +57,18 @@ static void driver_note(cudaError_t e)
                        driver_version, runtime_version);
 }
 
-/* Appends "; ..." to the note. */
-static void note_add(const char *fmt, const char *name, int ordinal, int major, int minor)
+/* Appends "; <message>" to the note. */
+__attribute__((format(printf, 1, 2))) static void note_add(const char *fmt, ...)
 {
     size_t used = strlen(note);
     if (used + 2 >= sizeof note)
         return;
-    snprintf(note + used, sizeof note - used, used ? "; " : "");
-    used = strlen(note);
-    snprintf(note + used, sizeof note - used, fmt, ordinal, name, major, minor, nbcu_built_archs);
+    if (used)
+        used += (size_t)snprintf(note + used, sizeof note - used, "; ");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(note + used, sizeof note - used, fmt, ap);
+    va_end(ap);
 }
 
 /* Counts the devices and keeps those this build can run on: a device whose compute capability
@@ -98,8 +102,7 @@ static void discover(void)
         struct cudaDeviceProp p;
         if (cudaGetDeviceProperties(&p, k) != cudaSuccess) {
             cudaGetLastError();
-            note_add("CUDA device %d%s skipped: cudaGetDeviceProperties failed (sm_%d%d; "
-                     "built for %s)", "", k, 0, 0);
+            note_add("CUDA device %d skipped: cudaGetDeviceProperties failed", k);
             continue;
         }
         int runs = nbcu_archs_run_on(nbcu_built_archs, p.major, p.minor);
@@ -114,8 +117,8 @@ static void discover(void)
         }
         if (!runs) {
             note_add("CUDA device %d (%s, sm_%d%d) skipped: this build has no kernels it can "
-                     "run (built for %s; rebuild with CMAKE_CUDA_ARCHITECTURES including it)",
-                     p.name, k, p.major, p.minor);
+                     "run (built for %s; rebuild with CMAKE_CUDA_ARCHITECTURES including it)", k,
+                     p.name, p.major, p.minor, nbcu_built_archs);
             continue;
         }
         devices[usable++].ordinal = k;
