@@ -35,8 +35,79 @@ inline size_t dtype_size(nb_dtype t)
     return (unsigned)t < NB_DTYPE_COUNT ? sizes[t] : 0;
 }
 
-// Conversion between element types. Casts to bool test != 0 (NaN is true), as in C and PyTorch.
-template <class To, class From> __host__ __device__ inline To convert(From x) { return (To)x; }
+// ---- the conversion rule (the same in every plugin, and for host-side casts of scalars) ----
+// float -> integer: truncate toward zero into int64, then wrap modulo 2^bits into the target;
+// NaN and values outside int64's range give INT64_MIN before wrapping (what x86 and PyTorch's
+// CPU give). integer -> integer wraps. Anything -> bool is x != 0 (NaN is true), and a bool
+// source is "any non-zero byte", read as exactly 0 or 1 (see ld()). No C conversion here is
+// undefined: the GPU's saturating cvt.rzi (float -> u8 gives 0 for -1) never sees a value it
+// would clamp.
+
+template <class T> struct is_bool { static constexpr bool value = false; };
+template <> struct is_bool<bool> { static constexpr bool value = true; };
+template <class T> struct is_float { static constexpr bool value = false; };
+template <> struct is_float<float> { static constexpr bool value = true; };
+template <> struct is_float<double> { static constexpr bool value = true; };
+
+// Truncation toward zero into int64; NaN and |x| >= 2^63 (except -2^63 itself) give INT64_MIN.
+__host__ __device__ inline int64_t float_to_i64(double x)
+{
+    if (!(x >= -9223372036854775808.0 && x < 9223372036854775808.0))
+        return INT64_MIN;
+    return (int64_t)x;
+}
+// The same for float, without a detour through fp64 (slow on most GPUs): 2^63 is exact in float.
+__host__ __device__ inline int64_t float_to_i64(float x)
+{
+    if (!(x >= -9223372036854775808.0f && x < 9223372036854775808.0f))
+        return INT64_MIN;
+    return (int64_t)x;
+}
+
+template <class To, class From> __host__ __device__ inline To convert(From x)
+{
+    if constexpr (is_bool<To>::value) {
+        return x != From(0);
+    } else if constexpr (is_float<To>::value) {
+        return (To)x;
+    } else if constexpr (is_float<From>::value) {
+        return (To)(uint64_t)float_to_i64(x); // unsigned: the wrap is defined
+    } else {
+        return (To)(uint64_t)(int64_t)x;
+    }
+}
+
+// Reads element k. A bool is read as its byte != 0: a bool tensor filled from host data may
+// hold any non-zero byte, and C++ may otherwise assume 0/1 (xor of raw bytes, 0xFF -> -1.0).
+template <class T> __host__ __device__ inline T ld(const T *p, int64_t k) { return p[k]; }
+template <> __host__ __device__ inline bool ld<bool>(const bool *p, int64_t k)
+{
+    return ((const uint8_t *)p)[k] != 0;
+}
+
+// Integer add, sub and mul wrap modulo 2^bits (computed in unsigned, where overflow is
+// defined); floats are the plain operations.
+template <class T> __host__ __device__ inline T w_add(T x, T y)
+{
+    if constexpr (is_float<T>::value)
+        return x + y;
+    else
+        return (T)((uint64_t)(int64_t)x + (uint64_t)(int64_t)y);
+}
+template <class T> __host__ __device__ inline T w_sub(T x, T y)
+{
+    if constexpr (is_float<T>::value)
+        return x - y;
+    else
+        return (T)((uint64_t)(int64_t)x - (uint64_t)(int64_t)y);
+}
+template <class T> __host__ __device__ inline T w_mul(T x, T y)
+{
+    if constexpr (is_float<T>::value)
+        return x * y;
+    else
+        return (T)((uint64_t)(int64_t)x * (uint64_t)(int64_t)y);
+}
 
 // Reads element `off` of a buffer whose dtype is only known at run time (the dtype is the same
 // for every thread, so the switch does not diverge).
@@ -47,12 +118,25 @@ template <class T> __device__ inline T load_any(const void *p, nb_dtype t, int64
     case NB_DTYPE_F64: return convert<T>(((const double *)p)[off]);
     case NB_DTYPE_I32: return convert<T>(((const int32_t *)p)[off]);
     case NB_DTYPE_I64: return convert<T>(((const int64_t *)p)[off]);
-    case NB_DTYPE_BOOL: return convert<T>(((const bool *)p)[off]);
+    case NB_DTYPE_BOOL: return convert<T>(ld((const bool *)p, off));
     default: return convert<T>(((const uint8_t *)p)[off]);
     }
 }
 
 template <class T> __host__ __device__ inline bool is_nan(T x) { return x != x; }
+
+// A compensated (Kahan) sum: float32 sums stay float32 and still close to a float64 result.
+template <class T> struct Kahan {
+    T v = T(0), c = T(0); // c: the low-order part lost so far
+    __device__ void add(T x)
+    {
+        T y = x - c, t = v + y;
+        // Only while the sum is finite: inf - inf would turn an infinite sum into NaN.
+        c = isfinite(t) ? (t - v) - y : T(0);
+        v = t;
+    }
+    __device__ T value() const { return v - c; }
+};
 
 // ---- operands and argument checks ----
 
@@ -194,27 +278,31 @@ nb_status launch_ew(const char *op, int device, const nb_operand *const ops[N], 
     return launched(op);
 }
 
-// Stream-ordered scratch memory (cudaMallocAsync): freed on the stream after the work that
-// uses it, so nothing waits.
+// Scratch memory for one call, freed on the stream after the work that uses it, so nothing
+// waits (nbcu_malloc/nbcu_free: pooled where the device has memory pools).
 struct Scratch {
     void *p = nullptr;
+    int device = 0;
     cudaStream_t s = nullptr;
-    nb_status get(const char *op, cudaStream_t stream, size_t bytes)
+    nb_status get(const char *op, int dev, cudaStream_t stream, size_t bytes)
     {
+        device = dev;
         s = stream;
-        cudaError_t e = cudaMallocAsync(&p, bytes ? bytes : 1, stream);
-        if (e != cudaSuccess) {
-            p = nullptr;
-            return nbcu_cuda_error(op, "cudaMallocAsync", e);
-        }
-        return NB_OK;
+        return nbcu_malloc(op, dev, stream, bytes ? bytes : 1, &p);
     }
-    ~Scratch()
-    {
-        if (p)
-            cudaFreeAsync(p, s);
-    }
+    ~Scratch() { nbcu_free(device, s, p); }
 };
+
+// Records the first out-of-range index the device meets (what, the index, the dim's size) in
+// the device's index-check words; the next read or synchronize reports it.
+__device__ inline void report_bad(unsigned long long *flags, int what, int64_t idx, int64_t size)
+{
+    if (atomicCAS(&flags[0], 0ull, 1ull) == 0ull) {
+        flags[1] = (unsigned long long)idx;
+        flags[2] = (unsigned long long)size;
+        flags[3] = (unsigned long long)what;
+    }
+}
 
 // An operand for scratch memory: contiguous, of the given shape.
 struct Dense {

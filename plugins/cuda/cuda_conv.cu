@@ -136,7 +136,7 @@ static nb_status dense_in(const char *op, int device, cudaStream_t s, const nb_o
         *p = data<const T>(o);
         return NB_OK;
     }
-    nb_status st = scratch.get(op, s, (size_t)numel(o) * sizeof(T));
+    nb_status st = scratch.get(op, device, s, (size_t)numel(o) * sizeof(T));
     if (st != NB_OK)
         return st;
     Dense d(scratch.p, dtype_of<T>::value, o->ndim, o->shape);
@@ -191,12 +191,12 @@ template <class T> static nb_status k_conv2d(const nb_kernel_args *a)
     bool direct = is_contiguous(y);
     T *yp = data<T>(y);
     if (!direct) {
-        if ((st = sy.get(op, s, (size_t)numel(y) * sizeof(T))) != NB_OK)
+        if ((st = sy.get(op, a->device, s, (size_t)numel(y) * sizeof(T))) != NB_OK)
             return st;
         yp = (T *)sy.p;
     }
     int64_t nc = chunk_of<T>(p.n, p.ck * p.l);
-    if ((st = scol.get(op, s, (size_t)(nc * p.ck * p.l) * sizeof(T))) != NB_OK)
+    if ((st = scol.get(op, a->device, s, (size_t)(nc * p.ck * p.l) * sizeof(T))) != NB_OK)
         return st;
     for (int64_t n0 = 0; n0 < p.n && st == NB_OK; n0 += nc) {
         int64_t b = p.n - n0 < nc ? p.n - n0 : nc;
@@ -243,7 +243,7 @@ template <class T> static nb_status k_conv2d_backward_input(const nb_kernel_args
         (st = dense_in<T>(op, a->device, s, &a->in[1], sw, &wp)) != NB_OK)
         return st;
     int64_t nc = chunk_of<T>(p.n, p.c * p.k * p.l);
-    if ((st = scol.get(op, s, (size_t)(nc * p.c * p.k * p.l) * sizeof(T))) != NB_OK)
+    if ((st = scol.get(op, a->device, s, (size_t)(nc * p.c * p.k * p.l) * sizeof(T))) != NB_OK)
         return st;
     T *col = (T *)scol.p;
     for (int64_t n0 = 0; n0 < p.n && st == NB_OK; n0 += nc) {
@@ -288,12 +288,12 @@ template <class T> static nb_status k_conv2d_backward_weight(const nb_kernel_arg
     bool direct = is_contiguous(gw);
     T *wp = data<T>(gw);
     if (!direct) {
-        if ((st = sw.get(op, s, (size_t)numel(gw) * sizeof(T))) != NB_OK)
+        if ((st = sw.get(op, a->device, s, (size_t)numel(gw) * sizeof(T))) != NB_OK)
             return st;
         wp = (T *)sw.p;
     }
     int64_t nc = chunk_of<T>(p.n, p.ck * p.l);
-    if ((st = scol.get(op, s, (size_t)(nc * p.ck * p.l) * sizeof(T))) != NB_OK)
+    if ((st = scol.get(op, a->device, s, (size_t)(nc * p.ck * p.l) * sizeof(T))) != NB_OK)
         return st;
     const T *col = (const T *)scol.p;
     for (int64_t gi = 0; gi < p.groups && st == NB_OK; gi++)

@@ -189,9 +189,9 @@ NBCU_UNARY(Sign, "sign", m_sign(x)) // NaN -> 0, as torch.sign
 NBCU_UNARY(Floor, "floor", m_floor(x))
 NBCU_UNARY(Ceil, "ceil", m_ceil(x))
 NBCU_UNARY(Round, "round", m_rint(x))
-NBCU_UNARY(AddScalar, "add_scalar", T(x + p.s))
-NBCU_UNARY(MulScalar, "mul_scalar", T(x * p.s))
-NBCU_UNARY(RsubScalar, "rsub_scalar", T(p.s - x))
+NBCU_UNARY(AddScalar, "add_scalar", w_add(x, p.s))
+NBCU_UNARY(MulScalar, "mul_scalar", w_mul(x, p.s))
+NBCU_UNARY(RsubScalar, "rsub_scalar", w_sub(p.s, x))
 NBCU_UNARY(DivScalar, "div_scalar", x / p.s)
 NBCU_UNARY(RdivScalar, "rdiv_scalar", p.s / x)
 NBCU_UNARY(PowScalar, "pow_scalar", m_pow(x, p.s))
@@ -260,7 +260,7 @@ template <class T, class Op> struct CmpScalarF {
     T s;
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = Op()(in[off[1]], s);
+        out[off[0]] = Op()(ld(in, off[1]), s);
     }
 };
 
@@ -271,7 +271,7 @@ template <class T, class Op> struct CmpScalarWideF {
     double s;
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = Op()((double)in[off[1]], s);
+        out[off[0]] = Op()((double)ld(in, off[1]), s);
     }
 };
 
@@ -304,9 +304,9 @@ template <class T, class Op> static nb_status k_cmp_scalar(const nb_kernel_args 
         static constexpr const char *name = str;                                              \
         template <class T> __device__ T operator()(T x, T y) const { return expr; }          \
     };
-NBCU_BINARY(Add, "add", T(x + y))
-NBCU_BINARY(Sub, "sub", T(x - y))
-NBCU_BINARY(Mul, "mul", T(x * y))
+NBCU_BINARY(Add, "add", w_add(x, y))
+NBCU_BINARY(Sub, "sub", w_sub(x, y))
+NBCU_BINARY(Mul, "mul", w_mul(x, y))
 NBCU_BINARY(Div, "div", x / y)
 NBCU_BINARY(Pow, "pow", m_pow(x, y))
 NBCU_BINARY(Maximum, "maximum", is_nan(x) ? x : is_nan(y) ? y : x > y ? x : y)
@@ -318,7 +318,7 @@ template <class Tout, class T, class Op> struct BinaryF {
     const T *x, *y;
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = Op()(x[off[1]], y[off[2]]);
+        out[off[0]] = Op()(ld(x, off[1]), ld(y, off[2]));
     }
 };
 
@@ -415,7 +415,7 @@ template <class T> struct WhereF {
     const T *x, *y;
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = c[off[1]] ? x[off[2]] : y[off[3]];
+        out[off[0]] = ld(c, off[1]) ? ld(x, off[2]) : ld(y, off[3]);
     }
 };
 
@@ -446,7 +446,7 @@ template <class To, class From> struct CopyF {
     const From *in;
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = convert<To>(in[off[1]]);
+        out[off[0]] = convert<To>(ld(in, off[1]));
     }
 };
 
@@ -503,6 +503,14 @@ template <class T> static nb_status k_copy(const nb_kernel_args *a)
 } // namespace nbcu
 
 using namespace nbcu;
+
+extern "C" cudaError_t nbcu_probe_kernels(void)
+{
+    // Fails with cudaErrorNoKernelImageForDevice (or InvalidDeviceFunction) where the fatbin
+    // has neither a cubin nor PTX the current device can run.
+    cudaFuncAttributes attr;
+    return cudaFuncGetAttributes(&attr, (const void *)ew_kernel<2, CopyF<float, float>>);
+}
 
 // ---- the table ----
 

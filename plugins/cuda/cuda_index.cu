@@ -1,5 +1,6 @@
 // cuda_index.cu - kernels that write by position: fill, arange, Philox random fills (the same
-// numbers as every other plugin), gather and scatter_add (atomics) with index checking.
+// numbers as every other plugin), gather and scatter_add (atomics) with index checking that
+// reports at the next synchronisation.
 #include "cuda_common.cuh"
 
 namespace nbcu {
@@ -133,13 +134,6 @@ struct Reshaped {
     Reshaped(const Reshaped &) = delete;
 };
 
-// Set by the first thread that meets an out-of-range index: [0] = 1, [1] = the index.
-__device__ inline void report_bad(unsigned long long *flags, int64_t idx)
-{
-    if (atomicCAS(&flags[0], 0ull, 1ull) == 0ull)
-        flags[1] = (unsigned long long)idx;
-}
-
 template <class T> struct GatherF {
     T *out;
     const T *in;
@@ -150,11 +144,11 @@ template <class T> struct GatherF {
     {
         int64_t i = index[off[2]];
         if (i < 0 || i >= size) {
-            report_bad(flags, i);
+            report_bad(flags, NBCU_IDX_GATHER, i, size);
             out[off[0]] = T(0);
             return;
         }
-        out[off[0]] = in[off[1] + i * stride];
+        out[off[0]] = ld(in, off[1] + i * stride);
     }
 };
 
@@ -179,14 +173,6 @@ __device__ inline void atomic_add(int64_t *p, int64_t v)
     atomicAdd((unsigned long long *)p, (unsigned long long)v); // two's complement wraps alike
 }
 __device__ inline void atomic_add(uint8_t *p, uint8_t v) { atomic_add_u8(p, v); }
-__device__ inline void atomic_add(bool *p, bool v) // a sum of bools is true when any is
-{
-    if (v) {
-        unsigned int *w = (unsigned int *)((uintptr_t)p & ~(uintptr_t)3);
-        atomicOr(w, 1u << ((unsigned int)((uintptr_t)p & 3) * 8));
-    }
-}
-
 // The loop runs over the index's shape: operand 0 is the index, 1 the output, 2 the source.
 template <class T> struct ScatterAddF {
     const int64_t *index;
@@ -198,7 +184,7 @@ template <class T> struct ScatterAddF {
     {
         int64_t i = index[off[0]];
         if (i < 0 || i >= size) {
-            report_bad(flags, i);
+            report_bad(flags, NBCU_IDX_SCATTER_ADD, i, size);
             return;
         }
         atomic_add(&out[off[1] + i * stride], src[off[2]]);
@@ -229,33 +215,14 @@ static nb_status check_indexing(const char *op, const nb_operand *big, const cha
     return NB_OK;
 }
 
-// Queues a zeroed flag pair, runs `launch`, and reports an out-of-range index if one was met.
-// Reading the flags back waits for the stream: an index error must surface on this call.
-template <class L>
-static nb_status with_index_check(const char *op, int device, int64_t size, L launch)
+// Runs `launch` with the device's index-check words. An out-of-range index is reported by the
+// next read or synchronize of the device, so the op never waits for the device (index_select
+// and cross_entropy run one per step).
+template <class L> static nb_status with_index_check(const char *op, int device, L launch)
 {
     cudaStream_t s;
     nb_status st = nbcu_stream(op, device, &s);
-    if (st != NB_OK)
-        return st;
-    Scratch flags;
-    if ((st = flags.get(op, s, 2 * sizeof(unsigned long long))) != NB_OK)
-        return st;
-    cudaError_t e = cudaMemsetAsync(flags.p, 0, 2 * sizeof(unsigned long long), s);
-    if (e != cudaSuccess)
-        return nbcu_cuda_error(op, "cudaMemsetAsync", e);
-    if ((st = launch((unsigned long long *)flags.p)) != NB_OK)
-        return st;
-    unsigned long long host[2] = {0, 0};
-    e = cudaMemcpyAsync(host, flags.p, sizeof host, cudaMemcpyDeviceToHost, s);
-    if (e == cudaSuccess)
-        e = cudaStreamSynchronize(s);
-    if (e != cudaSuccess)
-        return nbcu_cuda_error(op, "reading the index check", e);
-    if (host[0])
-        return fail(NB_INDEX_OUT_OF_RANGE, "%s: index %lld is out of bounds for a dim of size "
-                    "%lld", op, (long long)host[1], (long long)size);
-    return NB_OK;
+    return st != NB_OK ? st : launch(nbcu_index_flags(device));
 }
 
 template <class T> static nb_status k_gather(const nb_kernel_args *a)
@@ -277,7 +244,7 @@ template <class T> static nb_status k_gather(const nb_kernel_args *a)
     if (numel(out) == 0)
         return NB_OK;
     if (in->ndim == 0) // a 0-d input reads as size 1 along dim 0
-        return with_index_check(op, a->device, 1, [&](unsigned long long *flags) {
+        return with_index_check(op, a->device, [&](unsigned long long *flags) {
             const nb_operand *ops[3] = {out, out, idx};
             return launch_ew<3>(op, a->device, ops,
                                 GatherF<T>{data<T>(out), data<const T>(in),
@@ -285,7 +252,7 @@ template <class T> static nb_status k_gather(const nb_kernel_args *a)
         });
     Reshaped rin(in, out->shape, dim);
     int64_t size = in->shape[dim];
-    return with_index_check(op, a->device, size, [&](unsigned long long *flags) {
+    return with_index_check(op, a->device, [&](unsigned long long *flags) {
         const nb_operand *ops[3] = {out, &rin.op, idx};
         return launch_ew<3>(op, a->device, ops,
                             GatherF<T>{data<T>(out), data<const T>(in), data<const int64_t>(idx),
@@ -313,7 +280,7 @@ template <class T> static nb_status k_scatter_add(const nb_kernel_args *a)
         return NB_OK;
     int64_t size = out->ndim ? out->shape[dim] : 1, stride = out->ndim ? out->strides[dim] : 0;
     Reshaped rout(out, idx->shape, dim), rsrc(src, idx->shape, -1);
-    return with_index_check(op, a->device, size, [&](unsigned long long *flags) {
+    return with_index_check(op, a->device, [&](unsigned long long *flags) {
         const nb_operand *ops[3] = {idx, &rout.op, &rsrc.op};
         ScatterAddF<T> f{data<const int64_t>(idx), data<T>(out), data<const T>(src), size,
                          stride, flags};
@@ -338,6 +305,11 @@ extern "C" const nb_kernel_desc nbcu_index_kernels[] = {
     {"random_normal", NB_DTYPE_F32, k_random<float, true>},
     {"random_normal", NB_DTYPE_F64, k_random<double, true>},
     ALL_TYPED("gather", k_gather)
-    ALL_TYPED("scatter_add", k_scatter_add)
+    // No bool scatter_add, as on the cpu: a sum of bools is not a bool (PyTorch refuses it too).
+    {"scatter_add", NB_DTYPE_F32, k_scatter_add<float>},
+    {"scatter_add", NB_DTYPE_F64, k_scatter_add<double>},
+    {"scatter_add", NB_DTYPE_I32, k_scatter_add<int32_t>},
+    {"scatter_add", NB_DTYPE_I64, k_scatter_add<int64_t>},
+    {"scatter_add", NB_DTYPE_U8, k_scatter_add<uint8_t>},
 };
 extern "C" const size_t nbcu_index_count = sizeof nbcu_index_kernels / sizeof nbcu_index_kernels[0];

@@ -28,6 +28,52 @@ nb_status nbcu_cuda_error(const char *op, const char *call, cudaError_t err);
 /* Reports a failed cuBLAS call. */
 nb_status nbcu_blas_error(const char *op, const char *call, cublasStatus_t st);
 
+/* cuBLAS, loaded with dlopen on first use so that the plugin loads (and reports its devices)
+ * on a machine that has the driver but not the toolkit's libraries. */
+typedef struct nbcu_cublas_api {
+    cublasStatus_t (*create)(cublasHandle_t *handle);
+    cublasStatus_t (*destroy)(cublasHandle_t handle);
+    cublasStatus_t (*set_stream)(cublasHandle_t handle, cudaStream_t stream);
+    const char *(*status_name)(cublasStatus_t status);
+    const char *(*status_string)(cublasStatus_t status);
+    cublasStatus_t (*sgemm_strided_batched)(cublasHandle_t h, cublasOperation_t ta,
+                                            cublasOperation_t tb, int m, int n, int k,
+                                            const float *alpha, const float *A, int lda,
+                                            long long sa, const float *B, int ldb, long long sb,
+                                            const float *beta, float *C, int ldc, long long sc,
+                                            int batch);
+    cublasStatus_t (*dgemm_strided_batched)(cublasHandle_t h, cublasOperation_t ta,
+                                            cublasOperation_t tb, int m, int n, int k,
+                                            const double *alpha, const double *A, int lda,
+                                            long long sa, const double *B, int ldb,
+                                            long long sb, const double *beta, double *C,
+                                            int ldc, long long sc, int batch);
+} nbcu_cublas_api;
+
+/* The loaded cuBLAS (NULL once it was found before). Valid after nbcu_blas succeeded. */
+extern const nbcu_cublas_api *nbcu_cublas;
+
+/* Device memory for `device`, usable on its stream at once: stream-ordered (cudaMallocAsync)
+ * where the device has memory pools, cudaMalloc otherwise. An out-of-memory is cleared (it is
+ * not sticky) and reported as NB_OUT_OF_MEMORY naming op and size. */
+nb_status nbcu_malloc(const char *op, int device, cudaStream_t stream, size_t bytes, void **p);
+
+/* Frees nbcu_malloc's memory after the work queued on `stream` (never waits where pools
+ * exist). */
+void nbcu_free(int device, cudaStream_t stream, void *p);
+
+/* The device's index-check word: kernels that meet an out-of-range index record it here
+ * (nbcu_report_bad in cuda_common.cuh) and the next read or synchronize reports it, so no op
+ * waits for the device to learn whether its indices were good. Valid after nbcu_stream. */
+unsigned long long *nbcu_index_flags(int device);
+
+/* What recorded a bad index (flags[3]). */
+enum { NBCU_IDX_GATHER = 1, NBCU_IDX_SCATTER_ADD = 2, NBCU_IDX_MAX_POOL2D_BACKWARD = 3 };
+
+/* Checks, on the current device, that this build's kernels can run there (defined in
+ * cuda_elementwise.cu, whose fill kernel it asks cudaFuncGetAttributes about). */
+cudaError_t nbcu_probe_kernels(void);
+
 /* Kernel tables, one per .cu file. */
 extern const nb_kernel_desc nbcu_elementwise_kernels[];
 extern const size_t nbcu_elementwise_count;

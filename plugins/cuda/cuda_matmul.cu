@@ -1,4 +1,4 @@
-// cuda_matmul.cu - batched strided matmul through cuBLAS. Row-major C = A B is computed as the
+// cuda_matmul.cu - batched strided matmul through cuBLAS (integers: a plain kernel). Row-major C = A B is computed as the
 // column-major product C^T = B^T A^T; an operand with unit stride in neither matrix dim (or
 // with a broadcast row or column) is first copied to dense scratch memory.
 #include <limits.h>
@@ -49,8 +49,8 @@ static cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
                            long long sa, const float *b, int ldb, long long sb, const float *beta,
                            float *c, int ldc, long long sc, int batch)
 {
-    return cublasSgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c,
-                                     ldc, sc, batch);
+    return nbcu_cublas->sgemm_strided_batched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb,
+                                              beta, c, ldc, sc, batch);
 }
 
 static cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
@@ -58,23 +58,26 @@ static cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
                            long long sa, const double *b, int ldb, long long sb,
                            const double *beta, double *c, int ldc, long long sc, int batch)
 {
-    return cublasDgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c,
-                                     ldc, sc, batch);
+    return nbcu_cublas->dgemm_strided_batched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb,
+                                              beta, c, ldc, sc, batch);
 }
 
-// Prepares one input: a view cuBLAS can read directly, or a dense copy in `scratch`.
+static bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
+
+// Prepares one input: a view cuBLAS can read directly, or a dense copy in `scratch` (also for a
+// view whose row stride exceeds cuBLAS's 32-bit leading dimension: the copy's is the width).
 template <class T>
 static nb_status prepare(const char *op, int device, cudaStream_t s, const nb_operand *x,
                          int64_t batch, Scratch &scratch, Mat<T> *m)
 {
     int64_t r = x->shape[1], c = x->shape[2];
     m->batch_stride = x->shape[0] == 1 ? 0 : x->strides[0];
-    if (blas_view(r, c, x->strides[1], x->strides[2], &m->op, &m->ld)) {
+    if (blas_view(r, c, x->strides[1], x->strides[2], &m->op, &m->ld) && fits_int(m->ld)) {
         m->p = data<const T>(x);
         return NB_OK;
     }
     int64_t shape[3] = {x->shape[0], r, c};
-    nb_status st = scratch.get(op, s, (size_t)(shape[0] * r * c) * sizeof(T));
+    nb_status st = scratch.get(op, device, s, (size_t)(shape[0] * r * c) * sizeof(T));
     if (st != NB_OK)
         return st;
     Dense d(scratch.p, dtype_of<T>::value, 3, shape);
@@ -87,8 +90,6 @@ static nb_status prepare(const char *op, int device, cudaStream_t s, const nb_op
     (void)batch;
     return NB_OK;
 }
-
-static bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 template <class T>
 nb_status gemm_rm(const char *op, int device, bool ta, bool tb, int64_t n, int64_t m, int64_t k,
@@ -120,6 +121,49 @@ template nb_status gemm_rm<double>(const char *, int, bool, bool, int64_t, int64
                                    double, const double *, int64_t, int64_t, const double *,
                                    int64_t, int64_t, double, double *, int64_t, int64_t, int64_t);
 
+// Integer matmul, as the cpu computes it: products summed in 64-bit wrapping arithmetic; with
+// alpha != 1 or beta != 0 the result is alpha * sum + beta * out in double, converted by the
+// plugins' rule. A thread per output element (cuBLAS has no integer GEMM of these types).
+template <class T> struct IntMatmulF {
+    T *c;
+    const T *a, *b;
+    int64_t n, m, k;
+    int64_t as0, as1, as2, bs0, bs1, bs2, cs0, cs1, cs2; // batch strides 0 when broadcast
+    double alpha, beta;
+    __device__ void operator()(int64_t e, const int64_t *) const
+    {
+        int64_t col = e % m, row = e / m % n, bat = e / (m * n);
+        const T *pa = a + bat * as0 + row * as1, *pb = b + bat * bs0 + col * bs2;
+        uint64_t acc = 0;
+        for (int64_t j = 0; j < k; j++)
+            acc += (uint64_t)(int64_t)pa[j * as2] * (uint64_t)(int64_t)pb[j * bs1];
+        T *pc = c + bat * cs0 + row * cs1 + col * cs2;
+        if (alpha == 1 && beta == 0)
+            *pc = (T)acc;
+        else
+            *pc = convert<T>(alpha * (double)(int64_t)acc + (beta == 0 ? 0 : beta * (double)*pc));
+    }
+};
+
+template <class T> static nb_status int_matmul(const nb_kernel_args *a, int64_t batch, int64_t n,
+                                               int64_t m, int64_t k)
+{
+    const nb_operand *o = a->out, *x = &a->in[0], *y = &a->in[1];
+    if (batch > 1 && o->strides[0] == 0)
+        return fail(NB_INVALID_ARGUMENT, "matmul: output batch stride 0 with batch %lld would "
+                    "write one matrix several times", (long long)batch);
+    IntMatmulF<T> f{data<T>(o), data<const T>(x), data<const T>(y), n, m, k,
+                    x->shape[0] == 1 ? 0 : x->strides[0], x->strides[1], x->strides[2],
+                    y->shape[0] == 1 ? 0 : y->strides[0], y->strides[1], y->strides[2],
+                    o->strides[0], o->strides[1], o->strides[2], a->f[0], a->f[1]};
+    const nb_operand *ops[1] = {o};
+    return launch_ew<1>("matmul", a->device, ops, f);
+}
+
+template <class T>
+static nb_status blas_matmul(const nb_kernel_args *a, int64_t batch, int64_t n, int64_t m,
+                             int64_t k);
+
 template <class T> static nb_status k_matmul(const nb_kernel_args *a)
 {
     const char *op = "matmul";
@@ -145,6 +189,20 @@ template <class T> static nb_status k_matmul(const nb_kernel_args *a)
                     (long long)n, (long long)m);
     if (batch == 0 || n == 0 || m == 0)
         return NB_OK;
+    if constexpr (!is_float<T>::value)
+        return int_matmul<T>(a, batch, n, m, k);
+    else
+        return blas_matmul<T>(a, batch, n, m, k);
+}
+
+// Float matmul through cuBLAS; sizes checked by k_matmul, none of batch, n, m is 0.
+template <class T>
+static nb_status blas_matmul(const nb_kernel_args *a, int64_t batch, int64_t n, int64_t m,
+                             int64_t k)
+{
+    const char *op = "matmul";
+    const nb_operand *o = a->out, *x = &a->in[0], *y = &a->in[1];
+    nb_status st;
     T alpha = (T)a->f[0], beta = (T)a->f[1];
     if (k == 0) {
         const nb_operand *ops[1] = {o};
@@ -172,11 +230,11 @@ template <class T> static nb_status k_matmul(const nb_kernel_args *a)
     int64_t ldc = 0, sc = batch == 1 ? 0 : o->strides[0];
     cublasOperation_t cop;
     bool direct = blas_view(n, m, o->strides[1], o->strides[2], &cop, &ldc) &&
-                  cop == CUBLAS_OP_N && (batch == 1 || o->strides[0] != 0);
+                  cop == CUBLAS_OP_N && fits_int(ldc) && (batch == 1 || o->strides[0] != 0);
     int64_t dshape[3] = {batch, n, m};
     Dense dense(nullptr, dtype_of<T>::value, 3, dshape);
     if (!direct) {
-        if ((st = so.get(op, s, (size_t)(batch * n * m) * sizeof(T))) != NB_OK)
+        if ((st = so.get(op, a->device, s, (size_t)(batch * n * m) * sizeof(T))) != NB_OK)
             return st;
         dense.op.handle = so.p;
         if (beta != T(0) && (st = copy_strided(op, a->device, &dense.op, o)) != NB_OK)
@@ -185,9 +243,6 @@ template <class T> static nb_status k_matmul(const nb_kernel_args *a)
         ldc = m;
         sc = n * m;
     }
-    if (!fits_int(mx.ld) || !fits_int(my.ld) || !fits_int(ldc))
-        return fail(NB_INVALID_ARGUMENT, "matmul: a leading dimension exceeds cuBLAS's 32-bit "
-                    "limit");
     cublasStatus_t bs = gemm(h, my.op, mx.op, (int)m, (int)n, (int)k, &alpha, my.p, (int)my.ld,
                              (long long)my.batch_stride, mx.p, (int)mx.ld,
                              (long long)mx.batch_stride, &beta, c, (int)ldc, (long long)sc,
@@ -207,6 +262,9 @@ using namespace nbcu;
 extern "C" const nb_kernel_desc nbcu_matmul_kernels[] = {
     {"matmul", NB_DTYPE_F32, k_matmul<float>},
     {"matmul", NB_DTYPE_F64, k_matmul<double>},
+    {"matmul", NB_DTYPE_I32, k_matmul<int32_t>},
+    {"matmul", NB_DTYPE_I64, k_matmul<int64_t>},
+    {"matmul", NB_DTYPE_U8, k_matmul<uint8_t>},
 };
 extern "C" const size_t nbcu_matmul_count =
     sizeof nbcu_matmul_kernels / sizeof nbcu_matmul_kernels[0];

@@ -63,17 +63,23 @@ struct MaxNan {
     }
 };
 struct Plus {
-    __device__ double operator()(double a, double b) const { return a + b; }
+    template <class V> __device__ V operator()(V a, V b) const { return a + b; }
 };
 
-// rows: out (0), in0 (1), in1 (2) over all dims but the last; st[j] is operand j's stride
-// along the last dim, of size d.
+__device__ inline float r_exp(float x) { return expf(x); }
+__device__ inline double r_exp(double x) { return exp(x); }
+__device__ inline float r_log(float x) { return logf(x); }
+__device__ inline double r_log(double x) { return log(x); }
+
+// rows: out (0), in0 (1), in1 (2) over all dims but the last; s0, s1, s2 are the operands'
+// strides along the last dim, of size d. Everything is computed in T (float32 in float32, with
+// compensated sums: no fp64 on GPUs where it runs at 1/32-1/64 rate), and exp runs once per
+// element: softmax keeps exp(x - max) in the output and scales it in place.
 template <class T, RowKind K>
 __global__ void row_kernel(Layout<3> rows, int64_t n_rows, int64_t d, int64_t s0, int64_t s1,
                            int64_t s2, T *out, const T *x, const T *y)
 {
-    __shared__ double part[32];
-    __shared__ T tpart[32];
+    __shared__ T part[32];
     for (int64_t r = blockIdx.x; r < n_rows; r += gridDim.x) {
         int64_t off[3];
         offsets(rows, r, off);
@@ -83,24 +89,31 @@ __global__ void row_kernel(Layout<3> rows, int64_t n_rows, int64_t d, int64_t s0
             T mx = T(-INFINITY);
             for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
                 mx = MaxNan()(mx, a[k * s1]);
-            mx = block_all(mx, MaxNan(), tpart);
-            double sum = 0;
-            for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
-                sum += exp((double)a[k * s1] - (double)mx);
-            sum = block_all(sum, Plus(), part);
-            double lse = (double)mx + log(sum);
-            for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
-                o[k * s0] = K == SOFTMAX ? (T)(exp((double)a[k * s1] - (double)mx) / sum)
-                                         : (T)((double)a[k * s1] - lse);
-        } else { // a = grad, b = the forward's output
-            double sum = 0;
-            for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
-                sum += K == SOFTMAX_BACKWARD ? (double)a[k * s1] * (double)b[k * s2]
-                                             : (double)a[k * s1];
-            sum = block_all(sum, Plus(), part);
+            mx = block_all(mx, MaxNan(), part);
+            Kahan<T> acc;
             for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
-                double g = a[k * s1], yv = b[k * s2];
-                o[k * s0] = K == SOFTMAX_BACKWARD ? (T)(yv * (g - sum)) : (T)(g - exp(yv) * sum);
+                T e = r_exp(a[k * s1] - mx);
+                if (K == SOFTMAX)
+                    o[k * s0] = e; // read back below by this same thread
+                acc.add(e);
+            }
+            T sum = block_all(acc.value(), Plus(), part);
+            if (K == SOFTMAX) {
+                for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
+                    o[k * s0] = o[k * s0] / sum;
+            } else {
+                T ls = r_log(sum);
+                for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
+                    o[k * s0] = (a[k * s1] - mx) - ls;
+            }
+        } else { // a = grad, b = the forward's output
+            Kahan<T> acc;
+            for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
+                acc.add(K == SOFTMAX_BACKWARD ? a[k * s1] * b[k * s2] : a[k * s1]);
+            T sum = block_all(acc.value(), Plus(), part);
+            for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
+                T g = a[k * s1], yv = b[k * s2];
+                o[k * s0] = K == SOFTMAX_BACKWARD ? yv * (g - sum) : g - r_exp(yv) * sum;
             }
         }
     }
@@ -130,7 +143,7 @@ template <class T, RowKind K> static nb_status k_rows(const nb_kernel_args *a)
                     "dim (%d)", op, (long long)a->i[0], nd ? nd - 1 : 0);
     if (numel(out) == 0)
         return NB_OK;
-    int64_t d = nd ? out->shape[nd - 1] : 1, shape[NB_MAX_DIMS];
+    int64_t d = nd ? out->shape[nd - 1] : 1, shape[NB_MAX_DIMS] = {0};
     for (int k = 0; k < nd; k++)
         shape[k] = k == nd - 1 ? 1 : out->shape[k];
     const nb_operand *ops[3] = {out, x, y};
@@ -348,11 +361,14 @@ template <class T> struct PoolBackF {
     const T *g;
     const int64_t *ind;
     Pool p; // p.xs are out's strides here
+    unsigned long long *flags;
     __device__ void operator()(int64_t k, const int64_t *off) const
     {
         int64_t c = (k / (p.ow * p.oh)) % p.c, n = k / (p.ow * p.oh * p.c), at = ind[off[1]];
-        if (at < 0 || at >= p.h * p.w)
+        if (at < 0 || at >= p.h * p.w) { // as the cpu: an error, found at the next sync
+            report_bad(flags, NBCU_IDX_MAX_POOL2D_BACKWARD, at, p.h * p.w);
             return;
+        }
         atomicAdd(&out[n * p.xs[0] + c * p.xs[1] + (at / p.w) * p.xs[2] + (at % p.w) * p.xs[3]],
                   g[off[0]]);
     }
@@ -376,13 +392,17 @@ template <class T> static nb_status k_max_pool2d_backward(const nb_kernel_args *
         st = check_same_shape(op, "indices", &a->in[0], &a->in[1]);
     if (st != NB_OK)
         return st;
+    cudaStream_t s;
+    if ((st = nbcu_stream(op, a->device, &s)) != NB_OK) // before nbcu_index_flags
+        return st;
     const nb_operand *zo[1] = {a->out};
     if ((st = launch_ew<1>(op, a->device, zo, ZeroF<T>{data<T>(a->out)})) != NB_OK)
         return st;
     const nb_operand *ops[2] = {&a->in[0], &a->in[1]};
     return launch_ew<2>(op, a->device, ops,
                         PoolBackF<T>{data<T>(a->out), data<const T>(&a->in[0]),
-                                     data<const int64_t>(&a->in[1]), p});
+                                     data<const int64_t>(&a->in[1]), p,
+                                     nbcu_index_flags(a->device)});
 }
 
 } // namespace nbcu

@@ -2,6 +2,7 @@
  * kernels on cuda:0 through the plugin table and compares them with plain C loops. Exits 77
  * (skipped) with the plugin's reason when there is no CUDA device. */
 #include <dlfcn.h>
+#include <limits.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -161,8 +162,8 @@ static void add_follows_strides_and_broadcast(void **state)
     void *ha = buf_from(abuf, sizeof abuf), *hb = buf_from(bbuf, sizeof bbuf);
     void *ho = buf_from(NULL, sizeof got);
     int64_t shape[2] = {3, 4};
-    tview in[2] = {view(ha, 2, NB_DTYPE_F32, 2, shape, (int64_t[]){1, 3}),
-                   view(hb, 0, NB_DTYPE_F32, 2, shape, (int64_t[]){0, 1})};
+    tview in[2] = {view(ha, 2, NB_DTYPE_F32, 2, shape, (int64_t[8]){1, 3}),
+                   view(hb, 0, NB_DTYPE_F32, 2, shape, (int64_t[8]){0, 1})};
     tview out = view(ho, 0, NB_DTYPE_F32, 2, shape, NULL);
     assert_int_equal(run("add", NB_DTYPE_F32, &out, 2, in, NULL, NULL), NB_OK);
     buf_read(ho, got, sizeof got);
@@ -185,7 +186,7 @@ static void copy_casts_between_dtypes(void **state)
     void *hs = buf_from(src, sizeof src), *ho = buf_from(NULL, sizeof got);
     void *hb = buf_from(NULL, sizeof gb);
     int64_t shape[2] = {3, 2};
-    tview in = view(hs, 0, NB_DTYPE_F64, 2, shape, (int64_t[]){1, 3});
+    tview in = view(hs, 0, NB_DTYPE_F64, 2, shape, (int64_t[8]){1, 3});
     tview out = view(ho, 0, NB_DTYPE_I32, 2, shape, NULL);
     assert_int_equal(run("copy", NB_DTYPE_I32, &out, 1, &in, NULL, NULL), NB_OK);
     buf_read(ho, got, sizeof got);
@@ -231,7 +232,7 @@ static void reductions_over_a_dim(void **state)
     assert_int_equal(run("max", NB_DTYPE_F32, &out, 1, &in, NULL, NULL), NB_OK);
     buf_read(ho, got, sizeof got);
     tview oi = view(ho, 0, NB_DTYPE_I64, 3, oshape, NULL);
-    assert_int_equal(run("argmax", NB_DTYPE_F32, &oi, 1, &in, NULL, (int64_t[]){1}), NB_OK);
+    assert_int_equal(run("argmax", NB_DTYPE_F32, &oi, 1, &in, NULL, (int64_t[8]){1}), NB_OK);
     buf_read(ho, idx, sizeof idx);
     for (int a = 0; a < A; a++)
         for (int c = 0; c < C; c++) {
@@ -266,10 +267,10 @@ static void matmul_reads_transposed_and_broadcast_batches(void **state)
     for (int k = 0; k < NB * N * M; k++)
         o[k] = frand(&seed);
     void *ha = buf_from(a, sizeof a), *hb = buf_from(b, sizeof b), *ho = buf_from(o, sizeof o);
-    tview in[2] = {view(ha, 0, NB_DTYPE_F64, 3, (int64_t[]){1, N, K}, (int64_t[]){0, 1, N}),
-                   view(hb, 0, NB_DTYPE_F64, 3, (int64_t[]){NB, K, M}, NULL)};
-    tview out = view(ho, 0, NB_DTYPE_F64, 3, (int64_t[]){NB, N, M}, NULL);
-    assert_int_equal(run("matmul", NB_DTYPE_F64, &out, 2, in, (double[]){2.0, 0.5}, NULL), NB_OK);
+    tview in[2] = {view(ha, 0, NB_DTYPE_F64, 3, (int64_t[8]){1, N, K}, (int64_t[8]){0, 1, N}),
+                   view(hb, 0, NB_DTYPE_F64, 3, (int64_t[8]){NB, K, M}, NULL)};
+    tview out = view(ho, 0, NB_DTYPE_F64, 3, (int64_t[8]){NB, N, M}, NULL);
+    assert_int_equal(run("matmul", NB_DTYPE_F64, &out, 2, in, (double[8]){2.0, 0.5}, NULL), NB_OK);
     buf_read(ho, got, sizeof got);
     for (int p = 0; p < NB; p++)
         for (int r = 0; r < N; r++)
@@ -281,8 +282,8 @@ static void matmul_reads_transposed_and_broadcast_batches(void **state)
                 expect_close("matmul", at, got[at], 2.0 * s + 0.5 * o[at], 1e-12, 1e-12);
             }
     /* A column-broadcast operand (stride 0 inside the matrix) goes through a dense copy. */
-    in[0] = view(ha, 0, NB_DTYPE_F64, 3, (int64_t[]){1, N, K}, (int64_t[]){0, 0, 1});
-    assert_int_equal(run("matmul", NB_DTYPE_F64, &out, 2, in, (double[]){1.0, 0.0}, NULL), NB_OK);
+    in[0] = view(ha, 0, NB_DTYPE_F64, 3, (int64_t[8]){1, N, K}, (int64_t[8]){0, 0, 1});
+    assert_int_equal(run("matmul", NB_DTYPE_F64, &out, 2, in, (double[8]){1.0, 0.0}, NULL), NB_OK);
     buf_read(ho, got, sizeof got);
     for (int p = 0; p < NB; p++)
         for (int r = 0; r < N; r++)
@@ -309,19 +310,23 @@ static void gather_picks_along_a_dim_and_checks_indexes(void **state)
         x[k] = frand(&seed);
     void *hx = buf_from(x, sizeof x), *hi = buf_from(idx, sizeof idx);
     void *ho = buf_from(NULL, sizeof got);
-    tview in[2] = {view(hx, 0, NB_DTYPE_F32, 2, (int64_t[]){3, 4}, NULL),
-                   view(hi, 0, NB_DTYPE_I64, 2, (int64_t[]){3, 2}, NULL)};
-    tview out = view(ho, 0, NB_DTYPE_F32, 2, (int64_t[]){3, 2}, NULL);
-    assert_int_equal(run("gather", NB_DTYPE_F32, &out, 2, in, NULL, (int64_t[]){1}), NB_OK);
+    tview in[2] = {view(hx, 0, NB_DTYPE_F32, 2, (int64_t[8]){3, 4}, NULL),
+                   view(hi, 0, NB_DTYPE_I64, 2, (int64_t[8]){3, 2}, NULL)};
+    tview out = view(ho, 0, NB_DTYPE_F32, 2, (int64_t[8]){3, 2}, NULL);
+    assert_int_equal(run("gather", NB_DTYPE_F32, &out, 2, in, NULL, (int64_t[8]){1}), NB_OK);
     buf_read(ho, got, sizeof got);
     for (int r = 0; r < 3; r++)
         for (int c = 0; c < 2; c++)
             expect_close("gather", r * 2 + c, got[r * 2 + c], x[r * 4 + idx[r * 2 + c]], 0, 0);
+    /* A bad index is found by the device and reported at the next synchronisation (the op
+     * itself does not wait), then cleared. */
     idx[4] = 4;
     assert_int_equal(P->write(0, hi, 0, idx, sizeof idx), NB_OK);
-    assert_int_equal(run("gather", NB_DTYPE_F32, &out, 2, in, NULL, (int64_t[]){1}),
-                     NB_INDEX_OUT_OF_RANGE);
-    assert_non_null(strstr(last_error, "index 4"));
+    assert_int_equal(run("gather", NB_DTYPE_F32, &out, 2, in, NULL, (int64_t[8]){1}), NB_OK);
+    assert_int_equal(P->synchronize(0), NB_INDEX_OUT_OF_RANGE);
+    assert_non_null(strstr(last_error, "gather: index 4"));
+    assert_non_null(strstr(last_error, "size 4"));
+    assert_int_equal(P->synchronize(0), NB_OK);
     P->free(0, hx);
     P->free(0, hi);
     P->free(0, ho);
@@ -334,9 +339,9 @@ static void random_uniform_matches_the_shared_philox(void **state)
     enum { N = 1000 };
     float got[N];
     void *ho = buf_from(NULL, sizeof got);
-    tview out = view(ho, 0, NB_DTYPE_F32, 1, (int64_t[]){N}, NULL);
-    assert_int_equal(run("random_uniform", NB_DTYPE_F32, &out, 0, NULL, (double[]){-1.0, 3.0},
-                         (int64_t[]){1234, 5}), NB_OK);
+    tview out = view(ho, 0, NB_DTYPE_F32, 1, (int64_t[8]){N}, NULL);
+    assert_int_equal(run("random_uniform", NB_DTYPE_F32, &out, 0, NULL, (double[8]){-1.0, 3.0},
+                         (int64_t[8]){1234, 5}), NB_OK);
     buf_read(ho, got, sizeof got);
     for (int k = 0; k < N; k++)
         expect_close("random_uniform", k, got[k],
@@ -354,9 +359,9 @@ static void softmax_matches_the_reference(void **state)
     for (int k = 0; k < R * D; k++)
         x[k] = frand(&seed) * 10;
     void *hx = buf_from(x, sizeof x), *ho = buf_from(NULL, sizeof got);
-    tview in = view(hx, 0, NB_DTYPE_F32, 2, (int64_t[]){R, D}, NULL);
-    tview out = view(ho, 0, NB_DTYPE_F32, 2, (int64_t[]){R, D}, NULL);
-    assert_int_equal(run("softmax", NB_DTYPE_F32, &out, 1, &in, NULL, (int64_t[]){1}), NB_OK);
+    tview in = view(hx, 0, NB_DTYPE_F32, 2, (int64_t[8]){R, D}, NULL);
+    tview out = view(ho, 0, NB_DTYPE_F32, 2, (int64_t[8]){R, D}, NULL);
+    assert_int_equal(run("softmax", NB_DTYPE_F32, &out, 1, &in, NULL, (int64_t[8]){1}), NB_OK);
     buf_read(ho, got, sizeof got);
     for (int r = 0; r < R; r++) {
         double m = -INFINITY, s = 0;
@@ -369,6 +374,183 @@ static void softmax_matches_the_reference(void **state)
                          1e-5);
     }
     P->free(0, hx);
+    P->free(0, ho);
+}
+
+
+/* The conversion rule: float -> u8/int32 truncates through int64 and wraps; NaN and values
+ * beyond int64 go through INT64_MIN (so 0 in every narrower type). */
+static void copy_converts_by_the_shared_rule(void **state)
+{
+    (void)state;
+    float src[6] = {-1.0f, -3.75f, 300.0f, 3e9f, NAN, 1e30f};
+    uint8_t gu[6];
+    int32_t gi[6];
+    const uint8_t want_u8[6] = {255, 253, 44, 0, 0, 0};
+    const int32_t want_i32[6] = {-1, -3, 300, (int32_t)(3000000000LL - 4294967296LL), 0, 0};
+    void *hs = buf_from(src, sizeof src), *hu = buf_from(NULL, sizeof gu);
+    void *hi = buf_from(NULL, sizeof gi);
+    int64_t shape[1] = {6};
+    tview in = view(hs, 0, NB_DTYPE_F32, 1, shape, NULL);
+    tview ou = view(hu, 0, NB_DTYPE_U8, 1, shape, NULL), oi = view(hi, 0, NB_DTYPE_I32, 1, shape, NULL);
+    assert_int_equal(run("copy", NB_DTYPE_U8, &ou, 1, &in, NULL, NULL), NB_OK);
+    assert_int_equal(run("copy", NB_DTYPE_I32, &oi, 1, &in, NULL, NULL), NB_OK);
+    buf_read(hu, gu, sizeof gu);
+    buf_read(hi, gi, sizeof gi);
+    for (int k = 0; k < 6; k++) {
+        assert_int_equal(gu[k], want_u8[k]);
+        assert_int_equal(gi[k], want_i32[k]);
+    }
+    /* fill casts its value on the host by the same rule */
+    assert_int_equal(run("fill", NB_DTYPE_I32, &oi, 0, NULL, (double[8]){NAN}, NULL), NB_OK);
+    buf_read(hi, gi, sizeof gi);
+    assert_int_equal(gi[0], 0);
+    assert_int_equal(run("fill", NB_DTYPE_U8, &ou, 0, NULL, (double[8]){-1.0}, NULL), NB_OK);
+    buf_read(hu, gu, sizeof gu);
+    assert_int_equal(gu[5], 255);
+    P->free(0, hs);
+    P->free(0, hu);
+    P->free(0, hi);
+}
+
+/* Bool bytes other than 0/1 (as nb_from_data may leave them) read as true: xor, equality and
+ * bool -> float give what a 0/1 bool would. */
+static void bool_bytes_are_any_nonzero(void **state)
+{
+    (void)state;
+    uint8_t a[4] = {0x00, 0x01, 0xff, 0x02}, b[4] = {0x00, 0xff, 0x01, 0x00};
+    uint8_t got[4];
+    float gf[4];
+    void *ha = buf_from(a, 4), *hb = buf_from(b, 4), *ho = buf_from(NULL, 4);
+    void *hf = buf_from(NULL, sizeof gf);
+    int64_t shape[1] = {4};
+    tview in[2] = {view(ha, 0, NB_DTYPE_BOOL, 1, shape, NULL),
+                   view(hb, 0, NB_DTYPE_BOOL, 1, shape, NULL)};
+    tview out = view(ho, 0, NB_DTYPE_BOOL, 1, shape, NULL);
+    assert_int_equal(run("logical_xor", NB_DTYPE_BOOL, &out, 2, in, NULL, NULL), NB_OK);
+    buf_read(ho, got, 4);
+    const uint8_t want_xor[4] = {0, 0, 0, 1};
+    for (int k = 0; k < 4; k++)
+        assert_int_equal(got[k], want_xor[k]);
+    assert_int_equal(run("eq", NB_DTYPE_BOOL, &out, 2, in, NULL, NULL), NB_OK);
+    buf_read(ho, got, 4);
+    const uint8_t want_eq[4] = {1, 1, 1, 0};
+    for (int k = 0; k < 4; k++)
+        assert_int_equal(got[k], want_eq[k]);
+    tview of = view(hf, 0, NB_DTYPE_F32, 1, shape, NULL);
+    assert_int_equal(run("copy", NB_DTYPE_F32, &of, 1, in, NULL, NULL), NB_OK);
+    buf_read(hf, gf, sizeof gf);
+    const float want_f[4] = {0, 1, 1, 1};
+    for (int k = 0; k < 4; k++)
+        expect_close("bool->float", k, gf[k], want_f[k], 0, 0);
+    P->free(0, ha);
+    P->free(0, hb);
+    P->free(0, ho);
+    P->free(0, hf);
+}
+
+/* int32 add and mul wrap modulo 2^32. */
+static void integer_arithmetic_wraps(void **state)
+{
+    (void)state;
+    int32_t a[3] = {INT32_MAX, INT32_MIN, 65536}, b[3] = {1, -1, 65536}, got[3];
+    void *ha = buf_from(a, sizeof a), *hb = buf_from(b, sizeof b), *ho = buf_from(NULL, sizeof got);
+    int64_t shape[1] = {3};
+    tview in[2] = {view(ha, 0, NB_DTYPE_I32, 1, shape, NULL),
+                   view(hb, 0, NB_DTYPE_I32, 1, shape, NULL)};
+    tview out = view(ho, 0, NB_DTYPE_I32, 1, shape, NULL);
+    assert_int_equal(run("add", NB_DTYPE_I32, &out, 2, in, NULL, NULL), NB_OK);
+    buf_read(ho, got, sizeof got);
+    assert_int_equal(got[0], INT32_MIN);
+    assert_int_equal(got[1], INT32_MAX);
+    assert_int_equal(run("mul", NB_DTYPE_I32, &out, 2, in, NULL, NULL), NB_OK);
+    buf_read(ho, got, sizeof got);
+    assert_int_equal(got[2], 0);
+    P->free(0, ha);
+    P->free(0, hb);
+    P->free(0, ho);
+}
+
+/* Integer matmul as the cpu computes it, on a transposed input. */
+static void integer_matmul_matches_a_loop(void **state)
+{
+    (void)state;
+    enum { N = 3, K = 4, M = 5 };
+    int32_t a[K * N], b[K * M], got[N * M];
+    for (int k = 0; k < K * N; k++)
+        a[k] = k * 7 - 20;
+    for (int k = 0; k < K * M; k++)
+        b[k] = 3 - k;
+    void *ha = buf_from(a, sizeof a), *hb = buf_from(b, sizeof b), *ho = buf_from(NULL, sizeof got);
+    tview in[2] = {view(ha, 0, NB_DTYPE_I32, 3, (int64_t[8]){1, N, K}, (int64_t[8]){0, 1, N}),
+                   view(hb, 0, NB_DTYPE_I32, 3, (int64_t[8]){1, K, M}, NULL)};
+    tview out = view(ho, 0, NB_DTYPE_I32, 3, (int64_t[8]){1, N, M}, NULL);
+    assert_int_equal(run("matmul", NB_DTYPE_I32, &out, 2, in, (double[8]){1.0, 0.0}, NULL), NB_OK);
+    buf_read(ho, got, sizeof got);
+    for (int r = 0; r < N; r++)
+        for (int c = 0; c < M; c++) {
+            int32_t s = 0;
+            for (int k = 0; k < K; k++)
+                s += a[k * N + r] * b[k * M + c];
+            assert_int_equal(got[r * M + c], s);
+        }
+    P->free(0, ha);
+    P->free(0, hb);
+    P->free(0, ho);
+}
+
+/* sum over dim 0 of a (3000, 70) matrix (the coalesced column loop) and a full sum of 2^21
+ * elements (split over blocks, then a second pass), float32 against a double loop. */
+static void sums_over_columns_and_long_rows(void **state)
+{
+    (void)state;
+    enum { R = 3000, C = 70, L = 1 << 21 };
+    static float x[L];
+    unsigned seed = 9;
+    for (int k = 0; k < L; k++)
+        x[k] = frand(&seed);
+    void *hx = buf_from(x, sizeof x), *ho = buf_from(NULL, C * sizeof(float));
+    tview in = view(hx, 0, NB_DTYPE_F32, 2, (int64_t[8]){R, C}, NULL);
+    tview out = view(ho, 0, NB_DTYPE_F32, 2, (int64_t[8]){1, C}, NULL);
+    float got[C];
+    assert_int_equal(run("sum", NB_DTYPE_F32, &out, 1, &in, NULL, NULL), NB_OK);
+    buf_read(ho, got, sizeof got);
+    for (int c = 0; c < C; c++) {
+        double s = 0;
+        for (int r = 0; r < R; r++)
+            s += x[r * C + c];
+        expect_close("sum dim 0", c, got[c], s, 1e-4, 1e-5);
+    }
+    tview all = view(hx, 0, NB_DTYPE_F32, 1, (int64_t[8]){L}, NULL);
+    tview one = view(ho, 0, NB_DTYPE_F32, 1, (int64_t[8]){1}, NULL);
+    assert_int_equal(run("sum", NB_DTYPE_F32, &one, 1, &all, NULL, NULL), NB_OK);
+    buf_read(ho, got, sizeof(float));
+    double s = 0;
+    for (int k = 0; k < L; k++)
+        s += x[k];
+    expect_close("full sum", 0, got[0], s, 1e-2, 1e-6);
+    P->free(0, hx);
+    P->free(0, ho);
+}
+
+/* max_pool2d_backward with an index outside the input: NB_INDEX_OUT_OF_RANGE, as on the cpu
+ * (reported at the next synchronisation). */
+static void max_pool2d_backward_rejects_bad_indices(void **state)
+{
+    (void)state;
+    float g[4] = {1, 2, 3, 4}, gx[16];
+    int64_t ind[4] = {0, 3, 8, 99};
+    void *hg = buf_from(g, sizeof g), *hi = buf_from(ind, sizeof ind), *ho = buf_from(NULL, sizeof gx);
+    tview in[2] = {view(hg, 0, NB_DTYPE_F32, 4, (int64_t[8]){1, 1, 2, 2}, NULL),
+                   view(hi, 0, NB_DTYPE_I64, 4, (int64_t[8]){1, 1, 2, 2}, NULL)};
+    tview out = view(ho, 0, NB_DTYPE_F32, 4, (int64_t[8]){1, 1, 4, 4}, NULL);
+    assert_int_equal(run("max_pool2d_backward", NB_DTYPE_F32, &out, 2, in, NULL,
+                         (int64_t[8]){2, 2, 2, 2, 0, 0}), NB_OK);
+    assert_int_equal(P->synchronize(0), NB_INDEX_OUT_OF_RANGE);
+    assert_non_null(strstr(last_error, "max_pool2d_backward: index 99"));
+    assert_int_equal(P->synchronize(0), NB_OK);
+    P->free(0, hg);
+    P->free(0, hi);
     P->free(0, ho);
 }
 
@@ -404,6 +586,12 @@ int main(int argc, char **argv)
         cmocka_unit_test(gather_picks_along_a_dim_and_checks_indexes),
         cmocka_unit_test(random_uniform_matches_the_shared_philox),
         cmocka_unit_test(softmax_matches_the_reference),
+        cmocka_unit_test(copy_converts_by_the_shared_rule),
+        cmocka_unit_test(bool_bytes_are_any_nonzero),
+        cmocka_unit_test(integer_arithmetic_wraps),
+        cmocka_unit_test(integer_matmul_matches_a_loop),
+        cmocka_unit_test(sums_over_columns_and_long_rows),
+        cmocka_unit_test(max_pool2d_backward_rejects_bad_indices),
     };
     int failed = cmocka_run_group_tests_name("cuda kernels", tests, NULL, NULL);
     if (P->shutdown)

@@ -1,0 +1,15 @@
+# check_needed.cmake - fails when the cuda plugin lists a CUDA library other than the driver-free
+# static runtime among its DT_NEEDED entries (a machine with only the driver could not load it).
+find_program(READELF readelf REQUIRED)
+execute_process(COMMAND ${READELF} -d ${PLUGIN} OUTPUT_VARIABLE dyn RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "readelf -d ${PLUGIN} failed (${rc})")
+endif()
+string(REGEX MATCHALL "NEEDED[^\n]*" needed "${dyn}")
+foreach(n IN LISTS needed)
+  if(n MATCHES "libcublas|libcudart|libcuda\\.so|libnccl")
+    message(FATAL_ERROR "${PLUGIN} links a CUDA library directly: ${n}")
+  endif()
+endforeach()
+list(LENGTH needed count)
+message(STATUS "${PLUGIN}: ${count} NEEDED entries, no CUDA library among them")
