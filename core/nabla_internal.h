@@ -167,6 +167,7 @@ struct nb_tensor {
     nbi_node *grad_acc; /* weak: the AccumulateGrad node of a leaf, if one exists */
     nb_tensor *grad;
     nbi_hook *hooks; /* for leaves; non-leaves keep theirs on grad_fn */
+    struct nbi_post_hook *post_hooks; /* leaves: run once .grad is accumulated (DDP) */
 };
 
 /* tensor.c */
