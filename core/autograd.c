@@ -80,8 +80,8 @@ static nb_status run_post_hooks(nb_tensor *leaf)
         nbi_user_call saved = nbi_call_user_begin();
         st = h->fn(leaf, h->ctx);
         nbi_call_user_end(saved);
-        if (st != NB_OK && !nbi_error_pending())
-            nbi_error(st, "post-accumulate-grad hook failed");
+        if (st != NB_OK && nb_last_status() != st) /* a hook that set no message of its own */
+            nbi_error(st, "post-accumulate-grad hook returned '%s'", nb_status_str(st));
     }
     return st;
 }

@@ -550,14 +550,14 @@ static nb_work *allreduce_impl(nb_process_group *pg, nb_tensor *t, nb_reduce_op 
     }
     static const int to_abi[] = {NB_COLLECTIVE_SUM, NB_COLLECTIVE_SUM, NB_COLLECTIVE_PROD,
                                  NB_COLLECTIVE_MIN, NB_COLLECTIVE_MAX};
-    if ((unsigned)op > NB_REDUCE_MAX) {
-        nbi_error(NB_INVALID_ARGUMENT, "allreduce: reduce op %d (expected NB_REDUCE_SUM, _AVG, "
+    if ((unsigned)op > NB_REDUCE_OP_MAX) {
+        nbi_error(NB_INVALID_ARGUMENT, "allreduce: reduce op %d (expected NB_REDUCE_OP_SUM, _AVG, "
                   "_PROD, _MIN or _MAX)", (int)op);
         return NULL;
     }
-    if (op == NB_REDUCE_AVG && !nb_dtype_is_float(t->dtype)) {
+    if (op == NB_REDUCE_OP_AVG && !nb_dtype_is_float(t->dtype)) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "allreduce: average of a %s tensor (expected a floating "
-                  "dtype; use NB_REDUCE_SUM)", nb_dtype_name(t->dtype));
+                  "dtype; use NB_REDUCE_OP_SUM)", nb_dtype_name(t->dtype));
         return NULL;
     }
     if (!check_count("allreduce", t))
@@ -569,7 +569,7 @@ static nb_work *allreduce_impl(nb_process_group *pg, nb_tensor *t, nb_reduce_op 
     w->target = nb_retain(t);
     w->buf = buffer_for("allreduce", pg, t);
     nb_set_grad_enabled(prev);
-    w->average = op == NB_REDUCE_AVG && pg->world > 1;
+    w->average = op == NB_REDUCE_OP_AVG && pg->world > 1;
     if (!w->buf) {
         work_release(w);
         nbi_free(w);

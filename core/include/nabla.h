@@ -537,11 +537,11 @@ typedef struct nb_process_group_opts {
 } nb_process_group_opts;
 
 typedef enum nb_reduce_op {
-    NB_REDUCE_SUM = 0,
-    NB_REDUCE_AVG = 1, /* sum / world size; floating dtypes only */
-    NB_REDUCE_PROD = 2,
-    NB_REDUCE_MIN = 3,
-    NB_REDUCE_MAX = 4
+    NB_REDUCE_OP_SUM = 0,
+    NB_REDUCE_OP_AVG = 1, /* sum / world size; floating dtypes only */
+    NB_REDUCE_OP_PROD = 2,
+    NB_REDUCE_OP_MIN = 3,
+    NB_REDUCE_OP_MAX = 4
 } nb_reduce_op;
 
 nb_process_group *nb_process_group_new(nb_process_group_opts opts);
