@@ -24,6 +24,7 @@
 typedef struct backend {
     char name[32];
     const nb_collective *api;
+    char path[PATH_MAX];
     char note[PATH_MAX + 512]; /* why it did not load */
     nb_status status;
 } backend;
@@ -112,6 +113,7 @@ static nb_status load_backend(backend *b)
         return NB_PLUGIN_LOAD;
     }
     nbi_free(searched.p);
+    snprintf(b->path, sizeof b->path, "%s", path);
     void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!dl) {
         const char *why = dlerror();
@@ -151,13 +153,8 @@ static nb_status load_backend(backend *b)
     return st;
 }
 
-static const nb_collective *get_backend(const char *name)
+static backend *find_or_load(const char *name)
 {
-    if (!valid_backend_name(name)) {
-        nbi_error(NB_INVALID_ARGUMENT, "process group: backend name '%s' is not a plugin name "
-                  "(expected lower-case letters, digits and '_', e.g. \"mpi\" or \"nccl\")", name);
-        return NULL;
-    }
     pthread_mutex_lock(&backend_lock);
     backend *b = NULL;
     for (int k = 0; k < n_backends; k++)
@@ -171,10 +168,43 @@ static const nb_collective *get_backend(const char *name)
                 name, b->status == NB_OK ? "loaded" : b->note);
     }
     pthread_mutex_unlock(&backend_lock);
-    if (!b) {
+    if (!b)
         nbi_error(NB_PLUGIN_LOAD, "process group: too many backend names tried");
+    return b;
+}
+
+nb_status nb_process_group_backend_get(const char *name, nb_process_group_backend_info *info)
+{
+    if (!name || !info)
+        return nbi_error(NB_NULL_ARGUMENT, "process_group_backend_get: %s is NULL",
+                         name ? "info" : "name");
+    if (!valid_backend_name(name))
+        return nbi_error(NB_INVALID_ARGUMENT, "process_group_backend_get: '%s' is not a "
+                         "backend name", name);
+    backend *b = find_or_load(name);
+    if (!b)
+        return nb_last_status();
+    *info = (nb_process_group_backend_info){
+        .name = b->name,
+        .path = b->path,
+        .version = b->api && b->api->version ? b->api->version : "",
+        .devices = b->api ? b->api->devices : "",
+        .loaded = b->api != NULL,
+        .note = b->api ? "" : b->note,
+    };
+    return NB_OK;
+}
+
+static const nb_collective *get_backend(const char *name)
+{
+    if (!valid_backend_name(name)) {
+        nbi_error(NB_INVALID_ARGUMENT, "process group: backend name '%s' is not a plugin name "
+                  "(expected lower-case letters, digits and '_', e.g. \"mpi\" or \"nccl\")", name);
         return NULL;
     }
+    backend *b = find_or_load(name);
+    if (!b)
+        return NULL;
     if (!b->api)
         nbi_error(b->status, "process group: backend '%s' is not available: %s", name, b->note);
     return b->api;

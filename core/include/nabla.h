@@ -545,6 +545,17 @@ typedef enum nb_reduce_op {
 } nb_reduce_op;
 
 nb_process_group *nb_process_group_new(nb_process_group_opts opts);
+/* Whether backend `name` loads (loading it if needed), for nabla-info. Strings stay valid for
+ * the life of the process. */
+typedef struct nb_process_group_backend_info {
+    const char *name;
+    const char *path;    /* the file, "" if none was found */
+    const char *version; /* the backend's (e.g. "Open MPI v4.1.4"), "" if it did not load */
+    const char *devices; /* device types it reaches directly, "" if it did not load */
+    bool loaded;
+    const char *note;    /* why it did not load, "" if it did */
+} nb_process_group_backend_info;
+nb_status nb_process_group_backend_get(const char *name, nb_process_group_backend_info *info);
 /* Waits for nothing: wait for (or free) the group's work first. NULL is a no-op. */
 void nb_process_group_free(nb_process_group *pg);
 int32_t nb_process_group_rank(const nb_process_group *pg);       /* -1 for NULL */

@@ -3,6 +3,17 @@
  * as a world of one without mpirun. The multi-process checks are in tests/dist. */
 #include "nb_test.h"
 
+/* Open MPI's components have no frame pointers: under AddressSanitizer, leak stacks stop inside
+ * them unless LSan unwinds the slow way, and only full stacks reach the Open MPI libraries that
+ * tests/lsan.supp names. (Read by the sanitizer runtime before main; unused otherwise.) */
+__attribute__((visibility("default"), used)) const char *__asan_default_options(void)
+{
+    return "fast_unwind_on_malloc=0";
+}
+
+#include <stdio.h>
+#include <unistd.h>
+
 static nb_process_group *group1(void)
 {
     /* A world of one through MPI's singleton start; NULL (test skipped) without the backend. */
@@ -44,6 +55,39 @@ static void unknown_backend_names_the_file_it_looked_for(void **state)
     assert_null(nb_process_group_new((nb_process_group_opts){.backend = "../mpi"}));
     assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
     NB_ASSERT_ERROR_HAS("'../mpi'");
+}
+
+static void a_backend_that_fails_to_load_keeps_its_reason(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/nb_dist_XXXXXX", file[64], path[4096];
+    assert_non_null(mkdtemp(dir));
+    snprintf(file, sizeof file, "%s/nabla_collective_junk.so", dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fputs("not an ELF file", f);
+    fclose(f);
+    const char *old = getenv("NABLA_PLUGIN_PATH");
+    snprintf(path, sizeof path, "%s:%s", dir, old ? old : "");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("NABLA_PLUGIN_PATH", path, 1);
+    nb_process_group_backend_info info;
+    NB_ASSERT_OK(nb_process_group_backend_get("junk", &info));
+    assert_false(info.loaded);
+    assert_string_equal(info.path, file);
+    assert_non_null(strstr(info.note, "cannot load"));
+    assert_null(nb_process_group_new((nb_process_group_opts){.backend = "junk"}));
+    assert_int_equal(nb_last_status(), NB_PLUGIN_LOAD);
+    NB_ASSERT_ERROR_HAS("cannot load");
+    assert_int_equal(nb_process_group_backend_get(NULL, &info), NB_NULL_ARGUMENT);
+    assert_int_equal(nb_process_group_backend_get("a/b", &info), NB_INVALID_ARGUMENT);
+    if (saved)
+        setenv("NABLA_PLUGIN_PATH", saved, 1);
+    else
+        unsetenv("NABLA_PLUGIN_PATH");
+    free(saved);
+    remove(file);
+    rmdir(dir);
 }
 
 static void bad_options_are_refused(void **state)
@@ -377,6 +421,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         NB_TEST(no_backend_outside_mpirun_is_an_error),
         NB_TEST(unknown_backend_names_the_file_it_looked_for),
+        NB_TEST(a_backend_that_fails_to_load_keeps_its_reason),
         NB_TEST(bad_options_are_refused),
         NB_TEST(null_arguments_are_errors_not_crashes),
         NB_TEST(a_world_of_one_reduces_to_itself),
