@@ -108,7 +108,9 @@ static MPI_Op mpi_op(nb_collective_reduce op, bool is_bool)
 }
 
 /* Polls a nonblocking operation until it completes, the deadline passes or the process exits.
- * Sleeps grow from a yield to 1 ms so a waiting rank leaves the cores to the ones computing. */
+ * Open MPI moves a nonblocking collective forward only inside MPI calls (a large allreduce is
+ * many rounds), so the first milliseconds poll with a yield between tests; after that a waiting
+ * rank sleeps 50 us between tests and leaves the cores to the ranks still computing. */
 static nb_status poll_request(job *j, MPI_Request *req, double deadline, const char *what)
 {
     comm *c = j->c;
@@ -131,12 +133,10 @@ static nb_status poll_request(job *j, MPI_Request *req, double deadline, const c
                         "peer rank died, stalled, or did not issue the same collective",
                         what, c->timeout_s, c->rank, c->world);
         }
-        if (spin < 64) {
+        if (spin < 4096)
             sched_yield();
-        } else {
-            long us = spin < 74 ? 1L << (spin - 64) : 1000;
-            nanosleep(&(struct timespec){.tv_nsec = us * 1000}, NULL);
-        }
+        else
+            nanosleep(&(struct timespec){.tv_nsec = 50 * 1000}, NULL);
     }
 }
 
