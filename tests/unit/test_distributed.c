@@ -90,6 +90,78 @@ static void a_backend_that_fails_to_load_keeps_its_reason(void **state)
     rmdir(dir);
 }
 
+static void a_backend_refuses_tensors_it_cannot_reach_naming_the_devices(void **state)
+{
+    (void)state;
+    nb_process_group *pg = nb_process_group_new((nb_process_group_opts){.backend = "fake"});
+    assert_non_null(pg);
+    nb_tensor *t = nb_ones(NB_SHAPE(3), (nb_opts){0}), *out = nb_ones(NB_SHAPE(3), (nb_opts){0});
+    assert_null(nb_allreduce(pg, t, NB_REDUCE_OP_SUM));
+    assert_int_equal(nb_last_status(), NB_DEVICE_MISMATCH);
+    NB_ASSERT_ERROR_HAS("reaches cuda tensors, not a tensor on cpu");
+    nb_clear_error();
+    assert_null(nb_allgather(pg, t, out));
+    assert_int_equal(nb_last_status(), NB_DEVICE_MISMATCH);
+    nb_clear_error();
+    assert_null(nb_broadcast(pg, t, 0));
+    assert_int_equal(nb_last_status(), NB_DEVICE_MISMATCH);
+    NB_ASSERT_OK(nb_work_finish(nb_barrier(pg)));
+    nb_release(out);
+    nb_release(t);
+    nb_process_group_free(pg);
+}
+
+static void a_backend_of_another_abi_major_is_skipped_with_the_reason(void **state)
+{
+    (void)state;
+    nb_process_group_backend_info info;
+    NB_ASSERT_OK(nb_process_group_backend_get("oldabi", &info));
+    assert_false(info.loaded);
+    assert_non_null(strstr(info.note, "collective ABI major 0"));
+    assert_null(nb_process_group_new((nb_process_group_opts){.backend = "oldabi"}));
+    assert_int_equal(nb_last_status(), NB_ABI_MISMATCH);
+    NB_ASSERT_OK(nb_process_group_backend_get("fake", &info));
+    assert_true(info.loaded);
+    assert_string_equal(info.devices, "cuda");
+    assert_string_equal(info.version, "fake 1");
+}
+
+static void the_unique_id_goes_through_the_init_file_or_a_bootstrap_group(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/nb_dist_id_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    remove(path); /* rank 0 creates it */
+    unsetenv("RANK");
+    unsetenv("WORLD_SIZE");
+    assert_null(nb_process_group_new((nb_process_group_opts){.backend = "fake",
+                                                             .init_file = path}));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("init_file needs the rank");
+    nb_process_group *pg = nb_process_group_new(
+        (nb_process_group_opts){.backend = "fake", .init_file = path, .rank = 0,
+                                .world_size = 1});
+    assert_non_null(pg);
+    char got[32] = {0};
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(got, 1, sizeof got, f), 16);
+    fclose(f);
+    assert_string_equal(got, "fake-unique-id!");
+    nb_process_group_free(pg);
+    remove(path);
+    if (pg1()) { /* through a world-of-one mpi group */
+        pg = nb_process_group_new((nb_process_group_opts){.backend = "fake", .bootstrap = pg1()});
+        assert_non_null(pg);
+        nb_process_group_free(pg);
+        assert_null(nb_process_group_new((nb_process_group_opts){
+            .backend = "fake", .bootstrap = pg1(), .rank = 1, .world_size = 2}));
+        NB_ASSERT_ERROR_HAS("bootstrap group says rank 0 of 1");
+    }
+}
+
 static void bad_options_are_refused(void **state)
 {
     (void)state;
@@ -418,10 +490,18 @@ static void ddp_reports_a_parameter_backward_never_reached(void **state)
 
 int main(void)
 {
+    /* The test backends (tests/dist/fake_collective.c) live in a folder of their own. */
+    char path[4096];
+    const char *old = getenv("NABLA_PLUGIN_PATH");
+    snprintf(path, sizeof path, "%s%s%s", NB_FAKE_BACKEND_DIR, old ? ":" : "", old ? old : "");
+    setenv("NABLA_PLUGIN_PATH", path, 1);
     const struct CMUnitTest tests[] = {
         NB_TEST(no_backend_outside_mpirun_is_an_error),
         NB_TEST(unknown_backend_names_the_file_it_looked_for),
         NB_TEST(a_backend_that_fails_to_load_keeps_its_reason),
+        NB_TEST(a_backend_refuses_tensors_it_cannot_reach_naming_the_devices),
+        NB_TEST(a_backend_of_another_abi_major_is_skipped_with_the_reason),
+        NB_TEST(the_unique_id_goes_through_the_init_file_or_a_bootstrap_group),
         NB_TEST(bad_options_are_refused),
         NB_TEST(null_arguments_are_errors_not_crashes),
         NB_TEST(a_world_of_one_reduces_to_itself),
