@@ -3,14 +3,6 @@
  * memory, and calls the ranks disagree on. Every rank runs the same tests in the same order. */
 #include "nb_test.h"
 
-/* Open MPI's components have no frame pointers: under AddressSanitizer, leak stacks stop inside
- * them unless LSan unwinds the slow way, and only full stacks reach the Open MPI libraries that
- * tests/lsan.supp names. (Read by the sanitizer runtime before main; unused otherwise.) */
-__attribute__((visibility("default"), used)) const char *__asan_default_options(void)
-{
-    return "fast_unwind_on_malloc=0";
-}
-
 /* |a - b| <= tol, in double (this cmocka has only the float version). */
 #define ASSERT_NEAR(a, b, tol) assert_true(fabs((double)(a) - (double)(b)) <= (tol))
 

@@ -3,14 +3,6 @@
  * across ranks match 10 single-process steps on the whole batch. Ranks with different models
  * fail at construction, naming the first mismatch. */
 #include "nb_test.h"
-
-/* Open MPI's components have no frame pointers: under AddressSanitizer, leak stacks stop inside
- * them unless LSan unwinds the slow way, and only full stacks reach the Open MPI libraries that
- * tests/lsan.supp names. (Read by the sanitizer runtime before main; unused otherwise.) */
-__attribute__((visibility("default"), used)) const char *__asan_default_options(void)
-{
-    return "fast_unwind_on_malloc=0";
-}
 #ifdef NB_HAVE_LENET
 #include "lenet.h"
 #endif
