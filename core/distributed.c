@@ -218,6 +218,7 @@ struct nb_process_group {
     int32_t rank, world;
     double timeout_s;
     char devices[64]; /* the backend's device list, with commas around: ",cpu," */
+    struct nb_work *pending; /* started and not yet waited for, so that free can wait */
 };
 
 struct nb_work {
@@ -230,6 +231,7 @@ struct nb_work {
     bool done;
     nb_status status;
     char *message;      /* the error of the wait, repeated by later waits */
+    struct nb_work *prev, *next; /* in pg->pending until waited for */
 };
 
 static bool env_int(const char *name, int32_t *out)
@@ -437,6 +439,17 @@ void nb_process_group_free(nb_process_group *pg)
 {
     if (!pg)
         return;
+    /* Work still in flight uses the communicator and its tensors: finish it first (its handles
+     * stay the caller's, and report what the wait returned). */
+    nb_status saved = nb_last_status();
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", nb_last_error());
+    while (pg->pending)
+        nb_work_wait(pg->pending);
+    if (saved == NB_OK)
+        nb_clear_error();
+    else
+        nbi_error(saved, "%s", msg);
     pg->api->comm_free(pg->comm);
     nbi_free(pg);
 }
@@ -544,6 +557,10 @@ static nb_work *work_start(nb_process_group *pg, nb_collective_args *args, nb_wo
             nbi_error(st, "collective: the %s backend refused the call", pg->api->name);
         goto fail;
     }
+    w->next = pg->pending;
+    if (pg->pending)
+        pg->pending->prev = w;
+    pg->pending = w;
     return w;
 fail:
     work_release(w);
@@ -728,6 +745,12 @@ static nb_status work_wait_impl(nb_work *w)
     nb_clear_error();
     nb_status st = w->pg->api->wait(w->pg->comm, w->request);
     w->request = NULL;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        w->pg->pending = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
     if (st != NB_OK && !nbi_error_pending())
         nbi_error(st, "collective failed in the %s backend", w->pg->api->name);
     if (st == NB_OK && w->target) {

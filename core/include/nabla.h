@@ -556,7 +556,8 @@ typedef struct nb_process_group_backend_info {
     const char *note;    /* why it did not load, "" if it did */
 } nb_process_group_backend_info;
 nb_status nb_process_group_backend_get(const char *name, nb_process_group_backend_info *info);
-/* Waits for nothing: wait for (or free) the group's work first. NULL is a no-op. */
+/* Waits for the group's work still in flight first (its handles stay yours to free; their waits
+ * then return what that wait did). NULL is a no-op. */
 void nb_process_group_free(nb_process_group *pg);
 int32_t nb_process_group_rank(const nb_process_group *pg);       /* -1 for NULL */
 int32_t nb_process_group_size(const nb_process_group *pg);       /* -1 for NULL */
@@ -570,7 +571,8 @@ nb_work *nb_broadcast(nb_process_group *pg, nb_tensor *t, int32_t root);
  * in's dtype, e.g. shape (world_size, ...in's shape) or (world_size * n, ...). */
 nb_work *nb_allgather(nb_process_group *pg, const nb_tensor *in, nb_tensor *out);
 nb_work *nb_barrier(nb_process_group *pg);
-/* Blocks until done; the result is then in the tensor. A second wait returns the same status. */
+/* Blocks until done; the result is then in the tensor. A second wait returns the same status.
+ * Calls on one group come from one thread at a time. */
 nb_status nb_work_wait(nb_work *w);
 /* Waits first if nobody did. NULL is a no-op. */
 void nb_work_free(nb_work *w);

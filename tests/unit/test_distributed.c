@@ -250,6 +250,26 @@ static void a_world_of_one_reduces_to_itself(void **state)
     nb_release(t);
 }
 
+static void freeing_a_group_finishes_its_work_first(void **state)
+{
+    (void)state;
+    nb_process_group *g = group1(); /* a second group of its own: MPI is already started */
+    if (!g)
+        skip();
+    nb_tensor *t = nb_full(NB_SHAPE(1000), 2, (nb_opts){0});
+    nb_work *w = nb_allreduce(g, t, NB_REDUCE_OP_AVG);
+    assert_non_null(w);
+    nb_process_group_free(g);
+    NB_ASSERT_OK(nb_work_wait(w));
+    nb_work_free(w);
+    double v;
+    nb_tensor *m = nb_amax(t, NULL, 0, false);
+    NB_ASSERT_OK(nb_item(m, &v));
+    assert_true(v == 2.0);
+    nb_release(m);
+    nb_release(t);
+}
+
 static void collective_input_errors_name_what_was_given(void **state)
 {
     (void)state;
@@ -505,6 +525,7 @@ int main(void)
         NB_TEST(bad_options_are_refused),
         NB_TEST(null_arguments_are_errors_not_crashes),
         NB_TEST(a_world_of_one_reduces_to_itself),
+        NB_TEST(freeing_a_group_finishes_its_work_first),
         NB_TEST(collective_input_errors_name_what_was_given),
         NB_TEST(every_dtype_and_empty_and_strided_tensors_go_through),
         NB_TEST(post_accumulate_hook_sees_the_whole_gradient_once),
