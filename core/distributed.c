@@ -741,7 +741,9 @@ static nb_status work_wait_impl(nb_work *w)
     if (!w)
         return nbi_error(NB_NULL_ARGUMENT, "work_wait: work is NULL");
     if (w->done)
-        return w->status == NB_OK ? NB_OK : nbi_error(w->status, "%s", w->message);
+        return w->status == NB_OK ? NB_OK
+                                  : nbi_error(w->status, "%s", w->message ? w->message
+                                                                          : "collective failed");
     nb_clear_error();
     nb_status st = w->pg->api->wait(w->pg->comm, w->request);
     w->request = NULL;
