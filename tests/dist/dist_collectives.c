@@ -29,17 +29,18 @@ static nb_tensor *contribution_tensor(nb_dtype dt, int r, int n, const char *dev
     return on;
 }
 
-static void allreduce_sums_every_dtype(void **state)
+static void sum_every_dtype_on(const char *device)
 {
-    (void)state;
     nb_dtype dts[] = {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_I32, NB_DTYPE_I64, NB_DTYPE_BOOL,
                       NB_DTYPE_U8};
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
         enum { N = 7 };
-        nb_tensor *t = contribution_tensor(dts[d], rank, N, "cpu");
+        nb_tensor *t = contribution_tensor(dts[d], rank, N, device);
         NB_ASSERT_OK(nb_work_finish(nb_allreduce(pg, t, NB_REDUCE_OP_SUM)));
+        assert_string_equal(nb_tensor_device(t), device);
         double got[N];
-        nb_tensor *f = nb_to_dtype(t, NB_DTYPE_F64);
+        nb_tensor *h = nb_to_device(t, "cpu"), *f = nb_to_dtype(h, NB_DTYPE_F64);
+        nb_release(h);
         NB_ASSERT_OK(nb_tensor_copy_to_host(f, got, sizeof got));
         for (int k = 0; k < N; k++) {
             double want = 0;
@@ -52,6 +53,12 @@ static void allreduce_sums_every_dtype(void **state)
         nb_release(f);
         nb_release(t);
     }
+}
+
+static void allreduce_sums_every_dtype(void **state)
+{
+    (void)state;
+    sum_every_dtype_on("cpu");
 }
 
 static void allreduce_average_max_min_prod(void **state)
@@ -163,6 +170,7 @@ static void opencl_tensors_are_staged_through_host_memory(void **state)
     (void)state;
     if (nb_device_count("opencl") <= 0)
         skip();
+    sum_every_dtype_on("opencl:0");
     nb_tensor *t = contribution_tensor(NB_DTYPE_F32, rank, 6, "opencl:0");
     NB_ASSERT_OK(nb_work_finish(nb_allreduce(pg, t, NB_REDUCE_OP_AVG)));
     assert_string_equal(nb_tensor_device(t), "opencl:0");

@@ -46,6 +46,9 @@ static void train_matches_single_process(double bucket_mb)
     nb_module *ref = lenet_new((nb_opts){0}); /* rank 0's initial weights, trained alone */
     nb_ddp *d = nb_ddp_new(m, pg, (nb_ddp_opts){.bucket_mb = bucket_mb});
     assert_non_null(d);
+    /* 25 MiB holds LeNet whole; 50 KiB closes a bucket after fc1.weight: two allreduces, the
+     * first in flight while backward still computes conv2's and conv1's gradients. */
+    assert_int_equal(nb_ddp_bucket_count(d), bucket_mb > 0 ? 2 : 1);
     assert_same_on_every_rank(m);
     nb_optim *o = nb_sgd_new_for(m, (nb_sgd_opts){.lr = 0.05, .momentum = 0.9});
     nb_optim *oref = nb_sgd_new_for(ref, (nb_sgd_opts){.lr = 0.05, .momentum = 0.9});
