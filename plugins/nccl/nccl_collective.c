@@ -24,6 +24,8 @@ typedef struct comm {
     double timeout_s;
     bool broken;
     int64_t *scratch; /* 12 int64 on the device: the call check, and barriers */
+    int64_t *pinned;  /* and their host copy, page-locked so that copies stay asynchronous and
+                       * a wait for a dead peer can still time out */
 } comm;
 
 typedef struct request {
@@ -114,7 +116,8 @@ static nb_status comm_new(const nb_collective_init *init, void **out, int32_t *r
     nb_status st = NB_OK;
     if ((ce = cudaSetDevice(c->device)) != cudaSuccess ||
         (ce = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
-        (ce = cudaMalloc((void **)&c->scratch, 12 * sizeof *c->scratch)) != cudaSuccess) {
+        (ce = cudaMalloc((void **)&c->scratch, 12 * sizeof *c->scratch)) != cudaSuccess ||
+        (ce = cudaMallocHost((void **)&c->pinned, 12 * sizeof *c->pinned)) != cudaSuccess) {
         st = cuda_fail("setting up the device", ce);
         goto fail;
     }
@@ -146,6 +149,8 @@ fail:
         ncclCommAbort(c->nccl);
     if (c->scratch)
         cudaFree(c->scratch);
+    if (c->pinned)
+        cudaFreeHost(c->pinned);
     if (c->stream)
         cudaStreamDestroy(c->stream);
     free(c);
@@ -168,6 +173,7 @@ static void comm_free(void *p)
             ncclCommDestroy(c->nccl);
     }
     cudaFree(c->scratch);
+    cudaFreeHost(c->pinned);
     cudaStreamDestroy(c->stream);
     free(c);
 }
@@ -215,15 +221,19 @@ static nb_status agree(comm *c, const nb_collective_args *a)
     enum { N = 6 };
     static const char *fields[N] = {"collective", "reduce op", "root", "dtype", "element count",
                                     "shape"};
-    int64_t v[2 * N] = {a->kind, a->kind == NB_COLLECTIVE_ALLREDUCE ? a->op : 0,
-                        a->kind == NB_COLLECTIVE_BROADCAST ? a->root : 0,
-                        a->kind == NB_COLLECTIVE_BARRIER ? 0 : a->send.dtype,
-                        a->kind == NB_COLLECTIVE_BARRIER ? 0 : (int64_t)a->send.count,
-                        (int64_t)a->check};
-    for (int k = 0; k < N; k++)
-        v[N + k] = ~v[k];
+    int64_t *v = c->pinned;
+    const int64_t mine[N] = {a->kind, a->kind == NB_COLLECTIVE_ALLREDUCE ? a->op : 0,
+                             a->kind == NB_COLLECTIVE_BROADCAST ? a->root : 0,
+                             a->kind == NB_COLLECTIVE_BARRIER ? 0 : a->send.dtype,
+                             a->kind == NB_COLLECTIVE_BARRIER ? 0 : (int64_t)a->send.count,
+                             (int64_t)a->check};
+    for (int k = 0; k < N; k++) {
+        v[k] = mine[k];
+        v[N + k] = ~mine[k];
+    }
     cudaSetDevice(c->device);
-    cudaError_t ce = cudaMemcpyAsync(c->scratch, v, sizeof v, cudaMemcpyHostToDevice, c->stream);
+    cudaError_t ce = cudaMemcpyAsync(c->scratch, v, 2 * N * sizeof *v, cudaMemcpyHostToDevice,
+                                     c->stream);
     if (ce != cudaSuccess)
         return cuda_fail("checking the call", ce);
     ncclResult_t r = ncclAllReduce(c->scratch, c->scratch, 2 * N, ncclInt64, ncclMin, c->nccl,
@@ -234,7 +244,7 @@ static nb_status agree(comm *c, const nb_collective_args *a)
     nb_status st = settle(c, "checking that every rank issued the collective", deadline);
     if (st != NB_OK)
         return st;
-    ce = cudaMemcpyAsync(v, c->scratch, sizeof v, cudaMemcpyDeviceToHost, c->stream);
+    ce = cudaMemcpyAsync(v, c->scratch, 2 * N * sizeof *v, cudaMemcpyDeviceToHost, c->stream);
     for (unsigned spin = 0; ce == cudaSuccess; spin++) {
         ce = cudaStreamQuery(c->stream);
         if (ce == cudaSuccess)
@@ -243,6 +253,15 @@ static nb_status agree(comm *c, const nb_collective_args *a)
             break;
         if ((st = settle(c, "checking that every rank issued the collective", deadline)) != NB_OK)
             return st;
+        if (now_s() > deadline) {
+            c->broken = true;
+            ncclCommAbort(c->nccl);
+            c->nccl = NULL;
+            return host->error(NB_DEVICE_ERROR, "nccl: %s timed out after %.1f s on rank %d of "
+                               "%d (checking that every rank issued it): a peer rank died, "
+                               "stalled, or did not issue the same collective",
+                               kind_name(a->kind), c->timeout_s, c->rank, c->world);
+        }
         pause_briefly(spin);
     }
     if (ce != cudaSuccess)
