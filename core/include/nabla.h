@@ -520,7 +520,10 @@ nb_status nb_module_load(nb_module *m, const char *path); /* shapes must match *
  * device; "nccl" for cuda tensors). Every rank must issue the same collectives in the same
  * order. Each call returns a work handle at once; nb_work_wait blocks until the result is in
  * the tensor. A peer that dies or stalls makes the wait fail with NB_DEVICE_ERROR and a message
- * within opts.timeout_s, after which the group is broken: every later call fails at once. */
+ * within opts.timeout_s, after which the group is broken: every later call fails at once.
+ * Ranks that disagree on a call (kind, dtype, shape, root) all fail it, before any data moves,
+ * with NB_SHAPE_MISMATCH, NB_DTYPE_UNSUPPORTED or NB_INVALID_ARGUMENT; the group stays usable.
+ * A tensor on a device the backend cannot reach (nor stage) is NB_DEVICE_MISMATCH. */
 
 typedef struct nb_process_group nb_process_group;
 typedef struct nb_work nb_work;
@@ -545,6 +548,12 @@ typedef enum nb_reduce_op {
 } nb_reduce_op;
 
 nb_process_group *nb_process_group_new(nb_process_group_opts opts);
+/* Waits for the group's work still in flight first (its handles stay yours to free; their waits
+ * then return what that wait did). NULL is a no-op. */
+void nb_process_group_free(nb_process_group *pg);
+int32_t nb_process_group_rank(const nb_process_group *pg);       /* -1 for NULL */
+int32_t nb_process_group_size(const nb_process_group *pg);       /* -1 for NULL */
+const char *nb_process_group_backend(const nb_process_group *pg); /* "mpi" */
 /* Whether backend `name` loads (loading it if needed), for nabla-info. Strings stay valid for
  * the life of the process. */
 typedef struct nb_process_group_backend_info {
@@ -556,12 +565,6 @@ typedef struct nb_process_group_backend_info {
     const char *note;    /* why it did not load, "" if it did */
 } nb_process_group_backend_info;
 nb_status nb_process_group_backend_get(const char *name, nb_process_group_backend_info *info);
-/* Waits for the group's work still in flight first (its handles stay yours to free; their waits
- * then return what that wait did). NULL is a no-op. */
-void nb_process_group_free(nb_process_group *pg);
-int32_t nb_process_group_rank(const nb_process_group *pg);       /* -1 for NULL */
-int32_t nb_process_group_size(const nb_process_group *pg);       /* -1 for NULL */
-const char *nb_process_group_backend(const nb_process_group *pg); /* "mpi" */
 
 /* t is reduced in place on every rank. t is borrowed but must stay alive until the wait. */
 nb_work *nb_allreduce(nb_process_group *pg, nb_tensor *t, nb_reduce_op op);
@@ -592,7 +595,7 @@ nb_status nb_tensor_remove_post_accumulate_grad_hook(nb_tensor *t,
 
 /* Distributed data parallel (PyTorch's DistributedDataParallel): construction broadcasts the
  * module's parameters and buffers from rank 0 (after checking that every rank has the same
- * names, shapes and dtypes); gradients are packed into buckets of about bucket_mb megabytes in
+ * names, shapes and dtypes); gradients are packed into buckets of about bucket_mb MiB in
  * reverse registration order, and a bucket is allreduced as soon as backward has produced
  * all of its gradients, overlapping the rest of backward. When the last bucket is in, the
  * gradients are averaged into .grad, so nb_optim_step follows nb_backward as usual. */
