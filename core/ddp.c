@@ -35,6 +35,10 @@ struct nb_ddp {
     int32_t n_ready;     /* parameters whose gradient is in, this backward */
     uint64_t bytes_reduced;
     double last_wait_s;
+    bool sync;             /* false between nb_ddp_set_sync(d, false) and (d, true): no_sync */
+    bool buffer_sync;      /* broadcast buffers from rank 0 before every forward */
+    nb_tensor **buffers;   /* the module's state entries that are not parameters (borrowed) */
+    int32_t n_buffers;
 };
 
 static double now_s(void)
@@ -166,6 +170,8 @@ static nb_status on_grad(nb_tensor *t, void *ctx)
 {
     ddp_param *p = ctx;
     nb_ddp *d = p->ddp;
+    if (!d->sync)
+        return NB_OK; /* gradients accumulate locally; the next synced backward reduces them */
     if (p->ready)
         return nbi_error(NB_AUTOGRAD, "ddp: parameter '%s' received its gradient twice in one "
                          "backward (a second backward before the first finished?)", p->name);
@@ -259,6 +265,7 @@ static void ddp_free(nb_ddp *d)
     }
     nbi_free(d->params);
     nbi_free(d->buckets);
+    nbi_free(d->buffers);
     nbi_free(d);
 }
 
@@ -280,7 +287,21 @@ static nb_ddp *ddp_new(nb_module *m, nb_process_group *pg, nb_ddp_opts o)
     }
     d->module = m;
     d->pg = pg;
+    d->sync = true;
+    d->buffer_sync = !o.no_buffer_sync;
     nb_status st = check_models(d);
+    int32_t n_state = nb_module_state_count(m), n_params = nb_module_parameter_count(m);
+    if (st == NB_OK && !(d->buffers = nbi_calloc(n_state > 0 ? (size_t)n_state : 1,
+                                                 sizeof *d->buffers)))
+        st = nbi_error(NB_OUT_OF_MEMORY, "ddp_new: out of memory");
+    for (int32_t k = 0; st == NB_OK && k < n_state; k++) {
+        nb_tensor *t = nb_module_state(m, k, NULL);
+        bool is_param = false;
+        for (int32_t j = 0; j < n_params && !is_param; j++)
+            is_param = nb_module_parameter(m, j) == t;
+        if (!is_param)
+            d->buffers[d->n_buffers++] = t;
+    }
     for (int32_t k = 0; st == NB_OK && !o.no_broadcast && k < nb_module_state_count(m); k++)
         st = nb_work_finish(nb_broadcast(pg, nb_module_state(m, k, NULL), 0));
     if (st == NB_OK)
@@ -354,7 +375,22 @@ nb_tensor *nb_ddp_forward(nb_ddp *d, const nb_tensor *x)
     }
     if (nb_ddp_finish(d) != NB_OK)
         return NULL;
+    /* PyTorch's broadcast_buffers: running statistics follow rank 0's. */
+    for (int32_t k = 0; d->buffer_sync && k < d->n_buffers; k++)
+        if (nb_work_finish(nb_broadcast(d->pg, d->buffers[k], 0)) != NB_OK)
+            return NULL;
     return nb_module_forward(d->module, x);
+}
+
+nb_status nb_ddp_set_sync(nb_ddp *d, bool sync)
+{
+    if (!d)
+        return nbi_error(NB_NULL_ARGUMENT, "ddp_set_sync: ddp is NULL");
+    if (d->n_ready > 0)
+        return nbi_error(NB_STATE, "ddp_set_sync: a backward is half reduced (%d of %d "
+                         "gradients in); call nb_ddp_finish first", d->n_ready, d->n_params);
+    d->sync = sync;
+    return NB_OK;
 }
 
 int32_t nb_ddp_bucket_count(const nb_ddp *d) { return d ? d->n_buckets : -1; }

@@ -603,15 +603,20 @@ typedef struct nb_ddp nb_ddp;
 typedef struct nb_ddp_opts {
     double bucket_mb;   /* 0 means 25 */
     bool no_broadcast;  /* skip the broadcast from rank 0 at construction */
+    bool no_buffer_sync; /* do not broadcast buffers from rank 0 before every forward */
 } nb_ddp_opts;
 /* m and pg are borrowed and must outlive the nb_ddp. */
 nb_ddp *nb_ddp_new(nb_module *m, nb_process_group *pg, nb_ddp_opts opts);
 void nb_ddp_free(nb_ddp *d); /* removes its hooks; NULL is a no-op */
-nb_tensor *nb_ddp_forward(nb_ddp *d, const nb_tensor *x); /* the module's forward */
+/* The module's forward, after broadcasting its buffers from rank 0 (unless no_buffer_sync). */
+nb_tensor *nb_ddp_forward(nb_ddp *d, const nb_tensor *x);
 /* Waits for outstanding buckets of a backward that did not reach every parameter, and fails
  * naming the first parameter that got no gradient (PyTorch's unused-parameter error). NB_OK
  * when the last backward finished normally. */
 nb_status nb_ddp_finish(nb_ddp *d);
+/* PyTorch's no_sync: with sync false, backward only accumulates local gradients into .grad; the
+ * next backward with sync true reduces the accumulated sum. Not while a backward is half done. */
+nb_status nb_ddp_set_sync(nb_ddp *d, bool sync);
 int32_t nb_ddp_bucket_count(const nb_ddp *d);
 /* Bytes allreduced since construction (gradients only), for benchmarks. */
 uint64_t nb_ddp_bytes_reduced(const nb_ddp *d);

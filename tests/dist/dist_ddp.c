@@ -120,6 +120,87 @@ static void different_models_fail_at_construction_naming_the_mismatch(void **sta
     nb_module_free(m);
 }
 
+static nb_tensor *grad_of(nb_module *m, int32_t k)
+{
+    return nb_tensor_grad(nb_module_parameter(m, k));
+}
+
+static void no_sync_accumulates_locally_then_reduces_the_sum(void **state)
+{
+    (void)state;
+    nb_manual_seed(5);
+    nb_module *m = nb_linear_new(4, 2, true, (nb_opts){0});
+    nb_manual_seed(5);
+    nb_module *ref = nb_linear_new(4, 2, true, (nb_opts){0}); /* plain, same weights */
+    nb_ddp *d = nb_ddp_new(m, pg, (nb_ddp_opts){0});
+    assert_non_null(d);
+    nb_manual_seed(100 + (uint64_t)rank); /* each rank its own data */
+    nb_tensor *x1 = nb_randn(NB_SHAPE(3, 4), (nb_opts){0}), *x2 = nb_randn(NB_SHAPE(3, 4), (nb_opts){0});
+    NB_ASSERT_OK(nb_ddp_set_sync(d, false));
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            NB_ASSERT_OK(nb_ddp_set_sync(d, true));
+        nb_tensor *x = pass ? x2 : x1;
+        nb_tensor *y = nb_ddp_forward(d, x), *l = nb_sum(y, NULL, 0, false);
+        nb_tensor *yr = nb_module_forward(ref, x), *lr = nb_sum(yr, NULL, 0, false);
+        NB_ASSERT_OK(nb_backward(l, NULL, false));
+        NB_ASSERT_OK(nb_backward(lr, NULL, false));
+        nb_release(l);
+        nb_release(y);
+        nb_release(lr);
+        nb_release(yr);
+        if (pass == 0) { /* nothing reduced: still this rank's own gradient */
+            nb_tensor *g = grad_of(m, 0), *gr = grad_of(ref, 0);
+            assert_true(nb_equal(g, gr));
+            nb_release(g);
+            nb_release(gr);
+        }
+    }
+    for (int32_t k = 0; k < nb_module_parameter_count(m); k++) {
+        nb_tensor *g = grad_of(m, k), *gr = grad_of(ref, k);
+        NB_ASSERT_OK(nb_work_finish(nb_allreduce(pg, gr, NB_REDUCE_OP_AVG)));
+        assert_true(nb_allclose(g, gr, 1e-5, 1e-6)); /* the average of both passes' sums */
+        nb_release(g);
+        nb_release(gr);
+    }
+    assert_same_on_every_rank(m);
+    nb_release(x1);
+    nb_release(x2);
+    nb_ddp_free(d);
+    nb_module_free(ref);
+    nb_module_free(m);
+}
+
+static void buffers_follow_rank_0_before_every_forward(void **state)
+{
+    (void)state;
+    for (int no_sync = 0; no_sync < 2; no_sync++) {
+        nb_module *m = nb_batch_norm1d_new(3, 1e-5, 0.1, (nb_opts){0});
+        nb_ddp *d = nb_ddp_new(m, pg, (nb_ddp_opts){.no_buffer_sync = no_sync});
+        assert_non_null(d);
+        nb_tensor *mean = NULL;
+        for (int32_t k = 0; k < nb_module_state_count(m); k++) {
+            const char *name;
+            nb_tensor *t = nb_module_state(m, k, &name);
+            if (strcmp(name, "running_mean") == 0)
+                mean = t;
+        }
+        assert_non_null(mean);
+        NB_ASSERT_OK(nb_fill_(mean, rank)); /* ranks drift apart */
+        NB_ASSERT_OK(nb_module_train(m, false)); /* eval: the forward reads, never updates */
+        nb_tensor *x = nb_ones(NB_SHAPE(2, 3), (nb_opts){0});
+        nb_tensor *y = nb_ddp_forward(d, x);
+        assert_non_null(y);
+        nb_tensor *want = nb_full(NB_SHAPE(3), no_sync ? rank : 0, (nb_opts){0});
+        assert_true(nb_equal(mean, want));
+        nb_release(want);
+        nb_release(y);
+        nb_release(x);
+        nb_ddp_free(d);
+        nb_module_free(m);
+    }
+}
+
 int main(void)
 {
     pg = nb_process_group_new((nb_process_group_opts){.timeout_s = 120});
@@ -133,6 +214,8 @@ int main(void)
         NB_TEST(lenet_in_one_bucket_matches_single_process),
         NB_TEST(lenet_in_many_buckets_matches_single_process),
         NB_TEST(different_models_fail_at_construction_naming_the_mismatch),
+        NB_TEST(no_sync_accumulates_locally_then_reduces_the_sum),
+        NB_TEST(buffers_follow_rank_0_before_every_forward),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     nb_process_group_free(pg);

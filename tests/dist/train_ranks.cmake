@@ -1,23 +1,23 @@
-# nabla-train on 1 process and under mpirun on 2 ranks, same global batch: the 2-rank run must
-# report world_size 2, print one set of figures (rank 0's), save the checkpoint once, and reach
-# the 1-process test loss within float32 tolerance. -DTRAIN -DMPIRUN -DDATA -DWORK
+# nabla-train on 1 process and under mpirun on NP ranks, same global batches: the NP-rank run
+# must report world_size NP, print one set of figures (rank 0's), save the checkpoint once, and
+# reach the 1-process test loss within float32 tolerance. -DTRAIN -DMPIRUN -DNP -DDATA -DWORK
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 set(args --data ${DATA} --epochs 1 --limit 1280 --test-limit 500 --threads 1)
 execute_process(COMMAND ${TRAIN} ${args} OUTPUT_VARIABLE one RESULT_VARIABLE rc1)
-execute_process(COMMAND ${MPIRUN} -np 2 ${TRAIN} ${args} --save ${WORK}/ck.safetensors
+execute_process(COMMAND ${MPIRUN} -np ${NP} ${TRAIN} ${args} --save ${WORK}/ck.safetensors
                 OUTPUT_VARIABLE two ERROR_VARIABLE err RESULT_VARIABLE rc2)
 if(NOT rc1 EQUAL 0 OR NOT rc2 EQUAL 0)
-  message(FATAL_ERROR "nabla-train failed (1 process: ${rc1}, 2 ranks: ${rc2}):\n${one}\n${two}\n${err}")
+  message(FATAL_ERROR "nabla-train failed (1 process: ${rc1}, ${NP} ranks: ${rc2}):\n${one}\n${two}\n${err}")
 endif()
-if(NOT two MATCHES "world_size 2")
-  message(FATAL_ERROR "the 2-rank run did not report world_size 2:\n${two}")
+if(NOT two MATCHES "world_size ${NP}")
+  message(FATAL_ERROR "the ${NP}-rank run did not report world_size ${NP}:\n${two}")
 endif()
 string(REGEX MATCHALL "\ntest_loss [0-9.]+" l1 "\n${one}")
 string(REGEX MATCHALL "\ntest_loss [0-9.]+" l2 "\n${two}")
 list(LENGTH l2 n2)
 if(NOT n2 EQUAL 1)
-  message(FATAL_ERROR "expected one set of figures from the 2-rank run, got ${n2}:\n${two}")
+  message(FATAL_ERROR "expected one set of figures from the ${NP}-rank run, got ${n2}:\n${two}")
 endif()
 string(REGEX REPLACE "\ntest_loss " "" v1 "${l1}")
 string(REGEX REPLACE "\ntest_loss " "" v2 "${l2}")
@@ -25,7 +25,7 @@ string(REPLACE "." "" i1 "${v1}") # the printed 4 decimals as integers
 string(REPLACE "." "" i2 "${v2}")
 math(EXPR diff "${i1} - ${i2}")
 if(diff GREATER 2 OR diff LESS -2)
-  message(FATAL_ERROR "test_loss ${v1} on 1 process but ${v2} on 2 ranks (allowed: 0.0002)")
+  message(FATAL_ERROR "test_loss ${v1} on 1 process but ${v2} on ${NP} ranks (allowed: 0.0002)")
 endif()
 if(NOT EXISTS ${WORK}/ck.safetensors)
   message(FATAL_ERROR "rank 0 did not save the checkpoint")
@@ -34,4 +34,4 @@ file(GLOB tmps ${WORK}/ck.safetensors.tmp*)
 if(tmps)
   message(FATAL_ERROR "left-over checkpoint files: ${tmps}")
 endif()
-message(STATUS "test_loss ${v1} (1 process) and ${v2} (2 ranks)")
+message(STATUS "test_loss ${v1} (1 process) and ${v2} (${NP} ranks)")

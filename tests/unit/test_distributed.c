@@ -496,6 +496,9 @@ static void ddp_reports_a_parameter_backward_never_reached(void **state)
     nb_tensor *x = nb_randn(NB_SHAPE(3, 4), (nb_opts){0});
     nb_tensor *y = nb_ddp_forward(d, x), *l = nb_sum(y, NULL, 0, false);
     NB_ASSERT_OK(nb_backward(l, NULL, false));
+    assert_int_equal(nb_ddp_set_sync(d, false), NB_STATE); /* half reduced */
+    NB_ASSERT_ERROR_HAS("nb_ddp_finish");
+    assert_int_equal(nb_ddp_set_sync(NULL, false), NB_NULL_ARGUMENT);
     assert_int_equal(nb_ddp_finish(d), NB_AUTOGRAD);
     NB_ASSERT_ERROR_HAS("'b.");
     NB_ASSERT_OK(nb_ddp_finish(d)); /* reset: the next iteration starts clean */
