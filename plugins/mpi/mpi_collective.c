@@ -7,6 +7,7 @@
 #include <mpi.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -41,7 +42,7 @@ static pthread_cond_t work_cv = PTHREAD_COND_INITIALIZER, done_cv = PTHREAD_COND
 static job *head, *tail;
 static pthread_t thread;
 static bool thread_running, initialized, finalized;
-static volatile bool exiting; /* the process is in exit(): pending collectives give up */
+static atomic_bool exiting; /* the process is in exit(): pending collectives give up */
 static bool any_broken;
 static char version[128] = "MPI";
 
