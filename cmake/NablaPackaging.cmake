@@ -1,7 +1,8 @@
 # Debian packages with CPack (`cpack -G DEB` in the build folder): libnabla0 (the library, the
 # cpu plugin and the programs), libnabla-dev (headers, CMake package, pkg-config file,
-# nabla-conformance), and nabla-plugin-opencl / nabla-plugin-cuda, each on its own so that a
-# machine without a GPU stack installs none. Install them with `apt-get install ./nabla*.deb`.
+# nabla-conformance), nabla-plugin-opencl / nabla-plugin-cuda and nabla-collective-mpi /
+# nabla-collective-nccl, each on its own so that a machine without a GPU stack or MPI installs
+# none of them. Install them with `apt-get install ./nabla*.deb`.
 set(CPACK_PACKAGE_NAME nabla)
 set(CPACK_PACKAGE_VENDOR "Nabla developers")
 set(CPACK_PACKAGE_CONTACT "Nabla developers <nabla@localhost>")
@@ -33,6 +34,15 @@ foreach(_t ${_nabla_plugins})
   list(APPEND CPACK_COMPONENTS_ALL ${_c})
   set(CPACK_DEBIAN_${_C}_PACKAGE_NAME nabla-plugin-${_c})
   set(CPACK_COMPONENT_${_C}_DEPENDS runtime)
+endforeach()
+# Collective backends (data-parallel training), each a package of its own too.
+foreach(_c mpi nccl)
+  if(TARGET nabla_collective_${_c})
+    string(TOUPPER ${_c} _C)
+    list(APPEND CPACK_COMPONENTS_ALL ${_c})
+    set(CPACK_DEBIAN_${_C}_PACKAGE_NAME nabla-collective-${_c})
+    set(CPACK_COMPONENT_${_C}_DEPENDS runtime)
+  endif()
 endforeach()
 # The cuda plugin links the toolkit's libraries, which no Debian package provides here: its
 # users bring the CUDA toolkit and driver themselves.

@@ -57,6 +57,73 @@ static void hooks_free(nbi_hook *h)
     }
 }
 
+/* Post-accumulate-grad hooks: run on a leaf once its .grad holds this backward's gradient. */
+typedef struct nbi_post_hook {
+    nb_post_accumulate_grad_hook_fn fn;
+    void *ctx;
+    struct nbi_post_hook *next;
+} nbi_post_hook;
+
+static void post_hooks_free(nbi_post_hook *h)
+{
+    while (h) {
+        nbi_post_hook *next = h->next;
+        nbi_free(h);
+        h = next;
+    }
+}
+
+static nb_status run_post_hooks(nb_tensor *leaf)
+{
+    nb_status st = NB_OK;
+    for (nbi_post_hook *h = leaf->post_hooks; h && st == NB_OK; h = h->next) {
+        nbi_user_call saved = nbi_call_user_begin();
+        st = h->fn(leaf, h->ctx);
+        nbi_call_user_end(saved);
+        if (st != NB_OK && nb_last_status() != st) /* a hook that set no message of its own */
+            nbi_error(st, "post-accumulate-grad hook returned '%s'", nb_status_str(st));
+    }
+    return st;
+}
+
+nb_status nb_tensor_register_post_accumulate_grad_hook(nb_tensor *t,
+                                                       nb_post_accumulate_grad_hook_fn fn,
+                                                       void *ctx)
+{
+    if (!t || !fn)
+        return nbi_error(NB_NULL_ARGUMENT, "register_post_accumulate_grad_hook: tensor or hook "
+                         "is NULL");
+    if (!t->requires_grad || t->grad_fn)
+        return nbi_error(NB_AUTOGRAD, "register_post_accumulate_grad_hook: only leaf tensors "
+                         "that require grad accumulate a .grad");
+    nbi_post_hook *h = nbi_malloc(sizeof *h), **list = &t->post_hooks;
+    if (!h)
+        return nbi_error(NB_OUT_OF_MEMORY, "register_post_accumulate_grad_hook: out of memory");
+    *h = (nbi_post_hook){.fn = fn, .ctx = ctx};
+    while (*list)
+        list = &(*list)->next;
+    *list = h;
+    return NB_OK;
+}
+
+nb_status nb_tensor_remove_post_accumulate_grad_hook(nb_tensor *t,
+                                                     nb_post_accumulate_grad_hook_fn fn,
+                                                     void *ctx)
+{
+    if (!t || !fn)
+        return nbi_error(NB_NULL_ARGUMENT, "remove_post_accumulate_grad_hook: tensor or hook is "
+                         "NULL");
+    for (nbi_post_hook **p = &t->post_hooks; *p; p = &(*p)->next)
+        if ((*p)->fn == fn && (*p)->ctx == ctx) {
+            nbi_post_hook *h = *p;
+            *p = h->next;
+            nbi_free(h);
+            return NB_OK;
+        }
+    return nbi_error(NB_INVALID_ARGUMENT, "remove_post_accumulate_grad_hook: no such hook on "
+                     "this tensor");
+}
+
 /* ---- nodes ---- */
 
 static nbi_node *node_new(const char *name, nbi_backward_fn bw, int32_t n_in)
@@ -148,6 +215,8 @@ void nbi_tensor_autograd_release(nb_tensor *t)
     t->grad = NULL;
     hooks_free(t->hooks);
     t->hooks = NULL;
+    post_hooks_free(t->post_hooks);
+    t->post_hooks = NULL;
 }
 
 /* The edge into a tensor's history: its grad_fn, or the AccumulateGrad node of a leaf. */
@@ -508,6 +577,8 @@ static nb_status process(engine *e, nbi_node *x)
         if (st == NB_OK && x->leaf) {
             if (!e->n_capture)
                 st = accumulate_grad(x->leaf, g, e->create_graph);
+            if (st == NB_OK && !e->n_capture && x->leaf->post_hooks)
+                st = run_post_hooks(x->leaf);
         } else if (st == NB_OK && x->backward) {
             if (x->released)
                 st = nbi_error(NB_AUTOGRAD, "%s", retain_graph_msg);

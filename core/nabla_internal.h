@@ -6,6 +6,7 @@
 #include "nabla.h"
 #include "nabla_plugin.h"
 
+#include <limits.h>
 #include <stdatomic.h>
 
 /* ---- For the files built on ops (functional.c, nn.c, optim.c, serialize.c) ---- */
@@ -39,6 +40,8 @@ char *nbi_strdup(const char *s);
 void nbi_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool nbi_error_pending(void); /* an op received NULL: keep the first error */
 nb_status nbi_ensure_init(void);
+/* plugin.c: the folders the core searches after NABLA_PLUGIN_PATH (libnabla's, its nabla/). */
+int nbi_core_plugin_dirs(char dirs[2][PATH_MAX]);
 /* Scopes track exactly the tensors handed to application code. Every public function runs its
  * body one level deeper (NBI_API); a result leaving depth 0 goes into the open scope, while calls
  * the core makes to its own public functions stay untracked. Application callbacks (forwards,
@@ -167,6 +170,7 @@ struct nb_tensor {
     nbi_node *grad_acc; /* weak: the AccumulateGrad node of a leaf, if one exists */
     nb_tensor *grad;
     nbi_hook *hooks; /* for leaves; non-leaves keep theirs on grad_fn */
+    struct nbi_post_hook *post_hooks; /* leaves: run once .grad is accumulated (DDP) */
 };
 
 /* tensor.c */

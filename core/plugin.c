@@ -168,6 +168,23 @@ fail:
     return nbi_error(st, "plugin %s: %s", key, p->note);
 }
 
+/* Beside the loaded libnabla (a build tree), then its nabla/ folder (an install, found relative
+ * to the library so that the tree can be moved): 0 to 2 folders into dirs. */
+int nbi_core_plugin_dirs(char dirs[2][PATH_MAX])
+{
+    Dl_info info;
+    if (!dladdr((void *)nbi_core_plugin_dirs, &info) || !info.dli_fname)
+        return 0;
+    snprintf(dirs[0], PATH_MAX, "%s", info.dli_fname);
+    char *slash = strrchr(dirs[0], '/');
+    if (!slash)
+        return 0;
+    *slash = '\0';
+    if ((size_t)snprintf(dirs[1], PATH_MAX, "%s/%s", dirs[0], NB_PLUGIN_SUBDIR) >= PATH_MAX)
+        return 1;
+    return 2;
+}
+
 static bool is_plugin_file(const char *name)
 {
     size_t n = strlen(name);
@@ -235,21 +252,9 @@ nb_status nbi_plugins_discover(void)
                 scan(tok, true);
         nbi_free(list);
     }
-    /* Beside the loaded libnabla (a build tree), then in its nabla/ folder (an install, found
-     * relative to the library so that the tree can be moved). */
-    Dl_info info;
-    if (dladdr((void *)nbi_plugins_discover, &info) && info.dli_fname) {
-        char dir[PATH_MAX];
-        snprintf(dir, sizeof dir, "%s", info.dli_fname);
-        char *slash = strrchr(dir, '/');
-        if (slash) {
-            *slash = '\0';
-            scan(dir, false);
-            char sub[PATH_MAX];
-            if ((size_t)snprintf(sub, sizeof sub, "%s/%s", dir, NB_PLUGIN_SUBDIR) < sizeof sub)
-                scan(sub, false);
-        }
-    }
+    char dirs[2][PATH_MAX];
+    for (int k = 0, n = nbi_core_plugin_dirs(dirs); k < n; k++)
+        scan(dirs[k], false);
     if (saved_status == NB_OK)
         nb_clear_error();
     else

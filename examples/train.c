@@ -1,6 +1,7 @@
 /* train.c - nabla-train: trains the seed tutorial's LeNet on Fashion-MNIST (SGD with momentum,
  * cross-entropy), reports test loss/accuracy per epoch, a confusion matrix and run figures, and
- * saves/loads safetensors checkpoints. */
+ * saves/loads safetensors checkpoints. Under mpirun it trains data-parallel (DDP): each rank
+ * takes its share of every global batch, and rank 0 alone prints and saves. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -190,6 +191,9 @@ typedef struct run_state {
     const config *cfg;
     const char *device;
     nb_module *net;
+    nb_process_group *pg; /* NULL unless mpirun started more than one rank */
+    nb_ddp *ddp;
+    int rank, world;
     nb_optim *opt;
     nb_tensor *loss_acc; /* sum over a window of steps of loss * batch, kept on the device */
     float *xbuf;
@@ -220,19 +224,28 @@ static bool train_epoch(run_state *r, const mnist_set *train, int64_t *perm, uin
     int64_t window_images = 0;
     for (int64_t s = 0; s < steps; s++) {
         const int64_t count = s == steps - 1 ? n - s * bs : bs;
-        mnist_batch(train, perm + s * bs, count, c->normalize, r->xbuf, r->ybuf);
+        if (count < r->world)
+            continue; /* a last batch too small to give every rank an image (all ranks skip it) */
+        /* This rank's share of the global batch; the same shuffle on every rank. */
+        const int64_t lo = count * r->rank / r->world, mine = count * (r->rank + 1) / r->world - lo;
+        mnist_batch(train, perm + s * bs + lo, mine, c->normalize, r->xbuf, r->ybuf);
 
         nb_scope_begin();
-        nb_tensor *x = nb_from_data(r->xbuf, NB_SHAPE(count, 1, MNIST_PADDED, MNIST_PADDED),
+        nb_tensor *x = nb_from_data(r->xbuf, NB_SHAPE(mine, 1, MNIST_PADDED, MNIST_PADDED),
                                     (nb_opts){.device = r->device});
-        nb_tensor *y = nb_from_data(r->ybuf, NB_SHAPE(count),
+        nb_tensor *y = nb_from_data(r->ybuf, NB_SHAPE(mine),
                                     (nb_opts){.dtype = NB_DTYPE_I64, .device = r->device});
-        nb_tensor *loss = nb_cross_entropy(nb_module_forward(r->net, x), y, NB_REDUCTION_MEAN);
-        bool ok = loss && nb_optim_zero_grad(r->opt) == NB_OK &&
-                  nb_backward(loss, NULL, false) == NB_OK && nb_optim_step(r->opt) == NB_OK;
+        nb_tensor *out = r->ddp ? nb_ddp_forward(r->ddp, x) : nb_module_forward(r->net, x);
+        nb_tensor *loss = nb_cross_entropy(out, y, NB_REDUCTION_MEAN);
+        /* DDP averages the ranks' gradients: weighting each rank's mean by its share makes that
+         * the gradient of the global batch's mean even when the shares differ. */
+        nb_tensor *scaled = r->ddp ? nb_mul_scalar(loss, (double)mine * r->world / count) : loss;
+        bool ok = scaled && nb_optim_zero_grad(r->opt) == NB_OK &&
+                  nb_backward(scaled, NULL, false) == NB_OK &&
+                  (!r->ddp || nb_ddp_finish(r->ddp) == NB_OK) && nb_optim_step(r->opt) == NB_OK;
         if (ok) {
             nb_no_grad_begin();
-            ok = nb_add_scaled_(r->loss_acc, loss, (double)count) == NB_OK;
+            ok = nb_add_scaled_(r->loss_acc, loss, (double)count) == NB_OK; /* rank 0's estimate */
             nb_no_grad_end();
         }
         nb_scope_end();
@@ -420,9 +433,22 @@ int main(int argc, char **argv)
     }
 
     int rc = 1;
-    run_state r = {.cfg = &cfg};
+    run_state r = {.cfg = &cfg, .world = 1};
     int64_t *perm = NULL;
     r.device = device;
+    /* Under mpirun with more than one rank: a process group; otherwise training runs as ever. */
+    const char *ranks = getenv("OMPI_COMM_WORLD_SIZE") ? getenv("OMPI_COMM_WORLD_SIZE")
+                                                       : getenv("PMI_SIZE");
+    if (ranks && atoi(ranks) > 1) {
+        if (!(r.pg = nb_process_group_new((nb_process_group_opts){0}))) {
+            die("starting data-parallel training failed: %s", nb_last_error());
+            goto out;
+        }
+        r.rank = nb_process_group_rank(r.pg);
+        r.world = nb_process_group_size(r.pg);
+        if (r.rank != 0 && !freopen("/dev/null", "w", stdout)) /* one set of figures: rank 0's */
+            goto out;
+    }
     nb_manual_seed(cfg.seed);
     r.net = lenet_new((nb_opts){.device = device});
     if (!r.net) {
@@ -431,6 +457,10 @@ int main(int argc, char **argv)
     }
     if (cfg.load_path && nb_module_load(r.net, cfg.load_path) != NB_OK) {
         die("loading the checkpoint '%s' failed: %s", cfg.load_path, nb_last_error());
+        goto out;
+    }
+    if (r.pg && !(r.ddp = nb_ddp_new(r.net, r.pg, (nb_ddp_opts){0}))) {
+        die("wrapping LeNet in DDP failed: %s", nb_last_error());
         goto out;
     }
     r.opt = nb_sgd_new_for(r.net, (nb_sgd_opts){.lr = cfg.lr, .momentum = cfg.momentum});
@@ -453,6 +483,9 @@ int main(int argc, char **argv)
            device, (long long)train.n, (long long)test.n, (long long)cfg.batch_size, cfg.lr,
            cfg.momentum, (unsigned long long)cfg.seed, cfg.load_path ? ", from " : "",
            cfg.load_path ? cfg.load_path : "");
+    if (r.pg)
+        printf("world_size %d (batch %lld: about %lld per rank)\n", r.world,
+               (long long)cfg.batch_size, (long long)(cfg.batch_size / r.world));
     int64_t confusion[10][10];
     double test_loss = 0, test_acc = 0;
     int64_t epochs = cfg.eval_only ? 0 : cfg.epochs;
@@ -470,7 +503,7 @@ int main(int argc, char **argv)
         printf("test_loss %.4f test_accuracy %.4f\n", test_loss, test_acc);
     }
     print_confusion(confusion);
-    if (cfg.save_path) {
+    if (cfg.save_path && r.rank == 0) { /* every rank holds the same weights */
         if (!save_checkpoint(r.net, cfg.save_path))
             goto out;
         printf("saved %s\n", cfg.save_path);
@@ -490,7 +523,9 @@ out:
     free(r.ybuf);
     nb_release(r.loss_acc);
     nb_optim_free(r.opt);
+    nb_ddp_free(r.ddp);
     nb_module_free(r.net);
+    nb_process_group_free(r.pg);
     mnist_free(&train);
     mnist_free(&test);
     if (nb_shutdown() != NB_OK && rc == 0) {

@@ -85,5 +85,17 @@ int main(int argc, char **argv)
         }
         printf("\n");
     }
+    /* Collective backends (process groups, DDP) load on demand; show whether each would. */
+    static const char *backends[] = {"mpi", "nccl"};
+    for (size_t i = 0; i < sizeof backends / sizeof *backends; i++) {
+        nb_process_group_backend_info b;
+        if (nb_process_group_backend_get(backends[i], &b) != NB_OK)
+            continue;
+        if (b.loaded)
+            printf("collective backend %s: %s, reaches %s tensors\n  file: %s\n", b.name,
+                   b.version, b.devices, b.path);
+        else
+            printf("collective backend %s: NOT AVAILABLE\n  reason: %s\n", b.name, b.note);
+    }
     return nb_shutdown() == NB_OK ? 0 : 1;
 }

@@ -517,6 +517,124 @@ void nb_safetensors_free(nb_tensor **tensors, char **names, int32_t n);
 nb_status nb_module_save(const nb_module *m, const char *path);
 nb_status nb_module_load(nb_module *m, const char *path); /* shapes must match */
 
+/* ================================ Distributed (collectives) =============================== */
+/* A process group runs collectives across processes through a backend plugin
+ * (nabla_collective_<name>.so: "mpi" for cpu tensors and, staged through host memory, any other
+ * device; "nccl" for cuda tensors). Every rank must issue the same collectives in the same
+ * order. Each call returns a work handle at once; nb_work_wait blocks until the result is in
+ * the tensor. A peer that dies or stalls makes the wait fail with NB_DEVICE_ERROR and a message
+ * within opts.timeout_s, after which the group is broken: every later call fails at once.
+ * Ranks that disagree on a call (kind, dtype, shape, root) all fail it, before any data moves,
+ * with NB_SHAPE_MISMATCH, NB_DTYPE_UNSUPPORTED or NB_INVALID_ARGUMENT; the group stays usable.
+ * A tensor on a device the backend cannot reach (nor stage) is NB_DEVICE_MISMATCH. */
+
+typedef struct nb_process_group nb_process_group;
+typedef struct nb_work nb_work;
+
+typedef struct nb_process_group_opts {
+    const char *backend;   /* "mpi", "nccl"; NULL: NABLA_DIST_BACKEND, else "mpi" under mpirun */
+    double timeout_s;      /* 0 means 600 s */
+    int32_t rank;          /* for launchers that set nothing; 0 and world_size 0: from the */
+    int32_t world_size;    /*   environment (mpirun's, or RANK/WORLD_SIZE as torchrun sets) */
+    /* nccl: how ranks share NCCL's unique id: through another group (e.g. an mpi one) or a
+     * file on a shared file system that does not exist yet (rank 0 writes it). */
+    nb_process_group *bootstrap;
+    const char *init_file;
+} nb_process_group_opts;
+
+typedef enum nb_reduce_op {
+    NB_REDUCE_OP_SUM = 0,
+    NB_REDUCE_OP_AVG = 1, /* sum / world size; floating dtypes only */
+    NB_REDUCE_OP_PROD = 2,
+    NB_REDUCE_OP_MIN = 3,
+    NB_REDUCE_OP_MAX = 4
+} nb_reduce_op;
+
+nb_process_group *nb_process_group_new(nb_process_group_opts opts);
+/* Waits for the group's work still in flight first (its handles stay yours to free; their waits
+ * then return what that wait did). NULL is a no-op. */
+void nb_process_group_free(nb_process_group *pg);
+int32_t nb_process_group_rank(const nb_process_group *pg);       /* -1 for NULL */
+int32_t nb_process_group_size(const nb_process_group *pg);       /* -1 for NULL */
+const char *nb_process_group_backend(const nb_process_group *pg); /* "mpi" */
+/* Whether backend `name` loads (loading it if needed), for nabla-info. Strings stay valid for
+ * the life of the process. */
+typedef struct nb_process_group_backend_info {
+    const char *name;
+    const char *path;    /* the file, "" if none was found */
+    const char *version; /* the backend's (e.g. "Open MPI v4.1.4"), "" if it did not load */
+    const char *devices; /* device types it reaches directly, "" if it did not load */
+    bool loaded;
+    const char *note;    /* why it did not load, "" if it did */
+} nb_process_group_backend_info;
+nb_status nb_process_group_backend_get(const char *name, nb_process_group_backend_info *info);
+
+/* t is reduced in place on every rank. t is borrowed but must stay alive until the wait. */
+nb_work *nb_allreduce(nb_process_group *pg, nb_tensor *t, nb_reduce_op op);
+/* t of rank `root` is copied into t on every rank. */
+nb_work *nb_broadcast(nb_process_group *pg, nb_tensor *t, int32_t root);
+/* out receives every rank's in, in rank order: out has world_size * numel(in) elements of
+ * in's dtype, e.g. shape (world_size, ...in's shape) or (world_size * n, ...). */
+nb_work *nb_allgather(nb_process_group *pg, const nb_tensor *in, nb_tensor *out);
+nb_work *nb_barrier(nb_process_group *pg);
+/* Blocks until done; the result is then in the tensor. A second wait returns the same status.
+ * Calls on one group come from one thread at a time. */
+nb_status nb_work_wait(nb_work *w);
+/* Waits first if nobody did. NULL is a no-op. */
+void nb_work_free(nb_work *w);
+/* The work done by a blocking call, for the common case: issue, wait, free. */
+nb_status nb_work_finish(nb_work *w);
+
+/* Autograd hook that runs once a leaf's .grad holds this backward's whole gradient (PyTorch's
+ * register_post_accumulate_grad_hook); a status other than NB_OK stops the backward with it.
+ * Removal takes the same fn and ctx. */
+typedef nb_status (*nb_post_accumulate_grad_hook_fn)(nb_tensor *t, void *ctx);
+nb_status nb_tensor_register_post_accumulate_grad_hook(nb_tensor *t,
+                                                       nb_post_accumulate_grad_hook_fn fn,
+                                                       void *ctx);
+nb_status nb_tensor_remove_post_accumulate_grad_hook(nb_tensor *t,
+                                                     nb_post_accumulate_grad_hook_fn fn,
+                                                     void *ctx);
+
+/* Distributed data parallel (PyTorch's DistributedDataParallel): construction broadcasts the
+ * module's parameters and buffers from rank 0 (after checking that every rank has the same
+ * names, shapes and dtypes); gradients are packed into buckets of about bucket_mb MiB in
+ * reverse registration order, and a bucket is allreduced as soon as backward has produced
+ * all of its gradients, overlapping the rest of backward. When the last bucket is in, the
+ * gradients are averaged into .grad, so nb_optim_step follows nb_backward as usual. */
+typedef struct nb_ddp nb_ddp;
+typedef struct nb_ddp_opts {
+    double bucket_mb;   /* 0 means 25 */
+    bool no_broadcast;  /* skip the broadcast from rank 0 at construction */
+    bool no_buffer_sync; /* do not broadcast buffers from rank 0 before every forward */
+} nb_ddp_opts;
+/* m and pg are borrowed and must outlive the nb_ddp. */
+nb_ddp *nb_ddp_new(nb_module *m, nb_process_group *pg, nb_ddp_opts opts);
+void nb_ddp_free(nb_ddp *d); /* removes its hooks; NULL is a no-op */
+/* The module's forward, after broadcasting its buffers from rank 0 (unless no_buffer_sync). */
+nb_tensor *nb_ddp_forward(nb_ddp *d, const nb_tensor *x);
+/* Waits for outstanding buckets of a backward that did not reach every parameter, and fails
+ * naming the first parameter that got no gradient (PyTorch's unused-parameter error). NB_OK
+ * when the last backward finished normally. */
+nb_status nb_ddp_finish(nb_ddp *d);
+/* PyTorch's no_sync: with sync false, backward only accumulates local gradients into .grad; the
+ * next backward with sync true reduces the accumulated sum. Not while a backward is half done. */
+nb_status nb_ddp_set_sync(nb_ddp *d, bool sync);
+int32_t nb_ddp_bucket_count(const nb_ddp *d);
+/* Bytes allreduced since construction (gradients only), for benchmarks. */
+uint64_t nb_ddp_bytes_reduced(const nb_ddp *d);
+/* Seconds the last backward spent waiting for communication after its final gradient. */
+double nb_ddp_last_wait_s(const nb_ddp *d);
+
+/* A distributed sampler (torch.utils.data.DistributedSampler): rank r of w takes every w-th
+ * index of a permutation of [0, n) that is the same on every rank for the same seed and epoch;
+ * n is padded by repeating indices so every rank gets ceil(n / w). Writes count indices into
+ * out (count from nb_distributed_sampler_count). */
+int64_t nb_distributed_sampler_count(int64_t n, int32_t world_size);
+nb_status nb_distributed_sampler_indices(int64_t n, int32_t rank, int32_t world_size,
+                                         uint64_t seed, int64_t epoch, bool shuffle,
+                                         int64_t *out, int64_t count);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,131 @@
+/* nabla_dist_bench.c - data-parallel figures, run under mpirun (never by ctest): allreduce
+ * bandwidth by message size, and LeNet training steps with DDP (global batch 64 split over the
+ * ranks) against the same steps in one process: images/s, bytes allreduced per step against the
+ * parameter bytes, and the time backward waits for communication as a fraction of the step.
+ *   mpirun -np 1 build/bin/nabla-dist-bench; mpirun -np 2 build/bin/nabla-dist-bench */
+#include "lenet.h"
+#include "nabla.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int fail(const char *what)
+{
+    fprintf(stderr, "nabla-dist-bench: %s: %s\n", what, nb_last_error());
+    return 1;
+}
+
+static int bench_allreduce(nb_process_group *pg, int rank, int world)
+{
+    if (rank == 0)
+        printf("allreduce (sum, float32, cpu), %d ranks\n%12s %10s %12s %12s\n", world, "bytes",
+               "iters", "time_us", "busbw_GB/s");
+    for (int64_t n = 1024; n <= 16 * 1024 * 1024; n *= 8) {
+        nb_tensor *t = nb_ones(NB_SHAPE(n), (nb_opts){0});
+        if (!t)
+            return fail("allocating");
+        int iters = n >= 1 << 22 ? 10 : 50;
+        if (nb_work_finish(nb_allreduce(pg, t, NB_REDUCE_OP_SUM)) != NB_OK) /* warm up */
+            return fail("allreduce");
+        if (nb_work_finish(nb_barrier(pg)) != NB_OK)
+            return fail("barrier");
+        double t0 = now_s();
+        for (int k = 0; k < iters; k++)
+            if (nb_work_finish(nb_allreduce(pg, t, NB_REDUCE_OP_SUM)) != NB_OK)
+                return fail("allreduce");
+        double dt = (now_s() - t0) / iters;
+        /* Bus bandwidth as nccl-tests define it: what each link carries in a ring. */
+        double bytes = (double)n * 4, bus = world > 1 ? bytes * 2 * (world - 1) / world / dt : 0;
+        if (rank == 0)
+            printf("%12.0f %10d %12.1f %12.3f\n", bytes, iters, dt * 1e6, bus / 1e9);
+        nb_release(t);
+    }
+    return 0;
+}
+
+static int bench_ddp(nb_process_group *pg, int rank, int world, int steps)
+{
+    const int global = 64, per = global / world;
+    nb_manual_seed(1);
+    nb_module *net = lenet_new((nb_opts){0});
+    nb_ddp *d = world > 1 ? nb_ddp_new(net, pg, (nb_ddp_opts){0}) : NULL;
+    nb_optim *o = nb_sgd_new_for(net, (nb_sgd_opts){.lr = 0.01, .momentum = 0.9});
+    if (!net || !o || (world > 1 && !d))
+        return fail("setting up LeNet");
+    uint64_t param_bytes = 0;
+    for (int32_t k = 0; k < nb_module_parameter_count(net); k++)
+        param_bytes += (uint64_t)nb_tensor_numel(nb_module_parameter(net, k)) * 4;
+    nb_tensor *x = nb_randn(NB_SHAPE(per, 1, 32, 32), (nb_opts){0});
+    nb_tensor *y = nb_randint(0, 10, NB_SHAPE(per), (nb_opts){.dtype = NB_DTYPE_I64});
+    double waited = 0, t0 = 0;
+    for (int s = -5; s < steps; s++) { /* 5 warm-up steps */
+        if (s == 0) {
+            nb_work_finish(nb_barrier(pg));
+            t0 = now_s();
+            waited = 0;
+        }
+        nb_scope_begin();
+        nb_tensor *out = d ? nb_ddp_forward(d, x) : nb_module_forward(net, x);
+        nb_tensor *loss = nb_cross_entropy(out, y, NB_REDUCTION_MEAN);
+        bool ok = loss && nb_optim_zero_grad(o) == NB_OK && nb_backward(loss, NULL, false) == NB_OK &&
+                  (!d || nb_ddp_finish(d) == NB_OK) && nb_optim_step(o) == NB_OK;
+        nb_scope_end();
+        if (!ok)
+            return fail("training step");
+        waited += d ? nb_ddp_last_wait_s(d) : 0;
+    }
+    double dt = now_s() - t0;
+    uint64_t reduced = d ? nb_ddp_bytes_reduced(d) : 0;
+    if (rank == 0) {
+        printf("\nLeNet training, global batch %d = %d ranks x %d, %d steps, 1 thread per rank\n",
+               global, world, per, steps);
+        printf("images_per_second %.1f\n", global * steps / dt);
+        printf("step_ms %.3f\n", dt / steps * 1e3);
+        if (d) {
+            printf("buckets %d\n", nb_ddp_bucket_count(d));
+            printf("bytes_allreduced_per_step %.0f (parameter bytes %llu)\n",
+                   (double)reduced / (steps + 5), (unsigned long long)param_bytes);
+            printf("comm_wait_fraction %.3f\n", waited / dt);
+        } else {
+            printf("ddp: off (world size 1, plain training)\n");
+        }
+    }
+    nb_release(x);
+    nb_release(y);
+    nb_optim_free(o);
+    nb_ddp_free(d);
+    nb_module_free(net);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int steps = argc > 1 ? atoi(argv[1]) : 200;
+    if (steps < 1) {
+        fprintf(stderr, "usage: nabla-dist-bench [steps]\n");
+        return 2;
+    }
+    /* One thread per rank: the ranks are the parallelism being measured. */
+    setenv("OMP_NUM_THREADS", "1", 0);
+    setenv("OPENBLAS_NUM_THREADS", "1", 0);
+    nb_process_group *pg = nb_process_group_new((nb_process_group_opts){.backend = "mpi"});
+    if (!pg)
+        return fail("process group");
+    int rank = nb_process_group_rank(pg), world = nb_process_group_size(pg);
+    int rc = bench_allreduce(pg, rank, world);
+    if (rc == 0)
+        rc = bench_ddp(pg, rank, world, steps);
+    nb_process_group_free(pg);
+    if (nb_shutdown() != NB_OK && rc == 0)
+        rc = fail("shutdown");
+    return rc;
+}
