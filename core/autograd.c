@@ -84,8 +84,19 @@ static nbi_node *node_retain(nbi_node *n)
     return n;
 }
 
+/* Outputs unpacked with this node as their grad_fn live for one call of its backward only:
+ * kept longer they would hold the node alive through itself. */
+static void release_unpacked(nbi_node *n)
+{
+    for (int32_t k = 0; k < n->n_saved; k++) {
+        nb_release(n->unpacked[k]);
+        n->unpacked[k] = NULL;
+    }
+}
+
 static void release_saved(nbi_node *n)
 {
+    release_unpacked(n);
     for (int32_t k = 0; k < n->n_saved; k++) {
         nb_release(n->saved[k]);
         n->saved[k] = NULL;
@@ -130,6 +141,7 @@ void nbi_node_release(nbi_node *n)
             x->fn->free_ctx(x->ctx);
         nb_release(x->buf);
         hooks_free(x->hooks);
+        nbi_free(x->geom);
         nbi_free(x);
     }
     if (stack != stack_buf)
@@ -148,11 +160,14 @@ void nbi_tensor_autograd_release(nb_tensor *t)
     t->grad = NULL;
     hooks_free(t->hooks);
     t->hooks = NULL;
+    nb_release(t->view_base);
+    t->view_base = NULL;
 }
 
 /* The edge into a tensor's history: its grad_fn, or the AccumulateGrad node of a leaf. */
 static nbi_node *edge_of(nb_tensor *t)
 {
+    nbi_view_refresh(t);
     if (!t || !t->requires_grad)
         return NULL;
     if (t->grad_fn)
@@ -171,9 +186,11 @@ bool nbi_grad_needed(nb_tensor *const *inputs, int32_t n)
 {
     if (grad_disabled)
         return false;
-    for (int32_t k = 0; k < n; k++)
+    for (int32_t k = 0; k < n; k++) {
+        nbi_view_refresh(inputs[k]);
         if (inputs[k] && inputs[k]->requires_grad)
             return true;
+    }
     return false;
 }
 
@@ -215,6 +232,14 @@ void nbi_save_detached(nbi_node *node, const nb_tensor *t)
     node->saved[node->n_saved++] = t ? nbi_tensor_alias(t) : NULL;
 }
 
+void nbi_save_output(nbi_node *node, const nb_tensor *out)
+{
+    if (!node || node->n_saved >= NBI_MAX_SAVED)
+        return;
+    node->saved_is_output[node->n_saved] = true;
+    nbi_save_detached(node, out);
+}
+
 static const char retain_graph_msg[] =
     "Trying to backward through the graph a second time (or directly access saved tensors after "
     "they have already been freed). Saved intermediate values of the graph are freed when you "
@@ -224,12 +249,12 @@ static const char retain_graph_msg[] =
 
 nb_status nbi_saved(nbi_node *node, int32_t k, nb_tensor **t)
 {
-    if (node->released)
-        return nbi_error(NB_AUTOGRAD, "%s", retain_graph_msg);
     if (k >= node->n_saved) { /* the rule did not save this one */
         *t = NULL;
         return NB_OK;
     }
+    if (node->released)
+        return nbi_error(NB_AUTOGRAD, "%s", retain_graph_msg);
     nb_tensor *s = node->saved[k];
     if (!s) /* nbi_save_detached ran out of memory when the op was recorded */
         return nbi_error(NB_OUT_OF_MEMORY, "%s: saved tensor %d could not be kept (out of "
@@ -240,22 +265,352 @@ nb_status nbi_saved(nbi_node *node, int32_t k, nb_tensor **t)
                          "expected version %lld instead (in %s)", nb_dtype_name(s->dtype),
                          NBI_SHAPE_STR(s), (long long)s->storage->version,
                          (long long)node->saved_version[k], node->name);
+    if (node->saved_is_output[k] && !grad_disabled) { /* create_graph: y = f(x) has a graph */
+        if (!node->unpacked[k]) {
+            nb_tensor *u = nbi_tensor_alias(s);
+            if (!u)
+                return nb_last_status();
+            u->grad_fn = node_retain(node);
+            u->requires_grad = true;
+            node->unpacked[k] = u;
+        }
+        s = node->unpacked[k];
+    }
     *t = s;
     return NB_OK;
 }
 
+
+/* ---- in-place writes and views (PyTorch's rebase_history, CopySlices, view regeneration) ----
+ *
+ * A view and its root base share storage, version counter and history. An in-place op computes
+ * its result out of place (recording its node N there), writes it into the destination and
+ * moves N onto the destination: a tensor that is not a view takes N as its grad_fn; a view
+ * makes its base's grad_fn CopySlices(base's old history, N). Every view of that base then
+ * regenerates its grad_fn as AsStridedBackward0 of the base's new one when next used. */
+
+static void geom_of(const nb_tensor *t, nbi_geom *g)
+{
+    g->ndim = t->ndim;
+    memcpy(g->shape, t->shape, sizeof g->shape);
+    memcpy(g->strides, t->strides, sizeof g->strides);
+    g->offset = t->offset;
+}
+
+static bool geom_overlaps(const nbi_geom *g)
+{
+    for (int32_t d = 0; d < g->ndim; d++)
+        if (g->strides[d] == 0 && g->shape[d] > 1)
+            return true;
+    return false;
+}
+
+static bool same_strides(const nb_tensor *t, const nbi_geom *g)
+{
+    for (int32_t d = 0; d < g->ndim; d++)
+        if (g->shape[d] != 1 && t->strides[d] != g->strides[d])
+            return false;
+    return true;
+}
+
+/* An uninitialised tensor of b's shape laid out with b's strides (b does not overlap). */
+static nb_tensor *new_in_layout(const nbi_geom *b, nb_dtype dtype, nbi_device *dev)
+{
+    int64_t contig[NB_MAX_DIMS], extent = 1;
+    nbi_contiguous_strides(b->ndim, b->shape, contig);
+    bool is_contig = true;
+    for (int32_t d = 0; d < b->ndim; d++) {
+        if (b->shape[d] == 0)
+            extent = 0;
+        if (b->shape[d] != 1 && b->strides[d] != contig[d])
+            is_contig = false;
+    }
+    if (is_contig || extent == 0)
+        return nbi_tensor_new(dev, dtype, b->ndim, b->shape);
+    for (int32_t d = 0; d < b->ndim; d++)
+        extent += (b->shape[d] - 1) * b->strides[d];
+    nb_tensor *flat = nbi_tensor_new(dev, dtype, 1, &extent);
+    nb_tensor *t = flat ? nbi_tensor_view(flat, b->ndim, b->shape, b->strides, 0) : NULL;
+    nb_release(flat);
+    return t;
+}
+
+static nb_tensor *zeros_in_layout(const nbi_geom *b, nb_dtype dtype, nbi_device *dev)
+{
+    nb_tensor *z = new_in_layout(b, dtype, dev);
+    double f[1] = {0};
+    if (z && nbi_numel(z->ndim, z->shape) &&
+        nbi_launch(NBI_OP_fill, dtype, z, NULL, 0, f, 1, NULL, 0) != NB_OK) {
+        nb_release(z);
+        return NULL;
+    }
+    return z;
+}
+
+/* g (of the base's shape) as a tensor with the base's strides; copy says always a fresh one. */
+static nb_tensor *relayout(const nb_tensor *g, const nbi_geom *b, bool copy)
+{
+    if (!copy && same_strides(g, b))
+        return nb_retain((nb_tensor *)g);
+    nb_tensor *t = new_in_layout(b, g->dtype, g->storage->device);
+    if (t && nb_tensor_copy_(t, g) != NB_OK) { /* differentiable: create_graph keeps the graph */
+        nb_release(t);
+        return NULL;
+    }
+    return t;
+}
+
+static nb_status bw_as_strided(nbi_node *node, nb_tensor *g, nb_tensor **gi);
+
+static nbi_geom *geom_pair(const nbi_geom *base, const nbi_geom *view)
+{
+    nbi_geom *p = nbi_malloc(2 * sizeof *p);
+    if (!p) {
+        nbi_error(NB_OUT_OF_MEMORY, "autograd: out of memory for a view's geometry");
+        return NULL;
+    }
+    p[0] = *base;
+    p[1] = *view;
+    return p;
+}
+
+/* The region `view` of src, where src has the shape of `base`: a differentiable view. */
+static nb_tensor *as_strided_view(const nb_tensor *src, const nbi_geom *base, const nbi_geom *view)
+{
+    nb_tensor *s = relayout(src, base, false);
+    nb_tensor *v = s ? nbi_tensor_view(s, view->ndim, view->shape, view->strides,
+                                       s->offset + view->offset - base->offset)
+                     : NULL;
+    nbi_node *n = v ? nbi_record(v, "AsStridedBackward0", bw_as_strided, &s, 1) : NULL;
+    if (n && !(n->geom = geom_pair(base, view))) {
+        nb_release(v);
+        v = NULL;
+    }
+    if (v)
+        nbi_view_track(v, s);
+    nb_release(s);
+    return v;
+}
+
+/* The gradient of a view lands in its region of a zero tensor laid out like the base; a view
+ * that repeats elements (stride 0) sums over the repeats first. */
+static nb_status bw_as_strided(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    const nbi_geom *b = &node->geom[0];
+    nbi_geom v = node->geom[1];
+    int32_t dims[NB_MAX_DIMS], nd = 0;
+    for (int32_t d = 0; d < v.ndim; d++)
+        if (v.strides[d] == 0 && v.shape[d] > 1) {
+            dims[nd++] = d;
+            v.shape[d] = 1;
+        }
+    nb_tensor *gs = nd ? nb_sum(g, dims, nd, true) : nb_retain(g);
+    nb_tensor *z = gs ? zeros_in_layout(b, g->dtype, g->storage->device) : NULL;
+    nb_tensor *r = z ? as_strided_view(z, b, &v) : NULL;
+    nb_status st = r ? nb_tensor_copy_(r, gs) : nb_last_status();
+    nb_release(gs);
+    nb_release(r);
+    if (st != NB_OK) {
+        nb_release(z);
+        return st;
+    }
+    gi[0] = z;
+    return NB_OK;
+}
+
+/* The base's gradient: outside the written region to its old history (edge 0), inside to the
+ * in-place op's node (edge 1), whose input edge leads back to the old history as a view. */
+static nb_status bw_copy_slices(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    const nbi_geom *b = &node->geom[0], *v = &node->geom[1];
+    if (node->next[1] && !(gi[1] = as_strided_view(g, b, v)))
+        return nb_last_status();
+    if (node->next[0]) {
+        nb_tensor *c = relayout(g, b, true), *r = c ? as_strided_view(c, b, v) : NULL;
+        nb_status st = r ? nb_zero_(r) : nb_last_status();
+        nb_release(r);
+        if (st != NB_OK) {
+            nb_release(c);
+            return st;
+        }
+        gi[0] = c;
+    }
+    return NB_OK;
+}
+
+void nbi_view_track(nb_tensor *v, const nb_tensor *t)
+{
+    if (!v || !t)
+        return;
+    nb_tensor *root = t->view_base ? t->view_base : (nb_tensor *)t;
+    nb_release(v->view_base);
+    v->view_base = nb_retain(root);
+    v->view_no_grad = grad_disabled || t->view_no_grad;
+    v->view_seen = root->grad_fn;
+}
+
+void nbi_view_refresh(nb_tensor *t)
+{
+    nb_tensor *b = t ? t->view_base : NULL;
+    if (!b || t->view_no_grad || b->grad_fn == t->view_seen)
+        return;
+    nbi_geom bg, vg;
+    geom_of(b, &bg);
+    geom_of(t, &vg);
+    if (!b->grad_fn || geom_overlaps(&bg)) { /* nothing to regenerate from */
+        t->view_seen = b->grad_fn;
+        return;
+    }
+    nbi_node *n = node_new("AsStridedBackward0", bw_as_strided, 1);
+    if (!n || !(n->geom = geom_pair(&bg, &vg))) {
+        nbi_node_release(n);
+        return; /* out of memory: the error is set and the old grad_fn stays */
+    }
+    n->next[0] = node_retain(b->grad_fn);
+    n->in_shape[0] = nb_tensor_shape(b);
+    n->in_dtype[0] = b->dtype;
+    nbi_node *old = t->grad_fn;
+    if (old && old->retain == t) {
+        old->retain = NULL;
+        n->retain = t;
+    }
+    t->grad_fn = n;
+    t->requires_grad = true;
+    t->view_seen = b->grad_fn;
+    nbi_node_release(old);
+}
+
 nb_status nbi_check_inplace(const char *op, nb_tensor *t)
 {
-    if (!grad_disabled && t->requires_grad && !t->grad_fn)
-        return nbi_error(NB_AUTOGRAD, "%s: a leaf tensor that requires grad is being used in an "
-                         "in-place operation (wrap it in nb_no_grad_begin/end)", op);
+    for (int32_t d = 0; d < t->ndim; d++)
+        if (t->strides[d] == 0 && t->shape[d] > 1)
+            return nbi_error(NB_INVALID_ARGUMENT, "%s: unsupported operation: more than one "
+                             "element of the written-to tensor refers to a single memory "
+                             "location. Please clone() the tensor before performing the "
+                             "operation. (shape %s, strides %s)", op, NBI_SHAPE_STR(t),
+                             nbi_shape_cstr(t->ndim, t->strides));
+    if (grad_disabled)
+        return NB_OK;
+    nbi_view_refresh(t);
+    nb_tensor *b = t->view_base;
+    if (b && b->requires_grad && !b->grad_fn)
+        return nbi_error(NB_AUTOGRAD, "%s: a view of a leaf Variable that requires grad is "
+                         "being used in an in-place operation (wrap it in "
+                         "nb_no_grad_begin/end)", op);
+    if (t->requires_grad && !t->grad_fn)
+        return nbi_error(NB_AUTOGRAD, "%s: a leaf Variable that requires grad is being used in "
+                         "an in-place operation (wrap it in nb_no_grad_begin/end)", op);
     return NB_OK;
+}
+
+static nb_status rebase(nb_tensor *a, nbi_node *n)
+{
+    if (!a->view_base) {
+        nbi_node *old = a->grad_fn;
+        if (old && old->retain == a) {
+            old->retain = NULL;
+            n->retain = a;
+        }
+        a->grad_fn = n;
+        a->requires_grad = true;
+        nbi_node_release(old);
+        return NB_OK;
+    }
+    nb_tensor *b = a->view_base;
+    nbi_geom bg, vg;
+    geom_of(b, &bg);
+    geom_of(a, &vg);
+    nbi_node *cs = node_new("CopySlices", bw_copy_slices, 2);
+    if (!cs || !(cs->geom = geom_pair(&bg, &vg))) {
+        nbi_node_release(cs);
+        nbi_node_release(n);
+        return nb_last_status();
+    }
+    cs->next[0] = edge_of(b);
+    cs->in_shape[0] = nb_tensor_shape(b);
+    cs->in_dtype[0] = b->dtype;
+    cs->next[1] = n;
+    cs->in_shape[1] = nb_tensor_shape(a);
+    cs->in_dtype[1] = a->dtype;
+    nbi_node *old = b->grad_fn;
+    if (old && old->retain == b) {
+        old->retain = NULL;
+        cs->retain = b;
+    }
+    b->grad_fn = cs;
+    b->requires_grad = true;
+    nbi_node_release(old);
+    nbi_view_refresh(a);
+    return NB_OK;
+}
+
+nb_status nbi_inplace_commit(const char *op, nb_tensor *a, nb_tensor *r)
+{
+    if (!r)
+        return nb_last_status();
+    if (r == a) { /* computed in place: no graph */
+        nb_release(r);
+        nbi_bump_version(a);
+        return NB_OK;
+    }
+    nbi_node *n = r->grad_fn;
+    nb_status st = NB_OK;
+    if (r->ndim != a->ndim || memcmp(r->shape, a->shape, (size_t)a->ndim * sizeof *a->shape))
+        st = nbi_error(NB_SHAPE_MISMATCH, "%s: output with shape %s doesn't match the broadcast "
+                       "shape %s", op, NBI_SHAPE_STR(a), NBI_SHAPE_STR(r));
+    if (st == NB_OK && n && a->view_no_grad)
+        st = nbi_error(NB_AUTOGRAD, "%s: a view was created in no_grad mode and is being "
+                       "modified inplace with grad mode enabled; move both the view and the "
+                       "in-place op inside the no_grad block, or both outside it", op);
+    nbi_geom bg;
+    if (st == NB_OK && n && a->view_base && (geom_of(a->view_base, &bg), geom_overlaps(&bg)))
+        st = nbi_error(NB_AUTOGRAD, "%s: in-place write with autograd through a view of a "
+                       "tensor whose elements overlap (shape %s, strides %s)", op,
+                       NBI_SHAPE_STR(a->view_base),
+                       nbi_shape_cstr(a->view_base->ndim, a->view_base->strides));
+    /* the op's node may have saved the values this write overwrites: keep copies instead
+     * (PyTorch's original_self), so backward neither fails nor keeps a cycle through a */
+    for (int32_t k = 0; st == NB_OK && n && k < n->n_saved; k++) {
+        nb_tensor *s = n->saved[k];
+        if (!s || n->saved_is_output[k] || s->storage != a->storage)
+            continue;
+        nb_tensor *c = nb_clone(s);
+        if (!c) {
+            st = nb_last_status();
+            break;
+        }
+        nb_release(s);
+        n->saved[k] = c;
+        n->saved_version[k] = c->storage->version;
+    }
+    if (st == NB_OK && nbi_numel(a->ndim, a->shape)) {
+        nb_tensor *in[1] = {r};
+        st = nbi_launch(NBI_OP_copy, a->dtype, a, in, 1, NULL, 0, NULL, 0);
+    }
+    if (st == NB_OK) {
+        nbi_bump_version(a);
+        if (n) {
+            r->grad_fn = NULL;
+            st = rebase(a, n);
+        }
+    }
+    nb_release(r);
+    return st;
 }
 
 /* ---- tensor-level autograd API ---- */
 
-bool nb_tensor_requires_grad(const nb_tensor *t) { return t && t->requires_grad; }
-bool nb_tensor_is_leaf(const nb_tensor *t) { return t && !t->grad_fn; }
+bool nb_tensor_requires_grad(const nb_tensor *t)
+{
+    nbi_view_refresh((nb_tensor *)t);
+    return t && t->requires_grad;
+}
+
+bool nb_tensor_is_leaf(const nb_tensor *t)
+{
+    nbi_view_refresh((nb_tensor *)t);
+    return t && !t->grad_fn;
+}
 
 nb_status nb_tensor_set_requires_grad(nb_tensor *t, bool rg)
 {
@@ -312,6 +667,7 @@ nb_status nb_tensor_retain_grad(nb_tensor *t)
 {
     if (!t)
         return nbi_error(NB_NULL_ARGUMENT, "retain_grad: tensor is NULL");
+    nbi_view_refresh(t);
     if (!t->requires_grad)
         return nbi_error(NB_AUTOGRAD, "retain_grad: can't retain_grad on a tensor that has "
                          "requires_grad=False");
@@ -326,6 +682,7 @@ nb_status nb_tensor_register_hook(nb_tensor *t, nb_grad_hook_fn fn, void *ctx)
 {
     if (!t || !fn)
         return nbi_error(NB_NULL_ARGUMENT, "register_hook: tensor or hook is NULL");
+    nbi_view_refresh(t);
     if (!t->requires_grad)
         return nbi_error(NB_AUTOGRAD, "register_hook: cannot register a hook on a tensor that "
                          "doesn't require gradient");
@@ -343,6 +700,7 @@ nb_status nb_tensor_register_hook(nb_tensor *t, nb_grad_hook_fn fn, void *ctx)
 
 const nb_grad_fn *nb_tensor_grad_fn(const nb_tensor *t)
 {
+    nbi_view_refresh((nb_tensor *)t);
     return t ? (const nb_grad_fn *)t->grad_fn : NULL;
 }
 const char *nb_grad_fn_name(const nb_grad_fn *fn) { return fn ? ((const nbi_node *)fn)->name : NULL; }
@@ -509,10 +867,11 @@ static nb_status process(engine *e, nbi_node *x)
             if (!e->n_capture)
                 st = accumulate_grad(x->leaf, g, e->create_graph);
         } else if (st == NB_OK && x->backward) {
-            if (x->released)
+            if (x->released && x->n_saved) /* as PyTorch: only saved tensors are freed */
                 st = nbi_error(NB_AUTOGRAD, "%s", retain_graph_msg);
             else
                 st = x->backward(x, g, gi);
+            release_unpacked(x);
         }
     }
     for (int32_t k = 0; k < x->n_in; k++) {
@@ -569,6 +928,7 @@ static nb_status run_engine(nb_tensor *const *roots, nb_tensor *const *root_grad
 
     for (int32_t k = 0; st == NB_OK && k < n; k++) {
         nb_tensor *t = roots[k];
+        nbi_view_refresh(t);
         if (!t->requires_grad) {
             st = nbi_error(NB_AUTOGRAD, "element %d of tensors does not require grad and does "
                            "not have a grad_fn", k);
@@ -579,6 +939,7 @@ static nb_status run_engine(nb_tensor *const *roots, nb_tensor *const *root_grad
             st = nb_last_status();
     }
     for (int32_t k = 0; st == NB_OK && k < n_inputs; k++) {
+        nbi_view_refresh(inputs[k]);
         if (!inputs[k]->requires_grad) {
             st = nbi_error(NB_AUTOGRAD, "grad: input %d does not require grad", k);
             break;
@@ -648,6 +1009,7 @@ static nb_status backward_impl(nb_tensor *t, const nb_tensor *grad, bool retain_
 {
     if (!t)
         return nbi_error(NB_NULL_ARGUMENT, "backward: tensor is NULL");
+    nbi_view_refresh(t);
     if (!t->requires_grad)
         return nbi_error(NB_AUTOGRAD, "element 0 of tensors does not require grad and does not "
                          "have a grad_fn");

@@ -268,31 +268,10 @@ nb_tensor *nbi_binary(nbi_op op, const nb_tensor *a, const nb_tensor *b)
 }
 
 /* In place: without grad the kernel writes into a; with grad the result is computed out of
- * place and a takes over its data and its history (PyTorch's rebase). */
+ * place and a takes over its data and its history (autograd.c: nbi_inplace_commit). */
 static nb_status inplace_finish(const char *op, nb_tensor *a, nb_tensor *r)
 {
-    if (!r)
-        return nb_last_status();
-    if (r == a) {
-        nb_release(r);
-        nbi_bump_version(a);
-        return NB_OK;
-    }
-    nb_tensor *in[1] = {r};
-    nb_status st = nbi_launch(NBI_OP_copy, a->dtype, a, in, 1, NULL, 0, NULL, 0);
-    if (st == NB_OK) {
-        nbi_bump_version(a);
-        if (r->grad_fn) {
-            if (a->grad_fn)
-                nbi_node_release(a->grad_fn);
-            a->grad_fn = r->grad_fn;
-            r->grad_fn = NULL;
-            a->requires_grad = true;
-        }
-    }
-    nb_release(r);
-    (void)op;
-    return st;
+    return nbi_inplace_commit(op, a, r);
 }
 
 static nb_status binary_inplace(nbi_op op, nb_tensor *a, const nb_tensor *b)
@@ -487,7 +466,7 @@ static nb_tensor *unary_op(nbi_op op, const nb_tensor *a, const double *f, int32
             if (unary_info[op].save == SAVE_INPUT)
                 nbi_save(node, a);
             else if (unary_info[op].save == SAVE_OUTPUT)
-                nbi_save_detached(node, out);
+                nbi_save_output(node, out);
             for (int32_t k = 0; k < nf && k < 4; k++)
                 node->f[k] = f[k];
             for (int32_t k = 0; k < ni && k < 2; k++)
@@ -720,20 +699,46 @@ nb_tensor *nb_where(const nb_tensor *cond, const nb_tensor *a, const nb_tensor *
 
 /* ---- fills and the optimizer's axpy ---- */
 
-nb_status nb_fill_(nb_tensor *t, double value)
+static nb_status bw_fill(nbi_node *node, nb_tensor *g, nb_tensor **gi)
 {
-    if (!t)
-        return nbi_error(NB_NULL_ARGUMENT, "fill_: tensor is NULL");
-    if (nbi_check_inplace("fill_", t) != NB_OK)
-        return nb_last_status();
-    double f[1] = {value};
-    nb_status st = numel(t) ? nbi_launch(NBI_OP_fill, t->dtype, t, NULL, 0, f, 1, NULL, 0) : NB_OK;
-    if (st == NB_OK)
-        nbi_bump_version(t);
-    return st;
+    (void)node;
+    gi[0] = nb_zeros_like(g); /* the old values were overwritten */
+    return done(gi, 1);
 }
 
-nb_status nb_zero_(nb_tensor *t) { return nb_fill_(t, 0); }
+static nb_status fill_impl(const char *op, const char *node_name, nb_tensor *t, double value)
+{
+    if (!t)
+        return nbi_error(NB_NULL_ARGUMENT, "%s: tensor is NULL", op);
+    if (nbi_check_inplace(op, t) != NB_OK)
+        return nb_last_status();
+    double f[1] = {value};
+    if (!nbi_grad_needed(&t, 1)) {
+        nb_status st = numel(t) ? nbi_launch(NBI_OP_fill, t->dtype, t, NULL, 0, f, 1, NULL, 0)
+                                : NB_OK;
+        if (st == NB_OK)
+            nbi_bump_version(t);
+        return st;
+    }
+    /* with grad: the filled values come from a node whose gradient for the old ones is 0 */
+    nb_tensor *r = nbi_tensor_new(t->storage->device, t->dtype, t->ndim, t->shape);
+    if (r && numel(r) && nbi_launch(NBI_OP_fill, r->dtype, r, NULL, 0, f, 1, NULL, 0) != NB_OK) {
+        nb_release(r);
+        r = NULL;
+    }
+    if (r && !nbi_record(r, node_name, bw_fill, &t, 1)) {
+        nb_release(r);
+        r = NULL;
+    }
+    return nbi_inplace_commit(op, t, r);
+}
+
+nb_status nb_fill_(nb_tensor *t, double value)
+{
+    return NBI_API_STATUS(fill_impl("fill_", "FillBackward0", t, value));
+}
+
+nb_status nb_zero_(nb_tensor *t) { return NBI_API_STATUS(fill_impl("zero_", "ZeroBackward0", t, 0)); }
 
 nb_status nb_add_scaled_(nb_tensor *a, const nb_tensor *b, double alpha)
 {
@@ -812,7 +817,19 @@ nb_tensor *nbi_to_device_graph(const nb_tensor *t, nb_tensor *moved)
     return moved;
 }
 
-static nb_status copy_impl(nb_tensor *dst, const nb_tensor *src)
+/* PyTorch's CopyBackwards: nothing flows to the overwritten values, the source gets the
+ * gradient back on its own device (the engine undoes broadcasting and casts its dtype). */
+static nb_status bw_copy(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    gi[0] = node->next[0] ? nb_zeros_like(g) : NULL;
+    if (node->next[1])
+        gi[1] = g->storage->device == node->src_device ? nb_retain(g)
+                                                       : nb_to_device(g, node->src_device->name);
+    return nbi_error_pending() ? nb_last_status() : NB_OK;
+}
+
+/* raw: a data write with no autograd at all (copy_from_host, internal fills). */
+static nb_status copy_impl(nb_tensor *dst, const nb_tensor *src, bool raw)
 {
     if (!dst || !src)
         return nbi_error(NB_NULL_ARGUMENT, "copy_: destination or source is NULL");
@@ -823,24 +840,49 @@ static nb_status copy_impl(nb_tensor *dst, const nb_tensor *src)
     if (!same_shape(dst, n, shape))
         return nbi_error(NB_SHAPE_MISMATCH, "copy_: source %s cannot be broadcast to destination "
                          "%s", NBI_SHAPE_STR(src), NBI_SHAPE_STR(dst));
+    if (!raw && nbi_check_inplace("copy_", dst) != NB_OK)
+        return nb_last_status();
+    nb_tensor *ds[2] = {dst, (nb_tensor *)src};
+    bool grad = !raw && nbi_grad_needed(ds, 2);
+    bool prev = nb_set_grad_enabled(false); /* the move itself is not recorded */
     nb_tensor *s = src->storage->device == dst->storage->device
                        ? nb_retain((nb_tensor *)src)
                        : nb_to_device(src, dst->storage->device->name);
+    nb_set_grad_enabled(prev);
     if (!s)
         return nb_last_status();
+    nb_tensor *into = grad ? nbi_tensor_new(dst->storage->device, dst->dtype, dst->ndim,
+                                            dst->shape)
+                           : nb_retain(dst);
     nb_tensor ss, *in[1] = {&ss};
     shadow(&ss, s, n, shape);
-    nb_status st = numel(dst) ? nbi_launch(NBI_OP_copy, dst->dtype, dst, in, 1, NULL, 0, NULL, 0)
+    nb_status st = !into ? nb_last_status()
+                 : numel(dst) ? nbi_launch(NBI_OP_copy, dst->dtype, into, in, 1, NULL, 0, NULL, 0)
                               : NB_OK;
     nb_release(s);
-    if (st == NB_OK)
+    if (st != NB_OK) {
+        nb_release(into);
+        return st;
+    }
+    if (!grad) {
+        nb_release(into);
         nbi_bump_version(dst);
-    return st;
+        return NB_OK;
+    }
+    nbi_node *node = nbi_record(into, "CopyBackwards", bw_copy, ds, 2);
+    if (!node) {
+        nb_release(into);
+        return nb_last_status();
+    }
+    node->src_device = src->storage->device;
+    return nbi_inplace_commit("copy_", dst, into);
 }
+
+nb_status nbi_copy_raw(nb_tensor *dst, const nb_tensor *src) { return copy_impl(dst, src, true); }
 
 nb_status nb_tensor_copy_(nb_tensor *dst, const nb_tensor *src)
 {
-    return NBI_API_STATUS(copy_impl(dst, src));
+    return NBI_API_STATUS(copy_impl(dst, src, false));
 }
 
 /* ============================== reductions ============================== */
@@ -1033,7 +1075,7 @@ static nb_tensor *reduce_impl(red_kind kind, const nb_tensor *t, const int32_t *
         node->f[0] = count ? 1.0 / (double)count : NAN;
         if (kind == RED_PROD || kind == RED_AMAX || kind == RED_AMIN) {
             nbi_save(node, t);
-            nbi_save_detached(node, out);
+            nbi_save_output(node, out);
         }
     }
     nb_release(src);
@@ -1116,7 +1158,7 @@ nb_tensor *nb_std(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t c
                      : NULL;
     nbi_node *node = s ? nbi_record(s, "StdBackward0", bw_std, &v, 1) : NULL;
     if (node)
-        nbi_save_detached(node, s);
+        nbi_save_output(node, s);
     nb_release(v);
     nbi_api_depth--;
     return NBI_API(s);

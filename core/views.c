@@ -49,6 +49,7 @@ static nb_status bw_slice(nbi_node *node, nb_tensor *g, nb_tensor **gi)
     nb_tensor *z = nb_zeros(node->in_shape[0], (nb_opts){g->dtype, g->storage->device->name});
     int32_t dim = (int32_t)node->i[0];
     nb_tensor *v = z ? nbi_slice_view(z, dim, node->i[1], node->i[3], node->i[2]) : NULL;
+    nbi_view_track(v, z); /* under create_graph the copy below rebases z (CopySlices) */
     nb_tensor *src = node->i[4] ? nb_unsqueeze(g, dim) : nb_retain(g);
     nb_status st = v && src ? nb_tensor_copy_(v, src) : nb_last_status();
     nb_release(v);
@@ -70,6 +71,7 @@ static nb_tensor *make_view(const nb_tensor *t, int32_t ndim, const int64_t *sha
     nbi_node *node = v ? nbi_record(v, name, bw, in, 1) : NULL;
     for (int32_t k = 0; node && k < np; k++)
         node->i[k] = params[k];
+    nbi_view_track(v, t);
     return v;
 }
 
