@@ -1250,7 +1250,9 @@ static nb_status gradcheck_impl(nb_gradcheck_fn fn, void *ctx, nb_tensor *const 
         }
         /* analytic Jacobian, row by row: one backward per output element */
         nb_tensor *o = st == NB_OK ? call_fn(fn, ctx, x, n) : NULL;
-        for (int64_t j = 0; o && st == NB_OK && j < m; j++) {
+        /* an output that does not require grad has a zero analytical Jacobian (PyTorch's rule;
+         * the numerical one must then be zero too) */
+        for (int64_t j = 0; o && o->requires_grad && st == NB_OK && j < m; j++) {
             double *onehot = nbi_calloc((size_t)m, sizeof *onehot);
             if (!onehot) {
                 st = nbi_error(NB_OUT_OF_MEMORY, "gradcheck: out of memory");
@@ -1299,4 +1301,87 @@ nb_status nb_gradcheck(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs, 
                        double eps, double atol, double rtol)
 {
     return NBI_API_STATUS(gradcheck_impl(fn, ctx, inputs, n, eps, atol, rtol));
+}
+
+/* ---- gradgradcheck ---- */
+
+typedef struct ggc_ctx {
+    nb_gradcheck_fn fn;
+    void *ctx;
+    int32_t n; /* fn's inputs; the gradient's seed v comes after them */
+} ggc_ctx;
+
+/* The first derivative as one flat tensor: cat(flatten(d(sum fn(x) * v) / dx_k)). */
+static nb_tensor *ggc_fn(nb_tensor *const *in, int32_t n_in, void *vctx)
+{
+    ggc_ctx *c = vctx;
+    nb_tensor *v = in[n_in - 1], *out = call_fn(c->fn, c->ctx, in, c->n);
+    if (!out)
+        return NULL;
+    nb_tensor *wrt[16], *g[16] = {0}, *flat[16] = {0};
+    int32_t nw = 0;
+    for (int32_t k = 0; k < c->n; k++)
+        if (in[k]->requires_grad)
+            wrt[nw++] = in[k];
+    nb_status st = out->requires_grad
+                       ? nb_grad(&out, &v, 1, wrt, nw,
+                                 (nb_grad_opts){.create_graph = true, .allow_unused = true}, g)
+                       : nbi_error(NB_AUTOGRAD, "gradgradcheck: the output does not require grad");
+    nb_release(out);
+    nb_tensor *r = NULL;
+    for (int32_t k = 0; st == NB_OK && k < nw; k++) {
+        int64_t numel = nbi_numel(wrt[k]->ndim, wrt[k]->shape);
+        flat[k] = g[k] ? nb_reshape(g[k], NB_SHAPE(-1))
+                       : nb_zeros(NB_SHAPE(numel), (nb_opts){wrt[k]->dtype,
+                                                             wrt[k]->storage->device->name});
+        if (!flat[k])
+            st = nb_last_status();
+    }
+    if (st == NB_OK)
+        r = nb_cat(flat, nw, 0);
+    for (int32_t k = 0; k < nw; k++) {
+        nb_release(g[k]);
+        nb_release(flat[k]);
+    }
+    return r;
+}
+
+static nb_status gradgradcheck_impl(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs,
+                                    int32_t n, double eps, double atol, double rtol)
+{
+    if (!fn || !inputs || n <= 0 || n > 15)
+        return nbi_error(NB_NULL_ARGUMENT, "gradgradcheck: fn and 1 to 15 inputs are required "
+                         "(got %d)", n);
+    for (int32_t k = 0; k < n; k++)
+        if (!inputs[k])
+            return nbi_error(NB_NULL_ARGUMENT, "gradgradcheck: input %d is NULL", k);
+    nb_tensor *out = call_fn(fn, ctx, inputs, n);
+    if (!out)
+        return nbi_last_or(NB_AUTOGRAD, "gradgradcheck: fn returned NULL");
+    int64_t m = nbi_numel(out->ndim, out->shape);
+    double *vv = nbi_malloc((size_t)(m ? m : 1) * sizeof *vv);
+    nb_status st = vv ? NB_OK : nbi_error(NB_OUT_OF_MEMORY, "gradgradcheck: out of memory");
+    for (int64_t e = 0; st == NB_OK && e < m; e++) /* fixed, varied, in [-1, 1] */
+        vv[e] = fmod(fabs(sin((double)(e + 1) * 12.9898)) * 43758.5453, 2.0) - 1.0;
+    nb_tensor *v = st == NB_OK ? nb_from_data(vv, nb_tensor_shape(out),
+                                              (nb_opts){NB_DTYPE_F64, out->storage->device->name,
+                                                        true})
+                               : NULL;
+    nbi_free(vv);
+    nb_release(out);
+    if (!v)
+        return nb_last_status();
+    nb_tensor *all[16];
+    memcpy(all, inputs, (size_t)n * sizeof *all);
+    all[n] = v;
+    ggc_ctx c = {fn, ctx, n};
+    st = gradcheck_impl(ggc_fn, &c, all, n + 1, eps, atol, rtol);
+    nb_release(v);
+    return st;
+}
+
+nb_status nb_gradgradcheck(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs, int32_t n,
+                           double eps, double atol, double rtol)
+{
+    return NBI_API_STATUS(gradgradcheck_impl(fn, ctx, inputs, n, eps, atol, rtol));
 }

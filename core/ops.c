@@ -252,8 +252,14 @@ static nb_tensor *binary_into(nbi_op op, const nb_tensor *a, const nb_tensor *b,
         nb_tensor *ins[2] = {(nb_tensor *)a, (nb_tensor *)b};
         nbi_node *node = nbi_record(out, binary_grad[op].name, binary_grad[op].bw, ins, 2);
         if (node && op != NBI_OP_add && op != NBI_OP_sub) {
-            nbi_save(node, ca);
-            nbi_save(node, cb);
+            /* a promoted operand is saved through a recorded cast, so that create_graph
+             * differentiates the backward along it as well */
+            nb_tensor *sa = a->dtype == dt ? nb_retain(ca) : nb_to_dtype(a, dt);
+            nb_tensor *sb = b->dtype == dt ? nb_retain(cb) : nb_to_dtype(b, dt);
+            nbi_save(node, sa);
+            nbi_save(node, sb);
+            nb_release(sa);
+            nb_release(sb);
             node->i[0] = op == NBI_OP_maximum;
         }
     }
@@ -1138,11 +1144,16 @@ nb_tensor *nb_var(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t c
 static nb_status bw_std(nbi_node *node, nb_tensor *g, nb_tensor **gi)
 {
     SAVED(0, y);
-    nb_tensor *zero = nb_eq_scalar(y, 0), *two = nb_mul_scalar(y, 2);
-    nb_tensor *q = two ? nb_div(g, two) : NULL;
+    /* the division uses 1 where std is 0, so that no inf or NaN reaches higher orders either */
+    nb_tensor *zero = nb_eq_scalar(y, 0);
     nb_tensor *z = nb_zeros(NB_SHAPE_SCALAR, (nb_opts){g->dtype, g->storage->device->name});
+    nb_tensor *one = nb_ones(NB_SHAPE_SCALAR, (nb_opts){g->dtype, g->storage->device->name});
+    nb_tensor *ys = zero && one ? nb_where(zero, one, y) : NULL;
+    nb_tensor *two = ys ? nb_mul_scalar(ys, 2) : NULL, *q = two ? nb_div(g, two) : NULL;
     gi[0] = zero && q && z ? nb_where(zero, z, q) : NULL;
     nb_release(zero);
+    nb_release(one);
+    nb_release(ys);
     nb_release(two);
     nb_release(q);
     nb_release(z);

@@ -382,6 +382,11 @@ nb_tensor *nb_function_apply(const nb_function *fn, void *ctx, nb_tensor *const 
 typedef nb_tensor *(*nb_gradcheck_fn)(nb_tensor *const *inputs, int32_t n_inputs, void *ctx);
 nb_status nb_gradcheck(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs, int32_t n_inputs,
                        double eps, double atol, double rtol);
+/* torch.autograd.gradgradcheck: the first derivative d(sum fn(x) * v)/dx, built with
+ * create_graph for a fixed pseudo-random v, checked by nb_gradcheck with respect to x and v.
+ * An op that cannot be differentiated twice makes it fail with its own error. */
+nb_status nb_gradgradcheck(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs,
+                           int32_t n_inputs, double eps, double atol, double rtol);
 
 /* ================================== nn: functional ======================================== */
 

@@ -4,6 +4,7 @@
 #include "conformance.h"
 
 #include <math.h>
+#include <string.h>
 
 /* The nn functions live in core/functional.c, which may be absent from a libnabla under
  * construction; weak references keep the suite linking and report those rows as unsupported. */
@@ -818,4 +819,17 @@ bool conf_op_available(const conf_op *op)
     else if (op->run == a_bce_with_logits) fn = (void *)nb_binary_cross_entropy_with_logits;
     else return true;
     return fn != NULL;
+}
+
+/* Ops whose backward cannot be differentiated again: gradgradcheck expects an error from them.
+ * Every differentiable op in the table is twice differentiable today, so the list is empty;
+ * a row added here documents the exception. */
+static const char *const once_differentiable[] = {NULL};
+
+bool conf_op_twice_differentiable(const conf_op *op)
+{
+    for (size_t k = 0; once_differentiable[k]; k++)
+        if (!strcmp(once_differentiable[k], op->name))
+            return false;
+    return true;
 }

@@ -1190,6 +1190,102 @@ static void gradcheck_passes_for_every_differentiable_op(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* Second derivatives: gradgradcheck on every case above, and the composites where x reaches
+ * the gradient another way (an op that saved a graph-less output got these wrong). */
+static nb_tensor *gg_exp_x(nb_tensor *const *x, int32_t n, void *ctx)
+{
+    (void)n, (void)ctx;
+    nb_tensor *e = nb_exp(x[0]), *r = nb_mul(e, x[0]);
+    nb_release(e);
+    return r;
+}
+
+static nb_tensor *gg_silu(nb_tensor *const *x, int32_t n, void *ctx)
+{
+    (void)n, (void)ctx;
+    nb_tensor *s = nb_sigmoid(x[0]), *r = nb_mul(x[0], s);
+    nb_release(s);
+    return r;
+}
+
+static nb_tensor *gg_tanh_x(nb_tensor *const *x, int32_t n, void *ctx)
+{
+    (void)n, (void)ctx;
+    nb_tensor *s = nb_tanh(x[0]), *r = nb_mul(s, x[0]);
+    nb_release(s);
+    return r;
+}
+
+static nb_tensor *gg_inplace_view(nb_tensor *const *x, int32_t n, void *ctx)
+{
+    (void)n, (void)ctx; /* a = x * x; a[1:].exp_(); a */
+    nb_tensor *a = nb_mul(x[0], x[0]), *v = nb_narrow(a, 0, 1, 2);
+    if (nb_exp_(v) != NB_OK) {
+        nb_release(a);
+        a = NULL;
+    }
+    nb_release(v);
+    return a;
+}
+
+static void gradgradcheck_passes_for_every_differentiable_op(void **state)
+{
+    (void)state;
+    int64_t iv[4] = {2, 0, 1, 1}, sv[3] = {2, 0, 2};
+    idx_2x2 = nb_from_data(iv, NB_SHAPE(2, 2), (nb_opts){NB_DTYPE_I64});
+    idx_sel = nb_from_data(sv, NB_SHAPE(3), (nb_opts){NB_DTYPE_I64});
+    int failed = 0;
+    for (size_t c = 0; c < sizeof gc_cases / sizeof *gc_cases; c++) {
+        const gc_case *g = &gc_cases[c];
+        nb_tensor *in[3] = {0};
+        for (int32_t k = 0; k < g->n; k++)
+            in[k] = leaf(g->shapes[k], g->lo, g->hi, (int)(c * 3 + (size_t)k));
+        nb_clear_error();
+        double eps = g->fn == gc_to_dtype ? 1e-3 : 1e-6;
+        double atol = g->fn == gc_to_dtype ? 1e-3 : 1e-5;
+        nb_status st = nb_gradgradcheck(g->fn, NULL, in, g->n, eps, atol, 1e-3);
+        if (st != NB_OK) {
+            print_error("gradgradcheck %s: %s\n", g->name, nb_last_error());
+            failed++;
+        }
+        for (int32_t k = 0; k < g->n; k++)
+            nb_release(in[k]);
+    }
+    nb_gradcheck_fn extra[] = {gg_exp_x, gg_silu, gg_tanh_x, gg_inplace_view};
+    for (size_t c = 0; c < sizeof extra / sizeof *extra; c++) {
+        nb_tensor *x = leaf(NB_SHAPE(3), -1, 1, 40 + (int)c);
+        if (nb_gradgradcheck(extra[c], NULL, &x, 1, 1e-6, 1e-5, 1e-3) != NB_OK) {
+            print_error("gradgradcheck extra %zu: %s\n", c, nb_last_error());
+            failed++;
+        }
+        nb_release(x);
+    }
+    nb_release(idx_2x2);
+    nb_release(idx_sel);
+    assert_int_equal(failed, 0);
+}
+
+static void second_derivative_of_x_exp_x(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([0.5, 1., 1.5], dtype=torch.float64, requires_grad=True)
+     * g, = torch.autograd.grad((torch.exp(x) * x).sum(), x, create_graph=True)
+     * g.sum().backward(); x.grad -> exp(x) * (x + 2) = [4.1218, 8.1548, 15.6881] */
+    const double xv[3] = {0.5, 1, 1.5};
+    double want[3];
+    for (int k = 0; k < 3; k++)
+        want[k] = exp(xv[k]) * (xv[k] + 2);
+    nb_tensor *x = vec(xv, NB_SHAPE(3), true), *g = NULL;
+    nb_scope_begin();
+    nb_tensor *y = nb_sum(gg_exp_x(&x, 1, NULL), NULL, 0, false);
+    NB_ASSERT_OK(nb_grad(&y, NULL, 1, &x, 1, (nb_grad_opts){.create_graph = true}, &g));
+    assert_non_null(nb_tensor_grad_fn(g));
+    NB_ASSERT_OK(nb_backward(nb_sum(g, NULL, 0, false), NULL, false));
+    nb_scope_end();
+    expect_grad(x, want, 3);
+    nb_release(x);
+}
+
 /* A function whose backward is off by a factor of two: gradcheck must say so. */
 static nb_tensor *square_forward(void *ctx, nb_tensor *const *in, int32_t n)
 {
@@ -1410,6 +1506,8 @@ int main(void)
         NB_TEST(custom_function_runs_its_backward),
         NB_TEST(gradcheck_passes_for_every_differentiable_op),
         NB_TEST(gradcheck_catches_a_wrong_backward),
+        NB_TEST(gradgradcheck_passes_for_every_differentiable_op),
+        NB_TEST(second_derivative_of_x_exp_x),
         NB_TEST(callbacks_release_their_temporaries_inside_a_scope),
         NB_TEST(two_layer_net_trains_alike_on_every_device),
     };
