@@ -396,15 +396,16 @@ static nb_status bw_clamp(nbi_node *node, nb_tensor *g, nb_tensor **gi)
 {
     SAVED(0, x);
     nb_tensor *m = NULL;
+    /* PyTorch 2.x: exactly at min or max the gradient is 0 (1.13 passed it through) */
     if (node->i[0] && node->i[1]) {
-        nb_tensor *lo = nb_ge_scalar(x, node->f[0]), *hi = nb_le_scalar(x, node->f[1]);
+        nb_tensor *lo = nb_gt_scalar(x, node->f[0]), *hi = nb_lt_scalar(x, node->f[1]);
         m = nb_logical_and(lo, hi);
         nb_release(lo);
         nb_release(hi);
     } else if (node->i[0]) {
-        m = nb_ge_scalar(x, node->f[0]);
+        m = nb_gt_scalar(x, node->f[0]);
     } else {
-        m = nb_le_scalar(x, node->f[1]);
+        m = nb_lt_scalar(x, node->f[1]);
     }
     nb_tensor *mf = m ? nb_to_dtype(m, g->dtype) : NULL;
     gi[0] = mf ? nb_mul(g, mf) : NULL;
@@ -993,16 +994,33 @@ static nb_status bw_mean(nbi_node *node, nb_tensor *g, nb_tensor **gi)
     return done(gi, 1);
 }
 
+/* d prod / d x_i is the product of the others, also where x_i is 0 (PyTorch's rule): with p
+ * the product of the non-zero elements and z the number of zeros in the slice, it is p / x_i
+ * when z = 0, p at the zero when z = 1, and 0 otherwise. Written with ops: twice
+ * differentiable (except across exact zeros, where PyTorch uses cumprod). */
 static nb_status bw_prod(nbi_node *node, nb_tensor *g, nb_tensor **gi)
 {
     SAVED(0, x);
-    SAVED(1, out);
-    nb_tensor *eo = grad_expand(out, node), *eg = grad_expand(g, node);
-    nb_tensor *q = eo ? nb_div(eo, x) : NULL;
-    gi[0] = q && eg ? nb_mul(eg, q) : NULL;
-    nb_release(eo);
-    nb_release(eg);
-    nb_release(q);
+    int32_t dims[NB_MAX_DIMS], nd = 0;
+    for (int32_t d = 0; d < x->ndim; d++)
+        if (node->i[d])
+            dims[nd++] = d;
+    nb_opts o = {x->dtype, x->storage->device->name};
+    nb_tensor *zero = nb_zeros(NB_SHAPE_SCALAR, o), *one = nb_ones(NB_SHAPE_SCALAR, o);
+    nb_tensor *isz = nb_eq_scalar(x, 0), *xs = isz ? nb_where(isz, one, x) : NULL;
+    nb_tensor *p = xs ? (nd ? nb_prod(xs, dims, nd, true) : nb_retain(xs)) : NULL;
+    nb_tensor *zf = isz ? nb_to_dtype(isz, x->dtype) : NULL;
+    nb_tensor *nz = zf ? (nd ? nb_sum(zf, dims, nd, true) : nb_retain(zf)) : NULL;
+    nb_tensor *none = nz ? nb_eq_scalar(nz, 0) : NULL, *single = nz ? nb_eq_scalar(nz, 1) : NULL;
+    nb_tensor *q = p ? nb_div(p, xs) : NULL;
+    nb_tensor *at_nonzero = none && q ? nb_where(none, q, zero) : NULL;
+    nb_tensor *at_zero = single && p ? nb_where(single, p, zero) : NULL;
+    nb_tensor *w = at_nonzero && at_zero ? nb_where(isz, at_zero, at_nonzero) : NULL;
+    nb_tensor *eg = grad_expand(g, node);
+    gi[0] = w && eg ? nb_mul(eg, w) : NULL;
+    nb_tensor *tmp[] = {zero, one, isz, xs, p, zf, nz, none, single, q, at_nonzero, at_zero, w, eg};
+    for (size_t k = 0; k < sizeof tmp / sizeof *tmp; k++)
+        nb_release(tmp[k]);
     return done(gi, 1);
 }
 
@@ -1107,7 +1125,9 @@ NB_DEFINE_REDUCE_(nb_prod, RED_PROD)
 NB_DEFINE_REDUCE_(nb_amax, RED_AMAX)
 NB_DEFINE_REDUCE_(nb_amin, RED_AMIN)
 
-/* var, std and norm are composites of differentiable ops. */
+/* var and std are composites of differentiable ops; norm has a node of its own. */
+static nb_tensor *norm_value(const nb_tensor *t, double p, const int32_t *dims, int32_t nd,
+                             bool keepdim);
 static nb_tensor *var_impl(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t corr,
                            bool keepdim)
 {
@@ -1175,8 +1195,78 @@ nb_tensor *nb_std(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t c
     return NBI_API(s);
 }
 
+/* torch.linalg.vector_norm's backward: g * sign(x) |x|^(p-1) / norm^(p-1); for p = inf the
+ * gradient is shared among the elements of largest |x|. Where the norm is 0 the gradient is 0
+ * (PyTorch's rule), with a safe denominator so that higher orders see no inf or NaN. */
+static nb_status bw_norm(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    SAVED(0, x);
+    SAVED(1, r);
+    double p = node->f[0];
+    nb_opts o = {x->dtype, x->storage->device->name};
+    nb_tensor *zero = nb_zeros(NB_SHAPE_SCALAR, o), *one = nb_ones(NB_SHAPE_SCALAR, o);
+    nb_tensor *er = grad_expand(r, node), *eg = grad_expand(g, node);
+    nb_tensor *rz = er ? nb_eq_scalar(er, 0) : NULL, *rs = rz ? nb_where(rz, one, er) : NULL;
+    nb_tensor *sg = nb_sign(x), *w = NULL, *t1 = NULL, *t2 = NULL, *t3 = NULL;
+    if (isinf(p)) {
+        nb_tensor *ax = nb_abs(x), *hit = ax && er ? nb_eq(ax, er) : NULL;
+        nb_tensor *hf = hit ? nb_to_dtype(hit, x->dtype) : NULL;
+        int32_t dims[NB_MAX_DIMS], nd = 0;
+        for (int32_t d = 0; d < x->ndim; d++)
+            if (node->i[d])
+                dims[nd++] = d;
+        nb_tensor *cnt = hf ? (nd ? nb_sum(hf, dims, nd, true) : nb_retain(hf)) : NULL;
+        t1 = hf && sg ? nb_mul(hf, sg) : NULL;
+        w = t1 && cnt ? nb_div(t1, cnt) : NULL;
+        nb_release(ax);
+        nb_release(hit);
+        nb_release(hf);
+        nb_release(cnt);
+    } else if (p == 2) {
+        w = rs ? nb_div(x, rs) : NULL;
+    } else if (p == 1) {
+        w = nb_retain(sg);
+    } else {
+        nb_tensor *ax = nb_abs(x);
+        t1 = ax ? nb_pow_scalar(ax, p - 1) : NULL;
+        t2 = rs ? nb_pow_scalar(rs, p - 1) : NULL;
+        t3 = t1 && sg ? nb_mul(sg, t1) : NULL;
+        w = t3 && t2 ? nb_div(t3, t2) : NULL;
+        nb_release(ax);
+    }
+    nb_tensor *gw = w && eg ? nb_mul(eg, w) : NULL;
+    gi[0] = gw && rz ? nb_where(rz, zero, gw) : NULL;
+    nb_tensor *tmp[] = {zero, one, er, eg, rz, rs, sg, w, t1, t2, t3, gw};
+    for (size_t k = 0; k < sizeof tmp / sizeof *tmp; k++)
+        nb_release(tmp[k]);
+    return done(gi, 1);
+}
+
 static nb_tensor *norm_impl(const nb_tensor *t, double p, const int32_t *dims, int32_t nd,
                             bool keepdim)
+{
+    bool mask[NB_MAX_DIMS];
+    if (reduce_dims("norm", t, dims, nd, mask) != NB_OK)
+        return NULL;
+    nb_tensor *in[1] = {(nb_tensor *)t};
+    bool grad = nbi_grad_needed(in, 1);
+    bool prev = nb_set_grad_enabled(false); /* one node for the whole norm, as in PyTorch */
+    nb_tensor *r = norm_value(t, p, dims, nd, keepdim);
+    nb_set_grad_enabled(prev);
+    nbi_node *node = r && grad ? nbi_record(r, "LinalgVectorNormBackward0", bw_norm, in, 1)
+                               : NULL;
+    if (node) {
+        for (int32_t d = 0; d < t->ndim; d++)
+            node->i[d] = mask[d];
+        node->f[0] = p;
+        nbi_save(node, t);
+        nbi_save_output(node, r);
+    }
+    return r;
+}
+
+static nb_tensor *norm_value(const nb_tensor *t, double p, const int32_t *dims, int32_t nd,
+                             bool keepdim)
 {
     if (!nb_dtype_is_float(t->dtype)) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "norm: expected a floating point tensor, got %s",

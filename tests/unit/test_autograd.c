@@ -865,6 +865,87 @@ static void in_place_ops_without_backward_leak_nothing(void **state)
     }
 }
 
+/* ---- edge values (PyTorch 2.x) ---- */
+
+static void grad_of(nb_tensor *(*f)(nb_tensor *), const double *xv, int64_t n, const double *want)
+{
+    nb_tensor *x = vec(xv, NB_SHAPE(n), true);
+    nb_scope_begin();
+    nb_tensor *y = f(x);
+    nb_status st = y ? nb_backward(nb_sum(y, NULL, 0, false), NULL, false) : nb_last_status();
+    nb_scope_end();
+    if (st != NB_OK)
+        fail_msg("backward: %s", nb_last_error());
+    expect_grad(x, want, n);
+    nb_release(x);
+}
+
+static nb_tensor *norm2(nb_tensor *x) { return nb_norm(x, 2, NULL, 0, false); }
+static nb_tensor *norm1(nb_tensor *x) { return nb_norm(x, 1, NULL, 0, false); }
+static nb_tensor *norm3(nb_tensor *x) { return nb_norm(x, 3, NULL, 0, false); }
+static nb_tensor *norm_inf(nb_tensor *x) { return nb_norm(x, INFINITY, NULL, 0, false); }
+static nb_tensor *prod_all(nb_tensor *x) { return nb_prod(x, NULL, 0, false); }
+static nb_tensor *clamp01(nb_tensor *x) { return nb_clamp(x, 0, 1); }
+static nb_tensor *clamp_min0(nb_tensor *x) { return nb_clamp(x, 0, NAN); }
+
+static void norm_at_zero_has_gradient_zero(void **state)
+{
+    (void)state;
+    const double z[3] = {0, 0, 0}, v[2] = {3, -4};
+    /* torch.zeros(3, dtype=torch.float64, requires_grad=True).norm().backward() -> [0, 0, 0]
+     * (the same for p=3 and p=inf: torch.linalg.vector_norm(x, 3) / (x, float('inf'))) */
+    grad_of(norm2, z, 3, z);
+    grad_of(norm3, z, 3, z);
+    grad_of(norm_inf, z, 3, z);
+    /* x = torch.tensor([3., -4.], dtype=torch.float64, requires_grad=True)
+     * x.norm().backward() -> [0.6, -0.8]; vector_norm(x, 1) -> [1, -1];
+     * vector_norm(x, 3) -> sign(x) |x|^2 / ||x||_3^2 = [0.3597, -0.6394];
+     * vector_norm(x, inf) -> [0, -1]; x.norm().grad_fn -> <LinalgVectorNormBackward0> */
+    const double w2[2] = {0.6, -0.8}, w1[2] = {1, -1}, winf[2] = {0, -1};
+    double n3 = cbrt(27 + 64), w3[2] = {9 / (n3 * n3), -16 / (n3 * n3)};
+    grad_of(norm2, v, 2, w2);
+    grad_of(norm1, v, 2, w1);
+    grad_of(norm3, v, 2, w3);
+    grad_of(norm_inf, v, 2, winf);
+    nb_tensor *x = vec(v, NB_SHAPE(2), true), *n = norm2(x);
+    assert_string_equal(fn_name(n), "LinalgVectorNormBackward0");
+    nb_release(n);
+    nb_release(x);
+}
+
+static void prod_with_a_zero_gives_the_product_of_the_others(void **state)
+{
+    (void)state;
+    /* torch.tensor([2., 0, 3], dtype=torch.float64, requires_grad=True).prod().backward()
+     * -> [0, 6, 0]; [0., 2, 0] -> [0, 0, 0]; [2., 3, 4] -> [12, 8, 6] */
+    const double a[3] = {2, 0, 3}, wa[3] = {0, 6, 0};
+    const double b[3] = {0, 2, 0}, wb[3] = {0, 0, 0};
+    const double c[3] = {2, 3, 4}, wc[3] = {12, 8, 6};
+    grad_of(prod_all, a, 3, wa);
+    grad_of(prod_all, b, 3, wb);
+    grad_of(prod_all, c, 3, wc);
+    /* over a dim: x = torch.tensor([[2., 0], [3, 5]], dtype=torch.float64, requires_grad=True)
+     * x.prod(1).sum().backward() -> [[0, 2], [5, 3]] */
+    const double m[4] = {2, 0, 3, 5}, wm[4] = {0, 2, 5, 3};
+    nb_tensor *x = vec(m, NB_SHAPE(2, 2), true);
+    int32_t d1[1] = {1};
+    nb_scope_begin();
+    backward_sum(nb_prod(x, d1, 1, false));
+    nb_scope_end();
+    expect_grad(x, wm, 4);
+    nb_release(x);
+}
+
+static void clamp_at_its_bounds_has_gradient_zero(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([0., 0.5, 1, 2], dtype=torch.float64, requires_grad=True)
+     * x.clamp(0, 1).sum().backward() -> [0, 1, 0, 0]; x.clamp(min=0) -> [0, 1, 1, 1] */
+    const double v[4] = {0, 0.5, 1, 2}, w[4] = {0, 1, 0, 0}, wmin[4] = {0, 1, 1, 1};
+    grad_of(clamp01, v, 4, w);
+    grad_of(clamp_min0, v, 4, wmin);
+}
+
 /* ---- hooks ---- */
 
 static int hook_calls;
@@ -1502,6 +1583,9 @@ int main(void)
         NB_TEST(writes_into_an_expanded_tensor_are_refused),
         NB_TEST(in_place_ops_do_not_trip_the_version_counter),
         NB_TEST(in_place_ops_without_backward_leak_nothing),
+        NB_TEST(norm_at_zero_has_gradient_zero),
+        NB_TEST(prod_with_a_zero_gives_the_product_of_the_others),
+        NB_TEST(clamp_at_its_bounds_has_gradient_zero),
         NB_TEST(hooks_read_and_replace_gradients),
         NB_TEST(custom_function_runs_its_backward),
         NB_TEST(gradcheck_passes_for_every_differentiable_op),
