@@ -1005,7 +1005,7 @@ static nb_status prepare_root_grad(const char *op, nb_tensor *t, const nb_tensor
     return *out ? NB_OK : nb_last_status();
 }
 
-static nb_status backward_impl(nb_tensor *t, const nb_tensor *grad, bool retain_graph)
+static nb_status backward_impl(nb_tensor *t, const nb_tensor *grad, nb_backward_opts opts)
 {
     if (!t)
         return nbi_error(NB_NULL_ARGUMENT, "backward: tensor is NULL");
@@ -1016,14 +1016,15 @@ static nb_status backward_impl(nb_tensor *t, const nb_tensor *grad, bool retain_
     nb_tensor *g = NULL;
     nb_status st = prepare_root_grad("backward", t, grad, &g);
     if (st == NB_OK)
-        st = run_engine(&t, &g, 1, retain_graph, false, NULL, 0, NULL);
+        st = run_engine(&t, &g, 1, opts.retain_graph || opts.create_graph, opts.create_graph,
+                        NULL, 0, NULL);
     nb_release(g);
     return st;
 }
 
-nb_status nb_backward(nb_tensor *t, const nb_tensor *grad, bool retain_graph)
+nb_status nb_backward(nb_tensor *t, const nb_tensor *grad, nb_backward_opts opts)
 {
-    return NBI_API_STATUS(backward_impl(t, grad, retain_graph));
+    return NBI_API_STATUS(backward_impl(t, grad, opts));
 }
 
 static nb_status grad_impl(nb_tensor *const *outputs, nb_tensor *const *grad_outputs, int32_t n,

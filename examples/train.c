@@ -229,7 +229,7 @@ static bool train_epoch(run_state *r, const mnist_set *train, int64_t *perm, uin
                                     (nb_opts){.dtype = NB_DTYPE_I64, .device = r->device});
         nb_tensor *loss = nb_cross_entropy(nb_module_forward(r->net, x), y, NB_REDUCTION_MEAN);
         bool ok = loss && nb_optim_zero_grad(r->opt) == NB_OK &&
-                  nb_backward(loss, NULL, false) == NB_OK && nb_optim_step(r->opt) == NB_OK;
+                  nb_backward(loss, NULL, (nb_backward_opts){0}) == NB_OK && nb_optim_step(r->opt) == NB_OK;
         if (ok) {
             nb_no_grad_begin();
             ok = nb_add_scaled_(r->loss_acc, loss, (double)count) == NB_OK;

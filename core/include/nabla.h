@@ -341,8 +341,13 @@ int32_t nb_grad_fn_next_count(const nb_grad_fn *fn);
 /* The i-th next function (NULL for inputs that need no grad). */
 const nb_grad_fn *nb_grad_fn_next(const nb_grad_fn *fn, int32_t i);
 
-/* grad may be NULL for one-element outputs. */
-nb_status nb_backward(nb_tensor *t, const nb_tensor *grad, bool retain_graph);
+/* tensor.backward(grad, retain_graph, create_graph); grad may be NULL for one-element
+ * outputs. Options are zero-initialised: nb_backward(loss, NULL, (nb_backward_opts){0}). */
+typedef struct nb_backward_opts {
+    bool retain_graph; /* keep the saved tensors for another backward (implied by create_graph) */
+    bool create_graph; /* the accumulated .grad gets a graph of its own (higher order) */
+} nb_backward_opts;
+nb_status nb_backward(nb_tensor *t, const nb_tensor *grad, nb_backward_opts opts);
 
 typedef struct nb_grad_opts {
     bool retain_graph; /* defaults to create_graph */

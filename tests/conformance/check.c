@@ -534,7 +534,7 @@ static void check_grad(const conf_op *op, const char *device, int32_t si, conf_r
         memcpy(rh.v, r, (size_t)m * sizeof *r);
     nb_tensor *rt = ok ? upload(&rh, device, false) : NULL;
     nb_tensor *prod = rt ? nb_mul(out, rt) : NULL, *loss = prod ? nb_sum(prod, NULL, 0, false) : NULL;
-    nb_status st = loss ? nb_backward(loss, NULL, false) : nb_last_status();
+    nb_status st = loss ? nb_backward(loss, NULL, (nb_backward_opts){0}) : nb_last_status();
     nb_release(loss);
     nb_release(prod);
     nb_release(rt);

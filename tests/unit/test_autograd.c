@@ -228,7 +228,7 @@ static void backward_of_the_torch_tutorial_example(void **state)
     double v;
     NB_ASSERT_OK(nb_item(out, &v));
     assert_true(v == 27);
-    NB_ASSERT_OK(nb_backward(out, NULL, false));
+    NB_ASSERT_OK(nb_backward(out, NULL, (nb_backward_opts){0}));
     nb_scope_end();
     nb_tensor *g = nb_tensor_grad(x);
     assert_non_null(g);
@@ -242,22 +242,22 @@ static void non_scalar_backward_needs_a_gradient(void **state)
 {
     (void)state;
     nb_tensor *x = leaf(NB_SHAPE(3), 0, 1, 6), *y = nb_mul_scalar(x, 2);
-    assert_int_equal(nb_backward(y, NULL, false), NB_AUTOGRAD);
+    assert_int_equal(nb_backward(y, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
     NB_ASSERT_ERROR_HAS("grad can be implicitly created only for scalar outputs");
     nb_clear_error();
     double gv[3] = {1, 10, 100};
     nb_tensor *g = nb_from_data(gv, NB_SHAPE(3), (nb_opts){NB_DTYPE_F64});
-    NB_ASSERT_OK(nb_backward(y, g, false));
+    NB_ASSERT_OK(nb_backward(y, g, (nb_backward_opts){0}));
     nb_tensor *xg = nb_tensor_grad(x);
     expect_values(xg, (double[]){2, 20, 200}, 3, 0);
     nb_tensor *bad = nb_ones(NB_SHAPE(4), (nb_opts){NB_DTYPE_F64}), *y2 = nb_mul_scalar(x, 2);
-    assert_int_equal(nb_backward(y2, bad, false), NB_SHAPE_MISMATCH);
+    assert_int_equal(nb_backward(y2, bad, (nb_backward_opts){0}), NB_SHAPE_MISMATCH);
     nb_clear_error();
     nb_tensor *c = nb_ones(NB_SHAPE(1), (nb_opts){0});
-    assert_int_equal(nb_backward(c, NULL, false), NB_AUTOGRAD);
+    assert_int_equal(nb_backward(c, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
     NB_ASSERT_ERROR_HAS("does not require grad");
     nb_clear_error();
-    assert_int_equal(nb_backward(NULL, NULL, false), NB_NULL_ARGUMENT);
+    assert_int_equal(nb_backward(NULL, NULL, (nb_backward_opts){0}), NB_NULL_ARGUMENT);
     nb_tensor *r[] = {x, y, g, xg, bad, y2, c};
     for (size_t k = 0; k < 7; k++)
         nb_release(r[k]);
@@ -269,15 +269,15 @@ static void second_backward_needs_retain_graph(void **state)
     nb_tensor *x = leaf(NB_SHAPE(3), 0.5, 1, 7);
     nb_scope_begin();
     nb_tensor *s = nb_sum(nb_mul(nb_exp(x), x), NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s, NULL, false));
-    assert_int_equal(nb_backward(s, NULL, false), NB_AUTOGRAD);
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
+    assert_int_equal(nb_backward(s, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
     NB_ASSERT_ERROR_HAS("retain_graph");
     NB_ASSERT_ERROR_HAS("second time");
     nb_clear_error();
     NB_ASSERT_OK(nb_tensor_zero_grad(x));
     nb_tensor *s2 = nb_sum(nb_mul(nb_exp(x), x), NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s2, NULL, true));
-    NB_ASSERT_OK(nb_backward(s2, NULL, false)); /* kept by the first: works, and adds up */
+    NB_ASSERT_OK(nb_backward(s2, NULL, (nb_backward_opts){.retain_graph = true}));
+    NB_ASSERT_OK(nb_backward(s2, NULL, (nb_backward_opts){0})); /* kept by the first: works, and adds up */
     nb_scope_end();
     int64_t n;
     double *xv = values(x, &n), want[3];
@@ -296,7 +296,7 @@ static void gradients_accumulate_until_zero_grad(void **state)
     nb_tensor *x = leaf(NB_SHAPE(2), 0, 1, 8);
     for (int k = 1; k <= 3; k++) {
         nb_scope_begin();
-        NB_ASSERT_OK(nb_backward(nb_sum(nb_mul_scalar(x, 5), NULL, 0, false), NULL, false));
+        NB_ASSERT_OK(nb_backward(nb_sum(nb_mul_scalar(x, 5), NULL, 0, false), NULL, (nb_backward_opts){0}));
         nb_scope_end();
         nb_tensor *g = nb_tensor_grad(x);
         expect_all(g, 5.0 * k, 1e-12);
@@ -306,7 +306,7 @@ static void gradients_accumulate_until_zero_grad(void **state)
     assert_null(nb_tensor_grad(x));
     assert_int_equal(nb_last_status(), NB_OK); /* no grad is not an error */
     nb_scope_begin();
-    NB_ASSERT_OK(nb_backward(nb_sum(x, NULL, 0, false), NULL, false));
+    NB_ASSERT_OK(nb_backward(nb_sum(x, NULL, 0, false), NULL, (nb_backward_opts){0}));
     nb_scope_end();
     nb_tensor *g = nb_tensor_grad(x);
     expect_all(g, 1, 0);
@@ -329,7 +329,7 @@ static void retain_grad_keeps_a_non_leaf_gradient(void **state)
     NB_ASSERT_OK(nb_tensor_retain_grad(y));
     nb_scope_begin();
     nb_tensor *s = nb_sum(nb_add(nb_mul(y, y), z), NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s, NULL, false));
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
     nb_scope_end();
     nb_tensor *yg = nb_tensor_grad(y), *zg = nb_tensor_grad(z);
     int64_t n;
@@ -352,7 +352,7 @@ static void broadcasting_is_undone_in_the_gradient(void **state)
     nb_tensor *a = leaf(NB_SHAPE(3, 1), 0, 1, 10), *b = leaf(NB_SHAPE(1, 4), 0, 1, 11);
     nb_tensor *s0 = leaf(NB_SHAPE_SCALAR, 0, 1, 12);
     nb_scope_begin();
-    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(nb_add(a, b), s0), NULL, 0, false), NULL, false));
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(nb_add(a, b), s0), NULL, 0, false), NULL, (nb_backward_opts){0}));
     nb_scope_end();
     nb_tensor *ga = nb_tensor_grad(a), *gb = nb_tensor_grad(b), *gs = nb_tensor_grad(s0);
     nb_shape sa = nb_tensor_shape(ga), sb = nb_tensor_shape(gb);
@@ -479,7 +479,7 @@ static void in_place_change_of_a_saved_tensor_is_caught(void **state)
     int64_t v0 = nb_tensor_version(e);
     NB_ASSERT_OK(nb_add_scalar_(e, 1));
     assert_true(nb_tensor_version(e) > v0);
-    assert_int_equal(nb_backward(s, NULL, false), NB_AUTOGRAD);
+    assert_int_equal(nb_backward(s, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
     NB_ASSERT_ERROR_HAS("modified by an inplace operation");
     NB_ASSERT_ERROR_HAS("ExpBackward0");
     nb_release(x);
@@ -513,7 +513,7 @@ static void in_place_on_a_non_leaf_joins_the_graph(void **state)
     nb_tensor *x = leaf(NB_SHAPE(3), 0, 1, 20), *y = nb_mul_scalar(x, 2);
     NB_ASSERT_OK(nb_mul_scalar_(y, 3)); /* y = (2x) * 3 */
     nb_scope_begin();
-    NB_ASSERT_OK(nb_backward(nb_sum(y, NULL, 0, false), NULL, false));
+    NB_ASSERT_OK(nb_backward(nb_sum(y, NULL, 0, false), NULL, (nb_backward_opts){0}));
     nb_scope_end();
     nb_tensor *g = nb_tensor_grad(x);
     expect_all(g, 6, 1e-12);
@@ -535,7 +535,7 @@ static nb_tensor *vec(const double *v, nb_shape s, bool rg)
 static void backward_sum(nb_tensor *t)
 {
     nb_scope_begin();
-    nb_status st = nb_backward(nb_sum(t, NULL, 0, false), NULL, false);
+    nb_status st = nb_backward(nb_sum(t, NULL, 0, false), NULL, (nb_backward_opts){0});
     nb_scope_end();
     if (st != NB_OK)
         fail_msg("backward: %s", nb_last_error());
@@ -664,7 +664,7 @@ static void copy_and_index_assignment_are_differentiable(void **state)
     assert_true(nb_tensor_requires_grad(out));
     assert_string_equal(fn_name(out), "CopySlices");
     NB_ASSERT_OK(nb_backward(nb_add(nb_sum(out, NULL, 0, false), nb_sum(x, NULL, 0, false)),
-                             NULL, false));
+                             NULL, (nb_backward_opts){0}));
     nb_scope_end();
     expect_values(out, out_want, 3, 0); /* outside the scope: values() releases what it gets */
     expect_grad(x, want, 3);
@@ -781,12 +781,12 @@ static void in_place_ops_do_not_trip_the_version_counter(void **state)
         nb_tensor *y = nb_mul(x, x); /* x^2, then op in place: d/dx = op'(x^2) 2x */
         if (ops[k].un(y) != NB_OK)
             fail_msg("%s_: %s", ops[k].name, nb_last_error());
-        if (nb_backward(nb_sum(nb_mul(y, x), NULL, 0, false), NULL, false) != NB_OK)
+        if (nb_backward(nb_sum(nb_mul(y, x), NULL, 0, false), NULL, (nb_backward_opts){0}) != NB_OK)
             fail_msg("%s_: backward: %s", ops[k].name, nb_last_error());
         nb_tensor *g1 = nb_keep(nb_tensor_grad(x));
         NB_ASSERT_OK(nb_tensor_zero_grad(x));
         NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(ops[k].out(nb_mul(x, x)), x), NULL, 0, false),
-                                 NULL, false));
+                                 NULL, (nb_backward_opts){0}));
         nb_tensor *g2 = nb_keep(nb_tensor_grad(x));
         nb_scope_end();
         int64_t n;
@@ -872,7 +872,7 @@ static void grad_of(nb_tensor *(*f)(nb_tensor *), const double *xv, int64_t n, c
     nb_tensor *x = vec(xv, NB_SHAPE(n), true);
     nb_scope_begin();
     nb_tensor *y = f(x);
-    nb_status st = y ? nb_backward(nb_sum(y, NULL, 0, false), NULL, false) : nb_last_status();
+    nb_status st = y ? nb_backward(nb_sum(y, NULL, 0, false), NULL, (nb_backward_opts){0}) : nb_last_status();
     nb_scope_end();
     if (st != NB_OK)
         fail_msg("backward: %s", nb_last_error());
@@ -980,7 +980,7 @@ static void hooks_read_and_replace_gradients(void **state)
     nb_tensor *y = nb_mul_scalar(x, 5);
     NB_ASSERT_OK(nb_tensor_register_hook(y, double_hook, NULL)); /* on a non-leaf */
     nb_tensor *s = nb_sum(y, NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s, NULL, false));
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
     nb_release(s);
     assert_int_equal(hook_calls, 2);
     assert_int_equal(mine, 1);
@@ -1051,7 +1051,7 @@ static void custom_function_runs_its_backward(void **state)
     assert_non_null(out);
     assert_string_equal(fn_name(out), "ScaledMulBackward");
     nb_tensor *s = nb_sum(out, NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s, NULL, false));
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
     nb_release(s);
     int64_t n;
     double *av = values(a, &n), *bv = values(b, &n), wa[3], wb[3];
@@ -1357,13 +1357,15 @@ static void second_derivative_of_x_exp_x(void **state)
     for (int k = 0; k < 3; k++)
         want[k] = exp(xv[k]) * (xv[k] + 2);
     nb_tensor *x = vec(xv, NB_SHAPE(3), true), *g = NULL;
+    nb_tensor *f = gg_exp_x(&x, 1, NULL); /* outside the scope: it releases its temporaries */
     nb_scope_begin();
-    nb_tensor *y = nb_sum(gg_exp_x(&x, 1, NULL), NULL, 0, false);
+    nb_tensor *y = nb_sum(f, NULL, 0, false);
     NB_ASSERT_OK(nb_grad(&y, NULL, 1, &x, 1, (nb_grad_opts){.create_graph = true}, &g));
     assert_non_null(nb_tensor_grad_fn(g));
-    NB_ASSERT_OK(nb_backward(nb_sum(g, NULL, 0, false), NULL, false));
+    NB_ASSERT_OK(nb_backward(nb_sum(g, NULL, 0, false), NULL, (nb_backward_opts){0}));
     nb_scope_end();
     expect_grad(x, want, 3);
+    nb_release(f);
     nb_release(x);
 }
 
@@ -1478,7 +1480,7 @@ static void callbacks_release_their_temporaries_inside_a_scope(void **state)
     NB_ASSERT_OK(nb_tensor_register_hook(a, read_hook, &mine)); /* releases a select() */
     nb_scope_begin();
     nb_tensor *out = nb_function_apply(&scaled_mul, scaled_ctx(2, a, b), in, 2);
-    NB_ASSERT_OK(nb_backward(nb_sum(out, NULL, 0, false), NULL, false));
+    NB_ASSERT_OK(nb_backward(nb_sum(out, NULL, 0, false), NULL, (nb_backward_opts){0}));
     assert_int_equal(mine, 1);
     nb_scope_end();
     nb_tensor *ga = nb_tensor_grad(a);
@@ -1514,7 +1516,7 @@ static void train_two_layer(const char *device, double *losses, int steps)
         nb_tensor *loss = nb_sum(nb_pow_scalar(nb_sub(pred, y), 2), NULL, 0, false);
         assert_non_null(loss);
         NB_ASSERT_OK(nb_item(loss, &losses[t]));
-        NB_ASSERT_OK(nb_backward(loss, NULL, false));
+        NB_ASSERT_OK(nb_backward(loss, NULL, (nb_backward_opts){0}));
         nb_no_grad_begin();
         NB_ASSERT_OK(nb_add_scaled_(w1, nb_tensor_grad(w1), -1e-4));
         NB_ASSERT_OK(nb_add_scaled_(w2, nb_tensor_grad(w2), -1e-4));

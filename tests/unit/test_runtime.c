@@ -309,7 +309,7 @@ static void workload(void)
     nb_tensor *s = nb_sum(nb_relu(z), NULL, 0, false);
     check(s != NULL);
     if (s)
-        check(nb_backward(s, NULL, false) == NB_OK);
+        check(nb_backward(s, NULL, (nb_backward_opts){0}) == NB_OK);
     char *str = nb_tensor_str(s);
     check(str != NULL || s == NULL);
     nb_free(str);
