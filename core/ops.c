@@ -72,6 +72,14 @@ static nb_tensor *as_dtype(const nb_tensor *t, nb_dtype dtype)
 
 static int64_t numel(const nb_tensor *t) { return nbi_numel(t->ndim, t->shape); }
 
+/* A composite's result carries PyTorch's name for the whole op on its top node. */
+static nb_tensor *named(nb_tensor *r, const char *grad_fn_name)
+{
+    if (r && r->grad_fn)
+        r->grad_fn->name = grad_fn_name;
+    return r;
+}
+
 /* ======================= backward rules for elementwise ops ======================= */
 
 #define SAVED(k, var)                                                                      \
@@ -441,7 +449,7 @@ static const struct {
     [NBI_OP_mul_scalar] = {"MulBackward0", bw_mul_scalar, SAVE_NONE, false},
     [NBI_OP_div_scalar] = {"DivBackward0", bw_div_scalar, SAVE_NONE, false},
     [NBI_OP_rsub_scalar] = {"RsubBackward1", bw_neg, SAVE_NONE, false},
-    [NBI_OP_rdiv_scalar] = {"RdivBackward0", bw_rdiv_scalar, SAVE_INPUT, false},
+    [NBI_OP_rdiv_scalar] = {"MulBackward0", bw_rdiv_scalar, SAVE_INPUT, false}, /* s / x */
     [NBI_OP_pow_scalar] = {"PowBackward0", bw_pow_scalar, SAVE_INPUT, false},
     [NBI_OP_rpow_scalar] = {"PowBackward2", bw_rpow_scalar, SAVE_OUTPUT, false},
     [NBI_OP_clamp] = {"ClampBackward1", bw_clamp, SAVE_INPUT, false},
@@ -742,7 +750,7 @@ static nb_status fill_impl(const char *op, const char *node_name, nb_tensor *t, 
 
 nb_status nb_fill_(nb_tensor *t, double value)
 {
-    return NBI_API_STATUS(fill_impl("fill_", "FillBackward0", t, value));
+    return NBI_API_STATUS(fill_impl("fill_", "FillBackward2", t, value)); /* fill_.Scalar */
 }
 
 nb_status nb_zero_(nb_tensor *t) { return NBI_API_STATUS(fill_impl("zero_", "ZeroBackward0", t, 0)); }
@@ -1157,7 +1165,7 @@ static nb_tensor *var_impl(const nb_tensor *t, const int32_t *dims, int32_t nd, 
 nb_tensor *nb_var(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t corr, bool keepdim)
 {
     NBI_NULL_CHECK("var", t);
-    return NBI_API(var_impl(t, dims, nd, corr, keepdim));
+    return NBI_API(named(var_impl(t, dims, nd, corr, keepdim), "VarBackward0"));
 }
 
 /* std = sqrt(var), except that where std is 0 the gradient is 0 (PyTorch's rule), not inf. */
@@ -1375,6 +1383,8 @@ static nb_status max_dim_impl(bool is_max, const nb_tensor *t, int32_t dim, bool
             v = d;
         }
         val = v;
+        if (val && val->grad_fn) /* torch.max(x, dim) values: MaxBackward0 */
+            val->grad_fn->name = is_max ? "MaxBackward0" : "MinBackward0";
         if (!val) {
             nb_release(idx);
             return nb_last_status();
@@ -1985,5 +1995,5 @@ done:
 
 nb_tensor *nb_stack(nb_tensor *const *ts, int32_t n, int32_t dim)
 {
-    return NBI_API(stack_impl(ts, n, dim));
+    return NBI_API(named(stack_impl(ts, n, dim), "StackBackward0")); /* unsqueeze + cat */
 }

@@ -197,7 +197,10 @@ nb_tensor *nb_t(const nb_tensor *t)
                   t->ndim);
         return NULL;
     }
-    return t->ndim < 2 ? nb_transpose(t, 0, 0) : nb_transpose(t, 0, 1);
+    nb_tensor *r = t->ndim < 2 ? nb_transpose(t, 0, 0) : nb_transpose(t, 0, 1);
+    if (r && r->grad_fn)
+        r->grad_fn->name = "TBackward0";
+    return r;
 }
 
 nb_tensor *nb_permute(const nb_tensor *t, const int32_t *dims, int32_t n)
