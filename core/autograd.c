@@ -558,6 +558,10 @@ nb_status nbi_inplace_commit(const char *op, nb_tensor *a, nb_tensor *r)
     if (r->ndim != a->ndim || memcmp(r->shape, a->shape, (size_t)a->ndim * sizeof *a->shape))
         st = nbi_error(NB_SHAPE_MISMATCH, "%s: output with shape %s doesn't match the broadcast "
                        "shape %s", op, NBI_SHAPE_STR(a), NBI_SHAPE_STR(r));
+    if (st == NB_OK && ((nb_dtype_is_float(r->dtype) && !nb_dtype_is_float(a->dtype)) ||
+                        (a->dtype == NB_DTYPE_BOOL && r->dtype != NB_DTYPE_BOOL)))
+        st = nbi_error(NB_DTYPE_UNSUPPORTED, "%s: result type %s can't be cast to the desired "
+                       "output type %s", op, nb_dtype_name(r->dtype), nb_dtype_name(a->dtype));
     if (st == NB_OK && n && a->view_no_grad)
         st = nbi_error(NB_AUTOGRAD, "%s: a view was created in no_grad mode and is being "
                        "modified inplace with grad mode enabled; move both the view and the "

@@ -193,6 +193,30 @@ static const struct {
 /* ============================== binary ops ============================== */
 
 static bool is_compare(nbi_op op) { return op >= NBI_OP_eq && op <= NBI_OP_ge; }
+
+/* PyTorch 2.x result_type for two tensors: a 0-d tensor takes part only when its category
+ * (bool < integer < float) is higher than the other's, so f32 + f64 0-d is f32 and
+ * i32 + i64 0-d is i32, while i32 + f64 0-d is f64. */
+static nb_dtype result_type(const nb_tensor *a, const nb_tensor *b)
+{
+    bool za = a->ndim == 0, zb = b->ndim == 0;
+    if (za == zb)
+        return nb_promote_types(a->dtype, b->dtype);
+    nb_dtype dim = za ? b->dtype : a->dtype, zero = za ? a->dtype : b->dtype;
+    if (nb_dtype_is_float(dim))
+        return dim;
+    if (dim == NB_DTYPE_BOOL || nb_dtype_is_float(zero))
+        return nb_promote_types(dim, zero);
+    return dim;
+}
+
+/* torch.can_cast, for in-place results: never float to integer, never anything to bool. */
+static bool can_cast(nb_dtype from, nb_dtype to)
+{
+    if (nb_dtype_is_float(from) && !nb_dtype_is_float(to))
+        return false;
+    return from == NB_DTYPE_BOOL || to != NB_DTYPE_BOOL;
+}
 static bool is_logical(nbi_op op) { return op >= NBI_OP_logical_and && op <= NBI_OP_logical_xor; }
 
 /* Computes op(a, b) into a new tensor, or into `into` (in place: a itself) when given. */
@@ -201,9 +225,24 @@ static nb_tensor *binary_into(nbi_op op, const nb_tensor *a, const nb_tensor *b,
     const char *name = nbi_op_name(op);
     if (same_device(name, a, b) != NB_OK)
         return NULL;
-    nb_dtype dt = nb_promote_types(a->dtype, b->dtype);
+    nb_dtype dt = result_type(a, b);
     if (op == NBI_OP_div && !nb_dtype_is_float(dt))
         dt = nbi_default_float(); /* true division */
+    if (dt == NB_DTYPE_BOOL && !is_compare(op) && !is_logical(op)) {
+        /* bool arithmetic as in PyTorch: + and maximum are or, * and minimum are and */
+        if (op == NBI_OP_add || op == NBI_OP_maximum) {
+            op = NBI_OP_logical_or;
+        } else if (op == NBI_OP_mul || op == NBI_OP_minimum) {
+            op = NBI_OP_logical_and;
+        } else if (op == NBI_OP_sub) {
+            nbi_error(NB_DTYPE_UNSUPPORTED, "sub: subtraction, the `-` operator, with two bool "
+                      "tensors is not supported; use the `^` or logical_xor() operator instead");
+            return NULL;
+        } else {
+            nbi_error(NB_DTYPE_UNSUPPORTED, "\"%s\" not implemented for 'Bool'", name);
+            return NULL;
+        }
+    }
     if (is_logical(op))
         dt = NB_DTYPE_BOOL;
     nb_dtype out_dt = (is_compare(op) || is_logical(op)) ? NB_DTYPE_BOOL : dt;
@@ -222,7 +261,7 @@ static nb_tensor *binary_into(nbi_op op, const nb_tensor *a, const nb_tensor *b,
                       "shape %s", name, NBI_SHAPE_STR(into), nbi_shape_cstr(ndim, shape));
             return NULL;
         }
-        if (nb_promote_types(out_dt, into->dtype) != into->dtype) {
+        if (!can_cast(out_dt, into->dtype)) {
             nbi_error(NB_DTYPE_UNSUPPORTED, "%s_: result type %s can't be cast to the desired "
                       "output type %s", name, nb_dtype_name(out_dt), nb_dtype_name(into->dtype));
             return NULL;
@@ -466,9 +505,12 @@ static nb_tensor *unary_op(nbi_op op, const nb_tensor *a, const double *f, int32
         dt = scalar_dtype(a, f[0]);
     if ((op == NBI_OP_div_scalar || op == NBI_OP_rdiv_scalar) && !nb_dtype_is_float(dt))
         dt = nbi_default_float();
-    if ((op == NBI_OP_pow_scalar && f[0] < 0 && !nb_dtype_is_float(dt)))
-        dt = nbi_default_float();
-    if (into && nb_promote_types(dt, into->dtype) != into->dtype) {
+    if (op == NBI_OP_pow_scalar && f[0] < 0 && f[0] == floor(f[0]) && !nb_dtype_is_float(dt)) {
+        nbi_error(NB_INVALID_ARGUMENT, "pow: integers to negative integer powers are not allowed "
+                  "(%s tensor ** %g)", nb_dtype_name(a->dtype), f[0]);
+        return NULL;
+    }
+    if (into && !can_cast(dt, into->dtype)) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "%s_: result type %s can't be cast to the desired "
                   "output type %s", nbi_op_name(op), nb_dtype_name(dt), nb_dtype_name(into->dtype));
         return NULL;
@@ -684,7 +726,7 @@ static nb_tensor *where_impl(const nb_tensor *cond, const nb_tensor *a, const nb
     shadow(&tmp, a, n1, s1);
     if (broadcast_shapes("where", cond, &tmp, &n, shape) != NB_OK)
         return NULL;
-    nb_dtype dt = nb_promote_types(a->dtype, b->dtype);
+    nb_dtype dt = result_type(a, b);
     nb_tensor *ca = as_dtype(a, dt), *cb = ca ? as_dtype(b, dt) : NULL;
     nb_tensor *out = cb ? nbi_tensor_new(a->storage->device, dt, n, shape) : NULL;
     if (out) {
