@@ -882,6 +882,115 @@ static void in_place_ops_without_backward_leak_nothing(void **state)
     }
 }
 
+static void in_place_chains_through_nested_views_match_pytorch(void **state)
+{
+    (void)state;
+    const double xv[4] = {1, 2, 3, 4}, yv[4] = {0.5, -1, 2, 3};
+    nb_tensor *x = vec(xv, NB_SHAPE(4), true), *y = vec(yv, NB_SHAPE(4), true);
+    /* a = x*x; v = a[1:]; w = v[0]; w.mul_(3); u = a[:2]; a.add_(y)
+     * ((v*v).sum() + (u*2).sum() + a.sum()).backward()
+     * x.grad -> [6, 300, 138, 312]; y.grad -> [3, 25, 23, 39]   (torch 2.15) */
+    const double w1x[4] = {6, 300, 138, 312}, w1y[4] = {3, 25, 23, 39};
+    nb_scope_begin();
+    nb_tensor *a = nb_mul(x, x), *v = nb_narrow(a, 0, 1, 3), *w = nb_select(v, 0, 0);
+    NB_ASSERT_OK(nb_mul_scalar_(w, 3));
+    nb_tensor *u = nb_narrow(a, 0, 0, 2);
+    NB_ASSERT_OK(nb_add_(a, y));
+    nb_tensor *l = nb_add(nb_add(nb_sum(nb_mul(v, v), NULL, 0, false),
+                                 nb_sum(nb_mul_scalar(u, 2), NULL, 0, false)),
+                          nb_sum(a, NULL, 0, false));
+    NB_ASSERT_OK(nb_backward(l, NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, w1x, 4);
+    expect_grad(y, w1y, 4);
+    /* a = x*1; b = y*2; a[1:3].copy_(b[0:2] * x[0:2]); (a*a).sum().backward()
+     * x.grad -> [4, 16, 0, 8]; y.grad -> [4, -32, 0, 0] */
+    const double w2x[4] = {4, 16, 0, 8}, w2y[4] = {4, -32, 0, 0};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    NB_ASSERT_OK(nb_tensor_zero_grad(y));
+    nb_scope_begin();
+    a = nb_mul_scalar(x, 1);
+    nb_tensor *b = nb_mul_scalar(y, 2);
+    NB_ASSERT_OK(nb_tensor_copy_(nb_narrow(a, 0, 1, 2),
+                                 nb_mul(nb_narrow(b, 0, 0, 2), nb_narrow(x, 0, 0, 2))));
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(a, a), NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, w2x, 4);
+    expect_grad(y, w2y, 4);
+    /* m = x.view(2,2) * 1; c = m[:, 1]; m.t()[1].mul_(y[:2]); (c*c).sum().backward()
+     * x.grad -> [0, 1, 0, 8]; y.grad -> [4, -32, 0, 0] */
+    const double w3x[4] = {0, 1, 0, 8};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    NB_ASSERT_OK(nb_tensor_zero_grad(y));
+    nb_scope_begin();
+    nb_tensor *m = nb_mul_scalar(nb_view(x, NB_SHAPE(2, 2)), 1), *c = nb_select(m, 1, 1);
+    NB_ASSERT_OK(nb_mul_(nb_select(nb_t(m), 0, 1), nb_narrow(y, 0, 0, 2)));
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(c, c), NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, w3x, 4);
+    expect_grad(y, w2y, 4);
+    /* a = x*x; a[1:].sin_(); g, = torch.autograd.grad(a.sum(), x, create_graph=True)
+     * g.sum().backward(); x.grad -> [2, 10.801552683199628, -16.65852599247259, 16.51049330591741] */
+    const double w4[4] = {2, 10.801552683199628, -16.65852599247259, 16.51049330591741};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    nb_scope_begin();
+    a = nb_mul(x, x);
+    NB_ASSERT_OK(nb_sin_(nb_narrow(a, 0, 1, 3)));
+    nb_tensor *g = NULL, *s = nb_sum(a, NULL, 0, false);
+    NB_ASSERT_OK(nb_grad(&s, NULL, 1, &x, 1, (nb_grad_opts){.create_graph = true}, &g));
+    NB_ASSERT_OK(nb_backward(nb_sum(g, NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, w4, 4);
+    nb_release(x);
+    nb_release(y);
+}
+
+static void linear_records_addmm_of_t_as_pytorch(void **state)
+{
+    (void)state;
+    /* x = torch.ones(2, 3); fc = torch.nn.Linear(3, 4); y = fc(x)
+     * [f.name() if f else None for f, _ in y.grad_fn.next_functions]
+     * -> ['AccumulateGrad', None, 'TBackward0'] */
+    nb_tensor *x = nb_ones(NB_SHAPE(2, 3), (nb_opts){NB_DTYPE_F64});
+    nb_tensor *w = leaf(NB_SHAPE(4, 3), -1, 1, 50), *b = leaf(NB_SHAPE(4), -1, 1, 51);
+    nb_tensor *y = nb_linear(x, w, b);
+    const nb_grad_fn *f = nb_tensor_grad_fn(y);
+    assert_string_equal(nb_grad_fn_name(f), "AddmmBackward0");
+    assert_int_equal(nb_grad_fn_next_count(f), 3);
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(f, 0)), "AccumulateGrad");
+    assert_null(nb_grad_fn_next(f, 1));
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(f, 2)), "TBackward0");
+    nb_release(y);
+    nb_release(x);
+    nb_release(w);
+    nb_release(b);
+}
+
+static void backward_with_create_graph_gives_grad_a_graph(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([0.5, 1.5], dtype=torch.float64, requires_grad=True)
+     * (x ** 3).sum().backward(create_graph=True); x.grad.grad_fn is not None
+     * x.grad -> 3 x^2 = [0.75, 6.75]; g = x.grad; x.grad = None; g.sum().backward()
+     * x.grad -> 6 x = [3, 9] */
+    const double xv[2] = {0.5, 1.5}, w1[2] = {0.75, 6.75}, w2[2] = {3, 9};
+    nb_tensor *x = vec(xv, NB_SHAPE(2), true);
+    nb_scope_begin();
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_pow_scalar(x, 3), NULL, 0, false), NULL,
+                             (nb_backward_opts){.create_graph = true}));
+    nb_scope_end();
+    nb_tensor *g = nb_tensor_grad(x);
+    assert_non_null(nb_tensor_grad_fn(g));
+    expect_values(g, w1, 2, 1e-12);
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    nb_scope_begin();
+    NB_ASSERT_OK(nb_backward(nb_sum(g, NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, w2, 2);
+    nb_release(g);
+    nb_release(x);
+}
+
 /* ---- edge values (PyTorch 2.x) ---- */
 
 static void grad_of(nb_tensor *(*f)(nb_tensor *), const double *xv, int64_t n, const double *want)
@@ -1602,6 +1711,9 @@ int main(void)
         NB_TEST(writes_into_an_expanded_tensor_are_refused),
         NB_TEST(in_place_ops_do_not_trip_the_version_counter),
         NB_TEST(in_place_ops_without_backward_leak_nothing),
+        NB_TEST(in_place_chains_through_nested_views_match_pytorch),
+        NB_TEST(backward_with_create_graph_gives_grad_a_graph),
+        NB_TEST(linear_records_addmm_of_t_as_pytorch),
         NB_TEST(norm_at_zero_has_gradient_zero),
         NB_TEST(prod_with_a_zero_gives_the_product_of_the_others),
         NB_TEST(clamp_at_its_bounds_has_gradient_zero),
