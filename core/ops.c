@@ -1204,45 +1204,85 @@ static nb_tensor *var_impl(const nb_tensor *t, const int32_t *dims, int32_t nd, 
     return v;
 }
 
+/* var and std are one node each, as in PyTorch (VarBackward0, StdBackward0 straight to their
+ * input): d var / dx = 2 (x - mean) / (N - correction); d std = d var / (2 std), and 0 where
+ * std is 0 (PyTorch's rule), with a safe denominator so higher orders see no inf or NaN.
+ * node->f[0] is 1 / (N - correction) (NaN when that is not positive, as the value). */
+static nb_status bw_var_std(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    SAVED(0, x);
+    SAVED(1, y); /* std's output; NULL for var */
+    int32_t dims[NB_MAX_DIMS], nd = 0;
+    for (int32_t d = 0; d < x->ndim; d++)
+        if (node->i[d])
+            dims[nd++] = d;
+    nb_opts o = {x->dtype, x->storage->device->name};
+    nb_tensor *m = nd ? nb_mean(x, dims, nd, true) : nb_retain(x), *c = m ? nb_sub(x, m) : NULL;
+    nb_tensor *eg = grad_expand(g, node), *w = NULL, *zero = NULL, *one = NULL, *ey = NULL;
+    nb_tensor *yz = NULL, *ys = NULL, *q = NULL;
+    if (!y) {
+        w = c ? nb_mul_scalar(c, 2 * node->f[0]) : NULL;
+    } else {
+        zero = nb_zeros(NB_SHAPE_SCALAR, o);
+        one = nb_ones(NB_SHAPE_SCALAR, o);
+        ey = grad_expand(y, node);
+        yz = ey ? nb_eq_scalar(ey, 0) : NULL;
+        ys = yz && one ? nb_where(yz, one, ey) : NULL;
+        q = c && ys ? nb_div(c, ys) : NULL;
+        nb_tensor *qs = q ? nb_mul_scalar(q, node->f[0]) : NULL;
+        w = qs && yz && zero ? nb_where(yz, zero, qs) : NULL;
+        nb_release(qs);
+    }
+    gi[0] = w && eg ? nb_mul(eg, w) : NULL;
+    nb_tensor *tmp[] = {m, c, eg, w, zero, one, ey, yz, ys, q};
+    for (size_t k = 0; k < sizeof tmp / sizeof *tmp; k++)
+        nb_release(tmp[k]);
+    return done(gi, 1);
+}
+
+static nb_tensor *var_std(bool is_std, const nb_tensor *t, const int32_t *dims, int32_t nd,
+                          int64_t corr, bool keepdim)
+{
+    nb_tensor *in[1] = {(nb_tensor *)t};
+    bool grad = nbi_grad_needed(in, 1);
+    bool prev = nb_set_grad_enabled(false);
+    nb_tensor *v = var_impl(t, dims, nd, corr, keepdim);
+    nb_tensor *r = v && is_std ? unary_kernel(NBI_OP_sqrt, v, v->dtype, v->dtype, NULL, 0, NULL, 0,
+                                              NULL)
+                               : nb_retain(v);
+    nb_release(v);
+    nb_set_grad_enabled(prev);
+    bool mask[NB_MAX_DIMS];
+    nbi_node *node = r && grad && reduce_dims("var", t, dims, nd, mask) == NB_OK
+                         ? nbi_record(r, is_std ? "StdBackward0" : "VarBackward0", bw_var_std,
+                                      in, 1)
+                         : NULL;
+    if (node) {
+        double count = 1;
+        for (int32_t d = 0; d < t->ndim; d++) {
+            node->i[d] = mask[d];
+            if (mask[d])
+                count *= (double)t->shape[d];
+        }
+        double denom = count - (double)corr;
+        node->f[0] = denom > 0 ? 1.0 / denom : NAN;
+        nbi_save(node, t);
+        if (is_std)
+            nbi_save_output(node, r);
+    }
+    return r;
+}
+
 nb_tensor *nb_var(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t corr, bool keepdim)
 {
     NBI_NULL_CHECK("var", t);
-    return NBI_API(named(var_impl(t, dims, nd, corr, keepdim), "VarBackward0"));
-}
-
-/* std = sqrt(var), except that where std is 0 the gradient is 0 (PyTorch's rule), not inf. */
-static nb_status bw_std(nbi_node *node, nb_tensor *g, nb_tensor **gi)
-{
-    SAVED(0, y);
-    /* the division uses 1 where std is 0, so that no inf or NaN reaches higher orders either */
-    nb_tensor *zero = nb_eq_scalar(y, 0);
-    nb_tensor *z = nb_zeros(NB_SHAPE_SCALAR, (nb_opts){g->dtype, g->storage->device->name});
-    nb_tensor *one = nb_ones(NB_SHAPE_SCALAR, (nb_opts){g->dtype, g->storage->device->name});
-    nb_tensor *ys = zero && one ? nb_where(zero, one, y) : NULL;
-    nb_tensor *two = ys ? nb_mul_scalar(ys, 2) : NULL, *q = two ? nb_div(g, two) : NULL;
-    gi[0] = zero && q && z ? nb_where(zero, z, q) : NULL;
-    nb_release(zero);
-    nb_release(one);
-    nb_release(ys);
-    nb_release(two);
-    nb_release(q);
-    nb_release(z);
-    return done(gi, 1);
+    return NBI_API(var_std(false, t, dims, nd, corr, keepdim));
 }
 
 nb_tensor *nb_std(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t corr, bool keepdim)
 {
     NBI_NULL_CHECK("std", t);
-    nbi_api_depth++;
-    nb_tensor *v = var_impl(t, dims, nd, corr, keepdim);
-    nb_tensor *s = v ? unary_kernel(NBI_OP_sqrt, v, v->dtype, v->dtype, NULL, 0, NULL, 0, NULL)
-                     : NULL;
-    nbi_node *node = s ? nbi_record(s, "StdBackward0", bw_std, &v, 1) : NULL;
-    if (node)
-        nbi_save_output(node, s);
-    nb_release(v);
-    nbi_api_depth--;
-    return NBI_API(s);
+    return NBI_API(var_std(true, t, dims, nd, corr, keepdim));
 }
 
 /* torch.linalg.vector_norm's backward: g * sign(x) |x|^(p-1) / norm^(p-1); for p = inf the

@@ -1072,6 +1072,39 @@ static void clamp_at_its_bounds_has_gradient_zero(void **state)
     grad_of(clamp_min0, v, 4, wmin);
 }
 
+static nb_tensor *std_all(nb_tensor *x) { return nb_std(x, NULL, 0, 1, false); }
+static nb_tensor *var_all0(nb_tensor *x) { return nb_var(x, NULL, 0, 0, false); }
+
+static void var_and_std_are_one_node_each(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([1., 2, 4], dtype=torch.float64, requires_grad=True); s = x.std()
+     * s.grad_fn.next_functions -> ((AccumulateGrad, 0),); s.backward()
+     * x.grad -> [-0.4364, -0.1091, 0.5455]  (= (x - mean) / ((n - 1) std));
+     * x.var(correction=0).backward() -> [-0.8889, -0.2222, 1.1111]  (= 2 (x - mean) / n);
+     * torch.ones(3, ...).std().backward() -> [0, 0, 0] */
+    const double xv[3] = {1, 2, 4}, ones[3] = {1, 1, 1}, zero3[3] = {0, 0, 0};
+    double mean = 7.0 / 3, sd = 0, ws[3], wv[3];
+    for (int k = 0; k < 3; k++)
+        sd += (xv[k] - mean) * (xv[k] - mean);
+    sd = sqrt(sd / 2);
+    for (int k = 0; k < 3; k++) {
+        ws[k] = (xv[k] - mean) / (2 * sd);
+        wv[k] = 2 * (xv[k] - mean) / 3;
+    }
+    grad_of(std_all, xv, 3, ws);
+    grad_of(var_all0, xv, 3, wv);
+    grad_of(std_all, ones, 3, zero3);
+    nb_tensor *x = vec(xv, NB_SHAPE(3), true), *s = std_all(x), *v = var_all0(x);
+    assert_string_equal(fn_name(s), "StdBackward0");
+    assert_string_equal(fn_name(v), "VarBackward0");
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(nb_tensor_grad_fn(s), 0)), "AccumulateGrad");
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(nb_tensor_grad_fn(v), 0)), "AccumulateGrad");
+    nb_release(s);
+    nb_release(v);
+    nb_release(x);
+}
+
 /* ---- hooks ---- */
 
 static int hook_calls;
@@ -1717,6 +1750,7 @@ int main(void)
         NB_TEST(norm_at_zero_has_gradient_zero),
         NB_TEST(prod_with_a_zero_gives_the_product_of_the_others),
         NB_TEST(clamp_at_its_bounds_has_gradient_zero),
+        NB_TEST(var_and_std_are_one_node_each),
         NB_TEST(hooks_read_and_replace_gradients),
         NB_TEST(custom_function_runs_its_backward),
         NB_TEST(gradcheck_passes_for_every_differentiable_op),
