@@ -1432,6 +1432,25 @@ nb_tensor *nb_argmin(const nb_tensor *t, int32_t dim, bool keepdim)
     return NBI_API(arg_impl(NBI_OP_argmin, t, dim, keepdim));
 }
 
+/* The gradient goes to the position of the extreme: a zero tensor with g scattered there
+ * (scatter_add is differentiable in g, so this is twice differentiable). */
+static nb_status bw_max_dim(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    SAVED(0, idx); /* keepdim indices */
+    const nb_shape *in = &node->in_shape[0];
+    int32_t dim = (int32_t)node->i[0];
+    nb_tensor *z = nb_zeros(*in, (nb_opts){g->dtype, g->storage->device->name});
+    if (in->ndim == 0) {
+        gi[0] = z ? nb_add(z, g) : NULL;
+    } else {
+        nb_tensor *gk = g->ndim == in->ndim ? nb_retain(g) : nb_unsqueeze(g, dim);
+        gi[0] = z && gk ? nb_scatter_add(z, dim, idx, gk) : NULL;
+        nb_release(gk);
+    }
+    nb_release(z);
+    return done(gi, 1);
+}
+
 static nb_status max_dim_impl(bool is_max, const nb_tensor *t, int32_t dim, bool keepdim,
                               nb_tensor **values, nb_tensor **indices)
 {
@@ -1450,8 +1469,12 @@ static nb_status max_dim_impl(bool is_max, const nb_tensor *t, int32_t dim, bool
     if (!idx)
         return nb_last_status();
     nb_tensor *val = NULL;
+    nb_tensor *tin[1] = {(nb_tensor *)t};
+    bool grad = values && nbi_grad_needed(tin, 1);
     if (values) {
+        bool prev = nb_set_grad_enabled(false); /* one node below, as in PyTorch */
         nb_tensor *v = t->ndim ? nb_gather(t, dim, idx) : nb_clone(t);
+        nb_set_grad_enabled(prev);
         bool mask[NB_MAX_DIMS] = {0};
         mask[dim] = true;
         if (v && !keepdim && t->ndim) {
@@ -1465,8 +1488,14 @@ static nb_status max_dim_impl(bool is_max, const nb_tensor *t, int32_t dim, bool
             v = d;
         }
         val = v;
-        if (val && val->grad_fn) /* torch.max(x, dim) values: MaxBackward0 */
-            val->grad_fn->name = is_max ? "MaxBackward0" : "MinBackward0";
+        /* torch.max(x, dim) values: MaxBackward0 (MinBackward0), straight to the input */
+        nbi_node *node = val && grad ? nbi_record(val, is_max ? "MaxBackward0" : "MinBackward0",
+                                                  bw_max_dim, tin, 1)
+                                     : NULL;
+        if (node) {
+            node->i[0] = dim;
+            nbi_save(node, idx);
+        }
         if (!val) {
             nb_release(idx);
             return nb_last_status();

@@ -1105,6 +1105,29 @@ static void var_and_std_are_one_node_each(void **state)
     nb_release(x);
 }
 
+static void max_over_a_dim_is_one_node(void **state)
+{
+    (void)state;
+    /* m = torch.tensor([[1., 5], [7, 2]], dtype=torch.float64, requires_grad=True)
+     * v = m.max(1)[0]; v.grad_fn.next_functions -> ((AccumulateGrad, 0),)
+     * v.sum().backward(); m.grad -> [[0, 1], [1, 0]]; m.min(1, keepdim=True)[0] -> [[1, 0], [0, 1]] */
+    const double mv[4] = {1, 5, 7, 2}, wmax[4] = {0, 1, 1, 0}, wmin[4] = {1, 0, 0, 1};
+    nb_tensor *m = vec(mv, NB_SHAPE(2, 2), true), *v = NULL, *u = NULL;
+    NB_ASSERT_OK(nb_max_dim(m, 1, false, &v, NULL));
+    assert_string_equal(fn_name(v), "MaxBackward0");
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(nb_tensor_grad_fn(v), 0)), "AccumulateGrad");
+    backward_sum(v);
+    expect_grad(m, wmax, 4);
+    NB_ASSERT_OK(nb_tensor_zero_grad(m));
+    NB_ASSERT_OK(nb_min_dim(m, 1, true, &u, NULL));
+    assert_string_equal(fn_name(u), "MinBackward0");
+    backward_sum(u);
+    expect_grad(m, wmin, 4);
+    nb_release(u);
+    nb_release(v);
+    nb_release(m);
+}
+
 /* ---- hooks ---- */
 
 static int hook_calls;
@@ -1751,6 +1774,7 @@ int main(void)
         NB_TEST(prod_with_a_zero_gives_the_product_of_the_others),
         NB_TEST(clamp_at_its_bounds_has_gradient_zero),
         NB_TEST(var_and_std_are_one_node_each),
+        NB_TEST(max_over_a_dim_is_one_node),
         NB_TEST(hooks_read_and_replace_gradients),
         NB_TEST(custom_function_runs_its_backward),
         NB_TEST(gradcheck_passes_for_every_differentiable_op),
