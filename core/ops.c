@@ -72,14 +72,6 @@ static nb_tensor *as_dtype(const nb_tensor *t, nb_dtype dtype)
 
 static int64_t numel(const nb_tensor *t) { return nbi_numel(t->ndim, t->shape); }
 
-/* A composite's result carries PyTorch's name for the whole op on its top node. */
-static nb_tensor *named(nb_tensor *r, const char *grad_fn_name)
-{
-    if (r && r->grad_fn)
-        r->grad_fn->name = grad_fn_name;
-    return r;
-}
-
 /* ======================= backward rules for elementwise ops ======================= */
 
 #define SAVED(k, var)                                                                      \
@@ -2104,7 +2096,25 @@ done:
     return r;
 }
 
+/* Input k's gradient is slice k of g along the new dim. */
+static nb_status bw_stack(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    for (int32_t k = 0; k < node->n_in; k++)
+        if (node->next[k] && !(gi[k] = nb_select(g, (int32_t)node->i[0], k)))
+            return nb_last_status();
+    return NB_OK;
+}
+
 nb_tensor *nb_stack(nb_tensor *const *ts, int32_t n, int32_t dim)
 {
-    return NBI_API(named(stack_impl(ts, n, dim), "StackBackward0")); /* unsqueeze + cat */
+    nbi_api_depth++;
+    bool grad = ts && n > 0 && nbi_grad_needed(ts, n);
+    bool prev = nb_set_grad_enabled(false); /* one StackBackward0 node, as in PyTorch */
+    nb_tensor *r = stack_impl(ts, n, dim);
+    nb_set_grad_enabled(prev);
+    nbi_node *node = r && grad ? nbi_record(r, "StackBackward0", bw_stack, ts, n) : NULL;
+    if (node)
+        node->i[0] = dim < 0 ? dim + r->ndim : dim;
+    nbi_api_depth--;
+    return NBI_API(r);
 }

@@ -1105,7 +1105,7 @@ static void var_and_std_are_one_node_each(void **state)
     nb_release(x);
 }
 
-static void max_over_a_dim_is_one_node(void **state)
+static void max_over_a_dim_and_stack_are_one_node(void **state)
 {
     (void)state;
     /* m = torch.tensor([[1., 5], [7, 2]], dtype=torch.float64, requires_grad=True)
@@ -1125,6 +1125,21 @@ static void max_over_a_dim_is_one_node(void **state)
     expect_grad(m, wmin, 4);
     nb_release(u);
     nb_release(v);
+    /* s = torch.stack([m, m * 3], 1); s.grad_fn.next_functions -> (AccumulateGrad, MulBackward0)
+     * (s * s).sum().backward(); m.grad -> 2 m + 18 m = 20 m */
+    NB_ASSERT_OK(nb_tensor_zero_grad(m));
+    nb_scope_begin();
+    nb_tensor *pair[2] = {m, nb_mul_scalar(m, 3)}, *st = nb_stack(pair, 2, 1);
+    assert_string_equal(fn_name(st), "StackBackward0");
+    assert_int_equal(nb_grad_fn_next_count(nb_tensor_grad_fn(st)), 2);
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(nb_tensor_grad_fn(st), 0)), "AccumulateGrad");
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(nb_tensor_grad_fn(st), 1)), "MulBackward0");
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(st, st), NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    double w20[4];
+    for (int k = 0; k < 4; k++)
+        w20[k] = 20 * mv[k];
+    expect_grad(m, w20, 4);
     nb_release(m);
 }
 
@@ -1774,7 +1789,7 @@ int main(void)
         NB_TEST(prod_with_a_zero_gives_the_product_of_the_others),
         NB_TEST(clamp_at_its_bounds_has_gradient_zero),
         NB_TEST(var_and_std_are_one_node_each),
-        NB_TEST(max_over_a_dim_is_one_node),
+        NB_TEST(max_over_a_dim_and_stack_are_one_node),
         NB_TEST(hooks_read_and_replace_gradients),
         NB_TEST(custom_function_runs_its_backward),
         NB_TEST(gradcheck_passes_for_every_differentiable_op),
