@@ -1167,6 +1167,48 @@ static nb_tensor *double_hook(const nb_tensor *g, void *ctx)
     return nb_mul_scalar(g, 2);
 }
 
+static int view_hook_calls;
+static nb_tensor *count_hook(const nb_tensor *g, void *ctx)
+{
+    (void)g, (void)ctx;
+    view_hook_calls++;
+    return NULL;
+}
+
+static void hooks_and_retain_grad_across_an_in_place_op(void **state)
+{
+    (void)state;
+    /* x = torch.ones(3, requires_grad=True); a = x * 1; v = a[:2]; v.retain_grad()
+     * v.register_hook(h); a.mul_(2); v.sum().backward()
+     * -> h is not called (it stays on v's old grad_fn), v.grad -> [1, 1], x.grad -> [2, 2, 0];
+     * a.register_hook(h2) before a.mul_(2): h2 sees the old a's gradient [2, 2, 2]. */
+    const double ones[3] = {1, 1, 1}, wx[3] = {2, 2, 0}, wv[2] = {1, 1}, wa[3] = {2, 2, 2};
+    nb_tensor *x = vec(ones, NB_SHAPE(3), true), *a = nb_mul_scalar(x, 1);
+    nb_tensor *v = nb_narrow(a, 0, 0, 2);
+    NB_ASSERT_OK(nb_tensor_retain_grad(v));
+    view_hook_calls = 0;
+    NB_ASSERT_OK(nb_tensor_register_hook(v, count_hook, NULL));
+    NB_ASSERT_OK(nb_mul_scalar_(a, 2));
+    backward_sum(v);
+    assert_int_equal(view_hook_calls, 0);
+    expect_grad(v, wv, 2);
+    expect_grad(x, wx, 3);
+    nb_release(v);
+    nb_release(a);
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    a = nb_mul_scalar(x, 1);
+    nb_tensor *old = a; /* the hook reads the gradient of a's value before the write */
+    NB_ASSERT_OK(nb_tensor_register_hook(old, read_hook, &view_hook_calls));
+    NB_ASSERT_OK(nb_mul_scalar_(a, 2));
+    hook_calls = 0;
+    backward_sum(a);
+    assert_int_equal(hook_calls, 1);
+    assert_true(hook_seen == 2);
+    expect_grad(x, wa, 3);
+    nb_release(a);
+    nb_release(x);
+}
+
 static void hooks_read_and_replace_gradients(void **state)
 {
     (void)state;
@@ -1791,6 +1833,7 @@ int main(void)
         NB_TEST(var_and_std_are_one_node_each),
         NB_TEST(max_over_a_dim_and_stack_are_one_node),
         NB_TEST(hooks_read_and_replace_gradients),
+        NB_TEST(hooks_and_retain_grad_across_an_in_place_op),
         NB_TEST(custom_function_runs_its_backward),
         NB_TEST(gradcheck_passes_for_every_differentiable_op),
         NB_TEST(gradcheck_catches_a_wrong_backward),
