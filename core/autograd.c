@@ -593,6 +593,19 @@ nb_status nbi_inplace_commit(const char *op, nb_tensor *a, nb_tensor *r)
     }
     if (st == NB_OK) {
         nbi_bump_version(a);
+        /* an output the node saved is now a's data: save a itself at its new version, as
+         * PyTorch does (so a later in-place change of a is caught, and r's memory is freed) */
+        for (int32_t k = 0; n && k < n->n_saved; k++) {
+            nb_tensor *s = n->saved[k];
+            if (!s || !n->saved_is_output[k] || s->storage != r->storage || s->dtype != a->dtype)
+                continue;
+            nb_tensor *alias = nbi_tensor_alias(a);
+            if (!alias)
+                continue; /* out of memory: keep the copy, still correct */
+            nb_release(s);
+            n->saved[k] = alias;
+            n->saved_version[k] = alias->storage->version;
+        }
         if (n) {
             r->grad_fn = NULL;
             st = rebase(a, n);

@@ -847,6 +847,26 @@ static void in_place_ops_do_not_trip_the_version_counter(void **state)
 
 /* Every in-place op on a tensor that requires grad, and on a view of one, with no backward:
  * the teardown's leak check (and nb_shutdown) must find nothing (no tensor <-> node cycle). */
+static void a_saved_output_changed_again_in_place_is_caught(void **state)
+{
+    (void)state;
+    /* x = torch.ones(3, requires_grad=True); a = x * 1; a.exp_().mul_(2); a.sum().backward()
+     * -> RuntimeError: one of the variables needed for gradient computation has been modified
+     * by an inplace operation: [...], which is output 0 of Exp, is at version 2; expected 1 */
+    const double ones[3] = {1, 1, 1};
+    nb_tensor *x = vec(ones, NB_SHAPE(3), true), *a = nb_mul_scalar(x, 1);
+    NB_ASSERT_OK(nb_exp_(a));
+    NB_ASSERT_OK(nb_mul_scalar_(a, 2));
+    nb_scope_begin();
+    assert_int_equal(nb_backward(nb_sum(a, NULL, 0, false), NULL, (nb_backward_opts){0}),
+                     NB_AUTOGRAD);
+    nb_scope_end();
+    NB_ASSERT_ERROR_HAS("modified by an inplace operation");
+    NB_ASSERT_ERROR_HAS("ExpBackward0");
+    nb_release(a);
+    nb_release(x);
+}
+
 static void in_place_ops_without_backward_leak_nothing(void **state)
 {
     (void)state;
@@ -1823,6 +1843,7 @@ int main(void)
         NB_TEST(in_place_writes_to_a_leaf_are_refused_also_through_views),
         NB_TEST(writes_into_an_expanded_tensor_are_refused),
         NB_TEST(in_place_ops_do_not_trip_the_version_counter),
+        NB_TEST(a_saved_output_changed_again_in_place_is_caught),
         NB_TEST(in_place_ops_without_backward_leak_nothing),
         NB_TEST(in_place_chains_through_nested_views_match_pytorch),
         NB_TEST(backward_with_create_graph_gives_grad_a_graph),
