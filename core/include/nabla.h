@@ -206,9 +206,12 @@ int64_t nb_tensor_version(const nb_tensor *t); /* bumped by every in-place chang
 
 /* Data in and out. Buffers hold numel elements of the tensor's dtype, row-major. */
 nb_status nb_tensor_copy_to_host(const nb_tensor *t, void *dst, size_t bytes);
-nb_status nb_tensor_copy_from_host(nb_tensor *t, const void *src, size_t bytes);
+nb_status nb_tensor_copy_from_host(nb_tensor *t, const void *src, size_t bytes); /* no autograd */
 nb_status nb_item(const nb_tensor *t, double *value); /* one-element tensors */
-nb_status nb_tensor_copy_(nb_tensor *dst, const nb_tensor *src); /* broadcast, cast, any device */
+/* dst.copy_(src): broadcast, cast, any device; differentiable like every in-place op (into a
+ * view it rebases the view's base). In-place writes are refused, outside no-grad mode, into a
+ * leaf that requires grad or a view of one, and always into overlapping (stride-0) elements. */
+nb_status nb_tensor_copy_(nb_tensor *dst, const nb_tensor *src);
 bool nb_allclose(const nb_tensor *a, const nb_tensor *b, double rtol, double atol);
 bool nb_equal(const nb_tensor *a, const nb_tensor *b); /* same shape and values */
 nb_tensor *nb_to_device(const nb_tensor *t, const char *device); /* t itself (retained) if there */
