@@ -986,6 +986,65 @@ static void linear_records_addmm_of_t_as_pytorch(void **state)
     nb_release(b);
 }
 
+static void in_place_through_views_of_a_strided_base_and_overlapping_views(void **state)
+{
+    (void)state;
+    const double yv[3] = {1, 2, 3}, xv[6] = {1, 2, 3, 4, 5, 6};
+    nb_tensor *y = vec(yv, NB_SHAPE(3), true), *x = vec(xv, NB_SHAPE(3, 2), true);
+    /* a base that is not contiguous (detach of a transpose), written through views:
+     * base = torch.zeros(3, 2, dtype=torch.float64).t().detach(); base[0].copy_(y * y)
+     * base[1].mul_(2); base[1].add_(x[:, 0])
+     * ((base * base).sum() + (base[:, 1] * 3).sum()).backward()
+     * y.grad -> [4, 44, 108]; x.grad -> [[2, 0], [9, 0], [10, 0]] */
+    const double wby[3] = {4, 44, 108}, wbx[6] = {2, 0, 9, 0, 10, 0};
+    nb_scope_begin();
+    nb_tensor *base = nb_detach(nb_t(nb_zeros(NB_SHAPE(3, 2), (nb_opts){NB_DTYPE_F64})));
+    NB_ASSERT_OK(nb_tensor_copy_(nb_select(base, 0, 0), nb_mul(y, y)));
+    NB_ASSERT_OK(nb_mul_scalar_(nb_select(base, 0, 1), 2));
+    NB_ASSERT_OK(nb_add_(nb_select(base, 0, 1), nb_select(x, 1, 0)));
+    nb_tensor *l = nb_add(nb_sum(nb_mul(base, base), NULL, 0, false),
+                          nb_sum(nb_mul_scalar(nb_select(base, 1, 1), 3), NULL, 0, false));
+    NB_ASSERT_OK(nb_backward(l, NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(y, wby, 3);
+    expect_grad(x, wbx, 6);
+    /* overlapping views: a = x.reshape(-1) * 1; v1 = a[0:4]; v2 = a[2:6]; v1.mul_(y[0])
+     * v2.add_(v1.sum()); w = a[1:5]; (w * w).sum().backward()
+     * y.grad -> [1038, 0, 0]; x.grad -> [[84, 88], [110, 112], [30, 0]] */
+    const double wcy[3] = {1038, 0, 0}, wcx[6] = {84, 88, 110, 112, 30, 0};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    NB_ASSERT_OK(nb_tensor_zero_grad(y));
+    nb_scope_begin();
+    nb_tensor *a = nb_mul_scalar(nb_reshape(x, NB_SHAPE(-1)), 1);
+    nb_tensor *v1 = nb_narrow(a, 0, 0, 4), *v2 = nb_narrow(a, 0, 2, 4);
+    NB_ASSERT_OK(nb_mul_(v1, nb_select(y, 0, 0)));
+    NB_ASSERT_OK(nb_add_(v2, nb_sum(v1, NULL, 0, false)));
+    nb_tensor *w = nb_narrow(a, 0, 1, 4);
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(w, w), NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(y, wcy, 3);
+    expect_grad(x, wcx, 6);
+    /* a view taken before two rebases: a = x * 1; old = a[:, 1]; a[0].mul_(3)
+     * a.t()[1].exp_(); (old * y).sum().backward()
+     * y.grad -> [e^6, e^4, e^6] = [403.4287934927351, 54.598150033144236, 403.4287934927351]
+     * x.grad -> [[0, 3 e^6], [0, 2 e^4], [0, 3 e^6]] */
+    double e6 = exp(6), e4 = exp(4);
+    const double wdy[3] = {e6, e4, e6}, wdx[6] = {0, 3 * e6, 0, 2 * e4, 0, 3 * e6};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    NB_ASSERT_OK(nb_tensor_zero_grad(y));
+    nb_scope_begin();
+    a = nb_mul_scalar(x, 1);
+    nb_tensor *old = nb_select(a, 1, 1);
+    NB_ASSERT_OK(nb_mul_scalar_(nb_select(a, 0, 0), 3));
+    NB_ASSERT_OK(nb_exp_(nb_select(nb_t(a), 0, 1)));
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(old, y), NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(y, wdy, 3);
+    expect_grad(x, wdx, 6);
+    nb_release(x);
+    nb_release(y);
+}
+
 static void backward_with_create_graph_gives_grad_a_graph(void **state)
 {
     (void)state;
@@ -1846,6 +1905,7 @@ int main(void)
         NB_TEST(a_saved_output_changed_again_in_place_is_caught),
         NB_TEST(in_place_ops_without_backward_leak_nothing),
         NB_TEST(in_place_chains_through_nested_views_match_pytorch),
+        NB_TEST(in_place_through_views_of_a_strided_base_and_overlapping_views),
         NB_TEST(backward_with_create_graph_gives_grad_a_graph),
         NB_TEST(linear_records_addmm_of_t_as_pytorch),
         NB_TEST(norm_at_zero_has_gradient_zero),
