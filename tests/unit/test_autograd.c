@@ -1045,6 +1045,43 @@ static void in_place_through_views_of_a_strided_base_and_overlapping_views(void 
     nb_release(y);
 }
 
+/* copy_ from one device into another: the gradient goes back to the source's device and dtype.
+ * x = torch.tensor([1., 2, 3], dtype=torch.float64, requires_grad=True)
+ * d = torch.zeros(3, device=dev); d.copy_(x * 2); (d * d).sum().backward(); x.grad -> [8, 16, 24] */
+static void copy_across_devices_sends_the_gradient_home(void **state)
+{
+    (void)state;
+    const double xv[3] = {1, 2, 3}, want[3] = {8, 16, 24};
+    int tested = 0;
+    for (size_t p = 0; p < nb_plugin_count(); p++) {
+        nb_plugin_info info;
+        if (nb_plugin_get(p, &info) != NB_OK || !info.loaded)
+            continue;
+        for (int d = 0; d < info.devices; d++) {
+            char dev[64];
+            snprintf(dev, sizeof dev, "%s:%d", info.name, d);
+            if (!nb_device_has_kernel(dev, "mul", NB_DTYPE_F32))
+                continue;
+            nb_tensor *x = vec(xv, NB_SHAPE(3), true);
+            nb_scope_begin();
+            nb_tensor *dst = nb_zeros(NB_SHAPE(3), (nb_opts){NB_DTYPE_F32, dev});
+            NB_ASSERT_OK(nb_tensor_copy_(dst, nb_mul_scalar(x, 2)));
+            assert_string_equal(fn_name(dst), "CopyBackwards");
+            NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(dst, dst), NULL, 0, false), NULL,
+                                     (nb_backward_opts){0}));
+            nb_scope_end();
+            nb_tensor *g = nb_tensor_grad(x);
+            assert_string_equal(nb_tensor_device(g), "cpu");
+            assert_int_equal(nb_tensor_dtype(g), NB_DTYPE_F64);
+            expect_values(g, want, 3, 1e-6);
+            nb_release(g);
+            nb_release(x);
+            tested++;
+        }
+    }
+    assert_true(tested >= 1);
+}
+
 static void backward_with_create_graph_gives_grad_a_graph(void **state)
 {
     (void)state;
@@ -1906,6 +1943,7 @@ int main(void)
         NB_TEST(in_place_ops_without_backward_leak_nothing),
         NB_TEST(in_place_chains_through_nested_views_match_pytorch),
         NB_TEST(in_place_through_views_of_a_strided_base_and_overlapping_views),
+        NB_TEST(copy_across_devices_sends_the_gradient_home),
         NB_TEST(backward_with_create_graph_gives_grad_a_graph),
         NB_TEST(linear_records_addmm_of_t_as_pytorch),
         NB_TEST(norm_at_zero_has_gradient_zero),
