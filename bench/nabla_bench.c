@@ -338,7 +338,7 @@ static nb_status mlp_run(const char *device)
         nb_scope_begin();
         nb_tensor *pred = nb_mm(nb_clamp(nb_mm(x, w1), 0, NAN), w2);
         nb_tensor *loss = nb_sum(nb_pow_scalar(nb_sub(pred, y), 2), NULL, 0, false);
-        st = loss ? nb_backward(loss, NULL, false) : nb_last_status();
+        st = loss ? nb_backward(loss, NULL, (nb_backward_opts){0}) : nb_last_status();
         if (st == NB_OK) {
             nb_tensor *g1 = nb_tensor_grad(w1), *g2 = nb_tensor_grad(w2);
             nb_no_grad_begin();
@@ -393,7 +393,7 @@ static nb_status lenet_step(lenet_ctx *c)
     nb_tensor *loss = nb_cross_entropy(nb_module_forward(c->net, x), y, NB_REDUCTION_MEAN);
     nb_status st = loss ? nb_optim_zero_grad(c->opt) : nb_last_status();
     if (st == NB_OK)
-        st = nb_backward(loss, NULL, false);
+        st = nb_backward(loss, NULL, (nb_backward_opts){0});
     if (st == NB_OK)
         st = nb_optim_step(c->opt);
     nb_scope_end();

@@ -76,7 +76,7 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps)
         nb_scope_begin();
         nb_tensor *out = d ? nb_ddp_forward(d, x) : nb_module_forward(net, x);
         nb_tensor *loss = nb_cross_entropy(out, y, NB_REDUCTION_MEAN);
-        bool ok = loss && nb_optim_zero_grad(o) == NB_OK && nb_backward(loss, NULL, false) == NB_OK &&
+        bool ok = loss && nb_optim_zero_grad(o) == NB_OK && nb_backward(loss, NULL, (nb_backward_opts){0}) == NB_OK &&
                   (!d || nb_ddp_finish(d) == NB_OK) && nb_optim_step(o) == NB_OK;
         nb_scope_end();
         if (!ok)

@@ -151,8 +151,19 @@ static nbi_node *node_retain(nbi_node *n)
     return n;
 }
 
+/* Outputs unpacked with this node as their grad_fn live for one call of its backward only:
+ * kept longer they would hold the node alive through itself. */
+static void release_unpacked(nbi_node *n)
+{
+    for (int32_t k = 0; k < n->n_saved; k++) {
+        nb_release(n->unpacked[k]);
+        n->unpacked[k] = NULL;
+    }
+}
+
 static void release_saved(nbi_node *n)
 {
+    release_unpacked(n);
     for (int32_t k = 0; k < n->n_saved; k++) {
         nb_release(n->saved[k]);
         n->saved[k] = NULL;
@@ -197,6 +208,7 @@ void nbi_node_release(nbi_node *n)
             x->fn->free_ctx(x->ctx);
         nb_release(x->buf);
         hooks_free(x->hooks);
+        nbi_free(x->geom);
         nbi_free(x);
     }
     if (stack != stack_buf)
@@ -217,11 +229,14 @@ void nbi_tensor_autograd_release(nb_tensor *t)
     t->hooks = NULL;
     post_hooks_free(t->post_hooks);
     t->post_hooks = NULL;
+    nb_release(t->view_base);
+    t->view_base = NULL;
 }
 
 /* The edge into a tensor's history: its grad_fn, or the AccumulateGrad node of a leaf. */
 static nbi_node *edge_of(nb_tensor *t)
 {
+    nbi_view_refresh(t);
     if (!t || !t->requires_grad)
         return NULL;
     if (t->grad_fn)
@@ -240,9 +255,11 @@ bool nbi_grad_needed(nb_tensor *const *inputs, int32_t n)
 {
     if (grad_disabled)
         return false;
-    for (int32_t k = 0; k < n; k++)
+    for (int32_t k = 0; k < n; k++) {
+        nbi_view_refresh(inputs[k]);
         if (inputs[k] && inputs[k]->requires_grad)
             return true;
+    }
     return false;
 }
 
@@ -284,6 +301,14 @@ void nbi_save_detached(nbi_node *node, const nb_tensor *t)
     node->saved[node->n_saved++] = t ? nbi_tensor_alias(t) : NULL;
 }
 
+void nbi_save_output(nbi_node *node, const nb_tensor *out)
+{
+    if (!node || node->n_saved >= NBI_MAX_SAVED)
+        return;
+    node->saved_is_output[node->n_saved] = true;
+    nbi_save_detached(node, out);
+}
+
 static const char retain_graph_msg[] =
     "Trying to backward through the graph a second time (or directly access saved tensors after "
     "they have already been freed). Saved intermediate values of the graph are freed when you "
@@ -293,12 +318,12 @@ static const char retain_graph_msg[] =
 
 nb_status nbi_saved(nbi_node *node, int32_t k, nb_tensor **t)
 {
-    if (node->released)
-        return nbi_error(NB_AUTOGRAD, "%s", retain_graph_msg);
     if (k >= node->n_saved) { /* the rule did not save this one */
         *t = NULL;
         return NB_OK;
     }
+    if (node->released)
+        return nbi_error(NB_AUTOGRAD, "%s", retain_graph_msg);
     nb_tensor *s = node->saved[k];
     if (!s) /* nbi_save_detached ran out of memory when the op was recorded */
         return nbi_error(NB_OUT_OF_MEMORY, "%s: saved tensor %d could not be kept (out of "
@@ -309,22 +334,369 @@ nb_status nbi_saved(nbi_node *node, int32_t k, nb_tensor **t)
                          "expected version %lld instead (in %s)", nb_dtype_name(s->dtype),
                          NBI_SHAPE_STR(s), (long long)s->storage->version,
                          (long long)node->saved_version[k], node->name);
+    if (node->saved_is_output[k] && !grad_disabled) { /* create_graph: y = f(x) has a graph */
+        if (!node->unpacked[k]) {
+            nb_tensor *u = nbi_tensor_alias(s);
+            if (!u)
+                return nb_last_status();
+            u->grad_fn = node_retain(node);
+            u->requires_grad = true;
+            node->unpacked[k] = u;
+        }
+        s = node->unpacked[k];
+    }
     *t = s;
     return NB_OK;
 }
 
+
+/* ---- in-place writes and views (PyTorch's rebase_history, CopySlices, view regeneration) ----
+ *
+ * A view and its root base share storage, version counter and history. An in-place op computes
+ * its result out of place (recording its node N there), writes it into the destination and
+ * moves N onto the destination: a tensor that is not a view takes N as its grad_fn; a view
+ * makes its base's grad_fn CopySlices(base's old history, N). Every view of that base then
+ * regenerates its grad_fn as AsStridedBackward0 of the base's new one when next used. */
+
+static void geom_of(const nb_tensor *t, nbi_geom *g)
+{
+    g->ndim = t->ndim;
+    memcpy(g->shape, t->shape, sizeof g->shape);
+    memcpy(g->strides, t->strides, sizeof g->strides);
+    g->offset = t->offset;
+}
+
+static bool geom_overlaps(const nbi_geom *g)
+{
+    for (int32_t d = 0; d < g->ndim; d++)
+        if (g->strides[d] == 0 && g->shape[d] > 1)
+            return true;
+    return false;
+}
+
+static bool same_strides(const nb_tensor *t, const nbi_geom *g)
+{
+    for (int32_t d = 0; d < g->ndim; d++)
+        if (g->shape[d] != 1 && t->strides[d] != g->strides[d])
+            return false;
+    return true;
+}
+
+/* An uninitialised tensor of b's shape laid out with b's strides (b does not overlap). */
+static nb_tensor *new_in_layout(const nbi_geom *b, nb_dtype dtype, nbi_device *dev)
+{
+    int64_t contig[NB_MAX_DIMS], extent = 1;
+    nbi_contiguous_strides(b->ndim, b->shape, contig);
+    bool is_contig = true;
+    for (int32_t d = 0; d < b->ndim; d++) {
+        if (b->shape[d] == 0)
+            extent = 0;
+        if (b->shape[d] != 1 && b->strides[d] != contig[d])
+            is_contig = false;
+    }
+    if (is_contig || extent == 0)
+        return nbi_tensor_new(dev, dtype, b->ndim, b->shape);
+    for (int32_t d = 0; d < b->ndim; d++)
+        extent += (b->shape[d] - 1) * b->strides[d];
+    nb_tensor *flat = nbi_tensor_new(dev, dtype, 1, &extent);
+    nb_tensor *t = flat ? nbi_tensor_view(flat, b->ndim, b->shape, b->strides, 0) : NULL;
+    nb_release(flat);
+    return t;
+}
+
+static nb_tensor *zeros_in_layout(const nbi_geom *b, nb_dtype dtype, nbi_device *dev)
+{
+    nb_tensor *z = new_in_layout(b, dtype, dev);
+    double f[1] = {0};
+    if (z && nbi_numel(z->ndim, z->shape) &&
+        nbi_launch(NBI_OP_fill, dtype, z, NULL, 0, f, 1, NULL, 0) != NB_OK) {
+        nb_release(z);
+        return NULL;
+    }
+    return z;
+}
+
+/* g (of the base's shape) as a tensor with the base's strides; copy says always a fresh one. */
+static nb_tensor *relayout(const nb_tensor *g, const nbi_geom *b, bool copy)
+{
+    if (!copy && same_strides(g, b))
+        return nb_retain((nb_tensor *)g);
+    nb_tensor *t = new_in_layout(b, g->dtype, g->storage->device);
+    if (t && nb_tensor_copy_(t, g) != NB_OK) { /* differentiable: create_graph keeps the graph */
+        nb_release(t);
+        return NULL;
+    }
+    return t;
+}
+
+static nb_status bw_as_strided(nbi_node *node, nb_tensor *g, nb_tensor **gi);
+
+static nbi_geom *geom_pair(const nbi_geom *base, const nbi_geom *view)
+{
+    nbi_geom *p = nbi_malloc(2 * sizeof *p);
+    if (!p) {
+        nbi_error(NB_OUT_OF_MEMORY, "autograd: out of memory for a view's geometry");
+        return NULL;
+    }
+    p[0] = *base;
+    p[1] = *view;
+    return p;
+}
+
+/* The region `view` of src, where src has the shape of `base`: a differentiable view. */
+static nb_tensor *as_strided_view(const nb_tensor *src, const nbi_geom *base, const nbi_geom *view)
+{
+    nb_tensor *s = relayout(src, base, false);
+    nb_tensor *v = s ? nbi_tensor_view(s, view->ndim, view->shape, view->strides,
+                                       s->offset + view->offset - base->offset)
+                     : NULL;
+    nbi_node *n = v ? nbi_record(v, "AsStridedBackward0", bw_as_strided, &s, 1) : NULL;
+    if (n && !(n->geom = geom_pair(base, view))) {
+        nb_release(v);
+        v = NULL;
+    }
+    if (v)
+        nbi_view_track(v, s);
+    nb_release(s);
+    return v;
+}
+
+/* The gradient of a view lands in its region of a zero tensor laid out like the base; a view
+ * that repeats elements (stride 0) sums over the repeats first. */
+static nb_status bw_as_strided(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    const nbi_geom *b = &node->geom[0];
+    nbi_geom v = node->geom[1];
+    int32_t dims[NB_MAX_DIMS], nd = 0;
+    for (int32_t d = 0; d < v.ndim; d++)
+        if (v.strides[d] == 0 && v.shape[d] > 1) {
+            dims[nd++] = d;
+            v.shape[d] = 1;
+        }
+    nb_tensor *gs = nd ? nb_sum(g, dims, nd, true) : nb_retain(g);
+    nb_tensor *z = gs ? zeros_in_layout(b, g->dtype, g->storage->device) : NULL;
+    nb_tensor *r = z ? as_strided_view(z, b, &v) : NULL;
+    nb_status st = r ? nb_tensor_copy_(r, gs) : nb_last_status();
+    nb_release(gs);
+    nb_release(r);
+    if (st != NB_OK) {
+        nb_release(z);
+        return st;
+    }
+    gi[0] = z;
+    return NB_OK;
+}
+
+/* The base's gradient: outside the written region to its old history (edge 0), inside to the
+ * in-place op's node (edge 1), whose input edge leads back to the old history as a view. */
+static nb_status bw_copy_slices(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    const nbi_geom *b = &node->geom[0], *v = &node->geom[1];
+    if (node->next[1] && !(gi[1] = as_strided_view(g, b, v)))
+        return nb_last_status();
+    if (node->next[0]) {
+        nb_tensor *c = relayout(g, b, true), *r = c ? as_strided_view(c, b, v) : NULL;
+        nb_status st = r ? nb_zero_(r) : nb_last_status();
+        nb_release(r);
+        if (st != NB_OK) {
+            nb_release(c);
+            return st;
+        }
+        gi[0] = c;
+    }
+    return NB_OK;
+}
+
+void nbi_view_track(nb_tensor *v, const nb_tensor *t)
+{
+    if (!v || !t)
+        return;
+    nb_tensor *root = t->view_base ? t->view_base : (nb_tensor *)t;
+    nb_release(v->view_base);
+    v->view_base = nb_retain(root);
+    v->view_no_grad = grad_disabled || t->view_no_grad;
+    v->view_seen = root->grad_fn;
+}
+
+void nbi_view_refresh(nb_tensor *t)
+{
+    nb_tensor *b = t ? t->view_base : NULL;
+    if (!b || t->view_no_grad || b->grad_fn == t->view_seen)
+        return;
+    nbi_geom bg, vg;
+    geom_of(b, &bg);
+    geom_of(t, &vg);
+    if (!b->grad_fn || geom_overlaps(&bg)) { /* nothing to regenerate from */
+        t->view_seen = b->grad_fn;
+        return;
+    }
+    nbi_node *n = node_new("AsStridedBackward0", bw_as_strided, 1);
+    if (!n || !(n->geom = geom_pair(&bg, &vg))) {
+        nbi_node_release(n);
+        return; /* out of memory: the error is set and the old grad_fn stays */
+    }
+    n->next[0] = node_retain(b->grad_fn);
+    n->in_shape[0] = nb_tensor_shape(b);
+    n->in_dtype[0] = b->dtype;
+    nbi_node *old = t->grad_fn;
+    if (old && old->retain == t) {
+        old->retain = NULL;
+        n->retain = t;
+    }
+    t->grad_fn = n;
+    t->requires_grad = true;
+    t->view_seen = b->grad_fn;
+    nbi_node_release(old);
+}
+
 nb_status nbi_check_inplace(const char *op, nb_tensor *t)
 {
-    if (!grad_disabled && t->requires_grad && !t->grad_fn)
-        return nbi_error(NB_AUTOGRAD, "%s: a leaf tensor that requires grad is being used in an "
-                         "in-place operation (wrap it in nb_no_grad_begin/end)", op);
+    for (int32_t d = 0; d < t->ndim; d++)
+        if (t->strides[d] == 0 && t->shape[d] > 1)
+            return nbi_error(NB_INVALID_ARGUMENT, "%s: unsupported operation: more than one "
+                             "element of the written-to tensor refers to a single memory "
+                             "location. Please clone() the tensor before performing the "
+                             "operation. (shape %s, strides %s)", op, NBI_SHAPE_STR(t),
+                             nbi_shape_cstr(t->ndim, t->strides));
+    if (grad_disabled)
+        return NB_OK;
+    nbi_view_refresh(t);
+    nb_tensor *b = t->view_base;
+    if (b && b->requires_grad && !b->grad_fn)
+        return nbi_error(NB_AUTOGRAD, "%s: a view of a leaf Variable that requires grad is "
+                         "being used in an in-place operation (wrap it in "
+                         "nb_no_grad_begin/end)", op);
+    if (t->requires_grad && !t->grad_fn)
+        return nbi_error(NB_AUTOGRAD, "%s: a leaf Variable that requires grad is being used in "
+                         "an in-place operation (wrap it in nb_no_grad_begin/end)", op);
     return NB_OK;
+}
+
+static nb_status rebase(nb_tensor *a, nbi_node *n)
+{
+    if (!a->view_base) {
+        nbi_node *old = a->grad_fn;
+        if (old && old->retain == a) {
+            old->retain = NULL;
+            n->retain = a;
+        }
+        a->grad_fn = n;
+        a->requires_grad = true;
+        nbi_node_release(old);
+        return NB_OK;
+    }
+    nb_tensor *b = a->view_base;
+    nbi_geom bg, vg;
+    geom_of(b, &bg);
+    geom_of(a, &vg);
+    nbi_node *cs = node_new("CopySlices", bw_copy_slices, 2);
+    if (!cs || !(cs->geom = geom_pair(&bg, &vg))) {
+        nbi_node_release(cs);
+        nbi_node_release(n);
+        return nb_last_status();
+    }
+    cs->next[0] = edge_of(b);
+    cs->in_shape[0] = nb_tensor_shape(b);
+    cs->in_dtype[0] = b->dtype;
+    cs->next[1] = n;
+    cs->in_shape[1] = nb_tensor_shape(a);
+    cs->in_dtype[1] = a->dtype;
+    nbi_node *old = b->grad_fn;
+    if (old && old->retain == b) {
+        old->retain = NULL;
+        cs->retain = b;
+    }
+    b->grad_fn = cs;
+    b->requires_grad = true;
+    nbi_node_release(old);
+    nbi_view_refresh(a);
+    return NB_OK;
+}
+
+nb_status nbi_inplace_commit(const char *op, nb_tensor *a, nb_tensor *r)
+{
+    if (!r)
+        return nb_last_status();
+    if (r == a) { /* computed in place: no graph */
+        nb_release(r);
+        nbi_bump_version(a);
+        return NB_OK;
+    }
+    nbi_node *n = r->grad_fn;
+    nb_status st = NB_OK;
+    if (r->ndim != a->ndim || memcmp(r->shape, a->shape, (size_t)a->ndim * sizeof *a->shape))
+        st = nbi_error(NB_SHAPE_MISMATCH, "%s: output with shape %s doesn't match the broadcast "
+                       "shape %s", op, NBI_SHAPE_STR(a), NBI_SHAPE_STR(r));
+    if (st == NB_OK && ((nb_dtype_is_float(r->dtype) && !nb_dtype_is_float(a->dtype)) ||
+                        (a->dtype == NB_DTYPE_BOOL && r->dtype != NB_DTYPE_BOOL)))
+        st = nbi_error(NB_DTYPE_UNSUPPORTED, "%s: result type %s can't be cast to the desired "
+                       "output type %s", op, nb_dtype_name(r->dtype), nb_dtype_name(a->dtype));
+    if (st == NB_OK && n && a->view_no_grad)
+        st = nbi_error(NB_AUTOGRAD, "%s: a view was created in no_grad mode and is being "
+                       "modified inplace with grad mode enabled; move both the view and the "
+                       "in-place op inside the no_grad block, or both outside it", op);
+    nbi_geom bg;
+    if (st == NB_OK && n && a->view_base && (geom_of(a->view_base, &bg), geom_overlaps(&bg)))
+        st = nbi_error(NB_AUTOGRAD, "%s: in-place write with autograd through a view of a "
+                       "tensor whose elements overlap (shape %s, strides %s)", op,
+                       NBI_SHAPE_STR(a->view_base),
+                       nbi_shape_cstr(a->view_base->ndim, a->view_base->strides));
+    /* the op's node may have saved the values this write overwrites: keep copies instead
+     * (PyTorch's original_self), so backward neither fails nor keeps a cycle through a */
+    for (int32_t k = 0; st == NB_OK && n && k < n->n_saved; k++) {
+        nb_tensor *s = n->saved[k];
+        if (!s || n->saved_is_output[k] || s->storage != a->storage)
+            continue;
+        nb_tensor *c = nb_clone(s);
+        if (!c) {
+            st = nb_last_status();
+            break;
+        }
+        nb_release(s);
+        n->saved[k] = c;
+        n->saved_version[k] = c->storage->version;
+    }
+    if (st == NB_OK && nbi_numel(a->ndim, a->shape)) {
+        nb_tensor *in[1] = {r};
+        st = nbi_launch(NBI_OP_copy, a->dtype, a, in, 1, NULL, 0, NULL, 0);
+    }
+    if (st == NB_OK) {
+        nbi_bump_version(a);
+        /* an output the node saved is now a's data: save a itself at its new version, as
+         * PyTorch does (so a later in-place change of a is caught, and r's memory is freed) */
+        for (int32_t k = 0; n && k < n->n_saved; k++) {
+            nb_tensor *s = n->saved[k];
+            if (!s || !n->saved_is_output[k] || s->storage != r->storage || s->dtype != a->dtype)
+                continue;
+            nb_tensor *alias = nbi_tensor_alias(a);
+            if (!alias)
+                continue; /* out of memory: keep the copy, still correct */
+            nb_release(s);
+            n->saved[k] = alias;
+            n->saved_version[k] = alias->storage->version;
+        }
+        if (n) {
+            r->grad_fn = NULL;
+            st = rebase(a, n);
+        }
+    }
+    nb_release(r);
+    return st;
 }
 
 /* ---- tensor-level autograd API ---- */
 
-bool nb_tensor_requires_grad(const nb_tensor *t) { return t && t->requires_grad; }
-bool nb_tensor_is_leaf(const nb_tensor *t) { return t && !t->grad_fn; }
+bool nb_tensor_requires_grad(const nb_tensor *t)
+{
+    nbi_view_refresh((nb_tensor *)t);
+    return t && t->requires_grad;
+}
+
+bool nb_tensor_is_leaf(const nb_tensor *t)
+{
+    nbi_view_refresh((nb_tensor *)t);
+    return t && !t->grad_fn;
+}
 
 nb_status nb_tensor_set_requires_grad(nb_tensor *t, bool rg)
 {
@@ -381,6 +753,7 @@ nb_status nb_tensor_retain_grad(nb_tensor *t)
 {
     if (!t)
         return nbi_error(NB_NULL_ARGUMENT, "retain_grad: tensor is NULL");
+    nbi_view_refresh(t);
     if (!t->requires_grad)
         return nbi_error(NB_AUTOGRAD, "retain_grad: can't retain_grad on a tensor that has "
                          "requires_grad=False");
@@ -395,6 +768,7 @@ nb_status nb_tensor_register_hook(nb_tensor *t, nb_grad_hook_fn fn, void *ctx)
 {
     if (!t || !fn)
         return nbi_error(NB_NULL_ARGUMENT, "register_hook: tensor or hook is NULL");
+    nbi_view_refresh(t);
     if (!t->requires_grad)
         return nbi_error(NB_AUTOGRAD, "register_hook: cannot register a hook on a tensor that "
                          "doesn't require gradient");
@@ -412,6 +786,7 @@ nb_status nb_tensor_register_hook(nb_tensor *t, nb_grad_hook_fn fn, void *ctx)
 
 const nb_grad_fn *nb_tensor_grad_fn(const nb_tensor *t)
 {
+    nbi_view_refresh((nb_tensor *)t);
     return t ? (const nb_grad_fn *)t->grad_fn : NULL;
 }
 const char *nb_grad_fn_name(const nb_grad_fn *fn) { return fn ? ((const nbi_node *)fn)->name : NULL; }
@@ -580,10 +955,11 @@ static nb_status process(engine *e, nbi_node *x)
             if (st == NB_OK && !e->n_capture && x->leaf->post_hooks)
                 st = run_post_hooks(x->leaf);
         } else if (st == NB_OK && x->backward) {
-            if (x->released)
+            if (x->released && x->n_saved) /* as PyTorch: only saved tensors are freed */
                 st = nbi_error(NB_AUTOGRAD, "%s", retain_graph_msg);
             else
                 st = x->backward(x, g, gi);
+            release_unpacked(x);
         }
     }
     for (int32_t k = 0; k < x->n_in; k++) {
@@ -640,6 +1016,7 @@ static nb_status run_engine(nb_tensor *const *roots, nb_tensor *const *root_grad
 
     for (int32_t k = 0; st == NB_OK && k < n; k++) {
         nb_tensor *t = roots[k];
+        nbi_view_refresh(t);
         if (!t->requires_grad) {
             st = nbi_error(NB_AUTOGRAD, "element %d of tensors does not require grad and does "
                            "not have a grad_fn", k);
@@ -650,6 +1027,7 @@ static nb_status run_engine(nb_tensor *const *roots, nb_tensor *const *root_grad
             st = nb_last_status();
     }
     for (int32_t k = 0; st == NB_OK && k < n_inputs; k++) {
+        nbi_view_refresh(inputs[k]);
         if (!inputs[k]->requires_grad) {
             st = nbi_error(NB_AUTOGRAD, "grad: input %d does not require grad", k);
             break;
@@ -715,24 +1093,26 @@ static nb_status prepare_root_grad(const char *op, nb_tensor *t, const nb_tensor
     return *out ? NB_OK : nb_last_status();
 }
 
-static nb_status backward_impl(nb_tensor *t, const nb_tensor *grad, bool retain_graph)
+static nb_status backward_impl(nb_tensor *t, const nb_tensor *grad, nb_backward_opts opts)
 {
     if (!t)
         return nbi_error(NB_NULL_ARGUMENT, "backward: tensor is NULL");
+    nbi_view_refresh(t);
     if (!t->requires_grad)
         return nbi_error(NB_AUTOGRAD, "element 0 of tensors does not require grad and does not "
                          "have a grad_fn");
     nb_tensor *g = NULL;
     nb_status st = prepare_root_grad("backward", t, grad, &g);
     if (st == NB_OK)
-        st = run_engine(&t, &g, 1, retain_graph, false, NULL, 0, NULL);
+        st = run_engine(&t, &g, 1, opts.retain_graph || opts.create_graph, opts.create_graph,
+                        NULL, 0, NULL);
     nb_release(g);
     return st;
 }
 
-nb_status nb_backward(nb_tensor *t, const nb_tensor *grad, bool retain_graph)
+nb_status nb_backward(nb_tensor *t, const nb_tensor *grad, nb_backward_opts opts)
 {
-    return NBI_API_STATUS(backward_impl(t, grad, retain_graph));
+    return NBI_API_STATUS(backward_impl(t, grad, opts));
 }
 
 static nb_status grad_impl(nb_tensor *const *outputs, nb_tensor *const *grad_outputs, int32_t n,
@@ -959,7 +1339,9 @@ static nb_status gradcheck_impl(nb_gradcheck_fn fn, void *ctx, nb_tensor *const 
         }
         /* analytic Jacobian, row by row: one backward per output element */
         nb_tensor *o = st == NB_OK ? call_fn(fn, ctx, x, n) : NULL;
-        for (int64_t j = 0; o && st == NB_OK && j < m; j++) {
+        /* an output that does not require grad has a zero analytical Jacobian (PyTorch's rule;
+         * the numerical one must then be zero too) */
+        for (int64_t j = 0; o && o->requires_grad && st == NB_OK && j < m; j++) {
             double *onehot = nbi_calloc((size_t)m, sizeof *onehot);
             if (!onehot) {
                 st = nbi_error(NB_OUT_OF_MEMORY, "gradcheck: out of memory");
@@ -1008,4 +1390,87 @@ nb_status nb_gradcheck(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs, 
                        double eps, double atol, double rtol)
 {
     return NBI_API_STATUS(gradcheck_impl(fn, ctx, inputs, n, eps, atol, rtol));
+}
+
+/* ---- gradgradcheck ---- */
+
+typedef struct ggc_ctx {
+    nb_gradcheck_fn fn;
+    void *ctx;
+    int32_t n; /* fn's inputs; the gradient's seed v comes after them */
+} ggc_ctx;
+
+/* The first derivative as one flat tensor: cat(flatten(d(sum fn(x) * v) / dx_k)). */
+static nb_tensor *ggc_fn(nb_tensor *const *in, int32_t n_in, void *vctx)
+{
+    ggc_ctx *c = vctx;
+    nb_tensor *v = in[n_in - 1], *out = call_fn(c->fn, c->ctx, in, c->n);
+    if (!out)
+        return NULL;
+    nb_tensor *wrt[16], *g[16] = {0}, *flat[16] = {0};
+    int32_t nw = 0;
+    for (int32_t k = 0; k < c->n; k++)
+        if (in[k]->requires_grad)
+            wrt[nw++] = in[k];
+    nb_status st = out->requires_grad
+                       ? nb_grad(&out, &v, 1, wrt, nw,
+                                 (nb_grad_opts){.create_graph = true, .allow_unused = true}, g)
+                       : nbi_error(NB_AUTOGRAD, "gradgradcheck: the output does not require grad");
+    nb_release(out);
+    nb_tensor *r = NULL;
+    for (int32_t k = 0; st == NB_OK && k < nw; k++) {
+        int64_t numel = nbi_numel(wrt[k]->ndim, wrt[k]->shape);
+        flat[k] = g[k] ? nb_reshape(g[k], NB_SHAPE(-1))
+                       : nb_zeros(NB_SHAPE(numel), (nb_opts){wrt[k]->dtype,
+                                                             wrt[k]->storage->device->name});
+        if (!flat[k])
+            st = nb_last_status();
+    }
+    if (st == NB_OK)
+        r = nb_cat(flat, nw, 0);
+    for (int32_t k = 0; k < nw; k++) {
+        nb_release(g[k]);
+        nb_release(flat[k]);
+    }
+    return r;
+}
+
+static nb_status gradgradcheck_impl(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs,
+                                    int32_t n, double eps, double atol, double rtol)
+{
+    if (!fn || !inputs || n <= 0 || n > 15)
+        return nbi_error(NB_NULL_ARGUMENT, "gradgradcheck: fn and 1 to 15 inputs are required "
+                         "(got %d)", n);
+    for (int32_t k = 0; k < n; k++)
+        if (!inputs[k])
+            return nbi_error(NB_NULL_ARGUMENT, "gradgradcheck: input %d is NULL", k);
+    nb_tensor *out = call_fn(fn, ctx, inputs, n);
+    if (!out)
+        return nbi_last_or(NB_AUTOGRAD, "gradgradcheck: fn returned NULL");
+    int64_t m = nbi_numel(out->ndim, out->shape);
+    double *vv = nbi_malloc((size_t)(m ? m : 1) * sizeof *vv);
+    nb_status st = vv ? NB_OK : nbi_error(NB_OUT_OF_MEMORY, "gradgradcheck: out of memory");
+    for (int64_t e = 0; st == NB_OK && e < m; e++) /* fixed, varied, in [-1, 1] */
+        vv[e] = fmod(fabs(sin((double)(e + 1) * 12.9898)) * 43758.5453, 2.0) - 1.0;
+    nb_tensor *v = st == NB_OK ? nb_from_data(vv, nb_tensor_shape(out),
+                                              (nb_opts){NB_DTYPE_F64, out->storage->device->name,
+                                                        true})
+                               : NULL;
+    nbi_free(vv);
+    nb_release(out);
+    if (!v)
+        return nb_last_status();
+    nb_tensor *all[16];
+    memcpy(all, inputs, (size_t)n * sizeof *all);
+    all[n] = v;
+    ggc_ctx c = {fn, ctx, n};
+    st = gradcheck_impl(ggc_fn, &c, all, n + 1, eps, atol, rtol);
+    nb_release(v);
+    return st;
+}
+
+nb_status nb_gradgradcheck(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs, int32_t n,
+                           double eps, double atol, double rtol)
+{
+    return NBI_API_STATUS(gradgradcheck_impl(fn, ctx, inputs, n, eps, atol, rtol));
 }

@@ -171,6 +171,12 @@ struct nb_tensor {
     nb_tensor *grad;
     nbi_hook *hooks; /* for leaves; non-leaves keep theirs on grad_fn */
     struct nbi_post_hook *post_hooks; /* leaves: run once .grad is accumulated (DDP) */
+    /* views (PyTorch's differentiable views): the root base whose storage this view shares, so
+     * an in-place write through the view rebases the base's history (CopySlices) and the
+     * view's grad_fn is regenerated from the base's when that history changes. */
+    nb_tensor *view_base;        /* strong; NULL for tensors that are not views */
+    const nbi_node *view_seen;   /* weak: the base's grad_fn when view's grad_fn was built */
+    bool view_no_grad;           /* created in no-grad mode: never regenerated */
 };
 
 /* tensor.c */
@@ -200,6 +206,12 @@ void nbi_fill_operand(nb_operand *o, const nb_tensor *t);
 typedef nb_status (*nbi_backward_fn)(nbi_node *node, nb_tensor *grad, nb_tensor **grad_inputs);
 
 #define NBI_MAX_SAVED 4
+/* A strided geometry in storage elements, for the as_strided views of in-place rebasing. */
+typedef struct nbi_geom {
+    int32_t ndim;
+    int64_t shape[NB_MAX_DIMS], strides[NB_MAX_DIMS], offset;
+} nbi_geom;
+
 struct nbi_node {
     _Atomic int64_t refcount;
     const char *name;
@@ -210,6 +222,8 @@ struct nbi_node {
     nb_dtype *in_dtype;    /* and dtypes, to cast the gradient back */
     nb_tensor *saved[NBI_MAX_SAVED];
     int64_t saved_version[NBI_MAX_SAVED];
+    bool saved_is_output[NBI_MAX_SAVED]; /* this node's own output: unpacked with grad_fn = it */
+    nb_tensor *unpacked[NBI_MAX_SAVED];  /* outputs unpacked under create_graph, per backward */
     int32_t n_saved;
     bool released; /* saved tensors freed by a backward without retain_graph */
     double f[4];
@@ -220,6 +234,8 @@ struct nbi_node {
     const nb_function *fn; /* custom functions */
     void *ctx;
     nbi_node **extra_next; /* storage for edges when n_in is large */
+    nbi_geom *geom;        /* AsStrided/CopySlices: [0] the base, [1] the view (owned) */
+    nbi_device *src_device; /* CopyBackwards: where the source's gradient goes */
     /* engine scratch */
     nb_tensor *buf;
     int32_t deps;
@@ -231,11 +247,23 @@ bool nbi_grad_needed(nb_tensor *const *inputs, int32_t n);
 nbi_node *nbi_record(nb_tensor *out, const char *name, nbi_backward_fn bw,
                      nb_tensor *const *inputs, int32_t n);
 void nbi_save(nbi_node *node, const nb_tensor *t); /* saves t (keeps its graph) */
-void nbi_save_detached(nbi_node *node, const nb_tensor *t); /* for outputs: no cycle */
+void nbi_save_detached(nbi_node *node, const nb_tensor *t); /* data only: no graph kept */
+/* Saves the node's own output without a reference cycle; under create_graph it is unpacked
+ * with this node as its grad_fn (PyTorch's saved outputs), so higher order sees the graph. */
+void nbi_save_output(nbi_node *node, const nb_tensor *out);
 nb_status nbi_saved(nbi_node *node, int32_t k, nb_tensor **t); /* borrowed; checks versions */
 void nbi_node_release(nbi_node *n);
 void nbi_tensor_autograd_release(nb_tensor *t);
+/* In-place writes. check: refuses what PyTorch refuses (a leaf that requires grad or a view of
+ * one outside no_grad; a destination with overlapping elements). commit: a's data was computed
+ * out of place into r (whose grad_fn, if any, is the op's node): r is written into a, a's
+ * version bumped, and the history rebased (a itself, or its base through CopySlices). */
 nb_status nbi_check_inplace(const char *op, nb_tensor *t);
+nb_status nbi_inplace_commit(const char *op, nb_tensor *a, nb_tensor *r);
+/* A view's grad_fn, regenerated when its base's history changed since it was built. */
+void nbi_view_refresh(nb_tensor *t);
+/* Marks v (just made from t, sharing its storage) a differentiable view of t's root base. */
+void nbi_view_track(nb_tensor *v, const nb_tensor *t);
 nb_tensor *nbi_sum_to(const nb_tensor *g, const nb_shape *shape);
 
 /* ops.c: helpers for backward rules and composites. */
@@ -244,5 +272,6 @@ nb_tensor *nbi_reduce(nbi_op op, const nb_tensor *t, const int32_t *dims, int32_
                       bool keepdim);
 nb_tensor *nbi_expand_to(const nb_tensor *t, int32_t ndim, const int64_t *shape);
 nb_tensor *nbi_cast(const nb_tensor *t, nb_dtype dtype); /* no autograd */
+nb_status nbi_copy_raw(nb_tensor *dst, const nb_tensor *src); /* copy_ without autograd */
 
 #endif

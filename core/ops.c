@@ -185,6 +185,30 @@ static const struct {
 /* ============================== binary ops ============================== */
 
 static bool is_compare(nbi_op op) { return op >= NBI_OP_eq && op <= NBI_OP_ge; }
+
+/* PyTorch 2.x result_type for two tensors: a 0-d tensor takes part only when its category
+ * (bool < integer < float) is higher than the other's, so f32 + f64 0-d is f32 and
+ * i32 + i64 0-d is i32, while i32 + f64 0-d is f64. */
+static nb_dtype result_type(const nb_tensor *a, const nb_tensor *b)
+{
+    bool za = a->ndim == 0, zb = b->ndim == 0;
+    if (za == zb)
+        return nb_promote_types(a->dtype, b->dtype);
+    nb_dtype dim = za ? b->dtype : a->dtype, zero = za ? a->dtype : b->dtype;
+    if (nb_dtype_is_float(dim))
+        return dim;
+    if (dim == NB_DTYPE_BOOL || nb_dtype_is_float(zero))
+        return nb_promote_types(dim, zero);
+    return dim;
+}
+
+/* torch.can_cast, for in-place results: never float to integer, never anything to bool. */
+static bool can_cast(nb_dtype from, nb_dtype to)
+{
+    if (nb_dtype_is_float(from) && !nb_dtype_is_float(to))
+        return false;
+    return from == NB_DTYPE_BOOL || to != NB_DTYPE_BOOL;
+}
 static bool is_logical(nbi_op op) { return op >= NBI_OP_logical_and && op <= NBI_OP_logical_xor; }
 
 /* Computes op(a, b) into a new tensor, or into `into` (in place: a itself) when given. */
@@ -193,9 +217,24 @@ static nb_tensor *binary_into(nbi_op op, const nb_tensor *a, const nb_tensor *b,
     const char *name = nbi_op_name(op);
     if (same_device(name, a, b) != NB_OK)
         return NULL;
-    nb_dtype dt = nb_promote_types(a->dtype, b->dtype);
+    nb_dtype dt = result_type(a, b);
     if (op == NBI_OP_div && !nb_dtype_is_float(dt))
         dt = nbi_default_float(); /* true division */
+    if (dt == NB_DTYPE_BOOL && !is_compare(op) && !is_logical(op)) {
+        /* bool arithmetic as in PyTorch: + and maximum are or, * and minimum are and */
+        if (op == NBI_OP_add || op == NBI_OP_maximum) {
+            op = NBI_OP_logical_or;
+        } else if (op == NBI_OP_mul || op == NBI_OP_minimum) {
+            op = NBI_OP_logical_and;
+        } else if (op == NBI_OP_sub) {
+            nbi_error(NB_DTYPE_UNSUPPORTED, "sub: subtraction, the `-` operator, with two bool "
+                      "tensors is not supported; use the `^` or logical_xor() operator instead");
+            return NULL;
+        } else {
+            nbi_error(NB_DTYPE_UNSUPPORTED, "\"%s\" not implemented for 'Bool'", name);
+            return NULL;
+        }
+    }
     if (is_logical(op))
         dt = NB_DTYPE_BOOL;
     nb_dtype out_dt = (is_compare(op) || is_logical(op)) ? NB_DTYPE_BOOL : dt;
@@ -214,7 +253,7 @@ static nb_tensor *binary_into(nbi_op op, const nb_tensor *a, const nb_tensor *b,
                       "shape %s", name, NBI_SHAPE_STR(into), nbi_shape_cstr(ndim, shape));
             return NULL;
         }
-        if (nb_promote_types(out_dt, into->dtype) != into->dtype) {
+        if (!can_cast(out_dt, into->dtype)) {
             nbi_error(NB_DTYPE_UNSUPPORTED, "%s_: result type %s can't be cast to the desired "
                       "output type %s", name, nb_dtype_name(out_dt), nb_dtype_name(into->dtype));
             return NULL;
@@ -252,8 +291,14 @@ static nb_tensor *binary_into(nbi_op op, const nb_tensor *a, const nb_tensor *b,
         nb_tensor *ins[2] = {(nb_tensor *)a, (nb_tensor *)b};
         nbi_node *node = nbi_record(out, binary_grad[op].name, binary_grad[op].bw, ins, 2);
         if (node && op != NBI_OP_add && op != NBI_OP_sub) {
-            nbi_save(node, ca);
-            nbi_save(node, cb);
+            /* a promoted operand is saved through a recorded cast, so that create_graph
+             * differentiates the backward along it as well */
+            nb_tensor *sa = a->dtype == dt ? nb_retain(ca) : nb_to_dtype(a, dt);
+            nb_tensor *sb = b->dtype == dt ? nb_retain(cb) : nb_to_dtype(b, dt);
+            nbi_save(node, sa);
+            nbi_save(node, sb);
+            nb_release(sa);
+            nb_release(sb);
             node->i[0] = op == NBI_OP_maximum;
         }
     }
@@ -268,31 +313,10 @@ nb_tensor *nbi_binary(nbi_op op, const nb_tensor *a, const nb_tensor *b)
 }
 
 /* In place: without grad the kernel writes into a; with grad the result is computed out of
- * place and a takes over its data and its history (PyTorch's rebase). */
+ * place and a takes over its data and its history (autograd.c: nbi_inplace_commit). */
 static nb_status inplace_finish(const char *op, nb_tensor *a, nb_tensor *r)
 {
-    if (!r)
-        return nb_last_status();
-    if (r == a) {
-        nb_release(r);
-        nbi_bump_version(a);
-        return NB_OK;
-    }
-    nb_tensor *in[1] = {r};
-    nb_status st = nbi_launch(NBI_OP_copy, a->dtype, a, in, 1, NULL, 0, NULL, 0);
-    if (st == NB_OK) {
-        nbi_bump_version(a);
-        if (r->grad_fn) {
-            if (a->grad_fn)
-                nbi_node_release(a->grad_fn);
-            a->grad_fn = r->grad_fn;
-            r->grad_fn = NULL;
-            a->requires_grad = true;
-        }
-    }
-    nb_release(r);
-    (void)op;
-    return st;
+    return nbi_inplace_commit(op, a, r);
 }
 
 static nb_status binary_inplace(nbi_op op, nb_tensor *a, const nb_tensor *b)
@@ -411,15 +435,16 @@ static nb_status bw_clamp(nbi_node *node, nb_tensor *g, nb_tensor **gi)
 {
     SAVED(0, x);
     nb_tensor *m = NULL;
+    /* PyTorch 2.x: exactly at min or max the gradient is 0 (1.13 passed it through) */
     if (node->i[0] && node->i[1]) {
-        nb_tensor *lo = nb_ge_scalar(x, node->f[0]), *hi = nb_le_scalar(x, node->f[1]);
+        nb_tensor *lo = nb_gt_scalar(x, node->f[0]), *hi = nb_lt_scalar(x, node->f[1]);
         m = nb_logical_and(lo, hi);
         nb_release(lo);
         nb_release(hi);
     } else if (node->i[0]) {
-        m = nb_ge_scalar(x, node->f[0]);
+        m = nb_gt_scalar(x, node->f[0]);
     } else {
-        m = nb_le_scalar(x, node->f[1]);
+        m = nb_lt_scalar(x, node->f[1]);
     }
     nb_tensor *mf = m ? nb_to_dtype(m, g->dtype) : NULL;
     gi[0] = mf ? nb_mul(g, mf) : NULL;
@@ -455,7 +480,7 @@ static const struct {
     [NBI_OP_mul_scalar] = {"MulBackward0", bw_mul_scalar, SAVE_NONE, false},
     [NBI_OP_div_scalar] = {"DivBackward0", bw_div_scalar, SAVE_NONE, false},
     [NBI_OP_rsub_scalar] = {"RsubBackward1", bw_neg, SAVE_NONE, false},
-    [NBI_OP_rdiv_scalar] = {"RdivBackward0", bw_rdiv_scalar, SAVE_INPUT, false},
+    [NBI_OP_rdiv_scalar] = {"MulBackward0", bw_rdiv_scalar, SAVE_INPUT, false}, /* s / x */
     [NBI_OP_pow_scalar] = {"PowBackward0", bw_pow_scalar, SAVE_INPUT, false},
     [NBI_OP_rpow_scalar] = {"PowBackward2", bw_rpow_scalar, SAVE_OUTPUT, false},
     [NBI_OP_clamp] = {"ClampBackward1", bw_clamp, SAVE_INPUT, false},
@@ -472,9 +497,12 @@ static nb_tensor *unary_op(nbi_op op, const nb_tensor *a, const double *f, int32
         dt = scalar_dtype(a, f[0]);
     if ((op == NBI_OP_div_scalar || op == NBI_OP_rdiv_scalar) && !nb_dtype_is_float(dt))
         dt = nbi_default_float();
-    if ((op == NBI_OP_pow_scalar && f[0] < 0 && !nb_dtype_is_float(dt)))
-        dt = nbi_default_float();
-    if (into && nb_promote_types(dt, into->dtype) != into->dtype) {
+    if (op == NBI_OP_pow_scalar && f[0] < 0 && f[0] == floor(f[0]) && !nb_dtype_is_float(dt)) {
+        nbi_error(NB_INVALID_ARGUMENT, "pow: integers to negative integer powers are not allowed "
+                  "(%s tensor ** %g)", nb_dtype_name(a->dtype), f[0]);
+        return NULL;
+    }
+    if (into && !can_cast(dt, into->dtype)) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "%s_: result type %s can't be cast to the desired "
                   "output type %s", nbi_op_name(op), nb_dtype_name(dt), nb_dtype_name(into->dtype));
         return NULL;
@@ -487,7 +515,7 @@ static nb_tensor *unary_op(nbi_op op, const nb_tensor *a, const double *f, int32
             if (unary_info[op].save == SAVE_INPUT)
                 nbi_save(node, a);
             else if (unary_info[op].save == SAVE_OUTPUT)
-                nbi_save_detached(node, out);
+                nbi_save_output(node, out);
             for (int32_t k = 0; k < nf && k < 4; k++)
                 node->f[k] = f[k];
             for (int32_t k = 0; k < ni && k < 2; k++)
@@ -690,7 +718,7 @@ static nb_tensor *where_impl(const nb_tensor *cond, const nb_tensor *a, const nb
     shadow(&tmp, a, n1, s1);
     if (broadcast_shapes("where", cond, &tmp, &n, shape) != NB_OK)
         return NULL;
-    nb_dtype dt = nb_promote_types(a->dtype, b->dtype);
+    nb_dtype dt = result_type(a, b);
     nb_tensor *ca = as_dtype(a, dt), *cb = ca ? as_dtype(b, dt) : NULL;
     nb_tensor *out = cb ? nbi_tensor_new(a->storage->device, dt, n, shape) : NULL;
     if (out) {
@@ -720,20 +748,46 @@ nb_tensor *nb_where(const nb_tensor *cond, const nb_tensor *a, const nb_tensor *
 
 /* ---- fills and the optimizer's axpy ---- */
 
-nb_status nb_fill_(nb_tensor *t, double value)
+static nb_status bw_fill(nbi_node *node, nb_tensor *g, nb_tensor **gi)
 {
-    if (!t)
-        return nbi_error(NB_NULL_ARGUMENT, "fill_: tensor is NULL");
-    if (nbi_check_inplace("fill_", t) != NB_OK)
-        return nb_last_status();
-    double f[1] = {value};
-    nb_status st = numel(t) ? nbi_launch(NBI_OP_fill, t->dtype, t, NULL, 0, f, 1, NULL, 0) : NB_OK;
-    if (st == NB_OK)
-        nbi_bump_version(t);
-    return st;
+    (void)node;
+    gi[0] = nb_zeros_like(g); /* the old values were overwritten */
+    return done(gi, 1);
 }
 
-nb_status nb_zero_(nb_tensor *t) { return nb_fill_(t, 0); }
+static nb_status fill_impl(const char *op, const char *node_name, nb_tensor *t, double value)
+{
+    if (!t)
+        return nbi_error(NB_NULL_ARGUMENT, "%s: tensor is NULL", op);
+    if (nbi_check_inplace(op, t) != NB_OK)
+        return nb_last_status();
+    double f[1] = {value};
+    if (!nbi_grad_needed(&t, 1)) {
+        nb_status st = numel(t) ? nbi_launch(NBI_OP_fill, t->dtype, t, NULL, 0, f, 1, NULL, 0)
+                                : NB_OK;
+        if (st == NB_OK)
+            nbi_bump_version(t);
+        return st;
+    }
+    /* with grad: the filled values come from a node whose gradient for the old ones is 0 */
+    nb_tensor *r = nbi_tensor_new(t->storage->device, t->dtype, t->ndim, t->shape);
+    if (r && numel(r) && nbi_launch(NBI_OP_fill, r->dtype, r, NULL, 0, f, 1, NULL, 0) != NB_OK) {
+        nb_release(r);
+        r = NULL;
+    }
+    if (r && !nbi_record(r, node_name, bw_fill, &t, 1)) {
+        nb_release(r);
+        r = NULL;
+    }
+    return nbi_inplace_commit(op, t, r);
+}
+
+nb_status nb_fill_(nb_tensor *t, double value)
+{
+    return NBI_API_STATUS(fill_impl("fill_", "FillBackward2", t, value)); /* fill_.Scalar */
+}
+
+nb_status nb_zero_(nb_tensor *t) { return NBI_API_STATUS(fill_impl("zero_", "ZeroBackward0", t, 0)); }
 
 nb_status nb_add_scaled_(nb_tensor *a, const nb_tensor *b, double alpha)
 {
@@ -812,7 +866,19 @@ nb_tensor *nbi_to_device_graph(const nb_tensor *t, nb_tensor *moved)
     return moved;
 }
 
-static nb_status copy_impl(nb_tensor *dst, const nb_tensor *src)
+/* PyTorch's CopyBackwards: nothing flows to the overwritten values, the source gets the
+ * gradient back on its own device (the engine undoes broadcasting and casts its dtype). */
+static nb_status bw_copy(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    gi[0] = node->next[0] ? nb_zeros_like(g) : NULL;
+    if (node->next[1])
+        gi[1] = g->storage->device == node->src_device ? nb_retain(g)
+                                                       : nb_to_device(g, node->src_device->name);
+    return nbi_error_pending() ? nb_last_status() : NB_OK;
+}
+
+/* raw: a data write with no autograd at all (copy_from_host, internal fills). */
+static nb_status copy_impl(nb_tensor *dst, const nb_tensor *src, bool raw)
 {
     if (!dst || !src)
         return nbi_error(NB_NULL_ARGUMENT, "copy_: destination or source is NULL");
@@ -823,24 +889,49 @@ static nb_status copy_impl(nb_tensor *dst, const nb_tensor *src)
     if (!same_shape(dst, n, shape))
         return nbi_error(NB_SHAPE_MISMATCH, "copy_: source %s cannot be broadcast to destination "
                          "%s", NBI_SHAPE_STR(src), NBI_SHAPE_STR(dst));
+    if (!raw && nbi_check_inplace("copy_", dst) != NB_OK)
+        return nb_last_status();
+    nb_tensor *ds[2] = {dst, (nb_tensor *)src};
+    bool grad = !raw && nbi_grad_needed(ds, 2);
+    bool prev = nb_set_grad_enabled(false); /* the move itself is not recorded */
     nb_tensor *s = src->storage->device == dst->storage->device
                        ? nb_retain((nb_tensor *)src)
                        : nb_to_device(src, dst->storage->device->name);
+    nb_set_grad_enabled(prev);
     if (!s)
         return nb_last_status();
+    nb_tensor *into = grad ? nbi_tensor_new(dst->storage->device, dst->dtype, dst->ndim,
+                                            dst->shape)
+                           : nb_retain(dst);
     nb_tensor ss, *in[1] = {&ss};
     shadow(&ss, s, n, shape);
-    nb_status st = numel(dst) ? nbi_launch(NBI_OP_copy, dst->dtype, dst, in, 1, NULL, 0, NULL, 0)
+    nb_status st = !into ? nb_last_status()
+                 : numel(dst) ? nbi_launch(NBI_OP_copy, dst->dtype, into, in, 1, NULL, 0, NULL, 0)
                               : NB_OK;
     nb_release(s);
-    if (st == NB_OK)
+    if (st != NB_OK) {
+        nb_release(into);
+        return st;
+    }
+    if (!grad) {
+        nb_release(into);
         nbi_bump_version(dst);
-    return st;
+        return NB_OK;
+    }
+    nbi_node *node = nbi_record(into, "CopyBackwards", bw_copy, ds, 2);
+    if (!node) {
+        nb_release(into);
+        return nb_last_status();
+    }
+    node->src_device = src->storage->device;
+    return nbi_inplace_commit("copy_", dst, into);
 }
+
+nb_status nbi_copy_raw(nb_tensor *dst, const nb_tensor *src) { return copy_impl(dst, src, true); }
 
 nb_status nb_tensor_copy_(nb_tensor *dst, const nb_tensor *src)
 {
-    return NBI_API_STATUS(copy_impl(dst, src));
+    return NBI_API_STATUS(copy_impl(dst, src, false));
 }
 
 /* ============================== reductions ============================== */
@@ -945,16 +1036,33 @@ static nb_status bw_mean(nbi_node *node, nb_tensor *g, nb_tensor **gi)
     return done(gi, 1);
 }
 
+/* d prod / d x_i is the product of the others, also where x_i is 0 (PyTorch's rule): with p
+ * the product of the non-zero elements and z the number of zeros in the slice, it is p / x_i
+ * when z = 0, p at the zero when z = 1, and 0 otherwise. Written with ops: twice
+ * differentiable (except across exact zeros, where PyTorch uses cumprod). */
 static nb_status bw_prod(nbi_node *node, nb_tensor *g, nb_tensor **gi)
 {
     SAVED(0, x);
-    SAVED(1, out);
-    nb_tensor *eo = grad_expand(out, node), *eg = grad_expand(g, node);
-    nb_tensor *q = eo ? nb_div(eo, x) : NULL;
-    gi[0] = q && eg ? nb_mul(eg, q) : NULL;
-    nb_release(eo);
-    nb_release(eg);
-    nb_release(q);
+    int32_t dims[NB_MAX_DIMS], nd = 0;
+    for (int32_t d = 0; d < x->ndim; d++)
+        if (node->i[d])
+            dims[nd++] = d;
+    nb_opts o = {x->dtype, x->storage->device->name};
+    nb_tensor *zero = nb_zeros(NB_SHAPE_SCALAR, o), *one = nb_ones(NB_SHAPE_SCALAR, o);
+    nb_tensor *isz = nb_eq_scalar(x, 0), *xs = isz ? nb_where(isz, one, x) : NULL;
+    nb_tensor *p = xs ? (nd ? nb_prod(xs, dims, nd, true) : nb_retain(xs)) : NULL;
+    nb_tensor *zf = isz ? nb_to_dtype(isz, x->dtype) : NULL;
+    nb_tensor *nz = zf ? (nd ? nb_sum(zf, dims, nd, true) : nb_retain(zf)) : NULL;
+    nb_tensor *none = nz ? nb_eq_scalar(nz, 0) : NULL, *single = nz ? nb_eq_scalar(nz, 1) : NULL;
+    nb_tensor *q = p ? nb_div(p, xs) : NULL;
+    nb_tensor *at_nonzero = none && q ? nb_where(none, q, zero) : NULL;
+    nb_tensor *at_zero = single && p ? nb_where(single, p, zero) : NULL;
+    nb_tensor *w = at_nonzero && at_zero ? nb_where(isz, at_zero, at_nonzero) : NULL;
+    nb_tensor *eg = grad_expand(g, node);
+    gi[0] = w && eg ? nb_mul(eg, w) : NULL;
+    nb_tensor *tmp[] = {zero, one, isz, xs, p, zf, nz, none, single, q, at_nonzero, at_zero, w, eg};
+    for (size_t k = 0; k < sizeof tmp / sizeof *tmp; k++)
+        nb_release(tmp[k]);
     return done(gi, 1);
 }
 
@@ -1033,7 +1141,7 @@ static nb_tensor *reduce_impl(red_kind kind, const nb_tensor *t, const int32_t *
         node->f[0] = count ? 1.0 / (double)count : NAN;
         if (kind == RED_PROD || kind == RED_AMAX || kind == RED_AMIN) {
             nbi_save(node, t);
-            nbi_save_detached(node, out);
+            nbi_save_output(node, out);
         }
     }
     nb_release(src);
@@ -1059,7 +1167,9 @@ NB_DEFINE_REDUCE_(nb_prod, RED_PROD)
 NB_DEFINE_REDUCE_(nb_amax, RED_AMAX)
 NB_DEFINE_REDUCE_(nb_amin, RED_AMIN)
 
-/* var, std and norm are composites of differentiable ops. */
+/* var and std are composites of differentiable ops; norm has a node of its own. */
+static nb_tensor *norm_value(const nb_tensor *t, double p, const int32_t *dims, int32_t nd,
+                             bool keepdim);
 static nb_tensor *var_impl(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t corr,
                            bool keepdim)
 {
@@ -1086,44 +1196,159 @@ static nb_tensor *var_impl(const nb_tensor *t, const int32_t *dims, int32_t nd, 
     return v;
 }
 
+/* var and std are one node each, as in PyTorch (VarBackward0, StdBackward0 straight to their
+ * input): d var / dx = 2 (x - mean) / (N - correction); d std = d var / (2 std), and 0 where
+ * std is 0 (PyTorch's rule), with a safe denominator so higher orders see no inf or NaN.
+ * node->f[0] is 1 / (N - correction) (NaN when that is not positive, as the value). */
+static nb_status bw_var_std(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    SAVED(0, x);
+    SAVED(1, y); /* std's output; NULL for var */
+    int32_t dims[NB_MAX_DIMS], nd = 0;
+    for (int32_t d = 0; d < x->ndim; d++)
+        if (node->i[d])
+            dims[nd++] = d;
+    nb_opts o = {x->dtype, x->storage->device->name};
+    nb_tensor *m = nd ? nb_mean(x, dims, nd, true) : nb_retain(x), *c = m ? nb_sub(x, m) : NULL;
+    nb_tensor *eg = grad_expand(g, node), *w = NULL, *zero = NULL, *one = NULL, *ey = NULL;
+    nb_tensor *yz = NULL, *ys = NULL, *q = NULL;
+    if (!y) {
+        w = c ? nb_mul_scalar(c, 2 * node->f[0]) : NULL;
+    } else {
+        zero = nb_zeros(NB_SHAPE_SCALAR, o);
+        one = nb_ones(NB_SHAPE_SCALAR, o);
+        ey = grad_expand(y, node);
+        yz = ey ? nb_eq_scalar(ey, 0) : NULL;
+        ys = yz && one ? nb_where(yz, one, ey) : NULL;
+        q = c && ys ? nb_div(c, ys) : NULL;
+        nb_tensor *qs = q ? nb_mul_scalar(q, node->f[0]) : NULL;
+        w = qs && yz && zero ? nb_where(yz, zero, qs) : NULL;
+        nb_release(qs);
+    }
+    gi[0] = w && eg ? nb_mul(eg, w) : NULL;
+    nb_tensor *tmp[] = {m, c, eg, w, zero, one, ey, yz, ys, q};
+    for (size_t k = 0; k < sizeof tmp / sizeof *tmp; k++)
+        nb_release(tmp[k]);
+    return done(gi, 1);
+}
+
+static nb_tensor *var_std(bool is_std, const nb_tensor *t, const int32_t *dims, int32_t nd,
+                          int64_t corr, bool keepdim)
+{
+    nb_tensor *in[1] = {(nb_tensor *)t};
+    bool grad = nbi_grad_needed(in, 1);
+    bool prev = nb_set_grad_enabled(false);
+    nb_tensor *v = var_impl(t, dims, nd, corr, keepdim);
+    nb_tensor *r = v && is_std ? unary_kernel(NBI_OP_sqrt, v, v->dtype, v->dtype, NULL, 0, NULL, 0,
+                                              NULL)
+                               : nb_retain(v);
+    nb_release(v);
+    nb_set_grad_enabled(prev);
+    bool mask[NB_MAX_DIMS];
+    nbi_node *node = r && grad && reduce_dims("var", t, dims, nd, mask) == NB_OK
+                         ? nbi_record(r, is_std ? "StdBackward0" : "VarBackward0", bw_var_std,
+                                      in, 1)
+                         : NULL;
+    if (node) {
+        double count = 1;
+        for (int32_t d = 0; d < t->ndim; d++) {
+            node->i[d] = mask[d];
+            if (mask[d])
+                count *= (double)t->shape[d];
+        }
+        double denom = count - (double)corr;
+        node->f[0] = denom > 0 ? 1.0 / denom : NAN;
+        nbi_save(node, t);
+        if (is_std)
+            nbi_save_output(node, r);
+    }
+    return r;
+}
+
 nb_tensor *nb_var(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t corr, bool keepdim)
 {
     NBI_NULL_CHECK("var", t);
-    return NBI_API(var_impl(t, dims, nd, corr, keepdim));
-}
-
-/* std = sqrt(var), except that where std is 0 the gradient is 0 (PyTorch's rule), not inf. */
-static nb_status bw_std(nbi_node *node, nb_tensor *g, nb_tensor **gi)
-{
-    SAVED(0, y);
-    nb_tensor *zero = nb_eq_scalar(y, 0), *two = nb_mul_scalar(y, 2);
-    nb_tensor *q = two ? nb_div(g, two) : NULL;
-    nb_tensor *z = nb_zeros(NB_SHAPE_SCALAR, (nb_opts){g->dtype, g->storage->device->name});
-    gi[0] = zero && q && z ? nb_where(zero, z, q) : NULL;
-    nb_release(zero);
-    nb_release(two);
-    nb_release(q);
-    nb_release(z);
-    return done(gi, 1);
+    return NBI_API(var_std(false, t, dims, nd, corr, keepdim));
 }
 
 nb_tensor *nb_std(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t corr, bool keepdim)
 {
     NBI_NULL_CHECK("std", t);
-    nbi_api_depth++;
-    nb_tensor *v = var_impl(t, dims, nd, corr, keepdim);
-    nb_tensor *s = v ? unary_kernel(NBI_OP_sqrt, v, v->dtype, v->dtype, NULL, 0, NULL, 0, NULL)
-                     : NULL;
-    nbi_node *node = s ? nbi_record(s, "StdBackward0", bw_std, &v, 1) : NULL;
-    if (node)
-        nbi_save_detached(node, s);
-    nb_release(v);
-    nbi_api_depth--;
-    return NBI_API(s);
+    return NBI_API(var_std(true, t, dims, nd, corr, keepdim));
+}
+
+/* torch.linalg.vector_norm's backward: g * sign(x) |x|^(p-1) / norm^(p-1); for p = inf the
+ * gradient is shared among the elements of largest |x|. Where the norm is 0 the gradient is 0
+ * (PyTorch's rule), with a safe denominator so that higher orders see no inf or NaN. */
+static nb_status bw_norm(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    SAVED(0, x);
+    SAVED(1, r);
+    double p = node->f[0];
+    nb_opts o = {x->dtype, x->storage->device->name};
+    nb_tensor *zero = nb_zeros(NB_SHAPE_SCALAR, o), *one = nb_ones(NB_SHAPE_SCALAR, o);
+    nb_tensor *er = grad_expand(r, node), *eg = grad_expand(g, node);
+    nb_tensor *rz = er ? nb_eq_scalar(er, 0) : NULL, *rs = rz ? nb_where(rz, one, er) : NULL;
+    nb_tensor *sg = nb_sign(x), *w = NULL, *t1 = NULL, *t2 = NULL, *t3 = NULL;
+    if (isinf(p)) {
+        nb_tensor *ax = nb_abs(x), *hit = ax && er ? nb_eq(ax, er) : NULL;
+        nb_tensor *hf = hit ? nb_to_dtype(hit, x->dtype) : NULL;
+        int32_t dims[NB_MAX_DIMS], nd = 0;
+        for (int32_t d = 0; d < x->ndim; d++)
+            if (node->i[d])
+                dims[nd++] = d;
+        nb_tensor *cnt = hf ? (nd ? nb_sum(hf, dims, nd, true) : nb_retain(hf)) : NULL;
+        t1 = hf && sg ? nb_mul(hf, sg) : NULL;
+        w = t1 && cnt ? nb_div(t1, cnt) : NULL;
+        nb_release(ax);
+        nb_release(hit);
+        nb_release(hf);
+        nb_release(cnt);
+    } else if (p == 2) {
+        w = rs ? nb_div(x, rs) : NULL;
+    } else if (p == 1) {
+        w = nb_retain(sg);
+    } else {
+        nb_tensor *ax = nb_abs(x);
+        t1 = ax ? nb_pow_scalar(ax, p - 1) : NULL;
+        t2 = rs ? nb_pow_scalar(rs, p - 1) : NULL;
+        t3 = t1 && sg ? nb_mul(sg, t1) : NULL;
+        w = t3 && t2 ? nb_div(t3, t2) : NULL;
+        nb_release(ax);
+    }
+    nb_tensor *gw = w && eg ? nb_mul(eg, w) : NULL;
+    gi[0] = gw && rz ? nb_where(rz, zero, gw) : NULL;
+    nb_tensor *tmp[] = {zero, one, er, eg, rz, rs, sg, w, t1, t2, t3, gw};
+    for (size_t k = 0; k < sizeof tmp / sizeof *tmp; k++)
+        nb_release(tmp[k]);
+    return done(gi, 1);
 }
 
 static nb_tensor *norm_impl(const nb_tensor *t, double p, const int32_t *dims, int32_t nd,
                             bool keepdim)
+{
+    bool mask[NB_MAX_DIMS];
+    if (reduce_dims("norm", t, dims, nd, mask) != NB_OK)
+        return NULL;
+    nb_tensor *in[1] = {(nb_tensor *)t};
+    bool grad = nbi_grad_needed(in, 1);
+    bool prev = nb_set_grad_enabled(false); /* one node for the whole norm, as in PyTorch */
+    nb_tensor *r = norm_value(t, p, dims, nd, keepdim);
+    nb_set_grad_enabled(prev);
+    nbi_node *node = r && grad ? nbi_record(r, "LinalgVectorNormBackward0", bw_norm, in, 1)
+                               : NULL;
+    if (node) {
+        for (int32_t d = 0; d < t->ndim; d++)
+            node->i[d] = mask[d];
+        node->f[0] = p;
+        nbi_save(node, t);
+        nbi_save_output(node, r);
+    }
+    return r;
+}
+
+static nb_tensor *norm_value(const nb_tensor *t, double p, const int32_t *dims, int32_t nd,
+                             bool keepdim)
 {
     if (!nb_dtype_is_float(t->dtype)) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "norm: expected a floating point tensor, got %s",
@@ -1199,6 +1424,25 @@ nb_tensor *nb_argmin(const nb_tensor *t, int32_t dim, bool keepdim)
     return NBI_API(arg_impl(NBI_OP_argmin, t, dim, keepdim));
 }
 
+/* The gradient goes to the position of the extreme: a zero tensor with g scattered there
+ * (scatter_add is differentiable in g, so this is twice differentiable). */
+static nb_status bw_max_dim(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    SAVED(0, idx); /* keepdim indices */
+    const nb_shape *in = &node->in_shape[0];
+    int32_t dim = (int32_t)node->i[0];
+    nb_tensor *z = nb_zeros(*in, (nb_opts){g->dtype, g->storage->device->name});
+    if (in->ndim == 0) {
+        gi[0] = z ? nb_add(z, g) : NULL;
+    } else {
+        nb_tensor *gk = g->ndim == in->ndim ? nb_retain(g) : nb_unsqueeze(g, dim);
+        gi[0] = z && gk ? nb_scatter_add(z, dim, idx, gk) : NULL;
+        nb_release(gk);
+    }
+    nb_release(z);
+    return done(gi, 1);
+}
+
 static nb_status max_dim_impl(bool is_max, const nb_tensor *t, int32_t dim, bool keepdim,
                               nb_tensor **values, nb_tensor **indices)
 {
@@ -1217,8 +1461,12 @@ static nb_status max_dim_impl(bool is_max, const nb_tensor *t, int32_t dim, bool
     if (!idx)
         return nb_last_status();
     nb_tensor *val = NULL;
+    nb_tensor *tin[1] = {(nb_tensor *)t};
+    bool grad = values && nbi_grad_needed(tin, 1);
     if (values) {
+        bool prev = nb_set_grad_enabled(false); /* one node below, as in PyTorch */
         nb_tensor *v = t->ndim ? nb_gather(t, dim, idx) : nb_clone(t);
+        nb_set_grad_enabled(prev);
         bool mask[NB_MAX_DIMS] = {0};
         mask[dim] = true;
         if (v && !keepdim && t->ndim) {
@@ -1232,6 +1480,14 @@ static nb_status max_dim_impl(bool is_max, const nb_tensor *t, int32_t dim, bool
             v = d;
         }
         val = v;
+        /* torch.max(x, dim) values: MaxBackward0 (MinBackward0), straight to the input */
+        nbi_node *node = val && grad ? nbi_record(val, is_max ? "MaxBackward0" : "MinBackward0",
+                                                  bw_max_dim, tin, 1)
+                                     : NULL;
+        if (node) {
+            node->i[0] = dim;
+            nbi_save(node, idx);
+        }
         if (!val) {
             nb_release(idx);
             return nb_last_status();
@@ -1840,7 +2096,25 @@ done:
     return r;
 }
 
+/* Input k's gradient is slice k of g along the new dim. */
+static nb_status bw_stack(nbi_node *node, nb_tensor *g, nb_tensor **gi)
+{
+    for (int32_t k = 0; k < node->n_in; k++)
+        if (node->next[k] && !(gi[k] = nb_select(g, (int32_t)node->i[0], k)))
+            return nb_last_status();
+    return NB_OK;
+}
+
 nb_tensor *nb_stack(nb_tensor *const *ts, int32_t n, int32_t dim)
 {
-    return NBI_API(stack_impl(ts, n, dim));
+    nbi_api_depth++;
+    bool grad = ts && n > 0 && nbi_grad_needed(ts, n);
+    bool prev = nb_set_grad_enabled(false); /* one StackBackward0 node, as in PyTorch */
+    nb_tensor *r = stack_impl(ts, n, dim);
+    nb_set_grad_enabled(prev);
+    nbi_node *node = r && grad ? nbi_record(r, "StackBackward0", bw_stack, ts, n) : NULL;
+    if (node)
+        node->i[0] = dim < 0 ? dim + r->ndim : dim;
+    nbi_api_depth--;
+    return NBI_API(r);
 }

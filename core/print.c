@@ -208,6 +208,7 @@ static char *str_impl(const nb_tensor *t)
         snprintf(suf, sizeof suf, "dtype=torch.%s", nb_dtype_name(t->dtype));
         add_suffix(&b, &last_line, suf, indent);
     }
+    nbi_view_refresh((nb_tensor *)t); /* a view shows its base's current history */
     if (t->grad_fn) {
         snprintf(suf, sizeof suf, "grad_fn=<%s>", t->grad_fn->name);
         add_suffix(&b, &last_line, suf, indent);

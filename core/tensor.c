@@ -582,7 +582,7 @@ static nb_status copy_from_host_impl(nb_tensor *t, const void *src, size_t bytes
     } else {
         nb_tensor *tmp = nb_from_data(src, nb_tensor_shape(t),
                                       (nb_opts){t->dtype, dev->name, false});
-        st = tmp ? nb_tensor_copy_(t, tmp) : nb_last_status();
+        st = tmp ? nbi_copy_raw(t, tmp) : nb_last_status();
         nb_release(tmp);
         return st;
     }

@@ -49,6 +49,7 @@ static nb_status bw_slice(nbi_node *node, nb_tensor *g, nb_tensor **gi)
     nb_tensor *z = nb_zeros(node->in_shape[0], (nb_opts){g->dtype, g->storage->device->name});
     int32_t dim = (int32_t)node->i[0];
     nb_tensor *v = z ? nbi_slice_view(z, dim, node->i[1], node->i[3], node->i[2]) : NULL;
+    nbi_view_track(v, z); /* under create_graph the copy below rebases z (CopySlices) */
     nb_tensor *src = node->i[4] ? nb_unsqueeze(g, dim) : nb_retain(g);
     nb_status st = v && src ? nb_tensor_copy_(v, src) : nb_last_status();
     nb_release(v);
@@ -70,6 +71,7 @@ static nb_tensor *make_view(const nb_tensor *t, int32_t ndim, const int64_t *sha
     nbi_node *node = v ? nbi_record(v, name, bw, in, 1) : NULL;
     for (int32_t k = 0; node && k < np; k++)
         node->i[k] = params[k];
+    nbi_view_track(v, t);
     return v;
 }
 
@@ -195,7 +197,10 @@ nb_tensor *nb_t(const nb_tensor *t)
                   t->ndim);
         return NULL;
     }
-    return t->ndim < 2 ? nb_transpose(t, 0, 0) : nb_transpose(t, 0, 1);
+    nb_tensor *r = t->ndim < 2 ? nb_transpose(t, 0, 0) : nb_transpose(t, 0, 1);
+    if (r && r->grad_fn)
+        r->grad_fn->name = "TBackward0";
+    return r;
 }
 
 nb_tensor *nb_permute(const nb_tensor *t, const int32_t *dims, int32_t n)

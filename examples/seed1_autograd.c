@@ -17,7 +17,7 @@ int main(void)
         nb_print(y);
         nb_print(z);
         nb_print(out);
-        st = nb_backward(out, NULL, false);
+        st = nb_backward(out, NULL, (nb_backward_opts){0});
     }
     nb_tensor *grad = st == NB_OK ? nb_tensor_grad(x) : NULL;
     if (grad)

@@ -25,7 +25,7 @@ int main(void)
     if (st == NB_OK) {
         print_fn("z", z);
         print_fn("loss", loss);
-        st = nb_backward(loss, NULL, false);
+        st = nb_backward(loss, NULL, (nb_backward_opts){0});
     }
     if (st == NB_OK) {
         nb_tensor *gw = nb_tensor_grad(w), *gb = nb_tensor_grad(b);

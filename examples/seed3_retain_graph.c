@@ -7,7 +7,7 @@
 /* out.backward(ones_like(inp), retain_graph); print(inp.grad) */
 static nb_status backward_and_print(nb_tensor *out, nb_tensor *inp, bool retain)
 {
-    nb_status st = nb_backward(out, nb_ones_like(inp), retain);
+    nb_status st = nb_backward(out, nb_ones_like(inp), (nb_backward_opts){.retain_graph = retain});
     if (st != NB_OK)
         return st;
     nb_tensor *g = nb_tensor_grad(inp);
@@ -32,8 +32,8 @@ int main(void)
     if (st == NB_OK) {
         /* The last backward that may run frees the graph; the next one must fail. */
         printf("backward without retain_graph: %s\n",
-               nb_status_str(nb_backward(out, nb_ones_like(inp), false)));
-        nb_status again = nb_backward(out, nb_ones_like(inp), false);
+               nb_status_str(nb_backward(out, nb_ones_like(inp), (nb_backward_opts){0})));
+        nb_status again = nb_backward(out, nb_ones_like(inp), (nb_backward_opts){0});
         printf("second backward without retain_graph: %s\n", nb_status_str(again));
         if (again == NB_OK) {
             fprintf(stderr, "seed3_retain_graph: the second backward should have failed\n");

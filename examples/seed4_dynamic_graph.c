@@ -24,7 +24,7 @@ int main(int argc, char **argv)
     if (st == NB_OK)
         st = nb_item(a, &av);
     if (st == NB_OK)
-        st = nb_backward(b, NULL, false); /* c.backward() */
+        st = nb_backward(b, NULL, (nb_backward_opts){0}); /* c.backward() */
     nb_tensor *g = st == NB_OK ? nb_tensor_grad(a) : NULL;
     if (g && nb_item(g, &grad) == NB_OK) {
         double expected = ldexp(1.0, doublings + 1);

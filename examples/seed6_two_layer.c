@@ -47,7 +47,7 @@ int main(void)
             printf("\n");
         }
         if (st == NB_OK)
-            st = nb_backward(loss, NULL, false);
+            st = nb_backward(loss, NULL, (nb_backward_opts){0});
         if (st == NB_OK) {
             nb_tensor *g1 = nb_tensor_grad(w1), *g2 = nb_tensor_grad(w2);
             nb_no_grad_begin(); /* with torch.no_grad(): the update is not part of the graph */

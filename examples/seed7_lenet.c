@@ -80,7 +80,7 @@ static nb_status run(nb_module *net)
         return st;
     printf("conv1.bias.grad before backward\n");
     print_grad(bias);
-    if ((st = nb_backward(loss, NULL, false)) != NB_OK)
+    if ((st = nb_backward(loss, NULL, (nb_backward_opts){0})) != NB_OK)
         return st;
     printf("conv1.bias.grad after backward\n");
     print_grad(bias);
@@ -93,7 +93,7 @@ static nb_status run(nb_module *net)
     st = nb_optim_zero_grad(opt);
     nb_tensor *l1 = st == NB_OK ? nb_mse_loss(nb_module_forward(net, input), target,
                                               NB_REDUCTION_MEAN) : NULL;
-    if (l1 && (st = nb_item(l1, &before)) == NB_OK && (st = nb_backward(l1, NULL, false)) == NB_OK)
+    if (l1 && (st = nb_item(l1, &before)) == NB_OK && (st = nb_backward(l1, NULL, (nb_backward_opts){0})) == NB_OK)
         st = nb_optim_step(opt);
     else if (!l1 && st == NB_OK)
         st = nb_last_status();

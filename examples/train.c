@@ -241,7 +241,7 @@ static bool train_epoch(run_state *r, const mnist_set *train, int64_t *perm, uin
          * the gradient of the global batch's mean even when the shares differ. */
         nb_tensor *scaled = r->ddp ? nb_mul_scalar(loss, (double)mine * r->world / count) : loss;
         bool ok = scaled && nb_optim_zero_grad(r->opt) == NB_OK &&
-                  nb_backward(scaled, NULL, false) == NB_OK &&
+                  nb_backward(scaled, NULL, (nb_backward_opts){0}) == NB_OK &&
                   (!r->ddp || nb_ddp_finish(r->ddp) == NB_OK) && nb_optim_step(r->opt) == NB_OK;
         if (ok) {
             nb_no_grad_begin();

@@ -209,9 +209,12 @@ int64_t nb_tensor_version(const nb_tensor *t); /* bumped by every in-place chang
 
 /* Data in and out. Buffers hold numel elements of the tensor's dtype, row-major. */
 nb_status nb_tensor_copy_to_host(const nb_tensor *t, void *dst, size_t bytes);
-nb_status nb_tensor_copy_from_host(nb_tensor *t, const void *src, size_t bytes);
+nb_status nb_tensor_copy_from_host(nb_tensor *t, const void *src, size_t bytes); /* no autograd */
 nb_status nb_item(const nb_tensor *t, double *value); /* one-element tensors */
-nb_status nb_tensor_copy_(nb_tensor *dst, const nb_tensor *src); /* broadcast, cast, any device */
+/* dst.copy_(src): broadcast, cast, any device; differentiable like every in-place op (into a
+ * view it rebases the view's base). In-place writes are refused, outside no-grad mode, into a
+ * leaf that requires grad or a view of one, and always into overlapping (stride-0) elements. */
+nb_status nb_tensor_copy_(nb_tensor *dst, const nb_tensor *src);
 bool nb_allclose(const nb_tensor *a, const nb_tensor *b, double rtol, double atol);
 bool nb_equal(const nb_tensor *a, const nb_tensor *b); /* same shape and values */
 nb_tensor *nb_to_device(const nb_tensor *t, const char *device); /* t itself (retained) if there */
@@ -344,8 +347,13 @@ int32_t nb_grad_fn_next_count(const nb_grad_fn *fn);
 /* The i-th next function (NULL for inputs that need no grad). */
 const nb_grad_fn *nb_grad_fn_next(const nb_grad_fn *fn, int32_t i);
 
-/* grad may be NULL for one-element outputs. */
-nb_status nb_backward(nb_tensor *t, const nb_tensor *grad, bool retain_graph);
+/* tensor.backward(grad, retain_graph, create_graph); grad may be NULL for one-element
+ * outputs. Options are zero-initialised: nb_backward(loss, NULL, (nb_backward_opts){0}). */
+typedef struct nb_backward_opts {
+    bool retain_graph; /* keep the saved tensors for another backward (implied by create_graph) */
+    bool create_graph; /* the accumulated .grad gets a graph of its own (higher order) */
+} nb_backward_opts;
+nb_status nb_backward(nb_tensor *t, const nb_tensor *grad, nb_backward_opts opts);
 
 typedef struct nb_grad_opts {
     bool retain_graph; /* defaults to create_graph */
@@ -385,6 +393,11 @@ nb_tensor *nb_function_apply(const nb_function *fn, void *ctx, nb_tensor *const 
 typedef nb_tensor *(*nb_gradcheck_fn)(nb_tensor *const *inputs, int32_t n_inputs, void *ctx);
 nb_status nb_gradcheck(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs, int32_t n_inputs,
                        double eps, double atol, double rtol);
+/* torch.autograd.gradgradcheck: the first derivative d(sum fn(x) * v)/dx, built with
+ * create_graph for a fixed pseudo-random v, checked by nb_gradcheck with respect to x and v.
+ * An op that cannot be differentiated twice makes it fail with its own error. */
+nb_status nb_gradgradcheck(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inputs,
+                           int32_t n_inputs, double eps, double atol, double rtol);
 
 /* ================================== nn: functional ======================================== */
 

@@ -491,15 +491,18 @@ static nb_tensor *gc_fn(nb_tensor *const *inputs, int32_t n_inputs, void *vctx)
     return out;
 }
 
-/* Returns two results: the finite-difference comparison and nb_gradcheck. */
-static void check_grad(const conf_op *op, const char *device, int32_t si, conf_result res[2])
+static conf_result check_gradgrad(const conf_op *op, const char *device, const conf_sample *s,
+                                  gc_ctx *ctx, nb_tensor *const *leaves, int32_t nl);
+
+/* Returns three results: the finite-difference comparison, nb_gradcheck, nb_gradgradcheck. */
+static void check_grad(const conf_op *op, const char *device, int32_t si, conf_result res[3])
 {
     const conf_sample *s = &op->samples[si];
     const nb_dtype dt = NB_DTYPE_F64;
     const double h = 1e-6, rtol = 1e-4, atol = 1e-5; /* central differences: error ~ h^2 */
     prepared p[CONF_MAX_IN];
     nb_tensor *x[CONF_MAX_IN] = {0};
-    res[0] = res[1] = CONF_NONE;
+    res[0] = res[1] = res[2] = CONF_NONE;
     nb_clear_error();
     seed_for(op->name, dt, si);
     if (!prepare_host(s->in, s->n_in, dt, p) || !prepare_device(s->in, s->n_in, dt, device, true, p)) {
@@ -531,7 +534,7 @@ static void check_grad(const conf_op *op, const char *device, int32_t si, conf_r
         memcpy(rh.v, r, (size_t)m * sizeof *r);
     nb_tensor *rt = ok ? upload(&rh, device, false) : NULL;
     nb_tensor *prod = rt ? nb_mul(out, rt) : NULL, *loss = prod ? nb_sum(prod, NULL, 0, false) : NULL;
-    nb_status st = loss ? nb_backward(loss, NULL, false) : nb_last_status();
+    nb_status st = loss ? nb_backward(loss, NULL, (nb_backward_opts){0}) : nb_last_status();
     nb_release(loss);
     nb_release(prod);
     nb_release(rt);
@@ -594,10 +597,36 @@ static void check_grad(const conf_op *op, const char *device, int32_t si, conf_r
         res[1] = CONF_FAIL;
         FAILF(op, dt, device, s->name, "nb_gradcheck: %s", nb_last_error());
     }
-    for (int k = 0; k < 2; k++)
+    res[2] = check_gradgrad(op, device, s, &ctx, leaves, nl);
+    for (int k = 0; k < 3; k++)
         if (res[k] == CONF_PASS)
             res[k] = classify_pass(op, dt, device);
     prepared_free(p, s->n_in);
+}
+
+/* Second derivatives against finite differences of the first (float64). An op the table
+ * marks once-differentiable must refuse create_graph with an error instead. */
+static conf_result check_gradgrad(const conf_op *op, const char *device, const conf_sample *s,
+                                  gc_ctx *ctx, nb_tensor *const *leaves, int32_t nl)
+{
+    const nb_dtype dt = NB_DTYPE_F64;
+    if (conf_gradgrad_skips(op, s))
+        return CONF_NONE;
+    nb_clear_error();
+    nb_status st = nb_gradgradcheck(gc_fn, ctx, leaves, nl, 1e-6, 1e-5, 1e-3);
+    if (!conf_op_twice_differentiable(op)) {
+        if (st != NB_OK && nb_last_error()[0])
+            return CONF_PASS;
+        FAILF(op, dt, device, s->name, "marked once-differentiable, but gradgradcheck returned "
+              "%s without an error", nb_status_str(st));
+        return CONF_FAIL;
+    }
+    if (st == NB_OK)
+        return CONF_PASS;
+    if (unsupported_status(st))
+        return CONF_UNSUPPORTED;
+    FAILF(op, dt, device, s->name, "nb_gradgradcheck: %s", nb_last_error());
+    return CONF_FAIL;
 }
 
 void conf_check_cell(const conf_op *op, nb_dtype dt, const char *device, conf_cell_out *out)
@@ -624,9 +653,9 @@ void conf_check_cell(const conf_op *op, nb_dtype dt, const char *device, conf_ce
         record(out, r);
         if (dt == NB_DTYPE_F64 && op->differentiable && !(s->flags & CONF_NO_GRAD) &&
             (r == CONF_PASS || r == CONF_COMPOSITE || r == CONF_FALLBACK)) {
-            conf_result g[2];
+            conf_result g[3];
             check_grad(op, device, si, g);
-            for (int k = 0; k < 2; k++)
+            for (int k = 0; k < 3; k++)
                 if (g[k] != CONF_NONE)
                     record(out, g[k]);
         }

@@ -128,6 +128,10 @@ extern const int32_t conf_n_ops;
 conf_tol conf_tolerance(const conf_op *op, nb_dtype dtype);
 /* True when the adapter's function is missing from this libnabla (weakly linked). */
 bool conf_op_available(const conf_op *op);
+/* False for the ops the table lists as once-differentiable (create_graph must be refused). */
+bool conf_op_twice_differentiable(const conf_op *op);
+/* True for a sample at a point where the op is not twice differentiable (no gradgradcheck). */
+bool conf_gradgrad_skips(const conf_op *op, const conf_sample *s);
 
 /* ---- reference.c: float64 loops, one per op ---- */
 #define CONF_REF_LIST_(X)                                                                  \

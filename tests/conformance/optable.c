@@ -4,6 +4,7 @@
 #include "conformance.h"
 
 #include <math.h>
+#include <string.h>
 
 /* The nn functions live in core/functional.c, which may be absent from a libnabla under
  * construction; weak references keep the suite linking and report those rows as unsupported. */
@@ -818,4 +819,34 @@ bool conf_op_available(const conf_op *op)
     else if (op->run == a_bce_with_logits) fn = (void *)nb_binary_cross_entropy_with_logits;
     else return true;
     return fn != NULL;
+}
+
+/* Ops whose backward cannot be differentiated again: gradgradcheck expects an error from them.
+ * Every differentiable op in the table is twice differentiable today, so the list is empty;
+ * a row added here documents the exception. */
+static const char *const once_differentiable[] = {NULL};
+
+bool conf_op_twice_differentiable(const conf_op *op)
+{
+    for (size_t k = 0; once_differentiable[k]; k++)
+        if (!strcmp(once_differentiable[k], op->name))
+            return false;
+    return true;
+}
+
+/* Samples that sit where an op is differentiable once but not twice, so gradgradcheck skips
+ * them (the gradient checks still run): std over a constant slice is 0, std's kink. */
+static const struct {
+    const char *op, *sample;
+} no_gradgrad[] = {
+    {"std", "stride-0 expand dim 0"},
+    {NULL, NULL},
+};
+
+bool conf_gradgrad_skips(const conf_op *op, const conf_sample *s)
+{
+    for (size_t k = 0; no_gradgrad[k].op; k++)
+        if (!strcmp(no_gradgrad[k].op, op->name) && !strcmp(no_gradgrad[k].sample, s->name))
+            return true;
+    return false;
 }

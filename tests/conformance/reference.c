@@ -227,7 +227,15 @@ SCALAR_(mul_scalar, dt, x * s)
 SCALAR_(div_scalar, float_of(dt), x / s)
 SCALAR_(rsub_scalar, dt, s - x)
 SCALAR_(rdiv_scalar, float_of(dt), s / x)
-SCALAR_(pow_scalar, p->s[0] < 0 ? float_of(dt) : dt, pow(x, s))
+SCALAR_(pow_scalar_any, p->s[0] < 0 ? float_of(dt) : dt, pow(x, s))
+/* PyTorch 2.x: "Integers to negative integer powers are not allowed." */
+bool conf_ref_pow_scalar(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
+{
+    bool is_int = x[0].dtype != NB_DTYPE_F32 && x[0].dtype != NB_DTYPE_F64;
+    if (is_int && p->s[0] < 0 && p->s[0] == floor(p->s[0]))
+        return false;
+    return conf_ref_pow_scalar_any(x, n, p, out);
+}
 SCALAR_(maximum_scalar, x[0].dtype, nan_max(x, s))
 SCALAR_(minimum_scalar, x[0].dtype, nan_min(x, s))
 /* comparisons with a scalar: bool out; an integer tensor is compared in float64 */

@@ -31,7 +31,7 @@ static nb_status sgd_step(nb_optim *o, nb_module *m, nb_tensor *loss)
     nb_status st = nb_optim_zero_grad(o);
     (void)m;
     if (st == NB_OK)
-        st = nb_backward(loss, NULL, false);
+        st = nb_backward(loss, NULL, (nb_backward_opts){0});
     return st == NB_OK ? nb_optim_step(o) : st;
 }
 
@@ -143,8 +143,8 @@ static void no_sync_accumulates_locally_then_reduces_the_sum(void **state)
         nb_tensor *x = pass ? x2 : x1;
         nb_tensor *y = nb_ddp_forward(d, x), *l = nb_sum(y, NULL, 0, false);
         nb_tensor *yr = nb_module_forward(ref, x), *lr = nb_sum(yr, NULL, 0, false);
-        NB_ASSERT_OK(nb_backward(l, NULL, false));
-        NB_ASSERT_OK(nb_backward(lr, NULL, false));
+        NB_ASSERT_OK(nb_backward(l, NULL, (nb_backward_opts){0}));
+        NB_ASSERT_OK(nb_backward(lr, NULL, (nb_backward_opts){0}));
         nb_release(l);
         nb_release(y);
         nb_release(lr);

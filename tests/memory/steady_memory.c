@@ -39,7 +39,7 @@ int main(int argc, char **argv)
         nb_scope_begin();
         nb_tensor *pred = nb_mm(nb_clamp(nb_mm(x, w1), 0, NAN), w2);
         nb_tensor *l = nb_sum(nb_pow_scalar(nb_sub(pred, y), 2), NULL, 0, false);
-        nb_status st = l ? nb_backward(l, NULL, false) : nb_last_status();
+        nb_status st = l ? nb_backward(l, NULL, (nb_backward_opts){0}) : nb_last_status();
         if (st == NB_OK)
             st = nb_item(l, &loss);
         nb_no_grad_begin();

@@ -112,7 +112,15 @@ static void next_functions_end_in_accumulate_grad(void **state)
         nb_release(r[k]);
 }
 
-/* One op per row: its result's grad_fn must carry the name torch 1.13 gives. */
+static nb_tensor *max_values(const nb_tensor *x, bool is_max)
+{
+    nb_tensor *v = NULL;
+    (is_max ? nb_max_dim : nb_min_dim)(x, 1, false, &v, NULL);
+    return v;
+}
+
+/* One op per row: its result's grad_fn must carry the name PyTorch 2.x gives (checked with
+ * torch 2.15: print(op(x).grad_fn.name()) for each row). */
 static void grad_fn_names_are_pytorchs(void **state)
 {
     (void)state;
@@ -190,6 +198,15 @@ static void grad_fn_names_are_pytorchs(void **state)
         {nb_to_dtype(x, NB_DTYPE_F32), "ToCopyBackward0"},
         {nb_clone(x), "CloneBackward0"},
         {nb_contiguous(xt), "CloneBackward0"},
+        {nb_t(x), "TBackward0"},                              /* x.t() */
+        {nb_rdiv_scalar(x, 1), "MulBackward0"},               /* 1 / x */
+        {nb_rdiv_scalar(x, 2), "MulBackward0"},               /* 2 / x */
+        {nb_stack(xy, 2, 0), "StackBackward0"},               /* torch.stack([x, y]) */
+        {nb_var(x, NULL, 0, 1, false), "VarBackward0"},       /* x.var() */
+        {nb_std(x, NULL, 0, 1, false), "StdBackward0"},       /* x.std() */
+        {nb_norm(x, 2, NULL, 0, false), "LinalgVectorNormBackward0"}, /* x.norm() */
+        {max_values(x, true), "MaxBackward0"},                /* x.max(1)[0] */
+        {max_values(x, false), "MinBackward0"},               /* x.min(1)[0] */
     };
     int wrong = 0;
     for (size_t k = 0; k < sizeof rows / sizeof *rows; k++) {
@@ -228,7 +245,7 @@ static void backward_of_the_torch_tutorial_example(void **state)
     double v;
     NB_ASSERT_OK(nb_item(out, &v));
     assert_true(v == 27);
-    NB_ASSERT_OK(nb_backward(out, NULL, false));
+    NB_ASSERT_OK(nb_backward(out, NULL, (nb_backward_opts){0}));
     nb_scope_end();
     nb_tensor *g = nb_tensor_grad(x);
     assert_non_null(g);
@@ -242,22 +259,22 @@ static void non_scalar_backward_needs_a_gradient(void **state)
 {
     (void)state;
     nb_tensor *x = leaf(NB_SHAPE(3), 0, 1, 6), *y = nb_mul_scalar(x, 2);
-    assert_int_equal(nb_backward(y, NULL, false), NB_AUTOGRAD);
+    assert_int_equal(nb_backward(y, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
     NB_ASSERT_ERROR_HAS("grad can be implicitly created only for scalar outputs");
     nb_clear_error();
     double gv[3] = {1, 10, 100};
     nb_tensor *g = nb_from_data(gv, NB_SHAPE(3), (nb_opts){NB_DTYPE_F64});
-    NB_ASSERT_OK(nb_backward(y, g, false));
+    NB_ASSERT_OK(nb_backward(y, g, (nb_backward_opts){0}));
     nb_tensor *xg = nb_tensor_grad(x);
     expect_values(xg, (double[]){2, 20, 200}, 3, 0);
     nb_tensor *bad = nb_ones(NB_SHAPE(4), (nb_opts){NB_DTYPE_F64}), *y2 = nb_mul_scalar(x, 2);
-    assert_int_equal(nb_backward(y2, bad, false), NB_SHAPE_MISMATCH);
+    assert_int_equal(nb_backward(y2, bad, (nb_backward_opts){0}), NB_SHAPE_MISMATCH);
     nb_clear_error();
     nb_tensor *c = nb_ones(NB_SHAPE(1), (nb_opts){0});
-    assert_int_equal(nb_backward(c, NULL, false), NB_AUTOGRAD);
+    assert_int_equal(nb_backward(c, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
     NB_ASSERT_ERROR_HAS("does not require grad");
     nb_clear_error();
-    assert_int_equal(nb_backward(NULL, NULL, false), NB_NULL_ARGUMENT);
+    assert_int_equal(nb_backward(NULL, NULL, (nb_backward_opts){0}), NB_NULL_ARGUMENT);
     nb_tensor *r[] = {x, y, g, xg, bad, y2, c};
     for (size_t k = 0; k < 7; k++)
         nb_release(r[k]);
@@ -269,15 +286,15 @@ static void second_backward_needs_retain_graph(void **state)
     nb_tensor *x = leaf(NB_SHAPE(3), 0.5, 1, 7);
     nb_scope_begin();
     nb_tensor *s = nb_sum(nb_mul(nb_exp(x), x), NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s, NULL, false));
-    assert_int_equal(nb_backward(s, NULL, false), NB_AUTOGRAD);
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
+    assert_int_equal(nb_backward(s, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
     NB_ASSERT_ERROR_HAS("retain_graph");
     NB_ASSERT_ERROR_HAS("second time");
     nb_clear_error();
     NB_ASSERT_OK(nb_tensor_zero_grad(x));
     nb_tensor *s2 = nb_sum(nb_mul(nb_exp(x), x), NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s2, NULL, true));
-    NB_ASSERT_OK(nb_backward(s2, NULL, false)); /* kept by the first: works, and adds up */
+    NB_ASSERT_OK(nb_backward(s2, NULL, (nb_backward_opts){.retain_graph = true}));
+    NB_ASSERT_OK(nb_backward(s2, NULL, (nb_backward_opts){0})); /* kept by the first: works, and adds up */
     nb_scope_end();
     int64_t n;
     double *xv = values(x, &n), want[3];
@@ -296,7 +313,7 @@ static void gradients_accumulate_until_zero_grad(void **state)
     nb_tensor *x = leaf(NB_SHAPE(2), 0, 1, 8);
     for (int k = 1; k <= 3; k++) {
         nb_scope_begin();
-        NB_ASSERT_OK(nb_backward(nb_sum(nb_mul_scalar(x, 5), NULL, 0, false), NULL, false));
+        NB_ASSERT_OK(nb_backward(nb_sum(nb_mul_scalar(x, 5), NULL, 0, false), NULL, (nb_backward_opts){0}));
         nb_scope_end();
         nb_tensor *g = nb_tensor_grad(x);
         expect_all(g, 5.0 * k, 1e-12);
@@ -306,7 +323,7 @@ static void gradients_accumulate_until_zero_grad(void **state)
     assert_null(nb_tensor_grad(x));
     assert_int_equal(nb_last_status(), NB_OK); /* no grad is not an error */
     nb_scope_begin();
-    NB_ASSERT_OK(nb_backward(nb_sum(x, NULL, 0, false), NULL, false));
+    NB_ASSERT_OK(nb_backward(nb_sum(x, NULL, 0, false), NULL, (nb_backward_opts){0}));
     nb_scope_end();
     nb_tensor *g = nb_tensor_grad(x);
     expect_all(g, 1, 0);
@@ -329,7 +346,7 @@ static void retain_grad_keeps_a_non_leaf_gradient(void **state)
     NB_ASSERT_OK(nb_tensor_retain_grad(y));
     nb_scope_begin();
     nb_tensor *s = nb_sum(nb_add(nb_mul(y, y), z), NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s, NULL, false));
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
     nb_scope_end();
     nb_tensor *yg = nb_tensor_grad(y), *zg = nb_tensor_grad(z);
     int64_t n;
@@ -352,7 +369,7 @@ static void broadcasting_is_undone_in_the_gradient(void **state)
     nb_tensor *a = leaf(NB_SHAPE(3, 1), 0, 1, 10), *b = leaf(NB_SHAPE(1, 4), 0, 1, 11);
     nb_tensor *s0 = leaf(NB_SHAPE_SCALAR, 0, 1, 12);
     nb_scope_begin();
-    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(nb_add(a, b), s0), NULL, 0, false), NULL, false));
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(nb_add(a, b), s0), NULL, 0, false), NULL, (nb_backward_opts){0}));
     nb_scope_end();
     nb_tensor *ga = nb_tensor_grad(a), *gb = nb_tensor_grad(b), *gs = nb_tensor_grad(s0);
     nb_shape sa = nb_tensor_shape(ga), sb = nb_tensor_shape(gb);
@@ -479,7 +496,7 @@ static void in_place_change_of_a_saved_tensor_is_caught(void **state)
     int64_t v0 = nb_tensor_version(e);
     NB_ASSERT_OK(nb_add_scalar_(e, 1));
     assert_true(nb_tensor_version(e) > v0);
-    assert_int_equal(nb_backward(s, NULL, false), NB_AUTOGRAD);
+    assert_int_equal(nb_backward(s, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
     NB_ASSERT_ERROR_HAS("modified by an inplace operation");
     NB_ASSERT_ERROR_HAS("ExpBackward0");
     nb_release(x);
@@ -493,7 +510,7 @@ static void in_place_on_a_leaf_that_requires_grad_is_refused(void **state)
     nb_tensor *x = leaf(NB_SHAPE(3), 0, 1, 19), *o = nb_ones(NB_SHAPE(3), (nb_opts){NB_DTYPE_F64});
     int64_t v0 = nb_tensor_version(x);
     assert_int_equal(nb_add_(x, o), NB_AUTOGRAD);
-    NB_ASSERT_ERROR_HAS("leaf tensor that requires grad is being used in an in-place operation");
+    NB_ASSERT_ERROR_HAS("a leaf Variable that requires grad is being used in an in-place operation");
     nb_clear_error();
     assert_int_equal(nb_mul_scalar_(x, 2), NB_AUTOGRAD);
     nb_clear_error();
@@ -513,13 +530,733 @@ static void in_place_on_a_non_leaf_joins_the_graph(void **state)
     nb_tensor *x = leaf(NB_SHAPE(3), 0, 1, 20), *y = nb_mul_scalar(x, 2);
     NB_ASSERT_OK(nb_mul_scalar_(y, 3)); /* y = (2x) * 3 */
     nb_scope_begin();
-    NB_ASSERT_OK(nb_backward(nb_sum(y, NULL, 0, false), NULL, false));
+    NB_ASSERT_OK(nb_backward(nb_sum(y, NULL, 0, false), NULL, (nb_backward_opts){0}));
     nb_scope_end();
     nb_tensor *g = nb_tensor_grad(x);
     expect_all(g, 6, 1e-12);
     nb_release(g);
     nb_release(x);
     nb_release(y);
+}
+
+/* ---- in-place ops through views (PyTorch 2.x: CopySlices, view regeneration) ----
+ * Each expected value is what PyTorch 2.x prints for the Python snippet in the comment. */
+
+static nb_tensor *vec(const double *v, nb_shape s, bool rg)
+{
+    nb_tensor *t = nb_from_data(v, s, (nb_opts){NB_DTYPE_F64, .requires_grad = rg});
+    assert_non_null(t);
+    return t;
+}
+
+static void backward_sum(nb_tensor *t)
+{
+    nb_scope_begin();
+    nb_status st = nb_backward(nb_sum(t, NULL, 0, false), NULL, (nb_backward_opts){0});
+    nb_scope_end();
+    if (st != NB_OK)
+        fail_msg("backward: %s", nb_last_error());
+}
+
+static void expect_grad(nb_tensor *leaf_t, const double *want, int64_t n)
+{
+    nb_tensor *g = nb_tensor_grad(leaf_t);
+    if (!g)
+        fail_msg("no gradient");
+    expect_values(g, want, n, 1e-12);
+    nb_release(g);
+}
+
+static void in_place_on_a_slice_rebases_the_base(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([1.,2,3], requires_grad=True); a = x * 1; a[:2].mul_(2)
+     * a.sum().backward(); x.grad -> tensor([2., 2., 1.]); a.grad_fn -> <CopySlices> */
+    const double xv[3] = {1, 2, 3}, want[3] = {2, 2, 1};
+    nb_tensor *x = vec(xv, NB_SHAPE(3), true), *a = nb_mul_scalar(x, 1);
+    nb_tensor *v = nb_narrow(a, 0, 0, 2);
+    NB_ASSERT_OK(nb_mul_scalar_(v, 2));
+    assert_string_equal(fn_name(a), "CopySlices");
+    assert_string_equal(fn_name(v), "AsStridedBackward0"); /* v.grad_fn in PyTorch 2.x */
+    backward_sum(a);
+    expect_grad(x, want, 3);
+    nb_release(v);
+    nb_release(a);
+    nb_release(x);
+}
+
+static void views_taken_before_an_in_place_op_see_it(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([1.,2,3], requires_grad=True); a = x * 1; v = a[:2]; a.mul_(2)
+     * v.sum().backward(); x.grad -> tensor([2., 2., 0.]) */
+    const double xv[3] = {1, 2, 3}, want[3] = {2, 2, 0};
+    nb_tensor *x = vec(xv, NB_SHAPE(3), true), *a = nb_mul_scalar(x, 1);
+    nb_tensor *v = nb_narrow(a, 0, 0, 2);
+    NB_ASSERT_OK(nb_mul_scalar_(a, 2));
+    backward_sum(v);
+    expect_grad(x, want, 3);
+    nb_release(v);
+    nb_release(a);
+    nb_release(x);
+}
+
+static void in_place_on_a_select_and_a_transpose(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([[1.,2],[3,4]], requires_grad=True); a = x * 1; a[0].mul_(5)
+     * (a*a).sum().backward(); x.grad -> tensor([[50., 100.], [6., 8.]]) */
+    const double xv[4] = {1, 2, 3, 4}, want[4] = {50, 100, 6, 8};
+    nb_tensor *x = vec(xv, NB_SHAPE(2, 2), true), *a = nb_mul_scalar(x, 1);
+    nb_tensor *row = nb_select(a, 0, 0);
+    NB_ASSERT_OK(nb_mul_scalar_(row, 5));
+    nb_scope_begin();
+    backward_sum(nb_mul(a, a));
+    nb_scope_end();
+    expect_grad(x, want, 4);
+    /* the same through a transposed view: a = x * 1; a.t()[0].mul_(5)
+     * (a*a).sum().backward(); x.grad -> tensor([[50., 4.], [150., 8.]]) */
+    const double want_t[4] = {50, 4, 150, 8};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    nb_tensor *b = nb_mul_scalar(x, 1), *bt = nb_t(b), *col = nb_select(bt, 0, 0);
+    NB_ASSERT_OK(nb_mul_scalar_(col, 5));
+    nb_scope_begin();
+    backward_sum(nb_mul(b, b));
+    nb_scope_end();
+    expect_grad(x, want_t, 4);
+    nb_tensor *r[] = {col, bt, b, row, a, x};
+    for (size_t k = 0; k < 6; k++)
+        nb_release(r[k]);
+}
+
+static void fill_and_zero_are_differentiable(void **state)
+{
+    (void)state;
+    /* x = torch.ones(3, requires_grad=True); a = x * 1; a[0:1].fill_(0)
+     * (a*a).sum().backward(); x.grad -> tensor([0., 2., 2.]) */
+    const double ones[3] = {1, 1, 1}, want[3] = {0, 2, 2};
+    nb_tensor *x = vec(ones, NB_SHAPE(3), true), *a = nb_mul_scalar(x, 1);
+    nb_tensor *v = nb_narrow(a, 0, 0, 1);
+    NB_ASSERT_OK(nb_fill_(v, 0));
+    nb_scope_begin();
+    backward_sum(nb_mul(a, a));
+    nb_scope_end();
+    expect_grad(x, want, 3);
+    nb_release(v);
+    nb_release(a);
+    nb_release(x);
+    /* x = torch.tensor([1.,2,3], requires_grad=True); a = x * 2; a.fill_(1)
+     * a.grad_fn -> <FillBackward2>; (a*x).sum().backward(); x.grad -> tensor([1., 1., 1.]) */
+    const double xv[3] = {1, 2, 3}, want2[3] = {1, 1, 1};
+    x = vec(xv, NB_SHAPE(3), true);
+    a = nb_mul_scalar(x, 2);
+    NB_ASSERT_OK(nb_fill_(a, 1));
+    assert_string_equal(fn_name(a), "FillBackward2");
+    nb_scope_begin();
+    backward_sum(nb_mul(a, x));
+    nb_scope_end();
+    expect_grad(x, want2, 3);
+    /* a.zero_() -> <ZeroBackward0>; (a*x).sum().backward() adds 0 */
+    NB_ASSERT_OK(nb_zero_(a));
+    assert_string_equal(fn_name(a), "ZeroBackward0");
+    nb_scope_begin();
+    backward_sum(nb_mul(a, x));
+    nb_scope_end();
+    expect_grad(x, want2, 3);
+    nb_release(a);
+    nb_release(x);
+}
+
+static void copy_and_index_assignment_are_differentiable(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([1.,2,3], requires_grad=True); out = torch.zeros(3)
+     * out[0] = x[1] * 2; out.requires_grad -> True; out.grad_fn -> <CopySlices>
+     * (out.sum() + x.sum()).backward(); x.grad -> tensor([1., 3., 1.]) */
+    const double xv[3] = {1, 2, 3}, want[3] = {1, 3, 1}, out_want[3] = {4, 0, 0};
+    nb_tensor *x = vec(xv, NB_SHAPE(3), true);
+    nb_tensor *out = nb_zeros(NB_SHAPE(3), (nb_opts){NB_DTYPE_F64});
+    nb_scope_begin();
+    NB_ASSERT_OK(nb_tensor_copy_(nb_select(out, 0, 0), nb_mul_scalar(nb_select(x, 0, 1), 2)));
+    assert_true(nb_tensor_requires_grad(out));
+    assert_string_equal(fn_name(out), "CopySlices");
+    NB_ASSERT_OK(nb_backward(nb_add(nb_sum(out, NULL, 0, false), nb_sum(x, NULL, 0, false)),
+                             NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_values(out, out_want, 3, 0); /* outside the scope: values() releases what it gets */
+    expect_grad(x, want, 3);
+    nb_release(out);
+    /* y = torch.ones(3, requires_grad=True); x.grad = None; a = x * 1; a.copy_(y * 2)
+     * a.grad_fn -> <CopyBackwards>; a.sum().backward()
+     * x.grad -> tensor([0., 0., 0.]); y.grad -> tensor([2., 2., 2.]) */
+    const double ones[3] = {1, 1, 1}, zero3[3] = {0, 0, 0}, two3[3] = {2, 2, 2};
+    nb_tensor *y = vec(ones, NB_SHAPE(3), true);
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    nb_tensor *a = nb_mul_scalar(x, 1);
+    nb_scope_begin();
+    NB_ASSERT_OK(nb_tensor_copy_(a, nb_mul_scalar(y, 2)));
+    nb_scope_end();
+    assert_string_equal(fn_name(a), "CopyBackwards");
+    backward_sum(a);
+    expect_grad(x, zero3, 3);
+    expect_grad(y, two3, 3);
+    /* a broadcast source: z = torch.ones(1, requires_grad=True); b = x * 1; b.copy_(z)
+     * b.sum().backward(); z.grad -> tensor([3.]) */
+    const double three[1] = {3};
+    nb_tensor *z = vec(ones, NB_SHAPE(1), true), *b = nb_mul_scalar(x, 1);
+    NB_ASSERT_OK(nb_tensor_copy_(b, z));
+    backward_sum(b);
+    expect_grad(z, three, 1);
+    nb_tensor *r[] = {a, b, x, y, z};
+    for (size_t k = 0; k < 5; k++)
+        nb_release(r[k]);
+}
+
+static void in_place_writes_to_a_leaf_are_refused_also_through_views(void **state)
+{
+    (void)state;
+    /* x = torch.ones(3, requires_grad=True); x[:2].mul_(2) -> RuntimeError: a view of a leaf
+     * Variable that requires grad is being used in an in-place operation.
+     * x.copy_(torch.zeros(3)) -> RuntimeError: a leaf Variable that requires grad ... */
+    const double ones[3] = {1, 1, 1};
+    nb_tensor *x = vec(ones, NB_SHAPE(3), true), *z = vec(ones, NB_SHAPE(3), false);
+    int64_t v0 = nb_tensor_version(x);
+    nb_tensor *v = nb_narrow(x, 0, 0, 2);
+    assert_int_equal(nb_mul_scalar_(v, 2), NB_AUTOGRAD);
+    NB_ASSERT_ERROR_HAS("a view of a leaf Variable that requires grad");
+    assert_int_equal(nb_fill_(v, 2), NB_AUTOGRAD);
+    nb_tensor *z1 = nb_narrow(z, 0, 0, 1); /* broadcast into v */
+    assert_int_equal(nb_tensor_copy_(v, z1), NB_AUTOGRAD);
+    nb_release(z1);
+    assert_int_equal(nb_tensor_copy_(x, z), NB_AUTOGRAD);
+    NB_ASSERT_ERROR_HAS("a leaf Variable that requires grad is being used in an in-place");
+    assert_int_equal(nb_tensor_version(x), v0);
+    expect_values(x, ones, 3, 0);
+    /* with torch.no_grad(): x[:2].mul_(2); x.copy_(...) -- allowed */
+    nb_clear_error();
+    nb_no_grad_begin();
+    NB_ASSERT_OK(nb_mul_scalar_(v, 2));
+    NB_ASSERT_OK(nb_tensor_copy_(x, z));
+    nb_no_grad_end();
+    /* a view made under no_grad, written with grad mode on: PyTorch refuses it too */
+    nb_tensor *y = nb_mul_scalar(x, 1);
+    nb_no_grad_begin();
+    nb_tensor *w = nb_narrow(y, 0, 0, 2);
+    nb_no_grad_end();
+    nb_tensor *yy = nb_narrow(y, 0, 0, 2);
+    assert_int_equal(nb_mul_(w, yy), NB_AUTOGRAD);
+    NB_ASSERT_ERROR_HAS("created in no_grad mode");
+    nb_tensor *r[] = {yy, w, y, v, x, z};
+    for (size_t k = 0; k < 6; k++)
+        nb_release(r[k]);
+}
+
+static void writes_into_an_expanded_tensor_are_refused(void **state)
+{
+    (void)state;
+    /* torch.ones(1).expand(3).fill_(2) -> RuntimeError: unsupported operation: more than one
+     * element of the written-to tensor refers to a single memory location. */
+    nb_tensor *o = nb_ones(NB_SHAPE(1), (nb_opts){NB_DTYPE_F64});
+    nb_tensor *e = nb_expand(o, NB_SHAPE(3)), *src = nb_zeros(NB_SHAPE(3), (nb_opts){NB_DTYPE_F64});
+    assert_int_equal(nb_fill_(e, 2), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("more than one element of the written-to tensor refers to a single "
+                        "memory location");
+    assert_int_equal(nb_zero_(e), NB_INVALID_ARGUMENT);
+    assert_int_equal(nb_add_scalar_(e, 1), NB_INVALID_ARGUMENT);
+    assert_int_equal(nb_exp_(e), NB_INVALID_ARGUMENT);
+    assert_int_equal(nb_add_(e, src), NB_INVALID_ARGUMENT);
+    assert_int_equal(nb_tensor_copy_(e, src), NB_INVALID_ARGUMENT);
+    double v;
+    NB_ASSERT_OK(nb_item(o, &v));
+    assert_true(v == 1);
+    nb_release(e);
+    nb_release(o);
+    nb_release(src);
+}
+
+/* An in-place op and its out-of-place form give the same gradients (PyTorch saves the original
+ * input when the backward needs it: no "modified by an inplace operation" error). */
+typedef struct {
+    const char *name;
+    nb_status (*un)(nb_tensor *);
+    nb_tensor *(*out)(const nb_tensor *);
+} inplace_unary;
+
+static void in_place_ops_do_not_trip_the_version_counter(void **state)
+{
+    (void)state;
+    const inplace_unary ops[] = {
+        {"abs", nb_abs_, nb_abs},   {"sin", nb_sin_, nb_sin},   {"cos", nb_cos_, nb_cos},
+        {"log", nb_log_, nb_log},   {"exp", nb_exp_, nb_exp},   {"tanh", nb_tanh_, nb_tanh},
+        {"sqrt", nb_sqrt_, nb_sqrt}, {"sigmoid", nb_sigmoid_, nb_sigmoid},
+        {"relu", nb_relu_, nb_relu}, {"neg", nb_neg_, nb_neg},
+    };
+    const double xv[4] = {0.3, 1.7, 0.9, 2.4};
+    for (size_t k = 0; k < sizeof ops / sizeof *ops; k++) {
+        nb_tensor *x = vec(xv, NB_SHAPE(4), true);
+        nb_scope_begin();
+        nb_tensor *y = nb_mul(x, x); /* x^2, then op in place: d/dx = op'(x^2) 2x */
+        if (ops[k].un(y) != NB_OK)
+            fail_msg("%s_: %s", ops[k].name, nb_last_error());
+        if (nb_backward(nb_sum(nb_mul(y, x), NULL, 0, false), NULL, (nb_backward_opts){0}) != NB_OK)
+            fail_msg("%s_: backward: %s", ops[k].name, nb_last_error());
+        nb_tensor *g1 = nb_keep(nb_tensor_grad(x));
+        NB_ASSERT_OK(nb_tensor_zero_grad(x));
+        NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(ops[k].out(nb_mul(x, x)), x), NULL, 0, false),
+                                 NULL, (nb_backward_opts){0}));
+        nb_tensor *g2 = nb_keep(nb_tensor_grad(x));
+        nb_scope_end();
+        int64_t n;
+        double *want = values(g2, &n);
+        expect_values(g1, want, n, 1e-12);
+        free(want);
+        nb_release(g1);
+        nb_release(g2);
+        nb_release(x);
+    }
+    /* x = torch.tensor([-1., 0.5, 3.], requires_grad=True); a = x * 1; a.clamp_(-0.5, 2)
+     * a.sum().backward(); x.grad -> tensor([0., 1., 0.]) */
+    const double cv[3] = {-1, 0.5, 3}, cwant[3] = {0, 1, 0};
+    nb_tensor *x = vec(cv, NB_SHAPE(3), true), *a = nb_mul_scalar(x, 1);
+    NB_ASSERT_OK(nb_clamp_(a, -0.5, 2));
+    assert_string_equal(fn_name(a), "ClampBackward1");
+    backward_sum(a);
+    expect_grad(x, cwant, 3);
+    nb_release(a);
+    /* a = x * 1; a.pow_(2) ; a.sum().backward() -> 2x ; and mul_/div_ by a tensor that
+     * requires grad: y = torch.tensor([2.,4,8], requires_grad=True); b = x * 1; b.mul_(y)
+     * b.div_(y) (b is x again); b.sum().backward(); x.grad -> 1, y.grad -> 0 */
+    const double pw[3] = {-2, 1, 6}, yv[3] = {2, 4, 8}, one3[3] = {1, 1, 1}, zero3[3] = {0, 0, 0};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    a = nb_mul_scalar(x, 1);
+    NB_ASSERT_OK(nb_pow_scalar_(a, 2));
+    backward_sum(a);
+    expect_grad(x, pw, 3);
+    nb_release(a);
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    nb_tensor *y = vec(yv, NB_SHAPE(3), true), *b = nb_mul_scalar(x, 1);
+    NB_ASSERT_OK(nb_mul_(b, y));
+    NB_ASSERT_OK(nb_div_(b, y));
+    backward_sum(b);
+    expect_grad(x, one3, 3);
+    expect_grad(y, zero3, 3);
+    nb_release(b);
+    nb_release(y);
+    nb_release(x);
+}
+
+/* Every in-place op on a tensor that requires grad, and on a view of one, with no backward:
+ * the teardown's leak check (and nb_shutdown) must find nothing (no tensor <-> node cycle). */
+static void a_saved_output_changed_again_in_place_is_caught(void **state)
+{
+    (void)state;
+    /* x = torch.ones(3, requires_grad=True); a = x * 1; a.exp_().mul_(2); a.sum().backward()
+     * -> RuntimeError: one of the variables needed for gradient computation has been modified
+     * by an inplace operation: [...], which is output 0 of Exp, is at version 2; expected 1 */
+    const double ones[3] = {1, 1, 1};
+    nb_tensor *x = vec(ones, NB_SHAPE(3), true), *a = nb_mul_scalar(x, 1);
+    NB_ASSERT_OK(nb_exp_(a));
+    NB_ASSERT_OK(nb_mul_scalar_(a, 2));
+    nb_scope_begin();
+    assert_int_equal(nb_backward(nb_sum(a, NULL, 0, false), NULL, (nb_backward_opts){0}),
+                     NB_AUTOGRAD);
+    nb_scope_end();
+    NB_ASSERT_ERROR_HAS("modified by an inplace operation");
+    NB_ASSERT_ERROR_HAS("ExpBackward0");
+    nb_release(a);
+    nb_release(x);
+}
+
+static void in_place_ops_without_backward_leak_nothing(void **state)
+{
+    (void)state;
+    const double xv[4] = {0.3, 1.7, 0.9, 2.4};
+    for (int view = 0; view < 2; view++) {
+        nb_tensor *x = vec(xv, NB_SHAPE(4), true), *o = vec(xv, NB_SHAPE(4), true);
+        nb_tensor *base = nb_mul_scalar(x, 1);
+        nb_tensor *a = view ? nb_narrow(base, 0, 0, 4) : nb_retain(base);
+        nb_status (*un[])(nb_tensor *) = {nb_abs_, nb_log_, nb_sin_, nb_cos_, nb_exp_,
+                                          nb_tanh_, nb_sigmoid_, nb_sqrt_, nb_relu_, nb_neg_,
+                                          nb_rsqrt_};
+        for (size_t k = 0; k < sizeof un / sizeof *un; k++)
+            NB_ASSERT_OK(un[k](a));
+        nb_status (*bin[])(nb_tensor *, const nb_tensor *) = {nb_add_, nb_sub_, nb_mul_, nb_div_,
+                                                              nb_pow_, nb_maximum_, nb_minimum_};
+        for (size_t k = 0; k < sizeof bin / sizeof *bin; k++)
+            NB_ASSERT_OK(bin[k](a, o));
+        nb_status (*sc[])(nb_tensor *, double) = {nb_add_scalar_, nb_sub_scalar_, nb_mul_scalar_,
+                                                  nb_div_scalar_, nb_pow_scalar_,
+                                                  nb_maximum_scalar_, nb_minimum_scalar_};
+        for (size_t k = 0; k < sizeof sc / sizeof *sc; k++)
+            NB_ASSERT_OK(sc[k](a, 1.5));
+        NB_ASSERT_OK(nb_clamp_(a, 0, 1));
+        NB_ASSERT_OK(nb_fill_(a, 2));
+        NB_ASSERT_OK(nb_zero_(a));
+        NB_ASSERT_OK(nb_tensor_copy_(a, o));
+        /* div_ into a destination that needs no grad, by one that does */
+        nb_tensor *d = nb_ones(NB_SHAPE(4), (nb_opts){NB_DTYPE_F64});
+        NB_ASSERT_OK(nb_div_(d, o));
+        nb_tensor *r[] = {d, a, base, o, x};
+        for (size_t k = 0; k < 5; k++)
+            nb_release(r[k]);
+    }
+}
+
+static void in_place_chains_through_nested_views_match_pytorch(void **state)
+{
+    (void)state;
+    const double xv[4] = {1, 2, 3, 4}, yv[4] = {0.5, -1, 2, 3};
+    nb_tensor *x = vec(xv, NB_SHAPE(4), true), *y = vec(yv, NB_SHAPE(4), true);
+    /* a = x*x; v = a[1:]; w = v[0]; w.mul_(3); u = a[:2]; a.add_(y)
+     * ((v*v).sum() + (u*2).sum() + a.sum()).backward()
+     * x.grad -> [6, 300, 138, 312]; y.grad -> [3, 25, 23, 39]   (torch 2.15) */
+    const double w1x[4] = {6, 300, 138, 312}, w1y[4] = {3, 25, 23, 39};
+    nb_scope_begin();
+    nb_tensor *a = nb_mul(x, x), *v = nb_narrow(a, 0, 1, 3), *w = nb_select(v, 0, 0);
+    NB_ASSERT_OK(nb_mul_scalar_(w, 3));
+    nb_tensor *u = nb_narrow(a, 0, 0, 2);
+    NB_ASSERT_OK(nb_add_(a, y));
+    nb_tensor *l = nb_add(nb_add(nb_sum(nb_mul(v, v), NULL, 0, false),
+                                 nb_sum(nb_mul_scalar(u, 2), NULL, 0, false)),
+                          nb_sum(a, NULL, 0, false));
+    NB_ASSERT_OK(nb_backward(l, NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, w1x, 4);
+    expect_grad(y, w1y, 4);
+    /* a = x*1; b = y*2; a[1:3].copy_(b[0:2] * x[0:2]); (a*a).sum().backward()
+     * x.grad -> [4, 16, 0, 8]; y.grad -> [4, -32, 0, 0] */
+    const double w2x[4] = {4, 16, 0, 8}, w2y[4] = {4, -32, 0, 0};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    NB_ASSERT_OK(nb_tensor_zero_grad(y));
+    nb_scope_begin();
+    a = nb_mul_scalar(x, 1);
+    nb_tensor *b = nb_mul_scalar(y, 2);
+    NB_ASSERT_OK(nb_tensor_copy_(nb_narrow(a, 0, 1, 2),
+                                 nb_mul(nb_narrow(b, 0, 0, 2), nb_narrow(x, 0, 0, 2))));
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(a, a), NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, w2x, 4);
+    expect_grad(y, w2y, 4);
+    /* m = x.view(2,2) * 1; c = m[:, 1]; m.t()[1].mul_(y[:2]); (c*c).sum().backward()
+     * x.grad -> [0, 1, 0, 8]; y.grad -> [4, -32, 0, 0] */
+    const double w3x[4] = {0, 1, 0, 8};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    NB_ASSERT_OK(nb_tensor_zero_grad(y));
+    nb_scope_begin();
+    nb_tensor *m = nb_mul_scalar(nb_view(x, NB_SHAPE(2, 2)), 1), *c = nb_select(m, 1, 1);
+    NB_ASSERT_OK(nb_mul_(nb_select(nb_t(m), 0, 1), nb_narrow(y, 0, 0, 2)));
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(c, c), NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, w3x, 4);
+    expect_grad(y, w2y, 4);
+    /* a = x*x; a[1:].sin_(); g, = torch.autograd.grad(a.sum(), x, create_graph=True)
+     * g.sum().backward(); x.grad -> [2, 10.801552683199628, -16.65852599247259, 16.51049330591741] */
+    const double w4[4] = {2, 10.801552683199628, -16.65852599247259, 16.51049330591741};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    nb_scope_begin();
+    a = nb_mul(x, x);
+    NB_ASSERT_OK(nb_sin_(nb_narrow(a, 0, 1, 3)));
+    nb_tensor *g = NULL, *s = nb_sum(a, NULL, 0, false);
+    NB_ASSERT_OK(nb_grad(&s, NULL, 1, &x, 1, (nb_grad_opts){.create_graph = true}, &g));
+    NB_ASSERT_OK(nb_backward(nb_sum(g, NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, w4, 4);
+    nb_release(x);
+    nb_release(y);
+}
+
+static void linear_records_addmm_of_t_as_pytorch(void **state)
+{
+    (void)state;
+    /* x = torch.ones(2, 3); fc = torch.nn.Linear(3, 4); y = fc(x)
+     * [f.name() if f else None for f, _ in y.grad_fn.next_functions]
+     * -> ['AccumulateGrad', None, 'TBackward0'] */
+    nb_tensor *x = nb_ones(NB_SHAPE(2, 3), (nb_opts){NB_DTYPE_F64});
+    nb_tensor *w = leaf(NB_SHAPE(4, 3), -1, 1, 50), *b = leaf(NB_SHAPE(4), -1, 1, 51);
+    nb_tensor *y = nb_linear(x, w, b);
+    const nb_grad_fn *f = nb_tensor_grad_fn(y);
+    assert_string_equal(nb_grad_fn_name(f), "AddmmBackward0");
+    assert_int_equal(nb_grad_fn_next_count(f), 3);
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(f, 0)), "AccumulateGrad");
+    assert_null(nb_grad_fn_next(f, 1));
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(f, 2)), "TBackward0");
+    nb_release(y);
+    nb_release(x);
+    nb_release(w);
+    nb_release(b);
+}
+
+static void in_place_through_views_of_a_strided_base_and_overlapping_views(void **state)
+{
+    (void)state;
+    const double yv[3] = {1, 2, 3}, xv[6] = {1, 2, 3, 4, 5, 6};
+    nb_tensor *y = vec(yv, NB_SHAPE(3), true), *x = vec(xv, NB_SHAPE(3, 2), true);
+    /* a base that is not contiguous (detach of a transpose), written through views:
+     * base = torch.zeros(3, 2, dtype=torch.float64).t().detach(); base[0].copy_(y * y)
+     * base[1].mul_(2); base[1].add_(x[:, 0])
+     * ((base * base).sum() + (base[:, 1] * 3).sum()).backward()
+     * y.grad -> [4, 44, 108]; x.grad -> [[2, 0], [9, 0], [10, 0]] */
+    const double wby[3] = {4, 44, 108}, wbx[6] = {2, 0, 9, 0, 10, 0};
+    nb_scope_begin();
+    nb_tensor *base = nb_detach(nb_t(nb_zeros(NB_SHAPE(3, 2), (nb_opts){NB_DTYPE_F64})));
+    NB_ASSERT_OK(nb_tensor_copy_(nb_select(base, 0, 0), nb_mul(y, y)));
+    NB_ASSERT_OK(nb_mul_scalar_(nb_select(base, 0, 1), 2));
+    NB_ASSERT_OK(nb_add_(nb_select(base, 0, 1), nb_select(x, 1, 0)));
+    nb_tensor *l = nb_add(nb_sum(nb_mul(base, base), NULL, 0, false),
+                          nb_sum(nb_mul_scalar(nb_select(base, 1, 1), 3), NULL, 0, false));
+    NB_ASSERT_OK(nb_backward(l, NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(y, wby, 3);
+    expect_grad(x, wbx, 6);
+    /* overlapping views: a = x.reshape(-1) * 1; v1 = a[0:4]; v2 = a[2:6]; v1.mul_(y[0])
+     * v2.add_(v1.sum()); w = a[1:5]; (w * w).sum().backward()
+     * y.grad -> [1038, 0, 0]; x.grad -> [[84, 88], [110, 112], [30, 0]] */
+    const double wcy[3] = {1038, 0, 0}, wcx[6] = {84, 88, 110, 112, 30, 0};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    NB_ASSERT_OK(nb_tensor_zero_grad(y));
+    nb_scope_begin();
+    nb_tensor *a = nb_mul_scalar(nb_reshape(x, NB_SHAPE(-1)), 1);
+    nb_tensor *v1 = nb_narrow(a, 0, 0, 4), *v2 = nb_narrow(a, 0, 2, 4);
+    NB_ASSERT_OK(nb_mul_(v1, nb_select(y, 0, 0)));
+    NB_ASSERT_OK(nb_add_(v2, nb_sum(v1, NULL, 0, false)));
+    nb_tensor *w = nb_narrow(a, 0, 1, 4);
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(w, w), NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(y, wcy, 3);
+    expect_grad(x, wcx, 6);
+    /* a view taken before two rebases: a = x * 1; old = a[:, 1]; a[0].mul_(3)
+     * a.t()[1].exp_(); (old * y).sum().backward()
+     * y.grad -> [e^6, e^4, e^6] = [403.4287934927351, 54.598150033144236, 403.4287934927351]
+     * x.grad -> [[0, 3 e^6], [0, 2 e^4], [0, 3 e^6]] */
+    double e6 = exp(6), e4 = exp(4);
+    const double wdy[3] = {e6, e4, e6}, wdx[6] = {0, 3 * e6, 0, 2 * e4, 0, 3 * e6};
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    NB_ASSERT_OK(nb_tensor_zero_grad(y));
+    nb_scope_begin();
+    a = nb_mul_scalar(x, 1);
+    nb_tensor *old = nb_select(a, 1, 1);
+    NB_ASSERT_OK(nb_mul_scalar_(nb_select(a, 0, 0), 3));
+    NB_ASSERT_OK(nb_exp_(nb_select(nb_t(a), 0, 1)));
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(old, y), NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(y, wdy, 3);
+    expect_grad(x, wdx, 6);
+    nb_release(x);
+    nb_release(y);
+}
+
+/* copy_ from one device into another: the gradient goes back to the source's device and dtype.
+ * x = torch.tensor([1., 2, 3], dtype=torch.float64, requires_grad=True)
+ * d = torch.zeros(3, device=dev); d.copy_(x * 2); (d * d).sum().backward(); x.grad -> [8, 16, 24] */
+static void copy_across_devices_sends_the_gradient_home(void **state)
+{
+    (void)state;
+    const double xv[3] = {1, 2, 3}, want[3] = {8, 16, 24};
+    int tested = 0;
+    for (size_t p = 0; p < nb_plugin_count(); p++) {
+        nb_plugin_info info;
+        if (nb_plugin_get(p, &info) != NB_OK || !info.loaded)
+            continue;
+        for (int d = 0; d < info.devices; d++) {
+            char dev[64];
+            snprintf(dev, sizeof dev, "%s:%d", info.name, d);
+            if (!nb_device_has_kernel(dev, "mul", NB_DTYPE_F32))
+                continue;
+            nb_tensor *x = vec(xv, NB_SHAPE(3), true);
+            nb_scope_begin();
+            nb_tensor *dst = nb_zeros(NB_SHAPE(3), (nb_opts){NB_DTYPE_F32, dev});
+            NB_ASSERT_OK(nb_tensor_copy_(dst, nb_mul_scalar(x, 2)));
+            assert_string_equal(fn_name(dst), "CopyBackwards");
+            NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(dst, dst), NULL, 0, false), NULL,
+                                     (nb_backward_opts){0}));
+            nb_scope_end();
+            nb_tensor *g = nb_tensor_grad(x);
+            assert_string_equal(nb_tensor_device(g), "cpu");
+            assert_int_equal(nb_tensor_dtype(g), NB_DTYPE_F64);
+            expect_values(g, want, 3, 1e-6);
+            nb_release(g);
+            nb_release(x);
+            tested++;
+        }
+    }
+    assert_true(tested >= 1);
+}
+
+static void backward_with_create_graph_gives_grad_a_graph(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([0.5, 1.5], dtype=torch.float64, requires_grad=True)
+     * (x ** 3).sum().backward(create_graph=True); x.grad.grad_fn is not None
+     * x.grad -> 3 x^2 = [0.75, 6.75]; g = x.grad; x.grad = None; g.sum().backward()
+     * x.grad -> 6 x = [3, 9] */
+    const double xv[2] = {0.5, 1.5}, w1[2] = {0.75, 6.75}, w2[2] = {3, 9};
+    nb_tensor *x = vec(xv, NB_SHAPE(2), true);
+    nb_scope_begin();
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_pow_scalar(x, 3), NULL, 0, false), NULL,
+                             (nb_backward_opts){.create_graph = true}));
+    nb_scope_end();
+    nb_tensor *g = nb_tensor_grad(x);
+    assert_non_null(nb_tensor_grad_fn(g));
+    expect_values(g, w1, 2, 1e-12);
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    nb_scope_begin();
+    NB_ASSERT_OK(nb_backward(nb_sum(g, NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, w2, 2);
+    nb_release(g);
+    nb_release(x);
+}
+
+/* ---- edge values (PyTorch 2.x) ---- */
+
+static void grad_of(nb_tensor *(*f)(nb_tensor *), const double *xv, int64_t n, const double *want)
+{
+    nb_tensor *x = vec(xv, NB_SHAPE(n), true);
+    nb_scope_begin();
+    nb_tensor *y = f(x);
+    nb_status st = y ? nb_backward(nb_sum(y, NULL, 0, false), NULL, (nb_backward_opts){0}) : nb_last_status();
+    nb_scope_end();
+    if (st != NB_OK)
+        fail_msg("backward: %s", nb_last_error());
+    expect_grad(x, want, n);
+    nb_release(x);
+}
+
+static nb_tensor *norm2(nb_tensor *x) { return nb_norm(x, 2, NULL, 0, false); }
+static nb_tensor *norm1(nb_tensor *x) { return nb_norm(x, 1, NULL, 0, false); }
+static nb_tensor *norm3(nb_tensor *x) { return nb_norm(x, 3, NULL, 0, false); }
+static nb_tensor *norm_inf(nb_tensor *x) { return nb_norm(x, INFINITY, NULL, 0, false); }
+static nb_tensor *prod_all(nb_tensor *x) { return nb_prod(x, NULL, 0, false); }
+static nb_tensor *clamp01(nb_tensor *x) { return nb_clamp(x, 0, 1); }
+static nb_tensor *clamp_min0(nb_tensor *x) { return nb_clamp(x, 0, NAN); }
+
+static void norm_at_zero_has_gradient_zero(void **state)
+{
+    (void)state;
+    const double z[3] = {0, 0, 0}, v[2] = {3, -4};
+    /* torch.zeros(3, dtype=torch.float64, requires_grad=True).norm().backward() -> [0, 0, 0]
+     * (the same for p=3 and p=inf: torch.linalg.vector_norm(x, 3) / (x, float('inf'))) */
+    grad_of(norm2, z, 3, z);
+    grad_of(norm3, z, 3, z);
+    grad_of(norm_inf, z, 3, z);
+    /* x = torch.tensor([3., -4.], dtype=torch.float64, requires_grad=True)
+     * x.norm().backward() -> [0.6, -0.8]; vector_norm(x, 1) -> [1, -1];
+     * vector_norm(x, 3) -> sign(x) |x|^2 / ||x||_3^2 = [0.4449, -0.7908];
+     * vector_norm(x, inf) -> [0, -1]; x.norm().grad_fn -> <LinalgVectorNormBackward0> */
+    const double w2[2] = {0.6, -0.8}, w1[2] = {1, -1}, winf[2] = {0, -1};
+    double n3 = cbrt(27 + 64), w3[2] = {9 / (n3 * n3), -16 / (n3 * n3)};
+    grad_of(norm2, v, 2, w2);
+    grad_of(norm1, v, 2, w1);
+    grad_of(norm3, v, 2, w3);
+    grad_of(norm_inf, v, 2, winf);
+    nb_tensor *x = vec(v, NB_SHAPE(2), true), *n = norm2(x);
+    assert_string_equal(fn_name(n), "LinalgVectorNormBackward0");
+    nb_release(n);
+    nb_release(x);
+}
+
+static void prod_with_a_zero_gives_the_product_of_the_others(void **state)
+{
+    (void)state;
+    /* torch.tensor([2., 0, 3], dtype=torch.float64, requires_grad=True).prod().backward()
+     * -> [0, 6, 0]; [0., 2, 0] -> [0, 0, 0]; [2., 3, 4] -> [12, 8, 6] */
+    const double a[3] = {2, 0, 3}, wa[3] = {0, 6, 0};
+    const double b[3] = {0, 2, 0}, wb[3] = {0, 0, 0};
+    const double c[3] = {2, 3, 4}, wc[3] = {12, 8, 6};
+    grad_of(prod_all, a, 3, wa);
+    grad_of(prod_all, b, 3, wb);
+    grad_of(prod_all, c, 3, wc);
+    /* over a dim: x = torch.tensor([[2., 0], [3, 5]], dtype=torch.float64, requires_grad=True)
+     * x.prod(1).sum().backward() -> [[0, 2], [5, 3]] */
+    const double m[4] = {2, 0, 3, 5}, wm[4] = {0, 2, 5, 3};
+    nb_tensor *x = vec(m, NB_SHAPE(2, 2), true);
+    int32_t d1[1] = {1};
+    nb_scope_begin();
+    backward_sum(nb_prod(x, d1, 1, false));
+    nb_scope_end();
+    expect_grad(x, wm, 4);
+    nb_release(x);
+}
+
+static void clamp_at_its_bounds_has_gradient_zero(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([0., 0.5, 1, 2], dtype=torch.float64, requires_grad=True)
+     * x.clamp(0, 1).sum().backward() -> [0, 1, 0, 0]; x.clamp(min=0) -> [0, 1, 1, 1] */
+    const double v[4] = {0, 0.5, 1, 2}, w[4] = {0, 1, 0, 0}, wmin[4] = {0, 1, 1, 1};
+    grad_of(clamp01, v, 4, w);
+    grad_of(clamp_min0, v, 4, wmin);
+}
+
+static nb_tensor *std_all(nb_tensor *x) { return nb_std(x, NULL, 0, 1, false); }
+static nb_tensor *var_all0(nb_tensor *x) { return nb_var(x, NULL, 0, 0, false); }
+
+static void var_and_std_are_one_node_each(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([1., 2, 4], dtype=torch.float64, requires_grad=True); s = x.std()
+     * s.grad_fn.next_functions -> ((AccumulateGrad, 0),); s.backward()
+     * x.grad -> [-0.4364, -0.1091, 0.5455]  (= (x - mean) / ((n - 1) std));
+     * x.var(correction=0).backward() -> [-0.8889, -0.2222, 1.1111]  (= 2 (x - mean) / n);
+     * torch.ones(3, ...).std().backward() -> [0, 0, 0] */
+    const double xv[3] = {1, 2, 4}, ones[3] = {1, 1, 1}, zero3[3] = {0, 0, 0};
+    double mean = 7.0 / 3, sd = 0, ws[3], wv[3];
+    for (int k = 0; k < 3; k++)
+        sd += (xv[k] - mean) * (xv[k] - mean);
+    sd = sqrt(sd / 2);
+    for (int k = 0; k < 3; k++) {
+        ws[k] = (xv[k] - mean) / (2 * sd);
+        wv[k] = 2 * (xv[k] - mean) / 3;
+    }
+    grad_of(std_all, xv, 3, ws);
+    grad_of(var_all0, xv, 3, wv);
+    grad_of(std_all, ones, 3, zero3);
+    nb_tensor *x = vec(xv, NB_SHAPE(3), true), *s = std_all(x), *v = var_all0(x);
+    assert_string_equal(fn_name(s), "StdBackward0");
+    assert_string_equal(fn_name(v), "VarBackward0");
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(nb_tensor_grad_fn(s), 0)), "AccumulateGrad");
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(nb_tensor_grad_fn(v), 0)), "AccumulateGrad");
+    nb_release(s);
+    nb_release(v);
+    nb_release(x);
+}
+
+static void max_over_a_dim_and_stack_are_one_node(void **state)
+{
+    (void)state;
+    /* m = torch.tensor([[1., 5], [7, 2]], dtype=torch.float64, requires_grad=True)
+     * v = m.max(1)[0]; v.grad_fn.next_functions -> ((AccumulateGrad, 0),)
+     * v.sum().backward(); m.grad -> [[0, 1], [1, 0]]; m.min(1, keepdim=True)[0] -> [[1, 0], [0, 1]] */
+    const double mv[4] = {1, 5, 7, 2}, wmax[4] = {0, 1, 1, 0}, wmin[4] = {1, 0, 0, 1};
+    nb_tensor *m = vec(mv, NB_SHAPE(2, 2), true), *v = NULL, *u = NULL;
+    NB_ASSERT_OK(nb_max_dim(m, 1, false, &v, NULL));
+    assert_string_equal(fn_name(v), "MaxBackward0");
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(nb_tensor_grad_fn(v), 0)), "AccumulateGrad");
+    backward_sum(v);
+    expect_grad(m, wmax, 4);
+    NB_ASSERT_OK(nb_tensor_zero_grad(m));
+    NB_ASSERT_OK(nb_min_dim(m, 1, true, &u, NULL));
+    assert_string_equal(fn_name(u), "MinBackward0");
+    backward_sum(u);
+    expect_grad(m, wmin, 4);
+    nb_release(u);
+    nb_release(v);
+    /* s = torch.stack([m, m * 3], 1); s.grad_fn.next_functions -> (AccumulateGrad, MulBackward0)
+     * (s * s).sum().backward(); m.grad -> 2 m + 18 m = 20 m */
+    NB_ASSERT_OK(nb_tensor_zero_grad(m));
+    nb_scope_begin();
+    nb_tensor *pair[2] = {m, nb_mul_scalar(m, 3)}, *st = nb_stack(pair, 2, 1);
+    assert_string_equal(fn_name(st), "StackBackward0");
+    assert_int_equal(nb_grad_fn_next_count(nb_tensor_grad_fn(st)), 2);
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(nb_tensor_grad_fn(st), 0)), "AccumulateGrad");
+    assert_string_equal(nb_grad_fn_name(nb_grad_fn_next(nb_tensor_grad_fn(st), 1)), "MulBackward0");
+    NB_ASSERT_OK(nb_backward(nb_sum(nb_mul(st, st), NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    double w20[4];
+    for (int k = 0; k < 4; k++)
+        w20[k] = 20 * mv[k];
+    expect_grad(m, w20, 4);
+    nb_release(m);
 }
 
 /* ---- hooks ---- */
@@ -546,6 +1283,48 @@ static nb_tensor *double_hook(const nb_tensor *g, void *ctx)
     return nb_mul_scalar(g, 2);
 }
 
+static int view_hook_calls;
+static nb_tensor *count_hook(const nb_tensor *g, void *ctx)
+{
+    (void)g, (void)ctx;
+    view_hook_calls++;
+    return NULL;
+}
+
+static void hooks_and_retain_grad_across_an_in_place_op(void **state)
+{
+    (void)state;
+    /* x = torch.ones(3, requires_grad=True); a = x * 1; v = a[:2]; v.retain_grad()
+     * v.register_hook(h); a.mul_(2); v.sum().backward()
+     * -> h is not called (it stays on v's old grad_fn), v.grad -> [1, 1], x.grad -> [2, 2, 0];
+     * a.register_hook(h2) before a.mul_(2): h2 sees the old a's gradient [2, 2, 2]. */
+    const double ones[3] = {1, 1, 1}, wx[3] = {2, 2, 0}, wv[2] = {1, 1}, wa[3] = {2, 2, 2};
+    nb_tensor *x = vec(ones, NB_SHAPE(3), true), *a = nb_mul_scalar(x, 1);
+    nb_tensor *v = nb_narrow(a, 0, 0, 2);
+    NB_ASSERT_OK(nb_tensor_retain_grad(v));
+    view_hook_calls = 0;
+    NB_ASSERT_OK(nb_tensor_register_hook(v, count_hook, NULL));
+    NB_ASSERT_OK(nb_mul_scalar_(a, 2));
+    backward_sum(v);
+    assert_int_equal(view_hook_calls, 0);
+    expect_grad(v, wv, 2);
+    expect_grad(x, wx, 3);
+    nb_release(v);
+    nb_release(a);
+    NB_ASSERT_OK(nb_tensor_zero_grad(x));
+    a = nb_mul_scalar(x, 1);
+    nb_tensor *old = a; /* the hook reads the gradient of a's value before the write */
+    NB_ASSERT_OK(nb_tensor_register_hook(old, read_hook, &view_hook_calls));
+    NB_ASSERT_OK(nb_mul_scalar_(a, 2));
+    hook_calls = 0;
+    backward_sum(a);
+    assert_int_equal(hook_calls, 1);
+    assert_true(hook_seen == 2);
+    expect_grad(x, wa, 3);
+    nb_release(a);
+    nb_release(x);
+}
+
 static void hooks_read_and_replace_gradients(void **state)
 {
     (void)state;
@@ -556,7 +1335,7 @@ static void hooks_read_and_replace_gradients(void **state)
     nb_tensor *y = nb_mul_scalar(x, 5);
     NB_ASSERT_OK(nb_tensor_register_hook(y, double_hook, NULL)); /* on a non-leaf */
     nb_tensor *s = nb_sum(y, NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s, NULL, false));
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
     nb_release(s);
     assert_int_equal(hook_calls, 2);
     assert_int_equal(mine, 1);
@@ -627,7 +1406,7 @@ static void custom_function_runs_its_backward(void **state)
     assert_non_null(out);
     assert_string_equal(fn_name(out), "ScaledMulBackward");
     nb_tensor *s = nb_sum(out, NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s, NULL, false));
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
     nb_release(s);
     int64_t n;
     double *av = values(a, &n), *bv = values(b, &n), wa[3], wb[3];
@@ -847,6 +1626,104 @@ static void gradcheck_passes_for_every_differentiable_op(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* Second derivatives: gradgradcheck on every case above, and the composites where x reaches
+ * the gradient another way (an op that saved a graph-less output got these wrong). */
+static nb_tensor *gg_exp_x(nb_tensor *const *x, int32_t n, void *ctx)
+{
+    (void)n, (void)ctx;
+    nb_tensor *e = nb_exp(x[0]), *r = nb_mul(e, x[0]);
+    nb_release(e);
+    return r;
+}
+
+static nb_tensor *gg_silu(nb_tensor *const *x, int32_t n, void *ctx)
+{
+    (void)n, (void)ctx;
+    nb_tensor *s = nb_sigmoid(x[0]), *r = nb_mul(x[0], s);
+    nb_release(s);
+    return r;
+}
+
+static nb_tensor *gg_tanh_x(nb_tensor *const *x, int32_t n, void *ctx)
+{
+    (void)n, (void)ctx;
+    nb_tensor *s = nb_tanh(x[0]), *r = nb_mul(s, x[0]);
+    nb_release(s);
+    return r;
+}
+
+static nb_tensor *gg_inplace_view(nb_tensor *const *x, int32_t n, void *ctx)
+{
+    (void)n, (void)ctx; /* a = x * x; a[1:].exp_(); a */
+    nb_tensor *a = nb_mul(x[0], x[0]), *v = nb_narrow(a, 0, 1, 2);
+    if (nb_exp_(v) != NB_OK) {
+        nb_release(a);
+        a = NULL;
+    }
+    nb_release(v);
+    return a;
+}
+
+static void gradgradcheck_passes_for_every_differentiable_op(void **state)
+{
+    (void)state;
+    int64_t iv[4] = {2, 0, 1, 1}, sv[3] = {2, 0, 2};
+    idx_2x2 = nb_from_data(iv, NB_SHAPE(2, 2), (nb_opts){NB_DTYPE_I64});
+    idx_sel = nb_from_data(sv, NB_SHAPE(3), (nb_opts){NB_DTYPE_I64});
+    int failed = 0;
+    for (size_t c = 0; c < sizeof gc_cases / sizeof *gc_cases; c++) {
+        const gc_case *g = &gc_cases[c];
+        nb_tensor *in[3] = {0};
+        for (int32_t k = 0; k < g->n; k++)
+            in[k] = leaf(g->shapes[k], g->lo, g->hi, (int)(c * 3 + (size_t)k));
+        nb_clear_error();
+        double eps = g->fn == gc_to_dtype ? 1e-3 : 1e-6;
+        double atol = g->fn == gc_to_dtype ? 1e-3 : 1e-5;
+        nb_status st = nb_gradgradcheck(g->fn, NULL, in, g->n, eps, atol, 1e-3);
+        if (st != NB_OK) {
+            print_error("gradgradcheck %s: %s\n", g->name, nb_last_error());
+            failed++;
+        }
+        for (int32_t k = 0; k < g->n; k++)
+            nb_release(in[k]);
+    }
+    nb_gradcheck_fn extra[] = {gg_exp_x, gg_silu, gg_tanh_x, gg_inplace_view};
+    for (size_t c = 0; c < sizeof extra / sizeof *extra; c++) {
+        nb_tensor *x = leaf(NB_SHAPE(3), -1, 1, 40 + (int)c);
+        if (nb_gradgradcheck(extra[c], NULL, &x, 1, 1e-6, 1e-5, 1e-3) != NB_OK) {
+            print_error("gradgradcheck extra %zu: %s\n", c, nb_last_error());
+            failed++;
+        }
+        nb_release(x);
+    }
+    nb_release(idx_2x2);
+    nb_release(idx_sel);
+    assert_int_equal(failed, 0);
+}
+
+static void second_derivative_of_x_exp_x(void **state)
+{
+    (void)state;
+    /* x = torch.tensor([0.5, 1., 1.5], dtype=torch.float64, requires_grad=True)
+     * g, = torch.autograd.grad((torch.exp(x) * x).sum(), x, create_graph=True)
+     * g.sum().backward(); x.grad -> exp(x) * (x + 2) = [4.1218, 8.1548, 15.6881] */
+    const double xv[3] = {0.5, 1, 1.5};
+    double want[3];
+    for (int k = 0; k < 3; k++)
+        want[k] = exp(xv[k]) * (xv[k] + 2);
+    nb_tensor *x = vec(xv, NB_SHAPE(3), true), *g = NULL;
+    nb_tensor *f = gg_exp_x(&x, 1, NULL); /* outside the scope: it releases its temporaries */
+    nb_scope_begin();
+    nb_tensor *y = nb_sum(f, NULL, 0, false);
+    NB_ASSERT_OK(nb_grad(&y, NULL, 1, &x, 1, (nb_grad_opts){.create_graph = true}, &g));
+    assert_non_null(nb_tensor_grad_fn(g));
+    NB_ASSERT_OK(nb_backward(nb_sum(g, NULL, 0, false), NULL, (nb_backward_opts){0}));
+    nb_scope_end();
+    expect_grad(x, want, 3);
+    nb_release(f);
+    nb_release(x);
+}
+
 /* A function whose backward is off by a factor of two: gradcheck must say so. */
 static nb_tensor *square_forward(void *ctx, nb_tensor *const *in, int32_t n)
 {
@@ -958,7 +1835,7 @@ static void callbacks_release_their_temporaries_inside_a_scope(void **state)
     NB_ASSERT_OK(nb_tensor_register_hook(a, read_hook, &mine)); /* releases a select() */
     nb_scope_begin();
     nb_tensor *out = nb_function_apply(&scaled_mul, scaled_ctx(2, a, b), in, 2);
-    NB_ASSERT_OK(nb_backward(nb_sum(out, NULL, 0, false), NULL, false));
+    NB_ASSERT_OK(nb_backward(nb_sum(out, NULL, 0, false), NULL, (nb_backward_opts){0}));
     assert_int_equal(mine, 1);
     nb_scope_end();
     nb_tensor *ga = nb_tensor_grad(a);
@@ -994,7 +1871,7 @@ static void train_two_layer(const char *device, double *losses, int steps)
         nb_tensor *loss = nb_sum(nb_pow_scalar(nb_sub(pred, y), 2), NULL, 0, false);
         assert_non_null(loss);
         NB_ASSERT_OK(nb_item(loss, &losses[t]));
-        NB_ASSERT_OK(nb_backward(loss, NULL, false));
+        NB_ASSERT_OK(nb_backward(loss, NULL, (nb_backward_opts){0}));
         nb_no_grad_begin();
         NB_ASSERT_OK(nb_add_scaled_(w1, nb_tensor_grad(w1), -1e-4));
         NB_ASSERT_OK(nb_add_scaled_(w2, nb_tensor_grad(w2), -1e-4));
@@ -1054,10 +1931,33 @@ int main(void)
         NB_TEST(in_place_change_of_a_saved_tensor_is_caught),
         NB_TEST(in_place_on_a_leaf_that_requires_grad_is_refused),
         NB_TEST(in_place_on_a_non_leaf_joins_the_graph),
+        NB_TEST(in_place_on_a_slice_rebases_the_base),
+        NB_TEST(views_taken_before_an_in_place_op_see_it),
+        NB_TEST(in_place_on_a_select_and_a_transpose),
+        NB_TEST(fill_and_zero_are_differentiable),
+        NB_TEST(copy_and_index_assignment_are_differentiable),
+        NB_TEST(in_place_writes_to_a_leaf_are_refused_also_through_views),
+        NB_TEST(writes_into_an_expanded_tensor_are_refused),
+        NB_TEST(in_place_ops_do_not_trip_the_version_counter),
+        NB_TEST(a_saved_output_changed_again_in_place_is_caught),
+        NB_TEST(in_place_ops_without_backward_leak_nothing),
+        NB_TEST(in_place_chains_through_nested_views_match_pytorch),
+        NB_TEST(in_place_through_views_of_a_strided_base_and_overlapping_views),
+        NB_TEST(copy_across_devices_sends_the_gradient_home),
+        NB_TEST(backward_with_create_graph_gives_grad_a_graph),
+        NB_TEST(linear_records_addmm_of_t_as_pytorch),
+        NB_TEST(norm_at_zero_has_gradient_zero),
+        NB_TEST(prod_with_a_zero_gives_the_product_of_the_others),
+        NB_TEST(clamp_at_its_bounds_has_gradient_zero),
+        NB_TEST(var_and_std_are_one_node_each),
+        NB_TEST(max_over_a_dim_and_stack_are_one_node),
         NB_TEST(hooks_read_and_replace_gradients),
+        NB_TEST(hooks_and_retain_grad_across_an_in_place_op),
         NB_TEST(custom_function_runs_its_backward),
         NB_TEST(gradcheck_passes_for_every_differentiable_op),
         NB_TEST(gradcheck_catches_a_wrong_backward),
+        NB_TEST(gradgradcheck_passes_for_every_differentiable_op),
+        NB_TEST(second_derivative_of_x_exp_x),
         NB_TEST(callbacks_release_their_temporaries_inside_a_scope),
         NB_TEST(two_layer_net_trains_alike_on_every_device),
     };

@@ -366,7 +366,7 @@ static void post_accumulate_hook_sees_the_whole_gradient_once(void **state)
     NB_ASSERT_OK(nb_tensor_register_post_accumulate_grad_hook(x, count_post, NULL));
     nb_tensor *y = nb_mul(x, x), *z = nb_add(y, x); /* dz/dx = 2x + 1 = 5, through two uses */
     post_calls = 0;
-    NB_ASSERT_OK(nb_backward(z, NULL, false));
+    NB_ASSERT_OK(nb_backward(z, NULL, (nb_backward_opts){0}));
     assert_int_equal(post_calls, 1);
     nb_release(z);
     nb_release(y);
@@ -377,7 +377,7 @@ static void post_accumulate_hook_sees_the_whole_gradient_once(void **state)
     NB_ASSERT_OK(nb_tensor_register_post_accumulate_grad_hook(x, fail_post, NULL));
     y = nb_mul(x, x);
     nb_clear_error();
-    assert_int_equal(nb_backward(y, NULL, false), NB_DEVICE_ERROR);
+    assert_int_equal(nb_backward(y, NULL, (nb_backward_opts){0}), NB_DEVICE_ERROR);
     NB_ASSERT_ERROR_HAS("hook");
     nb_release(y);
     y = nb_mul(x, x);
@@ -461,8 +461,8 @@ static void ddp_of_one_rank_gives_plain_gradients(void **state)
     for (int step = 0; step < 2; step++) {
         nb_tensor *y0 = nb_module_forward(plain, x), *y1 = nb_ddp_forward(d, x);
         nb_tensor *l0 = nb_sum(y0, NULL, 0, false), *l1 = nb_sum(y1, NULL, 0, false);
-        NB_ASSERT_OK(nb_backward(l0, NULL, false));
-        NB_ASSERT_OK(nb_backward(l1, NULL, false));
+        NB_ASSERT_OK(nb_backward(l0, NULL, (nb_backward_opts){0}));
+        NB_ASSERT_OK(nb_backward(l1, NULL, (nb_backward_opts){0}));
         NB_ASSERT_OK(nb_ddp_finish(d));
         for (int32_t k = 0; k < nb_module_parameter_count(m); k++) {
             nb_tensor *g0 = nb_tensor_grad(nb_module_parameter(plain, k));
@@ -495,7 +495,7 @@ static void ddp_reports_a_parameter_backward_never_reached(void **state)
     assert_non_null(d);
     nb_tensor *x = nb_randn(NB_SHAPE(3, 4), (nb_opts){0});
     nb_tensor *y = nb_ddp_forward(d, x), *l = nb_sum(y, NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(l, NULL, false));
+    NB_ASSERT_OK(nb_backward(l, NULL, (nb_backward_opts){0}));
     assert_int_equal(nb_ddp_set_sync(d, false), NB_STATE); /* half reduced */
     NB_ASSERT_ERROR_HAS("nb_ddp_finish");
     assert_int_equal(nb_ddp_set_sync(NULL, false), NB_NULL_ARGUMENT);

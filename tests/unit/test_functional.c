@@ -361,7 +361,7 @@ static void conv2d_gradients_match_loops(void **state)
     nb_shape ys = nb_tensor_shape(y);
     int64_t oh = ys.dims[2], ow = ys.dims[3];
     nb_tensor *r = random_t(ys, rv, -1, 1, NB_DTYPE_F32, false);
-    NB_ASSERT_OK(nb_backward(y, r, false));
+    NB_ASSERT_OK(nb_backward(y, r, (nb_backward_opts){0}));
     memset(gx, 0, sizeof gx);
     memset(gw, 0, sizeof gw);
     memset(gb, 0, sizeof gb);
@@ -539,7 +539,7 @@ static void max_pool2d_matches_loops_with_ties_and_padding(void **state)
             assert_grad_fn(y, "MaxPool2DWithIndicesBackward0");
             /* the gradient of the sum lands on each window's first maximum */
             nb_tensor *s = nb_sum(y, NULL, 0, false);
-            NB_ASSERT_OK(nb_backward(s, NULL, false));
+            NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
             memset(gref, 0, (size_t)nx * sizeof *gref);
             for (int64_t e = 0; e < ny; e++)
                 gref[(e / (oh * ow)) * pc->h * pc->w + arg[e]] += 1;
@@ -568,7 +568,7 @@ static void avg_pool2d_counts_padding_like_pytorch(void **state)
             assert_grad_fn(y, "AvgPool2DBackward0");
             /* d sum / d x = the number of windows covering x, over the kernel area */
             nb_tensor *s = nb_sum(y, NULL, 0, false);
-            NB_ASSERT_OK(nb_backward(s, NULL, false));
+            NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
             int64_t kh = pc->o.kernel[0], kw = pc->o.kernel[1];
             int64_t sh = pc->o.stride[0] ? pc->o.stride[0] : kh;
             int64_t sw = pc->o.stride[1] ? pc->o.stride[1] : kw;
@@ -801,7 +801,7 @@ static void dropout_zeroes_with_probability_p_and_scales_the_rest(void **state)
         fail_msg("dropout kept %lld of %lld, expected about %g", (long long)kept, (long long)n,
                  0.75 * (double)n);
     nb_tensor *s = nb_sum(y, NULL, 0, false);
-    NB_ASSERT_OK(nb_backward(s, NULL, false));
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
     nb_tensor *gt = nb_tensor_grad(x);
     read_d(gt, g, n);
     for (int64_t k = 0; k < n; k++)
@@ -1070,7 +1070,7 @@ static void mse_loss_broadcasts_like_pytorch(void **state)
     nb_tensor *t = make(NB_SHAPE(3), tv, NB_DTYPE_F64, true);
     nb_tensor *y = nb_mse_loss(x, t, NB_REDUCTION_SUM);
     assert_close(y, &ref, 1, 1e-12, 0, "mse broadcast");
-    NB_ASSERT_OK(nb_backward(y, NULL, false));
+    NB_ASSERT_OK(nb_backward(y, NULL, (nb_backward_opts){0}));
     double gt[3] = {-2 * (0 + 3), -2 * (1 + 4), -2 * (2 + 5)};
     assert_grad(t, gt, 3, 1e-12, "mse target gradient summed over the broadcast");
     release_all((nb_tensor *[]){x, t, y}, 3);
@@ -1311,7 +1311,7 @@ static void inplace_change_of_a_saved_tensor_fails_backward(void **state)
     nb_tensor *y = nb_softmax(h, 1);
     nb_tensor *s = nb_sum(y, NULL, 0, false);
     NB_ASSERT_OK(nb_mul_scalar_(y, 3.0)); /* y is saved by SoftmaxBackward0 */
-    assert_int_equal(nb_backward(s, NULL, false), NB_AUTOGRAD);
+    assert_int_equal(nb_backward(s, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
     NB_ASSERT_ERROR_HAS("modified by an inplace operation");
     nb_clear_error();
     release_all((nb_tensor *[]){x, h, y, s}, 4);
@@ -1336,7 +1336,7 @@ static void a_training_step_leaves_nothing_behind(void **state)
         nb_tensor *loss = nb_cross_entropy(nb_linear(h, w2, NULL), t, NB_REDUCTION_MEAN);
         if (!loss)
             fail_msg("step: %s", nb_last_error());
-        NB_ASSERT_OK(nb_backward(loss, NULL, false));
+        NB_ASSERT_OK(nb_backward(loss, NULL, (nb_backward_opts){0}));
         nb_scope_end();
     }
     nb_tensor *gw = nb_tensor_grad(w1);
@@ -1377,7 +1377,7 @@ static nb_status oom_workload(void)
     r[n++] = nb_add(r[15], r[12]);
     r[n++] = nb_add(r[16], r[13]);
     r[n++] = nb_add(r[17], r[14]);
-    nb_status st = r[n - 1] ? nb_backward(r[n - 1], NULL, false) : nb_last_status();
+    nb_status st = r[n - 1] ? nb_backward(r[n - 1], NULL, (nb_backward_opts){0}) : nb_last_status();
     release_all(r, n);
     release_all((nb_tensor *[]){x, w, t}, 3);
     return st;

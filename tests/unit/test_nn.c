@@ -130,7 +130,7 @@ static void lenet_forward_gives_ten_logits_and_gradients(void **state)
     assert_int_equal(s.ndim, 2);
     assert_int_equal(s.dims[0], 2);
     assert_int_equal(s.dims[1], 10);
-    NB_ASSERT_OK(nb_backward(nb_sum(y, NULL, 0, false), NULL, false));
+    NB_ASSERT_OK(nb_backward(nb_sum(y, NULL, 0, false), NULL, (nb_backward_opts){0}));
     nb_scope_end();
     for (int32_t i = 0; i < nb_module_parameter_count(net); i++) {
         nb_tensor *g = nb_tensor_grad(nb_module_parameter(net, i));

@@ -1090,6 +1090,136 @@ static void ops_refuse_operands_on_different_devices(void **state)
     nb_release(b);
 }
 
+/* ---- type promotion as PyTorch 2.x (values from torch 2.15, snippets in the comments) ---- */
+
+static nb_tensor *full_of(nb_shape s, double v, nb_dtype dt)
+{
+    nb_tensor *t = nb_full(s, v, (nb_opts){dt});
+    assert_non_null(t);
+    return t;
+}
+
+static void zero_dim_tensors_do_not_widen_their_category(void **state)
+{
+    (void)state;
+    struct {
+        nb_dtype a, b; /* a is [2], b is 0-d */
+        nb_dtype want;
+    } rows[] = {
+        {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_F32},  /* torch.ones(2) + torch.tensor(2., dtype=float64) -> float32 */
+        {NB_DTYPE_I32, NB_DTYPE_I64, NB_DTYPE_I32},  /* int32 [2] + torch.tensor(3) -> int32 */
+        {NB_DTYPE_I32, NB_DTYPE_F64, NB_DTYPE_F64},  /* int32 [2] + float64 0-d -> float64 */
+        {NB_DTYPE_I32, NB_DTYPE_F32, NB_DTYPE_F32},  /* int32 [2] + torch.tensor(1.5) -> float32 */
+        {NB_DTYPE_BOOL, NB_DTYPE_I64, NB_DTYPE_I64}, /* torch.tensor([True]) + torch.tensor(3) -> int64 */
+        {NB_DTYPE_F32, NB_DTYPE_I64, NB_DTYPE_F32},  /* float32 [2] + int64 0-d -> float32 */
+    };
+    for (size_t k = 0; k < sizeof rows / sizeof *rows; k++) {
+        nb_tensor *a = full_of(NB_SHAPE(2), 1, rows[k].a), *b = full_of(NB_SHAPE_SCALAR, 1, rows[k].b);
+        nb_tensor *r1 = nb_add(a, b), *r2 = nb_mul(b, a);
+        assert_non_null(r1);
+        assert_non_null(r2);
+        if (nb_tensor_dtype(r1) != rows[k].want || nb_tensor_dtype(r2) != rows[k].want)
+            fail_msg("row %zu: %s and 0-d %s give %s / %s, expected %s", k,
+                     nb_dtype_name(rows[k].a), nb_dtype_name(rows[k].b),
+                     nb_dtype_name(nb_tensor_dtype(r1)), nb_dtype_name(nb_tensor_dtype(r2)),
+                     nb_dtype_name(rows[k].want));
+        nb_release(a);
+        nb_release(b);
+        nb_release(r1);
+        nb_release(r2);
+    }
+    /* both 0-d: the usual promotion. torch.tensor(2., dtype=float64) + torch.tensor(1.) -> float64 */
+    nb_tensor *a = full_of(NB_SHAPE_SCALAR, 2, NB_DTYPE_F64), *b = full_of(NB_SHAPE_SCALAR, 1, NB_DTYPE_F32);
+    nb_tensor *r = nb_add(a, b);
+    assert_int_equal(nb_tensor_dtype(r), NB_DTYPE_F64);
+    nb_release(r);
+    /* where follows the same rule: torch.where(c, torch.ones(2), float64 0-d) -> float32 */
+    nb_tensor *c = full_of(NB_SHAPE(2), 1, NB_DTYPE_BOOL), *f = full_of(NB_SHAPE(2), 1, NB_DTYPE_F32);
+    r = nb_where(c, f, a);
+    assert_int_equal(nb_tensor_dtype(r), NB_DTYPE_F32);
+    nb_release(r);
+    nb_release(c);
+    nb_release(f);
+    nb_release(a);
+    nb_release(b);
+}
+
+static void in_place_results_are_cast_to_the_destination_when_allowed(void **state)
+{
+    (void)state;
+    /* torch.ones(2).add_(torch.ones(2, dtype=torch.float64)) -> float32 [2, 2] */
+    nb_tensor *f32 = full_of(NB_SHAPE(2), 1, NB_DTYPE_F32), *f64 = full_of(NB_SHAPE(2), 1, NB_DTYPE_F64);
+    NB_ASSERT_OK(nb_add_(f32, f64));
+    assert_int_equal(nb_tensor_dtype(f32), NB_DTYPE_F32);
+    double v[2];
+    nb_tensor *d = nb_to_dtype(f32, NB_DTYPE_F64);
+    NB_ASSERT_OK(nb_tensor_copy_to_host(d, v, sizeof v));
+    assert_true(v[0] == 2 && v[1] == 2);
+    nb_release(d);
+    /* torch.ones(2, dtype=torch.int32).add_(torch.ones(2, dtype=torch.int64)) -> int32 [2, 2] */
+    nb_tensor *i32 = full_of(NB_SHAPE(2), 1, NB_DTYPE_I32), *i64 = full_of(NB_SHAPE(2), 1, NB_DTYPE_I64);
+    NB_ASSERT_OK(nb_add_(i32, i64));
+    assert_int_equal(nb_tensor_dtype(i32), NB_DTYPE_I32);
+    /* int32.add_(float32) -> RuntimeError: result type Float can't be cast to the desired output
+     * type Int; bool.add_(int32) likewise */
+    assert_int_equal(nb_add_(i32, f32), NB_DTYPE_UNSUPPORTED);
+    NB_ASSERT_ERROR_HAS("can't be cast to the desired output type");
+    nb_tensor *b = full_of(NB_SHAPE(2), 1, NB_DTYPE_BOOL);
+    assert_int_equal(nb_add_(b, i32), NB_DTYPE_UNSUPPORTED);
+    nb_tensor *r[] = {f32, f64, i32, i64, b};
+    for (size_t k = 0; k < 5; k++)
+        nb_release(r[k]);
+}
+
+static void bool_arithmetic_gives_bool(void **state)
+{
+    (void)state;
+    /* b = torch.tensor([True, False]); c = torch.tensor([True, True])
+     * b + c -> bool [True, True]; b * c -> bool [True, False]; torch.maximum -> [True, True];
+     * torch.minimum -> [True, False]; b - c -> RuntimeError (use ^ or logical_xor) */
+    const double bv[2] = {1, 0}, cv[2] = {1, 1};
+    nb_tensor *b = mk(bv, NB_SHAPE(2), NB_DTYPE_BOOL), *c = mk(cv, NB_SHAPE(2), NB_DTYPE_BOOL);
+    struct {
+        nb_tensor *r;
+        double want[2];
+    } rows[] = {{nb_add(b, c), {1, 1}}, {nb_mul(b, c), {1, 0}},
+                {nb_maximum(b, c), {1, 1}}, {nb_minimum(b, c), {1, 0}}};
+    for (size_t k = 0; k < 4; k++) {
+        assert_non_null(rows[k].r);
+        assert_int_equal(nb_tensor_dtype(rows[k].r), NB_DTYPE_BOOL);
+        uint8_t got[2];
+        NB_ASSERT_OK(nb_tensor_copy_to_host(rows[k].r, got, 2));
+        assert_true(got[0] == rows[k].want[0] && got[1] == rows[k].want[1]);
+        nb_release(rows[k].r);
+    }
+    assert_null(nb_sub(b, c));
+    NB_ASSERT_ERROR_HAS("logical_xor");
+    nb_clear_error();
+    NB_ASSERT_OK(nb_mul_(b, c)); /* b.mul_(c) stays bool */
+    nb_release(b);
+    nb_release(c);
+}
+
+static void integers_to_negative_integer_powers_are_refused(void **state)
+{
+    (void)state;
+    /* torch.tensor([2, 3]) ** -1 -> RuntimeError: Integers to negative integer powers are not
+     * allowed.; ** 2 -> int64 [4, 9]; ** -0.5 -> float32 */
+    const double v[2] = {2, 3};
+    nb_tensor *x = mk(v, NB_SHAPE(2), NB_DTYPE_I64);
+    assert_null(nb_pow_scalar(x, -1));
+    NB_ASSERT_ERROR_HAS("negative integer powers are not allowed");
+    nb_clear_error();
+    assert_int_equal(nb_pow_scalar_(x, -2), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    nb_tensor *sq = nb_pow_scalar(x, 2), *rt = nb_pow_scalar(x, -0.5);
+    assert_int_equal(nb_tensor_dtype(sq), NB_DTYPE_I64);
+    assert_true(nb_dtype_is_float(nb_tensor_dtype(rt)));
+    nb_release(sq);
+    nb_release(rt);
+    nb_release(x);
+}
+
 int main(void)
 {
     const char *dir = getenv("NABLA_BADPLUGIN_DIR");
@@ -1130,6 +1260,10 @@ int main(void)
         NB_TEST(cat_and_stack_join_along_a_dim),
         NB_TEST(null_input_propagates_and_keeps_the_first_error),
         NB_TEST(ops_refuse_operands_on_different_devices),
+        NB_TEST(zero_dim_tensors_do_not_widen_their_category),
+        NB_TEST(in_place_results_are_cast_to_the_destination_when_allowed),
+        NB_TEST(bool_arithmetic_gives_bool),
+        NB_TEST(integers_to_negative_integer_powers_are_refused),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;

@@ -292,7 +292,7 @@ static void sgd_trains_a_linear_module(void **state)
         nb_tensor *loss = nb_mse_loss(nb_module_forward(fc, x), y, NB_REDUCTION_MEAN);
         assert_non_null(loss);
         NB_ASSERT_OK(nb_optim_zero_grad(o));
-        NB_ASSERT_OK(nb_backward(loss, NULL, false));
+        NB_ASSERT_OK(nb_backward(loss, NULL, (nb_backward_opts){0}));
         NB_ASSERT_OK(nb_optim_step(o));
         NB_ASSERT_OK(nb_item(loss, it == 0 ? &first : &last));
         nb_scope_end();

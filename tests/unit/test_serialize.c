@@ -644,7 +644,7 @@ static nb_status oom_workload(void)
     if (!repr || !loss)
         st = nb_last_status();
     if (st == NB_OK)
-        st = nb_backward(loss, NULL, false);
+        st = nb_backward(loss, NULL, (nb_backward_opts){0});
     int32_t n = nb_module_parameter_count(root);
     nb_tensor *ps[8];
     for (int32_t i = 0; st == NB_OK && i < n && i < 8; i++)

@@ -96,7 +96,7 @@ static void a_repeated_step_reaches_a_steady_state(void **state)
         nb_tensor *x = nb_rand(NB_SHAPE(64, 32), (nb_opts){0});
         nb_tensor *w = nb_rand(NB_SHAPE(32, 10), (nb_opts){.requires_grad = true});
         nb_tensor *loss = nb_mean(nb_relu(nb_matmul(x, w)), NULL, 0, false);
-        NB_ASSERT_OK(nb_backward(loss, NULL, false));
+        NB_ASSERT_OK(nb_backward(loss, NULL, (nb_backward_opts){0}));
         nb_scope_end();
         assert_int_equal(nb_live_storages(), 0);
         if (it == 0)

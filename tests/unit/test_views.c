@@ -447,6 +447,60 @@ static void views_of_null_keep_the_first_error(void **state)
     nb_release(t);
 }
 
+/* A view and its base share one version counter and one history (PyTorch 2.x):
+ * b = torch.arange(6.).reshape(2, 3) * 1; v = b[1]; v.mul_(10) -> b[1] is [30, 40, 50],
+ * b._version == v._version; with x requiring grad, b.grad_fn -> <CopySlices> and every other
+ * view of b (taken before) now has grad_fn <AsStridedBackward0>. */
+static void in_place_through_a_view_writes_and_rebases_the_base(void **state)
+{
+    (void)state;
+    nb_tensor *b = iota(NB_SHAPE(2, 3)), *v = nb_select(b, 0, 1), *w = nb_select(b, 1, 0);
+    int64_t v0 = nb_tensor_version(b);
+    NB_ASSERT_OK(nb_mul_scalar_(v, 10));
+    assert_true(nb_tensor_version(b) > v0);
+    assert_int_equal(nb_tensor_version(b), nb_tensor_version(v));
+    double got[6];
+    nb_tensor *d = nb_to_dtype(b, NB_DTYPE_F64);
+    NB_ASSERT_OK(nb_tensor_copy_to_host(d, got, sizeof got));
+    nb_release(d);
+    assert_true(got[2] == 2 && got[3] == 30 && got[5] == 50);
+    assert_null(nb_tensor_grad_fn(b)); /* nothing requires grad: no history */
+    /* with grad */
+    nb_tensor *x = nb_ones(NB_SHAPE(2, 3), (nb_opts){.requires_grad = true});
+    nb_tensor *a = nb_mul_scalar(x, 1), *r0 = nb_select(a, 0, 0), *r1 = nb_select(a, 0, 1);
+    assert_string_equal(nb_grad_fn_name(nb_tensor_grad_fn(r0)), "SelectBackward0");
+    NB_ASSERT_OK(nb_add_scalar_(r1, 1));
+    assert_string_equal(nb_grad_fn_name(nb_tensor_grad_fn(a)), "CopySlices");
+    assert_string_equal(nb_grad_fn_name(nb_tensor_grad_fn(r0)), "AsStridedBackward0");
+    assert_string_equal(nb_grad_fn_name(nb_tensor_grad_fn(r1)), "AsStridedBackward0");
+    /* a detached alias is not a differentiable view: writing it leaves a's history alone */
+    nb_tensor *det = nb_detach(a);
+    NB_ASSERT_OK(nb_fill_(det, 0));
+    assert_string_equal(nb_grad_fn_name(nb_tensor_grad_fn(a)), "CopySlices");
+    nb_tensor *r[] = {det, r1, r0, a, x, w, v, b};
+    for (size_t k = 0; k < 8; k++)
+        nb_release(r[k]);
+}
+
+static void writes_into_an_expanded_view_are_refused(void **state)
+{
+    (void)state;
+    /* torch.zeros(1, 3).expand(2, 3).add_(1) -> RuntimeError: unsupported operation: more than
+     * one element of the written-to tensor refers to a single memory location. */
+    nb_tensor *b = iota(NB_SHAPE(1, 3)), *e = nb_expand(b, NB_SHAPE(2, 3));
+    assert_int_equal(nb_add_scalar_(e, 1), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("refers to a single memory location");
+    int64_t v0 = nb_tensor_version(b);
+    assert_int_equal(nb_fill_(e, 1), NB_INVALID_ARGUMENT);
+    assert_int_equal(nb_tensor_version(b), v0);
+    /* a size-1 dim of stride 0 is no overlap: writing a row of the expand is fine */
+    nb_tensor *row = nb_select(e, 0, 1);
+    NB_ASSERT_OK(nb_fill_(row, 7));
+    nb_release(row);
+    nb_release(e);
+    nb_release(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -465,6 +519,8 @@ int main(void)
         NB_TEST(writes_through_a_strided_view_land_in_the_base),
         NB_TEST(detach_shares_storage_without_grad),
         NB_TEST(views_of_null_keep_the_first_error),
+        NB_TEST(in_place_through_a_view_writes_and_rebases_the_base),
+        NB_TEST(writes_into_an_expanded_view_are_refused),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
