@@ -158,7 +158,7 @@ static nb_tensor *fw_group_norm(nb_module *m, const nb_tensor *x, const void *p)
                            c->eps);
 }
 
-/* LayerNorm((64,), eps=1e-05, elementwise_affine=True) */
+/* LayerNorm((64,), eps=1e-05, elementwise_affine=True, bias=True), as PyTorch 2.15 prints */
 static void rp_layer_norm(const void *p, char *buf, size_t len)
 {
     const norm_cfg *c = p;
@@ -168,18 +168,20 @@ static void rp_layer_norm(const void *p, char *buf, size_t len)
     for (int32_t d = 0; d < c->n && k < len; d++)
         k += (size_t)snprintf(buf + k, len - k, "%s%lld", d ? ", " : "", (long long)c->shape[d]);
     if (k < len)
-        snprintf(buf + k, len - k, "%s), eps=%s, elementwise_affine=%s", c->n == 1 ? "," : "", e,
-                 c->affine ? "True" : "False");
+        snprintf(buf + k, len - k, "%s), eps=%s, elementwise_affine=%s, bias=%s",
+                 c->n == 1 ? "," : "", e, c->affine ? "True" : "False",
+                 c->affine && c->bias ? "True" : "False");
 }
 
-/* GroupNorm(2, 6, eps=1e-05, affine=True) */
+/* GroupNorm(2, 6, eps=1e-05, affine=True, bias=True) */
 static void rp_group_norm(const void *p, char *buf, size_t len)
 {
     const norm_cfg *c = p;
     char e[40];
     nbi_py_float_repr(c->eps, e, sizeof e);
-    snprintf(buf, len, "%lld, %lld, eps=%s, affine=%s", (long long)c->groups,
-             (long long)c->channels, e, c->affine ? "True" : "False");
+    snprintf(buf, len, "%lld, %lld, eps=%s, affine=%s, bias=%s", (long long)c->groups,
+             (long long)c->channels, e, c->affine ? "True" : "False",
+             c->affine ? "True" : "False");
 }
 
 static const nbi_module_kind k_layer_norm = {"LayerNorm", fw_layer_norm, rp_layer_norm};
