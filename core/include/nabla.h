@@ -615,6 +615,20 @@ typedef nb_tensor *(*nb_forward_hook_fn)(nb_module *m, const nb_tensor *input,
 int64_t nb_module_register_forward_pre_hook(nb_module *m, nb_forward_pre_hook_fn fn, void *ctx);
 int64_t nb_module_register_forward_hook(nb_module *m, nb_forward_hook_fn fn, void *ctx);
 nb_status nb_module_remove_hook(nb_module *m, int64_t handle);
+/* load_state_dict(strict): names are matched both ways; strict refuses any missing or
+ * unexpected key (NB_INVALID_ARGUMENT, PyTorch's message, nothing copied), non-strict copies
+ * the matching ones. Shapes must always agree. The keys go to *report either way (may be NULL;
+ * free it with nb_load_report_free). */
+typedef struct nb_load_report {
+    int32_t n_missing;
+    char **missing;
+    int32_t n_unexpected;
+    char **unexpected;
+} nb_load_report;
+nb_status nb_module_load_state(nb_module *m, nb_tensor *const *tensors, const char *const *names,
+                               int32_t n, bool strict, nb_load_report *report);
+nb_status nb_module_load_ex(nb_module *m, const char *path, bool strict, nb_load_report *report);
+void nb_load_report_free(nb_load_report *report);
 
 /* ======================================== optim =========================================== */
 
@@ -648,6 +662,12 @@ nb_status nb_optim_zero_grad(nb_optim *o);
 double nb_optim_lr(const nb_optim *o);
 nb_status nb_optim_set_lr(nb_optim *o, double lr);
 void nb_optim_free(nb_optim *o);
+/* The optimizer's state (momentum buffers, Adam moments and step counts, the learning rate) in
+ * a safetensors file, torch.optim's state_dict() flattened: "state.<i>.exp_avg", ...,
+ * "state.<i>.step", "param_groups.0.lr". Loading replaces the state, so a resumed run continues
+ * exactly; the optimizer must have the same kind and parameter shapes. */
+nb_status nb_optim_save(const nb_optim *o, const char *path);
+nb_status nb_optim_load(nb_optim *o, const char *path);
 
 typedef struct nb_lr_scheduler nb_lr_scheduler;
 nb_lr_scheduler *nb_step_lr_new(nb_optim *o, int64_t step_size, double gamma);
