@@ -15,6 +15,29 @@ static bool broadcasts_to(const nb_tensor *m, int32_t nd, const int64_t *shape)
     return true;
 }
 
+/* (L, S) bool, true above the diagonal (the positions a causal query may not see); made on the
+ * host, so that devices without bool kernels run it. */
+static nb_tensor *causal_mask(int64_t L, int64_t S, const char *device)
+{
+    int64_t n;
+    if (__builtin_mul_overflow(L, S, &n)) {
+        nbi_error(NB_OUT_OF_MEMORY, "scaled_dot_product_attention: %lld x %lld scores are too "
+                  "many", (long long)L, (long long)S);
+        return NULL;
+    }
+    bool *m = nbi_malloc((size_t)(n ? n : 1));
+    if (!m) {
+        nbi_error(NB_OUT_OF_MEMORY, "scaled_dot_product_attention: out of host memory");
+        return NULL;
+    }
+    for (int64_t i = 0; i < L; i++)
+        for (int64_t j = 0; j < S; j++)
+            m[i * S + j] = j > i;
+    nb_tensor *t = nb_from_data(m, NB_SHAPE(L, S), (nb_opts){NB_DTYPE_BOOL, device});
+    nbi_free(m);
+    return t;
+}
+
 static nb_tensor *sdpa_impl(const nb_tensor *q, const nb_tensor *k, const nb_tensor *v,
                             nb_sdpa_opts o)
 {
@@ -74,8 +97,7 @@ static nb_tensor *sdpa_impl(const nb_tensor *q, const nb_tensor *k, const nb_ten
     sc = nnc_k(&s, nb_mul_scalar(sc, scale));
     if (sc && o.is_causal) {
         /* position i attends to j <= i (top-left aligned, as PyTorch) */
-        nb_tensor *ones = nnc_k(&s, nb_ones(NB_SHAPE(L, S), (nb_opts){NB_DTYPE_BOOL, NNC_DEV(q)}));
-        nb_tensor *up = nnc_k(&s, nb_triu(ones, 1));
+        nb_tensor *up = nnc_k(&s, causal_mask(L, S, NNC_DEV(q)));
         sc = up ? nnc_k(&s, nb_masked_fill(sc, up, -INFINITY)) : NULL;
     } else if (sc && mask && mask->dtype == NB_DTYPE_BOOL) {
         nb_tensor *no = nnc_k(&s, nb_logical_not(mask));

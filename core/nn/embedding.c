@@ -2,25 +2,43 @@
  * Embedding module. The lookup is index_select, whose backward scatters into the table. */
 #include "nn_common.h"
 
-/* The first index outside [0, V), checked on the device's own amin/amax (every device). */
-static bool check_range(const nb_tensor *idx, int64_t V)
+/* The first index outside [0, V), found on the host: every device can copy its indices there,
+ * while not every device reduces int64. */
+static bool check_range(const nb_tensor *idx, int64_t V, nb_tensor **pad_mask, int64_t pad)
 {
-    if (nbi_numel(idx->ndim, idx->shape) == 0)
+    int64_t n = nbi_numel(idx->ndim, idx->shape);
+    *pad_mask = NULL;
+    if (n == 0)
         return true;
-    nb_tensor *lo = nb_amin(idx, NULL, 0, false), *hi = nb_amax(idx, NULL, 0, false);
-    double l = 0, h = 0;
-    bool ok = lo && hi && nb_item(lo, &l) == NB_OK && nb_item(hi, &h) == NB_OK;
-    nb_release(lo);
-    nb_release(hi);
-    if (!ok)
-        return false;
-    if (l < 0 || h >= (double)V) {
-        nbi_error(NB_INDEX_OUT_OF_RANGE, "embedding: index %lld out of range for a table of %lld "
-                  "rows (valid: 0 to %lld)", (long long)(l < 0 ? l : h), (long long)V,
-                  (long long)V - 1);
+    double *v = nbi_malloc((size_t)n * sizeof *v);
+    if (!v) {
+        nbi_error(NB_OUT_OF_MEMORY, "embedding: out of host memory for %lld indices",
+                  (long long)n);
         return false;
     }
-    return true;
+    bool ok = nbi_read_f64(idx, v) == NB_OK;
+    for (int64_t k = 0; ok && k < n; k++)
+        if (v[k] < 0 || v[k] >= (double)V) {
+            nbi_error(NB_INDEX_OUT_OF_RANGE, "embedding: index %lld out of range for a table of "
+                      "%lld rows (valid: 0 to %lld)", (long long)v[k], (long long)V,
+                      (long long)V - 1);
+            ok = false;
+        }
+    if (ok && pad != NB_NO_PADDING_IDX) {
+        /* (M, 1): the rows that look up the padding entry; bool, from the host, so that
+         * devices without int64 comparisons run it too */
+        bool *m = nbi_malloc((size_t)n);
+        for (int64_t k = 0; m && k < n; k++)
+            m[k] = v[k] == (double)pad;
+        *pad_mask = m ? nb_from_data(m, NB_SHAPE(n, 1), (nb_opts){NB_DTYPE_BOOL, NNC_DEV(idx)})
+                      : NULL;
+        if (!m)
+            nbi_error(NB_OUT_OF_MEMORY, "embedding: out of host memory");
+        nbi_free(m);
+        ok = *pad_mask != NULL;
+    }
+    nbi_free(v);
+    return ok;
 }
 
 static bool norm_padding(const char *what, int64_t *pad, int64_t V)
@@ -60,19 +78,19 @@ static nb_tensor *embedding_impl(const nb_tensor *idx, const nb_tensor *w, int64
         return NULL;
     }
     int64_t V = w->shape[0], D = w->shape[1];
-    if (!norm_padding(op, &pad, V) || !check_range(idx, V))
+    nb_tensor *pad_mask = NULL;
+    if (!norm_padding(op, &pad, V) || !check_range(idx, V, &pad_mask, pad))
         return NULL;
     nnc_tmps s = {0};
+    nnc_k(&s, pad_mask);
     nb_tensor *i64 = idx->dtype == NB_DTYPE_I64 ? nnc_k(&s, nb_retain((nb_tensor *)idx))
                                                : nnc_k(&s, nb_to_dtype(idx, NB_DTYPE_I64));
     nb_tensor *flat = nnc_k(&s, nb_reshape(i64, NB_SHAPE(-1)));
     nb_tensor *rows = flat ? nnc_k(&s, nb_index_select(w, 0, flat)) : NULL; /* (M, D) */
-    if (rows && pad != NB_NO_PADDING_IDX) {
+    if (rows && pad_mask) {
         /* the padding row is looked up like any other but passes no gradient back */
-        nb_tensor *eq = nnc_k(&s, nb_eq_scalar(flat, (double)pad));
-        nb_tensor *mask = nnc_k(&s, nb_unsqueeze(eq, 1));
         nb_tensor *d = nnc_k(&s, nb_detach(rows));
-        rows = mask && d ? nnc_k(&s, nb_where(mask, d, rows)) : NULL;
+        rows = d ? nnc_k(&s, nb_where(pad_mask, d, rows)) : NULL;
     }
     nb_shape os = nnc_shape(idx);
     os.dims[os.ndim++] = D;

@@ -156,24 +156,26 @@ static bool class_rows(const char *op, const nb_tensor *input, const nb_tensor *
     return *x2 && *t1;
 }
 
-/* Out-of-range targets that are not ignored are an error, as in PyTorch. */
-static bool check_targets(const char *op, const nb_tensor *t1, const nb_tensor *valid, int64_t C)
+/* Out-of-range targets that are not ignored are an error, as in PyTorch; checked on the host,
+ * which every device can copy to. */
+static bool check_targets(const char *op, const nb_tensor *t1, int64_t ignore, int64_t C)
 {
-    if (nbi_numel(t1->ndim, t1->shape) == 0)
+    int64_t n = nbi_numel(t1->ndim, t1->shape);
+    if (n == 0)
         return true;
-    nnc_tmps s = {0};
-    nb_tensor *z = nnc_k(&s, nb_zeros(NB_SHAPE_SCALAR, nnc_opts(t1)));
-    nb_tensor *tv = z ? nnc_k(&s, nb_where(valid, t1, z)) : NULL;
-    nb_tensor *lo = nnc_k(&s, nb_amin(tv, NULL, 0, false));
-    nb_tensor *hi = nnc_k(&s, nb_amax(tv, NULL, 0, false));
-    double l = 0, h = 0;
-    bool ok = lo && hi && nb_item(lo, &l) == NB_OK && nb_item(hi, &h) == NB_OK;
-    nnc_free(&s);
-    if (ok && (l < 0 || h >= (double)C)) {
-        nbi_error(NB_INDEX_OUT_OF_RANGE, "%s: target %lld is out of bounds for %lld classes", op,
-                  (long long)(l < 0 ? l : h), (long long)C);
+    double *v = nbi_malloc((size_t)n * sizeof *v);
+    if (!v) {
+        nbi_error(NB_OUT_OF_MEMORY, "%s: out of host memory for %lld targets", op, (long long)n);
         return false;
     }
+    bool ok = nbi_read_f64(t1, v) == NB_OK;
+    for (int64_t k = 0; ok && k < n; k++)
+        if (v[k] != (double)ignore && (v[k] < 0 || v[k] >= (double)C)) {
+            nbi_error(NB_INDEX_OUT_OF_RANGE, "%s: target %lld is out of bounds for %lld classes",
+                      op, (long long)v[k], (long long)C);
+            ok = false;
+        }
+    nbi_free(v);
     return ok;
 }
 
@@ -203,7 +205,7 @@ static nb_tensor *class_loss(const char *op, const nb_tensor *input, const nb_te
     }
     int64_t ignore = o.ignore_index_set ? o.ignore_index : -100;
     nb_tensor *valid = nnc_k(&s, nb_ne_scalar(t1, (double)ignore)); /* (M) bool */
-    if (!valid || !check_targets(op, t1, valid, C))
+    if (!valid || !check_targets(op, t1, ignore, C))
         return nnc_ret(&s, NULL);
     nb_tensor *zi = nnc_k(&s, nb_zeros(NB_SHAPE_SCALAR, nnc_opts(t1)));
     nb_tensor *ts = zi ? nnc_k(&s, nb_where(valid, t1, zi)) : NULL; /* ignored -> class 0 */
