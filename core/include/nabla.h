@@ -86,6 +86,12 @@ nb_status nb_shutdown(void);
 /* Objects alive now: tensors and storages (for tests and leak reports). */
 int64_t nb_live_tensors(void);
 int64_t nb_live_storages(void);
+/* Bytes held by the storages of live tensors (all devices; requested sizes, not the cached
+ * blocks), and the most there was since nb_memory_reset_peak(), as torch.cuda's
+ * memory_allocated() and max_memory_allocated(). */
+int64_t nb_memory_allocated(void);
+int64_t nb_memory_peak(void);
+void nb_memory_reset_peak(void);
 
 /* Host memory used for every core object; replaceable so tests can inject failures. */
 typedef struct nb_allocator {

@@ -1,5 +1,7 @@
 /* attention.c - scaled_dot_product_attention: softmax(q k^T * scale + mask) v, with the causal
- * flag, a bool or additive mask and dropout on the weights, as PyTorch's math path computes it. */
+ * flag, a bool or additive mask and dropout on the weights, as PyTorch's math path computes it;
+ * without mask and dropout, a device's fused "attention" kernel (tier 2) runs the forward, and
+ * the backward is written with public ops (the weights recomputed from q and k). */
 #include "nn_common.h"
 
 /* Whether a (..., L, S)-broadcastable mask fits the scores' shape. */
@@ -36,6 +38,110 @@ static nb_tensor *causal_mask(int64_t L, int64_t S, const char *device)
     nb_tensor *t = nb_from_data(m, NB_SHAPE(L, S), (nb_opts){NB_DTYPE_BOOL, device});
     nbi_free(m);
     return t;
+}
+
+/* ============================ the fused tier-2 path ============================ */
+
+typedef struct att_ctx {
+    double scale;
+    bool causal;
+    nb_tensor *q, *k, *v; /* the node's inputs, (B, L, E), (B, S, E), (B, S, Ev) */
+} att_ctx;
+
+static nb_tensor *att_forward(void *p, nb_tensor *const *in, int32_t n)
+{
+    (void)n;
+    att_ctx *c = p;
+    nnc_tmps s = {0};
+    nb_tensor *q = nnc_k(&s, nb_contiguous(in[0])), *k = nnc_k(&s, nb_contiguous(in[1]));
+    nb_tensor *v = nnc_k(&s, nb_contiguous(in[2]));
+    nb_tensor *out = q && k && v ? nb_empty(NB_SHAPE(q->shape[0], q->shape[1], v->shape[2]),
+                                            nnc_opts(q))
+                                 : NULL;
+    int64_t causal = c->causal;
+    if (out && nbi_run("attention", out, (nb_tensor *[]){q, k, v}, 3, &c->scale, 1, &causal,
+                       1) != NB_OK) {
+        nb_release(out);
+        out = NULL;
+    }
+    nnc_free(&s);
+    if (out && !c->q) {
+        c->q = nb_retain(in[0]);
+        c->k = nb_retain(in[1]);
+        c->v = nb_retain(in[2]);
+    }
+    return out;
+}
+
+/* P = softmax(S), S = q k^T scale: dv = P^T g, dP = g v^T, dS = P (dP - rowsum(dP P)),
+ * dq = dS k scale, dk = dS^T q scale. */
+static nb_status att_backward(void *p, const nb_tensor *g, nb_tensor **gi, int32_t n)
+{
+    (void)n;
+    att_ctx *c = p;
+    nnc_tmps s = {0};
+    int64_t L = c->q->shape[1], S = c->k->shape[1];
+    nb_tensor *kt = nnc_k(&s, nb_transpose(c->k, 1, 2));
+    nb_tensor *sc = kt ? nnc_k(&s, nb_matmul(c->q, kt)) : NULL;
+    sc = nnc_k(&s, nb_mul_scalar(sc, c->scale));
+    if (sc && c->causal) {
+        nb_tensor *up = nnc_k(&s, causal_mask(L, S, NNC_DEV(c->q)));
+        sc = up ? nnc_k(&s, nb_masked_fill(sc, up, -INFINITY)) : NULL;
+    }
+    nb_tensor *P = sc ? nnc_k(&s, nb_softmax(sc, -1)) : NULL;
+    nb_tensor *Pt = nnc_k(&s, nb_transpose(P, 1, 2));
+    nb_tensor *vt = nnc_k(&s, nb_transpose(c->v, 1, 2));
+    nb_tensor *dP = vt ? nnc_k(&s, nb_matmul(g, vt)) : NULL;
+    nb_tensor *dPP = dP && P ? nnc_k(&s, nb_mul(dP, P)) : NULL;
+    nb_tensor *rs = nnc_k(&s, nb_sum(dPP, (int32_t[]){-1}, 1, true));
+    nb_tensor *d = rs ? nnc_k(&s, nb_sub(dP, rs)) : NULL;
+    nb_tensor *dS = d ? nnc_k(&s, nb_mul(P, d)) : NULL;
+    nb_tensor *dSt = nnc_k(&s, nb_transpose(dS, 1, 2));
+    nb_tensor *dq = dS ? nnc_k(&s, nb_matmul(dS, c->k)) : NULL;
+    nb_tensor *dk = dSt ? nnc_k(&s, nb_matmul(dSt, c->q)) : NULL;
+    gi[0] = dq ? nb_mul_scalar(dq, c->scale) : NULL;
+    gi[1] = dk ? nb_mul_scalar(dk, c->scale) : NULL;
+    gi[2] = Pt ? nb_matmul(Pt, g) : NULL;
+    nnc_free(&s);
+    return gi[0] && gi[1] && gi[2] ? NB_OK : nbi_last_or(NB_AUTOGRAD, "attention backward failed");
+}
+
+static void att_free(void *p)
+{
+    att_ctx *c = p;
+    nb_release(c->q);
+    nb_release(c->k);
+    nb_release(c->v);
+    nbi_free(c);
+}
+
+static const nb_function attention_fn = {"ScaledDotProductFlashAttentionForCpuBackward0",
+                                         att_forward, att_backward, att_free};
+
+/* q, k, v as (B, L, E) ... with B the product of the batch dims; out back to (..., L, Ev). */
+static nb_tensor *sdpa_fused(const nb_tensor *q, const nb_tensor *k, const nb_tensor *v,
+                             double scale, bool causal)
+{
+    int32_t nd = q->ndim;
+    att_ctx *c = nbi_calloc(1, sizeof *c);
+    if (!c) {
+        nbi_error(NB_OUT_OF_MEMORY, "scaled_dot_product_attention: out of host memory");
+        return NULL;
+    }
+    c->scale = scale;
+    c->causal = causal;
+    nnc_tmps s = {0};
+    nb_tensor *q3 = nnc_k(&s, nb_reshape(q, NB_SHAPE(-1, q->shape[nd - 2], q->shape[nd - 1])));
+    nb_tensor *k3 = nnc_k(&s, nb_reshape(k, NB_SHAPE(-1, k->shape[nd - 2], k->shape[nd - 1])));
+    nb_tensor *v3 = nnc_k(&s, nb_reshape(v, NB_SHAPE(-1, v->shape[nd - 2], v->shape[nd - 1])));
+    nb_tensor *o3 = NULL;
+    if (q3 && k3 && v3)
+        o3 = nnc_k(&s, nb_function_apply(&attention_fn, c, (nb_tensor *[]){q3, k3, v3}, 3));
+    else
+        att_free(c);
+    nb_shape os = nnc_shape(q);
+    os.dims[nd - 1] = v->shape[nd - 1];
+    return nnc_ret(&s, o3 ? nnc_k(&s, nb_reshape(o3, os)) : NULL);
 }
 
 static nb_tensor *sdpa_impl(const nb_tensor *q, const nb_tensor *k, const nb_tensor *v,
@@ -91,6 +197,9 @@ static nb_tensor *sdpa_impl(const nb_tensor *q, const nb_tensor *k, const nb_ten
         return NULL;
     }
     double scale = o.scale != 0 ? o.scale : 1.0 / sqrt((double)(E ? E : 1));
+    if (!mask && o.dropout_p == 0 && nbi_numel(q->ndim, q->shape) > 0 && S > 0 &&
+        nbi_numel(v->ndim, v->shape) > 0 && nbi_has_kernel(q, "attention"))
+        return sdpa_fused(q, k, v, scale, o.is_causal);
     nnc_tmps s = {0};
     nb_tensor *kt = nnc_k(&s, nb_transpose(k, -2, -1));
     nb_tensor *sc = kt ? nnc_k(&s, nb_matmul(q, kt)) : NULL;

@@ -493,6 +493,10 @@ static const conf_error e_nn_loss[] = {
 #define NN_ROW_(name, api, needs, dtypes, diff, scale, run, ref, samples, errors)          \
     {name, api, NULL, needs, CONF_KD_SAME, dtypes, diff, scale, run, ref, samples,         \
      COUNT_(samples), errors, COUNT_(errors)}
+/* a row whose op has a tier-2 kernel of that name */
+#define NN_ROW_K_(name, api, kernel, needs, dtypes, diff, scale, run, ref, samples, errors) \
+    {name, api, kernel, needs, CONF_KD_SAME, dtypes, diff, scale, run, ref, samples,       \
+     COUNT_(samples), errors, COUNT_(errors)}
 
 #define CONF_NN_ROWS                                                                       \
     NN_ROW_("leaky_relu", "nb_leaky_relu", "gt_scalar mul_scalar where", NN_FO_, true, 0,  \
@@ -523,9 +527,9 @@ static const conf_error e_nn_loss[] = {
             e_nn_outer),                                                                   \
     NN_ROW_("embedding", "nb_embedding", "gather max min", NN_FO_, true, 0, a_embedding,   \
             ref_embedding, s_nn_embedding, e_nn_embedding),                                \
-    NN_ROW_("scaled_dot_product_attention", "nb_scaled_dot_product_attention",             \
-            "matmul max sub exp sum div where", NN_FO_, true, 10, a_sdpa, ref_sdpa,        \
-            s_nn_sdpa, e_nn_sdpa),                                                         \
+    NN_ROW_K_("scaled_dot_product_attention", "nb_scaled_dot_product_attention",           \
+              "attention", "matmul max sub exp sum div where", NN_FO_, true, 10, a_sdpa,   \
+              ref_sdpa, s_nn_sdpa, e_nn_sdpa),                                             \
     NN_ROW_("smooth_l1_loss", "nb_smooth_l1_loss", "sub abs mul where sum", NN_FO_, true,  \
             10, a_smooth_l1, ref_smooth_l1, s_nn_pair_loss, e_nn_loss),                    \
     NN_ROW_("huber_loss", "nb_huber_loss", "sub abs mul where sum", NN_FO_, true, 10,      \

@@ -1052,6 +1052,49 @@ static void optimizer_state_round_trips_so_resume_continues_exactly(void **state
     unlink(opath);
 }
 
+/* The fused kernel keeps no score matrix: on a (32, 4, 16, 16) batch the forward's peak is the
+ * output alone (plus nothing larger than one (16, 16) block per head); the composite path
+ * (taken with a mask) holds at least the (32, 4, 16, 16) scores besides. */
+static void fused_attention_peak_memory_is_the_output_alone(void **state)
+{
+    (void)state;
+    nb_opts o = {0};
+    nb_tensor *q = nb_randn(NB_SHAPE(32, 4, 16, 16), o), *k = nb_randn(NB_SHAPE(32, 4, 16, 16), o);
+    nb_tensor *v = nb_randn(NB_SHAPE(32, 4, 16, 16), o);
+    int64_t out_bytes = 32 * 4 * 16 * 16 * (int64_t)sizeof(float);
+    int64_t block = 16 * 16 * (int64_t)sizeof(float);
+    nb_no_grad_begin();
+    bool fused = nb_device_has_kernel("cpu", "attention", NB_DTYPE_F32) && !getenv("NABLA_NO_TIER2");
+    int64_t base = nb_memory_allocated();
+    nb_memory_reset_peak();
+    nb_tensor *y = nb_scaled_dot_product_attention(q, k, v, (nb_sdpa_opts){.is_causal = true});
+    assert_non_null(y);
+    int64_t fused_peak = nb_memory_peak() - base;
+    bool mb[256];
+    for (int i = 0; i < 256; i++)
+        mb[i] = i % 16 <= i / 16;
+    nb_tensor *m = nb_from_data(mb, NB_SHAPE(16, 16), (nb_opts){.dtype = NB_DTYPE_BOOL});
+    base = nb_memory_allocated();
+    nb_memory_reset_peak();
+    nb_tensor *y2 = nb_scaled_dot_product_attention(q, k, v, (nb_sdpa_opts){.attn_mask = m});
+    int64_t composite_peak = nb_memory_peak() - base;
+    nb_no_grad_end();
+    assert_true(nb_allclose(y, y2, 1e-5, 1e-6)); /* the same causal attention both ways */
+    if (fused) {
+        if (fused_peak > out_bytes + 4 * block)
+            print_error("fused peak %lld bytes, output %lld\n", (long long)fused_peak,
+                        (long long)out_bytes);
+        assert_true(fused_peak <= out_bytes + 4 * block);
+    }
+    assert_true(composite_peak >= 2 * out_bytes);
+    nb_release(y2);
+    nb_release(m);
+    nb_release(y);
+    nb_release(v);
+    nb_release(k);
+    nb_release(q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1068,6 +1111,7 @@ int main(void)
         NB_TEST(attention_matches_pytorch_causal_bool_and_additive),
         NB_TEST(attention_passes_gradcheck),
         NB_TEST(attention_shape_errors_name_the_shapes),
+        NB_TEST(fused_attention_peak_memory_is_the_output_alone),
         NB_TEST(smooth_l1_and_huber_match_pytorch),
         NB_TEST(kl_div_matches_pytorch),
         NB_TEST(cross_entropy_takes_weight_smoothing_ignore_and_spatial_dims),
