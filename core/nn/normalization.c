@@ -1,5 +1,6 @@
 /* normalization.c - layer_norm and group_norm, and the LayerNorm and GroupNorm modules. Both
- * normalise with the biased variance, as PyTorch does, written with public ops. */
+ * normalise with the biased variance, as PyTorch does, written with public ops; layer_norm runs
+ * a device's fused "layer_norm" kernel (tier 2) forward when it has one. */
 #include "nn_common.h"
 
 /* (x - mean) / sqrt(var + eps) over dims, var biased. */
@@ -55,6 +56,110 @@ static bool check_eps(const char *op, double eps)
     return false;
 }
 
+/* ============================ the fused tier-2 path ============================ */
+
+/* x as (R, C) rows with C the normalised size; c->x, c->w, c->b are the node's inputs. */
+typedef struct ln_ctx {
+    double eps;
+    nb_tensor *x, *w, *b;
+} ln_ctx;
+
+static nb_tensor *ln_forward(void *p, nb_tensor *const *in, int32_t n)
+{
+    (void)n;
+    ln_ctx *c = p;
+    nnc_tmps s = {0};
+    nb_tensor *ops[3];
+    int32_t k = 0;
+    int64_t flags = 0;
+    for (int32_t j = 0; j < 3; j++)
+        if (in[j]) {
+            ops[k++] = nnc_k(&s, nb_contiguous(in[j]));
+            flags |= j ? (int64_t)1 << (j - 1) : 0;
+        }
+    bool ok = true;
+    for (int32_t j = 0; j < k; j++)
+        ok = ok && ops[j];
+    nb_tensor *out = ok ? nb_empty(nnc_shape(ops[0]), nnc_opts(ops[0])) : NULL;
+    if (out && nbi_run("layer_norm", out, ops, k, &c->eps, 1, &flags, 1) != NB_OK) {
+        nb_release(out);
+        out = NULL;
+    }
+    nnc_free(&s);
+    if (out && !c->x) {
+        c->x = nb_retain(in[0]);
+        c->w = in[1] ? nb_retain(in[1]) : NULL;
+        c->b = in[2] ? nb_retain(in[2]) : NULL;
+    }
+    return out;
+}
+
+/* xhat = (x - mu) rstd recomputed; dxhat = g w; dx = rstd (dxhat - mean(dxhat)
+ * - xhat mean(dxhat xhat)); dw = sum_rows(g xhat); db = sum_rows(g). */
+static nb_status ln_backward(void *p, const nb_tensor *g, nb_tensor **gi, int32_t n)
+{
+    (void)n;
+    ln_ctx *c = p;
+    nnc_tmps s = {0};
+    int32_t last[1] = {1}, rows[1] = {0};
+    nb_tensor *mu = nnc_k(&s, nb_mean(c->x, last, 1, true));
+    nb_tensor *xc = mu ? nnc_k(&s, nb_sub(c->x, mu)) : NULL;
+    nb_tensor *sq = xc ? nnc_k(&s, nb_mul(xc, xc)) : NULL;
+    nb_tensor *var = nnc_k(&s, nb_mean(sq, last, 1, true));
+    nb_tensor *rs = nnc_k(&s, nb_rsqrt(nnc_k(&s, nb_add_scalar(var, c->eps))));
+    nb_tensor *xh = xc && rs ? nnc_k(&s, nb_mul(xc, rs)) : NULL;
+    nb_tensor *dxh = c->w ? nnc_k(&s, nb_mul(g, c->w)) : nnc_k(&s, nb_retain((nb_tensor *)g));
+    nb_tensor *m1 = nnc_k(&s, nb_mean(dxh, last, 1, true));
+    nb_tensor *dx2 = dxh && xh ? nnc_k(&s, nb_mul(dxh, xh)) : NULL;
+    nb_tensor *m2 = nnc_k(&s, nb_mean(dx2, last, 1, true));
+    nb_tensor *t2 = m2 && xh ? nnc_k(&s, nb_mul(xh, m2)) : NULL;
+    nb_tensor *d1 = m1 ? nnc_k(&s, nb_sub(dxh, m1)) : NULL;
+    nb_tensor *d2 = d1 && t2 ? nnc_k(&s, nb_sub(d1, t2)) : NULL;
+    gi[0] = d2 && rs ? nb_mul(d2, rs) : NULL;
+    if (c->w) {
+        nb_tensor *gx = xh ? nnc_k(&s, nb_mul(g, xh)) : NULL;
+        gi[1] = gx ? nb_sum(gx, rows, 1, false) : NULL;
+    }
+    if (c->b)
+        gi[2] = nb_sum(g, rows, 1, false);
+    nnc_free(&s);
+    return gi[0] && (!c->w || gi[1]) && (!c->b || gi[2])
+               ? NB_OK : nbi_last_or(NB_AUTOGRAD, "layer_norm backward failed");
+}
+
+static void ln_free(void *p)
+{
+    ln_ctx *c = p;
+    nb_release(c->x);
+    nb_release(c->w);
+    nb_release(c->b);
+    nbi_free(c);
+}
+
+static const nb_function layer_norm_fn = {"NativeLayerNormBackward0", ln_forward, ln_backward,
+                                          ln_free};
+
+static nb_tensor *layer_norm_fused(const nb_tensor *x, int64_t C, const nb_tensor *w,
+                                   const nb_tensor *b, double eps)
+{
+    ln_ctx *c = nbi_calloc(1, sizeof *c);
+    if (!c) {
+        nbi_error(NB_OUT_OF_MEMORY, "layer_norm: out of host memory");
+        return NULL;
+    }
+    c->eps = eps;
+    nnc_tmps s = {0};
+    nb_tensor *x2 = nnc_k(&s, nb_reshape(x, NB_SHAPE(-1, C)));
+    nb_tensor *w1 = w ? nnc_k(&s, nb_reshape(w, NB_SHAPE(C))) : NULL;
+    nb_tensor *b1 = b ? nnc_k(&s, nb_reshape(b, NB_SHAPE(C))) : NULL;
+    nb_tensor *y = NULL;
+    if (x2 && (!w || w1) && (!b || b1))
+        y = nnc_k(&s, nb_function_apply(&layer_norm_fn, c, (nb_tensor *[]){x2, w1, b1}, 3));
+    else
+        ln_free(c);
+    return nnc_ret(&s, y ? nnc_k(&s, nb_reshape(y, nnc_shape(x))) : NULL);
+}
+
 static nb_tensor *layer_norm_impl(const nb_tensor *x, const int64_t *ns, int32_t n,
                                   const nb_tensor *w, const nb_tensor *b, double eps)
 {
@@ -75,6 +180,9 @@ static nb_tensor *layer_norm_impl(const nb_tensor *x, const int64_t *ns, int32_t
     }
     if (!check_param(op, "weight", w, x, n, ns) || !check_param(op, "bias", b, x, n, ns))
         return NULL;
+    int64_t C = nbi_numel(n, ns);
+    if (C > 0 && nbi_numel(x->ndim, x->shape) > 0 && nbi_has_kernel(x, "layer_norm"))
+        return layer_norm_fused(x, C, w, b, eps == 0 ? 1e-5 : eps);
     int32_t dims[NB_MAX_DIMS];
     for (int32_t d = 0; d < n; d++)
         dims[d] = x->ndim - n + d;

@@ -515,8 +515,8 @@ static const conf_error e_nn_loss[] = {
             a_log_sigmoid, ref_log_sigmoid, s_nn_plain, e_nn_act),                         \
     NN_ROW_("rpow_scalar", "nb_rpow_scalar", "rpow_scalar", NN_FO_, true, 0, a_rpow,       \
             ref_rpow, s_nn_rpow, e_nn_act),                                                \
-    NN_ROW_("layer_norm", "nb_layer_norm", "sum sub mul rsqrt add", NN_FO_, true, 10,      \
-            a_layer_norm, ref_layer_norm, s_nn_layer_norm, e_nn_layer_norm),               \
+    NN_ROW_K_("layer_norm", "nb_layer_norm", "layer_norm", "sum sub mul rsqrt add", NN_FO_,\
+              true, 10, a_layer_norm, ref_layer_norm, s_nn_layer_norm, e_nn_layer_norm),   \
     NN_ROW_("logsumexp", "nb_logsumexp", "max sub exp sum log where", NN_FO_, true, 10,    \
             a_logsumexp, ref_logsumexp, s_nn_logsumexp, e_nn_logsumexp),                   \
     NN_ROW_("cumsum", "nb_cumsum", "matmul where copy", NN_FO_, true, 10, a_cumsum,        \
