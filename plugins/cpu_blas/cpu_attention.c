@@ -1,6 +1,7 @@
 /* cpu_attention.c - the fused "attention" kernel: out = softmax(q k^T * scale) v per batch row,
  * one query row at a time with an online softmax over blocks of 16 keys, so that no score matrix
- * exists: the scratch is 16 scores and one output row of accumulators. */
+ * exists: the scratch is 16 scores and one output row of accumulators, in the operands' type
+ * (float32 math for float32, as PyTorch's cpu kernels), so the row loops vectorise. */
 #include "cpu_internal.h"
 
 #include <math.h>
@@ -10,7 +11,7 @@
 
 /* q (B, L, E), k (B, S, E), v (B, S, Ev), out (B, L, Ev), all contiguous (the core makes them
  * so); f[0] the scale; i[0] 1 for causal (query i sees keys j <= i). */
-#define DEF_ATTENTION(SFX, T)                                                               \
+#define DEF_ATTENTION(SFX, T, EXP)                                                             \
     static nb_status k_attention_##SFX(const nb_kernel_args *a)                             \
     {                                                                                       \
         if (a->n_in != 3 || a->out->ndim != 3 || a->in[0].ndim != 3 || a->in[1].ndim != 3 ||\
@@ -30,53 +31,53 @@
         T *op = (T *)nbc_ptr(o);                                                            \
         double scale = a->f[0];                                                             \
         bool causal = a->i[0] != 0;                                                         \
-        double *acc = malloc((size_t)(Ev ? Ev : 1) * sizeof *acc);                          \
+        T *acc = malloc((size_t)(Ev ? Ev : 1) * sizeof *acc);                               \
         if (!acc)                                                                           \
             return NBC_ERR(NB_OUT_OF_MEMORY, "attention: out of memory for %lld "            \
                            "accumulators", (long long)Ev);                                  \
-        double s[ATT_BLOCK];                                                                \
+        T s[ATT_BLOCK];                                                                     \
         for (int64_t b = 0; b < B; b++)                                                     \
             for (int64_t i = 0; i < L; i++) {                                               \
                 const T *qi = qp + (b * L + i) * E;                                         \
                 int64_t jmax = causal ? (i + 1 < S ? i + 1 : S) : S;                        \
-                double m = -INFINITY, l = 0;                                                \
+                T m = -INFINITY, l = 0;                                                     \
                 for (int64_t e = 0; e < Ev; e++)                                            \
                     acc[e] = 0;                                                             \
                 for (int64_t j0 = 0; j0 < jmax; j0 += ATT_BLOCK) {                          \
                     int64_t nb = jmax - j0 < ATT_BLOCK ? jmax - j0 : ATT_BLOCK;             \
-                    double bm = -INFINITY;                                                  \
+                    T bm = -INFINITY;                                                       \
                     for (int64_t t = 0; t < nb; t++) {                                      \
                         const T *kj = kp + (b * S + j0 + t) * E;                            \
-                        double d = 0;                                                       \
+                        T d = 0;                                                            \
                         for (int64_t e = 0; e < E; e++)                                     \
-                            d += (double)qi[e] * (double)kj[e];                             \
-                        s[t] = d * scale;                                                   \
+                            d += qi[e] * kj[e];                                             \
+                        s[t] = d * (T)scale;                                                \
                         bm = s[t] > bm ? s[t] : bm;                                         \
                     }                                                                       \
                     if (bm > m) { /* a new maximum: rescale what was summed so far */       \
-                        double r = exp(m - bm);                                             \
+                        T r = EXP(m - bm);                                                  \
                         l *= r;                                                             \
                         for (int64_t e = 0; e < Ev; e++)                                    \
                             acc[e] *= r;                                                    \
                         m = bm;                                                             \
                     }                                                                       \
                     for (int64_t t = 0; t < nb; t++) {                                      \
-                        double p = m == -INFINITY ? 0 : exp(s[t] - m);                      \
+                        T p = m == -INFINITY ? 0 : EXP(s[t] - m);                           \
                         const T *vj = vp + (b * S + j0 + t) * Ev;                           \
                         l += p;                                                             \
                         for (int64_t e = 0; e < Ev; e++)                                    \
-                            acc[e] += p * (double)vj[e];                                    \
+                            acc[e] += p * vj[e];                                            \
                     }                                                                       \
                 }                                                                           \
                 T *oi = op + (b * L + i) * Ev;                                              \
                 for (int64_t e = 0; e < Ev; e++)                                            \
-                    oi[e] = (T)(acc[e] / l);                                                \
+                    oi[e] = acc[e] / l;                                                     \
             }                                                                               \
         free(acc);                                                                          \
         return NB_OK;                                                                       \
     }
-DEF_ATTENTION(f32, float)
-DEF_ATTENTION(f64, double)
+DEF_ATTENTION(f32, float, expf)
+DEF_ATTENTION(f64, double, exp)
 
 const nb_kernel_desc nbc_attention_kernels[] = {
     {"attention", NB_DTYPE_F32, k_attention_f32},

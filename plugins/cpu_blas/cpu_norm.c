@@ -39,15 +39,16 @@
                 double d = (double)xr[c] - mu;                                              \
                 var += d * d;                                                               \
             }                                                                               \
-            double rs = 1.0 / sqrt(var / (double)C + eps);                                  \
-            for (int64_t c = 0; c < C; c++) {                                               \
-                double y = ((double)xr[c] - mu) * rs;                                       \
-                if (w)                                                                      \
-                    y *= (double)w[c];                                                      \
-                if (b)                                                                      \
-                    y += (double)b[c];                                                      \
-                orow[c] = (T)y;                                                             \
-            }                                                                               \
+            /* the row in the operands' type, branch-free, so that it vectorises */         \
+            T rs = (T)(1.0 / sqrt(var / (double)C + eps)), mt = (T)mu;                     \
+            for (int64_t c = 0; c < C; c++)                                                 \
+                orow[c] = (xr[c] - mt) * rs;                                                \
+            if (w)                                                                          \
+                for (int64_t c = 0; c < C; c++)                                             \
+                    orow[c] *= w[c];                                                        \
+            if (b)                                                                          \
+                for (int64_t c = 0; c < C; c++)                                             \
+                    orow[c] += b[c];                                                        \
         }                                                                                   \
         return NB_OK;                                                                       \
     }
