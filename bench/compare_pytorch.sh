@@ -2,7 +2,9 @@
 # compare_pytorch.sh - runs the same workloads in Nabla and PyTorch with the same thread count
 # and prints `workload | nabla | pytorch | ratio`: the seed's two-layer net (500 steps), one
 # Fashion-MNIST epoch of LeNet (nabla-train vs torch_lenet.py, same recipe, plus peak RSS),
-# matmul 1024^3 and a 1-element add. Without torch it says so and prints Nabla's column only.
+# matmul 1024^3, a 1-element add, and the character transformer (nabla-makemore vs
+# torch_makemore.py from the same initial weights: step time and validation loss). Without torch
+# it says so and prints Nabla's column only.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -11,10 +13,12 @@ threads=1
 data=/usr/share/datasets/fashion-mnist
 device=cpu
 epochs=1
+mm_steps=3000
 usage() {
     echo "usage: $0 [--build DIR] [--threads N] [--data DIR] [--device D] [--quick]"
     echo "  --build DIR  Nabla build folder holding bin/nabla-bench and bin/nabla-train"
-    echo "  --quick      LeNet on 6000 images instead of a whole epoch"
+    echo "  --quick      LeNet on 6000 images instead of a whole epoch, makemore 200 steps"
+    echo "  --makemore-steps N  steps of the transformer for both (default 3000, batch 32)"
 }
 limit=0
 while [ $# -gt 0 ]; do
@@ -23,7 +27,8 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
-    --quick) limit=6000; shift ;;
+    --quick) limit=6000; mm_steps=200; shift ;;
+    --makemore-steps) mm_steps=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare_pytorch.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
@@ -32,7 +37,8 @@ case "$threads" in ''|*[!0-9]*) echo "compare_pytorch.sh: --threads '$threads': 
 
 bench="$build/bin/nabla-bench"
 train="$build/bin/nabla-train"
-for exe in "$bench" "$train"; do
+makemore="$build/bin/nabla-makemore"
+for exe in "$bench" "$train" "$makemore"; do
     if [ ! -x "$exe" ]; then
         echo "compare_pytorch.sh: $exe not found; build it first (cmake --build $build --target nabla-bench nabla-train) or pass --build DIR" >&2
         exit 1
@@ -78,6 +84,14 @@ limit_args=()
 [ "$limit" -gt 0 ] && limit_args=(--limit "$limit")
 "$train" --data "$data" --device "$device" --threads "$threads" --epochs "$epochs" \
     "${limit_args[@]}" > "$tmp/nb_train.txt"
+"$makemore" --steps "$mm_steps" --eval-every "$mm_steps" --init-out "$tmp/mm_init.safetensors" \
+    --losses-out "$tmp/mm_losses.txt" --save "$tmp/mm.safetensors" > "$tmp/nb_mm.txt" 2>/dev/null
+if [ -n "$py" ]; then
+    "$py" "$here/torch_makemore.py" --init "$tmp/mm_init.safetensors" --steps "$mm_steps" \
+        --threads "$threads" --compare "$tmp/mm_losses.txt" > "$tmp/pt_mm.txt"
+else
+    : > "$tmp/pt_mm.txt"
+fi
 if [ -n "$py" ]; then
     "$py" "$here/torch_bench.py" --only mlp,matmul,dispatch --threads "$threads" > "$tmp/pt_bench.txt"
     "$py" "$here/torch_lenet.py" --data "$data" --threads "$threads" --epochs "$epochs" \
@@ -103,6 +117,10 @@ row "lenet test_accuracy" "$(value test_accuracy "$tmp/nb_train.txt")" "$(value 
 row "lenet peak_rss (MB)" "$(value peak_rss_mb "$tmp/nb_train.txt")" "$(value peak_rss_mb "$tmp/pt_train.txt")"
 row "matmul_f32_1024 (GFLOP/s)" "$(value matmul_f32_1024 "$tmp/nb_bench.txt")" "$(value matmul_f32_1024 "$tmp/pt_bench.txt")"
 row "dispatch_add_1 (ns)" "$(value dispatch_add_1 "$tmp/nb_bench.txt")" "$(value dispatch_add_1 "$tmp/pt_bench.txt")"
+row "makemore_step (ms)" "$(value makemore_step_ms "$tmp/nb_mm.txt")" "$(value makemore_step_ms "$tmp/pt_mm.txt")"
+row "makemore_val_loss_${mm_steps} (nats)" "$(value makemore_val_loss "$tmp/nb_mm.txt")" "$(value makemore_val_loss "$tmp/pt_mm.txt")"
+first=$(awk '$1 ~ /^makemore_first[0-9]+_max_diff$/ { print $2; exit }' "$tmp/pt_mm.txt")
+[ -n "$first" ] && echo "# makemore: the first 20 steps' losses differ by at most $first (same initial weights and batches)"
 best=$(value cblas_sgemm_best_f32_1024 "$tmp/nb_bench.txt")
 [ -n "$best" ] && echo "# nabla matmul / cblas_sgemm with the best OpenBLAS core ($best GFLOP/s): $(value matmul_ratio "$tmp/nb_bench.txt")"
 echo "# ratio = nabla / pytorch: below 1 is better for times, memory and ns; above 1 for GFLOP/s"

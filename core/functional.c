@@ -482,6 +482,47 @@ static const nb_function conv2d_fn = {"ConvolutionBackward0", conv_forward, conv
                                       fctx_free};
 
 static nb_tensor *conv2d_impl(const nb_tensor *x, const nb_tensor *w, const nb_tensor *b,
+                              nb_conv2d_opts o);
+
+/* padding="same": half the dilated kernel on each side; an odd total puts the extra row and
+ * column at the bottom and right (zeros joined to the input), as PyTorch does. */
+static nb_tensor *conv2d_same(const nb_tensor *x, const nb_tensor *w, const nb_tensor *b,
+                              nb_conv2d_opts o)
+{
+    for (int k = 0; k < 2; k++)
+        if (o.stride[k] > 1 || o.padding[k] != 0) {
+            nbi_error(NB_INVALID_ARGUMENT, "conv2d: padding='same' is not supported for strided "
+                      "convolutions or with explicit padding, got stride [%lld, %lld], padding "
+                      "[%lld, %lld]", (long long)o.stride[0], (long long)o.stride[1],
+                      (long long)o.padding[0], (long long)o.padding[1]);
+            return NULL;
+        }
+    int64_t extra[2];
+    for (int k = 0; k < 2; k++) {
+        int64_t d = o.dilation[k] > 0 ? o.dilation[k] : 1;
+        int64_t total = d * (w->shape[2 + k] - 1);
+        o.padding[k] = total / 2;
+        extra[k] = total - 2 * o.padding[k];
+    }
+    o.padding_same = false;
+    tmps s = {0};
+    const nb_tensor *xp = x;
+    for (int k = 0; k < 2 && xp; k++) {
+        if (!extra[k])
+            continue;
+        int32_t dim = xp->ndim - 2 + k;
+        nb_shape zs = shape_of(xp);
+        zs.dims[dim] = extra[k];
+        nb_tensor *z = tk(&s, nb_zeros(zs, opts_of(xp)));
+        nb_tensor *parts[2] = {(nb_tensor *)xp, z};
+        xp = z ? tk(&s, nb_cat(parts, 2, dim)) : NULL;
+    }
+    nb_tensor *out = xp ? conv2d_impl(xp, w, b, o) : NULL;
+    tfree(&s);
+    return out;
+}
+
+static nb_tensor *conv2d_impl(const nb_tensor *x, const nb_tensor *w, const nb_tensor *b,
                               nb_conv2d_opts o)
 {
     const char *op = "conv2d";
@@ -494,6 +535,8 @@ static nb_tensor *conv2d_impl(const nb_tensor *x, const nb_tensor *w, const nb_t
                   "in_channels/groups, kh, kw), got %s", NBI_SHAPE_STR(w));
         return NULL;
     }
+    if (o.padding_same)
+        return conv2d_same(x, w, b, o);
     int64_t iv[7];
     for (int k = 0; k < 2; k++) {
         if (o.stride[k] < 0 || o.padding[k] < 0 || o.dilation[k] < 0) {
@@ -585,17 +628,66 @@ static bool pool_geom(const char *op, const nb_tensor *x, bool unbatched, nb_poo
                 .w = x->shape[d + 2], .kh = o.kernel[0], .kw = o.kernel[1],
                 .sh = o.stride[0] ? o.stride[0] : o.kernel[0],
                 .sw = o.stride[1] ? o.stride[1] : o.kernel[1], .ph = o.padding[0],
-                .pw = o.padding[1], .dh = 1, .dw = 1};
-    if (g->kh > g->h + 2 * g->ph || g->kw > g->w + 2 * g->pw) {
+                .pw = o.padding[1], .dh = o.dilation[0] ? o.dilation[0] : 1,
+                .dw = o.dilation[1] ? o.dilation[1] : 1};
+    if (g->dh < 0 || g->dw < 0 || (strcmp(op, "max_pool2d") && (g->dh != 1 || g->dw != 1))) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: dilation [%lld, %lld] must be positive (0 means 1), "
+                  "and only max_pool2d takes one", op, (long long)o.dilation[0],
+                  (long long)o.dilation[1]);
+        return false;
+    }
+    /* the effective kernel of a dilated window */
+    int64_t ekh = g->dh * (g->kh - 1) + 1, ekw = g->dw * (g->kw - 1) + 1;
+    if (ekh > g->h + 2 * g->ph || ekw > g->w + 2 * g->pw) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: kernel %lldx%lld is larger than the padded input "
                   "%lldx%lld (input %s)", op, (long long)g->kh, (long long)g->kw,
                   (long long)(g->h + 2 * g->ph), (long long)(g->w + 2 * g->pw),
                   NBI_SHAPE_STR(x));
         return false;
     }
-    g->oh = (g->h + 2 * g->ph - g->kh) / g->sh + 1;
-    g->ow = (g->w + 2 * g->pw - g->kw) / g->sw + 1;
+    g->oh = (g->h + 2 * g->ph - ekh + (o.ceil_mode ? g->sh - 1 : 0)) / g->sh + 1;
+    g->ow = (g->w + 2 * g->pw - ekw + (o.ceil_mode ? g->sw - 1 : 0)) / g->sw + 1;
+    /* ceil_mode: the last window must start inside the input or the left padding */
+    if (o.ceil_mode && (g->oh - 1) * g->sh >= g->h + g->ph)
+        g->oh--;
+    if (o.ceil_mode && (g->ow - 1) * g->sw >= g->w + g->pw)
+        g->ow--;
     return true;
+}
+
+/* c->i[14]: the tier-2 kernels (no dilation, floor-mode sizes, count_include_pad) can run;
+ * c->i[15]: count_include_pad=False. */
+#define POOL_PLAIN(c) ((c)->i[14] != 0)
+#define POOL_EXCLUDE(c) ((c)->i[15] != 0)
+
+/* (1, 1, 1, L): 1 / the divisor of each window, PyTorch's: the window clipped to the padded
+ * input, or to the input itself with count_include_pad=False. */
+static nb_tensor *avg_inv_divisor(const nb_tensor *like, const geom *g, bool exclude)
+{
+    int64_t L = geom_l(g);
+    double *d = nbi_malloc((size_t)(L ? L : 1) * sizeof *d);
+    if (!d) {
+        nbi_error(NB_OUT_OF_MEMORY, "avg_pool2d: out of host memory");
+        return NULL;
+    }
+    for (int64_t oh = 0; oh < g->oh; oh++)
+        for (int64_t ow = 0; ow < g->ow; ow++) {
+            int64_t hs = oh * g->sh - g->ph, ws = ow * g->sw - g->pw;
+            int64_t he = hs + g->kh < g->h + g->ph ? hs + g->kh : g->h + g->ph;
+            int64_t we = ws + g->kw < g->w + g->pw ? ws + g->kw : g->w + g->pw;
+            int64_t n = (he - hs) * (we - ws);
+            if (exclude) {
+                hs = hs < 0 ? 0 : hs, ws = ws < 0 ? 0 : ws;
+                he = he > g->h ? g->h : he, we = we > g->w ? g->w : we;
+                n = (he - hs) * (we - ws);
+            }
+            d[oh * g->ow + ow] = n > 0 ? 1.0 / (double)n : 0.0;
+        }
+    nb_tensor *f = nb_from_data(d, NB_SHAPE(1, 1, 1, L), (nb_opts){NB_DTYPE_F64, DEVNAME(like)});
+    nbi_free(d);
+    nb_tensor *r = f ? nb_to_dtype(f, like->dtype) : NULL;
+    nb_release(f);
+    return r;
 }
 
 /* ctx->i holds the geom; the pooling kernels take kernel, stride and padding from it. */
@@ -611,7 +703,7 @@ static void pool_ints(const geom *g, int64_t iv[6])
     iv[0] = g->kh, iv[1] = g->kw, iv[2] = g->sh, iv[3] = g->sw, iv[4] = g->ph, iv[5] = g->pw;
 }
 
-_Static_assert(sizeof(geom) <= sizeof(((fctx *)0)->i), "geom must fit in fctx.i");
+_Static_assert(sizeof(geom) <= 14 * sizeof(int64_t), "geom must fit in fctx.i[0..13]");
 
 /* saved: 0 = argmax indices (N, C, OH, OW), flat h * W + w as in PyTorch */
 static nb_tensor *max_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
@@ -625,7 +717,7 @@ static nb_tensor *max_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
     if (numel_of(x) == 0) {
         out = nb_empty(os, opts_of(x));
         idx = nb_empty(os, (nb_opts){NB_DTYPE_I64, DEVNAME(x)});
-    } else if (nbi_has_kernel(x, "max_pool2d")) {
+    } else if (POOL_PLAIN(c) && nbi_has_kernel(x, "max_pool2d")) {
         int64_t iv[6];
         pool_ints(&g, iv);
         nb_tensor *xc = tk(&s, nb_contiguous(x));
@@ -680,7 +772,7 @@ static nb_status max_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
         return NB_OK;
     if (numel_of(g) == 0) {
         gi[0] = nb_zeros(xs, opts_of(g));
-    } else if (bw_fast(g, "max_pool2d_backward")) {
+    } else if (POOL_PLAIN(c) && bw_fast(g, "max_pool2d_backward")) {
         int64_t iv[6];
         pool_ints(&geo, iv);
         nb_tensor *gc = tk(&s, nb_contiguous(g));
@@ -723,7 +815,7 @@ static nb_tensor *avg_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
     tmps s = {0};
     if (numel_of(x) == 0) {
         out = nb_zeros(os, opts_of(x));
-    } else if (nbi_has_kernel(x, "conv2d")) {
+    } else if (POOL_PLAIN(c) && nbi_has_kernel(x, "conv2d")) {
         int64_t iv[7] = {g.sh, g.sw, g.ph, g.pw, 1, 1, 1};
         nb_tensor *xr = tk(&s, nb_reshape(x, NB_SHAPE(g.n * g.c, 1, g.h, g.w)));
         nb_tensor *xc = tk(&s, nb_contiguous(xr));
@@ -736,8 +828,10 @@ static nb_tensor *avg_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
         nb_tensor *table = tk(&s, window_table(x, &g));
         nb_tensor *win = table ? tk(&s, gather_windows(x, table, &g, g.c, 0.0)) : NULL;
         nb_tensor *w4 = tk(&s, nb_view(win, NB_SHAPE(g.n, g.c, geom_k(&g), geom_l(&g))));
-        nb_tensor *sum = tk(&s, nb_sum(w4, (int32_t[]){2}, 1, false));
-        nb_tensor *avg = tk(&s, nb_mul_scalar(sum, 1.0 / (double)geom_k(&g)));
+        nb_tensor *sum = tk(&s, nb_sum(w4, (int32_t[]){2}, 1, true));
+        nb_tensor *inv = POOL_PLAIN(c) ? NULL : tk(&s, avg_inv_divisor(x, &g, POOL_EXCLUDE(c)));
+        nb_tensor *avg = POOL_PLAIN(c) ? tk(&s, nb_mul_scalar(sum, 1.0 / (double)geom_k(&g)))
+                                       : inv && sum ? tk(&s, nb_mul(sum, inv)) : NULL;
         out = avg ? nb_reshape(avg, os) : NULL;
     }
     tfree(&s);
@@ -755,7 +849,7 @@ static nb_status avg_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
     int64_t K = geom_k(&geo), L = geom_l(&geo);
     if (numel_of(g) == 0) {
         gi[0] = nb_zeros(xs, opts_of(g));
-    } else if (bw_fast(g, "conv2d_backward_input")) {
+    } else if (POOL_PLAIN(c) && bw_fast(g, "conv2d_backward_input")) {
         int64_t iv[7] = {geo.sh, geo.sw, geo.ph, geo.pw, 1, 1, 1};
         nb_tensor *gr = tk(&s, nb_reshape(g, NB_SHAPE(geo.n * geo.c, 1, geo.oh, geo.ow)));
         nb_tensor *gc = tk(&s, nb_contiguous(gr));
@@ -770,7 +864,9 @@ static nb_status avg_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
         /* every window position receives g / K */
         nb_tensor *table = tk(&s, window_table(g, &geo));
         nb_tensor *g4 = tk(&s, nb_reshape(g, NB_SHAPE(geo.n, geo.c, 1, L)));
-        nb_tensor *gs = tk(&s, nb_mul_scalar(g4, 1.0 / (double)K));
+        nb_tensor *inv = POOL_PLAIN(c) ? NULL : tk(&s, avg_inv_divisor(g, &geo, POOL_EXCLUDE(c)));
+        nb_tensor *gs = POOL_PLAIN(c) ? tk(&s, nb_mul_scalar(g4, 1.0 / (double)K))
+                                      : inv && g4 ? tk(&s, nb_mul(g4, inv)) : NULL;
         nb_tensor *ge = tk(&s, nb_expand(gs, NB_SHAPE(geo.n, geo.c, K, L)));
         nb_tensor *g3 = tk(&s, nb_reshape(ge, NB_SHAPE(geo.n, geo.c, K * L)));
         gi[0] = table && g3 ? scatter_windows(g3, table, &geo, geo.c) : NULL;
@@ -792,8 +888,13 @@ static nb_tensor *pool_impl(const char *op, const nb_function *fn, const nb_tens
         return NULL;
     nb_tensor *xb = unbatched ? nb_unsqueeze(x, 0) : nb_retain((nb_tensor *)x);
     fctx *c = xb ? fctx_new(op) : NULL;
-    if (c)
+    if (c) {
         pool_store(c, &g);
+        bool floor_size = g.oh == (g.h + 2 * g.ph - g.kh) / g.sh + 1 &&
+                          g.ow == (g.w + 2 * g.pw - g.kw) / g.sw + 1;
+        c->i[14] = g.dh == 1 && g.dw == 1 && floor_size && !o.exclude_padding;
+        c->i[15] = o.exclude_padding;
+    }
     nb_tensor *out = c ? apply(fn, c, &xb, 1) : NULL;
     nb_release(xb);
     if (out && unbatched) {

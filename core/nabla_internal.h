@@ -26,6 +26,17 @@ bool nbi_has_kernel(const nb_tensor *like, const char *op);
 nb_status nbi_run(const char *op, nb_tensor *out, nb_tensor *const *in, int32_t n_in,
                   const double *f, int32_t nf, const int64_t *i, int32_t ni);
 
+/* nn.c: modules defined by the files under core/nn/: a forward, an extra_repr (PyTorch's) and a
+ * configuration the module owns (copied at creation, freed with it). */
+typedef struct nbi_module_kind {
+    const char *type_name;
+    nb_tensor *(*forward)(nb_module *m, const nb_tensor *x, const void *cfg);
+    void (*extra_repr)(const void *cfg, char *buf, size_t len); /* (optional) */
+} nbi_module_kind;
+nb_module *nbi_module_new_kind(const nbi_module_kind *kind, const void *cfg, size_t cfg_size);
+nb_tensor *nbi_module_own(const nb_module *m, const char *name); /* own parameter or buffer */
+void nbi_py_float_repr(double v, char *out, size_t len); /* Python's repr() of a float */
+
 /* ---- Core-private from here on ---- */
 
 #define NBI_LIKELY(x) __builtin_expect(!!(x), 1)
@@ -96,7 +107,8 @@ void nbi_sbuf_printf(nbi_sbuf *b, const char *fmt, ...) __attribute__((format(pr
     X(scatter_add) X(random_uniform) X(random_normal)                                      \
     X(relu_backward) X(softmax) X(log_softmax) X(log_softmax_backward) X(softmax_backward) \
     X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
-    X(max_pool2d_backward) X(sgd_step) X(adam_step)
+    X(max_pool2d_backward) X(sgd_step) X(adam_step)                                       \
+    X(attention) X(layer_norm) /* core/nn/attention.c, core/nn/normalization.c */
 
 typedef enum nbi_op {
 #define NBI_OP_ENUM_(name) NBI_OP_##name,

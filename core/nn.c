@@ -22,6 +22,7 @@ typedef enum nn_kind {
     NN_BATCHNORM1D,
     NN_BATCHNORM2D,
     NN_SEQUENTIAL,
+    NN_EXT, /* defined under core/nn/ (nbi_module_kind) */
 } nn_kind;
 
 typedef struct nn_entry {
@@ -57,6 +58,9 @@ struct nb_module {
     int32_t n_buffers, cap_buffers;
     bool flat_ok;
     nn_flat flat_params, flat_state;
+    const nbi_module_kind *ext; /* NN_EXT */
+    void *ext_cfg;              /* owned */
+    struct nn_hook *hooks;      /* forward pre and post hooks, in registration order */
     union {
         struct {
             int64_t in, out;
@@ -110,6 +114,9 @@ static const char *shape_str(const nb_tensor *t, char *buf, size_t len)
 /* Python's repr() of a float: the shortest digits that read back the same, fixed notation for
  * exponents in [-4, 16), scientific otherwise, and always a '.' or an exponent ("0.5", "1e-05",
  * "0.1", "100000.0"). Module reprs print eps, momentum and p this way. */
+static void py_float_repr(double v, char *out, size_t len);
+void nbi_py_float_repr(double v, char *out, size_t len) { py_float_repr(v, out, len); }
+
 static void py_float_repr(double v, char *out, size_t len)
 {
     if (isnan(v)) {
@@ -229,6 +236,8 @@ nb_module *nb_module_new(const char *type_name, nb_forward_fn forward, void *use
     return m;
 }
 
+static void hooks_free(nb_module *m);
+
 void nb_module_free(nb_module *m)
 {
     if (!m)
@@ -254,6 +263,8 @@ void nb_module_free(nb_module *m)
     }
     flat_clear(&m->flat_params);
     flat_clear(&m->flat_state);
+    hooks_free(m);
+    nbi_free(m->ext_cfg);
     nbi_free(m->children);
     nbi_free(m->params);
     nbi_free(m->buffers);
@@ -679,7 +690,9 @@ static void extra_repr(const nb_module *m, char *buf, size_t len)
                                     (long long)m->cfg.conv.out, (long long)m->cfg.conv.kh,
                                     (long long)m->cfg.conv.kw, (long long)o->stride[0],
                                     (long long)o->stride[1]);
-        if (k < len && (o->padding[0] || o->padding[1]))
+        if (k < len && o->padding_same)
+            k += (size_t)snprintf(buf + k, len - k, ", padding=same");
+        else if (k < len && (o->padding[0] || o->padding[1]))
             k += (size_t)snprintf(buf + k, len - k, ", padding=(%lld, %lld)",
                                   (long long)o->padding[0], (long long)o->padding[1]);
         if (k < len && (o->dilation[0] != 1 || o->dilation[1] != 1))
@@ -695,8 +708,14 @@ static void extra_repr(const nb_module *m, char *buf, size_t len)
         fmt_pair(a, sizeof a, m->cfg.pool.kernel, false);
         fmt_pair(b, sizeof b, m->cfg.pool.stride, false);
         fmt_pair(c, sizeof c, m->cfg.pool.padding, false);
-        snprintf(buf, len, "kernel_size=%s, stride=%s, padding=%s, dilation=1, ceil_mode=False",
-                 a, b, c);
+        {
+            int64_t dl[2] = {m->cfg.pool.dilation[0] ? m->cfg.pool.dilation[0] : 1,
+                             m->cfg.pool.dilation[1] ? m->cfg.pool.dilation[1] : 1};
+            char d[48];
+            fmt_pair(d, sizeof d, dl, false);
+            snprintf(buf, len, "kernel_size=%s, stride=%s, padding=%s, dilation=%s, "
+                     "ceil_mode=%s", a, b, c, d, m->cfg.pool.ceil_mode ? "True" : "False");
+        }
         break;
     case NN_FLATTEN:
         snprintf(buf, len, "start_dim=%d, end_dim=%d", m->cfg.flatten.start, m->cfg.flatten.end);
@@ -711,6 +730,10 @@ static void extra_repr(const nb_module *m, char *buf, size_t len)
         py_float_repr(m->cfg.bn.momentum, b, sizeof b);
         snprintf(buf, len, "%lld, eps=%s, momentum=%s, affine=True, track_running_stats=True",
                  (long long)m->cfg.bn.features, a, b);
+        break;
+    case NN_EXT:
+        if (m->ext->extra_repr)
+            m->ext->extra_repr(m->ext_cfg, buf, len);
         break;
     default:
         break;
@@ -771,6 +794,7 @@ char *nb_module_str(const nb_module *m)
 /* ============================== forward ============================== */
 
 static nb_tensor *forward_of(nb_module *m, const nb_tensor *x);
+static nb_tensor *module_call(nb_module *m, const nb_tensor *x);
 
 static bool check_input(const nb_module *m, const nb_tensor *x)
 {
@@ -889,7 +913,7 @@ static nb_tensor *sequential_forward(nb_module *m, const nb_tensor *x)
 {
     nb_tensor *h = nb_retain((nb_tensor *)x);
     for (int32_t i = 0; i < m->n_children && h; i++) {
-        nb_tensor *next = forward_of(m->children[i].m, h);
+        nb_tensor *next = module_call(m->children[i].m, h);
         nb_release(h);
         h = next;
     }
@@ -932,10 +956,13 @@ static nb_tensor *forward_of(nb_module *m, const nb_tensor *x)
     case NN_BATCHNORM1D:
     case NN_BATCHNORM2D: return bn_forward(m, x);
     case NN_SEQUENTIAL: return sequential_forward(m, x);
+    case NN_EXT: return m->ext->forward(m, x, m->ext_cfg);
     }
     nbi_error(NB_STATE, "nb_module_forward: unknown module kind");
     return NULL;
 }
+
+static nb_tensor *hooked_forward(nb_module *m, const nb_tensor *x);
 
 nb_tensor *nb_module_forward(nb_module *m, const nb_tensor *x)
 {
@@ -943,7 +970,7 @@ nb_tensor *nb_module_forward(nb_module *m, const nb_tensor *x)
         nbi_last_or(NB_NULL_ARGUMENT, "nb_module_forward: module is NULL");
         return NULL;
     }
-    return forward_of(m, x);
+    return module_call(m, x);
 }
 
 /* ============================== built-in layers ============================== */
@@ -1233,4 +1260,213 @@ nb_module *nb_sequential_new(nb_module *const *children, int32_t n)
         }
     }
     return m;
+}
+
+/* ====================== hooks, apply, named modules, kinds ====================== */
+
+typedef struct nn_hook {
+    struct nn_hook *next;
+    int64_t id;
+    nb_forward_pre_hook_fn pre; /* one of pre and post is set */
+    nb_forward_hook_fn post;
+    void *ctx;
+} nn_hook;
+
+static int64_t next_hook_id = 1;
+
+static void hooks_free(nb_module *m)
+{
+    for (nn_hook *h = m->hooks, *n; h; h = n) {
+        n = h->next;
+        nbi_free(h);
+    }
+    m->hooks = NULL;
+}
+
+static int64_t add_hook(nb_module *m, const char *what, nb_forward_pre_hook_fn pre,
+                        nb_forward_hook_fn post, void *ctx)
+{
+    if (!m || (!pre && !post)) {
+        nbi_error(NB_NULL_ARGUMENT, "%s: %s is NULL", what, m ? "hook" : "module");
+        return -1;
+    }
+    nn_hook *h = nbi_calloc(1, sizeof *h);
+    if (!h) {
+        oom(what);
+        return -1;
+    }
+    *h = (nn_hook){NULL, next_hook_id++, pre, post, ctx};
+    nn_hook **tail = &m->hooks;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = h;
+    return h->id;
+}
+
+int64_t nb_module_register_forward_pre_hook(nb_module *m, nb_forward_pre_hook_fn fn, void *ctx)
+{
+    return add_hook(m, "nb_module_register_forward_pre_hook", fn, NULL, ctx);
+}
+
+int64_t nb_module_register_forward_hook(nb_module *m, nb_forward_hook_fn fn, void *ctx)
+{
+    return add_hook(m, "nb_module_register_forward_hook", NULL, fn, ctx);
+}
+
+nb_status nb_module_remove_hook(nb_module *m, int64_t handle)
+{
+    if (!m)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_module_remove_hook: module is NULL");
+    for (nn_hook **p = &m->hooks; *p; p = &(*p)->next)
+        if ((*p)->id == handle) {
+            nn_hook *h = *p;
+            *p = h->next;
+            nbi_free(h);
+            return NB_OK;
+        }
+    return nbi_error(NB_INVALID_ARGUMENT, "nb_module_remove_hook: %s has no hook with handle "
+                     "%lld", m->type_name, (long long)handle);
+}
+
+/* A hook is application code, called like a forward function (see user_forward): what it
+ * returns replaces the input or output; NULL keeps it. */
+static nb_tensor *hooked_forward(nb_module *m, const nb_tensor *x)
+{
+    nb_tensor *in = nb_retain((nb_tensor *)x);
+    for (nn_hook *h = m->hooks; h && in; h = h->next) {
+        if (!h->pre)
+            continue;
+        nbi_user_call saved = nbi_call_user_begin();
+        nb_tensor *r = h->pre(m, in, h->ctx);
+        nbi_call_user_end(saved);
+        if (r) {
+            nbi_scope_untrack(r);
+            nb_release(in);
+            in = r;
+        }
+    }
+    nb_tensor *out = in ? forward_of(m, in) : NULL;
+    for (nn_hook *h = m->hooks; h && out; h = h->next) {
+        if (!h->post)
+            continue;
+        nbi_user_call saved = nbi_call_user_begin();
+        nb_tensor *r = h->post(m, in, out, h->ctx);
+        nbi_call_user_end(saved);
+        if (r) {
+            nbi_scope_untrack(r);
+            nb_release(out);
+            out = r;
+        }
+    }
+    nb_release(in);
+    return out;
+}
+
+static nb_tensor *module_call(nb_module *m, const nb_tensor *x)
+{
+    return m->hooks ? hooked_forward(m, x) : forward_of(m, x);
+}
+
+/* Module.apply: children first, then the module itself; stops at the first error. */
+nb_status nb_module_apply(nb_module *m, nb_module_apply_fn fn, void *ctx)
+{
+    if (!m || !fn)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_module_apply: %s is NULL", m ? "fn" : "module");
+    for (int32_t i = 0; i < m->n_children; i++) {
+        nb_status st = nb_module_apply(m->children[i].m, fn, ctx);
+        if (st != NB_OK)
+            return st;
+    }
+    nbi_user_call saved = nbi_call_user_begin();
+    nb_status st = fn(m, ctx);
+    nbi_call_user_end(saved);
+    return st;
+}
+
+const char *nb_module_type(const nb_module *m) { return m ? m->type_name : NULL; }
+
+static int32_t count_modules(const nb_module *m)
+{
+    int32_t n = 1;
+    for (int32_t i = 0; i < m->n_children; i++)
+        n += count_modules(m->children[i].m);
+    return n;
+}
+
+int32_t nb_module_named_count(const nb_module *m)
+{
+    if (!m) {
+        nbi_error(NB_NULL_ARGUMENT, "nb_module_named_count: module is NULL");
+        return -1;
+    }
+    return count_modules(m);
+}
+
+/* The k-th module in named_modules() order (pre-order, the root first as ""), its dotted name
+ * appended to buf at *used. */
+static const nb_module *find_named(const nb_module *m, int32_t *k, char *buf, size_t len,
+                                   size_t used)
+{
+    if ((*k)-- == 0) {
+        if (used < len)
+            buf[used] = '\0';
+        return m;
+    }
+    for (int32_t i = 0; i < m->n_children; i++) {
+        size_t u = used;
+        if (u && u < len)
+            buf[u++] = '.';
+        int w = u < len ? snprintf(buf + u, len - u, "%s", m->children[i].name) : 0;
+        const nb_module *r = find_named(m->children[i].m, k, buf, len, u + (size_t)w);
+        if (r)
+            return r;
+    }
+    return NULL;
+}
+
+nb_module *nb_module_named(const nb_module *m, int32_t i, char *name, size_t len)
+{
+    if (!m || !name || len == 0) {
+        nbi_error(NB_NULL_ARGUMENT, "nb_module_named: %s is %s", m ? "name buffer" : "module",
+                  m && name ? "empty" : "NULL");
+        return NULL;
+    }
+    int32_t n = count_modules(m);
+    if (i < 0 || i >= n) {
+        nbi_error(NB_INDEX_OUT_OF_RANGE, "nb_module_named: index %d out of range: %s has %d "
+                  "modules (itself included)", i, m->type_name, n);
+        return NULL;
+    }
+    name[0] = '\0';
+    int32_t k = i;
+    return (nb_module *)find_named(m, &k, name, len, 0);
+}
+
+nb_module *nbi_module_new_kind(const nbi_module_kind *kind, const void *cfg, size_t cfg_size)
+{
+    nb_module *m = module_alloc(kind->type_name, NN_EXT);
+    if (!m)
+        return NULL;
+    m->ext = kind;
+    if (cfg_size) {
+        m->ext_cfg = nbi_malloc(cfg_size);
+        if (!m->ext_cfg) {
+            nb_module_free(m);
+            oom(kind->type_name);
+            return NULL;
+        }
+        memcpy(m->ext_cfg, cfg, cfg_size);
+    }
+    return m;
+}
+
+nb_tensor *nbi_module_own(const nb_module *m, const char *name)
+{
+    for (int32_t i = 0; i < m->n_params; i++)
+        if (strcmp(m->params[i].name, name) == 0)
+            return m->params[i].t;
+    for (int32_t i = 0; i < m->n_buffers; i++)
+        if (strcmp(m->buffers[i].name, name) == 0)
+            return m->buffers[i].t;
+    return NULL;
 }

@@ -586,3 +586,157 @@ void nb_lr_scheduler_free(nb_lr_scheduler *s)
         }
     nbi_free(s);
 }
+
+/* ============================== state save and restore ==============================
+ * The per-parameter state as named tensors, torch.optim's state_dict() flattened:
+ * "state.<i>.<buffer>" (momentum_buffer, exp_avg, exp_avg_sq, square_avg), "state.<i>.step"
+ * (float64 0-d, as PyTorch keeps it) and "param_groups.0.lr", so that a resumed run continues
+ * the moments and bias corrections exactly. */
+
+static const char *state_name(const nb_optim *o, int which)
+{
+    switch (o->kind) {
+    case OPT_SGD: return which == 0 ? "momentum_buffer" : NULL;
+    case OPT_ADAM:
+    case OPT_ADAMW: return which == 0 ? "exp_avg" : "exp_avg_sq";
+    case OPT_RMSPROP: return which == 0 ? "square_avg" : "momentum_buffer";
+    }
+    return NULL;
+}
+
+static nb_status optim_save_impl(const nb_optim *o, const char *path)
+{
+    int32_t cap = 3 * o->n + 1, n = 0;
+    nb_tensor **ts = nbi_calloc((size_t)cap, sizeof *ts);
+    char **names = nbi_calloc((size_t)cap, sizeof *names);
+    nb_status st = ts && names ? NB_OK : nbi_error(NB_OUT_OF_MEMORY, "nb_optim_save: out of "
+                                                   "host memory");
+    for (int32_t i = 0; i < o->n && st == NB_OK; i++) {
+        if (o->steps[i] == 0)
+            continue;
+        nb_tensor *bufs[3] = {o->s1[i], o->s2[i], NULL};
+        const char *bn[3] = {state_name(o, 0), state_name(o, 1), "step"};
+        for (int k = 0; k < 3 && st == NB_OK; k++) {
+            nb_tensor *t = k == 2 ? nb_scalar((double)o->steps[i], (nb_opts){NB_DTYPE_F64, "cpu"})
+                                  : (bufs[k] ? nb_retain(bufs[k]) : NULL);
+            if (k == 2 && !t)
+                st = nb_last_status();
+            if (!t)
+                continue;
+            char buf[96];
+            snprintf(buf, sizeof buf, "state.%d.%s", i, bn[k]);
+            ts[n] = t;
+            names[n] = nbi_strdup(buf);
+            if (!names[n++])
+                st = nbi_error(NB_OUT_OF_MEMORY, "nb_optim_save: out of host memory");
+        }
+    }
+    if (st == NB_OK) {
+        ts[n] = nb_scalar(o->lr, (nb_opts){NB_DTYPE_F64, "cpu"});
+        names[n] = nbi_strdup("param_groups.0.lr");
+        st = ts[n] && names[n] ? NB_OK : nbi_last_or(NB_OUT_OF_MEMORY, "nb_optim_save failed");
+        n++;
+    }
+    if (st == NB_OK)
+        st = nb_safetensors_save(path, ts, (const char *const *)names, n);
+    for (int32_t k = 0; k < cap && ts && names; k++) {
+        nb_release(ts[k]);
+        nbi_free(names[k]);
+    }
+    nbi_free(ts);
+    nbi_free(names);
+    return st;
+}
+
+nb_status nb_optim_save(const nb_optim *o, const char *path)
+{
+    if (!o || !path)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_optim_save: %s is NULL", o ? "path" : "optimizer");
+    return NBI_API_STATUS(optim_save_impl(o, path));
+}
+
+/* Everything is checked (names, parameter indices, shapes) before the state is replaced. */
+static nb_status optim_load_impl(nb_optim *o, const char *path)
+{
+    const char *what = "nb_optim_load";
+    nb_tensor **ts;
+    char **names;
+    int32_t n;
+    nb_status st = nb_safetensors_load(path, "cpu", &ts, &names, &n);
+    if (st != NB_OK)
+        return st;
+    int32_t *pi = nbi_calloc((size_t)(n ? n : 1), sizeof *pi);
+    int *slot = nbi_calloc((size_t)(n ? n : 1), sizeof *slot); /* 0, 1: buffers; 2 step; 3 lr */
+    if (!pi || !slot)
+        st = nbi_error(NB_OUT_OF_MEMORY, "%s: out of host memory", what);
+    for (int32_t k = 0; k < n && st == NB_OK; k++) {
+        if (strcmp(names[k], "param_groups.0.lr") == 0) {
+            slot[k] = 3;
+            continue;
+        }
+        int idx = -1, used = 0;
+        char rest[64] = "";
+        if (sscanf(names[k], "state.%d.%63s%n", &idx, rest, &used) != 2 || idx < 0 ||
+            idx >= o->n) {
+            st = nbi_error(NB_FORMAT, "%s: '%s' has tensor '%s'; expected state.<i>.<name> with "
+                           "i below %d, or param_groups.0.lr", what, path, names[k], o->n);
+            break;
+        }
+        pi[k] = idx;
+        slot[k] = strcmp(rest, "step") == 0 ? 2
+                  : state_name(o, 0) && strcmp(rest, state_name(o, 0)) == 0 ? 0
+                  : state_name(o, 1) && strcmp(rest, state_name(o, 1)) == 0 ? 1 : -1;
+        if (slot[k] < 0) {
+            st = nbi_error(NB_FORMAT, "%s: '%s' has '%s', which a %s optimizer does not keep",
+                           what, path, names[k], optim_names[o->kind]);
+            break;
+        }
+        if (slot[k] < 2) {
+            nb_shape a = nb_tensor_shape(ts[k]), b = nb_tensor_shape(o->params[idx]);
+            if (a.ndim != b.ndim || memcmp(a.dims, b.dims, (size_t)a.ndim * sizeof *a.dims))
+                st = nbi_error(NB_SHAPE_MISMATCH, "%s: '%s': %s does not have the shape of "
+                               "parameter %d", what, path, names[k], idx);
+        } else if (nb_tensor_numel(ts[k]) != 1) {
+            st = nbi_error(NB_FORMAT, "%s: '%s': %s must hold one number", what, path, names[k]);
+        }
+    }
+    if (st == NB_OK) {
+        /* the old state goes; parameters the checkpoint does not name start fresh */
+        for (int32_t i = 0; i < o->n; i++) {
+            nb_release(o->s1[i]);
+            nb_release(o->s2[i]);
+            o->s1[i] = o->s2[i] = NULL;
+            o->steps[i] = 0;
+        }
+        for (int32_t k = 0; k < n && st == NB_OK; k++) {
+            double v = 0;
+            if (slot[k] >= 2) {
+                st = nb_item(ts[k], &v);
+                if (st == NB_OK && slot[k] == 2)
+                    o->steps[pi[k]] = (int64_t)v;
+                else if (st == NB_OK)
+                    o->lr = v;
+                continue;
+            }
+            nb_tensor *p = o->params[pi[k]];
+            nb_tensor *dst = nb_zeros_like(p);
+            st = dst ? nb_tensor_copy_(dst, ts[k]) : nb_last_status();
+            nb_tensor **into = slot[k] == 0 ? &o->s1[pi[k]] : &o->s2[pi[k]];
+            nb_release(*into);
+            *into = st == NB_OK ? dst : NULL;
+            if (st != NB_OK)
+                nb_release(dst);
+        }
+    }
+    nbi_free(pi);
+    nbi_free(slot);
+    nb_safetensors_free(ts, names, n);
+    return st;
+}
+
+nb_status nb_optim_load(nb_optim *o, const char *path)
+{
+    if (!o || !path)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_optim_load: %s is NULL", o ? "path" : "optimizer");
+    return NBI_API_STATUS(optim_load_impl(o, path));
+}

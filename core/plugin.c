@@ -180,8 +180,12 @@ int nbi_core_plugin_dirs(char dirs[2][PATH_MAX])
     if (!slash)
         return 0;
     *slash = '\0';
-    if ((size_t)snprintf(dirs[1], PATH_MAX, "%s/%s", dirs[0], NB_PLUGIN_SUBDIR) >= PATH_MAX)
+    const size_t n = strlen(dirs[0]), sub = strlen(NB_PLUGIN_SUBDIR);
+    if (n + 1 + sub >= PATH_MAX)
         return 1;
+    memcpy(dirs[1], dirs[0], n);
+    dirs[1][n] = '/';
+    memcpy(dirs[1] + n + 1, NB_PLUGIN_SUBDIR, sub + 1);
     return 2;
 }
 

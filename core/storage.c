@@ -19,6 +19,25 @@ static size_t size_class(size_t bytes, int *cls)
     return n * step;
 }
 
+/* Bytes of the storages alive now, on every device, and their peak since the last reset
+ * (torch.cuda.memory_allocated / max_memory_allocated); wrapped host memory is not counted. */
+static _Atomic int64_t live_bytes, peak_bytes;
+
+static void count_alloc(size_t bytes)
+{
+    int64_t now = atomic_fetch_add_explicit(&live_bytes, (int64_t)bytes, memory_order_relaxed) +
+                  (int64_t)bytes;
+    int64_t peak = atomic_load_explicit(&peak_bytes, memory_order_relaxed);
+    while (now > peak && !atomic_compare_exchange_weak_explicit(&peak_bytes, &peak, now,
+                                                                memory_order_relaxed,
+                                                                memory_order_relaxed))
+        ;
+}
+
+int64_t nb_memory_allocated(void) { return atomic_load(&live_bytes); }
+int64_t nb_memory_peak(void) { return atomic_load(&peak_bytes); }
+void nb_memory_reset_peak(void) { atomic_store(&peak_bytes, atomic_load(&live_bytes)); }
+
 /* A spinlock: the critical sections are a few pointer moves, on the dispatch fast path. */
 static atomic_flag cache_flag = ATOMIC_FLAG_INIT;
 
@@ -96,6 +115,7 @@ nbi_storage *nbi_storage_new(nbi_device *dev, size_t bytes)
     atomic_store_explicit(&s->refcount, 1, memory_order_relaxed);
     atomic_store_explicit(&s->version, 0, memory_order_relaxed);
     atomic_fetch_add_explicit(&nbi_live_storage_count, 1, memory_order_relaxed);
+    count_alloc(bytes);
     return s;
 }
 
@@ -136,6 +156,7 @@ void nbi_storage_release(nbi_storage *s)
         nbi_free(s);
         return;
     }
+    atomic_fetch_sub_explicit(&live_bytes, (int64_t)s->bytes, memory_order_relaxed);
     int cls;
     size_class(s->block, &cls);
     cache_lock();

@@ -45,8 +45,10 @@ static void usage(FILE *f)
             "  --limit N          train on the first N training images only\n"
             "  --test-limit N     evaluate on the first N test images only\n"
             "  --no-normalize     inputs in [0, 1] instead of (x - 0.2860) / 0.3530\n"
-            "  --save FILE        write the trained weights (safetensors)\n"
-            "  --load FILE        start from these weights (resume, or evaluate)\n"
+            "  --save FILE        write the trained weights (safetensors) and the optimizer's\n"
+            "                     state to FILE.optim\n"
+            "  --load FILE        start from these weights (resume, or evaluate); FILE.optim,\n"
+            "                     when there, restores the momentum buffers too\n"
             "  --eval-only        only evaluate (normally with --load)\n"
             "  --threads N        CPU threads (sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS)\n"
             "  --help\n");
@@ -464,6 +466,15 @@ int main(int argc, char **argv)
         goto out;
     }
     r.opt = nb_sgd_new_for(r.net, (nb_sgd_opts){.lr = cfg.lr, .momentum = cfg.momentum});
+    if (r.opt && cfg.load_path) {
+        /* resume continues the momentum exactly when the optimizer's state was saved too */
+        char optim_path[4096];
+        snprintf(optim_path, sizeof optim_path, "%s.optim", cfg.load_path);
+        if (access(optim_path, R_OK) == 0 && nb_optim_load(r.opt, optim_path) != NB_OK) {
+            die("loading the optimizer state '%s' failed: %s", optim_path, nb_last_error());
+            goto out;
+        }
+    }
     r.loss_acc = nb_zeros(NB_SHAPE_SCALAR, (nb_opts){.device = device});
     int64_t cap = cfg.batch_size > EVAL_BATCH ? cfg.batch_size : EVAL_BATCH;
     r.xbuf = malloc((size_t)cap * PIXELS * sizeof *r.xbuf);
@@ -506,7 +517,13 @@ int main(int argc, char **argv)
     if (cfg.save_path && r.rank == 0) { /* every rank holds the same weights */
         if (!save_checkpoint(r.net, cfg.save_path))
             goto out;
-        printf("saved %s\n", cfg.save_path);
+        char optim_path[4096];
+        snprintf(optim_path, sizeof optim_path, "%s.optim", cfg.save_path);
+        if (nb_optim_save(r.opt, optim_path) != NB_OK) {
+            die("saving the optimizer state to '%s' failed: %s", optim_path, nb_last_error());
+            goto out;
+        }
+        printf("saved %s (optimizer state: %s)\n", cfg.save_path, optim_path);
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);

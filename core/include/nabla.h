@@ -86,6 +86,12 @@ nb_status nb_shutdown(void);
 /* Objects alive now: tensors and storages (for tests and leak reports). */
 int64_t nb_live_tensors(void);
 int64_t nb_live_storages(void);
+/* Bytes held by the storages of live tensors (all devices; requested sizes, not the cached
+ * blocks), and the most there was since nb_memory_reset_peak(), as torch.cuda's
+ * memory_allocated() and max_memory_allocated(). */
+int64_t nb_memory_allocated(void);
+int64_t nb_memory_peak(void);
+void nb_memory_reset_peak(void);
 
 /* Host memory used for every core object; replaceable so tests can inject failures. */
 typedef struct nb_allocator {
@@ -401,19 +407,30 @@ nb_status nb_gradgradcheck(nb_gradcheck_fn fn, void *ctx, nb_tensor *const *inpu
 
 /* ================================== nn: functional ======================================== */
 
-typedef enum nb_reduction { NB_REDUCTION_MEAN = 0, NB_REDUCTION_SUM, NB_REDUCTION_NONE } nb_reduction;
+typedef enum nb_reduction {
+    NB_REDUCTION_MEAN = 0,
+    NB_REDUCTION_SUM,
+    NB_REDUCTION_NONE,
+    NB_REDUCTION_BATCHMEAN, /* kl_div only: sum / batch size */
+} nb_reduction;
 
 typedef struct nb_conv2d_opts {
     int64_t stride[2];   /* 0 means 1 */
     int64_t padding[2];
     int64_t dilation[2]; /* 0 means 1 */
     int64_t groups;      /* 0 means 1 */
+    bool padding_same;   /* padding="same" (stride 1): output size = input size; the odd extra
+                          * row/column of an even kernel goes at the bottom/right, as PyTorch */
 } nb_conv2d_opts;
 
 typedef struct nb_pool2d_opts {
     int64_t kernel[2];
     int64_t stride[2]; /* 0 means the kernel size */
     int64_t padding[2];
+    /* appended; zero is PyTorch's default */
+    int64_t dilation[2];  /* max_pool2d only; 0 means 1 */
+    bool ceil_mode;       /* ceil instead of floor for the output size */
+    bool exclude_padding; /* avg_pool2d: count_include_pad=False (divide by the real elements) */
 } nb_pool2d_opts;
 
 nb_tensor *nb_linear(const nb_tensor *x, const nb_tensor *w, const nb_tensor *b); /* b optional */
@@ -478,6 +495,160 @@ nb_module *nb_batch_norm1d_new(int64_t features, double eps, double momentum, nb
 nb_module *nb_batch_norm2d_new(int64_t features, double eps, double momentum, nb_opts opts);
 nb_module *nb_sequential_new(nb_module *const *children, int32_t n); /* takes ownership */
 
+/* ============================ nn: more functional (core/nn/) ============================== */
+/* Written as composites of the public ops above, so they run on every device and autograd,
+ * create_graph included, comes with them. */
+
+/* Activations (core/nn/activation.c), PyTorch's formulas and gradients. */
+nb_tensor *nb_leaky_relu(const nb_tensor *x, double negative_slope); /* PyTorch: 0.01 */
+nb_tensor *nb_elu(const nb_tensor *x, double alpha);                 /* PyTorch: 1.0 */
+nb_tensor *nb_silu(const nb_tensor *x);
+/* beta 0 means 1, threshold 0 means 20 (PyTorch's defaults). */
+nb_tensor *nb_softplus(const nb_tensor *x, double beta, double threshold);
+nb_tensor *nb_gelu_tanh(const nb_tensor *x); /* gelu(approximate="tanh") */
+nb_tensor *nb_hardtanh(const nb_tensor *x, double min_val, double max_val); /* PyTorch: -1, 1 */
+nb_tensor *nb_log_sigmoid(const nb_tensor *x);
+
+/* Normalisation (core/nn/normalization.c). normalized_shape is the last n dims of x; weight and
+ * bias (either may be NULL) have that shape. eps 0 means 1e-5. */
+nb_tensor *nb_layer_norm(const nb_tensor *x, const int64_t *normalized_shape, int32_t n,
+                         const nb_tensor *weight, const nb_tensor *bias, double eps);
+/* x (N, C, *); weight and bias (C) or NULL. */
+nb_tensor *nb_group_norm(const nb_tensor *x, int64_t num_groups, const nb_tensor *weight,
+                         const nb_tensor *bias, double eps);
+
+/* Embedding (core/nn/embedding.c): rows of weight (V, D) picked by integer indices of any shape;
+ * out is indices.shape + (D). Rows equal to padding_idx get no gradient (negative counts from
+ * the end; NB_NO_PADDING_IDX for none). Indices outside [0, V): NB_INDEX_OUT_OF_RANGE. */
+#define NB_NO_PADDING_IDX INT64_MIN
+nb_tensor *nb_embedding(const nb_tensor *indices, const nb_tensor *weight, int64_t padding_idx);
+
+/* Attention (core/nn/attention.c). q (..., L, E), k (..., S, E), v (..., S, Ev) -> (..., L, Ev).
+ * attn_mask (optional) broadcasts to (..., L, S): bool (true = may attend) or additive float.
+ * scale 0 means 1/sqrt(E). dropout applies to the attention weights. */
+typedef struct nb_sdpa_opts {
+    const nb_tensor *attn_mask;
+    double dropout_p;
+    bool is_causal;
+    double scale;
+} nb_sdpa_opts;
+nb_tensor *nb_scaled_dot_product_attention(const nb_tensor *q, const nb_tensor *k,
+                                           const nb_tensor *v, nb_sdpa_opts opts);
+
+/* Losses (core/nn/loss_extra.c). */
+nb_tensor *nb_smooth_l1_loss(const nb_tensor *input, const nb_tensor *target, nb_reduction r,
+                             double beta); /* PyTorch: beta 1.0; 0 is the L1 loss */
+nb_tensor *nb_huber_loss(const nb_tensor *input, const nb_tensor *target, nb_reduction r,
+                         double delta); /* PyTorch: delta 1.0 */
+/* input holds log-probabilities; target probabilities (log-probabilities with log_target).
+ * r may be NB_REDUCTION_BATCHMEAN (sum / batch size), the one that matches the maths. */
+nb_tensor *nb_kl_div(const nb_tensor *input, const nb_tensor *target, nb_reduction r,
+                     bool log_target);
+/* cross_entropy / nll_loss with PyTorch's options. input (N, C), (N, C, d1, ...) or (C);
+ * target int64 (N), (N, d1, ...) or 0-d. With mean reduction the loss is divided by the summed
+ * weight of the targets that count, so with every target ignored it is NaN, as in PyTorch. */
+typedef struct nb_class_loss_opts {
+    nb_reduction reduction;
+    const nb_tensor *weight;  /* (C) per-class weights, or NULL */
+    int64_t ignore_index;     /* used when ignore_index_set; otherwise PyTorch's -100 */
+    bool ignore_index_set;
+    double label_smoothing;   /* cross_entropy only, in [0, 1] */
+} nb_class_loss_opts;
+nb_tensor *nb_cross_entropy_ex(const nb_tensor *input, const nb_tensor *target,
+                               nb_class_loss_opts opts);
+nb_tensor *nb_nll_loss_ex(const nb_tensor *input, const nb_tensor *target,
+                          nb_class_loss_opts opts);
+/* weight (broadcast to input) and pos_weight (broadcast along the last dim) may be NULL. */
+nb_tensor *nb_binary_cross_entropy_with_logits_ex(const nb_tensor *input, const nb_tensor *target,
+                                                  const nb_tensor *weight,
+                                                  const nb_tensor *pos_weight, nb_reduction r);
+
+/* Pooling (core/nn/pooling.c): x (N, C, H, W) or (C, H, W) to (.., oh, ow), PyTorch's bins. */
+nb_tensor *nb_adaptive_avg_pool2d(const nb_tensor *x, int64_t oh, int64_t ow);
+
+/* Gradient tools (core/nn/clip_grad.c). Parameters without a gradient are skipped.
+ * clip_grad_norm_ scales every gradient by max_norm / (total + 1e-6) when the total norm (of
+ * all gradients together, norm_type 2 usually, INFINITY for the max) exceeds max_norm; the
+ * total before clipping goes to *total_norm (may be NULL). */
+nb_status nb_clip_grad_norm_(nb_tensor *const *params, int32_t n, double max_norm,
+                             double norm_type, double *total_norm);
+nb_status nb_clip_grad_value_(nb_tensor *const *params, int32_t n, double clip_value);
+
+/* ========================== more tensor ops (core/ops_extra.c, ops_sort.c) ================= */
+
+/* log(sum(exp(t))) over dims, computed without overflow. */
+nb_tensor *nb_logsumexp(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool keepdim);
+nb_tensor *nb_cumsum(const nb_tensor *t, int32_t dim);
+/* t where mask (bool, broadcast to t) is false, value where it is true. */
+nb_tensor *nb_masked_fill(const nb_tensor *t, const nb_tensor *mask, double value);
+/* The lower / upper triangle of the last two dims (diagonal 0 is the main one). */
+nb_tensor *nb_tril(const nb_tensor *t, int64_t diagonal);
+nb_tensor *nb_triu(const nb_tensor *t, int64_t diagonal);
+nb_tensor *nb_rpow_scalar(const nb_tensor *a, double s); /* s ** a */
+nb_tensor *nb_outer(const nb_tensor *a, const nb_tensor *b); /* (n) x (m) -> (n, m) */
+/* torch.einsum with two operands: "ij,jk->ik", "bhqd,bhkd->bhqk", "bi,bj->bij", "i,i->"...;
+ * an explicit "->" output, letters only, no repeated letter within one operand. */
+nb_tensor *nb_einsum(const char *equation, const nb_tensor *a, const nb_tensor *b);
+/* Values (differentiable) and int64 indices along dim; either output may be NULL. NaN sorts
+ * as the largest value, as in PyTorch; ties keep their order (stable). */
+nb_status nb_sort(const nb_tensor *t, int32_t dim, bool descending, nb_tensor **values,
+                  nb_tensor **indices);
+nb_tensor *nb_argsort(const nb_tensor *t, int32_t dim, bool descending);
+nb_status nb_topk(const nb_tensor *t, int64_t k, int32_t dim, bool largest, nb_tensor **values,
+                  nb_tensor **indices);
+
+/* ==================== nn: more modules and module conveniences (core/nn/) ================== */
+
+nb_module *nb_leaky_relu_new(double negative_slope);
+nb_module *nb_elu_new(double alpha);
+nb_module *nb_silu_new(void);
+nb_module *nb_softplus_new(double beta, double threshold); /* 0 means PyTorch's 1 and 20 */
+nb_module *nb_gelu_new(bool approximate_tanh);
+nb_module *nb_hardtanh_new(double min_val, double max_val);
+nb_module *nb_log_sigmoid_new(void);
+/* LayerNorm over the last n dims; eps 0 means 1e-5; weight (ones) and bias (zeros) when
+ * elementwise_affine. */
+nb_module *nb_layer_norm_new(const int64_t *normalized_shape, int32_t n, double eps,
+                             bool elementwise_affine, bool bias, nb_opts opts);
+nb_module *nb_group_norm_new(int64_t num_groups, int64_t num_channels, double eps, bool affine,
+                             nb_opts opts);
+/* weight (num, dim) from N(0, 1), the padding row zeroed. */
+nb_module *nb_embedding_new(int64_t num_embeddings, int64_t embedding_dim, int64_t padding_idx,
+                            nb_opts opts);
+nb_module *nb_avg_pool2d_new(nb_pool2d_opts opts);
+nb_module *nb_adaptive_avg_pool2d_new(int64_t oh, int64_t ow);
+
+/* The module's type name ("Linear", "Net"). */
+const char *nb_module_type(const nb_module *m);
+/* Module.apply: fn on every submodule, children first, then m itself (custom init). */
+typedef nb_status (*nb_module_apply_fn)(nb_module *m, void *ctx);
+nb_status nb_module_apply(nb_module *m, nb_module_apply_fn fn, void *ctx);
+/* named_modules(): m itself (name "") then every submodule, pre-order, with dotted names. */
+int32_t nb_module_named_count(const nb_module *m);
+nb_module *nb_module_named(const nb_module *m, int32_t i, char *name, size_t len); /* borrowed */
+/* Forward hooks. A pre hook may return a new input, a hook a new output (new references);
+ * NULL keeps what there was. The returned handle (> 0) removes the hook; -1 on error. */
+typedef nb_tensor *(*nb_forward_pre_hook_fn)(nb_module *m, const nb_tensor *input, void *ctx);
+typedef nb_tensor *(*nb_forward_hook_fn)(nb_module *m, const nb_tensor *input,
+                                         const nb_tensor *output, void *ctx);
+int64_t nb_module_register_forward_pre_hook(nb_module *m, nb_forward_pre_hook_fn fn, void *ctx);
+int64_t nb_module_register_forward_hook(nb_module *m, nb_forward_hook_fn fn, void *ctx);
+nb_status nb_module_remove_hook(nb_module *m, int64_t handle);
+/* load_state_dict(strict): names are matched both ways; strict refuses any missing or
+ * unexpected key (NB_INVALID_ARGUMENT, PyTorch's message, nothing copied), non-strict copies
+ * the matching ones. Shapes must always agree. The keys go to *report either way (may be NULL;
+ * free it with nb_load_report_free). */
+typedef struct nb_load_report {
+    int32_t n_missing;
+    char **missing;
+    int32_t n_unexpected;
+    char **unexpected;
+} nb_load_report;
+nb_status nb_module_load_state(nb_module *m, nb_tensor *const *tensors, const char *const *names,
+                               int32_t n, bool strict, nb_load_report *report);
+nb_status nb_module_load_ex(nb_module *m, const char *path, bool strict, nb_load_report *report);
+void nb_load_report_free(nb_load_report *report);
+
 /* ======================================== optim =========================================== */
 
 typedef struct nb_optim nb_optim;
@@ -510,6 +681,12 @@ nb_status nb_optim_zero_grad(nb_optim *o);
 double nb_optim_lr(const nb_optim *o);
 nb_status nb_optim_set_lr(nb_optim *o, double lr);
 void nb_optim_free(nb_optim *o);
+/* The optimizer's state (momentum buffers, Adam moments and step counts, the learning rate) in
+ * a safetensors file, torch.optim's state_dict() flattened: "state.<i>.exp_avg", ...,
+ * "state.<i>.step", "param_groups.0.lr". Loading replaces the state, so a resumed run continues
+ * exactly; the optimizer must have the same kind and parameter shapes. */
+nb_status nb_optim_save(const nb_optim *o, const char *path);
+nb_status nb_optim_load(nb_optim *o, const char *path);
 
 typedef struct nb_lr_scheduler nb_lr_scheduler;
 nb_lr_scheduler *nb_step_lr_new(nb_optim *o, int64_t step_size, double gamma);

@@ -149,5 +149,9 @@ extern const nb_kernel_desc nbc_matmul_kernels[];
 extern const size_t nbc_matmul_count;
 extern const nb_kernel_desc nbc_nn_kernels[];
 extern const size_t nbc_nn_count;
+extern const nb_kernel_desc nbc_attention_kernels[]; /* cpu_attention.c */
+extern const size_t nbc_attention_count;
+extern const nb_kernel_desc nbc_norm_kernels[]; /* cpu_norm.c */
+extern const size_t nbc_norm_count;
 
 #endif /* NBC_INTERNAL_H */

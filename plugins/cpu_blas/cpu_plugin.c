@@ -162,18 +162,19 @@ NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)
         return NULL;
     if (!kernel_table) {
         const nb_kernel_desc *parts[] = {nbc_elementwise_kernels, nbc_reduce_kernels,
-                                         nbc_matmul_kernels, nbc_nn_kernels};
+                                         nbc_matmul_kernels, nbc_nn_kernels,
+                                         nbc_attention_kernels, nbc_norm_kernels};
         const size_t counts[] = {nbc_elementwise_count, nbc_reduce_count, nbc_matmul_count,
-                                 nbc_nn_count};
+                                 nbc_nn_count, nbc_attention_count, nbc_norm_count};
         size_t total = 0;
-        for (int k = 0; k < 4; k++)
+        for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++)
             total += counts[k];
         kernel_table = malloc(total * sizeof *kernel_table);
         if (!kernel_table) {
             NBC_ERR(NB_OUT_OF_MEMORY, "cpu plugin: out of memory for its kernel table");
             return NULL;
         }
-        for (int k = 0; k < 4; k++) {
+        for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++) {
             memcpy(kernel_table + kernel_count, parts[k], counts[k] * sizeof *kernel_table);
             kernel_count += counts[k];
         }

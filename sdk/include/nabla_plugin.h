@@ -224,6 +224,11 @@ typedef const nb_plugin *(*nb_plugin_entry_fn)(const nb_host *host);
  *   "adam_step"         out = param; in[0] grad, in[1] exp_avg, in[2] exp_avg_sq;
  *                       f[] = lr, beta1, beta2, eps, weight_decay; i[0] step (from 1),
  *                       i[1] = 1 for AdamW's decoupled weight decay
+ *   "attention"         in[0] q (B,L,E), in[1] k (B,S,E), in[2] v (B,S,Ev), all contiguous;
+ *                       out (B,L,Ev) = softmax(q k^T * f[0]) v; i[0] = 1: causal (j <= i only)
+ *   "layer_norm"        in[0] x (R,C), then weight (C) if i[0] & 1, bias (C) if i[0] & 2, all
+ *                       contiguous; out (R,C) = (x - mean) / sqrt(var + f[0]) * w + b per row,
+ *                       var biased
  * --------------------------------------------------------------------------------------------- */
 
 /* Philox4x32-10 (Salmon et al., SC'11): a counter-based generator, so every device produces the

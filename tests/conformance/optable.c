@@ -658,6 +658,8 @@ static nb_tensor *a_cross_entropy(nb_tensor *const *x, int32_t n, const conf_par
     return nb_cross_entropy(x[0], x[1], (nb_reduction)p->k[0]);
 }
 
+#include "optable_nn.h" /* the rows of core/nn/ and ops_extra.c: CONF_NN_ROWS */
+
 /* ---- The table ---- */
 
 #define F_ (1u << NB_DTYPE_F32 | 1u << NB_DTYPE_F64)
@@ -801,6 +803,7 @@ const conf_op conf_ops[] = {
     OP_("binary_cross_entropy_with_logits", "nb_binary_cross_entropy_with_logits", NULL,
         "exp log mul sub sum", CONF_KD_SAME, F_, true, 10, a_bce_with_logits,
         conf_ref_bce_with_logits, s_bce, e_loss),
+    CONF_NN_ROWS
 };
 const int32_t conf_n_ops = COUNT_(conf_ops);
 

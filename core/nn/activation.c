@@ -1,0 +1,248 @@
+/* activation.c - leaky_relu, elu, silu, softplus, gelu(approximate="tanh"), hardtanh and
+ * log_sigmoid, with their modules (LeakyReLU, ELU, SiLU, Softplus, GELU, Hardtanh, LogSigmoid).
+ * Each is a composite of public ops; branches that could overflow are clamped first, because a
+ * where() passes a zero gradient into its unused branch and 0 * inf would be NaN. */
+#include "nn_common.h"
+
+static bool act_check(const char *op, const nb_tensor *x)
+{
+    return !nnc_null(op, "input", x) && nnc_float(op, "input", x);
+}
+
+/* x > 0 ? x : x * slope (the gradient at 0 is the slope, as in PyTorch) */
+static nb_tensor *leaky_relu_impl(const nb_tensor *x, double slope)
+{
+    if (!act_check("leaky_relu", x))
+        return NULL;
+    nnc_tmps s = {0};
+    nb_tensor *pos = nnc_k(&s, nb_gt_scalar(x, 0));
+    nb_tensor *neg = nnc_k(&s, nb_mul_scalar(x, slope));
+    return nnc_ret(&s, pos && neg ? nnc_k(&s, nb_where(pos, x, neg)) : NULL);
+}
+
+/* x > 0 ? x : alpha * (exp(x) - 1) */
+static nb_tensor *elu_impl(const nb_tensor *x, double alpha)
+{
+    if (!act_check("elu", x))
+        return NULL;
+    nnc_tmps s = {0};
+    nb_tensor *pos = nnc_k(&s, nb_gt_scalar(x, 0));
+    /* x where x <= 0, else 0: masked_fill, not clamp, so that x = 0 takes the exp branch's
+     * gradient alpha as PyTorch does (clamp's gradient is 0 at its bound). */
+    nb_tensor *xn = pos ? nnc_k(&s, nb_masked_fill(x, pos, 0)) : NULL;
+    nb_tensor *e = nnc_k(&s, nb_exp(xn));
+    nb_tensor *em1 = nnc_k(&s, nb_add_scalar(e, -1));
+    nb_tensor *neg = nnc_k(&s, nb_mul_scalar(em1, alpha));
+    return nnc_ret(&s, pos && neg ? nnc_k(&s, nb_where(pos, x, neg)) : NULL);
+}
+
+static nb_tensor *silu_impl(const nb_tensor *x)
+{
+    if (!act_check("silu", x))
+        return NULL;
+    nb_tensor *sg = nb_sigmoid(x);
+    nb_tensor *r = sg ? nb_mul(x, sg) : NULL;
+    nb_release(sg);
+    return r;
+}
+
+/* beta * x > threshold ? x : log(1 + exp(beta * x)) / beta, with log(1 + exp(z)) written as
+ * -log(sigmoid(-z)): exact gradient sigmoid(z) everywhere, and z is clamped to the threshold
+ * so that sigmoid(-z) never underflows to 0 in the branch where() does not pick. */
+static nb_tensor *softplus_impl(const nb_tensor *x, double beta, double threshold)
+{
+    if (!act_check("softplus", x))
+        return NULL;
+    beta = beta == 0 ? 1 : beta;
+    threshold = threshold == 0 ? 20 : threshold;
+    nnc_tmps s = {0};
+    nb_tensor *z = nnc_k(&s, nb_mul_scalar(x, beta));
+    nb_tensor *lin = nnc_k(&s, nb_gt_scalar(z, threshold));
+    nb_tensor *zc = nnc_k(&s, nb_clamp(z, NAN, threshold));
+    nb_tensor *nz = nnc_k(&s, nb_neg(zc));
+    nb_tensor *sg = nnc_k(&s, nb_sigmoid(nz));
+    nb_tensor *ls = nnc_k(&s, nb_log(sg));
+    nb_tensor *sp = nnc_k(&s, nb_mul_scalar(ls, -1.0 / beta));
+    return nnc_ret(&s, lin && sp ? nnc_k(&s, nb_where(lin, x, sp)) : NULL);
+}
+
+/* 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), computed as x sigmoid(2 sqrt(2 / pi) (..))
+ * (the same function: 0.5 (1 + tanh(z)) = sigmoid(2 z)) with x^3 as products: one exp and no
+ * pow per element, which is what made the composite slow. */
+static nb_tensor *gelu_tanh_impl(const nb_tensor *x)
+{
+    if (!act_check("gelu", x))
+        return NULL;
+    nnc_tmps s = {0};
+    nb_tensor *x2 = nnc_k(&s, nb_mul(x, x));
+    nb_tensor *x3 = x2 ? nnc_k(&s, nb_mul(x2, x)) : NULL;
+    nb_tensor *c3 = nnc_k(&s, nb_mul_scalar(x3, 0.044715));
+    nb_tensor *in = c3 ? nnc_k(&s, nb_add(x, c3)) : NULL;
+    nb_tensor *sc = nnc_k(&s, nb_mul_scalar(in, 1.5957691216057307118)); /* 2 sqrt(2 / pi) */
+    nb_tensor *sg = nnc_k(&s, nb_sigmoid(sc));
+    return nnc_ret(&s, sg ? nnc_k(&s, nb_mul(x, sg)) : NULL);
+}
+
+/* PyTorch's hardtanh passes the gradient only strictly inside (min, max); clamp would pass it
+ * at the bounds too, so the outside values are constants taken from a detached clamp. */
+static nb_tensor *hardtanh_impl(const nb_tensor *x, double lo, double hi)
+{
+    if (!act_check("hardtanh", x))
+        return NULL;
+    if (!(lo <= hi)) {
+        nbi_error(NB_INVALID_ARGUMENT, "hardtanh: min_val %g must not be greater than max_val "
+                  "%g", lo, hi);
+        return NULL;
+    }
+    nnc_tmps s = {0};
+    nb_tensor *a = nnc_k(&s, nb_gt_scalar(x, lo));
+    nb_tensor *b = nnc_k(&s, nb_lt_scalar(x, hi));
+    nb_tensor *in = a && b ? nnc_k(&s, nb_logical_and(a, b)) : NULL;
+    nb_tensor *d = nnc_k(&s, nb_detach(x));
+    nb_tensor *c = nnc_k(&s, nb_clamp(d, lo, hi));
+    return nnc_ret(&s, in && c ? nnc_k(&s, nb_where(in, x, c)) : NULL);
+}
+
+/* log(sigmoid(x)) = -softplus(-x): x itself below -20, where sigmoid would underflow. */
+static nb_tensor *log_sigmoid_impl(const nb_tensor *x)
+{
+    if (!act_check("log_sigmoid", x))
+        return NULL;
+    nnc_tmps s = {0};
+    nb_tensor *lin = nnc_k(&s, nb_lt_scalar(x, -20));
+    nb_tensor *xc = nnc_k(&s, nb_clamp(x, -20, NAN));
+    nb_tensor *sg = nnc_k(&s, nb_sigmoid(xc));
+    nb_tensor *ls = nnc_k(&s, nb_log(sg));
+    return nnc_ret(&s, lin && ls ? nnc_k(&s, nb_where(lin, x, ls)) : NULL);
+}
+
+nb_tensor *nb_leaky_relu(const nb_tensor *x, double negative_slope)
+{
+    return NBI_API(leaky_relu_impl(x, negative_slope));
+}
+nb_tensor *nb_elu(const nb_tensor *x, double alpha) { return NBI_API(elu_impl(x, alpha)); }
+nb_tensor *nb_silu(const nb_tensor *x) { return NBI_API(silu_impl(x)); }
+nb_tensor *nb_softplus(const nb_tensor *x, double beta, double threshold)
+{
+    return NBI_API(softplus_impl(x, beta, threshold));
+}
+nb_tensor *nb_gelu_tanh(const nb_tensor *x) { return NBI_API(gelu_tanh_impl(x)); }
+nb_tensor *nb_hardtanh(const nb_tensor *x, double min_val, double max_val)
+{
+    return NBI_API(hardtanh_impl(x, min_val, max_val));
+}
+nb_tensor *nb_log_sigmoid(const nb_tensor *x) { return NBI_API(log_sigmoid_impl(x)); }
+
+/* ================================ modules ================================ */
+
+typedef struct act_cfg {
+    double a, b;
+    bool tanh;
+} act_cfg;
+
+static nb_tensor *fw_leaky(nb_module *m, const nb_tensor *x, const void *p)
+{
+    (void)m;
+    return leaky_relu_impl(x, ((const act_cfg *)p)->a);
+}
+static nb_tensor *fw_elu(nb_module *m, const nb_tensor *x, const void *p)
+{
+    (void)m;
+    return elu_impl(x, ((const act_cfg *)p)->a);
+}
+static nb_tensor *fw_silu(nb_module *m, const nb_tensor *x, const void *p)
+{
+    (void)m, (void)p;
+    return silu_impl(x);
+}
+static nb_tensor *fw_softplus(nb_module *m, const nb_tensor *x, const void *p)
+{
+    (void)m;
+    return softplus_impl(x, ((const act_cfg *)p)->a, ((const act_cfg *)p)->b);
+}
+static nb_tensor *fw_gelu(nb_module *m, const nb_tensor *x, const void *p)
+{
+    (void)m;
+    return ((const act_cfg *)p)->tanh ? gelu_tanh_impl(x) : nb_gelu(x);
+}
+static nb_tensor *fw_hardtanh(nb_module *m, const nb_tensor *x, const void *p)
+{
+    (void)m;
+    return hardtanh_impl(x, ((const act_cfg *)p)->a, ((const act_cfg *)p)->b);
+}
+static nb_tensor *fw_log_sigmoid(nb_module *m, const nb_tensor *x, const void *p)
+{
+    (void)m, (void)p;
+    return log_sigmoid_impl(x);
+}
+
+/* PyTorch's extra_repr strings */
+static void rp_leaky(const void *p, char *buf, size_t len)
+{
+    char a[40];
+    nbi_py_float_repr(((const act_cfg *)p)->a, a, sizeof a);
+    snprintf(buf, len, "negative_slope=%s", a);
+}
+static void rp_elu(const void *p, char *buf, size_t len)
+{
+    char a[40];
+    nbi_py_float_repr(((const act_cfg *)p)->a, a, sizeof a);
+    snprintf(buf, len, "alpha=%s", a);
+}
+static void rp_softplus(const void *p, char *buf, size_t len)
+{
+    char a[40], b[40];
+    nbi_py_float_repr(((const act_cfg *)p)->a, a, sizeof a);
+    nbi_py_float_repr(((const act_cfg *)p)->b, b, sizeof b);
+    snprintf(buf, len, "beta=%s, threshold=%s", a, b);
+}
+static void rp_gelu(const void *p, char *buf, size_t len)
+{
+    snprintf(buf, len, "approximate='%s'", ((const act_cfg *)p)->tanh ? "tanh" : "none");
+}
+static void rp_hardtanh(const void *p, char *buf, size_t len)
+{
+    char a[40], b[40];
+    nbi_py_float_repr(((const act_cfg *)p)->a, a, sizeof a);
+    nbi_py_float_repr(((const act_cfg *)p)->b, b, sizeof b);
+    snprintf(buf, len, "min_val=%s, max_val=%s", a, b);
+}
+
+static const nbi_module_kind k_leaky = {"LeakyReLU", fw_leaky, rp_leaky};
+static const nbi_module_kind k_elu = {"ELU", fw_elu, rp_elu};
+static const nbi_module_kind k_silu = {"SiLU", fw_silu, NULL};
+static const nbi_module_kind k_softplus = {"Softplus", fw_softplus, rp_softplus};
+static const nbi_module_kind k_gelu = {"GELU", fw_gelu, rp_gelu};
+static const nbi_module_kind k_hardtanh = {"Hardtanh", fw_hardtanh, rp_hardtanh};
+static const nbi_module_kind k_log_sigmoid = {"LogSigmoid", fw_log_sigmoid, NULL};
+
+static nb_module *act_new(const nbi_module_kind *k, act_cfg c)
+{
+    return NNC_API_MODULE(nbi_module_new_kind(k, &c, sizeof c));
+}
+
+nb_module *nb_leaky_relu_new(double negative_slope)
+{
+    return act_new(&k_leaky, (act_cfg){.a = negative_slope});
+}
+nb_module *nb_elu_new(double alpha) { return act_new(&k_elu, (act_cfg){.a = alpha}); }
+nb_module *nb_silu_new(void) { return act_new(&k_silu, (act_cfg){0}); }
+nb_module *nb_softplus_new(double beta, double threshold)
+{
+    return act_new(&k_softplus, (act_cfg){.a = beta == 0 ? 1 : beta,
+                                          .b = threshold == 0 ? 20 : threshold});
+}
+nb_module *nb_gelu_new(bool approximate_tanh)
+{
+    return act_new(&k_gelu, (act_cfg){.tanh = approximate_tanh});
+}
+nb_module *nb_hardtanh_new(double min_val, double max_val)
+{
+    if (!(min_val <= max_val)) {
+        nbi_error(NB_INVALID_ARGUMENT, "nb_hardtanh_new: min_val %g must not be greater than "
+                  "max_val %g", min_val, max_val);
+        return NULL;
+    }
+    return act_new(&k_hardtanh, (act_cfg){.a = min_val, .b = max_val});
+}
+nb_module *nb_log_sigmoid_new(void) { return act_new(&k_log_sigmoid, (act_cfg){0}); }

@@ -1,0 +1,382 @@
+/* normalization.c - layer_norm and group_norm, and the LayerNorm and GroupNorm modules. Both
+ * normalise with the biased variance, as PyTorch does, written with public ops; layer_norm runs
+ * a device's fused "layer_norm" kernel (tier 2) forward when it has one. */
+#include "nn_common.h"
+
+/* (x - mean) / sqrt(var + eps) over dims, var biased. */
+static nb_tensor *normalise(const nb_tensor *x, const int32_t *dims, int32_t nd, double eps)
+{
+    nnc_tmps s = {0};
+    nb_tensor *mu = nnc_k(&s, nb_mean(x, dims, nd, true));
+    nb_tensor *xc = mu ? nnc_k(&s, nb_sub(x, mu)) : NULL;
+    nb_tensor *sq = xc ? nnc_k(&s, nb_mul(xc, xc)) : NULL;
+    nb_tensor *var = nnc_k(&s, nb_mean(sq, dims, nd, true));
+    nb_tensor *ve = nnc_k(&s, nb_add_scalar(var, eps));
+    nb_tensor *rs = nnc_k(&s, nb_rsqrt(ve));
+    return nnc_ret(&s, xc && rs ? nnc_k(&s, nb_mul(xc, rs)) : NULL);
+}
+
+/* y * w + b with either optional; consumes y. */
+static nb_tensor *affine(nb_tensor *y, const nb_tensor *w, const nb_tensor *b)
+{
+    if (y && w) {
+        nb_tensor *t = nb_mul(y, w);
+        nb_release(y);
+        y = t;
+    }
+    if (y && b) {
+        nb_tensor *t = nb_add(y, b);
+        nb_release(y);
+        y = t;
+    }
+    return y;
+}
+
+static bool check_param(const char *op, const char *what, const nb_tensor *p, const nb_tensor *x,
+                        int32_t n, const int64_t *shape)
+{
+    if (!p)
+        return true;
+    if (!nnc_like(op, what, p, x))
+        return false;
+    if (p->ndim != n || memcmp(p->shape, shape, (size_t)n * sizeof *shape)) {
+        nbi_error(NB_SHAPE_MISMATCH, "%s: %s has shape %s, expected %s", op, what,
+                  NBI_SHAPE_STR(p), nbi_shape_cstr(n, shape));
+        return false;
+    }
+    return true;
+}
+
+static bool check_eps(const char *op, double eps)
+{
+    if (eps >= 0 && !isinf(eps))
+        return true;
+    nbi_error(NB_INVALID_ARGUMENT, "%s: eps=%g must be a non-negative number (0 means 1e-05)", op,
+              eps);
+    return false;
+}
+
+/* ============================ the fused tier-2 path ============================ */
+
+/* x as (R, C) rows with C the normalised size; c->x, c->w, c->b are the node's inputs. */
+typedef struct ln_ctx {
+    double eps;
+    nb_tensor *x, *w, *b;
+} ln_ctx;
+
+static nb_tensor *ln_forward(void *p, nb_tensor *const *in, int32_t n)
+{
+    (void)n;
+    ln_ctx *c = p;
+    nnc_tmps s = {0};
+    nb_tensor *ops[3];
+    int32_t k = 0;
+    int64_t flags = 0;
+    for (int32_t j = 0; j < 3; j++)
+        if (in[j]) {
+            ops[k++] = nnc_k(&s, nb_contiguous(in[j]));
+            flags |= j ? (int64_t)1 << (j - 1) : 0;
+        }
+    bool ok = true;
+    for (int32_t j = 0; j < k; j++)
+        ok = ok && ops[j];
+    nb_tensor *out = ok ? nb_empty(nnc_shape(ops[0]), nnc_opts(ops[0])) : NULL;
+    if (out && nbi_run("layer_norm", out, ops, k, &c->eps, 1, &flags, 1) != NB_OK) {
+        nb_release(out);
+        out = NULL;
+    }
+    nnc_free(&s);
+    if (out && !c->x) {
+        c->x = nb_retain(in[0]);
+        c->w = in[1] ? nb_retain(in[1]) : NULL;
+        c->b = in[2] ? nb_retain(in[2]) : NULL;
+    }
+    return out;
+}
+
+/* xhat = (x - mu) rstd recomputed; dxhat = g w; dx = rstd (dxhat - mean(dxhat)
+ * - xhat mean(dxhat xhat)); dw = sum_rows(g xhat); db = sum_rows(g). */
+static nb_status ln_backward(void *p, const nb_tensor *g, nb_tensor **gi, int32_t n)
+{
+    (void)n;
+    ln_ctx *c = p;
+    nnc_tmps s = {0};
+    int32_t last[1] = {1}, rows[1] = {0};
+    nb_tensor *mu = nnc_k(&s, nb_mean(c->x, last, 1, true));
+    nb_tensor *xc = mu ? nnc_k(&s, nb_sub(c->x, mu)) : NULL;
+    nb_tensor *sq = xc ? nnc_k(&s, nb_mul(xc, xc)) : NULL;
+    nb_tensor *var = nnc_k(&s, nb_mean(sq, last, 1, true));
+    nb_tensor *rs = nnc_k(&s, nb_rsqrt(nnc_k(&s, nb_add_scalar(var, c->eps))));
+    nb_tensor *xh = xc && rs ? nnc_k(&s, nb_mul(xc, rs)) : NULL;
+    nb_tensor *dxh = c->w ? nnc_k(&s, nb_mul(g, c->w)) : nnc_k(&s, nb_retain((nb_tensor *)g));
+    nb_tensor *m1 = nnc_k(&s, nb_mean(dxh, last, 1, true));
+    nb_tensor *dx2 = dxh && xh ? nnc_k(&s, nb_mul(dxh, xh)) : NULL;
+    nb_tensor *m2 = nnc_k(&s, nb_mean(dx2, last, 1, true));
+    nb_tensor *t2 = m2 && xh ? nnc_k(&s, nb_mul(xh, m2)) : NULL;
+    nb_tensor *d1 = m1 ? nnc_k(&s, nb_sub(dxh, m1)) : NULL;
+    nb_tensor *d2 = d1 && t2 ? nnc_k(&s, nb_sub(d1, t2)) : NULL;
+    gi[0] = d2 && rs ? nb_mul(d2, rs) : NULL;
+    if (c->w) {
+        nb_tensor *gx = xh ? nnc_k(&s, nb_mul(g, xh)) : NULL;
+        gi[1] = gx ? nb_sum(gx, rows, 1, false) : NULL;
+    }
+    if (c->b)
+        gi[2] = nb_sum(g, rows, 1, false);
+    nnc_free(&s);
+    return gi[0] && (!c->w || gi[1]) && (!c->b || gi[2])
+               ? NB_OK : nbi_last_or(NB_AUTOGRAD, "layer_norm backward failed");
+}
+
+static void ln_free(void *p)
+{
+    ln_ctx *c = p;
+    nb_release(c->x);
+    nb_release(c->w);
+    nb_release(c->b);
+    nbi_free(c);
+}
+
+static const nb_function layer_norm_fn = {"NativeLayerNormBackward0", ln_forward, ln_backward,
+                                          ln_free};
+
+static nb_tensor *layer_norm_fused(const nb_tensor *x, int64_t C, const nb_tensor *w,
+                                   const nb_tensor *b, double eps)
+{
+    ln_ctx *c = nbi_calloc(1, sizeof *c);
+    if (!c) {
+        nbi_error(NB_OUT_OF_MEMORY, "layer_norm: out of host memory");
+        return NULL;
+    }
+    c->eps = eps;
+    nnc_tmps s = {0};
+    nb_tensor *x2 = nnc_k(&s, nb_reshape(x, NB_SHAPE(-1, C)));
+    nb_tensor *w1 = w ? nnc_k(&s, nb_reshape(w, NB_SHAPE(C))) : NULL;
+    nb_tensor *b1 = b ? nnc_k(&s, nb_reshape(b, NB_SHAPE(C))) : NULL;
+    nb_tensor *y = NULL;
+    if (x2 && (!w || w1) && (!b || b1))
+        y = nnc_k(&s, nb_function_apply(&layer_norm_fn, c, (nb_tensor *[]){x2, w1, b1}, 3));
+    else
+        ln_free(c);
+    return nnc_ret(&s, y ? nnc_k(&s, nb_reshape(y, nnc_shape(x))) : NULL);
+}
+
+static nb_tensor *layer_norm_impl(const nb_tensor *x, const int64_t *ns, int32_t n,
+                                  const nb_tensor *w, const nb_tensor *b, double eps)
+{
+    const char *op = "layer_norm";
+    if (nnc_null(op, "input", x) || !nnc_float(op, "input", x) || !check_eps(op, eps))
+        return NULL;
+    if (n < 1 || n > x->ndim || !ns) {
+        nbi_error(NB_SHAPE_MISMATCH, "layer_norm: normalized_shape has %d dims (%s) for an input "
+                  "of shape %s; expected 1 to %d trailing dims", n, ns ? "given" : "NULL",
+                  NBI_SHAPE_STR(x), x->ndim);
+        return NULL;
+    }
+    if (memcmp(x->shape + x->ndim - n, ns, (size_t)n * sizeof *ns)) {
+        nbi_error(NB_SHAPE_MISMATCH, "layer_norm: given normalized_shape=%s, expected input with "
+                  "shape [*, %s], but got input of size %s", nbi_shape_cstr(n, ns),
+                  nbi_shape_cstr(n, ns), NBI_SHAPE_STR(x));
+        return NULL;
+    }
+    if (!check_param(op, "weight", w, x, n, ns) || !check_param(op, "bias", b, x, n, ns))
+        return NULL;
+    int64_t C = nbi_numel(n, ns);
+    if (C > 0 && nbi_numel(x->ndim, x->shape) > 0 && nbi_has_kernel(x, "layer_norm"))
+        return layer_norm_fused(x, C, w, b, eps == 0 ? 1e-5 : eps);
+    int32_t dims[NB_MAX_DIMS];
+    for (int32_t d = 0; d < n; d++)
+        dims[d] = x->ndim - n + d;
+    return affine(normalise(x, dims, n, eps == 0 ? 1e-5 : eps), w, b);
+}
+
+static nb_tensor *group_norm_impl(const nb_tensor *x, int64_t groups, const nb_tensor *w,
+                                  const nb_tensor *b, double eps)
+{
+    const char *op = "group_norm";
+    if (nnc_null(op, "input", x) || !nnc_float(op, "input", x) || !check_eps(op, eps))
+        return NULL;
+    if (x->ndim < 2) {
+        nbi_error(NB_SHAPE_MISMATCH, "group_norm: expected an input (N, C, *) with at least 2 "
+                  "dims, got %s", NBI_SHAPE_STR(x));
+        return NULL;
+    }
+    int64_t C = x->shape[1];
+    if (groups <= 0 || C % groups) {
+        nbi_error(NB_INVALID_ARGUMENT, "group_norm: expected number of channels in input to be "
+                  "divisible by num_groups, but got input of shape %s and num_groups=%lld",
+                  NBI_SHAPE_STR(x), (long long)groups);
+        return NULL;
+    }
+    if (!check_param(op, "weight", w, x, 1, &C) || !check_param(op, "bias", b, x, 1, &C))
+        return NULL;
+    nnc_tmps s = {0};
+    nb_tensor *xg = nnc_k(&s, nb_reshape(x, NB_SHAPE(x->shape[0], groups, -1)));
+    nb_tensor *y = xg ? nnc_k(&s, normalise(xg, (int32_t[]){2}, 1, eps == 0 ? 1e-5 : eps)) : NULL;
+    nb_tensor *yr = y ? nnc_k(&s, nb_reshape(y, nnc_shape(x))) : NULL;
+    nb_shape cs = {.ndim = x->ndim - 1};
+    cs.dims[0] = C;
+    for (int32_t d = 1; d < cs.ndim; d++)
+        cs.dims[d] = 1;
+    nb_tensor *wv = w ? nnc_k(&s, nb_reshape(w, cs)) : NULL;
+    nb_tensor *bv = b ? nnc_k(&s, nb_reshape(b, cs)) : NULL;
+    nb_tensor *out = yr && (!w || wv) && (!b || bv) ? affine(nb_retain(yr), wv, bv) : NULL;
+    nnc_free(&s);
+    return out;
+}
+
+nb_tensor *nb_layer_norm(const nb_tensor *x, const int64_t *normalized_shape, int32_t n,
+                         const nb_tensor *weight, const nb_tensor *bias, double eps)
+{
+    return NBI_API(layer_norm_impl(x, normalized_shape, n, weight, bias, eps));
+}
+
+nb_tensor *nb_group_norm(const nb_tensor *x, int64_t num_groups, const nb_tensor *weight,
+                         const nb_tensor *bias, double eps)
+{
+    return NBI_API(group_norm_impl(x, num_groups, weight, bias, eps));
+}
+
+/* ================================ modules ================================ */
+
+typedef struct norm_cfg {
+    int64_t shape[NB_MAX_DIMS];
+    int32_t n;
+    int64_t groups, channels;
+    double eps;
+    bool affine, bias;
+} norm_cfg;
+
+static nb_tensor *fw_layer_norm(nb_module *m, const nb_tensor *x, const void *p)
+{
+    const norm_cfg *c = p;
+    return layer_norm_impl(x, c->shape, c->n, nbi_module_own(m, "weight"),
+                           nbi_module_own(m, "bias"), c->eps);
+}
+
+static nb_tensor *fw_group_norm(nb_module *m, const nb_tensor *x, const void *p)
+{
+    const norm_cfg *c = p;
+    if (x && (x->ndim < 2 || x->shape[1] != c->channels)) {
+        nbi_error(NB_SHAPE_MISMATCH, "GroupNorm(%lld, %lld): input of shape %s, expected (N, "
+                  "%lld, *)", (long long)c->groups, (long long)c->channels, NBI_SHAPE_STR(x),
+                  (long long)c->channels);
+        return NULL;
+    }
+    return group_norm_impl(x, c->groups, nbi_module_own(m, "weight"), nbi_module_own(m, "bias"),
+                           c->eps);
+}
+
+/* LayerNorm((64,), eps=1e-05, elementwise_affine=True, bias=True), as PyTorch 2.15 prints */
+static void rp_layer_norm(const void *p, char *buf, size_t len)
+{
+    const norm_cfg *c = p;
+    char e[40];
+    nbi_py_float_repr(c->eps, e, sizeof e);
+    size_t k = (size_t)snprintf(buf, len, "(");
+    for (int32_t d = 0; d < c->n && k < len; d++)
+        k += (size_t)snprintf(buf + k, len - k, "%s%lld", d ? ", " : "", (long long)c->shape[d]);
+    if (k < len)
+        snprintf(buf + k, len - k, "%s), eps=%s, elementwise_affine=%s, bias=%s",
+                 c->n == 1 ? "," : "", e, c->affine ? "True" : "False",
+                 c->affine && c->bias ? "True" : "False");
+}
+
+/* GroupNorm(2, 6, eps=1e-05, affine=True, bias=True) */
+static void rp_group_norm(const void *p, char *buf, size_t len)
+{
+    const norm_cfg *c = p;
+    char e[40];
+    nbi_py_float_repr(c->eps, e, sizeof e);
+    snprintf(buf, len, "%lld, %lld, eps=%s, affine=%s, bias=%s", (long long)c->groups,
+             (long long)c->channels, e, c->affine ? "True" : "False",
+             c->affine ? "True" : "False");
+}
+
+static const nbi_module_kind k_layer_norm = {"LayerNorm", fw_layer_norm, rp_layer_norm};
+static const nbi_module_kind k_group_norm = {"GroupNorm", fw_group_norm, rp_group_norm};
+
+static bool param_opts_ok(const char *what, nb_opts opts)
+{
+    if (opts.dtype >= 0 && opts.dtype < NB_DTYPE_COUNT && nb_dtype_is_float(opts.dtype))
+        return true;
+    nbi_error(NB_DTYPE_UNSUPPORTED, "%s: parameters must be float32 or float64", what);
+    return false;
+}
+
+/* ones for weight, zeros for bias, as reset_parameters() does */
+static nb_module *norm_module(const nbi_module_kind *k, const norm_cfg *c, bool weight, bool bias,
+                              nb_shape shape, nb_opts opts)
+{
+    nb_module *m = nbi_module_new_kind(k, c, sizeof *c);
+    if (!m)
+        return NULL;
+    opts.requires_grad = true;
+    nb_status st = NB_OK;
+    if (weight) {
+        nb_tensor *w = nb_ones(shape, opts);
+        st = w ? nb_module_add_parameter(m, "weight", w) : nb_last_status();
+        nb_release(w);
+    }
+    if (st == NB_OK && bias) {
+        nb_tensor *b = nb_zeros(shape, opts);
+        st = b ? nb_module_add_parameter(m, "bias", b) : nb_last_status();
+        nb_release(b);
+    }
+    if (st != NB_OK) {
+        nb_module_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static nb_module *layer_norm_new(const int64_t *ns, int32_t n, double eps, bool affine,
+                                 bool bias, nb_opts opts)
+{
+    const char *what = "nb_layer_norm_new";
+    if (!ns || n < 1 || n > NB_MAX_DIMS) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: normalized_shape needs 1 to %d dims, got %d%s", what,
+                  NB_MAX_DIMS, n, ns ? "" : " (NULL)");
+        return NULL;
+    }
+    for (int32_t d = 0; d < n; d++)
+        if (ns[d] <= 0) {
+            nbi_error(NB_INVALID_ARGUMENT, "%s: normalized_shape %s must be positive", what,
+                      nbi_shape_cstr(n, ns));
+            return NULL;
+        }
+    if (!check_eps(what, eps) || !param_opts_ok(what, opts))
+        return NULL;
+    norm_cfg c = {.n = n, .eps = eps == 0 ? 1e-5 : eps, .affine = affine, .bias = bias};
+    memcpy(c.shape, ns, (size_t)n * sizeof *ns);
+    nb_shape shape = {.ndim = n};
+    memcpy(shape.dims, ns, (size_t)n * sizeof *ns);
+    return norm_module(&k_layer_norm, &c, affine, affine && bias, shape, opts);
+}
+
+static nb_module *group_norm_new(int64_t groups, int64_t channels, double eps, bool affine,
+                                 nb_opts opts)
+{
+    const char *what = "nb_group_norm_new";
+    if (groups <= 0 || channels <= 0 || channels % groups) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: num_channels=%lld must be divisible by "
+                  "num_groups=%lld (both positive)", what, (long long)channels, (long long)groups);
+        return NULL;
+    }
+    if (!check_eps(what, eps) || !param_opts_ok(what, opts))
+        return NULL;
+    norm_cfg c = {.groups = groups, .channels = channels, .eps = eps == 0 ? 1e-5 : eps,
+                  .affine = affine};
+    return norm_module(&k_group_norm, &c, affine, affine, NB_SHAPE(channels), opts);
+}
+
+nb_module *nb_layer_norm_new(const int64_t *normalized_shape, int32_t n, double eps,
+                             bool elementwise_affine, bool bias, nb_opts opts)
+{
+    return NNC_API_MODULE(layer_norm_new(normalized_shape, n, eps, elementwise_affine, bias, opts));
+}
+
+nb_module *nb_group_norm_new(int64_t num_groups, int64_t num_channels, double eps, bool affine,
+                             nb_opts opts)
+{
+    return NNC_API_MODULE(group_norm_new(num_groups, num_channels, eps, affine, opts));
+}
