@@ -1,7 +1,7 @@
 /* random.cl - random_uniform and random_normal through Philox4x32-10, the same function as
  * nb_philox() in nabla_plugin.h, so a seed gives the CPU's numbers on every device. */
 #if IS_FLOAT
-static inline void nbk_philox(ulong key, ulong ctr_lo, ulong ctr_hi, uint r[4])
+void nbk_philox(ulong key, ulong ctr_lo, ulong ctr_hi, uint r[4])
 {
     uint c0 = (uint)ctr_lo, c1 = (uint)(ctr_lo >> 32), c2 = (uint)ctr_hi,
          c3 = (uint)(ctr_hi >> 32);
