@@ -313,6 +313,18 @@ static nb_status run_random(const nb_kernel_args *a, const char *op, ocl_kid kid
     nbk_geom g;
     ocl_geom_views(&g, 1, v);
     cl_ulong seed = (cl_ulong)a->i[0], offset = (cl_ulong)a->i[1];
+    ocl_dev *d = ocl_device(a->device, op);
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    if (!d->has_fp64) {
+        /* the kernel works in float pairs: each parameter split into value + error */
+        double p0 = a->f[0], p1 = kid == OCL_K_random_uniform ? a->f[1] - a->f[0] : a->f[1];
+        cl_float h0 = (cl_float)p0, l0 = (cl_float)(p0 - h0), h1 = (cl_float)p1,
+                 l1 = (cl_float)(p1 - h1);
+        ocl_arg extra[] = {OCL_ARG(seed), OCL_ARG(offset), OCL_ARG(h0), OCL_ARG(l0),
+                           OCL_ARG(h1), OCL_ARG(l1)};
+        return ocl_run_elementwise(a->device, op, a->out->dtype, kid, 1, v, &g, 6, extra);
+    }
     ocl_scalar p0 = ocl_real_of(a->device, a->f[0]), p1 = ocl_real_of(a->device, a->f[1]);
     ocl_arg extra[] = {OCL_ARG(seed), OCL_ARG(offset), SARG(p0), SARG(p1)};
     return ocl_run_elementwise(a->device, op, a->out->dtype, kid, 1, v, &g, 4, extra);
