@@ -76,6 +76,18 @@ static nb_status k_arange(const nb_kernel_args *a)
     ocl_scalar s0 = ocl_real_of(a->device, a->f[0]), s1 = ocl_real_of(a->device, a->f[1]);
     cl_long i0 = 0, i1 = 0;
     cl_int integral = whole(a->f[0], &i0) && whole(a->f[1], &i1);
+    ocl_dev *d = ocl_device(a->device, "arange");
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    if (!d->has_fp64 && a->out->dtype == NB_DTYPE_F32) {
+        /* the kernel takes start and step as float pairs (value + error) */
+        cl_float sh = (cl_float)a->f[0], sl = (cl_float)(a->f[0] - sh), th = (cl_float)a->f[1],
+                 tl = (cl_float)(a->f[1] - th);
+        ocl_arg extra[] = {OCL_ARG(sh), OCL_ARG(sl), OCL_ARG(th), OCL_ARG(tl), OCL_ARG(i0),
+                           OCL_ARG(i1), OCL_ARG(integral)};
+        return ocl_run_elementwise(a->device, "arange", a->out->dtype, OCL_K_arange, 1, v, &g, 7,
+                                   extra);
+    }
     ocl_arg extra[] = {SARG(s0), SARG(s1), OCL_ARG(i0), OCL_ARG(i1), OCL_ARG(integral)};
     return ocl_run_elementwise(a->device, "arange", a->out->dtype, OCL_K_arange, 1, v, &g, 5,
                                extra);

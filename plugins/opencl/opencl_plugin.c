@@ -1,6 +1,11 @@
 /* opencl_plugin.c - the opencl plugin's device side: every device of every OpenCL platform as
- * opencl:N, one context and in-order queue each, buffers, and kernel programs built once per
- * (device, dtype) from the sources embedded at build time. */
+ * opencl:N (GPUs first), one context and in-order queue each, buffers, the index flag read at
+ * synchronisation points, and kernel programs built once per (device, dtype).
+ *
+ * Environment:
+ *   NABLA_OPENCL_NO_FP64=1     treat every device as lacking cl_khr_fp64 (no float64 kernels)
+ *   NABLA_OPENCL_C_VERSION=1.1 build the programs as for an OpenCL C 1.1 device
+ *   NABLA_OPENCL_GEMM=own      the plugin's own GEMM kernel instead of CLBlast */
 #include "opencl_internal.h"
 
 #include <stdio.h>
@@ -77,15 +82,21 @@ static int fp64_switched_off(void)
     return e && *e && strcmp(e, "0") != 0;
 }
 
-/* "OpenCL C 1.2 ..." as 12; 0 when unreadable. */
+/* "OpenCL C 1.2 ..." as 12; 0 when unreadable. NABLA_OPENCL_C_VERSION=1.1 caps it, so that a
+ * 1.2 runtime such as PoCL builds the programs as a 1.1 device would (a test of that path). */
 static int opencl_c_version(cl_device_id id)
 {
     char v[128] = {0};
-    int major = 0, minor = 0;
+    int major = 0, minor = 0, cap_major = 0, cap_minor = 0;
     if (clGetDeviceInfo(id, CL_DEVICE_OPENCL_C_VERSION, sizeof v - 1, v, NULL) != CL_SUCCESS ||
         sscanf(v, "OpenCL C %d.%d", &major, &minor) != 2)
         return 0;
-    return major * 10 + minor;
+    int ver = major * 10 + minor;
+    const char *cap = getenv("NABLA_OPENCL_C_VERSION");
+    if (cap && sscanf(cap, "%d.%d", &cap_major, &cap_minor) == 2 &&
+        cap_major * 10 + cap_minor < ver)
+        ver = cap_major * 10 + cap_minor;
+    return ver;
 }
 
 static void init_device(cl_device_id id, cl_device_type type)

@@ -81,6 +81,34 @@ typedef float real_t;
 
 #define IS_NAN(x) ((x) != (x))
 
+#if !HAS_FP64
+/* Float pairs (h + l, |l| <= ulp(h) / 2) stand in for double where the device has no fp64. */
+
+/* (s, e) = x + y exactly */
+#define NBK_TWO_SUM(x, y, s, e)                                                              \
+    do {                                                                                      \
+        s = (x) + (y);                                                                        \
+        float bb_ = s - (x);                                                                  \
+        e = ((x) - (s - bb_)) + ((y) - bb_);                                                  \
+    } while (0)
+
+/* (a_h + a_l) + (b_h + b_l) * m as a pair; m a float, the product's error found by fma */
+float2 nbk_axpm2(float a_h, float a_l, float b_h, float b_l, float m)
+{
+    float p = b_h * m, pe = fma(b_h, m, -p), s, e;
+    NBK_TWO_SUM(a_h, p, s, e);
+    e += a_l + (pe + b_l * m);
+    float h = s + e;
+    return (float2)(h, e - (h - s));
+}
+
+/* the same, rounded once into float */
+float nbk_axpm(float a_h, float a_l, float b_h, float b_l, float m)
+{
+    return nbk_axpm2(a_h, a_l, b_h, b_l, m).x;
+}
+#endif
+
 /* Element offsets of operands 0..nops-1 for row-major element i of g. */
 void nbk_offsets(const nbk_geom *g, long i, int nops, long *o)
 {

@@ -28,6 +28,22 @@ NBK_COPY(copy_from_bool, uchar, NBK_FROM_BOOL)
 /* integral: start and step are whole numbers, given exactly in istart/istep; the value is then
  * start + i * step in (wrapping) integers, exact past 2^24 with or without fp64, and a float T
  * gets it rounded once, as the CPU's double arithmetic does. Otherwise real_t arithmetic. */
+#if !HAS_FP64 && NBK_KIND == 0
+/* float32 without fp64: start and step arrive as float pairs (s_h + s_l, t_h + t_l), and i is
+ * split into two parts float holds exactly, so the value rounds once as the CPU's does */
+__kernel void arange(__global T *out, nbk_geom g, float s_h, float s_l, float t_h, float t_l,
+                     long istart, long istep, int integral)
+{
+    NBK_ELEMENT(1);
+    if (integral) {
+        out[o[0]] = TO_T_FROM_LONG((long)((ulong)istart + (ulong)i * (ulong)istep));
+        return;
+    }
+    long i_lo = i & 0xfff;
+    float2 v = nbk_axpm2(s_h, s_l, t_h, t_l, (float)(i - i_lo));
+    out[o[0]] = nbk_axpm(v.x, v.y, t_h, t_l, (float)i_lo);
+}
+#else
 __kernel void arange(__global T *out, nbk_geom g, real_t start, real_t step, long istart,
                      long istep, int integral)
 {
@@ -37,6 +53,7 @@ __kernel void arange(__global T *out, nbk_geom g, real_t start, real_t step, lon
     else
         out[o[0]] = TO_T_FROM_FLOAT(start + (real_t)i * step);
 }
+#endif
 
 #if !IS_BOOL
 __kernel void unary(__global T *out, __global const T *a, nbk_geom g, int op)

@@ -56,25 +56,9 @@ __kernel void random_normal(__global T *out, nbk_geom g, ulong seed, ulong offse
     out[o[0]] = (T)(mean + std * z);
 }
 #else
-/* Without fp64 (float32 only): the double arithmetic of the reference is carried in pairs of
- * floats (value + error, the error found exactly with fma), so results round once from nearly
- * the exact value. Parameters arrive split: a = a_h + a_l. */
-
-/* (s, e) = x + y exactly */
-#define NBK_TWO_SUM(x, y, s, e)                                                              \
-    do {                                                                                      \
-        s = (x) + (y);                                                                        \
-        float bb_ = s - (x);                                                                  \
-        e = ((x) - (s - bb_)) + ((y) - bb_);                                                  \
-    } while (0)
-
-/* (a_h + a_l) + (b_h + b_l) * m, m a float, rounded once into float */
-float nbk_axpm(float a_h, float a_l, float b_h, float b_l, float m)
-{
-    float p = b_h * m, pe = fma(b_h, m, -p), s, e;
-    NBK_TWO_SUM(a_h, p, s, e);
-    return s + (e + (a_l + (pe + b_l * m)));
-}
+/* Without fp64 (float32 only): the double arithmetic of the reference is carried in float
+ * pairs (nbk_axpm, common.cl), so results round once from nearly the exact value. Parameters
+ * arrive split: a = a_h + a_l. */
 
 /* out = lo + (hi - lo) * u, u exact in float (24 bits); d = hi - lo from the host */
 __kernel void random_uniform(__global T *out, nbk_geom g, ulong seed, ulong offset, float lo_h,
