@@ -11,17 +11,15 @@
 #include <clblast_c.h>
 #endif
 
+#if NBK_HAVE_CLBLAST
 /* NABLA_OPENCL_GEMM=own keeps CLBlast out (for comparing the two, and for testing the own
  * kernel on a build with CLBlast). */
 static int use_clblast(void)
 {
-#if NBK_HAVE_CLBLAST
     const char *e = getenv("NABLA_OPENCL_GEMM");
     return !(e && strcmp(e, "own") == 0);
-#else
-    return 0;
-#endif
 }
+#endif
 
 const char *ocl_gemm_name(void)
 {
@@ -120,6 +118,7 @@ static nb_status clblast_gemm(ocl_dev *d, const char *op, nb_dtype t, int ta, in
 }
 #endif
 
+#if NBK_HAVE_CLBLAST
 /* A (rows x cols) matrix with element strides sr, sc as BLAS sees it: row-major (trans 0, ld
  * = sr) or row-major of the transpose (trans 1, ld = sc). False when neither fits. */
 static int blas_form(int64_t rows, int64_t cols, int64_t sr, int64_t sc, int *trans, int64_t *ld)
@@ -136,6 +135,7 @@ static int blas_form(int64_t rows, int64_t cols, int64_t sr, int64_t sc, int *tr
     }
     return 0;
 }
+#endif
 
 /* Runs g through CLBlast when every operand fits a BLAS layout; *done says whether it did. */
 static nb_status try_clblast(ocl_dev *d, const char *op, nb_dtype t, const nbk_mm *g,
