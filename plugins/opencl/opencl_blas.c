@@ -256,4 +256,5 @@ static nb_status k_matmul(const nb_kernel_args *a)
 const ocl_spec ocl_specs_blas[] = {
     {"matmul", k_matmul, OCL_FLT},
 };
-const size_t ocl_n_specs_blas = sizeof ocl_specs_blas / sizeof ocl_specs_blas[0];
+const size_t ocl_n_specs_blas =
+    sizeof ocl_specs_blas / sizeof ocl_specs_blas[0];

@@ -42,7 +42,7 @@ static nb_status check4(const char *op, const nb_kernel_args *a, int idx_dtype, 
         st = ocl_check(op, "input 0", &a->in[0], (int)a->out->dtype, &v[1]);
     if (st == NB_OK)
         st = ocl_check(op, "input 1", &a->in[1], idx_dtype >= 0 ? idx_dtype : (int)a->out->dtype,
-                   &v[2]);
+                       &v[2]);
     if (st == NB_OK && (a->out->ndim != 4 || a->in[0].ndim != 4 || a->in[1].ndim != 4))
         st = ERR(NB_SHAPE_MISMATCH, "opencl %s: operands have %d, %d and %d dims, expected 4 "
                  "each", op, (int)a->out->ndim, (int)a->in[0].ndim, (int)a->in[1].ndim);
@@ -207,7 +207,8 @@ static nb_status run_conv(const nb_kernel_args *a, const char *op, ocl_kid kid, 
                    "dilation %lldx%lld, groups %lld; expected stride, dilation and groups >= 1 "
                    "and padding >= 0", op, (long long)p.sh, (long long)p.sw, (long long)p.ph,
                    (long long)p.pw, (long long)p.dh, (long long)p.dw, (long long)p.groups);
-    int64_t eh = (p.h + 2 * p.ph - p.dh * (p.kh - 1) - 1), ew = (p.w + 2 * p.pw - p.dw * (p.kw - 1) - 1);
+    int64_t eh = p.h + 2 * p.ph - p.dh * (p.kh - 1) - 1,
+            ew = p.w + 2 * p.pw - p.dw * (p.kw - 1) - 1;
     if (ys[0] != p.n || ws[0] != p.o || p.c % p.groups || p.o % p.groups ||
         ws[1] != p.c / p.groups || eh < 0 || ew < 0 || p.oh != eh / p.sh + 1 ||
         p.ow != ew / p.sw + 1)
@@ -309,4 +310,5 @@ const ocl_spec ocl_specs_conv[] = {
     {"max_pool2d", k_max_pool2d, OCL_FLT},
     {"max_pool2d_backward", k_max_pool2d_backward, OCL_FLT},
 };
-const size_t ocl_n_specs_conv = sizeof ocl_specs_conv / sizeof ocl_specs_conv[0];
+const size_t ocl_n_specs_conv =
+    sizeof ocl_specs_conv / sizeof ocl_specs_conv[0];

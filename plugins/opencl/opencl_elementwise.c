@@ -47,7 +47,7 @@ static nb_status k_copy(const nb_kernel_args *a)
     nbk_geom g;
     ocl_geom_views(&g, 2, v);
     return ocl_run_elementwise(a->device, "copy", a->out->dtype, from[a->in[0].dtype], 2, v, &g, 0,
-                           NULL);
+                               NULL);
 }
 
 /* True when x is a whole number that int64 holds, into *out. */
@@ -140,7 +140,8 @@ static nb_status run_scalar(const nb_kernel_args *a, const char *op, int code)
     nbk_geom g;
     ocl_geom_views(&g, 2, v);
     cl_int c = code, flags = code == NBK_CLAMP ? (a->i[0] ? 1 : 0) | (a->i[1] ? 2 : 0) : 0;
-    ocl_scalar s = ocl_scalar_of(a->out->dtype, a->f[0]), s2 = ocl_scalar_of(a->out->dtype, a->f[1]);
+    ocl_scalar s = ocl_scalar_of(a->out->dtype, a->f[0]),
+               s2 = ocl_scalar_of(a->out->dtype, a->f[1]);
     /* integer clamp bounds rounded inward; a NaN bound leaves integers alone, as on the cpu */
     cl_long lo = nb_float_to_int64(ceil(a->f[0])), hi = nb_float_to_int64(floor(a->f[1]));
     if (code == NBK_CLAMP && a->out->dtype != NB_DTYPE_F32 && a->out->dtype != NB_DTYPE_F64) {
@@ -407,4 +408,5 @@ const ocl_spec ocl_specs_elementwise[] = {
     {"random_uniform", k_random_uniform, OCL_FLT},
     {"random_normal", k_random_normal, OCL_FLT},
 };
-const size_t ocl_n_specs_elementwise = sizeof ocl_specs_elementwise / sizeof ocl_specs_elementwise[0];
+const size_t ocl_n_specs_elementwise =
+    sizeof ocl_specs_elementwise / sizeof ocl_specs_elementwise[0];

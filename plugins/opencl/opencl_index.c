@@ -138,4 +138,5 @@ const ocl_spec ocl_specs_index[] = {
     {"gather", k_gather, OCL_ALL},
     {"scatter_add", k_scatter_add, OCL_ALL},
 };
-const size_t ocl_n_specs_index = sizeof ocl_specs_index / sizeof ocl_specs_index[0];
+const size_t ocl_n_specs_index =
+    sizeof ocl_specs_index / sizeof ocl_specs_index[0];

@@ -36,7 +36,7 @@ static nb_status k_relu_backward(const nb_kernel_args *a)
     nbk_geom g;
     ocl_geom_views(&g, 3, v);
     return ocl_run_elementwise(a->device, "relu_backward", a->out->dtype, OCL_K_relu_backward, 3, v,
-                           &g, 0, NULL);
+                               &g, 0, NULL);
 }
 
 /* One work-group per row of the last dim; nops operands (out first) of out's shape. */
@@ -120,8 +120,8 @@ static nb_status k_sgd_step(const nb_kernel_args *a)
     nbk_geom g;
     ocl_geom_views(&g, 3, v);
     nb_dtype t = a->out->dtype;
-    ocl_scalar lr = ocl_scalar_of(t, a->f[0]), mom = ocl_scalar_of(t, a->f[1]), damp = ocl_scalar_of(t, a->f[2]),
-           wd = ocl_scalar_of(t, a->f[3]);
+    ocl_scalar lr = ocl_scalar_of(t, a->f[0]), mom = ocl_scalar_of(t, a->f[1]),
+               damp = ocl_scalar_of(t, a->f[2]), wd = ocl_scalar_of(t, a->f[3]);
     ocl_arg extra[] = {SARG(lr),           SARG(mom),       SARG(damp),  SARG(wd),
                        OCL_ARG(nesterov), OCL_ARG(first), OCL_ARG(has_buf)};
     return ocl_run_elementwise(a->device, "sgd_step", t, OCL_K_sgd_step, 3, v, &g, 7, extra);
@@ -141,9 +141,10 @@ static nb_status k_adam_step(const nb_kernel_args *a)
     nbk_geom g;
     ocl_geom_views(&g, 4, v);
     nb_dtype t = a->out->dtype;
-    ocl_scalar s_lr = ocl_scalar_of(t, lr), s_b1 = ocl_scalar_of(t, b1), s_b2 = ocl_scalar_of(t, b2),
-           s_eps = ocl_scalar_of(t, a->f[3]), s_wd = ocl_scalar_of(t, a->f[4]),
-           s_step = ocl_scalar_of(t, lr / bc1), s_bc2 = ocl_scalar_of(t, sqrt(bc2));
+    ocl_scalar s_lr = ocl_scalar_of(t, lr), s_b1 = ocl_scalar_of(t, b1),
+               s_b2 = ocl_scalar_of(t, b2), s_eps = ocl_scalar_of(t, a->f[3]),
+               s_wd = ocl_scalar_of(t, a->f[4]), s_step = ocl_scalar_of(t, lr / bc1),
+               s_bc2 = ocl_scalar_of(t, sqrt(bc2));
     cl_int decoupled = a->i[1] != 0;
     ocl_arg extra[] = {SARG(s_lr), SARG(s_b1),   SARG(s_b2),  SARG(s_eps),
                        SARG(s_wd), SARG(s_step), SARG(s_bc2), OCL_ARG(decoupled)};
@@ -160,4 +161,5 @@ const ocl_spec ocl_specs_nn[] = {
     {"sgd_step", k_sgd_step, OCL_FLT},
     {"adam_step", k_adam_step, OCL_FLT},
 };
-const size_t ocl_n_specs_nn = sizeof ocl_specs_nn / sizeof ocl_specs_nn[0];
+const size_t ocl_n_specs_nn =
+    sizeof ocl_specs_nn / sizeof ocl_specs_nn[0];

@@ -147,4 +147,5 @@ const ocl_spec ocl_specs_reduce[] = {
     {"argmax", k_argmax, OCL_ALL},
     {"argmin", k_argmin, OCL_ALL},
 };
-const size_t ocl_n_specs_reduce = sizeof ocl_specs_reduce / sizeof ocl_specs_reduce[0];
+const size_t ocl_n_specs_reduce =
+    sizeof ocl_specs_reduce / sizeof ocl_specs_reduce[0];

@@ -71,8 +71,8 @@ __kernel void random_uniform(__global T *out, nbk_geom g, ulong seed, ulong offs
 }
 
 /* z = sqrt(-2 ln u1) cos(2 pi u2) from the same 53-bit u1 = 1 - v and u2 as the reference:
- * ln u1 comes from whichever of v and u1 is the smaller (no cancellation), and cos(2 pi u2) takes the
- * low bits of u2 as a first-order correction to cospi of its high bits */
+ * ln u1 comes from whichever of v and u1 is the smaller (no cancellation), and cos(2 pi u2)
+ * takes the low bits of u2 as a first-order correction to cospi of its high bits */
 __kernel void random_normal(__global T *out, nbk_geom g, ulong seed, ulong offset, float m_h,
                             float m_l, float s_h, float s_l)
 {
