@@ -4,8 +4,8 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config libopenblas-dev libcmocka-dev zlib1g-dev
-          ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo dataset-fashion-mnist
-          openmpi-bin libopenmpi-dev wamerican)
+          ocl-icd-opencl-dev opencl-headers pocl-opencl-icd libclblast-dev clinfo
+          dataset-fashion-mnist openmpi-bin libopenmpi-dev wamerican)
 [ "${1:-}" = "--with-torch" ] && packages+=(python3-torch)
 
 missing=()

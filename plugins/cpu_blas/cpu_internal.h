@@ -31,21 +31,16 @@ extern const nb_host *nbc_host;
     X(u8, uint8_t, NB_DTYPE_U8, i)                                                          \
     X(b8, uint8_t, NB_DTYPE_BOOL, i)
 
-/* Float to integer saturates and maps NaN to 0, so no conversion is undefined behaviour. */
-static inline int64_t nbc_fromd_i64(double x)
-{
-    if (x != x)
-        return 0;
-    if (x >= 9223372036854775807.0)
-        return INT64_MAX;
-    if (x <= -9223372036854775808.0)
-        return INT64_MIN;
-    return (int64_t)x;
-}
+/* Float to integer follows the SDK's rule (nb_float_to_int64: NaN and out-of-range give
+ * INT64_MIN, narrower targets wrap), so no conversion is undefined behaviour. */
+static inline int64_t nbc_fromd_i64(double x) { return nb_float_to_int64(x); }
 static inline float nbc_fromd_f32(double x) { return (float)x; }
 static inline double nbc_fromd_f64(double x) { return x; }
-static inline int32_t nbc_fromd_i32(double x) { return (int32_t)nbc_fromd_i64(x); }
-static inline uint8_t nbc_fromd_u8(double x) { return (uint8_t)nbc_fromd_i64(x); }
+static inline int32_t nbc_fromd_i32(double x)
+{
+    return (int32_t)(uint32_t)(uint64_t)nbc_fromd_i64(x);
+}
+static inline uint8_t nbc_fromd_u8(double x) { return (uint8_t)(uint64_t)nbc_fromd_i64(x); }
 static inline uint8_t nbc_fromd_b8(double x) { return x != 0; }
 static inline float nbc_fromi_f32(int64_t x) { return (float)x; }
 static inline double nbc_fromi_f64(int64_t x) { return (double)x; }

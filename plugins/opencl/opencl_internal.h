@@ -1,6 +1,6 @@
-/* opencl_internal.h - what the two halves of the opencl plugin share: the per-device state
- * (context, queue, programs and kernels built on first use) and the launch helpers that
- * opencl_kernels.c builds its ops on. */
+/* opencl_internal.h - what the files of the opencl plugin share: the per-device state (context,
+ * queue, programs and kernels built on first use), the launch helpers, the operand checks the
+ * ops are built on (opencl_ops.c), and each op family's part of the kernel table. */
 #ifndef OPENCL_INTERNAL_H
 #define OPENCL_INTERNAL_H
 
@@ -13,12 +13,12 @@
 /* Kernels of one program (one per device and dtype); names as in the kernels folder. */
 #define OCL_KERNELS(X)                                                                     \
     X(fill) X(copy_from_f32) X(copy_from_f64) X(copy_from_i32) X(copy_from_i64)            \
-    X(copy_from_u8) X(arange) X(unary) X(unary_scalar) X(binary) X(compare)                \
-    X(compare_scalar) X(logical) X(where) X(reduce) X(reduce_partials) X(matmul)           \
-    X(matmul_naive) X(index_check) X(gather) X(scatter_add) X(random_uniform)              \
-    X(random_normal) X(relu_backward) X(softmax_rows) X(softmax_backward_rows) X(sgd_step)  \
-    X(adam_step) X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)    \
-    X(max_pool2d_backward)
+    X(copy_from_u8) X(copy_from_bool) X(arange) X(unary) X(unary_scalar) X(binary)         \
+    X(compare) X(compare_scalar) X(logical) X(where) X(reduce) X(reduce_partials)          \
+    X(matmul) X(matmul_naive) X(gather) X(scatter_add) X(random_uniform) X(random_normal)  \
+    X(relu_backward) X(softmax_rows) X(softmax_backward_rows) X(sgd_step) X(adam_step)     \
+    X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
+    X(max_pool2d_backward) X(im2col) X(col2im)
 
 typedef enum ocl_kid {
 #define OCL_KID_(name) OCL_K_##name,
@@ -33,12 +33,17 @@ typedef struct ocl_buf {
     size_t bytes;
 } ocl_buf;
 
+#define OCL_N_TMP 4
+
 typedef struct ocl_dev {
+    int index; /* N of opencl:N */
     cl_device_id id;
     cl_context ctx;
     cl_command_queue queue; /* in-order: kernels run in submission order */
     char name[256];
-    int has_fp64;
+    int has_fp64;      /* cl_khr_fp64, and not switched off by NABLA_OPENCL_NO_FP64 */
+    int is_gpu;        /* CL_DEVICE_TYPE_GPU: listed first */
+    int cl_c_minor;    /* OpenCL C version the programs are built for: 10 * major + minor */
     cl_uint compute_units;
     cl_ulong max_alloc;
     pthread_mutex_t lock; /* recursive: programs, kernels' arguments, scratch buffers */
@@ -48,7 +53,12 @@ typedef struct ocl_dev {
     size_t kern_wg[NB_DTYPE_COUNT][OCL_K_COUNT]; /* CL_KERNEL_WORK_GROUP_SIZE */
     cl_mem scratch_v, scratch_i; /* reduction partials, grown on demand */
     size_t scratch_v_bytes, scratch_i_bytes;
-    cl_mem flag; /* two int64: index out of range seen, and the index */
+    cl_mem tmp[OCL_N_TMP]; /* conv2d's columns and packed operands, grown on demand */
+    size_t tmp_bytes[OCL_N_TMP];
+    /* NBK_FLAG_WORDS ints: gather/scatter_add set them on a bad index (see index.cl); read
+     * and cleared at the next read or synchronize while flag_pending */
+    cl_mem flag;
+    int flag_pending;
 } ocl_dev;
 
 /* One kernel argument: a value of size bytes, or local memory of size bytes when ptr is NULL. */
@@ -75,10 +85,99 @@ const char *ocl_err_name(cl_int err);
 /* Makes sure the scratch buffers hold at least vbytes/ibytes; the device must be locked. */
 nb_status ocl_scratch(ocl_dev *d, const char *op, size_t vbytes, size_t ibytes);
 
-/* opencl_kernels.c */
+/* Makes sure temporary buffer slot holds at least bytes; the device must be locked and stay
+ * locked while the buffer is in use by the ops being queued. */
+nb_status ocl_tmp(ocl_dev *d, const char *op, int slot, size_t bytes, cl_mem *out);
+/* The index flag, created on first use and cleared; the device must be locked. Marks it
+ * pending, so the next read or synchronize looks at it. */
+nb_status ocl_flag(ocl_dev *d, const char *op, cl_mem *out);
+
+/* ---- opencl_ops.c: operands, geometry, scalars, the elementwise launch ---- */
+
+#define ERR(st, ...) ocl_host->error((st), __VA_ARGS__)
+
+extern const char *const ocl_dt_name[NB_DTYPE_COUNT];
+extern const size_t ocl_dt_size[NB_DTYPE_COUNT];
+
+/* A checked operand: its buffer and element offset. */
+typedef struct ocl_view {
+    cl_mem mem;
+    int64_t off;
+    const nb_operand *o;
+} ocl_view;
+
+/* A value of dtype t (or the device's real type) as a kernel argument. */
+typedef struct ocl_scalar {
+    union {
+        float f;
+        double d;
+        int32_t i;
+        int64_t l;
+        uint8_t u;
+    } v;
+    size_t size;
+} ocl_scalar;
+
+#define SARG(s) ((ocl_arg){(s).size, &(s).v})
+
+int64_t ocl_numel(int32_t ndim, const int64_t *shape);
+const char *ocl_dtype_str(nb_dtype t);
+/* Checks o (named what) and that every element it addresses lies inside its buffer, so a bad
+ * view is an error here rather than a wild access on the device. want < 0: any dtype. */
+nb_status ocl_check(const char *op, const char *what, const nb_operand *o, int want, ocl_view *v);
+nb_status ocl_same_shape(const char *op, const char *what, const nb_operand *o,
+                         const nb_operand *out);
+nb_status ocl_n_inputs(const char *op, const nb_kernel_args *a, int want);
+/* Fills g for nops operands sharing shape, dims coalesced where contiguous in every operand. */
+void ocl_geom_make(nbk_geom *g, int32_t ndim, const int64_t *shape, int nops,
+                   const int64_t *const *st, const int64_t *off);
+/* The same for views v[0..nops) of v[0]'s shape. */
+void ocl_geom_views(nbk_geom *g, int nops, const ocl_view *v);
+/* Launches a 1-d elementwise kernel over g->n work-items with the nops buffers, g, then extra. */
+nb_status ocl_run_elementwise(int device, const char *op, nb_dtype pdt, ocl_kid kid, int nops,
+                              const ocl_view *v, const nbk_geom *g, int n_extra,
+                              const ocl_arg *extra);
+/* x as a kernel argument of dtype t (integers by nb_float_to_int64's rule). */
+ocl_scalar ocl_scalar_of(nb_dtype t, double x);
+/* x as the kernels' real_t: double where the device has fp64, else float. */
+ocl_scalar ocl_real_of(int device, double x);
+size_t ocl_pow2_floor(size_t x);
+
+/* ---- The kernel table: one part per op family ---- */
+
+#define OCL_B(t) (1u << NB_DTYPE_##t)
+#define OCL_ALL (OCL_B(F32) | OCL_B(F64) | OCL_B(I32) | OCL_B(I64) | OCL_B(BOOL) | OCL_B(U8))
+#define OCL_FLT (OCL_B(F32) | OCL_B(F64))
+#define OCL_NUM (OCL_FLT | OCL_B(I32) | OCL_B(I64))
+
+typedef struct ocl_spec {
+    const char *op;
+    nb_kernel_fn fn;
+    unsigned dtypes; /* OCL_B bits */
+} ocl_spec;
+
+#define OCL_FAMILIES(X) X(elementwise) X(reduce) X(index) X(nn) X(blas) X(conv)
+#define OCL_SPECS_DECL_(fam)                                                              \
+    extern const ocl_spec ocl_specs_##fam[];                                              \
+    extern const size_t ocl_n_specs_##fam;
+OCL_FAMILIES(OCL_SPECS_DECL_)
+#undef OCL_SPECS_DECL_
+
 /* Fills the kernel table (f64 entries only when with_f64); returns the number of entries, which
  * never exceeds OCL_MAX_TABLE. */
-#define OCL_MAX_TABLE 512
+#define OCL_MAX_TABLE 640
 size_t ocl_kernel_table(nb_kernel_desc *table, int with_f64);
+
+/* ---- opencl_blas.c ---- */
+
+/* Which GEMM matmul and conv2d run on: "CLBlast" or "own tiled kernel" (and why). */
+const char *ocl_gemm_name(void);
+/* One row-major GEMM on the queue of d (locked): C = alpha * op(A) @ op(B) + beta * C, batch
+ * times with the given batch strides; lda etc. in elements. trans_a: op(A) = A^T. Uses CLBlast
+ * where built with it, else the own kernel. beta == 0: C is not read. */
+nb_status ocl_gemm(ocl_dev *d, const char *op, nb_dtype t, int trans_a, int trans_b, int64_t m,
+                   int64_t n, int64_t k, double alpha, cl_mem a, int64_t a_off, int64_t lda,
+                   int64_t a_bs, cl_mem b, int64_t b_off, int64_t ldb, int64_t b_bs, double beta,
+                   cl_mem c, int64_t c_off, int64_t ldc, int64_t c_bs, int64_t batch);
 
 #endif

@@ -1,6 +1,13 @@
 /* opencl_plugin.c - the opencl plugin's device side: every device of every OpenCL platform as
- * opencl:N, one context and in-order queue each, buffers, and kernel programs built once per
- * (device, dtype) from the sources embedded at build time. */
+ * opencl:N (GPUs first), one context and in-order queue each, buffers, the index flag read at
+ * synchronisation points, and kernel programs built once per (device, dtype).
+ *
+ * Environment:
+ *   NABLA_OPENCL_NO_FP64=1     treat every device as lacking cl_khr_fp64 (no float64 kernels)
+ *   NABLA_OPENCL_C_VERSION=1.1 build the programs as for an OpenCL C 1.1 device
+ *   NABLA_OPENCL_GEMM=own      the plugin's own GEMM kernel instead of CLBlast
+ *   NABLA_OPENCL_CONV=gemm|direct  every conv2d as GEMMs or as the direct kernels (see
+ *                              opencl_conv.c for the default) */
 #include "opencl_internal.h"
 
 #include <stdio.h>
@@ -15,8 +22,11 @@ extern const size_t nbk_n_sources;
 
 static ocl_dev *devs;
 static int n_devs;
+static int discovered;
+static pthread_mutex_t discover_lock = PTHREAD_MUTEX_INITIALIZER;
 static char note[512];
 static nb_kernel_desc table[OCL_MAX_TABLE];
+static void plugin_set_kernels(int with_f64);
 
 static const char *const kernel_names[OCL_K_COUNT] = {
 #define OCL_NAME_(name) #name,
@@ -66,32 +76,66 @@ nb_status ocl_fail(nb_status st, const char *op, const char *call, cl_int err)
 
 /* ---- Discovery ---- */
 
-static void init_device(cl_device_id id)
+/* NABLA_OPENCL_NO_FP64=1 makes every device look as if it lacked cl_khr_fp64: f64 leaves the
+ * kernel table and the programs are built without doubles, as on most embedded GPUs. */
+static int fp64_switched_off(void)
+{
+    const char *e = getenv("NABLA_OPENCL_NO_FP64");
+    return e && *e && strcmp(e, "0") != 0;
+}
+
+/* "OpenCL C 1.2 ..." as 12; 0 when unreadable. NABLA_OPENCL_C_VERSION=1.1 caps it, so that a
+ * 1.2 runtime such as PoCL builds the programs as a 1.1 device would (a test of that path). */
+static int opencl_c_version(cl_device_id id)
+{
+    char v[128] = {0};
+    int major = 0, minor = 0, cap_major = 0, cap_minor = 0;
+    if (clGetDeviceInfo(id, CL_DEVICE_OPENCL_C_VERSION, sizeof v - 1, v, NULL) != CL_SUCCESS ||
+        sscanf(v, "OpenCL C %d.%d", &major, &minor) != 2)
+        return 0;
+    int ver = major * 10 + minor;
+    const char *cap = getenv("NABLA_OPENCL_C_VERSION");
+    if (cap && sscanf(cap, "%d.%d", &cap_major, &cap_minor) == 2 &&
+        cap_major * 10 + cap_minor < ver)
+        ver = cap_major * 10 + cap_minor;
+    return ver;
+}
+
+static void init_device(cl_device_id id, cl_device_type type)
 {
     ocl_dev *d = &devs[n_devs];
     memset(d, 0, sizeof *d);
     d->id = id;
+    d->index = n_devs;
+    d->is_gpu = (type & CL_DEVICE_TYPE_GPU) != 0;
+    if (clGetDeviceInfo(id, CL_DEVICE_NAME, sizeof d->name - 1, d->name, NULL) != CL_SUCCESS)
+        snprintf(d->name, sizeof d->name, "OpenCL device");
+    d->cl_c_minor = opencl_c_version(id);
+    if (d->cl_c_minor < 11) {
+        /* the kernels need OpenCL C 1.1 (32-bit atomics, 3-d work-groups of any size) */
+        ocl_host->log(NB_LOG_WARN, "opencl: skipping %s: it reports OpenCL C %d.%d, the kernels "
+                      "need 1.1 or later", d->name, d->cl_c_minor / 10, d->cl_c_minor % 10);
+        return;
+    }
     cl_int err;
     d->ctx = clCreateContext(NULL, 1, &id, NULL, NULL, &err);
     if (!d->ctx) {
-        ocl_host->log(NB_LOG_WARN, "opencl: skipping a device: clCreateContext failed: %s (%d)",
-                      ocl_err_name(err), (int)err);
+        ocl_host->log(NB_LOG_WARN, "opencl: skipping %s: clCreateContext failed: %s (%d)",
+                      d->name, ocl_err_name(err), (int)err);
         return;
     }
     d->queue = clCreateCommandQueue(d->ctx, id, 0, &err);
     if (!d->queue) {
-        ocl_host->log(NB_LOG_WARN, "opencl: skipping a device: clCreateCommandQueue failed: "
-                      "%s (%d)", ocl_err_name(err), (int)err);
+        ocl_host->log(NB_LOG_WARN, "opencl: skipping %s: clCreateCommandQueue failed: %s (%d)",
+                      d->name, ocl_err_name(err), (int)err);
         clReleaseContext(d->ctx);
         return;
     }
-    if (clGetDeviceInfo(id, CL_DEVICE_NAME, sizeof d->name - 1, d->name, NULL) != CL_SUCCESS)
-        snprintf(d->name, sizeof d->name, "OpenCL device");
     cl_device_fp_config fp64 = 0;
     clGetDeviceInfo(id, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof fp64, &fp64, NULL);
-    char ext[4096] = {0};
+    char ext[8192] = {0};
     clGetDeviceInfo(id, CL_DEVICE_EXTENSIONS, sizeof ext - 1, ext, NULL);
-    d->has_fp64 = fp64 != 0 || strstr(ext, "cl_khr_fp64") != NULL;
+    d->has_fp64 = (fp64 != 0 || strstr(ext, "cl_khr_fp64") != NULL) && !fp64_switched_off();
     clGetDeviceInfo(id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof d->compute_units,
                     &d->compute_units, NULL);
     if (d->compute_units == 0)
@@ -103,6 +147,17 @@ static void init_device(cl_device_id id)
     pthread_mutex_init(&d->lock, &attr);
     pthread_mutexattr_destroy(&attr);
     n_devs++;
+}
+
+typedef struct found {
+    cl_device_id id;
+    cl_device_type type;
+} found;
+
+/* GPUs, then accelerators, then the rest (CPU runtimes such as PoCL); ICD order within each. */
+static int rank(cl_device_type t)
+{
+    return (t & CL_DEVICE_TYPE_GPU) ? 0 : (t & CL_DEVICE_TYPE_ACCELERATOR) ? 1 : 2;
 }
 
 static void discover(void)
@@ -120,40 +175,74 @@ static void discover(void)
         free(plats);
         return;
     }
-    /* first count, then fill: devs never moves once kernels hold pointers into it */
     cl_uint total = 0;
     for (cl_uint p = 0; p < np; p++) {
         cl_uint nd = 0;
         if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd) == CL_SUCCESS)
             total += nd;
     }
-    if (total == 0) {
-        snprintf(note, sizeof note, "%u OpenCL platform%s but no device", np, np == 1 ? "" : "s");
+    found *all = total ? calloc(total, sizeof *all) : NULL;
+    /* devs never moves once kernels hold pointers into it */
+    devs = total ? calloc(total, sizeof *devs) : NULL;
+    if (total == 0 || !all || !devs) {
+        if (total == 0)
+            snprintf(note, sizeof note, "%u OpenCL platform%s but no device", np,
+                     np == 1 ? "" : "s");
+        else
+            snprintf(note, sizeof note, "out of host memory listing %u OpenCL devices", total);
+        free(all);
+        free(devs);
+        devs = NULL;
         free(plats);
         return;
     }
-    devs = calloc(total, sizeof *devs);
-    if (!devs) {
-        snprintf(note, sizeof note, "out of host memory listing %u OpenCL devices", total);
-        free(plats);
-        return;
-    }
-    for (cl_uint p = 0; p < np; p++) {
+    cl_uint n_found = 0;
+    for (cl_uint p = 0; p < np && n_found < total; p++) {
         cl_uint nd = 0;
         if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd) != CL_SUCCESS || !nd)
             continue;
-        cl_device_id ids[64];
-        if (nd > 64)
-            nd = 64;
-        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, nd, ids, NULL) != CL_SUCCESS)
+        cl_device_id *ids = malloc(nd * sizeof *ids);
+        if (!ids || clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, nd, ids, NULL) != CL_SUCCESS) {
+            free(ids);
             continue;
-        for (cl_uint k = 0; k < nd && (cl_uint)n_devs < total; k++)
-            init_device(ids[k]);
+        }
+        if (nd > total - n_found) /* a device appeared since counting */
+            nd = total - n_found;
+        for (cl_uint k = 0; k < nd; k++) {
+            all[n_found].id = ids[k];
+            all[n_found].type = CL_DEVICE_TYPE_DEFAULT;
+            clGetDeviceInfo(ids[k], CL_DEVICE_TYPE, sizeof all[n_found].type,
+                            &all[n_found].type, NULL);
+            n_found++;
+        }
+        free(ids);
     }
     free(plats);
-    if (n_devs == 0)
+    for (int r = 0; r < 3; r++)
+        for (cl_uint k = 0; k < n_found; k++)
+            if (rank(all[k].type) == r)
+                init_device(all[k].id, all[k].type);
+    free(all);
+    if (n_devs == 0) {
         snprintf(note, sizeof note, "%u OpenCL device%s found, none usable (see the log)", total,
                  total == 1 ? "" : "s");
+        return;
+    }
+    int all_fp64 = 1;
+    for (int i = 0; i < n_devs; i++) {
+        all_fp64 &= devs[i].has_fp64;
+        ocl_host->log(NB_LOG_INFO, "opencl:%d is %s (%s, OpenCL C %d.%d, fp64 %s)", i,
+                      devs[i].name, devs[i].is_gpu ? "GPU" : "not a GPU",
+                      devs[i].cl_c_minor / 10, devs[i].cl_c_minor % 10,
+                      devs[i].has_fp64 ? "yes" : fp64_switched_off() ? "off (NABLA_OPENCL_NO_FP64)"
+                                                                   : "no");
+    }
+    /* one kernel table serves every device: f64 only where all of them have it, so that on the
+     * others the core's fallback (NABLA_CPU_FALLBACK) applies instead of a failing kernel */
+    plugin_set_kernels(all_fp64);
+    ocl_host->log(NB_LOG_INFO, "opencl: GEMM (matmul, conv2d): %s; float64 kernels %s",
+                  ocl_gemm_name(), all_fp64 ? "registered" : "not registered (a device lacks "
+                  "cl_khr_fp64)");
 }
 
 ocl_dev *ocl_device(int device, const char *op)
@@ -196,8 +285,11 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
         ocl_fail(NB_DEVICE_ERROR, op, "clCreateProgramWithSource", err);
         return NULL;
     }
+    /* programs are OpenCL C 1.1 or 1.2, whichever the device reports (2.x/3.0 devices build
+     * 1.2); FP_CONTRACT is off in common.cl so that results match the CPU bit for bit */
     char opts[128];
-    snprintf(opts, sizeof opts, "-DNBK_KIND=%d -DHAS_FP64=%d", (int)dt, d->has_fp64);
+    snprintf(opts, sizeof opts, "-cl-std=CL1.%d -DNBK_KIND=%d -DHAS_FP64=%d",
+             d->cl_c_minor >= 12 ? 2 : 1, (int)dt, d->has_fp64);
     err = clBuildProgram(p, 1, &d->id, opts, NULL, NULL);
     if (err != CL_SUCCESS) {
         size_t len = 0;
@@ -295,6 +387,65 @@ static nb_status grow(ocl_dev *d, const char *op, cl_mem *m, size_t *have, size_
     return NB_OK;
 }
 
+nb_status ocl_tmp(ocl_dev *d, const char *op, int slot, size_t bytes, cl_mem *out)
+{
+    nb_status st = grow(d, op, &d->tmp[slot], &d->tmp_bytes[slot], bytes ? bytes : 8);
+    *out = d->tmp[slot];
+    return st;
+}
+
+static const cl_int flag_zero[NBK_FLAG_WORDS]; /* static: a non-blocking write may read it */
+
+nb_status ocl_flag(ocl_dev *d, const char *op, cl_mem *out)
+{
+    cl_int err = CL_SUCCESS;
+    if (!d->flag) {
+        d->flag = clCreateBuffer(d->ctx, CL_MEM_READ_WRITE, sizeof flag_zero, NULL, &err);
+        if (!d->flag)
+            return ocl_fail(NB_DEVICE_ERROR, op, "clCreateBuffer (index flag)", err);
+        err = clEnqueueWriteBuffer(d->queue, d->flag, CL_FALSE, 0, sizeof flag_zero, flag_zero,
+                                   0, NULL, NULL);
+        if (err != CL_SUCCESS) {
+            clReleaseMemObject(d->flag);
+            d->flag = NULL;
+            return ocl_fail(NB_DEVICE_ERROR, op, "clEnqueueWriteBuffer (index flag)", err);
+        }
+    }
+    d->flag_pending = 1;
+    *out = d->flag;
+    return NB_OK;
+}
+
+/* At a synchronisation point: reports a bad index a gather or scatter_add met since the last
+ * one, and clears the flag. The queue is drained already, so the read costs one small copy. */
+static nb_status check_flag(ocl_dev *d, const char *op)
+{
+    nb_status st = NB_OK;
+    ocl_lock(d);
+    if (d->flag_pending) {
+        cl_int f[NBK_FLAG_WORDS];
+        cl_int err = clEnqueueReadBuffer(d->queue, d->flag, CL_TRUE, 0, sizeof f, f, 0, NULL,
+                                         NULL);
+        if (err != CL_SUCCESS) {
+            st = ocl_fail(NB_DEVICE_ERROR, op, "clEnqueueReadBuffer (index flag)", err);
+        } else {
+            d->flag_pending = 0;
+            if (f[0]) {
+                long long v = (long long)(((uint64_t)(uint32_t)f[2] << 32) | (uint32_t)f[1]);
+                long long n = (long long)(((uint64_t)(uint32_t)f[4] << 32) | (uint32_t)f[3]);
+                clEnqueueWriteBuffer(d->queue, d->flag, CL_FALSE, 0, sizeof flag_zero,
+                                     flag_zero, 0, NULL, NULL);
+                st = ERR(NB_INDEX_OUT_OF_RANGE, "opencl %s: index %lld is out of range for dim "
+                         "%d of size %lld (reported at the first %s after the op, which ran "
+                         "asynchronously; its bad elements were skipped)",
+                         f[6] ? "scatter_add" : "gather", v, (int)f[5], n, op);
+            }
+        }
+    }
+    ocl_unlock(d);
+    return st;
+}
+
 nb_status ocl_scratch(ocl_dev *d, const char *op, size_t vbytes, size_t ibytes)
 {
     nb_status st = grow(d, op, &d->scratch_v, &d->scratch_v_bytes, vbytes ? vbytes : 8);
@@ -309,9 +460,14 @@ nb_status ocl_scratch(ocl_dev *d, const char *op, size_t vbytes, size_t ibytes)
  * large (PoCL brings LLVM), and a process that never uses opencl:N should not pay for it. */
 static int device_count(void)
 {
-    if (!devs && !note[0])
+    pthread_mutex_lock(&discover_lock); /* two threads asking first must not both discover */
+    if (!discovered) {
         discover();
-    return n_devs;
+        discovered = 1;
+    }
+    int n = n_devs;
+    pthread_mutex_unlock(&discover_lock);
+    return n;
 }
 
 static nb_status device_name(int device, char *buf, size_t len)
@@ -403,8 +559,9 @@ static nb_status read_buf(int device, const void *handle, size_t offset, void *d
         return st;
     cl_int err = clEnqueueReadBuffer(d->queue, b->mem, CL_TRUE, offset, bytes, dst, 0, NULL,
                                      NULL);
-    return err == CL_SUCCESS ? NB_OK : ocl_fail(NB_DEVICE_ERROR, "read", "clEnqueueReadBuffer",
-                                                err);
+    if (err != CL_SUCCESS)
+        return ocl_fail(NB_DEVICE_ERROR, "read", "clEnqueueReadBuffer", err);
+    return check_flag(d, "read");
 }
 
 static nb_status synchronize(int device)
@@ -413,7 +570,9 @@ static nb_status synchronize(int device)
     if (!d)
         return NB_DEVICE_OUT_OF_RANGE;
     cl_int err = clFinish(d->queue);
-    return err == CL_SUCCESS ? NB_OK : ocl_fail(NB_DEVICE_ERROR, "synchronize", "clFinish", err);
+    if (err != CL_SUCCESS)
+        return ocl_fail(NB_DEVICE_ERROR, "synchronize", "clFinish", err);
+    return check_flag(d, "synchronize");
 }
 
 static const char *status_note(void) { return n_devs ? NULL : note; }
@@ -436,6 +595,9 @@ static void shutdown_plugin(void)
             clReleaseMemObject(d->scratch_i);
         if (d->flag)
             clReleaseMemObject(d->flag);
+        for (int t = 0; t < OCL_N_TMP; t++)
+            if (d->tmp[t])
+                clReleaseMemObject(d->tmp[t]);
         clReleaseCommandQueue(d->queue);
         clReleaseContext(d->ctx);
         pthread_mutex_destroy(&d->lock);
@@ -443,6 +605,8 @@ static void shutdown_plugin(void)
     free(devs);
     devs = NULL;
     n_devs = 0;
+    discovered = 0;
+    note[0] = '\0';
 }
 
 static nb_plugin plugin = {
@@ -470,8 +634,13 @@ NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)
     if (!host || host->abi_major != NB_PLUGIN_ABI_MAJOR || !host->error || !host->log)
         return NULL;
     ocl_host = host;
-    /* f64 kernels are listed before any device is known; on a device without cl_khr_fp64 they
-     * answer NB_DTYPE_UNSUPPORTED */
-    plugin.n_kernels = ocl_kernel_table(table, 1);
+    /* the core reads the kernel table after device_count(); discovery fills it, f64 entries
+     * only when every device has cl_khr_fp64 */
+    plugin.n_kernels = 0;
     return &plugin;
+}
+
+static void plugin_set_kernels(int with_f64)
+{
+    plugin.n_kernels = ocl_kernel_table(table, with_f64);
 }

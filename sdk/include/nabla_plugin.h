@@ -275,6 +275,25 @@ static inline void nb_philox_normal_parts(uint64_t seed, uint64_t offset, uint64
     *u2 = (double)(((uint64_t)r[2] << 21) ^ (r[3] >> 11)) * 0x1p-53;       /* [0, 1) */
 }
 
+/* ---- Float to integer conversion: one rule for every plugin ----
+ * Wherever a float becomes an integer dtype (copy/to_dtype, fill and arange values, integer
+ * scalars, clamp bounds after their rounding), every plugin gives the same bits, those PyTorch
+ * shows on x86 CPUs:
+ *   1. truncate toward zero into int64; NaN and values outside [-2^63, 2^63) give INT64_MIN
+ *      (what x86's cvttsd2si returns for them);
+ *   2. wrap that int64 modulo 2^bits into the target (int32, uint8), as unsigned C
+ *      arithmetic does: u8 of -1.0 is 255, of -3.75 is 253, of 300.0 is 44, of 3e9 is 0.
+ * bool is different: a float or integer is true when non-zero (NaN is true), and a bool byte
+ * reads as true when any bit is set, so it converts to exactly 0 or 1, never to 255 or -1.
+ * Saturating conversions (CUDA's cvt.rzi.sat, OpenCL's convert_*_sat) do not follow this rule. */
+static inline int64_t nb_float_to_int64(double x)
+{
+    /* the comparisons are false for NaN; 2^63 itself is out of range */
+    if (x >= -9223372036854775808.0 && x < 9223372036854775808.0)
+        return (int64_t)x;
+    return INT64_MIN;
+}
+
 #ifdef __cplusplus
 }
 #endif

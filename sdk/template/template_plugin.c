@@ -151,11 +151,16 @@ static void store(char *p, nb_dtype dt, double v)
     switch (dt) {
     case NB_DTYPE_F32: { float x = (float)v; memcpy(p, &x, 4); break; }
     case NB_DTYPE_F64: memcpy(p, &v, 8); break;
-    /* casts from float truncate toward zero, like C and PyTorch; NaN/inf give 0 here */
-    case NB_DTYPE_I32: { int32_t x = isfinite(v) ? (int32_t)v : 0; memcpy(p, &x, 4); break; }
-    case NB_DTYPE_I64: { int64_t x = isfinite(v) ? (int64_t)v : 0; memcpy(p, &x, 8); break; }
+    /* the SDK's rule (nb_float_to_int64): truncate into int64, NaN and out of range giving
+     * INT64_MIN, then wrap into narrower integers */
+    case NB_DTYPE_I32: {
+        int32_t x = (int32_t)(uint32_t)(uint64_t)nb_float_to_int64(v);
+        memcpy(p, &x, 4);
+        break;
+    }
+    case NB_DTYPE_I64: { int64_t x = nb_float_to_int64(v); memcpy(p, &x, 8); break; }
     case NB_DTYPE_BOOL: *(uint8_t *)p = v != 0; break;
-    case NB_DTYPE_U8: *(uint8_t *)p = isfinite(v) ? (uint8_t)(int64_t)v : 0; break;
+    case NB_DTYPE_U8: *(uint8_t *)p = (uint8_t)(uint64_t)nb_float_to_int64(v); break;
     default: break;
     }
 }
@@ -224,8 +229,28 @@ static double round_half_even(double v)
 }
 
 static double sigmoid(double v) { return v >= 0 ? 1 / (1 + exp(-v)) : exp(v) / (1 + exp(v)); }
-static double nan_max(double a, double b) { return isnan(a) || isnan(b) ? NAN : a > b ? a : b; }
-static double nan_min(double a, double b) { return isnan(a) || isnan(b) ? NAN : a < b ? a : b; }
+/* of -0.0 and 0.0 the first is kept, as every plugin does */
+static double nan_max(double a, double b) { return isnan(a) || isnan(b) ? NAN : a < b ? b : a; }
+static double nan_min(double a, double b) { return isnan(a) || isnan(b) ? NAN : a > b ? b : a; }
+
+/* clamp as torch.clamp: a NaN x stays, a NaN bound wins; integers clamp to the bounds rounded
+ * inward (clamp(int [1, 2, 3, 4], min=2.5) is 3 3 3 4) and ignore a NaN bound */
+static double clamp1(double x, const nb_kernel_args *a)
+{
+    double lo = a->f[0], hi = a->f[1];
+    if (a->out->dtype != NB_DTYPE_F32 && a->out->dtype != NB_DTYPE_F64) {
+        if (a->i[0] && x < ceil(lo))
+            x = ceil(lo);
+        if (a->i[1] && x > floor(hi))
+            x = floor(hi);
+        return x;
+    }
+    if (a->i[0] && (x < lo || isnan(lo)))
+        x = lo;
+    if (a->i[1] && (x > hi || isnan(hi)))
+        x = hi;
+    return x;
+}
 
 #define EW(name, expr)                                                                     \
     static double f_##name(const double *x, const nb_kernel_args *a)                       \
@@ -262,8 +287,7 @@ EW(div_scalar, x[0] / s)
 EW(rdiv_scalar, s / x[0])
 EW(pow_scalar, pow(x[0], s))
 EW(rpow_scalar, pow(s, x[0]))
-EW(clamp, isnan(x[0]) ? x[0]
-          : a->i[1] && x[0] > a->f[1] ? a->f[1] : a->i[0] && x[0] < a->f[0] ? a->f[0] : x[0])
+EW(clamp, clamp1(x[0], a))
 EW(eq_scalar, x[0] == s)
 EW(ne_scalar, x[0] != s)
 EW(lt_scalar, x[0] < s)

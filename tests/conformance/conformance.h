@@ -67,6 +67,7 @@ typedef struct conf_input {
 enum {
     CONF_FLOAT_ONLY = 1, /* values integers cannot hold (NaN, inf, fractions that matter) */
     CONF_NO_GRAD = 2,    /* not differentiable here (ties, kinks, poles): skip gradients */
+    CONF_ZERO_SIGN = 4,  /* zeros must also match in sign (-0.0 is not 0.0) */
 };
 
 typedef struct conf_sample {
@@ -149,6 +150,11 @@ bool conf_gradgrad_skips(const conf_op *op, const conf_sample *s);
 #define CONF_REF_DECL_(name)                                                               \
     bool conf_ref_##name(const conf_host *x, int32_t n, const conf_params *p, conf_host *out);
 CONF_REF_LIST_(CONF_REF_DECL_)
+
+/* Creation ops checked bit for bit: fill and arange against the SDK's conversion rule, random
+ * fills against the same call on the cpu device (input 0 only gives dtype and shape). */
+#define CONF_REF_CREATION_LIST_(X) X(full) X(arange) X(rand) X(randn)
+CONF_REF_CREATION_LIST_(CONF_REF_DECL_)
 
 /* ---- check.c: running one op on one device ---- */
 

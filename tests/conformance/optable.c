@@ -112,6 +112,21 @@ A_UNARY_(logical_not)
 static const conf_sample s_binary[] = {BINARY_SAMPLES(CONF_ANY, CONF_ANY),
                                        {"integer ties", 2, {VALS(TIES, 6), VALS(TIES_B, 6)}, .flags = NG}};
 static const conf_sample s_binary_div[] = {BINARY_SAMPLES(CONF_ANY, CONF_NONZERO)};
+
+/* Signed zeros compared by sign: abs(-0.0) is 0.0, and maximum/minimum of -0.0 and 0.0 keep
+ * their first operand, as the cpu plugin does (the edge values above compare |got - ref| only). */
+#define ZS CONF_ZERO_SIGN
+static const double ZEROS[] = {-0.0, 0.0, -0.0, 0.0};
+static const double ZEROS_B[] = {0.0, -0.0, -0.0, 0.0};
+static const conf_sample s_unary_zero_sign[] = {
+    UNARY_SAMPLES(CONF_ANY),
+    {"signed zeros", 1, {VALS(ZEROS, 4)}, .flags = FO | NG | ZS},
+};
+static const conf_sample s_binary_zero_sign[] = {
+    BINARY_SAMPLES(CONF_ANY, CONF_ANY),
+    {"integer ties", 2, {VALS(TIES, 6), VALS(TIES_B, 6)}, .flags = NG},
+    {"signed zeros", 2, {VALS(ZEROS, 4), VALS(ZEROS_B, 4)}, .flags = FO | NG | ZS},
+};
 static const conf_sample s_binary_pow[] = {BINARY_SAMPLES(CONF_POS, CONF_POS)};
 
 static const conf_error e_binary[] = {
@@ -144,6 +159,10 @@ NB_LOGICAL_OPS_(A_BINARY_)
 
 static const conf_sample s_scalar[] = {SCALAR_SAMPLES(CONF_ANY, 2, -3, 0.5),
                                        {"integer ties", 1, {VALS(TIES, 6)}, .p.s = {0}, .flags = NG}};
+/* maximum_scalar/minimum_scalar: a NaN scalar wins, as in torch.clamp */
+static const conf_sample s_scalar_nan[] = {SCALAR_SAMPLES(CONF_ANY, 2, -3, 0.5),
+                                           {"integer ties", 1, {VALS(TIES, 6)}, .p.s = {0}, .flags = NG},
+                                           {"NaN scalar", 1, {IN(CONF_ANY, 2, 3)}, .p.s = {NAN}, .flags = NG}};
 static const conf_sample s_scalar_div[] = {SCALAR_SAMPLES(CONF_ANY, 2, -4, 0.5),
                                            {"divide by zero", 1, {VALS(EDGE, 12)}, .p.s = {0}, .flags = FO | NG}};
 static const conf_sample s_scalar_rdiv[] = {SCALAR_SAMPLES(CONF_NONZERO, 2, -4, 0.5)};
@@ -197,6 +216,9 @@ static const conf_sample s_clamp[] = {
     {"empty", 1, {IN(CONF_ANY, 0, 4)}, .p.s = {-1, 1}},
     {"stride-0 expand", 1, {EXPANDED(CONF_ANY, SHP(1, 4), SHP(3, 4))}, .p.s = {-1, 1}},
     {"edge values", 1, {VALS(EDGE, 12)}, .p.s = {-1, 2}, .flags = FO | NG},
+    /* integers clamp to the bounds rounded inward (to 0 and 1 here) */
+    {"fractional bounds", 1, {IN(CONF_ANY, 2, 3)}, .p.s = {-0.5, 1.5}, .flags = NG},
+    {"fractional min only", 1, {IN(CONF_ANY, 2, 3)}, .p.s = {0.25, NAN}, .flags = NG},
     {"ties at the bounds", 1, {VALS(TIES, 6)}, .p.s = {-1, 1}, .flags = NG},
 };
 static const conf_error e_clamp[] = {
@@ -496,6 +518,8 @@ static nb_tensor *a_copy(nb_tensor *const *x, int32_t n, const conf_params *p)
 
 /* to_dtype: k[0] is the target dtype */
 static const double FRACTIONS[] = {-3.75, -1.5, -0.5, 0.0, 0.25, 1.0, 2.5, 3.9};
+static const double TO_U8[] = {-1, -3.75, 300, 3e9};                   /* 255 253 44 0 */
+static const double OUT_OF_RANGE[] = {3e9, -3e9, 1e19, -1e19, INFINITY, NAN};
 static const conf_sample s_to_dtype[] = {
     /* rounding to float32 is a step function at finite-difference scale: no gradient check */
     {"to float32", 1, {IN(CONF_ANY, 2, 3)}, .p.k = {NB_DTYPE_F32}, .flags = NG},
@@ -506,6 +530,12 @@ static const conf_sample s_to_dtype[] = {
     {"0-d to float64", 1, {IN0(CONF_ANY)}, .p.k = {NB_DTYPE_F64}},
     {"empty to int64", 1, {IN(CONF_ANY, 0, 3)}, .p.k = {NB_DTYPE_I64}},
     {"edge values to float64", 1, {VALS(EDGE, 12)}, .p.k = {NB_DTYPE_F64}, .flags = FO | NG},
+    /* the SDK's conversion rule: through int64, NaN and out of range giving INT64_MIN, then
+     * wrapping into narrower targets */
+    {"to uint8 wraps", 1, {VALS(TO_U8, 4)}, .p.k = {NB_DTYPE_U8}, .flags = FO | NG},
+    {"to int32 out of range", 1, {VALS(OUT_OF_RANGE, 6)}, .p.k = {NB_DTYPE_I32}, .flags = FO | NG},
+    {"to int64 out of range", 1, {VALS(OUT_OF_RANGE, 6)}, .p.k = {NB_DTYPE_I64}, .flags = FO | NG},
+    {"to uint8 out of range", 1, {VALS(OUT_OF_RANGE, 6)}, .p.k = {NB_DTYPE_U8}, .flags = FO | NG},
 };
 static const conf_error e_to_dtype[] = {
     {"dtype 99", 1, {IN(CONF_ANY, 2)}, .p.k = {99}},
@@ -658,6 +688,72 @@ static nb_tensor *a_cross_entropy(nb_tensor *const *x, int32_t n, const conf_par
     return nb_cross_entropy(x[0], x[1], (nb_reduction)p->k[0]);
 }
 
+/* ---- Creation, bit for bit ----
+ * fill and arange against the SDK's conversion rule, rand/randn against the cpu's numbers for
+ * the same seed (k[0]); input 0 only gives the dtype, the shape and the device. Tolerances are
+ * scaled to nothing: these must match exactly. */
+static const conf_sample s_full[] = {
+    {"2x3 of 2.5", 1, {IN(CONF_ANY, 2, 3)}, .p.s = {2.5}},
+    {"-1 (uint8 wraps)", 1, {IN(CONF_ANY, 4)}, .p.s = {-1}},
+    {"300", 1, {IN(CONF_ANY, 2)}, .p.s = {300}},
+    {"3e9", 1, {IN(CONF_ANY, 2)}, .p.s = {3e9}},
+    {"-3.75", 1, {IN(CONF_ANY, 3)}, .p.s = {-3.75}},
+    {"NaN", 1, {IN(CONF_ANY, 3)}, .p.s = {NAN}},
+    {"-0.0", 1, {IN(CONF_ANY, 3)}, .p.s = {-0.0}, .flags = ZS},
+    {"0-d", 1, {IN0(CONF_ANY)}, .p.s = {7}},
+    {"empty", 1, {IN(CONF_ANY, 0, 3)}, .p.s = {1}},
+};
+static const conf_error e_full[] = {
+    {"NULL like", 1, {IN(CONF_ANY, 2)}, .p.s = {1}, .null_arg = 1},
+};
+static nb_tensor *a_full(nb_tensor *const *x, int32_t n, const conf_params *p)
+{
+    (void)n;
+    return nb_full_like(x[0], p->s[0]);
+}
+
+static const conf_sample s_arange[] = {
+    {"0 to 10", 1, {IN(CONF_ANY, 1)}, .p.s = {0, 10, 1}},
+    {"past 2^24", 1, {IN(CONF_ANY, 1)}, .p.s = {16777200, 16777240, 1}},
+    {"past 2^31 by 3", 1, {IN(CONF_ANY, 1)}, .p.s = {2147483640, 2147483670, 3}},
+    {"-1.5 to 2.3 by 0.1", 1, {IN(CONF_ANY, 1)}, .p.s = {-1.5, 2.3, 0.1}, .flags = FO},
+    {"5 down to -5 by -1.5", 1, {IN(CONF_ANY, 1)}, .p.s = {5, -5, -1.5}, .flags = FO},
+};
+static const conf_error e_arange[] = {
+    {"step 0", 1, {IN(CONF_ANY, 1)}, .p.s = {0, 5, 0}},
+};
+static nb_tensor *a_arange(nb_tensor *const *x, int32_t n, const conf_params *p)
+{
+    (void)n;
+    if (!x[0])
+        return nb_full_like(NULL, 0);
+    return nb_arange(p->s[0], p->s[1], p->s[2],
+                     (nb_opts){.dtype = nb_tensor_dtype(x[0]), .device = nb_tensor_device(x[0])});
+}
+
+static const conf_sample s_rand[] = {
+    {"1000 values", 1, {IN(CONF_ANY, 1000)}, .p.k = {42}},
+    {"3x5x7", 1, {IN(CONF_ANY, 3, 5, 7)}, .p.k = {7}},
+    {"0-d", 1, {IN0(CONF_ANY)}, .p.k = {1}},
+    {"empty", 1, {IN(CONF_ANY, 0, 3)}, .p.k = {1}},
+};
+static const conf_error e_rand[] = {
+    {"NULL like", 1, {IN(CONF_ANY, 2)}, .null_arg = 1},
+};
+static nb_tensor *a_rand(nb_tensor *const *x, int32_t n, const conf_params *p)
+{
+    (void)n;
+    nb_manual_seed((uint64_t)p->k[0]);
+    return nb_rand_like(x[0]);
+}
+static nb_tensor *a_randn(nb_tensor *const *x, int32_t n, const conf_params *p)
+{
+    (void)n;
+    nb_manual_seed((uint64_t)p->k[0]);
+    return nb_randn_like(x[0]);
+}
+#define EXACT_ 1e-300 /* tolerance scale: bit for bit */
+
 #include "optable_nn.h" /* the rows of core/nn/ and ops_extra.c: CONF_NN_ROWS */
 
 /* ---- The table ---- */
@@ -682,8 +778,8 @@ static nb_tensor *a_cross_entropy(nb_tensor *const *x, int32_t n, const conf_par
         conf_ref_##name, samples, e_scalar)
 
 const conf_op conf_ops[] = {
-    UNARY_OP_(neg, CONF_KD_SAME, F_ | I_, true, s_unary_any),
-    UNARY_OP_(abs, CONF_KD_SAME, F_ | I_, true, s_unary_any),
+    UNARY_OP_(neg, CONF_KD_SAME, F_ | I_, true, s_unary_zero_sign),
+    UNARY_OP_(abs, CONF_KD_SAME, F_ | I_, true, s_unary_zero_sign),
     UNARY_OP_(exp, CONF_KD_FLOAT, F_ | I_, true, s_unary_any),
     UNARY_OP_(log, CONF_KD_FLOAT, F_ | I_, true, s_unary_pos),
     UNARY_OP_(sqrt, CONF_KD_FLOAT, F_ | I_, true, s_unary_pos),
@@ -705,8 +801,8 @@ const conf_op conf_ops[] = {
     BINARY_OP_(mul, CONF_KD_SAME, F_ | I_ | U8_, true, s_binary),
     BINARY_OP_(div, CONF_KD_FLOAT, F_ | I_, true, s_binary_div),
     BINARY_OP_(pow, CONF_KD_SAME, F_ | I_, true, s_binary_pow),
-    BINARY_OP_(maximum, CONF_KD_SAME, F_ | I_, true, s_binary),
-    BINARY_OP_(minimum, CONF_KD_SAME, F_ | I_, true, s_binary),
+    BINARY_OP_(maximum, CONF_KD_SAME, F_ | I_, true, s_binary_zero_sign),
+    BINARY_OP_(minimum, CONF_KD_SAME, F_ | I_, true, s_binary_zero_sign),
     BINARY_OP_(eq, CONF_KD_SAME, ALL_, false, s_binary),
     BINARY_OP_(ne, CONF_KD_SAME, ALL_, false, s_binary),
     BINARY_OP_(lt, CONF_KD_SAME, F_ | I_ | U8_, false, s_binary),
@@ -727,8 +823,8 @@ const conf_op conf_ops[] = {
     SCALAR_OP_(pow_scalar, "pow_scalar", CONF_KD_SAME, F_ | I_, true, s_scalar_pow),
     SCALAR_OP_(rsub_scalar, "rsub_scalar", CONF_KD_SAME, F_ | I_, true, s_scalar),
     SCALAR_OP_(rdiv_scalar, "rdiv_scalar", CONF_KD_FLOAT, F_ | I_, true, s_scalar_rdiv),
-    SCALAR_OP_(maximum_scalar, "clamp", CONF_KD_SAME, F_, true, s_scalar),
-    SCALAR_OP_(minimum_scalar, "clamp", CONF_KD_SAME, F_, true, s_scalar),
+    SCALAR_OP_(maximum_scalar, "clamp", CONF_KD_SAME, F_, true, s_scalar_nan),
+    SCALAR_OP_(minimum_scalar, "clamp", CONF_KD_SAME, F_, true, s_scalar_nan),
     SCALAR_OP_(eq_scalar, "eq_scalar", CONF_KD_DOUBLE, F_ | I_, false, s_scalar),
     SCALAR_OP_(ne_scalar, "ne_scalar", CONF_KD_DOUBLE, F_ | I_, false, s_scalar),
     SCALAR_OP_(lt_scalar, "lt_scalar", CONF_KD_DOUBLE, F_ | I_, false, s_scalar),
@@ -783,6 +879,16 @@ const conf_op conf_ops[] = {
         conf_ref_copy, s_copy, e_copy),
     OP_("to_dtype", "nb_to_dtype", "copy", "copy", CONF_KD_SAME, F_ | I_ | U8_, true, 0,
         a_to_dtype, conf_ref_to_dtype, s_to_dtype, e_to_dtype),
+    OP_("full", "nb_full_like", "fill", "fill", CONF_KD_SAME, ALL_, false, EXACT_, a_full,
+        conf_ref_full, s_full, e_full),
+    OP_("arange", "nb_arange", "arange", "arange", CONF_KD_SAME, F_ | I_ | U8_, false, EXACT_,
+        a_arange, conf_ref_arange, s_arange, e_arange),
+    OP_("rand", "nb_rand_like", "random_uniform", "random_uniform", CONF_KD_SAME, F_, false,
+        EXACT_, a_rand, conf_ref_rand, s_rand, e_rand),
+    /* normals go through log and cos, which an OpenCL device without fp64 cannot carry in
+     * double as the reference does: a tenth of the usual tolerance rather than bit for bit */
+    OP_("randn", "nb_randn_like", "random_normal", "random_normal", CONF_KD_SAME, F_, false,
+        0.1, a_randn, conf_ref_randn, s_rand, e_rand),
 
     OP_("softmax", "nb_softmax", "softmax", "max sub exp sum div", CONF_KD_SAME, F_, true, 10,
         a_softmax, conf_ref_softmax, s_softmax, e_softmax),

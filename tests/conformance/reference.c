@@ -2,6 +2,7 @@
  * host arrays, written to be read, with PyTorch's semantics (dtype rules, NaN propagation,
  * broadcasting). Nothing here calls a device or another plugin. */
 #include "conformance.h"
+#include "nabla_plugin.h" /* nb_float_to_int64: the conversion rule every plugin follows */
 
 #include <math.h>
 #include <stdlib.h>
@@ -53,9 +54,10 @@ static double cast_to(nb_dtype dt, double v)
     case NB_DTYPE_F32: return (double)(float)v;
     case NB_DTYPE_F64: return v;
     case NB_DTYPE_BOOL: return v != 0;
-    case NB_DTYPE_U8: return isfinite(v) ? (double)(uint8_t)(int64_t)v : 0; /* wraps */
-    case NB_DTYPE_I32: return isfinite(v) ? (double)(int32_t)(int64_t)v : 0;
-    default: return isfinite(v) ? trunc(v) : 0;
+    /* the SDK's rule: through int64 (NaN and out of range give INT64_MIN), then wrapping */
+    case NB_DTYPE_U8: return (double)(uint8_t)(uint64_t)nb_float_to_int64(v);
+    case NB_DTYPE_I32: return (double)(int32_t)(uint32_t)(uint64_t)nb_float_to_int64(v);
+    default: return (double)nb_float_to_int64(v);
     }
 }
 
@@ -160,8 +162,9 @@ static bool map_n(const conf_host *x, int32_t n, nb_dtype out_dt,
 /* exp, log, ... compute in float: integer inputs give float32 (PyTorch's default dtype). */
 static nb_dtype float_of(nb_dtype d) { return is_float(d) ? d : NB_DTYPE_F32; }
 
-static double nan_max(double a, double b) { return isnan(a) || isnan(b) ? NAN : a > b ? a : b; }
-static double nan_min(double a, double b) { return isnan(a) || isnan(b) ? NAN : a < b ? a : b; }
+/* of two equal values (-0.0 and 0.0) the first is kept, as the cpu plugin does */
+static double nan_max(double a, double b) { return isnan(a) || isnan(b) ? NAN : a < b ? b : a; }
+static double nan_min(double a, double b) { return isnan(a) || isnan(b) ? NAN : a > b ? b : a; }
 
 #define UNARY_(name, dtype_rule, expr)                                                     \
     static double u_##name(double x, const conf_params *p)                                 \
@@ -263,7 +266,13 @@ bool conf_ref_clamp(const conf_host *x, int32_t n, const conf_params *p, conf_ho
     (void)n;
     if (isnan(p->s[0]) && isnan(p->s[1]))
         return false;
-    return map1(&x[0], x[0].dtype, s_clamp, p, out);
+    /* integers clamp to the bounds rounded inward: clamp(int [1,2,3,4], min=2.5) is 3 3 3 4 */
+    conf_params q = *p;
+    if (!is_float(x[0].dtype)) {
+        q.s[0] = ceil(q.s[0]);
+        q.s[1] = floor(q.s[1]);
+    }
+    return map1(&x[0], x[0].dtype, s_clamp, &q, out);
 }
 
 #define BINARY_(name, dtype_rule, expr)                                                    \
@@ -1119,4 +1128,65 @@ bool conf_ref_cross_entropy(const conf_host *x, int32_t n, const conf_params *p,
         l.v[i] = -(row[c] - mx - log(s));
     }
     return reduce_loss(&l, p->k[0], (double)N, out);
+}
+
+/* ======================== creation, bit for bit ======================== */
+
+/* full: s[0] into the dtype of x[0] by the conversion rule. */
+bool conf_ref_full(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
+{
+    (void)n;
+    if (!conf_host_alloc(out, x[0].dtype, x[0].ndim, x[0].shape))
+        return false;
+    for (int64_t k = 0; k < conf_numel(out); k++)
+        out->v[k] = p->s[0];
+    finish(out);
+    return true;
+}
+
+/* arange(s[0], s[1], s[2]) in x[0]'s dtype: element k is s[0] + k * s[2] in double, then the
+ * conversion rule (PyTorch computes it the same way). */
+bool conf_ref_arange(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
+{
+    (void)n;
+    double len = ceil((p->s[1] - p->s[0]) / p->s[2]);
+    if (!(p->s[2] != 0) || !(len >= 0) || len > 1e9)
+        return false;
+    int64_t shape[1] = {(int64_t)len};
+    if (!conf_host_alloc(out, x[0].dtype, 1, shape))
+        return false;
+    for (int64_t k = 0; k < shape[0]; k++)
+        out->v[k] = p->s[0] + (double)k * p->s[2];
+    finish(out);
+    return true;
+}
+
+/* The cpu's numbers for seed k[0]: a random fill is the same on every device. */
+static bool ref_random(const conf_host *x, const conf_params *p, bool normal, conf_host *out)
+{
+    nb_manual_seed((uint64_t)p->k[0]);
+    nb_shape sh = {.ndim = x[0].ndim};
+    for (int32_t d = 0; d < x[0].ndim; d++)
+        sh.dims[d] = x[0].shape[d];
+    nb_opts o = {.dtype = x[0].dtype, .device = "cpu"};
+    nb_tensor *t = normal ? nb_randn(sh, o) : nb_rand(sh, o);
+    nb_tensor *d = t ? nb_to_dtype(t, NB_DTYPE_F64) : NULL;
+    bool ok = d && conf_host_alloc(out, x[0].dtype, x[0].ndim, x[0].shape) &&
+              nb_tensor_copy_to_host(d, out->v, (size_t)conf_numel(out) * sizeof(double)) ==
+                  NB_OK;
+    nb_release(d);
+    nb_release(t);
+    return ok;
+}
+
+bool conf_ref_rand(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
+{
+    (void)n;
+    return ref_random(x, p, false, out);
+}
+
+bool conf_ref_randn(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
+{
+    (void)n;
+    return ref_random(x, p, true, out);
 }

@@ -1,6 +1,7 @@
-/* conv.cl - direct conv2d (forward, grad of input, grad of weight) and max_pool2d (forward and
- * backward), one work-item per output element; each gathers what it needs, so nothing races and
- * no atomics are needed. Float dtypes only. */
+/* conv.cl - im2col/col2im for conv2d as GEMMs, the direct conv2d kernels (forward, grad of
+ * input, grad of weight) for convs whose columns do not fit in a buffer, and max_pool2d (forward
+ * and backward). One work-item per output element; each gathers what it needs, so nothing races
+ * and no atomics are needed. Float dtypes only. */
 #if IS_FLOAT
 #define Y_AT(p, n, o, a, b) ((p).off_y + (n) * (p).st_y[0] + (o) * (p).st_y[1] + (a) * (p).st_y[2] + (b) * (p).st_y[3])
 #define X_AT(p, n, c, a, b) ((p).off_x + (n) * (p).st_x[0] + (c) * (p).st_x[1] + (a) * (p).st_x[2] + (b) * (p).st_x[3])
@@ -77,6 +78,44 @@ __kernel void conv2d_backward_weight(__global T *gw, __global const T *gy, __glo
             }
         }
     gw[W_AT(p, o, c, a, b)] = acc;
+}
+
+/* col (C*KH*KW, N, OH*OW) from x: row (c, a, b), column (n, oh, ow); zero where the tap falls
+ * into the padding */
+__kernel void im2col(__global T *col, __global const T *x, nbk_conv p)
+{
+    long L = p.oh * p.ow, NL = p.n * L, KK = p.kh * p.kw;
+    long i = get_global_id(0);
+    if (i >= p.c * KK * NL)
+        return;
+    long l = i % L, n = i / L % p.n, r = i / NL;
+    long b = r % p.kw, a = r / p.kw % p.kh, c = r / KK;
+    long ih = l / p.ow * p.sh - p.ph + a * p.dh, iw = l % p.ow * p.sw - p.pw + b * p.dw;
+    col[i] = (ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) ? x[X_AT(p, n, c, ih, iw)] : (T)0;
+}
+
+/* gx (N,C,H,W) = the sum of the columns of col (laid out as im2col's) that element feeds; one
+ * work-item per element gathers them, so nothing races */
+__kernel void col2im(__global T *gx, __global const T *col, nbk_conv p)
+{
+    long i = get_global_id(0);
+    if (i >= p.n * p.c * p.h * p.w)
+        return;
+    long iw = i % p.w, ih = i / p.w % p.h, c = i / (p.w * p.h) % p.c, n = i / (p.w * p.h * p.c);
+    long L = p.oh * p.ow, NL = p.n * L;
+    T acc = 0;
+    for (long a = 0; a < p.kh; a++) {
+        long t = ih + p.ph - a * p.dh;
+        if (t < 0 || t % p.sh || t / p.sh >= p.oh)
+            continue;
+        for (long b = 0; b < p.kw; b++) {
+            long u = iw + p.pw - b * p.dw;
+            if (u < 0 || u % p.sw || u / p.sw >= p.ow)
+                continue;
+            acc += col[((c * p.kh + a) * p.kw + b) * NL + n * L + t / p.sh * p.ow + u / p.sw];
+        }
+    }
+    gx[X_AT(p, n, c, ih, iw)] = acc;
 }
 
 /* y (N,C,OH,OW) = window max, idx (role w, shaped like y) = its flat h*W+w; NaN wins, and an

@@ -7,7 +7,7 @@ __kernel void fill(__global T *out, nbk_geom g, T v)
     out[o[0]] = v;
 }
 
-/* copy_from_<src>: out (T) = (T) in (src type). bool and u8 sources are both uchar. */
+/* copy_from_<src>: out (T) = (T) in (src type), by the SDK's conversion rule. */
 #define NBK_COPY(name, S, CONV)                                                              \
     __kernel void name(__global T *out, __global const S *in, nbk_geom g)                     \
     {                                                                                         \
@@ -21,12 +21,39 @@ NBK_COPY(copy_from_f64, double, TO_T_FROM_FLOAT)
 NBK_COPY(copy_from_i32, int, TO_T)
 NBK_COPY(copy_from_i64, long, TO_T)
 NBK_COPY(copy_from_u8, uchar, TO_T)
+/* a bool byte may hold any non-zero value (nb_from_data): it reads as 1 */
+#define NBK_FROM_BOOL(x) TO_T((x) != 0)
+NBK_COPY(copy_from_bool, uchar, NBK_FROM_BOOL)
 
-__kernel void arange(__global T *out, nbk_geom g, real_t start, real_t step)
+/* integral: start and step are whole numbers, given exactly in istart/istep; the value is then
+ * start + i * step in (wrapping) integers, exact past 2^24 with or without fp64, and a float T
+ * gets it rounded once, as the CPU's double arithmetic does. Otherwise real_t arithmetic. */
+#if !HAS_FP64 && NBK_KIND == 0
+/* float32 without fp64: start and step arrive as float pairs (s_h + s_l, t_h + t_l), and i is
+ * split into two parts float holds exactly, so the value rounds once as the CPU's does */
+__kernel void arange(__global T *out, nbk_geom g, float s_h, float s_l, float t_h, float t_l,
+                     long istart, long istep, int integral)
 {
     NBK_ELEMENT(1);
-    out[o[0]] = TO_T_FROM_FLOAT(start + (real_t)i * step);
+    if (integral) {
+        out[o[0]] = TO_T_FROM_LONG((long)((ulong)istart + (ulong)i * (ulong)istep));
+        return;
+    }
+    long i_lo = i & 0xfff;
+    float2 v = nbk_axpm2(s_h, s_l, t_h, t_l, (float)(i - i_lo));
+    out[o[0]] = nbk_axpm(v.x, v.y, t_h, t_l, (float)i_lo);
 }
+#else
+__kernel void arange(__global T *out, nbk_geom g, real_t start, real_t step, long istart,
+                     long istep, int integral)
+{
+    NBK_ELEMENT(1);
+    if (integral)
+        out[o[0]] = TO_T_FROM_LONG((long)((ulong)istart + (ulong)i * (ulong)istep));
+    else
+        out[o[0]] = TO_T_FROM_FLOAT(start + (real_t)i * step);
+}
+#endif
 
 #if !IS_BOOL
 __kernel void unary(__global T *out, __global const T *a, nbk_geom g, int op)
@@ -34,8 +61,13 @@ __kernel void unary(__global T *out, __global const T *a, nbk_geom g, int op)
     NBK_ELEMENT(2);
     T x = a[o[1]], y;
     switch (op) {
+#if IS_FLOAT
     case NBK_NEG: y = -x; break;
-    case NBK_ABS: y = x < 0 ? -x : x; break;
+    case NBK_ABS: y = fabs(x); break; /* abs(-0.0) is +0.0 */
+#else
+    case NBK_NEG: y = (T)(0 - (UT)x); break;
+    case NBK_ABS: y = x < 0 ? (T)(0 - (UT)x) : x; break;
+#endif
     /* relu keeps NaN and -0.0 as they are, like torch.relu */
     case NBK_RELU: y = x < 0 ? (T)0 : x; break;
     /* sign(NaN) is 0, like torch.sign */
@@ -58,30 +90,43 @@ __kernel void unary(__global T *out, __global const T *a, nbk_geom g, int op)
     out[o[0]] = y;
 }
 
-/* s, s2: the scalar(s); for clamp s = min, s2 = max and flags bit 0/1 = has min/has max. */
+/* s, s2: the scalar(s) in T. clamp: flags bit 0/1 = has min/has max; floats take s/s2 (a NaN
+ * bound wins, a NaN x stays), integers compare in long with the bounds rounded inward by the
+ * host (lo = ceil(min), hi = floor(max)) and take them wrapped into T, as the CPU does. */
 __kernel void unary_scalar(__global T *out, __global const T *a, nbk_geom g, int op, T s, T s2,
-                           int flags)
+                           int flags, long lo, long hi)
 {
     NBK_ELEMENT(2);
     T x = a[o[1]], y;
     switch (op) {
+#if IS_FLOAT
     case NBK_ADD_S: y = x + s; break;
     case NBK_MUL_S: y = x * s; break;
     case NBK_RSUB_S: y = s - x; break;
     case NBK_CLAMP:
         y = x;
-        if (!IS_NAN(x)) {
-            if ((flags & 1) && y < s)
-                y = s;
-            if ((flags & 2) && y > s2)
-                y = s2;
-        }
+        if ((flags & 1) && (y < s || IS_NAN(s)))
+            y = s;
+        if ((flags & 2) && (y > s2 || IS_NAN(s2)))
+            y = s2;
         break;
-#if IS_FLOAT
     case NBK_DIV_S: y = x / s; break;
     case NBK_RDIV_S: y = s / x; break;
     case NBK_POW_S: y = pow(x, s); break;
     case NBK_RPOW_S: y = pow(s, x); break;
+#else
+    case NBK_ADD_S: y = (T)((UT)x + (UT)s); break;
+    case NBK_MUL_S: y = (T)((UT)x * (UT)s); break;
+    case NBK_RSUB_S: y = (T)((UT)s - (UT)x); break;
+    case NBK_CLAMP: {
+        long v = (long)x;
+        if ((flags & 1) && v < lo)
+            v = lo;
+        if ((flags & 2) && v > hi)
+            v = hi;
+        y = TO_T_FROM_LONG(v);
+        break;
+    }
 #endif
     default: y = x; break;
     }
@@ -94,12 +139,19 @@ __kernel void binary(__global T *out, __global const T *a, __global const T *b, 
     NBK_ELEMENT(3);
     T x = a[o[1]], z = b[o[2]], y;
     switch (op) {
+#if IS_FLOAT
     case NBK_ADD: y = x + z; break;
     case NBK_SUB: y = x - z; break;
     case NBK_MUL: y = x * z; break;
-    /* maximum/minimum propagate NaN (x + z is NaN when either is) */
-    case NBK_MAXIMUM: y = (IS_NAN(x) || IS_NAN(z)) ? x + z : (x > z ? x : z); break;
-    case NBK_MINIMUM: y = (IS_NAN(x) || IS_NAN(z)) ? x + z : (x < z ? x : z); break;
+#else
+    case NBK_ADD: y = (T)((UT)x + (UT)z); break;
+    case NBK_SUB: y = (T)((UT)x - (UT)z); break;
+    case NBK_MUL: y = (T)((UT)x * (UT)z); break;
+#endif
+    /* maximum/minimum propagate NaN (x + z is NaN when either is); of -0.0 and 0.0 they keep
+     * x, as the CPU's x < z ? z : x does */
+    case NBK_MAXIMUM: y = (IS_NAN(x) || IS_NAN(z)) ? x + z : (x < z ? z : x); break;
+    case NBK_MINIMUM: y = (IS_NAN(x) || IS_NAN(z)) ? x + z : (x > z ? z : x); break;
 #if IS_FLOAT
     case NBK_DIV: y = x / z; break;
     case NBK_POW: y = pow(x, z); break;
@@ -122,23 +174,39 @@ __kernel void compare(__global uchar *out, __global const T *a, __global const T
                       int op)
 {
     NBK_ELEMENT(3);
-    T x = a[o[1]], z = b[o[2]];
-    out[o[0]] = NBK_CMP(op, x, z) ? 1 : 0;
-}
-
-/* A float tensor compares with the scalar rounded to its type (as PyTorch does); an integer
- * tensor compares in real_t, so that 2 < 2.5 holds. */
-__kernel void compare_scalar(__global uchar *out, __global const T *a, nbk_geom g, int op,
-                             real_t s)
-{
-    NBK_ELEMENT(2);
-#if IS_FLOAT
-    T x = a[o[1]], z = (T)s;
+#if IS_BOOL
+    int x = a[o[1]] != 0, z = b[o[2]] != 0;
 #else
-    real_t x = (real_t)a[o[1]], z = s;
+    T x = a[o[1]], z = b[o[2]];
 #endif
     out[o[0]] = NBK_CMP(op, x, z) ? 1 : 0;
 }
+
+/* A float tensor compares with the scalar rounded to its type (as PyTorch does). An integer
+ * tensor compares exactly, without floats: the host turns x op s into x op' t with t an
+ * integer (x < 2.5 is x < 3, x <= 2.5 is x <= 2, ...), or into a constant (konst >= 0) when
+ * s is NaN, fractional for ==, or outside the range of long. */
+#if IS_FLOAT
+__kernel void compare_scalar(__global uchar *out, __global const T *a, nbk_geom g, int op, T s,
+                             long t, int konst)
+{
+    NBK_ELEMENT(2);
+    T x = a[o[1]];
+    out[o[0]] = NBK_CMP(op, x, s) ? 1 : 0;
+}
+#else
+__kernel void compare_scalar(__global uchar *out, __global const T *a, nbk_geom g, int op, T s,
+                             long t, int konst)
+{
+    NBK_ELEMENT(2);
+#if IS_BOOL
+    long x = a[o[1]] != 0;
+#else
+    long x = (long)a[o[1]];
+#endif
+    out[o[0]] = konst >= 0 ? (uchar)konst : NBK_CMP(op, x, t) ? 1 : 0;
+}
+#endif
 
 /* b is ignored for NBK_NOT (the host passes a again). */
 __kernel void logical(__global uchar *out, __global const T *a, __global const T *b, nbk_geom g,

@@ -1,35 +1,51 @@
-/* index.cl - gather and scatter_add along one dim, and the index range check both run first. */
+/* index.cl - gather and scatter_add along one dim. Each checks its indices as it goes: a bad
+ * one is skipped (never read or written through) and recorded in flag, which the host reads at
+ * the next synchronisation point, so no op waits for a check. */
 
-/* flag[0] = 1 and flag[1] = the index when any index is outside [0, size). */
-__kernel void index_check(__global const long *idx, nbk_geom g, long size,
-                          __global long *flag)
+/* The first bad index wins flag (NBK_FLAG_WORDS ints, see nbk_shared.h). 32-bit atomics are
+ * core in OpenCL C 1.1; the words after the first are written only by the winner. */
+void nbk_flag_bad(__global volatile int *flag, long v, long size, long dim, int op)
 {
-    NBK_ELEMENT(1);
-    long v = idx[o[0]];
-    if (v < 0 || v >= size) {
-        flag[0] = 1;
-        flag[1] = v;
-    }
+    if (atomic_cmpxchg(&flag[0], 0, 1) != 0)
+        return;
+    flag[1] = (int)(uint)(ulong)v;
+    flag[2] = (int)(uint)((ulong)v >> 32);
+    flag[3] = (int)(uint)(ulong)size;
+    flag[4] = (int)(uint)((ulong)size >> 32);
+    flag[5] = (int)dim;
+    flag[6] = op;
 }
 
 /* Operands: 0 out, 1 data (its stride along dim set to 0), 2 index; dstride is data's stride
- * along dim. */
+ * along dim, size its size there. A bad index writes 0. */
 __kernel void gather(__global T *out, __global const T *data, __global const long *idx,
-                     nbk_geom g, long dstride)
+                     nbk_geom g, long dstride, long size, long dim, __global volatile int *flag)
 {
     NBK_ELEMENT(3);
-    out[o[0]] = data[o[1] + idx[o[2]] * dstride];
+    long v = idx[o[2]];
+    if (v < 0 || v >= size) {
+        nbk_flag_bad(flag, v, size, dim, 0);
+        out[o[0]] = (T)0;
+        return;
+    }
+    out[o[0]] = data[o[1] + v * dstride];
 }
 
 /* One work-item per line along dim: operands 0 out (stride along dim set to 0), 1 index,
  * 2 src, over the index's shape with dim collapsed. Distinct lines write distinct output
  * elements, so no atomics are needed and the sums come out in a fixed order. */
 __kernel void scatter_add(__global T *out, __global const long *idx, __global const T *src,
-                          nbk_geom g, long len, long ost, long ist, long sst)
+                          nbk_geom g, long len, long ost, long ist, long sst, long size,
+                          long dim, __global volatile int *flag)
 {
     NBK_ELEMENT(3);
     for (long j = 0; j < len; j++) {
-        long t = o[0] + idx[o[1] + j * ist] * ost;
+        long v = idx[o[1] + j * ist];
+        if (v < 0 || v >= size) {
+            nbk_flag_bad(flag, v, size, dim, 1);
+            continue;
+        }
+        long t = o[0] + v * ost;
 #if IS_BOOL
         out[t] = (out[t] | src[o[2] + j * sst]) != 0;
 #else

@@ -12,6 +12,9 @@ typedef int64_t nbk_i64;
 #endif
 
 #define NBK_MAX_DIMS 8
+/* The index flag: [0] set, [1..2] the bad index (low, high word), [3..4] the size it was
+ * checked against, [5] the dim, [6] 0 gather / 1 scatter_add. */
+#define NBK_FLAG_WORDS 8
 #define NBK_MAX_OPERANDS 4
 
 /* Up to four operands sharing one (coalesced) shape; work-item i is element i in row-major

@@ -14,7 +14,7 @@ __kernel void relu_backward(__global T *out, __global const T *grad, __global co
 
 /* Work-group tree over lv (a power of two); op 0 sums, 1 takes the max. Every item gets the
  * result. */
-static inline T nbk_group_reduce(__local T *lv, T v, int op)
+T nbk_group_reduce(__local T *lv, T v, int op)
 {
     int lid = get_local_id(0);
     lv[lid] = v;

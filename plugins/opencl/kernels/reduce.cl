@@ -4,7 +4,7 @@
 
 /* Is candidate (vb, ib) better than the current (va, ia)? NaN counts as the extreme (as in
  * torch.argmax); ties go to the smaller index. */
-static inline int nbk_arg_better(int op, ACC va, long ia, ACC vb, long ib)
+int nbk_arg_better(int op, ACC va, long ia, ACC vb, long ib)
 {
     if (IS_NAN(vb))
         return !IS_NAN(va) || ib < ia;
@@ -15,7 +15,7 @@ static inline int nbk_arg_better(int op, ACC va, long ia, ACC vb, long ib)
     return op == NBK_ARGMAX ? vb > va : vb < va;
 }
 
-static inline ACC nbk_red_init(int op)
+ACC nbk_red_init(int op)
 {
     switch (op) {
     case NBK_SUM: return (ACC)0;
@@ -26,7 +26,7 @@ static inline ACC nbk_red_init(int op)
 }
 
 /* Combines (vb, ib) into (*va, *ia). NaN propagates through max and min. */
-static inline void nbk_red_combine(int op, ACC *va, long *ia, ACC vb, long ib)
+void nbk_red_combine(int op, ACC *va, long *ia, ACC vb, long ib)
 {
     switch (op) {
     case NBK_SUM: *va += vb; break;
@@ -50,7 +50,7 @@ static inline void nbk_red_combine(int op, ACC *va, long *ia, ACC vb, long ib)
 
 /* Tree over the work-group (a power of two), then work-item 0 writes the result: to out/outi
  * when final, else to the partial buffers pv/pi at index slot. */
-static inline void nbk_red_finish(int op, int final_, ACC v, long vi, __local ACC *lv,
+void nbk_red_finish(int op, int final_, ACC v, long vi, __local ACC *lv,
                                   __local long *li, __global T *out, __global long *outi,
                                   long out_off, __global ACC *pv, __global long *pi, long slot)
 {

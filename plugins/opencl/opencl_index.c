@@ -1,0 +1,142 @@
+/* opencl_index.c - gather and scatter_add along one dim. A bad index is found on the device
+ * and reported at the next read or synchronize, so the queue never waits for a check. */
+#include "opencl_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- gather, scatter_add ---- */
+
+/* Launches gather (n_extra 0: len is the data stride) or scatter_add with the index flag as the
+ * last argument. The kernel checks each index against size and records a bad one in the flag;
+ * the next read or synchronize reports it (see ocl_flag). */
+static nb_status run_checked(int device, const char *op, nb_dtype t, ocl_kid kid,
+                             const ocl_view *v, const nbk_geom *g, int64_t len, int64_t size,
+                             int64_t dim, int64_t ost, int scatter, int64_t ist, int64_t sst)
+{
+    ocl_dev *d = ocl_device(device, op);
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    cl_mem flag;
+    ocl_lock(d);
+    nb_status st = ocl_flag(d, op, &flag);
+    if (st == NB_OK && scatter) {
+        ocl_arg extra[] = {OCL_ARG(len), OCL_ARG(ost), OCL_ARG(ist), OCL_ARG(sst),
+                           OCL_ARG(size), OCL_ARG(dim), OCL_ARG(flag)};
+        st = ocl_run_elementwise(device, op, t, kid, 3, v, g, 7, extra);
+    } else if (st == NB_OK) {
+        ocl_arg extra[] = {OCL_ARG(len), OCL_ARG(size), OCL_ARG(dim), OCL_ARG(flag)};
+        st = ocl_run_elementwise(device, op, t, kid, 3, v, g, 4, extra);
+    }
+    ocl_unlock(d);
+    return st;
+}
+
+/* A 0-d operand as 1-d of size 1, so gather/scatter need no special case. */
+static const int64_t one_shape[1] = {1}, zero_stride[1] = {0};
+static nb_operand as_1d(const nb_operand *o)
+{
+    nb_operand c = *o;
+    if (c.ndim == 0) {
+        c.ndim = 1;
+        c.shape = one_shape;
+        c.strides = zero_stride;
+    }
+    return c;
+}
+
+static nb_status k_gather(const nb_kernel_args *a)
+{
+    const char *op = "gather";
+    nb_status st = ocl_n_inputs(op, a, 2);
+    if (st != NB_OK)
+        return st;
+    if (!a->out)
+        return ERR(NB_NULL_ARGUMENT, "opencl gather: out is NULL");
+    nb_operand out = as_1d(a->out), data = as_1d(&a->in[0]), idx = as_1d(&a->in[1]);
+    ocl_view v[3];
+    st = ocl_check(op, "out", &out, -1, &v[0]);
+    if (st == NB_OK)
+        st = ocl_check(op, "input", &data, (int)out.dtype, &v[1]);
+    if (st == NB_OK)
+        st = ocl_check(op, "index", &idx, NB_DTYPE_I64, &v[2]);
+    if (st == NB_OK)
+        st = ocl_same_shape(op, "index", &idx, &out);
+    if (st != NB_OK)
+        return st;
+    int64_t dim = a->i[0];
+    if (data.ndim != out.ndim || dim < 0 || dim >= out.ndim)
+        return ERR(NB_INVALID_ARGUMENT, "opencl gather: input has %d dims, out %d and dim is "
+                   "%lld; expected equal dims and 0 <= dim < dims", (int)data.ndim,
+                   (int)out.ndim, (long long)dim);
+    for (int32_t e = 0; e < out.ndim; e++)
+        if (e != dim && out.shape[e] > data.shape[e])
+            return ERR(NB_SHAPE_MISMATCH, "opencl gather: the index has size %lld in dim %d "
+                       "but the input only %lld", (long long)out.shape[e], (int)e,
+                       (long long)data.shape[e]);
+    if (ocl_numel(out.ndim, out.shape) == 0)
+        return NB_OK;
+    int64_t dst[NB_MAX_DIMS];
+    memcpy(dst, data.strides, sizeof(int64_t) * (size_t)data.ndim);
+    dst[dim] = 0; /* the index supplies the coordinate along dim */
+    const int64_t *strides[3] = {out.strides, dst, idx.strides};
+    int64_t off[3] = {v[0].off, v[1].off, v[2].off};
+    nbk_geom g;
+    ocl_geom_make(&g, out.ndim, out.shape, 3, strides, off);
+    int64_t dstride = data.strides[dim], size = data.shape[dim];
+    return run_checked(a->device, op, out.dtype, OCL_K_gather, v, &g, dstride, size, dim, 0, 0, 0,
+                       0);
+}
+
+static nb_status k_scatter_add(const nb_kernel_args *a)
+{
+    const char *op = "scatter_add";
+    nb_status st = ocl_n_inputs(op, a, 2);
+    if (st != NB_OK)
+        return st;
+    if (!a->out)
+        return ERR(NB_NULL_ARGUMENT, "opencl scatter_add: out is NULL");
+    nb_operand out = as_1d(a->out), idx = as_1d(&a->in[0]), src = as_1d(&a->in[1]);
+    ocl_view v[3];
+    st = ocl_check(op, "out", &out, -1, &v[0]);
+    if (st == NB_OK)
+        st = ocl_check(op, "index", &idx, NB_DTYPE_I64, &v[1]);
+    if (st == NB_OK)
+        st = ocl_check(op, "source", &src, (int)out.dtype, &v[2]);
+    if (st == NB_OK)
+        st = ocl_same_shape(op, "source", &src, &idx);
+    if (st != NB_OK)
+        return st;
+    int64_t dim = a->i[0];
+    if (idx.ndim != out.ndim || dim < 0 || dim >= out.ndim)
+        return ERR(NB_INVALID_ARGUMENT, "opencl scatter_add: index has %d dims, out %d and dim "
+                   "is %lld; expected equal dims and 0 <= dim < dims", (int)idx.ndim,
+                   (int)out.ndim, (long long)dim);
+    for (int32_t e = 0; e < out.ndim; e++)
+        if (e != dim && idx.shape[e] > out.shape[e])
+            return ERR(NB_SHAPE_MISMATCH, "opencl scatter_add: the index has size %lld in dim "
+                       "%d but out only %lld", (long long)idx.shape[e], (int)e,
+                       (long long)out.shape[e]);
+    if (ocl_numel(idx.ndim, idx.shape) == 0)
+        return NB_OK;
+    /* one work-item per line along dim */
+    int64_t lines[NB_MAX_DIMS];
+    memcpy(lines, idx.shape, sizeof(int64_t) * (size_t)idx.ndim);
+    lines[dim] = 1;
+    const int64_t *strides[3] = {out.strides, idx.strides, src.strides};
+    int64_t off[3] = {v[0].off, v[1].off, v[2].off};
+    nbk_geom g;
+    ocl_geom_make(&g, idx.ndim, lines, 3, strides, off);
+    return run_checked(a->device, op, out.dtype, OCL_K_scatter_add, v, &g, idx.shape[dim],
+                       out.shape[dim], dim, out.strides[dim], 1, idx.strides[dim],
+                       src.strides[dim]);
+}
+
+
+const ocl_spec ocl_specs_index[] = {
+    {"gather", k_gather, OCL_ALL},
+    {"scatter_add", k_scatter_add, OCL_ALL},
+};
+const size_t ocl_n_specs_index =
+    sizeof ocl_specs_index / sizeof ocl_specs_index[0];
