@@ -36,7 +36,7 @@ const char *nb_op_name(size_t i) { return i < NBI_OP_COUNT ? op_names[i] : NULL;
 #define NBI_DEVICE_STR_MAX 64
 
 typedef struct parsed {
-    char type[NBI_DEVICE_STR_MAX];
+    char type[NBI_DEVICE_STR_MAX + 1]; /* a type may use all 64 characters */
     long index; /* -1 if absent */
 } parsed;
 
@@ -71,6 +71,9 @@ static nb_status parse(const char *s, parsed *p)
         if (v > 1000000)
             return nbi_error(NB_DEVICE_OUT_OF_RANGE, "device index in '%s' is out of range", s);
     }
+    if (d[0] == '0' && d[1]) /* "cpu:00" names no device more than "cpu: 0" does */
+        return nbi_error(NB_INVALID_ARGUMENT, "malformed device string '%s': index '%s' has a "
+                         "leading zero (expected e.g. \"%s:0\")", s, d, p->type);
     p->index = v;
     return NB_OK;
 }

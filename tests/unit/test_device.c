@@ -92,6 +92,35 @@ static void malformed_strings_are_rejected_with_the_grammar(void **state)
     parse_fails("cpu 0", NB_INVALID_ARGUMENT, "expected 'type[:index]'");
 }
 
+static void leading_zero_in_the_index_is_malformed(void **state)
+{
+    (void)state;
+    parse_fails("cpu:00", NB_INVALID_ARGUMENT, "index '00' has a leading zero");
+    parse_fails("cpu:01", NB_INVALID_ARGUMENT, "leading zero");
+    parse_ok("cpu:0", "cpu:0");
+}
+
+/* 63, 64 and 65 letters: the longest accepted type fills the whole buffer (it once wrote one past
+ * it and left the name unterminated, so the message printed stack bytes). */
+static void type_names_at_the_length_limit_stay_in_bounds(void **state)
+{
+    (void)state;
+    for (size_t n = 63; n <= 65; n++) {
+        char s[70];
+        memset(s, 'a', n);
+        s[n] = '\0';
+        if (n <= 64) {
+            char want[128];
+            snprintf(want, sizeof want, "unknown device type '%s' (loaded:", s);
+            parse_fails(s, NB_UNKNOWN_DEVICE, want);
+            strcat(s, ":0"); /* the limit is on the whole string */
+            parse_fails(s, NB_INVALID_ARGUMENT, "more than 64 characters");
+        } else {
+            parse_fails(s, NB_INVALID_ARGUMENT, "more than 64 characters");
+        }
+    }
+}
+
 static void very_long_string_is_rejected_without_echoing_it(void **state)
 {
     (void)state;
@@ -273,6 +302,8 @@ int main(void)
         NB_TEST(cpu_strings_parse_to_canonical_form),
         NB_TEST(tensors_name_their_device_like_pytorch),
         NB_TEST(malformed_strings_are_rejected_with_the_grammar),
+        NB_TEST(leading_zero_in_the_index_is_malformed),
+        NB_TEST(type_names_at_the_length_limit_stay_in_bounds),
         NB_TEST(very_long_string_is_rejected_without_echoing_it),
         NB_TEST(unknown_type_lists_the_loaded_types),
         NB_TEST(out_of_range_index_counts_the_devices),
