@@ -182,9 +182,10 @@ nb_tensor *nbi_tensor_view(const nb_tensor *t, int32_t ndim, const int64_t *shap
                            const int64_t *strides, int64_t offset);
 int64_t nbi_numel(int32_t ndim, const int64_t *shape);
 /* Checked shape arithmetic: every shape from caller input passes nbi_check_shape before a tensor
- * gets it (sizes >= 0, element count and contiguous strides fit int64: NB_INVALID_ARGUMENT
- * otherwise), so nbi_numel and nbi_contiguous_strides need no checks. nbi_check_bytes refuses
- * more than PTRDIFF_MAX bytes (NB_OUT_OF_MEMORY) before any plugin sees the request. */
+ * gets it (sizes >= 0, element count and contiguous strides below 2^59, so they fit int64 even
+ * in bytes: NB_INVALID_ARGUMENT otherwise), so nbi_numel and nbi_contiguous_strides need no
+ * checks. nbi_check_bytes refuses more than PTRDIFF_MAX bytes (NB_OUT_OF_MEMORY) before any
+ * plugin sees the request. */
 nb_status nbi_check_shape(const char *op, int32_t ndim, const int64_t *shape);
 nb_status nbi_check_bytes(const char *op, int32_t ndim, const int64_t *shape, nb_dtype dtype,
                           size_t *bytes);

@@ -56,7 +56,7 @@ static nb_status broadcast_shapes(const char *op, const nb_tensor *a, const nb_t
         shape[d] = x == 1 ? y : x;
     }
     *ndim = n;
-    return NB_OK;
+    return nbi_check_shape(op, n, shape); /* [2^32, 1] with [1, 2^32]: 2^64 elements */
 }
 
 static bool same_shape(const nb_tensor *a, int32_t ndim, const int64_t *shape)
@@ -1775,7 +1775,8 @@ static nb_tensor *cat_impl(nb_tensor *const *ts, int32_t n, int32_t dim)
                           "dim %d", dim, (long long)ref->shape[d], (long long)t->shape[d], k, d);
                 return NULL;
             }
-        shape[dim] += t->shape[dim];
+        if (nbi_add_i64("cat", "size", shape[dim], t->shape[dim], &shape[dim]) != NB_OK)
+            return NULL;
         dt = nb_promote_types(dt, t->dtype);
     }
     nb_tensor *out = nbi_tensor_new(ref->storage->device, dt, ref->ndim, shape);

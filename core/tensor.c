@@ -18,7 +18,11 @@ int64_t nbi_numel(int32_t ndim, const int64_t *shape)
 }
 
 /* The product of the sizes, each counted as at least 1: it bounds the element count and every
- * contiguous stride, so a shape whose span fits int64 has a numel and strides that fit too. */
+ * contiguous stride. Kept below 2^63 / 16, so that they fit int64 in bytes too (plugins
+ * address in bytes; 16 leaves room for a complex dtype), and a tensor never needs more than
+ * PTRDIFF_MAX bytes. */
+#define NBI_SPAN_MAX (INT64_MAX / 16)
+
 static bool shape_span(int32_t ndim, const int64_t *shape, int64_t *span)
 {
     int64_t n = 1;
@@ -26,7 +30,7 @@ static bool shape_span(int32_t ndim, const int64_t *shape, int64_t *span)
         if (shape[d] < 0 || __builtin_mul_overflow(n, shape[d] > 1 ? shape[d] : 1, &n))
             return false;
     *span = n;
-    return true;
+    return n <= NBI_SPAN_MAX;
 }
 
 nb_status nbi_check_shape(const char *op, int32_t ndim, const int64_t *shape)
@@ -41,7 +45,7 @@ nb_status nbi_check_shape(const char *op, int32_t ndim, const int64_t *shape)
     int64_t span;
     if (!shape_span(ndim, shape, &span))
         return nbi_error(NB_INVALID_ARGUMENT, "%s: shape %s is too large (its element count or "
-                         "strides overflow int64)", op, nbi_shape_cstr(ndim, shape));
+                         "strides, in bytes, overflow int64)", op, nbi_shape_cstr(ndim, shape));
     return NB_OK;
 }
 

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config libopenblas-dev libcmocka-dev zlib1g-dev
-          ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo dataset-fashion-mnist)
+          ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo dataset-fashion-mnist
+          clang libclang-rt-14-dev) # clang and its libFuzzer runtime: tools/run-fuzzers.sh
 [ "${1:-}" = "--with-torch" ] && packages+=(python3-torch)
 
 missing=()

@@ -690,6 +690,35 @@ static void var_with_extreme_corrections_is_defined(void **state)
     nb_release(t);
 }
 
+/* Result shapes computed from two valid inputs can overflow too: broadcasting [2^32, 1] with
+ * [1, 2^32], or concatenating 64 views of 2^58 elements. */
+static void result_shapes_that_overflow_are_errors(void **state)
+{
+    (void)state;
+    const int64_t big = (int64_t)1 << 32, huge = (int64_t)1 << 58;
+    nb_tensor *one = nb_ones(NB_SHAPE(1, 1), (nb_opts){0});
+    nb_tensor *col = nb_expand(one, NB_SHAPE(big, 1)), *row = nb_expand(one, NB_SHAPE(1, big));
+    assert_null(nb_add(col, row));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("add: shape [4294967296, 4294967296] is too large");
+    nb_clear_error();
+    nb_tensor *c3 = nb_expand(one, NB_SHAPE(big, 1, 1, 1)), *r3 = nb_expand(one, NB_SHAPE(1, big, 1, 1));
+    assert_null(nb_matmul(c3, r3)); /* batch dims [2^32, 2^32] */
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    nb_tensor *v = nb_ones(NB_SHAPE(1), (nb_opts){0}), *h = nb_expand(v, NB_SHAPE(huge));
+    nb_tensor *parts[64];
+    for (int k = 0; k < 64; k++)
+        parts[k] = h;
+    assert_null(nb_cat(parts, 64, 0)); /* 64 * 2^58 */
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("cat: size");
+    nb_clear_error();
+    nb_tensor *r[] = {one, col, row, c3, r3, v, h};
+    for (size_t k = 0; k < sizeof r / sizeof *r; k++)
+        nb_release(r[k]);
+}
+
 static void read_i64(const nb_tensor *t, int64_t *out, int64_t n)
 {
     assert_non_null(t);
@@ -1242,6 +1271,7 @@ int main(void)
         NB_TEST(reduction_dims_must_be_a_list_or_none),
         NB_TEST(var_with_extreme_corrections_is_defined),
         NB_TEST(integer_arithmetic_wraps_around_like_torch),
+        NB_TEST(result_shapes_that_overflow_are_errors),
         NB_TEST(var_std_and_norm_match_the_formulas),
         NB_TEST(argmax_picks_the_first_of_ties),
         NB_TEST(max_dim_and_min_dim_give_values_and_indices),
