@@ -513,6 +513,8 @@ static nb_tensor *randperm_impl(int64_t n, nb_opts o)
         nbi_error(NB_INVALID_ARGUMENT, "randperm: n must be non-negative, got %lld", (long long)n);
         return NULL;
     }
+    if (nbi_check_shape("randperm", 1, &n) != NB_OK) /* n * 8 bytes must not wrap */
+        return NULL;
     int64_t *p = nbi_malloc((size_t)(n ? n : 1) * sizeof *p);
     if (!p) {
         nbi_error(NB_OUT_OF_MEMORY, "randperm: out of memory for %lld elements", (long long)n);

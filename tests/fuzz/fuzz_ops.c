@@ -91,6 +91,26 @@ static void op_create(chain *c)
         return;
     nb_opts o = {.dtype = dt, .requires_grad = grad};
     nb_tensor *r = NULL;
+    /* ranges: small ones, and ones whose count is past any tensor (1e60, inf, NaN, step 0) */
+    static const double ends[] = {-2, -1, 0, 0.5, 1, 3, 7.5, 1e60, INFINITY, NAN, -0x1p63};
+    if (fuzz_u8(&c->in) < 32) {
+        double a = PICK(&c->in, ends), b = PICK(&c->in, ends), st = PICK(&c->in, ends);
+        switch (fuzz_below(&c->in, 3)) {
+        case 0: keep(c, nb_arange(a, b, st, o)); break;
+        case 1: { /* negative steps, or at most 1023 */
+            uint64_t steps = (uint64_t)PICK(&c->in, index_table) & 0x80000000000003ffull;
+            keep(c, nb_linspace(a, b, (int64_t)steps, o));
+            break;
+        }
+        default: {
+            int64_t n = PICK(&c->in, index_table);
+            /* randperm and eye: small sizes run, the rest must be refused before allocating */
+            if (n < 8 || n > (int64_t)1 << 59)
+                keep(c, fuzz_u8(&c->in) & 1 ? nb_randperm(n, o) : nb_eye(n, n % 5, o));
+        }
+        }
+        return;
+    }
     switch (kind) {
     case 0: r = nb_zeros(s, o); break;
     case 1: r = nb_full(s, PICK(&c->in, scalar_table), o); break;

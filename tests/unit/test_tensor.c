@@ -577,6 +577,15 @@ static void shapes_whose_size_overflows_are_invalid(void **state)
     nb_release(e);
 }
 
+static void randperm_of_a_size_past_the_bound_is_an_error(void **state)
+{
+    (void)state;
+    /* 2^62 * 8 bytes once wrapped to a 0-byte buffer that the shuffle then overran */
+    assert_null(nb_randperm((int64_t)1 << 62, (nb_opts){0}));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("randperm: shape [4611686018427387904] is too large");
+}
+
 static void arange_of_more_elements_than_int64_is_an_error(void **state)
 {
     (void)state;
@@ -821,6 +830,7 @@ int main(void)
         NB_TEST(absurdly_large_shape_is_an_error_not_a_crash),
         NB_TEST(shapes_whose_size_overflows_are_invalid),
         NB_TEST(arange_of_more_elements_than_int64_is_an_error),
+        NB_TEST(randperm_of_a_size_past_the_bound_is_an_error),
         NB_TEST(invalid_dtype_in_options_is_rejected),
         NB_TEST(integer_tensors_cannot_require_grad),
         NB_TEST(copy_to_host_checks_the_buffer_size),
