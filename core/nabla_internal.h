@@ -187,6 +187,7 @@ int64_t nbi_numel(int32_t ndim, const int64_t *shape);
  * checks. nbi_check_bytes refuses more than PTRDIFF_MAX bytes (NB_OUT_OF_MEMORY) before any
  * plugin sees the request. */
 nb_status nbi_check_shape(const char *op, int32_t ndim, const int64_t *shape);
+#define NBI_SPAN_MAX (INT64_MAX / 16) /* elements: numel, strides and offsets stay below it */
 nb_status nbi_check_bytes(const char *op, int32_t ndim, const int64_t *shape, nb_dtype dtype,
                           size_t *bytes);
 /* a + b and a * b, or an NB_INVALID_ARGUMENT naming op and what (e.g. "slice end") on overflow */

@@ -21,8 +21,6 @@ int64_t nbi_numel(int32_t ndim, const int64_t *shape)
  * contiguous stride. Kept below 2^63 / 16, so that they fit int64 in bytes too (plugins
  * address in bytes; 16 leaves room for a complex dtype), and a tensor never needs more than
  * PTRDIFF_MAX bytes. */
-#define NBI_SPAN_MAX (INT64_MAX / 16)
-
 static bool shape_span(int32_t ndim, const int64_t *shape, int64_t *span)
 {
     int64_t n = 1;
@@ -87,8 +85,9 @@ static nb_status check_view(const nb_tensor *base, int32_t ndim, const int64_t *
         return NB_OK;
     int64_t last = offset, step;
     bool ok = offset >= 0;
-    for (int32_t d = 0; ok && d < ndim; d++)
-        ok = strides[d] >= 0 && !__builtin_mul_overflow(shape[d] - 1, strides[d], &step) &&
+    for (int32_t d = 0; ok && d < ndim; d++) /* a stride fits int64 in bytes, even of a 1-dim */
+        ok = strides[d] >= 0 && strides[d] <= NBI_SPAN_MAX &&
+             !__builtin_mul_overflow(shape[d] - 1, strides[d], &step) &&
              !__builtin_add_overflow(last, step, &last);
     int64_t es = nbi_dtype_bytes[base->dtype];
     if (ok && last < (int64_t)(base->storage->bytes / (size_t)es))

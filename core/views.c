@@ -281,7 +281,8 @@ nb_tensor *nb_unsqueeze(const nb_tensor *t, int32_t dim)
         if (d == dim) {
             shape[d] = 1;
             /* any stride serves a size-1 dim; this one keeps the view contiguous */
-            if (s >= t->ndim || __builtin_mul_overflow(t->strides[s], t->shape[s], &strides[d]))
+            if (s >= t->ndim || __builtin_mul_overflow(t->strides[s], t->shape[s], &strides[d]) ||
+                strides[d] > NBI_SPAN_MAX)
                 strides[d] = 1;
         } else {
             shape[d] = t->shape[s];
@@ -370,7 +371,8 @@ nb_tensor *nbi_slice_view(const nb_tensor *t, int32_t dim, int64_t start, int64_
     memcpy(strides, t->strides, sizeof strides);
     shape[dim] = len;
     int64_t off;
-    if (__builtin_mul_overflow(t->strides[dim], step, &strides[dim]))
+    if (__builtin_mul_overflow(t->strides[dim], step, &strides[dim]) ||
+        strides[dim] > NBI_SPAN_MAX)
         strides[dim] = t->strides[dim]; /* only for len <= 1, as slice_impl checked */
     if (nbi_mul_i64("slice", "offset", start, t->strides[dim], &off) != NB_OK ||
         nbi_add_i64("slice", "offset", t->offset, off, &off) != NB_OK)
@@ -404,7 +406,8 @@ static nb_tensor *slice_impl(const char *op, const nb_tensor *t, int32_t dim, in
     memcpy(strides, t->strides, sizeof strides);
     shape[dim] = len;
     /* a step beyond the size leaves one element, whose stride does not matter */
-    if (__builtin_mul_overflow(t->strides[dim], step, &strides[dim])) {
+    if (__builtin_mul_overflow(t->strides[dim], step, &strides[dim]) ||
+        strides[dim] > NBI_SPAN_MAX) {
         if (len > 1) {
             nbi_error(NB_INVALID_ARGUMENT, "%s: stride %lld * step %lld overflows int64", op,
                       (long long)t->strides[dim], (long long)step);
