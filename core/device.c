@@ -127,7 +127,9 @@ static nb_status resolve(const char *s, nbi_device **out)
 
 /* ---- the default device ---- */
 
-static char default_device[NBI_DEVICE_STR_MAX + 1];
+/* One character more than a device string may have: a longer NABLA_DEVICE stays too long (and
+ * is refused by parse) instead of being cut to 64 characters that might name a device. */
+static char default_device[NBI_DEVICE_STR_MAX + 2];
 static bool default_from_env_checked;
 
 static const char *default_name(void)
@@ -136,7 +138,7 @@ static const char *default_name(void)
         default_from_env_checked = true;
         const char *env = getenv("NABLA_DEVICE");
         if (env && *env && !default_device[0])
-            snprintf(default_device, sizeof default_device, "%.*s", NBI_DEVICE_STR_MAX, env);
+            snprintf(default_device, sizeof default_device, "%.*s", NBI_DEVICE_STR_MAX + 1, env);
     }
     return default_device[0] ? default_device : "cpu";
 }

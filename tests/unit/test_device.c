@@ -251,6 +251,20 @@ static void nabla_device_sets_the_default(void **state)
     assert_non_null(t);
     nb_release(t);
 
+    /* one too long is refused whole, not cut to 64 characters that might name a device */
+    NB_ASSERT_OK(nb_shutdown());
+    char longname[80];
+    memset(longname, 'a', sizeof longname);
+    memcpy(longname, "cpu", 3);
+    longname[65] = '\0';
+    setenv("NABLA_DEVICE", longname, 1);
+    nb_clear_error();
+    t = nb_empty(NB_SHAPE(2), (nb_opts){0});
+    assert_null(t);
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("more than 64 characters");
+    nb_clear_error();
+
     NB_ASSERT_OK(nb_shutdown());
     unsetenv("NABLA_DEVICE");
     assert_string_equal(nb_default_device(), "cpu");
