@@ -892,19 +892,32 @@ static nb_status accumulate_into(nb_tensor **slot, nb_tensor *g, bool create_gra
     return NB_OK;
 }
 
-static nb_tensor *run_hooks(nbi_hook *h, nb_tensor *g)
+/* A hook may replace the gradient, by one of the same shape, dtype and device (as in PyTorch):
+ * anything else would reach .grad and the optimizers. */
+static nb_status run_hooks(nbi_hook *h, nb_tensor **gp)
 {
-    for (; h && g; h = h->next) {
+    for (; h; h = h->next) {
+        nb_tensor *g = *gp;
         nbi_user_call saved = nbi_call_user_begin();
         nb_tensor *r = h->fn(g, h->ctx);
         nbi_call_user_end(saved);
-        if (r) {
-            nbi_scope_untrack(r);
-            nb_release(g);
-            g = r;
+        if (!r)
+            continue;
+        nbi_scope_untrack(r);
+        if (r->ndim != g->ndim || memcmp(r->shape, g->shape, (size_t)g->ndim * sizeof *g->shape) ||
+            r->dtype != g->dtype || r->storage->device != g->storage->device) {
+            nb_status st = nbi_error(NB_AUTOGRAD, "hook returned a gradient of shape %s, dtype "
+                                     "%s on %s; expected the gradient's shape %s, dtype %s on "
+                                     "%s", NBI_SHAPE_STR(r), nb_dtype_name(r->dtype),
+                                     r->storage->device->name, NBI_SHAPE_STR(g),
+                                     nb_dtype_name(g->dtype), g->storage->device->name);
+            nb_release(r);
+            return st;
         }
+        nb_release(g);
+        *gp = r;
     }
-    return g;
+    return NB_OK;
 }
 
 /* Adds g into the leaf's .grad: a fresh tensor of its own the first time (so later in-place
@@ -942,8 +955,7 @@ static nb_status process(engine *e, nbi_node *x)
     }
     memset(gi, 0, (size_t)(x->n_in < 8 ? 8 : x->n_in) * sizeof *gi);
 
-    if (g) {
-        g = run_hooks(x->leaf ? x->leaf->hooks : x->hooks, g);
+    if (g && (st = run_hooks(x->leaf ? x->leaf->hooks : x->hooks, &g)) == NB_OK) {
         for (int32_t c = 0; c < e->n_capture; c++)
             if (e->capture[c] == x && !e->captured[c])
                 e->captured[c] = nb_retain(g);
@@ -1206,8 +1218,11 @@ static nb_tensor *function_apply_impl(const nb_function *fn, void *ctx, nb_tenso
                                       int32_t n, bool user)
 {
     if (!fn || !fn->forward || !fn->backward || !fn->name || (n > 0 && !inputs) || n < 0) {
-        nbi_error(NB_NULL_ARGUMENT, "function_apply: the function needs a name, forward and "
-                  "backward, and inputs");
+        const char *what = !fn ? "the function is NULL" : !fn->name ? "its name is NULL"
+                         : !fn->forward ? "its forward is NULL" : !fn->backward ? "its backward is NULL"
+                         : n < 0 ? "the input count is negative" : "inputs is NULL";
+        nbi_error(NB_NULL_ARGUMENT, "function_apply: %s (a function needs a name, forward and "
+                  "backward; got %d inputs)", what, n);
         if (fn && fn->free_ctx)
             fn->free_ctx(ctx);
         return NULL;

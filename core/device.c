@@ -36,7 +36,7 @@ const char *nb_op_name(size_t i) { return i < NBI_OP_COUNT ? op_names[i] : NULL;
 #define NBI_DEVICE_STR_MAX 64
 
 typedef struct parsed {
-    char type[NBI_DEVICE_STR_MAX];
+    char type[NBI_DEVICE_STR_MAX + 1]; /* a type may use all 64 characters */
     long index; /* -1 if absent */
 } parsed;
 
@@ -71,6 +71,9 @@ static nb_status parse(const char *s, parsed *p)
         if (v > 1000000)
             return nbi_error(NB_DEVICE_OUT_OF_RANGE, "device index in '%s' is out of range", s);
     }
+    if (d[0] == '0' && d[1]) /* "cpu:00" names no device more than "cpu: 0" does */
+        return nbi_error(NB_INVALID_ARGUMENT, "malformed device string '%s': index '%s' has a "
+                         "leading zero (expected e.g. \"%s:0\")", s, d, p->type);
     p->index = v;
     return NB_OK;
 }
@@ -124,7 +127,9 @@ static nb_status resolve(const char *s, nbi_device **out)
 
 /* ---- the default device ---- */
 
-static char default_device[NBI_DEVICE_STR_MAX + 1];
+/* One character more than a device string may have: a longer NABLA_DEVICE stays too long (and
+ * is refused by parse) instead of being cut to 64 characters that might name a device. */
+static char default_device[NBI_DEVICE_STR_MAX + 2];
 static bool default_from_env_checked;
 
 static const char *default_name(void)
@@ -133,7 +138,7 @@ static const char *default_name(void)
         default_from_env_checked = true;
         const char *env = getenv("NABLA_DEVICE");
         if (env && *env && !default_device[0])
-            snprintf(default_device, sizeof default_device, "%.*s", NBI_DEVICE_STR_MAX, env);
+            snprintf(default_device, sizeof default_device, "%.*s", NBI_DEVICE_STR_MAX + 1, env);
     }
     return default_device[0] ? default_device : "cpu";
 }

@@ -267,6 +267,47 @@ typedef struct geom {
     int64_t oh, ow;
 } geom;
 
+/* Fills g->oh, g->ow from the rest with checked arithmetic, and checks that the largest tensor
+ * the windows make, (N, C, kh * kw, OH * OW), has a size that fits: huge padding, kernel or
+ * stride from the caller is an error, never an overflow. */
+static bool geom_check(const char *op, geom *g)
+{
+    int64_t ph, pw, eh, ew, span = 1;
+    bool ok = !__builtin_mul_overflow(g->ph, 2, &ph) && !__builtin_add_overflow(g->h, ph, &ph) &&
+              !__builtin_mul_overflow(g->pw, 2, &pw) && !__builtin_add_overflow(g->w, pw, &pw) &&
+              !__builtin_mul_overflow(g->dh, g->kh - 1, &eh) && eh < INT64_MAX &&
+              !__builtin_mul_overflow(g->dw, g->kw - 1, &ew) && ew < INT64_MAX;
+    if (!ok) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: input %lldx%lld with padding [%lld, %lld], kernel "
+                  "%lldx%lld and dilation [%lld, %lld] overflows int64", op, (long long)g->h,
+                  (long long)g->w, (long long)g->ph, (long long)g->pw, (long long)g->kh,
+                  (long long)g->kw, (long long)g->dh, (long long)g->dw);
+        return false;
+    }
+    eh++, ew++;
+    if (eh > ph || ew > pw) {
+        char dilated[64] = "";
+        if (g->dh != 1 || g->dw != 1)
+            snprintf(dilated, sizeof dilated, " (dilated: %lldx%lld)", (long long)eh,
+                     (long long)ew);
+        nbi_error(NB_SHAPE_MISMATCH, "%s: kernel %lldx%lld%s is larger than the padded input "
+                  "%lldx%lld", op, (long long)g->kh, (long long)g->kw, dilated, (long long)ph,
+                  (long long)pw);
+        return false;
+    }
+    g->oh = (ph - eh) / g->sh + 1;
+    g->ow = (pw - ew) / g->sw + 1;
+    const int64_t f[] = {g->n, g->c, g->kh, g->kw, g->oh, g->ow, ph, pw};
+    for (size_t k = 0; ok && k < sizeof f / sizeof f[0]; k++)
+        ok = !__builtin_mul_overflow(span, f[k] > 1 ? f[k] : 1, &span);
+    if (!ok)
+        nbi_error(NB_INVALID_ARGUMENT, "%s: output %lldx%lld of input (%lld, %lld, %lld, %lld) "
+                  "with kernel %lldx%lld is too large (its size overflows int64)", op,
+                  (long long)g->oh, (long long)g->ow, (long long)g->n, (long long)g->c,
+                  (long long)g->h, (long long)g->w, (long long)g->kh, (long long)g->kw);
+    return ok;
+}
+
 static int64_t geom_k(const geom *g) { return g->kh * g->kw; }
 static int64_t geom_l(const geom *g) { return g->oh * g->ow; }
 
@@ -556,12 +597,17 @@ static nb_tensor *conv2d_impl(const nb_tensor *x, const nb_tensor *w, const nb_t
                   (long long)o.groups);
         return NULL;
     }
-    int64_t G = iv[6] = o.groups ? o.groups : 1;
+    int64_t G = iv[6] = o.groups ? o.groups : 1, CG;
     int64_t C = x->shape[unbatched ? 0 : 1], H = x->shape[x->ndim - 2], W = x->shape[x->ndim - 1];
-    if (C != w->shape[1] * G) {
+    if (__builtin_mul_overflow(w->shape[1], G, &CG)) {
+        nbi_error(NB_INVALID_ARGUMENT, "conv2d: weight %s times groups=%lld overflows int64",
+                  NBI_SHAPE_STR(w), (long long)G);
+        return NULL;
+    }
+    if (C != CG) {
         nbi_error(NB_SHAPE_MISMATCH, "conv2d: input has %lld channels but weight %s expects "
-                  "%lld (groups=%lld)", (long long)C, NBI_SHAPE_STR(w),
-                  (long long)(w->shape[1] * G), (long long)G);
+                  "%lld (groups=%lld)", (long long)C, NBI_SHAPE_STR(w), (long long)CG,
+                  (long long)G);
         return NULL;
     }
     if (w->shape[0] % G != 0) {
@@ -574,14 +620,11 @@ static nb_tensor *conv2d_impl(const nb_tensor *x, const nb_tensor *w, const nb_t
         nbi_error(NB_SHAPE_MISMATCH, "conv2d: weight %s has an empty kernel", NBI_SHAPE_STR(w));
         return NULL;
     }
-    int64_t eh = iv[4] * (w->shape[2] - 1) + 1, ew = iv[5] * (w->shape[3] - 1) + 1;
-    if (eh > H + 2 * iv[2] || ew > W + 2 * iv[3]) {
-        nbi_error(NB_SHAPE_MISMATCH, "conv2d: kernel size %lldx%lld (dilated: %lldx%lld) is "
-                  "larger than the padded input %lldx%lld", (long long)w->shape[2],
-                  (long long)w->shape[3], (long long)eh, (long long)ew,
-                  (long long)(H + 2 * iv[2]), (long long)(W + 2 * iv[3]));
+    geom g = {.n = unbatched ? 1 : x->shape[0], .c = C, .h = H, .w = W, .kh = w->shape[2],
+              .kw = w->shape[3], .sh = iv[0], .sw = iv[1], .ph = iv[2], .pw = iv[3],
+              .dh = iv[4], .dw = iv[5]};
+    if (!geom_check(op, &g))
         return NULL;
-    }
     if (b && !(b->ndim == 1 && b->shape[0] == w->shape[0])) {
         nbi_error(NB_SHAPE_MISMATCH, "conv2d: bias %s does not match weight %s: expected [%lld]",
                   NBI_SHAPE_STR(b), NBI_SHAPE_STR(w), (long long)w->shape[0]);
@@ -616,7 +659,7 @@ static bool pool_geom(const char *op, const nb_tensor *x, bool unbatched, nb_poo
                       (long long)o.padding[0], (long long)o.padding[1]);
             return false;
         }
-    if (o.padding[0] * 2 > o.kernel[0] || o.padding[1] * 2 > o.kernel[1]) {
+    if (o.padding[0] > o.kernel[0] / 2 || o.padding[1] > o.kernel[1] / 2) {
         nbi_error(NB_INVALID_ARGUMENT, "%s: padding should be at most half of the kernel size, "
                   "got padding [%lld, %lld] for kernel [%lld, %lld]", op,
                   (long long)o.padding[0], (long long)o.padding[1], (long long)o.kernel[0],
@@ -636,22 +679,20 @@ static bool pool_geom(const char *op, const nb_tensor *x, bool unbatched, nb_poo
                   (long long)o.dilation[1]);
         return false;
     }
-    /* the effective kernel of a dilated window */
-    int64_t ekh = g->dh * (g->kh - 1) + 1, ekw = g->dw * (g->kw - 1) + 1;
-    if (ekh > g->h + 2 * g->ph || ekw > g->w + 2 * g->pw) {
-        nbi_error(NB_SHAPE_MISMATCH, "%s: kernel %lldx%lld is larger than the padded input "
-                  "%lldx%lld (input %s)", op, (long long)g->kh, (long long)g->kw,
-                  (long long)(g->h + 2 * g->ph), (long long)(g->w + 2 * g->pw),
-                  NBI_SHAPE_STR(x));
+    if (!geom_check(op, g)) /* floor-mode sizes, every product checked */
         return false;
+    if (o.ceil_mode) {
+        /* geom_check proved these fit: the padded extent less the dilated kernel */
+        const int64_t rh = g->h + 2 * g->ph - (g->dh * (g->kh - 1) + 1),
+                      rw = g->w + 2 * g->pw - (g->dw * (g->kw - 1) + 1);
+        g->oh += rh % g->sh != 0;
+        g->ow += rw % g->sw != 0;
+        /* the last window must start inside the input or the left padding */
+        if ((g->oh - 1) * g->sh >= g->h + g->ph)
+            g->oh--;
+        if ((g->ow - 1) * g->sw >= g->w + g->pw)
+            g->ow--;
     }
-    g->oh = (g->h + 2 * g->ph - ekh + (o.ceil_mode ? g->sh - 1 : 0)) / g->sh + 1;
-    g->ow = (g->w + 2 * g->pw - ekw + (o.ceil_mode ? g->sw - 1 : 0)) / g->sw + 1;
-    /* ceil_mode: the last window must start inside the input or the left padding */
-    if (o.ceil_mode && (g->oh - 1) * g->sh >= g->h + g->ph)
-        g->oh--;
-    if (o.ceil_mode && (g->ow - 1) * g->sw >= g->w + g->pw)
-        g->ow--;
     return true;
 }
 
@@ -1524,11 +1565,28 @@ static nb_tensor *mse_loss_impl(const nb_tensor *input, const nb_tensor *target,
     return loss_apply(&mse_fn, op, input, target, r);
 }
 
+/* PyTorch refuses probabilities outside [0, 1] (NaN among them) rather than return NaN. */
+static bool check_probabilities(const char *op, const nb_tensor *x)
+{
+    tmps s = {0};
+    nb_tensor *in = tk(&s, nb_logical_and(tk(&s, nb_ge_scalar(x, 0)), tk(&s, nb_le_scalar(x, 1))));
+    nb_tensor *bad = tk(&s, nb_sum(tk(&s, nb_logical_not(in)), NULL, 0, false));
+    double n = 0;
+    bool ok = bad && nb_item(bad, &n) == NB_OK;
+    tfree(&s);
+    if (ok && n > 0) {
+        nbi_error(NB_INVALID_ARGUMENT, "%s: all elements of input should be between 0 and 1 "
+                  "(%.0f of input %s are not)", op, n, NBI_SHAPE_STR(x));
+        return false;
+    }
+    return ok;
+}
+
 static nb_tensor *bce_impl(const nb_tensor *input, const nb_tensor *target, nb_reduction r,
                            bool logits)
 {
     const char *op = logits ? "binary_cross_entropy_with_logits" : "binary_cross_entropy";
-    if (!loss_check(op, input, target, r, true))
+    if (!loss_check(op, input, target, r, true) || (!logits && !check_probabilities(op, input)))
         return NULL;
     return loss_apply(logits ? &bcel_fn : &bce_fn, op, input, target, r);
 }

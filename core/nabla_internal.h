@@ -59,6 +59,12 @@ int nbi_core_plugin_dirs(char dirs[2][PATH_MAX]);
  * hooks, custom functions) run at depth 0 again through nbi_call_user_begin/end, below. */
 extern _Thread_local int nbi_api_depth;
 bool nbi_scope_track(nb_tensor *t); /* false (and t released, error set) when out of memory */
+/* The core drops its own references with nbi_release, which never touches a scope; only the
+ * application's nb_release takes a tensor out of the scope that tracks it (tensor.c). */
+void nbi_release(nb_tensor *t);
+#ifdef NB_BUILDING_CORE
+#define nb_release(t) nbi_release(t)
+#endif
 void nbi_scope_untrack(nb_tensor *t); /* a tensor a callback returned to the core */
 static inline nb_tensor *nbi_api_leave(nb_tensor *t)
 {
@@ -197,6 +203,18 @@ nb_tensor *nbi_tensor_alias(const nb_tensor *t); /* new view object with the sam
 nb_tensor *nbi_tensor_view(const nb_tensor *t, int32_t ndim, const int64_t *shape,
                            const int64_t *strides, int64_t offset);
 int64_t nbi_numel(int32_t ndim, const int64_t *shape);
+/* Checked shape arithmetic: every shape from caller input passes nbi_check_shape before a tensor
+ * gets it (sizes >= 0, element count and contiguous strides below 2^59, so they fit int64 even
+ * in bytes: NB_INVALID_ARGUMENT otherwise), so nbi_numel and nbi_contiguous_strides need no
+ * checks. nbi_check_bytes refuses more than PTRDIFF_MAX bytes (NB_OUT_OF_MEMORY) before any
+ * plugin sees the request. */
+nb_status nbi_check_shape(const char *op, int32_t ndim, const int64_t *shape);
+#define NBI_SPAN_MAX (INT64_MAX / 16) /* elements: numel, strides and offsets stay below it */
+nb_status nbi_check_bytes(const char *op, int32_t ndim, const int64_t *shape, nb_dtype dtype,
+                          size_t *bytes);
+/* a + b and a * b, or an NB_INVALID_ARGUMENT naming op and what (e.g. "slice end") on overflow */
+nb_status nbi_add_i64(const char *op, const char *what, int64_t a, int64_t b, int64_t *r);
+nb_status nbi_mul_i64(const char *op, const char *what, int64_t a, int64_t b, int64_t *r);
 bool nbi_is_contiguous(const nb_tensor *t);
 void nbi_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides);
 nb_status nbi_check_dim(const char *op, const nb_tensor *t, int32_t *dim, bool allow_end);

@@ -56,7 +56,7 @@ static nb_status broadcast_shapes(const char *op, const nb_tensor *a, const nb_t
         shape[d] = x == 1 ? y : x;
     }
     *ndim = n;
-    return NB_OK;
+    return nbi_check_shape(op, n, shape); /* [2^32, 1] with [1, 2^32]: 2^64 elements */
 }
 
 static bool same_shape(const nb_tensor *a, int32_t ndim, const int64_t *shape)
@@ -940,7 +940,11 @@ static nb_status reduce_dims(const char *op, const nb_tensor *t, const int32_t *
                              bool *mask)
 {
     memset(mask, 0, NB_MAX_DIMS * sizeof *mask);
-    if (!dims || nd == 0) {
+    if (nd < 0 || (!dims && nd > 0))
+        return nbi_error(nd < 0 ? NB_INVALID_ARGUMENT : NB_NULL_ARGUMENT, "%s: %d dims given in "
+                         "%s list; expected a list of 0 to %d dims (0: all)", op, nd,
+                         dims ? "a" : "a NULL", NB_MAX_DIMS);
+    if (nd == 0) {
         for (int32_t d = 0; d < t->ndim; d++)
             mask[d] = true;
         return NB_OK;
@@ -1187,7 +1191,7 @@ static nb_tensor *var_impl(const nb_tensor *t, const int32_t *dims, int32_t nd, 
             count *= t->shape[d];
     nb_tensor *m = nb_mean(t, dims, nd, true), *c = m ? nb_sub(t, m) : NULL;
     nb_tensor *sq = c ? nb_mul(c, c) : NULL, *s = sq ? nb_sum(sq, dims, nd, keepdim) : NULL;
-    double denom = (double)(count - corr);
+    double denom = (double)count - (double)corr; /* corr may be any int64: no overflow */
     nb_tensor *v = s ? nb_mul_scalar(s, denom > 0 ? 1.0 / denom : NAN) : NULL;
     nb_release(m);
     nb_release(c);
@@ -2027,7 +2031,8 @@ static nb_tensor *cat_impl(nb_tensor *const *ts, int32_t n, int32_t dim)
                           "dim %d", dim, (long long)ref->shape[d], (long long)t->shape[d], k, d);
                 return NULL;
             }
-        shape[dim] += t->shape[dim];
+        if (nbi_add_i64("cat", "size", shape[dim], t->shape[dim], &shape[dim]) != NB_OK)
+            return NULL;
         dt = nb_promote_types(dt, t->dtype);
     }
     nb_tensor *out = nbi_tensor_new(ref->storage->device, dt, ref->ndim, shape);

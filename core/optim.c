@@ -439,6 +439,19 @@ nb_status nb_optim_step(nb_optim *o)
 {
     if (!o)
         return nbi_error(NB_NULL_ARGUMENT, "nb_optim_step: optimizer is NULL");
+    /* Every gradient must match its parameter before any parameter moves: the fused kernels
+     * read a gradient as if it had the parameter's shape and dtype. */
+    for (int32_t i = 0; i < o->n; i++) {
+        const nb_tensor *p = o->params[i], *g = p->grad;
+        if (g && (g->ndim != p->ndim ||
+                  memcmp(g->shape, p->shape, (size_t)p->ndim * sizeof *p->shape) ||
+                  g->dtype != p->dtype || g->storage->device != p->storage->device))
+            return nbi_error(NB_SHAPE_MISMATCH, "nb_optim_step: parameter %d is %s %s on %s but "
+                             "its gradient is %s %s on %s (expected the same shape, dtype and "
+                             "device)", i, nb_dtype_name(p->dtype), NBI_SHAPE_STR(p),
+                             p->storage->device->name, nb_dtype_name(g->dtype), NBI_SHAPE_STR(g),
+                             g->storage->device->name);
+    }
     nb_status st = NB_OK;
     nb_no_grad_begin();
     for (int32_t i = 0; i < o->n && st == NB_OK; i++) {

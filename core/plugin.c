@@ -4,8 +4,12 @@
 #include "nabla_internal.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <link.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -81,6 +85,55 @@ static nbi_plugin *find_loaded_type(const char *type)
     return NULL;
 }
 
+/* dlopen maps a file's segments and faults (SIGBUS) on the first page past its end, so a
+ * truncated plugin would take the process down: check the ELF header, the program headers and
+ * that every loadable segment lies inside the file first. false, with the reason in why. */
+static bool elf_plausible(const char *path, char *why, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, len, "cannot open: %s", strerror(errno));
+        return false;
+    }
+    struct stat st;
+    ElfW(Ehdr) eh;
+    ElfW(Phdr) ph;
+    bool ok = false;
+    static const unsigned char ident[] = {ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3,
+                                          sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32,
+                                          __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ELFDATA2LSB
+                                                                                   : ELFDATA2MSB};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(why, len, "not a regular file");
+    } else if (pread(fd, &eh, sizeof eh, 0) != (ssize_t)sizeof eh ||
+               memcmp(eh.e_ident, ident, sizeof ident) != 0) {
+        snprintf(why, len, "not an ELF shared object for this machine (bad ELF header)");
+    } else if (eh.e_type != ET_DYN || eh.e_phentsize != sizeof ph || eh.e_phnum == 0) {
+        snprintf(why, len, "ELF file is not a shared object (type %u, %u program headers of %u "
+                 "bytes)", (unsigned)eh.e_type, (unsigned)eh.e_phnum, (unsigned)eh.e_phentsize);
+    } else if (eh.e_phoff > (uint64_t)st.st_size ||
+               (uint64_t)eh.e_phnum * sizeof ph > (uint64_t)st.st_size - eh.e_phoff) {
+        snprintf(why, len, "truncated ELF file: program headers end past its %lld bytes",
+                 (long long)st.st_size);
+    } else {
+        ok = true;
+        for (unsigned k = 0; ok && k < eh.e_phnum; k++) {
+            if (pread(fd, &ph, sizeof ph, (off_t)(eh.e_phoff + k * sizeof ph)) != (ssize_t)sizeof ph) {
+                snprintf(why, len, "cannot read program header %u", k);
+                ok = false;
+            } else if (ph.p_type == PT_LOAD && (ph.p_offset > (uint64_t)st.st_size ||
+                                                ph.p_filesz > (uint64_t)st.st_size - ph.p_offset)) {
+                snprintf(why, len, "truncated ELF file: segment %u (bytes %llu to %llu) ends past "
+                         "its %lld bytes", k, (unsigned long long)ph.p_offset,
+                         (unsigned long long)ph.p_offset + ph.p_filesz, (long long)st.st_size);
+                ok = false;
+            }
+        }
+    }
+    close(fd);
+    return ok;
+}
+
 /* Records the plugin (loaded or not). Returns the status of the load. */
 static nb_status load_one(const char *path, bool explicit)
 {
@@ -105,6 +158,12 @@ static nb_status load_one(const char *path, bool explicit)
     plugins[n_plugins++] = p;
 
     nb_status st = NB_PLUGIN_LOAD;
+    /* A bare name (no '/') is found by the dynamic linker's own search, like any library. */
+    char why[400];
+    if (strchr(key, '/') && !elf_plausible(key, why, sizeof why)) {
+        snprintf(p->note, sizeof p->note, "cannot load: %s", why);
+        goto fail;
+    }
     /* NODELETE: a plugin's worker threads (OpenMP, OpenBLAS) may outlive nb_shutdown, and leak
      * checkers need its frames mapped to name them. */
     p->dl = dlopen(key, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
@@ -270,6 +329,9 @@ nb_status nb_plugin_load(const char *path)
 {
     if (!path)
         return nbi_error(NB_NULL_ARGUMENT, "nb_plugin_load: path is NULL");
+    if (!*path) /* dlopen("") would open the main program */
+        return nbi_error(NB_INVALID_ARGUMENT, "nb_plugin_load: path is empty, expected a plugin "
+                         "file such as nabla_plugin_cpu_blas.so");
     nb_status st = nbi_ensure_init();
     if (st != NB_OK)
         return st;

@@ -16,13 +16,32 @@ typedef struct formatter {
     int width;
 } formatter;
 
+/* Integers are printed exactly: their int64 values travel in the bits of the doubles (a double
+ * cannot hold every int64, and converting one that does not fit to an integer is undefined). */
+static int64_t int_bits(double v)
+{
+    int64_t i;
+    memcpy(&i, &v, sizeof i);
+    return i;
+}
+
+static nb_status read_values(const nb_tensor *t, double *v, int64_t n)
+{
+    if (nb_dtype_is_float(t->dtype))
+        return nbi_read_f64(t, v);
+    nb_tensor *c = nbi_cast(t, NB_DTYPE_I64);
+    nb_status st = c ? nb_tensor_copy_to_host(c, v, (size_t)n * sizeof *v) : nb_last_status();
+    nb_release(c);
+    return st;
+}
+
 /* One value as Python would print it under the formatter's mode, without padding. */
 static int format_raw(const formatter *f, double v, char *out, size_t len)
 {
     if (f->is_bool)
-        return snprintf(out, len, "%s", v != 0 ? "True" : "False");
+        return snprintf(out, len, "%s", int_bits(v) != 0 ? "True" : "False");
     if (!f->floating)
-        return snprintf(out, len, "%lld", (long long)v);
+        return snprintf(out, len, "%lld", (long long)int_bits(v));
     if (isnan(v))
         return snprintf(out, len, "nan");
     if (isinf(v))
@@ -166,7 +185,7 @@ static char *str_impl(const nb_tensor *t)
     double *v = nbi_malloc((size_t)(n ? n : 1) * sizeof *v);
     double *edges = nbi_malloc((size_t)(n ? n : 1) * sizeof *edges);
     nbi_sbuf b = {0};
-    if (!v || !edges || nbi_read_f64(t, v) != NB_OK) {
+    if (!v || !edges || read_values(t, v, n) != NB_OK) {
         nbi_free(v);
         nbi_free(edges);
         if (!nbi_error_pending())

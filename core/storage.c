@@ -2,6 +2,7 @@
  * training step run without a single driver allocation in steady state. */
 #include "nabla_internal.h"
 
+#include <stdint.h>
 #include <string.h>
 
 /* Blocks are rounded up to a size class: four classes per power of two (at most 25% slack),
@@ -80,6 +81,11 @@ void nbi_storage_cache_flush(nbi_device *dev)
 
 nbi_storage *nbi_storage_new(nbi_device *dev, size_t bytes)
 {
+    if (bytes > PTRDIFF_MAX) { /* no size class, and no plugin should be asked */
+        nbi_error(NB_OUT_OF_MEMORY, "cannot allocate %zu bytes on %s: more than PTRDIFF_MAX",
+                  bytes, dev->name);
+        return NULL;
+    }
     int cls;
     size_t block = size_class(bytes, &cls);
     if (cls < 0 || cls >= 256) {

@@ -8,12 +8,93 @@
 
 /* ---- geometry helpers ---- */
 
+/* Every tensor's shape passed nbi_check_shape, so its element count cannot overflow here. */
 int64_t nbi_numel(int32_t ndim, const int64_t *shape)
 {
     int64_t n = 1;
     for (int32_t d = 0; d < ndim; d++)
         n *= shape[d];
     return n;
+}
+
+/* The product of the sizes, each counted as at least 1: it bounds the element count and every
+ * contiguous stride. Kept below 2^63 / 16, so that they fit int64 in bytes too (plugins
+ * address in bytes; 16 leaves room for a complex dtype), and a tensor never needs more than
+ * PTRDIFF_MAX bytes. */
+static bool shape_span(int32_t ndim, const int64_t *shape, int64_t *span)
+{
+    int64_t n = 1;
+    for (int32_t d = 0; d < ndim; d++)
+        if (shape[d] < 0 || __builtin_mul_overflow(n, shape[d] > 1 ? shape[d] : 1, &n))
+            return false;
+    *span = n;
+    return n <= NBI_SPAN_MAX;
+}
+
+nb_status nbi_check_shape(const char *op, int32_t ndim, const int64_t *shape)
+{
+    if (ndim < 0 || ndim > NB_MAX_DIMS)
+        return nbi_error(NB_INVALID_ARGUMENT, "%s: %d dimensions, expected 0 to %d", op, ndim,
+                         NB_MAX_DIMS);
+    for (int32_t d = 0; d < ndim; d++)
+        if (shape[d] < 0)
+            return nbi_error(NB_INVALID_ARGUMENT, "%s: negative size %lld in shape %s", op,
+                             (long long)shape[d], nbi_shape_cstr(ndim, shape));
+    int64_t span;
+    if (!shape_span(ndim, shape, &span))
+        return nbi_error(NB_INVALID_ARGUMENT, "%s: shape %s is too large (its element count or "
+                         "strides, in bytes, overflow int64)", op, nbi_shape_cstr(ndim, shape));
+    return NB_OK;
+}
+
+nb_status nbi_check_bytes(const char *op, int32_t ndim, const int64_t *shape, nb_dtype dtype,
+                          size_t *bytes)
+{
+    int64_t b;
+    if (__builtin_mul_overflow(nbi_numel(ndim, shape), (int64_t)nbi_dtype_bytes[dtype], &b))
+        return nbi_error(NB_OUT_OF_MEMORY, "%s: shape %s of %s needs more than PTRDIFF_MAX "
+                         "bytes", op, nbi_shape_cstr(ndim, shape), nb_dtype_name(dtype));
+    *bytes = (size_t)b;
+    return NB_OK;
+}
+
+nb_status nbi_add_i64(const char *op, const char *what, int64_t a, int64_t b, int64_t *r)
+{
+    if (__builtin_add_overflow(a, b, r))
+        return nbi_error(NB_INVALID_ARGUMENT, "%s: %s %lld + %lld overflows int64", op, what,
+                         (long long)a, (long long)b);
+    return NB_OK;
+}
+
+nb_status nbi_mul_i64(const char *op, const char *what, int64_t a, int64_t b, int64_t *r)
+{
+    if (__builtin_mul_overflow(a, b, r))
+        return nbi_error(NB_INVALID_ARGUMENT, "%s: %s %lld * %lld overflows int64", op, what,
+                         (long long)a, (long long)b);
+    return NB_OK;
+}
+
+/* A view must stay inside its storage: every element it can address lies in [0, bytes). */
+static nb_status check_view(const nb_tensor *base, int32_t ndim, const int64_t *shape,
+                            const int64_t *strides, int64_t offset)
+{
+    nb_status st = nbi_check_shape("view", ndim, shape);
+    if (st != NB_OK)
+        return st;
+    if (nbi_numel(ndim, shape) == 0)
+        return NB_OK;
+    int64_t last = offset, step;
+    bool ok = offset >= 0;
+    for (int32_t d = 0; ok && d < ndim; d++) /* a stride fits int64 in bytes, even of a 1-dim */
+        ok = strides[d] >= 0 && strides[d] <= NBI_SPAN_MAX &&
+             !__builtin_mul_overflow(shape[d] - 1, strides[d], &step) &&
+             !__builtin_add_overflow(last, step, &last);
+    int64_t es = nbi_dtype_bytes[base->dtype];
+    if (ok && last < (int64_t)(base->storage->bytes / (size_t)es))
+        return NB_OK;
+    return nbi_error(NB_INVALID_ARGUMENT, "view: shape %s with strides %s at offset %lld "
+                     "reaches outside its storage of %zu bytes", nbi_shape_cstr(ndim, shape),
+                     nbi_shape_cstr(ndim, strides), (long long)offset, base->storage->bytes);
 }
 
 void nbi_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides)
@@ -71,24 +152,6 @@ nb_status nbi_check_dim(const char *op, const nb_tensor *t, int32_t *dim, bool a
     return NB_OK;
 }
 
-static nb_status check_shape(const char *op, int32_t ndim, const int64_t *shape)
-{
-    if (ndim < 0 || ndim > NB_MAX_DIMS)
-        return nbi_error(NB_INVALID_ARGUMENT, "%s: %d dimensions, expected 0 to %d", op, ndim,
-                         NB_MAX_DIMS);
-    int64_t n = 1;
-    for (int32_t d = 0; d < ndim; d++) {
-        if (shape[d] < 0)
-            return nbi_error(NB_INVALID_ARGUMENT, "%s: negative size %lld in shape %s", op,
-                             (long long)shape[d], nbi_shape_cstr(ndim, shape));
-        if (shape[d] && n > INT64_MAX / 16 / shape[d])
-            return nbi_error(NB_OUT_OF_MEMORY, "%s: shape %s is too large", op,
-                             nbi_shape_cstr(ndim, shape));
-        n *= shape[d];
-    }
-    return NB_OK;
-}
-
 /* ---- lifetime ---- */
 
 static nb_tensor *tensor_alloc(void)
@@ -105,9 +168,10 @@ static nb_tensor *tensor_alloc(void)
 
 nb_tensor *nbi_tensor_new(nbi_device *dev, nb_dtype dtype, int32_t ndim, const int64_t *shape)
 {
-    if (check_shape("tensor", ndim, shape) != NB_OK)
+    size_t bytes;
+    if (nbi_check_shape("tensor", ndim, shape) != NB_OK ||
+        nbi_check_bytes("tensor", ndim, shape, dtype, &bytes) != NB_OK)
         return NULL;
-    size_t bytes = (size_t)nbi_numel(ndim, shape) * nb_dtype_size(dtype);
     nbi_storage *s = nbi_storage_new(dev, bytes);
     if (!s)
         return NULL;
@@ -127,6 +191,8 @@ nb_tensor *nbi_tensor_new(nbi_device *dev, nb_dtype dtype, int32_t ndim, const i
 nb_tensor *nbi_tensor_view(const nb_tensor *base, int32_t ndim, const int64_t *shape,
                            const int64_t *strides, int64_t offset)
 {
+    if (check_view(base, ndim, shape, strides, offset) != NB_OK)
+        return NULL;
     nb_tensor *t = tensor_alloc();
     if (!t)
         return NULL;
@@ -152,7 +218,7 @@ nb_tensor *nb_retain(nb_tensor *t)
     return t;
 }
 
-void nb_release(nb_tensor *t)
+void nbi_release(nb_tensor *t)
 {
     if (!t || atomic_fetch_sub_explicit(&t->refcount, 1, memory_order_acq_rel) != 1)
         return;
@@ -253,7 +319,7 @@ static nb_tensor *from_blob_impl(void *data, nb_shape shape, nb_opts o, void (*r
         return NULL;
     }
     if (resolve_opts("from_blob", &o, &dev) != NB_OK ||
-        check_shape("from_blob", shape.ndim, shape.dims) != NB_OK)
+        nbi_check_shape("from_blob", shape.ndim, shape.dims) != NB_OK)
         return NULL;
     if (!dev->api->wrap_host) { /* device cannot address host memory: copy, then let go */
         nb_tensor *t = from_data_impl(data, shape, o);
@@ -261,7 +327,9 @@ static nb_tensor *from_blob_impl(void *data, nb_shape shape, nb_opts o, void (*r
             release(ctx);
         return t;
     }
-    size_t bytes = (size_t)nbi_numel(shape.ndim, shape.dims) * nb_dtype_size(o.dtype);
+    size_t bytes;
+    if (nbi_check_bytes("from_blob", shape.ndim, shape.dims, o.dtype, &bytes) != NB_OK)
+        return NULL;
     nbi_storage *s = nbi_storage_wrap(dev, data, bytes, release, ctx);
     if (!s)
         return NULL;
@@ -305,7 +373,13 @@ nb_tensor *nb_arange(double start, double end, double step, nb_opts o)
                   end, step);
         return NULL;
     }
-    int64_t n = (int64_t)ceil((end - start) / step);
+    double count = ceil((end - start) / step);
+    if (!(count < 0x1p63)) { /* inf too: the conversion to int64 would be undefined */
+        nbi_error(NB_INVALID_ARGUMENT, "arange: going from %g to %g in steps of %g makes %g "
+                  "elements, more than a tensor can hold", start, end, step, count);
+        return NULL;
+    }
+    int64_t n = (int64_t)count;
     return NBI_API(arange_impl(start, step, n, o, "arange"));
 }
 
@@ -438,6 +512,8 @@ static nb_tensor *randperm_impl(int64_t n, nb_opts o)
         nbi_error(NB_INVALID_ARGUMENT, "randperm: n must be non-negative, got %lld", (long long)n);
         return NULL;
     }
+    if (nbi_check_shape("randperm", 1, &n) != NB_OK) /* n * 8 bytes must not wrap */
+        return NULL;
     int64_t *p = nbi_malloc((size_t)(n ? n : 1) * sizeof *p);
     if (!p) {
         nbi_error(NB_OUT_OF_MEMORY, "randperm: out of memory for %lld elements", (long long)n);
@@ -709,3 +785,14 @@ bool nb_allclose(const nb_tensor *a, const nb_tensor *b, double rtol, double ato
 }
 
 bool nb_equal(const nb_tensor *a, const nb_tensor *b) { return nb_allclose(a, b, 0, 0); }
+
+/* The application's release (last in the file: the core above uses nbi_release). A reference
+ * an open scope tracks is the scope's, which forgets it, so nb_scope_end cannot release it a
+ * second time. */
+#undef nb_release
+void nb_release(nb_tensor *t)
+{
+    if (t && t->tracked)
+        nbi_scope_untrack(t);
+    nbi_release(t);
+}

@@ -92,8 +92,9 @@ static nb_status infer_shape(const char *op, const nb_tensor *t, nb_shape *s)
         } else if (s->dims[d] < 0) {
             return nbi_error(NB_INVALID_ARGUMENT, "%s: invalid shape dimension %lld", op,
                              (long long)s->dims[d]);
-        } else {
-            known *= s->dims[d];
+        } else if (__builtin_mul_overflow(known, s->dims[d], &known)) {
+            return nbi_error(NB_INVALID_ARGUMENT, "%s: shape %s is too large (its element count "
+                             "overflows int64)", op, nbi_shape_cstr(s->ndim, s->dims));
         }
     }
     if (infer >= 0) {
@@ -106,7 +107,7 @@ static nb_status infer_shape(const char *op, const nb_tensor *t, nb_shape *s)
     if (known != n)
         return nbi_error(NB_SHAPE_MISMATCH, "%s: shape %s is invalid for input of size %lld", op,
                          nbi_shape_cstr(s->ndim, s->dims), (long long)n);
-    return NB_OK;
+    return nbi_check_shape(op, s->ndim, s->dims); /* [0, 2^40, 2^40]: numel 0, strides overflow */
 }
 
 /* Strides for viewing t as shape without a copy, or false when the strides do not allow it:
@@ -284,7 +285,10 @@ nb_tensor *nb_unsqueeze(const nb_tensor *t, int32_t dim)
     for (int32_t d = 0, s = 0; d <= t->ndim; d++) {
         if (d == dim) {
             shape[d] = 1;
-            strides[d] = s < t->ndim ? t->strides[s] * t->shape[s] : 1;
+            /* any stride serves a size-1 dim; this one keeps the view contiguous */
+            if (s >= t->ndim || __builtin_mul_overflow(t->strides[s], t->shape[s], &strides[d]) ||
+                strides[d] > NBI_SPAN_MAX)
+                strides[d] = 1;
         } else {
             shape[d] = t->shape[s];
             strides[d] = t->strides[s++];
@@ -352,6 +356,8 @@ nb_tensor *nb_expand(const nb_tensor *t, nb_shape s)
             return NULL;
         }
     }
+    if (nbi_check_shape("expand", s.ndim, s.dims) != NB_OK)
+        return NULL;
     return NBI_API(make_view(t, s.ndim, s.dims, strides, t->offset, "ExpandBackward0", bw_expand,
                              NULL, 0));
 }
@@ -369,8 +375,14 @@ nb_tensor *nbi_slice_view(const nb_tensor *t, int32_t dim, int64_t start, int64_
     memcpy(shape, t->shape, sizeof shape);
     memcpy(strides, t->strides, sizeof strides);
     shape[dim] = len;
-    strides[dim] = t->strides[dim] * step;
-    return nbi_tensor_view(t, t->ndim, shape, strides, t->offset + start * t->strides[dim]);
+    int64_t off;
+    if (__builtin_mul_overflow(t->strides[dim], step, &strides[dim]) ||
+        strides[dim] > NBI_SPAN_MAX)
+        strides[dim] = t->strides[dim]; /* only for len <= 1, as slice_impl checked */
+    if (nbi_mul_i64("slice", "offset", start, t->strides[dim], &off) != NB_OK ||
+        nbi_add_i64("slice", "offset", t->offset, off, &off) != NB_OK)
+        return NULL;
+    return nbi_tensor_view(t, t->ndim, shape, strides, off);
 }
 
 static nb_tensor *slice_impl(const char *op, const nb_tensor *t, int32_t dim, int64_t start,
@@ -393,14 +405,26 @@ static nb_tensor *slice_impl(const char *op, const nb_tensor *t, int32_t dim, in
         end += size;
     start = start < 0 ? 0 : start > size ? size : start;
     end = end < start ? start : end > size ? size : end;
-    int64_t len = (end - start + step - 1) / step;
+    int64_t len = (end - start) / step + ((end - start) % step != 0); /* no overflow near 2^63 */
     int64_t shape[NB_MAX_DIMS], strides[NB_MAX_DIMS];
     memcpy(shape, t->shape, sizeof shape);
     memcpy(strides, t->strides, sizeof strides);
     shape[dim] = len;
-    strides[dim] = t->strides[dim] * step;
+    /* a step beyond the size leaves one element, whose stride does not matter */
+    if (__builtin_mul_overflow(t->strides[dim], step, &strides[dim]) ||
+        strides[dim] > NBI_SPAN_MAX) {
+        if (len > 1) {
+            nbi_error(NB_INVALID_ARGUMENT, "%s: stride %lld * step %lld overflows int64", op,
+                      (long long)t->strides[dim], (long long)step);
+            return NULL;
+        }
+        strides[dim] = t->strides[dim];
+    }
     int64_t params[5] = {dim, start, step, len, select};
-    int64_t off = t->offset + start * t->strides[dim];
+    int64_t off;
+    if (nbi_mul_i64(op, "offset", start, t->strides[dim], &off) != NB_OK ||
+        nbi_add_i64(op, "offset", t->offset, off, &off) != NB_OK)
+        return NULL;
     if (!select)
         return make_view(t, t->ndim, shape, strides, off, "SliceBackward0", bw_slice, params, 5);
     for (int32_t d = dim; d + 1 < t->ndim; d++) {
@@ -421,7 +445,7 @@ nb_tensor *nb_narrow(const nb_tensor *t, int32_t dim, int64_t start, int64_t len
     int64_t size = t->shape[dim];
     if (start < 0)
         start += size;
-    if (start < 0 || start > size || length < 0 || start + length > size) {
+    if (start < 0 || start > size || length < 0 || length > size - start) {
         nbi_error(NB_INDEX_OUT_OF_RANGE, "narrow: start %lld + length %lld exceeds dimension %d "
                   "of size %lld", (long long)start, (long long)length, dim, (long long)size);
         return NULL;

@@ -30,6 +30,13 @@ bool mnist_load(const char *dir, const char *prefix, int64_t limit, mnist_set *s
                 size_t errlen);
 void mnist_free(mnist_set *set);
 
+/* Reads one gzipped IDX file whole: magic, ndims big-endian sizes (images must be 28 x 28), then
+ * exactly count items and nothing after them, every gzread checked (a damaged stream or a failed
+ * CRC is an error naming the file). On success *data (free() it) holds the items, *n their
+ * count. The fuzz harness tests/fuzz/fuzz_idx.c calls it. */
+bool mnist_read_idx(const char *path, uint32_t magic, int ndims, uint8_t **data, int64_t *n,
+                    char *err, size_t errlen);
+
 /* Fills x (count x 1 x 32 x 32 floats) and y (count int64 labels) with images idx[0..count):
  * pixels scaled to [0, 1], the 28 x 28 image centred on a zero border of 2, then (if normalize)
  * shifted and scaled by the dataset mean and std, border included, as torchvision's

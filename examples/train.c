@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -373,6 +374,10 @@ static void temp_name(char *buf, size_t len, const char *path)
 
 static bool check_writable(const char *path)
 {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) /* rename() onto it would fail at the end */
+        return !die("cannot write the checkpoint '%s': it is a directory (expected a file name "
+                    "such as %s/lenet.safetensors)", path, path);
     char tmp[4096];
     temp_name(tmp, sizeof tmp, path);
     FILE *f = fopen(tmp, "wb");

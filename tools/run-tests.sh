@@ -26,3 +26,4 @@ cmake --build build-asan -j"$jobs"
    LSAN_OPTIONS=suppressions="$PWD/../tests/lsan.supp" \
    ctest --output-on-failure -j"$jobs" "$@")
 echo "all tests passed (release and sanitizer builds)"
+bash tools/run-fuzzers.sh "${NABLA_FUZZ_SECONDS:-60}"

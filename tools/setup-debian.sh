@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(build-essential cmake pkg-config libopenblas-dev libcmocka-dev zlib1g-dev
           ocl-icd-opencl-dev opencl-headers pocl-opencl-icd libclblast-dev clinfo
-          dataset-fashion-mnist openmpi-bin libopenmpi-dev wamerican)
+          dataset-fashion-mnist openmpi-bin libopenmpi-dev wamerican
+          clang libclang-rt-14-dev) # clang and its libFuzzer runtime: tools/run-fuzzers.sh
 [ "${1:-}" = "--with-torch" ] && packages+=(python3-torch)
 
 missing=()

@@ -103,7 +103,9 @@ typedef struct nb_allocator {
 nb_status nb_set_allocator(const nb_allocator *allocator);
 void nb_free(void *ptr); /* frees strings the API returns (nb_tensor_str...) */
 
-/* Scopes: tensors created inside begin/end are released at end unless handed to nb_keep(). */
+/* Scopes: tensors created inside begin/end are released at end unless handed to nb_keep().
+ * nb_release of a tensor an open scope of this thread tracks takes it out of that scope, so a
+ * tensor is released once, by you or by nb_scope_end, never twice. */
 void nb_scope_begin(void);
 void nb_scope_end(void);
 struct nb_tensor *nb_keep(struct nb_tensor *t); /* returns t, now owned by the enclosing code */

@@ -31,8 +31,12 @@ static inline int64_t ipow(int64_t b, int64_t e)
     return (int64_t)r;
 }
 
-/* Wrapping negation: -INT_MIN stays defined. */
+/* Integer arithmetic wraps around as in PyTorch: computed in uint64_t, where overflow is
+ * defined, and narrowed back (modulo 2^N with GCC and Clang). -INT_MIN stays INT_MIN. */
 #define WRAP_NEG(T, x) ((T)(0 - (uint64_t)(x)))
+#define WRAP_ADD(T, x, y) ((T)((uint64_t)(x) + (uint64_t)(y)))
+#define WRAP_SUB(T, x, y) ((T)((uint64_t)(x) - (uint64_t)(y)))
+#define WRAP_MUL(T, x, y) ((T)((uint64_t)(x) * (uint64_t)(y)))
 
 /* ---- row templates ----
  * Expressions see: x (and y) of the element type elem_t, sv and sv1 = f[0] and f[1] converted to
@@ -141,9 +145,12 @@ static inline int64_t ipow(int64_t b, int64_t e)
     X(UN, G_FLOAT, tanh, tanh(x))                                                           \
     X(UN, G_FLOAT, sigmoid, 1 / (1 + exp(-x)))                                              \
     X(UNB, G_ALL, logical_not, x == 0)                                                      \
-    X(UN, G_NUM, add_scalar, x + sv)                                                        \
-    X(UN, G_NUM, mul_scalar, x * sv)                                                        \
-    X(UN, G_NUM, rsub_scalar, sv - x)                                                       \
+    X(UN, G_FLOAT, add_scalar, x + sv)                                                      \
+    X(UN, G_INT, add_scalar, WRAP_ADD(elem_t, x, sv))                                       \
+    X(UN, G_FLOAT, mul_scalar, x * sv)                                                      \
+    X(UN, G_INT, mul_scalar, WRAP_MUL(elem_t, x, sv))                                       \
+    X(UN, G_FLOAT, rsub_scalar, sv - x)                                                     \
+    X(UN, G_INT, rsub_scalar, WRAP_SUB(elem_t, sv, x))                                      \
     X(UN, G_FLOAT, div_scalar, x / sv)                                                      \
     X(UN, G_FLOAT, rdiv_scalar, sv / x)                                                     \
     X(UN, G_FLOAT, pow_scalar, pow(x, sv))                                                  \
@@ -170,9 +177,12 @@ static inline int64_t ipow(int64_t b, int64_t e)
     X(UNB, G_BOOL, le_scalar, (double)x <= f0)                                              \
     X(UNB, G_BOOL, gt_scalar, (double)x > f0)                                               \
     X(UNB, G_BOOL, ge_scalar, (double)x >= f0)                                              \
-    X(BIN, G_NUM, add, x + y)                                                               \
-    X(BIN, G_NUM, sub, x - y)                                                               \
-    X(BIN, G_NUM, mul, x * y)                                                               \
+    X(BIN, G_FLOAT, add, x + y)                                                             \
+    X(BIN, G_INT, add, WRAP_ADD(elem_t, x, y))                                              \
+    X(BIN, G_FLOAT, sub, x - y)                                                             \
+    X(BIN, G_INT, sub, WRAP_SUB(elem_t, x, y))                                              \
+    X(BIN, G_FLOAT, mul, x * y)                                                             \
+    X(BIN, G_INT, mul, WRAP_MUL(elem_t, x, y))                                              \
     X(BIN, G_FLOAT, div, x / y)                                                             \
     X(BIN, G_FLOAT, pow, pow(x, y))                                                         \
     X(BIN, G_INT, pow, ipow(x, y))                                                          \

@@ -202,8 +202,9 @@ static nb_status conv_geom(const char *name, const nb_kernel_args *a, const nb_o
  * once per kernel row, so the copy loops have no bounds tests. */
 static void valid_cols(const geom *g, int64_t off, int64_t *lo, int64_t *hi)
 {
-    int64_t l = off >= 0 ? 0 : (-off + g->sw - 1) / g->sw;
-    int64_t h = g->W - off <= 0 ? 0 : (g->W - off + g->sw - 1) / g->sw;
+    /* ceil(a / sw) as a / sw + (a % sw != 0): a + sw - 1 overflows for a stride near 2^63 */
+    int64_t l = off >= 0 ? 0 : -off / g->sw + (-off % g->sw != 0);
+    int64_t h = g->W - off <= 0 ? 0 : (g->W - off) / g->sw + ((g->W - off) % g->sw != 0);
     if (l > g->OW)
         l = g->OW;
     if (h > g->OW)

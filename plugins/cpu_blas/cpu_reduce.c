@@ -43,11 +43,11 @@
             T *o = (T *)p[0];                                                               \
             const T *x = (const T *)p[1];                                                   \
             for (int64_t j = 0; j < n; j++)                                                 \
-                o[j] = (T)STEP(o[j], x[j]);                                                 \
+                o[j] = (T)STEP((ACC)o[j], (ACC)x[j]);                                       \
         } else {                                                                            \
             for (int64_t j = 0; j < n; j++) {                                               \
                 T *o = (T *)(p[0] + j * s[0]);                                              \
-                *o = (T)STEP(*o, *(const T *)(p[1] + j * s[1]));                            \
+                *o = (T)STEP((ACC)*o, (ACC) * (const T *)(p[1] + j * s[1]));               \
             }                                                                               \
         }                                                                                   \
     }
@@ -189,7 +189,8 @@ static nb_status reduce(const char *name, const nb_kernel_args *a, nbc_row_fn ro
 DEF_REDUCE_FLOAT(f32, float)
 DEF_REDUCE_FLOAT(f64, double)
 
-/* Integer sums and products wrap in unsigned arithmetic, which C defines. */
+/* Integer sums and products wrap in unsigned arithmetic, which C defines (every row folds in
+ * ACC, the output's elementwise rows too: int32 + int32 would overflow in int). */
 #define DEF_REDUCE_INT(SFX, T, LO, HI)                                                      \
     DEF_REDUCE_ROW(sum, SFX, T, uint64_t, STEP_SUM)                                         \
     DEF_REDUCE_ROW(prod, SFX, T, uint64_t, STEP_PROD)                                       \
@@ -308,8 +309,9 @@ typedef struct index_ctx {
     }                                                                                       \
     static nb_status k_gather_##SFX(const nb_kernel_args *a) { return gather(a, rg_##SFX); }
 
-/* scatter_add: p = out (indexed dim stride 0), index, source */
-#define DEF_SCATTER(SFX, T, E, K)                                                           \
+/* scatter_add: p = out (indexed dim stride 0), index, source; added in ACC, which is uint64_t
+ * for the integers so that they wrap around (as in PyTorch) instead of overflowing. */
+#define DEF_SCATTER(SFX, T, ACC)                                                            \
     static void rs_##SFX(char **p, const int64_t *s, int64_t n, int64_t k0, const void *ctx) \
     {                                                                                       \
         index_ctx *c = (index_ctx *)ctx;                                                    \
@@ -324,7 +326,7 @@ typedef struct index_ctx {
                 continue;                                                                   \
             }                                                                               \
             T *o = (T *)(p[0] + j * s[0] + k * c->stride);                                  \
-            *o = (T)(*o + *(const T *)(p[2] + j * s[2]));                                   \
+            *o = (T)((ACC)*o + (ACC) * (const T *)(p[2] + j * s[2]));                       \
         }                                                                                   \
     }                                                                                       \
     static nb_status k_scatter_add_##SFX(const nb_kernel_args *a) { return scatter_add(a, rs_##SFX); }
@@ -417,11 +419,11 @@ static nb_status scatter_add(const nb_kernel_args *a, nbc_row_fn row)
 }
 
 NBC_ALL_DTYPES(DEF_GATHER)
-DEF_SCATTER(f32, float, , )
-DEF_SCATTER(f64, double, , )
-DEF_SCATTER(i32, int32_t, , )
-DEF_SCATTER(i64, int64_t, , )
-DEF_SCATTER(u8, uint8_t, , )
+DEF_SCATTER(f32, float, float)
+DEF_SCATTER(f64, double, double)
+DEF_SCATTER(i32, int32_t, uint64_t)
+DEF_SCATTER(i64, int64_t, uint64_t)
+DEF_SCATTER(u8, uint8_t, uint64_t)
 
 #define E_RED(SFX, T, E, K)                                                                 \
     {"argmax", E, k_argmax_##SFX}, {"argmin", E, k_argmin_##SFX}, {"gather", E, k_gather_##SFX},

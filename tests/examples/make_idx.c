@@ -38,6 +38,22 @@ static int cut_file(const char *dir, const char *name)
     return fclose(f) != 0;
 }
 
+/* Flips one byte of the compressed file: at its middle, or (at_crc) in the gzip trailer's CRC. */
+static int flip_byte(const char *dir, const char *name, int at_crc)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "r+b");
+    if (!f || fseek(f, 0, SEEK_END) != 0)
+        return 1;
+    long n = ftell(f), at = at_crc ? n - 8 : n / 2;
+    int c;
+    if (n < 32 || fseek(f, at, SEEK_SET) != 0 || (c = fgetc(f)) == EOF ||
+        fseek(f, at, SEEK_SET) != 0 || fputc(c ^ 0x5a, f) == EOF)
+        return fclose(f), 1;
+    return fclose(f) != 0;
+}
+
 static void be32(unsigned char *p, uint32_t v)
 {
     p[0] = (unsigned char)(v >> 24);
@@ -75,16 +91,18 @@ static int write_set(const char *dir, const char *prefix, const char *kind)
         return 1;
     if (strcmp(kind, "truncated_gz") == 0)
         return cut_file(dir, iname);
+    if (strcmp(kind, "flipped_gz") == 0 || strcmp(kind, "bad_crc") == 0)
+        return flip_byte(dir, iname, strcmp(kind, "bad_crc") == 0);
     return 0;
 }
 
 int main(int argc, char **argv)
 {
-    static const char *kinds[] = {"good", "truncated", "truncated_gz", "bad_magic", "label10",
-                                  "count_mismatch"};
+    static const char *kinds[] = {"good", "truncated", "truncated_gz", "flipped_gz", "bad_crc",
+                                  "bad_magic", "label10", "count_mismatch"};
     if (argc != 3) {
-        fprintf(stderr, "usage: make_idx DIR KIND (good truncated truncated_gz bad_magic label10 "
-                        "count_mismatch)\n");
+        fprintf(stderr, "usage: make_idx DIR KIND (good truncated truncated_gz flipped_gz bad_crc "
+                        "bad_magic label10 count_mismatch)\n");
         return 2;
     }
     int known = 0;

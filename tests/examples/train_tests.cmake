@@ -162,7 +162,7 @@ elseif(MODE STREQUAL "bad")
   string(REPLACE "@WORK@" "${WORK}" args "${args}")
   set(save ${WORK}/ckpt.safetensors)
   if(SAVE_ONTO_DIR)
-    # the checkpoint's name is taken by a directory: the save fails only after training
+    # the checkpoint's name is taken by a directory: refused at start-up, before training
     file(MAKE_DIRECTORY ${save})
   endif()
   if(NOT args MATCHES "--save")

@@ -357,6 +357,25 @@ static void reductions_over_middle_dims(void **state)
     }
 }
 
+/* int32 sums and products wrap around (PyTorch's result) on both row kinds: a column reduction
+ * adds rows elementwise into the output, a full one folds into an accumulator; both in
+ * unsigned arithmetic (UBSan reports a signed overflow otherwise). */
+static void int32_reductions_wrap_around(void **state)
+{
+    (void)state;
+    int32_t x[6] = {INT32_MAX, INT32_MIN, 65536, 1, -1, 65536}, out[3];
+    const int64_t shape[2] = {2, 3}, st[2] = {3, 1}, oshape[2] = {1, 3}, ost[2] = {3, 1};
+    nb_operand o = opd(out, NB_DTYPE_I32, 2, oshape, ost), in = opd(x, NB_DTYPE_I32, 2, shape, st);
+    assert_int_equal(run("sum", NB_DTYPE_I32, &o, &in, 1, NULL, NULL), NB_OK);
+    assert_true(out[0] == INT32_MIN && out[1] == INT32_MAX && out[2] == 131072);
+    assert_int_equal(run("prod", NB_DTYPE_I32, &o, &in, 1, NULL, NULL), NB_OK);
+    assert_true(out[0] == INT32_MAX && out[1] == INT32_MIN && out[2] == 0); /* 2^32 wraps to 0 */
+    const int64_t all[1] = {6}, one[1] = {1}, ost1[1] = {0};
+    nb_operand o1 = opd(out, NB_DTYPE_I32, 1, one, ost1), in1 = opd(x, NB_DTYPE_I32, 1, all, one);
+    assert_int_equal(run("sum", NB_DTYPE_I32, &o1, &in1, 1, NULL, NULL), NB_OK);
+    assert_int_equal(out[0], 131072 - 1); /* MAX + MIN + 65536 + 1 - 1 + 65536 */
+}
+
 /* Whole-tensor sum on the threaded path vs a double reference; max propagates NaN. */
 static void full_reduction_sum_and_nan_max(void **state)
 {
@@ -920,6 +939,7 @@ int main(int argc, char **argv)
     plugin_path = argc > 1 ? argv[1] : "nabla_plugin_cpu_blas.so";
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(plugin_describes_one_cpu_device),
+        cmocka_unit_test(int32_reductions_wrap_around),
         cmocka_unit_test(every_tier1_op_has_float_kernels),
         cmocka_unit_test(add_handles_strides_broadcast_and_offsets),
         cmocka_unit_test(add_large_contiguous_and_in_place),

@@ -1352,6 +1352,46 @@ static void hooks_read_and_replace_gradients(void **state)
     nb_release(y);
 }
 
+/* A hook may replace a gradient only by one of the same shape, dtype and device (PyTorch's
+ * rule): a wrong one once reached .grad, and the optimizers read past it. */
+static nb_tensor *wrong_shape_hook(const nb_tensor *g, void *ctx)
+{
+    (void)g, (void)ctx;
+    return nb_ones(NB_SHAPE(5), (nb_opts){NB_DTYPE_F64});
+}
+
+static nb_tensor *wrong_dtype_hook(const nb_tensor *g, void *ctx)
+{
+    (void)ctx;
+    return nb_to_dtype(g, NB_DTYPE_I64);
+}
+
+static void hooks_must_keep_the_gradient_shape_and_dtype(void **state)
+{
+    (void)state;
+    nb_tensor *(*hooks[2])(const nb_tensor *, void *) = {wrong_shape_hook, wrong_dtype_hook};
+    const char *want[2] = {"hook returned a gradient of shape [5], dtype float64 on cpu; "
+                           "expected the gradient's shape [3], dtype float64 on cpu",
+                           "dtype int64"};
+    for (int k = 0; k < 2; k++) {
+        for (int on_leaf = 0; on_leaf < 2; on_leaf++) {
+            nb_tensor *x = leaf(NB_SHAPE(3), 0, 1, 24);
+            nb_tensor *y = nb_mul_scalar(x, 2);
+            NB_ASSERT_OK(nb_tensor_register_hook(on_leaf ? x : y, hooks[k], NULL));
+            nb_tensor *s = nb_sum(y, NULL, 0, false);
+            nb_clear_error();
+            assert_int_equal(nb_backward(s, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
+            NB_ASSERT_ERROR_HAS(want[k]);
+            nb_tensor *g = nb_tensor_grad(x);
+            assert_null(g); /* nothing reached .grad */
+            nb_clear_error();
+            nb_release(s);
+            nb_release(y);
+            nb_release(x);
+        }
+    }
+}
+
 /* ---- custom functions ---- */
 
 static int ctx_frees;
@@ -1424,9 +1464,18 @@ static void custom_function_runs_its_backward(void **state)
     assert_int_equal(ctx_frees, 2);
     assert_false(nb_tensor_requires_grad(out));
     nb_function broken = {"Broken", NULL, scaled_mul_backward, free_ctx};
+    nb_clear_error();
     assert_null(nb_function_apply(&broken, scaled_ctx(1, a, b), in, 2));
     assert_int_equal(nb_last_status(), NB_NULL_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("function_apply: its forward is NULL");
     assert_int_equal(ctx_frees, 3);
+    nb_clear_error();
+    assert_null(nb_function_apply(NULL, NULL, in, 2));
+    NB_ASSERT_ERROR_HAS("function_apply: the function is NULL");
+    nb_clear_error();
+    assert_null(nb_function_apply(&scaled_mul, scaled_ctx(1, a, b), NULL, 2));
+    NB_ASSERT_ERROR_HAS("function_apply: inputs is NULL");
+    assert_int_equal(ctx_frees, 4);
     free(av);
     free(bv);
     nb_tensor *r[] = {a, b, out, ga, gb};
@@ -1953,6 +2002,7 @@ int main(void)
         NB_TEST(max_over_a_dim_and_stack_are_one_node),
         NB_TEST(hooks_read_and_replace_gradients),
         NB_TEST(hooks_and_retain_grad_across_an_in_place_op),
+        NB_TEST(hooks_must_keep_the_gradient_shape_and_dtype),
         NB_TEST(custom_function_runs_its_backward),
         NB_TEST(gradcheck_passes_for_every_differentiable_op),
         NB_TEST(gradcheck_catches_a_wrong_backward),

@@ -92,6 +92,35 @@ static void malformed_strings_are_rejected_with_the_grammar(void **state)
     parse_fails("cpu 0", NB_INVALID_ARGUMENT, "expected 'type[:index]'");
 }
 
+static void leading_zero_in_the_index_is_malformed(void **state)
+{
+    (void)state;
+    parse_fails("cpu:00", NB_INVALID_ARGUMENT, "index '00' has a leading zero");
+    parse_fails("cpu:01", NB_INVALID_ARGUMENT, "leading zero");
+    parse_ok("cpu:0", "cpu:0");
+}
+
+/* 63, 64 and 65 letters: the longest accepted type fills the whole buffer (it once wrote one past
+ * it and left the name unterminated, so the message printed stack bytes). */
+static void type_names_at_the_length_limit_stay_in_bounds(void **state)
+{
+    (void)state;
+    for (size_t n = 63; n <= 65; n++) {
+        char s[70];
+        memset(s, 'a', n);
+        s[n] = '\0';
+        if (n <= 64) {
+            char want[128];
+            snprintf(want, sizeof want, "unknown device type '%s' (loaded:", s);
+            parse_fails(s, NB_UNKNOWN_DEVICE, want);
+            strcat(s, ":0"); /* the limit is on the whole string */
+            parse_fails(s, NB_INVALID_ARGUMENT, "more than 64 characters");
+        } else {
+            parse_fails(s, NB_INVALID_ARGUMENT, "more than 64 characters");
+        }
+    }
+}
+
 static void very_long_string_is_rejected_without_echoing_it(void **state)
 {
     (void)state;
@@ -222,6 +251,20 @@ static void nabla_device_sets_the_default(void **state)
     assert_non_null(t);
     nb_release(t);
 
+    /* one too long is refused whole, not cut to 64 characters that might name a device */
+    NB_ASSERT_OK(nb_shutdown());
+    char longname[80];
+    memset(longname, 'a', sizeof longname);
+    memcpy(longname, "cpu", 3);
+    longname[65] = '\0';
+    setenv("NABLA_DEVICE", longname, 1);
+    nb_clear_error();
+    t = nb_empty(NB_SHAPE(2), (nb_opts){0});
+    assert_null(t);
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("more than 64 characters");
+    nb_clear_error();
+
     NB_ASSERT_OK(nb_shutdown());
     unsetenv("NABLA_DEVICE");
     assert_string_equal(nb_default_device(), "cpu");
@@ -286,6 +329,8 @@ int main(void)
         NB_TEST(cpu_strings_parse_to_canonical_form),
         NB_TEST(tensors_name_their_device_like_pytorch),
         NB_TEST(malformed_strings_are_rejected_with_the_grammar),
+        NB_TEST(leading_zero_in_the_index_is_malformed),
+        NB_TEST(type_names_at_the_length_limit_stay_in_bounds),
         NB_TEST(very_long_string_is_rejected_without_echoing_it),
         NB_TEST(unknown_type_lists_the_loaded_types),
         NB_TEST(out_of_range_index_counts_the_devices),

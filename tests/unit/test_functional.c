@@ -1031,6 +1031,64 @@ static void pointwise_losses_are_stable_at_the_edges(void **state)
     release_all((nb_tensor *[]){x, t, y, x2, t2, y2}, 6);
 }
 
+/* PyTorch: "all elements of input should be between 0 and 1", NaN included; the edges are fine */
+static void bce_refuses_input_outside_zero_one(void **state)
+{
+    (void)state;
+    double tv[3] = {1, 0, 1};
+    nb_tensor *t = make(NB_SHAPE(3), tv, NB_DTYPE_F32, false);
+    const double bad[][3] = {{0.5, 1.5, 0.5}, {-0.01, 0.5, 0.5}, {0.5, NAN, 0.5}};
+    for (int k = 0; k < 3; k++) {
+        nb_tensor *x = make(NB_SHAPE(3), bad[k], NB_DTYPE_F32, true);
+        expect_error(nb_binary_cross_entropy(x, t, NB_REDUCTION_MEAN), NB_INVALID_ARGUMENT,
+                     "binary_cross_entropy: all elements of input should be between 0 and 1 "
+                     "(1 of input [3] are not)");
+        nb_release(x);
+    }
+    double ok[3] = {0, 1, 0.25};
+    nb_tensor *x = make(NB_SHAPE(3), ok, NB_DTYPE_F32, false);
+    nb_tensor *y = nb_binary_cross_entropy(x, t, NB_REDUCTION_SUM);
+    assert_non_null(y);
+    /* the logits form takes any real input */
+    nb_tensor *x2 = make(NB_SHAPE(3), bad[0], NB_DTYPE_F32, false);
+    nb_tensor *y2 = nb_binary_cross_entropy_with_logits(x2, t, NB_REDUCTION_SUM);
+    assert_non_null(y2);
+    release_all((nb_tensor *[]){t, x, y, x2, y2}, 5);
+}
+
+/* Sizes from huge padding, kernel, stride or groups are checked products, never overflows. */
+static void window_sizes_from_huge_arguments_are_errors(void **state)
+{
+    (void)state;
+    const int64_t huge = INT64_MAX / 2 + 1, big = (int64_t)1 << 40;
+    nb_tensor *x = nb_ones(NB_SHAPE(1, 2, 4, 4), (nb_opts){0});
+    nb_tensor *w = nb_ones(NB_SHAPE(2, 2, 3, 3), (nb_opts){0});
+    expect_error(nb_conv2d(x, w, NULL, (nb_conv2d_opts){.padding = {huge, 0}}),
+                 NB_INVALID_ARGUMENT, "conv2d: input 4x4 with padding [4611686018427387904, 0]");
+    expect_error(nb_conv2d(x, w, NULL, (nb_conv2d_opts){.dilation = {huge, 1}}),
+                 NB_INVALID_ARGUMENT, "overflows int64");
+    expect_error(nb_conv2d(x, w, NULL, (nb_conv2d_opts){.padding = {big, big}}),
+                 NB_INVALID_ARGUMENT, "is too large");
+    expect_error(nb_conv2d(x, w, NULL, (nb_conv2d_opts){.groups = huge}), NB_INVALID_ARGUMENT,
+                 "times groups=4611686018427387904 overflows");
+    expect_error(nb_conv2d(x, w, NULL, (nb_conv2d_opts){.dilation = {big, 1}}),
+                 NB_SHAPE_MISMATCH, "is larger than the padded input");
+    /* a huge stride is fine: one output position */
+    nb_tensor *y = nb_conv2d(x, w, NULL, (nb_conv2d_opts){.stride = {INT64_MAX, INT64_MAX}});
+    assert_shape(y, NB_SHAPE(1, 2, 1, 1));
+    expect_error(nb_max_pool2d(x, (nb_pool2d_opts){.kernel = {INT64_MAX, 2},
+                                                   .padding = {INT64_MAX / 2, 0}}),
+                 NB_INVALID_ARGUMENT, "overflows int64");
+    expect_error(nb_avg_pool2d(x, (nb_pool2d_opts){.kernel = {2 * big, 2 * big},
+                                                   .padding = {big, big}}),
+                 NB_INVALID_ARGUMENT, "is too large");
+    expect_error(nb_max_pool2d(x, (nb_pool2d_opts){.kernel = {2, 2}, .padding = {huge, 0}}),
+                 NB_INVALID_ARGUMENT, "padding should be at most half of the kernel size");
+    nb_tensor *p = nb_max_pool2d(x, (nb_pool2d_opts){.kernel = {2, 2}, .stride = {INT64_MAX, 1}});
+    assert_shape(p, NB_SHAPE(1, 2, 1, 3));
+    release_all((nb_tensor *[]){x, w, y, p}, 4);
+}
+
 typedef struct lfn_ctx {
     loss_api fn;
     nb_reduction r;
@@ -1439,6 +1497,8 @@ int main(int argc, char **argv)
         NB_TEST(avg_pool2d_counts_padding_like_pytorch),
         NB_TEST(pools_gradcheck_first_and_second_order),
         NB_TEST(pools_reject_bad_input),
+        NB_TEST(window_sizes_from_huge_arguments_are_errors),
+        NB_TEST(bce_refuses_input_outside_zero_one),
         NB_TEST(gelu_is_the_exact_erf_form),
         NB_TEST(gelu_gradcheck_first_and_second_order),
         NB_TEST(softmax_and_log_softmax_match_loops_on_large_values),

@@ -647,6 +647,156 @@ static void reduction_errors_and_empty_inputs(void **state)
         nb_release(r[k]);
 }
 
+static void reduction_dims_must_be_a_list_or_none(void **state)
+{
+    (void)state;
+    nb_tensor *t = nb_ones(NB_SHAPE(2, 3), (nb_opts){0});
+    int32_t dims[2] = {0, 1};
+    assert_null(nb_sum(t, NULL, 2, false)); /* once summed everything */
+    assert_int_equal(nb_last_status(), NB_NULL_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("sum: 2 dims given in a NULL list");
+    nb_clear_error();
+    assert_null(nb_sum(t, dims, -1, false));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("-1 dims");
+    nb_clear_error();
+    assert_null(nb_mean(t, NULL, 1, true));
+    assert_int_equal(nb_last_status(), NB_NULL_ARGUMENT);
+    nb_clear_error();
+    assert_null(nb_var(t, dims, -3, 1, false));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    nb_tensor *all = nb_sum(t, dims, 0, false); /* an empty list still means all dims */
+    expect_close(all, (double[]){6}, 1, 0, 0);
+    nb_release(all);
+    nb_release(t);
+}
+
+/* Any int64 correction: count - correction is computed in double, so INT64_MIN is no overflow
+ * (PyTorch: sum of squares / max(0, N - correction)). */
+static void var_with_extreme_corrections_is_defined(void **state)
+{
+    (void)state;
+    nb_tensor *t = nb_from_data((float[]){1, 3}, NB_SHAPE(2), (nb_opts){0});
+    nb_tensor *v = nb_var(t, NULL, 0, INT64_MIN, false);
+    double got;
+    NB_ASSERT_OK(nb_item(v, &got));
+    assert_true(got > 0 && got < 1e-17); /* 2 / (2 + 2^63) */
+    nb_tensor *w = nb_var(t, NULL, 0, INT64_MAX, false);
+    NB_ASSERT_OK(nb_item(w, &got));
+    assert_true(isnan(got)); /* N - correction <= 0 */
+    nb_release(v);
+    nb_release(w);
+    nb_release(t);
+}
+
+/* Result shapes computed from two valid inputs can overflow too: broadcasting [2^32, 1] with
+ * [1, 2^32], or concatenating 64 views of 2^58 elements. */
+static void result_shapes_that_overflow_are_errors(void **state)
+{
+    (void)state;
+    const int64_t big = (int64_t)1 << 32, huge = (int64_t)1 << 58;
+    nb_tensor *one = nb_ones(NB_SHAPE(1, 1), (nb_opts){0});
+    nb_tensor *col = nb_expand(one, NB_SHAPE(big, 1)), *row = nb_expand(one, NB_SHAPE(1, big));
+    assert_null(nb_add(col, row));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("add: shape [4294967296, 4294967296] is too large");
+    nb_clear_error();
+    nb_tensor *c3 = nb_expand(one, NB_SHAPE(big, 1, 1, 1)), *r3 = nb_expand(one, NB_SHAPE(1, big, 1, 1));
+    assert_null(nb_matmul(c3, r3)); /* batch dims [2^32, 2^32] */
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    nb_tensor *v = nb_ones(NB_SHAPE(1), (nb_opts){0}), *h = nb_expand(v, NB_SHAPE(huge));
+    nb_tensor *parts[64];
+    for (int k = 0; k < 64; k++)
+        parts[k] = h;
+    assert_null(nb_cat(parts, 64, 0)); /* 64 * 2^58 */
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("cat: size");
+    nb_clear_error();
+    nb_tensor *r[] = {one, col, row, c3, r3, v, h};
+    for (size_t k = 0; k < sizeof r / sizeof *r; k++)
+        nb_release(r[k]);
+}
+
+static void read_i64(const nb_tensor *t, int64_t *out, int64_t n)
+{
+    assert_non_null(t);
+    assert_int_equal(nb_tensor_numel(t), n);
+    nb_tensor *c = nb_to_dtype(t, NB_DTYPE_I64);
+    NB_ASSERT_OK(nb_tensor_copy_to_host(c, out, (size_t)n * sizeof *out));
+    nb_release(c);
+}
+
+/* Integer overflow wraps around modulo 2^bits, as in PyTorch (and without UB: the kernels compute
+ * in unsigned arithmetic; UBSan reports a signed overflow otherwise). */
+static void integer_arithmetic_wraps_around_like_torch(void **state)
+{
+    (void)state;
+    int64_t got[4];
+    nb_tensor *a64 = nb_from_data((int64_t[]){INT64_MAX, INT64_MIN, (int64_t)1 << 62, -3},
+                                  NB_SHAPE(4), (nb_opts){NB_DTYPE_I64});
+    nb_tensor *two = nb_from_data((int64_t[]){2, -1, 4, 5}, NB_SHAPE(4), (nb_opts){NB_DTYPE_I64});
+    nb_tensor *m = nb_mul(a64, two), *ad = nb_add(a64, a64), *sb = nb_sub(two, a64);
+    read_i64(m, got, 4);
+    assert_true(got[0] == -2 && got[1] == INT64_MIN && got[2] == 0 && got[3] == -15);
+    read_i64(ad, got, 4);
+    assert_true(got[0] == -2 && got[1] == 0 && got[2] == INT64_MIN && got[3] == -6);
+    read_i64(sb, got, 4);
+    assert_true(got[0] == INT64_MIN + 3 && got[1] == INT64_MAX && got[3] == 8);
+    nb_tensor *ng = nb_neg(a64), *ab = nb_abs(a64), *ms = nb_mul_scalar(a64, 4);
+    nb_tensor *as = nb_add_scalar(a64, 1), *rs = nb_rsub_scalar(a64, -2);
+    read_i64(ng, got, 4);
+    assert_true(got[0] == -INT64_MAX && got[1] == INT64_MIN && got[3] == 3);
+    read_i64(ab, got, 4);
+    assert_true(got[0] == INT64_MAX && got[1] == INT64_MIN && got[3] == 3);
+    read_i64(ms, got, 4);
+    assert_true(got[0] == -4 && got[1] == 0 && got[2] == 0 && got[3] == -12);
+    read_i64(as, got, 4);
+    assert_true(got[0] == INT64_MIN && got[1] == INT64_MIN + 1);
+    read_i64(rs, got, 4);
+    assert_true(got[0] == INT64_MAX && got[1] == INT64_MAX - 1); /* -2 - x */
+    nb_tensor *s64 = nb_sum(a64, NULL, 0, false); /* MAX + MIN + 2^62 - 3 */
+    read_i64(s64, got, 1);
+    assert_true(got[0] == ((int64_t)1 << 62) - 4);
+    nb_tensor *p64 = nb_prod(a64, NULL, 0, false);
+    assert_non_null(p64);
+
+    nb_tensor *a32 = nb_from_data((int32_t[]){INT32_MAX, INT32_MIN}, NB_SHAPE(2),
+                                  (nb_opts){NB_DTYPE_I32});
+    nb_tensor *one = nb_from_data((int32_t[]){1, 1}, NB_SHAPE(2), (nb_opts){NB_DTYPE_I32});
+    nb_tensor *p32 = nb_add(a32, one), *d32 = nb_sub(a32, one), *n32 = nb_neg(a32);
+    nb_tensor *q32 = nb_mul(a32, a32), *b32 = nb_abs(a32);
+    assert_int_equal(nb_tensor_dtype(p32), NB_DTYPE_I32);
+    read_i64(p32, got, 2);
+    assert_true(got[0] == INT32_MIN && got[1] == INT32_MIN + 1);
+    read_i64(d32, got, 2);
+    assert_true(got[0] == INT32_MAX - 1 && got[1] == INT32_MAX);
+    read_i64(n32, got, 2);
+    assert_true(got[0] == -INT32_MAX && got[1] == INT32_MIN);
+    read_i64(q32, got, 2);
+    assert_true(got[0] == 1 && got[1] == 0);
+    read_i64(b32, got, 2);
+    assert_true(got[0] == INT32_MAX && got[1] == INT32_MIN);
+    /* int32 accumulation in scatter_add wraps too */
+    nb_tensor *z = nb_zeros(NB_SHAPE(1), (nb_opts){NB_DTYPE_I32});
+    nb_tensor *idx = nb_zeros(NB_SHAPE(2), (nb_opts){NB_DTYPE_I64});
+    nb_tensor *src = nb_from_data((int32_t[]){INT32_MAX, 2}, NB_SHAPE(2), (nb_opts){NB_DTYPE_I32});
+    nb_tensor *sc = nb_scatter_add(z, 0, idx, src);
+    read_i64(sc, got, 1);
+    assert_true(got[0] == INT32_MIN + 1);
+    nb_tensor *u = nb_from_data((uint8_t[]){200, 0}, NB_SHAPE(2), (nb_opts){NB_DTYPE_U8});
+    nb_tensor *uu = nb_add(u, u), *un = nb_neg(u);
+    read_i64(uu, got, 2);
+    assert_true(got[0] == 144 && got[1] == 0);
+    read_i64(un, got, 2);
+    assert_true(got[0] == 56 && got[1] == 0);
+    nb_tensor *r[] = {a64, two, m, ad, sb, ng, ab, ms, as, rs, s64, p64, a32, one, p32, d32, n32,
+                      q32, b32, z, idx, src, sc, u, uu, un};
+    for (size_t k = 0; k < sizeof r / sizeof *r; k++)
+        nb_release(r[k]);
+}
+
 static void var_std_and_norm_match_the_formulas(void **state)
 {
     (void)state;
@@ -1248,6 +1398,10 @@ int main(void)
         NB_TEST(reductions_over_all_dims_some_dims_and_keepdim),
         NB_TEST(integer_sums_are_int64_and_mean_needs_float),
         NB_TEST(reduction_errors_and_empty_inputs),
+        NB_TEST(reduction_dims_must_be_a_list_or_none),
+        NB_TEST(var_with_extreme_corrections_is_defined),
+        NB_TEST(integer_arithmetic_wraps_around_like_torch),
+        NB_TEST(result_shapes_that_overflow_are_errors),
         NB_TEST(var_std_and_norm_match_the_formulas),
         NB_TEST(argmax_picks_the_first_of_ties),
         NB_TEST(max_dim_and_min_dim_give_values_and_indices),

@@ -2,6 +2,7 @@
  * torch.optim's documentation written out here in double precision, on the device's fused
  * kernels and on the composite path, plus schedulers and bad input. */
 #include "nb_test.h"
+#include "nabla_internal.h" /* to plant a mismatched .grad: the public API refuses one */
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -473,12 +474,50 @@ static void constructors_refuse_bad_input(void **state)
     nb_clear_error();
 }
 
+/* Every gradient is checked against its parameter before any parameter moves: the fused steps
+ * read the gradient as if it had the parameter's shape (a heap overflow with a smaller one). */
+static void step_refuses_a_gradient_unlike_its_parameter(void **state)
+{
+    (void)state;
+    nb_tensor *p0 = nb_ones(NB_SHAPE(3), (nb_opts){.requires_grad = true});
+    nb_tensor *p1 = nb_ones(NB_SHAPE(3), (nb_opts){.requires_grad = true});
+    nb_tensor *bad[3] = {nb_ones(NB_SHAPE(2), (nb_opts){0}), nb_ones(NB_SHAPE(5), (nb_opts){0}),
+                         nb_ones(NB_SHAPE(3), (nb_opts){NB_DTYPE_I64})};
+    const char *want[3] = {"parameter 1 is float32 [3] on cpu but its gradient is float32 [2]",
+                           "gradient is float32 [5]", "gradient is int64 [3]"};
+    nb_tensor *ps[2] = {p0, p1};
+    for (int k = 0; k < 3; k++) {
+        for (int opt = 0; opt < 2; opt++) {
+            nb_optim *o = opt ? nb_adam_new(ps, 2, (nb_adam_opts){.lr = 0.1})
+                              : nb_sgd_new(ps, 2, (nb_sgd_opts){.lr = 0.1});
+            assert_non_null(o);
+            p0->grad = nb_ones(NB_SHAPE(3), (nb_opts){0}); /* a good one first */
+            p1->grad = nb_retain(bad[k]);
+            nb_clear_error();
+            assert_int_equal(nb_optim_step(o), NB_SHAPE_MISMATCH);
+            NB_ASSERT_ERROR_HAS(want[k]);
+            double v;
+            nb_tensor *e = nb_select(p0, 0, 0);
+            NB_ASSERT_OK(nb_item(e, &v));
+            assert_true(v == 1); /* no parameter moved */
+            nb_release(e);
+            NB_ASSERT_OK(nb_tensor_zero_grad(p0));
+            NB_ASSERT_OK(nb_tensor_zero_grad(p1));
+            nb_optim_free(o);
+        }
+        nb_release(bad[k]);
+    }
+    nb_release(p0);
+    nb_release(p1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         NB_TEST(optimizers_follow_the_torch_rules_on_the_fused_path),
         NB_TEST(optimizers_follow_the_torch_rules_on_the_composite_path),
         NB_TEST(defaults_are_pytorchs),
+        NB_TEST(step_refuses_a_gradient_unlike_its_parameter),
         NB_TEST(parameters_without_grad_are_skipped),
         NB_TEST(sgd_trains_a_linear_module),
         NB_TEST(learning_rate_can_be_read_and_set),

@@ -4,6 +4,7 @@
  * The test plugins come from tests/badplugins; NABLA_BADPLUGIN_DIR overrides their folder. */
 #include "nb_test.h"
 
+#include <elf.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -103,6 +104,79 @@ static void load_text_file_fails_with_the_loader_reason(void **state)
     assert_false(info.loaded);
     /* dlerror() names the problem (an ELF header that is not there) */
     assert_true(strlen(info.note) > strlen("cannot load: "));
+}
+
+static void load_empty_path_is_an_error(void **state)
+{
+    (void)state;
+    size_t count = nb_plugin_count();
+    assert_int_equal(nb_plugin_load(""), NB_INVALID_ARGUMENT); /* dlopen("") is the program */
+    NB_ASSERT_ERROR_HAS("path is empty");
+    assert_int_equal(nb_plugin_count(), count);
+}
+
+/* Copies the first `keep` bytes of a real plugin to a fresh file; the caller unlinks it. */
+static void truncated_copy(const char *from, long keep, char *path, size_t len)
+{
+    snprintf(path, len, "/tmp/nabla_test_cutXXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *in = fopen(from, "rb");
+    assert_non_null(in);
+    static char buf[1 << 16];
+    long done = 0;
+    size_t n;
+    while (done < keep && (n = fread(buf, 1, sizeof buf, in)) > 0) {
+        size_t w = keep - done < (long)n ? (size_t)(keep - done) : n;
+        assert_int_equal(write(fd, buf, w), (ssize_t)w);
+        done += (long)w;
+    }
+    fclose(in);
+    close(fd);
+}
+
+/* dlopen of a plugin cut inside its segments dies of SIGBUS: the loader checks the file first
+ * and skips it with the reason, like any plugin that fails. */
+static void truncated_plugin_is_skipped_not_a_crash(void **state)
+{
+    (void)state;
+    char src[1200], path[64];
+    bad_path(src, sizeof src, "mini");
+    /* where the loadable segments end: the file past them (section headers) is not mapped */
+    FILE *f = fopen(src, "rb");
+    assert_non_null(f);
+    Elf64_Ehdr eh;
+    Elf64_Phdr ph;
+    assert_int_equal(fread(&eh, sizeof eh, 1, f), 1);
+    long size = 0;
+    for (int k = 0; k < eh.e_phnum; k++) {
+        assert_int_equal(fseek(f, (long)(eh.e_phoff + (size_t)k * sizeof ph), SEEK_SET), 0);
+        assert_int_equal(fread(&ph, sizeof ph, 1, f), 1);
+        if (ph.p_type == PT_LOAD && (long)(ph.p_offset + ph.p_filesz) > size)
+            size = (long)(ph.p_offset + ph.p_filesz);
+    }
+    fclose(f);
+    const struct {
+        long keep;
+        const char *reason;
+    } cuts[] = {{size / 2, "truncated ELF file: segment"},
+                {size - 1, "truncated ELF file: segment"},
+                {100, "program headers end past its 100 bytes"},
+                {40, "bad ELF header"},
+                {0, "bad ELF header"}};
+    for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
+        truncated_copy(src, cuts[k].keep, path, sizeof path);
+        nb_clear_error();
+        nb_status st = nb_plugin_load(path);
+        unlink(path);
+        if (st != NB_PLUGIN_LOAD || !strstr(nb_last_error(), cuts[k].reason))
+            fail_msg("cut at %ld (segments end at %ld): %s (%s), expected \"%s\"", cuts[k].keep, size,
+                     nb_status_str(st), nb_last_error(), cuts[k].reason);
+        NB_ASSERT_ERROR_HAS("cannot load");
+        nb_plugin_info info = info_for(strrchr(path, '/'));
+        assert_false(info.loaded);
+    }
+    assert_int_equal(nb_device_count("cpu"), 1); /* the others keep working */
 }
 
 static void library_without_entry_symbol_is_not_a_plugin(void **state)
@@ -273,6 +347,8 @@ int main(void)
         NB_TEST(load_null_path_is_an_error),
         NB_TEST(load_missing_file_fails_and_is_recorded),
         NB_TEST(load_text_file_fails_with_the_loader_reason),
+        NB_TEST(load_empty_path_is_an_error),
+        NB_TEST(truncated_plugin_is_skipped_not_a_crash),
         NB_TEST(library_without_entry_symbol_is_not_a_plugin),
         NB_TEST(entry_returning_null_keeps_its_reason),
         NB_TEST(newer_abi_major_is_refused),

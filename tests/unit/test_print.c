@@ -288,6 +288,25 @@ static void printing_a_view_prints_its_elements(void **state)
     nb_release(t);
 }
 
+/* Integers print exactly: INT64_MAX once went through a double (2^63, out of range for long
+ * long: undefined behaviour) and came out wrong. torch prints these same strings. */
+static void int64_extremes_print_exactly(void **state)
+{
+    (void)state;
+    nb_tensor *t = nb_from_data((int64_t[]){INT64_MAX, INT64_MIN, 9007199254740993},
+                                NB_SHAPE(3), (nb_opts){NB_DTYPE_I64});
+    char *s = nb_tensor_str(t);
+    assert_string_equal(s, "tensor([ 9223372036854775807, -9223372036854775808,     "
+                           "9007199254740993])");
+    nb_free(s);
+    nb_release(t);
+    nb_tensor *i = nb_from_data((int32_t[]){INT32_MIN, 7}, NB_SHAPE(2), (nb_opts){NB_DTYPE_I32});
+    s = nb_tensor_str(i);
+    assert_string_equal(s, "tensor([-2147483648,           7], dtype=torch.int32)");
+    nb_free(s);
+    nb_release(i);
+}
+
 static void printing_null_is_an_error(void **state)
 {
     (void)state;
@@ -307,6 +326,7 @@ int main(void)
         NB_TEST(every_expected_string_has_a_test),
         NB_TEST(fprint_adds_a_newline),
         NB_TEST(printing_a_view_prints_its_elements),
+        NB_TEST(int64_extremes_print_exactly),
         NB_TEST(printing_null_is_an_error),
     };
 #undef ENTRY_

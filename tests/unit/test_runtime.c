@@ -153,6 +153,54 @@ static void retained_tensor_outlives_its_scope(void **state)
     nb_release(t);
 }
 
+/* The scope trap: releasing a tensor the open scope tracks takes it out of the scope, so
+ * nb_scope_end does not release it a second time (ASan reports a use after free if it does). */
+static void released_tensor_leaves_its_scope(void **state)
+{
+    (void)state;
+    nb_scope_begin();
+    nb_tensor *a = small(), *b = small();
+    assert_non_null(b);
+    nb_release(a);
+    assert_int_equal(nb_live_tensors(), 1);
+    nb_scope_end();
+    assert_int_equal(nb_live_tensors(), 0);
+    assert_int_equal(nb_last_status(), NB_OK);
+
+    /* from an inner scope, a tensor of the outer one */
+    nb_scope_begin();
+    nb_tensor *outer = small();
+    nb_scope_begin();
+    nb_release(outer);
+    (void)small();
+    nb_scope_end();
+    assert_int_equal(nb_live_tensors(), 0);
+    nb_scope_end();
+    assert_int_equal(nb_live_tensors(), 0);
+}
+
+static void each_release_of_a_twice_returned_tensor_takes_one_entry(void **state)
+{
+    (void)state;
+    nb_scope_begin();
+    nb_tensor *t = small();
+    nb_tensor *same = nb_to_device(t, "cpu"); /* the same object, returned (and tracked) again */
+    assert_ptr_equal(same, t);
+    nb_release(same);
+    assert_int_equal(nb_live_tensors(), 1);
+    nb_scope_end(); /* the remaining entry */
+    assert_int_equal(nb_live_tensors(), 0);
+
+    /* retain + release inside the scope: the release was the scope's reference, the retained
+     * one is the caller's to release */
+    nb_scope_begin();
+    nb_tensor *r = nb_retain(small());
+    nb_release(r);
+    nb_scope_end();
+    assert_int_equal(nb_live_tensors(), 1);
+    nb_release(r);
+}
+
 static void tensors_outside_any_scope_are_untouched_by_one(void **state)
 {
     (void)state;
@@ -398,6 +446,8 @@ int main(void)
         NB_TEST(scope_releases_tensors_at_its_end),
         NB_TEST(keep_hands_a_tensor_to_the_caller),
         NB_TEST(keep_in_a_nested_scope_hands_to_the_enclosing_one),
+        NB_TEST(released_tensor_leaves_its_scope),
+        NB_TEST(each_release_of_a_twice_returned_tensor_takes_one_entry),
         NB_TEST(retained_tensor_outlives_its_scope),
         NB_TEST(tensors_outside_any_scope_are_untouched_by_one),
         NB_TEST(keep_outside_a_scope_and_keep_null_are_harmless),

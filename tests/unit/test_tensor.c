@@ -528,14 +528,77 @@ static void too_many_dims_are_rejected(void **state)
     assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
 }
 
-static void absurdly_large_shape_is_out_of_memory_not_a_crash(void **state)
+static void absurdly_large_shape_is_an_error_not_a_crash(void **state)
 {
     (void)state;
+    /* 2^90 elements: the count overflows int64, an invalid shape (PyTorch: "Storage size
+     * calculation overflowed") */
     assert_null(nb_empty(NB_SHAPE(1 << 30, 1 << 30, 1 << 30), (nb_opts){0}));
-    assert_int_equal(nb_last_status(), NB_OUT_OF_MEMORY);
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("[1073741824, 1073741824, 1073741824]");
     nb_clear_error();
+    /* 2^40 doubles fit int64 but not the machine: the plugin's allocation fails */
     assert_null(nb_empty(NB_SHAPE((int64_t)1 << 40), (nb_opts){NB_DTYPE_F64}));
     assert_int_equal(nb_last_status(), NB_OUT_OF_MEMORY);
+}
+
+/* numel and contiguous strides are checked products: a zero dim does not hide the overflow of
+ * the strides, and more than PTRDIFF_MAX bytes never reaches the plugin. */
+static void shapes_whose_size_overflows_are_invalid(void **state)
+{
+    (void)state;
+    const int64_t big = (int64_t)1 << 32;
+    assert_null(nb_empty(NB_SHAPE(big, big), (nb_opts){0}));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("[4294967296, 4294967296]");
+    nb_clear_error();
+    assert_null(nb_zeros(NB_SHAPE(0, big, big), (nb_opts){0}));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("[0, 4294967296, 4294967296]");
+    nb_clear_error();
+    float x = 0;
+    assert_null(nb_from_blob(&x, NB_SHAPE(0, big, big), (nb_opts){0}, NULL, NULL));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    /* 2^62 floats: 2^64 bytes; their byte strides would overflow in a plugin */
+    assert_null(nb_empty(NB_SHAPE((int64_t)1 << 62), (nb_opts){NB_DTYPE_F32}));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("[4611686018427387904] is too large");
+    nb_clear_error();
+    /* found by fuzz_ops: numel 0, but a byte stride of 2^62 * 4 once overflowed in the plugin */
+    assert_null(nb_zeros(NB_SHAPE(0, (int64_t)1 << 62), (nb_opts){0}));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    /* a zero dim with strides that fit is an ordinary empty tensor */
+    nb_tensor *e = nb_zeros(NB_SHAPE(0, big), (nb_opts){0});
+    assert_non_null(e);
+    assert_int_equal(nb_tensor_numel(e), 0);
+    assert_int_equal(nb_tensor_stride(e, 0), big);
+    nb_release(e);
+}
+
+static void randperm_of_a_size_past_the_bound_is_an_error(void **state)
+{
+    (void)state;
+    /* 2^62 * 8 bytes once wrapped to a 0-byte buffer that the shuffle then overran */
+    assert_null(nb_randperm((int64_t)1 << 62, (nb_opts){0}));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("randperm: shape [4611686018427387904] is too large");
+}
+
+static void arange_of_more_elements_than_int64_is_an_error(void **state)
+{
+    (void)state;
+    assert_null(nb_arange(0, 1e60, 1, (nb_opts){0}));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("arange: going from 0 to 1e+60 in steps of 1");
+    nb_clear_error();
+    assert_null(nb_arange(-1e308, 1e308, 1, (nb_opts){NB_DTYPE_F64})); /* the span is inf */
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    /* 2^62 elements fit int64, not a tensor: a clean error, no allocation tried */
+    assert_null(nb_arange(0, 0x1p62, 1, (nb_opts){0}));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
 }
 
 static void invalid_dtype_in_options_is_rejected(void **state)
@@ -764,7 +827,10 @@ int main(void)
         NB_TEST(like_functions_copy_shape_dtype_and_device),
         NB_TEST(negative_shape_is_rejected),
         NB_TEST(too_many_dims_are_rejected),
-        NB_TEST(absurdly_large_shape_is_out_of_memory_not_a_crash),
+        NB_TEST(absurdly_large_shape_is_an_error_not_a_crash),
+        NB_TEST(shapes_whose_size_overflows_are_invalid),
+        NB_TEST(arange_of_more_elements_than_int64_is_an_error),
+        NB_TEST(randperm_of_a_size_past_the_bound_is_an_error),
         NB_TEST(invalid_dtype_in_options_is_rejected),
         NB_TEST(integer_tensors_cannot_require_grad),
         NB_TEST(copy_to_host_checks_the_buffer_size),

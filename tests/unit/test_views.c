@@ -408,6 +408,87 @@ static void narrow_slice_and_select_errors(void **state)
     nb_release(s);
 }
 
+/* Shape arithmetic from the caller is checked: an element count that wraps to 0 once let a
+ * view of an empty tensor claim 2^64 elements, and select on it read far outside its storage. */
+static void views_whose_size_overflows_are_errors(void **state)
+{
+    (void)state;
+    const int64_t big = (int64_t)1 << 32;
+    nb_tensor *e = nb_zeros(NB_SHAPE(0), (nb_opts){0}), *one = nb_ones(NB_SHAPE(1), (nb_opts){0});
+    assert_null(nb_view(e, NB_SHAPE(big, big)));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("view: shape [4294967296, 4294967296] is too large");
+    nb_clear_error();
+    assert_null(nb_reshape(e, NB_SHAPE(0, big, big))); /* numel 0, strides overflow */
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    assert_null(nb_view(e, NB_SHAPE(big, big, -1)));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    assert_null(nb_expand(one, NB_SHAPE(big, big)));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    NB_ASSERT_ERROR_HAS("expand: shape [4294967296, 4294967296] is too large");
+    nb_clear_error();
+    assert_null(nb_expand(one, NB_SHAPE(0, big, big)));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    /* expand to a huge size that fits is a view of stride 0 */
+    nb_tensor *x = nb_expand(one, NB_SHAPE(big, 2));
+    assert_non_null(x);
+    assert_int_equal(nb_tensor_numel(x), 2 * big);
+    nb_tensor *sel = nb_select(x, 0, big - 1);
+    double v[2];
+    read_d(sel, v, 2);
+    assert_true(v[0] == 1 && v[1] == 1);
+    nb_release(sel);
+    nb_release(x);
+    nb_release(e);
+    nb_release(one);
+}
+
+static void narrow_and_slice_near_int64_max_do_not_overflow(void **state)
+{
+    (void)state;
+    float d[4] = {1, 2, 3, 4};
+    nb_tensor *t = nb_from_data(d, NB_SHAPE(4), (nb_opts){0});
+    assert_null(nb_narrow(t, 0, 1, INT64_MAX));
+    assert_int_equal(nb_last_status(), NB_INDEX_OUT_OF_RANGE);
+    NB_ASSERT_ERROR_HAS("length 9223372036854775807 exceeds dimension 0 of size 4");
+    nb_clear_error();
+    assert_null(nb_narrow(t, 0, INT64_MAX, 1));
+    assert_int_equal(nb_last_status(), NB_INDEX_OUT_OF_RANGE);
+    nb_clear_error();
+    /* slices clamp like Python's: [1:INT64_MAX:INT64_MAX] is the one element 2 */
+    nb_tensor *a = nb_slice(t, 0, 1, INT64_MAX, INT64_MAX);
+    assert_non_null(a);
+    assert_int_equal(nb_tensor_numel(a), 1);
+    double v[4];
+    read_d(a, v, 1);
+    assert_true(v[0] == 2);
+    /* found by fuzz_ops: the size-1 dim kept stride INT64_MAX, which the plugin's byte strides
+     * overflowed on; any stride serves a size-1 dim, so it keeps one that fits */
+    assert_true(nb_tensor_stride(a, 0) <= INT64_MAX / 16);
+    nb_tensor *na = nb_rsub_scalar(a, 1);
+    read_d(na, v, 1);
+    assert_true(v[0] == -1);
+    nb_release(na);
+    nb_tensor *b = nb_slice(t, 0, INT64_MIN, INT64_MAX, 3); /* [0, 3] */
+    assert_int_equal(nb_tensor_numel(b), 2);
+    read_d(b, v, 2);
+    assert_true(v[0] == 1 && v[1] == 4);
+    nb_tensor *c = nb_slice(t, 0, INT64_MAX - 1, INT64_MAX, 1); /* empty */
+    assert_int_equal(nb_tensor_numel(c), 0);
+    nb_tensor *g = nb_slice(b, 0, 0, INT64_MAX, INT64_MAX); /* a slice of a strided slice */
+    assert_int_equal(nb_tensor_numel(g), 1);
+    read_d(g, v, 1);
+    assert_true(v[0] == 1);
+    nb_release(a);
+    nb_release(b);
+    nb_release(c);
+    nb_release(g);
+    nb_release(t);
+}
+
 static void writes_through_a_strided_view_land_in_the_base(void **state)
 {
     (void)state;
@@ -516,6 +597,8 @@ int main(void)
         NB_TEST(expand_broadcasts_with_stride_zero),
         NB_TEST(narrow_slice_and_select_offset_into_the_base),
         NB_TEST(narrow_slice_and_select_errors),
+        NB_TEST(views_whose_size_overflows_are_errors),
+        NB_TEST(narrow_and_slice_near_int64_max_do_not_overflow),
         NB_TEST(writes_through_a_strided_view_land_in_the_base),
         NB_TEST(detach_shares_storage_without_grad),
         NB_TEST(views_of_null_keep_the_first_error),

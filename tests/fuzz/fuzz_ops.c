@@ -1,0 +1,333 @@
+/* fuzz_ops.c - op chains on the cpu: the bytes pick shapes (zero, huge and overflowing dims
+ * among them), dtypes, views, a short chain of ops over a few live tensors, and backward
+ * passes. Every error must come back as a status; tensors the chain keeps stay small (real
+ * allocations stay bounded), while the checks on shapes that do not fit are always reached. */
+#include <math.h>
+
+#include "fuzz_common.h"
+
+#define SLOTS 6
+#define KEEP_MAX 512 /* elements of a tensor the chain keeps working on */
+#define CHAIN_MAX 40
+
+static const int64_t dims_table[] = {0, 1, 2, 3, 4, 5, 7, 16, -1, -2, (int64_t)1 << 31,
+                                     (int64_t)1 << 32, (int64_t)1 << 62, INT64_MAX, INT64_MIN,
+                                     INT64_MAX / 2 + 1};
+static const int64_t index_table[] = {0, 1, 2, -1, -2, 3, 5, INT64_MAX, INT64_MIN,
+                                      INT64_MAX - 1, INT64_MIN + 1, (int64_t)1 << 32};
+static const double scalar_table[] = {0, 1, -1, 0.5, 2, 3, -0.0, 1e308, -1e308, INFINITY,
+                                      -INFINITY, NAN, 0x1p63, -0x1p63, 9007199254740993.0, 1e-310};
+static const nb_dtype dtype_table[] = {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_F32, NB_DTYPE_I32,
+                                       NB_DTYPE_I64, NB_DTYPE_U8, NB_DTYPE_BOOL, NB_DTYPE_F64};
+/* conv/pool parameters: small ones that run, huge ones that must be refused */
+static const int64_t param_table[] = {0, 1, 2, 3, 1, 0, 2, -1, INT64_MAX, INT64_MAX / 2,
+                                      (int64_t)1 << 40, (int64_t)1 << 62};
+
+#define PICK(b, table) ((table)[fuzz_below((b), sizeof(table) / sizeof((table)[0]))])
+
+typedef struct chain {
+    fuzz_bytes in;
+    nb_tensor *t[SLOTS];
+} chain;
+
+static nb_tensor *slot(chain *c) { return c->t[fuzz_below(&c->in, SLOTS)]; }
+
+/* A shape from the bytes; *fits says whether it is small enough to allocate. */
+static nb_shape shape_of(chain *c, int32_t max_ndim, bool *fits)
+{
+    nb_shape s = {.ndim = (int32_t)fuzz_below(&c->in, (uint32_t)max_ndim + 1)};
+    int64_t n = 1;
+    bool ok = true;
+    for (int32_t d = 0; d < s.ndim; d++) {
+        s.dims[d] = fuzz_u8(&c->in) & 0x80 ? PICK(&c->in, dims_table) : fuzz_below(&c->in, 6);
+        ok = ok && s.dims[d] >= 0 && !__builtin_mul_overflow(n, s.dims[d] ? s.dims[d] : 1, &n);
+    }
+    *fits = ok && n <= KEEP_MAX;
+    return s;
+}
+
+/* Keeps r in a slot when it is small, releasing what was there; a big result (a huge view,
+ * say) is only made and released. Small means every dim counted as at least 1: an empty
+ * [2^31, 0] would let matmul ask for a legitimate [2^31, 1] of 8 GB. */
+static void keep(chain *c, nb_tensor *r)
+{
+    nb_clear_error();
+    if (!r)
+        return;
+    int64_t span = 1;
+    for (int32_t d = 0; d < nb_tensor_ndim(r) && span <= KEEP_MAX; d++) {
+        int64_t n = nb_tensor_size(r, d);
+        span = n > KEEP_MAX ? KEEP_MAX + 1 : span * (n > 1 ? n : 1);
+    }
+    if (span > KEEP_MAX || nb_tensor_ndim(r) < 0) {
+        nb_release(r);
+        return;
+    }
+    int k = (int)fuzz_below(&c->in, SLOTS);
+    nb_release(c->t[k]);
+    c->t[k] = r;
+}
+
+static int32_t small_dim(chain *c) { return (int32_t)fuzz_below(&c->in, 11) - 5; }
+
+static void op_create(chain *c)
+{
+    bool fits;
+    nb_shape s = shape_of(c, 4, &fits);
+    nb_dtype dt = PICK(&c->in, dtype_table);
+    bool grad = fuzz_u8(&c->in) & 1 && nb_dtype_is_float(dt);
+    uint32_t kind = fuzz_below(&c->in, 4);
+    /* A shape that fits int64 but not memory is tried only where the core must refuse it
+     * before any allocation (span or bytes past int64): malloc of terabytes is not under test. */
+    int64_t span = 1, bytes;
+    bool refused = false, empty = false;
+    for (int32_t d = 0; d < s.ndim; d++) {
+        refused |= s.dims[d] < 0 ||
+                   __builtin_mul_overflow(span, s.dims[d] > 1 ? s.dims[d] : 1, &span);
+        empty |= s.dims[d] == 0;
+    }
+    if (!fits && !refused && !empty &&
+        !__builtin_mul_overflow(span, 16, &bytes)) /* the core's bound: span < 2^63 / 16 */
+        return;
+    nb_opts o = {.dtype = dt, .requires_grad = grad};
+    nb_tensor *r = NULL;
+    /* ranges: small ones, and ones whose count is past any tensor (1e60, inf, NaN, step 0) */
+    static const double ends[] = {-2, -1, 0, 0.5, 1, 3, 7.5, 1e60, INFINITY, NAN, -0x1p63};
+    if (fuzz_u8(&c->in) < 32) {
+        double a = PICK(&c->in, ends), b = PICK(&c->in, ends), st = PICK(&c->in, ends);
+        switch (fuzz_below(&c->in, 3)) {
+        case 0: keep(c, nb_arange(a, b, st, o)); break;
+        case 1: { /* negative steps, or at most 1023 */
+            uint64_t steps = (uint64_t)PICK(&c->in, index_table) & 0x80000000000003ffull;
+            keep(c, nb_linspace(a, b, (int64_t)steps, o));
+            break;
+        }
+        default: {
+            int64_t n = PICK(&c->in, index_table);
+            /* randperm and eye: small sizes run, the rest must be refused before allocating */
+            if (n < 8 || n > (int64_t)1 << 59)
+                keep(c, fuzz_u8(&c->in) & 1 ? nb_randperm(n, o) : nb_eye(n, n % 5, o));
+        }
+        }
+        return;
+    }
+    switch (kind) {
+    case 0: r = nb_zeros(s, o); break;
+    case 1: r = nb_full(s, PICK(&c->in, scalar_table), o); break;
+    case 2: r = nb_dtype_is_float(dt) ? nb_randn(s, o) : nb_randint(-3, 4, s, o); break;
+    default: r = nb_ones(s, o); break;
+    }
+    keep(c, r);
+}
+
+static void op_unary(chain *c)
+{
+    nb_tensor *a = slot(c);
+    if (!a)
+        return;
+    nb_tensor *(*const fns[])(const nb_tensor *) = {
+        nb_neg, nb_abs, nb_exp, nb_log, nb_sqrt, nb_rsqrt, nb_sin, nb_cos, nb_tanh,
+        nb_sigmoid, nb_relu, nb_sign, nb_floor, nb_ceil, nb_round, nb_logical_not, nb_clone,
+        nb_contiguous, nb_detach, nb_gelu, nb_squeeze_all, nb_t};
+    keep(c, PICK(&c->in, fns)(a));
+}
+
+static void op_binary(chain *c)
+{
+    nb_tensor *a = slot(c), *b = slot(c);
+    if (!a || !b)
+        return;
+    nb_tensor *(*const fns[])(const nb_tensor *, const nb_tensor *) = {
+        nb_add, nb_sub, nb_mul, nb_div, nb_pow, nb_maximum, nb_minimum, nb_eq, nb_ne, nb_lt,
+        nb_ge, nb_logical_and, nb_logical_xor, nb_matmul};
+    keep(c, PICK(&c->in, fns)(a, b));
+}
+
+static void op_scalar(chain *c)
+{
+    nb_tensor *a = slot(c);
+    if (!a)
+        return;
+    double v = PICK(&c->in, scalar_table);
+    nb_tensor *(*const fns[])(const nb_tensor *, double) = {
+        nb_add_scalar, nb_sub_scalar, nb_mul_scalar, nb_div_scalar, nb_pow_scalar,
+        nb_maximum_scalar, nb_rsub_scalar, nb_rdiv_scalar, nb_lt_scalar, nb_eq_scalar};
+    uint32_t k = fuzz_below(&c->in, sizeof fns / sizeof fns[0] + 2);
+    if (k == sizeof fns / sizeof fns[0])
+        keep(c, nb_clamp(a, v, PICK(&c->in, scalar_table)));
+    else if (k > sizeof fns / sizeof fns[0])
+        keep(c, nb_to_dtype(a, PICK(&c->in, dtype_table)));
+    else
+        keep(c, fns[k](a, v));
+}
+
+static void op_view(chain *c)
+{
+    nb_tensor *a = slot(c);
+    if (!a)
+        return;
+    bool fits;
+    int32_t d0 = small_dim(c), d1 = small_dim(c);
+    int64_t i0 = PICK(&c->in, index_table), i1 = PICK(&c->in, index_table);
+    switch (fuzz_below(&c->in, 12)) {
+    case 0: keep(c, nb_view(a, shape_of(c, 5, &fits))); break;
+    case 1: keep(c, nb_reshape(a, shape_of(c, 5, &fits))); break;
+    case 2: keep(c, nb_expand(a, shape_of(c, 5, &fits))); break;
+    case 3: keep(c, nb_transpose(a, d0, d1)); break;
+    case 4: keep(c, nb_narrow(a, d0, i0, i1)); break;
+    case 5: keep(c, nb_slice(a, d0, i0, i1, PICK(&c->in, index_table))); break;
+    case 6: keep(c, nb_select(a, d0, i0)); break;
+    case 7: keep(c, nb_squeeze(a, d0)); break;
+    case 8: keep(c, nb_unsqueeze(a, d0)); break;
+    case 9: keep(c, nb_flatten(a, d0, d1)); break;
+    case 10: {
+        int32_t p[NB_MAX_DIMS];
+        int32_t n = nb_tensor_ndim(a);
+        for (int32_t k = 0; k < n; k++)
+            p[k] = fuzz_u8(&c->in) & 0x80 ? small_dim(c) : (k + (int32_t)fuzz_below(&c->in, 2)) % n;
+        keep(c, nb_permute(a, p, n));
+        break;
+    }
+    default: keep(c, nb_slice(a, d0, 0, i1, 1 + fuzz_below(&c->in, 3))); break;
+    }
+}
+
+static void op_reduce(chain *c)
+{
+    nb_tensor *a = slot(c);
+    if (!a)
+        return;
+    int32_t dims[4];
+    int32_t nd = (int32_t)fuzz_below(&c->in, 6) - 1; /* -1 .. 4 */
+    for (int k = 0; k < 4; k++)
+        dims[k] = small_dim(c);
+    const int32_t *dp = fuzz_u8(&c->in) & 0x40 ? NULL : dims;
+    bool kd = fuzz_u8(&c->in) & 1;
+    int64_t corr = PICK(&c->in, index_table);
+    switch (fuzz_below(&c->in, 11)) {
+    case 0: keep(c, nb_sum(a, dp, nd, kd)); break;
+    case 1: keep(c, nb_mean(a, dp, nd, kd)); break;
+    case 2: keep(c, nb_prod(a, dp, nd, kd)); break;
+    case 3: keep(c, nb_amax(a, dp, nd, kd)); break;
+    case 4: keep(c, nb_amin(a, dp, nd, kd)); break;
+    case 5: keep(c, nb_var(a, dp, nd, corr, kd)); break;
+    case 6: keep(c, nb_std(a, dp, nd, corr, kd)); break;
+    case 7: keep(c, nb_argmax(a, fuzz_u8(&c->in) & 1 ? NB_ALL_DIMS : dims[0], kd)); break;
+    case 8: keep(c, nb_softmax(a, dims[0])); break;
+    case 9: keep(c, nb_log_softmax(a, dims[0])); break;
+    default: keep(c, nb_norm(a, PICK(&c->in, scalar_table), dp, nd, kd)); break;
+    }
+}
+
+static void op_window(chain *c)
+{
+    nb_tensor *x = slot(c), *w = slot(c);
+    if (!x)
+        return;
+    int64_t p[7];
+    for (int k = 0; k < 7; k++)
+        p[k] = PICK(&c->in, param_table);
+    switch (fuzz_below(&c->in, 3)) {
+    case 0:
+        if (w)
+            keep(c, nb_conv2d(x, w, fuzz_u8(&c->in) & 1 ? slot(c) : NULL,
+                              (nb_conv2d_opts){{p[0], p[1]}, {p[2], p[3]}, {p[4], p[5]}, p[6]}));
+        break;
+    case 1:
+        keep(c, nb_max_pool2d(x, (nb_pool2d_opts){{p[0], p[1]}, {p[2], p[3]}, {p[4], p[5]}}));
+        break;
+    default:
+        keep(c, nb_avg_pool2d(x, (nb_pool2d_opts){{p[0], p[1]}, {p[2], p[3]}, {p[4], p[5]}}));
+        break;
+    }
+}
+
+static void op_pair(chain *c)
+{
+    nb_tensor *a = slot(c), *b = slot(c), *i = slot(c);
+    if (!a || !b)
+        return;
+    nb_tensor *ab[2] = {a, b};
+    int32_t d = small_dim(c);
+    nb_reduction r = (nb_reduction)fuzz_below(&c->in, 3);
+    switch (fuzz_below(&c->in, 11)) {
+    case 0: keep(c, nb_cat(ab, 2, d)); break;
+    case 1: keep(c, nb_stack(ab, 2, d)); break;
+    case 2: keep(c, i ? nb_gather(a, d, i) : NULL); break;
+    case 3: keep(c, i ? nb_scatter_add(a, d, i, b) : NULL); break;
+    case 4: keep(c, i ? nb_where(i, a, b) : NULL); break;
+    case 5: keep(c, nb_mse_loss(a, b, r)); break;
+    case 6: keep(c, nb_binary_cross_entropy(a, b, r)); break;
+    case 7: keep(c, nb_binary_cross_entropy_with_logits(a, b, r)); break;
+    case 8: keep(c, nb_cross_entropy(a, b, r)); break;
+    case 9: keep(c, nb_nll_loss(a, b, r)); break;
+    default: keep(c, nb_linear(a, b, i)); break;
+    }
+}
+
+static void op_backward(chain *c)
+{
+    nb_tensor *a = slot(c);
+    if (!a || !nb_tensor_requires_grad(a))
+        return;
+    const uint8_t how = fuzz_u8(&c->in);
+    const nb_backward_opts opts = {.retain_graph = how & 1, .create_graph = how & 2};
+    if (fuzz_u8(&c->in) & 1) {
+        nb_tensor *s = nb_sum(a, NULL, 0, false);
+        if (s)
+            (void)nb_backward(s, NULL, opts);
+        nb_release(s);
+    } else {
+        nb_tensor *g = nb_ones_like(a);
+        (void)nb_backward(a, g, opts);
+        nb_release(g);
+    }
+    nb_clear_error();
+    nb_tensor *leaf = slot(c), *g = leaf ? nb_tensor_grad(leaf) : NULL;
+    keep(c, g);
+}
+
+static void op_read(chain *c)
+{
+    nb_tensor *a = slot(c);
+    if (!a)
+        return;
+    char *s = nb_tensor_str(a);
+    if (s)
+        (void)strlen(s);
+    nb_free(s);
+    double v;
+    (void)nb_item(a, &v);
+    nb_clear_error();
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc, (void)argv;
+    fuzz_setup();
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    chain c = {.in = {data, size, 0}};
+    uint8_t mode = fuzz_u8(&c.in);
+    if (mode & 1) /* every tensor the chain receives is tracked, and released by the chain too */
+        nb_scope_begin();
+    if (mode & 2)
+        nb_no_grad_begin();
+    nb_manual_seed(mode);
+    void (*const ops[])(chain *) = {op_create, op_create, op_unary, op_binary, op_scalar,
+                                    op_view, op_view, op_reduce, op_window, op_pair,
+                                    op_backward, op_read};
+    for (int k = 0; k < CHAIN_MAX && !fuzz_done(&c.in); k++)
+        PICK(&c.in, ops)(&c);
+    for (int k = 0; k < SLOTS; k++)
+        nb_release(c.t[k]);
+    if (mode & 2)
+        nb_no_grad_end();
+    if (mode & 1)
+        nb_scope_end();
+    fuzz_check_clean();
+    return 0;
+}
