@@ -1808,8 +1808,8 @@ static nb_tensor *cross_entropy_impl(const nb_tensor *input, const nb_tensor *ta
 }
 
 /* ============================ public entry points ============================ */
-/* NBI_API keeps results of internal calls out of the application's scope even when the file is
- * built without api_wrap.c (which adds the same level again when it is). */
+/* NBI_API at each definition: what these create for themselves never enters the application's
+ * scope, and the result does when it leaves depth 0. */
 
 nb_tensor *nb_linear(const nb_tensor *x, const nb_tensor *w, const nb_tensor *b)
 {

@@ -72,13 +72,18 @@ static inline nb_tensor *nbi_api_leave(nb_tensor *t)
         return NULL;
     return t;
 }
+/* At every public definition: NBI_API for a tensor result (tracked by the open scope when it
+ * leaves depth 0), NBI_API_CALL for any other result, NBI_API_VOID for none. */
 #define NBI_API(expr) (nbi_api_depth++, nbi_api_leave(expr))
-#define NBI_API_STATUS(expr) (nbi_api_depth++, nbi_api_status_leave(expr))
-static inline nb_status nbi_api_status_leave(nb_status st)
-{
-    nbi_api_depth--;
-    return st;
-}
+#define NBI_API_CALL(expr)                                                                  \
+    ({                                                                                      \
+        nbi_api_depth++;                                                                    \
+        __typeof__(expr) nbi_result_ = (expr);                                              \
+        nbi_api_depth--;                                                                    \
+        nbi_result_;                                                                        \
+    })
+#define NBI_API_STATUS(expr) NBI_API_CALL(expr)
+#define NBI_API_VOID(expr) (nbi_api_depth++, (expr), (void)nbi_api_depth--)
 /* A callback starts like fresh application code: at depth 0 and with no scope open (it may open
  * its own), so it can follow the plain ownership rule whatever scope its caller had open. */
 typedef struct nbi_user_call {

@@ -238,7 +238,7 @@ nb_module *nb_module_new(const char *type_name, nb_forward_fn forward, void *use
 
 static void hooks_free(nb_module *m);
 
-void nb_module_free(nb_module *m)
+static void module_free_impl(nb_module *m)
 {
     if (!m)
         return;
@@ -270,6 +270,11 @@ void nb_module_free(nb_module *m)
     nbi_free(m->buffers);
     nbi_free(m->type_name);
     nbi_free(m);
+}
+
+void nb_module_free(nb_module *m)
+{
+    NBI_API_VOID(module_free_impl(m));
 }
 
 /* Names follow PyTorch's attribute rules: non-empty, no '.', unique within the module. */
@@ -309,7 +314,7 @@ static bool grow(void **items, int32_t *cap, int32_t n, size_t size)
     return true;
 }
 
-nb_status nb_module_add(nb_module *m, const char *name, nb_module *child)
+static nb_status module_add_impl(nb_module *m, const char *name, nb_module *child)
 {
     if (!m || !child)
         return nbi_error(NB_NULL_ARGUMENT, "nb_module_add: %s is NULL", m ? "child" : "module");
@@ -335,6 +340,11 @@ nb_status nb_module_add(nb_module *m, const char *name, nb_module *child)
     return NB_OK;
 }
 
+nb_status nb_module_add(nb_module *m, const char *name, nb_module *child)
+{
+    return NBI_API_CALL(module_add_impl(m, name, child));
+}
+
 static nb_status add_entry(nb_module *m, const char *what, nn_entry **items, int32_t *n,
                            int32_t *cap, const char *name, nb_tensor *t)
 {
@@ -350,7 +360,7 @@ static nb_status add_entry(nb_module *m, const char *what, nn_entry **items, int
 
 /* A parameter is a leaf that requires grad, like nn.Parameter: registering a float leaf turns
  * requires_grad on (switch it off afterwards to freeze it). */
-nb_status nb_module_add_parameter(nb_module *m, const char *name, nb_tensor *p)
+static nb_status module_add_parameter_impl(nb_module *m, const char *name, nb_tensor *p)
 {
     const char *what = "nb_module_add_parameter";
     if (!m || !p)
@@ -370,7 +380,12 @@ nb_status nb_module_add_parameter(nb_module *m, const char *name, nb_tensor *p)
     return add_entry(m, what, &m->params, &m->n_params, &m->cap_params, name, p);
 }
 
-nb_status nb_module_add_buffer(nb_module *m, const char *name, nb_tensor *b)
+nb_status nb_module_add_parameter(nb_module *m, const char *name, nb_tensor *p)
+{
+    return NBI_API_CALL(module_add_parameter_impl(m, name, p));
+}
+
+static nb_status module_add_buffer_impl(nb_module *m, const char *name, nb_tensor *b)
 {
     const char *what = "nb_module_add_buffer";
     if (!m || !b)
@@ -379,6 +394,11 @@ nb_status nb_module_add_buffer(nb_module *m, const char *name, nb_tensor *b)
     if (st != NB_OK)
         return st;
     return add_entry(m, what, &m->buffers, &m->n_buffers, &m->cap_buffers, name, b);
+}
+
+nb_status nb_module_add_buffer(nb_module *m, const char *name, nb_tensor *b)
+{
+    return NBI_API_CALL(module_add_buffer_impl(m, name, b));
 }
 
 /* Direct children by name, or a dotted path through them ("features.0"). */
@@ -398,7 +418,7 @@ void *nb_module_user(const nb_module *m) { return m ? m->user : NULL; }
 
 bool nb_module_is_training(const nb_module *m) { return m && m->training; }
 
-nb_status nb_module_train(nb_module *m, bool training)
+static nb_status module_train_impl(nb_module *m, bool training)
 {
     if (!m)
         return nbi_error(NB_NULL_ARGUMENT, "nb_module_train: module is NULL");
@@ -406,6 +426,11 @@ nb_status nb_module_train(nb_module *m, bool training)
     for (int32_t i = 0; i < m->n_children; i++)
         nb_module_train(m->children[i].m, training);
     return NB_OK;
+}
+
+nb_status nb_module_train(nb_module *m, bool training)
+{
+    return NBI_API_CALL(module_train_impl(m, training));
 }
 
 /* ---- the dotted views ---- */
@@ -554,7 +579,7 @@ nb_tensor *nb_module_state(const nb_module *m, int32_t i, const char **name)
     return f->entries[i]->t;
 }
 
-nb_status nb_module_zero_grad(nb_module *m)
+static nb_status module_zero_grad_impl(nb_module *m)
 {
     if (!m)
         return nbi_error(NB_NULL_ARGUMENT, "nb_module_zero_grad: module is NULL");
@@ -563,6 +588,11 @@ nb_status nb_module_zero_grad(nb_module *m)
     for (int32_t i = 0; i < m->n_children; i++)
         nb_module_zero_grad(m->children[i].m);
     return NB_OK;
+}
+
+nb_status nb_module_zero_grad(nb_module *m)
+{
+    return NBI_API_CALL(module_zero_grad_impl(m));
 }
 
 /* ---- moving to a device ----
@@ -641,7 +671,7 @@ static void apply_moves(nb_module *m, const move_plan *plan)
         apply_moves(m->children[i].m, plan);
 }
 
-nb_status nb_module_to(nb_module *m, const char *device)
+static nb_status module_to_impl(nb_module *m, const char *device)
 {
     if (!m || !device)
         return nbi_error(NB_NULL_ARGUMENT, "nb_module_to: %s is NULL", m ? "device" : "module");
@@ -660,6 +690,11 @@ nb_status nb_module_to(nb_module *m, const char *device)
         nb_release(plan.pairs[k].to);
     nbi_free(plan.pairs);
     return st;
+}
+
+nb_status nb_module_to(nb_module *m, const char *device)
+{
+    return NBI_API_CALL(module_to_impl(m, device));
 }
 
 /* ============================== repr ============================== */
@@ -775,7 +810,7 @@ static void repr(const nb_module *m, nbi_sbuf *out)
     nbi_sbuf_puts(out, ")");
 }
 
-char *nb_module_str(const nb_module *m)
+static char *module_str_impl(const nb_module *m)
 {
     if (!m) {
         nbi_error(NB_NULL_ARGUMENT, "nb_module_str: module is NULL");
@@ -789,6 +824,11 @@ char *nb_module_str(const nb_module *m)
         return NULL;
     }
     return b.p;
+}
+
+char *nb_module_str(const nb_module *m)
+{
+    return NBI_API_CALL(module_str_impl(m));
 }
 
 /* ============================== forward ============================== */
@@ -964,13 +1004,18 @@ static nb_tensor *forward_of(nb_module *m, const nb_tensor *x)
 
 static nb_tensor *hooked_forward(nb_module *m, const nb_tensor *x);
 
-nb_tensor *nb_module_forward(nb_module *m, const nb_tensor *x)
+static nb_tensor *module_forward_impl(nb_module *m, const nb_tensor *x)
 {
     if (!m) {
         nbi_last_or(NB_NULL_ARGUMENT, "nb_module_forward: module is NULL");
         return NULL;
     }
     return module_call(m, x);
+}
+
+nb_tensor *nb_module_forward(nb_module *m, const nb_tensor *x)
+{
+    return NBI_API(module_forward_impl(m, x));
 }
 
 /* ============================== built-in layers ============================== */
@@ -999,7 +1044,7 @@ static nb_status add_uniform_param(nb_module *m, const char *name, nb_shape shap
     return st;
 }
 
-nb_module *nb_linear_new(int64_t in_features, int64_t out_features, bool bias, nb_opts opts)
+static nb_module *linear_new_impl(int64_t in_features, int64_t out_features, bool bias, nb_opts opts)
 {
     if (in_features <= 0 || out_features <= 0) {
         nbi_error(NB_INVALID_ARGUMENT, "nb_linear_new: in_features=%lld, out_features=%lld; "
@@ -1027,7 +1072,12 @@ nb_module *nb_linear_new(int64_t in_features, int64_t out_features, bool bias, n
     return m;
 }
 
-nb_module *nb_conv2d_new(int64_t in_channels, int64_t out_channels, int64_t kh, int64_t kw,
+nb_module *nb_linear_new(int64_t in_features, int64_t out_features, bool bias, nb_opts opts)
+{
+    return NBI_API_CALL(linear_new_impl(in_features, out_features, bias, opts));
+}
+
+static nb_module *conv2d_new_impl(int64_t in_channels, int64_t out_channels, int64_t kh, int64_t kw,
                          nb_conv2d_opts conv, bool bias, nb_opts opts)
 {
     const char *what = "nb_conv2d_new";
@@ -1087,7 +1137,12 @@ nb_module *nb_conv2d_new(int64_t in_channels, int64_t out_channels, int64_t kh, 
     return m;
 }
 
-nb_module *nb_max_pool2d_new(nb_pool2d_opts opts)
+nb_module *nb_conv2d_new(int64_t in_channels, int64_t out_channels, int64_t kh, int64_t kw, nb_conv2d_opts conv, bool bias, nb_opts opts)
+{
+    return NBI_API_CALL(conv2d_new_impl(in_channels, out_channels, kh, kw, conv, bias, opts));
+}
+
+static nb_module *max_pool2d_new_impl(nb_pool2d_opts opts)
 {
     const char *what = "nb_max_pool2d_new";
     for (int d = 0; d < 2; d++) {
@@ -1120,12 +1175,17 @@ nb_module *nb_max_pool2d_new(nb_pool2d_opts opts)
     return m;
 }
 
-nb_module *nb_relu_new(void) { return module_alloc("ReLU", NN_RELU); }
-nb_module *nb_sigmoid_new(void) { return module_alloc("Sigmoid", NN_SIGMOID); }
-nb_module *nb_tanh_new(void) { return module_alloc("Tanh", NN_TANH); }
+nb_module *nb_max_pool2d_new(nb_pool2d_opts opts)
+{
+    return NBI_API_CALL(max_pool2d_new_impl(opts));
+}
+
+static nb_module *relu_new_impl(void) { return module_alloc("ReLU", NN_RELU); }
+static nb_module *sigmoid_new_impl(void) { return module_alloc("Sigmoid", NN_SIGMOID); }
+static nb_module *tanh_new_impl(void) { return module_alloc("Tanh", NN_TANH); }
 
 /* The dims are checked against each input's rank at forward time, as nn.Flatten does. */
-nb_module *nb_flatten_new(int32_t start_dim, int32_t end_dim)
+static nb_module *flatten_new_impl(int32_t start_dim, int32_t end_dim)
 {
     nb_module *m = module_alloc("Flatten", NN_FLATTEN);
     if (m) {
@@ -1135,7 +1195,27 @@ nb_module *nb_flatten_new(int32_t start_dim, int32_t end_dim)
     return m;
 }
 
-nb_module *nb_dropout_new(double p)
+nb_module *nb_flatten_new(int32_t start_dim, int32_t end_dim)
+{
+    return NBI_API_CALL(flatten_new_impl(start_dim, end_dim));
+}
+
+nb_module *nb_tanh_new(void)
+{
+    return NBI_API_CALL(tanh_new_impl());
+}
+
+nb_module *nb_sigmoid_new(void)
+{
+    return NBI_API_CALL(sigmoid_new_impl());
+}
+
+nb_module *nb_relu_new(void)
+{
+    return NBI_API_CALL(relu_new_impl());
+}
+
+static nb_module *dropout_new_impl(double p)
 {
     if (!(p >= 0 && p <= 1)) {
         nbi_error(NB_INVALID_ARGUMENT, "nb_dropout_new: dropout probability has to be between 0 "
@@ -1146,6 +1226,11 @@ nb_module *nb_dropout_new(double p)
     if (m)
         m->cfg.p = p;
     return m;
+}
+
+nb_module *nb_dropout_new(double p)
+{
+    return NBI_API_CALL(dropout_new_impl(p));
 }
 
 /* eps and momentum of 0 mean PyTorch's defaults (1e-5, 0.1), like the zero-valued options
@@ -1208,18 +1293,18 @@ static nb_module *batch_norm_new(const char *what, nn_kind kind, int64_t feature
 
 nb_module *nb_batch_norm1d_new(int64_t features, double eps, double momentum, nb_opts opts)
 {
-    return batch_norm_new("nb_batch_norm1d_new", NN_BATCHNORM1D, features, eps, momentum, opts);
+    return NBI_API_CALL(batch_norm_new("nb_batch_norm1d_new", NN_BATCHNORM1D, features, eps, momentum, opts));
 }
 
 nb_module *nb_batch_norm2d_new(int64_t features, double eps, double momentum, nb_opts opts)
 {
-    return batch_norm_new("nb_batch_norm2d_new", NN_BATCHNORM2D, features, eps, momentum, opts);
+    return NBI_API_CALL(batch_norm_new("nb_batch_norm2d_new", NN_BATCHNORM2D, features, eps, momentum, opts));
 }
 
 /* Takes ownership whatever happens, so nested constructor calls cannot leak: on failure every
  * child it was given (and owns) is freed. A child that already has a parent is not ours and is
  * left alone. */
-nb_module *nb_sequential_new(nb_module *const *children, int32_t n)
+static nb_module *sequential_new_impl(nb_module *const *children, int32_t n)
 {
     const char *what = "nb_sequential_new";
     nb_status st = NB_OK;
@@ -1260,6 +1345,11 @@ nb_module *nb_sequential_new(nb_module *const *children, int32_t n)
         }
     }
     return m;
+}
+
+nb_module *nb_sequential_new(nb_module *const *children, int32_t n)
+{
+    return NBI_API_CALL(sequential_new_impl(children, n));
 }
 
 /* ====================== hooks, apply, named modules, kinds ====================== */

@@ -110,7 +110,7 @@ static nb_optim *optim_new(const char *what, optim_kind kind, nb_tensor *const *
     return o;
 }
 
-nb_optim *nb_sgd_new(nb_tensor *const *params, int32_t n, nb_sgd_opts opts)
+static nb_optim *sgd_new_impl(nb_tensor *const *params, int32_t n, nb_sgd_opts opts)
 {
     const char *what = "nb_sgd_new";
     if (bad_number(opts.momentum)) {
@@ -141,6 +141,11 @@ nb_optim *nb_sgd_new(nb_tensor *const *params, int32_t n, nb_sgd_opts opts)
         o->nesterov = opts.nesterov;
     }
     return o;
+}
+
+nb_optim *nb_sgd_new(nb_tensor *const *params, int32_t n, nb_sgd_opts opts)
+{
+    return NBI_API_CALL(sgd_new_impl(params, n, opts));
 }
 
 static nb_optim *adam_new(const char *what, optim_kind kind, nb_tensor *const *params,
@@ -175,15 +180,15 @@ static nb_optim *adam_new(const char *what, optim_kind kind, nb_tensor *const *p
 
 nb_optim *nb_adam_new(nb_tensor *const *params, int32_t n, nb_adam_opts opts)
 {
-    return adam_new("nb_adam_new", OPT_ADAM, params, n, opts);
+    return NBI_API_CALL(adam_new("nb_adam_new", OPT_ADAM, params, n, opts));
 }
 
 nb_optim *nb_adamw_new(nb_tensor *const *params, int32_t n, nb_adam_opts opts)
 {
-    return adam_new("nb_adamw_new", OPT_ADAMW, params, n, opts);
+    return NBI_API_CALL(adam_new("nb_adamw_new", OPT_ADAMW, params, n, opts));
 }
 
-nb_optim *nb_rmsprop_new(nb_tensor *const *params, int32_t n, nb_rmsprop_opts opts)
+static nb_optim *rmsprop_new_impl(nb_tensor *const *params, int32_t n, nb_rmsprop_opts opts)
 {
     const char *what = "nb_rmsprop_new";
     double lr = opts.lr ? opts.lr : 1e-2, alpha = opts.alpha ? opts.alpha : 0.99,
@@ -208,7 +213,12 @@ nb_optim *nb_rmsprop_new(nb_tensor *const *params, int32_t n, nb_rmsprop_opts op
     return o;
 }
 
-nb_optim *nb_sgd_new_for(const nb_module *m, nb_sgd_opts opts)
+nb_optim *nb_rmsprop_new(nb_tensor *const *params, int32_t n, nb_rmsprop_opts opts)
+{
+    return NBI_API_CALL(rmsprop_new_impl(params, n, opts));
+}
+
+static nb_optim *sgd_new_for_impl(const nb_module *m, nb_sgd_opts opts)
 {
     if (!m) {
         nbi_error(NB_NULL_ARGUMENT, "nb_sgd_new_for: module is NULL");
@@ -233,7 +243,12 @@ nb_optim *nb_sgd_new_for(const nb_module *m, nb_sgd_opts opts)
     return o;
 }
 
-void nb_optim_free(nb_optim *o)
+nb_optim *nb_sgd_new_for(const nb_module *m, nb_sgd_opts opts)
+{
+    return NBI_API_CALL(sgd_new_for_impl(m, opts));
+}
+
+static void optim_free_impl(nb_optim *o)
 {
     if (!o)
         return;
@@ -250,6 +265,11 @@ void nb_optim_free(nb_optim *o)
     nbi_free(o->s2);
     nbi_free(o->steps);
     nbi_free(o);
+}
+
+void nb_optim_free(nb_optim *o)
+{
+    NBI_API_VOID(optim_free_impl(o));
 }
 
 /* ============================== steps ============================== */
@@ -435,7 +455,7 @@ static nb_status rmsprop_update(nb_optim *o, int32_t i, nb_tensor *p, nb_tensor 
     return st;
 }
 
-nb_status nb_optim_step(nb_optim *o)
+static nb_status optim_step_impl(nb_optim *o)
 {
     if (!o)
         return nbi_error(NB_NULL_ARGUMENT, "nb_optim_step: optimizer is NULL");
@@ -473,13 +493,23 @@ nb_status nb_optim_step(nb_optim *o)
     return st;
 }
 
-nb_status nb_optim_zero_grad(nb_optim *o)
+nb_status nb_optim_step(nb_optim *o)
+{
+    return NBI_API_CALL(optim_step_impl(o));
+}
+
+static nb_status optim_zero_grad_impl(nb_optim *o)
 {
     if (!o)
         return nbi_error(NB_NULL_ARGUMENT, "nb_optim_zero_grad: optimizer is NULL");
     for (int32_t i = 0; i < o->n; i++)
         nb_tensor_zero_grad(o->params[i]);
     return NB_OK;
+}
+
+nb_status nb_optim_zero_grad(nb_optim *o)
+{
+    return NBI_API_CALL(optim_zero_grad_impl(o));
 }
 
 double nb_optim_lr(const nb_optim *o)
@@ -491,7 +521,7 @@ double nb_optim_lr(const nb_optim *o)
     return o->lr;
 }
 
-nb_status nb_optim_set_lr(nb_optim *o, double lr)
+static nb_status optim_set_lr_impl(nb_optim *o, double lr)
 {
     if (!o)
         return nbi_error(NB_NULL_ARGUMENT, "nb_optim_set_lr: optimizer is NULL");
@@ -500,6 +530,11 @@ nb_status nb_optim_set_lr(nb_optim *o, double lr)
                          "expected lr >= 0", lr, optim_names[o->kind]);
     o->lr = lr;
     return NB_OK;
+}
+
+nb_status nb_optim_set_lr(nb_optim *o, double lr)
+{
+    return NBI_API_CALL(optim_set_lr_impl(o, lr));
 }
 
 /* ============================== schedulers ============================== */
@@ -529,7 +564,7 @@ static nb_lr_scheduler *sched_new(const char *what, nb_optim *o, sched_kind kind
     return s;
 }
 
-nb_lr_scheduler *nb_step_lr_new(nb_optim *o, int64_t step_size, double gamma)
+static nb_lr_scheduler *step_lr_new_impl(nb_optim *o, int64_t step_size, double gamma)
 {
     const char *what = "nb_step_lr_new";
     if (step_size <= 0) {
@@ -549,7 +584,12 @@ nb_lr_scheduler *nb_step_lr_new(nb_optim *o, int64_t step_size, double gamma)
     return s;
 }
 
-nb_lr_scheduler *nb_cosine_annealing_lr_new(nb_optim *o, int64_t t_max, double eta_min)
+nb_lr_scheduler *nb_step_lr_new(nb_optim *o, int64_t step_size, double gamma)
+{
+    return NBI_API_CALL(step_lr_new_impl(o, step_size, gamma));
+}
+
+static nb_lr_scheduler *cosine_annealing_lr_new_impl(nb_optim *o, int64_t t_max, double eta_min)
 {
     const char *what = "nb_cosine_annealing_lr_new";
     if (t_max <= 0) {
@@ -569,7 +609,12 @@ nb_lr_scheduler *nb_cosine_annealing_lr_new(nb_optim *o, int64_t t_max, double e
     return s;
 }
 
-nb_status nb_lr_scheduler_step(nb_lr_scheduler *s)
+nb_lr_scheduler *nb_cosine_annealing_lr_new(nb_optim *o, int64_t t_max, double eta_min)
+{
+    return NBI_API_CALL(cosine_annealing_lr_new_impl(o, t_max, eta_min));
+}
+
+static nb_status lr_scheduler_step_impl(nb_lr_scheduler *s)
 {
     if (!s)
         return nbi_error(NB_NULL_ARGUMENT, "nb_lr_scheduler_step: scheduler is NULL");
@@ -587,7 +632,12 @@ nb_status nb_lr_scheduler_step(nb_lr_scheduler *s)
     return nb_optim_set_lr(s->opt, lr);
 }
 
-void nb_lr_scheduler_free(nb_lr_scheduler *s)
+nb_status nb_lr_scheduler_step(nb_lr_scheduler *s)
+{
+    return NBI_API_CALL(lr_scheduler_step_impl(s));
+}
+
+static void lr_scheduler_free_impl(nb_lr_scheduler *s)
 {
     if (!s)
         return;
@@ -598,6 +648,11 @@ void nb_lr_scheduler_free(nb_lr_scheduler *s)
             break;
         }
     nbi_free(s);
+}
+
+void nb_lr_scheduler_free(nb_lr_scheduler *s)
+{
+    NBI_API_VOID(lr_scheduler_free_impl(s));
 }
 
 /* ============================== state save and restore ==============================

@@ -265,7 +265,7 @@ static nb_status save_impl(const char *path, nb_tensor *const *tensors, const ch
 nb_status nb_safetensors_save(const char *path, nb_tensor *const *tensors,
                               const char *const *names, int32_t n)
 {
-    return save_impl(path, tensors, names, n);
+    return NBI_API_CALL(save_impl(path, tensors, names, n));
 }
 
 /* ============================== reading ============================== */
@@ -959,10 +959,10 @@ static nb_status load_impl(const char *path, const char *device, nb_tensor ***te
 nb_status nb_safetensors_load(const char *path, const char *device, nb_tensor ***tensors,
                               char ***names, int32_t *n)
 {
-    return load_impl(path, device, tensors, names, n);
+    return NBI_API_CALL(load_impl(path, device, tensors, names, n));
 }
 
-void nb_safetensors_free(nb_tensor **tensors, char **names, int32_t n)
+static void safetensors_free_impl(nb_tensor **tensors, char **names, int32_t n)
 {
     for (int32_t i = 0; i < n; i++) {
         if (tensors)
@@ -974,9 +974,14 @@ void nb_safetensors_free(nb_tensor **tensors, char **names, int32_t n)
     nbi_free(names);
 }
 
+void nb_safetensors_free(nb_tensor **tensors, char **names, int32_t n)
+{
+    NBI_API_VOID(safetensors_free_impl(tensors, names, n));
+}
+
 /* ============================== module checkpoints ============================== */
 
-nb_status nb_module_save(const nb_module *m, const char *path)
+static nb_status module_save_impl(const nb_module *m, const char *path)
 {
     if (!m)
         return nbi_error(NB_NULL_ARGUMENT, "nb_module_save: module is NULL");
@@ -995,6 +1000,11 @@ nb_status nb_module_save(const nb_module *m, const char *path)
     nbi_free(ts);
     nbi_free(ns);
     return st;
+}
+
+nb_status nb_module_save(const nb_module *m, const char *path)
+{
+    return NBI_API_CALL(module_save_impl(m, path));
 }
 
 static void shape_into(char *buf, size_t len, int32_t ndim, const int64_t *dims)
@@ -1058,7 +1068,7 @@ static nb_status check_and_copy(nb_module *m, const char *path, nb_tensor **ts, 
     return st;
 }
 
-nb_status nb_module_load(nb_module *m, const char *path)
+static nb_status module_load_impl(nb_module *m, const char *path)
 {
     if (!m || !path)
         return nbi_error(NB_NULL_ARGUMENT, "nb_module_load: %s is NULL", m ? "path" : "module");
@@ -1071,4 +1081,9 @@ nb_status nb_module_load(nb_module *m, const char *path)
     st = check_and_copy(m, path, ts, ns, n);
     nb_safetensors_free(ts, ns, n);
     return st;
+}
+
+nb_status nb_module_load(nb_module *m, const char *path)
+{
+    return NBI_API_CALL(module_load_impl(m, path));
 }
