@@ -6,7 +6,7 @@
 #include <math.h>
 #include <string.h>
 
-/* The nn functions live in core/functional.c, which may be absent from a libnabla under
+/* The nn functions live in core/nn/functional.c, which may be absent from a libnabla under
  * construction; weak references keep the suite linking and report those rows as unsupported. */
 #pragma weak nb_softmax
 #pragma weak nb_log_softmax

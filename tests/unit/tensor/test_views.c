@@ -1,4 +1,4 @@
-/* test_views.c - tests core/views.c: every view shares its base's storage (a write through one
+/* test_views.c - tests core/tensor/views.c: every view shares its base's storage (a write through one
  * is read through the other), geometry (shapes, strides, offsets) against hand-computed
  * values, reshape copying only when it must, contiguous, and the errors for bad dims. */
 #include "nb_test.h"

@@ -1,4 +1,4 @@
-/* test_optim.c - tests core/optim.c: every optimizer's first steps against the update rules of
+/* test_optim.c - tests core/nn/optim.c: every optimizer's first steps against the update rules of
  * torch.optim's documentation written out here in double precision, on the device's fused
  * kernels and on the composite path, plus schedulers and bad input. */
 #include "nb_test.h"

@@ -1,4 +1,4 @@
-/* test_runtime.c - tests core/runtime.c: status strings, the thread-local last error, scopes,
+/* test_runtime.c - tests core/runtime/runtime.c: status strings, the thread-local last error, scopes,
  * nb_shutdown's leak report, and the replaceable allocator (out of memory injected at every
  * allocation of a small training step: each call fails cleanly or succeeds, nothing leaks). */
 #include "nb_test.h"

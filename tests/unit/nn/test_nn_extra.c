@@ -132,7 +132,7 @@ static void activations_pass_gradcheck(void **state)
 }
 
 /* The composites are differentiable twice exactly when the ops they use are: exp, tanh and
- * sigmoid save their output without its graph in core/ops.c today, which loses the second
+ * sigmoid save their output without its graph in core/tensor/ops.c today, which loses the second
  * derivative. This test skips while a plain exp fails the same check, and holds the
  * activations to it once exp passes. */
 static void activations_pass_second_order_gradcheck(void **state)

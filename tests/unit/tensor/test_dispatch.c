@@ -1,4 +1,4 @@
-/* test_dispatch.c - tests core/dispatch.c: an op without a kernel for its dtype is an error
+/* test_dispatch.c - tests core/tensor/dispatch.c: an op without a kernel for its dtype is an error
  * naming op, dtype and device; nbi_has_kernel (the core's view) agrees with
  * nb_device_has_kernel (the application's) for every op and dtype; NABLA_NO_TIER2 hides the
  * fused kernels from the core only; nbi_run checks what it is given. Uses the "mini" test

@@ -1,4 +1,4 @@
-/* test_storage.c - tests core/storage.c: storages are counted and shared by views, freed with
+/* test_storage.c - tests core/runtime/storage.c: storages are counted and shared by views, freed with
  * the last one, wrapped host memory is never cached, and the caching allocator reuses blocks
  * (size classes with at most 25% slack, a steady state that allocates nothing new), also from
  * several threads at once. Reads the cache through the core's internal header. */

@@ -1,4 +1,4 @@
-/* test_autograd.c - tests core/autograd.c and the backward rules next to the ops: grad_fn
+/* test_autograd.c - tests core/tensor/autograd.c and the backward rules next to the ops: grad_fn
  * names (PyTorch's), the graph, backward and nb_grad (incl. higher order), retain_graph, grad
  * mode, detach, the version counter, hooks, broadcasting undone, custom functions, and
  * nb_gradcheck on every differentiable op in float64 (and one wrong backward it must catch). */

@@ -1,4 +1,4 @@
-/* test_print.c - tests core/print.c: nb_tensor_str must print exactly what PyTorch prints.
+/* test_print.c - tests core/tensor/print.c: nb_tensor_str must print exactly what PyTorch prints.
  * Every expected string below was produced by torch 1.13's repr() for the same tensor (the
  * Python that built each one is in the comment of its builder). */
 #include "nb_test.h"

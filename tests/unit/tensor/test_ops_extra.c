@@ -1,4 +1,4 @@
-/* test_ops_extra.c - tests core/ops_extra.c and core/ops_sort.c: logsumexp, cumsum, masked_fill,
+/* test_ops_extra.c - tests core/tensor/ops_extra.c and core/tensor/ops_sort.c: logsumexp, cumsum, masked_fill,
  * tril/triu, rpow, outer, einsum, sort/argsort/topk. Expected values from PyTorch 2.15 (cpu),
  * with the Python that printed them next to each test. */
 #include "nn_extra_helpers.h"

@@ -1,4 +1,4 @@
-/* test_plugin.c - tests core/plugin.c: loading plugins by path, every way a plugin can fail
+/* test_plugin.c - tests core/runtime/plugin.c: loading plugins by path, every way a plugin can fail
  * (each one reported through nb_plugin_load and kept with its reason in nb_plugin_get), and
  * the plugins that load (the cpu plugin, one with no device, one built for a later ABI minor).
  * The test plugins come from tests/badplugins; NABLA_BADPLUGIN_DIR overrides their folder. */

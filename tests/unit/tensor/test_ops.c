@@ -1,4 +1,4 @@
-/* test_ops.c - tests core/ops.c: elementwise ops with broadcasting and PyTorch's type promotion,
+/* test_ops.c - tests core/tensor/ops.c: elementwise ops with broadcasting and PyTorch's type promotion,
  * scalar and in-place forms, clamp/where, reductions, matmul family, indexing, cat/stack, each
  * checked against a plain C computation here, and the errors (shapes, dtypes, NULL chains). */
 #include "nb_test.h"

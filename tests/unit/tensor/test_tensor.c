@@ -1,4 +1,4 @@
-/* test_tensor.c - tests core/tensor.c: every creation function, the generator (seeded,
+/* test_tensor.c - tests core/tensor/tensor.c: every creation function, the generator (seeded,
  * reproducible, the Philox numbers the plugin ABI promises), inspection, data in and out,
  * dtype and device moves, clone, allclose/equal, and the errors for bad shapes and buffers. */
 #include "nb_test.h"

@@ -1,4 +1,4 @@
-/* test_device.c - tests core/device.c: device strings ("type[:index]"), their errors, the
+/* test_device.c - tests core/runtime/device.c: device strings ("type[:index]"), their errors, the
  * default device (nb_set_default_device and NABLA_DEVICE), device counts and kernel queries.
  * Uses the "mini" test plugin (two devices) from tests/badplugins when it was built. */
 #include "nb_test.h"

@@ -1,4 +1,4 @@
-/* test_serialize.c - tests core/serialize.c: safetensors round trips of every dtype, the byte
+/* test_serialize.c - tests core/nn/serialize.c: safetensors round trips of every dtype, the byte
  * layout, atomic saving, corrupt files of every kind (and every truncation), module
  * checkpoints with their name and shape checks, and interop with an independent Python reader. */
 #include "nb_test.h"

@@ -1,4 +1,4 @@
-/* test_dtype.c - tests core/dtype.c: element sizes, names, the float flag, and PyTorch's type
+/* test_dtype.c - tests core/runtime/dtype.c: element sizes, names, the float flag, and PyTorch's type
  * promotion (bool < uint8 < int32 < int64 < float32 < float64 for the types Nabla has). */
 #include "nb_test.h"
 

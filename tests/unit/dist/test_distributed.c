@@ -1,4 +1,4 @@
-/* test_distributed.c - process groups (core/distributed.c), DDP (core/ddp.c) and the
+/* test_distributed.c - process groups (core/dist/distributed.c), DDP (core/dist/ddp.c) and the
  * post-accumulate-grad hook, in one process: bad input needs no peers, and the mpi backend runs
  * as a world of one without mpirun. The multi-process checks are in tests/dist. */
 #include "nb_test.h"

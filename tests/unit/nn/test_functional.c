@@ -1,4 +1,4 @@
-/* test_functional.c - tests core/functional.c: every nn op against naive C loops on small
+/* test_functional.c - tests core/nn/functional.c: every nn op against naive C loops on small
  * inputs, grad_fn names, gradcheck in float64 (first and, where it matters, second order), and
  * the errors for bad input. The whole suite runs twice: on the device's tier-2 kernels, then
  * re-executed with NABLA_NO_TIER2=1 so that the tier-1 composites compute the same values. */

@@ -1,4 +1,4 @@
-/* test_nn.c - tests core/nn.c: the module tree (names, order, ownership), PyTorch's repr,
+/* test_nn.c - tests core/nn/nn.c: the module tree (names, order, ownership), PyTorch's repr,
  * default initialisation, train/eval behaviour, forward shape checks and bad input. */
 #include "nb_test.h"
 
