@@ -70,7 +70,7 @@ print(f"# pytorch {torch.__version__} (BLAS: {blas.group(1) if blas else ('mkl' 
 PY
 fi
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-echo "# machine: ${cpu_model:-unknown CPU}, $(nproc) cores; nabla: $("$build/bin/nabla-info" | awk '/^  cpu:0: /{ sub(/^  cpu:0: /, ""); print; exit }')"
+echo "# machine: ${cpu_model:-unknown CPU}, $(nproc --all) cores; nabla: $("$build/bin/nabla-info" | awk '/^  cpu:0: /{ sub(/^  cpu:0: /, ""); print; exit }')"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
