@@ -140,6 +140,19 @@ nb_status nbc_platform_open(void);       /* at plugin entry: ISA level, BLAS lib
 void nbc_platform_stop_threads(void);    /* at shutdown: joins OpenMP and BLAS workers */
 void nbc_platform_describe(char *buf, size_t len); /* CPU model, ISA, BLAS and core, threads */
 
+/* ---- 16-bit floats (cpu_half.c) ----
+ * float16 and bfloat16 kernels widen their 16-bit operands to float32 and run the float32
+ * kernel: half_kernels fills out[] with a 16-bit twin of every float32 entry of f32 that can
+ * take one, for both types, and returns how many (at most 2 * n; NULL fn entries skipped). */
+static inline bool nbc_is_16bit(nb_dtype d) { return d == NB_DTYPE_F16 || d == NB_DTYPE_BF16; }
+size_t nbc_half_kernels(const nb_kernel_desc *f32, size_t n, nb_kernel_desc *out);
+/* copy into or out of a 16-bit dtype, any other side */
+nb_status nbc_copy_16bit(const nb_kernel_args *a);
+/* n values between a 16-bit buffer and float32 (the F16C or AVX-512 BF16 path where the CPU
+ * has it) */
+void nbc_half_to_f32(nb_dtype dt, const uint16_t *src, float *dst, int64_t n);
+void nbc_f32_to_half(nb_dtype dt, const float *src, uint16_t *dst, int64_t n);
+
 /* ---- kernel tables of each file ---- */
 extern const nb_kernel_desc nbc_elementwise_kernels[];
 extern const size_t nbc_elementwise_count;
