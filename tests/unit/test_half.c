@@ -397,6 +397,55 @@ static void safetensors_load_and_save_16bit(void **state)
     unlink(path);
 }
 
+/* A plugin with no 16-bit kernels (the guard: the SDK template, whose handles the core can
+ * never read) gets no float16 operand: ops name the missing kernel, or run on the CPU when
+ * NABLA_CPU_FALLBACK=1 (the unit.test_half.fallback run). */
+static void a_plugin_without_16bit_kernels_errors_or_falls_back(void **state)
+{
+    (void)state;
+#ifndef NB_GUARD_PLUGIN
+    skip();
+#else
+    assert_int_equal(nb_plugin_load(NB_GUARD_PLUGIN), NB_OK);
+    const char *fb = getenv("NABLA_CPU_FALLBACK");
+    bool fallback = fb && strcmp(fb, "1") == 0;
+    const float xs[] = {1.5f, -2, 0.25f};
+    nb_tensor *x = from(xs, 3, NB_DTYPE_F32);
+    nb_tensor *h = nb_to_dtype(x, NB_DTYPE_F16);
+    nb_tensor *g = nb_to_device(h, "guard");
+    assert_non_null(g);
+    assert_int_equal(nb_tensor_dtype(g), NB_DTYPE_F16);
+    nb_tensor *sum = nb_add(g, g), *wide = nb_to_dtype(g, NB_DTYPE_F32);
+    if (!fallback) {
+        assert_null(sum);
+        assert_null(wide);
+        assert_int_equal(nb_last_status(), NB_NOT_IMPLEMENTED);
+        NB_ASSERT_ERROR_HAS("no float16 kernel on guard:0");
+    } else {
+        assert_non_null(sum);
+        assert_non_null(wide);
+        assert_int_equal(nb_tensor_dtype(sum), NB_DTYPE_F16);
+        nb_tensor *back = nb_to_device(sum, "cpu"), *b32 = nb_to_dtype(back, NB_DTYPE_F32);
+        float v[3], w[3];
+        assert_int_equal(nb_tensor_copy_to_host(b32, v, sizeof v), NB_OK);
+        nb_tensor *wc = nb_to_device(wide, "cpu");
+        assert_int_equal(nb_tensor_copy_to_host(wc, w, sizeof w), NB_OK);
+        for (int k = 0; k < 3; k++) {
+            assert_true(v[k] == 2 * xs[k]);
+            assert_true(w[k] == xs[k]);
+        }
+        nb_release(wc);
+        nb_release(b32);
+        nb_release(back);
+    }
+    nb_release(sum);
+    nb_release(wide);
+    nb_release(g);
+    nb_release(h);
+    nb_release(x);
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -408,6 +457,7 @@ int main(void)
         NB_TEST(ops_compute_in_float32),
         NB_TEST(prints_like_pytorch),
         NB_TEST(safetensors_load_and_save_16bit),
+        NB_TEST(a_plugin_without_16bit_kernels_errors_or_falls_back),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
