@@ -5,8 +5,43 @@
 
 #include <stdlib.h>
 
+/* float16 <-> float32 with F16C (vcvtph2ps / vcvtps2ph, round to nearest even; NaN made quiet
+ * like the portable code). F16C is part of x86-64-v3, so the plugin's AVX2 level (from cpuid,
+ * capped by NABLA_CPU_ISA) implies it; below that the portable loops run. The AVX-512 BF16
+ * conversion (vcvtneps2bf16) is not used: it flushes subnormal inputs and outputs to zero,
+ * while bfloat16 here keeps them; bfloat16 to float32 is a shift the compiler vectorises. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define NBC_HAVE_F16C 1
+#include <immintrin.h>
+#define NBC_F16C __attribute__((target("avx,f16c")))
+NBC_F16C static void f16_to_f32_f16c(const uint16_t *src, float *dst, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + j))));
+    for (; j < n; j++)
+        dst[j] = nb_f16_to_f32(src[j]);
+}
+NBC_F16C static void f32_to_f16_f16c(const float *src, uint16_t *dst, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm_storeu_si128((__m128i *)(dst + j),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + j),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; j < n; j++)
+        dst[j] = nb_f32_to_f16(src[j]);
+}
+#endif
+
 void nbc_half_to_f32(nb_dtype dt, const uint16_t *src, float *dst, int64_t n)
 {
+#ifdef NBC_HAVE_F16C
+    if (dt == NB_DTYPE_F16 && nbc_isa_level >= NBC_ISA_AVX2 && n >= 8) {
+        f16_to_f32_f16c(src, dst, n);
+        return;
+    }
+#endif
     if (dt == NB_DTYPE_F16)
         for (int64_t j = 0; j < n; j++)
             dst[j] = nb_f16_to_f32(src[j]);
@@ -17,6 +52,12 @@ void nbc_half_to_f32(nb_dtype dt, const uint16_t *src, float *dst, int64_t n)
 
 void nbc_f32_to_half(nb_dtype dt, const float *src, uint16_t *dst, int64_t n)
 {
+#ifdef NBC_HAVE_F16C
+    if (dt == NB_DTYPE_F16 && nbc_isa_level >= NBC_ISA_AVX2 && n >= 8) {
+        f32_to_f16_f16c(src, dst, n);
+        return;
+    }
+#endif
     if (dt == NB_DTYPE_F16)
         for (int64_t j = 0; j < n; j++)
             dst[j] = nb_f32_to_f16(src[j]);

@@ -129,6 +129,51 @@ static nb_tensor *from(const void *data, int64_t n, nb_dtype dt)
     return nb_from_data(data, NB_SHAPE(n), (nb_opts){.dtype = dt});
 }
 
+/* The cpu plugin's bulk conversions (F16C where the CPU has it, the portable loops under
+ * NABLA_CPU_ISA=baseline: the unit.test_half.baseline run) agree with the SDK's, bit for bit:
+ * every float16 pattern to float32 and back, and float32 values of every exponent. */
+static void bulk_conversions_match_the_sdk(void **state)
+{
+    (void)state;
+    enum { N = 65536 };
+    uint16_t *h = malloc(N * sizeof *h), *back = malloc(N * sizeof *back);
+    float *f = malloc(N * sizeof *f), *g = malloc(N * sizeof *g);
+    assert_true(h && back && f && g);
+    for (uint32_t k = 0; k < N; k++)
+        h[k] = (uint16_t)k;
+    nb_dtype dts[] = {NB_DTYPE_F16, NB_DTYPE_BF16};
+    for (int d = 0; d < 2; d++) {
+        nb_tensor *t = from(h, N, dts[d]), *w = nb_to_dtype(t, NB_DTYPE_F32);
+        assert_int_equal(nb_tensor_copy_to_host(w, f, N * sizeof *f), NB_OK);
+        for (uint32_t k = 0; k < N; k++) {
+            float want = d == 0 ? nb_f16_to_f32(h[k]) : nb_bf16_to_f32(h[k]);
+            if (memcmp(&f[k], &want, sizeof want) && !(isnan(f[k]) && isnan(want)))
+                fail_msg("%s 0x%04x -> %a, expected %a", nb_dtype_name(dts[d]), h[k], f[k], want);
+        }
+        /* float32 patterns spread over every exponent, ties and subnormals included */
+        for (uint32_t k = 0; k < N; k++) {
+            uint32_t bits = k * 65537u + (k & 0xfff);
+            memcpy(&g[k], &bits, sizeof bits);
+        }
+        nb_tensor *gs = from(g, N, NB_DTYPE_F32), *n16 = nb_to_dtype(gs, dts[d]);
+        assert_int_equal(nb_tensor_copy_to_host(n16, back, N * sizeof *back), NB_OK);
+        for (uint32_t k = 0; k < N; k++) {
+            uint16_t want = d == 0 ? nb_f32_to_f16(g[k]) : nb_f32_to_bf16(g[k]);
+            if (!same16(dts[d], back[k], want))
+                fail_msg("%s of %a: 0x%04x, expected 0x%04x", nb_dtype_name(dts[d]), g[k],
+                         back[k], want);
+        }
+        nb_release(t);
+        nb_release(w);
+        nb_release(gs);
+        nb_release(n16);
+    }
+    free(h);
+    free(back);
+    free(f);
+    free(g);
+}
+
 static void to_dtype_rounds_like_the_table(void **state)
 {
     (void)state;
@@ -452,6 +497,7 @@ int main(void)
         NB_TEST(sdk_conversions_match_the_table),
         NB_TEST(every_16bit_pattern_round_trips),
         NB_TEST(to_dtype_rounds_like_the_table),
+        NB_TEST(bulk_conversions_match_the_sdk),
         NB_TEST(to_and_from_every_dtype),
         NB_TEST(promotion_with_tensors_is_pytorchs),
         NB_TEST(ops_compute_in_float32),
