@@ -442,6 +442,85 @@ static void safetensors_load_and_save_16bit(void **state)
     unlink(path);
 }
 
+/* Mixed precision by hand, as torch.autocast does it: f32 master weights, a bfloat16 (or
+ * float16) copy for the forward, the loss in float32. The gradient reaches the master weights
+ * as float32 and matches the all-float32 gradient within the dtype's tolerance; 30 SGD steps
+ * fit y = x w_true. */
+static nb_tensor *mixed_loss(nb_tensor *x16, nb_tensor *w, nb_tensor *b, nb_tensor *y,
+                             nb_dtype dt)
+{
+    nb_tensor *w16 = nb_to_dtype(w, dt), *b16 = nb_to_dtype(b, dt);
+    nb_tensor *out = nb_linear(x16, w16, b16), *out32 = nb_to_dtype(out, NB_DTYPE_F32);
+    nb_tensor *loss = nb_mse_loss(out32, y, NB_REDUCTION_MEAN);
+    nb_release(w16);
+    nb_release(b16);
+    nb_release(out);
+    nb_release(out32);
+    return loss;
+}
+
+static void linear_model_trains_in_16bit_with_f32_master_weights(void **state)
+{
+    (void)state;
+    nb_dtype dts[] = {NB_DTYPE_BF16, NB_DTYPE_F16};
+    const double tol[] = {2e-2, 2e-3};
+    for (int d = 0; d < 2; d++) {
+        nb_manual_seed(3);
+        nb_tensor *x = nb_randn(NB_SHAPE(32, 4), (nb_opts){0});
+        nb_tensor *wt = nb_randn(NB_SHAPE(2, 4), (nb_opts){0});
+        nb_tensor *wtt = nb_transpose(wt, 0, 1), *y = nb_matmul(x, wtt);
+        nb_tensor *w = nb_zeros(NB_SHAPE(2, 4), (nb_opts){.requires_grad = true});
+        nb_tensor *b = nb_zeros(NB_SHAPE(2), (nb_opts){.requires_grad = true});
+        nb_tensor *x16 = nb_to_dtype(x, dts[d]);
+        /* the 16-bit gradient against the float32 one at the same point */
+        nb_tensor *loss = mixed_loss(x16, w, b, y, dts[d]);
+        assert_non_null(loss);
+        assert_int_equal(nb_backward(loss, NULL, (nb_backward_opts){0}), NB_OK);
+        nb_tensor *g16 = nb_tensor_grad(w);
+        assert_non_null(g16);
+        assert_int_equal(nb_tensor_dtype(g16), NB_DTYPE_F32);
+        float gh[8], gf[8];
+        assert_int_equal(nb_tensor_copy_to_host(g16, gh, sizeof gh), NB_OK);
+        nb_release(g16);
+        nb_release(loss);
+        nb_tensor *wr = nb_zeros(NB_SHAPE(2, 4), (nb_opts){.requires_grad = true});
+        nb_tensor *o32 = nb_linear(x, wr, NULL), *l32 = nb_mse_loss(o32, y, NB_REDUCTION_MEAN);
+        assert_int_equal(nb_backward(l32, NULL, (nb_backward_opts){0}), NB_OK);
+        nb_tensor *g32 = nb_tensor_grad(wr);
+        assert_int_equal(nb_tensor_copy_to_host(g32, gf, sizeof gf), NB_OK);
+        for (int k = 0; k < 8; k++)
+            if (fabsf(gh[k] - gf[k]) > tol[d] * (1 + fabsf(gf[k])))
+                fail_msg("%s grad[%d] %g, float32 %g", nb_dtype_name(dts[d]), k, gh[k], gf[k]);
+        nb_release(g32);
+        nb_release(l32);
+        nb_release(o32);
+        nb_release(wr);
+        /* train: the loss falls by two orders of magnitude */
+        nb_tensor *params[] = {w, b};
+        nb_optim *opt = nb_sgd_new(params, 2, (nb_sgd_opts){.lr = 0.2});
+        assert_non_null(opt);
+        double first = -1, last = 0;
+        for (int step = 0; step < 60; step++) {
+            assert_int_equal(nb_optim_zero_grad(opt), NB_OK);
+            loss = mixed_loss(x16, w, b, y, dts[d]);
+            assert_int_equal(nb_backward(loss, NULL, (nb_backward_opts){0}), NB_OK);
+            assert_int_equal(nb_optim_step(opt), NB_OK);
+            assert_int_equal(nb_item(loss, &last), NB_OK);
+            if (first < 0)
+                first = last;
+            nb_release(loss);
+        }
+        assert_int_equal(nb_tensor_dtype(w), NB_DTYPE_F32);
+        if (!(last < first * 1e-2))
+            fail_msg("%s: loss %g after 60 steps, %g at the start", nb_dtype_name(dts[d]), last,
+                     first);
+        nb_optim_free(opt);
+        nb_tensor *ts[] = {x, wt, wtt, y, w, b, x16};
+        for (size_t k = 0; k < sizeof ts / sizeof *ts; k++)
+            nb_release(ts[k]);
+    }
+}
+
 /* A plugin with no 16-bit kernels (the guard: the SDK template, whose handles the core can
  * never read) gets no float16 operand: ops name the missing kernel, or run on the CPU when
  * NABLA_CPU_FALLBACK=1 (the unit.test_half.fallback run). */
@@ -503,6 +582,7 @@ int main(void)
         NB_TEST(ops_compute_in_float32),
         NB_TEST(prints_like_pytorch),
         NB_TEST(safetensors_load_and_save_16bit),
+        NB_TEST(linear_model_trains_in_16bit_with_f32_master_weights),
         NB_TEST(a_plugin_without_16bit_kernels_errors_or_falls_back),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
