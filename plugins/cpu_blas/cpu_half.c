@@ -3,8 +3,6 @@
  * accumulation for reductions) and rounds the output back to nearest even. */
 #include "cpu_internal.h"
 
-#include <stdlib.h>
-
 /* float16 <-> float32 with F16C (vcvtph2ps / vcvtps2ph, round to nearest even; NaN made quiet
  * like the portable code). F16C is part of x86-64-v3, so the plugin's AVX2 level (from cpuid,
  * capped by NABLA_CPU_ISA) implies it; below that the portable loops run. The AVX-512 BF16
@@ -177,7 +175,9 @@ static void transfer(const nb_operand *o, float *buf, bool to_f32)
     }
 }
 
-static nb_status widen(const nb_operand *o, wide *w, nb_operand *f)
+/* read: the operand's values are needed (an input, or an output the op reads back). The buffer
+ * is the thread's scratch slot, so a training step does not page-fault fresh memory each call. */
+static nb_status widen(const nb_operand *o, int slot, bool read, wide *w, nb_operand *f)
 {
     int64_t n = 1;
     for (int d = o->ndim - 1; d >= 0; d--) {
@@ -186,11 +186,11 @@ static nb_status widen(const nb_operand *o, wide *w, nb_operand *f)
             n *= o->shape[d];
     }
     w->n = n;
-    w->buf = malloc((size_t)(n ? n : 1) * sizeof(float));
+    w->buf = nbc_scratch(NBC_SCRATCH_HALF + slot, (size_t)n * sizeof(float));
     if (!w->buf)
-        return NBC_ERR(NB_OUT_OF_MEMORY, "cpu: out of memory widening %lld %s elements to "
-                       "float32", (long long)n, nbc_dtype_name(o->dtype));
-    transfer(o, w->buf, true);
+        return NB_OUT_OF_MEMORY; /* reported by nbc_scratch */
+    if (read)
+        transfer(o, w->buf, true);
     *f = (nb_operand){.handle = w->buf, .offset = 0, .dtype = NB_DTYPE_F32, .ndim = o->ndim,
                       .shape = o->shape, .strides = w->strides};
     return NB_OK;
@@ -201,6 +201,7 @@ static nb_status widen(const nb_operand *o, wide *w, nb_operand *f)
 static struct {
     const char *op;
     nb_kernel_fn f32;
+    bool reads_out; /* as nabla_plugin.h lists: *_accumulate, scatter_add, matmul with f[1] */
 } slots[NBC_HALF_SLOTS];
 
 static nb_status run_widened(int slot, nb_dtype dt, const nb_kernel_args *a)
@@ -218,7 +219,9 @@ static nb_status run_widened(int slot, nb_dtype dt, const nb_kernel_args *a)
             st = NBC_ERR(NB_DTYPE_UNSUPPORTED, "%s: a %s operand in a %s kernel", slots[slot].op,
                          nbc_dtype_name(o->dtype), nbc_dtype_name(dt));
         else if (o->dtype == dt)
-            st = widen(o, &w[k], &ops[k]); /* the output too: some ops read it (accumulate) */
+            st = widen(o, k, k > 0 || (slots[slot].reads_out &&
+                                       (strcmp(slots[slot].op, "matmul") || a->f[1] != 0)),
+                       &w[k], &ops[k]);
     }
     if (st == NB_OK) {
         nb_kernel_args f = *a;
@@ -228,8 +231,6 @@ static nb_status run_widened(int slot, nb_dtype dt, const nb_kernel_args *a)
     }
     if (st == NB_OK && a->out->dtype == dt)
         transfer(a->out, w[0].buf, false);
-    for (int k = 0; k <= a->n_in; k++)
-        free(w[k].buf);
     return st;
 }
 
@@ -270,6 +271,8 @@ size_t nbc_half_kernels(const nb_kernel_desc *f32, size_t n, nb_kernel_desc *out
             continue;
         slots[s].op = f32[k].op;
         slots[s].f32 = f32[k].fn;
+        slots[s].reads_out = strstr(f32[k].op, "accumulate") || !strcmp(f32[k].op, "scatter_add") ||
+                             !strcmp(f32[k].op, "matmul");
         out[m++] = (nb_kernel_desc){f32[k].op, NB_DTYPE_F16, f16_fns[s]};
         out[m++] = (nb_kernel_desc){f32[k].op, NB_DTYPE_BF16, bf16_fns[s]};
         s++;

@@ -101,7 +101,9 @@ nb_status nbc_ew(const nb_kernel_args *a, nbc_row_fn fn, const void *ctx);
  * Grow-only buffers of the calling thread (slot 0..NBC_SCRATCH_SLOTS-1), 64-byte aligned, so a
  * training step reuses the same memory every iteration. NULL (after reporting) when out of
  * memory. */
-#define NBC_SCRATCH_SLOTS 6
+/* slots 0-5 for the kernels, NBC_SCRATCH_HALF.. for cpu_half.c's float32 copies of operands */
+#define NBC_SCRATCH_HALF 6
+#define NBC_SCRATCH_SLOTS (NBC_SCRATCH_HALF + NBC_MAX_OPS + 3)
 void *nbc_scratch(int slot, size_t bytes);
 void nbc_scratch_release(void);
 
