@@ -230,6 +230,7 @@ nb_status nbi_shape_str(char *buf, size_t len, int32_t ndim, const int64_t *shap
 const char *nbi_shape_cstr(int32_t ndim, const int64_t *shape); /* thread-local ring buffer */
 nb_dtype nbi_default_float(void);
 extern const uint8_t nbi_dtype_bytes[NB_DTYPE_COUNT]; /* nb_dtype_size without the check */
+static inline bool nbi_dtype_is_16bit(nb_dtype d) { return d == NB_DTYPE_F16 || d == NB_DTYPE_BF16; }
 
 /* dispatch.c */
 nb_status nbi_launch(nbi_op op, nb_dtype kdtype, nb_tensor *out, nb_tensor *const *in,

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const nb_dtype dtypes[] = {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_I32,
-                                  NB_DTYPE_I64, NB_DTYPE_BOOL, NB_DTYPE_U8};
+static const nb_dtype dtypes[] = {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_I32,  NB_DTYPE_I64,
+                                  NB_DTYPE_BOOL, NB_DTYPE_U8,  NB_DTYPE_F16, NB_DTYPE_BF16};
 
 /* native: the device's own kernel; fallback: runs on the CPU because NABLA_CPU_FALLBACK=1 is
  * set; cpu-only: would run on the CPU with NABLA_CPU_FALLBACK=1, an error without it. */

@@ -36,6 +36,9 @@ typedef enum nb_dtype {
     NB_DTYPE_I64 = 3,
     NB_DTYPE_BOOL = 4, /* one byte, 0 or 1 */
     NB_DTYPE_U8 = 5,
+    /* ABI 1.1: a plugin built for 1.0 registers no kernel for these and never receives them */
+    NB_DTYPE_F16 = 6,  /* IEEE 754 binary16, stored as its 16 bits */
+    NB_DTYPE_BF16 = 7, /* bfloat16: the top 16 bits of a float32 */
     NB_DTYPE_COUNT
 } nb_dtype;
 

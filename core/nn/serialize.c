@@ -18,9 +18,10 @@ static const struct {
 } st_dtypes[] = {
     {"F32", NB_DTYPE_F32}, {"F64", NB_DTYPE_F64}, {"I32", NB_DTYPE_I32},
     {"I64", NB_DTYPE_I64}, {"BOOL", NB_DTYPE_BOOL}, {"U8", NB_DTYPE_U8},
+    {"F16", NB_DTYPE_F16}, {"BF16", NB_DTYPE_BF16},
 };
 /* Valid safetensors dtypes that Nabla has no type for: a clear "unsupported", not "corrupt". */
-static const char *const st_foreign[] = {"F16", "BF16", "I8", "I16", "U16", "U32", "U64",
+static const char *const st_foreign[] = {"I8", "I16", "U16", "U32", "U64",
                                          "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2",
                                          "F4", "C64"};
 

@@ -418,7 +418,10 @@ nb_status nbi_plugin_attach(nbi_plugin *p)
         for (size_t k = 0; k < a->n_kernels; k++) {
             const nb_kernel_desc *kd = &a->kernels[k];
             int op = kd->op ? nbi_op_lookup(kd->op) : -1;
-            if (op < 0 || (unsigned)kd->dtype >= NB_DTYPE_COUNT || !kd->fn) {
+            /* a 1.0 plugin knows no 16-bit dtype: a value 6 or 7 from it is not ours */
+            bool unknown = (unsigned)kd->dtype >= NB_DTYPE_COUNT ||
+                           (a->abi_minor < 1 && nbi_dtype_is_16bit(kd->dtype));
+            if (op < 0 || unknown || !kd->fn) {
                 nbi_log(NB_LOG_DEBUG, "plugin %s: ignoring kernel '%s' (dtype %d)", a->name,
                         kd->op ? kd->op : "(null)", (int)kd->dtype);
                 continue;

@@ -7,7 +7,7 @@
 #include <string.h>
 
 /* The two headers must agree on the shared types: checked once, here. */
-_Static_assert(NB_DTYPE_COUNT == 6, "nb_dtype changed: update both headers");
+_Static_assert(NB_DTYPE_COUNT == 8 && NB_DTYPE_BF16 == 7, "nb_dtype changed: update both headers");
 _Static_assert(NB_NO_DEVICE == 19, "nb_status changed: update both headers");
 
 _Atomic int64_t nbi_live_tensor_count;

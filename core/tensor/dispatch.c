@@ -92,6 +92,14 @@ nb_status nbi_launch(nbi_op op, nb_dtype kd, nb_tensor *out, nb_tensor *const *i
     for (int32_t k = 0; k < ni && k < 8; k++)
         args.i[k] = i[k];
     nb_kernel_fn fn = dev->kernels[op][kd];
+    /* A 16-bit operand goes only to a plugin that registers the op for that dtype (ABI 1.1):
+     * a float16 source of a copy into float32 must not reach a float32-only copy kernel. */
+    nb_dtype missing = kd;
+    for (int32_t k = 0; fn && k <= n_in; k++)
+        if (nbi_dtype_is_16bit(ops[k].dtype) && !dev->kernels[op][ops[k].dtype]) {
+            fn = NULL;
+            missing = ops[k].dtype;
+        }
     nb_status st;
     if (NBI_LIKELY(fn != NULL)) {
         st = fn(&args);
@@ -99,7 +107,7 @@ nb_status nbi_launch(nbi_op op, nb_dtype kd, nb_tensor *out, nb_tensor *const *i
         st = run_on_cpu(op, kd, out, in, n_in, &args, ops);
     } else {
         return nbi_error(NB_NOT_IMPLEMENTED, "%s: no %s kernel on %s%s", nbi_op_name(op),
-                         nb_dtype_name(kd), dev->name,
+                         nb_dtype_name(missing), dev->name,
                          dev->is_cpu ? "" : " (set NABLA_CPU_FALLBACK=1 to run it on the CPU)");
     }
     if (NBI_UNLIKELY(st != NB_OK) && nb_last_status() == NB_OK)

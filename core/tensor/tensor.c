@@ -690,6 +690,8 @@ nb_status nbi_read_f64(const nb_tensor *t, double *dst)
         case NB_DTYPE_I64: dst[k] = (double)((int64_t *)raw)[k]; break;
         case NB_DTYPE_BOOL:
         case NB_DTYPE_U8: dst[k] = ((uint8_t *)raw)[k]; break;
+        case NB_DTYPE_F16: dst[k] = nb_f16_to_f32(((uint16_t *)raw)[k]); break;
+        case NB_DTYPE_BF16: dst[k] = nb_bf16_to_f32(((uint16_t *)raw)[k]); break;
         default: st = nbi_error(NB_DTYPE_UNSUPPORTED, "invalid dtype"); break;
         }
     }

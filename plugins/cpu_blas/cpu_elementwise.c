@@ -318,6 +318,8 @@ static void r_copy_same(char **p, const int64_t *s, int64_t n, int64_t k0, const
         if ((unsigned)sd >= NB_DTYPE_COUNT)                                                 \
             return NBC_ERR(NB_DTYPE_UNSUPPORTED, "copy: source dtype %d is not a known dtype", \
                            (int)sd);                                                        \
+        if (nbc_is_16bit(sd))                                                               \
+            return nbc_copy_16bit(a);                                                       \
         /* bool sources may hold any non-zero byte when wrapped from host memory */         \
         if (sd == DE && DE != NB_DTYPE_BOOL) {                                              \
             size_t es = sizeof(DT);                                                         \

@@ -96,7 +96,9 @@ nb_status nbc_ew(const nb_kernel_args *a, nbc_row_fn fn, const void *ctx);
  * Grow-only buffers of the calling thread (slot 0..NBC_SCRATCH_SLOTS-1), 64-byte aligned, so a
  * training step reuses the same memory every iteration. NULL (after reporting) when out of
  * memory. */
-#define NBC_SCRATCH_SLOTS 6
+/* slots 0-5 for the kernels, NBC_SCRATCH_HALF.. for cpu_half.c's float32 copies of operands */
+#define NBC_SCRATCH_HALF 6
+#define NBC_SCRATCH_SLOTS (NBC_SCRATCH_HALF + NBC_MAX_OPS + 3)
 void *nbc_scratch(int slot, size_t bytes);
 void nbc_scratch_release(void);
 
@@ -134,6 +136,19 @@ extern nbc_blas_fns nbc_blas;
 nb_status nbc_platform_open(void);       /* at plugin entry: ISA level, BLAS library */
 void nbc_platform_stop_threads(void);    /* at shutdown: joins OpenMP and BLAS workers */
 void nbc_platform_describe(char *buf, size_t len); /* CPU model, ISA, BLAS and core, threads */
+
+/* ---- 16-bit floats (cpu_half.c) ----
+ * float16 and bfloat16 kernels widen their 16-bit operands to float32 and run the float32
+ * kernel: half_kernels fills out[] with a 16-bit twin of every float32 entry of f32 that can
+ * take one, for both types, and returns how many (at most 2 * n; NULL fn entries skipped). */
+static inline bool nbc_is_16bit(nb_dtype d) { return d == NB_DTYPE_F16 || d == NB_DTYPE_BF16; }
+size_t nbc_half_kernels(const nb_kernel_desc *f32, size_t n, nb_kernel_desc *out);
+/* copy into or out of a 16-bit dtype, any other side */
+nb_status nbc_copy_16bit(const nb_kernel_args *a);
+/* n values between a 16-bit buffer and float32 (the F16C or AVX-512 BF16 path where the CPU
+ * has it) */
+void nbc_half_to_f32(nb_dtype dt, const uint16_t *src, float *dst, int64_t n);
+void nbc_f32_to_half(nb_dtype dt, const float *src, uint16_t *dst, int64_t n);
 
 /* ---- kernel tables of each file ---- */
 extern const nb_kernel_desc nbc_elementwise_kernels[];

@@ -18,6 +18,9 @@ size_t nbc_dtype_size(nb_dtype dt)
     case NB_DTYPE_F32:
     case NB_DTYPE_I32:
         return 4;
+    case NB_DTYPE_F16:
+    case NB_DTYPE_BF16:
+        return 2;
     default:
         return 1;
     }
@@ -25,7 +28,8 @@ size_t nbc_dtype_size(nb_dtype dt)
 
 const char *nbc_dtype_name(nb_dtype dt)
 {
-    static const char *names[] = {"float32", "float64", "int32", "int64", "bool", "uint8"};
+    static const char *names[] = {"float32", "float64", "int32", "int64", "bool", "uint8",
+                                  "float16", "bfloat16"};
     return (unsigned)dt < NB_DTYPE_COUNT ? names[dt] : "unknown dtype";
 }
 

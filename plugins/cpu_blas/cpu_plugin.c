@@ -169,7 +169,8 @@ NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)
         size_t total = 0;
         for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++)
             total += counts[k];
-        kernel_table = malloc(total * sizeof *kernel_table);
+        /* room for a float16 and a bfloat16 twin of every entry (cpu_half.c) */
+        kernel_table = malloc(3 * total * sizeof *kernel_table);
         if (!kernel_table) {
             NBC_ERR(NB_OUT_OF_MEMORY, "cpu plugin: out of memory for its kernel table");
             return NULL;
@@ -178,6 +179,7 @@ NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)
             memcpy(kernel_table + kernel_count, parts[k], counts[k] * sizeof *kernel_table);
             kernel_count += counts[k];
         }
+        kernel_count += nbc_half_kernels(kernel_table, kernel_count, kernel_table + kernel_count);
     }
     cpu_plugin.kernels = kernel_table;
     cpu_plugin.n_kernels = kernel_count;

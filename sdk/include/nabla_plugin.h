@@ -17,13 +17,14 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h> /* memcpy in the 16-bit conversions */
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 #define NB_PLUGIN_ABI_MAJOR 1
-#define NB_PLUGIN_ABI_MINOR 0
+#define NB_PLUGIN_ABI_MINOR 1 /* 1.1: NB_DTYPE_F16, NB_DTYPE_BF16 */
 #define NB_PLUGIN_ENTRY_SYMBOL "nb_plugin_entry"
 
 #if defined(_WIN32)
@@ -46,6 +47,9 @@ typedef enum nb_dtype {
     NB_DTYPE_I64 = 3,
     NB_DTYPE_BOOL = 4, /* one byte, 0 or 1 */
     NB_DTYPE_U8 = 5,
+    /* ABI 1.1: a plugin built for 1.0 registers no kernel for these and never receives them */
+    NB_DTYPE_F16 = 6,  /* IEEE 754 binary16, stored as its 16 bits */
+    NB_DTYPE_BF16 = 7, /* bfloat16: the top 16 bits of a float32 */
     NB_DTYPE_COUNT
 } nb_dtype;
 
@@ -123,7 +127,10 @@ typedef nb_status (*nb_kernel_fn)(const nb_kernel_args *args);
  * output's dtype ("copy" must then accept every input dtype; "where" is registered under the
  * output's dtype, its condition is bool), except comparison ops, "*_scalar" comparisons and
  * "argmax"/"argmin", which are registered under their input's dtype (their output is bool or
- * int64), and the logical ops, which the core always calls with bool inputs. */
+ * int64), and the logical ops, which the core always calls with bool inputs.
+ * ABI 1.1: a float16 or bfloat16 operand only ever reaches a kernel whose op the plugin also
+ * registers under that dtype (a "copy" from float16 to float32 needs "copy" for float16 too), so
+ * a plugin with no 16-bit entries, a 1.0 one included, never sees one. */
 typedef struct nb_kernel_desc {
     const char *op;
     nb_dtype dtype;
@@ -293,6 +300,76 @@ static inline int64_t nb_float_to_int64(double x)
         return (int64_t)x;
     return INT64_MIN;
 }
+
+/* ---- 16-bit floats (ABI 1.1) ----
+ * Conversions every plugin and the core share, bit for bit: round to nearest even, NaN stays
+ * NaN (made quiet), inf and subnormals exact. A double goes to float rounding to odd first, so
+ * the one rounding that matters happens once (float has more than 2 bits over either type). */
+static inline float nb_bits_f32_(uint32_t b)
+{
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+static inline uint32_t nb_f32_bits_(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return b;
+}
+
+static inline float nb_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0x1f)
+        return nb_bits_f32_(sign | 0x7f800000u | (man << 13));
+    if (exp)
+        return nb_bits_f32_(sign | ((exp + 112) << 23) | (man << 13));
+    return nb_bits_f32_(sign | nb_f32_bits_((float)man * 0x1p-24f)); /* zero, subnormal: exact */
+}
+
+static inline uint16_t nb_f32_to_f16(float f)
+{
+    uint32_t x = nb_f32_bits_(f), a = x & 0x7fffffffu;
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    if (a > 0x7f800000u)
+        return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) /* 65520 and up (inf too): a tie at 65520 goes to the even inf */
+        return (uint16_t)(sign | 0x7c00u);
+    if (a >= 0x38800000u) /* a normal half: rebias, round the 13 dropped bits to even */
+        return (uint16_t)(sign | ((a + 0xfffu + ((a >> 13) & 1u) - 0x38000000u) >> 13));
+    uint32_t e = a >> 23;
+    if (e < 102) /* below half the smallest subnormal (float subnormals too) */
+        return sign;
+    uint32_t mant = (a & 0x7fffffu) | 0x800000u, shift = 126 - e;
+    uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    q += rem > half || (rem == half && (q & 1u));
+    return (uint16_t)(sign | q); /* q may reach 0x400, the smallest normal */
+}
+
+static inline float nb_bf16_to_f32(uint16_t h) { return nb_bits_f32_((uint32_t)h << 16); }
+
+static inline uint16_t nb_f32_to_bf16(float f)
+{
+    uint32_t x = nb_f32_bits_(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((x >> 16) | 0x40u);
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+/* d rounded to float towards the neighbour whose last bit is odd when inexact. */
+static inline float nb_f64_to_f32_odd_(double d)
+{
+    float f = (float)d;
+    if ((double)f == d || d != d || f - f != 0) /* exact, NaN or beyond float's range */
+        return f;
+    uint32_t b = nb_f32_bits_(f);
+    if (!(b & 1u))
+        b = (d > 0 ? (double)f > d : (double)f < d) ? b - 1 : b + 1;
+    return nb_bits_f32_(b);
+}
+static inline uint16_t nb_f64_to_f16(double d) { return nb_f32_to_f16(nb_f64_to_f32_odd_(d)); }
+static inline uint16_t nb_f64_to_bf16(double d) { return nb_f32_to_bf16(nb_f64_to_f32_odd_(d)); }
 
 #ifdef __cplusplus
 }

@@ -492,7 +492,7 @@ static const nb_dtype float_dtypes[N_FLOAT_DTYPES] = {
 
 #define COUNT_(name) +1
 enum {
-    N_KERNELS = N_FLOAT_DTYPES * (0 FLOAT_KERNELS(COUNT_)) + NB_DTYPE_COUNT * (0 ALL_DTYPE_KERNELS(COUNT_)) +
+    N_KERNELS = N_FLOAT_DTYPES * (0 FLOAT_KERNELS(COUNT_)) + (NB_DTYPE_U8 + 1) * (0 ALL_DTYPE_KERNELS(COUNT_)) +
                 (0 BOOL_KERNELS(COUNT_))
 };
 static nb_kernel_desc kernels[N_KERNELS];
@@ -504,7 +504,9 @@ static size_t build_kernel_table(void)
 #define ADD_FLOAT_(name) kernels[n++] = (nb_kernel_desc){#name, float_dtypes[d], k_##name};
         FLOAT_KERNELS(ADD_FLOAT_)
     }
-    for (int d = 0; d < NB_DTYPE_COUNT; d++) {
+    /* the ABI 1.0 dtypes: float16 and bfloat16 (1.1) need kernels that read 16-bit elements,
+     * which load() does not, so the template registers none and the core never sends one */
+    for (int d = 0; d <= NB_DTYPE_U8; d++) {
 #define ADD_ALL_(name) kernels[n++] = (nb_kernel_desc){#name, (nb_dtype)d, k_##name};
         ALL_DTYPE_KERNELS(ADD_ALL_)
     }

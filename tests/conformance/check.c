@@ -2,6 +2,7 @@
  * hands them to the device with nb_from_data, compares the result with the float64 reference,
  * checks gradients against finite differences of the reference, and classifies the outcome. */
 #include "conformance.h"
+#include "nabla_plugin.h" /* half: the 16-bit conversions every plugin uses */
 
 #include <math.h>
 #include <stdio.h>
@@ -38,7 +39,10 @@ static void seed_for(const char *op, nb_dtype dt, int32_t sample)
     rng = h ^ ((uint64_t)dt << 40) ^ (uint64_t)sample;
 }
 
-static bool is_float(nb_dtype d) { return d == NB_DTYPE_F32 || d == NB_DTYPE_F64; }
+static bool is_float(nb_dtype d)
+{
+    return d == NB_DTYPE_F32 || d == NB_DTYPE_F64 || d == NB_DTYPE_F16 || d == NB_DTYPE_BF16;
+}
 
 /* The value dtype dt stores for v (what the device will hold). */
 static double representable(nb_dtype dt, double v)
@@ -46,6 +50,9 @@ static double representable(nb_dtype dt, double v)
     switch (dt) {
     case NB_DTYPE_F32: return (double)(float)v;
     case NB_DTYPE_F64: return v;
+    /* half: the SDK's rounding, one step from double */
+    case NB_DTYPE_F16: return nb_f16_to_f32(nb_f64_to_f16(v));
+    case NB_DTYPE_BF16: return nb_bf16_to_f32(nb_f64_to_bf16(v));
     case NB_DTYPE_BOOL: return v != 0;
     case NB_DTYPE_U8: return (double)(uint8_t)(int64_t)v;
     case NB_DTYPE_I32: return (double)(int32_t)(int64_t)v;
@@ -82,6 +89,9 @@ static void put(void *buf, int64_t k, nb_dtype dt, double v)
     case NB_DTYPE_F64: ((double *)buf)[k] = v; break;
     case NB_DTYPE_I32: ((int32_t *)buf)[k] = (int32_t)v; break;
     case NB_DTYPE_I64: ((int64_t *)buf)[k] = (int64_t)v; break;
+    /* half */
+    case NB_DTYPE_F16: ((uint16_t *)buf)[k] = nb_f64_to_f16(v); break;
+    case NB_DTYPE_BF16: ((uint16_t *)buf)[k] = nb_f64_to_bf16(v); break;
     default: ((uint8_t *)buf)[k] = (uint8_t)v; break;
     }
 }
@@ -93,12 +103,17 @@ static double get(const void *buf, int64_t k, nb_dtype dt)
     case NB_DTYPE_F64: return ((const double *)buf)[k];
     case NB_DTYPE_I32: return ((const int32_t *)buf)[k];
     case NB_DTYPE_I64: return (double)((const int64_t *)buf)[k];
+    /* half */
+    case NB_DTYPE_F16: return nb_f16_to_f32(((const uint16_t *)buf)[k]);
+    case NB_DTYPE_BF16: return nb_bf16_to_f32(((const uint16_t *)buf)[k]);
     default: return ((const uint8_t *)buf)[k];
     }
 }
 
 static size_t dsize(nb_dtype dt)
 {
+    if (dt == NB_DTYPE_F16 || dt == NB_DTYPE_BF16) /* half */
+        return 2;
     return dt == NB_DTYPE_F64 || dt == NB_DTYPE_I64 ? 8 : dt == NB_DTYPE_I32 || dt == NB_DTYPE_F32 ? 4 : 1;
 }
 

