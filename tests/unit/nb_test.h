@@ -81,7 +81,7 @@ static inline void nb_test_free(void *p)
 
 #define NB_TEST(fn) cmocka_unit_test_setup_teardown(fn, nb_test_setup, nb_test_teardown)
 
-/* Reads a whole f32 tensor into a static-size buffer for assertions. */
+/* Asserts that expr gives NB_OK. */
 #define NB_ASSERT_OK(expr) assert_int_equal((expr), NB_OK)
 
 /* Asserts that the last error message contains `needle`. */
@@ -91,5 +91,46 @@ static inline void nb_test_free(void *p)
         if (strstr(msg_, (needle)) == NULL)                                                \
             fail_msg("error message \"%s\" lacks \"%s\"", msg_, (needle));                 \
     } while (0)
+
+/* Runs workload once to warm up (plugins loaded, caches filled), counts its allocations, then
+ * runs it again with each allocation in turn failing: every run must fail with an error or
+ * succeed, and leave no tensor, storage or host block behind. At least min_allocs allocations
+ * and more than half the runs failing keep the test honest. */
+static inline void nb_test_every_allocation_fails_cleanly(nb_status (*workload)(void),
+                                                          long min_allocs)
+{
+    static const nb_allocator counting = {nb_test_malloc, nb_test_realloc, nb_test_free};
+    NB_ASSERT_OK(nb_shutdown());
+    *nb_test_acct() = (nb_test_alloc){0};
+    NB_ASSERT_OK(nb_set_allocator(&counting));
+    if (workload() != NB_OK)
+        fail_msg("workload: %s", nb_last_error());
+    long start = nb_test_acct()->calls;
+    NB_ASSERT_OK(workload());
+    long total = nb_test_acct()->calls - start;
+    assert_true(total > min_allocs);
+    long failed_runs = 0;
+    for (long k = 1; k <= total; k++) {
+        nb_clear_error();
+        nb_test_acct()->fail_at = nb_test_acct()->calls + k;
+        nb_status st = workload();
+        nb_test_acct()->fail_at = 0;
+        failed_runs += st != NB_OK;
+        if (st != NB_OK && nb_last_status() == NB_OK)
+            fail_msg("allocation %ld of %ld failed without an error", k, total);
+        if (nb_live_tensors() || nb_live_storages())
+            fail_msg("allocation %ld of %ld failed (\"%s\") and %lld tensors, %lld storages "
+                     "leaked", k, total, nb_last_error(), (long long)nb_live_tensors(),
+                     (long long)nb_live_storages());
+    }
+    nb_clear_error();
+    NB_ASSERT_OK(nb_shutdown());
+    if (nb_test_acct()->live != 0)
+        fail_msg("%ld host blocks leaked", nb_test_acct()->live);
+    NB_ASSERT_OK(nb_set_allocator(NULL));
+    print_message("out of memory injected at each of %ld allocations: %ld runs failed cleanly\n",
+                  total, failed_runs);
+    assert_true(failed_runs > total / 2);
+}
 
 #endif

@@ -679,38 +679,7 @@ static nb_status oom_workload(void)
 static void out_of_memory_anywhere_fails_cleanly_without_leaks(void **state)
 {
     (void)state;
-    static const nb_allocator counting = {nb_test_malloc, nb_test_realloc, nb_test_free};
-    NB_ASSERT_OK(nb_shutdown());
-    *nb_test_acct() = (nb_test_alloc){0};
-    NB_ASSERT_OK(nb_set_allocator(&counting));
-    if (oom_workload() != NB_OK) /* warm: plugins loaded, caches filled */
-        fail_msg("workload: %s", nb_last_error());
-    long start = nb_test_acct()->calls;
-    NB_ASSERT_OK(oom_workload());
-    long total = nb_test_acct()->calls - start;
-    assert_true(total > 100);
-    long failed_runs = 0;
-    for (long k = 1; k <= total; k++) {
-        nb_clear_error();
-        nb_test_acct()->fail_at = nb_test_acct()->calls + k;
-        nb_status st = oom_workload();
-        nb_test_acct()->fail_at = 0;
-        failed_runs += st != NB_OK;
-        if (st != NB_OK && nb_last_status() == NB_OK)
-            fail_msg("allocation %ld of %ld failed without an error", k, total);
-        if (nb_live_tensors() || nb_live_storages())
-            fail_msg("allocation %ld of %ld failed (\"%s\") and %lld tensors, %lld storages "
-                     "leaked", k, total, nb_last_error(), (long long)nb_live_tensors(),
-                     (long long)nb_live_storages());
-    }
-    nb_clear_error();
-    NB_ASSERT_OK(nb_shutdown());
-    if (nb_test_acct()->live != 0)
-        fail_msg("%ld host blocks leaked", nb_test_acct()->live);
-    NB_ASSERT_OK(nb_set_allocator(NULL));
-    print_message("out of memory injected at each of %ld allocations: %ld runs failed cleanly\n",
-                  total, failed_runs);
-    assert_true(failed_runs > total / 2);
+    nb_test_every_allocation_fails_cleanly(oom_workload, 100);
 }
 
 int main(void)
