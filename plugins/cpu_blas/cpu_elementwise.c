@@ -283,7 +283,7 @@ NBC_ALL_DTYPES(DEF_FILL)
 #define COPY_FROM_EACH(DS, DT, DE, DK) NBC_ALL_DTYPES_SRC(DEF_COPY_ROW, DS, DT)
 #define NBC_ALL_DTYPES_SRC(M, DS, DT)                                                       \
     M(DS, DT, f32, float, d) M(DS, DT, f64, double, d) M(DS, DT, i32, int32_t, i)            \
-    M(DS, DT, i64, int64_t, i) M(DS, DT, u8, uint8_t, i) M(DS, DT, b8, uint8_t, i)
+    M(DS, DT, i64, int64_t, i) M(DS, DT, u8, uint8_t, i) M(DS, DT, b8, uint8_t, b)
 NBC_ALL_DTYPES(COPY_FROM_EACH)
 
 /* Identical dtype and contiguous layouts on both sides: one memcpy per row. */

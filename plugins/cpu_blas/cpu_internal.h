@@ -48,6 +48,11 @@ static inline int32_t nbc_fromi_i32(int64_t x) { return (int32_t)x; }
 static inline int64_t nbc_fromi_i64(int64_t x) { return x; }
 static inline uint8_t nbc_fromi_u8(int64_t x) { return (uint8_t)x; }
 static inline uint8_t nbc_fromi_b8(int64_t x) { return x != 0; }
+/* A bool byte is true when any bit is set (nb_from_data may hand in 0xFF or 2): it converts as
+ * exactly 0 or 1, never as the raw byte (the SDK's rule). */
+#define NBC_FROMB_(SFX, T, E, K)                                                            \
+    static inline T nbc_fromb_##SFX(uint8_t x) { return nbc_fromi_##SFX(x != 0); }
+NBC_ALL_DTYPES(NBC_FROMB_)
 
 size_t nbc_dtype_size(nb_dtype dt);
 const char *nbc_dtype_name(nb_dtype dt);

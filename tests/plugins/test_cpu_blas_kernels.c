@@ -294,6 +294,19 @@ static void copy_casts_between_dtypes(void **state)
     assert_int_equal(run("copy", NB_DTYPE_U8, &o, &in, 1, NULL, NULL), NB_OK);
     for (int k = 0; k < 8; k++)
         assert_int_equal(u8b[k], (uint8_t)(int64_t)src[k]);
+    /* a bool byte is true when any bit is set: 0xFF and 2 read as exactly 1 (the SDK's rule) */
+    const uint8_t raw[4] = {0, 1, 0xFF, 2};
+    float fb[4];
+    int64_t ib[4];
+    o = opd(fb, NB_DTYPE_F32, 1, shape, st1);
+    in = opd((void *)raw, NB_DTYPE_BOOL, 1, shape, st1);
+    assert_int_equal(run("copy", NB_DTYPE_F32, &o, &in, 1, NULL, NULL), NB_OK);
+    o = opd(ib, NB_DTYPE_I64, 1, shape, st1);
+    assert_int_equal(run("copy", NB_DTYPE_I64, &o, &in, 1, NULL, NULL), NB_OK);
+    for (int k = 0; k < 4; k++) {
+        assert_float_equal(fb[k], k ? 1.0f : 0.0f, 0);
+        assert_int_equal(ib[k], k ? 1 : 0);
+    }
     /* u8 -> f32 and -> bool */
     float f32[8];
     uint8_t b8[8];
