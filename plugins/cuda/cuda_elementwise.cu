@@ -309,8 +309,8 @@ NBCU_BINARY(Sub, "sub", w_sub(x, y))
 NBCU_BINARY(Mul, "mul", w_mul(x, y))
 NBCU_BINARY(Div, "div", x / y)
 NBCU_BINARY(Pow, "pow", m_pow(x, y))
-NBCU_BINARY(Maximum, "maximum", is_nan(x) ? x : is_nan(y) ? y : x > y ? x : y)
-NBCU_BINARY(Minimum, "minimum", is_nan(x) ? x : is_nan(y) ? y : x < y ? x : y)
+NBCU_BINARY(Maximum, "maximum", is_nan(x) ? x : is_nan(y) ? y : x < y ? y : x) /* ties (-0.0, 0.0): x, as cpu */
+NBCU_BINARY(Minimum, "minimum", is_nan(x) ? x : is_nan(y) ? y : x > y ? y : x) /* ties: x */
 #undef NBCU_BINARY
 
 template <class Tout, class T, class Op> struct BinaryF {
