@@ -33,6 +33,7 @@ typedef struct device_result {
     char name[64];
     conf_cell_out (*cells)[NB_DTYPE_COUNT + 1]; /* per op: dtypes, then the error inputs */
     conf_counts total;
+    conf_counts gradgrad; /* second derivatives, also counted in total */
 } device_result;
 
 /* Appends the devices of plugin info `pi` to list. */
@@ -59,15 +60,15 @@ static void print_matrix(FILE *f, const device_result *dr, char **ops, int n_ops
         fprintf(f, "\n### %s\n\n| op |", dr->name);
         for (int d = 0; d < NB_DTYPE_COUNT; d++)
             fprintf(f, " %s |", nb_dtype_name((nb_dtype)d));
-        fprintf(f, " errors |\n|---|");
-        for (int d = 0; d <= NB_DTYPE_COUNT; d++)
+        fprintf(f, " errors | gradgrad |\n|---|");
+        for (int d = 0; d <= NB_DTYPE_COUNT + 1; d++)
             fprintf(f, "---|");
         fprintf(f, "\n");
     } else {
         fprintf(f, "\n%-34s", dr->name);
         for (int d = 0; d < NB_DTYPE_COUNT; d++)
             fprintf(f, " %-7s", nb_dtype_name((nb_dtype)d));
-        fprintf(f, " errors\n");
+        fprintf(f, " errors  gradgrad\n");
     }
     for (int32_t k = 0; k < conf_n_ops; k++) {
         const conf_op *op = &conf_ops[k];
@@ -78,6 +79,13 @@ static void print_matrix(FILE *f, const device_result *dr, char **ops, int n_ops
             conf_result r = dr->cells[k][d].cell;
             fprintf(f, md ? " %s |" : " %-7s", md ? conf_result_name(r) : short_name(r));
         }
+        /* gradgradcheck: the worst over the op's samples, "-" for ops without one */
+        conf_result g = CONF_NONE;
+        for (int d = 0; d < NB_DTYPE_COUNT; d++)
+            for (int r = g + 1; r < CONF_RESULT_COUNT; r++)
+                if (dr->cells[k][d].gradgrad.n[r])
+                    g = (conf_result)r;
+        fprintf(f, md ? " %s |" : " %-7s", md ? conf_result_name(g) : short_name(g));
         fprintf(f, "\n");
     }
 }
@@ -89,6 +97,11 @@ static void summary(FILE *f, const device_result *dr)
             "%lld unsupported\n", dr->name, (long long)n[CONF_PASS], (long long)n[CONF_FAIL],
             (long long)n[CONF_COMPOSITE], (long long)n[CONF_FALLBACK],
             (long long)n[CONF_UNSUPPORTED]);
+    const int64_t *g = dr->gradgrad.n;
+    fprintf(f, "conformance: device %s: gradgradcheck %lld pass, %lld fail, %lld composite, "
+            "%lld fallback, %lld unsupported (of the totals above)\n", dr->name,
+            (long long)(g[CONF_PASS]), (long long)g[CONF_FAIL], (long long)g[CONF_COMPOSITE],
+            (long long)g[CONF_FALLBACK], (long long)g[CONF_UNSUPPORTED]);
 }
 
 int main(int argc, char **argv)
@@ -212,8 +225,10 @@ int main(int argc, char **argv)
                 conf_check_cell(op, (nb_dtype)d, dr->name, &dr->cells[k][d]);
             conf_check_errors(op, dr->name, &dr->cells[k][NB_DTYPE_COUNT]);
             for (int d = 0; d <= NB_DTYPE_COUNT; d++)
-                for (int r = 0; r < CONF_RESULT_COUNT; r++)
+                for (int r = 0; r < CONF_RESULT_COUNT; r++) {
                     dr->total.n[r] += dr->cells[k][d].counts.n[r];
+                    dr->gradgrad.n[r] += dr->cells[k][d].gradgrad.n[r];
+                }
             fflush(stdout);
         }
         failed |= dr->total.n[CONF_FAIL] > 0;

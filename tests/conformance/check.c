@@ -687,6 +687,8 @@ void conf_check_cell(const conf_op *op, nb_dtype dt, const char *device, conf_ce
             for (int k = 0; k < 3; k++)
                 if (g[k] != CONF_NONE)
                     record(out, g[k]);
+            if (g[2] != CONF_NONE)
+                out->gradgrad.n[g[2]]++;
         }
     }
     if (nb_live_tensors() != live) {

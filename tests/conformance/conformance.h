@@ -177,6 +177,7 @@ typedef struct conf_counts {
 typedef struct conf_cell_out {
     conf_result cell;      /* the worst result of the cell */
     conf_counts counts;    /* per check */
+    conf_counts gradgrad;  /* the gradgradchecks among them (float64 cells of differentiable ops) */
 } conf_cell_out;
 
 /* Runs every sample of op at dtype on device (forward; gradients when dtype is float64 and the
