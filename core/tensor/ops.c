@@ -1058,13 +1058,25 @@ static nb_status bw_prod(nbi_node *node, nb_tensor *g, nb_tensor **gi)
     nb_tensor *zf = isz ? nb_to_dtype(isz, x->dtype) : NULL;
     nb_tensor *nz = zf ? (nd ? nb_sum(zf, dims, nd, true) : nb_retain(zf)) : NULL;
     nb_tensor *none = nz ? nb_eq_scalar(nz, 0) : NULL, *single = nz ? nb_eq_scalar(nz, 1) : NULL;
-    nb_tensor *q = p ? nb_div(p, xs) : NULL;
-    nb_tensor *at_nonzero = none && q ? nb_where(none, q, zero) : NULL;
-    nb_tensor *at_zero = single && p ? nb_where(single, p, zero) : NULL;
+    nb_tensor *two = nz ? nb_eq_scalar(nz, 2) : NULL;
+    /* The product of the others, with its derivatives right to second order at exact zeros:
+     * zs is the sum of x over the zero positions, 0 in value but carrying their gradient, so
+     * with one zero the others get q * zs (d/d zero = q) and the zero gets p; with two zeros
+     * each zero gets p * (zs - x) (d/d the other zero = p); with more, every term is 0. */
+    nb_tensor *xz = isz ? nb_where(isz, x, zero) : NULL;
+    nb_tensor *zs = xz ? (nd ? nb_sum(xz, dims, nd, true) : nb_retain(xz)) : NULL;
+    nb_tensor *q = p ? nb_div(p, xs) : NULL, *qz = q && zs ? nb_mul(q, zs) : NULL;
+    nb_tensor *others = zs ? nb_sub(zs, x) : NULL, *pz = p && others ? nb_mul(p, others) : NULL;
+    nb_tensor *nz1 = single && qz ? nb_where(single, qz, zero) : NULL;
+    nb_tensor *at_nonzero = none && q && nz1 ? nb_where(none, q, nz1) : NULL;
+    nb_tensor *z2 = two && pz ? nb_where(two, pz, zero) : NULL;
+    nb_tensor *at_zero = single && p && z2 ? nb_where(single, p, z2) : NULL;
     nb_tensor *w = at_nonzero && at_zero ? nb_where(isz, at_zero, at_nonzero) : NULL;
     nb_tensor *eg = grad_expand(g, node);
     gi[0] = w && eg ? nb_mul(eg, w) : NULL;
-    nb_tensor *tmp[] = {zero, one, isz, xs, p, zf, nz, none, single, q, at_nonzero, at_zero, w, eg};
+    nb_tensor *tmp[] = {zero, one, isz,    xs,  p,   zf,         nz,      none, single, two,
+                        xz,   zs,  q,      qz,  others, pz,      nz1,     at_nonzero,   z2,
+                        at_zero, w, eg};
     for (size_t k = 0; k < sizeof tmp / sizeof *tmp; k++)
         nb_release(tmp[k]);
     return done(gi, 1);

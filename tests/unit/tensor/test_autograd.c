@@ -965,6 +965,34 @@ static void in_place_chains_through_nested_views_match_pytorch(void **state)
     nb_release(y);
 }
 
+/* Second derivatives of prod at exact zeros, from the Hessian's row sums:
+ * x = torch.tensor([2., 0., 3.], requires_grad=True)
+ * g, = torch.autograd.grad(x.prod(), x, create_graph=True); g.sum().backward(); x.grad
+ *   -> [3., 5., 2.]                                    (one zero)
+ * x = torch.tensor([2., 0., 0., 3.]): -> [0., 6., 6., 0.]   (two zeros)
+ * x = torch.tensor([0., 0., 0., 3.]): -> [0., 0., 0., 0.]   (three zeros) */
+static void prod_is_twice_differentiable_at_zeros(void **state)
+{
+    (void)state;
+    static const struct {
+        int n;
+        double x[4], want[4];
+    } cases[] = {{3, {2, 0, 3}, {3, 5, 2}}, {4, {2, 0, 0, 3}, {0, 6, 6, 0}},
+                 {4, {0, 0, 0, 3}, {0, 0, 0, 0}}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        nb_tensor *x = nb_from_data(cases[c].x, NB_SHAPE(cases[c].n),
+                                    (nb_opts){NB_DTYPE_F64, .requires_grad = true});
+        nb_scope_begin();
+        nb_tensor *g = NULL, *p = nb_prod(x, NULL, 0, false);
+        NB_ASSERT_OK(nb_grad(&p, NULL, 1, &x, 1, (nb_grad_opts){.create_graph = true}, &g));
+        NB_ASSERT_OK(nb_backward(nb_sum(g, NULL, 0, false), NULL, (nb_backward_opts){0}));
+        nb_release(g);
+        nb_scope_end();
+        expect_grad(x, cases[c].want, cases[c].n);
+        nb_release(x);
+    }
+}
+
 static void linear_records_addmm_of_t_as_pytorch(void **state)
 {
     (void)state;
@@ -1994,6 +2022,7 @@ int main(void)
         NB_TEST(in_place_through_views_of_a_strided_base_and_overlapping_views),
         NB_TEST(copy_across_devices_sends_the_gradient_home),
         NB_TEST(backward_with_create_graph_gives_grad_a_graph),
+        NB_TEST(prod_is_twice_differentiable_at_zeros),
         NB_TEST(linear_records_addmm_of_t_as_pytorch),
         NB_TEST(norm_at_zero_has_gradient_zero),
         NB_TEST(prod_with_a_zero_gives_the_product_of_the_others),
