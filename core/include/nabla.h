@@ -313,6 +313,9 @@ nb_tensor *nb_mean(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool 
 nb_tensor *nb_prod(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool keepdim);
 nb_tensor *nb_amax(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool keepdim);
 nb_tensor *nb_amin(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool keepdim);
+/* torch.max(t), torch.min(t): the extreme element as a 0-d tensor (grad_fn MaxBackward1). */
+nb_tensor *nb_max(const nb_tensor *t);
+nb_tensor *nb_min(const nb_tensor *t);
 /* correction = 1 is the unbiased estimate (PyTorch's default). */
 nb_tensor *nb_var(const nb_tensor *t, const int32_t *dims, int32_t ndims, int64_t correction,
                   bool keepdim);

@@ -1183,6 +1183,26 @@ NB_DEFINE_REDUCE_(nb_prod, RED_PROD)
 NB_DEFINE_REDUCE_(nb_amax, RED_AMAX)
 NB_DEFINE_REDUCE_(nb_amin, RED_AMIN)
 
+/* torch.max(t) / torch.min(t): amax over every dim under PyTorch's own node name (the gradient
+ * is shared evenly among tied extremes, as amax's). */
+static nb_tensor *extreme_all(const nb_tensor *t, bool is_max)
+{
+    nb_tensor *out = reduce_impl(is_max ? RED_AMAX : RED_AMIN, t, NULL, 0, false);
+    if (out && out->grad_fn)
+        out->grad_fn->name = is_max ? "MaxBackward1" : "MinBackward1";
+    return out;
+}
+nb_tensor *nb_max(const nb_tensor *t)
+{
+    NBI_NULL_CHECK("max", t);
+    return NBI_API(extreme_all(t, true));
+}
+nb_tensor *nb_min(const nb_tensor *t)
+{
+    NBI_NULL_CHECK("min", t);
+    return NBI_API(extreme_all(t, false));
+}
+
 /* var and std are composites of differentiable ops; norm has a node of its own. */
 static nb_tensor *norm_value(const nb_tensor *t, double p, const int32_t *dims, int32_t nd,
                              bool keepdim);

@@ -993,6 +993,29 @@ static void prod_is_twice_differentiable_at_zeros(void **state)
     }
 }
 
+/* x = torch.tensor([1., 3., 3.], requires_grad=True); y = x.max()
+ * y.grad_fn.name() -> 'MaxBackward1'; y.backward(); x.grad -> [0.0, 0.5, 0.5]
+ * (x.min() of [1., -2., -2.]: 'MinBackward1', [0.0, 0.5, 0.5]) */
+static void max_and_min_over_everything_share_ties_as_pytorch(void **state)
+{
+    (void)state;
+    const double v[2][3] = {{1, 3, 3}, {1, -2, -2}}, want[3] = {0, 0.5, 0.5};
+    for (int k = 0; k < 2; k++) {
+        nb_tensor *x = nb_from_data(v[k], NB_SHAPE(3), (nb_opts){NB_DTYPE_F64, .requires_grad = true});
+        nb_tensor *y = k ? nb_min(x) : nb_max(x);
+        assert_non_null(y);
+        assert_int_equal(nb_tensor_ndim(y), 0);
+        assert_string_equal(nb_grad_fn_name(nb_tensor_grad_fn(y)), k ? "MinBackward1" : "MaxBackward1");
+        NB_ASSERT_OK(nb_backward(y, NULL, (nb_backward_opts){0}));
+        expect_grad(x, want, 3);
+        nb_release(y);
+        nb_release(x);
+    }
+    assert_null(nb_max(NULL));
+    assert_int_equal(nb_last_status(), NB_NULL_ARGUMENT);
+    nb_clear_error();
+}
+
 static void linear_records_addmm_of_t_as_pytorch(void **state)
 {
     (void)state;
@@ -2023,6 +2046,7 @@ int main(void)
         NB_TEST(copy_across_devices_sends_the_gradient_home),
         NB_TEST(backward_with_create_graph_gives_grad_a_graph),
         NB_TEST(prod_is_twice_differentiable_at_zeros),
+        NB_TEST(max_and_min_over_everything_share_ties_as_pytorch),
         NB_TEST(linear_records_addmm_of_t_as_pytorch),
         NB_TEST(norm_at_zero_has_gradient_zero),
         NB_TEST(prod_with_a_zero_gives_the_product_of_the_others),
