@@ -270,8 +270,8 @@ static void op_backward(chain *c)
     nb_tensor *a = slot(c);
     if (!a || !nb_tensor_requires_grad(a))
         return;
-    const uint8_t how = fuzz_u8(&c->in);
-    const nb_backward_opts opts = {.retain_graph = how & 1, .create_graph = how & 2};
+    /* no create_graph: as in PyTorch, it makes a cycle between a leaf and its .grad */
+    const nb_backward_opts opts = {.retain_graph = fuzz_u8(&c->in) & 1};
     if (fuzz_u8(&c->in) & 1) {
         nb_tensor *s = nb_sum(a, NULL, 0, false);
         if (s)
