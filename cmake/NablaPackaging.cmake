@@ -24,10 +24,8 @@ set(CPACK_DEBIAN_DEV_PACKAGE_NAME libnabla-dev)
 set(CPACK_DEBIAN_DEV_PACKAGE_SECTION libdevel)
 set(CPACK_COMPONENT_DEV_DEPENDS runtime)
 
-get_property(_nabla_plugins GLOBAL PROPERTY NABLA_PLUGIN_TARGETS)
-list(FILTER _nabla_plugins INCLUDE REGEX "^nabla_plugin_") # device plugins only
-foreach(_t ${_nabla_plugins})
-  string(REGEX REPLACE "^nabla_plugin_" "" _c ${_t})
+get_property(_nabla_plugins GLOBAL PROPERTY NABLA_DEVICE_PLUGINS)
+foreach(_c ${_nabla_plugins})
   if(_c STREQUAL "cpu_blas")
     continue()
   endif()

@@ -193,7 +193,6 @@ static nb_status load_blas(void)
     const int have = core_level(core);
     core_note[0] = 0;
     if (user_core && *user_core) {
-        snprintf(core_note, sizeof core_note, "%s", core ? core : "?");
         if (!core || strcasecmp(core, user_core) != 0)
             snprintf(core_note, sizeof core_note,
                      "%s (OPENBLAS_CORETYPE='%.32s' was not taken by OpenBLAS)", core ? core : "?",
