@@ -833,6 +833,77 @@ nb_status nb_distributed_sampler_indices(int64_t n, int32_t rank, int32_t world_
                                          uint64_t seed, int64_t epoch, bool shuffle,
                                          int64_t *out, int64_t count);
 
+/* ==================== Mixed precision: autocast and gradient scaling ======================= */
+/* torch.autocast (core/tensor/autocast.c). Between nb_autocast_begin(device, dtype) and
+ * nb_autocast_end(), on this thread, the ops on PyTorch's autocast lists cast their operands
+ * when they are on a device of that type:
+ *   lower precision, floating operands (float64 excepted) to dtype: nb_mm, nb_bmm, nb_matmul,
+ *     nb_addmm, nb_linear, nb_conv2d, nb_scaled_dot_product_attention (nb_einsum and nb_outer
+ *     run through nb_matmul and follow it);
+ *   float32, 16-bit operands to float32: nb_softmax, nb_log_softmax, the losses (mse, the
+ *     cross entropies, nll, bce, smooth_l1, huber, kl_div), nb_layer_norm, nb_group_norm,
+ *     nb_batch_norm, nb_sum, nb_mean, nb_prod, nb_exp, nb_log, nb_pow (and its _scalar forms),
+ *     nb_cumsum, nb_logsumexp;
+ *   any other op runs in its operands' dtypes, promoted as usual (bf16 + f32 is f32).
+ * The casts are differentiable (grad_fn ToCopyBackward0), so float32 parameters stay float32 and
+ * their .grad is float32. The ops an autocast op is made of are not cast again (PyTorch's
+ * dispatcher excludes autocast below such an op). Run nb_backward after nb_autocast_end, as
+ * PyTorch recommends; in-place ops are never cast.
+ *
+ * device: a device string ("cpu", "cuda", "opencl:0"; NULL: the default device); the region
+ * covers every device of its type, as torch.autocast(device_type). dtype: NB_DTYPE_F16 or
+ * NB_DTYPE_BF16, or 0 (the zero value) for the device type's default as dtype=None does:
+ * bfloat16 on cpu, float16 elsewhere. The device must have a matmul kernel in that dtype;
+ * otherwise, or for any other dtype, NB_DTYPE_UNSUPPORTED naming both; an unknown device is the
+ * usual device error. Regions nest (64 deep at most) and the innermost one of a device type
+ * decides: a nested begin with another dtype switches to it, and nb_autocast_begin_ex(device,
+ * dtype, false) is torch.autocast(..., enabled=False): a region that casts nothing (dtype is
+ * then not checked). nb_autocast_end closes the innermost region of any kind; NB_STATE when
+ * this thread has none open. */
+nb_status nb_autocast_begin(const char *device, nb_dtype dtype);
+nb_status nb_autocast_begin_ex(const char *device, nb_dtype dtype, bool enabled);
+nb_status nb_autocast_end(void);
+/* torch.is_autocast_enabled(device_type): the innermost region of the device's type is on. */
+bool nb_autocast_is_enabled(const char *device);
+/* torch.get_autocast_dtype(device_type): the innermost region's dtype, else the default. */
+nb_dtype nb_autocast_dtype(const char *device);
+
+/* torch.amp.GradScaler (core/nn/grad_scaler.c): scales the loss so that small float16
+ * gradients do not flush to zero, and unscales the gradients before the optimizer uses them.
+ *     nb_tensor *scaled = nb_grad_scaler_scale(s, loss);
+ *     nb_backward(scaled, NULL, (nb_backward_opts){0});
+ *     nb_grad_scaler_step(s, opt);   // unscales, steps unless a gradient is inf or NaN
+ *     nb_grad_scaler_update(s);      // backoff after a skipped step, growth after enough good ones
+ * nb_grad_scaler_unscale(s, opt) may come before step (to clip the true gradients), at most
+ * once per optimizer between updates, as PyTorch; step then does not unscale again. A step
+ * with an inf or NaN gradient leaves the parameters alone; update then multiplies the scale by
+ * backoff_factor and restarts the count of good steps; growth_interval good steps in a row
+ * multiply it by growth_factor. The scale is a float32 value, as PyTorch's. Several optimizers
+ * may share one scaler (each is unscaled and stepped once per update). Gradients in float16
+ * are refused (NB_DTYPE_UNSUPPORTED): keep float32 master weights. */
+typedef struct nb_grad_scaler nb_grad_scaler;
+typedef struct nb_grad_scaler_opts {
+    double init_scale;       /* 0 means 65536 (2^16) */
+    double growth_factor;    /* 0 means 2.0; must be > 1 */
+    double backoff_factor;   /* 0 means 0.5; must be in (0, 1) */
+    int64_t growth_interval; /* 0 means 2000 */
+    bool disabled;           /* enabled=False: scale returns the loss, step is nb_optim_step,
+                              * unscale and update do nothing, get_scale is 1 */
+} nb_grad_scaler_opts;
+nb_grad_scaler *nb_grad_scaler_new(nb_grad_scaler_opts opts);
+void nb_grad_scaler_free(nb_grad_scaler *s); /* NULL is a no-op */
+nb_tensor *nb_grad_scaler_scale(nb_grad_scaler *s, const nb_tensor *loss); /* loss * scale */
+nb_status nb_grad_scaler_unscale(nb_grad_scaler *s, nb_optim *o);
+nb_status nb_grad_scaler_step(nb_grad_scaler *s, nb_optim *o);
+nb_status nb_grad_scaler_update(nb_grad_scaler *s);
+double nb_grad_scaler_get_scale(const nb_grad_scaler *s); /* 1 when disabled, 0 for NULL */
+/* Steps skipped since creation for an inf or NaN gradient (for logs and tests). */
+int64_t nb_grad_scaler_skipped_steps(const nb_grad_scaler *s);
+
+/* The optimizer's parameters (optimizer.param_groups[0]["params"]), borrowed (core/nn/optim.c). */
+int32_t nb_optim_param_count(const nb_optim *o); /* -1 for NULL */
+nb_tensor *nb_optim_param(const nb_optim *o, int32_t i);
+
 #ifdef __cplusplus
 }
 #endif

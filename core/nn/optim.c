@@ -808,3 +808,28 @@ nb_status nb_optim_load(nb_optim *o, const char *path)
         return nbi_error(NB_NULL_ARGUMENT, "nb_optim_load: %s is NULL", o ? "path" : "optimizer");
     return NBI_API_STATUS(optim_load_impl(o, path));
 }
+
+/* ============================== parameters (for GradScaler) ============================== */
+
+int32_t nb_optim_param_count(const nb_optim *o)
+{
+    if (!o) {
+        nbi_error(NB_NULL_ARGUMENT, "nb_optim_param_count: optimizer is NULL");
+        return -1;
+    }
+    return o->n;
+}
+
+nb_tensor *nb_optim_param(const nb_optim *o, int32_t i)
+{
+    if (!o) {
+        nbi_error(NB_NULL_ARGUMENT, "nb_optim_param: optimizer is NULL");
+        return NULL;
+    }
+    if (i < 0 || i >= o->n) {
+        nbi_error(NB_INDEX_OUT_OF_RANGE, "nb_optim_param: index %d out of range for %d "
+                  "parameters", i, o->n);
+        return NULL;
+    }
+    return o->params[i];
+}

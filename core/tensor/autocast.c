@@ -1,0 +1,173 @@
+/* autocast.c - torch.autocast: the thread's stack of autocast regions and the cast every op on
+ * PyTorch's autocast lists makes at its entry (NBI_AUTOCAST, nabla_internal.h). It sits with
+ * dispatch in tensor/, not in nn/, because matmul, sum and exp live in this layer too and a
+ * layer never calls the one above it. */
+#include "nabla_internal.h"
+
+#include <assert.h>
+#include <string.h>
+
+#define AUTOCAST_MAX_DEPTH 64
+
+/* One torch.autocast(...) block: it covers every device of one type ("cpu", "cuda"). */
+typedef struct autocast_region {
+    char type[32];
+    nb_dtype dtype;
+    bool enabled;
+} autocast_region;
+
+static _Thread_local autocast_region regions[AUTOCAST_MAX_DEPTH];
+_Thread_local int nbi_autocast_depth;
+/* > 0 while a listed op runs: the ops it is made of are not cast again, as PyTorch's
+ * dispatcher excludes its Autocast keys below an autocast kernel. */
+static _Thread_local int excluded;
+
+/* torch.get_autocast_dtype's defaults: bfloat16 on cpu, float16 on the GPUs. */
+static nb_dtype default_dtype(const char *type)
+{
+    return strcmp(type, "cpu") == 0 ? NB_DTYPE_BF16 : NB_DTYPE_F16;
+}
+
+/* The innermost region of this device type, or NULL. */
+static const autocast_region *region_for(const char *type)
+{
+    for (int k = nbi_autocast_depth - 1; k >= 0; k--)
+        if (strcmp(regions[k].type, type) == 0)
+            return &regions[k];
+    return NULL;
+}
+
+static nb_status begin_impl(const char *device, nb_dtype dtype, bool enabled)
+{
+    nbi_device *dev;
+    if (nbi_device_get(device, &dev) != NB_OK)
+        return nb_last_status();
+    const char *type = dev->api->name;
+    if (strlen(type) >= sizeof regions[0].type)
+        return nbi_error(NB_INVALID_ARGUMENT, "autocast: device type '%s' is longer than %zu "
+                         "characters", type, sizeof regions[0].type - 1);
+    if ((unsigned)dtype >= NB_DTYPE_COUNT)
+        return nbi_error(NB_DTYPE_UNSUPPORTED, "autocast: invalid dtype %d (expected float16 or "
+                         "bfloat16, or 0 for %s's default, %s)", (int)dtype, type,
+                         nb_dtype_name(default_dtype(type)));
+    if (dtype == NB_DTYPE_F32)
+        dtype = default_dtype(type);
+    if (enabled && !nbi_dtype_is_16bit(dtype))
+        return nbi_error(NB_DTYPE_UNSUPPORTED, "autocast: %s is not a lower-precision dtype; "
+                         "autocast on %s runs in float16 or bfloat16", nb_dtype_name(dtype),
+                         type);
+    /* matmul stands for the whole lower-precision list: every device plugin that has 16-bit
+     * kernels has that one, and without it there is nothing to gain */
+    if (enabled && !nbi_device_has_op(dev, NBI_OP_matmul, dtype))
+        return nbi_error(NB_DTYPE_UNSUPPORTED, "autocast: %s has no %s matmul kernel, so it "
+                         "cannot autocast to %s", dev->name, nb_dtype_name(dtype),
+                         nb_dtype_name(dtype));
+    if (nbi_autocast_depth == AUTOCAST_MAX_DEPTH)
+        return nbi_error(NB_INVALID_ARGUMENT, "autocast: regions nested deeper than %d; is an "
+                         "nb_autocast_end missing?", AUTOCAST_MAX_DEPTH);
+    autocast_region *r = &regions[nbi_autocast_depth++];
+    memcpy(r->type, type, strlen(type) + 1);
+    r->dtype = dtype;
+    r->enabled = enabled;
+    return NB_OK;
+}
+
+nb_status nb_autocast_begin(const char *device, nb_dtype dtype)
+{
+    return NBI_API_STATUS(begin_impl(device, dtype, true));
+}
+
+nb_status nb_autocast_begin_ex(const char *device, nb_dtype dtype, bool enabled)
+{
+    return NBI_API_STATUS(begin_impl(device, dtype, enabled));
+}
+
+nb_status nb_autocast_end(void)
+{
+    if (nbi_autocast_depth == 0)
+        return nbi_error(NB_STATE, "autocast: nb_autocast_end without a matching "
+                         "nb_autocast_begin on this thread");
+    nbi_autocast_depth--;
+    return NB_OK;
+}
+
+/* The device's type, without creating an error when the caller only asks. */
+static const char *type_of(const char *device)
+{
+    nbi_device *dev;
+    if (nbi_device_get(device, &dev) != NB_OK)
+        return NULL;
+    return dev->api->name;
+}
+
+bool nb_autocast_is_enabled(const char *device)
+{
+    const char *type = type_of(device);
+    const autocast_region *r = type ? region_for(type) : NULL;
+    return r && r->enabled;
+}
+
+nb_dtype nb_autocast_dtype(const char *device)
+{
+    const char *type = type_of(device);
+    if (!type)
+        return NB_DTYPE_BF16;
+    /* the innermost region's dtype, even a disabled one, as torch.get_autocast_dtype */
+    const autocast_region *r = region_for(type);
+    return r ? r->dtype : default_dtype(type);
+}
+
+/* ---- the ops' side ---- */
+
+nb_status nbi_autocast_operands(nbi_autocast_frame *f, nbi_autocast_kind kind,
+                                const nb_tensor **const *operands, int n)
+{
+    if (excluded || kind == NBI_AC_NONE)
+        return NB_OK;
+    assert(n <= NBI_AUTOCAST_MAX_OPERANDS);
+    f->excluding = true;
+    excluded++;
+    for (int k = 0; k < n; k++) {
+        const nb_tensor *t = *operands[k];
+        if (!t || !nb_dtype_is_float(t->dtype))
+            continue;
+        const autocast_region *r = region_for(t->storage->device->api->name);
+        if (!r || !r->enabled)
+            continue;
+        /* float64 is never cast, as PyTorch's is_eligible; lower precision casts float32 and
+         * the other 16-bit type, the float32 list casts 16-bit operands only */
+        nb_dtype want = kind == NBI_AC_LOWER ? r->dtype : NB_DTYPE_F32;
+        if (t->dtype == NB_DTYPE_F64 || t->dtype == want ||
+            (kind == NBI_AC_FP32 && !nbi_dtype_is_16bit(t->dtype)))
+            continue;
+        nbi_api_depth++; /* a cast the op owns: no scope of the application tracks it */
+        nb_tensor *c = nb_to_dtype(t, want);
+        nbi_api_depth--;
+        if (!c)
+            return nb_last_status();
+        f->casts[k] = c;
+        *operands[k] = c;
+    }
+    return NB_OK;
+}
+
+void nbi_autocast_frame_release(nbi_autocast_frame *f)
+{
+    for (int k = 0; k < NBI_AUTOCAST_MAX_OPERANDS; k++)
+        nb_release(f->casts[k]);
+    excluded--;
+}
+
+nbi_autocast_kind nbi_autocast_kind_of(nbi_op op)
+{
+    switch (op) {
+    case NBI_OP_exp:
+    case NBI_OP_log:
+    case NBI_OP_pow:
+    case NBI_OP_pow_scalar:
+    case NBI_OP_rpow_scalar:
+        return NBI_AC_FP32;
+    default:
+        return NBI_AC_NONE;
+    }
+}
