@@ -1,5 +1,6 @@
 /* nabla_bench.c - nabla-bench: one `name value unit` line per figure (median of repetitions):
  * matmul against cblas called directly (in this process, and with each OpenBLAS core in a child),
+ * matmul in float16/bfloat16 against float32,
  * elementwise add against memcpy, per-op dispatch cost,
  * the seed's two-layer net and a LeNet training step/epoch. Never run by ctest. */
 #include <errno.h>
@@ -460,6 +461,58 @@ out:
     return rc;
 }
 
+/* ---- matmul 1024^3 in 16-bit: nb_matmul in float16 and bfloat16 against float32 in the same
+ * run (issue 12's target: bfloat16 at least 0.8x the float32 time, conversions included). The
+ * cpu's bfloat16 path is cblas_sbgemm where OpenBLAS exports it, else widen + sgemm. ---- */
+static double matmul_seconds(const bench_opts *o, nb_dtype dt, bool *ok)
+{
+    enum { N = 1024 };
+    double t[64];
+    nb_tensor *a = nb_randn(NB_SHAPE(N, N), (nb_opts){.dtype = dt, .device = o->device});
+    nb_tensor *b = nb_randn(NB_SHAPE(N, N), (nb_opts){.dtype = dt, .device = o->device});
+    *ok = a && b;
+    for (int r = -1; *ok && r < o->reps; r++) { /* r == -1 warms up */
+        double t0 = now_s();
+        nb_tensor *c = nb_matmul(a, b);
+        *ok = c && nb_synchronize(o->device) == NB_OK;
+        double dt_s = now_s() - t0;
+        nb_release(c);
+        if (r >= 0)
+            t[r] = dt_s;
+    }
+    nb_release(a);
+    nb_release(b);
+    return *ok ? median(t, o->reps) : 0;
+}
+
+static int bench_matmul_16bit(const bench_opts *o)
+{
+    const double flop = 2.0 * 1024 * 1024 * 1024;
+    bool ok;
+    double f32 = matmul_seconds(o, NB_DTYPE_F32, &ok);
+    if (!ok)
+        return fail("matmul float32");
+    report("matmul_f32_1024_ms", f32 * 1e3, "ms");
+    const struct {
+        nb_dtype dt;
+        const char *name, *ratio;
+    } cases[] = {{NB_DTYPE_BF16, "matmul_bf16_1024", "matmul_bf16_ratio"},
+                 {NB_DTYPE_F16, "matmul_f16_1024", "matmul_f16_ratio"}};
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        if (!nb_device_has_kernel(o->device, "matmul", cases[k].dt)) {
+            printf("%s n/a (no %s matmul kernel on %s)\n", cases[k].name,
+                   nb_dtype_name(cases[k].dt), o->device);
+            continue;
+        }
+        double s = matmul_seconds(o, cases[k].dt, &ok);
+        if (!ok)
+            return fail(cases[k].name);
+        report(cases[k].name, flop / s / 1e9, "GFLOP/s");
+        report(cases[k].ratio, f32 / s, "f32-time/16bit-time");
+    }
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: nabla-bench [--device D] [--only NAME[,NAME...]] [--reps N] "
@@ -467,6 +520,8 @@ static void usage(FILE *f)
                "  groups and figures: matmul (matmul_f32_1024, cblas_sgemm_f32_1024, "
                "cblas_sgemm_best_f32_1024,\n"
                "  matmul_ratio, matmul_ratio_same_core),\n"
+               "  matmul16 (matmul_f32_1024_ms, matmul_bf16_1024, matmul_bf16_ratio, "
+               "matmul_f16_1024, matmul_f16_ratio),\n"
                "  add (add_f32_16M, memcpy_16M, add_ratio), dispatch (dispatch_add_1),\n"
                "  mlp (mlp_seed_500), lenet (lenet_step, lenet_epoch)\n");
 }
@@ -531,6 +586,9 @@ int main(int argc, char **argv)
     static const char *const g_matmul[] = {"matmul_f32_1024", "cblas_sgemm_f32_1024",
                                            "cblas_sgemm_best_f32_1024", "matmul_ratio",
                                            "matmul_ratio_same_core", NULL};
+    static const char *const g_matmul16[] = {"matmul_f32_1024_ms", "matmul_bf16_1024",
+                                             "matmul_bf16_ratio", "matmul_f16_1024",
+                                             "matmul_f16_ratio", NULL};
     static const char *const g_add[] = {"add_f32_16M", "memcpy_16M", "add_ratio", NULL};
     static const char *const g_dispatch[] = {"dispatch_add_1", NULL};
     static const char *const g_mlp[] = {"mlp_seed_500", NULL};
@@ -543,7 +601,8 @@ int main(int argc, char **argv)
         for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
             bench_opts one = o;
             one.only = tok;
-            if (!wanted(&one, "matmul", g_matmul) && !wanted(&one, "add", g_add) &&
+            if (!wanted(&one, "matmul", g_matmul) && !wanted(&one, "matmul16", g_matmul16) &&
+                !wanted(&one, "add", g_add) &&
                 !wanted(&one, "dispatch", g_dispatch) && !wanted(&one, "mlp", g_mlp) &&
                 !wanted(&one, "lenet", g_step) && !wanted(&one, "lenet", g_epoch)) {
                 fprintf(stderr, "nabla-bench: --only: unknown name '%s'\n", tok);
@@ -565,6 +624,8 @@ int main(int argc, char **argv)
     int rc = 0;
     if (wanted(&o, "matmul", g_matmul))
         rc |= bench_matmul(&o);
+    if (wanted(&o, "matmul16", g_matmul16))
+        rc |= bench_matmul_16bit(&o);
     if (wanted(&o, "add", g_add))
         rc |= bench_add(&o);
     if (wanted(&o, "dispatch", g_dispatch))

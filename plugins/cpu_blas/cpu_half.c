@@ -269,16 +269,31 @@ size_t nbc_half_kernels(const nb_kernel_desc *f32, size_t n, nb_kernel_desc *out
     for (size_t k = 0; k < n && s < NBC_HALF_SLOTS; k++) {
         if (f32[k].dtype != NB_DTYPE_F32 || !f32[k].fn || !widenable(f32[k].op))
             continue;
+        bool native[NB_DTYPE_COUNT] = {false}; /* 16-bit kernels of its own keep their place */
+        for (size_t j = 0; j < n; j++)
+            if (nbc_is_16bit(f32[j].dtype) && f32[j].fn && !strcmp(f32[j].op, f32[k].op))
+                native[f32[j].dtype] = true;
         slots[s].op = f32[k].op;
         slots[s].f32 = f32[k].fn;
         slots[s].reads_out = strstr(f32[k].op, "accumulate") || !strcmp(f32[k].op, "scatter_add") ||
                              !strcmp(f32[k].op, "matmul");
-        out[m++] = (nb_kernel_desc){f32[k].op, NB_DTYPE_F16, f16_fns[s]};
-        out[m++] = (nb_kernel_desc){f32[k].op, NB_DTYPE_BF16, bf16_fns[s]};
+        if (!native[NB_DTYPE_F16])
+            out[m++] = (nb_kernel_desc){f32[k].op, NB_DTYPE_F16, f16_fns[s]};
+        if (!native[NB_DTYPE_BF16])
+            out[m++] = (nb_kernel_desc){f32[k].op, NB_DTYPE_BF16, bf16_fns[s]};
         s++;
     }
     if (s == NBC_HALF_SLOTS && nbc_host && nbc_host->log)
         nbc_host->log(NB_LOG_WARN, "cpu: more than %d float32 kernels; the rest have no 16-bit "
                       "twin", NBC_HALF_SLOTS);
     return m;
+}
+
+nb_status nbc_half_run(const char *op, nb_dtype dt, const nb_kernel_args *a)
+{
+    for (int s = 0; s < NBC_HALF_SLOTS && slots[s].op; s++)
+        if (!strcmp(slots[s].op, op))
+            return run_widened(s, dt, a);
+    return NBC_ERR(NB_NOT_IMPLEMENTED, "%s: no float32 kernel to widen %s operands for", op,
+                   nbc_dtype_name(dt));
 }

@@ -135,12 +135,18 @@ typedef struct nbc_blas_fns {
     char *(*get_corename)(void);
     int (*get_num_threads)(void);
     void (*thread_shutdown)(void);
+    /* (optional) bfloat16 A and B, float32 C: OpenBLAS's when it exports it, else NULL, or
+     * nbc_reference_sbgemm under NABLA_CPU_SBGEMM=reference (cpu_platform.c says why) */
+    __typeof__(cblas_sbgemm) *sbgemm;
 } nbc_blas_fns;
 extern nbc_blas_fns nbc_blas;
 
 nb_status nbc_platform_open(void);       /* at plugin entry: ISA level, BLAS library */
 void nbc_platform_stop_threads(void);    /* at shutdown: joins OpenMP and BLAS workers */
 void nbc_platform_describe(char *buf, size_t len); /* CPU model, ISA, BLAS and core, threads */
+/* cpu_matmul.c: a plain loop with cblas_sbgemm's signature (row-major only), the stand-in that
+ * lets the tests run the sbgemm path where the library has none. */
+__typeof__(cblas_sbgemm) nbc_reference_sbgemm;
 
 /* ---- 16-bit floats (cpu_half.c) ----
  * float16 and bfloat16 kernels widen their 16-bit operands to float32 and run the float32
@@ -148,6 +154,10 @@ void nbc_platform_describe(char *buf, size_t len); /* CPU model, ISA, BLAS and c
  * take one, for both types, and returns how many (at most 2 * n; NULL fn entries skipped). */
 static inline bool nbc_is_16bit(nb_dtype d) { return d == NB_DTYPE_F16 || d == NB_DTYPE_BF16; }
 size_t nbc_half_kernels(const nb_kernel_desc *f32, size_t n, nb_kernel_desc *out);
+/* Runs the widened twin of the float32 kernel `op` for dt, for a native 16-bit kernel that
+ * cannot take these operands (NB_NOT_IMPLEMENTED if op has no twin). A native 16-bit entry of
+ * the table replaces the twin nbc_half_kernels would otherwise register for it. */
+nb_status nbc_half_run(const char *op, nb_dtype dt, const nb_kernel_args *a);
 /* copy into or out of a 16-bit dtype, any other side */
 nb_status nbc_copy_16bit(const nb_kernel_args *a);
 /* n values between a 16-bit buffer and float32 (the F16C or AVX-512 BF16 path where the CPU

@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -34,6 +35,7 @@ static bool isa_capped;    /* NABLA_CPU_ISA asked for less than the CPU has */
 static char isa_note[96];  /* why the level in use differs from the CPU's, if it does */
 static char core_note[160]; /* how the BLAS core was chosen */
 static char cpu_model[64];
+static const char *sbgemm_note = "";
 
 static const char *const isa_names[] = {"baseline x86-64", "x86-64-v3 (AVX2+FMA)",
                                         "x86-64-v4 (AVX-512)"};
@@ -236,13 +238,37 @@ static nb_status load_blas(void)
     return NB_OK;
 }
 
+/* cblas_sbgemm (bfloat16 inputs, float32 accumulation and output) is looked up at run time:
+ * OpenBLAS exports it only when built with BUILD_BFLOAT16, and Debian's 0.3.21 declares it in
+ * cblas.h without exporting it. NABLA_CPU_SBGEMM=0 leaves it unused, as if absent;
+ * NABLA_CPU_SBGEMM=reference puts the plugin's own loop with the same signature in its place,
+ * so that the path that calls it is tested on machines whose library has none. Read at every
+ * open, so a test can switch between runs. */
+static void choose_sbgemm(void)
+{
+    *(void **)&nbc_blas.sbgemm = blas_handle ? dlsym(blas_handle, "cblas_sbgemm") : NULL;
+    sbgemm_note = nbc_blas.sbgemm ? "the library's" : "none, bfloat16 matmul widens to sgemm";
+    const char *env = getenv("NABLA_CPU_SBGEMM");
+    if (env && strcmp(env, "0") == 0) {
+        nbc_blas.sbgemm = NULL;
+        sbgemm_note = "off (NABLA_CPU_SBGEMM=0), bfloat16 matmul widens to sgemm";
+    } else if (env && strcmp(env, "reference") == 0) {
+        nbc_blas.sbgemm = nbc_reference_sbgemm;
+        sbgemm_note = "the plugin's reference loop (NABLA_CPU_SBGEMM=reference)";
+    }
+}
+
 nb_status nbc_platform_open(void)
 {
-    if (blas_handle)
-        return NB_OK;
-    choose_isa();
-    read_cpu_model();
-    return load_blas();
+    if (!blas_handle) {
+        choose_isa();
+        read_cpu_model();
+        nb_status st = load_blas();
+        if (st != NB_OK)
+            return st;
+    }
+    choose_sbgemm();
+    return NB_OK;
 }
 
 /* Joins the worker threads of OpenMP and OpenBLAS, so that nothing runs after nb_shutdown
@@ -260,9 +286,9 @@ void nbc_platform_stop_threads(void)
 
 void nbc_platform_describe(char *buf, size_t len)
 {
-    snprintf(buf, len, "%s; ISA %s%s; BLAS %s, core %s; %d threads (BLAS %d)",
+    snprintf(buf, len, "%s; ISA %s%s; BLAS %s, core %s, sbgemm %s; %d threads (BLAS %d)",
              cpu_model[0] ? cpu_model : "unknown CPU", isa_names[nbc_isa_level], isa_note,
              nbc_blas.get_config ? nbc_blas.get_config() : NBC_BLAS_SONAME,
-             core_note[0] ? core_note : "?", nbc_max_threads(),
+             core_note[0] ? core_note : "?", sbgemm_note, nbc_max_threads(),
              nbc_blas.get_num_threads ? nbc_blas.get_num_threads() : 1);
 }
