@@ -1,7 +1,9 @@
 /* train.c - nabla-train: trains the seed tutorial's LeNet on Fashion-MNIST (SGD with momentum,
  * cross-entropy), reports test loss/accuracy per epoch, a confusion matrix and run figures, and
  * saves/loads safetensors checkpoints. Under mpirun it trains data-parallel (DDP): each rank
- * takes its share of every global batch, and rank 0 alone prints and saves. */
+ * takes its share of every global batch, and rank 0 alone prints and saves. --amp trains in
+ * mixed precision as PyTorch's recipe: autocast around forward and loss, float32 weights, and a
+ * GradScaler for float16. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -30,6 +32,7 @@ typedef struct config {
     double lr, momentum;
     uint64_t seed;
     bool eval_only, normalize;
+    nb_dtype amp; /* NB_DTYPE_F16 or NB_DTYPE_BF16 under --amp; NB_DTYPE_F32: off */
 } config;
 
 static void usage(FILE *f)
@@ -52,6 +55,8 @@ static void usage(FILE *f)
             "                     when there, restores the momentum buffers too\n"
             "  --eval-only        only evaluate (normally with --load)\n"
             "  --threads N        CPU threads (sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS)\n"
+            "  --amp bf16|f16     mixed precision: autocast forward and loss to that dtype\n"
+            "                     (float32 weights; f16 adds a gradient scaler)\n"
             "  --help\n");
 }
 
@@ -97,7 +102,7 @@ static bool parse_double(const char *opt, const char *s, double min, double *out
 static int parse_args(int argc, char **argv, config *c)
 {
     enum { O_DATA = 256, O_EPOCHS, O_BATCH, O_LR, O_MOMENTUM, O_SEED, O_DEVICE, O_LIMIT,
-           O_TEST_LIMIT, O_NO_NORM, O_SAVE, O_LOAD, O_EVAL, O_THREADS, O_HELP };
+           O_TEST_LIMIT, O_NO_NORM, O_SAVE, O_LOAD, O_EVAL, O_THREADS, O_AMP, O_HELP };
     static const struct option opts[] = {
         {"data", required_argument, 0, O_DATA},
         {"epochs", required_argument, 0, O_EPOCHS},
@@ -113,6 +118,7 @@ static int parse_args(int argc, char **argv, config *c)
         {"load", required_argument, 0, O_LOAD},
         {"eval-only", no_argument, 0, O_EVAL},
         {"threads", required_argument, 0, O_THREADS},
+        {"amp", required_argument, 0, O_AMP},
         {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
@@ -137,6 +143,16 @@ static int parse_args(int argc, char **argv, config *c)
         case O_LOAD: c->load_path = optarg; break;
         case O_EVAL: c->eval_only = true; break;
         case O_THREADS: if (!parse_int("--threads", optarg, 1, &c->threads)) return 2; break;
+        case O_AMP:
+            if (strcmp(optarg, "bf16") == 0 || strcmp(optarg, "bfloat16") == 0)
+                c->amp = NB_DTYPE_BF16;
+            else if (strcmp(optarg, "f16") == 0 || strcmp(optarg, "float16") == 0)
+                c->amp = NB_DTYPE_F16;
+            else {
+                fprintf(stderr, "nabla-train: --amp '%s': expected bf16 or f16\n", optarg);
+                return 2;
+            }
+            break;
         case O_HELP: usage(stdout); return 1;
         default:
             if (optopt)
@@ -198,6 +214,7 @@ typedef struct run_state {
     nb_ddp *ddp;
     int rank, world;
     nb_optim *opt;
+    nb_grad_scaler *scaler; /* --amp f16 only: bfloat16 has float32's range and needs none */
     nb_tensor *loss_acc; /* sum over a window of steps of loss * batch, kept on the device */
     float *xbuf;
     int64_t *ybuf;
@@ -238,14 +255,24 @@ static bool train_epoch(run_state *r, const mnist_set *train, int64_t *perm, uin
                                     (nb_opts){.device = r->device});
         nb_tensor *y = nb_from_data(r->ybuf, NB_SHAPE(mine),
                                     (nb_opts){.dtype = NB_DTYPE_I64, .device = r->device});
+        /* forward and loss under autocast; backward and step outside it, as PyTorch's recipe */
+        bool amp = c->amp != NB_DTYPE_F32 && nb_autocast_begin(r->device, c->amp) == NB_OK;
         nb_tensor *out = r->ddp ? nb_ddp_forward(r->ddp, x) : nb_module_forward(r->net, x);
-        nb_tensor *loss = nb_cross_entropy(out, y, NB_REDUCTION_MEAN);
+        nb_tensor *loss = nb_cross_entropy(out, y, NB_REDUCTION_MEAN); /* float32 either way */
+        if (amp)
+            nb_autocast_end();
         /* DDP averages the ranks' gradients: weighting each rank's mean by its share makes that
          * the gradient of the global batch's mean even when the shares differ. */
         nb_tensor *scaled = r->ddp ? nb_mul_scalar(loss, (double)mine * r->world / count) : loss;
-        bool ok = scaled && nb_optim_zero_grad(r->opt) == NB_OK &&
+        if (r->scaler)
+            scaled = nb_grad_scaler_scale(r->scaler, scaled);
+        bool ok = scaled && (amp || c->amp == NB_DTYPE_F32) &&
+                  nb_optim_zero_grad(r->opt) == NB_OK &&
                   nb_backward(scaled, NULL, (nb_backward_opts){0}) == NB_OK &&
-                  (!r->ddp || nb_ddp_finish(r->ddp) == NB_OK) && nb_optim_step(r->opt) == NB_OK;
+                  (!r->ddp || nb_ddp_finish(r->ddp) == NB_OK) &&
+                  (r->scaler ? nb_grad_scaler_step(r->scaler, r->opt) == NB_OK &&
+                                   nb_grad_scaler_update(r->scaler) == NB_OK
+                             : nb_optim_step(r->opt) == NB_OK);
         if (ok) {
             nb_no_grad_begin();
             ok = nb_add_scaled_(r->loss_acc, loss, (double)count) == NB_OK; /* rank 0's estimate */
@@ -321,8 +348,11 @@ static bool evaluate(run_state *r, const mnist_set *test, int64_t confusion[10][
                                     (nb_opts){.device = r->device});
         nb_tensor *y = nb_from_data(r->ybuf, NB_SHAPE(count),
                                     (nb_opts){.dtype = NB_DTYPE_I64, .device = r->device});
+        bool amp = r->cfg->amp != NB_DTYPE_F32 && nb_autocast_begin(r->device, r->cfg->amp) == NB_OK;
         nb_tensor *logits = nb_module_forward(r->net, x);
         nb_tensor *loss = nb_cross_entropy(logits, y, NB_REDUCTION_SUM);
+        if (amp)
+            nb_autocast_end();
         nb_tensor *am = nb_argmax(logits, 1, false);
         double l;
         ok = loss && am && nb_item(loss, &l) == NB_OK &&
@@ -430,6 +460,14 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* and whether it can autocast to --amp's dtype (the error names what it lacks) */
+    if (cfg.amp != NB_DTYPE_F32 &&
+        (nb_autocast_begin(device, cfg.amp) != NB_OK || nb_autocast_end() != NB_OK)) {
+        die("--amp %s on %s: %s", nb_dtype_name(cfg.amp), device, nb_last_error());
+        nb_shutdown();
+        return 1;
+    }
+
     char err[8192];
     mnist_set train = {0}, test = {0};
     if (!cfg.eval_only && !mnist_load(cfg.data_dir, "train", cfg.limit, &train, err, sizeof err))
@@ -480,6 +518,11 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    if (r.opt && cfg.amp == NB_DTYPE_F16 &&
+        !(r.scaler = nb_grad_scaler_new((nb_grad_scaler_opts){0}))) {
+        die("creating the gradient scaler failed: %s", nb_last_error());
+        goto out;
+    }
     r.loss_acc = nb_zeros(NB_SHAPE_SCALAR, (nb_opts){.device = device});
     int64_t cap = cfg.batch_size > EVAL_BATCH ? cfg.batch_size : EVAL_BATCH;
     r.xbuf = malloc((size_t)cap * PIXELS * sizeof *r.xbuf);
@@ -495,10 +538,11 @@ int main(int argc, char **argv)
     uint64_t rng = cfg.seed;
 
     printf("nabla-train: LeNet on %s, %lld training / %lld test images, batch %lld, "
-           "lr %g, momentum %g, seed %llu%s%s\n",
+           "lr %g, momentum %g, seed %llu%s%s%s%s\n",
            device, (long long)train.n, (long long)test.n, (long long)cfg.batch_size, cfg.lr,
            cfg.momentum, (unsigned long long)cfg.seed, cfg.load_path ? ", from " : "",
-           cfg.load_path ? cfg.load_path : "");
+           cfg.load_path ? cfg.load_path : "", cfg.amp != NB_DTYPE_F32 ? ", amp " : "",
+           cfg.amp != NB_DTYPE_F32 ? nb_dtype_name(cfg.amp) : "");
     if (r.pg)
         printf("world_size %d (batch %lld: about %lld per rank)\n", r.world,
                (long long)cfg.batch_size, (long long)(cfg.batch_size / r.world));
@@ -538,12 +582,19 @@ int main(int argc, char **argv)
     printf("images_per_second %.1f\n",
            r.train_seconds > 0 ? (double)r.trained_images / r.train_seconds : 0.0);
     printf("peak_rss_mb %.1f\n", (double)ru.ru_maxrss / 1024.0);
+    /* tensors only (nb_memory_peak): the dataset is host memory outside them */
+    printf("peak_tensor_mb %.2f\n", (double)nb_memory_peak() / (1024.0 * 1024.0));
+    if (r.scaler)
+        printf("amp_skipped_steps %lld\namp_final_scale %g\n",
+               (long long)nb_grad_scaler_skipped_steps(r.scaler),
+               nb_grad_scaler_get_scale(r.scaler));
     rc = 0;
 out:
     free(perm);
     free(r.xbuf);
     free(r.ybuf);
     nb_release(r.loss_acc);
+    nb_grad_scaler_free(r.scaler);
     nb_optim_free(r.opt);
     nb_ddp_free(r.ddp);
     nb_module_free(r.net);
