@@ -838,8 +838,8 @@ nb_status nb_distributed_sampler_indices(int64_t n, int32_t rank, int32_t world_
  * nb_autocast_end(), on this thread, the ops on PyTorch's autocast lists cast their operands
  * when they are on a device of that type:
  *   lower precision, floating operands (float64 excepted) to dtype: nb_mm, nb_bmm, nb_matmul,
- *     nb_addmm, nb_linear, nb_conv2d, nb_scaled_dot_product_attention (nb_einsum and nb_outer
- *     run through nb_matmul and follow it);
+ *     nb_addmm, nb_linear, nb_conv2d, nb_scaled_dot_product_attention (nb_einsum runs through
+ *     nb_matmul and follows it; nb_outer is a product, on no list, as in PyTorch's cpu lists);
  *   float32, 16-bit operands to float32: nb_softmax, nb_log_softmax, the losses (mse, the
  *     cross entropies, nll, bce, smooth_l1, huber, kl_div), nb_layer_norm, nb_group_norm,
  *     nb_batch_norm, nb_sum, nb_mean, nb_prod, nb_exp, nb_log, nb_pow (and its _scalar forms),
