@@ -855,11 +855,11 @@ nb_status nb_distributed_sampler_indices(int64_t n, int32_t rank, int32_t world_
  * NB_DTYPE_BF16, or 0 (the zero value) for the device type's default as dtype=None does:
  * bfloat16 on cpu, float16 elsewhere. The device must have a matmul kernel in that dtype;
  * otherwise, or for any other dtype, NB_DTYPE_UNSUPPORTED naming both; an unknown device is the
- * usual device error. Regions nest (64 deep at most) and the innermost one of a device type
+ * usual device error. Regions nest (32 deep at most) and the innermost one of a device type
  * decides: a nested begin with another dtype switches to it, and nb_autocast_begin_ex(device,
  * dtype, false) is torch.autocast(..., enabled=False): a region that casts nothing (dtype is
  * then not checked). nb_autocast_end closes the innermost region of any kind; NB_STATE when
- * this thread has none open. */
+ * this thread has none open. Close every region before nb_shutdown. */
 nb_status nb_autocast_begin(const char *device, nb_dtype dtype);
 nb_status nb_autocast_begin_ex(const char *device, nb_dtype dtype, bool enabled);
 nb_status nb_autocast_end(void);

@@ -7,12 +7,15 @@
 #include <assert.h>
 #include <string.h>
 
-#define AUTOCAST_MAX_DEPTH 64
+/* Thread-locals of the core live in the static TLS block (initial-exec): kept small. */
+#define AUTOCAST_MAX_DEPTH 32
 
-/* One torch.autocast(...) block: it covers every device of one type ("cpu", "cuda"). */
+/* One torch.autocast(...) block: it covers every device of one type ("cpu", "cuda"), named by
+ * its plugin's own type string, which is compared by address and never read after the
+ * plugin is gone. */
 typedef struct autocast_region {
-    char type[32];
-    nb_dtype dtype;
+    const char *type;
+    uint8_t dtype;
     bool enabled;
 } autocast_region;
 
@@ -32,7 +35,7 @@ static nb_dtype default_dtype(const char *type)
 static const autocast_region *region_for(const char *type)
 {
     for (int k = nbi_autocast_depth - 1; k >= 0; k--)
-        if (strcmp(regions[k].type, type) == 0)
+        if (regions[k].type == type)
             return &regions[k];
     return NULL;
 }
@@ -43,9 +46,6 @@ static nb_status begin_impl(const char *device, nb_dtype dtype, bool enabled)
     if (nbi_device_get(device, &dev) != NB_OK)
         return nb_last_status();
     const char *type = dev->api->name;
-    if (strlen(type) >= sizeof regions[0].type)
-        return nbi_error(NB_INVALID_ARGUMENT, "autocast: device type '%s' is longer than %zu "
-                         "characters", type, sizeof regions[0].type - 1);
     if ((unsigned)dtype >= NB_DTYPE_COUNT)
         return nbi_error(NB_DTYPE_UNSUPPORTED, "autocast: invalid dtype %d (expected float16 or "
                          "bfloat16, or 0 for %s's default, %s)", (int)dtype, type,
@@ -65,10 +65,7 @@ static nb_status begin_impl(const char *device, nb_dtype dtype, bool enabled)
     if (nbi_autocast_depth == AUTOCAST_MAX_DEPTH)
         return nbi_error(NB_INVALID_ARGUMENT, "autocast: regions nested deeper than %d; is an "
                          "nb_autocast_end missing?", AUTOCAST_MAX_DEPTH);
-    autocast_region *r = &regions[nbi_autocast_depth++];
-    memcpy(r->type, type, strlen(type) + 1);
-    r->dtype = dtype;
-    r->enabled = enabled;
+    regions[nbi_autocast_depth++] = (autocast_region){type, (uint8_t)dtype, enabled};
     return NB_OK;
 }
 
@@ -114,7 +111,7 @@ nb_dtype nb_autocast_dtype(const char *device)
         return NB_DTYPE_BF16;
     /* the innermost region's dtype, even a disabled one, as torch.get_autocast_dtype */
     const autocast_region *r = region_for(type);
-    return r ? r->dtype : default_dtype(type);
+    return r ? (nb_dtype)r->dtype : default_dtype(type);
 }
 
 /* ---- the ops' side ---- */
@@ -136,7 +133,7 @@ nb_status nbi_autocast_operands(nbi_autocast_frame *f, nbi_autocast_kind kind,
             continue;
         /* float64 is never cast, as PyTorch's is_eligible; lower precision casts float32 and
          * the other 16-bit type, the float32 list casts 16-bit operands only */
-        nb_dtype want = kind == NBI_AC_LOWER ? r->dtype : NB_DTYPE_F32;
+        nb_dtype want = kind == NBI_AC_LOWER ? (nb_dtype)r->dtype : NB_DTYPE_F32;
         if (t->dtype == NB_DTYPE_F64 || t->dtype == want ||
             (kind == NBI_AC_FP32 && !nbi_dtype_is_16bit(t->dtype)))
             continue;

@@ -244,7 +244,7 @@ SCALAR_(pow_scalar_any, p->s[0] < 0 ? float_of(dt) : dt, pow(x, s))
 /* PyTorch 2.x: "Integers to negative integer powers are not allowed." */
 bool conf_ref_pow_scalar(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
 {
-    bool is_int = x[0].dtype != NB_DTYPE_F32 && x[0].dtype != NB_DTYPE_F64;
+    bool is_int = !is_float(x[0].dtype); /* half: 16-bit floats take negative powers too */
     if (is_int && p->s[0] < 0 && p->s[0] == floor(p->s[0]))
         return false;
     return conf_ref_pow_scalar_any(x, n, p, out);
