@@ -658,6 +658,111 @@ static conf_result check_gradgrad(const conf_op *op, const char *device, const c
     return CONF_FAIL;
 }
 
+/* half: the 16-bit run's gradients against float32's, on the same inputs (16-bit values, exact
+ * in float32) and the same upstream gradient, within the dtype's tolerance: backward in 16-bit
+ * computes what float32 computes, up to the rounding of each of its steps. gradcheck itself
+ * stays in float64 (check_grad). */
+static conf_result check_grad16(const conf_op *op, nb_dtype dt, const char *device, int32_t si)
+{
+    const conf_sample *s = &op->samples[si];
+    const nb_dtype run_dt[2] = {dt, NB_DTYPE_F32};
+    prepared p[2][CONF_MAX_IN];
+    double *g[2][CONF_MAX_IN] = {{0}};
+    conf_result res = CONF_NONE;
+    nb_clear_error();
+    seed_for(op->name, dt, si);
+    bool ok = prepare_host(s->in, s->n_in, dt, p[0]);
+    memset(p[1], 0, sizeof p[1]);
+    for (int32_t k = 0; ok && k < s->n_in; k++) { /* the same values, held in float32 */
+        const conf_host *b = &p[0][k].base;
+        ok = conf_host_alloc(&p[1][k].base, s->in[k].dtype < 0 ? NB_DTYPE_F32 : b->dtype,
+                             b->ndim, b->shape);
+        if (ok)
+            memcpy(p[1][k].base.v, b->v, (size_t)conf_numel(b) * sizeof *b->v);
+    }
+    double *up = NULL; /* upstream gradient, 16-bit values */
+    int64_t m = -1;
+    for (int r = 0; ok && r < 2; r++) {
+        ok = prepare_device(s->in, s->n_in, run_dt[r], device, true, p[r]);
+        nb_tensor *x[CONF_MAX_IN] = {0};
+        for (int32_t k = 0; ok && k < s->n_in; k++)
+            x[k] = p[r][k].t;
+        nb_tensor *out = ok ? op->run(x, s->n_in, &s->p) : NULL;
+        if (!out || !is_float(nb_tensor_dtype(out)) || nb_tensor_numel(out) == 0) {
+            nb_release(out); /* forward failures are the forward check's to report */
+            ok = false;
+            break;
+        }
+        if (m < 0) {
+            m = nb_tensor_numel(out);
+            up = malloc((size_t)m * sizeof *up);
+            for (int64_t e = 0; up && e < m; e++)
+                up[e] = representable(dt, -1 + 2 * uniform01());
+        }
+        nb_shape os = nb_tensor_shape(out);
+        conf_host uh = {0};
+        ok = up && nb_tensor_numel(out) == m &&
+             conf_host_alloc(&uh, nb_tensor_dtype(out), os.ndim, os.dims);
+        if (ok)
+            memcpy(uh.v, up, (size_t)m * sizeof *up);
+        nb_tensor *ut = ok ? upload(&uh, device, false) : NULL;
+        nb_tensor *prod = ut ? nb_mul(out, ut) : NULL;
+        nb_tensor *loss = prod ? nb_sum(prod, NULL, 0, false) : NULL;
+        nb_status st = loss ? nb_backward(loss, NULL, (nb_backward_opts){0}) : nb_last_status();
+        nb_release(loss);
+        nb_release(prod);
+        nb_release(ut);
+        nb_release(out);
+        conf_host_free(&uh);
+        if (st != NB_OK) {
+            res = unsupported_status(st) ? CONF_UNSUPPORTED : CONF_FAIL;
+            if (res == CONF_FAIL)
+                FAILF(op, run_dt[r], device, s->name, "backward failed: %s", nb_last_error());
+            ok = false;
+        }
+        for (int32_t k = 0; ok && k < s->n_in; k++) {
+            if (s->in[k].dtype >= 0)
+                continue;
+            nb_tensor *gt = nb_tensor_grad(p[r][k].base_t);
+            if (gt && !download(gt, &g[r][k]))
+                ok = false;
+            nb_release(gt);
+        }
+    }
+    if (ok) {
+        conf_tol tol = conf_tolerance(op, dt);
+        res = CONF_PASS;
+        for (int32_t k = 0; k < s->n_in && res == CONF_PASS; k++) {
+            if (s->in[k].dtype >= 0 || (!g[0][k] && !g[1][k]))
+                continue;
+            if (!g[0][k] || !g[1][k]) {
+                FAILF(op, dt, device, s->name, "input %d has a gradient only in %s", k,
+                      g[0][k] ? nb_dtype_name(dt) : "float32");
+                res = CONF_FAIL;
+                break;
+            }
+            for (int64_t e = 0; e < conf_numel(&p[0][k].base); e++)
+                if (!values_match(g[0][k][e], g[1][k][e], tol, false)) {
+                    FAILF(op, dt, device, s->name, "gradient of input %d at index %lld: %.9g, "
+                          "float32 gives %.9g (rtol %g, atol %g)", k, (long long)e,
+                          g[0][k][e], g[1][k][e], tol.rtol, tol.atol);
+                    res = CONF_FAIL;
+                    break;
+                }
+        }
+        if (res == CONF_PASS)
+            res = classify_pass(op, dt, device);
+    }
+    free(up);
+    for (int r = 0; r < 2; r++) {
+        for (int32_t k = 0; k < s->n_in; k++)
+            free(g[r][k]);
+        prepared_free(p[r], s->n_in);
+    }
+    nb_clear_error();
+    return res;
+}
+
 void conf_check_cell(const conf_op *op, nb_dtype dt, const char *device, conf_cell_out *out)
 {
     memset(out, 0, sizeof *out);
@@ -689,6 +794,13 @@ void conf_check_cell(const conf_op *op, nb_dtype dt, const char *device, conf_ce
                     record(out, g[k]);
             if (g[2] != CONF_NONE)
                 out->gradgrad.n[g[2]]++;
+        }
+        if ((dt == NB_DTYPE_F16 || dt == NB_DTYPE_BF16) && op->differentiable && /* half */
+            !(s->flags & CONF_NO_GRAD) &&
+            (r == CONF_PASS || r == CONF_COMPOSITE || r == CONF_FALLBACK)) {
+            conf_result g = check_grad16(op, dt, device, si);
+            if (g != CONF_NONE)
+                record(out, g);
         }
     }
     if (nb_live_tensors() != live) {
