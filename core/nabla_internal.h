@@ -42,6 +42,15 @@ void nbi_py_float_repr(double v, char *out, size_t len); /* Python's repr() of a
 #define NBI_LIKELY(x) __builtin_expect(!!(x), 1)
 #define NBI_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
+/* Drops one reference to a counted object; true when it was the last. When the count is 1 the
+ * caller holds the only reference, so no other thread can take one meanwhile: the last release
+ * (most of them: an op's result dies with its one reference) needs no locked instruction. */
+static inline bool nbi_unref(_Atomic int64_t *refcount)
+{
+    return atomic_load_explicit(refcount, memory_order_acquire) == 1 ||
+           atomic_fetch_sub_explicit(refcount, 1, memory_order_acq_rel) == 1;
+}
+
 /* runtime.c: host memory through the replaceable allocator. */
 void *nbi_malloc(size_t size);
 void *nbi_calloc(size_t n, size_t size);
