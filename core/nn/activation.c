@@ -281,8 +281,8 @@ static const double erfc_p32[] = {
 
 static nb_tensor *erfc_ops(const nb_tensor *z)
 {
-    const double *p = z->dtype == NB_DTYPE_F64 ? erfc_p64 : erfc_p32;
-    int np = z->dtype == NB_DTYPE_F64 ? (int)(sizeof erfc_p64 / sizeof *erfc_p64)
+    const double *p = nb_tensor_dtype(z) == NB_DTYPE_F64 ? erfc_p64 : erfc_p32;
+    int np = nb_tensor_dtype(z) == NB_DTYPE_F64 ? (int)(sizeof erfc_p64 / sizeof *erfc_p64)
                                       : (int)(sizeof erfc_p32 / sizeof *erfc_p32);
     tmps s = {0};
     /* beyond |z| = 40 erfc is 0 (or 2) in float64; the clamp keeps u finite for infinities */
@@ -379,7 +379,7 @@ static nb_tensor *softmax_forward(void *ctx, nb_tensor *const *in, int32_t n)
     nb_tensor *out;
     if (numel_of(x) == 0) {
         out = nb_empty(shape_of(x), opts_of(x));
-    } else if (dim == x->ndim - 1 && nbi_has_kernel(x, kop)) {
+    } else if (dim == nb_tensor_ndim(x) - 1 && nbi_has_kernel(x, kop)) {
         nb_tensor *xc = nb_contiguous(x);
         out = xc ? nb_empty(shape_of(x), opts_of(x)) : NULL;
         int64_t iv[1] = {dim};
@@ -412,7 +412,7 @@ static nb_status softmax_backward(void *ctx, const nb_tensor *g, nb_tensor **gi,
     const char *kop = log ? "log_softmax_backward" : "softmax_backward";
     if (numel_of(g) == 0) {
         gi[0] = nb_zeros_like(x);
-    } else if (dim == x->ndim - 1 && bw_fast(x, kop)) {
+    } else if (dim == nb_tensor_ndim(x) - 1 && bw_fast(x, kop)) {
         nb_tensor *gc = tk(&s, nb_contiguous(g)), *yc = tk(&s, nb_contiguous(y));
         nb_tensor *gx = gc && yc ? nb_empty(shape_of(x), opts_of(x)) : NULL;
         int64_t iv[1] = {dim};
@@ -423,7 +423,7 @@ static nb_status softmax_backward(void *ctx, const nb_tensor *g, nb_tensor **gi,
         gi[0] = gx;
     } else {
         /* building a graph of the gradient: y must come from x again to carry its history */
-        if (nb_is_grad_enabled() && x->requires_grad)
+        if (nb_is_grad_enabled() && nbi_requires_grad(x))
             y = tk(&s, log ? nb_log_softmax(x, dim) : nb_softmax(x, dim));
         if (log) {
             nb_tensor *sg = tk(&s, nb_sum(g, &dim, 1, true));
@@ -448,7 +448,7 @@ static nb_tensor *softmax_impl(const nb_tensor *x, int32_t dim, bool log)
     const char *op = log ? "log_softmax" : "softmax";
     if (is_null(op, "input", x) || !check_float(op, "input", x))
         return NULL;
-    if (x->ndim == 0) { /* a 0-d input is one row of one element */
+    if (nb_tensor_ndim(x) == 0) { /* a 0-d input is one row of one element */
         if (dim != 0 && dim != -1) {
             nbi_error(NB_INDEX_OUT_OF_RANGE, "%s: dimension out of range (expected to be in "
                       "range of [-1, 0], but got %d)", op, dim);

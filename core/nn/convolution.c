@@ -113,12 +113,12 @@ static nb_tensor *scatter_windows(const nb_tensor *cols, const nb_tensor *table,
 /* Accepts (N, C, H, W) or unbatched (C, H, W) input; *unbatched says which. */
 static bool check_image(const char *op, const nb_tensor *x, bool *unbatched)
 {
-    if (x->ndim != 3 && x->ndim != 4) {
+    if (nb_tensor_ndim(x) != 3 && nb_tensor_ndim(x) != 4) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: expected a 3-d (C, H, W) or 4-d (N, C, H, W) input, "
                   "got %s", op, NBI_SHAPE_STR(x));
         return false;
     }
-    *unbatched = x->ndim == 3;
+    *unbatched = nb_tensor_ndim(x) == 3;
     return check_float(op, "input", x);
 }
 
@@ -129,8 +129,8 @@ static void conv_kernel_ints(const fctx *c, int64_t iv[7]) { memcpy(iv, c->i, 7 
 
 static geom conv_geom(const nb_tensor *x, const nb_tensor *w, const int64_t *iv)
 {
-    geom g = {.n = x->shape[0], .c = x->shape[1], .h = x->shape[2], .w = x->shape[3],
-              .kh = w->shape[2], .kw = w->shape[3], .sh = iv[0], .sw = iv[1], .ph = iv[2],
+    geom g = {.n = nbi_dims(x)[0], .c = nbi_dims(x)[1], .h = nbi_dims(x)[2], .w = nbi_dims(x)[3],
+              .kh = nbi_dims(w)[2], .kw = nbi_dims(w)[3], .sh = iv[0], .sw = iv[1], .ph = iv[2],
               .pw = iv[3], .dh = iv[4], .dw = iv[5]};
     g.oh = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
     g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
@@ -150,7 +150,8 @@ static nb_tensor *conv_cols(const nb_tensor *x, const nb_tensor *table, const ge
 /* Weight (O, C/G, kh, kw) as (G, O/G, C/G * K). */
 static nb_tensor *conv_wmat(const nb_tensor *w, int64_t G)
 {
-    return nb_reshape(w, NB_SHAPE(G, w->shape[0] / G, w->shape[1] * w->shape[2] * w->shape[3]));
+    const int64_t *ws = nbi_dims(w);
+    return nb_reshape(w, NB_SHAPE(G, ws[0] / G, ws[1] * ws[2] * ws[3]));
 }
 
 static nb_tensor *conv_forward(void *ctx, nb_tensor *const *in, int32_t n)
@@ -160,7 +161,7 @@ static nb_tensor *conv_forward(void *ctx, nb_tensor *const *in, int32_t n)
     int64_t iv[7], G = c->i[6];
     conv_kernel_ints(c, iv);
     geom g = conv_geom(x, w, iv);
-    int64_t O = w->shape[0];
+    int64_t O = nbi_dims(w)[0];
     nb_tensor *out = NULL;
     tmps s = {0};
     if (numel_of(x) == 0 || numel_of(w) == 0) {
@@ -240,7 +241,7 @@ static nb_status conv_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
         }
     }
     if ((c->need[0] && !fast_x) || (c->need[1] && !fast_w)) {
-        int64_t O = w->shape[0], L = geom_l(&geo);
+        int64_t O = nbi_dims(w)[0], L = geom_l(&geo);
         nb_tensor *table = tk(&s, window_table(x, &geo));
         nb_tensor *gg = tk(&s, nb_reshape(g, NB_SHAPE(geo.n, G, O / G, L)));
         if (c->need[0] && !fast_x) {
@@ -286,7 +287,7 @@ static nb_tensor *conv2d_same(const nb_tensor *x, const nb_tensor *w, const nb_t
     int64_t extra[2];
     for (int k = 0; k < 2; k++) {
         int64_t d = o.dilation[k] > 0 ? o.dilation[k] : 1;
-        int64_t total = d * (w->shape[2 + k] - 1);
+        int64_t total = d * (nbi_dims(w)[2 + k] - 1);
         o.padding[k] = total / 2;
         extra[k] = total - 2 * o.padding[k];
     }
@@ -296,7 +297,7 @@ static nb_tensor *conv2d_same(const nb_tensor *x, const nb_tensor *w, const nb_t
     for (int k = 0; k < 2 && xp; k++) {
         if (!extra[k])
             continue;
-        int32_t dim = xp->ndim - 2 + k;
+        int32_t dim = nb_tensor_ndim(xp) - 2 + k;
         nb_shape zs = shape_of(xp);
         zs.dims[dim] = extra[k];
         nb_tensor *z = tk(&s, nb_zeros(zs, opts_of(xp)));
@@ -316,7 +317,7 @@ static nb_tensor *conv2d_impl(const nb_tensor *x, const nb_tensor *w, const nb_t
     if (is_null(op, "input", x) || is_null(op, "weight", w) || !check_image(op, x, &unbatched) ||
         !check_like(op, "weight", w, x) || (b && !check_like(op, "bias", b, x)))
         return NULL;
-    if (w->ndim != 4) {
+    if (nb_tensor_ndim(w) != 4) {
         nbi_error(NB_SHAPE_MISMATCH, "conv2d: expected a 4-d weight (out_channels, "
                   "in_channels/groups, kh, kw), got %s", NBI_SHAPE_STR(w));
         return NULL;
@@ -343,8 +344,9 @@ static nb_tensor *conv2d_impl(const nb_tensor *x, const nb_tensor *w, const nb_t
         return NULL;
     }
     int64_t G = iv[6] = o.groups ? o.groups : 1, CG;
-    int64_t C = x->shape[unbatched ? 0 : 1], H = x->shape[x->ndim - 2], W = x->shape[x->ndim - 1];
-    if (__builtin_mul_overflow(w->shape[1], G, &CG)) {
+    int32_t nd = nb_tensor_ndim(x);
+    int64_t C = nbi_dims(x)[unbatched ? 0 : 1], H = nbi_dims(x)[nd - 2], W = nbi_dims(x)[nd - 1];
+    if (__builtin_mul_overflow(nbi_dims(w)[1], G, &CG)) {
         nbi_error(NB_INVALID_ARGUMENT, "conv2d: weight %s times groups=%lld overflows int64",
                   NBI_SHAPE_STR(w), (long long)G);
         return NULL;
@@ -355,24 +357,24 @@ static nb_tensor *conv2d_impl(const nb_tensor *x, const nb_tensor *w, const nb_t
                   (long long)G);
         return NULL;
     }
-    if (w->shape[0] % G != 0) {
+    if (nbi_dims(w)[0] % G != 0) {
         nbi_error(NB_SHAPE_MISMATCH, "conv2d: weight %s has %lld output channels, which is not "
-                  "divisible by groups=%lld", NBI_SHAPE_STR(w), (long long)w->shape[0],
+                  "divisible by groups=%lld", NBI_SHAPE_STR(w), (long long)nbi_dims(w)[0],
                   (long long)G);
         return NULL;
     }
-    if (w->shape[2] <= 0 || w->shape[3] <= 0) {
+    if (nbi_dims(w)[2] <= 0 || nbi_dims(w)[3] <= 0) {
         nbi_error(NB_SHAPE_MISMATCH, "conv2d: weight %s has an empty kernel", NBI_SHAPE_STR(w));
         return NULL;
     }
-    geom g = {.n = unbatched ? 1 : x->shape[0], .c = C, .h = H, .w = W, .kh = w->shape[2],
-              .kw = w->shape[3], .sh = iv[0], .sw = iv[1], .ph = iv[2], .pw = iv[3],
+    geom g = {.n = unbatched ? 1 : nbi_dims(x)[0], .c = C, .h = H, .w = W, .kh = nbi_dims(w)[2],
+              .kw = nbi_dims(w)[3], .sh = iv[0], .sw = iv[1], .ph = iv[2], .pw = iv[3],
               .dh = iv[4], .dw = iv[5]};
     if (!geom_check(op, &g))
         return NULL;
-    if (b && !(b->ndim == 1 && b->shape[0] == w->shape[0])) {
+    if (b && !(nb_tensor_ndim(b) == 1 && nbi_dims(b)[0] == nbi_dims(w)[0])) {
         nbi_error(NB_SHAPE_MISMATCH, "conv2d: bias %s does not match weight %s: expected [%lld]",
-                  NBI_SHAPE_STR(b), NBI_SHAPE_STR(w), (long long)w->shape[0]);
+                  NBI_SHAPE_STR(b), NBI_SHAPE_STR(w), (long long)nbi_dims(w)[0]);
         return NULL;
     }
     nb_tensor *xb = unbatched ? nb_unsqueeze(x, 0) : nb_retain((nb_tensor *)x);
@@ -412,8 +414,8 @@ static bool pool_geom(const char *op, const nb_tensor *x, bool unbatched, nb_poo
         return false;
     }
     int32_t d = unbatched ? 0 : 1;
-    *g = (geom){.n = unbatched ? 1 : x->shape[0], .c = x->shape[d], .h = x->shape[d + 1],
-                .w = x->shape[d + 2], .kh = o.kernel[0], .kw = o.kernel[1],
+    *g = (geom){.n = unbatched ? 1 : nbi_dims(x)[0], .c = nbi_dims(x)[d], .h = nbi_dims(x)[d + 1],
+                .w = nbi_dims(x)[d + 2], .kh = o.kernel[0], .kw = o.kernel[1],
                 .sh = o.stride[0] ? o.stride[0] : o.kernel[0],
                 .sw = o.stride[1] ? o.stride[1] : o.kernel[1], .ph = o.padding[0],
                 .pw = o.padding[1], .dh = o.dilation[0] ? o.dilation[0] : 1,
@@ -471,7 +473,7 @@ static nb_tensor *avg_inv_divisor(const nb_tensor *like, const geom *g, bool exc
         }
     nb_tensor *f = nb_from_data(d, NB_SHAPE(1, 1, 1, L), (nb_opts){NB_DTYPE_F64, DEVNAME(like)});
     nbi_free(d);
-    nb_tensor *r = f ? nb_to_dtype(f, like->dtype) : NULL;
+    nb_tensor *r = f ? nb_to_dtype(f, nb_tensor_dtype(like)) : NULL;
     nb_release(f);
     return r;
 }

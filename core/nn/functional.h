@@ -5,18 +5,21 @@
 #ifndef NB_NN_FUNCTIONAL_H
 #define NB_NN_FUNCTIONAL_H
 
-#include "nabla_internal.h"
+#include "nabla_layer.h"
 
 #include <math.h>
 #include <string.h>
 
 /* ============================== small helpers ============================== */
 
-#define DEVNAME(t) ((t)->storage->device->name)
+#define DEVNAME(t) nb_tensor_device(t)
 
-static inline nb_opts opts_of(const nb_tensor *t) { return (nb_opts){t->dtype, DEVNAME(t), false}; }
+static inline nb_opts opts_of(const nb_tensor *t)
+{
+    return (nb_opts){nb_tensor_dtype(t), DEVNAME(t), false};
+}
 
-static inline int64_t numel_of(const nb_tensor *t) { return nbi_numel(t->ndim, t->shape); }
+static inline int64_t numel_of(const nb_tensor *t) { return nb_tensor_numel(t); }
 
 /* An op given NULL returns NULL and keeps the first error. */
 static inline bool is_null(const char *op, const char *what, const nb_tensor *t)
@@ -30,24 +33,26 @@ static inline bool is_null(const char *op, const char *what, const nb_tensor *t)
 
 static inline bool check_float(const char *op, const char *what, const nb_tensor *t)
 {
-    if (nb_dtype_is_float(t->dtype))
+    if (nb_dtype_is_float(nb_tensor_dtype(t)))
         return true;
     nbi_error(NB_DTYPE_UNSUPPORTED, "%s: %s must be a floating point tensor, got %s", op, what,
-              nb_dtype_name(t->dtype));
+              nb_dtype_name(nb_tensor_dtype(t)));
     return false;
 }
 
 /* `t` must live on `ref`'s device and share its dtype (PyTorch does not promote here either). */
-static inline bool check_like(const char *op, const char *what, const nb_tensor *t, const nb_tensor *ref)
+static inline bool check_like(const char *op, const char *what, const nb_tensor *t,
+                              const nb_tensor *ref)
 {
-    if (t->storage->device != ref->storage->device) {
+    if (!nbi_same_device(t, ref)) {
         nbi_error(NB_DEVICE_MISMATCH, "%s: %s is on %s but the input is on %s", op, what,
                   DEVNAME(t), DEVNAME(ref));
         return false;
     }
-    if (t->dtype != ref->dtype) {
+    if (nb_tensor_dtype(t) != nb_tensor_dtype(ref)) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "%s: %s is %s but the input is %s; both must have the "
-                  "same dtype", op, what, nb_dtype_name(t->dtype), nb_dtype_name(ref->dtype));
+                  "same dtype", op, what, nb_dtype_name(nb_tensor_dtype(t)),
+                  nb_dtype_name(nb_tensor_dtype(ref)));
         return false;
     }
     return true;
@@ -55,7 +60,9 @@ static inline bool check_like(const char *op, const char *what, const nb_tensor 
 
 static inline bool same_shape(const nb_tensor *a, const nb_tensor *b)
 {
-    return a->ndim == b->ndim && !memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof *a->shape);
+    int32_t nd = nb_tensor_ndim(a);
+    return nd == nb_tensor_ndim(b) &&
+           !memcmp(nbi_dims(a), nbi_dims(b), (size_t)nd * sizeof(int64_t));
 }
 
 static inline bool check_reduction(const char *op, nb_reduction r)
@@ -69,8 +76,8 @@ static inline bool check_reduction(const char *op, nb_reduction r)
 
 static inline nb_shape shape_of(const nb_tensor *t)
 {
-    nb_shape s = {.ndim = t->ndim};
-    memcpy(s.dims, t->shape, (size_t)t->ndim * sizeof *t->shape);
+    nb_shape s = {.ndim = nb_tensor_ndim(t)};
+    memcpy(s.dims, nbi_dims(t), (size_t)nb_tensor_ndim(t) * sizeof(int64_t));
     return s;
 }
 
@@ -167,7 +174,7 @@ static inline nb_status saved(const fctx *c, int k, nb_tensor **t)
     if (s && nb_tensor_version(s) != c->version[k])
         return nbi_error(NB_AUTOGRAD, "one of the variables needed for gradient computation has "
                          "been modified by an inplace operation: [%s %s] is at version %lld; "
-                         "expected version %lld instead (in %s)", nb_dtype_name(s->dtype),
+                         "expected version %lld instead (in %s)", nb_dtype_name(nb_tensor_dtype(s)),
                          NBI_SHAPE_STR(s), (long long)nb_tensor_version(s),
                          (long long)c->version[k], c->name);
     *t = s;
@@ -189,7 +196,7 @@ static inline nb_tensor *apply(const nb_function *fn, fctx *c, nb_tensor *const 
         return NULL;
     bool any = false;
     for (int32_t k = 0; k < n && k < 4; k++) {
-        c->need[k] = in[k] && in[k]->requires_grad;
+        c->need[k] = in[k] && nbi_requires_grad(in[k]);
         any = any || c->need[k];
     }
     c->record = any && nb_is_grad_enabled();
@@ -216,7 +223,7 @@ static inline bool bw_fast(const nb_tensor *like, const char *op)
 static inline nb_tensor *chan_view(const nb_tensor *t, int32_t ndim)
 {
     nb_shape s = {.ndim = ndim - 1};
-    s.dims[0] = t->shape[0];
+    s.dims[0] = nbi_dims(t)[0];
     for (int32_t d = 1; d < ndim - 1; d++)
         s.dims[d] = 1;
     return nb_reshape(t, s);

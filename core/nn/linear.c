@@ -12,25 +12,25 @@ static nb_tensor *linear_impl(const nb_tensor *x, const nb_tensor *w, const nb_t
     if (!check_float(op, "input", x) || !check_like(op, "weight", w, x) ||
         (b && !check_like(op, "bias", b, x)))
         return NULL;
-    if (w->ndim != 2 || x->ndim < 1) {
+    if (nb_tensor_ndim(w) != 2 || nb_tensor_ndim(x) < 1) {
         nbi_error(NB_SHAPE_MISMATCH, "linear: expected a 2-d weight (out_features, in_features) "
                   "and an input with at least 1 dim, got weight %s and input %s",
                   NBI_SHAPE_STR(w), NBI_SHAPE_STR(x));
         return NULL;
     }
-    if (x->shape[x->ndim - 1] != w->shape[1]) {
+    if (nbi_dims(x)[nb_tensor_ndim(x) - 1] != nbi_dims(w)[1]) {
         nbi_error(NB_SHAPE_MISMATCH, "linear: input %s has %lld features but weight %s expects "
-                  "%lld", NBI_SHAPE_STR(x), (long long)x->shape[x->ndim - 1], NBI_SHAPE_STR(w),
-                  (long long)w->shape[1]);
+                  "%lld", NBI_SHAPE_STR(x), (long long)nbi_dims(x)[nb_tensor_ndim(x) - 1],
+                  NBI_SHAPE_STR(w), (long long)nbi_dims(w)[1]);
         return NULL;
     }
-    if (b && !(b->ndim == 1 && b->shape[0] == w->shape[0])) {
+    if (b && !(nb_tensor_ndim(b) == 1 && nbi_dims(b)[0] == nbi_dims(w)[0])) {
         nbi_error(NB_SHAPE_MISMATCH, "linear: bias %s does not match weight %s: expected [%lld]",
-                  NBI_SHAPE_STR(b), NBI_SHAPE_STR(w), (long long)w->shape[0]);
+                  NBI_SHAPE_STR(b), NBI_SHAPE_STR(w), (long long)nbi_dims(w)[0]);
         return NULL;
     }
     nb_tensor *wt = nb_t(w), *out;
-    if (x->ndim == 2 && b) {
+    if (nb_tensor_ndim(x) == 2 && b) {
         out = wt ? nb_addmm(b, x, wt, 1, 1) : NULL; /* AddmmBackward0, as in PyTorch */
     } else {
         nb_tensor *y = wt ? nb_matmul(x, wt) : NULL;
@@ -62,7 +62,7 @@ static nb_tensor *dropout_impl(const nb_tensor *x, double p, bool training)
     } else {
         /* keep with probability 1 - p, scaled so that the expectation is unchanged */
         nb_tensor *keep = tk(&s, nb_lt_scalar(tk(&s, nb_rand_like(x)), 1 - p));
-        mask = tk(&s, nb_to_dtype(keep, x->dtype));
+        mask = tk(&s, nb_to_dtype(keep, nb_tensor_dtype(x)));
         if (mask && nb_mul_scalar_(mask, 1 / (1 - p)) != NB_OK)
             mask = NULL;
     }

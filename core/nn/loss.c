@@ -192,10 +192,11 @@ static nb_tensor *mse_loss_impl(const nb_tensor *input, const nb_tensor *target,
     const char *op = "mse_loss";
     if (!loss_check(op, input, target, r, false))
         return NULL;
-    int32_t nd = input->ndim > target->ndim ? input->ndim : target->ndim;
+    int32_t ni = nb_tensor_ndim(input), nt = nb_tensor_ndim(target);
+    int32_t nd = ni > nt ? ni : nt;
     for (int32_t d = 0; d < nd; d++) {
-        int32_t da = d - (nd - input->ndim), db = d - (nd - target->ndim);
-        int64_t p = da >= 0 ? input->shape[da] : 1, q = db >= 0 ? target->shape[db] : 1;
+        int32_t da = d - (nd - nb_tensor_ndim(input)), db = d - (nd - nb_tensor_ndim(target));
+        int64_t p = da >= 0 ? nbi_dims(input)[da] : 1, q = db >= 0 ? nbi_dims(target)[db] : 1;
         if (p != q && p != 1 && q != 1) {
             nbi_error(NB_SHAPE_MISMATCH, "mse_loss: target size %s cannot be broadcast to input "
                       "size %s", NBI_SHAPE_STR(target), NBI_SHAPE_STR(input));
@@ -290,36 +291,37 @@ static fctx *nll_prepare(const char *op, const nb_tensor *input, const nb_tensor
     if (is_null(op, "input", input) || is_null(op, "target", target) ||
         !check_float(op, "input", input) || !check_reduction(op, r))
         return NULL;
-    if (target->storage->device != input->storage->device) {
+    if (!nbi_same_device(target, input)) {
         nbi_error(NB_DEVICE_MISMATCH, "%s: target is on %s but the input is on %s", op,
                   DEVNAME(target), DEVNAME(input));
         return NULL;
     }
-    if (target->dtype != NB_DTYPE_I64) {
+    if (nb_tensor_dtype(target) != NB_DTYPE_I64) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "%s: target must hold int64 class indices, got %s", op,
-                  nb_dtype_name(target->dtype));
+                  nb_dtype_name(nb_tensor_dtype(target)));
         return NULL;
     }
-    if (input->ndim < 1) {
+    if (nb_tensor_ndim(input) < 1) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: expected an input of shape (C) or (N, C, *), got %s",
                   op, NBI_SHAPE_STR(input));
         return NULL;
     }
-    bool ok = target->ndim == (input->ndim == 1 ? 0 : input->ndim - 1);
-    for (int32_t d = 0; ok && d < target->ndim; d++)
-        ok = target->shape[d] == input->shape[d == 0 ? 0 : d + 1];
+    int32_t ni = nb_tensor_ndim(input);
+    bool ok = nb_tensor_ndim(target) == (ni == 1 ? 0 : ni - 1);
+    for (int32_t d = 0; ok && d < nb_tensor_ndim(target); d++)
+        ok = nbi_dims(target)[d] == nbi_dims(input)[d == 0 ? 0 : d + 1];
     if (!ok) {
-        if (input->ndim >= 2 && target->ndim >= 1 && target->shape[0] != input->shape[0])
+        if (ni >= 2 && nb_tensor_ndim(target) >= 1 && nbi_dims(target)[0] != nbi_dims(input)[0])
             nbi_error(NB_SHAPE_MISMATCH, "%s: expected input batch_size (%lld) to match target "
-                      "batch_size (%lld)", op, (long long)input->shape[0],
-                      (long long)target->shape[0]);
+                      "batch_size (%lld)", op, (long long)nbi_dims(input)[0],
+                      (long long)nbi_dims(target)[0]);
         else
             nbi_error(NB_SHAPE_MISMATCH, "%s: target %s does not fit input %s: expected the "
                       "input's shape without its class dim %d", op, NBI_SHAPE_STR(target),
-                      NBI_SHAPE_STR(input), input->ndim == 1 ? 0 : 1);
+                      NBI_SHAPE_STR(input), nb_tensor_ndim(input) == 1 ? 0 : 1);
         return NULL;
     }
-    int64_t nt = numel_of(target), classes = input->shape[input->ndim == 1 ? 0 : 1];
+    int64_t nt = numel_of(target), classes = nbi_dims(input)[nb_tensor_ndim(input) == 1 ? 0 : 1];
     int64_t *tv = nbi_malloc((size_t)(nt ? nt : 1) * sizeof *tv);
     if (!tv) {
         nbi_error(NB_OUT_OF_MEMORY, "%s: out of host memory", op);
@@ -351,7 +353,7 @@ static fctx *nll_prepare(const char *op, const nb_tensor *input, const nb_tensor
     c->i[1] = kept;
     c->tshape = shape_of(target);
     c->shape = shape_of(input);
-    if (input->ndim == 1) /* unbatched: the node sees (1, C) */
+    if (nb_tensor_ndim(input) == 1) /* unbatched: the node sees (1, C) */
         c->shape = NB_SHAPE(1, classes);
     nb_shape is = {.ndim = c->shape.ndim}; /* (N, 1, *) */
     memcpy(is.dims, c->shape.dims, sizeof is.dims);
@@ -370,7 +372,7 @@ static fctx *nll_prepare(const char *op, const nb_tensor *input, const nb_tensor
         if (!mv)
             nbi_error(NB_OUT_OF_MEMORY, "%s: out of host memory", op);
         idx = m64 ? nb_from_data(tv, is, (nb_opts){NB_DTYPE_I64, DEVNAME(input)}) : NULL;
-        mask = idx ? nb_to_dtype(m64, input->dtype) : NULL;
+        mask = idx ? nb_to_dtype(m64, nb_tensor_dtype(input)) : NULL;
         nb_release(m64);
         nbi_free(mv);
         if (!mask) {
@@ -398,7 +400,7 @@ static nb_tensor *nll_apply(fctx *c, const nb_tensor *x)
             fctx_free(c);
         return NULL;
     }
-    nb_tensor *x2 = x->ndim == 1 ? nb_unsqueeze(x, 0) : nb_retain((nb_tensor *)x);
+    nb_tensor *x2 = nb_tensor_ndim(x) == 1 ? nb_unsqueeze(x, 0) : nb_retain((nb_tensor *)x);
     if (!x2) {
         fctx_free(c);
         return NULL;
@@ -423,11 +425,11 @@ static nb_tensor *cross_entropy_impl(const nb_tensor *input, const nb_tensor *ta
     if (is_null(op, "input", input) || is_null(op, "target", target) ||
         !check_float(op, "input", input) || !check_reduction(op, r))
         return NULL;
-    int32_t cdim = input->ndim == 1 ? 0 : 1;
-    if (nb_dtype_is_float(target->dtype)) {
+    int32_t cdim = nb_tensor_ndim(input) == 1 ? 0 : 1;
+    if (nb_dtype_is_float(nb_tensor_dtype(target))) {
         if (!check_like(op, "target (class probabilities)", target, input))
             return NULL;
-        if (input->ndim < 1 || !same_shape(input, target)) {
+        if (nb_tensor_ndim(input) < 1 || !same_shape(input, target)) {
             nbi_error(NB_SHAPE_MISMATCH, "cross_entropy: a floating point target holds class "
                       "probabilities and must have the input's shape %s, got %s",
                       NBI_SHAPE_STR(input), NBI_SHAPE_STR(target));

@@ -4,7 +4,7 @@
 #ifndef NB_NN_MODULE_H
 #define NB_NN_MODULE_H
 
-#include "nabla_internal.h"
+#include "nabla_layer.h"
 
 typedef enum nn_kind {
     NN_USER,

@@ -394,7 +394,7 @@ nb_module *nb_group_norm_new(int64_t num_groups, int64_t num_channels, double ep
 static int32_t bn_dims(const nb_tensor *x, int32_t *dims)
 {
     int32_t nd = 0;
-    for (int32_t d = 0; d < x->ndim; d++)
+    for (int32_t d = 0; d < nb_tensor_ndim(x); d++)
         if (d != 1)
             dims[nd++] = d;
     return nd;
@@ -407,7 +407,7 @@ static nb_tensor *bn_forward(void *ctx, nb_tensor *const *in, int32_t n)
     bool training = c->i[0] != 0;
     double eps = c->f[0], momentum = c->f[1];
     int32_t dims[NB_MAX_DIMS], nd = bn_dims(x, dims);
-    int64_t C = x->shape[1], count = numel_of(x) / (C ? C : 1);
+    int64_t C = nbi_dims(x)[1], count = numel_of(x) / (C ? C : 1);
     tmps s = {0};
     nb_tensor *mean, *invstd; /* broadcastable against x */
     if (training) {
@@ -429,14 +429,15 @@ static nb_tensor *bn_forward(void *ctx, nb_tensor *const *in, int32_t n)
                 mean = NULL;
         }
     } else {
-        mean = tk(&s, chan_view(rm, x->ndim));
-        invstd = tk(&s, chan_view(tk(&s, nb_rsqrt(tk(&s, nb_add_scalar(rv, eps)))), x->ndim));
+        mean = tk(&s, chan_view(rm, nb_tensor_ndim(x)));
+        invstd = tk(&s, chan_view(tk(&s, nb_rsqrt(tk(&s, nb_add_scalar(rv, eps)))),
+                                  nb_tensor_ndim(x)));
     }
     nb_tensor *y = mean && invstd ? tk(&s, nb_mul(tk(&s, nb_sub(x, mean)), invstd)) : NULL;
     if (y && w)
-        y = tk(&s, nb_mul(y, tk(&s, chan_view(w, x->ndim))));
+        y = tk(&s, nb_mul(y, tk(&s, chan_view(w, nb_tensor_ndim(x)))));
     if (y && b)
-        y = tk(&s, nb_add(y, tk(&s, chan_view(b, x->ndim))));
+        y = tk(&s, nb_add(y, tk(&s, chan_view(b, nb_tensor_ndim(x)))));
     if (y && c->record) {
         save(c, 0, x);
         save(c, 1, w);
@@ -479,7 +480,7 @@ static nb_status bn_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, int3
     if (c->need[0]) {
         nb_tensor *scale = invstd;
         if (w && invstd)
-            scale = tk(&s, nb_mul(invstd, tk(&s, chan_view(w, x->ndim))));
+            scale = tk(&s, nb_mul(invstd, tk(&s, chan_view(w, nb_tensor_ndim(x)))));
         nb_tensor *t = (nb_tensor *)g;
         if (training && gxhat) {
             nb_tensor *gm = tk(&s, nb_mean(g, dims, nd, true));
@@ -501,10 +502,10 @@ static bool bn_check_param(const char *what, const nb_tensor *t, const nb_tensor
         return true;
     if (!check_like("batch_norm", what, t, x))
         return false;
-    if (t->ndim != 1 || t->shape[0] != x->shape[1]) {
+    if (nb_tensor_ndim(t) != 1 || nbi_dims(t)[0] != nbi_dims(x)[1]) {
         nbi_error(NB_SHAPE_MISMATCH, "batch_norm: %s has shape %s but the input %s has %lld "
                   "channels: expected [%lld]", what, NBI_SHAPE_STR(t), NBI_SHAPE_STR(x),
-                  (long long)x->shape[1], (long long)x->shape[1]);
+                  (long long)nbi_dims(x)[1], (long long)nbi_dims(x)[1]);
         return false;
     }
     return true;
@@ -517,7 +518,7 @@ static nb_tensor *batch_norm_impl(const nb_tensor *x, nb_tensor *rm, nb_tensor *
     const char *op = "batch_norm";
     if (is_null(op, "input", x) || !check_float(op, "input", x))
         return NULL;
-    if (x->ndim < 2) {
+    if (nb_tensor_ndim(x) < 2) {
         nbi_error(NB_SHAPE_MISMATCH, "batch_norm: expected an input of at least 2 dims (N, C, "
                   "*), got %s", NBI_SHAPE_STR(x));
         return NULL;
@@ -539,7 +540,7 @@ static nb_tensor *batch_norm_impl(const nb_tensor *x, nb_tensor *rm, nb_tensor *
         nbi_error(NB_INVALID_ARGUMENT, "batch_norm: eps must be >= 0, got %g", eps);
         return NULL;
     }
-    int64_t C = x->shape[1];
+    int64_t C = nbi_dims(x)[1];
     if (training && numel_of(x) / (C ? C : 1) <= 1) {
         nbi_error(NB_INVALID_ARGUMENT, "batch_norm: expected more than 1 value per channel when "
                   "training, got input size %s", NBI_SHAPE_STR(x));

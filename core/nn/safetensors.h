@@ -4,7 +4,7 @@
 #ifndef NB_NN_SAFETENSORS_H
 #define NB_NN_SAFETENSORS_H
 
-#include "nabla_internal.h"
+#include "nabla_layer.h"
 
 #include <stdint.h>
 #include <string.h>
