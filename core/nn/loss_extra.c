@@ -1,4 +1,4 @@
-/* loss_extra.c - the losses and loss options PyTorch users set beyond functional.c's:
+/* loss_extra.c - the losses and loss options PyTorch users set beyond loss.c's:
  * smooth_l1_loss, huber_loss, kl_div, cross_entropy / nll_loss with weight, ignore_index,
  * label_smoothing and (N, C, d...) inputs, and binary_cross_entropy_with_logits's pos_weight. */
 #include "nn_common.h"
