@@ -283,7 +283,7 @@ static nb_tensor *erfc_ops(const nb_tensor *z)
 {
     const double *p = nb_tensor_dtype(z) == NB_DTYPE_F64 ? erfc_p64 : erfc_p32;
     int np = nb_tensor_dtype(z) == NB_DTYPE_F64 ? (int)(sizeof erfc_p64 / sizeof *erfc_p64)
-                                      : (int)(sizeof erfc_p32 / sizeof *erfc_p32);
+                                                : (int)(sizeof erfc_p32 / sizeof *erfc_p32);
     tmps s = {0};
     /* beyond |z| = 40 erfc is 0 (or 2) in float64; the clamp keeps u finite for infinities */
     nb_tensor *a = tk(&s, nb_clamp(tk(&s, nb_abs(z)), NAN, 40.0));
