@@ -220,7 +220,7 @@ nb_tensor *nb_retain(nb_tensor *t)
 
 void nbi_release(nb_tensor *t)
 {
-    if (!t || atomic_fetch_sub_explicit(&t->refcount, 1, memory_order_acq_rel) != 1)
+    if (!t || !nbi_unref(&t->refcount))
         return;
     nbi_tensor_autograd_release(t);
     nbi_storage_release(t->storage);
