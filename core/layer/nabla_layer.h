@@ -94,6 +94,44 @@ typedef struct nbi_user_call {
 nbi_user_call nbi_call_user_begin(void);
 void nbi_call_user_end(nbi_user_call saved);
 
+/* ---- autocast (tensor/autocast.c) ---- */
+
+/* The first line of every op on PyTorch's autocast lists (nabla.h says which):
+ *     NBI_AUTOCAST(NBI_AC_LOWER, &a, &b);
+ * Inside an enabled region it replaces the op's operands (const nb_tensor * variables; NULL ones
+ * are skipped) by their differentiable casts and runs the rest of the op with autocast
+ * excluded, so the ops it is built of are not cast again; the casts are released, and the
+ * exclusion lifted, when the op returns. A failed cast makes the op return NULL. Outside any
+ * region it costs one thread-local test. */
+typedef enum nbi_autocast_kind {
+    NBI_AC_NONE,  /* not on a list (for X-macro definitions: see nbi_autocast_kind_of) */
+    NBI_AC_LOWER, /* floating operands, float64 excepted, to the region's 16-bit dtype */
+    NBI_AC_FP32,  /* 16-bit operands to float32 */
+} nbi_autocast_kind;
+#define NBI_AUTOCAST_MAX_OPERANDS 6
+typedef struct nbi_autocast_frame {
+    nb_tensor *casts[NBI_AUTOCAST_MAX_OPERANDS]; /* owned */
+    bool excluding;
+} nbi_autocast_frame;
+extern _Thread_local int nbi_autocast_depth; /* regions open on this thread */
+nb_status nbi_autocast_operands(nbi_autocast_frame *f, nbi_autocast_kind kind,
+                                const nb_tensor **const *operands, int n);
+void nbi_autocast_frame_release(nbi_autocast_frame *f);
+static inline void nbi_autocast_frame_end(nbi_autocast_frame *f)
+{
+    if (__builtin_expect(f->excluding, 0))
+        nbi_autocast_frame_release(f);
+}
+#define NBI_AUTOCAST(kind, ...)                                                             \
+    __attribute__((cleanup(nbi_autocast_frame_end))) nbi_autocast_frame nbi_autocast_frame_ = \
+        {0};                                                                                \
+    if (__builtin_expect(nbi_autocast_depth > 0, 0) &&                                      \
+        nbi_autocast_operands(&nbi_autocast_frame_, (kind),                                 \
+                              (const nb_tensor **[]){__VA_ARGS__},                          \
+                              (int)(sizeof((const nb_tensor **[]){__VA_ARGS__}) /           \
+                                    sizeof(const nb_tensor **))) != NB_OK)                  \
+    return NULL
+
 /* ---- module kinds (nn/nn.c) ---- */
 
 /* Modules defined by the files under core/nn/: a forward, an extra_repr (PyTorch's) and a

@@ -475,10 +475,12 @@ nb_tensor *nb_gelu(const nb_tensor *x) { return NBI_API(gelu_impl(x)); }
 
 nb_tensor *nb_softmax(const nb_tensor *x, int32_t dim)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &x);
     return NBI_API(softmax_impl(x, dim, false));
 }
 
 nb_tensor *nb_log_softmax(const nb_tensor *x, int32_t dim)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &x);
     return NBI_API(softmax_impl(x, dim, true));
 }

@@ -223,5 +223,6 @@ static nb_tensor *sdpa_impl(const nb_tensor *q, const nb_tensor *k, const nb_ten
 nb_tensor *nb_scaled_dot_product_attention(const nb_tensor *q, const nb_tensor *k,
                                            const nb_tensor *v, nb_sdpa_opts opts)
 {
+    NBI_AUTOCAST(NBI_AC_LOWER, &q, &k, &v, &opts.attn_mask);
     return NBI_API(sdpa_impl(q, k, v, opts));
 }

@@ -700,6 +700,7 @@ static nb_tensor *pool_impl(const char *op, const nb_function *fn, const nb_tens
 nb_tensor *nb_conv2d(const nb_tensor *x, const nb_tensor *w, const nb_tensor *b,
                      nb_conv2d_opts opts)
 {
+    NBI_AUTOCAST(NBI_AC_LOWER, &x, &w, &b);
     return NBI_API(conv2d_impl(x, w, b, opts));
 }
 

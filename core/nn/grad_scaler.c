@@ -123,8 +123,8 @@ static nb_status unscale_grads(nb_grad_scaler *s, nb_optim *o, opt_state *st)
     double inv = (double)(float)(1.0 / (double)s->scale);
     int32_t n = nb_optim_param_count(o);
     for (int32_t i = 0; i < n; i++) {
-        nb_tensor *g = nb_optim_param(o, i)->grad;
-        if (g && g->dtype == NB_DTYPE_F16)
+        nb_tensor *g = nbi_grad_of(nb_optim_param(o, i));
+        if (g && nb_tensor_dtype(g) == NB_DTYPE_F16)
             return nbi_error(NB_DTYPE_UNSUPPORTED, "%s: parameter %d has a float16 gradient; "
                              "attempting to unscale float16 gradients (keep the parameters in "
                              "float32 and autocast the forward)", op, i);
@@ -133,7 +133,7 @@ static nb_status unscale_grads(nb_grad_scaler *s, nb_optim *o, opt_state *st)
     nb_status rc = NB_OK;
     nb_no_grad_begin();
     for (int32_t i = 0; i < n && rc == NB_OK; i++) {
-        nb_tensor *g = nb_optim_param(o, i)->grad;
+        nb_tensor *g = nbi_grad_of(nb_optim_param(o, i));
         if (!g)
             continue;
         rc = nb_mul_scalar_(g, inv);

@@ -75,6 +75,7 @@ static nb_tensor *dropout_impl(const nb_tensor *x, double p, bool training)
 
 nb_tensor *nb_linear(const nb_tensor *x, const nb_tensor *w, const nb_tensor *b)
 {
+    NBI_AUTOCAST(NBI_AC_LOWER, &x, &w, &b);
     return NBI_API(linear_impl(x, w, b));
 }
 

@@ -455,27 +455,32 @@ static nb_tensor *cross_entropy_impl(const nb_tensor *input, const nb_tensor *ta
 
 nb_tensor *nb_mse_loss(const nb_tensor *input, const nb_tensor *target, nb_reduction r)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target);
     return NBI_API(mse_loss_impl(input, target, r));
 }
 
 nb_tensor *nb_binary_cross_entropy(const nb_tensor *input, const nb_tensor *target,
                                    nb_reduction r)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target);
     return NBI_API(bce_impl(input, target, r, false));
 }
 
 nb_tensor *nb_binary_cross_entropy_with_logits(const nb_tensor *input, const nb_tensor *target,
                                                nb_reduction r)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target);
     return NBI_API(bce_impl(input, target, r, true));
 }
 
 nb_tensor *nb_cross_entropy(const nb_tensor *input, const nb_tensor *target, nb_reduction r)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target);
     return NBI_API(cross_entropy_impl(input, target, r));
 }
 
 nb_tensor *nb_nll_loss(const nb_tensor *input, const nb_tensor *target, nb_reduction r)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target);
     return NBI_API(nll_impl(input, target, r));
 }

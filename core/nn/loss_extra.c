@@ -305,30 +305,35 @@ static nb_tensor *bcel_impl(const nb_tensor *input, const nb_tensor *target,
 nb_tensor *nb_smooth_l1_loss(const nb_tensor *input, const nb_tensor *target, nb_reduction r,
                              double beta)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target);
     return NBI_API(smooth_l1_impl(input, target, r, beta));
 }
 
 nb_tensor *nb_huber_loss(const nb_tensor *input, const nb_tensor *target, nb_reduction r,
                          double delta)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target);
     return NBI_API(huber_impl(input, target, r, delta));
 }
 
 nb_tensor *nb_kl_div(const nb_tensor *input, const nb_tensor *target, nb_reduction r,
                      bool log_target)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target);
     return NBI_API(kl_div_impl(input, target, r, log_target));
 }
 
 nb_tensor *nb_cross_entropy_ex(const nb_tensor *input, const nb_tensor *target,
                                nb_class_loss_opts opts)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target, &opts.weight);
     return NBI_API(class_loss("cross_entropy", input, target, opts, true));
 }
 
 nb_tensor *nb_nll_loss_ex(const nb_tensor *input, const nb_tensor *target,
                           nb_class_loss_opts opts)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target, &opts.weight);
     return NBI_API(class_loss("nll_loss", input, target, opts, false));
 }
 
@@ -336,5 +341,6 @@ nb_tensor *nb_binary_cross_entropy_with_logits_ex(const nb_tensor *input, const 
                                                   const nb_tensor *weight,
                                                   const nb_tensor *pos_weight, nb_reduction r)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &input, &target, &weight, &pos_weight);
     return NBI_API(bcel_impl(input, target, weight, pos_weight, r));
 }

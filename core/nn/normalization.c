@@ -228,12 +228,14 @@ static nb_tensor *group_norm_impl(const nb_tensor *x, int64_t groups, const nb_t
 nb_tensor *nb_layer_norm(const nb_tensor *x, const int64_t *normalized_shape, int32_t n,
                          const nb_tensor *weight, const nb_tensor *bias, double eps)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &x, &weight, &bias);
     return NBI_API(layer_norm_impl(x, normalized_shape, n, weight, bias, eps));
 }
 
 nb_tensor *nb_group_norm(const nb_tensor *x, int64_t num_groups, const nb_tensor *weight,
                          const nb_tensor *bias, double eps)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &x, &weight, &bias);
     return NBI_API(group_norm_impl(x, num_groups, weight, bias, eps));
 }
 
@@ -563,6 +565,7 @@ nb_tensor *nb_batch_norm(const nb_tensor *x, nb_tensor *running_mean, nb_tensor 
                          const nb_tensor *weight, const nb_tensor *bias, bool training,
                          double momentum, double eps)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &x, &weight, &bias);
     return NBI_API(batch_norm_impl(x, running_mean, running_var, weight, bias, training, momentum,
                                    eps));
 }

@@ -543,6 +543,7 @@ static nb_status unary_inplace(nbi_op op, nb_tensor *a, const double *f, int32_t
 #define NB_DEFINE_BINARY_(name)                                                            \
     nb_tensor *nb_##name(const nb_tensor *a, const nb_tensor *b)                           \
     {                                                                                      \
+        NBI_AUTOCAST(nbi_autocast_kind_of(NBI_OP_##name), &a, &b);                         \
         NBI_NULL_CHECK(#name, a, b);                                                       \
         return NBI_API(binary_into(NBI_OP_##name, a, b, NULL));                            \
     }                                                                                      \
@@ -586,6 +587,7 @@ nb_tensor *nb_logical_not(const nb_tensor *a)
 #define NB_DEFINE_UNARY_(name)                                                             \
     nb_tensor *nb_##name(const nb_tensor *a)                                               \
     {                                                                                      \
+        NBI_AUTOCAST(nbi_autocast_kind_of(NBI_OP_##name), &a);                             \
         NBI_NULL_CHECK(#name, a);                                                          \
         return NBI_API(unary_op(NBI_OP_##name, a, NULL, 0, NULL, 0, NULL));                \
     }                                                                                      \
@@ -627,6 +629,7 @@ static nb_tensor *scalar_op(const char *name, nbi_op op, const nb_tensor *a, dou
 #define NB_DEFINE_BINARY_SCALAR_(name)                                                     \
     nb_tensor *nb_##name##_scalar(const nb_tensor *a, double s)                            \
     {                                                                                      \
+        NBI_AUTOCAST(nbi_autocast_kind_of(NBI_OP_##name), &a);                             \
         NBI_NULL_CHECK(#name "_scalar", a);                                                \
         return NBI_API(scalar_op(#name "_scalar", NBI_OP_##name, a, s, NULL));             \
     }                                                                                      \
@@ -1174,6 +1177,7 @@ nb_tensor *nbi_reduce(nbi_op op, const nb_tensor *t, const int32_t *dims, int32_
 #define NB_DEFINE_REDUCE_(fname, kind)                                                     \
     nb_tensor *fname(const nb_tensor *t, const int32_t *dims, int32_t nd, bool keepdim)    \
     {                                                                                      \
+        NBI_AUTOCAST((kind) <= RED_PROD ? NBI_AC_FP32 : NBI_AC_NONE, &t);                  \
         NBI_NULL_CHECK(#fname + 3, t);                                                     \
         return NBI_API(reduce_impl(kind, t, dims, nd, keepdim));                           \
     }
@@ -1691,12 +1695,14 @@ static nb_tensor *mm_impl(const char *op, const nb_tensor *a, const nb_tensor *b
 
 nb_tensor *nb_mm(const nb_tensor *a, const nb_tensor *b)
 {
+    NBI_AUTOCAST(NBI_AC_LOWER, &a, &b);
     NBI_NULL_CHECK("mm", a, b);
     return NBI_API(mm_impl("mm", a, b, 2));
 }
 
 nb_tensor *nb_bmm(const nb_tensor *a, const nb_tensor *b)
 {
+    NBI_AUTOCAST(NBI_AC_LOWER, &a, &b);
     NBI_NULL_CHECK("bmm", a, b);
     return NBI_API(mm_impl("bmm", a, b, 3));
 }
@@ -1775,6 +1781,7 @@ done:
 
 nb_tensor *nb_matmul(const nb_tensor *a, const nb_tensor *b)
 {
+    NBI_AUTOCAST(NBI_AC_LOWER, &a, &b);
     NBI_NULL_CHECK("matmul", a, b);
     return NBI_API(matmul_impl(a, b));
 }
@@ -1844,6 +1851,7 @@ static nb_tensor *addmm_impl(const nb_tensor *c, const nb_tensor *a, const nb_te
 nb_tensor *nb_addmm(const nb_tensor *c, const nb_tensor *a, const nb_tensor *b, double beta,
                     double alpha)
 {
+    NBI_AUTOCAST(NBI_AC_LOWER, &c, &a, &b);
     NBI_NULL_CHECK("addmm", c, a, b);
     return NBI_API(addmm_impl(c, a, b, beta, alpha));
 }

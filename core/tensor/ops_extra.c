@@ -34,6 +34,7 @@ static nb_tensor *logsumexp_impl(const nb_tensor *t, const int32_t *dims, int32_
 
 nb_tensor *nb_logsumexp(const nb_tensor *t, const int32_t *dims, int32_t ndims, bool keepdim)
 {
+    NBI_AUTOCAST(NBI_AC_FP32, &t);
     return NBI_API(logsumexp_impl(t, dims, ndims, keepdim));
 }
 
@@ -84,7 +85,11 @@ static nb_tensor *cumsum_impl(const nb_tensor *t, int32_t dim)
     return nnc_ret(&s, back ? nnc_k(&s, nb_contiguous(back)) : NULL);
 }
 
-nb_tensor *nb_cumsum(const nb_tensor *t, int32_t dim) { return NBI_API(cumsum_impl(t, dim)); }
+nb_tensor *nb_cumsum(const nb_tensor *t, int32_t dim)
+{
+    NBI_AUTOCAST(NBI_AC_FP32, &t);
+    return NBI_API(cumsum_impl(t, dim));
+}
 
 /* ============================== masked_fill ============================== */
 
@@ -235,7 +240,11 @@ static nb_tensor *rpow_impl(const nb_tensor *a, double s)
     return nb_function_apply(&rpow_fn, c, &in, 1);
 }
 
-nb_tensor *nb_rpow_scalar(const nb_tensor *a, double s) { return NBI_API(rpow_impl(a, s)); }
+nb_tensor *nb_rpow_scalar(const nb_tensor *a, double s)
+{
+    NBI_AUTOCAST(NBI_AC_FP32, &a);
+    return NBI_API(rpow_impl(a, s));
+}
 
 /* ================================== outer ================================== */
 

@@ -97,12 +97,221 @@ static void regions_belong_to_their_thread(void **state)
     NB_ASSERT_OK(nb_autocast_end());
 }
 
+static nb_dtype dt(nb_tensor *t)
+{
+    if (!t)
+        fail_msg("op failed: %s", nb_last_error());
+    return nb_tensor_dtype(t);
+}
+
+/* matmul, linear, conv2d, attention (and einsum through matmul) run in the region's dtype */
+static void lower_precision_ops_run_in_the_regions_dtype(void **state)
+{
+    (void)state;
+    nb_manual_seed(5);
+    nb_scope_begin();
+    nb_tensor *a = nb_randn(NB_SHAPE(4, 5), (nb_opts){0}), *b = nb_randn(NB_SHAPE(5, 3), (nb_opts){0});
+    nb_tensor *a3 = nb_randn(NB_SHAPE(2, 4, 5), (nb_opts){0}), *b3 = nb_randn(NB_SHAPE(2, 5, 3), (nb_opts){0});
+    nb_tensor *c = nb_randn(NB_SHAPE(4, 3), (nb_opts){0}), *bias = nb_randn(NB_SHAPE(3), (nb_opts){0});
+    nb_tensor *img = nb_randn(NB_SHAPE(2, 1, 6, 6), (nb_opts){0});
+    nb_tensor *ker = nb_randn(NB_SHAPE(3, 1, 3, 3), (nb_opts){0});
+    nb_tensor *q = nb_randn(NB_SHAPE(2, 4, 8), (nb_opts){0});
+    nb_tensor *d = nb_randn(NB_SHAPE(4, 5), (nb_opts){.dtype = NB_DTYPE_F64});
+    nb_tensor *e = nb_randn(NB_SHAPE(5, 3), (nb_opts){.dtype = NB_DTYPE_F64});
+    const nb_dtype lower[] = {NB_DTYPE_BF16, NB_DTYPE_F16};
+    for (int k = 0; k < 2; k++) {
+        nb_dtype want = lower[k];
+        NB_ASSERT_OK(nb_autocast_begin("cpu", want));
+        assert_int_equal(dt(nb_mm(a, b)), want);
+        assert_int_equal(dt(nb_matmul(a3, b)), want);
+        assert_int_equal(dt(nb_bmm(a3, b3)), want);
+        assert_int_equal(dt(nb_addmm(c, a, b, 1, 1)), want);
+        assert_int_equal(dt(nb_linear(a, nb_t(b), bias)), want);
+        assert_int_equal(dt(nb_conv2d(img, ker, bias, (nb_conv2d_opts){0})), want);
+        assert_int_equal(dt(nb_scaled_dot_product_attention(q, q, q, (nb_sdpa_opts){0})), want);
+        assert_int_equal(dt(nb_einsum("ij,jk->ik", a, b)), want);
+        /* a float32 operand meets a 16-bit one: both are cast, no dtype mismatch */
+        assert_int_equal(dt(nb_mm(nb_to_dtype(a, want), b)), want);
+        /* float64 is never cast, as PyTorch */
+        assert_int_equal(dt(nb_mm(d, e)), NB_DTYPE_F64);
+        /* the product is the 16-bit product of the rounded operands, exactly */
+        nb_tensor *in_region = nb_mm(a, b);
+        NB_ASSERT_OK(nb_autocast_end());
+        assert_true(nb_equal(in_region, nb_mm(nb_to_dtype(a, want), nb_to_dtype(b, want))));
+        assert_int_equal(dt(nb_mm(a, b)), NB_DTYPE_F32); /* and nothing outside the region */
+    }
+    nb_scope_end();
+}
+
+/* softmax, the losses, norms, sum/mean/prod, exp/log/pow, cumsum, logsumexp: float32 */
+static void fp32_ops_run_16bit_inputs_in_float32(void **state)
+{
+    (void)state;
+    nb_manual_seed(6);
+    nb_scope_begin();
+    nb_opts bf = {.dtype = NB_DTYPE_BF16};
+    nb_tensor *h = nb_randn(NB_SHAPE(4, 6), bf);
+    nb_tensor *p = nb_sigmoid(h); /* in (0, 1), for bce and log */
+    nb_tensor *img = nb_randn(NB_SHAPE(2, 4, 3, 3), bf);
+    nb_tensor *y = nb_from_data((int64_t[]){0, 5, 2, 3}, NB_SHAPE(4), (nb_opts){.dtype = NB_DTYPE_I64});
+    int64_t ns[1] = {6};
+    nb_tensor *f32 = nb_randn(NB_SHAPE(4, 6), (nb_opts){0});
+    NB_ASSERT_OK(nb_autocast_begin("cpu", NB_DTYPE_BF16));
+    nb_tensor *fp32_results[] = {
+        nb_softmax(h, 1), nb_log_softmax(h, 1), nb_sum(h, NULL, 0, false),
+        nb_mean(h, NULL, 0, false), nb_prod(p, NULL, 0, false), nb_exp(h), nb_log(p),
+        nb_pow_scalar(h, 2), nb_pow(p, h), nb_rpow_scalar(h, 2), nb_cumsum(h, 1),
+        nb_logsumexp(h, (int32_t[]){1}, 1, false), nb_layer_norm(h, ns, 1, NULL, NULL, 0),
+        nb_group_norm(img, 2, NULL, NULL, 0),
+        nb_batch_norm(img, NULL, NULL, NULL, NULL, true, 0.1, 1e-5),
+        nb_mse_loss(h, p, NB_REDUCTION_MEAN), nb_cross_entropy(h, y, NB_REDUCTION_MEAN),
+        nb_nll_loss(h, y, NB_REDUCTION_MEAN), nb_binary_cross_entropy(p, p, NB_REDUCTION_MEAN),
+        nb_binary_cross_entropy_with_logits(h, p, NB_REDUCTION_MEAN),
+        nb_smooth_l1_loss(h, p, NB_REDUCTION_MEAN, 1), nb_huber_loss(h, p, NB_REDUCTION_MEAN, 1),
+        nb_kl_div(nb_log(p), p, NB_REDUCTION_BATCHMEAN, false),
+        nb_cross_entropy_ex(h, y, (nb_class_loss_opts){.label_smoothing = 0.1}),
+    };
+    for (size_t k = 0; k < sizeof fp32_results / sizeof *fp32_results; k++)
+        if (dt(fp32_results[k]) != NB_DTYPE_F32)
+            fail_msg("result %zu is %s, expected float32", k,
+                     nb_dtype_name(nb_tensor_dtype(fp32_results[k])));
+    /* ops on neither list keep their operands' dtypes, promoted as usual */
+    assert_int_equal(dt(nb_relu(h)), NB_DTYPE_BF16);
+    assert_int_equal(dt(nb_amax(h, NULL, 0, false)), NB_DTYPE_BF16);
+    assert_int_equal(dt(nb_add(h, h)), NB_DTYPE_BF16);
+    assert_int_equal(dt(nb_add(h, f32)), NB_DTYPE_F32);
+    /* in-place ops are never cast */
+    nb_tensor *hc = nb_clone(h);
+    NB_ASSERT_OK(nb_exp_(hc));
+    assert_int_equal(dt(hc), NB_DTYPE_BF16);
+    /* the values are the float32 op of the widened inputs */
+    nb_tensor *sm = nb_softmax(h, 1);
+    NB_ASSERT_OK(nb_autocast_end());
+    assert_true(nb_equal(sm, nb_softmax(nb_to_dtype(h, NB_DTYPE_F32), 1)));
+    assert_int_equal(dt(nb_softmax(h, 1)), NB_DTYPE_BF16); /* outside: the input's dtype */
+    nb_scope_end();
+}
+
+/* a linear model's float32 weights get float32 gradients through ToCopyBackward0, close to
+ * the float32 run's (bf16 rounding of inputs and product: 2e-2) */
+static void master_weights_stay_float32_and_get_float32_gradients(void **state)
+{
+    (void)state;
+    nb_manual_seed(8);
+    nb_scope_begin();
+    nb_tensor *x = nb_randn(NB_SHAPE(16, 8), (nb_opts){0}), *t = nb_randn(NB_SHAPE(16, 4), (nb_opts){0});
+    nb_tensor *w = nb_randn(NB_SHAPE(4, 8), (nb_opts){.requires_grad = true});
+    nb_tensor *b = nb_zeros(NB_SHAPE(4), (nb_opts){.requires_grad = true});
+    nb_tensor *g32[2], *g16[2];
+    for (int amp = 0; amp < 2; amp++) {
+        if (amp)
+            NB_ASSERT_OK(nb_autocast_begin("cpu", 0));
+        nb_tensor *out = nb_linear(x, w, b);
+        nb_tensor *loss = nb_mse_loss(out, t, NB_REDUCTION_MEAN);
+        assert_int_equal(dt(out), amp ? NB_DTYPE_BF16 : NB_DTYPE_F32);
+        assert_int_equal(dt(loss), NB_DTYPE_F32);
+        if (amp) {
+            NB_ASSERT_OK(nb_autocast_end());
+            /* the weight reaches the product through its cast */
+            const nb_grad_fn *fn = nb_tensor_grad_fn(out);
+            bool via_copy = false;
+            for (int32_t i = 0; fn && i < nb_grad_fn_next_count(fn); i++) {
+                const nb_grad_fn *nx = nb_grad_fn_next(fn, i);
+                for (; nx && strcmp(nb_grad_fn_name(nx), "ToCopyBackward0") &&
+                       nb_grad_fn_next_count(nx) > 0;
+                     nx = nb_grad_fn_next(nx, 0))
+                    ;
+                via_copy |= nx && strcmp(nb_grad_fn_name(nx), "ToCopyBackward0") == 0;
+            }
+            assert_true(via_copy);
+        }
+        NB_ASSERT_OK(nb_backward(loss, NULL, (nb_backward_opts){0}));
+        nb_tensor **g = amp ? g16 : g32;
+        g[0] = nb_tensor_grad(w);
+        g[1] = nb_tensor_grad(b);
+        NB_ASSERT_OK(nb_tensor_zero_grad(w));
+        NB_ASSERT_OK(nb_tensor_zero_grad(b));
+    }
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(dt(g16[k]), NB_DTYPE_F32);
+        assert_true(nb_allclose(g16[k], g32[k], 2e-2, 2e-2));
+        assert_false(nb_equal(g16[k], g32[k])); /* it did run in bfloat16 */
+    }
+    nb_scope_end();
+}
+
+/* Nodes named `name` in the graph below fn, each counted once. */
+static int count_nodes(const nb_grad_fn *fn, const char *name, const nb_grad_fn **seen, int *n)
+{
+    if (!fn)
+        return 0;
+    for (int i = 0; i < *n; i++)
+        if (seen[i] == fn)
+            return 0;
+    assert_true(*n < 256);
+    seen[(*n)++] = fn;
+    int c = strcmp(nb_grad_fn_name(fn), name) == 0;
+    for (int32_t i = 0; i < nb_grad_fn_next_count(fn); i++)
+        c += count_nodes(nb_grad_fn_next(fn, i), name, seen, n);
+    return c;
+}
+
+/* Attention with a float mask runs as a composite: matmul, add, softmax, matmul. Inside the
+ * autocast op its softmax stays bfloat16; cast again to float32 (and back for the second
+ * matmul) it would add two casts to the three of q, k and v. */
+static void the_ops_inside_an_autocast_op_are_not_cast_again(void **state)
+{
+    (void)state;
+    nb_manual_seed(9);
+    nb_scope_begin();
+    nb_opts g = {.requires_grad = true};
+    nb_tensor *q = nb_randn(NB_SHAPE(2, 3, 4), g), *k = nb_randn(NB_SHAPE(2, 3, 4), g);
+    nb_tensor *v = nb_randn(NB_SHAPE(2, 3, 4), g);
+    nb_sdpa_opts o = {.attn_mask = nb_zeros(NB_SHAPE(3, 3), (nb_opts){0})};
+    NB_ASSERT_OK(nb_autocast_begin("cpu", 0));
+    nb_tensor *out = nb_scaled_dot_product_attention(q, k, v, o);
+    NB_ASSERT_OK(nb_autocast_end());
+    assert_int_equal(dt(out), NB_DTYPE_BF16);
+    const nb_grad_fn *seen[256];
+    int n = 0;
+    assert_int_equal(count_nodes(nb_tensor_grad_fn(out), "ToCopyBackward0", seen, &n), 3);
+    n = 0;
+    assert_int_equal(count_nodes(nb_tensor_grad_fn(out), "SoftmaxBackward0", seen, &n), 1);
+    nb_scope_end();
+}
+
+static void a_disabled_region_casts_nothing_and_null_keeps_the_first_error(void **state)
+{
+    (void)state;
+    nb_scope_begin();
+    nb_tensor *a = nb_ones(NB_SHAPE(2, 2), (nb_opts){0});
+    NB_ASSERT_OK(nb_autocast_begin("cpu", NB_DTYPE_BF16));
+    NB_ASSERT_OK(nb_autocast_begin_ex("cpu", 0, false));
+    assert_int_equal(dt(nb_mm(a, a)), NB_DTYPE_F32);
+    assert_int_equal(dt(nb_softmax(nb_to_dtype(a, NB_DTYPE_BF16), 0)), NB_DTYPE_BF16);
+    NB_ASSERT_OK(nb_autocast_end());
+    assert_int_equal(dt(nb_mm(a, a)), NB_DTYPE_BF16);
+    nb_clear_error();
+    assert_null(nb_mm(NULL, a));
+    assert_int_equal(nb_last_status(), NB_NULL_ARGUMENT);
+    assert_null(nb_softmax(nb_mm(a, NULL), 0)); /* a chain checks once, at the end */
+    assert_int_equal(nb_last_status(), NB_NULL_ARGUMENT);
+    nb_clear_error();
+    NB_ASSERT_OK(nb_autocast_end());
+    nb_scope_end();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         NB_TEST(regions_nest_and_an_end_without_begin_is_an_error),
         NB_TEST(a_dtype_or_device_that_cannot_autocast_fails_at_begin),
         NB_TEST(regions_belong_to_their_thread),
+        NB_TEST(lower_precision_ops_run_in_the_regions_dtype),
+        NB_TEST(fp32_ops_run_16bit_inputs_in_float32),
+        NB_TEST(master_weights_stay_float32_and_get_float32_gradients),
+        NB_TEST(the_ops_inside_an_autocast_op_are_not_cast_again),
+        NB_TEST(a_disabled_region_casts_nothing_and_null_keeps_the_first_error),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
