@@ -846,7 +846,9 @@ nb_status nb_distributed_sampler_indices(int64_t n, int32_t rank, int32_t world_
  *     nb_cumsum, nb_logsumexp;
  *   any other op runs in its operands' dtypes, promoted as usual (bf16 + f32 is f32).
  * The casts are differentiable (grad_fn ToCopyBackward0), so float32 parameters stay float32 and
- * their .grad is float32. The ops an autocast op is made of are not cast again (PyTorch's
+ * their .grad is float32. As PyTorch's cache, a float32 leaf that requires grad (a weight) is
+ * cast once per outermost region, however often it is used, and the region holds that cast (and
+ * the weight) until it ends. The ops an autocast op is made of are not cast again (PyTorch's
  * dispatcher excludes autocast below such an op). Run nb_backward after nb_autocast_end, as
  * PyTorch recommends; in-place ops are never cast.
  *

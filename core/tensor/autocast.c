@@ -25,6 +25,52 @@ _Thread_local int nbi_autocast_depth;
  * dispatcher excludes its Autocast keys below an autocast kernel. */
 static _Thread_local int excluded;
 
+/* PyTorch's cast cache: a float32 leaf that requires grad (a weight) is cast once per outermost
+ * region and dtype, however often it is used, and the cast is dropped when that region ends.
+ * Entries hold the source too, so its address cannot be reused while it is a key. Only with
+ * grad mode on: a cast made under no_grad has no graph to share. */
+typedef struct cast_entry {
+    nb_tensor *src, *cast;
+} cast_entry;
+static _Thread_local cast_entry *cache;
+static _Thread_local int cache_n, cache_cap;
+
+static void cache_clear(void)
+{
+    for (int k = 0; k < cache_n; k++) {
+        nb_release(cache[k].cast);
+        nb_release(cache[k].src);
+    }
+    nbi_free(cache);
+    cache = NULL;
+    cache_n = cache_cap = 0;
+}
+
+/* t's cast to dt: from the cache, or made (and cached when t is a weight); a new reference. */
+static nb_tensor *cast_of(const nb_tensor *t, nb_dtype dt)
+{
+    bool cacheable = t->dtype == NB_DTYPE_F32 && t->requires_grad && !t->grad_fn &&
+                     !t->view_base && nb_is_grad_enabled();
+    for (int k = 0; cacheable && k < cache_n; k++)
+        if (cache[k].src == t && cache[k].cast->dtype == dt)
+            return nb_retain(cache[k].cast);
+    nbi_api_depth++; /* a cast the op owns: no scope of the application tracks it */
+    nb_tensor *c = nb_to_dtype(t, dt);
+    nbi_api_depth--;
+    if (!c || !cacheable)
+        return c;
+    if (cache_n == cache_cap) {
+        int cap = cache_cap ? 2 * cache_cap : 8;
+        cast_entry *p = nbi_realloc(cache, (size_t)cap * sizeof *p);
+        if (!p)
+            return c; /* no room to remember it: correct, only not shared */
+        cache = p;
+        cache_cap = cap;
+    }
+    cache[cache_n++] = (cast_entry){nb_retain((nb_tensor *)t), nb_retain(c)};
+    return c;
+}
+
 /* torch.get_autocast_dtype's defaults: bfloat16 on cpu, float16 on the GPUs. */
 static nb_dtype default_dtype(const char *type)
 {
@@ -84,7 +130,8 @@ nb_status nb_autocast_end(void)
     if (nbi_autocast_depth == 0)
         return nbi_error(NB_STATE, "autocast: nb_autocast_end without a matching "
                          "nb_autocast_begin on this thread");
-    nbi_autocast_depth--;
+    if (--nbi_autocast_depth == 0)
+        cache_clear();
     return NB_OK;
 }
 
@@ -137,9 +184,7 @@ nb_status nbi_autocast_operands(nbi_autocast_frame *f, nbi_autocast_kind kind,
         if (t->dtype == NB_DTYPE_F64 || t->dtype == want ||
             (kind == NBI_AC_FP32 && !nbi_dtype_is_16bit(t->dtype)))
             continue;
-        nbi_api_depth++; /* a cast the op owns: no scope of the application tracks it */
-        nb_tensor *c = nb_to_dtype(t, want);
-        nbi_api_depth--;
+        nb_tensor *c = cast_of(t, want);
         if (!c)
             return nb_last_status();
         f->casts[k] = c;

@@ -280,6 +280,40 @@ static void the_ops_inside_an_autocast_op_are_not_cast_again(void **state)
     nb_scope_end();
 }
 
+/* PyTorch's cast cache: a weight used twice in a region is cast once; the region holds that
+ * cast until it ends, and a new region casts again */
+static void a_weight_is_cast_once_per_region(void **state)
+{
+    (void)state;
+    nb_scope_begin();
+    nb_tensor *x = nb_randn(NB_SHAPE(3, 4), (nb_opts){0});
+    nb_tensor *w = nb_randn(NB_SHAPE(4, 4), (nb_opts){.requires_grad = true});
+    const nb_grad_fn *seen[256];
+    for (int round = 0; round < 2; round++) {
+        int64_t live = nb_live_tensors();
+        nb_scope_begin();
+        NB_ASSERT_OK(nb_autocast_begin("cpu", 0));
+        nb_tensor *y = nb_add(nb_mm(x, w), nb_mm(nb_mm(x, w), w));
+        int n = 0;
+        assert_int_equal(count_nodes(nb_tensor_grad_fn(y), "ToCopyBackward0", seen, &n), 1);
+        NB_ASSERT_OK(nb_autocast_end());
+        NB_ASSERT_OK(nb_backward(nb_sum(y, NULL, 0, false), NULL, (nb_backward_opts){0}));
+        assert_int_equal(dt(nb_tensor_grad(w)), NB_DTYPE_F32);
+        NB_ASSERT_OK(nb_tensor_zero_grad(w));
+        nb_scope_end();
+        assert_int_equal(nb_live_tensors(), live); /* the region's end dropped the cached cast */
+    }
+    /* under no_grad nothing is cached: the casts die with the op's result */
+    nb_no_grad_begin();
+    NB_ASSERT_OK(nb_autocast_begin("cpu", 0));
+    int64_t live = nb_live_tensors();
+    nb_release(nb_mm(x, w));
+    assert_int_equal(nb_live_tensors(), live);
+    NB_ASSERT_OK(nb_autocast_end());
+    nb_no_grad_end();
+    nb_scope_end();
+}
+
 static void a_disabled_region_casts_nothing_and_null_keeps_the_first_error(void **state)
 {
     (void)state;
@@ -311,6 +345,7 @@ int main(void)
         NB_TEST(fp32_ops_run_16bit_inputs_in_float32),
         NB_TEST(master_weights_stay_float32_and_get_float32_gradients),
         NB_TEST(the_ops_inside_an_autocast_op_are_not_cast_again),
+        NB_TEST(a_weight_is_cast_once_per_region),
         NB_TEST(a_disabled_region_casts_nothing_and_null_keeps_the_first_error),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
