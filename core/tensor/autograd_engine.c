@@ -4,8 +4,6 @@
 
 #include <string.h>
 
-/* ---- the engine ---- */
-
 nb_tensor *nbi_sum_to(const nb_tensor *g, const nb_shape *shape)
 {
     int32_t lead = g->ndim - shape->ndim, dims[NB_MAX_DIMS], nd = 0;
