@@ -161,7 +161,8 @@ void nbi_fill_operand(nb_operand *o, const nb_tensor *t);
 /* NBI_AC_FP32 for the elementwise ops on the float32 list (exp, log, pow...), else NONE. */
 nbi_autocast_kind nbi_autocast_kind_of(nbi_op op);
 
-/* autograd.c: nodes and recording. */
+/* autograd.c: nodes and recording (the engine: autograd_engine.c; in-place writes and views:
+ * autograd_inplace.c). */
 typedef nb_status (*nbi_backward_fn)(nbi_node *node, nb_tensor *grad, nb_tensor **grad_inputs);
 
 #define NBI_MAX_SAVED 4
@@ -213,6 +214,26 @@ void nbi_save_output(nbi_node *node, const nb_tensor *out);
 nb_status nbi_saved(nbi_node *node, int32_t k, nb_tensor **t); /* borrowed; checks versions */
 void nbi_node_release(nbi_node *n);
 void nbi_tensor_autograd_release(nb_tensor *t);
+/* Shared by the autograd*.c files: a node with n_in edges (NULL, error set, when out of memory);
+ * the edge into t's history (its grad_fn or a leaf's AccumulateGrad; a new reference); freeing
+ * what a node saved; a leaf's post-accumulate-grad hooks; the message for a freed graph. */
+nbi_node *nbi_node_new(const char *name, nbi_backward_fn bw, int32_t n_in);
+static inline nbi_node *nbi_node_retain(nbi_node *n)
+{
+    if (n)
+        atomic_fetch_add_explicit(&n->refcount, 1, memory_order_relaxed);
+    return n;
+}
+nbi_node *nbi_edge_of(nb_tensor *t);
+void nbi_node_release_unpacked(nbi_node *n);
+void nbi_node_release_saved(nbi_node *n);
+struct nbi_hook {
+    nb_grad_hook_fn fn;
+    void *ctx;
+    nbi_hook *next;
+};
+nb_status nbi_run_post_hooks(nb_tensor *leaf);
+extern const char nbi_retain_graph_msg[];
 /* In-place writes. check: refuses what PyTorch refuses (a leaf that requires grad or a view of
  * one outside no_grad; a destination with overlapping elements). commit: a's data was computed
  * out of place into r (whose grad_fn, if any, is the op's node): r is written into a, a's
@@ -225,7 +246,8 @@ void nbi_view_refresh(nb_tensor *t);
 void nbi_view_track(nb_tensor *v, const nb_tensor *t);
 nb_tensor *nbi_sum_to(const nb_tensor *g, const nb_shape *shape);
 
-/* ops.c: helpers for backward rules and composites. */
+/* Helpers for backward rules and composites: nbi_binary in ops_elementwise.c, nbi_reduce in
+ * ops_reduce.c, nbi_expand_to in views.c, nbi_cast in tensor.c, nbi_copy_raw in ops_copy.c. */
 nb_tensor *nbi_binary(nbi_op op, const nb_tensor *a, const nb_tensor *b);
 nb_tensor *nbi_reduce(nbi_op op, const nb_tensor *t, const int32_t *dims, int32_t ndims,
                       bool keepdim);

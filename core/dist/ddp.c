@@ -366,7 +366,7 @@ static nb_status finish_impl(nb_ddp *d)
                      got, d->n_params, name);
 }
 
-nb_status nb_ddp_finish(nb_ddp *d) { return NBI_API_STATUS(finish_impl(d)); }
+nb_status nb_ddp_finish(nb_ddp *d) { return NBI_API_CALL(finish_impl(d)); }
 
 nb_tensor *nb_ddp_forward(nb_ddp *d, const nb_tensor *x)
 {

@@ -758,7 +758,7 @@ static nb_status work_wait_impl(nb_work *w)
     return st;
 }
 
-nb_status nb_work_wait(nb_work *w) { return NBI_API_STATUS(work_wait_impl(w)); }
+nb_status nb_work_wait(nb_work *w) { return NBI_API_CALL(work_wait_impl(w)); }
 
 void nb_work_free(nb_work *w)
 {

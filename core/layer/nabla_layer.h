@@ -84,7 +84,6 @@ static inline nb_tensor *nbi_api_leave(nb_tensor *t)
         nbi_api_depth--;                                                                    \
         nbi_result_;                                                                        \
     })
-#define NBI_API_STATUS(expr) NBI_API_CALL(expr)
 #define NBI_API_VOID(expr) (nbi_api_depth++, (expr), (void)nbi_api_depth--)
 /* A callback starts like fresh application code: at depth 0 and with no scope open (it may open
  * its own), so it can follow the plain ownership rule whatever scope its caller had open. */

@@ -71,7 +71,7 @@ nb_status nb_clip_grad_norm_(nb_tensor *const *params, int32_t n, double max_nor
                              double norm_type, double *total_norm)
 {
     nb_no_grad_begin();
-    nb_status st = NBI_API_STATUS(clip_norm_impl(params, n, max_norm, norm_type, total_norm));
+    nb_status st = NBI_API_CALL(clip_norm_impl(params, n, max_norm, norm_type, total_norm));
     nb_no_grad_end();
     return st;
 }
@@ -79,7 +79,7 @@ nb_status nb_clip_grad_norm_(nb_tensor *const *params, int32_t n, double max_nor
 nb_status nb_clip_grad_value_(nb_tensor *const *params, int32_t n, double clip_value)
 {
     nb_no_grad_begin();
-    nb_status st = NBI_API_STATUS(clip_value_impl(params, n, clip_value));
+    nb_status st = NBI_API_CALL(clip_value_impl(params, n, clip_value));
     nb_no_grad_end();
     return st;
 }

@@ -720,7 +720,7 @@ nb_status nb_optim_save(const nb_optim *o, const char *path)
 {
     if (!o || !path)
         return nbi_error(NB_NULL_ARGUMENT, "nb_optim_save: %s is NULL", o ? "path" : "optimizer");
-    return NBI_API_STATUS(optim_save_impl(o, path));
+    return NBI_API_CALL(optim_save_impl(o, path));
 }
 
 /* Everything is checked (names, parameter indices, shapes) before the state is replaced. */
@@ -806,7 +806,7 @@ nb_status nb_optim_load(nb_optim *o, const char *path)
 {
     if (!o || !path)
         return nbi_error(NB_NULL_ARGUMENT, "nb_optim_load: %s is NULL", o ? "path" : "optimizer");
-    return NBI_API_STATUS(optim_load_impl(o, path));
+    return NBI_API_CALL(optim_load_impl(o, path));
 }
 
 /* ============================== parameters (for GradScaler) ============================== */

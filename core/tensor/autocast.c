@@ -117,12 +117,12 @@ static nb_status begin_impl(const char *device, nb_dtype dtype, bool enabled)
 
 nb_status nb_autocast_begin(const char *device, nb_dtype dtype)
 {
-    return NBI_API_STATUS(begin_impl(device, dtype, true));
+    return NBI_API_CALL(begin_impl(device, dtype, true));
 }
 
 nb_status nb_autocast_begin_ex(const char *device, nb_dtype dtype, bool enabled)
 {
-    return NBI_API_STATUS(begin_impl(device, dtype, enabled));
+    return NBI_API_CALL(begin_impl(device, dtype, enabled));
 }
 
 nb_status nb_autocast_end(void)
