@@ -1,7 +1,7 @@
 /* autocast.c - torch.autocast: the thread's stack of autocast regions and the cast every op on
- * PyTorch's autocast lists makes at its entry (NBI_AUTOCAST, nabla_internal.h). It sits with
- * dispatch in tensor/, not in nn/, because matmul, sum and exp live in this layer too and a
- * layer never calls the one above it. */
+ * PyTorch's autocast lists makes at its entry (NBI_AUTOCAST, core/layer/nabla_layer.h). It
+ * sits with dispatch in tensor/, not in nn/, because matmul, sum and exp live in this layer too
+ * and a layer never calls the one above it. */
 #include "nabla_internal.h"
 
 #include <assert.h>
@@ -135,7 +135,7 @@ nb_status nb_autocast_end(void)
     return NB_OK;
 }
 
-/* The device's type, without creating an error when the caller only asks. */
+/* The device's type; NULL, with the usual device error, for a bad device string. */
 static const char *type_of(const char *device)
 {
     nbi_device *dev;
