@@ -196,6 +196,8 @@ static nb_status process(engine *e, nbi_node *x)
             }
             if (gk && gk->dtype != x->in_dtype[k]) {
                 nb_tensor *c = nb_to_dtype(gk, x->in_dtype[k]);
+                if (!c && st == NB_OK) /* a failed cast must not drop the gradient silently */
+                    st = nb_last_status();
                 nb_release(gk);
                 gk = c;
             }
