@@ -220,8 +220,8 @@ static nb_tensor *binary_into(nbi_op op, const nb_tensor *a, const nb_tensor *b,
             node->i[0] = op == NBI_OP_maximum;
         }
     }
-    nb_release(ca);
-    nb_release(cb);
+    drop_cast(ca, a);
+    drop_cast(cb, b);
     return out;
 }
 
@@ -283,7 +283,7 @@ static nb_tensor *unary_kernel(nbi_op op, const nb_tensor *a, nb_dtype dt, nb_dt
         nb_release(out);
         out = st == NB_OK ? nb_retain(into) : NULL;
     }
-    nb_release(ca);
+    drop_cast(ca, a);
     return out;
 }
 
@@ -663,8 +663,8 @@ static nb_tensor *where_impl(const nb_tensor *cond, const nb_tensor *a, const nb
     nbi_node *node = out ? nbi_record(out, "WhereBackward0", bw_where, ins, 3) : NULL;
     if (node)
         nbi_save(node, cond);
-    nb_release(ca);
-    nb_release(cb);
+    drop_cast(ca, a);
+    drop_cast(cb, b);
     return out;
 }
 

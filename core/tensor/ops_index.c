@@ -135,7 +135,7 @@ static nb_tensor *scatter_add_impl(const nb_tensor *t, int32_t dim, const nb_ten
     int64_t iv[1] = {dim};
     nb_status st = numel(index) ? nbi_launch(NBI_OP_scatter_add, t->dtype, &so, in, 2, NULL, 0, iv, 1)
                                 : NB_OK;
-    nb_release(cs);
+    drop_cast(cs, src);
     if (st != NB_OK) {
         nb_release(out);
         return NULL;

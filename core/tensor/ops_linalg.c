@@ -256,7 +256,7 @@ static nb_tensor *addmm_impl(const nb_tensor *c, const nb_tensor *a, const nb_te
     }
     if (st == NB_OK)
         st = matmul3(out, a, b, alpha, beta);
-    nb_release(cc);
+    drop_cast(cc, c);
     if (st != NB_OK) {
         nb_release(out);
         return NULL;

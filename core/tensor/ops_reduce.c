@@ -229,7 +229,7 @@ static nb_tensor *reduce_impl(red_kind kind, const nb_tensor *t, const int32_t *
             nbi_save_output(node, out);
         }
     }
-    nb_release(src);
+    drop_cast(src, t);
     return out;
 }
 
