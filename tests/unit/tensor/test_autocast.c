@@ -335,6 +335,35 @@ static void a_disabled_region_casts_nothing_and_null_keeps_the_first_error(void 
     nb_scope_end();
 }
 
+/* A mixed-precision step: casts, the cast cache, both lists, backward (no scope: the sweep
+ * counts every tensor itself). */
+static nb_status amp_step(void)
+{
+    nb_tensor *x = nb_ones(NB_SHAPE(4, 6), (nb_opts){0});
+    nb_tensor *w = nb_full(NB_SHAPE(6, 6), 0.5, (nb_opts){.requires_grad = true});
+    nb_tensor *h1 = NULL, *h2 = NULL, *ls = NULL, *loss = NULL;
+    nb_status st = x && w ? nb_autocast_begin("cpu", 0) : nb_last_status();
+    if (st == NB_OK) {
+        h1 = nb_linear(x, w, NULL);
+        h2 = nb_linear(h1, w, NULL); /* w is cast once, from the cache */
+        ls = nb_log_softmax(h2, 1);
+        loss = nb_sum(ls, NULL, 0, false);
+        st = nb_autocast_end();
+    }
+    if (st == NB_OK)
+        st = loss ? nb_backward(loss, NULL, (nb_backward_opts){0}) : nb_last_status();
+    nb_tensor *all[] = {x, w, h1, h2, ls, loss};
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++)
+        nb_release(all[k]);
+    return st;
+}
+
+static void every_allocation_failing_in_a_region_fails_cleanly(void **state)
+{
+    (void)state;
+    nb_test_every_allocation_fails_cleanly(amp_step, 20);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -347,6 +376,7 @@ int main(void)
         NB_TEST(the_ops_inside_an_autocast_op_are_not_cast_again),
         NB_TEST(a_weight_is_cast_once_per_region),
         NB_TEST(a_disabled_region_casts_nothing_and_null_keeps_the_first_error),
+        NB_TEST(every_allocation_failing_in_a_region_fails_cleanly),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
