@@ -264,6 +264,39 @@ static void bad_input_is_an_error(void **state)
     nb_grad_scaler_free(NULL);
 }
 
+/* A scaled step: scaler, scaled loss, backward, unscale + inf check, step, update. */
+static nb_status scaled_step(void)
+{
+    nb_tensor *w = nb_full(NB_SHAPE(4), 0.5, (nb_opts){.requires_grad = true});
+    nb_optim *o = w ? nb_sgd_new(&w, 1, (nb_sgd_opts){.lr = 0.1}) : NULL;
+    nb_grad_scaler *s = o ? nb_grad_scaler_new((nb_grad_scaler_opts){0}) : NULL;
+    nb_tensor *sq = NULL, *loss = NULL, *scaled = NULL;
+    nb_status st = s ? NB_OK : nb_last_status();
+    if (st == NB_OK) {
+        sq = nb_mul(w, w);
+        loss = nb_sum(sq, NULL, 0, false);
+        scaled = nb_grad_scaler_scale(s, loss);
+        st = scaled ? nb_backward(scaled, NULL, (nb_backward_opts){0}) : nb_last_status();
+    }
+    if (st == NB_OK)
+        st = nb_grad_scaler_step(s, o);
+    if (st == NB_OK)
+        st = nb_grad_scaler_update(s);
+    nb_release(scaled);
+    nb_release(loss);
+    nb_release(sq);
+    nb_grad_scaler_free(s);
+    nb_optim_free(o);
+    nb_release(w);
+    return st;
+}
+
+static void every_allocation_failing_in_a_scaled_step_fails_cleanly(void **state)
+{
+    (void)state;
+    nb_test_every_allocation_fails_cleanly(scaled_step, 10);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -274,6 +307,7 @@ int main(void)
         NB_TEST(stages_are_checked_as_pytorch_does),
         NB_TEST(a_disabled_scaler_is_the_plain_loop),
         NB_TEST(bad_input_is_an_error),
+        NB_TEST(every_allocation_failing_in_a_scaled_step_fails_cleanly),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
