@@ -348,7 +348,8 @@ static bool evaluate(run_state *r, const mnist_set *test, int64_t confusion[10][
                                     (nb_opts){.device = r->device});
         nb_tensor *y = nb_from_data(r->ybuf, NB_SHAPE(count),
                                     (nb_opts){.dtype = NB_DTYPE_I64, .device = r->device});
-        bool amp = r->cfg->amp != NB_DTYPE_F32 && nb_autocast_begin(r->device, r->cfg->amp) == NB_OK;
+        bool amp = r->cfg->amp != NB_DTYPE_F32 &&
+                   nb_autocast_begin(r->device, r->cfg->amp) == NB_OK;
         nb_tensor *logits = nb_module_forward(r->net, x);
         nb_tensor *loss = nb_cross_entropy(logits, y, NB_REDUCTION_SUM);
         if (amp)

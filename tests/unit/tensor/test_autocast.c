@@ -110,9 +110,10 @@ static void lower_precision_ops_run_in_the_regions_dtype(void **state)
     (void)state;
     nb_manual_seed(5);
     nb_scope_begin();
-    nb_tensor *a = nb_randn(NB_SHAPE(4, 5), (nb_opts){0}), *b = nb_randn(NB_SHAPE(5, 3), (nb_opts){0});
-    nb_tensor *a3 = nb_randn(NB_SHAPE(2, 4, 5), (nb_opts){0}), *b3 = nb_randn(NB_SHAPE(2, 5, 3), (nb_opts){0});
-    nb_tensor *c = nb_randn(NB_SHAPE(4, 3), (nb_opts){0}), *bias = nb_randn(NB_SHAPE(3), (nb_opts){0});
+    nb_opts f = {0};
+    nb_tensor *a = nb_randn(NB_SHAPE(4, 5), f), *b = nb_randn(NB_SHAPE(5, 3), f);
+    nb_tensor *a3 = nb_randn(NB_SHAPE(2, 4, 5), f), *b3 = nb_randn(NB_SHAPE(2, 5, 3), f);
+    nb_tensor *c = nb_randn(NB_SHAPE(4, 3), f), *bias = nb_randn(NB_SHAPE(3), f);
     nb_tensor *img = nb_randn(NB_SHAPE(2, 1, 6, 6), (nb_opts){0});
     nb_tensor *ker = nb_randn(NB_SHAPE(3, 1, 3, 3), (nb_opts){0});
     nb_tensor *q = nb_randn(NB_SHAPE(2, 4, 8), (nb_opts){0});
@@ -153,7 +154,8 @@ static void fp32_ops_run_16bit_inputs_in_float32(void **state)
     nb_tensor *h = nb_randn(NB_SHAPE(4, 6), bf);
     nb_tensor *p = nb_sigmoid(h); /* in (0, 1), for bce and log */
     nb_tensor *img = nb_randn(NB_SHAPE(2, 4, 3, 3), bf);
-    nb_tensor *y = nb_from_data((int64_t[]){0, 5, 2, 3}, NB_SHAPE(4), (nb_opts){.dtype = NB_DTYPE_I64});
+    nb_tensor *y = nb_from_data((int64_t[]){0, 5, 2, 3}, NB_SHAPE(4),
+                                (nb_opts){.dtype = NB_DTYPE_I64});
     int64_t ns[1] = {6};
     nb_tensor *f32 = nb_randn(NB_SHAPE(4, 6), (nb_opts){0});
     NB_ASSERT_OK(nb_autocast_begin("cpu", NB_DTYPE_BF16));
@@ -199,7 +201,8 @@ static void master_weights_stay_float32_and_get_float32_gradients(void **state)
     (void)state;
     nb_manual_seed(8);
     nb_scope_begin();
-    nb_tensor *x = nb_randn(NB_SHAPE(16, 8), (nb_opts){0}), *t = nb_randn(NB_SHAPE(16, 4), (nb_opts){0});
+    nb_tensor *x = nb_randn(NB_SHAPE(16, 8), (nb_opts){0});
+    nb_tensor *t = nb_randn(NB_SHAPE(16, 4), (nb_opts){0});
     nb_tensor *w = nb_randn(NB_SHAPE(4, 8), (nb_opts){.requires_grad = true});
     nb_tensor *b = nb_zeros(NB_SHAPE(4), (nb_opts){.requires_grad = true});
     nb_tensor *g32[2], *g16[2];
