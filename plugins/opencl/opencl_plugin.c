@@ -7,7 +7,10 @@
  *   NABLA_OPENCL_C_VERSION=1.1 build the programs as for an OpenCL C 1.1 device
  *   NABLA_OPENCL_GEMM=own      the plugin's own GEMM kernel instead of CLBlast
  *   NABLA_OPENCL_CONV=gemm|direct  every conv2d as GEMMs or as the direct kernels (see
- *                              opencl_conv.c for the default) */
+ *                              opencl_conv.c for the default)
+ *   NABLA_OPENCL_CACHE_DIR=path  folder of the compiled-program cache (default
+ *                              $XDG_CACHE_HOME/nabla, else ~/.cache/nabla); "off" disables it
+ *                              (see opencl_cache.c) */
 #include "opencl_internal.h"
 
 #include <stdio.h>
@@ -110,6 +113,18 @@ static void init_device(cl_device_id id, cl_device_type type)
     d->is_gpu = (type & CL_DEVICE_TYPE_GPU) != 0;
     if (clGetDeviceInfo(id, CL_DEVICE_NAME, sizeof d->name - 1, d->name, NULL) != CL_SUCCESS)
         snprintf(d->name, sizeof d->name, "OpenCL device");
+    /* what names the compiler: the program cache's key, and nabla-info's lines */
+    cl_platform_id plat = NULL;
+    char pname[128] = "", pver[120] = "";
+    if (clGetDeviceInfo(id, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL) == CL_SUCCESS) {
+        clGetPlatformInfo(plat, CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
+        clGetPlatformInfo(plat, CL_PLATFORM_VERSION, sizeof pver - 1, pver, NULL);
+    }
+    snprintf(d->platform, sizeof d->platform, "%s (%s)", pname, pver);
+    clGetDeviceInfo(id, CL_DRIVER_VERSION, sizeof d->driver - 1, d->driver, NULL);
+    clGetDeviceInfo(id, CL_DEVICE_VERSION, sizeof d->version - 1, d->version, NULL);
+    clGetDeviceInfo(id, CL_DEVICE_OPENCL_C_VERSION, sizeof d->clc_version - 1, d->clc_version,
+                    NULL);
     d->cl_c_minor = opencl_c_version(id);
     if (d->cl_c_minor < 11) {
         /* the kernels need OpenCL C 1.1 (32-bit atomics, 3-d work-groups of any size) */
@@ -162,6 +177,7 @@ static int rank(cl_device_type t)
 
 static void discover(void)
 {
+    ocl_cache_init();
     cl_uint np = 0;
     cl_int err = clGetPlatformIDs(0, NULL, &np);
     if (err != CL_SUCCESS || np == 0) {
@@ -260,15 +276,13 @@ void ocl_unlock(ocl_dev *d) { pthread_mutex_unlock(&d->lock); }
 
 /* ---- Programs and kernels ---- */
 
-static const char *const dtype_names[NB_DTYPE_COUNT] = {"f32", "f64", "i32", "i64", "bool", "u8"};
-
 static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
 {
     if (d->prog[dt])
         return d->prog[dt];
     if (d->prog_failed[dt]) {
         ocl_host->error(NB_DEVICE_ERROR, "opencl %s: the %s kernels failed to build on %s "
-                        "earlier", op, dtype_names[dt], d->name);
+                        "earlier", op, ocl_dt_name[dt], d->name);
         return NULL;
     }
     if (dt == NB_DTYPE_F64 && !d->has_fp64) {
@@ -276,20 +290,28 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
                         "not report", op, d->name);
         return NULL;
     }
+    /* programs are OpenCL C 1.1 or 1.2, whichever the device reports (2.x/3.0 devices build
+     * 1.2); FP_CONTRACT is off in common.cl so that results match the CPU bit for bit */
+    char opts[128], key[2048], what[32];
+    snprintf(opts, sizeof opts, "-cl-std=CL1.%d -DNBK_KIND=%d -DHAS_FP64=%d",
+             d->cl_c_minor >= 12 ? 2 : 1, (int)dt, d->has_fp64);
+    snprintf(what, sizeof what, "%s kernels", ocl_dt_name[dt]);
+    ocl_cache_key(d, opts, key, sizeof key);
+    cl_program p = ocl_cache_load(d, key, opts, what);
+    if (p) {
+        d->prog[dt] = p;
+        d->progs_loaded++;
+        return p;
+    }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     cl_int err;
-    cl_program p = clCreateProgramWithSource(d->ctx, (cl_uint)nbk_n_sources,
-                                             (const char **)nbk_sources, NULL, &err);
+    p = clCreateProgramWithSource(d->ctx, (cl_uint)nbk_n_sources, (const char **)nbk_sources,
+                                  NULL, &err);
     if (!p) {
         ocl_fail(NB_DEVICE_ERROR, op, "clCreateProgramWithSource", err);
         return NULL;
     }
-    /* programs are OpenCL C 1.1 or 1.2, whichever the device reports (2.x/3.0 devices build
-     * 1.2); FP_CONTRACT is off in common.cl so that results match the CPU bit for bit */
-    char opts[128];
-    snprintf(opts, sizeof opts, "-cl-std=CL1.%d -DNBK_KIND=%d -DHAS_FP64=%d",
-             d->cl_c_minor >= 12 ? 2 : 1, (int)dt, d->has_fp64);
     err = clBuildProgram(p, 1, &d->id, opts, NULL, NULL);
     if (err != CL_SUCCESS) {
         size_t len = 0;
@@ -300,10 +322,10 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
             clGetProgramBuildInfo(p, d->id, CL_PROGRAM_BUILD_LOG, len, log, NULL);
             log[len] = '\0';
             ocl_host->log(NB_LOG_ERROR, "opencl: build log for the %s kernels on %s:\n%s",
-                          dtype_names[dt], d->name, log);
+                          ocl_dt_name[dt], d->name, log);
         }
         ocl_host->error(NB_DEVICE_ERROR, "opencl %s: building the %s kernels on %s failed: %s "
-                        "(%d): %.600s", op, dtype_names[dt], d->name, ocl_err_name(err),
+                        "(%d): %.600s", op, ocl_dt_name[dt], d->name, ocl_err_name(err),
                         (int)err, log ? log : "");
         free(log);
         clReleaseProgram(p);
@@ -311,9 +333,11 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
         return NULL;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    ocl_host->log(NB_LOG_DEBUG, "opencl: built the %s kernels for %s in %.0f ms",
-                  dtype_names[dt], d->name,
-                  (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+    int saved = ocl_cache_save(d, p, key, what);
+    ocl_host->log(NB_LOG_INFO, "opencl: %s for %s: built from source in %.0f ms%s%s", what,
+                  d->name, (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
+                  saved ? ", saved to the program cache in " : "", saved ? ocl_cache_dir() : "");
+    d->progs_built++;
     d->prog[dt] = p;
     return p;
 }
@@ -329,7 +353,7 @@ cl_kernel ocl_kernel(ocl_dev *d, nb_dtype dt, ocl_kid kid, const char *op, size_
             k = clCreateKernel(p, kernel_names[kid], &err);
             if (!k) {
                 ocl_host->error(NB_NOT_IMPLEMENTED, "opencl %s: no kernel '%s' for %s on %s: %s "
-                                "(%d)", op, kernel_names[kid], dtype_names[dt], d->name,
+                                "(%d)", op, kernel_names[kid], ocl_dt_name[dt], d->name,
                                 ocl_err_name(err), (int)err);
             } else {
                 size_t wg = 0;
