@@ -54,6 +54,7 @@ typedef struct ocl_dev {
     cl_program prog[NB_DTYPE_COUNT];
     int prog_failed[NB_DTYPE_COUNT];
     int progs_built, progs_loaded; /* since discovery: from source, from the program cache */
+    char info[2048];               /* device_info's answer, rewritten at each call */
     cl_kernel kern[NB_DTYPE_COUNT][OCL_K_COUNT];
     size_t kern_wg[NB_DTYPE_COUNT][OCL_K_COUNT]; /* CL_KERNEL_WORK_GROUP_SIZE */
     cl_mem scratch_v, scratch_i; /* reduction partials, grown on demand */

@@ -601,6 +601,25 @@ static nb_status synchronize(int device)
 
 static const char *status_note(void) { return n_devs ? NULL : note; }
 
+/* nabla-info's lines for a device: what it runs on, and where its programs come from. */
+static const char *device_info(int32_t device)
+{
+    if (device < 0 || device >= n_devs)
+        return NULL;
+    ocl_dev *d = &devs[device];
+    ocl_lock(d);
+    snprintf(d->info, sizeof d->info,
+             "platform: %s\ndevice: %s, %s, %u compute units\nOpenCL C: %s (programs built as "
+             "1.%d)\nfp64: %s\nGEMM: %s\nprogram cache: %s\nprograms: %d built from source, "
+             "%d loaded from the cache",
+             d->platform, d->version, d->is_gpu ? "GPU" : "not a GPU", d->compute_units,
+             d->clc_version, d->cl_c_minor >= 12 ? 2 : 1,
+             d->has_fp64 ? "yes" : fp64_switched_off() ? "off (NABLA_OPENCL_NO_FP64)" : "no",
+             ocl_gemm_name(), ocl_cache_dir(), d->progs_built, d->progs_loaded);
+    ocl_unlock(d);
+    return d->info;
+}
+
 static void shutdown_plugin(void)
 {
     for (int i = 0; i < n_devs; i++) {
@@ -651,6 +670,7 @@ static nb_plugin plugin = {
     .shutdown = shutdown_plugin,
     .kernels = table,
     .n_kernels = 0,
+    .device_info = device_info,
 };
 
 NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)

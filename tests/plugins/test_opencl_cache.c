@@ -179,6 +179,16 @@ static void second_start_loads_what_the_first_built(void **state)
     assert_int_equal(n_built, 0);
     assert_int_equal(n_loaded, 1);
     only_entry(path, sizeof path);
+    /* nabla-info's view of the same (nb_plugin.device_info, ABI 1.2) */
+    assert_true(P->abi_minor >= 2 && P->device_info);
+    const char *info = P->device_info(0);
+    assert_non_null(info);
+    char want[400];
+    snprintf(want, sizeof want, "program cache: %s\n", folder);
+    assert_non_null(strstr(info, want));
+    assert_non_null(strstr(info, "programs: 0 built from source, 1 loaded from the cache"));
+    assert_non_null(strstr(info, "GEMM: "));
+    assert_null(P->device_info(P->device_count()));
 }
 
 static void truncated_entry_is_rebuilt(void **state)
