@@ -325,7 +325,8 @@ static int bench_clblast(const bench_opts *o)
         return fail("nb_device_name");
     cl_device_id dev = clblast_find_device(name);
     if (!dev) {
-        printf("clblast_sgemm_1024 n/a (no OpenCL device named '%s' outside the plugin)\n", name);
+        printf("clblast_sgemm_1024 n/a (no OpenCL device named '%s' outside the plugin)\n",
+               name);
         return 0;
     }
     double g = clblast_sgemm_gflops(dev, o->reps);
