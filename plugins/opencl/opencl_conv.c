@@ -295,7 +295,8 @@ static nb_status run_pool(const nb_kernel_args *a, const char *op, int backward)
     conv_role(&p.off_y, p.st_y, vy);
     conv_role(&p.off_x, p.st_x, vx);
     conv_role(&p.off_w, p.st_w, &v[2]);
-    int64_t n = backward ? p.n * p.c * p.h * p.w : p.n * p.c * p.oh * p.ow;
+    /* the backward runs one work-item per input row (see conv.cl) */
+    int64_t n = backward ? (p.w ? p.n * p.c * p.h : 0) : p.n * p.c * p.oh * p.ow;
     return run_flat(a->device, op, a->out->dtype,
                     backward ? OCL_K_max_pool2d_backward : OCL_K_max_pool2d, n, v, &p);
 }

@@ -186,30 +186,37 @@ __kernel void max_pool2d(__global T *y, __global const T *x, __global long *idx,
     idx[W_AT(p, n, c, oh, ow)] = bi;
 }
 
-/* gx (N,C,H,W): each input element sums the gradients of the windows that picked it */
+/* gx (N,C,H,W): each input element sums the gradients of the windows that picked it. One
+ * work-item per input row (n, c, ih) zeroes the row, then walks the windows that can cover it
+ * and adds each window's gradient where its index falls into the row: no division per element,
+ * and each element still sums its windows in (oh, ow) order. An index outside the row (or the
+ * plane) is ignored. */
 __kernel void max_pool2d_backward(__global T *gx, __global const T *gy, __global const long *idx,
                                   nbk_conv p)
 {
-    long i = get_global_id(0), total = p.n * p.c * p.h * p.w;
+    long i = get_global_id(0), total = p.n * p.c * p.h;
     if (i >= total)
         return;
-    SPLIT4(i, total, p.c, p.h, p.w, n, c, ih, iw);
-    long me = ih * p.w + iw;
+    long ih = i % p.h, c = i / p.h % p.c, n = i / (p.h * p.c);
+    long xr = p.off_x + n * p.st_x[0] + c * p.st_x[1] + ih * p.st_x[2], sx = p.st_x[3];
+    for (long iw = 0; iw < p.w; iw++)
+        gx[xr + iw * sx] = 0;
     /* windows oh with oh*sh - ph <= ih < oh*sh - ph + kh */
-    long oh0 = 0, ow0 = 0, oh1 = p.oh - 1, ow1 = p.ow - 1;
+    long oh0 = 0, oh1 = p.oh - 1;
     if (p.kh > 0 && p.kw > 0 && p.sh > 0 && p.sw > 0) { /* else: scan the whole plane */
         oh0 = ih + p.ph - p.kh + 1;
-        ow0 = iw + p.pw - p.kw + 1;
         oh0 = oh0 <= 0 ? 0 : (oh0 + p.sh - 1) / p.sh;
-        ow0 = ow0 <= 0 ? 0 : (ow0 + p.sw - 1) / p.sw;
         oh1 = min((ih + p.ph) / p.sh, p.oh - 1);
-        ow1 = min((iw + p.pw) / p.sw, p.ow - 1);
     }
-    T acc = 0;
-    for (long oh = oh0; oh <= oh1; oh++)
-        for (long ow = ow0; ow <= ow1; ow++)
-            if (idx[W_AT(p, n, c, oh, ow)] == me)
-                acc += gy[Y_AT(p, n, c, oh, ow)];
-    gx[X_AT(p, n, c, ih, iw)] = acc;
+    long lo = ih * p.w, hi = lo + p.w;
+    for (long oh = oh0; oh <= oh1; oh++) {
+        long ir = p.off_w + n * p.st_w[0] + c * p.st_w[1] + oh * p.st_w[2];
+        long yr = p.off_y + n * p.st_y[0] + c * p.st_y[1] + oh * p.st_y[2];
+        for (long ow = 0; ow < p.ow; ow++) {
+            long j = idx[ir + ow * p.st_w[3]];
+            if (j >= lo && j < hi)
+                gx[xr + (j - lo) * sx] += gy[yr + ow * p.st_y[3]];
+        }
+    }
 }
 #endif
