@@ -50,8 +50,15 @@ __kernel void conv2d(__global T *y, __global const T *x, __global const T *w, nb
                 long lo = base >= 0 ? 0 : (-base + p.sw - 1) / p.sw;
                 long hi = p.w - 1 - base < 0 ? 0 : min((p.w - 1 - base) / p.sw + 1, p.ow);
                 long x0 = xr + base * p.st_x[3];
-                for (long ow = lo; ow < hi; ow++)
-                    y[yr + ow * sy] += x[x0 + ow * sx] * wv;
+                if (sy == 1 && sx == 1) { /* unit strides, as compilers vectorise best */
+                    __global T *yp = y + yr;
+                    __global const T *xp = x + x0;
+                    for (long ow = lo; ow < hi; ow++)
+                        yp[ow] += xp[ow] * wv;
+                } else {
+                    for (long ow = lo; ow < hi; ow++)
+                        y[yr + ow * sy] += x[x0 + ow * sx] * wv;
+                }
             }
         }
     }
