@@ -118,6 +118,15 @@ __kernel void conv2d_backward_weight(__global T *gw, __global const T *gy, __glo
             long yr = yn + oh * p.st_y[2] + ow_lo * sy;
             long xr = xn + ih * p.st_x[2] + base * p.st_x[3] + ow_lo * sx;
             long m = ow_hi - ow_lo, k = 0;
+            if (sy == 1 && sx == 1) { /* unit strides: plain pointer walks */
+                __global const T *yp = gy + yr, *xp = x + xr;
+                for (; k + 4 <= m; k += 4) {
+                    s0 += yp[k] * xp[k];
+                    s1 += yp[k + 1] * xp[k + 1];
+                    s2 += yp[k + 2] * xp[k + 2];
+                    s3 += yp[k + 3] * xp[k + 3];
+                }
+            }
             for (; k + 4 <= m; k += 4) {
                 s0 += gy[yr + k * sy] * x[xr + k * sx];
                 s1 += gy[yr + (k + 1) * sy] * x[xr + (k + 1) * sx];
