@@ -164,6 +164,21 @@ __kernel void col2im(__global T *gx, __global const T *col, nbk_conv p)
     SPLIT4(i, total, p.c, p.h, p.w, n, c, ih, iw);
     long L = p.oh * p.ow, NL = p.n * L;
     T acc = 0;
+    if (p.sh == 1 && p.sw == 1) { /* stride 1: every tap lands on an output, no division */
+        long cb = c * p.kh * p.kw * NL + n * L;
+        for (long a = 0; a < p.kh; a++) {
+            long t = ih + p.ph - a * p.dh;
+            if (t < 0 || t >= p.oh)
+                continue;
+            for (long b = 0; b < p.kw; b++) {
+                long u = iw + p.pw - b * p.dw;
+                if (u >= 0 && u < p.ow)
+                    acc += col[cb + (a * p.kw + b) * NL + t * p.ow + u];
+            }
+        }
+        gx[X_AT(p, n, c, ih, iw)] = acc;
+        return;
+    }
     for (long a = 0; a < p.kh; a++) {
         long t = ih + p.ph - a * p.dh;
         if (t < 0 || t % p.sh || t / p.sh >= p.oh)
