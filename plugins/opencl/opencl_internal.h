@@ -35,6 +35,19 @@ typedef struct ocl_buf {
 
 #define OCL_N_TMP 4
 
+/* The argument values last set on one kernel object, so that a launch sets only what changed:
+ * on PoCL, setting a 360-byte geometry struct costs about as much as the enqueue itself. */
+#define OCL_ARG_MAX 16
+#define OCL_ARG_BYTES 1024
+typedef struct ocl_argcache {
+    cl_kernel k;
+    int nargs; /* arguments held in val; -1: none known, set them all */
+    size_t size[OCL_ARG_MAX];
+    unsigned char local[OCL_ARG_MAX]; /* set as local memory (no value) */
+    unsigned char val[OCL_ARG_BYTES];
+} ocl_argcache;
+#define OCL_ARG_SLOTS 512 /* open addressing over kernel objects; > NB_DTYPE_COUNT * kernels */
+
 typedef struct ocl_dev {
     int index; /* N of opencl:N */
     cl_device_id id;
@@ -65,6 +78,7 @@ typedef struct ocl_dev {
      * and cleared at the next read or synchronize while flag_pending */
     cl_mem flag;
     int flag_pending;
+    ocl_argcache *argcache; /* OCL_ARG_SLOTS entries, allocated at the first launch */
 } ocl_dev;
 
 /* One kernel argument: a value of size bytes, or local memory of size bytes when ptr is NULL. */

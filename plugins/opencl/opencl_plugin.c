@@ -13,6 +13,7 @@
  *                              (see opencl_cache.c) */
 #include "opencl_internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -372,20 +373,66 @@ cl_kernel ocl_kernel(ocl_dev *d, nb_dtype dt, ocl_kid kid, const char *op, size_
     return k;
 }
 
+/* The argument record of kernel k (the device locked), or NULL when there is none to be had:
+ * then every argument is set. */
+static ocl_argcache *arg_cache(ocl_dev *d, cl_kernel k)
+{
+    if (!d->argcache) {
+        d->argcache = calloc(OCL_ARG_SLOTS, sizeof *d->argcache);
+        if (!d->argcache)
+            return NULL;
+    }
+    size_t h = ((uintptr_t)k >> 4) % OCL_ARG_SLOTS;
+    for (size_t probe = 0; probe < OCL_ARG_SLOTS; probe++, h = (h + 1) % OCL_ARG_SLOTS) {
+        ocl_argcache *c = &d->argcache[h];
+        if (c->k == k)
+            return c;
+        if (!c->k) {
+            c->k = k;
+            c->nargs = -1;
+            return c;
+        }
+    }
+    return NULL;
+}
+
 nb_status ocl_launch(ocl_dev *d, cl_kernel k, const char *op, int nargs, const ocl_arg *args,
                      cl_uint dims, const size_t *global, const size_t *local)
 {
     nb_status st = NB_OK;
-    /* arguments live in the kernel object: set and enqueue under one lock */
+    /* arguments live in the kernel object: set and enqueue under one lock, and set only those
+     * whose value differs from what this kernel object holds already */
     ocl_lock(d);
+    ocl_argcache *c = nargs <= OCL_ARG_MAX ? arg_cache(d, k) : NULL;
+    int known = c && c->nargs == nargs; /* stays true while sizes match, so offsets agree */
+    size_t off = 0;
     for (int a = 0; a < nargs && st == NB_OK; a++) {
-        cl_int err = clSetKernelArg(k, (cl_uint)a, args[a].size, args[a].ptr);
-        if (err != CL_SUCCESS) {
-            char call[64];
-            snprintf(call, sizeof call, "clSetKernelArg(%d)", a);
-            st = ocl_fail(NB_DEVICE_ERROR, op, call, err);
+        size_t size = args[a].size;
+        int fits = c && off + size <= OCL_ARG_BYTES;
+        known = known && fits && c->size[a] == size;
+        int same = known && (args[a].ptr ? !c->local[a] && memcmp(c->val + off, args[a].ptr,
+                                                                   size) == 0
+                                         : c->local[a]);
+        if (!same) {
+            cl_int err = clSetKernelArg(k, (cl_uint)a, size, args[a].ptr);
+            if (err != CL_SUCCESS) {
+                char call[64];
+                snprintf(call, sizeof call, "clSetKernelArg(%d)", a);
+                st = ocl_fail(NB_DEVICE_ERROR, op, call, err);
+            } else if (fits) {
+                c->size[a] = size;
+                c->local[a] = args[a].ptr == NULL;
+                if (args[a].ptr)
+                    memcpy(c->val + off, args[a].ptr, size);
+            }
         }
+        if (c && !fits)
+            c = NULL; /* the rest does not fit the record: forget it below */
+        off += size;
     }
+    ocl_argcache *rec = nargs <= OCL_ARG_MAX ? arg_cache(d, k) : NULL;
+    if (rec)
+        rec->nargs = st == NB_OK && c ? nargs : -1;
     if (st == NB_OK) {
         cl_int err = clEnqueueNDRangeKernel(d->queue, k, dims, NULL, global, local, 0, NULL, NULL);
         if (err != CL_SUCCESS)
@@ -641,6 +688,7 @@ static void shutdown_plugin(void)
         for (int t = 0; t < OCL_N_TMP; t++)
             if (d->tmp[t])
                 clReleaseMemObject(d->tmp[t]);
+        free(d->argcache);
         clReleaseCommandQueue(d->queue);
         clReleaseContext(d->ctx);
         pthread_mutex_destroy(&d->lock);
