@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,7 @@ extern const size_t nbk_n_sources;
 static char dir[PATH_MAX];   /* "" when off or unresolved */
 static char why_off[160];    /* why dir is "" */
 static uint64_t source_hash; /* of every embedded kernel source, in order */
-static int warned;           /* one warning per plugin start about an unwritable folder */
+static atomic_int warned;    /* one warning per plugin start about an unwritable folder */
 
 static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
 {
@@ -52,7 +53,7 @@ void ocl_cache_init(void)
     source_hash = FNV_BASIS;
     for (size_t i = 0; i < nbk_n_sources; i++)
         source_hash = fnv1a(source_hash, nbk_sources[i], strlen(nbk_sources[i]) + 1);
-    warned = 0;
+    atomic_store(&warned, 0);
     dir[0] = why_off[0] = '\0';
     const char *env = getenv("NABLA_OPENCL_CACHE_DIR");
     const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
@@ -226,10 +227,9 @@ static void save_failed(const ocl_dev *d, const char *what, const char *path, co
                         int e)
 {
     /* the first time a warning (the user may want to fix the folder), then quietly */
-    ocl_host->log(warned ? NB_LOG_DEBUG : NB_LOG_WARN, "opencl: %s for %s: cannot write the "
-                  "program cache (%s: %s: %s); the next start will build them again", what,
-                  d->name, step, path, strerror(e));
-    warned = 1;
+    ocl_host->log(atomic_exchange(&warned, 1) ? NB_LOG_DEBUG : NB_LOG_WARN, "opencl: %s for %s: "
+                  "cannot write the program cache (%s: %s: %s); the next start will build them "
+                  "again", what, d->name, step, path, strerror(e));
 }
 
 int ocl_cache_save(ocl_dev *d, cl_program p, const char *key, const char *what)
