@@ -8,6 +8,8 @@
  *   NABLA_OPENCL_GEMM=own      the plugin's own GEMM kernel instead of CLBlast
  *   NABLA_OPENCL_CONV=gemm|direct  every conv2d as GEMMs or as the direct kernels (see
  *                              opencl_conv.c for the default)
+ *   NABLA_OPENCL_SCATTER=serial|chunks  scatter_add one work-item per line, or in parallel
+ *                              chunks (see opencl_index.c for the default)
  *   NABLA_OPENCL_CACHE_DIR=path  folder of the compiled-program cache (default
  *                              $XDG_CACHE_HOME/nabla, else ~/.cache/nabla); "off" disables it
  *                              (see opencl_cache.c) */

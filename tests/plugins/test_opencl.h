@@ -68,6 +68,7 @@ void matmul_f64_matches_reference(void **state);
 void matmul_with_beta_0_ignores_what_out_held(void **state);
 /* test_opencl_index.c */
 void gather_and_scatter_add_along_a_dim(void **state);
+void scatter_add_of_few_long_lines_runs_in_chunks(void **state);
 /* test_opencl_nn.c */
 void softmax_family_matches_reference(void **state);
 void optimizer_steps_match_torch_rules(void **state);

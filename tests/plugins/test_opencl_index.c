@@ -83,3 +83,87 @@ void gather_and_scatter_add_along_a_dim(void **state)
     P->free(0, hvs);
     P->free(0, hvo);
 }
+
+/* scatter_add of R lines of L indices each into (R, M) along dim 1, in dtype t (f32 or i64);
+ * the index at bad_at (if >= 0) is M, out of range. Checks against a serial loop on the host,
+ * and the late report of the bad index. */
+static void scatter_case(nb_dtype t, int64_t R, int64_t L, int64_t M, int64_t bad_at)
+{
+    size_t n = (size_t)(R * L), no = (size_t)(R * M);
+    int64_t *idx = malloc(n * sizeof *idx);
+    double *src = malloc(n * sizeof *src), *ref = malloc(no * sizeof *ref);
+    void *sbuf = malloc(n * 8), *obuf = malloc(no * 8), *got = malloc(no * 8);
+    assert_true(idx && src && ref && sbuf && obuf && got);
+    unsigned seed = 5;
+    for (size_t k = 0; k < n; k++) {
+        seed = seed * 1664525u + 1013904223u;
+        idx[k] = (int64_t)((seed >> 8) % (unsigned)M);
+        src[k] = t == NB_DTYPE_F32 ? (double)frand(&seed) : (double)(int)(seed % 1000u) - 500;
+    }
+    if (bad_at >= 0)
+        idx[bad_at] = M;
+    for (size_t k = 0; k < no; k++)
+        ref[k] = 1;
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t j = 0; j < L; j++)
+            if (idx[r * L + j] < M)
+                ref[r * M + idx[r * L + j]] += src[r * L + j];
+    for (size_t k = 0; k < n; k++)
+        if (t == NB_DTYPE_F32)
+            ((float *)sbuf)[k] = (float)src[k];
+        else
+            ((int64_t *)sbuf)[k] = (int64_t)src[k];
+    for (size_t k = 0; k < no; k++)
+        if (t == NB_DTYPE_F32)
+            ((float *)obuf)[k] = 1;
+        else
+            ((int64_t *)obuf)[k] = 1;
+    void *hi = buf_from(idx, n * 8), *hs = buf_from(sbuf, n * esize[t]);
+    void *ho = buf_from(obuf, no * esize[t]);
+    tview vo = view(ho, 0, t, 2, (int64_t[]){R, M}, NULL);
+    tview in[2] = {view(hi, 0, NB_DTYPE_I64, 2, (int64_t[]){R, L}, NULL),
+                   view(hs, 0, t, 2, (int64_t[]){R, L}, NULL)};
+    int64_t dim1[8] = {1};
+    assert_int_equal(run("scatter_add", t, &vo, 2, in, NULL, dim1), NB_OK);
+    last_error[0] = '\0';
+    nb_status st = P->read(0, ho, 0, got, no * esize[t]);
+    if (bad_at >= 0) {
+        assert_int_equal(st, NB_INDEX_OUT_OF_RANGE);
+        assert_non_null(strstr(last_error, "scatter_add: index"));
+        assert_non_null(strstr(last_error, "is out of range for dim 1"));
+        buf_read(ho, got, no * esize[t]);
+    } else {
+        assert_int_equal(st, NB_OK);
+    }
+    for (size_t k = 0; k < no; k++)
+        if (t == NB_DTYPE_F32)
+            expect_close("scatter_add", k, ((float *)got)[k], ref[k], 2e-3, 1e-5);
+        else
+            assert_int_equal(((int64_t *)got)[k], (int64_t)ref[k]);
+    P->free(0, hi);
+    P->free(0, hs);
+    P->free(0, ho);
+    free(idx), free(src), free(ref), free(sbuf), free(obuf), free(got);
+}
+
+/* A 1-d scatter_add (one line) and one of three long lines take the chunked path; the same
+ * with it forced serial (NABLA_OPENCL_SCATTER) and forced chunked on a short line. */
+void scatter_add_of_few_long_lines_runs_in_chunks(void **state)
+{
+    (void)state;
+    const char *old = getenv("NABLA_OPENCL_SCATTER");
+    for (int mode = 0; mode < 2; mode++) {
+        if (mode == 1)
+            setenv("NABLA_OPENCL_SCATTER", "serial", 1);
+        scatter_case(NB_DTYPE_F32, 1, 100000, 37, -1);
+        scatter_case(NB_DTYPE_I64, 1, 100000, 37, 77777);
+        scatter_case(NB_DTYPE_F32, 3, 20000, 11, 3 * 20000 - 1);
+    }
+    setenv("NABLA_OPENCL_SCATTER", "chunks", 1);
+    scatter_case(NB_DTYPE_F32, 2, 9, 4, 3);
+    scatter_case(NB_DTYPE_I64, 1, 1, 1, -1);
+    if (old)
+        setenv("NABLA_OPENCL_SCATTER", old, 1);
+    else
+        unsetenv("NABLA_OPENCL_SCATTER");
+}

@@ -222,6 +222,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(matmul_handles_transposes_batch_stride_0_and_beta),
         cmocka_unit_test(matmul_f64_matches_reference),
         cmocka_unit_test(gather_and_scatter_add_along_a_dim),
+        cmocka_unit_test(scatter_add_of_few_long_lines_runs_in_chunks),
         cmocka_unit_test(random_ops_match_philox_on_the_host),
         cmocka_unit_test(where_and_logical_ops_read_any_dtype),
         cmocka_unit_test(softmax_family_matches_reference),
