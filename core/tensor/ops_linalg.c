@@ -131,6 +131,35 @@ nb_tensor *nb_bmm(const nb_tensor *a, const nb_tensor *b)
     return NBI_API(mm_impl("bmm", a, b, 3));
 }
 
+/* (..., n, k) @ (k, m) or (k): as torch.matmul does, the batch dims of a fold into its rows, so
+ * the product is one (B n, k) @ (k, m) and so is the weight's gradient, instead of B products
+ * of a broadcast b and a sum over them (what a Linear on (B, T, C) activations would pay). */
+static nb_tensor *matmul_folded(const nb_tensor *a, const nb_tensor *b)
+{
+    int32_t r = a->ndim;
+    int64_t n = a->shape[r - 2], k = a->shape[r - 1], k2 = b->shape[0];
+    int64_t m = b->ndim == 2 ? b->shape[1] : 1;
+    if (k != k2) {
+        nbi_error(NB_SHAPE_MISMATCH, "matmul: shapes %s and %s cannot be multiplied (%lldx%lld "
+                  "and %lldx%lld)", NBI_SHAPE_STR(a), NBI_SHAPE_STR(b), (long long)n,
+                  (long long)k, (long long)k2, (long long)m);
+        return NULL;
+    }
+    nb_shape os = {.ndim = b->ndim == 2 ? r : r - 1};
+    memcpy(os.dims, a->shape, (size_t)(r - 1) * 8);
+    if (b->ndim == 2)
+        os.dims[r - 1] = m;
+    int64_t rows = nbi_numel(r - 1, a->shape); /* checked when a was made */
+    nb_tensor *ra = nb_reshape(a, NB_SHAPE(rows, k));
+    nb_tensor *b2 = b->ndim == 1 ? nb_unsqueeze(b, 1) : nb_retain((nb_tensor *)b);
+    nb_tensor *o2 = ra && b2 ? mm_impl("matmul", ra, b2, 2) : NULL;
+    nb_tensor *out = o2 ? nb_reshape(o2, os) : NULL;
+    nb_release(ra);
+    nb_release(b2);
+    nb_release(o2);
+    return out;
+}
+
 /* torch.matmul: 1-d operands gain a dim that is removed afterwards; batch dims broadcast. */
 static nb_tensor *matmul_impl(const nb_tensor *a, const nb_tensor *b)
 {
@@ -143,6 +172,8 @@ static nb_tensor *matmul_impl(const nb_tensor *a, const nb_tensor *b)
     }
     if (a->ndim == 2 && b->ndim == 2)
         return mm_impl("matmul", a, b, 2);
+    if (a->ndim >= 3 && b->ndim <= 2)
+        return matmul_folded(a, b);
     nb_tensor *a2 = a->ndim == 1 ? nb_unsqueeze(a, 0) : nb_retain((nb_tensor *)a);
     nb_tensor *b2 = b->ndim == 1 ? nb_unsqueeze(b, 1) : nb_retain((nb_tensor *)b);
     nb_tensor *out = NULL;

@@ -144,6 +144,7 @@ extern nbc_blas_fns nbc_blas;
 nb_status nbc_platform_open(void);       /* at plugin entry: ISA level, BLAS library */
 void nbc_platform_stop_threads(void);    /* at shutdown: joins OpenMP and BLAS workers */
 void nbc_platform_describe(char *buf, size_t len); /* CPU model, ISA, BLAS and core, threads */
+void nbc_platform_info(char *buf, size_t len);     /* the same, one "topic: value" line each */
 /* cpu_matmul.c: a plain loop with cblas_sbgemm's signature (row-major only), the stand-in that
  * lets the tests run the sbgemm path where the library has none. */
 __typeof__(cblas_sbgemm) nbc_reference_sbgemm;

@@ -159,6 +159,78 @@ static void addmm_scales_and_broadcasts_the_input(void **state)
         nb_release(rel[k]);
 }
 
+static nb_tensor *gc_matmul(nb_tensor *const *in, int32_t n, void *ctx)
+{
+    (void)n, (void)ctx;
+    return nb_matmul(in[0], in[1]);
+}
+
+/* (..., n, k) @ (k, m) and @ (k): torch.matmul folds a's batch dims into its rows, so the
+ * weight's gradient is one product over every row (values checked against the per-batch
+ * loops, transposed a included) and the fold is differentiable twice. */
+static void matmul_folds_batch_dims_of_a_into_rows(void **state)
+{
+    (void)state;
+    double a[2 * 3 * 4], b[4 * 5], v[4], want[30];
+    fill_vals(a, 24, -1, 1, 21);
+    fill_vals(b, 20, -1, 1, 22);
+    fill_vals(v, 4, -1, 1, 23);
+    nb_tensor *a3 = mk(a, NB_SHAPE(2, 3, 4), NB_DTYPE_F64);
+    nb_tensor *w = mk(b, NB_SHAPE(4, 5), NB_DTYPE_F64), *v4 = mk(v, NB_SHAPE(4), NB_DTYPE_F64);
+    nb_tensor *r = nb_matmul(a3, v4); /* (2,3,4) @ (4) -> (2,3) */
+    ref_bmm(a, v, want, 2, 1, 3, 4, 1);
+    expect_shape_dtype(r, NB_SHAPE(2, 3), NB_DTYPE_F64);
+    expect_close(r, want, 6, 1e-12, 1e-12);
+    nb_release(r);
+    /* a non-contiguous a: (2,4,3) transposed to (2,3,4), the same values as a3 */
+    double at[24];
+    for (int z = 0; z < 2; z++)
+        for (int i = 0; i < 3; i++)
+            for (int q = 0; q < 4; q++)
+                at[z * 12 + q * 3 + i] = a[z * 12 + i * 4 + q];
+    nb_tensor *a243 = mk(at, NB_SHAPE(2, 4, 3), NB_DTYPE_F64);
+    nb_tensor *a3t = nb_transpose(a243, 1, 2);
+    r = nb_matmul(a3t, w);
+    ref_bmm(a, b, want, 2, 1, 3, 4, 5);
+    expect_shape_dtype(r, NB_SHAPE(2, 3, 5), NB_DTYPE_F64);
+    expect_close(r, want, 30, 1e-12, 1e-12);
+    nb_release(r);
+    /* the weight's gradient of sum(a @ w) is the column sums of a's rows, over both batches */
+    assert_int_equal(nb_tensor_set_requires_grad(w, true), NB_OK);
+    r = nb_matmul(a3, w);
+    nb_tensor *s = nb_sum(r, NULL, 0, false);
+    assert_int_equal(nb_backward(s, NULL, (nb_backward_opts){0}), NB_OK);
+    nb_tensor *gw = nb_tensor_grad(w);
+    double gwant[20];
+    for (int q = 0; q < 4; q++)
+        for (int j = 0; j < 5; j++) {
+            double c = 0;
+            for (int row = 0; row < 6; row++)
+                c += a[row * 4 + q];
+            gwant[q * 5 + j] = c;
+        }
+    expect_close(gw, gwant, 20, 1e-12, 1e-12);
+    nb_release(gw);
+    nb_release(s);
+    nb_release(r);
+    assert_int_equal(nb_tensor_set_requires_grad(a3, true), NB_OK);
+    assert_int_equal(nb_tensor_set_requires_grad(v4, true), NB_OK);
+    nb_tensor *in2[2] = {a3, w}, *in1[2] = {a3, v4};
+    assert_int_equal(nb_gradcheck(gc_matmul, NULL, in2, 2, 1e-6, 1e-8, 1e-6), NB_OK);
+    assert_int_equal(nb_gradcheck(gc_matmul, NULL, in1, 2, 1e-6, 1e-8, 1e-6), NB_OK);
+    assert_int_equal(nb_gradgradcheck(gc_matmul, NULL, in2, 2, 1e-6, 1e-8, 1e-6), NB_OK);
+    /* a mismatch still names both shapes */
+    nb_tensor *w35 = mk(b, NB_SHAPE(3, 5), NB_DTYPE_F64);
+    assert_null(nb_matmul(a3, w35));
+    assert_int_equal(nb_last_status(), NB_SHAPE_MISMATCH);
+    NB_ASSERT_ERROR_HAS("[2, 3, 4]");
+    NB_ASSERT_ERROR_HAS("[3, 5]");
+    nb_clear_error();
+    nb_tensor *rel[] = {a3, w, v4, a243, a3t, w35};
+    for (size_t k = 0; k < 6; k++)
+        nb_release(rel[k]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -166,6 +238,7 @@ int main(void)
         NB_TEST(matmul_follows_torch_rules_for_1d_and_batches),
         NB_TEST(matmul_errors_name_shapes_and_dtypes),
         NB_TEST(addmm_scales_and_broadcasts_the_input),
+        NB_TEST(matmul_folds_batch_dims_of_a_into_rows),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
