@@ -162,8 +162,12 @@ extern const nb_kernel_desc nbc_reduce_kernels[];
 extern const size_t nbc_reduce_count;
 extern const nb_kernel_desc nbc_matmul_kernels[];
 extern const size_t nbc_matmul_count;
-extern const nb_kernel_desc nbc_nn_kernels[];
-extern const size_t nbc_nn_count;
+extern const nb_kernel_desc nbc_softmax_kernels[]; /* cpu_softmax.c */
+extern const size_t nbc_softmax_count;
+extern const nb_kernel_desc nbc_conv_kernels[]; /* cpu_conv.c */
+extern const size_t nbc_conv_count;
+extern const nb_kernel_desc nbc_pool_kernels[]; /* cpu_pool.c */
+extern const size_t nbc_pool_count;
 extern const nb_kernel_desc nbc_attention_kernels[]; /* cpu_attention.c */
 extern const size_t nbc_attention_count;
 extern const nb_kernel_desc nbc_norm_kernels[]; /* cpu_norm.c */
