@@ -1,7 +1,8 @@
 /* attention.c - scaled_dot_product_attention: softmax(q k^T * scale + mask) v, with the causal
  * flag, a bool or additive mask and dropout on the weights, as PyTorch's math path computes it;
  * without mask and dropout, a device's fused "attention" kernel (tier 2) runs the forward, and
- * the backward is written with public ops (the weights recomputed from q and k). */
+ * its "attention_backward" kernel or public ops (the weights recomputed from q and k) the
+ * backward. */
 #include "nn_common.h"
 
 /* Whether a (..., L, S)-broadcastable mask fits the scores' shape. */
@@ -73,12 +74,46 @@ static nb_tensor *att_forward(void *p, nb_tensor *const *in, int32_t n)
     return out;
 }
 
+/* The "attention_backward" kernel: dq as its output, dk and dv written into tensors of their
+ * own; it recomputes the scores block by block, so no (L, S) matrix exists. */
+static nb_status att_backward_kernel(att_ctx *c, const nb_tensor *g, nb_tensor **gi)
+{
+    nnc_tmps s = {0};
+    nb_tensor *ops[6] = {nnc_k(&s, nb_contiguous(g)), nnc_k(&s, nb_contiguous(c->q)),
+                         nnc_k(&s, nb_contiguous(c->k)), nnc_k(&s, nb_contiguous(c->v))};
+    ops[4] = nb_empty(nnc_shape(c->k), nnc_opts(c->k));
+    ops[5] = nb_empty(nnc_shape(c->v), nnc_opts(c->v));
+    bool ok = true;
+    for (int j = 0; j < 6; j++)
+        ok = ok && ops[j];
+    nb_tensor *dq = ok ? nb_empty(nnc_shape(c->q), nnc_opts(c->q)) : NULL;
+    int64_t causal = c->causal;
+    if (dq && nbi_run("attention_backward", dq, ops, 6, &c->scale, 1, &causal, 1) != NB_OK) {
+        nb_release(dq);
+        dq = NULL;
+    }
+    nnc_free(&s);
+    if (!dq) {
+        nb_release(ops[4]);
+        nb_release(ops[5]);
+        return nbi_last_or(NB_AUTOGRAD, "attention backward failed");
+    }
+    gi[0] = dq;
+    gi[1] = ops[4];
+    gi[2] = ops[5];
+    return NB_OK;
+}
+
 /* P = softmax(S), S = q k^T scale: dv = P^T g, dP = g v^T, dS = P (dP - rowsum(dP P)),
- * dq = dS k scale, dk = dS^T q scale. */
+ * dq = dS k scale, dk = dS^T q scale. Without a graph for the gradient (create_graph off) and
+ * for float32/float64, the device's kernel; else with public ops, differentiable again. */
 static nb_status att_backward(void *p, const nb_tensor *g, nb_tensor **gi, int32_t n)
 {
     (void)n;
     att_ctx *c = p;
+    if (!nb_is_grad_enabled() && (c->q->dtype == NB_DTYPE_F32 || c->q->dtype == NB_DTYPE_F64) &&
+        nbi_has_kernel(c->q, "attention_backward"))
+        return att_backward_kernel(c, g, gi);
     nnc_tmps s = {0};
     int64_t L = c->q->shape[1], S = c->k->shape[1];
     nb_tensor *kt = nnc_k(&s, nb_transpose(c->k, 1, 2));

@@ -1,6 +1,7 @@
 /* normalization.c - layer_norm and group_norm, and the LayerNorm and GroupNorm modules. Both
  * normalise with the biased variance, as PyTorch does, written with public ops; layer_norm runs
- * a device's fused "layer_norm" kernel (tier 2) forward when it has one. */
+ * a device's fused "layer_norm" kernel (tier 2) forward when it has one, and its
+ * "layer_norm_backward" kernel from the saved mean and 1/std when the gradient needs no graph. */
 #include "nn_common.h"
 
 /* (x - mean) / sqrt(var + eps) over dims, var biased. */
@@ -58,11 +59,20 @@ static bool check_eps(const char *op, double eps)
 
 /* ============================ the fused tier-2 path ============================ */
 
-/* x as (R, C) rows with C the normalised size; c->x, c->w, c->b are the node's inputs. */
+/* x as (R, C) rows with C the normalised size; c->x, c->w, c->b are the node's inputs; stats
+ * the (R, 2) mean and 1/std of each row, kept by the forward kernel for the backward one. */
 typedef struct ln_ctx {
     double eps;
-    nb_tensor *x, *w, *b;
+    nb_tensor *x, *w, *b, *stats;
 } ln_ctx;
+
+/* A backward kernel runs when the gradient needs no graph of its own (create_graph off: the
+ * engine then runs with grad mode off), and for float32/float64 only (the 16-bit paths would
+ * drop what the kernel writes into its inputs). */
+static bool ln_float(const nb_tensor *like)
+{
+    return like->dtype == NB_DTYPE_F32 || like->dtype == NB_DTYPE_F64;
+}
 
 static nb_tensor *ln_forward(void *p, nb_tensor *const *in, int32_t n)
 {
@@ -80,6 +90,12 @@ static nb_tensor *ln_forward(void *p, nb_tensor *const *in, int32_t n)
     bool ok = true;
     for (int32_t j = 0; j < k; j++)
         ok = ok && ops[j];
+    nb_tensor *stats = NULL;
+    if (ok && ln_float(in[0]) && nbi_has_kernel(in[0], "layer_norm_backward")) {
+        ops[k++] = stats = nb_empty(NB_SHAPE(in[0]->shape[0], 2), nnc_opts(in[0]));
+        flags |= 4;
+        ok = stats != NULL;
+    }
     nb_tensor *out = ok ? nb_empty(nnc_shape(ops[0]), nnc_opts(ops[0])) : NULL;
     if (out && nbi_run("layer_norm", out, ops, k, &c->eps, 1, &flags, 1) != NB_OK) {
         nb_release(out);
@@ -90,16 +106,60 @@ static nb_tensor *ln_forward(void *p, nb_tensor *const *in, int32_t n)
         c->x = nb_retain(in[0]);
         c->w = in[1] ? nb_retain(in[1]) : NULL;
         c->b = in[2] ? nb_retain(in[2]) : NULL;
+        c->stats = stats;
+        stats = NULL;
     }
+    nb_release(stats);
     return out;
 }
 
 /* xhat = (x - mu) rstd recomputed; dxhat = g w; dx = rstd (dxhat - mean(dxhat)
  * - xhat mean(dxhat xhat)); dw = sum_rows(g xhat); db = sum_rows(g). */
+/* The "layer_norm_backward" kernel: dx, and dw / db into tensors of their own. */
+static nb_status ln_backward_kernel(ln_ctx *c, const nb_tensor *g, nb_tensor **gi)
+{
+    nnc_tmps s = {0};
+    int64_t C = c->x->shape[1], flags = (c->w ? 1 : 0) | (c->b ? 2 : 0);
+    nb_tensor *ops[6];
+    int32_t k = 0;
+    ops[k++] = nnc_k(&s, nb_contiguous(g));
+    ops[k++] = nnc_k(&s, nb_contiguous(c->x));
+    ops[k++] = c->stats;
+    nb_tensor *dw = NULL, *db = NULL;
+    if (c->w) {
+        ops[k++] = nnc_k(&s, nb_contiguous(c->w));
+        ops[k++] = dw = nb_empty(NB_SHAPE(C), nnc_opts(c->x));
+    }
+    if (c->b)
+        ops[k++] = db = nb_empty(NB_SHAPE(C), nnc_opts(c->x));
+    bool ok = true;
+    for (int32_t j = 0; j < k; j++)
+        ok = ok && ops[j];
+    nb_tensor *dx = ok ? nb_empty(nnc_shape(c->x), nnc_opts(c->x)) : NULL;
+    if (dx && nbi_run("layer_norm_backward", dx, ops, k, NULL, 0, &flags, 1) != NB_OK) {
+        nb_release(dx);
+        dx = NULL;
+    }
+    nnc_free(&s);
+    if (!dx) {
+        nb_release(dw);
+        nb_release(db);
+        return nbi_last_or(NB_AUTOGRAD, "layer_norm backward failed");
+    }
+    gi[0] = dx;
+    if (c->w)
+        gi[1] = dw;
+    if (c->b)
+        gi[2] = db;
+    return NB_OK;
+}
+
 static nb_status ln_backward(void *p, const nb_tensor *g, nb_tensor **gi, int32_t n)
 {
     (void)n;
     ln_ctx *c = p;
+    if (c->stats && !nb_is_grad_enabled() && nbi_has_kernel(c->x, "layer_norm_backward"))
+        return ln_backward_kernel(c, g, gi);
     nnc_tmps s = {0};
     int32_t last[1] = {1}, rows[1] = {0};
     nb_tensor *mu = nnc_k(&s, nb_mean(c->x, last, 1, true));
@@ -133,6 +193,7 @@ static void ln_free(void *p)
     nb_release(c->x);
     nb_release(c->w);
     nb_release(c->b);
+    nb_release(c->stats);
     nbi_free(c);
 }
 

@@ -172,5 +172,7 @@ extern const nb_kernel_desc nbc_attention_kernels[]; /* cpu_attention.c */
 extern const size_t nbc_attention_count;
 extern const nb_kernel_desc nbc_norm_kernels[]; /* cpu_norm.c */
 extern const size_t nbc_norm_count;
+extern const nb_kernel_desc nbc_act_kernels[]; /* cpu_act.c */
+extern const size_t nbc_act_count;
 
 #endif /* NBC_INTERNAL_H */

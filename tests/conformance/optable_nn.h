@@ -507,8 +507,8 @@ static const conf_error e_nn_loss[] = {
             s_nn_plain, e_nn_act),                                                         \
     NN_ROW_("softplus", "nb_softplus", "clamp sigmoid log where", NN_FO_, true, 0,         \
             a_softplus, ref_softplus, s_nn_softplus, e_nn_act),                            \
-    NN_ROW_("gelu_tanh", "nb_gelu_tanh", "pow_scalar tanh mul add", NN_FO_, true, 0,       \
-            a_gelu_tanh, ref_gelu_tanh, s_nn_plain, e_nn_act),                             \
+    NN_ROW_K_("gelu_tanh", "nb_gelu_tanh", "gelu", "mul add sigmoid", NN_FO_, true, 0,     \
+              a_gelu_tanh, ref_gelu_tanh, s_nn_plain, e_nn_act),                           \
     NN_ROW_("hardtanh", "nb_hardtanh", "gt_scalar lt_scalar clamp where", NN_FO_, true, 0, \
             a_hardtanh, ref_hardtanh, s_nn_hardtanh, e_nn_act),                            \
     NN_ROW_("log_sigmoid", "nb_log_sigmoid", "clamp sigmoid log where", NN_FO_, true, 0,   \
