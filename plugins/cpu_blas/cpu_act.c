@@ -1,6 +1,7 @@
 /* cpu_act.c - the fused "gelu" and "gelu_backward" kernels (erf and tanh forms): one pass over
  * contiguous operands instead of the composite's chain of elementwise ops and temporaries.
- * float32 math for float32 (as PyTorch's cpu kernels), double for float64. */
+ * float32 math for float32 (as PyTorch's cpu kernels), double for float64; the float32 tanh
+ * form, the one transformers train with, is a vector loop (nbc_expf, ISA clones). */
 #include "cpu_internal.h"
 
 #include <math.h>
@@ -27,6 +28,30 @@ static nb_status gelu_check(const char *name, const nb_kernel_args *a, int n_in)
     return NB_OK;
 }
 
+/* The float32 tanh form's loops, once per ISA. */
+#define DEF_GELU_TANH_F32(ISA, ATTR)                                                        \
+    ATTR static void gelu_tanh_f32_##ISA(const float *x, float *y, int64_t n)               \
+    {                                                                                       \
+        for (int64_t k = 0; k < n; k++) {                                                   \
+            float v = x[k], u = (float)GELU_2C * (v + (float)GELU_A * v * v * v);            \
+            y[k] = v / (1 + nbc_expf(-u));                                                  \
+        }                                                                                   \
+    }                                                                                       \
+    ATTR static void gelu_tanh_bw_f32_##ISA(const float *g, const float *x, float *dx,      \
+                                            int64_t n)                                      \
+    {                                                                                       \
+        for (int64_t k = 0; k < n; k++) {                                                   \
+            float v = x[k], v2 = v * v;                                                     \
+            float s = 1 / (1 + nbc_expf(-(float)GELU_2C * (v + (float)GELU_A * v2 * v)));    \
+            float du = (float)GELU_2C * (1 + (float)(3 * GELU_A) * v2);                     \
+            dx[k] = g[k] * (s + v * s * (1 - s) * du);                                      \
+        }                                                                                   \
+    }
+DEF_GELU_TANH_F32(base, )
+#if NBC_HAVE_V3
+DEF_GELU_TANH_F32(v3, NBC_V3)
+#endif
+
 /* in[0] x; out y; i[0] 1: tanh form. */
 #define DEF_GELU(SFX, T, EXP, ERF)                                                          \
     static nb_status k_gelu_##SFX(const nb_kernel_args *a)                                  \
@@ -37,7 +62,9 @@ static nb_status gelu_check(const char *name, const nb_kernel_args *a, int n_in)
         const T *x = (const T *)nbc_ptr(&a->in[0]);                                         \
         T *y = (T *)nbc_ptr(a->out);                                                        \
         int64_t n = nbc_numel(a->out);                                                      \
-        if (a->i[0])                                                                        \
+        if (a->i[0] && sizeof(T) == sizeof(float))                                          \
+            NBC_PICK(gelu_tanh_f32)((const float *)x, (float *)y, n);                       \
+        else if (a->i[0])                                                                   \
             for (int64_t k = 0; k < n; k++) {                                               \
                 T v = x[k], u = (T)GELU_2C * (v + (T)GELU_A * v * v * v);                    \
                 y[k] = v / (1 + EXP(-u));                                                   \
@@ -60,7 +87,9 @@ static nb_status gelu_check(const char *name, const nb_kernel_args *a, int n_in)
         const T *g = (const T *)nbc_ptr(&a->in[0]), *x = (const T *)nbc_ptr(&a->in[1]);     \
         T *dx = (T *)nbc_ptr(a->out);                                                       \
         int64_t n = nbc_numel(a->out);                                                      \
-        if (a->i[0])                                                                        \
+        if (a->i[0] && sizeof(T) == sizeof(float))                                          \
+            NBC_PICK(gelu_tanh_bw_f32)((const float *)g, (const float *)x, (float *)dx, n); \
+        else if (a->i[0])                                                                   \
             for (int64_t k = 0; k < n; k++) {                                               \
                 T v = x[k], v2 = v * v;                                                     \
                 T s = 1 / (1 + EXP(-(T)GELU_2C * (v + (T)GELU_A * v2 * v)));                 \

@@ -429,13 +429,6 @@ static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy
  * x86-64-v3 for FMA, picked by nbc_isa_level, never by CPU model). Positions run over [0, Lv) with
  * Lv = (OH - 1) * Wp + OW, which keeps every read inside the image; ow >= OW positions are
  * computed and dropped, or read zero gradients. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define NBC_HAVE_V3 1
-#define NBC_PICK(fn) (nbc_isa_level >= NBC_ISA_AVX2 ? fn##_v3 : fn##_base)
-#else
-#define NBC_HAVE_V3 0
-#define NBC_PICK(fn) fn##_base
-#endif
 
 #define VLOAD(v, p) memcpy(&(v), (p), sizeof(v))
 #define DEF_VEC(SFX, T, LANES)                                                              \
@@ -569,7 +562,6 @@ DEF_VEC(f64, double, 4)
 DEF_DIRECT(f32, float, 8, base, )
 DEF_DIRECT(f64, double, 4, base, )
 #if NBC_HAVE_V3
-#define NBC_V3 __attribute__((target("arch=x86-64-v3")))
 DEF_DIRECT(f32, float, 8, v3, NBC_V3)
 DEF_DIRECT(f64, double, 4, v3, NBC_V3)
 #endif
