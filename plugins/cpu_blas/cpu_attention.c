@@ -3,7 +3,7 @@
  * each block of k (and v) is transposed once into (E, 16) scratch and serves every query row,
  * whose online softmax state (max, sum, and the output row itself as accumulator) carries over
  * from block to block, so no score matrix exists: the scratch is one block of keys and values,
- * 16 scores and three numbers per query row. Math in the operands' type (float32 for float32,
+ * one (16, 16) tile of scores (16 scores in the forward) and three numbers per query row. Math in the operands' type (float32 for float32,
  * as PyTorch's cpu kernels); the loops over the 16 lanes and over E vectorise, built per ISA. */
 #include "cpu_internal.h"
 
@@ -16,6 +16,9 @@
 static inline float att_exp_f32(float x) { return nbc_expf(x); }
 static inline double att_exp_f64(double x) { return exp(x); }
 
+typedef float att_vec_f32 __attribute__((vector_size(32)));
+typedef double att_vec_f64 __attribute__((vector_size(32)));
+
 typedef struct att_dims {
     int64_t B, L, S, E, Ev;
     bool causal;
@@ -23,27 +26,54 @@ typedef struct att_dims {
 
 /* Rows [j0, j0 + nb) of src (row length n) into dst (n, ATT_BLOCK), zero past nb. */
 #define DEF_ATT_COMMON(SFX, T, ISA, ATTR)                                                   \
-    ATTR static void att_transpose_##SFX##_##ISA(const T *src, int64_t n, int64_t nb, T *dst) \
+    ATTR static void att_transpose_##SFX##_##ISA(const T *restrict src, int64_t n, int64_t nb, \
+                                                 T *restrict dst)                           \
     {                                                                                       \
         for (int64_t e = 0; e < n; e++)                                                     \
             for (int64_t t = 0; t < ATT_BLOCK; t++)                                         \
                 dst[e * ATT_BLOCK + t] = t < nb ? src[t * n + e] : 0;                       \
     }                                                                                       \
-    /* s[t] = scale * x . kt[:, t] for all 16 lanes */                                      \
-    ATTR static void att_dots_##SFX##_##ISA(const T *x, const T *kt, int64_t n, T scale, T *s) \
+    /* y += c x over n values, 32 bytes at a time */                                        \
+    ATTR static inline void att_axpy_##SFX##_##ISA(T *restrict y, const T *restrict x, T c, \
+                                                   int64_t n)                               \
     {                                                                                       \
-        T acc[ATT_BLOCK] = {0};                                                             \
+        enum { LANES = 32 / sizeof(T) };                                                    \
+        int64_t e = 0;                                                                      \
+        for (; e + LANES <= n; e += LANES) {                                                \
+            att_vec_##SFX xv, yv;                                                           \
+            memcpy(&xv, x + e, sizeof xv);                                                  \
+            memcpy(&yv, y + e, sizeof yv);                                                  \
+            yv += c * xv;                                                                   \
+            memcpy(y + e, &yv, sizeof yv);                                                  \
+        }                                                                                   \
+        for (; e < n; e++)                                                                  \
+            y[e] += c * x[e];                                                               \
+    }                                                                                       \
+    /* s[t] = scale * x . kt[:, t] for all 16 lanes, in 32-byte vectors (GCC's vector types: \
+     * left to itself the compiler vectorises along e, with shuffles) */                   \
+    ATTR static inline void att_dots_##SFX##_##ISA(const T *restrict x, const T *restrict kt,  \
+                                                int64_t n, T scale, T *restrict s)          \
+    {                                                                                       \
+        enum { NV = ATT_BLOCK * sizeof(T) / 32, LANES = 32 / sizeof(T) };                   \
+        att_vec_##SFX acc[NV];                                                              \
+        memset(acc, 0, sizeof acc);                                                         \
         for (int64_t e = 0; e < n; e++)                                                     \
-            for (int t = 0; t < ATT_BLOCK; t++)                                             \
-                acc[t] += x[e] * kt[e * ATT_BLOCK + t];                                     \
-        for (int t = 0; t < ATT_BLOCK; t++)                                                 \
-            s[t] = acc[t] * scale;                                                          \
+            for (int j = 0; j < NV; j++) {                                                  \
+                att_vec_##SFX kv;                                                           \
+                memcpy(&kv, kt + e * ATT_BLOCK + j * LANES, sizeof kv);                     \
+                acc[j] += x[e] * kv;                                                        \
+            }                                                                               \
+        for (int j = 0; j < NV; j++) {                                                      \
+            acc[j] *= scale;                                                                \
+            memcpy(s + j * LANES, &acc[j], sizeof acc[j]);                                  \
+        }                                                                                   \
     }
 
 /* q (B,L,E), k (B,S,E), v (B,S,Ev) -> o (B,L,Ev); m and l are L scratch values, kt (E, 16). */
 #define DEF_ATT_FORWARD(SFX, T, ISA, ATTR)                                                  \
-    ATTR static void att_forward_##SFX##_##ISA(const att_dims *d, const T *qp, const T *kp, \
-                                               const T *vp, T *op, T scale, T *m, T *l, T *kt) \
+    ATTR static void att_forward_##SFX##_##ISA(                                             \
+        const att_dims *d, const T *restrict qp, const T *restrict kp, const T *restrict vp, \
+        T *restrict op, T scale, T *restrict m, T *restrict l, T *restrict kt)              \
     {                                                                                       \
         int64_t L = d->L, S = d->S, E = d->E, Ev = d->Ev;                                   \
         T s[ATT_BLOCK], p[ATT_BLOCK];                                                       \
@@ -78,8 +108,7 @@ typedef struct att_dims {
                     for (int64_t t = 0; t < nv; t++) {                                      \
                         const T *vj = vb + (j0 + t) * Ev;                                   \
                         l[i] += p[t];                                                       \
-                        for (int64_t e = 0; e < Ev; e++)                                    \
-                            oi[e] += p[t] * vj[e];                                          \
+                        att_axpy_##SFX##_##ISA(oi, vj, p[t], Ev);                           \
                     }                                                                       \
                 }                                                                           \
             }                                                                               \
@@ -92,17 +121,19 @@ typedef struct att_dims {
     }
 
 /* Per query row i, with P the softmax row, dP_j = g_i . v_j and D = sum_j P_j dP_j (one online
- * pass over the blocks, like the forward's): dS_j = P_j (dP_j - D), dq_i = scale sum_j dS_j k_j,
- * dk_j = scale sum_i dS_j q_i, dv_j = sum_i P_j g_i (a second pass, the blocks recomputed).
- * m, l, D: L scratch values each; kt (E, 16), vt (Ev, 16). dk, dv zero on entry. */
+ * pass over the key blocks, like the forward's): dS_j = P_j (dP_j - D), dq_i = scale sum_j dS_j
+ * k_j, dk_j = scale sum_i dS_j q_i, dv_j = sum_i P_j g_i (a second pass, the blocks recomputed).
+ * Both passes take (16 queries, 16 keys) tiles: s and dp are the one score block of a head.
+ * m, l, D: L scratch values each; kt (E, 16), vt (Ev, 16). dq, dk, dv zero on entry. */
 #define DEF_ATT_BACKWARD(SFX, T, ISA, ATTR)                                                 \
-    ATTR static void att_backward_##SFX##_##ISA(const att_dims *d, const T *gp, const T *qp, \
-                                                const T *kp, const T *vp, T *dqp, T *dkp,   \
-                                                T *dvp, T scale, T *m, T *l, T *D, T *kt,   \
-                                                T *vt)                                      \
+    ATTR static void att_backward_##SFX##_##ISA(                                            \
+        const att_dims *d, const T *restrict gp, const T *restrict qp, const T *restrict kp, \
+        const T *restrict vp, T *restrict dqp, T *restrict dkp, T *restrict dvp, T scale,   \
+        T *restrict m, T *restrict l, T *restrict D, T *restrict kt, T *restrict vt)        \
     {                                                                                       \
         int64_t L = d->L, S = d->S, E = d->E, Ev = d->Ev;                                   \
-        T s[ATT_BLOCK], dp[ATT_BLOCK], p[ATT_BLOCK];                                        \
+        T s[ATT_BLOCK][ATT_BLOCK], dp[ATT_BLOCK][ATT_BLOCK];                                \
+        int64_t nv[ATT_BLOCK];                                                              \
         for (int64_t b = 0; b < d->B; b++) {                                                \
             const T *qb = qp + b * L * E, *kb = kp + b * S * E, *vb = vp + b * S * Ev;       \
             const T *gb = gp + b * L * Ev;                                                  \
@@ -116,46 +147,64 @@ typedef struct att_dims {
                     int64_t nb = S - j0 < ATT_BLOCK ? S - j0 : ATT_BLOCK;                   \
                     att_transpose_##SFX##_##ISA(kb + j0 * E, E, nb, kt);                    \
                     att_transpose_##SFX##_##ISA(vb + j0 * Ev, Ev, nb, vt);                  \
-                    for (int64_t i = d->causal ? j0 : 0; i < L; i++) {                      \
-                        int64_t nv = d->causal && i - j0 + 1 < nb ? i - j0 + 1 : nb;        \
-                        const T *qi = qb + i * E, *gi = gb + i * Ev;                        \
-                        att_dots_##SFX##_##ISA(qi, kt, E, scale, s);                        \
-                        att_dots_##SFX##_##ISA(gi, vt, Ev, 1, dp);                          \
-                        T mi = m[i];                                                        \
+                    for (int64_t i0 = d->causal ? j0 : 0; i0 < L; i0 += ATT_BLOCK) {        \
+                        int64_t ni = L - i0 < ATT_BLOCK ? L - i0 : ATT_BLOCK;               \
+                        for (int64_t r = 0; r < ni; r++) {                                  \
+                            int64_t i = i0 + r, vis = i - j0 + 1;                           \
+                            nv[r] = !d->causal || vis > nb ? nb : vis;                      \
+                            att_dots_##SFX##_##ISA(qb + i * E, kt, E, scale, s[r]);         \
+                            att_dots_##SFX##_##ISA(gb + i * Ev, vt, Ev, 1, dp[r]);          \
+                        }                                                                   \
                         if (pass == 0) {                                                    \
-                            T bm = -INFINITY;                                               \
-                            for (int64_t t = 0; t < nv; t++)                                \
-                                bm = s[t] > bm ? s[t] : bm;                                 \
-                            if (bm > mi) {                                                  \
-                                T r = att_exp_##SFX(mi - bm);                               \
-                                l[i] *= r;                                                  \
-                                D[i] *= r;                                                  \
-                                m[i] = mi = bm;                                             \
+                            for (int64_t r = 0; r < ni; r++) {                              \
+                                int64_t i = i0 + r;                                         \
+                                T mi = m[i], bm = -INFINITY;                                \
+                                for (int64_t t = 0; t < nv[r]; t++)                         \
+                                    bm = s[r][t] > bm ? s[r][t] : bm;                       \
+                                if (bm > mi) {                                              \
+                                    T f = att_exp_##SFX(mi - bm);                           \
+                                    l[i] *= f;                                              \
+                                    D[i] *= f;                                              \
+                                    m[i] = mi = bm;                                         \
+                                }                                                           \
+                                T sl = 0, sd = 0;                                           \
+                                for (int t = 0; t < ATT_BLOCK; t++) {                       \
+                                    T pt = t < nv[r] && mi != -INFINITY                     \
+                                               ? att_exp_##SFX(s[r][t] - mi) : 0;           \
+                                    sl += pt;                                               \
+                                    sd += pt * dp[r][t];                                    \
+                                }                                                           \
+                                l[i] += sl;                                                 \
+                                D[i] += sd;                                                 \
                             }                                                               \
-                            T sl = 0, sd = 0;                                               \
-                            for (int t = 0; t < ATT_BLOCK; t++) {                           \
-                                T pt = t < nv && mi != -INFINITY ? att_exp_##SFX(s[t] - mi) : 0; \
-                                sl += pt;                                                   \
-                                sd += pt * dp[t];                                           \
-                            }                                                               \
-                            l[i] += sl;                                                     \
-                            D[i] += sd;                                                     \
                             continue;                                                       \
                         }                                                                   \
-                        T rl = l[i], Di = D[i]; /* 1 / sum and D, after pass 0 */            \
-                        for (int t = 0; t < ATT_BLOCK; t++)                                 \
-                            p[t] = t < nv && mi != -INFINITY ? att_exp_##SFX(s[t] - mi) * rl : 0; \
-                        T *dqi = dqb + i * E;                                               \
-                        for (int64_t t = 0; t < nv; t++) {                                  \
-                            T ds = p[t] * (dp[t] - Di) * scale;                             \
-                            const T *kj = kb + (j0 + t) * E;                                \
+                        /* s becomes P, dp becomes dS * scale (l is 1 / sum after pass 0) */ \
+                        for (int64_t r = 0; r < ni; r++) {                                  \
+                            T mi = m[i0 + r], rl = l[i0 + r], Di = D[i0 + r];               \
+                            for (int t = 0; t < ATT_BLOCK; t++) {                           \
+                                T pt = t < nv[r] && mi != -INFINITY                         \
+                                           ? att_exp_##SFX(s[r][t] - mi) * rl : 0;          \
+                                s[r][t] = pt;                                               \
+                                dp[r][t] = pt * (dp[r][t] - Di) * scale;                    \
+                            }                                                               \
+                        }                                                                   \
+                        for (int64_t r = 0; r < ni; r++) {                                  \
+                            T *dqi = dqb + (i0 + r) * E;                                    \
+                            for (int64_t t = 0; t < nb; t++) {                              \
+                                T c = dp[r][t];                                             \
+                                const T *kj = kb + (j0 + t) * E;                            \
+                                att_axpy_##SFX##_##ISA(dqi, kj, c, E);                      \
+                            }                                                               \
+                        }                                                                   \
+                        for (int64_t t = 0; t < nb; t++) {                                  \
                             T *dkj = dkb + (j0 + t) * E, *dvj = dvb + (j0 + t) * Ev;        \
-                            for (int64_t e = 0; e < E; e++)                                 \
-                                dqi[e] += ds * kj[e];                                       \
-                            for (int64_t e = 0; e < E; e++)                                 \
-                                dkj[e] += ds * qi[e];                                       \
-                            for (int64_t e = 0; e < Ev; e++)                                \
-                                dvj[e] += p[t] * gi[e];                                     \
+                            for (int64_t r = 0; r < ni; r++) {                              \
+                                T c = dp[r][t], pc = s[r][t];                               \
+                                const T *qi = qb + (i0 + r) * E, *gi = gb + (i0 + r) * Ev;  \
+                                att_axpy_##SFX##_##ISA(dkj, qi, c, E);                      \
+                                att_axpy_##SFX##_##ISA(dvj, gi, pc, Ev);                    \
+                            }                                                               \
                         }                                                                   \
                     }                                                                       \
                 }                                                                           \
