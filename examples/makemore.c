@@ -159,31 +159,35 @@ static nb_tensor *fwd(nb_module *m, const char *path, const nb_tensor *x)
     return nb_module_forward(sub(m, path), x);
 }
 
-/* idx (B, T) int64 -> logits (B, T, VOCAB); inside the caller's scope. */
+/* idx (B, T) int64 -> logits (B, T, VOCAB); inside the caller's scope. The activations stay
+ * (B T, EMB) rows between the attention blocks, so that each Linear is one matrix product
+ * (a (B, T, C) input would be B products and a sum over them in the weight's gradient). */
 static nb_tensor *gpt_forward(nb_module *m, const nb_tensor *idx)
 {
     nb_shape s = nb_tensor_shape(idx);
     int64_t B = s.dims[0], T = s.dims[1], D = EMB / HEADS;
     nb_tensor *pos = nb_arange(0, (double)T, 1, (nb_opts){.dtype = NB_DTYPE_I64});
     nb_tensor *x = nb_add(fwd(m, "transformer.wte", idx), fwd(m, "transformer.wpe", pos));
+    x = nb_reshape(x, NB_SHAPE(B * T, EMB));
     for (int l = 0; l < LAYERS; l++) {
         char p[64];
         snprintf(p, sizeof p, "transformer.h.%d", l);
         nb_module *b = sub(m, p);
-        nb_tensor *qkv = fwd(b, "attn.c_attn", fwd(b, "ln_1", x)); /* (B, T, 3 EMB) */
+        nb_tensor *qkv = fwd(b, "attn.c_attn", fwd(b, "ln_1", x)); /* (B T, 3 EMB) */
         nb_tensor *hd[3];
         for (int k = 0; k < 3; k++) {
-            nb_tensor *part = nb_narrow(qkv, 2, k * EMB, EMB);
+            nb_tensor *part = nb_narrow(qkv, 1, k * EMB, EMB);
             hd[k] = nb_transpose(nb_view(part, NB_SHAPE(B, T, HEADS, D)), 1, 2); /* (B, H, T, D) */
         }
         nb_tensor *y = nb_scaled_dot_product_attention(hd[0], hd[1], hd[2],
                                                        (nb_sdpa_opts){.is_causal = true});
-        nb_tensor *yc = nb_reshape(nb_transpose(y, 1, 2), NB_SHAPE(B, T, EMB));
+        nb_tensor *yc = nb_reshape(nb_transpose(y, 1, 2), NB_SHAPE(B * T, EMB));
         x = nb_add(x, fwd(b, "attn.c_proj", yc));
         nb_tensor *hid = nb_gelu_tanh(fwd(b, "mlp.c_fc", fwd(b, "ln_2", x)));
         x = nb_add(x, fwd(b, "mlp.c_proj", hid));
     }
-    return fwd(m, "lm_head", fwd(m, "transformer.ln_f", x));
+    nb_tensor *logits = fwd(m, "lm_head", fwd(m, "transformer.ln_f", x));
+    return nb_reshape(logits, NB_SHAPE(B, T, VOCAB));
 }
 
 /* Mean cross-entropy over the counted targets (ignore_index -1), in nats per character. */
