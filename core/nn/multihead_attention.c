@@ -52,6 +52,17 @@ static nb_tensor *additive(nnc_tmps *s, const nb_tensor *mask, const nb_tensor *
     return z ? nnc_k(s, nb_masked_fill(z, mask, -INFINITY)) : NULL;
 }
 
+/* linear over the rows of x (N, L, E): one matrix product, not N of them (matmul broadcasts a
+ * 2-d weight over the batch and sums N products in its gradient) */
+static nb_tensor *linear_rows(nnc_tmps *s, const nb_tensor *x, const nb_tensor *w,
+                              const nb_tensor *b)
+{
+    int64_t N = x->shape[0], L = x->shape[1];
+    nb_tensor *x2 = nnc_k(s, nb_reshape(x, NB_SHAPE(N * L, x->shape[2])));
+    nb_tensor *y = x2 ? nnc_k(s, nb_linear(x2, w, b)) : NULL;
+    return y ? nnc_k(s, nb_reshape(y, NB_SHAPE(N, L, w->shape[0]))) : NULL;
+}
+
 /* (N, L, E) -> (N, H, L, D) */
 static nb_tensor *split_heads(nnc_tmps *s, const nb_tensor *x, int64_t H)
 {
@@ -126,7 +137,7 @@ static nb_tensor *mha_impl(nb_module *m, const mha_cfg *c, const nb_tensor *quer
     /* in-projection: one matmul when it is self-attention */
     nb_tensor *qp, *kp_, *vp;
     if (query == key && key == value) {
-        nb_tensor *qkv = nnc_k(&s, nb_linear(x3[0], w_in, b_in));
+        nb_tensor *qkv = linear_rows(&s, x3[0], w_in, b_in);
         qp = qkv ? nnc_k(&s, nb_narrow(qkv, 2, 0, E)) : NULL;
         kp_ = qkv ? nnc_k(&s, nb_narrow(qkv, 2, E, E)) : NULL;
         vp = qkv ? nnc_k(&s, nb_narrow(qkv, 2, 2 * E, E)) : NULL;
@@ -135,7 +146,7 @@ static nb_tensor *mha_impl(nb_module *m, const mha_cfg *c, const nb_tensor *quer
         for (int j = 0; j < 3; j++) {
             nb_tensor *wj = nnc_k(&s, nb_narrow(w_in, 0, j * E, E));
             nb_tensor *bj = b_in ? nnc_k(&s, nb_narrow(b_in, 0, j * E, E)) : NULL;
-            pr[j] = wj && (!b_in || bj) ? nnc_k(&s, nb_linear(x3[j], wj, bj)) : NULL;
+            pr[j] = wj && (!b_in || bj) ? linear_rows(&s, x3[j], wj, bj) : NULL;
         }
         qp = pr[0], kp_ = pr[1], vp = pr[2];
     }
@@ -180,7 +191,7 @@ static nb_tensor *mha_impl(nb_module *m, const mha_cfg *c, const nb_tensor *quer
     }
     nb_tensor *yt = y ? nnc_k(&s, nb_transpose(y, 1, 2)) : NULL; /* (N, L, H, D) */
     nb_tensor *yc = yt ? nnc_k(&s, nb_reshape(yt, NB_SHAPE(N, L, E))) : NULL;
-    nb_tensor *out = yc ? nnc_k(&s, nb_linear(yc, w_out, b_out)) : NULL;
+    nb_tensor *out = yc ? linear_rows(&s, yc, w_out, b_out) : NULL;
     if (out)
         out = !batched ? nnc_k(&s, nb_squeeze(out, 0))
               : c->batch_first ? out : nnc_k(&s, nb_transpose(out, 0, 1));
