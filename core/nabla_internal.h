@@ -120,7 +120,8 @@ void nbi_sbuf_printf(nbi_sbuf *b, const char *fmt, ...) __attribute__((format(pr
     X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
     X(max_pool2d_backward) X(sgd_step) X(adam_step)                                       \
     X(attention) X(layer_norm) /* core/nn/attention.c, core/nn/normalization.c */          \
-    X(attention_backward) X(layer_norm_backward) X(gelu) X(gelu_backward) /* core/nn/ */
+    X(attention_backward) X(layer_norm_backward) X(gelu) X(gelu_backward)                  \
+    X(embedding_backward) /* core/nn/ */
 
 typedef enum nbi_op {
 #define NBI_OP_ENUM_(name) NBI_OP_##name,

@@ -243,6 +243,9 @@ typedef const nb_plugin *(*nb_plugin_entry_fn)(const nb_host *host);
  *                       in[5] dv (B,S,Ev), both written; out = dq (B,L,E); f[0], i[0] as attention
  *   "gelu"              out = gelu(in[0]), contiguous; i[0] = 0: x Phi(x) (erf), 1: the tanh form
  *   "gelu_backward"     in[0] grad, in[1] x, contiguous: out = grad * gelu'(x); i[0] as gelu
+ *   "embedding_backward"  in[0] grad (M,D), in[1] int64 indices (M), contiguous; out (V,D)
+ *                       zeroed, then out[idx[m]] += grad[m] except where idx[m] == i[0] (padding;
+ *                       -1: none)
  * --------------------------------------------------------------------------------------------- */
 
 /* Philox4x32-10 (Salmon et al., SC'11): a counter-based generator, so every device produces the

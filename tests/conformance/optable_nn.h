@@ -525,8 +525,8 @@ static const conf_error e_nn_loss[] = {
             true, 0, a_tril, ref_tril, s_nn_tril, e_nn_tril),                              \
     NN_ROW_("outer", "nb_outer", "mul", NN_FO_, true, 0, a_outer, ref_outer, s_nn_outer,   \
             e_nn_outer),                                                                   \
-    NN_ROW_("embedding", "nb_embedding", "gather max min", NN_FO_, true, 0, a_embedding,   \
-            ref_embedding, s_nn_embedding, e_nn_embedding),                                \
+    NN_ROW_K_("embedding", "nb_embedding", "embedding_backward", "gather scatter_add", NN_FO_,\
+              true, 0, a_embedding, ref_embedding, s_nn_embedding, e_nn_embedding),        \
     NN_ROW_K_("scaled_dot_product_attention", "nb_scaled_dot_product_attention",           \
               "attention", "matmul max sub exp sum div where", NN_FO_, true, 10, a_sdpa,   \
               ref_sdpa, s_nn_sdpa, e_nn_sdpa),                                             \

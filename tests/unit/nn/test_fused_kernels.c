@@ -1,5 +1,6 @@
 /* test_fused_kernels.c - the tier-2 backward kernels of core/nn/ (gelu_backward,
- * layer_norm_backward, attention_backward) against the composites they stand in for. A
+ * layer_norm_backward, attention_backward, embedding_backward) against the composites they
+ * stand in for. A
  * gradient taken without create_graph runs the kernel; the same gradient with create_graph runs
  * the composite (its graph must be differentiable again), so one process compares both. With
  * NABLA_NO_TIER2=1 both sides are composites and the checks still hold. */
@@ -134,6 +135,48 @@ static void attention_backward_kernel_matches_composite(void **state)
             }
 }
 
+/* Repeated indices add up; the padding row gets no gradient. */
+static void embedding_backward_kernel_matches_composite(void **state)
+{
+    (void)state;
+    nb_manual_seed(11);
+    const int64_t iv[] = {3, 0, 3, 6, 2, 3, 0, 5, 6, 1, 3, 2};
+    for (int d = 0; d < 2; d++)
+        for (int pad = 0; pad < 2; pad++) {
+            nb_dtype dt = float_types[d];
+            nb_tensor *w = randn(NB_SHAPE(7, 5), dt, true);
+            nb_tensor *ix = ti64(NB_SHAPE(3, 4), iv);
+            nb_tensor *y = nb_embedding(ix, w, pad ? 3 : NB_NO_PADDING_IDX);
+            expect_kernel_matches_composite(pad ? "embedding padding_idx 3" : "embedding", y, &w,
+                                            1, tol_of(dt));
+            nb_release(y);
+            if (pad) { /* row 3 of the gradient is exactly zero (a fresh graph) */
+                y = nb_embedding(ix, w, 3);
+                nb_tensor *s = nb_sum(y, NULL, 0, false), *g = NULL;
+                NB_ASSERT_OK_(nb_grad(&s, NULL, 1, &w, 1, (nb_grad_opts){0}, &g));
+                nb_tensor *row = nb_select(g, 0, 3), *ra = nb_abs(row);
+                nb_tensor *rs = nb_sum(ra, NULL, 0, false);
+                double v = 1;
+                NB_ASSERT_OK_(nb_item(rs, &v));
+                assert_true(v == 0);
+                nb_tensor *r0 = nb_select(g, 0, 0);
+                nb_tensor *r0s = nb_sum(r0, NULL, 0, false);
+                NB_ASSERT_OK_(nb_item(r0s, &v));
+                assert_true(fabs(v - 10) < 1e-6); /* index 0 twice, 5 columns */
+                nb_release(r0s);
+                nb_release(r0);
+                nb_release(rs);
+                nb_release(ra);
+                nb_release(row);
+                nb_release(g);
+                nb_release(s);
+                nb_release(y);
+            }
+            nb_release(ix);
+            nb_release(w);
+        }
+}
+
 /* The backward kernel keeps no (L, S) matrix: on a (32, 4, 16, 16) batch the gradient step
  * allocates dq, dk and dv (one output size each) and nothing the size of the scores, while
  * the composite holds several score-sized tensors at once. */
@@ -181,6 +224,7 @@ int main(void)
         NB_TEST(gelu_tanh_backward_kernel_matches_composite),
         NB_TEST(layer_norm_backward_kernel_matches_composite),
         NB_TEST(attention_backward_kernel_matches_composite),
+        NB_TEST(embedding_backward_kernel_matches_composite),
         NB_TEST(attention_backward_peak_memory_is_the_three_gradients),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
