@@ -38,14 +38,30 @@
         for (int64_t r = 0; r < R; r++) {                                                   \
             const T *xr = xp + r * C;                                                       \
             T *orow = op + r * C;                                                           \
-            double mu = 0, var = 0;                                                         \
-            for (int64_t c = 0; c < C; c++)                                                 \
+            /* eight independent lanes, so that the double sums vectorise */                \
+            double lane[8] = {0}, mu = 0, var = 0;                                          \
+            int64_t c8 = C & ~(int64_t)7;                                                   \
+            for (int64_t c = 0; c < c8; c += 8)                                             \
+                for (int l = 0; l < 8; l++)                                                 \
+                    lane[l] += (double)xr[c + l];                                           \
+            for (int64_t c = c8; c < C; c++)                                                \
                 mu += (double)xr[c];                                                        \
+            for (int l = 0; l < 8; l++) {                                                   \
+                mu += lane[l];                                                              \
+                lane[l] = 0;                                                                \
+            }                                                                               \
             mu /= (double)C;                                                                \
-            for (int64_t c = 0; c < C; c++) {                                               \
+            for (int64_t c = 0; c < c8; c += 8)                                             \
+                for (int l = 0; l < 8; l++) {                                               \
+                    double d = (double)xr[c + l] - mu;                                      \
+                    lane[l] += d * d;                                                       \
+                }                                                                           \
+            for (int64_t c = c8; c < C; c++) {                                              \
                 double d = (double)xr[c] - mu;                                              \
                 var += d * d;                                                               \
             }                                                                               \
+            for (int l = 0; l < 8; l++)                                                     \
+                var += lane[l];                                                             \
             /* the row in the operands' type, branch-free, so that it vectorises */         \
             T rs = (T)(1.0 / sqrt(var / (double)C + eps)), mt = (T)mu;                     \
             if (st) {                                                                       \
@@ -101,11 +117,23 @@ DEF_LAYER_NORM(f64, double)
         for (int64_t r = 0; r < R; r++) {                                                   \
             const T *gr = g + r * C, *xr = x + r * C;                                       \
             T *dr = dx + r * C, mt = st[2 * r], rs = st[2 * r + 1];                         \
-            T s1 = 0, s2 = 0;                                                               \
-            for (int64_t c = 0; c < C; c++) {                                               \
+            T l1[8] = {0}, l2[8] = {0}, s1 = 0, s2 = 0; /* lanes, as in the forward */      \
+            int64_t c8 = C & ~(int64_t)7;                                                   \
+            for (int64_t c = 0; c < c8; c += 8)                                             \
+                for (int l = 0; l < 8; l++) {                                               \
+                    T xh = (xr[c + l] - mt) * rs;                                           \
+                    T dxh = w ? gr[c + l] * w[c + l] : gr[c + l];                           \
+                    l1[l] += dxh;                                                           \
+                    l2[l] += dxh * xh;                                                      \
+                }                                                                           \
+            for (int64_t c = c8; c < C; c++) {                                              \
                 T xh = (xr[c] - mt) * rs, dxh = w ? gr[c] * w[c] : gr[c];                   \
                 s1 += dxh;                                                                  \
                 s2 += dxh * xh;                                                             \
+            }                                                                               \
+            for (int l = 0; l < 8; l++) {                                                   \
+                s1 += l1[l];                                                                \
+                s2 += l2[l];                                                                \
             }                                                                               \
             s1 *= rc;                                                                       \
             s2 *= rc;                                                                       \
