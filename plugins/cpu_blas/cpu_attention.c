@@ -142,7 +142,10 @@ typedef struct att_dims {
                 m[i] = -INFINITY;                                                           \
                 l[i] = D[i] = 0;                                                            \
             }                                                                               \
-            for (int pass = 0; pass < 2; pass++) {                                          \
+            /* one block of keys: a tile's statistics are complete after pass 0, so the     \
+             * gradient part follows at once on the same scores (no second pass) */         \
+            bool one = S <= ATT_BLOCK;                                                      \
+            for (int pass = 0; pass < (one ? 1 : 2); pass++) {                              \
                 for (int64_t j0 = 0; j0 < S; j0 += ATT_BLOCK) {                             \
                     int64_t nb = S - j0 < ATT_BLOCK ? S - j0 : ATT_BLOCK;                   \
                     att_transpose_##SFX##_##ISA(kb + j0 * E, E, nb, kt);                    \
@@ -177,7 +180,12 @@ typedef struct att_dims {
                                 l[i] += sl;                                                 \
                                 D[i] += sd;                                                 \
                             }                                                               \
-                            continue;                                                       \
+                            if (!one)                                                       \
+                                continue;                                                   \
+                            for (int64_t i = i0; i < i0 + ni; i++) {                        \
+                                l[i] = l[i] > 0 ? 1 / l[i] : 0;                             \
+                                D[i] *= l[i];                                               \
+                            }                                                               \
                         }                                                                   \
                         /* s becomes P, dp becomes dS * scale (l is 1 / sum after pass 0) */ \
                         for (int64_t r = 0; r < ni; r++) {                                  \
@@ -208,7 +216,7 @@ typedef struct att_dims {
                         }                                                                   \
                     }                                                                       \
                 }                                                                           \
-                if (pass == 0)                                                              \
+                if (pass == 0 && !one)                                                      \
                     for (int64_t i = 0; i < L; i++) {                                       \
                         l[i] = l[i] > 0 ? 1 / l[i] : 0;                                     \
                         D[i] *= l[i];                                                       \
