@@ -79,7 +79,7 @@ static nb_tensor *ln_forward(void *p, nb_tensor *const *in, int32_t n)
     (void)n;
     ln_ctx *c = p;
     nnc_tmps s = {0};
-    nb_tensor *ops[3];
+    nb_tensor *ops[4]; /* x, weight, bias, the statistics */
     int32_t k = 0;
     int64_t flags = 0;
     for (int32_t j = 0; j < 3; j++)
