@@ -33,21 +33,42 @@ typedef struct att_dims {
             for (int64_t t = 0; t < ATT_BLOCK; t++)                                         \
                 dst[e * ATT_BLOCK + t] = t < nb ? src[t * n + e] : 0;                       \
     }                                                                                       \
-    /* y += c x over n values, 32 bytes at a time */                                        \
-    ATTR static inline void att_axpy_##SFX##_##ISA(T *restrict y, const T *restrict x, T c, \
-                                                   int64_t n)                               \
+    /* y += sum over t < nt of c[t * cs] x[t * ld ..]: the rows of x weighted by c, summed in \
+     * registers 16 floats (or 8 doubles) at a time and stored once */                    \
+    ATTR static inline void att_rows_##SFX##_##ISA(T *restrict y, const T *restrict x,      \
+                                                   int64_t ld, const T *restrict c,         \
+                                                   int64_t cs, int64_t nt, int64_t n)       \
     {                                                                                       \
         enum { LANES = 32 / sizeof(T) };                                                    \
         int64_t e = 0;                                                                      \
-        for (; e + LANES <= n; e += LANES) {                                                \
-            att_vec_##SFX xv, yv;                                                           \
-            memcpy(&xv, x + e, sizeof xv);                                                  \
-            memcpy(&yv, y + e, sizeof yv);                                                  \
-            yv += c * xv;                                                                   \
-            memcpy(y + e, &yv, sizeof yv);                                                  \
+        for (; e + 2 * LANES <= n; e += 2 * LANES) {                                        \
+            att_vec_##SFX a0, a1;                                                           \
+            memcpy(&a0, y + e, sizeof a0);                                                  \
+            memcpy(&a1, y + e + LANES, sizeof a1);                                          \
+            for (int64_t t = 0; t < nt; t++) {                                              \
+                att_vec_##SFX x0, x1;                                                       \
+                memcpy(&x0, x + t * ld + e, sizeof x0);                                     \
+                memcpy(&x1, x + t * ld + e + LANES, sizeof x1);                             \
+                a0 += c[t * cs] * x0;                                                       \
+                a1 += c[t * cs] * x1;                                                       \
+            }                                                                               \
+            memcpy(y + e, &a0, sizeof a0);                                                  \
+            memcpy(y + e + LANES, &a1, sizeof a1);                                          \
         }                                                                                   \
-        for (; e < n; e++)                                                                  \
-            y[e] += c * x[e];                                                               \
+        for (; e < n; e++) {                                                                \
+            T a = y[e];                                                                     \
+            for (int64_t t = 0; t < nt; t++)                                                \
+                a += c[t * cs] * x[t * ld + e];                                             \
+            y[e] = a;                                                                       \
+        }                                                                                   \
+    }                                                                                       \
+    /* the sum of 16 values, pairwise (the halves add as vectors) */                        \
+    ATTR static inline T att_sum16_##SFX##_##ISA(T *restrict v)                             \
+    {                                                                                       \
+        for (int w = ATT_BLOCK / 2; w > 0; w /= 2)                                          \
+            for (int t = 0; t < w; t++)                                                     \
+                v[t] += v[t + w];                                                           \
+        return v[0];                                                                        \
     }                                                                                       \
     /* s[t] = scale * x . kt[:, t] for all 16 lanes, in 32-byte vectors (GCC's vector types: \
      * left to itself the compiler vectorises along e, with shuffles) */                   \
@@ -105,11 +126,8 @@ typedef struct att_dims {
                     T mi = m[i];                                                            \
                     for (int t = 0; t < ATT_BLOCK; t++)                                     \
                         p[t] = t < nv && mi != -INFINITY ? att_exp_##SFX(s[t] - mi) : 0;    \
-                    for (int64_t t = 0; t < nv; t++) {                                      \
-                        const T *vj = vb + (j0 + t) * Ev;                                   \
-                        l[i] += p[t];                                                       \
-                        att_axpy_##SFX##_##ISA(oi, vj, p[t], Ev);                           \
-                    }                                                                       \
+                    att_rows_##SFX##_##ISA(oi, vb + j0 * Ev, Ev, p, 1, nv, Ev);             \
+                    l[i] += att_sum16_##SFX##_##ISA(p); /* p[t >= nv] are 0 */              \
                 }                                                                           \
             }                                                                               \
             for (int64_t i = 0; i < L; i++) {                                               \
@@ -170,15 +188,14 @@ typedef struct att_dims {
                                     D[i] *= f;                                              \
                                     m[i] = mi = bm;                                         \
                                 }                                                           \
-                                T sl = 0, sd = 0;                                           \
+                                T pl[ATT_BLOCK], pd[ATT_BLOCK];                             \
                                 for (int t = 0; t < ATT_BLOCK; t++) {                       \
-                                    T pt = t < nv[r] && mi != -INFINITY                     \
-                                               ? att_exp_##SFX(s[r][t] - mi) : 0;           \
-                                    sl += pt;                                               \
-                                    sd += pt * dp[r][t];                                    \
+                                    pl[t] = t < nv[r] && mi != -INFINITY                    \
+                                                ? att_exp_##SFX(s[r][t] - mi) : 0;          \
+                                    pd[t] = pl[t] * dp[r][t];                               \
                                 }                                                           \
-                                l[i] += sl;                                                 \
-                                D[i] += sd;                                                 \
+                                l[i] += att_sum16_##SFX##_##ISA(pl);                        \
+                                D[i] += att_sum16_##SFX##_##ISA(pd);                        \
                             }                                                               \
                             if (!one)                                                       \
                                 continue;                                                   \
@@ -197,22 +214,15 @@ typedef struct att_dims {
                                 dp[r][t] = pt * (dp[r][t] - Di) * scale;                    \
                             }                                                               \
                         }                                                                   \
-                        for (int64_t r = 0; r < ni; r++) {                                  \
-                            T *dqi = dqb + (i0 + r) * E;                                    \
-                            for (int64_t t = 0; t < nb; t++) {                              \
-                                T c = dp[r][t];                                             \
-                                const T *kj = kb + (j0 + t) * E;                            \
-                                att_axpy_##SFX##_##ISA(dqi, kj, c, E);                      \
-                            }                                                               \
-                        }                                                                   \
+                        /* dq_i += dS_i. k rows; dk_j += dS_.j q rows; dv_j += P_.j g rows */ \
+                        for (int64_t r = 0; r < ni; r++)                                    \
+                            att_rows_##SFX##_##ISA(dqb + (i0 + r) * E, kb + j0 * E, E, dp[r], \
+                                                   1, nb, E);                               \
                         for (int64_t t = 0; t < nb; t++) {                                  \
-                            T *dkj = dkb + (j0 + t) * E, *dvj = dvb + (j0 + t) * Ev;        \
-                            for (int64_t r = 0; r < ni; r++) {                              \
-                                T c = dp[r][t], pc = s[r][t];                               \
-                                const T *qi = qb + (i0 + r) * E, *gi = gb + (i0 + r) * Ev;  \
-                                att_axpy_##SFX##_##ISA(dkj, qi, c, E);                      \
-                                att_axpy_##SFX##_##ISA(dvj, gi, pc, Ev);                    \
-                            }                                                               \
+                            att_rows_##SFX##_##ISA(dkb + (j0 + t) * E, qb + i0 * E, E,      \
+                                                   &dp[0][t], ATT_BLOCK, ni, E);            \
+                            att_rows_##SFX##_##ISA(dvb + (j0 + t) * Ev, gb + i0 * Ev, Ev,   \
+                                                   &s[0][t], ATT_BLOCK, ni, Ev);            \
                         }                                                                   \
                     }                                                                       \
                 }                                                                           \
