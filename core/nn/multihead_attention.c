@@ -26,14 +26,16 @@ static bool mask_ok(const char *what, const nb_tensor *mask, const nb_tensor *q,
     const char *op = "MultiheadAttention";
     if (!nnc_same_device(op, what, mask, q))
         return false;
-    if (mask->dtype != NB_DTYPE_BOOL && mask->dtype != q->dtype) {
+    nb_dtype mt = nb_tensor_dtype(mask), qt = nb_tensor_dtype(q);
+    if (mt != NB_DTYPE_BOOL && mt != qt) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "%s: %s must be bool or %s like the query, got %s", op,
-                  what, nb_dtype_name(q->dtype), nb_dtype_name(mask->dtype));
+                  what, nb_dtype_name(qt), nb_dtype_name(mt));
         return false;
     }
-    bool fits = mask->ndim == nd && !memcmp(mask->shape, want, (size_t)nd * sizeof *want);
-    bool fits_alt = alt && mask->ndim == nd + 1 && !memcmp(mask->shape, alt,
-                                                              (size_t)(nd + 1) * sizeof *alt);
+    nb_shape ms = nb_tensor_shape(mask);
+    bool fits = ms.ndim == nd && !memcmp(ms.dims, want, (size_t)nd * sizeof *want);
+    bool fits_alt = alt && ms.ndim == nd + 1 && !memcmp(ms.dims, alt,
+                                                           (size_t)(nd + 1) * sizeof *alt);
     if (!fits && !fits_alt) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: %s has shape %s, expected %s%s%s", op, what,
                   NBI_SHAPE_STR(mask), nbi_shape_cstr(nd, want), alt ? " or " : "",
@@ -46,7 +48,7 @@ static bool mask_ok(const char *what, const nb_tensor *mask, const nb_tensor *q,
 /* A bool mask (true = masked out) as an additive one: 0 where allowed, -inf where not. */
 static nb_tensor *additive(nnc_tmps *s, const nb_tensor *mask, const nb_tensor *like)
 {
-    if (mask->dtype != NB_DTYPE_BOOL)
+    if (nb_tensor_dtype(mask) != NB_DTYPE_BOOL)
         return nnc_k(s, nb_retain((nb_tensor *)mask));
     nb_tensor *z = nnc_k(s, nb_zeros(nnc_shape(mask), nnc_opts(like)));
     return z ? nnc_k(s, nb_masked_fill(z, mask, -INFINITY)) : NULL;
@@ -57,16 +59,17 @@ static nb_tensor *additive(nnc_tmps *s, const nb_tensor *mask, const nb_tensor *
 static nb_tensor *linear_rows(nnc_tmps *s, const nb_tensor *x, const nb_tensor *w,
                               const nb_tensor *b)
 {
-    int64_t N = x->shape[0], L = x->shape[1];
-    nb_tensor *x2 = nnc_k(s, nb_reshape(x, NB_SHAPE(N * L, x->shape[2])));
+    nb_shape xs = nb_tensor_shape(x), ws = nb_tensor_shape(w);
+    nb_tensor *x2 = nnc_k(s, nb_reshape(x, NB_SHAPE(xs.dims[0] * xs.dims[1], xs.dims[2])));
     nb_tensor *y = x2 ? nnc_k(s, nb_linear(x2, w, b)) : NULL;
-    return y ? nnc_k(s, nb_reshape(y, NB_SHAPE(N, L, w->shape[0]))) : NULL;
+    return y ? nnc_k(s, nb_reshape(y, NB_SHAPE(xs.dims[0], xs.dims[1], ws.dims[0]))) : NULL;
 }
 
 /* (N, L, E) -> (N, H, L, D) */
 static nb_tensor *split_heads(nnc_tmps *s, const nb_tensor *x, int64_t H)
 {
-    int64_t N = x->shape[0], L = x->shape[1], D = x->shape[2] / H;
+    nb_shape xs = nb_tensor_shape(x);
+    int64_t N = xs.dims[0], L = xs.dims[1], D = xs.dims[2] / H;
     nb_tensor *r = nnc_k(s, nb_reshape(x, NB_SHAPE(N, L, H, D)));
     return r ? nnc_k(s, nb_transpose(r, 1, 2)) : NULL;
 }
@@ -93,10 +96,10 @@ static nb_tensor *mha_impl(nb_module *m, const mha_cfg *c, const nb_tensor *quer
         !nnc_like(op, "key", key, query) || !nnc_like(op, "value", value, query))
         return NULL;
     int64_t E = c->embed_dim, H = c->num_heads;
-    bool batched = query->ndim == 3;
-    if ((query->ndim != 3 && query->ndim != 2) || key->ndim != query->ndim ||
-        value->ndim != query->ndim || query->shape[query->ndim - 1] != E ||
-        key->shape[key->ndim - 1] != E || value->shape[value->ndim - 1] != E) {
+    nb_shape qs = nb_tensor_shape(query), ks = nb_tensor_shape(key), vs = nb_tensor_shape(value);
+    bool batched = qs.ndim == 3;
+    if ((qs.ndim != 3 && qs.ndim != 2) || ks.ndim != qs.ndim || vs.ndim != qs.ndim ||
+        qs.dims[qs.ndim - 1] != E || ks.dims[ks.ndim - 1] != E || vs.dims[vs.ndim - 1] != E) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: query %s, key %s and value %s must all be %s or "
                   "unbatched (L, E), with E = embed_dim = %lld", op, NBI_SHAPE_STR(query),
                   NBI_SHAPE_STR(key), NBI_SHAPE_STR(value),
@@ -114,8 +117,9 @@ static nb_tensor *mha_impl(nb_module *m, const mha_cfg *c, const nb_tensor *quer
         if (!x3[j])
             return nnc_ret(&s, NULL);
     }
-    int64_t N = x3[0]->shape[0], L = x3[0]->shape[1], S = x3[1]->shape[1];
-    if (x3[1]->shape[0] != N || x3[2]->shape[0] != N || x3[2]->shape[1] != S) {
+    nb_shape s0 = nb_tensor_shape(x3[0]), s1 = nb_tensor_shape(x3[1]), s2 = nb_tensor_shape(x3[2]);
+    int64_t N = s0.dims[0], L = s0.dims[1], S = s1.dims[1];
+    if (s1.dims[0] != N || s2.dims[0] != N || s2.dims[1] != S) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: query %s, key %s and value %s do not fit: key and "
                   "value need the same length and all the same batch size", op,
                   NBI_SHAPE_STR(query), NBI_SHAPE_STR(key), NBI_SHAPE_STR(value));
@@ -160,7 +164,7 @@ static nb_tensor *mha_impl(nb_module *m, const mha_cfg *c, const nb_tensor *quer
     bool causal_hint = o.is_causal && !o.key_padding_mask && !weights;
     if (o.attn_mask && !causal_hint) {
         mask = additive(&s, o.attn_mask, query);
-        if (mask && mask->ndim == 3)
+        if (mask && nb_tensor_shape(mask).ndim == 3)
             mask = nnc_k(&s, nb_reshape(mask, NB_SHAPE(N, H, L, S)));
     }
     if (o.key_padding_mask) {
