@@ -2,7 +2,7 @@
  * log_sigmoid, with their modules (LeakyReLU, ELU, SiLU, Softplus, GELU, Hardtanh, LogSigmoid).
  * Each is a composite of public ops; branches that could overflow are clamped first, because a
  * where() passes a zero gradient into its unused branch and 0 * inf would be NaN. gelu_tanh runs
- * a device's fused "gelu" / "gelu_tanh_backward" kernels (tier 2) when it has them. */
+ * a device's fused "gelu" / "gelu_backward" kernels (tier 2) when it has them. */
 #include "nn_common.h"
 
 static bool act_check(const char *op, const nb_tensor *x)
@@ -82,7 +82,7 @@ static nb_tensor *gelu_tanh_ops(const nb_tensor *x)
     return nnc_ret(&s, sg ? nnc_k(&s, nb_mul(x, sg)) : NULL);
 }
 
-/* ---- the fused tier-2 path: a device's "gelu" kernel forward, "gelu_tanh_backward" backward ---- */
+/* ---- the fused tier-2 path: a device's "gelu" kernel forward, "gelu_backward" backward ---- */
 
 /* A backward kernel runs when the gradient needs no graph of its own (create_graph off: the
  * engine then runs with grad mode off), and for float32/float64 only. */
@@ -148,8 +148,8 @@ static nb_status gelu_tanh_backward(void *p, const nb_tensor *g, nb_tensor **gi,
 {
     (void)n;
     gelu_ctx *c = p;
-    if (backward_kernel(c->x, "gelu_tanh_backward"))
-        gi[0] = gelu_run("gelu_tanh_backward", c, (nb_tensor *[]){(nb_tensor *)g, c->x}, 2);
+    if (backward_kernel(c->x, "gelu_backward"))
+        gi[0] = gelu_run("gelu_backward", c, (nb_tensor *[]){(nb_tensor *)g, c->x}, 2);
     else
         gi[0] = gelu_tanh_grad_ops(c->x, g);
     return gi[0] ? NB_OK : nbi_last_or(NB_AUTOGRAD, "gelu backward failed");
@@ -162,7 +162,8 @@ static void gelu_free(void *p)
     nbi_free(c);
 }
 
-static const nb_function gelu_tanh_fn = {"GeluBackward0", gelu_tanh_forward, gelu_tanh_backward, gelu_free};
+static const nb_function gelu_tanh_fn = {"GeluBackward0", gelu_tanh_forward, gelu_tanh_backward,
+                                         gelu_free};
 
 static nb_tensor *gelu_tanh_impl(const nb_tensor *x)
 {
