@@ -39,16 +39,28 @@ static double max_rel_diff(const nb_tensor *a, const nb_tensor *b)
 }
 
 /* The gradients of sum(y * g) with respect to in[0..n), once with create_graph (composite)
- * and once without (kernel), compared elementwise. */
-static void expect_kernel_matches_composite(const char *what, nb_tensor *y, nb_tensor *const *in,
-                                            int32_t n, double tol)
+ * and once without (kernel), compared elementwise. With the kernel in use (tier 2 on and the
+ * device has `kernel`), its gradient step must also hold less memory at its peak than the
+ * composite's chain of intermediates: that is how the test knows the kernel ran. */
+static void expect_kernel_matches_composite(const char *what, const char *kernel, nb_tensor *y,
+                                            nb_tensor *const *in, int32_t n, double tol)
 {
     assert_non_null(y);
     nb_tensor *g = randn(nb_tensor_shape(y), nb_tensor_dtype(y), false);
     nb_tensor *comp[4] = {0}, *kern[4] = {0};
+    int64_t base = nb_memory_allocated();
+    nb_memory_reset_peak();
     NB_ASSERT_OK_(nb_grad(&y, &g, 1, in, n, (nb_grad_opts){.create_graph = true,
                                                            .retain_graph = true}, comp));
+    int64_t peak_comp = nb_memory_peak() - base;
+    base = nb_memory_allocated();
+    nb_memory_reset_peak();
     NB_ASSERT_OK_(nb_grad(&y, &g, 1, in, n, (nb_grad_opts){0}, kern));
+    int64_t peak_kern = nb_memory_peak() - base;
+    if (nb_device_has_kernel("cpu", kernel, nb_tensor_dtype(y)) && !getenv("NABLA_NO_TIER2") &&
+        !(peak_kern < peak_comp))
+        fail_msg("%s: the kernel path's peak %lld bytes is not below the composite's %lld: did "
+                 "%s run?", what, (long long)peak_kern, (long long)peak_comp, kernel);
     for (int32_t k = 0; k < n; k++) {
         assert_null(nb_tensor_grad_fn(kern[k])); /* no graph: the kernel's plain tensors */
         double d = max_rel_diff(kern[k], comp[k]);
@@ -77,7 +89,7 @@ static void gelu_tanh_backward_kernel_matches_composite(void **state)
         nb_tensor *xl = nb_detach(x);
         NB_ASSERT_OK_(nb_tensor_set_requires_grad(xl, true));
         nb_tensor *y = nb_gelu_tanh(xl);
-        expect_kernel_matches_composite("gelu_tanh", y, &xl, 1, tol_of(dt));
+        expect_kernel_matches_composite("gelu_tanh", "gelu_backward", y, &xl, 1, tol_of(dt));
         nb_release(y);
         nb_release(xl);
         nb_release(x);
@@ -95,11 +107,12 @@ static void layer_norm_backward_kernel_matches_composite(void **state)
         nb_tensor *x = randn(NB_SHAPE(3, 5, 37), dt, true);
         nb_tensor *w = randn(NB_SHAPE(37), dt, true), *b = randn(NB_SHAPE(37), dt, true);
         nb_tensor *y = nb_layer_norm(x, ns, 1, w, b, 1e-5);
-        expect_kernel_matches_composite("layer_norm affine", y, (nb_tensor *[]){x, w, b}, 3,
-                                        tol_of(dt) * 10);
+        expect_kernel_matches_composite("layer_norm affine", "layer_norm_backward", y,
+                                        (nb_tensor *[]){x, w, b}, 3, tol_of(dt) * 10);
         nb_release(y);
         y = nb_layer_norm(x, ns, 1, NULL, NULL, 1e-5);
-        expect_kernel_matches_composite("layer_norm plain", y, &x, 1, tol_of(dt) * 10);
+        expect_kernel_matches_composite("layer_norm plain", "layer_norm_backward", y, &x, 1,
+                                        tol_of(dt) * 10);
         nb_release(y);
         nb_release(x);
         nb_release(w);
@@ -126,8 +139,8 @@ static void attention_backward_kernel_matches_composite(void **state)
                 char what[96];
                 snprintf(what, sizeof what, "attention %s L %lld S %lld%s", nb_dtype_name(dt),
                          (long long)L, (long long)S, causal ? " causal" : "");
-                expect_kernel_matches_composite(what, y, (nb_tensor *[]){q, k, v}, 3,
-                                                tol_of(dt) * 10);
+                expect_kernel_matches_composite(what, "attention_backward", y,
+                                                (nb_tensor *[]){q, k, v}, 3, tol_of(dt) * 10);
                 nb_release(y);
                 nb_release(q);
                 nb_release(k);
@@ -147,8 +160,8 @@ static void embedding_backward_kernel_matches_composite(void **state)
             nb_tensor *w = randn(NB_SHAPE(7, 5), dt, true);
             nb_tensor *ix = ti64(NB_SHAPE(3, 4), iv);
             nb_tensor *y = nb_embedding(ix, w, pad ? 3 : NB_NO_PADDING_IDX);
-            expect_kernel_matches_composite(pad ? "embedding padding_idx 3" : "embedding", y, &w,
-                                            1, tol_of(dt));
+            expect_kernel_matches_composite(pad ? "embedding padding_idx 3" : "embedding",
+                                            "embedding_backward", y, &w, 1, tol_of(dt));
             nb_release(y);
             if (pad) { /* row 3 of the gradient is exactly zero (a fresh graph) */
                 y = nb_embedding(ix, w, 3);
