@@ -2,7 +2,7 @@
  * then broadcast from rank 0), gradients packed into buckets in reverse registration order, each
  * bucket allreduced as soon as a post-accumulate-grad hook sees its last gradient, and the
  * averages copied back into .grad when the last parameter's gradient is in. */
-#include "nabla_internal.h"
+#include "nabla_layer.h"
 
 #include <string.h>
 #include <time.h>
@@ -90,9 +90,9 @@ static nb_status check_models(nb_ddp *d)
         const char *name = "";
         nb_tensor *t = nb_module_state(d->module, k, &name);
         uint64_t h = fnv(0xcbf29ce484222325ull, name, strlen(name) + 1);
-        int32_t meta[2] = {t->dtype, t->ndim};
+        int32_t meta[2] = {nb_tensor_dtype(t), nb_tensor_ndim(t)};
         h = fnv(h, meta, sizeof meta);
-        h = fnv(h, t->shape, (size_t)t->ndim * sizeof t->shape[0]);
+        h = fnv(h, nbi_dims(t), (size_t)nb_tensor_ndim(t) * sizeof nbi_dims(t)[0]);
         lo[k] = hi[k] = (int64_t)(h >> 1); /* keep clear of INT64_MIN */
     }
     st = allreduce_i64(d->pg, lo, n, NB_REDUCE_OP_MIN);
@@ -105,7 +105,7 @@ static nb_status check_models(nb_ddp *d)
         nb_tensor *t = nb_module_state(d->module, k, &name);
         st = nbi_error(NB_SHAPE_MISMATCH, "ddp: ranks have different models: entry %d is '%s' "
                        "(%s %s) on rank %d, and another rank differs in name, dtype or shape",
-                       k, name, nb_dtype_name(t->dtype), NBI_SHAPE_STR(t),
+                       k, name, nb_dtype_name(nb_tensor_dtype(t)), NBI_SHAPE_STR(t),
                        nb_process_group_rank(d->pg));
     }
     nbi_free(lo);
@@ -121,7 +121,8 @@ static nb_status launch_ready(nb_ddp *d)
         b->work = nb_allreduce(d->pg, b->flat, NB_REDUCE_OP_AVG);
         if (!b->work)
             return nb_last_status();
-        d->bytes_reduced += (uint64_t)nbi_numel(1, b->flat->shape) * nbi_dtype_bytes[b->flat->dtype];
+        d->bytes_reduced +=
+            (uint64_t)nb_tensor_numel(b->flat) * nb_dtype_size(nb_tensor_dtype(b->flat));
         d->next_launch++;
     }
     return NB_OK;
@@ -151,7 +152,7 @@ static nb_status finish(nb_ddp *d, bool copy_back)
             ddp_bucket *b = &d->buckets[p->bucket];
             nb_tensor *slice = nb_narrow(b->flat, 0, p->offset, p->numel);
             nb_tensor *view = slice ? nb_view(slice, nb_tensor_shape(p->p)) : NULL;
-            st = view ? nb_tensor_copy_(p->p->grad, view) : nb_last_status();
+            st = view ? nb_tensor_copy_(nbi_grad_of(p->p), view) : nb_last_status();
             nb_release(view);
             nb_release(slice);
         }
@@ -182,7 +183,7 @@ static nb_status on_grad(nb_tensor *t, void *ctx)
         bool prev = nb_set_grad_enabled(false);
         nb_tensor *slice = nb_narrow(b->flat, 0, p->offset, p->numel);
         nb_tensor *view = slice ? nb_view(slice, nb_tensor_shape(t)) : NULL;
-        st = view ? nb_tensor_copy_(view, t->grad) : nb_last_status();
+        st = view ? nb_tensor_copy_(view, nbi_grad_of(t)) : nb_last_status();
         nb_release(view);
         nb_release(slice);
         nb_set_grad_enabled(prev);
@@ -202,7 +203,7 @@ static nb_status build_buckets(nb_ddp *d, double bucket_mb)
 {
     int32_t total = nb_module_parameter_count(d->module), n = 0;
     for (int32_t k = 0; k < total; k++)
-        n += nb_module_parameter(d->module, k)->requires_grad;
+        n += nbi_requires_grad(nb_module_parameter(d->module, k));
     d->params = nbi_calloc(n ? (size_t)n : 1, sizeof *d->params);
     d->buckets = nbi_calloc(n ? (size_t)n : 1, sizeof *d->buckets);
     if (!d->params || !d->buckets)
@@ -215,23 +216,23 @@ static nb_status build_buckets(nb_ddp *d, double bucket_mb)
     /* Reverse registration order: backward produces the last layers' gradients first. */
     for (int32_t k = total - 1; k >= 0; k--) {
         nb_tensor *t = nb_module_parameter(d->module, k);
-        if (!t->requires_grad)
+        if (!nbi_requires_grad(t))
             continue;
         ddp_param *p = &d->params[d->n_params];
         ddp_param *last = d->n_params ? p - 1 : NULL;
-        bool same = last && last->p->dtype == t->dtype &&
-                    last->p->storage->device == t->storage->device;
+        bool same = last && nb_tensor_dtype(last->p) == nb_tensor_dtype(t) &&
+                    nbi_same_device(last->p, t);
         if (!last || !same || filled >= cap) {
             d->n_buckets++;
             filled = 0;
         }
         *p = (ddp_param){.ddp = d, .p = nb_retain(t), .bucket = d->n_buckets - 1,
                          .name = nb_module_parameter_name(d->module, k),
-                         .numel = nbi_numel(t->ndim, t->shape)};
+                         .numel = nb_tensor_numel(t)};
         p->offset = sizes[p->bucket];
         sizes[p->bucket] += p->numel;
         d->buckets[p->bucket].n_params++;
-        filled += (double)p->numel * nbi_dtype_bytes[t->dtype];
+        filled += (double)p->numel * nb_dtype_size(nb_tensor_dtype(t));
         d->n_params++;
     }
     nb_status st = NB_OK;
@@ -241,7 +242,7 @@ static nb_status build_buckets(nb_ddp *d, double bucket_mb)
             if (d->params[k].bucket == b)
                 first = d->params[k].p;
         d->buckets[b].flat = nb_zeros(NB_SHAPE(sizes[b]),
-                                      (nb_opts){.dtype = first->dtype,
+                                      (nb_opts){.dtype = nb_tensor_dtype(first),
                                                 .device = nb_tensor_device(first)});
         if (!d->buckets[b].flat)
             st = nb_last_status();
@@ -365,7 +366,7 @@ static nb_status finish_impl(nb_ddp *d)
                      got, d->n_params, name);
 }
 
-nb_status nb_ddp_finish(nb_ddp *d) { return NBI_API_STATUS(finish_impl(d)); }
+nb_status nb_ddp_finish(nb_ddp *d) { return NBI_API_CALL(finish_impl(d)); }
 
 nb_tensor *nb_ddp_forward(nb_ddp *d, const nb_tensor *x)
 {
