@@ -90,7 +90,7 @@ static nb_tensor *gelu_tanh_ops(const nb_tensor *x)
 static bool backward_kernel(const nb_tensor *like, const char *op)
 {
     return !nb_is_grad_enabled() && nbi_has_kernel(like, op) &&
-           (like->dtype == NB_DTYPE_F32 || like->dtype == NB_DTYPE_F64);
+           (nb_tensor_dtype(like) == NB_DTYPE_F32 || nb_tensor_dtype(like) == NB_DTYPE_F64);
 }
 
 typedef struct gelu_ctx {
@@ -170,7 +170,7 @@ static nb_tensor *gelu_tanh_impl(const nb_tensor *x)
 {
     if (!act_check("gelu", x))
         return NULL;
-    if (nbi_numel(x->ndim, x->shape) == 0 || !nbi_has_kernel(x, "gelu"))
+    if (nbi_numel(nb_tensor_ndim(x), nbi_dims(x)) == 0 || !nbi_has_kernel(x, "gelu"))
         return gelu_tanh_ops(x);
     gelu_ctx *c = nbi_calloc(1, sizeof *c);
     if (!c) {

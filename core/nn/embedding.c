@@ -8,7 +8,7 @@
  * while not every device reduces int64. */
 static bool check_range(const nb_tensor *idx, int64_t V, nb_tensor **pad_mask, int64_t pad)
 {
-    int64_t n = nbi_numel(idx->ndim, idx->shape);
+    int64_t n = nbi_numel(nb_tensor_ndim(idx), nbi_dims(idx));
     *pad_mask = NULL;
     if (n == 0)
         return true;
@@ -78,7 +78,7 @@ static nb_status emb_backward(void *p, const nb_tensor *g, nb_tensor **gi, int32
 {
     (void)n;
     emb_ctx *c = p;
-    int64_t D = g->shape[1];
+    int64_t D = nbi_dims(g)[1];
     nnc_tmps s = {0};
     nb_tensor *out = nb_zeros(NB_SHAPE(c->V, D), nnc_opts(g));
     if (out && !nb_is_grad_enabled() && nbi_has_kernel(g, "embedding_backward")) {
@@ -92,7 +92,7 @@ static nb_status emb_backward(void *p, const nb_tensor *g, nb_tensor **gi, int32
         }
     } else if (out) { /* with ops: differentiable again */
         nb_tensor *col = nnc_k(&s, nb_reshape(c->flat, NB_SHAPE(-1, 1)));
-        nb_tensor *ix = col ? nnc_k(&s, nb_expand(col, NB_SHAPE(col->shape[0], D))) : NULL;
+        nb_tensor *ix = col ? nnc_k(&s, nb_expand(col, NB_SHAPE(nbi_dims(col)[0], D))) : NULL;
         nb_tensor *gm = c->pad_mask ? nnc_k(&s, nb_masked_fill(g, c->pad_mask, 0))
                                     : nnc_k(&s, nb_retain((nb_tensor *)g));
         nb_tensor *r = ix && gm ? nb_scatter_add(out, 0, ix, gm) : NULL;
@@ -121,32 +121,33 @@ static nb_tensor *embedding_impl(const nb_tensor *idx, const nb_tensor *w, int64
     if (nnc_null(op, "indices", idx) || nnc_null(op, "weight", w) ||
         !nnc_float(op, "weight", w) || !nnc_same_device(op, "weight", w, idx))
         return NULL;
-    if (idx->dtype != NB_DTYPE_I64 && idx->dtype != NB_DTYPE_I32) {
+    if (nb_tensor_dtype(idx) != NB_DTYPE_I64 && nb_tensor_dtype(idx) != NB_DTYPE_I32) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "embedding: expected indices of type int64 or int32, got "
-                  "%s", nb_dtype_name(idx->dtype));
+                  "%s", nb_dtype_name(nb_tensor_dtype(idx)));
         return NULL;
     }
-    if (w->ndim != 2) {
+    if (nb_tensor_ndim(w) != 2) {
         nbi_error(NB_SHAPE_MISMATCH, "embedding: weight must be 2-d (num_embeddings, "
                   "embedding_dim), got %s", NBI_SHAPE_STR(w));
         return NULL;
     }
-    if (idx->ndim + 1 > NB_MAX_DIMS) {
+    if (nb_tensor_ndim(idx) + 1 > NB_MAX_DIMS) {
         nbi_error(NB_SHAPE_MISMATCH, "embedding: indices %s have too many dims for the output "
                   "(at most %d)", NBI_SHAPE_STR(idx), NB_MAX_DIMS - 1);
         return NULL;
     }
-    int64_t V = w->shape[0], D = w->shape[1];
+    int64_t V = nbi_dims(w)[0], D = nbi_dims(w)[1];
     nb_tensor *pad_mask = NULL;
     if (!norm_padding(op, &pad, V) || !check_range(idx, V, &pad_mask, pad))
         return NULL;
     nnc_tmps s = {0};
     nnc_k(&s, pad_mask);
-    nb_tensor *i64 = idx->dtype == NB_DTYPE_I64 ? nnc_k(&s, nb_retain((nb_tensor *)idx))
+    nb_tensor *i64 = nb_tensor_dtype(idx) == NB_DTYPE_I64 ? nnc_k(&s, nb_retain((nb_tensor *)idx))
                                                : nnc_k(&s, nb_to_dtype(idx, NB_DTYPE_I64));
     nb_tensor *flat = nnc_k(&s, nb_reshape(i64, NB_SHAPE(-1)));
     nb_tensor *rows = NULL;
-    bool fused = flat && (w->dtype == NB_DTYPE_F32 || w->dtype == NB_DTYPE_F64) &&
+    nb_dtype wt = nb_tensor_dtype(w);
+    bool fused = flat && (wt == NB_DTYPE_F32 || wt == NB_DTYPE_F64) &&
                  nbi_has_kernel(w, "embedding_backward");
     if (fused) {
         emb_ctx *c = nbi_calloc(1, sizeof *c);

@@ -84,7 +84,8 @@ static nb_tensor *mha_impl(nb_module *m, const mha_cfg *c, const nb_tensor *quer
     if (nnc_null(op, "query", query) || nnc_null(op, "key", key) ||
         nnc_null(op, "value", value))
         return NULL;
-    nb_tensor *w_in = nbi_module_own(m, "in_proj_weight"), *b_in = nbi_module_own(m, "in_proj_bias");
+    nb_tensor *w_in = nbi_module_own(m, "in_proj_weight");
+    nb_tensor *b_in = nbi_module_own(m, "in_proj_bias");
     nb_module *out_proj = nb_module_child(m, "out_proj");
     nb_tensor *w_out = out_proj ? nbi_module_own(out_proj, "weight") : NULL;
     nb_tensor *b_out = out_proj ? nbi_module_own(out_proj, "bias") : NULL;
