@@ -1,8 +1,8 @@
 /* activation.c - leaky_relu, elu, silu, softplus, gelu(approximate="tanh"), hardtanh and
  * log_sigmoid, with their modules (LeakyReLU, ELU, SiLU, Softplus, GELU, Hardtanh, LogSigmoid).
  * Each is a composite of public ops; branches that could overflow are clamped first, because a
- * where() passes a zero gradient into its unused branch and 0 * inf would be NaN. gelu_tanh runs
- * a device's fused "gelu" / "gelu_backward" kernels (tier 2) when it has them. */
+ * where() passes a zero gradient into its unused branch and 0 * inf would be NaN. gelu (both
+ * forms) runs a device's fused "gelu" / "gelu_backward" kernels (tier 2) when it has them. */
 #include "nn_common.h"
 #include "functional.h"
 
@@ -415,12 +415,19 @@ static nb_tensor *normal_cdf(const nb_tensor *x)
     return tret(&s, tk(&s, nb_mul_scalar(e, 0.5)));
 }
 
+/* With a device's "gelu" kernel (i[0] = 0: the erf form) forward and "gelu_backward" when the
+ * gradient needs no graph; the composites otherwise. */
 static nb_tensor *gelu_forward(void *ctx, nb_tensor *const *in, int32_t n)
 {
     fctx *c = ctx;
-    nb_tensor *phi = normal_cdf(in[0]);
-    nb_tensor *out = phi ? nb_mul(in[0], phi) : NULL;
-    nb_release(phi);
+    nb_tensor *out;
+    if (nb_tensor_numel(in[0]) > 0 && nbi_has_kernel(in[0], "gelu")) {
+        out = gelu_run("gelu", &(gelu_ctx){.tanh = 0}, in, 1);
+    } else {
+        nb_tensor *phi = normal_cdf(in[0]);
+        out = phi ? nb_mul(in[0], phi) : NULL;
+        nb_release(phi);
+    }
     if (out && c->record)
         save(c, 0, in[0]);
     return out;
@@ -433,6 +440,11 @@ static nb_status gelu_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
     SAVED(0, x);
     if (!c->need[0])
         return NB_OK;
+    if (backward_kernel(x, "gelu_backward")) {
+        gi[0] = gelu_run("gelu_backward", &(gelu_ctx){.tanh = 0},
+                         (nb_tensor *[]){(nb_tensor *)g, (nb_tensor *)x}, 2);
+        return bw_done(c, gi, n);
+    }
     tmps s = {0};
     nb_tensor *phi = tk(&s, normal_cdf(x));
     nb_tensor *x2 = tk(&s, nb_mul(x, x));

@@ -77,7 +77,7 @@ static double tol_of(nb_dtype dt) { return dt == NB_DTYPE_F64 ? 1e-11 : 2e-5; }
 
 static const nb_dtype float_types[] = {NB_DTYPE_F32, NB_DTYPE_F64};
 
-static void gelu_tanh_backward_kernel_matches_composite(void **state)
+static void gelu_backward_kernel_matches_composite(void **state)
 {
     (void)state;
     nb_manual_seed(7);
@@ -90,6 +90,9 @@ static void gelu_tanh_backward_kernel_matches_composite(void **state)
         NB_ASSERT_OK_(nb_tensor_set_requires_grad(xl, true));
         nb_tensor *y = nb_gelu_tanh(xl);
         expect_kernel_matches_composite("gelu_tanh", "gelu_backward", y, &xl, 1, tol_of(dt));
+        nb_release(y);
+        y = nb_gelu(xl); /* the erf form */
+        expect_kernel_matches_composite("gelu", "gelu_backward", y, &xl, 1, tol_of(dt));
         nb_release(y);
         nb_release(xl);
         nb_release(x);
@@ -234,7 +237,7 @@ static void attention_backward_peak_memory_is_the_three_gradients(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        NB_TEST(gelu_tanh_backward_kernel_matches_composite),
+        NB_TEST(gelu_backward_kernel_matches_composite),
         NB_TEST(layer_norm_backward_kernel_matches_composite),
         NB_TEST(attention_backward_kernel_matches_composite),
         NB_TEST(embedding_backward_kernel_matches_composite),
