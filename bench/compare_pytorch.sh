@@ -3,7 +3,8 @@
 # and prints `workload | nabla | pytorch | ratio`: the seed's two-layer net (500 steps), one
 # Fashion-MNIST epoch of LeNet (nabla-train vs torch_lenet.py, same recipe, plus peak RSS),
 # matmul 1024^3, a 1-element add, and the character transformer (nabla-makemore vs
-# torch_makemore.py from the same initial weights: step time and validation loss). Without torch
+# torch_makemore.py from the same initial weights: step time, wall and the process's CPU time,
+# medians of --makemore-runs interleaved runs, and validation loss). Without torch
 # it says so and prints Nabla's column only.
 set -euo pipefail
 
@@ -14,11 +15,15 @@ data=/usr/share/datasets/fashion-mnist
 device=cpu
 epochs=1
 mm_steps=3000
+mm_runs=1
+mm_only=0
 usage() {
     echo "usage: $0 [--build DIR] [--threads N] [--data DIR] [--device D] [--quick]"
     echo "  --build DIR  Nabla build folder holding bin/nabla-bench and bin/nabla-train"
     echo "  --quick      LeNet on 6000 images instead of a whole epoch, makemore 200 steps"
     echo "  --makemore-steps N  steps of the transformer for both (default 3000, batch 32)"
+    echo "  --makemore-runs N   N interleaved nabla/pytorch runs; the step times are their medians"
+    echo "  --makemore-only     only the transformer rows"
 }
 limit=0
 while [ $# -gt 0 ]; do
@@ -29,11 +34,14 @@ while [ $# -gt 0 ]; do
     --device) device=$2; shift 2 ;;
     --quick) limit=6000; mm_steps=200; shift ;;
     --makemore-steps) mm_steps=$2; shift 2 ;;
+    --makemore-runs) mm_runs=$2; shift 2 ;;
+    --makemore-only) mm_only=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare_pytorch.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
 case "$threads" in ''|*[!0-9]*) echo "compare_pytorch.sh: --threads '$threads': expected a positive integer" >&2; exit 2 ;; esac
+case "$mm_runs" in ''|0|*[!0-9]*) echo "compare_pytorch.sh: --makemore-runs '$mm_runs': expected a positive integer" >&2; exit 2 ;; esac
 
 bench="$build/bin/nabla-bench"
 train="$build/bin/nabla-train"
@@ -78,21 +86,43 @@ value() { # value NAME FILE -> the number on the `NAME value ...` line
     awk -v n="$1" '$1 == n { print $2; exit }' "$2"
 }
 
-echo "# threads $threads, device $device"
-"$bench" --device "$device" --only mlp,matmul,dispatch > "$tmp/nb_bench.txt"
+echo "# threads $threads, device $device, load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 limit_args=()
 [ "$limit" -gt 0 ] && limit_args=(--limit "$limit")
-"$train" --data "$data" --device "$device" --threads "$threads" --epochs "$epochs" \
-    "${limit_args[@]}" > "$tmp/nb_train.txt"
-"$makemore" --steps "$mm_steps" --eval-every "$mm_steps" --init-out "$tmp/mm_init.safetensors" \
-    --losses-out "$tmp/mm_losses.txt" --save "$tmp/mm.safetensors" > "$tmp/nb_mm.txt" 2>/dev/null
-if [ -n "$py" ]; then
-    "$py" "$here/torch_makemore.py" --init "$tmp/mm_init.safetensors" --steps "$mm_steps" \
-        --threads "$threads" --compare "$tmp/mm_losses.txt" > "$tmp/pt_mm.txt"
-else
-    : > "$tmp/pt_mm.txt"
+: > "$tmp/nb_bench.txt"
+: > "$tmp/nb_train.txt"
+if [ "$mm_only" = 0 ]; then
+    "$bench" --device "$device" --only mlp,matmul,dispatch > "$tmp/nb_bench.txt"
+    "$train" --data "$data" --device "$device" --threads "$threads" --epochs "$epochs" \
+        "${limit_args[@]}" > "$tmp/nb_train.txt"
 fi
-if [ -n "$py" ]; then
+# The transformer, nabla then PyTorch, mm_runs times back to back (the first run also gives the
+# validation losses and the first losses' agreement); step times are the medians.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+: > "$tmp/pt_mm.txt"
+for run in $(seq 1 "$mm_runs"); do
+    "$makemore" --steps "$mm_steps" --eval-every "$mm_steps" --init-out "$tmp/mm_init.safetensors" \
+        --losses-out "$tmp/mm_losses.txt" --save "$tmp/mm.safetensors" > "$tmp/nb_mm_$run.txt" 2>/dev/null
+    value makemore_step_ms "$tmp/nb_mm_$run.txt" >> "$tmp/nb_mm_steps.txt"
+    value makemore_step_cpu_ms "$tmp/nb_mm_$run.txt" >> "$tmp/nb_mm_cpu.txt"
+    if [ -n "$py" ]; then
+        "$py" "$here/torch_makemore.py" --init "$tmp/mm_init.safetensors" --steps "$mm_steps" \
+            --threads "$threads" --compare "$tmp/mm_losses.txt" > "$tmp/pt_mm_$run.txt"
+        value makemore_step_ms "$tmp/pt_mm_$run.txt" >> "$tmp/pt_mm_steps.txt"
+        value makemore_step_cpu_ms "$tmp/pt_mm_$run.txt" >> "$tmp/pt_mm_cpu.txt"
+        cp "$tmp/pt_mm_1.txt" "$tmp/pt_mm.txt"
+    fi
+done
+cp "$tmp/nb_mm_1.txt" "$tmp/nb_mm.txt"
+nb_step=$(median < "$tmp/nb_mm_steps.txt")
+pt_step=$([ -n "$py" ] && median < "$tmp/pt_mm_steps.txt" || true)
+nb_cpu=$(median < "$tmp/nb_mm_cpu.txt")
+pt_cpu=$([ -n "$py" ] && median < "$tmp/pt_mm_cpu.txt" || true)
+if [ "$mm_runs" -gt 1 ]; then
+    echo "# makemore step times (ms), run by run: nabla $(tr '\n' ' ' < "$tmp/nb_mm_steps.txt")/ pytorch $([ -n "$py" ] && tr '\n' ' ' < "$tmp/pt_mm_steps.txt")"
+    echo "# makemore step CPU times (ms), run by run: nabla $(tr '\n' ' ' < "$tmp/nb_mm_cpu.txt")/ pytorch $([ -n "$py" ] && tr '\n' ' ' < "$tmp/pt_mm_cpu.txt")"
+fi
+if [ -n "$py" ] && [ "$mm_only" = 0 ]; then
     "$py" "$here/torch_bench.py" --only mlp,matmul,dispatch --threads "$threads" > "$tmp/pt_bench.txt"
     "$py" "$here/torch_lenet.py" --data "$data" --threads "$threads" --epochs "$epochs" \
         "${limit_args[@]}" > "$tmp/pt_train.txt"
@@ -111,13 +141,16 @@ row() { # row LABEL NABLA PYTORCH: the ratio is nabla / pytorch
     printf '%-34s | %12s | %12s | %6s\n' "$1" "${2:--}" "${3:--}" "$r"
 }
 printf '%-34s | %12s | %12s | %6s\n' workload nabla pytorch ratio
-row "mlp_seed_500 (s)" "$(value mlp_seed_500 "$tmp/nb_bench.txt")" "$(value mlp_seed_500 "$tmp/pt_bench.txt")"
-row "$lenet_name" "$(value train_seconds "$tmp/nb_train.txt")" "$(value train_seconds "$tmp/pt_train.txt")"
-row "lenet test_accuracy" "$(value test_accuracy "$tmp/nb_train.txt")" "$(value test_accuracy "$tmp/pt_train.txt")"
-row "lenet peak_rss (MB)" "$(value peak_rss_mb "$tmp/nb_train.txt")" "$(value peak_rss_mb "$tmp/pt_train.txt")"
-row "matmul_f32_1024 (GFLOP/s)" "$(value matmul_f32_1024 "$tmp/nb_bench.txt")" "$(value matmul_f32_1024 "$tmp/pt_bench.txt")"
-row "dispatch_add_1 (ns)" "$(value dispatch_add_1 "$tmp/nb_bench.txt")" "$(value dispatch_add_1 "$tmp/pt_bench.txt")"
-row "makemore_step (ms)" "$(value makemore_step_ms "$tmp/nb_mm.txt")" "$(value makemore_step_ms "$tmp/pt_mm.txt")"
+if [ "$mm_only" = 0 ]; then
+    row "mlp_seed_500 (s)" "$(value mlp_seed_500 "$tmp/nb_bench.txt")" "$(value mlp_seed_500 "$tmp/pt_bench.txt")"
+    row "$lenet_name" "$(value train_seconds "$tmp/nb_train.txt")" "$(value train_seconds "$tmp/pt_train.txt")"
+    row "lenet test_accuracy" "$(value test_accuracy "$tmp/nb_train.txt")" "$(value test_accuracy "$tmp/pt_train.txt")"
+    row "lenet peak_rss (MB)" "$(value peak_rss_mb "$tmp/nb_train.txt")" "$(value peak_rss_mb "$tmp/pt_train.txt")"
+    row "matmul_f32_1024 (GFLOP/s)" "$(value matmul_f32_1024 "$tmp/nb_bench.txt")" "$(value matmul_f32_1024 "$tmp/pt_bench.txt")"
+    row "dispatch_add_1 (ns)" "$(value dispatch_add_1 "$tmp/nb_bench.txt")" "$(value dispatch_add_1 "$tmp/pt_bench.txt")"
+fi
+row "makemore_step (ms)" "$nb_step" "$pt_step"
+row "makemore_step_cpu (ms)" "$nb_cpu" "$pt_cpu"
 row "makemore_val_loss_${mm_steps} (nats)" "$(value makemore_val_loss "$tmp/nb_mm.txt")" "$(value makemore_val_loss "$tmp/pt_mm.txt")"
 first=$(awk '$1 ~ /^makemore_first[0-9]+_max_diff$/ { print $2; exit }' "$tmp/pt_mm.txt")
 [ -n "$first" ] && echo "# makemore: the first 20 steps' losses differ by at most $first (same initial weights and batches)"

@@ -4,7 +4,8 @@
 The same character GPT (4 layers, 4 heads, embedding 64, context 16), the same word list, split,
 batches (the splitmix64 stream of examples/makemore.c), AdamW(0.9, 0.99, eps 1e-8, wd 0.01),
 linear warmup then cosine decay to lr/10, clip_grad_norm_(1.0), starting from the safetensors file
-nabla-makemore wrote with --init-out. Prints makemore_step_ms and makemore_val_loss lines, and
+nabla-makemore wrote with --init-out. Prints makemore_step_ms (wall), makemore_step_cpu_ms (the
+process's CPU time) and makemore_val_loss lines, and
 with --compare FILE (nabla's --losses-out) the first steps' losses side by side.
 
   nabla-makemore --steps 20 --init-out init.safetensors --losses-out nb.txt
@@ -157,7 +158,7 @@ def main():
     model.load_state_dict(load_safetensors(a.init), strict=True)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
     rng = SplitMix64(a.seed ^ 0x5DEECE66D)
-    losses, t_steps = [], 0.0
+    losses, t_steps, c_steps = [], 0.0, 0.0
     for step in range(a.steps):
         if step < a.warmup:
             lr = a.lr * (step + 1) / a.warmup
@@ -167,7 +168,7 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         pick = torch.tensor([rng.next() % len(xtr) for _ in range(a.batch)])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = loss_of(model, xtr[pick], ytr[pick])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -175,6 +176,7 @@ def main():
         opt.step()
         losses.append(loss.item())
         t_steps += time.perf_counter() - t0
+        c_steps += time.process_time() - c0
         if (step + 1) % 500 == 0:
             print(f"step {step + 1}: train loss {losses[-1]:.4f}, validation loss {evaluate(model, xva, yva):.4f}", flush=True)
     val = evaluate(model, xva, yva)
@@ -188,6 +190,8 @@ def main():
             print(f"{i + 1:4d}  {nb[i]:.7f}  {losses[i]:.7f}  {abs(nb[i] - losses[i]):.2e}")
         print(f"makemore_first{n}_max_diff {worst:.3e}")
     print(f"makemore_step_ms {1e3 * t_steps / max(a.steps, 1):.3f}")
+    # the process's CPU time per step: what a loaded machine's scheduler does not inflate
+    print(f"makemore_step_cpu_ms {1e3 * c_steps / max(a.steps, 1):.3f}")
     print(f"makemore_val_loss {val:.6f}")
 
 

@@ -44,7 +44,9 @@ extern _Atomic int64_t nbi_live_storage_count;
     X(relu_backward) X(softmax) X(log_softmax) X(log_softmax_backward) X(softmax_backward) \
     X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
     X(max_pool2d_backward) X(sgd_step) X(adam_step)                                       \
-    X(attention) X(layer_norm) /* core/nn/attention.c, core/nn/normalization.c */
+    X(attention) X(layer_norm) /* core/nn/attention.c, core/nn/normalization.c */          \
+    X(attention_backward) X(layer_norm_backward) X(gelu) X(gelu_backward)                  \
+    X(embedding_backward) /* core/nn/ */
 
 typedef enum nbi_op {
 #define NBI_OP_ENUM_(name) NBI_OP_##name,

@@ -159,31 +159,35 @@ static nb_tensor *fwd(nb_module *m, const char *path, const nb_tensor *x)
     return nb_module_forward(sub(m, path), x);
 }
 
-/* idx (B, T) int64 -> logits (B, T, VOCAB); inside the caller's scope. */
+/* idx (B, T) int64 -> logits (B, T, VOCAB); inside the caller's scope. The activations stay
+ * (B T, EMB) rows between the attention blocks, so that each Linear is one matrix product
+ * (a (B, T, C) input would be B products and a sum over them in the weight's gradient). */
 static nb_tensor *gpt_forward(nb_module *m, const nb_tensor *idx)
 {
     nb_shape s = nb_tensor_shape(idx);
     int64_t B = s.dims[0], T = s.dims[1], D = EMB / HEADS;
     nb_tensor *pos = nb_arange(0, (double)T, 1, (nb_opts){.dtype = NB_DTYPE_I64});
     nb_tensor *x = nb_add(fwd(m, "transformer.wte", idx), fwd(m, "transformer.wpe", pos));
+    x = nb_reshape(x, NB_SHAPE(B * T, EMB));
     for (int l = 0; l < LAYERS; l++) {
         char p[64];
         snprintf(p, sizeof p, "transformer.h.%d", l);
         nb_module *b = sub(m, p);
-        nb_tensor *qkv = fwd(b, "attn.c_attn", fwd(b, "ln_1", x)); /* (B, T, 3 EMB) */
+        nb_tensor *qkv = fwd(b, "attn.c_attn", fwd(b, "ln_1", x)); /* (B T, 3 EMB) */
         nb_tensor *hd[3];
         for (int k = 0; k < 3; k++) {
-            nb_tensor *part = nb_narrow(qkv, 2, k * EMB, EMB);
+            nb_tensor *part = nb_narrow(qkv, 1, k * EMB, EMB);
             hd[k] = nb_transpose(nb_view(part, NB_SHAPE(B, T, HEADS, D)), 1, 2); /* (B, H, T, D) */
         }
         nb_tensor *y = nb_scaled_dot_product_attention(hd[0], hd[1], hd[2],
                                                        (nb_sdpa_opts){.is_causal = true});
-        nb_tensor *yc = nb_reshape(nb_transpose(y, 1, 2), NB_SHAPE(B, T, EMB));
+        nb_tensor *yc = nb_reshape(nb_transpose(y, 1, 2), NB_SHAPE(B * T, EMB));
         x = nb_add(x, fwd(b, "attn.c_proj", yc));
         nb_tensor *hid = nb_gelu_tanh(fwd(b, "mlp.c_fc", fwd(b, "ln_2", x)));
         x = nb_add(x, fwd(b, "mlp.c_proj", hid));
     }
-    return fwd(m, "lm_head", fwd(m, "transformer.ln_f", x));
+    nb_tensor *logits = fwd(m, "lm_head", fwd(m, "transformer.ln_f", x));
+    return nb_reshape(logits, NB_SHAPE(B, T, VOCAB));
 }
 
 /* Mean cross-entropy over the counted targets (ignore_index -1), in nats per character. */
@@ -287,12 +291,15 @@ static void usage(void)
             "  --save FILE        checkpoint (safetensors, PyTorch's names; default makemore.safetensors)\n");
 }
 
-static double now(void)
+static double clock_s(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+static double now(void) { return clock_s(CLOCK_MONOTONIC); }
+/* the process's CPU time: what a loaded machine's scheduler does not inflate */
+static double cpu_now(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
 
 int main(int argc, char **argv)
 {
@@ -396,7 +403,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "nabla-makemore: setting up training failed: %s\n", nb_last_error());
         return 1;
     }
-    double t0 = now(), t_steps = 0, last_loss = NAN, last_val = NAN;
+    double t0 = now(), t_steps = 0, c_steps = 0, last_loss = NAN, last_val = NAN;
     rng = seed ^ 0x5DEECE66Dull; /* the batch stream, apart from the split's */
     for (int64_t step = 0; step < steps; step++) {
         double progress = warmup < steps ? (double)(step - warmup) / (double)(steps - warmup) : 1;
@@ -405,7 +412,7 @@ int main(int argc, char **argv)
         nb_optim_set_lr(opt, cur);
         for (int64_t b = 0; b < batch; b++)
             pick[b] = (int64_t)(next_u64() % (uint64_t)train.n);
-        double ts = now();
+        double ts = now(), cs = cpu_now();
         nb_scope_begin();
         nb_tensor *loss = gpt_loss(model, batch_tensor(train.x, pick, batch),
                                    batch_tensor(train.y, pick, batch), NB_REDUCTION_MEAN);
@@ -420,6 +427,7 @@ int main(int argc, char **argv)
             st = nb_item(loss, &last_loss);
         nb_scope_end();
         t_steps += now() - ts;
+        c_steps += cpu_now() - cs;
         if (st != NB_OK) {
             fprintf(stderr, "\nnabla-makemore: step %lld failed: %s\n", (long long)step,
                     nb_last_error());
@@ -447,8 +455,9 @@ int main(int argc, char **argv)
     printf("step time %.3f ms (mean of %lld steps), total %.1f s\n",
            steps ? 1e3 * t_steps / (double)steps : 0.0, (long long)steps, now() - t0);
     /* for bench/compare_pytorch.sh */
-    printf("makemore_step_ms %.3f\nmakemore_val_loss %.6f\n",
-           steps ? 1e3 * t_steps / (double)steps : 0.0, last_val);
+    printf("makemore_step_ms %.3f\nmakemore_step_cpu_ms %.3f\nmakemore_val_loss %.6f\n",
+           steps ? 1e3 * t_steps / (double)steps : 0.0,
+           steps ? 1e3 * c_steps / (double)steps : 0.0, last_val);
     printf("samples:\n");
     rng = seed ^ 0xC0FFEEull;
     sample_words(model, 20);

@@ -546,6 +546,24 @@ typedef struct nb_sdpa_opts {
 nb_tensor *nb_scaled_dot_product_attention(const nb_tensor *q, const nb_tensor *k,
                                            const nb_tensor *v, nb_sdpa_opts opts);
 
+/* nn.MultiheadAttention (core/nn/multihead_attention.c): parameters in_proj_weight (3E, E),
+ * in_proj_bias (3E) and the child out_proj (Linear E -> E), PyTorch's names and init; inputs
+ * (N, L, E) with batch_first, else (L, N, E), or unbatched (L, E); embed_dim = kdim = vdim.
+ * nb_module_forward(m, x) is self-attention. nb_multihead_attention returns the output and,
+ * when weights is not NULL, the attention weights averaged over the heads, (N, L, S) (PyTorch's
+ * need_weights=True); with weights NULL and no mask (or the is_causal hint) the heads run the
+ * fused attention. */
+typedef struct nb_mha_opts {
+    const nb_tensor *key_padding_mask; /* (N, S): bool, true = ignore that key; or additive */
+    const nb_tensor *attn_mask;        /* (L, S) or (N * heads, L, S): bool, true = masked out;
+                                          or additive */
+    bool is_causal;                    /* hint that attn_mask is the causal mask (needs it) */
+} nb_mha_opts;
+nb_module *nb_multihead_attention_new(int64_t embed_dim, int64_t num_heads, bool bias,
+                                      bool batch_first, nb_opts opts);
+nb_tensor *nb_multihead_attention(nb_module *m, const nb_tensor *query, const nb_tensor *key,
+                                  const nb_tensor *value, nb_mha_opts opts, nb_tensor **weights);
+
 /* Losses (core/nn/loss_extra.c). */
 nb_tensor *nb_smooth_l1_loss(const nb_tensor *input, const nb_tensor *target, nb_reduction r,
                              double beta); /* PyTorch: beta 1.0; 0 is the L1 loss */

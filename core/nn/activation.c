@@ -1,7 +1,8 @@
 /* activation.c - leaky_relu, elu, silu, softplus, gelu(approximate="tanh"), hardtanh and
  * log_sigmoid, with their modules (LeakyReLU, ELU, SiLU, Softplus, GELU, Hardtanh, LogSigmoid).
  * Each is a composite of public ops; branches that could overflow are clamped first, because a
- * where() passes a zero gradient into its unused branch and 0 * inf would be NaN. */
+ * where() passes a zero gradient into its unused branch and 0 * inf would be NaN. gelu (both
+ * forms) runs a device's fused "gelu" / "gelu_backward" kernels (tier 2) when it has them. */
 #include "nn_common.h"
 #include "functional.h"
 
@@ -70,10 +71,8 @@ static nb_tensor *softplus_impl(const nb_tensor *x, double beta, double threshol
 /* 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), computed as x sigmoid(2 sqrt(2 / pi) (..))
  * (the same function: 0.5 (1 + tanh(z)) = sigmoid(2 z)) with x^3 as products: one exp and no
  * pow per element, which is what made the composite slow. */
-static nb_tensor *gelu_tanh_impl(const nb_tensor *x)
+static nb_tensor *gelu_tanh_ops(const nb_tensor *x)
 {
-    if (!act_check("gelu", x))
-        return NULL;
     nnc_tmps s = {0};
     nb_tensor *x2 = nnc_k(&s, nb_mul(x, x));
     nb_tensor *x3 = x2 ? nnc_k(&s, nb_mul(x2, x)) : NULL;
@@ -82,6 +81,105 @@ static nb_tensor *gelu_tanh_impl(const nb_tensor *x)
     nb_tensor *sc = nnc_k(&s, nb_mul_scalar(in, 1.5957691216057307118)); /* 2 sqrt(2 / pi) */
     nb_tensor *sg = nnc_k(&s, nb_sigmoid(sc));
     return nnc_ret(&s, sg ? nnc_k(&s, nb_mul(x, sg)) : NULL);
+}
+
+/* ---- the fused tier-2 path: a device's "gelu" kernel forward, "gelu_backward" backward ---- */
+
+/* A backward kernel runs when the gradient needs no graph of its own (create_graph off: the
+ * engine then runs with grad mode off), and for float32/float64 only. */
+static bool backward_kernel(const nb_tensor *like, const char *op)
+{
+    return !nb_is_grad_enabled() && nbi_has_kernel(like, op) &&
+           (nb_tensor_dtype(like) == NB_DTYPE_F32 || nb_tensor_dtype(like) == NB_DTYPE_F64);
+}
+
+typedef struct gelu_ctx {
+    int64_t tanh;
+    nb_tensor *x; /* the node's input */
+} gelu_ctx;
+
+/* the kernel op on contiguous copies of in[0..n), into a new tensor shaped like in[n - 1] */
+static nb_tensor *gelu_run(const char *op, const gelu_ctx *c, nb_tensor *const *in, int32_t n)
+{
+    nnc_tmps s = {0};
+    nb_tensor *ops[2] = {0};
+    bool ok = true;
+    for (int32_t k = 0; k < n; k++)
+        ok = ok && (ops[k] = nnc_k(&s, nb_contiguous(in[k])));
+    nb_tensor *out = ok ? nb_empty(nnc_shape(ops[n - 1]), nnc_opts(ops[n - 1])) : NULL;
+    if (out && nbi_run(op, out, ops, n, NULL, 0, &c->tanh, 1) != NB_OK) {
+        nb_release(out);
+        out = NULL;
+    }
+    nnc_free(&s);
+    return out;
+}
+
+static nb_tensor *gelu_tanh_forward(void *p, nb_tensor *const *in, int32_t n)
+{
+    (void)n;
+    gelu_ctx *c = p;
+    nb_tensor *out = gelu_run("gelu", c, in, 1);
+    if (out && !c->x)
+        c->x = nb_retain(in[0]);
+    return out;
+}
+
+/* gelu_tanh'(x) = s + x s (1 - s) 2c (1 + 3a x^2), s = sigmoid(2c (x + a x^3)), with ops (the
+ * create_graph path, differentiable again). */
+static nb_tensor *gelu_tanh_grad_ops(const nb_tensor *x, const nb_tensor *g)
+{
+    nnc_tmps s = {0};
+    nb_tensor *x2 = nnc_k(&s, nb_mul(x, x));
+    nb_tensor *x3 = x2 ? nnc_k(&s, nb_mul(x2, x)) : NULL;
+    nb_tensor *c3 = nnc_k(&s, nb_mul_scalar(x3, 0.044715));
+    nb_tensor *in = c3 ? nnc_k(&s, nb_add(x, c3)) : NULL;
+    nb_tensor *sg = nnc_k(&s, nb_sigmoid(nnc_k(&s, nb_mul_scalar(in, 1.5957691216057307118))));
+    nb_tensor *om = nnc_k(&s, nb_rsub_scalar(sg, 1));
+    nb_tensor *du = nnc_k(&s, nb_add_scalar(nnc_k(&s, nb_mul_scalar(x2, 3 * 0.044715)), 1));
+    nb_tensor *t = sg && om ? nnc_k(&s, nb_mul(sg, om)) : NULL;
+    t = t && du ? nnc_k(&s, nb_mul(t, du)) : NULL;
+    t = t ? nnc_k(&s, nb_mul(t, x)) : NULL;
+    t = nnc_k(&s, nb_mul_scalar(t, 1.5957691216057307118));
+    nb_tensor *d = t ? nnc_k(&s, nb_add(sg, t)) : NULL;
+    return nnc_ret(&s, d ? nnc_k(&s, nb_mul(g, d)) : NULL);
+}
+
+static nb_status gelu_tanh_backward(void *p, const nb_tensor *g, nb_tensor **gi, int32_t n)
+{
+    (void)n;
+    gelu_ctx *c = p;
+    if (backward_kernel(c->x, "gelu_backward"))
+        gi[0] = gelu_run("gelu_backward", c, (nb_tensor *[]){(nb_tensor *)g, c->x}, 2);
+    else
+        gi[0] = gelu_tanh_grad_ops(c->x, g);
+    return gi[0] ? NB_OK : nbi_last_or(NB_AUTOGRAD, "gelu backward failed");
+}
+
+static void gelu_free(void *p)
+{
+    gelu_ctx *c = p;
+    nb_release(c->x);
+    nbi_free(c);
+}
+
+static const nb_function gelu_tanh_fn = {"GeluBackward0", gelu_tanh_forward, gelu_tanh_backward,
+                                         gelu_free};
+
+static nb_tensor *gelu_tanh_impl(const nb_tensor *x)
+{
+    if (!act_check("gelu", x))
+        return NULL;
+    if (nbi_numel(nb_tensor_ndim(x), nbi_dims(x)) == 0 || !nbi_has_kernel(x, "gelu"))
+        return gelu_tanh_ops(x);
+    gelu_ctx *c = nbi_calloc(1, sizeof *c);
+    if (!c) {
+        nbi_error(NB_OUT_OF_MEMORY, "gelu: out of host memory");
+        return NULL;
+    }
+    c->tanh = 1;
+    /* function_apply owns c from here, on every path */
+    return nb_function_apply(&gelu_tanh_fn, c, (nb_tensor *[]){(nb_tensor *)x}, 1);
 }
 
 /* PyTorch's hardtanh passes the gradient only strictly inside (min, max); clamp would pass it
@@ -317,12 +415,19 @@ static nb_tensor *normal_cdf(const nb_tensor *x)
     return tret(&s, tk(&s, nb_mul_scalar(e, 0.5)));
 }
 
+/* With a device's "gelu" kernel (i[0] = 0: the erf form) forward and "gelu_backward" when the
+ * gradient needs no graph; the composites otherwise. */
 static nb_tensor *gelu_forward(void *ctx, nb_tensor *const *in, int32_t n)
 {
     fctx *c = ctx;
-    nb_tensor *phi = normal_cdf(in[0]);
-    nb_tensor *out = phi ? nb_mul(in[0], phi) : NULL;
-    nb_release(phi);
+    nb_tensor *out;
+    if (nb_tensor_numel(in[0]) > 0 && nbi_has_kernel(in[0], "gelu")) {
+        out = gelu_run("gelu", &(gelu_ctx){.tanh = 0}, in, 1);
+    } else {
+        nb_tensor *phi = normal_cdf(in[0]);
+        out = phi ? nb_mul(in[0], phi) : NULL;
+        nb_release(phi);
+    }
     if (out && c->record)
         save(c, 0, in[0]);
     return out;
@@ -335,6 +440,11 @@ static nb_status gelu_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
     SAVED(0, x);
     if (!c->need[0])
         return NB_OK;
+    if (backward_kernel(x, "gelu_backward")) {
+        gi[0] = gelu_run("gelu_backward", &(gelu_ctx){.tanh = 0},
+                         (nb_tensor *[]){(nb_tensor *)g, (nb_tensor *)x}, 2);
+        return bw_done(c, gi, n);
+    }
     tmps s = {0};
     nb_tensor *phi = tk(&s, normal_cdf(x));
     nb_tensor *x2 = tk(&s, nb_mul(x, x));

@@ -1,16 +1,17 @@
 /* attention.c - scaled_dot_product_attention: softmax(q k^T * scale + mask) v, with the causal
  * flag, a bool or additive mask and dropout on the weights, as PyTorch's math path computes it;
  * without mask and dropout, a device's fused "attention" kernel (tier 2) runs the forward, and
- * the backward is written with public ops (the weights recomputed from q and k). */
+ * its "attention_backward" kernel or public ops (the weights recomputed from q and k) the
+ * backward. */
 #include "nn_common.h"
 
 /* Whether a (..., L, S)-broadcastable mask fits the scores' shape. */
 static bool broadcasts_to(const nb_tensor *m, int32_t nd, const int64_t *shape)
 {
-    if (m->ndim > nd)
+    if (nb_tensor_ndim(m) > nd)
         return false;
-    for (int32_t d = 0; d < m->ndim; d++) {
-        int64_t a = m->shape[m->ndim - 1 - d], b = shape[nd - 1 - d];
+    for (int32_t d = 0; d < nb_tensor_ndim(m); d++) {
+        int64_t a = nbi_dims(m)[nb_tensor_ndim(m) - 1 - d], b = shape[nd - 1 - d];
         if (a != b && a != 1)
             return false;
     }
@@ -55,7 +56,8 @@ static nb_tensor *att_forward(void *p, nb_tensor *const *in, int32_t n)
     nnc_tmps s = {0};
     nb_tensor *q = nnc_k(&s, nb_contiguous(in[0])), *k = nnc_k(&s, nb_contiguous(in[1]));
     nb_tensor *v = nnc_k(&s, nb_contiguous(in[2]));
-    nb_tensor *out = q && k && v ? nb_empty(NB_SHAPE(q->shape[0], q->shape[1], v->shape[2]),
+    nb_tensor *out = q && k && v ? nb_empty(NB_SHAPE(nbi_dims(q)[0], nbi_dims(q)[1],
+                                                     nbi_dims(v)[2]),
                                             nnc_opts(q))
                                  : NULL;
     int64_t causal = c->causal;
@@ -73,14 +75,49 @@ static nb_tensor *att_forward(void *p, nb_tensor *const *in, int32_t n)
     return out;
 }
 
+/* The "attention_backward" kernel: dq as its output, dk and dv written into tensors of their
+ * own; it recomputes the scores block by block, so no (L, S) matrix exists. */
+static nb_status att_backward_kernel(att_ctx *c, const nb_tensor *g, nb_tensor **gi)
+{
+    nnc_tmps s = {0};
+    nb_tensor *ops[6] = {nnc_k(&s, nb_contiguous(g)), nnc_k(&s, nb_contiguous(c->q)),
+                         nnc_k(&s, nb_contiguous(c->k)), nnc_k(&s, nb_contiguous(c->v))};
+    ops[4] = nb_empty(nnc_shape(c->k), nnc_opts(c->k));
+    ops[5] = nb_empty(nnc_shape(c->v), nnc_opts(c->v));
+    bool ok = true;
+    for (int j = 0; j < 6; j++)
+        ok = ok && ops[j];
+    nb_tensor *dq = ok ? nb_empty(nnc_shape(c->q), nnc_opts(c->q)) : NULL;
+    int64_t causal = c->causal;
+    if (dq && nbi_run("attention_backward", dq, ops, 6, &c->scale, 1, &causal, 1) != NB_OK) {
+        nb_release(dq);
+        dq = NULL;
+    }
+    nnc_free(&s);
+    if (!dq) {
+        nb_release(ops[4]);
+        nb_release(ops[5]);
+        return nbi_last_or(NB_AUTOGRAD, "attention backward failed");
+    }
+    gi[0] = dq;
+    gi[1] = ops[4];
+    gi[2] = ops[5];
+    return NB_OK;
+}
+
 /* P = softmax(S), S = q k^T scale: dv = P^T g, dP = g v^T, dS = P (dP - rowsum(dP P)),
- * dq = dS k scale, dk = dS^T q scale. */
+ * dq = dS k scale, dk = dS^T q scale. Without a graph for the gradient (create_graph off) and
+ * for float32/float64, the device's kernel; else with public ops, differentiable again. */
 static nb_status att_backward(void *p, const nb_tensor *g, nb_tensor **gi, int32_t n)
 {
     (void)n;
     att_ctx *c = p;
+    nb_dtype dt = nb_tensor_dtype(c->q);
+    if (!nb_is_grad_enabled() && (dt == NB_DTYPE_F32 || dt == NB_DTYPE_F64) &&
+        nbi_has_kernel(c->q, "attention_backward"))
+        return att_backward_kernel(c, g, gi);
     nnc_tmps s = {0};
-    int64_t L = c->q->shape[1], S = c->k->shape[1];
+    int64_t L = nbi_dims(c->q)[1], S = nbi_dims(c->k)[1];
     nb_tensor *kt = nnc_k(&s, nb_transpose(c->k, 1, 2));
     nb_tensor *sc = kt ? nnc_k(&s, nb_matmul(c->q, kt)) : NULL;
     sc = nnc_k(&s, nb_mul_scalar(sc, c->scale));
@@ -122,7 +159,7 @@ static const nb_function attention_fn = {"ScaledDotProductFlashAttentionForCpuBa
 static nb_tensor *sdpa_fused(const nb_tensor *q, const nb_tensor *k, const nb_tensor *v,
                              double scale, bool causal)
 {
-    int32_t nd = q->ndim;
+    int32_t nd = nb_tensor_ndim(q);
     att_ctx *c = nbi_calloc(1, sizeof *c);
     if (!c) {
         nbi_error(NB_OUT_OF_MEMORY, "scaled_dot_product_attention: out of host memory");
@@ -131,16 +168,17 @@ static nb_tensor *sdpa_fused(const nb_tensor *q, const nb_tensor *k, const nb_te
     c->scale = scale;
     c->causal = causal;
     nnc_tmps s = {0};
-    nb_tensor *q3 = nnc_k(&s, nb_reshape(q, NB_SHAPE(-1, q->shape[nd - 2], q->shape[nd - 1])));
-    nb_tensor *k3 = nnc_k(&s, nb_reshape(k, NB_SHAPE(-1, k->shape[nd - 2], k->shape[nd - 1])));
-    nb_tensor *v3 = nnc_k(&s, nb_reshape(v, NB_SHAPE(-1, v->shape[nd - 2], v->shape[nd - 1])));
+    const int64_t *qd = nbi_dims(q), *kd = nbi_dims(k), *vd = nbi_dims(v);
+    nb_tensor *q3 = nnc_k(&s, nb_reshape(q, NB_SHAPE(-1, qd[nd - 2], qd[nd - 1])));
+    nb_tensor *k3 = nnc_k(&s, nb_reshape(k, NB_SHAPE(-1, kd[nd - 2], kd[nd - 1])));
+    nb_tensor *v3 = nnc_k(&s, nb_reshape(v, NB_SHAPE(-1, vd[nd - 2], vd[nd - 1])));
     nb_tensor *o3 = NULL;
     if (q3 && k3 && v3)
         o3 = nnc_k(&s, nb_function_apply(&attention_fn, c, (nb_tensor *[]){q3, k3, v3}, 3));
     else
         att_free(c);
     nb_shape os = nnc_shape(q);
-    os.dims[nd - 1] = v->shape[nd - 1];
+    os.dims[nd - 1] = nbi_dims(v)[nd - 1];
     return nnc_ret(&s, o3 ? nnc_k(&s, nb_reshape(o3, os)) : NULL);
 }
 
@@ -151,33 +189,35 @@ static nb_tensor *sdpa_impl(const nb_tensor *q, const nb_tensor *k, const nb_ten
     if (nnc_null(op, "query", q) || nnc_null(op, "key", k) || nnc_null(op, "value", v) ||
         !nnc_float(op, "query", q) || !nnc_like(op, "key", k, q) || !nnc_like(op, "value", v, q))
         return NULL;
-    if (q->ndim < 2 || k->ndim != q->ndim || v->ndim != q->ndim) {
+    int32_t qn = nb_tensor_ndim(q);
+    if (qn < 2 || nb_tensor_ndim(k) != qn || nb_tensor_ndim(v) != qn) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: query %s, key %s and value %s must have the same "
                   "number of dims, at least 2 (..., L, E), (..., S, E), (..., S, Ev)", op,
                   NBI_SHAPE_STR(q), NBI_SHAPE_STR(k), NBI_SHAPE_STR(v));
         return NULL;
     }
-    int32_t nd = q->ndim;
-    int64_t L = q->shape[nd - 2], E = q->shape[nd - 1], S = k->shape[nd - 2];
+    int32_t nd = nb_tensor_ndim(q);
+    int64_t L = nbi_dims(q)[nd - 2], E = nbi_dims(q)[nd - 1], S = nbi_dims(k)[nd - 2];
     bool batch_ok = true;
     for (int32_t d = 0; d < nd - 2; d++)
-        batch_ok = batch_ok && q->shape[d] == k->shape[d] && q->shape[d] == v->shape[d];
-    if (!batch_ok || k->shape[nd - 1] != E || v->shape[nd - 2] != S) {
+        batch_ok = batch_ok && nbi_dims(q)[d] == nbi_dims(k)[d] && nbi_dims(q)[d] == nbi_dims(v)[d];
+    if (!batch_ok || nbi_dims(k)[nd - 1] != E || nbi_dims(v)[nd - 2] != S) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: query %s, key %s and value %s do not fit: expected "
                   "(..., L, E), (..., S, E), (..., S, Ev) with the same batch dims", op,
                   NBI_SHAPE_STR(q), NBI_SHAPE_STR(k), NBI_SHAPE_STR(v));
         return NULL;
     }
     int64_t sshape[NB_MAX_DIMS];
-    memcpy(sshape, q->shape, (size_t)nd * sizeof *sshape);
+    memcpy(sshape, nbi_dims(q), (size_t)nd * sizeof *sshape);
     sshape[nd - 1] = S;
     const nb_tensor *mask = o.attn_mask;
     if (mask) {
         if (!nnc_same_device(op, "attn_mask", mask, q))
             return NULL;
-        if (mask->dtype != NB_DTYPE_BOOL && mask->dtype != q->dtype) {
+        if (nb_tensor_dtype(mask) != NB_DTYPE_BOOL && nb_tensor_dtype(mask) != nb_tensor_dtype(q)) {
             nbi_error(NB_DTYPE_UNSUPPORTED, "%s: attn_mask must be bool or %s like the query, "
-                      "got %s", op, nb_dtype_name(q->dtype), nb_dtype_name(mask->dtype));
+                      "got %s", op, nb_dtype_name(nb_tensor_dtype(q)),
+                      nb_dtype_name(nb_tensor_dtype(mask)));
             return NULL;
         }
         if (!broadcasts_to(mask, nd, sshape)) {
@@ -197,8 +237,8 @@ static nb_tensor *sdpa_impl(const nb_tensor *q, const nb_tensor *k, const nb_ten
         return NULL;
     }
     double scale = o.scale != 0 ? o.scale : 1.0 / sqrt((double)(E ? E : 1));
-    if (!mask && o.dropout_p == 0 && nbi_numel(q->ndim, q->shape) > 0 && S > 0 &&
-        nbi_numel(v->ndim, v->shape) > 0 && nbi_has_kernel(q, "attention"))
+    if (!mask && o.dropout_p == 0 && nbi_numel(nb_tensor_ndim(q), nbi_dims(q)) > 0 && S > 0 &&
+        nbi_numel(nb_tensor_ndim(v), nbi_dims(v)) > 0 && nbi_has_kernel(q, "attention"))
         return sdpa_fused(q, k, v, scale, o.is_causal);
     nnc_tmps s = {0};
     nb_tensor *kt = nnc_k(&s, nb_transpose(k, -2, -1));
@@ -208,7 +248,7 @@ static nb_tensor *sdpa_impl(const nb_tensor *q, const nb_tensor *k, const nb_ten
         /* position i attends to j <= i (top-left aligned, as PyTorch) */
         nb_tensor *up = nnc_k(&s, causal_mask(L, S, NNC_DEV(q)));
         sc = up ? nnc_k(&s, nb_masked_fill(sc, up, -INFINITY)) : NULL;
-    } else if (sc && mask && mask->dtype == NB_DTYPE_BOOL) {
+    } else if (sc && mask && nb_tensor_dtype(mask) == NB_DTYPE_BOOL) {
         nb_tensor *no = nnc_k(&s, nb_logical_not(mask));
         sc = no ? nnc_k(&s, nb_masked_fill(sc, no, -INFINITY)) : NULL;
     } else if (sc && mask) {

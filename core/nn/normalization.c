@@ -1,6 +1,7 @@
 /* normalization.c - layer_norm and group_norm, and the LayerNorm and GroupNorm modules. Both
  * normalise with the biased variance, as PyTorch does, written with public ops; layer_norm runs
- * a device's fused "layer_norm" kernel (tier 2) forward when it has one. */
+ * a device's fused "layer_norm" kernel (tier 2) forward when it has one, and its
+ * "layer_norm_backward" kernel from the saved mean and 1/std when the gradient needs no graph. */
 #include "nn_common.h"
 #include "functional.h"
 
@@ -40,7 +41,7 @@ static bool check_param(const char *op, const char *what, const nb_tensor *p, co
         return true;
     if (!nnc_like(op, what, p, x))
         return false;
-    if (p->ndim != n || memcmp(p->shape, shape, (size_t)n * sizeof *shape)) {
+    if (nb_tensor_ndim(p) != n || memcmp(nbi_dims(p), shape, (size_t)n * sizeof *shape)) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: %s has shape %s, expected %s", op, what,
                   NBI_SHAPE_STR(p), nbi_shape_cstr(n, shape));
         return false;
@@ -59,18 +60,27 @@ static bool check_eps(const char *op, double eps)
 
 /* ============================ the fused tier-2 path ============================ */
 
-/* x as (R, C) rows with C the normalised size; c->x, c->w, c->b are the node's inputs. */
+/* x as (R, C) rows with C the normalised size; c->x, c->w, c->b are the node's inputs; stats
+ * the (R, 2) mean and 1/std of each row, kept by the forward kernel for the backward one. */
 typedef struct ln_ctx {
     double eps;
-    nb_tensor *x, *w, *b;
+    nb_tensor *x, *w, *b, *stats;
 } ln_ctx;
+
+/* A backward kernel runs when the gradient needs no graph of its own (create_graph off: the
+ * engine then runs with grad mode off), and for float32/float64 only (the 16-bit paths would
+ * drop what the kernel writes into its inputs). */
+static bool ln_float(const nb_tensor *like)
+{
+    return nb_tensor_dtype(like) == NB_DTYPE_F32 || nb_tensor_dtype(like) == NB_DTYPE_F64;
+}
 
 static nb_tensor *ln_forward(void *p, nb_tensor *const *in, int32_t n)
 {
     (void)n;
     ln_ctx *c = p;
     nnc_tmps s = {0};
-    nb_tensor *ops[3];
+    nb_tensor *ops[4]; /* x, weight, bias, the statistics */
     int32_t k = 0;
     int64_t flags = 0;
     for (int32_t j = 0; j < 3; j++)
@@ -81,6 +91,12 @@ static nb_tensor *ln_forward(void *p, nb_tensor *const *in, int32_t n)
     bool ok = true;
     for (int32_t j = 0; j < k; j++)
         ok = ok && ops[j];
+    nb_tensor *stats = NULL;
+    if (ok && ln_float(in[0]) && nbi_has_kernel(in[0], "layer_norm_backward")) {
+        ops[k++] = stats = nb_empty(NB_SHAPE(nbi_dims(in[0])[0], 2), nnc_opts(in[0]));
+        flags |= 4;
+        ok = stats != NULL;
+    }
     nb_tensor *out = ok ? nb_empty(nnc_shape(ops[0]), nnc_opts(ops[0])) : NULL;
     if (out && nbi_run("layer_norm", out, ops, k, &c->eps, 1, &flags, 1) != NB_OK) {
         nb_release(out);
@@ -91,16 +107,60 @@ static nb_tensor *ln_forward(void *p, nb_tensor *const *in, int32_t n)
         c->x = nb_retain(in[0]);
         c->w = in[1] ? nb_retain(in[1]) : NULL;
         c->b = in[2] ? nb_retain(in[2]) : NULL;
+        c->stats = stats;
+        stats = NULL;
     }
+    nb_release(stats);
     return out;
 }
 
 /* xhat = (x - mu) rstd recomputed; dxhat = g w; dx = rstd (dxhat - mean(dxhat)
  * - xhat mean(dxhat xhat)); dw = sum_rows(g xhat); db = sum_rows(g). */
+/* The "layer_norm_backward" kernel: dx, and dw / db into tensors of their own. */
+static nb_status ln_backward_kernel(ln_ctx *c, const nb_tensor *g, nb_tensor **gi)
+{
+    nnc_tmps s = {0};
+    int64_t C = nbi_dims(c->x)[1], flags = (c->w ? 1 : 0) | (c->b ? 2 : 0);
+    nb_tensor *ops[6];
+    int32_t k = 0;
+    ops[k++] = nnc_k(&s, nb_contiguous(g));
+    ops[k++] = nnc_k(&s, nb_contiguous(c->x));
+    ops[k++] = c->stats;
+    nb_tensor *dw = NULL, *db = NULL;
+    if (c->w) {
+        ops[k++] = nnc_k(&s, nb_contiguous(c->w));
+        ops[k++] = dw = nb_empty(NB_SHAPE(C), nnc_opts(c->x));
+    }
+    if (c->b)
+        ops[k++] = db = nb_empty(NB_SHAPE(C), nnc_opts(c->x));
+    bool ok = true;
+    for (int32_t j = 0; j < k; j++)
+        ok = ok && ops[j];
+    nb_tensor *dx = ok ? nb_empty(nnc_shape(c->x), nnc_opts(c->x)) : NULL;
+    if (dx && nbi_run("layer_norm_backward", dx, ops, k, NULL, 0, &flags, 1) != NB_OK) {
+        nb_release(dx);
+        dx = NULL;
+    }
+    nnc_free(&s);
+    if (!dx) {
+        nb_release(dw);
+        nb_release(db);
+        return nbi_last_or(NB_AUTOGRAD, "layer_norm backward failed");
+    }
+    gi[0] = dx;
+    if (c->w)
+        gi[1] = dw;
+    if (c->b)
+        gi[2] = db;
+    return NB_OK;
+}
+
 static nb_status ln_backward(void *p, const nb_tensor *g, nb_tensor **gi, int32_t n)
 {
     (void)n;
     ln_ctx *c = p;
+    if (c->stats && !nb_is_grad_enabled() && nbi_has_kernel(c->x, "layer_norm_backward"))
+        return ln_backward_kernel(c, g, gi);
     nnc_tmps s = {0};
     int32_t last[1] = {1}, rows[1] = {0};
     nb_tensor *mu = nnc_k(&s, nb_mean(c->x, last, 1, true));
@@ -134,6 +194,7 @@ static void ln_free(void *p)
     nb_release(c->x);
     nb_release(c->w);
     nb_release(c->b);
+    nb_release(c->stats);
     nbi_free(c);
 }
 
@@ -167,13 +228,13 @@ static nb_tensor *layer_norm_impl(const nb_tensor *x, const int64_t *ns, int32_t
     const char *op = "layer_norm";
     if (nnc_null(op, "input", x) || !nnc_float(op, "input", x) || !check_eps(op, eps))
         return NULL;
-    if (n < 1 || n > x->ndim || !ns) {
+    if (n < 1 || n > nb_tensor_ndim(x) || !ns) {
         nbi_error(NB_SHAPE_MISMATCH, "layer_norm: normalized_shape has %d dims (%s) for an input "
                   "of shape %s; expected 1 to %d trailing dims", n, ns ? "given" : "NULL",
-                  NBI_SHAPE_STR(x), x->ndim);
+                  NBI_SHAPE_STR(x), nb_tensor_ndim(x));
         return NULL;
     }
-    if (memcmp(x->shape + x->ndim - n, ns, (size_t)n * sizeof *ns)) {
+    if (memcmp(nbi_dims(x) + nb_tensor_ndim(x) - n, ns, (size_t)n * sizeof *ns)) {
         nbi_error(NB_SHAPE_MISMATCH, "layer_norm: given normalized_shape=%s, expected input with "
                   "shape [*, %s], but got input of size %s", nbi_shape_cstr(n, ns),
                   nbi_shape_cstr(n, ns), NBI_SHAPE_STR(x));
@@ -182,11 +243,11 @@ static nb_tensor *layer_norm_impl(const nb_tensor *x, const int64_t *ns, int32_t
     if (!check_param(op, "weight", w, x, n, ns) || !check_param(op, "bias", b, x, n, ns))
         return NULL;
     int64_t C = nbi_numel(n, ns);
-    if (C > 0 && nbi_numel(x->ndim, x->shape) > 0 && nbi_has_kernel(x, "layer_norm"))
+    if (C > 0 && nbi_numel(nb_tensor_ndim(x), nbi_dims(x)) > 0 && nbi_has_kernel(x, "layer_norm"))
         return layer_norm_fused(x, C, w, b, eps == 0 ? 1e-5 : eps);
     int32_t dims[NB_MAX_DIMS];
     for (int32_t d = 0; d < n; d++)
-        dims[d] = x->ndim - n + d;
+        dims[d] = nb_tensor_ndim(x) - n + d;
     return affine(normalise(x, dims, n, eps == 0 ? 1e-5 : eps), w, b);
 }
 
@@ -196,12 +257,12 @@ static nb_tensor *group_norm_impl(const nb_tensor *x, int64_t groups, const nb_t
     const char *op = "group_norm";
     if (nnc_null(op, "input", x) || !nnc_float(op, "input", x) || !check_eps(op, eps))
         return NULL;
-    if (x->ndim < 2) {
+    if (nb_tensor_ndim(x) < 2) {
         nbi_error(NB_SHAPE_MISMATCH, "group_norm: expected an input (N, C, *) with at least 2 "
                   "dims, got %s", NBI_SHAPE_STR(x));
         return NULL;
     }
-    int64_t C = x->shape[1];
+    int64_t C = nbi_dims(x)[1];
     if (groups <= 0 || C % groups) {
         nbi_error(NB_INVALID_ARGUMENT, "group_norm: expected number of channels in input to be "
                   "divisible by num_groups, but got input of shape %s and num_groups=%lld",
@@ -211,10 +272,10 @@ static nb_tensor *group_norm_impl(const nb_tensor *x, int64_t groups, const nb_t
     if (!check_param(op, "weight", w, x, 1, &C) || !check_param(op, "bias", b, x, 1, &C))
         return NULL;
     nnc_tmps s = {0};
-    nb_tensor *xg = nnc_k(&s, nb_reshape(x, NB_SHAPE(x->shape[0], groups, -1)));
+    nb_tensor *xg = nnc_k(&s, nb_reshape(x, NB_SHAPE(nbi_dims(x)[0], groups, -1)));
     nb_tensor *y = xg ? nnc_k(&s, normalise(xg, (int32_t[]){2}, 1, eps == 0 ? 1e-5 : eps)) : NULL;
     nb_tensor *yr = y ? nnc_k(&s, nb_reshape(y, nnc_shape(x))) : NULL;
-    nb_shape cs = {.ndim = x->ndim - 1};
+    nb_shape cs = {.ndim = nb_tensor_ndim(x) - 1};
     cs.dims[0] = C;
     for (int32_t d = 1; d < cs.ndim; d++)
         cs.dims[d] = 1;
@@ -259,7 +320,7 @@ static nb_tensor *fw_layer_norm(nb_module *m, const nb_tensor *x, const void *p)
 static nb_tensor *fw_group_norm(nb_module *m, const nb_tensor *x, const void *p)
 {
     const norm_cfg *c = p;
-    if (x && (x->ndim < 2 || x->shape[1] != c->channels)) {
+    if (x && (nb_tensor_ndim(x) < 2 || nbi_dims(x)[1] != c->channels)) {
         nbi_error(NB_SHAPE_MISMATCH, "GroupNorm(%lld, %lld): input of shape %s, expected (N, "
                   "%lld, *)", (long long)c->groups, (long long)c->channels, NBI_SHAPE_STR(x),
                   (long long)c->channels);

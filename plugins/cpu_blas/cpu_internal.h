@@ -125,6 +125,47 @@ int nbc_max_threads(void);
 typedef enum nbc_isa { NBC_ISA_BASELINE, NBC_ISA_AVX2, NBC_ISA_AVX512 } nbc_isa;
 extern nbc_isa nbc_isa_level;
 
+/* ISA clones: a hot loop is built twice, for the baseline and for x86-64-v3 (AVX2 + FMA), and
+ * NBC_PICK(fn) takes fn_v3 or fn_base by nbc_isa_level (the CPU's features, never its model).
+ * GCC only; not under ASan, whose checks the target attribute does not mix with. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define NBC_HAVE_V3 1
+#define NBC_V3 __attribute__((target("arch=x86-64-v3")))
+#define NBC_PICK(fn) (nbc_isa_level >= NBC_ISA_AVX2 ? fn##_v3 : fn##_base)
+#else
+#define NBC_HAVE_V3 0
+#define NBC_PICK(fn) fn##_base
+#endif
+
+/* exp(x) in float32 written so that a loop of it vectorises (libm's expf does not): x = n ln2 + r
+ * with |r| <= ln2 / 2, a degree-6 Taylor polynomial for exp(r) (relative error about 1e-7), and
+ * 2^n as two exponent-bit factors so that n = 128 still fits. inf above 88.7228, NaN stays NaN;
+ * results below 2^-126 (x < -87.33) are flushed to 0 instead of going subnormal. */
+static inline float nbc_expf(float x)
+{
+    float xc = x < -87.33f ? -87.33f : x > 88.7228f ? 88.7228f : x;
+    float t = xc * 1.44269504088896341f + 12582912.0f; /* + 1.5 * 2^23 rounds to an integer */
+    uint32_t tb;
+    memcpy(&tb, &t, sizeof tb);
+    int32_t ni = (int32_t)(tb & 0x7fffff) - 0x400000; /* that integer, from the mantissa */
+    float n = t - 12582912.0f;
+    float r = xc - n * 0.693145751953125f; /* ln 2 in two parts, so that r is exact */
+    r -= n * 1.42860682030941723212e-6f;
+    float p = 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t n1 = ni / 2, b1 = (n1 + 127) << 23, b2 = (ni - n1 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &b1, sizeof s1);
+    memcpy(&s2, &b2, sizeof s2);
+    float y = p * s1 * s2;
+    return x > 88.7228f ? INFINITY : x < -87.33f ? 0.0f : y;
+}
+
 /* The BLAS library, loaded at run time (so the plugin can choose its OpenBLAS core); the
  * openblas_* members are NULL for another BLAS. */
 #include <cblas.h>
@@ -173,11 +214,17 @@ extern const nb_kernel_desc nbc_reduce_kernels[];
 extern const size_t nbc_reduce_count;
 extern const nb_kernel_desc nbc_matmul_kernels[];
 extern const size_t nbc_matmul_count;
-extern const nb_kernel_desc nbc_nn_kernels[];
-extern const size_t nbc_nn_count;
+extern const nb_kernel_desc nbc_softmax_kernels[]; /* cpu_softmax.c */
+extern const size_t nbc_softmax_count;
+extern const nb_kernel_desc nbc_conv_kernels[]; /* cpu_conv.c */
+extern const size_t nbc_conv_count;
+extern const nb_kernel_desc nbc_pool_kernels[]; /* cpu_pool.c */
+extern const size_t nbc_pool_count;
 extern const nb_kernel_desc nbc_attention_kernels[]; /* cpu_attention.c */
 extern const size_t nbc_attention_count;
 extern const nb_kernel_desc nbc_norm_kernels[]; /* cpu_norm.c */
 extern const size_t nbc_norm_count;
+extern const nb_kernel_desc nbc_act_kernels[]; /* cpu_act.c */
+extern const size_t nbc_act_count;
 
 #endif /* NBC_INTERNAL_H */

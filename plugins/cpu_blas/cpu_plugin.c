@@ -172,10 +172,13 @@ NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)
         return NULL;
     if (!kernel_table) {
         const nb_kernel_desc *parts[] = {nbc_elementwise_kernels, nbc_reduce_kernels,
-                                         nbc_matmul_kernels, nbc_nn_kernels,
-                                         nbc_attention_kernels, nbc_norm_kernels};
+                                         nbc_matmul_kernels, nbc_softmax_kernels,
+                                         nbc_conv_kernels, nbc_pool_kernels,
+                                         nbc_attention_kernels, nbc_norm_kernels,
+                                         nbc_act_kernels};
         const size_t counts[] = {nbc_elementwise_count, nbc_reduce_count, nbc_matmul_count,
-                                 nbc_nn_count, nbc_attention_count, nbc_norm_count};
+                                 nbc_softmax_count, nbc_conv_count, nbc_pool_count,
+                                 nbc_attention_count, nbc_norm_count, nbc_act_count};
         size_t total = 0;
         for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++)
             total += counts[k];

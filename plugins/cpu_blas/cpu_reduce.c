@@ -1,5 +1,6 @@
 /* cpu_reduce.c - reductions (sum, prod, max, min over any set of dims), argmax/argmin along
- * one dim, and the indexed ops gather and scatter_add of the cpu_blas plugin. */
+ * one dim, and the indexed ops gather, scatter_add and the fused embedding_backward of the
+ * cpu_blas plugin. */
 #include "cpu_internal.h"
 
 #include <stdlib.h>
@@ -425,6 +426,42 @@ DEF_SCATTER(i32, int32_t, uint64_t)
 DEF_SCATTER(i64, int64_t, uint64_t)
 DEF_SCATTER(u8, uint8_t, uint64_t)
 
+/* in[0] grad (M, D), in[1] int64 indices (M), contiguous; out (V, D) contiguous: zeroed, then
+ * row idx[m] += grad row m for every m whose index is not i[0] (the padding row; -1: none). */
+#define DEF_EMBEDDING_BACKWARD(SFX, T)                                                      \
+    static nb_status k_embedding_backward_##SFX(const nb_kernel_args *a)                    \
+    {                                                                                       \
+        const char *name = "embedding_backward";                                            \
+        const nb_operand *g = &a->in[0], *ix = &a->in[1], *o = a->out;                      \
+        if (a->n_in != 2 || g->ndim != 2 || ix->ndim != 1 || o->ndim != 2 ||                \
+            ix->dtype != NB_DTYPE_I64 || g->shape[0] != ix->shape[0] ||                     \
+            g->shape[1] != o->shape[1])                                                     \
+            return NBC_ERR(NB_SHAPE_MISMATCH, "%s: expected grad (M, D), int64 indices (M) " \
+                           "and out (V, D)", name);                                         \
+        if (!nbc_is_contiguous(g) || !nbc_is_contiguous(ix) || !nbc_is_contiguous(o))      \
+            return NBC_ERR(NB_INVALID_ARGUMENT, "%s: operands must be contiguous", name);   \
+        int64_t M = g->shape[0], D = g->shape[1], V = o->shape[0], pad = a->i[0];           \
+        const T *gp = (const T *)nbc_ptr(g);                                                \
+        const int64_t *ip = (const int64_t *)nbc_ptr(ix);                                   \
+        T *op = (T *)nbc_ptr(o);                                                            \
+        memset(op, 0, (size_t)(V * D) * sizeof(T));                                         \
+        for (int64_t m = 0; m < M; m++) {                                                   \
+            int64_t r = ip[m];                                                              \
+            if (r < 0 || r >= V)                                                            \
+                return NBC_ERR(NB_INDEX_OUT_OF_RANGE, "%s: index %lld out of range for a "  \
+                               "table of %lld rows", name, (long long)r, (long long)V);     \
+            if (r == pad)                                                                   \
+                continue;                                                                   \
+            T *dst = op + r * D;                                                            \
+            const T *src = gp + m * D;                                                      \
+            for (int64_t d = 0; d < D; d++)                                                 \
+                dst[d] += src[d];                                                           \
+        }                                                                                   \
+        return NB_OK;                                                                       \
+    }
+DEF_EMBEDDING_BACKWARD(f32, float)
+DEF_EMBEDDING_BACKWARD(f64, double)
+
 #define E_RED(SFX, T, E, K)                                                                 \
     {"argmax", E, k_argmax_##SFX}, {"argmin", E, k_argmin_##SFX}, {"gather", E, k_gather_##SFX},
 #define E_NUM(SFX, E)                                                                       \
@@ -437,5 +474,7 @@ const nb_kernel_desc nbc_reduce_kernels[] = {
     E_NUM(i64, NB_DTYPE_I64) E_NUM(u8, NB_DTYPE_U8)
     {"max", NB_DTYPE_BOOL, k_max_b8},
     {"min", NB_DTYPE_BOOL, k_min_b8},
+    {"embedding_backward", NB_DTYPE_F32, k_embedding_backward_f32},
+    {"embedding_backward", NB_DTYPE_F64, k_embedding_backward_f64},
 };
 const size_t nbc_reduce_count = sizeof nbc_reduce_kernels / sizeof nbc_reduce_kernels[0];

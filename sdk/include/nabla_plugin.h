@@ -240,7 +240,17 @@ typedef const nb_plugin *(*nb_plugin_entry_fn)(const nb_host *host);
  *                       out (B,L,Ev) = softmax(q k^T * f[0]) v; i[0] = 1: causal (j <= i only)
  *   "layer_norm"        in[0] x (R,C), then weight (C) if i[0] & 1, bias (C) if i[0] & 2, all
  *                       contiguous; out (R,C) = (x - mean) / sqrt(var + f[0]) * w + b per row,
- *                       var biased
+ *                       var biased; i[0] & 4: a last input (R,2) receives each row's mean, 1/std
+ *   "layer_norm_backward"  in[0] grad (R,C), in[1] x, in[2] the (R,2) mean, 1/std, then weight
+ *                       (C) and dweight (C, written) if i[0] & 1, dbias (C, written) if i[0] & 2;
+ *                       out = grad x
+ *   "attention_backward"   in[0] grad (B,L,Ev), in[1] q, in[2] k, in[3] v, in[4] dk (B,S,E) and
+ *                       in[5] dv (B,S,Ev), both written; out = dq (B,L,E); f[0], i[0] as attention
+ *   "gelu"              out = gelu(in[0]), contiguous; i[0] = 0: x Phi(x) (erf), 1: the tanh form
+ *   "gelu_backward"     in[0] grad, in[1] x, contiguous: out = grad * gelu'(x); i[0] as gelu
+ *   "embedding_backward"  in[0] grad (M,D), in[1] int64 indices (M), contiguous; out (V,D)
+ *                       zeroed, then out[idx[m]] += grad[m] except where idx[m] == i[0] (padding;
+ *                       -1: none)
  * --------------------------------------------------------------------------------------------- */
 
 /* Philox4x32-10 (Salmon et al., SC'11): a counter-based generator, so every device produces the

@@ -25,6 +25,11 @@ static double r_gelu_tanh(double x, const double *s)
     (void)s;
     return 0.5 * x * (1 + tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x)));
 }
+static double r_gelu_erf(double x, const double *s)
+{
+    (void)s;
+    return 0.5 * x * erfc(-x * 0.70710678118654752440);
+}
 static double r_hardtanh(double x, const double *s)
 {
     return isnan(x) ? x : x < s[0] ? s[0] : x > s[1] ? s[1] : x;
@@ -63,6 +68,7 @@ NN_UNARY_(elu, nb_elu(x[0], p->s[0]))
 NN_UNARY_(silu, nb_silu(x[0]))
 NN_UNARY_(softplus, nb_softplus(x[0], p->s[0], p->s[1]))
 NN_UNARY_(gelu_tanh, nb_gelu_tanh(x[0]))
+NN_UNARY_(gelu_erf, nb_gelu(x[0]))
 NN_UNARY_(hardtanh, nb_hardtanh(x[0], p->s[0], p->s[1]))
 NN_UNARY_(log_sigmoid, nb_log_sigmoid(x[0]))
 NN_UNARY_(rpow, nb_rpow_scalar(x[0], p->s[0]))
@@ -507,8 +513,10 @@ static const conf_error e_nn_loss[] = {
             s_nn_plain, e_nn_act),                                                         \
     NN_ROW_("softplus", "nb_softplus", "clamp sigmoid log where", NN_FO_, true, 0,         \
             a_softplus, ref_softplus, s_nn_softplus, e_nn_act),                            \
-    NN_ROW_("gelu_tanh", "nb_gelu_tanh", "pow_scalar tanh mul add", NN_FO_, true, 0,       \
-            a_gelu_tanh, ref_gelu_tanh, s_nn_plain, e_nn_act),                             \
+    NN_ROW_K_("gelu_tanh", "nb_gelu_tanh", "gelu", "mul add sigmoid", NN_FO_, true, 0,     \
+              a_gelu_tanh, ref_gelu_tanh, s_nn_plain, e_nn_act),                           \
+    NN_ROW_K_("gelu", "nb_gelu", "gelu", "mul exp abs div where", NN_FO_, true, 0,         \
+              a_gelu_erf, ref_gelu_erf, s_nn_plain, e_nn_act),                             \
     NN_ROW_("hardtanh", "nb_hardtanh", "gt_scalar lt_scalar clamp where", NN_FO_, true, 0, \
             a_hardtanh, ref_hardtanh, s_nn_hardtanh, e_nn_act),                            \
     NN_ROW_("log_sigmoid", "nb_log_sigmoid", "clamp sigmoid log where", NN_FO_, true, 0,   \
@@ -525,8 +533,8 @@ static const conf_error e_nn_loss[] = {
             true, 0, a_tril, ref_tril, s_nn_tril, e_nn_tril),                              \
     NN_ROW_("outer", "nb_outer", "mul", NN_FO_, true, 0, a_outer, ref_outer, s_nn_outer,   \
             e_nn_outer),                                                                   \
-    NN_ROW_("embedding", "nb_embedding", "gather max min", NN_FO_, true, 0, a_embedding,   \
-            ref_embedding, s_nn_embedding, e_nn_embedding),                                \
+    NN_ROW_K_("embedding", "nb_embedding", "embedding_backward", "gather scatter_add", NN_FO_,\
+              true, 0, a_embedding, ref_embedding, s_nn_embedding, e_nn_embedding),        \
     NN_ROW_K_("scaled_dot_product_attention", "nb_scaled_dot_product_attention",           \
               "attention", "matmul max sub exp sum div where", NN_FO_, true, 10, a_sdpa,   \
               ref_sdpa, s_nn_sdpa, e_nn_sdpa),                                             \

@@ -1,8 +1,6 @@
-/* cpu_nn.c - the fused tier-2 kernels of the cpu_blas plugin: softmax and log_softmax with
- * their backwards, conv2d and its two backwards (direct vector loops for few taps, else
- * lowered to gemm; see conv_path), and max_pool2d with its backward. Strided operands are made
- * contiguous first. */
-#include "cpu_internal.h"
+/* cpu_conv.c - the fused conv2d kernel and its two backwards: direct vector loops for few taps,
+ * else lowered to gemm (see conv_path). Strided operands are made contiguous first. */
+#include "cpu_fused.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -11,135 +9,6 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-/* Scratch slots used here (one kernel runs at a time on a thread, so slots never clash). */
-enum { S_IN0 = 0, S_IN1 = 1, S_OUT = 2, S_COL = 3, S_PERM = 4, S_IN2 = 5 };
-
-/* An output written in place when contiguous, else through scratch and copied out at the end. */
-static void *out_buffer(const nb_operand *o, int slot)
-{
-    if (nbc_is_contiguous(o))
-        return nbc_ptr(o);
-    return nbc_scratch(slot, (size_t)nbc_numel(o) * nbc_dtype_size(o->dtype) + 1);
-}
-
-static void out_finish(const nb_operand *o, const void *buf)
-{
-    if (buf != nbc_ptr(o))
-        nbc_scatter_contiguous(o, buf);
-}
-
-static nb_status same_shape(const char *name, const nb_operand *a, const nb_operand *b)
-{
-    bool ok = a->ndim == b->ndim;
-    for (int32_t d = 0; ok && d < a->ndim; d++)
-        ok = a->shape[d] == b->shape[d];
-    if (!ok)
-        return NBC_ERR(NB_SHAPE_MISMATCH, "%s: operand shapes differ (%d-d and %d-d, or a dim "
-                       "size), expected the output's shape", name, (int)a->ndim, (int)b->ndim);
-    return NB_OK;
-}
-
-/* ---- softmax family: rows along the last dim ---- */
-
-typedef struct rows {
-    int64_t n, len; /* rows, row length */
-} rows;
-
-static nb_status softmax_rows(const char *name, const nb_kernel_args *a, int n_in, rows *r)
-{
-    const nb_operand *out = a->out;
-    if (a->n_in < n_in)
-        return NBC_ERR(NB_INVALID_ARGUMENT, "%s: needs %d inputs, got %d", name, n_in,
-                       (int)a->n_in);
-    for (int k = 0; k < n_in; k++)
-        if (same_shape(name, out, &a->in[k]) != NB_OK)
-            return NB_SHAPE_MISMATCH;
-    if (out->ndim > 0 && a->i[0] != out->ndim - 1)
-        return NBC_ERR(NB_INVALID_ARGUMENT, "%s: dim %lld given, this kernel only reduces the "
-                       "last dim (%d)", name, (long long)a->i[0], (int)out->ndim - 1);
-    r->len = out->ndim ? out->shape[out->ndim - 1] : 1;
-    r->n = r->len ? nbc_numel(out) / r->len : 0;
-    return NB_OK;
-}
-
-/* MODE 0 softmax, 1 log_softmax, 2 softmax_backward, 3 log_softmax_backward. */
-#define DEF_SOFTMAX(SFX, T)                                                                 \
-    static void softmax_row_##SFX(int mode, int64_t len, T *o, const T *x, const T *y)     \
-    {                                                                                       \
-        if (mode <= 1) {                                                                    \
-            T m = -INFINITY;                                                                \
-            for (int64_t j = 0; j < len; j++)                                               \
-                m = (x[j] > m || x[j] != x[j]) ? x[j] : m;                                  \
-            if (m == -INFINITY)                                                             \
-                m = 0; /* all -inf: exp gives 0s and the sum 0, like PyTorch's NaN */     \
-            double sum = 0;                                                                 \
-            if (mode == 0) {                                                                \
-                for (int64_t j = 0; j < len; j++) {                                         \
-                    o[j] = exp(x[j] - m);                                                   \
-                    sum += o[j];                                                            \
-                }                                                                           \
-                const T inv = (T)(1 / sum);                                                 \
-                for (int64_t j = 0; j < len; j++)                                           \
-                    o[j] *= inv;                                                            \
-            } else {                                                                        \
-                for (int64_t j = 0; j < len; j++)                                           \
-                    sum += exp(x[j] - m);                                                   \
-                const T lse = (T)(m + log(sum));                                            \
-                for (int64_t j = 0; j < len; j++)                                           \
-                    o[j] = x[j] - lse;                                                      \
-            }                                                                               \
-        } else if (mode == 2) {                                                             \
-            double dot = 0;                                                                 \
-            for (int64_t j = 0; j < len; j++)                                               \
-                dot += (double)x[j] * y[j];                                                 \
-            for (int64_t j = 0; j < len; j++)                                               \
-                o[j] = y[j] * (x[j] - (T)dot);                                              \
-        } else {                                                                            \
-            double sum = 0;                                                                 \
-            for (int64_t j = 0; j < len; j++)                                               \
-                sum += x[j];                                                                \
-            for (int64_t j = 0; j < len; j++)                                               \
-                o[j] = x[j] - exp(y[j]) * (T)sum;                                           \
-        }                                                                                   \
-    }                                                                                       \
-    static nb_status softmax_kernel_##SFX(const nb_kernel_args *a, int mode, const char *name) \
-    {                                                                                       \
-        rows r;                                                                             \
-        int n_in = mode <= 1 ? 1 : 2;                                                       \
-        if (softmax_rows(name, a, n_in, &r) != NB_OK)                                       \
-            return NB_SHAPE_MISMATCH;                                                       \
-        if (r.n == 0)                                                                       \
-            return NB_OK;                                                                   \
-        const T *x = nbc_contiguous_in(&a->in[0], S_IN0);                                   \
-        const T *y = n_in > 1 ? nbc_contiguous_in(&a->in[1], S_IN1) : x;                   \
-        T *o = out_buffer(a->out, S_OUT);                                                   \
-        if (!x || !y || !o)                                                                 \
-            return NB_OUT_OF_MEMORY;                                                        \
-        _Pragma("omp parallel for if (r.n * r.len >= NBC_PARALLEL_MIN)")                    \
-        for (int64_t k = 0; k < r.n; k++)                                                   \
-            softmax_row_##SFX(mode, r.len, o + k * r.len, x + k * r.len, y + k * r.len);    \
-        out_finish(a->out, o);                                                              \
-        return NB_OK;                                                                       \
-    }                                                                                       \
-    static nb_status k_softmax_##SFX(const nb_kernel_args *a)                               \
-    {                                                                                       \
-        return softmax_kernel_##SFX(a, 0, "softmax");                                       \
-    }                                                                                       \
-    static nb_status k_log_softmax_##SFX(const nb_kernel_args *a)                           \
-    {                                                                                       \
-        return softmax_kernel_##SFX(a, 1, "log_softmax");                                   \
-    }                                                                                       \
-    static nb_status k_softmax_backward_##SFX(const nb_kernel_args *a)                      \
-    {                                                                                       \
-        return softmax_kernel_##SFX(a, 2, "softmax_backward");                              \
-    }                                                                                       \
-    static nb_status k_log_softmax_backward_##SFX(const nb_kernel_args *a)                  \
-    {                                                                                       \
-        return softmax_kernel_##SFX(a, 3, "log_softmax_backward");                          \
-    }
-DEF_SOFTMAX(f32, float)
-DEF_SOFTMAX(f64, double)
 
 /* ---- conv2d ---- */
 
@@ -150,12 +19,6 @@ typedef struct geom {
     int64_t sh, sw, ph, pw, dh, dw, G;
     int64_t Cg, Og, K;     /* channels per group, K = Cg * kh * kw */
 } geom;
-
-static int64_t conv_out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d)
-{
-    int64_t span = in + 2 * p - d * (k - 1) - 1;
-    return span < 0 ? 0 : span / s + 1;
-}
 
 /* Checks x, w and y shapes against each other and the parameters in a->i. */
 static nb_status conv_geom(const char *name, const nb_kernel_args *a, const nb_operand *x,
@@ -566,13 +429,6 @@ static nb_status span_backward_weight(nb_dtype dt, const geom *g, const char *dy
  * x86-64-v3 for FMA, picked by nbc_isa_level, never by CPU model). Positions run over [0, Lv) with
  * Lv = (OH - 1) * Wp + OW, which keeps every read inside the image; ow >= OW positions are
  * computed and dropped, or read zero gradients. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define NBC_HAVE_V3 1
-#define NBC_PICK(fn) (nbc_isa_level >= NBC_ISA_AVX2 ? fn##_v3 : fn##_base)
-#else
-#define NBC_HAVE_V3 0
-#define NBC_PICK(fn) fn##_base
-#endif
 
 #define VLOAD(v, p) memcpy(&(v), (p), sizeof(v))
 #define DEF_VEC(SFX, T, LANES)                                                              \
@@ -706,7 +562,6 @@ DEF_VEC(f64, double, 4)
 DEF_DIRECT(f32, float, 8, base, )
 DEF_DIRECT(f64, double, 4, base, )
 #if NBC_HAVE_V3
-#define NBC_V3 __attribute__((target("arch=x86-64-v3")))
 DEF_DIRECT(f32, float, 8, v3, NBC_V3)
 DEF_DIRECT(f64, double, 4, v3, NBC_V3)
 #endif
@@ -1003,190 +858,12 @@ static nb_status k_conv2d_backward_weight(const nb_kernel_args *a)
     return NB_OK;
 }
 
-/* ---- max_pool2d ---- */
-
-typedef struct pool {
-    int64_t planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw;
-} pool;
-
-static nb_status pool_geom(const char *name, const nb_kernel_args *a, const nb_operand *x,
-                           const nb_operand *y, pool *p)
-{
-    if (a->n_in < 2)
-        return NBC_ERR(NB_INVALID_ARGUMENT, "%s: needs 2 inputs, got %d", name, (int)a->n_in);
-    const nb_operand *idx = &a->in[1];
-    if (x->ndim != 4 || y->ndim != 4 || idx->ndim != 4)
-        return NBC_ERR(NB_SHAPE_MISMATCH, "%s: input, output and indices must be 4-d, got %d, "
-                       "%d and %d dims", name, (int)x->ndim, (int)y->ndim, (int)idx->ndim);
-    if (idx->dtype != NB_DTYPE_I64)
-        return NBC_ERR(NB_DTYPE_UNSUPPORTED, "%s: indices are %s, expected int64", name,
-                       nbc_dtype_name(idx->dtype));
-    *p = (pool){x->shape[0] * x->shape[1], x->shape[2], x->shape[3], y->shape[2], y->shape[3],
-                a->i[0], a->i[1], a->i[2], a->i[3], a->i[4], a->i[5]};
-    if (p->kh < 1 || p->kw < 1 || p->sh < 1 || p->sw < 1 || p->ph < 0 || p->pw < 0 ||
-        2 * p->ph > p->kh || 2 * p->pw > p->kw)
-        return NBC_ERR(NB_INVALID_ARGUMENT, "%s: kernel (%lld,%lld), stride (%lld,%lld), padding "
-                       "(%lld,%lld); expected kernel and stride >= 1 and 0 <= padding <= "
-                       "kernel/2", name, (long long)p->kh, (long long)p->kw, (long long)p->sh,
-                       (long long)p->sw, (long long)p->ph, (long long)p->pw);
-    int64_t oh = conv_out_size(p->H, p->kh, p->sh, p->ph, 1);
-    int64_t ow = conv_out_size(p->W, p->kw, p->sw, p->pw, 1);
-    bool ok = y->shape[0] == x->shape[0] && y->shape[1] == x->shape[1] && oh == p->OH &&
-              ow == p->OW;
-    for (int d = 0; d < 4; d++)
-        ok = ok && idx->shape[d] == y->shape[d];
-    if (!ok)
-        return NBC_ERR(NB_SHAPE_MISMATCH, "%s: pooled shape is (%lld,%lld,%lld,%lld) with "
-                       "indices (%lld,%lld,%lld,%lld), expected (%lld,%lld,%lld,%lld)", name,
-                       (long long)y->shape[0], (long long)y->shape[1], (long long)y->shape[2],
-                       (long long)y->shape[3], (long long)idx->shape[0], (long long)idx->shape[1],
-                       (long long)idx->shape[2], (long long)idx->shape[3], (long long)x->shape[0],
-                       (long long)x->shape[1], (long long)oh, (long long)ow);
-    return NB_OK;
-}
-
-/* The common 2x2 stride-2 window of one plane, written as selects so it vectorises: the winner
- * is random on real data, and strict compares keep the first index of ties in row-major order.
- * A NaN (or both infinities) in any window makes the plane take the general path: returns
- * false then. */
-#define DEF_POOL2(SFX, T, IT)                                                               \
-    static bool pool2x2_##SFX(const pool *p, const T *x, T *y, int64_t *ix)                 \
-    {                                                                                       \
-        const int64_t W = p->W, OW = p->OW;                                                 \
-        IT bad = 0;                                                                         \
-        for (int64_t oh = 0; oh < p->OH; oh++) {                                            \
-            const T *r0 = x + 2 * oh * W, *r1 = r0 + W;                                     \
-            T *yo = y + oh * OW;                                                            \
-            int64_t *io = ix + oh * OW;                                                     \
-            const int64_t base = 2 * oh * W;                                                \
-            for (int64_t ow = 0; ow < OW; ow++) {                                           \
-                const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1]; \
-                const T sum = (a + b) + (c + d);                                            \
-                bad |= sum != sum;                                                          \
-                const IT right0 = b > a, right1 = d > c;                                    \
-                const T m0 = right0 ? b : a, m1 = right1 ? d : c;                           \
-                const IT down = m1 > m0;                                                    \
-                yo[ow] = down ? m1 : m0;                                                    \
-                io[ow] = base + 2 * ow + (down ? W + right1 : right0);                      \
-            }                                                                               \
-        }                                                                                   \
-        return !bad;                                                                        \
-    }
-DEF_POOL2(f32, float, int32_t)
-DEF_POOL2(f64, double, int64_t)
-
-/* The window's first element starts as the best, so an all -inf window still gives a valid
- * index; a NaN wins and stops the search like PyTorch. */
-#define DEF_POOL(SFX, T)                                                                    \
-    static nb_status k_max_pool2d_##SFX(const nb_kernel_args *a)                            \
-    {                                                                                       \
-        pool p;                                                                             \
-        if (pool_geom("max_pool2d", a, &a->in[0], a->out, &p) != NB_OK)                     \
-            return NB_INVALID_ARGUMENT;                                                     \
-        const T *x = nbc_contiguous_in(&a->in[0], S_IN0);                                   \
-        T *y = out_buffer(a->out, S_OUT);                                                   \
-        int64_t *ix = out_buffer(&a->in[1], S_IN1);                                         \
-        if (!x || !y || !ix)                                                                \
-            return NB_OUT_OF_MEMORY;                                                        \
-        const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;                                    \
-        const bool two = p.kh == 2 && p.kw == 2 && p.sh == 2 && p.sw == 2 && p.ph == 0 &&   \
-                         p.pw == 0;                                                         \
-        _Pragma("omp parallel for if (p.planes * OHW * p.kh * p.kw >= NBC_PARALLEL_MIN)")   \
-        for (int64_t pl = 0; pl < p.planes; pl++) {                                         \
-            const T *xp = x + pl * HW;                                                      \
-            T *yp = y + pl * OHW;                                                           \
-            int64_t *ip = ix + pl * OHW;                                                    \
-            if (two && pool2x2_##SFX(&p, xp, yp, ip))                                       \
-                continue;                                                                   \
-            for (int64_t oh = 0; oh < p.OH; oh++) {                                         \
-                int64_t h0 = oh * p.sh - p.ph, h1 = h0 + p.kh;                              \
-                h0 = h0 < 0 ? 0 : h0;                                                       \
-                h1 = h1 > p.H ? p.H : h1;                                                   \
-                for (int64_t ow = 0; ow < p.OW; ow++) {                                     \
-                    int64_t w0 = ow * p.sw - p.pw, w1 = w0 + p.kw;                          \
-                    w0 = w0 < 0 ? 0 : w0;                                                   \
-                    w1 = w1 > p.W ? p.W : w1;                                               \
-                    int64_t bi = h0 * p.W + w0;                                             \
-                    T best = xp[bi];                                                        \
-                    for (int64_t h = h0; h < h1 && best == best; h++)                       \
-                        for (int64_t w = w0; w < w1; w++) {                                 \
-                            T v = xp[h * p.W + w];                                          \
-                            if (v > best || v != v) {                                       \
-                                best = v;                                                   \
-                                bi = h * p.W + w;                                           \
-                                if (v != v)                                                 \
-                                    break;                                                  \
-                            }                                                               \
-                        }                                                                   \
-                    yp[oh * p.OW + ow] = best;                                              \
-                    ip[oh * p.OW + ow] = bi;                                                \
-                }                                                                           \
-            }                                                                               \
-        }                                                                                   \
-        out_finish(a->out, y);                                                              \
-        out_finish(&a->in[1], ix);                                                          \
-        return NB_OK;                                                                       \
-    }                                                                                       \
-    /* in[0] grad (N,C,OH,OW), in[1] indices; out dx (N,C,H,W) */                          \
-    static nb_status k_max_pool2d_backward_##SFX(const nb_kernel_args *a)                   \
-    {                                                                                       \
-        pool p;                                                                             \
-        if (a->n_in < 2 || a->out->ndim != 4 || a->in[0].ndim != 4)                         \
-            return NBC_ERR(NB_SHAPE_MISMATCH, "max_pool2d_backward: needs a 4-d grad, "    \
-                           "indices and output");                                           \
-        if (same_shape("max_pool2d_backward", &a->in[0], &a->in[1]) != NB_OK)               \
-            return NB_SHAPE_MISMATCH;                                                       \
-        if (a->in[1].dtype != NB_DTYPE_I64)                                                 \
-            return NBC_ERR(NB_DTYPE_UNSUPPORTED, "max_pool2d_backward: indices are %s, "   \
-                           "expected int64", nbc_dtype_name(a->in[1].dtype));               \
-        p.planes = a->out->shape[0] * a->out->shape[1];                                     \
-        p.H = a->out->shape[2];                                                             \
-        p.W = a->out->shape[3];                                                             \
-        p.OH = a->in[0].shape[2];                                                           \
-        p.OW = a->in[0].shape[3];                                                           \
-        if (a->in[0].shape[0] * a->in[0].shape[1] != p.planes)                              \
-            return NBC_ERR(NB_SHAPE_MISMATCH, "max_pool2d_backward: grad has %lld planes, " \
-                           "the output %lld", (long long)(a->in[0].shape[0] * a->in[0].shape[1]), \
-                           (long long)p.planes);                                            \
-        const T *g = nbc_contiguous_in(&a->in[0], S_IN0);                                   \
-        const int64_t *ix = nbc_contiguous_in(&a->in[1], S_IN1);                            \
-        T *dx = out_buffer(a->out, S_OUT);                                                  \
-        if (!g || !ix || !dx)                                                               \
-            return NB_OUT_OF_MEMORY;                                                        \
-        const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;                                    \
-        memset(dx, 0, (size_t)(p.planes * HW) * sizeof(T));                                 \
-        int64_t bad = -1;                                                                   \
-        for (int64_t pl = 0; pl < p.planes; pl++) {                                         \
-            T *dp = dx + pl * HW;                                                           \
-            const T *gp = g + pl * OHW;                                                     \
-            const int64_t *ip = ix + pl * OHW;                                              \
-            for (int64_t k = 0; k < OHW; k++) {                                             \
-                int64_t j = ip[k];                                                          \
-                if ((uint64_t)j >= (uint64_t)HW) {                                          \
-                    bad = j;                                                                \
-                    continue;                                                               \
-                }                                                                           \
-                dp[j] += gp[k];                                                             \
-            }                                                                               \
-        }                                                                                   \
-        out_finish(a->out, dx);                                                             \
-        if (bad != -1)                                                                      \
-            return NBC_ERR(NB_INDEX_OUT_OF_RANGE, "max_pool2d_backward: index %lld out of " \
-                           "range for a plane of %lld elements", (long long)bad,            \
-                           (long long)HW);                                                  \
-        return NB_OK;                                                                       \
-    }
-DEF_POOL(f32, float)
-DEF_POOL(f64, double)
-
-#define E_NN(SFX, E)                                                                        \
-    {"softmax", E, k_softmax_##SFX}, {"log_softmax", E, k_log_softmax_##SFX},               \
-        {"softmax_backward", E, k_softmax_backward_##SFX},                                  \
-        {"log_softmax_backward", E, k_log_softmax_backward_##SFX},                          \
-        {"conv2d", E, k_conv2d}, {"conv2d_backward_input", E, k_conv2d_backward_input},     \
-        {"conv2d_backward_weight", E, k_conv2d_backward_weight},                            \
-        {"max_pool2d", E, k_max_pool2d_##SFX},                                              \
-        {"max_pool2d_backward", E, k_max_pool2d_backward_##SFX},
-
-const nb_kernel_desc nbc_nn_kernels[] = {E_NN(f32, NB_DTYPE_F32) E_NN(f64, NB_DTYPE_F64)};
-const size_t nbc_nn_count = sizeof nbc_nn_kernels / sizeof nbc_nn_kernels[0];
+const nb_kernel_desc nbc_conv_kernels[] = {
+    {"conv2d", NB_DTYPE_F32, k_conv2d},
+    {"conv2d_backward_input", NB_DTYPE_F32, k_conv2d_backward_input},
+    {"conv2d_backward_weight", NB_DTYPE_F32, k_conv2d_backward_weight},
+    {"conv2d", NB_DTYPE_F64, k_conv2d},
+    {"conv2d_backward_input", NB_DTYPE_F64, k_conv2d_backward_input},
+    {"conv2d_backward_weight", NB_DTYPE_F64, k_conv2d_backward_weight},
+};
+const size_t nbc_conv_count = sizeof nbc_conv_kernels / sizeof nbc_conv_kernels[0];
