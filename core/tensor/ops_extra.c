@@ -1,7 +1,8 @@
 /* ops_extra.c - ops a transformer needs beyond the ops_*.c families: logsumexp, cumsum,
  * masked_fill, tril/triu, rpow (scalar ** tensor), outer, two-operand einsum. Composites of public
  * ops (autograd from them), except rpow, which runs the tier-1 rpow_scalar kernel as one node. */
-#include "nn/nn_common.h"
+#include "nabla_internal.h"
+#include "layer/composite.h"
 
 #include <stdlib.h>
 

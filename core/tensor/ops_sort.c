@@ -1,7 +1,8 @@
 /* ops_sort.c - sort, argsort and topk. The order is found on the host (every device can copy
  * to it), the indices go back to the tensor's device, and the values are a gather of the input,
  * so they are differentiable like any gather. */
-#include "nn/nn_common.h"
+#include "nabla_internal.h"
+#include "layer/composite.h"
 
 #include <stdlib.h>
 
