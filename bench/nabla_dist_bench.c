@@ -2,7 +2,9 @@
  * bandwidth by message size, and LeNet training steps with DDP (global batch 64 split over the
  * ranks) against the same steps in one process: images/s, bytes allreduced per step against the
  * parameter bytes, and the time backward waits for communication as a fraction of the step.
- *   mpirun -np 1 build/bin/nabla-dist-bench; mpirun -np 2 build/bin/nabla-dist-bench */
+ *   mpirun -np 1 build/bin/nabla-dist-bench; mpirun -np 2 build/bin/nabla-dist-bench
+ *   options after the step count: --bucket-mb X (DDP's bucket_mb), --grad-view
+ *   (gradient_as_bucket_view), --no-allreduce-table (LeNet figures only) */
 #include "lenet.h"
 #include "nabla.h"
 
@@ -52,12 +54,12 @@ static int bench_allreduce(nb_process_group *pg, int rank, int world)
     return 0;
 }
 
-static int bench_ddp(nb_process_group *pg, int rank, int world, int steps)
+static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, nb_ddp_opts dopts)
 {
     const int global = 64, per = global / world;
     nb_manual_seed(1);
     nb_module *net = lenet_new((nb_opts){0});
-    nb_ddp *d = world > 1 ? nb_ddp_new(net, pg, (nb_ddp_opts){0}) : NULL;
+    nb_ddp *d = world > 1 ? nb_ddp_new(net, pg, dopts) : NULL;
     nb_optim *o = nb_sgd_new_for(net, (nb_sgd_opts){.lr = 0.01, .momentum = 0.9});
     if (!net || !o || (world > 1 && !d))
         return fail("setting up LeNet");
@@ -91,7 +93,8 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps)
         printf("images_per_second %.1f\n", global * steps / dt);
         printf("step_ms %.3f\n", dt / steps * 1e3);
         if (d) {
-            printf("buckets %d\n", nb_ddp_bucket_count(d));
+            printf("buckets %d (bucket_mb %g%s)\n", nb_ddp_bucket_count(d), dopts.bucket_mb,
+                   dopts.gradient_as_bucket_view ? ", gradient_as_bucket_view" : "");
             printf("bytes_allreduced_per_step %.0f (parameter bytes %llu)\n",
                    (double)reduced / (steps + 5), (unsigned long long)param_bytes);
             printf("comm_wait_fraction %.3f\n", waited / dt);
@@ -110,8 +113,24 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps)
 int main(int argc, char **argv)
 {
     int steps = argc > 1 ? atoi(argv[1]) : 200;
+    nb_ddp_opts dopts = {0};
+    bool table = true;
+    for (int k = 2; k < argc && steps >= 1; k++) {
+        char *end = NULL;
+        if (strcmp(argv[k], "--bucket-mb") == 0 && k + 1 < argc)
+            dopts.bucket_mb = strtod(argv[++k], &end);
+        else if (strcmp(argv[k], "--grad-view") == 0)
+            dopts.gradient_as_bucket_view = true;
+        else if (strcmp(argv[k], "--no-allreduce-table") == 0)
+            table = false;
+        else
+            steps = 0;
+        if (end && (*end || dopts.bucket_mb < 0))
+            steps = 0;
+    }
     if (steps < 1) {
-        fprintf(stderr, "usage: nabla-dist-bench [steps]\n");
+        fprintf(stderr, "usage: nabla-dist-bench [steps [--bucket-mb X] [--grad-view] "
+                        "[--no-allreduce-table]]\n");
         return 2;
     }
     /* One thread per rank: the ranks are the parallelism being measured. */
@@ -121,9 +140,9 @@ int main(int argc, char **argv)
     if (!pg)
         return fail("process group");
     int rank = nb_process_group_rank(pg), world = nb_process_group_size(pg);
-    int rc = bench_allreduce(pg, rank, world);
+    int rc = table ? bench_allreduce(pg, rank, world) : 0;
     if (rc == 0)
-        rc = bench_ddp(pg, rank, world, steps);
+        rc = bench_ddp(pg, rank, world, steps, dopts);
     nb_process_group_free(pg);
     if (nb_shutdown() != NB_OK && rc == 0)
         rc = fail("shutdown");
