@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 static double now_s(void)
@@ -18,6 +19,15 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* CPU seconds of this process (every thread: the communication thread too). */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
+           (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
 static int fail(const char *what)
@@ -68,11 +78,12 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, nb_dd
         param_bytes += (uint64_t)nb_tensor_numel(nb_module_parameter(net, k)) * 4;
     nb_tensor *x = nb_randn(NB_SHAPE(per, 1, 32, 32), (nb_opts){0});
     nb_tensor *y = nb_randint(0, 10, NB_SHAPE(per), (nb_opts){.dtype = NB_DTYPE_I64});
-    double waited = 0, t0 = 0;
+    double waited = 0, t0 = 0, c0 = 0;
     for (int s = -5; s < steps; s++) { /* 5 warm-up steps */
         if (s == 0) {
             nb_work_finish(nb_barrier(pg));
             t0 = now_s();
+            c0 = cpu_s();
             waited = 0;
         }
         nb_scope_begin();
@@ -86,12 +97,20 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, nb_dd
         waited += d ? nb_ddp_last_wait_s(d) : 0;
     }
     double dt = now_s() - t0;
+    /* CPU time summed over the ranks: unlike images/s it hardly depends on how many other
+     * processes share the cores, so it shows what the ranks cost even on a busy machine. */
+    double cpu = cpu_s() - c0;
+    nb_tensor *ct = nb_from_blob(&cpu, NB_SHAPE(1), (nb_opts){.dtype = NB_DTYPE_F64}, NULL, NULL);
+    if (!ct || nb_work_finish(nb_allreduce(pg, ct, NB_REDUCE_OP_SUM)) != NB_OK)
+        return fail("summing cpu time");
+    nb_release(ct);
     uint64_t reduced = d ? nb_ddp_bytes_reduced(d) : 0;
     if (rank == 0) {
         printf("\nLeNet training, global batch %d = %d ranks x %d, %d steps, 1 thread per rank\n",
                global, world, per, steps);
         printf("images_per_second %.1f\n", global * steps / dt);
         printf("step_ms %.3f\n", dt / steps * 1e3);
+        printf("cpu_us_per_image %.1f (all ranks, every thread)\n", cpu / global / steps * 1e6);
         if (d) {
             printf("buckets %d (bucket_mb %g%s)\n", nb_ddp_bucket_count(d), dopts.bucket_mb,
                    dopts.gradient_as_bucket_view ? ", gradient_as_bucket_view" : "");
