@@ -1,5 +1,6 @@
 /* nabla_bench.c - nabla-bench: one `name value unit` line per figure (median of repetitions):
  * matmul against cblas called directly (in this process, and with each OpenBLAS core in a child),
+ * and on opencl devices against CLBlast called directly on the same device,
  * elementwise add against memcpy, per-op dispatch cost,
  * the seed's two-layer net and a LeNet training step/epoch. Never run by ctest. */
 #include <errno.h>
@@ -16,6 +17,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 extern char **environ;
+#endif
+
+#ifdef NB_BENCH_CLBLAST
+#include <CL/cl.h>
+#include <clblast_c.h>
 #endif
 
 #include "lenet.h"
@@ -168,6 +174,8 @@ static double sgemm_gflops_in_child(const char *core, int reps)
 }
 #endif
 
+static double matmul_f32_1024; /* the figure bench_matmul measured, for bench_clblast's ratio */
+
 static int bench_matmul(const bench_opts *o)
 {
     enum { N = 1024 };
@@ -196,6 +204,7 @@ static int bench_matmul(const bench_opts *o)
     }
     double nabla = flop / median(t, o->reps) / 1e9;
     report("matmul_f32_1024", nabla, "GFLOP/s");
+    matmul_f32_1024 = nabla;
 #ifdef NB_BENCH_BLAS_SONAME
     int rc = 0;
     float *ha = malloc(sizeof(float) * N * N), *hb = malloc(sizeof(float) * N * N);
@@ -233,6 +242,103 @@ static int bench_matmul(const bench_opts *o)
     nb_release(a);
     nb_release(b);
     return rc;
+}
+
+/* ---- opencl: CLBlastSgemm 1024^3 called directly, on the device the opencl plugin calls
+ * opencl:N (found by its CL_DEVICE_NAME), in its own context and queue ---- */
+#ifdef NB_BENCH_CLBLAST
+static cl_device_id clblast_find_device(const char *name)
+{
+    cl_platform_id plats[16];
+    cl_uint np = 0;
+    if (clGetPlatformIDs(16, plats, &np) != CL_SUCCESS)
+        return NULL;
+    for (cl_uint p = 0; p < np && p < 16; p++) {
+        cl_device_id ids[64];
+        cl_uint nd = 0;
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 64, ids, &nd) != CL_SUCCESS)
+            continue;
+        for (cl_uint k = 0; k < nd && k < 64; k++) {
+            char n[256] = "";
+            clGetDeviceInfo(ids[k], CL_DEVICE_NAME, sizeof n - 1, n, NULL);
+            if (strcmp(n, name) == 0)
+                return ids[k];
+        }
+    }
+    return NULL;
+}
+
+/* Median GFLOP/s of reps calls after one warm-up; 0 with the reason on stderr. */
+static double clblast_sgemm_gflops(cl_device_id dev, int reps)
+{
+    enum { N = 1024 };
+    const size_t bytes = sizeof(float) * N * N;
+    cl_int err = CL_SUCCESS;
+    double g = 0, t[64];
+    cl_context ctx = clCreateContext(NULL, 1, &dev, NULL, NULL, &err);
+    cl_command_queue q = ctx ? clCreateCommandQueue(ctx, dev, 0, &err) : NULL;
+    cl_mem m[3] = {NULL, NULL, NULL};
+    float *host = malloc(bytes);
+    for (int k = 0; q && k < 3; k++)
+        m[k] = clCreateBuffer(ctx, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    if (!q || !m[0] || !m[1] || !m[2] || !host) {
+        fprintf(stderr, "nabla-bench: clblast_sgemm_1024: OpenCL setup failed (%d)\n", (int)err);
+        goto done;
+    }
+    for (int k = 0; k < N * N; k++)
+        host[k] = (float)(k % 13) / 13.0f - 0.5f;
+    clEnqueueWriteBuffer(q, m[0], CL_TRUE, 0, bytes, host, 0, NULL, NULL);
+    clEnqueueWriteBuffer(q, m[1], CL_TRUE, 0, bytes, host, 0, NULL, NULL);
+    for (int r = -1; r < reps; r++) {
+        double t0 = now_s();
+        CLBlastStatusCode st = CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo,
+                                            CLBlastTransposeNo, N, N, N, 1.0f, m[0], 0, N, m[1],
+                                            0, N, 0.0f, m[2], 0, N, &q, NULL);
+        if (st != CLBlastSuccess || clFinish(q) != CL_SUCCESS) {
+            fprintf(stderr, "nabla-bench: CLBlastSgemm failed: status %d\n", (int)st);
+            goto done;
+        }
+        if (r >= 0)
+            t[r] = now_s() - t0;
+    }
+    g = 2.0 * N * N * N / median(t, reps) / 1e9;
+done:
+    free(host);
+    for (int k = 0; k < 3; k++)
+        if (m[k])
+            clReleaseMemObject(m[k]);
+    if (q)
+        clReleaseCommandQueue(q);
+    if (ctx)
+        clReleaseContext(ctx);
+    return g;
+}
+#endif
+
+static int bench_clblast(const bench_opts *o)
+{
+    if (strncmp(o->device, "opencl:", 7) != 0)
+        return 0;
+#ifdef NB_BENCH_CLBLAST
+    char name[512];
+    if (nb_device_name(o->device, name, sizeof name) != NB_OK)
+        return fail("nb_device_name");
+    cl_device_id dev = clblast_find_device(name);
+    if (!dev) {
+        printf("clblast_sgemm_1024 n/a (no OpenCL device named '%s' outside the plugin)\n",
+               name);
+        return 0;
+    }
+    double g = clblast_sgemm_gflops(dev, o->reps);
+    if (g <= 0)
+        return 1;
+    report("clblast_sgemm_1024", g, "GFLOP/s");
+    if (matmul_f32_1024 > 0)
+        report("matmul_ratio_clblast", matmul_f32_1024 / g, "nabla/clblast");
+#else
+    printf("clblast_sgemm_1024 n/a (nabla-bench built without CLBlast: libclblast-dev)\n");
+#endif
+    return 0;
 }
 
 /* ---- add of 16M floats against memcpy. Bytes moved count every byte read or written once:
@@ -466,7 +572,8 @@ static void usage(FILE *f)
                "[--long-reps N] [--dispatch-calls N]\n"
                "  groups and figures: matmul (matmul_f32_1024, cblas_sgemm_f32_1024, "
                "cblas_sgemm_best_f32_1024,\n"
-               "  matmul_ratio, matmul_ratio_same_core),\n"
+               "  matmul_ratio, matmul_ratio_same_core; on opencl:N clblast_sgemm_1024,\n"
+               "  matmul_ratio_clblast),\n"
                "  add (add_f32_16M, memcpy_16M, add_ratio), dispatch (dispatch_add_1),\n"
                "  mlp (mlp_seed_500), lenet (lenet_step, lenet_epoch)\n");
 }
@@ -530,7 +637,8 @@ int main(int argc, char **argv)
     }
     static const char *const g_matmul[] = {"matmul_f32_1024", "cblas_sgemm_f32_1024",
                                            "cblas_sgemm_best_f32_1024", "matmul_ratio",
-                                           "matmul_ratio_same_core", NULL};
+                                           "matmul_ratio_same_core", "clblast_sgemm_1024",
+                                           "matmul_ratio_clblast", NULL};
     static const char *const g_add[] = {"add_f32_16M", "memcpy_16M", "add_ratio", NULL};
     static const char *const g_dispatch[] = {"dispatch_add_1", NULL};
     static const char *const g_mlp[] = {"mlp_seed_500", NULL};
@@ -565,6 +673,8 @@ int main(int argc, char **argv)
     int rc = 0;
     if (wanted(&o, "matmul", g_matmul))
         rc |= bench_matmul(&o);
+    if (wanted(&o, "matmul", g_matmul))
+        rc |= bench_clblast(&o);
     if (wanted(&o, "add", g_add))
         rc |= bench_add(&o);
     if (wanted(&o, "dispatch", g_dispatch))

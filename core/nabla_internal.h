@@ -9,100 +9,25 @@
 #include <limits.h>
 #include <stdatomic.h>
 
-/* ---- For the files built on ops (functional.c, nn.c, optim.c, serialize.c) ---- */
-
-/* Records an error for this thread and returns status; fmt is printf-style. */
-nb_status nbi_error(nb_status status, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-/* The pending error's status, or a new error (status, msg) when none is pending. */
-nb_status nbi_last_or(nb_status status, const char *msg);
-
-/* true if the device of `like` has a native kernel for op at like's dtype. */
-bool nbi_has_kernel(const nb_tensor *like, const char *op);
-
-/* Runs the native kernel `op` (dtype taken from `out`; for reductions/comparisons from in[0])
- * of out's device on already-allocated operands. No autograd, no broadcasting, no casting:
- * operands are passed as they are (with their strides). f and i may be NULL (zeros). */
-nb_status nbi_run(const char *op, nb_tensor *out, nb_tensor *const *in, int32_t n_in,
-                  const double *f, int32_t nf, const int64_t *i, int32_t ni);
-
-/* nn.c: modules defined by the files under core/nn/: a forward, an extra_repr (PyTorch's) and a
- * configuration the module owns (copied at creation, freed with it). */
-typedef struct nbi_module_kind {
-    const char *type_name;
-    nb_tensor *(*forward)(nb_module *m, const nb_tensor *x, const void *cfg);
-    void (*extra_repr)(const void *cfg, char *buf, size_t len); /* (optional) */
-} nbi_module_kind;
-nb_module *nbi_module_new_kind(const nbi_module_kind *kind, const void *cfg, size_t cfg_size);
-nb_tensor *nbi_module_own(const nb_module *m, const char *name); /* own parameter or buffer */
-void nbi_py_float_repr(double v, char *out, size_t len); /* Python's repr() of a float */
+/* The declarations the library on top (core/nn/, core/dist/) shares with the tensor layer. */
+#include "layer/nabla_layer.h"
 
 /* ---- Core-private from here on ---- */
 
 #define NBI_LIKELY(x) __builtin_expect(!!(x), 1)
 #define NBI_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
-/* runtime.c: host memory through the replaceable allocator. */
-void *nbi_malloc(size_t size);
-void *nbi_calloc(size_t n, size_t size);
-void *nbi_realloc(void *p, size_t size);
-void nbi_free(void *p);
-char *nbi_strdup(const char *s);
-void nbi_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-bool nbi_error_pending(void); /* an op received NULL: keep the first error */
-nb_status nbi_ensure_init(void);
-/* plugin.c: the folders the core searches after NABLA_PLUGIN_PATH (libnabla's, its nabla/). */
-int nbi_core_plugin_dirs(char dirs[2][PATH_MAX]);
-/* Scopes track exactly the tensors handed to application code. Every public function runs its
- * body one level deeper (NBI_API); a result leaving depth 0 goes into the open scope, while calls
- * the core makes to its own public functions stay untracked. Application callbacks (forwards,
- * hooks, custom functions) run at depth 0 again through nbi_call_user_begin/end, below. */
-extern _Thread_local int nbi_api_depth;
-bool nbi_scope_track(nb_tensor *t); /* false (and t released, error set) when out of memory */
-/* The core drops its own references with nbi_release, which never touches a scope; only the
- * application's nb_release takes a tensor out of the scope that tracks it (tensor.c). */
-void nbi_release(nb_tensor *t);
-#ifdef NB_BUILDING_CORE
-#define nb_release(t) nbi_release(t)
-#endif
-void nbi_scope_untrack(nb_tensor *t); /* a tensor a callback returned to the core */
-static inline nb_tensor *nbi_api_leave(nb_tensor *t)
+/* Drops one reference to a counted object; true when it was the last. When the count is 1 the
+ * caller holds the only reference, so no other thread can take one meanwhile: the last release
+ * (most of them: an op's result dies with its one reference) needs no locked instruction. */
+static inline bool nbi_unref(_Atomic int64_t *refcount)
 {
-    if (--nbi_api_depth == 0 && t && !nbi_scope_track(t))
-        return NULL;
-    return t;
+    return atomic_load_explicit(refcount, memory_order_acquire) == 1 ||
+           atomic_fetch_sub_explicit(refcount, 1, memory_order_acq_rel) == 1;
 }
-/* At every public definition: NBI_API for a tensor result (tracked by the open scope when it
- * leaves depth 0), NBI_API_CALL for any other result, NBI_API_VOID for none. */
-#define NBI_API(expr) (nbi_api_depth++, nbi_api_leave(expr))
-#define NBI_API_CALL(expr)                                                                  \
-    ({                                                                                      \
-        nbi_api_depth++;                                                                    \
-        __typeof__(expr) nbi_result_ = (expr);                                              \
-        nbi_api_depth--;                                                                    \
-        nbi_result_;                                                                        \
-    })
-#define NBI_API_STATUS(expr) NBI_API_CALL(expr)
-#define NBI_API_VOID(expr) (nbi_api_depth++, (expr), (void)nbi_api_depth--)
-/* A callback starts like fresh application code: at depth 0 and with no scope open (it may open
- * its own), so it can follow the plain ownership rule whatever scope its caller had open. */
-typedef struct nbi_user_call {
-    int depth, floor;
-} nbi_user_call;
-nbi_user_call nbi_call_user_begin(void);
-void nbi_call_user_end(nbi_user_call saved);
+
 extern _Atomic int64_t nbi_live_tensor_count;
 extern _Atomic int64_t nbi_live_storage_count;
-
-/* runtime.c: a growable string; the first failed allocation sticks (oom) and p stays valid. */
-typedef struct nbi_sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} nbi_sbuf;
-void nbi_sbuf_putn(nbi_sbuf *b, const char *s, size_t n);
-void nbi_sbuf_puts(nbi_sbuf *b, const char *s);
-void nbi_sbuf_printf(nbi_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Op ids: the core's own numbering; names cross the ABI as strings. */
 #define NBI_OPS(X)                                                                          \
@@ -207,7 +132,6 @@ nb_tensor *nbi_tensor_new(nbi_device *dev, nb_dtype dtype, int32_t ndim, const i
 nb_tensor *nbi_tensor_alias(const nb_tensor *t); /* new view object with the same geometry */
 nb_tensor *nbi_tensor_view(const nb_tensor *t, int32_t ndim, const int64_t *shape,
                            const int64_t *strides, int64_t offset);
-int64_t nbi_numel(int32_t ndim, const int64_t *shape);
 /* Checked shape arithmetic: every shape from caller input passes nbi_check_shape before a tensor
  * gets it (sizes >= 0, element count and contiguous strides below 2^59, so they fit int64 even
  * in bytes: NB_INVALID_ARGUMENT otherwise), so nbi_numel and nbi_contiguous_strides need no
@@ -222,12 +146,8 @@ nb_status nbi_add_i64(const char *op, const char *what, int64_t a, int64_t b, in
 nb_status nbi_mul_i64(const char *op, const char *what, int64_t a, int64_t b, int64_t *r);
 bool nbi_is_contiguous(const nb_tensor *t);
 void nbi_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides);
-nb_status nbi_check_dim(const char *op, const nb_tensor *t, int32_t *dim, bool allow_end);
-void nbi_bump_version(nb_tensor *t);
-nb_status nbi_read_f64(const nb_tensor *t, double *dst); /* numel doubles, any dtype/device */
 nb_status nbi_shape_str(char *buf, size_t len, int32_t ndim, const int64_t *shape);
 #define NBI_SHAPE_STR(t) nbi_shape_cstr((t)->ndim, (t)->shape)
-const char *nbi_shape_cstr(int32_t ndim, const int64_t *shape); /* thread-local ring buffer */
 nb_dtype nbi_default_float(void);
 extern const uint8_t nbi_dtype_bytes[NB_DTYPE_COUNT]; /* nb_dtype_size without the check */
 static inline bool nbi_dtype_is_16bit(nb_dtype d) { return d == NB_DTYPE_F16 || d == NB_DTYPE_BF16; }
@@ -238,7 +158,8 @@ nb_status nbi_launch(nbi_op op, nb_dtype kdtype, nb_tensor *out, nb_tensor *cons
 bool nbi_device_has_op(const nbi_device *dev, nbi_op op, nb_dtype dtype);
 void nbi_fill_operand(nb_operand *o, const nb_tensor *t);
 
-/* autograd.c: nodes and recording. */
+/* autograd.c: nodes and recording (the engine: autograd_engine.c; in-place writes and views:
+ * autograd_inplace.c). */
 typedef nb_status (*nbi_backward_fn)(nbi_node *node, nb_tensor *grad, nb_tensor **grad_inputs);
 
 #define NBI_MAX_SAVED 4
@@ -290,6 +211,26 @@ void nbi_save_output(nbi_node *node, const nb_tensor *out);
 nb_status nbi_saved(nbi_node *node, int32_t k, nb_tensor **t); /* borrowed; checks versions */
 void nbi_node_release(nbi_node *n);
 void nbi_tensor_autograd_release(nb_tensor *t);
+/* Shared by the autograd*.c files: a node with n_in edges (NULL, error set, when out of memory);
+ * the edge into t's history (its grad_fn or a leaf's AccumulateGrad; a new reference); freeing
+ * what a node saved; a leaf's post-accumulate-grad hooks; the message for a freed graph. */
+nbi_node *nbi_node_new(const char *name, nbi_backward_fn bw, int32_t n_in);
+static inline nbi_node *nbi_node_retain(nbi_node *n)
+{
+    if (n)
+        atomic_fetch_add_explicit(&n->refcount, 1, memory_order_relaxed);
+    return n;
+}
+nbi_node *nbi_edge_of(nb_tensor *t);
+void nbi_node_release_unpacked(nbi_node *n);
+void nbi_node_release_saved(nbi_node *n);
+struct nbi_hook {
+    nb_grad_hook_fn fn;
+    void *ctx;
+    nbi_hook *next;
+};
+nb_status nbi_run_post_hooks(nb_tensor *leaf);
+extern const char nbi_retain_graph_msg[];
 /* In-place writes. check: refuses what PyTorch refuses (a leaf that requires grad or a view of
  * one outside no_grad; a destination with overlapping elements). commit: a's data was computed
  * out of place into r (whose grad_fn, if any, is the op's node): r is written into a, a's
@@ -302,7 +243,8 @@ void nbi_view_refresh(nb_tensor *t);
 void nbi_view_track(nb_tensor *v, const nb_tensor *t);
 nb_tensor *nbi_sum_to(const nb_tensor *g, const nb_shape *shape);
 
-/* ops.c: helpers for backward rules and composites. */
+/* Helpers for backward rules and composites: nbi_binary in ops_elementwise.c, nbi_reduce in
+ * ops_reduce.c, nbi_expand_to in views.c, nbi_cast in tensor.c, nbi_copy_raw in ops_copy.c. */
 nb_tensor *nbi_binary(nbi_op op, const nb_tensor *a, const nb_tensor *b);
 nb_tensor *nbi_reduce(nbi_op op, const nb_tensor *t, const int32_t *dims, int32_t ndims,
                       bool keepdim);

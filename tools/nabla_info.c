@@ -1,6 +1,7 @@
 /* nabla-info - lists the plugins Nabla found (with the reason any failed), their ABI versions,
  * their devices, and which ops each device runs with a kernel of its own. */
 #include "nabla.h"
+#include "nabla_plugin.h" /* the ABI version this core speaks */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,25 @@ static void print_coverage(const char *device)
     }
 }
 
+/* The plugin's own lines about the device (GEMM library, program cache...), indented. */
+static void print_device_info(const char *device)
+{
+    char info[4096];
+    if (nb_device_info(device, info, sizeof info) != NB_OK) {
+        printf("    (no device info: %s)\n", nb_last_error());
+        return;
+    }
+    for (char *line = info; *line;) {
+        char *end = strchr(line, '\n');
+        if (end)
+            *end = '\0';
+        printf("    %s\n", line);
+        if (!end)
+            break;
+        line = end + 1;
+    }
+}
+
 int main(int argc, char **argv)
 {
     bool ops = argc > 1 && strcmp(argv[1], "--ops") == 0;
@@ -51,7 +71,7 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("Nabla %d.%d.%d, plugin ABI %d.%d\n", NABLA_VERSION_MAJOR, NABLA_VERSION_MINOR,
-           NABLA_VERSION_PATCH, 1, 0);
+           NABLA_VERSION_PATCH, NB_PLUGIN_ABI_MAJOR, NB_PLUGIN_ABI_MINOR);
     printf("default device: %s\n\n", nb_default_device());
     size_t n = nb_plugin_count();
     if (n == 0)
@@ -80,6 +100,7 @@ int main(int argc, char **argv)
                 snprintf(name, sizeof name, "(no name: %s)", nb_last_error());
             printf("  %s: %s\n    %d native (op, dtype) kernels of %zu ops\n", dev, name, native,
                    nb_op_count());
+            print_device_info(dev);
             if (ops)
                 print_coverage(dev);
         }

@@ -3,7 +3,7 @@
  * first capped at 1 MiB so its allreduce starts early), each bucket allreduced as soon as a
  * post-accumulate-grad hook sees its last gradient, and the averages copied back into .grad (or
  * left there, with gradient_as_bucket_view) when the last parameter's gradient is in. */
-#include "nabla_internal.h"
+#include "nabla_layer.h"
 
 #include <string.h>
 #include <time.h>
@@ -105,9 +105,9 @@ static nb_status check_models(nb_ddp *d)
         const char *name = "";
         nb_tensor *t = nb_module_state(d->module, k, &name);
         uint64_t h = fnv(0xcbf29ce484222325ull, name, strlen(name) + 1);
-        int32_t meta[2] = {t->dtype, t->ndim};
+        int32_t meta[2] = {nb_tensor_dtype(t), nb_tensor_ndim(t)};
         h = fnv(h, meta, sizeof meta);
-        h = fnv(h, t->shape, (size_t)t->ndim * sizeof t->shape[0]);
+        h = fnv(h, nbi_dims(t), (size_t)nb_tensor_ndim(t) * sizeof nbi_dims(t)[0]);
         lo[k] = hi[k] = (int64_t)(h >> 1); /* keep clear of INT64_MIN */
     }
     st = allreduce_i64(d->pg, lo, n, NB_REDUCE_OP_MIN);
@@ -120,7 +120,7 @@ static nb_status check_models(nb_ddp *d)
         nb_tensor *t = nb_module_state(d->module, k, &name);
         st = nbi_error(NB_SHAPE_MISMATCH, "ddp: ranks have different models: entry %d is '%s' "
                        "(%s %s) on rank %d, and another rank differs in name, dtype or shape",
-                       k, name, nb_dtype_name(t->dtype), NBI_SHAPE_STR(t),
+                       k, name, nb_dtype_name(nb_tensor_dtype(t)), NBI_SHAPE_STR(t),
                        nb_process_group_rank(d->pg));
     }
     nbi_free(lo);
@@ -136,7 +136,8 @@ static nb_status launch_ready(nb_ddp *d)
         b->work = nb_allreduce(d->pg, b->flat, NB_REDUCE_OP_AVG);
         if (!b->work)
             return nb_last_status();
-        d->bytes_reduced += (uint64_t)nbi_numel(1, b->flat->shape) * nbi_dtype_bytes[b->flat->dtype];
+        d->bytes_reduced +=
+            (uint64_t)nb_tensor_numel(b->flat) * nb_dtype_size(nb_tensor_dtype(b->flat));
         d->next_launch++;
     }
     return NB_OK;
@@ -148,15 +149,14 @@ static nb_status launch_ready(nb_ddp *d)
  * becomes the slot, so the average lands in it without a copy out. */
 static nb_status fill_slot(nb_ddp *d, ddp_param *p)
 {
-    if (!p->slot || p->p->grad == p->slot)
+    nb_tensor *grad = nbi_grad_of(p->p);
+    if (!p->slot || grad == p->slot)
         return NB_OK;
     bool prev = nb_set_grad_enabled(false);
-    nb_status st = p->p->grad ? nb_tensor_copy_(p->slot, p->p->grad) : nb_fill_(p->slot, 0);
+    nb_status st = grad ? nb_tensor_copy_(p->slot, grad) : nb_fill_(p->slot, 0);
     nb_set_grad_enabled(prev);
-    if (st == NB_OK && d->grad_view && p->p->grad) {
-        nb_release(p->p->grad);
-        p->p->grad = nb_retain(p->slot);
-    }
+    if (st == NB_OK && d->grad_view && grad)
+        st = nb_tensor_set_grad(p->p, p->slot);
     return st;
 }
 
@@ -202,19 +202,20 @@ static nb_status start_unused(nb_ddp *d)
  * every rank steps the same parameters by the same amounts. */
 static nb_status copy_back(nb_ddp *d, ddp_param *p, const int32_t *used)
 {
-    if (!p->slot || p->p->grad == p->slot)
+    nb_tensor *grad = nbi_grad_of(p->p);
+    if (!p->slot || grad == p->slot)
         return NB_OK;
     if (used && !used[p - d->params])
         return NB_OK;
-    if (d->grad_view || !p->p->grad) {
-        nb_tensor *g = d->grad_view ? nb_retain(p->slot) : nb_clone(p->slot);
-        if (!g)
-            return nb_last_status();
-        nb_release(p->p->grad);
-        p->p->grad = g;
-        return NB_OK;
+    if (d->grad_view)
+        return nb_tensor_set_grad(p->p, p->slot);
+    if (!grad) {
+        nb_tensor *g = nb_clone(p->slot);
+        nb_status st = g ? nb_tensor_set_grad(p->p, g) : nb_last_status();
+        nb_release(g);
+        return st;
     }
-    return nb_tensor_copy_(p->p->grad, p->slot);
+    return nb_tensor_copy_(grad, p->slot);
 }
 
 /* Waits for every launched bucket and forgets this backward; on success copies the averaged
@@ -334,14 +335,15 @@ static bool ptr_set_has(const ptr_set *s, const void *p)
 
 /* PyTorch's prepare_for_backward with find_unused_parameters: walk the output's graph and flag
  * the parameters whose AccumulateGrad node it does not reach. */
-static nb_status trace_unused(nb_ddp *d, nb_tensor *out)
+static nb_status trace_unused(nb_ddp *d, const nb_tensor *out)
 {
-    nbi_view_refresh(out);
-    ptr_set seen = {0};
-    nbi_node **stack = NULL;
+    ptr_set seen = {0}, leaves = {0};
+    const nb_grad_fn **stack = NULL;
     size_t sp = 0, cap = 0;
     nb_status st = NB_OK;
-    nbi_node *root = out->grad_fn ? out->grad_fn : out->grad_acc;
+    const nb_grad_fn *root = nb_tensor_grad_fn(out);
+    if (!root && nbi_requires_grad(out))
+        ptr_set_add(&leaves, out, &st); /* the output is a parameter itself */
     if (root && ptr_set_add(&seen, root, &st)) {
         if (!(stack = nbi_malloc(16 * sizeof *stack)))
             st = nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory walking the graph");
@@ -349,13 +351,16 @@ static nb_status trace_unused(nb_ddp *d, nb_tensor *out)
             stack[sp++] = root, cap = 16;
     }
     while (st == NB_OK && sp) {
-        nbi_node *x = stack[--sp];
-        for (int32_t k = 0; st == NB_OK && k < x->n_in; k++) {
-            nbi_node *y = x->next[k];
+        const nb_grad_fn *x = stack[--sp];
+        const nb_tensor *leaf = nbi_grad_fn_leaf(x);
+        if (leaf)
+            ptr_set_add(&leaves, leaf, &st);
+        for (int32_t k = 0; st == NB_OK && k < nb_grad_fn_next_count(x); k++) {
+            const nb_grad_fn *y = nb_grad_fn_next(x, k);
             if (!y || !ptr_set_add(&seen, y, &st))
                 continue;
             if (sp == cap) {
-                nbi_node **g = nbi_realloc(stack, 2 * cap * sizeof *g);
+                const nb_grad_fn **g = nbi_realloc(stack, 2 * cap * sizeof *g);
                 if (!g) {
                     st = nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory walking the graph");
                     break;
@@ -366,13 +371,12 @@ static nb_status trace_unused(nb_ddp *d, nb_tensor *out)
             stack[sp++] = y;
         }
     }
-    for (int32_t k = 0; st == NB_OK && k < d->n_params; k++) {
-        const nb_tensor *t = d->params[k].p;
-        d->params[k].unreached = !(t == out || (t->grad_acc && ptr_set_has(&seen, t->grad_acc)));
-    }
+    for (int32_t k = 0; st == NB_OK && k < d->n_params; k++)
+        d->params[k].unreached = !ptr_set_has(&leaves, d->params[k].p);
     d->traced = st == NB_OK;
     nbi_free(stack);
     nbi_free(seen.slots);
+    nbi_free(leaves.slots);
     return st;
 }
 
@@ -384,7 +388,7 @@ static nb_status build_buckets(nb_ddp *d, double first_mb, double bucket_mb)
 {
     int32_t total = nb_module_parameter_count(d->module), n = 0;
     for (int32_t k = 0; k < total; k++)
-        n += nb_module_parameter(d->module, k)->requires_grad;
+        n += nbi_requires_grad(nb_module_parameter(d->module, k));
     d->params = nbi_calloc(n ? (size_t)n : 1, sizeof *d->params);
     d->buckets = nbi_calloc(n ? (size_t)n : 1, sizeof *d->buckets);
     int64_t *sizes = nbi_calloc(n ? (size_t)n : 1, sizeof *sizes);
@@ -395,12 +399,12 @@ static nb_status build_buckets(nb_ddp *d, double first_mb, double bucket_mb)
     double filled = 0;
     for (int32_t k = total - 1; k >= 0; k--) {
         nb_tensor *t = nb_module_parameter(d->module, k);
-        if (!t->requires_grad)
+        if (!nbi_requires_grad(t))
             continue;
         ddp_param *p = &d->params[d->n_params];
         ddp_param *last = d->n_params ? p - 1 : NULL;
-        bool same = last && last->p->dtype == t->dtype &&
-                    last->p->storage->device == t->storage->device;
+        bool same = last && nb_tensor_dtype(last->p) == nb_tensor_dtype(t) &&
+                    nbi_same_device(last->p, t);
         double cap = (d->n_buckets <= 1 ? first_mb : bucket_mb) * 1024.0 * 1024.0;
         if (!last || !same || filled >= cap) {
             d->n_buckets++;
@@ -408,11 +412,11 @@ static nb_status build_buckets(nb_ddp *d, double first_mb, double bucket_mb)
         }
         *p = (ddp_param){.ddp = d, .p = nb_retain(t), .bucket = d->n_buckets - 1, .index = k,
                          .name = nb_module_parameter_name(d->module, k),
-                         .numel = nbi_numel(t->ndim, t->shape)};
+                         .numel = nb_tensor_numel(t)};
         p->offset = sizes[p->bucket];
         sizes[p->bucket] += p->numel;
         d->buckets[p->bucket].n_params++;
-        filled += (double)p->numel * nbi_dtype_bytes[t->dtype];
+        filled += (double)p->numel * nb_dtype_size(nb_tensor_dtype(t));
         d->n_params++;
     }
     nb_status st = NB_OK;
@@ -423,7 +427,7 @@ static nb_status build_buckets(nb_ddp *d, double first_mb, double bucket_mb)
             if (d->params[k].bucket == b)
                 first = d->params[k].p;
         d->buckets[b].flat = nb_zeros(NB_SHAPE(sizes[b]),
-                                      (nb_opts){.dtype = first->dtype,
+                                      (nb_opts){.dtype = nb_tensor_dtype(first),
                                                 .device = nb_tensor_device(first)});
         if (!d->buckets[b].flat)
             st = nb_last_status();
@@ -463,10 +467,10 @@ static void ddp_free(nb_ddp *d)
         if (p->hooked)
             nb_tensor_remove_post_accumulate_grad_hook(p->p, on_grad, p);
         /* gradient_as_bucket_view: .grad outlives the bucket as a tensor of its own. */
-        if (p->slot && p->p->grad == p->slot) {
+        if (p->slot && nbi_grad_of(p->p) == p->slot) {
             nb_tensor *g = nb_clone(p->slot);
-            nb_release(p->p->grad);
-            p->p->grad = g;
+            nb_tensor_set_grad(p->p, g); /* NULL (out of memory) clears it */
+            nb_release(g);
         }
         nb_release(p->slot);
         nb_release(p->p);
@@ -595,7 +599,7 @@ static nb_status finish_impl(nb_ddp *d)
                      "make sure every output of the forward takes part in the loss", rank, list);
 }
 
-nb_status nb_ddp_finish(nb_ddp *d) { return NBI_API_STATUS(finish_impl(d)); }
+nb_status nb_ddp_finish(nb_ddp *d) { return NBI_API_CALL(finish_impl(d)); }
 
 nb_tensor *nb_ddp_forward(nb_ddp *d, const nb_tensor *x)
 {

@@ -2,7 +2,7 @@
  * plugins (nabla_collective_<name>.so, see nabla_collective.h), stages tensors a backend cannot
  * reach through host memory, and the distributed sampler. DDP, built on this, is in ddp.c. */
 #define _GNU_SOURCE
-#include "nabla_internal.h"
+#include "nabla_layer.h"
 #include "nabla_collective.h"
 
 #include <dlfcn.h>
@@ -461,7 +461,7 @@ static bool reaches(const nb_process_group *pg, const char *type)
  * else a contiguous copy on t's device, else a copy in host memory. */
 static nb_tensor *buffer_for(const char *what, const nb_process_group *pg, const nb_tensor *t)
 {
-    const char *type = t->storage->device->api->name;
+    const char *type = nbi_tensor_memory_of(t).device_type;
     if (reaches(pg, type))
         return nb_contiguous(t);
     if (reaches(pg, "cpu")) {
@@ -477,14 +477,14 @@ static nb_tensor *buffer_for(const char *what, const nb_process_group *pg, const
 
 static nb_collective_buffer describe(const nb_tensor *t)
 {
-    const nbi_device *dev = t->storage->device;
-    int64_t n = nbi_numel(t->ndim, t->shape);
+    nbi_tensor_memory mem = nbi_tensor_memory_of(t);
+    int64_t n = nb_tensor_numel(t);
     return (nb_collective_buffer){
-        .device_type = dev->api->name,
-        .device = dev->index,
-        .handle = n ? t->storage->handle : NULL,
-        .offset = (size_t)t->offset * nbi_dtype_bytes[t->dtype],
-        .dtype = t->dtype,
+        .device_type = mem.device_type,
+        .device = mem.device,
+        .handle = n ? mem.handle : NULL,
+        .offset = mem.offset,
+        .dtype = nb_tensor_dtype(t),
         .count = (size_t)n,
     };
 }
@@ -504,9 +504,9 @@ static uint64_t call_digest(nb_collective_kind kind, int op, int32_t root, const
     int32_t head[3] = {(int32_t)kind, op, root};
     h = digest(h, head, sizeof head);
     if (t) {
-        int32_t meta[2] = {(int32_t)t->dtype, t->ndim};
+        int32_t meta[2] = {(int32_t)nb_tensor_dtype(t), nb_tensor_ndim(t)};
         h = digest(h, meta, sizeof meta);
-        h = digest(h, t->shape, (size_t)t->ndim * sizeof t->shape[0]);
+        h = digest(h, nbi_dims(t), (size_t)nb_tensor_ndim(t) * sizeof nbi_dims(t)[0]);
     }
     return h;
 }
@@ -528,14 +528,11 @@ static nb_work *work_start(nb_process_group *pg, nb_collective_args *args, nb_wo
     /* Kernels queued on an asynchronous device must have written the data first. */
     const nb_tensor *dev_t = w->input ? w->input : w->buf;
     if (dev_t) {
-        nbi_device *dev = dev_t->storage->device;
-        if (dev->api->synchronize && !dev->is_cpu) {
-            nb_status st = dev->api->synchronize(dev->index);
-            if (st != NB_OK) {
-                if (!nbi_error_pending())
-                    nbi_error(st, "collective: synchronizing %s failed", dev->name);
-                goto fail;
-            }
+        nb_status st = nbi_tensor_synchronize(dev_t);
+        if (st != NB_OK) {
+            if (!nbi_error_pending())
+                nbi_error(st, "collective: synchronizing %s failed", nb_tensor_device(dev_t));
+            goto fail;
         }
     }
     nb_status st = pg->api->start(pg->comm, args, &w->request);
@@ -567,9 +564,9 @@ static nb_work *work_new(nb_process_group *pg)
 
 static bool check_count(const char *what, const nb_tensor *t)
 {
-    if (nbi_numel(t->ndim, t->shape) > INT32_MAX) {
+    if (nb_tensor_numel(t) > INT32_MAX) {
         nbi_error(NB_INVALID_ARGUMENT, "%s: %lld elements; the backends take at most 2^31-1 "
-                  "per call", what, (long long)nbi_numel(t->ndim, t->shape));
+                  "per call", what, (long long)nb_tensor_numel(t));
         return false;
     }
     return true;
@@ -589,9 +586,9 @@ static nb_work *allreduce_impl(nb_process_group *pg, nb_tensor *t, nb_reduce_op 
                   "_PROD, _MIN or _MAX)", (int)op);
         return NULL;
     }
-    if (op == NB_REDUCE_OP_AVG && !nb_dtype_is_float(t->dtype)) {
+    if (op == NB_REDUCE_OP_AVG && !nb_dtype_is_float(nb_tensor_dtype(t))) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "allreduce: average of a %s tensor (expected a floating "
-                  "dtype; use NB_REDUCE_OP_SUM)", nb_dtype_name(t->dtype));
+                  "dtype; use NB_REDUCE_OP_SUM)", nb_dtype_name(nb_tensor_dtype(t)));
         return NULL;
     }
     if (!check_count("allreduce", t))
@@ -653,23 +650,24 @@ static nb_work *allgather_impl(nb_process_group *pg, const nb_tensor *in, nb_ten
                       !pg ? "process group" : !in ? "in" : "out");
         return NULL;
     }
-    if (in->dtype != out->dtype) {
+    if (nb_tensor_dtype(in) != nb_tensor_dtype(out)) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "allgather: in is %s but out is %s (expected the same "
-                  "dtype)", nb_dtype_name(in->dtype), nb_dtype_name(out->dtype));
+                  "dtype)", nb_dtype_name(nb_tensor_dtype(in)),
+                  nb_dtype_name(nb_tensor_dtype(out)));
         return NULL;
     }
-    if (in->storage->device != out->storage->device) {
+    if (!nbi_same_device(in, out)) {
         nbi_error(NB_DEVICE_MISMATCH, "allgather: in is on %s but out on %s",
                   nb_tensor_device(in), nb_tensor_device(out));
         return NULL;
     }
-    int64_t n = nbi_numel(in->ndim, in->shape), want;
+    int64_t n = nb_tensor_numel(in), want;
     if (__builtin_mul_overflow(n, (int64_t)pg->world, &want) ||
-        nbi_numel(out->ndim, out->shape) != want) {
+        nb_tensor_numel(out) != want) {
         nbi_error(NB_SHAPE_MISMATCH, "allgather: out has shape %s (%lld elements), expected "
                   "world size %d x %lld elements of in %s", NBI_SHAPE_STR(out),
-                  (long long)nbi_numel(out->ndim, out->shape), pg->world, (long long)n,
-                  nbi_shape_cstr(in->ndim, in->shape));
+                  (long long)nb_tensor_numel(out), pg->world, (long long)n,
+                  nbi_shape_cstr(nb_tensor_ndim(in), nbi_dims(in)));
         return NULL;
     }
     if (!check_count("allgather", out))
@@ -760,7 +758,7 @@ static nb_status work_wait_impl(nb_work *w)
     return st;
 }
 
-nb_status nb_work_wait(nb_work *w) { return NBI_API_STATUS(work_wait_impl(w)); }
+nb_status nb_work_wait(nb_work *w) { return NBI_API_CALL(work_wait_impl(w)); }
 
 void nb_work_free(nb_work *w)
 {

@@ -126,6 +126,9 @@ nb_status nb_synchronize(const char *device);
 bool nb_device_has_kernel(const char *device, const char *op, nb_dtype dtype);
 /* What the device's plugin says it is (model, ISA, libraries), truncated to fit buf. */
 nb_status nb_device_name(const char *device, char *buf, size_t len);
+/* More about the device from its plugin, one "topic: value" line each (libraries in use, caches,
+ * features), truncated to fit buf; "" when the plugin says nothing (plugins before ABI 1.2). */
+nb_status nb_device_info(const char *device, char *buf, size_t len);
 
 /* Plugins: discovered from NABLA_PLUGIN_PATH, then the loaded libnabla's folder and its nabla/
  * subfolder (where an install puts them, so an install tree can be moved). */

@@ -3,6 +3,7 @@
  * Each is a composite of public ops; branches that could overflow are clamped first, because a
  * where() passes a zero gradient into its unused branch and 0 * inf would be NaN. */
 #include "nn_common.h"
+#include "functional.h"
 
 static bool act_check(const char *op, const nb_tensor *x)
 {
@@ -246,3 +247,238 @@ nb_module *nb_hardtanh_new(double min_val, double max_val)
     return act_new(&k_hardtanh, (act_cfg){.a = min_val, .b = max_val});
 }
 nb_module *nb_log_sigmoid_new(void) { return act_new(&k_log_sigmoid, (act_cfg){0}); }
+
+
+/* ======================= gelu, softmax, log_softmax (nn.functional) ======================= */
+/* Moved from functional.c: gelu (exact, through erfc) and softmax / log_softmax, each one
+ * autograd node (functional.h's plumbing) taking the device's tier-2 kernel where it has one. */
+
+/* =================================== gelu =================================== */
+
+/* erfc from tier-1 ops: erfc(z) = exp(-z^2) * P(u) / (1 + 2z) for z >= 0, u = (z - 3)/(z + 3)
+ * maps [0, inf) onto [-1, 1), and P interpolates (1 + 2z) exp(z^2) erfc(z) at Chebyshev
+ * nodes in u (fitted for this file). Absolute error: 1e-15 with 25 terms (float64), 2e-9 with
+ * 13 (float32). erfc(-z) = 2 - erfc(z). */
+static const double erfc_p64[] = {
+    1.2530080582697296,     -0.13562110612458136,   -0.04756229435348143,
+    0.1296451587027844,     -0.11927366341387352,   0.068308027343299715,
+    -0.023770514946105076,  0.0025293918238416492,  0.0018886906248438346,
+    -0.00077983231904351713, -0.00010516129911117481, 0.00012509952336074541,
+    4.9548228613538245e-06, -2.0100970248142274e-05, -7.4399676795559982e-07,
+    3.4730415763437519e-06, 3.7630979128482896e-07, -6.1729208060277201e-07,
+    -1.6165573076465465e-07, 1.0228463135417644e-07, 5.4911807719924692e-08,
+    -1.3478296678029114e-08, -1.3421960253322798e-08, 1.0125121810234313e-09,
+    1.6957521080555031e-09};
+static const double erfc_p32[] = {
+    1.2530080582697298,     -0.13562106822069508,  -0.047562293827715402,
+    0.12964409102498059,    -0.11927367843153054,  0.06831669729427188,
+    -0.023770388711273325,  0.0024988226116692044, 0.0018882157006223333,
+    -0.00072616080148177841, -0.00010422117696086445, 7.7204139505166535e-05,
+    3.8917515142564585e-06};
+
+#define SQRT1_2 0.70710678118654752440      /* 1 / sqrt(2) */
+#define INV_SQRT_2PI 0.39894228040143267794 /* 1 / sqrt(2 pi) */
+
+static nb_tensor *erfc_ops(const nb_tensor *z)
+{
+    const double *p = nb_tensor_dtype(z) == NB_DTYPE_F64 ? erfc_p64 : erfc_p32;
+    int np = nb_tensor_dtype(z) == NB_DTYPE_F64 ? (int)(sizeof erfc_p64 / sizeof *erfc_p64)
+                                                : (int)(sizeof erfc_p32 / sizeof *erfc_p32);
+    tmps s = {0};
+    /* beyond |z| = 40 erfc is 0 (or 2) in float64; the clamp keeps u finite for infinities */
+    nb_tensor *a = tk(&s, nb_clamp(tk(&s, nb_abs(z)), NAN, 40.0));
+    nb_tensor *u = tk(&s, nb_div(tk(&s, nb_add_scalar(a, -3.0)), tk(&s, nb_add_scalar(a, 3.0))));
+    /* Horner in u; the loop releases as it goes to stay within the temporaries */
+    nb_tensor *q = u ? nb_mul_scalar(u, p[np - 1]) : NULL;
+    for (int k = np - 2; q && k >= 0; k--) {
+        nb_tensor *q1 = nb_add_scalar(q, p[k]);
+        nb_release(q);
+        q = q1;
+        if (q && k > 0) {
+            nb_tensor *q2 = nb_mul(q, u);
+            nb_release(q);
+            q = q2;
+        }
+    }
+    tk(&s, q);
+    nb_tensor *den = tk(&s, nb_add_scalar(tk(&s, nb_mul_scalar(a, 2.0)), 1.0));
+    nb_tensor *ex = tk(&s, nb_exp(tk(&s, nb_mul(a, tk(&s, nb_neg(a))))));
+    nb_tensor *e = tk(&s, nb_mul(ex, tk(&s, nb_div(q, den))));
+    nb_tensor *neg = tk(&s, nb_lt_scalar(z, 0.0));
+    return tret(&s, tk(&s, nb_where(neg, tk(&s, nb_rsub_scalar(e, 2.0)), e)));
+}
+
+/* Phi(x) = P(X <= x) for a standard normal X = erfc(-x / sqrt 2) / 2. */
+static nb_tensor *normal_cdf(const nb_tensor *x)
+{
+    tmps s = {0};
+    nb_tensor *z = tk(&s, nb_mul_scalar(x, -SQRT1_2));
+    nb_tensor *e = z ? tk(&s, erfc_ops(z)) : NULL;
+    return tret(&s, tk(&s, nb_mul_scalar(e, 0.5)));
+}
+
+static nb_tensor *gelu_forward(void *ctx, nb_tensor *const *in, int32_t n)
+{
+    fctx *c = ctx;
+    nb_tensor *phi = normal_cdf(in[0]);
+    nb_tensor *out = phi ? nb_mul(in[0], phi) : NULL;
+    nb_release(phi);
+    if (out && c->record)
+        save(c, 0, in[0]);
+    return out;
+}
+
+/* d/dx x Phi(x) = Phi(x) + x phi(x) */
+static nb_status gelu_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, int32_t n)
+{
+    fctx *c = ctx;
+    SAVED(0, x);
+    if (!c->need[0])
+        return NB_OK;
+    tmps s = {0};
+    nb_tensor *phi = tk(&s, normal_cdf(x));
+    nb_tensor *x2 = tk(&s, nb_mul(x, x));
+    nb_tensor *pdf = tk(&s, nb_mul_scalar(tk(&s, nb_exp(tk(&s, nb_mul_scalar(x2, -0.5)))),
+                                          INV_SQRT_2PI));
+    nb_tensor *d = tk(&s, nb_add(phi, tk(&s, nb_mul(x, pdf))));
+    gi[0] = d ? nb_mul(g, d) : NULL;
+    tfree(&s);
+    return bw_done(c, gi, n);
+}
+
+static const nb_function gelu_fn = {"GeluBackward0", gelu_forward, gelu_backward, fctx_free};
+
+static nb_tensor *gelu_impl(const nb_tensor *x)
+{
+    if (is_null("gelu", "input", x) || !check_float("gelu", "input", x))
+        return NULL;
+    return apply(&gelu_fn, fctx_new("gelu"), (nb_tensor *[]){(nb_tensor *)x}, 1);
+}
+
+/* ============================ softmax, log_softmax ============================ */
+
+/* ctx->i: dim, log; saved: 0 = input, 1 = output (detached) */
+static nb_tensor *softmax_composite(const nb_tensor *x, int32_t dim, bool log)
+{
+    tmps s = {0};
+    nb_tensor *m = tk(&s, nb_amax(x, &dim, 1, true));
+    nb_tensor *sh = tk(&s, nb_sub(x, m));
+    nb_tensor *e = tk(&s, nb_exp(sh));
+    nb_tensor *sum = tk(&s, nb_sum(e, &dim, 1, true));
+    nb_tensor *r = log ? tk(&s, nb_sub(sh, tk(&s, nb_log(sum)))) : tk(&s, nb_div(e, sum));
+    return tret(&s, r);
+}
+
+static nb_tensor *softmax_forward(void *ctx, nb_tensor *const *in, int32_t n)
+{
+    fctx *c = ctx;
+    const nb_tensor *x = in[0];
+    int32_t dim = (int32_t)c->i[0];
+    bool log = c->i[1] != 0;
+    const char *kop = log ? "log_softmax" : "softmax";
+    nb_tensor *out;
+    if (numel_of(x) == 0) {
+        out = nb_empty(shape_of(x), opts_of(x));
+    } else if (dim == nb_tensor_ndim(x) - 1 && nbi_has_kernel(x, kop)) {
+        nb_tensor *xc = nb_contiguous(x);
+        out = xc ? nb_empty(shape_of(x), opts_of(x)) : NULL;
+        int64_t iv[1] = {dim};
+        if (out && nbi_run(kop, out, &xc, 1, NULL, 0, iv, 1) != NB_OK) {
+            nb_release(out);
+            out = NULL;
+        }
+        nb_release(xc);
+    } else {
+        out = softmax_composite(x, dim, log);
+    }
+    if (out && c->record) {
+        save(c, 0, x);
+        save_output(c, 1, out);
+    }
+    return out;
+}
+
+/* softmax: g_x = y (g - sum(g y));  log_softmax: g_x = g - exp(y) sum(g) */
+static nb_status softmax_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, int32_t n)
+{
+    fctx *c = ctx;
+    SAVED(0, x);
+    SAVED(1, y);
+    int32_t dim = (int32_t)c->i[0];
+    bool log = c->i[1] != 0;
+    if (!c->need[0])
+        return NB_OK;
+    tmps s = {0};
+    const char *kop = log ? "log_softmax_backward" : "softmax_backward";
+    if (numel_of(g) == 0) {
+        gi[0] = nb_zeros_like(x);
+    } else if (dim == nb_tensor_ndim(x) - 1 && bw_fast(x, kop)) {
+        nb_tensor *gc = tk(&s, nb_contiguous(g)), *yc = tk(&s, nb_contiguous(y));
+        nb_tensor *gx = gc && yc ? nb_empty(shape_of(x), opts_of(x)) : NULL;
+        int64_t iv[1] = {dim};
+        if (gx && nbi_run(kop, gx, (nb_tensor *[]){gc, yc}, 2, NULL, 0, iv, 1) != NB_OK) {
+            nb_release(gx);
+            gx = NULL;
+        }
+        gi[0] = gx;
+    } else {
+        /* building a graph of the gradient: y must come from x again to carry its history */
+        if (nb_is_grad_enabled() && nbi_requires_grad(x))
+            y = tk(&s, log ? nb_log_softmax(x, dim) : nb_softmax(x, dim));
+        if (log) {
+            nb_tensor *sg = tk(&s, nb_sum(g, &dim, 1, true));
+            gi[0] = y && sg ? nb_sub(g, tk(&s, nb_mul(tk(&s, nb_exp(y)), sg))) : NULL;
+        } else {
+            nb_tensor *gy = y ? tk(&s, nb_mul(g, y)) : NULL;
+            nb_tensor *sg = tk(&s, nb_sum(gy, &dim, 1, true));
+            gi[0] = sg ? nb_mul(y, tk(&s, nb_sub(g, sg))) : NULL;
+        }
+    }
+    tfree(&s);
+    return bw_done(c, gi, n);
+}
+
+static const nb_function softmax_fn = {"SoftmaxBackward0", softmax_forward, softmax_backward,
+                                       fctx_free};
+static const nb_function log_softmax_fn = {"LogSoftmaxBackward0", softmax_forward,
+                                           softmax_backward, fctx_free};
+
+static nb_tensor *softmax_impl(const nb_tensor *x, int32_t dim, bool log)
+{
+    const char *op = log ? "log_softmax" : "softmax";
+    if (is_null(op, "input", x) || !check_float(op, "input", x))
+        return NULL;
+    if (nb_tensor_ndim(x) == 0) { /* a 0-d input is one row of one element */
+        if (dim != 0 && dim != -1) {
+            nbi_error(NB_INDEX_OUT_OF_RANGE, "%s: dimension out of range (expected to be in "
+                      "range of [-1, 0], but got %d)", op, dim);
+            return NULL;
+        }
+        nb_tensor *x1 = nb_reshape(x, NB_SHAPE(1));
+        nb_tensor *r = x1 ? softmax_impl(x1, 0, log) : NULL;
+        nb_tensor *out = r ? nb_reshape(r, NB_SHAPE_SCALAR) : NULL;
+        nb_release(x1);
+        nb_release(r);
+        return out;
+    }
+    if (nbi_check_dim(op, x, &dim, false) != NB_OK)
+        return NULL;
+    fctx *c = fctx_new(op);
+    if (c) {
+        c->i[0] = dim;
+        c->i[1] = log;
+    }
+    return apply(log ? &log_softmax_fn : &softmax_fn, c, (nb_tensor *[]){(nb_tensor *)x}, 1);
+}
+
+nb_tensor *nb_gelu(const nb_tensor *x) { return NBI_API(gelu_impl(x)); }
+
+nb_tensor *nb_softmax(const nb_tensor *x, int32_t dim)
+{
+    return NBI_API(softmax_impl(x, dim, false));
+}
+
+nb_tensor *nb_log_softmax(const nb_tensor *x, int32_t dim)
+{
+    return NBI_API(softmax_impl(x, dim, true));
+}

@@ -27,7 +27,7 @@ static nb_status clip_norm_impl(nb_tensor *const *params, int32_t n, double max_
     double total = 0;
     bool inf = isinf(norm_type);
     for (int32_t i = 0; i < n && st == NB_OK; i++) {
-        nb_tensor *g = params[i]->grad;
+        nb_tensor *g = nbi_grad_of(params[i]);
         if (!g)
             continue;
         nb_tensor *nr = nb_norm(g, norm_type, NULL, 0, false);
@@ -48,8 +48,8 @@ static nb_status clip_norm_impl(nb_tensor *const *params, int32_t n, double max_
     double coef = max_norm / (total + 1e-6);
     if (coef < 1) /* clamped to 1, as PyTorch: gradients are only ever scaled down */
         for (int32_t i = 0; i < n && st == NB_OK; i++)
-            if (params[i]->grad)
-                st = nb_mul_scalar_(params[i]->grad, coef);
+            if (nbi_grad_of(params[i]))
+                st = nb_mul_scalar_(nbi_grad_of(params[i]), coef);
     return st;
 }
 
@@ -62,8 +62,8 @@ static nb_status clip_value_impl(nb_tensor *const *params, int32_t n, double cli
     if (!(clip >= 0))
         return nbi_error(NB_INVALID_ARGUMENT, "%s: clip_value %g must not be negative", op, clip);
     for (int32_t i = 0; i < n && st == NB_OK; i++)
-        if (params[i]->grad)
-            st = nb_clamp_(params[i]->grad, -clip, clip);
+        if (nbi_grad_of(params[i]))
+            st = nb_clamp_(nbi_grad_of(params[i]), -clip, clip);
     return st;
 }
 
@@ -71,7 +71,7 @@ nb_status nb_clip_grad_norm_(nb_tensor *const *params, int32_t n, double max_nor
                              double norm_type, double *total_norm)
 {
     nb_no_grad_begin();
-    nb_status st = NBI_API_STATUS(clip_norm_impl(params, n, max_norm, norm_type, total_norm));
+    nb_status st = NBI_API_CALL(clip_norm_impl(params, n, max_norm, norm_type, total_norm));
     nb_no_grad_end();
     return st;
 }
@@ -79,7 +79,7 @@ nb_status nb_clip_grad_norm_(nb_tensor *const *params, int32_t n, double max_nor
 nb_status nb_clip_grad_value_(nb_tensor *const *params, int32_t n, double clip_value)
 {
     nb_no_grad_begin();
-    nb_status st = NBI_API_STATUS(clip_value_impl(params, n, clip_value));
+    nb_status st = NBI_API_CALL(clip_value_impl(params, n, clip_value));
     nb_no_grad_end();
     return st;
 }

@@ -1,4 +1,4 @@
-/* loss_extra.c - the losses and loss options PyTorch users set beyond functional.c's:
+/* loss_extra.c - the losses and loss options PyTorch users set beyond loss.c's:
  * smooth_l1_loss, huber_loss, kl_div, cross_entropy / nll_loss with weight, ignore_index,
  * label_smoothing and (N, C, d...) inputs, and binary_cross_entropy_with_logits's pos_weight. */
 #include "nn_common.h"
@@ -29,8 +29,9 @@ static bool check_pair(const char *op, const nb_tensor *input, const nb_tensor *
     if (nnc_null(op, "input", input) || nnc_null(op, "target", target) ||
         !nnc_float(op, "input", input) || !nnc_like(op, "target", target, input))
         return false;
-    if (input->ndim != target->ndim ||
-        memcmp(input->shape, target->shape, (size_t)input->ndim * sizeof *input->shape)) {
+    if (nb_tensor_ndim(input) != nb_tensor_ndim(target) ||
+        memcmp(nbi_dims(input), nbi_dims(target),
+               (size_t)nb_tensor_ndim(input) * sizeof(int64_t))) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: input %s and target %s must have the same shape", op,
                   NBI_SHAPE_STR(input), NBI_SHAPE_STR(target));
         return false;
@@ -113,7 +114,7 @@ static nb_tensor *kl_div_impl(const nb_tensor *input, const nb_tensor *target, n
     nb_tensor *out = NULL;
     if (l && r == NB_REDUCTION_BATCHMEAN) {
         nb_tensor *sum = nnc_k(&s, nb_sum(l, NULL, 0, false));
-        double n = input->ndim ? (double)input->shape[0] : 1.0;
+        double n = nb_tensor_ndim(input) ? (double)nbi_dims(input)[0] : 1.0;
         out = sum ? nb_mul_scalar(sum, 1.0 / n) : NULL;
     } else if (l) {
         out = reduce(nb_retain(l), r);
@@ -132,14 +133,15 @@ static bool class_rows(const char *op, const nb_tensor *input, const nb_tensor *
     if (nnc_null(op, "input", input) || nnc_null(op, "target", target) ||
         !nnc_float(op, "input", input) || !nnc_same_device(op, "target", target, input))
         return false;
-    if (target->dtype != NB_DTYPE_I64) {
+    if (nb_tensor_dtype(target) != NB_DTYPE_I64) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "%s: expected int64 class indices as target, got %s "
-                  "(probability targets are not supported)", op, nb_dtype_name(target->dtype));
+                  "(probability targets are not supported)", op,
+                  nb_dtype_name(nb_tensor_dtype(target)));
         return false;
     }
-    bool ok = input->ndim >= 1 && target->ndim == input->ndim - 1;
-    for (int32_t d = 0; ok && input->ndim >= 2 && d < target->ndim; d++)
-        ok = target->shape[d] == input->shape[d ? d + 1 : 0];
+    bool ok = nb_tensor_ndim(input) >= 1 && nb_tensor_ndim(target) == nb_tensor_ndim(input) - 1;
+    for (int32_t d = 0; ok && nb_tensor_ndim(input) >= 2 && d < nb_tensor_ndim(target); d++)
+        ok = nbi_dims(target)[d] == nbi_dims(input)[d ? d + 1 : 0];
     if (!ok) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: input %s and target %s do not fit: expected input (N, "
                   "C, d1, ...) with target (N, d1, ...), or input (C) with a 0-d target", op,
@@ -147,9 +149,9 @@ static bool class_rows(const char *op, const nb_tensor *input, const nb_tensor *
         return false;
     }
     *tshape = nnc_shape(target);
-    int64_t C = input->ndim == 1 ? input->shape[0] : input->shape[1];
+    int64_t C = nb_tensor_ndim(input) == 1 ? nbi_dims(input)[0] : nbi_dims(input)[1];
     const nb_tensor *xm = input;
-    if (input->ndim > 2)
+    if (nb_tensor_ndim(input) > 2)
         xm = nnc_k(s, nb_transpose(input, 1, -1)); /* (N, d..., C) */
     *x2 = xm ? nnc_k(s, nb_reshape(xm, NB_SHAPE(-1, C))) : NULL;
     *t1 = nnc_k(s, nb_reshape(target, NB_SHAPE(-1)));
@@ -160,7 +162,7 @@ static bool class_rows(const char *op, const nb_tensor *input, const nb_tensor *
  * which every device can copy to. */
 static bool check_targets(const char *op, const nb_tensor *t1, int64_t ignore, int64_t C)
 {
-    int64_t n = nbi_numel(t1->ndim, t1->shape);
+    int64_t n = nb_tensor_numel(t1);
     if (n == 0)
         return true;
     double *v = nbi_malloc((size_t)n * sizeof *v);
@@ -194,11 +196,11 @@ static nb_tensor *class_loss(const char *op, const nb_tensor *input, const nb_te
     nb_shape tshape;
     if (!class_rows(op, input, target, &s, &x2, &t1, &tshape))
         return nnc_ret(&s, NULL);
-    int64_t C = x2->shape[1];
+    int64_t C = nbi_dims(x2)[1];
     const nb_tensor *w = o.weight;
     if (w && !nnc_like(op, "weight", w, input))
         return nnc_ret(&s, NULL);
-    if (w && (w->ndim != 1 || w->shape[0] != C)) {
+    if (w && (nb_tensor_ndim(w) != 1 || nbi_dims(w)[0] != C)) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: weight %s should have one value per class: expected "
                   "[%lld]", op, NBI_SHAPE_STR(w), (long long)C);
         return nnc_ret(&s, NULL);
@@ -213,7 +215,7 @@ static nb_tensor *class_loss(const char *op, const nb_tensor *input, const nb_te
     nb_tensor *tcol = nnc_k(&s, nb_unsqueeze(ts, 1));
     nb_tensor *pick = logp && tcol ? nnc_k(&s, nb_gather(logp, 1, tcol)) : NULL;
     nb_tensor *picked = nnc_k(&s, nb_squeeze(pick, 1)); /* (M) */
-    nb_tensor *vf = nnc_k(&s, nb_to_dtype(valid, input->dtype));
+    nb_tensor *vf = nnc_k(&s, nb_to_dtype(valid, nb_tensor_dtype(input)));
     nb_tensor *wt = vf; /* the weight of each row: w[target], 0 when ignored */
     if (w && ts && vf) {
         nb_tensor *wsel = nnc_k(&s, nb_index_select(w, 0, ts));
@@ -288,8 +290,9 @@ static nb_tensor *bcel_impl(const nb_tensor *input, const nb_tensor *target,
     nb_tensor *l = t1 && t2 ? nnc_k(&s, nb_sub(t1, t2)) : NULL;
     if (l && weight)
         l = nnc_k(&s, nb_mul(l, weight));
-    if (l && (l->ndim != input->ndim ||
-              memcmp(l->shape, input->shape, (size_t)input->ndim * sizeof *input->shape))) {
+    if (l && (nb_tensor_ndim(l) != nb_tensor_ndim(input) ||
+              memcmp(nbi_dims(l), nbi_dims(input),
+                     (size_t)nb_tensor_ndim(input) * sizeof(int64_t)))) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: weight or pos_weight broadcast the loss to %s; it must "
                   "keep the input's shape %s", op, NBI_SHAPE_STR(l), NBI_SHAPE_STR(input));
         l = NULL;

@@ -4,7 +4,7 @@
 #ifndef NB_NN_COMMON_H
 #define NB_NN_COMMON_H
 
-#include "nabla_internal.h"
+#include "nabla_layer.h"
 
 #include <math.h>
 #include <string.h>
@@ -18,11 +18,11 @@ static inline nb_module *nnc_module_leave(nb_module *m)
 }
 #define NNC_API_MODULE(expr) (nbi_api_depth++, nnc_module_leave(expr))
 
-#define NNC_DEV(t) ((t)->storage->device->name)
+#define NNC_DEV(t) nb_tensor_device(t)
 
 static inline nb_opts nnc_opts(const nb_tensor *t)
 {
-    return (nb_opts){t->dtype, NNC_DEV(t), false};
+    return (nb_opts){nb_tensor_dtype(t), NNC_DEV(t), false};
 }
 
 /* An op given NULL returns NULL and keeps the first error. */
@@ -37,10 +37,10 @@ static inline bool nnc_null(const char *op, const char *what, const nb_tensor *t
 
 static inline bool nnc_float(const char *op, const char *what, const nb_tensor *t)
 {
-    if (nb_dtype_is_float(t->dtype))
+    if (nb_dtype_is_float(nb_tensor_dtype(t)))
         return true;
     nbi_error(NB_DTYPE_UNSUPPORTED, "%s: %s must be a floating point tensor, got %s", op, what,
-              nb_dtype_name(t->dtype));
+              nb_dtype_name(nb_tensor_dtype(t)));
     return false;
 }
 
@@ -48,14 +48,15 @@ static inline bool nnc_float(const char *op, const char *what, const nb_tensor *
 static inline bool nnc_like(const char *op, const char *what, const nb_tensor *t,
                             const nb_tensor *ref)
 {
-    if (t->storage->device != ref->storage->device) {
+    if (!nbi_same_device(t, ref)) {
         nbi_error(NB_DEVICE_MISMATCH, "%s: %s is on %s but the input is on %s", op, what,
                   NNC_DEV(t), NNC_DEV(ref));
         return false;
     }
-    if (t->dtype != ref->dtype) {
+    if (nb_tensor_dtype(t) != nb_tensor_dtype(ref)) {
         nbi_error(NB_DTYPE_UNSUPPORTED, "%s: %s is %s but the input is %s; both must have the "
-                  "same dtype", op, what, nb_dtype_name(t->dtype), nb_dtype_name(ref->dtype));
+                  "same dtype", op, what, nb_dtype_name(nb_tensor_dtype(t)),
+                  nb_dtype_name(nb_tensor_dtype(ref)));
         return false;
     }
     return true;
@@ -64,7 +65,7 @@ static inline bool nnc_like(const char *op, const char *what, const nb_tensor *t
 static inline bool nnc_same_device(const char *op, const char *what, const nb_tensor *t,
                                    const nb_tensor *ref)
 {
-    if (t->storage->device == ref->storage->device)
+    if (nbi_same_device(t, ref))
         return true;
     nbi_error(NB_DEVICE_MISMATCH, "%s: %s is on %s but the input is on %s", op, what, NNC_DEV(t),
               NNC_DEV(ref));
@@ -73,8 +74,8 @@ static inline bool nnc_same_device(const char *op, const char *what, const nb_te
 
 static inline nb_shape nnc_shape(const nb_tensor *t)
 {
-    nb_shape s = {.ndim = t->ndim};
-    memcpy(s.dims, t->shape, (size_t)t->ndim * sizeof *t->shape);
+    nb_shape s = {.ndim = nb_tensor_ndim(t)};
+    memcpy(s.dims, nbi_dims(t), (size_t)nb_tensor_ndim(t) * sizeof(int64_t));
     return s;
 }
 

@@ -2,6 +2,7 @@
  * normalise with the biased variance, as PyTorch does, written with public ops; layer_norm runs
  * a device's fused "layer_norm" kernel (tier 2) forward when it has one. */
 #include "nn_common.h"
+#include "functional.h"
 
 /* (x - mean) / sqrt(var + eps) over dims, var biased. */
 static nb_tensor *normalise(const nb_tensor *x, const int32_t *dims, int32_t nd, double eps)
@@ -379,4 +380,189 @@ nb_module *nb_group_norm_new(int64_t num_groups, int64_t num_channels, double ep
                              nb_opts opts)
 {
     return NNC_API_MODULE(group_norm_new(num_groups, num_channels, eps, affine, opts));
+}
+
+
+/* ============================= batch_norm (nn.functional) ============================= */
+/* Moved from functional.c: batch_norm, one autograd node (functional.h's plumbing) that updates
+ * the running statistics in training mode as PyTorch does. */
+
+/* ================================ batch_norm ================================ */
+
+/* ctx->i: training; f: eps; saved: 0 = x, 1 = weight, 2 = mean, 3 = invstd (eval: from the
+ * running statistics at forward time, as (C)) */
+static int32_t bn_dims(const nb_tensor *x, int32_t *dims)
+{
+    int32_t nd = 0;
+    for (int32_t d = 0; d < nb_tensor_ndim(x); d++)
+        if (d != 1)
+            dims[nd++] = d;
+    return nd;
+}
+
+static nb_tensor *bn_forward(void *ctx, nb_tensor *const *in, int32_t n)
+{
+    fctx *c = ctx;
+    nb_tensor *x = in[0], *w = in[1], *b = in[2], *rm = c->aux[0], *rv = c->aux[1];
+    bool training = c->i[0] != 0;
+    double eps = c->f[0], momentum = c->f[1];
+    int32_t dims[NB_MAX_DIMS], nd = bn_dims(x, dims);
+    int64_t C = nbi_dims(x)[1], count = numel_of(x) / (C ? C : 1);
+    tmps s = {0};
+    nb_tensor *mean, *invstd; /* broadcastable against x */
+    if (training) {
+        mean = tk(&s, nb_mean(x, dims, nd, true));
+        nb_tensor *var = tk(&s, nb_var(x, dims, nd, 0, true));
+        invstd = tk(&s, nb_rsqrt(tk(&s, nb_add_scalar(var, eps))));
+        /* running statistics take the unbiased variance, as in PyTorch */
+        if (rm && mean) {
+            nb_tensor *m1 = tk(&s, nb_reshape(mean, NB_SHAPE(C)));
+            if (!m1 || nb_mul_scalar_(rm, 1 - momentum) != NB_OK ||
+                nb_add_scaled_(rm, m1, momentum) != NB_OK)
+                mean = NULL;
+        }
+        if (rv && var) {
+            nb_tensor *v1 = tk(&s, nb_reshape(var, NB_SHAPE(C)));
+            double unbias = (double)count / (double)(count - 1);
+            if (!v1 || nb_mul_scalar_(rv, 1 - momentum) != NB_OK ||
+                nb_add_scaled_(rv, v1, momentum * unbias) != NB_OK)
+                mean = NULL;
+        }
+    } else {
+        mean = tk(&s, chan_view(rm, nb_tensor_ndim(x)));
+        invstd = tk(&s, chan_view(tk(&s, nb_rsqrt(tk(&s, nb_add_scalar(rv, eps)))),
+                                  nb_tensor_ndim(x)));
+    }
+    nb_tensor *y = mean && invstd ? tk(&s, nb_mul(tk(&s, nb_sub(x, mean)), invstd)) : NULL;
+    if (y && w)
+        y = tk(&s, nb_mul(y, tk(&s, chan_view(w, nb_tensor_ndim(x)))));
+    if (y && b)
+        y = tk(&s, nb_add(y, tk(&s, chan_view(b, nb_tensor_ndim(x)))));
+    if (y && c->record) {
+        save(c, 0, x);
+        save(c, 1, w);
+        if (!training) { /* the running statistics may change before backward: keep copies */
+            nb_tensor *mc = tk(&s, nb_clone(mean)), *ic = tk(&s, nb_clone(invstd));
+            save(c, 2, mc);
+            save(c, 3, ic);
+            if (!mc || !ic)
+                y = NULL;
+        }
+    }
+    c->aux[0] = c->aux[1] = NULL;
+    return tret(&s, y);
+}
+
+/* training: g_x = w invstd (g - mean(g) - xhat mean(g xhat)); eval: g_x = w invstd g.
+ * g_w = sum(g xhat), g_b = sum(g), over every dim but the channels. */
+static nb_status bn_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, int32_t n)
+{
+    fctx *c = ctx;
+    SAVED(0, x);
+    SAVED(1, w);
+    SAVED(2, smean);
+    SAVED(3, sinv);
+    bool training = c->i[0] != 0;
+    int32_t dims[NB_MAX_DIMS], nd = bn_dims(x, dims);
+    tmps s = {0};
+    nb_tensor *mean = smean, *invstd = sinv;
+    if (training) {
+        mean = tk(&s, nb_mean(x, dims, nd, true));
+        nb_tensor *var = tk(&s, nb_var(x, dims, nd, 0, true));
+        invstd = tk(&s, nb_rsqrt(tk(&s, nb_add_scalar(var, c->f[0]))));
+    }
+    nb_tensor *xhat = mean && invstd ? tk(&s, nb_mul(tk(&s, nb_sub(x, mean)), invstd)) : NULL;
+    nb_tensor *gxhat = xhat ? tk(&s, nb_mul(g, xhat)) : NULL;
+    if (c->need[1])
+        gi[1] = gxhat ? nb_sum(gxhat, dims, nd, false) : NULL;
+    if (c->need[2])
+        gi[2] = nb_sum(g, dims, nd, false);
+    if (c->need[0]) {
+        nb_tensor *scale = invstd;
+        if (w && invstd)
+            scale = tk(&s, nb_mul(invstd, tk(&s, chan_view(w, nb_tensor_ndim(x)))));
+        nb_tensor *t = (nb_tensor *)g;
+        if (training && gxhat) {
+            nb_tensor *gm = tk(&s, nb_mean(g, dims, nd, true));
+            nb_tensor *gxm = tk(&s, nb_mean(gxhat, dims, nd, true));
+            t = tk(&s, nb_sub(tk(&s, nb_sub(g, gm)), tk(&s, nb_mul(xhat, gxm))));
+        }
+        gi[0] = t && scale ? nb_mul(t, scale) : NULL;
+    }
+    tfree(&s);
+    return bw_done(c, gi, n);
+}
+
+static const nb_function batch_norm_fn = {"NativeBatchNormBackward0", bn_forward, bn_backward,
+                                          fctx_free};
+
+static bool bn_check_param(const char *what, const nb_tensor *t, const nb_tensor *x)
+{
+    if (!t)
+        return true;
+    if (!check_like("batch_norm", what, t, x))
+        return false;
+    if (nb_tensor_ndim(t) != 1 || nbi_dims(t)[0] != nbi_dims(x)[1]) {
+        nbi_error(NB_SHAPE_MISMATCH, "batch_norm: %s has shape %s but the input %s has %lld "
+                  "channels: expected [%lld]", what, NBI_SHAPE_STR(t), NBI_SHAPE_STR(x),
+                  (long long)nbi_dims(x)[1], (long long)nbi_dims(x)[1]);
+        return false;
+    }
+    return true;
+}
+
+static nb_tensor *batch_norm_impl(const nb_tensor *x, nb_tensor *rm, nb_tensor *rv,
+                                  const nb_tensor *w, const nb_tensor *b, bool training,
+                                  double momentum, double eps)
+{
+    const char *op = "batch_norm";
+    if (is_null(op, "input", x) || !check_float(op, "input", x))
+        return NULL;
+    if (nb_tensor_ndim(x) < 2) {
+        nbi_error(NB_SHAPE_MISMATCH, "batch_norm: expected an input of at least 2 dims (N, C, "
+                  "*), got %s", NBI_SHAPE_STR(x));
+        return NULL;
+    }
+    if (!bn_check_param("running_mean", rm, x) || !bn_check_param("running_var", rv, x) ||
+        !bn_check_param("weight", w, x) || !bn_check_param("bias", b, x))
+        return NULL;
+    if (!rm != !rv) {
+        nbi_error(NB_INVALID_ARGUMENT, "batch_norm: running_mean and running_var must be given "
+                  "together (got only %s)", rm ? "running_mean" : "running_var");
+        return NULL;
+    }
+    if (!training && !rm) {
+        nbi_error(NB_INVALID_ARGUMENT, "batch_norm: running_mean and running_var are required "
+                  "when training is false");
+        return NULL;
+    }
+    if (!(eps >= 0)) {
+        nbi_error(NB_INVALID_ARGUMENT, "batch_norm: eps must be >= 0, got %g", eps);
+        return NULL;
+    }
+    int64_t C = nbi_dims(x)[1];
+    if (training && numel_of(x) / (C ? C : 1) <= 1) {
+        nbi_error(NB_INVALID_ARGUMENT, "batch_norm: expected more than 1 value per channel when "
+                  "training, got input size %s", NBI_SHAPE_STR(x));
+        return NULL;
+    }
+    fctx *c = fctx_new(op);
+    if (!c)
+        return NULL;
+    c->i[0] = training;
+    c->f[0] = eps;
+    c->f[1] = momentum;
+    /* the running statistics are no inputs of the node (PyTorch's has 3 edges) */
+    c->aux[0] = rm;
+    c->aux[1] = rv;
+    nb_tensor *in[3] = {(nb_tensor *)x, (nb_tensor *)w, (nb_tensor *)b};
+    return apply(&batch_norm_fn, c, in, 3);
+}
+
+nb_tensor *nb_batch_norm(const nb_tensor *x, nb_tensor *running_mean, nb_tensor *running_var,
+                         const nb_tensor *weight, const nb_tensor *bias, bool training,
+                         double momentum, double eps)
+{
+    return NBI_API(batch_norm_impl(x, running_mean, running_var, weight, bias, training, momentum,
+                                   eps));
 }

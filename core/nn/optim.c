@@ -1,7 +1,7 @@
 /* optim.c - optimizers with torch.optim's update rules (SGD, Adam, AdamW, RMSprop), run under
  * no-grad with in-place public ops or, where the device has them, the fused "sgd_step" and
  * "adam_step" kernels; and the StepLR and CosineAnnealingLR schedulers (closed forms). */
-#include "nabla_internal.h"
+#include "nabla_layer.h"
 
 #include <math.h>
 #include <string.h>
@@ -462,15 +462,15 @@ static nb_status optim_step_impl(nb_optim *o)
     /* Every gradient must match its parameter before any parameter moves: the fused kernels
      * read a gradient as if it had the parameter's shape and dtype. */
     for (int32_t i = 0; i < o->n; i++) {
-        const nb_tensor *p = o->params[i], *g = p->grad;
-        if (g && (g->ndim != p->ndim ||
-                  memcmp(g->shape, p->shape, (size_t)p->ndim * sizeof *p->shape) ||
-                  g->dtype != p->dtype || g->storage->device != p->storage->device))
+        const nb_tensor *p = o->params[i], *g = nbi_grad_of(p);
+        if (g && (nb_tensor_ndim(g) != nb_tensor_ndim(p) ||
+                  memcmp(nbi_dims(g), nbi_dims(p), (size_t)nb_tensor_ndim(p) * sizeof(int64_t)) ||
+                  nb_tensor_dtype(g) != nb_tensor_dtype(p) || !nbi_same_device(g, p)))
             return nbi_error(NB_SHAPE_MISMATCH, "nb_optim_step: parameter %d is %s %s on %s but "
                              "its gradient is %s %s on %s (expected the same shape, dtype and "
-                             "device)", i, nb_dtype_name(p->dtype), NBI_SHAPE_STR(p),
-                             p->storage->device->name, nb_dtype_name(g->dtype), NBI_SHAPE_STR(g),
-                             g->storage->device->name);
+                             "device)", i, nb_dtype_name(nb_tensor_dtype(p)), NBI_SHAPE_STR(p),
+                             nb_tensor_device(p), nb_dtype_name(nb_tensor_dtype(g)),
+                             NBI_SHAPE_STR(g), nb_tensor_device(g));
     }
     nb_status st = NB_OK;
     nb_no_grad_begin();
@@ -720,7 +720,7 @@ nb_status nb_optim_save(const nb_optim *o, const char *path)
 {
     if (!o || !path)
         return nbi_error(NB_NULL_ARGUMENT, "nb_optim_save: %s is NULL", o ? "path" : "optimizer");
-    return NBI_API_STATUS(optim_save_impl(o, path));
+    return NBI_API_CALL(optim_save_impl(o, path));
 }
 
 /* Everything is checked (names, parameter indices, shapes) before the state is replaced. */
@@ -806,5 +806,5 @@ nb_status nb_optim_load(nb_optim *o, const char *path)
 {
     if (!o || !path)
         return nbi_error(NB_NULL_ARGUMENT, "nb_optim_load: %s is NULL", o ? "path" : "optimizer");
-    return NBI_API_STATUS(optim_load_impl(o, path));
+    return NBI_API_CALL(optim_load_impl(o, path));
 }

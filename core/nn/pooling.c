@@ -24,7 +24,7 @@ static nb_tensor *bins(int64_t o, int64_t n, const nb_tensor *like)
     }
     nb_tensor *f = nb_from_data(a, NB_SHAPE(o, n), (nb_opts){NB_DTYPE_F64, NNC_DEV(like)});
     nbi_free(a);
-    nb_tensor *r = f ? nb_to_dtype(f, like->dtype) : NULL;
+    nb_tensor *r = f ? nb_to_dtype(f, nb_tensor_dtype(like)) : NULL;
     nb_release(f);
     return r;
 }
@@ -34,7 +34,7 @@ static nb_tensor *adaptive_impl(const nb_tensor *x, int64_t oh, int64_t ow)
     const char *op = "adaptive_avg_pool2d";
     if (nnc_null(op, "input", x) || !nnc_float(op, "input", x))
         return NULL;
-    if (x->ndim != 3 && x->ndim != 4) {
+    if (nb_tensor_ndim(x) != 3 && nb_tensor_ndim(x) != 4) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: expected a 3-d (C, H, W) or 4-d (N, C, H, W) input, "
                   "got %s", op, NBI_SHAPE_STR(x));
         return NULL;
@@ -44,7 +44,7 @@ static nb_tensor *adaptive_impl(const nb_tensor *x, int64_t oh, int64_t ow)
                   (long long)oh, (long long)ow);
         return NULL;
     }
-    int64_t H = x->shape[x->ndim - 2], W = x->shape[x->ndim - 1];
+    int64_t H = nbi_dims(x)[nb_tensor_ndim(x) - 2], W = nbi_dims(x)[nb_tensor_ndim(x) - 1];
     if (H == 0 || W == 0) {
         nbi_error(NB_SHAPE_MISMATCH, "%s: input %s has an empty spatial dim", op,
                   NBI_SHAPE_STR(x));

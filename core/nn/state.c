@@ -111,7 +111,7 @@ nb_status nb_module_load_state(nb_module *m, nb_tensor *const *tensors, const ch
 {
     if (report)
         *report = (nb_load_report){0};
-    return NBI_API_STATUS(load_state_impl(m, tensors, names, n, strict, report));
+    return NBI_API_CALL(load_state_impl(m, tensors, names, n, strict, report));
 }
 
 static nb_status load_file(nb_module *m, const char *path, bool strict, nb_load_report *report)
@@ -134,5 +134,5 @@ nb_status nb_module_load_ex(nb_module *m, const char *path, bool strict, nb_load
 {
     if (report)
         *report = (nb_load_report){0};
-    return NBI_API_STATUS(load_file(m, path, strict, report));
+    return NBI_API_CALL(load_file(m, path, strict, report));
 }

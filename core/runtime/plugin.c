@@ -386,6 +386,30 @@ nb_status nb_plugin_get(size_t i, nb_plugin_info *info)
     return NB_OK;
 }
 
+/* nb_plugin.device_info exists from ABI 1.2 on, and only inside a table that large: a 1.0 or
+ * 1.1 plugin's table ends before it, and what lies beyond is not ours to read. */
+static const char *(*device_info_fn(const nb_plugin *a))(int32_t)
+{
+    if (a->abi_minor < 2 || a->size < offsetof(nb_plugin, device_info) + sizeof a->device_info)
+        return NULL;
+    return a->device_info;
+}
+
+nb_status nb_device_info(const char *device, char *buf, size_t len)
+{
+    if (!buf || len == 0)
+        return nbi_error(NB_NULL_ARGUMENT, "nb_device_info: buf is NULL or of 0 bytes");
+    buf[0] = 0;
+    nbi_device *d;
+    nb_status st = nbi_device_get(device, &d);
+    if (st != NB_OK)
+        return st;
+    const char *(*fn)(int32_t) = device_info_fn(d->api);
+    const char *info = fn ? fn(d->index) : NULL;
+    snprintf(buf, len, "%s", info ? info : "");
+    return NB_OK;
+}
+
 /* Fills the plugin's devices; called once the table is validated. */
 nb_status nbi_plugin_attach(nbi_plugin *p)
 {

@@ -1,6 +1,6 @@
-/* ops_extra.c - tensor ops a transformer needs beyond ops.c: logsumexp, cumsum, masked_fill,
- * tril/triu, rpow (scalar ** tensor), outer and two-operand einsum. Composites of public ops
- * (autograd from them), except rpow, which runs the tier-1 rpow_scalar kernel as one node. */
+/* ops_extra.c - ops a transformer needs beyond the ops_*.c families: logsumexp, cumsum,
+ * masked_fill, tril/triu, rpow (scalar ** tensor), outer, two-operand einsum. Composites of public
+ * ops (autograd from them), except rpow, which runs the tier-1 rpow_scalar kernel as one node. */
 #include "nn/nn_common.h"
 
 #include <stdlib.h>

@@ -220,7 +220,7 @@ nb_tensor *nb_retain(nb_tensor *t)
 
 void nbi_release(nb_tensor *t)
 {
-    if (!t || atomic_fetch_sub_explicit(&t->refcount, 1, memory_order_acq_rel) != 1)
+    if (!t || !nbi_unref(&t->refcount))
         return;
     nbi_tensor_autograd_release(t);
     nbi_storage_release(t->storage);
@@ -641,7 +641,7 @@ static nb_status copy_to_host_impl(const nb_tensor *t, void *dst, size_t bytes)
 
 nb_status nb_tensor_copy_to_host(const nb_tensor *t, void *dst, size_t bytes)
 {
-    return NBI_API_STATUS(copy_to_host_impl(t, dst, bytes));
+    return NBI_API_CALL(copy_to_host_impl(t, dst, bytes));
 }
 
 static nb_status copy_from_host_impl(nb_tensor *t, const void *src, size_t bytes)
@@ -669,7 +669,7 @@ static nb_status copy_from_host_impl(nb_tensor *t, const void *src, size_t bytes
 
 nb_status nb_tensor_copy_from_host(nb_tensor *t, const void *src, size_t bytes)
 {
-    return NBI_API_STATUS(copy_from_host_impl(t, src, bytes));
+    return NBI_API_CALL(copy_from_host_impl(t, src, bytes));
 }
 
 /* numel doubles from any tensor on any device: read the raw elements, convert on the host. */
@@ -707,7 +707,7 @@ nb_status nb_item(const nb_tensor *t, double *value)
     if (n != 1)
         return nbi_error(NB_INVALID_ARGUMENT, "item: a tensor with %lld elements cannot be "
                          "converted to a number (expected exactly 1)", (long long)n);
-    return NBI_API_STATUS(nbi_read_f64(t, value));
+    return NBI_API_CALL(nbi_read_f64(t, value));
 }
 
 /* ---- moves between devices and dtypes ---- */

@@ -141,6 +141,7 @@ extern nbc_blas_fns nbc_blas;
 nb_status nbc_platform_open(void);       /* at plugin entry: ISA level, BLAS library */
 void nbc_platform_stop_threads(void);    /* at shutdown: joins OpenMP and BLAS workers */
 void nbc_platform_describe(char *buf, size_t len); /* CPU model, ISA, BLAS and core, threads */
+void nbc_platform_info(char *buf, size_t len);     /* the same, one "topic: value" line each */
 
 /* ---- 16-bit floats (cpu_half.c) ----
  * float16 and bfloat16 kernels widen their 16-bit operands to float32 and run the float32

@@ -266,3 +266,13 @@ void nbc_platform_describe(char *buf, size_t len)
              core_note[0] ? core_note : "?", nbc_max_threads(),
              nbc_blas.get_num_threads ? nbc_blas.get_num_threads() : 1);
 }
+
+/* The same facts, one "topic: value" line each (nb_plugin.device_info, for nabla-info). */
+void nbc_platform_info(char *buf, size_t len)
+{
+    snprintf(buf, len, "CPU: %s\nISA: %s%s\nBLAS: %s\nBLAS core: %s\nthreads: %d (BLAS %d)",
+             cpu_model[0] ? cpu_model : "unknown CPU", isa_names[nbc_isa_level], isa_note,
+             nbc_blas.get_config ? nbc_blas.get_config() : NBC_BLAS_SONAME,
+             core_note[0] ? core_note : "?", nbc_max_threads(),
+             nbc_blas.get_num_threads ? nbc_blas.get_num_threads() : 1);
+}

@@ -25,6 +25,15 @@ static nb_status cpu_device_name(int device, char *buf, size_t len)
     return NB_OK;
 }
 
+static const char *cpu_device_info(int32_t device)
+{
+    static _Thread_local char info[1024]; /* valid until this thread's next call */
+    if (device != 0)
+        return NULL;
+    nbc_platform_info(info, sizeof info);
+    return info;
+}
+
 static nb_status check_device(const char *what, int device)
 {
     if (device != 0)
@@ -148,6 +157,7 @@ static nb_plugin cpu_plugin = {
     .wrap_host = cpu_wrap_host,
     .status_note = NULL,
     .shutdown = cpu_shutdown,
+    .device_info = cpu_device_info,
 };
 
 NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)

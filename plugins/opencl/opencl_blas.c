@@ -24,7 +24,12 @@ static int use_clblast(void)
 const char *ocl_gemm_name(void)
 {
 #if NBK_HAVE_CLBLAST
-    return use_clblast() ? "CLBlast" : "own tiled kernel (NABLA_OPENCL_GEMM=own)";
+#define OCL_STR_(x) #x
+#define OCL_STR(x) OCL_STR_(x)
+    /* the version of the header built against; Debian pins the library to the same */
+    return use_clblast() ? "CLBlast " OCL_STR(CLBLAST_VERSION_MAJOR) "." OCL_STR(
+                               CLBLAST_VERSION_MINOR) "." OCL_STR(CLBLAST_VERSION_PATCH)
+                         : "own tiled kernel (NABLA_OPENCL_GEMM=own)";
 #else
     return "own tiled kernel (built without CLBlast)";
 #endif

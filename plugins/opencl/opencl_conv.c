@@ -25,6 +25,12 @@ static nb_status run_flat(int device, const char *op, nb_dtype t, ocl_kid kid, i
     ocl_arg args[] = {OCL_ARG(v[0].mem), OCL_ARG(v[1].mem), OCL_ARG(v[2].mem),
                       {sizeof *p, p}};
     size_t local = wg < 128 ? wg : 128;
+    /* at least 4 work-groups per compute unit where the work allows: the weight gradient has
+     * one long-running work-item per weight (150 for LeNet's first conv), and two groups of
+     * 128 would leave a CPU runtime's second core nearly idle */
+    size_t want = (size_t)n / (4 * (size_t)d->compute_units);
+    if (want < local)
+        local = want < 1 ? 1 : ocl_pow2_floor(want);
     size_t global = ((size_t)n + local - 1) / local * local;
     return ocl_launch(d, k, op, 4, args, 1, &global, &local);
 }
@@ -237,8 +243,9 @@ static nb_status run_conv(const nb_kernel_args *a, const char *op, ocl_kid kid, 
     }
     if (st != NB_OK || done)
         return st;
-    /* columns too large for one buffer: the direct kernels, one work-item per output */
-    return run_flat(a->device, op, a->out->dtype, kid, n, v, &p);
+    /* columns too large for one buffer: the direct kernels, one work-item per output (per
+     * output row for the forward, see conv.cl) */
+    return run_flat(a->device, op, a->out->dtype, kid, role == 0 ? p.n * p.o * p.oh : n, v, &p);
 }
 
 static nb_status k_conv2d(const nb_kernel_args *a)
@@ -288,7 +295,8 @@ static nb_status run_pool(const nb_kernel_args *a, const char *op, int backward)
     conv_role(&p.off_y, p.st_y, vy);
     conv_role(&p.off_x, p.st_x, vx);
     conv_role(&p.off_w, p.st_w, &v[2]);
-    int64_t n = backward ? p.n * p.c * p.h * p.w : p.n * p.c * p.oh * p.ow;
+    /* the backward runs one work-item per input row (see conv.cl) */
+    int64_t n = backward ? (p.w ? p.n * p.c * p.h : 0) : p.n * p.c * p.oh * p.ow;
     return run_flat(a->device, op, a->out->dtype,
                     backward ? OCL_K_max_pool2d_backward : OCL_K_max_pool2d, n, v, &p);
 }

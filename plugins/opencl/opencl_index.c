@@ -1,9 +1,11 @@
 /* opencl_index.c - gather and scatter_add along one dim. A bad index is found on the device
- * and reported at the next read or synchronize, so the queue never waits for a check. */
+ * and reported at the next read or synchronize, so the queue never waits for a check. A
+ * scatter_add of few long lines runs in chunks (see scatter_in_chunks). */
 #include "opencl_internal.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- gather, scatter_add ---- */
@@ -89,6 +91,69 @@ static nb_status k_gather(const nb_kernel_args *a)
                        0);
 }
 
+/* One work-item per line leaves a scatter_add of few lines serial (a 1-d one is a single
+ * loop). Then each line is cut into chunks, summed in parallel into rows of scratch, and the
+ * rows are added to out in chunk order: deterministic, and within rounding of the serial sum.
+ * Chosen when lines are too few to fill the device, the lines long, and the scratch (chunks x
+ * lines x size along dim) small next to the work. NABLA_OPENCL_SCATTER=serial|chunks forces
+ * one (chunks still needs the scratch to fit). Returns the chunk count, or 0 for serial. */
+static int64_t scatter_chunks(const ocl_dev *d, int64_t lines, int64_t len, int64_t m,
+                              size_t esize)
+{
+    const char *e = getenv("NABLA_OPENCL_SCATTER");
+    int force = e && strcmp(e, "chunks") == 0;
+    if ((e && strcmp(e, "serial") == 0) || m <= 0)
+        return 0;
+    int64_t want = 64 * (int64_t)d->compute_units; /* work-items that keep the device busy */
+    if (!force && (lines >= want || len < 4096))
+        return 0;
+    int64_t s = force ? (len < want ? len : want) : want / lines;
+    if (!force && s > len / 256) /* chunks of at least 256 indices */
+        s = len / 256;
+    if (!force && m > 0 && s > 4 * len / m) /* scratch work at most 4x the scatter's */
+        s = 4 * len / m;
+    int64_t cells, bytes;
+    if (s < 2 || __builtin_mul_overflow(s, lines, &cells) || __builtin_mul_overflow(cells, m,
+        &cells) || __builtin_mul_overflow(cells, (int64_t)esize, &bytes) ||
+        bytes > ((int64_t)64 << 20) || (d->max_alloc && (uint64_t)bytes > d->max_alloc))
+        return 0;
+    return s;
+}
+
+static nb_status run_scatter_chunks(ocl_dev *d, nb_dtype t, const ocl_view *v, const nbk_geom *g,
+                                    int64_t chunks, int64_t len, int64_t m, int64_t dim,
+                                    int64_t ost, int64_t ist, int64_t sst)
+{
+    const char *op = "scatter_add";
+    size_t wg1, wg2;
+    cl_kernel k1 = ocl_kernel(d, t, OCL_K_scatter_add_chunks, op, &wg1);
+    cl_kernel k2 = k1 ? ocl_kernel(d, t, OCL_K_scatter_add_combine, op, &wg2) : NULL;
+    if (!k2)
+        return NB_DEVICE_ERROR;
+    int64_t per = (len + chunks - 1) / chunks;
+    cl_mem part, flag;
+    ocl_lock(d); /* the scratch stays ours until both passes are queued */
+    nb_status st = ocl_tmp(d, op, 0, (size_t)(chunks * g->n * m) * ocl_dt_size[t], &part);
+    if (st == NB_OK)
+        st = ocl_flag(d, op, &flag);
+    if (st == NB_OK) {
+        ocl_arg args[] = {OCL_ARG(part), OCL_ARG(v[1].mem), OCL_ARG(v[2].mem), {sizeof *g, g},
+                          OCL_ARG(len), OCL_ARG(per), OCL_ARG(m), OCL_ARG(ist), OCL_ARG(sst),
+                          OCL_ARG(dim), OCL_ARG(flag)};
+        size_t global[2] = {(size_t)g->n, (size_t)chunks};
+        st = ocl_launch(d, k1, op, 11, args, 2, global, NULL);
+    }
+    if (st == NB_OK) {
+        ocl_arg args[] = {OCL_ARG(v[0].mem), OCL_ARG(part), {sizeof *g, g}, OCL_ARG(m),
+                          OCL_ARG(chunks), OCL_ARG(ost)};
+        size_t local = wg2 < 64 ? wg2 : 64;
+        size_t global = ((size_t)(g->n * m) + local - 1) / local * local;
+        st = ocl_launch(d, k2, op, 6, args, 1, &global, &local);
+    }
+    ocl_unlock(d);
+    return st;
+}
+
 static nb_status k_scatter_add(const nb_kernel_args *a)
 {
     const char *op = "scatter_add";
@@ -128,6 +193,14 @@ static nb_status k_scatter_add(const nb_kernel_args *a)
     int64_t off[3] = {v[0].off, v[1].off, v[2].off};
     nbk_geom g;
     ocl_geom_make(&g, idx.ndim, lines, 3, strides, off);
+    ocl_dev *d = ocl_device(a->device, op);
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    int64_t chunks = scatter_chunks(d, g.n, idx.shape[dim], out.shape[dim],
+                                    ocl_dt_size[out.dtype]);
+    if (chunks)
+        return run_scatter_chunks(d, out.dtype, v, &g, chunks, idx.shape[dim], out.shape[dim],
+                                  dim, out.strides[dim], idx.strides[dim], src.strides[dim]);
     return run_checked(a->device, op, out.dtype, OCL_K_scatter_add, v, &g, idx.shape[dim],
                        out.shape[dim], dim, out.strides[dim], 1, idx.strides[dim],
                        src.strides[dim]);

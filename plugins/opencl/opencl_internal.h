@@ -15,7 +15,8 @@
     X(fill) X(copy_from_f32) X(copy_from_f64) X(copy_from_i32) X(copy_from_i64)            \
     X(copy_from_u8) X(copy_from_bool) X(arange) X(unary) X(unary_scalar) X(binary)         \
     X(compare) X(compare_scalar) X(logical) X(where) X(reduce) X(reduce_partials)          \
-    X(matmul) X(matmul_naive) X(gather) X(scatter_add) X(random_uniform) X(random_normal)  \
+    X(matmul) X(matmul_naive) X(gather) X(scatter_add) X(scatter_add_chunks)                 \
+    X(scatter_add_combine) X(random_uniform) X(random_normal)                              \
     X(relu_backward) X(softmax_rows) X(softmax_backward_rows) X(sgd_step) X(adam_step)     \
     X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
     X(max_pool2d_backward) X(im2col) X(col2im)
@@ -35,12 +36,29 @@ typedef struct ocl_buf {
 
 #define OCL_N_TMP 4
 
+/* The argument values last set on one kernel object, so that a launch sets only what changed:
+ * on PoCL, setting a 360-byte geometry struct costs about as much as the enqueue itself. */
+#define OCL_ARG_MAX 16
+#define OCL_ARG_BYTES 1024
+typedef struct ocl_argcache {
+    cl_kernel k;
+    int nargs; /* arguments held in val; -1: none known, set them all */
+    size_t size[OCL_ARG_MAX];
+    unsigned char local[OCL_ARG_MAX]; /* set as local memory (no value) */
+    unsigned char val[OCL_ARG_BYTES];
+} ocl_argcache;
+#define OCL_ARG_SLOTS 512 /* open addressing over kernel objects; > NB_DTYPE_COUNT * kernels */
+
 typedef struct ocl_dev {
     int index; /* N of opencl:N */
     cl_device_id id;
     cl_context ctx;
     cl_command_queue queue; /* in-order: kernels run in submission order */
     char name[256];
+    char platform[256];    /* CL_PLATFORM_NAME and CL_PLATFORM_VERSION */
+    char driver[128];      /* CL_DRIVER_VERSION */
+    char version[128];     /* CL_DEVICE_VERSION */
+    char clc_version[128]; /* CL_DEVICE_OPENCL_C_VERSION as reported */
     int has_fp64;      /* cl_khr_fp64, and not switched off by NABLA_OPENCL_NO_FP64 */
     int is_gpu;        /* CL_DEVICE_TYPE_GPU: listed first */
     int cl_c_minor;    /* OpenCL C version the programs are built for: 10 * major + minor */
@@ -49,6 +67,8 @@ typedef struct ocl_dev {
     pthread_mutex_t lock; /* recursive: programs, kernels' arguments, scratch buffers */
     cl_program prog[NB_DTYPE_COUNT];
     int prog_failed[NB_DTYPE_COUNT];
+    int progs_built, progs_loaded; /* since discovery: from source, from the program cache */
+    char info[2048];               /* device_info's answer, rewritten at each call */
     cl_kernel kern[NB_DTYPE_COUNT][OCL_K_COUNT];
     size_t kern_wg[NB_DTYPE_COUNT][OCL_K_COUNT]; /* CL_KERNEL_WORK_GROUP_SIZE */
     cl_mem scratch_v, scratch_i; /* reduction partials, grown on demand */
@@ -59,6 +79,7 @@ typedef struct ocl_dev {
      * and cleared at the next read or synchronize while flag_pending */
     cl_mem flag;
     int flag_pending;
+    ocl_argcache *argcache; /* OCL_ARG_SLOTS entries, allocated at the first launch */
 } ocl_dev;
 
 /* One kernel argument: a value of size bytes, or local memory of size bytes when ptr is NULL. */
@@ -91,6 +112,21 @@ nb_status ocl_tmp(ocl_dev *d, const char *op, int slot, size_t bytes, cl_mem *ou
 /* The index flag, created on first use and cleared; the device must be locked. Marks it
  * pending, so the next read or synchronize looks at it. */
 nb_status ocl_flag(ocl_dev *d, const char *op, cl_mem *out);
+
+/* ---- opencl_cache.c: compiled programs on disk ---- */
+
+/* Reads NABLA_OPENCL_CACHE_DIR / XDG_CACHE_HOME / HOME and hashes the kernel sources; called at
+ * discovery, so a restarted plugin sees a changed environment. */
+void ocl_cache_init(void);
+/* The cache folder, or "off (why)". */
+const char *ocl_cache_dir(void);
+/* The text that names one program: device, platform, driver, OpenCL C, options, source hash. */
+void ocl_cache_key(const ocl_dev *d, const char *opts, char *key, size_t len);
+/* The program from its cache entry, built from the binary with opts; NULL (logged) when there is
+ * no usable entry. what names the program in logs ("f32 kernels"). */
+cl_program ocl_cache_load(ocl_dev *d, const char *key, const char *opts, const char *what);
+/* Writes p's binary as the entry for key; 1 when written, 0 (logged) when not. */
+int ocl_cache_save(ocl_dev *d, cl_program p, const char *key, const char *what);
 
 /* ---- opencl_ops.c: operands, geometry, scalars, the elementwise launch ---- */
 

@@ -7,8 +7,14 @@
 #include <stdio.h>
 #include <string.h>
 
-const char *const ocl_dt_name[NB_DTYPE_COUNT] = {"f32", "f64", "i32", "i64", "bool", "u8"};
-const size_t ocl_dt_size[NB_DTYPE_COUNT] = {4, 8, 4, 8, 1, 1};
+/* designated, so that a dtype appended to the enum is a NULL/0 here, not a neighbour's entry */
+const char *const ocl_dt_name[NB_DTYPE_COUNT] = {
+    [NB_DTYPE_F32] = "f32", [NB_DTYPE_F64] = "f64",   [NB_DTYPE_I32] = "i32",
+    [NB_DTYPE_I64] = "i64", [NB_DTYPE_BOOL] = "bool", [NB_DTYPE_U8] = "u8",
+    [NB_DTYPE_F16] = "f16", [NB_DTYPE_BF16] = "bf16"};
+const size_t ocl_dt_size[NB_DTYPE_COUNT] = {
+    [NB_DTYPE_F32] = 4, [NB_DTYPE_F64] = 8,  [NB_DTYPE_I32] = 4, [NB_DTYPE_I64] = 8,
+    [NB_DTYPE_BOOL] = 1, [NB_DTYPE_U8] = 1, [NB_DTYPE_F16] = 2, [NB_DTYPE_BF16] = 2};
 
 /* ---- Operands ---- */
 

@@ -7,9 +7,15 @@
  *   NABLA_OPENCL_C_VERSION=1.1 build the programs as for an OpenCL C 1.1 device
  *   NABLA_OPENCL_GEMM=own      the plugin's own GEMM kernel instead of CLBlast
  *   NABLA_OPENCL_CONV=gemm|direct  every conv2d as GEMMs or as the direct kernels (see
- *                              opencl_conv.c for the default) */
+ *                              opencl_conv.c for the default)
+ *   NABLA_OPENCL_SCATTER=serial|chunks  scatter_add one work-item per line, or in parallel
+ *                              chunks (see opencl_index.c for the default)
+ *   NABLA_OPENCL_CACHE_DIR=path  folder of the compiled-program cache (default
+ *                              $XDG_CACHE_HOME/nabla, else ~/.cache/nabla); "off" disables it
+ *                              (see opencl_cache.c) */
 #include "opencl_internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +116,18 @@ static void init_device(cl_device_id id, cl_device_type type)
     d->is_gpu = (type & CL_DEVICE_TYPE_GPU) != 0;
     if (clGetDeviceInfo(id, CL_DEVICE_NAME, sizeof d->name - 1, d->name, NULL) != CL_SUCCESS)
         snprintf(d->name, sizeof d->name, "OpenCL device");
+    /* what names the compiler: the program cache's key, and nabla-info's lines */
+    cl_platform_id plat = NULL;
+    char pname[128] = "", pver[120] = "";
+    if (clGetDeviceInfo(id, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL) == CL_SUCCESS) {
+        clGetPlatformInfo(plat, CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
+        clGetPlatformInfo(plat, CL_PLATFORM_VERSION, sizeof pver - 1, pver, NULL);
+    }
+    snprintf(d->platform, sizeof d->platform, "%s (%s)", pname, pver);
+    clGetDeviceInfo(id, CL_DRIVER_VERSION, sizeof d->driver - 1, d->driver, NULL);
+    clGetDeviceInfo(id, CL_DEVICE_VERSION, sizeof d->version - 1, d->version, NULL);
+    clGetDeviceInfo(id, CL_DEVICE_OPENCL_C_VERSION, sizeof d->clc_version - 1, d->clc_version,
+                    NULL);
     d->cl_c_minor = opencl_c_version(id);
     if (d->cl_c_minor < 11) {
         /* the kernels need OpenCL C 1.1 (32-bit atomics, 3-d work-groups of any size) */
@@ -162,6 +180,7 @@ static int rank(cl_device_type t)
 
 static void discover(void)
 {
+    ocl_cache_init();
     cl_uint np = 0;
     cl_int err = clGetPlatformIDs(0, NULL, &np);
     if (err != CL_SUCCESS || np == 0) {
@@ -260,15 +279,13 @@ void ocl_unlock(ocl_dev *d) { pthread_mutex_unlock(&d->lock); }
 
 /* ---- Programs and kernels ---- */
 
-static const char *const dtype_names[NB_DTYPE_COUNT] = {"f32", "f64", "i32", "i64", "bool", "u8"};
-
 static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
 {
     if (d->prog[dt])
         return d->prog[dt];
     if (d->prog_failed[dt]) {
         ocl_host->error(NB_DEVICE_ERROR, "opencl %s: the %s kernels failed to build on %s "
-                        "earlier", op, dtype_names[dt], d->name);
+                        "earlier", op, ocl_dt_name[dt], d->name);
         return NULL;
     }
     if (dt == NB_DTYPE_F64 && !d->has_fp64) {
@@ -276,20 +293,28 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
                         "not report", op, d->name);
         return NULL;
     }
+    /* programs are OpenCL C 1.1 or 1.2, whichever the device reports (2.x/3.0 devices build
+     * 1.2); FP_CONTRACT is off in common.cl so that results match the CPU bit for bit */
+    char opts[128], key[2048], what[32];
+    snprintf(opts, sizeof opts, "-cl-std=CL1.%d -DNBK_KIND=%d -DHAS_FP64=%d",
+             d->cl_c_minor >= 12 ? 2 : 1, (int)dt, d->has_fp64);
+    snprintf(what, sizeof what, "%s kernels", ocl_dt_name[dt]);
+    ocl_cache_key(d, opts, key, sizeof key);
+    cl_program p = ocl_cache_load(d, key, opts, what);
+    if (p) {
+        d->prog[dt] = p;
+        d->progs_loaded++;
+        return p;
+    }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     cl_int err;
-    cl_program p = clCreateProgramWithSource(d->ctx, (cl_uint)nbk_n_sources,
-                                             (const char **)nbk_sources, NULL, &err);
+    p = clCreateProgramWithSource(d->ctx, (cl_uint)nbk_n_sources, (const char **)nbk_sources,
+                                  NULL, &err);
     if (!p) {
         ocl_fail(NB_DEVICE_ERROR, op, "clCreateProgramWithSource", err);
         return NULL;
     }
-    /* programs are OpenCL C 1.1 or 1.2, whichever the device reports (2.x/3.0 devices build
-     * 1.2); FP_CONTRACT is off in common.cl so that results match the CPU bit for bit */
-    char opts[128];
-    snprintf(opts, sizeof opts, "-cl-std=CL1.%d -DNBK_KIND=%d -DHAS_FP64=%d",
-             d->cl_c_minor >= 12 ? 2 : 1, (int)dt, d->has_fp64);
     err = clBuildProgram(p, 1, &d->id, opts, NULL, NULL);
     if (err != CL_SUCCESS) {
         size_t len = 0;
@@ -300,10 +325,10 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
             clGetProgramBuildInfo(p, d->id, CL_PROGRAM_BUILD_LOG, len, log, NULL);
             log[len] = '\0';
             ocl_host->log(NB_LOG_ERROR, "opencl: build log for the %s kernels on %s:\n%s",
-                          dtype_names[dt], d->name, log);
+                          ocl_dt_name[dt], d->name, log);
         }
         ocl_host->error(NB_DEVICE_ERROR, "opencl %s: building the %s kernels on %s failed: %s "
-                        "(%d): %.600s", op, dtype_names[dt], d->name, ocl_err_name(err),
+                        "(%d): %.600s", op, ocl_dt_name[dt], d->name, ocl_err_name(err),
                         (int)err, log ? log : "");
         free(log);
         clReleaseProgram(p);
@@ -311,9 +336,11 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
         return NULL;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    ocl_host->log(NB_LOG_DEBUG, "opencl: built the %s kernels for %s in %.0f ms",
-                  dtype_names[dt], d->name,
-                  (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+    int saved = ocl_cache_save(d, p, key, what);
+    ocl_host->log(NB_LOG_INFO, "opencl: %s for %s: built from source in %.0f ms%s%s", what,
+                  d->name, (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
+                  saved ? ", saved to the program cache in " : "", saved ? ocl_cache_dir() : "");
+    d->progs_built++;
     d->prog[dt] = p;
     return p;
 }
@@ -329,7 +356,7 @@ cl_kernel ocl_kernel(ocl_dev *d, nb_dtype dt, ocl_kid kid, const char *op, size_
             k = clCreateKernel(p, kernel_names[kid], &err);
             if (!k) {
                 ocl_host->error(NB_NOT_IMPLEMENTED, "opencl %s: no kernel '%s' for %s on %s: %s "
-                                "(%d)", op, kernel_names[kid], dtype_names[dt], d->name,
+                                "(%d)", op, kernel_names[kid], ocl_dt_name[dt], d->name,
                                 ocl_err_name(err), (int)err);
             } else {
                 size_t wg = 0;
@@ -348,20 +375,66 @@ cl_kernel ocl_kernel(ocl_dev *d, nb_dtype dt, ocl_kid kid, const char *op, size_
     return k;
 }
 
+/* The argument record of kernel k (the device locked), or NULL when there is none to be had:
+ * then every argument is set. */
+static ocl_argcache *arg_cache(ocl_dev *d, cl_kernel k)
+{
+    if (!d->argcache) {
+        d->argcache = calloc(OCL_ARG_SLOTS, sizeof *d->argcache);
+        if (!d->argcache)
+            return NULL;
+    }
+    size_t h = ((uintptr_t)k >> 4) % OCL_ARG_SLOTS;
+    for (size_t probe = 0; probe < OCL_ARG_SLOTS; probe++, h = (h + 1) % OCL_ARG_SLOTS) {
+        ocl_argcache *c = &d->argcache[h];
+        if (c->k == k)
+            return c;
+        if (!c->k) {
+            c->k = k;
+            c->nargs = -1;
+            return c;
+        }
+    }
+    return NULL;
+}
+
 nb_status ocl_launch(ocl_dev *d, cl_kernel k, const char *op, int nargs, const ocl_arg *args,
                      cl_uint dims, const size_t *global, const size_t *local)
 {
     nb_status st = NB_OK;
-    /* arguments live in the kernel object: set and enqueue under one lock */
+    /* arguments live in the kernel object: set and enqueue under one lock, and set only those
+     * whose value differs from what this kernel object holds already */
     ocl_lock(d);
+    ocl_argcache *c = nargs <= OCL_ARG_MAX ? arg_cache(d, k) : NULL;
+    int known = c && c->nargs == nargs; /* stays true while sizes match, so offsets agree */
+    size_t off = 0;
     for (int a = 0; a < nargs && st == NB_OK; a++) {
-        cl_int err = clSetKernelArg(k, (cl_uint)a, args[a].size, args[a].ptr);
-        if (err != CL_SUCCESS) {
-            char call[64];
-            snprintf(call, sizeof call, "clSetKernelArg(%d)", a);
-            st = ocl_fail(NB_DEVICE_ERROR, op, call, err);
+        size_t size = args[a].size;
+        int fits = c && off + size <= OCL_ARG_BYTES;
+        known = known && fits && c->size[a] == size;
+        int same = known && (args[a].ptr ? !c->local[a] && memcmp(c->val + off, args[a].ptr,
+                                                                   size) == 0
+                                         : c->local[a]);
+        if (!same) {
+            cl_int err = clSetKernelArg(k, (cl_uint)a, size, args[a].ptr);
+            if (err != CL_SUCCESS) {
+                char call[64];
+                snprintf(call, sizeof call, "clSetKernelArg(%d)", a);
+                st = ocl_fail(NB_DEVICE_ERROR, op, call, err);
+            } else if (fits) {
+                c->size[a] = size;
+                c->local[a] = args[a].ptr == NULL;
+                if (args[a].ptr)
+                    memcpy(c->val + off, args[a].ptr, size);
+            }
         }
+        if (c && !fits)
+            c = NULL; /* the rest does not fit the record: forget it below */
+        off += size;
     }
+    ocl_argcache *rec = nargs <= OCL_ARG_MAX ? arg_cache(d, k) : NULL;
+    if (rec)
+        rec->nargs = st == NB_OK && c ? nargs : -1;
     if (st == NB_OK) {
         cl_int err = clEnqueueNDRangeKernel(d->queue, k, dims, NULL, global, local, 0, NULL, NULL);
         if (err != CL_SUCCESS)
@@ -577,6 +650,25 @@ static nb_status synchronize(int device)
 
 static const char *status_note(void) { return n_devs ? NULL : note; }
 
+/* nabla-info's lines for a device: what it runs on, and where its programs come from. */
+static const char *device_info(int32_t device)
+{
+    if (device < 0 || device >= n_devs)
+        return NULL;
+    ocl_dev *d = &devs[device];
+    ocl_lock(d);
+    snprintf(d->info, sizeof d->info,
+             "platform: %s\ndevice: %s, %s, %u compute units\nOpenCL C: %s (programs built as "
+             "1.%d)\nfp64: %s\nGEMM: %s\nprogram cache: %s\nprograms: %d built from source, "
+             "%d loaded from the cache",
+             d->platform, d->version, d->is_gpu ? "GPU" : "not a GPU", d->compute_units,
+             d->clc_version, d->cl_c_minor >= 12 ? 2 : 1,
+             d->has_fp64 ? "yes" : fp64_switched_off() ? "off (NABLA_OPENCL_NO_FP64)" : "no",
+             ocl_gemm_name(), ocl_cache_dir(), d->progs_built, d->progs_loaded);
+    ocl_unlock(d);
+    return d->info;
+}
+
 static void shutdown_plugin(void)
 {
     for (int i = 0; i < n_devs; i++) {
@@ -598,6 +690,7 @@ static void shutdown_plugin(void)
         for (int t = 0; t < OCL_N_TMP; t++)
             if (d->tmp[t])
                 clReleaseMemObject(d->tmp[t]);
+        free(d->argcache);
         clReleaseCommandQueue(d->queue);
         clReleaseContext(d->ctx);
         pthread_mutex_destroy(&d->lock);
@@ -627,6 +720,7 @@ static nb_plugin plugin = {
     .shutdown = shutdown_plugin,
     .kernels = table,
     .n_kernels = 0,
+    .device_info = device_info,
 };
 
 NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *host)

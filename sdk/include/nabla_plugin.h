@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define NB_PLUGIN_ABI_MAJOR 1
-#define NB_PLUGIN_ABI_MINOR 1 /* 1.1: NB_DTYPE_F16, NB_DTYPE_BF16 */
+#define NB_PLUGIN_ABI_MINOR 2 /* 1.1: NB_DTYPE_F16, NB_DTYPE_BF16; 1.2: nb_plugin.device_info */
 #define NB_PLUGIN_ENTRY_SYMBOL "nb_plugin_entry"
 
 #if defined(_WIN32)
@@ -169,6 +169,11 @@ typedef struct nb_plugin {
     const nb_kernel_desc *kernels; /* kernel table */
     size_t n_kernels;              /* entries in kernels */
     /* ABI 1.0 ends here; later members are appended below with the minor that added them. */
+    /* ABI 1.2: what an application may want to know about a device beyond its name, one
+     * "topic: value" line each, e.g. "GEMM: CLBlast 1.5.3\nprogram cache: /root/.cache/nabla"
+     * (nabla-info prints it). The string is the plugin's and stays valid until the next call
+     * for the same device or shutdown. NULL or "" when there is nothing to add. (optional) */
+    const char *(*device_info)(int32_t device);
 } nb_plugin;
 
 /* The entry point. Returns the plugin table, or NULL after calling host->error with the

@@ -3,6 +3,7 @@
  * Each variant is this file compiled with one BAD_<KIND> definition (see CMakeLists.txt). */
 #include "nabla_plugin.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,6 +120,10 @@ __attribute__((unused)) static const char *nodev_note(void)
     return "no frobnicator hardware found";
 }
 __attribute__((unused)) static int zero_devices(void) { return 0; }
+static const char *mini_info(int32_t device)
+{
+    return device == 1 ? "kind: mini\nmemory: host" : "kind: mini";
+}
 
 #if defined(BAD_NODEV)
 #define TEST_NAME "nodev"
@@ -126,6 +131,8 @@ __attribute__((unused)) static int zero_devices(void) { return 0; }
 #define TEST_NAME "cpu"
 #elif defined(BAD_NEWMINOR)
 #define TEST_NAME "newminor"
+#elif defined(BAD_OLDMINOR)
+#define TEST_NAME "oldminor"
 #else
 #define TEST_NAME "mini"
 #endif
@@ -152,6 +159,7 @@ static later_plugin table = {
             .read = mini_read,
             .kernels = mini_kernels,
             .n_kernels = sizeof mini_kernels / sizeof *mini_kernels,
+            .device_info = mini_info,
         },
 };
 
@@ -184,6 +192,11 @@ NB_PLUGIN_EXPORT const nb_plugin *nb_plugin_entry(const nb_host *h)
     table.base.abi_minor = NB_PLUGIN_ABI_MINOR + 5;
     table.base.size = sizeof(later_plugin);
     table.from_the_future = NULL;
+#elif defined(BAD_OLDMINOR)
+    /* built for ABI 1.1: its table ends at n_kernels, and the bytes after it (here still
+     * mini_info) must not be read as device_info */
+    table.base.abi_minor = 1;
+    table.base.size = (uint32_t)offsetof(nb_plugin, device_info);
 #endif
     return &table.base;
 }

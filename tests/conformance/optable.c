@@ -6,8 +6,9 @@
 #include <math.h>
 #include <string.h>
 
-/* The nn functions live in core/nn/functional.c, which may be absent from a libnabla under
- * construction; weak references keep the suite linking and report those rows as unsupported. */
+/* The nn functions live in core/nn/ (the library on top), which may be absent from a libnabla
+ * under construction; weak references keep the suite linking and report those rows as
+ * unsupported. */
 #pragma weak nb_softmax
 #pragma weak nb_log_softmax
 #pragma weak nb_conv2d

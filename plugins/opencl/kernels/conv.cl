@@ -7,37 +7,71 @@
 #define X_AT(p, n, c, a, b) ((p).off_x + (n) * (p).st_x[0] + (c) * (p).st_x[1] + (a) * (p).st_x[2] + (b) * (p).st_x[3])
 #define W_AT(p, o, c, a, b) ((p).off_w + (o) * (p).st_w[0] + (c) * (p).st_w[1] + (a) * (p).st_w[2] + (b) * (p).st_w[3])
 
+/* i as coordinates (i0, i1, i2, i3) of a (-, s1, s2, s3) array; in 32 bits when the array has
+ * fewer than 2^32 elements (total), since 64-bit division costs several times more on CPUs */
+#define SPLIT4(i, total, s1, s2, s3, i0, i1, i2, i3)                                            \
+    long i0, i1, i2, i3;                                                                        \
+    if ((total) <= 0xffffffffL) {                                                               \
+        uint u_ = (uint)(i), a_ = (uint)(s3), b_ = (uint)(s2), c_ = (uint)(s1);                 \
+        i3 = u_ % a_, i2 = u_ / a_ % b_, i1 = u_ / (a_ * b_) % c_, i0 = u_ / (a_ * b_ * c_);    \
+    } else {                                                                                    \
+        i3 = (i) % (s3), i2 = (i) / (s3) % (s2), i1 = (i) / ((s3) * (s2)) % (s1),               \
+        i0 = (i) / ((s3) * (s2) * (s1));                                                        \
+    }
+
+/* y (N,O,OH,OW): one work-item per output row (n, o, oh). It adds tap after tap into the row,
+ * so each element still sums its taps in plain (c, a, b) order from 0, as a sum per element
+ * would; but the innermost loop runs along the row, one weight against consecutive inputs,
+ * which CPU runtimes vectorise, and the columns whose tap falls into the padding are cut from
+ * its range instead of tested one by one. */
 __kernel void conv2d(__global T *y, __global const T *x, __global const T *w, nbk_conv p)
 {
     long i = get_global_id(0);
-    if (i >= p.n * p.o * p.oh * p.ow)
+    if (i >= p.n * p.o * p.oh)
         return;
-    long ow = i % p.ow, oh = i / p.ow % p.oh, o = i / (p.ow * p.oh) % p.o,
-         n = i / (p.ow * p.oh * p.o);
+    long oh = i % p.oh, o = i / p.oh % p.o, n = i / (p.oh * p.o);
     long cg = p.c / p.groups, og = p.o / p.groups, c0 = o / og * cg;
-    T acc = 0;
-    for (long c = 0; c < cg; c++)
+    long yr = p.off_y + n * p.st_y[0] + o * p.st_y[1] + oh * p.st_y[2], sy = p.st_y[3];
+    for (long ow = 0; ow < p.ow; ow++)
+        y[yr + ow * sy] = 0;
+    long xn = p.off_x + n * p.st_x[0] + c0 * p.st_x[1], wo = p.off_w + o * p.st_w[0];
+    long sx = p.sw * p.st_x[3];
+    for (long c = 0; c < cg; c++) {
+        long xc = xn + c * p.st_x[1], wc = wo + c * p.st_w[1];
         for (long a = 0; a < p.kh; a++) {
             long ih = oh * p.sh - p.ph + a * p.dh;
             if (ih < 0 || ih >= p.h)
                 continue;
+            long xr = xc + ih * p.st_x[2], wr = wc + a * p.st_w[2];
             for (long b = 0; b < p.kw; b++) {
-                long iw = ow * p.sw - p.pw + b * p.dw;
-                if (iw >= 0 && iw < p.w)
-                    acc += x[X_AT(p, n, c0 + c, ih, iw)] * w[W_AT(p, o, c, a, b)];
+                T wv = w[wr + b * p.st_w[3]];
+                /* iw = ow * sw + base lies in [0, w) for ow in [lo, hi) */
+                long base = b * p.dw - p.pw;
+                long lo = base >= 0 ? 0 : (-base + p.sw - 1) / p.sw;
+                long hi = p.w - 1 - base < 0 ? 0 : min((p.w - 1 - base) / p.sw + 1, p.ow);
+                long x0 = xr + base * p.st_x[3];
+                if (sy == 1 && sx == 1) { /* unit strides, as compilers vectorise best */
+                    __global T *yp = y + yr;
+                    __global const T *xp = x + x0;
+                    for (long ow = lo; ow < hi; ow++)
+                        yp[ow] += xp[ow] * wv;
+                } else {
+                    for (long ow = lo; ow < hi; ow++)
+                        y[yr + ow * sy] += x[x0 + ow * sx] * wv;
+                }
             }
         }
-    y[Y_AT(p, n, o, oh, ow)] = acc;
+    }
 }
 
 /* gx (N,C,H,W) = sum over the outputs each input element feeds */
 __kernel void conv2d_backward_input(__global T *gx, __global const T *gy, __global const T *w,
                                     nbk_conv p)
 {
-    long i = get_global_id(0);
-    if (i >= p.n * p.c * p.h * p.w)
+    long i = get_global_id(0), total = p.n * p.c * p.h * p.w;
+    if (i >= total)
         return;
-    long iw = i % p.w, ih = i / p.w % p.h, c = i / (p.w * p.h) % p.c, n = i / (p.w * p.h * p.c);
+    SPLIT4(i, total, p.c, p.h, p.w, n, c, ih, iw);
     long cg = p.c / p.groups, og = p.o / p.groups, g = c / cg, cl = c % cg;
     T acc = 0;
     for (long o = g * og; o < (g + 1) * og; o++)
@@ -55,7 +89,8 @@ __kernel void conv2d_backward_input(__global T *gx, __global const T *gy, __glob
     gx[X_AT(p, n, c, ih, iw)] = acc;
 }
 
-/* gw (O,C/g,KH,KW) = sum over batch and output positions */
+/* gw (O,C/g,KH,KW) = sum over batch and output positions; the output columns whose tap falls
+ * into the padding are cut from the loop's range instead of tested one by one. */
 __kernel void conv2d_backward_weight(__global T *gw, __global const T *gy, __global const T *x,
                                      nbk_conv p)
 {
@@ -65,19 +100,44 @@ __kernel void conv2d_backward_weight(__global T *gw, __global const T *gy, __glo
         return;
     long b = i % p.kw, a = i / p.kw % p.kh, c = i / (p.kw * p.kh) % cg, o = i / (p.kw * p.kh * cg);
     long cx = o / og * cg + c;
-    T acc = 0;
-    for (long n = 0; n < p.n; n++)
+    /* iw = ow * sw + base lies in [0, w) for ow in [ow_lo, ow_hi) */
+    long base = b * p.dw - p.pw;
+    long ow_lo = base >= 0 ? 0 : (-base + p.sw - 1) / p.sw;
+    long ow_hi = p.w - 1 - base < 0 ? 0 : min((p.w - 1 - base) / p.sw + 1, p.ow);
+    /* four running sums, combined at the end: a work-item sums N*OH*OW products, and with one
+     * sum each addition would wait for the previous one */
+    long sy = p.st_y[3], sx = p.sw * p.st_x[3];
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (long n = 0; n < p.n; n++) {
+        long yn = p.off_y + n * p.st_y[0] + o * p.st_y[1];
+        long xn = p.off_x + n * p.st_x[0] + cx * p.st_x[1];
         for (long oh = 0; oh < p.oh; oh++) {
             long ih = oh * p.sh - p.ph + a * p.dh;
             if (ih < 0 || ih >= p.h)
                 continue;
-            for (long ow = 0; ow < p.ow; ow++) {
-                long iw = ow * p.sw - p.pw + b * p.dw;
-                if (iw >= 0 && iw < p.w)
-                    acc += gy[Y_AT(p, n, o, oh, ow)] * x[X_AT(p, n, cx, ih, iw)];
+            long yr = yn + oh * p.st_y[2] + ow_lo * sy;
+            long xr = xn + ih * p.st_x[2] + base * p.st_x[3] + ow_lo * sx;
+            long m = ow_hi - ow_lo, k = 0;
+            if (sy == 1 && sx == 1) { /* unit strides: plain pointer walks */
+                __global const T *yp = gy + yr, *xp = x + xr;
+                for (; k + 4 <= m; k += 4) {
+                    s0 += yp[k] * xp[k];
+                    s1 += yp[k + 1] * xp[k + 1];
+                    s2 += yp[k + 2] * xp[k + 2];
+                    s3 += yp[k + 3] * xp[k + 3];
+                }
             }
+            for (; k + 4 <= m; k += 4) {
+                s0 += gy[yr + k * sy] * x[xr + k * sx];
+                s1 += gy[yr + (k + 1) * sy] * x[xr + (k + 1) * sx];
+                s2 += gy[yr + (k + 2) * sy] * x[xr + (k + 2) * sx];
+                s3 += gy[yr + (k + 3) * sy] * x[xr + (k + 3) * sx];
+            }
+            for (; k < m; k++)
+                s0 += gy[yr + k * sy] * x[xr + k * sx];
         }
-    gw[W_AT(p, o, c, a, b)] = acc;
+    }
+    gw[W_AT(p, o, c, a, b)] = (s0 + s1) + (s2 + s3);
 }
 
 /* col (C*KH*KW, N, OH*OW) from x: row (c, a, b), column (n, oh, ow); zero where the tap falls
@@ -98,12 +158,27 @@ __kernel void im2col(__global T *col, __global const T *x, nbk_conv p)
  * work-item per element gathers them, so nothing races */
 __kernel void col2im(__global T *gx, __global const T *col, nbk_conv p)
 {
-    long i = get_global_id(0);
-    if (i >= p.n * p.c * p.h * p.w)
+    long i = get_global_id(0), total = p.n * p.c * p.h * p.w;
+    if (i >= total)
         return;
-    long iw = i % p.w, ih = i / p.w % p.h, c = i / (p.w * p.h) % p.c, n = i / (p.w * p.h * p.c);
+    SPLIT4(i, total, p.c, p.h, p.w, n, c, ih, iw);
     long L = p.oh * p.ow, NL = p.n * L;
     T acc = 0;
+    if (p.sh == 1 && p.sw == 1) { /* stride 1: every tap lands on an output, no division */
+        long cb = c * p.kh * p.kw * NL + n * L;
+        for (long a = 0; a < p.kh; a++) {
+            long t = ih + p.ph - a * p.dh;
+            if (t < 0 || t >= p.oh)
+                continue;
+            for (long b = 0; b < p.kw; b++) {
+                long u = iw + p.pw - b * p.dw;
+                if (u >= 0 && u < p.ow)
+                    acc += col[cb + (a * p.kw + b) * NL + t * p.ow + u];
+            }
+        }
+        gx[X_AT(p, n, c, ih, iw)] = acc;
+        return;
+    }
     for (long a = 0; a < p.kh; a++) {
         long t = ih + p.ph - a * p.dh;
         if (t < 0 || t % p.sh || t / p.sh >= p.oh)
@@ -122,11 +197,10 @@ __kernel void col2im(__global T *gx, __global const T *col, nbk_conv p)
  * all -inf window reports its first in-bounds element, as PyTorch does. */
 __kernel void max_pool2d(__global T *y, __global const T *x, __global long *idx, nbk_conv p)
 {
-    long i = get_global_id(0);
-    if (i >= p.n * p.c * p.oh * p.ow)
+    long i = get_global_id(0), total = p.n * p.c * p.oh * p.ow;
+    if (i >= total)
         return;
-    long ow = i % p.ow, oh = i / p.ow % p.oh, c = i / (p.ow * p.oh) % p.c,
-         n = i / (p.ow * p.oh * p.c);
+    SPLIT4(i, total, p.c, p.oh, p.ow, n, c, oh, ow);
     long h0 = oh * p.sh - p.ph, w0 = ow * p.sw - p.pw;
     long hs = max(h0, 0L), ws = max(w0, 0L), he = min(h0 + p.kh, p.h), we = min(w0 + p.kw, p.w);
     T best = -INFINITY;
@@ -143,30 +217,37 @@ __kernel void max_pool2d(__global T *y, __global const T *x, __global long *idx,
     idx[W_AT(p, n, c, oh, ow)] = bi;
 }
 
-/* gx (N,C,H,W): each input element sums the gradients of the windows that picked it */
+/* gx (N,C,H,W): each input element sums the gradients of the windows that picked it. One
+ * work-item per input row (n, c, ih) zeroes the row, then walks the windows that can cover it
+ * and adds each window's gradient where its index falls into the row: no division per element,
+ * and each element still sums its windows in (oh, ow) order. An index outside the row (or the
+ * plane) is ignored. */
 __kernel void max_pool2d_backward(__global T *gx, __global const T *gy, __global const long *idx,
                                   nbk_conv p)
 {
-    long i = get_global_id(0);
-    if (i >= p.n * p.c * p.h * p.w)
+    long i = get_global_id(0), total = p.n * p.c * p.h;
+    if (i >= total)
         return;
-    long iw = i % p.w, ih = i / p.w % p.h, c = i / (p.w * p.h) % p.c, n = i / (p.w * p.h * p.c);
-    long me = ih * p.w + iw;
+    long ih = i % p.h, c = i / p.h % p.c, n = i / (p.h * p.c);
+    long xr = p.off_x + n * p.st_x[0] + c * p.st_x[1] + ih * p.st_x[2], sx = p.st_x[3];
+    for (long iw = 0; iw < p.w; iw++)
+        gx[xr + iw * sx] = 0;
     /* windows oh with oh*sh - ph <= ih < oh*sh - ph + kh */
-    long oh0 = 0, ow0 = 0, oh1 = p.oh - 1, ow1 = p.ow - 1;
+    long oh0 = 0, oh1 = p.oh - 1;
     if (p.kh > 0 && p.kw > 0 && p.sh > 0 && p.sw > 0) { /* else: scan the whole plane */
         oh0 = ih + p.ph - p.kh + 1;
-        ow0 = iw + p.pw - p.kw + 1;
         oh0 = oh0 <= 0 ? 0 : (oh0 + p.sh - 1) / p.sh;
-        ow0 = ow0 <= 0 ? 0 : (ow0 + p.sw - 1) / p.sw;
         oh1 = min((ih + p.ph) / p.sh, p.oh - 1);
-        ow1 = min((iw + p.pw) / p.sw, p.ow - 1);
     }
-    T acc = 0;
-    for (long oh = oh0; oh <= oh1; oh++)
-        for (long ow = ow0; ow <= ow1; ow++)
-            if (idx[W_AT(p, n, c, oh, ow)] == me)
-                acc += gy[Y_AT(p, n, c, oh, ow)];
-    gx[X_AT(p, n, c, ih, iw)] = acc;
+    long lo = ih * p.w, hi = lo + p.w;
+    for (long oh = oh0; oh <= oh1; oh++) {
+        long ir = p.off_w + n * p.st_w[0] + c * p.st_w[1] + oh * p.st_w[2];
+        long yr = p.off_y + n * p.st_y[0] + c * p.st_y[1] + oh * p.st_y[2];
+        for (long ow = 0; ow < p.ow; ow++) {
+            long j = idx[ir + ow * p.st_w[3]];
+            if (j >= lo && j < hi)
+                gx[xr + (j - lo) * sx] += gy[yr + ow * p.st_y[3]];
+        }
+    }
 }
 #endif

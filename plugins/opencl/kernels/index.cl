@@ -53,3 +53,61 @@ __kernel void scatter_add(__global T *out, __global const long *idx, __global co
 #endif
     }
 }
+
+/* scatter_add for few long lines (a 1-d scatter_add is one line), in two passes. First, work-item
+ * (line, s) sums chunk s of its line (j in [s * per, (s + 1) * per)) into its own row of part,
+ * m values that it zeroes first: rows are private to a work-item, so nothing races. */
+__kernel void scatter_add_chunks(__global T *part, __global const long *idx,
+                                 __global const T *src, nbk_geom g, long len, long per, long m,
+                                 long ist, long sst, long dim, __global volatile int *flag)
+{
+    long line = get_global_id(0), s = get_global_id(1);
+    if (line >= g.n)
+        return;
+    long o[3];
+    nbk_offsets(&g, line, 3, o);
+    __global T *row = part + (s * g.n + line) * m;
+    for (long v = 0; v < m; v++)
+        row[v] = (T)0;
+    long j1 = min(len, (s + 1) * per);
+    for (long j = s * per; j < j1; j++) {
+        long v = idx[o[1] + j * ist];
+        if (v < 0 || v >= m) {
+            nbk_flag_bad(flag, v, m, dim, 1);
+            continue;
+        }
+#if IS_BOOL
+        row[v] = (row[v] | src[o[2] + j * sst]) != 0;
+#else
+        row[v] += src[o[2] + j * sst];
+#endif
+    }
+}
+
+/* Second pass: out[line, v] += the chunks' sums, added in chunk order, so the result does not
+ * depend on scheduling. */
+__kernel void scatter_add_combine(__global T *out, __global const T *part, nbk_geom g, long m,
+                                  long chunks, long ost)
+{
+    long i = get_global_id(0);
+    if (i >= g.n * m)
+        return;
+    long line = i / m, v = i % m;
+    long o[3];
+    nbk_offsets(&g, line, 3, o);
+    T acc = (T)0;
+    for (long s = 0; s < chunks; s++) {
+#if IS_BOOL
+        acc = (acc | part[(s * g.n + line) * m + v]) != 0;
+#else
+        acc += part[(s * g.n + line) * m + v];
+#endif
+    }
+    long t = o[0] + v * ost;
+#if IS_BOOL
+    out[t] = (out[t] | acc) != 0;
+#else
+    out[t] += acc;
+#endif
+}
+

@@ -1,6 +1,7 @@
-/* test_nn.c - tests core/nn/nn.c: the module tree (names, order, ownership), PyTorch's repr,
- * default initialisation, train/eval behaviour, forward shape checks and bad input. */
-#include "nb_test.h"
+/* test_nn.c - tests core/nn/nn.c, nn_print.c and nn_layers.c: the module tree (names, order,
+ * ownership), PyTorch's repr, default initialisation, train/eval behaviour, forward shape checks
+ * and bad input, the module kinds of the other nn files, forward hooks, apply and named modules. */
+#include "nn_extra_helpers.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -713,6 +714,170 @@ static void registration_refuses_bad_names_and_owners(void **state)
     nb_clear_error();
 }
 
+/* ------------------------------------------------------------------ modules */
+
+static void check_repr(nb_module *m, const char *want)
+{
+    assert_non_null(m);
+    char *s = nb_module_str(m);
+    assert_non_null(s);
+    if (strcmp(s, want)) {
+        print_error("got  %s\nwant %s\n", s, want);
+        nb_free(s);
+        fail();
+    }
+    nb_free(s);
+    nb_module_free(m);
+}
+
+/* print(torch.nn.LayerNorm(64)), ... as listed */
+static void new_modules_print_like_pytorch(void **state)
+{
+    (void)state;
+    nb_opts o = {0};
+    check_repr(nb_layer_norm_new((int64_t[]){64}, 1, 0, true, true, o),
+               "LayerNorm((64,), eps=1e-05, elementwise_affine=True, bias=True)");
+    check_repr(nb_layer_norm_new((int64_t[]){2, 3}, 2, 1e-6, true, true, o),
+               "LayerNorm((2, 3), eps=1e-06, elementwise_affine=True, bias=True)");
+    check_repr(nb_group_norm_new(2, 6, 0, true, o),
+               "GroupNorm(2, 6, eps=1e-05, affine=True, bias=True)");
+    check_repr(nb_gelu_new(true), "GELU(approximate='tanh')");
+    check_repr(nb_gelu_new(false), "GELU(approximate='none')");
+    check_repr(nb_leaky_relu_new(0.2), "LeakyReLU(negative_slope=0.2)");
+    check_repr(nb_elu_new(1.0), "ELU(alpha=1.0)");
+    check_repr(nb_softplus_new(0, 0), "Softplus(beta=1.0, threshold=20.0)");
+    check_repr(nb_hardtanh_new(-1, 1), "Hardtanh(min_val=-1.0, max_val=1.0)");
+    check_repr(nb_silu_new(), "SiLU()");
+    check_repr(nb_log_sigmoid_new(), "LogSigmoid()");
+    check_repr(nb_embedding_new(10, 3, 0, o), "Embedding(10, 3, padding_idx=0)");
+    check_repr(nb_embedding_new(27, 64, NB_NO_PADDING_IDX, o), "Embedding(27, 64)");
+    check_repr(nb_avg_pool2d_new((nb_pool2d_opts){.kernel = {2, 2}}),
+               "AvgPool2d(kernel_size=2, stride=2, padding=0)");
+    check_repr(nb_adaptive_avg_pool2d_new(1, 1), "AdaptiveAvgPool2d(output_size=(1, 1))");
+    check_repr(nb_max_pool2d_new((nb_pool2d_opts){.kernel = {3, 3}, .stride = {2, 2},
+                                                  .padding = {1, 1}, .dilation = {2, 2},
+                                                  .ceil_mode = true}),
+               "MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=2, ceil_mode=True)");
+    check_repr(nb_conv2d_new(1, 2, 3, 3, (nb_conv2d_opts){.padding_same = true}, true, o),
+               "Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1), padding=same)");
+}
+
+static void new_modules_forward_and_own_their_parameters(void **state)
+{
+    (void)state;
+    nb_module *ln = nb_layer_norm_new((int64_t[]){4}, 1, 0, true, true, (nb_opts){0});
+    assert_int_equal(nb_module_parameter_count(ln), 2);
+    assert_string_equal(nb_module_parameter_name(ln, 0), "weight");
+    nb_tensor *x = nb_randn(NB_SHAPE(3, 4), (nb_opts){0});
+    nb_tensor *y = nb_module_forward(ln, x);
+    assert_non_null(y);
+    nb_tensor *m = nb_mean(y, (int32_t[]){1}, 1, false);
+    expect_values(m, ARR(0, 0, 0), 3, 1e-6);
+    nb_release(m);
+    nb_release(y);
+    nb_module *emb = nb_embedding_new(5, 4, 1, (nb_opts){0});
+    nb_tensor *w = nb_module_parameter(emb, 0);
+    nb_tensor *row = nb_select(w, 0, 1);
+    expect_values(row, ARR(0, 0, 0, 0), 4, 0);
+    nb_release(row);
+    assert_true(nb_tensor_requires_grad(w));
+    nb_tensor *idx = ti64(NB_SHAPE(2), (int64_t[]){4, 1});
+    nb_tensor *e = nb_module_forward(emb, idx);
+    assert_non_null(e);
+    nb_release(e);
+    nb_module *kids[3] = {nb_gelu_new(true), nb_silu_new(), nb_leaky_relu_new(0.1)};
+    nb_module *seq = nb_sequential_new(kids, 3);
+    nb_tensor *z = nb_module_forward(seq, x);
+    assert_non_null(z);
+    nb_release(z);
+    nb_module_free(seq);
+    nb_release(idx);
+    nb_module_free(emb);
+    nb_release(x);
+    nb_module_free(ln);
+}
+
+static int hook_calls;
+static nb_tensor *double_input(nb_module *m, const nb_tensor *in, void *ctx)
+{
+    (void)m, (void)ctx;
+    hook_calls++;
+    return nb_mul_scalar(in, 2);
+}
+static nb_tensor *add_one(nb_module *m, const nb_tensor *in, const nb_tensor *out, void *ctx)
+{
+    (void)m, (void)in;
+    hook_calls += 10;
+    return ctx ? nb_add_scalar(out, 1) : NULL;
+}
+
+static void forward_hooks_replace_input_and_output_and_can_be_removed(void **state)
+{
+    (void)state;
+    nb_module *kids[1] = {nb_relu_new()};
+    nb_module *seq = nb_sequential_new(kids, 1);
+    nb_module *relu = nb_module_child(seq, "0");
+    int64_t h1 = nb_module_register_forward_pre_hook(relu, double_input, NULL);
+    int64_t h2 = nb_module_register_forward_hook(relu, add_one, (void *)1);
+    int64_t h3 = nb_module_register_forward_hook(seq, add_one, NULL); /* observes only */
+    assert_true(h1 > 0 && h2 > h1 && h3 > h2);
+    nb_tensor *x = tf64(NB_SHAPE(3), ARR(-1, 0.5, 2), false);
+    hook_calls = 0;
+    nb_tensor *y = nb_module_forward(seq, x); /* relu(2x) + 1 */
+    expect_values(y, ARR(1, 2, 5), 3, 0);
+    assert_int_equal(hook_calls, 21);
+    nb_release(y);
+    NB_ASSERT_OK_(nb_module_remove_hook(relu, h1));
+    NB_ASSERT_OK_(nb_module_remove_hook(relu, h2));
+    assert_int_equal(nb_module_remove_hook(relu, h2), NB_INVALID_ARGUMENT);
+    nb_clear_error();
+    y = nb_module_forward(seq, x);
+    expect_values(y, ARR(0, 0.5, 2), 3, 0);
+    nb_release(y);
+    nb_release(x);
+    nb_module_free(seq);
+}
+
+static nb_status init_linears(nb_module *m, void *ctx)
+{
+    int *count = ctx;
+    if (strcmp(nb_module_type(m), "Linear"))
+        return NB_OK;
+    (*count)++;
+    nb_no_grad_begin();
+    nb_status st = nb_fill_(nb_module_parameter(m, 0), 0.5);
+    nb_no_grad_end();
+    return st;
+}
+
+static void apply_visits_children_first_and_named_modules_lists_dotted_names(void **state)
+{
+    (void)state;
+    nb_module *inner[2] = {nb_linear_new(2, 3, true, (nb_opts){0}), nb_relu_new()};
+    nb_module *outer[2] = {nb_sequential_new(inner, 2), nb_linear_new(3, 1, false, (nb_opts){0})};
+    nb_module *net = nb_sequential_new(outer, 2);
+    int count = 0;
+    NB_ASSERT_OK_(nb_module_apply(net, init_linears, &count));
+    assert_int_equal(count, 2);
+    nb_tensor *w = nb_module_parameter(net, 0);
+    expect_values(w, ARR(0.5, 0.5, 0.5, 0.5, 0.5, 0.5), 6, 0);
+    assert_int_equal(nb_module_named_count(net), 5);
+    const char *want[5] = {"", "0", "0.0", "0.1", "1"};
+    const char *types[5] = {"Sequential", "Sequential", "Linear", "ReLU", "Linear"};
+    for (int32_t i = 0; i < 5; i++) {
+        char name[64];
+        nb_module *m = nb_module_named(net, i, name, sizeof name);
+        assert_non_null(m);
+        assert_string_equal(name, want[i]);
+        assert_string_equal(nb_module_type(m), types[i]);
+    }
+    char name[8];
+    assert_null(nb_module_named(net, 5, name, sizeof name));
+    assert_int_equal(nb_last_status(), NB_INDEX_OUT_OF_RANGE);
+    nb_clear_error();
+    nb_module_free(net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -735,6 +900,10 @@ int main(void)
         NB_TEST(to_another_device_moves_parameters_buffers_and_grads),
         NB_TEST(constructors_refuse_bad_input),
         NB_TEST(registration_refuses_bad_names_and_owners),
+        NB_TEST(new_modules_print_like_pytorch),
+        NB_TEST(new_modules_forward_and_own_their_parameters),
+        NB_TEST(forward_hooks_replace_input_and_output_and_can_be_removed),
+        NB_TEST(apply_visits_children_first_and_named_modules_lists_dotted_names),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     return nb_shutdown() == NB_OK ? rc : 1;

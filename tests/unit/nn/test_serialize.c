@@ -1,6 +1,7 @@
-/* test_serialize.c - tests core/nn/serialize.c: safetensors round trips of every dtype, the byte
- * layout, atomic saving, corrupt files of every kind (and every truncation), module
- * checkpoints with their name and shape checks, and interop with an independent Python reader. */
+/* test_serialize.c - tests core/nn/safetensors_write.c, safetensors_read.c and checkpoint.c
+ * together (a round trip needs both ends): every dtype, the byte layout, atomic saving, corrupt
+ * files of every kind (and every truncation), module checkpoints with their name and shape
+ * checks, and interop with an independent Python reader. */
 #include "nb_test.h"
 
 #include <errno.h>

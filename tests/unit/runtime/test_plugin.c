@@ -252,7 +252,7 @@ static void plugin_built_for_a_later_minor_loads(void **state)
     assert_true(info.loaded);
     assert_string_equal(info.name, "newminor");
     assert_int_equal(info.abi_major, 1);
-    assert_int_equal(info.abi_minor, 6); /* the core's 1.1 plus 5 */
+    assert_int_equal(info.abi_minor, 7); /* the core's 1.2 plus 5 */
     assert_int_equal(info.devices, 2);
     assert_string_equal(info.note, "");
     /* 3 entries in its table; the unknown op name is ignored when kernels are bound */
@@ -260,6 +260,29 @@ static void plugin_built_for_a_later_minor_loads(void **state)
     assert_true(nb_device_has_kernel("newminor:1", "fill", NB_DTYPE_F32));
     assert_false(nb_device_has_kernel("newminor:1", "no_such_op", NB_DTYPE_F32));
     assert_false(nb_device_has_kernel("newminor:1", "fill", NB_DTYPE_F64));
+}
+
+/* nb_device_info: a 1.2 table's device_info is read; a 1.1 table (size ends at n_kernels) is
+ * never read past its end, even where the bytes after it hold a function. */
+static void device_info_comes_only_from_tables_that_have_it(void **state)
+{
+    (void)state;
+    char path[1200], buf[64];
+    NB_ASSERT_OK(nb_plugin_load(bad_path(path, sizeof path, "newminor")));
+    NB_ASSERT_OK(nb_device_info("newminor:1", buf, sizeof buf));
+    assert_string_equal(buf, "kind: mini\nmemory: host");
+    NB_ASSERT_OK(nb_device_info("newminor:0", buf, 8)); /* truncated to fit */
+    assert_string_equal(buf, "kind: m");
+    NB_ASSERT_OK(nb_plugin_load(bad_path(path, sizeof path, "oldminor")));
+    nb_plugin_info info = info_for("badplugin_oldminor.so");
+    assert_true(info.loaded);
+    assert_int_equal(info.abi_minor, 1);
+    assert_true(nb_device_has_kernel("oldminor:1", "fill", NB_DTYPE_F32));
+    strcpy(buf, "junk");
+    NB_ASSERT_OK(nb_device_info("oldminor:1", buf, sizeof buf));
+    assert_string_equal(buf, "");
+    assert_int_equal(nb_device_info("oldminor:7", buf, sizeof buf), NB_DEVICE_OUT_OF_RANGE);
+    assert_int_equal(nb_device_info("oldminor:0", NULL, 4), NB_NULL_ARGUMENT);
 }
 
 static void loading_the_same_plugin_twice_is_a_no_op(void **state)
@@ -357,6 +380,7 @@ int main(void)
         NB_TEST(duplicate_device_type_is_refused),
         NB_TEST(plugin_with_no_device_loads_and_keeps_its_note),
         NB_TEST(plugin_built_for_a_later_minor_loads),
+        NB_TEST(device_info_comes_only_from_tables_that_have_it),
         NB_TEST(loading_the_same_plugin_twice_is_a_no_op),
         NB_TEST(a_failed_plugin_never_stops_the_others),
         NB_TEST(plugin_get_checks_its_arguments),

@@ -1,0 +1,135 @@
+/* test_opencl_conv.c - the opencl plugin's conv kernels (opencl_conv.c): conv2d and its
+ * gradients, max_pool2d. Part of test_opencl_kernels (main and helpers in
+ * test_opencl_kernels.c). */
+#include "test_opencl.h"
+
+/* conv2d with groups 2, stride (2,1), padding (1,1), dilation (1,2) against direct loops, and
+ * its two gradients against the loops' adjoints. */
+void conv2d_and_its_gradients_match_direct_loops(void **state)
+{
+    (void)state;
+    enum { N = 2, C = 4, H = 7, W = 6, O = 6, G = 2, KH = 3, KW = 2, SH = 2, SW = 1, PH = 1,
+           PW = 1, DH = 1, DW = 2 };
+    enum { OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1,
+           OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1, CG = C / G, OG = O / G };
+    static float x[N * C * H * W], w[O * CG * KH * KW], gy[N * O * OH * OW];
+    static float y[N * O * OH * OW], gx[N * C * H * W], gw[O * CG * KH * KW];
+    static double ry[N * O * OH * OW], rgx[N * C * H * W], rgw[O * CG * KH * KW];
+    unsigned seed = 21;
+    for (size_t k = 0; k < sizeof x / sizeof x[0]; k++)
+        x[k] = frand(&seed);
+    for (size_t k = 0; k < sizeof w / sizeof w[0]; k++)
+        w[k] = frand(&seed);
+    for (size_t k = 0; k < sizeof gy / sizeof gy[0]; k++)
+        gy[k] = frand(&seed);
+    memset(rgx, 0, sizeof rgx);
+    memset(rgw, 0, sizeof rgw);
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < O; o++)
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++) {
+                    double acc = 0;
+                    size_t yi = (size_t)((n * O + o) * OH + oh) * OW + ow;
+                    for (int c = 0; c < CG; c++)
+                        for (int a = 0; a < KH; a++)
+                            for (int b = 0; b < KW; b++) {
+                                int ih = oh * SH - PH + a * DH, iw = ow * SW - PW + b * DW;
+                                if (ih < 0 || ih >= H || iw < 0 || iw >= W)
+                                    continue;
+                                size_t xi = (size_t)((n * C + o / OG * CG + c) * H + ih) * W + iw;
+                                size_t wi = (size_t)((o * CG + c) * KH + a) * KW + b;
+                                acc += (double)x[xi] * w[wi];
+                                rgx[xi] += (double)gy[yi] * w[wi];
+                                rgw[wi] += (double)gy[yi] * x[xi];
+                            }
+                    ry[yi] = acc;
+                }
+    void *hx = buf_from(x, sizeof x), *hw = buf_from(w, sizeof w), *hgy = buf_from(gy, sizeof gy);
+    void *hy = buf_new(sizeof y), *hgx = buf_new(sizeof gx), *hgw = buf_new(sizeof gw);
+    tview vx = view(hx, 0, NB_DTYPE_F32, 4, (int64_t[]){N, C, H, W}, NULL);
+    tview vw = view(hw, 0, NB_DTYPE_F32, 4, (int64_t[]){O, CG, KH, KW}, NULL);
+    tview vy = view(hy, 0, NB_DTYPE_F32, 4, (int64_t[]){N, O, OH, OW}, NULL);
+    tview vgy = view(hgy, 0, NB_DTYPE_F32, 4, (int64_t[]){N, O, OH, OW}, NULL);
+    tview vgx = view(hgx, 0, NB_DTYPE_F32, 4, (int64_t[]){N, C, H, W}, NULL);
+    tview vgw = view(hgw, 0, NB_DTYPE_F32, 4, (int64_t[]){O, CG, KH, KW}, NULL);
+    int64_t i[8] = {SH, SW, PH, PW, DH, DW, G};
+    tview fin[2] = {vx, vw}, bin[2] = {vgy, vw}, win[2] = {vgy, vx};
+    assert_int_equal(run("conv2d", NB_DTYPE_F32, &vy, 2, fin, NULL, i), NB_OK);
+    assert_int_equal(run("conv2d_backward_input", NB_DTYPE_F32, &vgx, 2, bin, NULL, i), NB_OK);
+    assert_int_equal(run("conv2d_backward_weight", NB_DTYPE_F32, &vgw, 2, win, NULL, i), NB_OK);
+    buf_read(hy, y, sizeof y);
+    buf_read(hgx, gx, sizeof gx);
+    buf_read(hgw, gw, sizeof gw);
+    /* f32 sums of a few dozen (weight grad: a few hundred) products of numbers below 4 */
+    for (size_t k = 0; k < sizeof y / sizeof y[0]; k++)
+        expect_close("conv2d", k, y[k], ry[k], 1e-5, 1e-5);
+    for (size_t k = 0; k < sizeof gx / sizeof gx[0]; k++)
+        expect_close("conv2d_backward_input", k, gx[k], rgx[k], 1e-5, 1e-5);
+    for (size_t k = 0; k < sizeof gw / sizeof gw[0]; k++)
+        expect_close("conv2d_backward_weight", k, gw[k], rgw[k], 1e-4, 1e-5);
+    /* a weight that does not fit the groups is refused */
+    tview bad = view(hw, 0, NB_DTYPE_F32, 4, (int64_t[]){O, C, 1, 1}, NULL);
+    tview badin[2] = {vx, bad};
+    assert_int_equal(run("conv2d", NB_DTYPE_F32, &vy, 2, badin, NULL, i), NB_SHAPE_MISMATCH);
+    P->free(0, hx);
+    P->free(0, hw);
+    P->free(0, hgy);
+    P->free(0, hy);
+    P->free(0, hgx);
+    P->free(0, hgw);
+}
+
+/* 3x3 windows, stride 2, padding 1 over values with ties: the first maximum wins, and the
+ * backward adds each window's gradient at its argmax (overlapping windows add up). */
+void max_pool2d_picks_first_maximum_and_routes_gradients(void **state)
+{
+    (void)state;
+    enum { N = 2, C = 3, H = 7, W = 7, K = 3, S = 2, PD = 1, OH = (H + 2 * PD - K) / S + 1,
+           OW = OH };
+    static float x[N * C * H * W], y[N * C * OH * OW], gy[N * C * OH * OW], gx[N * C * H * W];
+    static int64_t idx[N * C * OH * OW];
+    static double rgx[N * C * H * W];
+    unsigned seed = 23;
+    for (size_t k = 0; k < sizeof x / sizeof x[0]; k++)
+        x[k] = (float)((int)(frand(&seed) * 2)); /* few distinct values: many ties */
+    for (size_t k = 0; k < sizeof gy / sizeof gy[0]; k++)
+        gy[k] = frand(&seed);
+    void *hx = buf_from(x, sizeof x), *hy = buf_new(sizeof y), *hi = buf_new(sizeof idx);
+    void *hgy = buf_from(gy, sizeof gy), *hgx = buf_new(sizeof gx);
+    tview vx = view(hx, 0, NB_DTYPE_F32, 4, (int64_t[]){N, C, H, W}, NULL);
+    tview vy = view(hy, 0, NB_DTYPE_F32, 4, (int64_t[]){N, C, OH, OW}, NULL);
+    tview vi = view(hi, 0, NB_DTYPE_I64, 4, (int64_t[]){N, C, OH, OW}, NULL);
+    tview vgy = view(hgy, 0, NB_DTYPE_F32, 4, (int64_t[]){N, C, OH, OW}, NULL);
+    tview vgx = view(hgx, 0, NB_DTYPE_F32, 4, (int64_t[]){N, C, H, W}, NULL);
+    int64_t i[8] = {K, K, S, S, PD, PD};
+    tview fin[2] = {vx, vi}, bin[2] = {vgy, vi};
+    assert_int_equal(run("max_pool2d", NB_DTYPE_F32, &vy, 2, fin, NULL, i), NB_OK);
+    assert_int_equal(run("max_pool2d_backward", NB_DTYPE_F32, &vgx, 2, bin, NULL, i), NB_OK);
+    buf_read(hy, y, sizeof y);
+    buf_read(hi, idx, sizeof idx);
+    buf_read(hgx, gx, sizeof gx);
+    memset(rgx, 0, sizeof rgx);
+    for (int p = 0; p < N * C; p++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                double best = -INFINITY;
+                int64_t bi = -1;
+                for (int a = oh * S - PD; a < oh * S - PD + K; a++)
+                    for (int b = ow * S - PD; b < ow * S - PD + K; b++)
+                        if (a >= 0 && a < H && b >= 0 && b < W && x[p * H * W + a * W + b] > best) {
+                            best = x[p * H * W + a * W + b];
+                            bi = a * W + b;
+                        }
+                size_t q = (size_t)(p * OH + oh) * OW + ow;
+                assert_true(y[q] == best);
+                assert_int_equal(idx[q], bi);
+                rgx[p * H * W + bi] += gy[q];
+            }
+    for (size_t k = 0; k < sizeof gx / sizeof gx[0]; k++)
+        expect_close("max_pool2d_backward", k, gx[k], rgx[k], 1e-6, 1e-6);
+    P->free(0, hx);
+    P->free(0, hy);
+    P->free(0, hi);
+    P->free(0, hgy);
+    P->free(0, hgx);
+}

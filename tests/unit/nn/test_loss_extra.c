@@ -1,0 +1,185 @@
+/* test_loss_extra.c - tests core/nn/loss_extra.c: smooth_l1, huber, kl_div, cross_entropy's
+ * weight, label smoothing, ignore_index and spatial dims, nll weights and pos_weight. Expected values come from PyTorch 2.15
+ * (float64, cpu); the Python that printed them is next to each block. */
+#include "nn_extra_helpers.h"
+
+/* ------------------------------------------------------------------ losses */
+
+/* inp = torch.linspace(-2, 2, 6); tgt = torch.linspace(1, -1, 6) (float64)
+ * F.smooth_l1_loss(inp, tgt, beta=0.5), F.huber_loss(inp, tgt, delta=0.7),
+ * F.huber_loss(inp, tgt, reduction='sum', delta=2) */
+static void smooth_l1_and_huber_match_pytorch(void **state)
+{
+    (void)state;
+    double a[6], b[6];
+    for (int i = 0; i < 6; i++)
+        a[i] = -2 + 0.8 * i, b[i] = 1 - 0.4 * i;
+    nb_tensor *x = tf64(NB_SHAPE(6), a, false), *t = tf64(NB_SHAPE(6), b, false);
+    nb_tensor *l1 = nb_smooth_l1_loss(x, t, NB_REDUCTION_MEAN, 0.5);
+    nb_tensor *l2 = nb_huber_loss(x, t, NB_REDUCTION_MEAN, 0.7);
+    nb_tensor *l3 = nb_huber_loss(x, t, NB_REDUCTION_SUM, 2);
+    expect_values(l1, ARR(1.5499999999999998), 1, 1e-12);
+    expect_values(l2, ARR(1.0166666666666664), 1, 1e-12);
+    expect_values(l3, ARR(11.599999999999998), 1, 1e-12);
+    nb_release(l1);
+    nb_release(l2);
+    nb_release(l3);
+    nb_release(t);
+    nb_release(x);
+}
+
+/* lp = F.log_softmax(torch.linspace(-1, 1, 6).reshape(2, 3), 1)
+ * tp = F.softmax(torch.linspace(1, 0, 6).reshape(2, 3), 1); tp0 = tp with tp0[0, 1] = 0
+ * F.kl_div(lp, tp0, reduction='batchmean'), F.kl_div(lp, tp.log(), 'sum', log_target=True),
+ * F.kl_div(lp, tp0, reduction='mean') */
+static void kl_div_matches_pytorch(void **state)
+{
+    (void)state;
+    double a[6], b[6];
+    for (int i = 0; i < 6; i++)
+        a[i] = -1 + 0.4 * i, b[i] = 1 - 0.2 * i;
+    nb_tensor *xa = tf64(NB_SHAPE(2, 3), a, false), *xb = tf64(NB_SHAPE(2, 3), b, false);
+    nb_tensor *lp = nb_log_softmax(xa, 1), *tp = nb_softmax(xb, 1);
+    double tv[6];
+    assert_int_equal(nb_tensor_copy_to_host(tp, tv, sizeof tv), NB_OK);
+    tv[1] = 0;
+    nb_tensor *tp0 = tf64(NB_SHAPE(2, 3), tv, false);
+    nb_tensor *ltp = nb_log(tp);
+    nb_tensor *k1 = nb_kl_div(lp, tp0, NB_REDUCTION_BATCHMEAN, false);
+    nb_tensor *k2 = nb_kl_div(lp, ltp, NB_REDUCTION_SUM, true);
+    nb_tensor *k3 = nb_kl_div(lp, tp0, NB_REDUCTION_MEAN, false);
+    expect_values(k1, ARR(0.11234872459915504), 1, 1e-12);
+    expect_values(k2, ARR(0.23764065743532847), 1, 1e-12);
+    expect_values(k3, ARR(0.03744957486638501), 1, 1e-12);
+    assert_null(nb_mse_loss(lp, tp, NB_REDUCTION_BATCHMEAN));
+    nb_clear_error();
+    nb_release(k1);
+    nb_release(k2);
+    nb_release(k3);
+    nb_release(ltp);
+    nb_release(tp0);
+    nb_release(tp);
+    nb_release(lp);
+    nb_release(xb);
+    nb_release(xa);
+}
+
+/* x = torch.linspace(-2, 3, 12, dtype=torch.float64).reshape(2, 3, 2).cos().requires_grad_()
+ * t = torch.tensor([[0, 2], [1, -100]]); w = torch.tensor([1., 2., 0.5])
+ * l = F.cross_entropy(x, t, weight=w, label_smoothing=0.2); g, = torch.autograd.grad(l, x) */
+static void cross_entropy_takes_weight_smoothing_ignore_and_spatial_dims(void **state)
+{
+    (void)state;
+    double a[12];
+    for (int i = 0; i < 12; i++)
+        a[i] = cos(-2 + 5.0 * i / 11);
+    nb_tensor *x = tf64(NB_SHAPE(2, 3, 2), a, true);
+    nb_tensor *t = ti64(NB_SHAPE(2, 2), (int64_t[]){0, 2, 1, -100});
+    nb_tensor *w = tf64(NB_SHAPE(3), ARR(1, 2, 0.5), false);
+    nb_tensor *l = nb_cross_entropy_ex(x, t, (nb_class_loss_opts){.weight = w,
+                                                                  .label_smoothing = 0.2});
+    expect_values(l, ARR(1.3966933332568914), 1, 1e-12);
+    nb_tensor *g = grad_of_sum(l, x);
+    expect_values(g, ARR(-0.2080402388, 0.0125144317, 0.0571180803, 0.030682387, 0.1509221585,
+                         -0.0431968187, 0.2982485586, 0.0, -0.354440277, 0.0, 0.0561917185, 0.0),
+                  12, 1e-9);
+    nb_release(g);
+    nb_release(l);
+    nb_release(w);
+    nb_release(t);
+    nb_release(x);
+}
+
+/* x2 = torch.linspace(-1, 2, 12, dtype=torch.float64).reshape(4, 3); t2 = [0, 2, 1, 1]
+ * F.cross_entropy(x2, t2, ignore_index=1) (mean and 'none'); all targets ignored -> nan;
+ * F.cross_entropy(x2, t2, label_smoothing=0.1); F.nll_loss(F.log_softmax(x2, 1), t2, weight=w) */
+static void ignore_index_and_nll_weight_match_pytorch(void **state)
+{
+    (void)state;
+    double a[12];
+    for (int i = 0; i < 12; i++)
+        a[i] = -1 + 3.0 * i / 11;
+    nb_tensor *x = tf64(NB_SHAPE(4, 3), a, false);
+    nb_tensor *t = ti64(NB_SHAPE(4), (int64_t[]){0, 2, 1, 1});
+    nb_class_loss_opts ig = {.ignore_index = 1, .ignore_index_set = true};
+    nb_tensor *l = nb_cross_entropy_ex(x, t, ig);
+    expect_values(l, ARR(1.1232536296842215), 1, 1e-12);
+    ig.reduction = NB_REDUCTION_NONE;
+    nb_tensor *ln = nb_cross_entropy_ex(x, t, ig);
+    expect_values(ln, ARR(1.3959809024114942, 0.8505263569569488, 0, 0), 4, 1e-12);
+    ig.reduction = NB_REDUCTION_MEAN;
+    nb_tensor *all = ti64(NB_SHAPE(4), (int64_t[]){1, 1, 1, 1});
+    nb_tensor *nan = nb_cross_entropy_ex(x, all, ig);
+    double v = 0;
+    assert_int_equal(nb_item(nan, &v), NB_OK);
+    assert_true(isnan(v));
+    nb_tensor *ls = nb_cross_entropy_ex(x, t, (nb_class_loss_opts){.label_smoothing = 0.1});
+    expect_values(ls, ARR(1.1232536296842215), 1, 1e-12);
+    nb_tensor *w = tf64(NB_SHAPE(3), ARR(1, 2, 0.5), false);
+    nb_tensor *lp = nb_log_softmax(x, 1);
+    nb_tensor *nw = nb_nll_loss_ex(lp, t, (nb_class_loss_opts){.weight = w});
+    expect_values(nw, ARR(1.1480470181139737), 1, 1e-12);
+    /* a target out of range that is not ignored */
+    nb_tensor *bad = ti64(NB_SHAPE(4), (int64_t[]){0, 3, 1, 1});
+    assert_null(nb_cross_entropy_ex(x, bad, (nb_class_loss_opts){0}));
+    assert_int_equal(nb_last_status(), NB_INDEX_OUT_OF_RANGE);
+    nb_clear_error();
+    nb_release(bad);
+    nb_release(nw);
+    nb_release(lp);
+    nb_release(w);
+    nb_release(ls);
+    nb_release(nan);
+    nb_release(all);
+    nb_release(ln);
+    nb_release(l);
+    nb_release(t);
+    nb_release(x);
+}
+
+/* xb = torch.linspace(-2, 2, 6).reshape(2, 3); yb = [[1., 0, 1], [0, 1, 1]]; pw = [2., .5, 3.]
+ * F.binary_cross_entropy_with_logits(xb, yb, pos_weight=pw);
+ * (.., weight=torch.tensor([1., 2, 3]), pos_weight=pw, reduction='sum') */
+static void bce_with_logits_takes_pos_weight(void **state)
+{
+    (void)state;
+    double a[6];
+    for (int i = 0; i < 6; i++)
+        a[i] = -2 + 0.8 * i;
+    nb_tensor *x = tf64(NB_SHAPE(2, 3), a, true);
+    nb_tensor *y = tf64(NB_SHAPE(2, 3), ARR(1, 0, 1, 0, 1, 1), false);
+    nb_tensor *pw = tf64(NB_SHAPE(3), ARR(2, 0.5, 3), false);
+    nb_tensor *w = tf64(NB_SHAPE(3), ARR(1, 2, 3), false);
+    nb_tensor *l = nb_binary_cross_entropy_with_logits_ex(x, y, NULL, pw, NB_REDUCTION_MEAN);
+    nb_tensor *l2 = nb_binary_cross_entropy_with_logits_ex(x, y, w, pw, NB_REDUCTION_SUM);
+    expect_values(l, ARR(1.4469374609702867), 1, 1e-12);
+    expect_values(l2, ARR(15.316208047486317), 1, 1e-12);
+    /* without pos_weight it is the plain loss */
+    nb_tensor *l3 = nb_binary_cross_entropy_with_logits_ex(x, y, NULL, NULL, NB_REDUCTION_MEAN);
+    nb_tensor *l4 = nb_binary_cross_entropy_with_logits(x, y, NB_REDUCTION_MEAN);
+    double v3, v4;
+    assert_int_equal(nb_item(l3, &v3), NB_OK);
+    assert_int_equal(nb_item(l4, &v4), NB_OK);
+    assert_true(fabs(v3 - v4) < 1e-12);
+    nb_release(l4);
+    nb_release(l3);
+    nb_release(l2);
+    nb_release(l);
+    nb_release(w);
+    nb_release(pw);
+    nb_release(y);
+    nb_release(x);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        NB_TEST(smooth_l1_and_huber_match_pytorch),
+        NB_TEST(kl_div_matches_pytorch),
+        NB_TEST(cross_entropy_takes_weight_smoothing_ignore_and_spatial_dims),
+        NB_TEST(ignore_index_and_nll_weight_match_pytorch),
+        NB_TEST(bce_with_logits_takes_pos_weight),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    return nb_shutdown() == NB_OK ? rc : 1;
+}
