@@ -2,13 +2,16 @@
  * bandwidth by message size, and LeNet training steps with DDP (global batch 64 split over the
  * ranks) against the same steps in one process: images/s, bytes allreduced per step against the
  * parameter bytes, and the time backward waits for communication as a fraction of the step.
- *   mpirun -np 1 build/bin/nabla-dist-bench; mpirun -np 2 build/bin/nabla-dist-bench */
+ *   mpirun -np 1 build/bin/nabla-dist-bench; mpirun -np 2 build/bin/nabla-dist-bench
+ *   options after the step count: --bucket-mb X (DDP's bucket_mb), --grad-view
+ *   (gradient_as_bucket_view), --no-allreduce-table (LeNet figures only) */
 #include "lenet.h"
 #include "nabla.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 static double now_s(void)
@@ -16,6 +19,15 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* CPU seconds of this process (every thread: the communication thread too). */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
+           (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
 static int fail(const char *what)
@@ -52,12 +64,12 @@ static int bench_allreduce(nb_process_group *pg, int rank, int world)
     return 0;
 }
 
-static int bench_ddp(nb_process_group *pg, int rank, int world, int steps)
+static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, nb_ddp_opts dopts)
 {
     const int global = 64, per = global / world;
     nb_manual_seed(1);
     nb_module *net = lenet_new((nb_opts){0});
-    nb_ddp *d = world > 1 ? nb_ddp_new(net, pg, (nb_ddp_opts){0}) : NULL;
+    nb_ddp *d = world > 1 ? nb_ddp_new(net, pg, dopts) : NULL;
     nb_optim *o = nb_sgd_new_for(net, (nb_sgd_opts){.lr = 0.01, .momentum = 0.9});
     if (!net || !o || (world > 1 && !d))
         return fail("setting up LeNet");
@@ -66,11 +78,12 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps)
         param_bytes += (uint64_t)nb_tensor_numel(nb_module_parameter(net, k)) * 4;
     nb_tensor *x = nb_randn(NB_SHAPE(per, 1, 32, 32), (nb_opts){0});
     nb_tensor *y = nb_randint(0, 10, NB_SHAPE(per), (nb_opts){.dtype = NB_DTYPE_I64});
-    double waited = 0, t0 = 0;
+    double waited = 0, t0 = 0, c0 = 0;
     for (int s = -5; s < steps; s++) { /* 5 warm-up steps */
         if (s == 0) {
             nb_work_finish(nb_barrier(pg));
             t0 = now_s();
+            c0 = cpu_s();
             waited = 0;
         }
         nb_scope_begin();
@@ -84,14 +97,23 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps)
         waited += d ? nb_ddp_last_wait_s(d) : 0;
     }
     double dt = now_s() - t0;
+    /* CPU time summed over the ranks: unlike images/s it hardly depends on how many other
+     * processes share the cores, so it shows what the ranks cost even on a busy machine. */
+    double cpu = cpu_s() - c0;
+    nb_tensor *ct = nb_from_blob(&cpu, NB_SHAPE(1), (nb_opts){.dtype = NB_DTYPE_F64}, NULL, NULL);
+    if (!ct || nb_work_finish(nb_allreduce(pg, ct, NB_REDUCE_OP_SUM)) != NB_OK)
+        return fail("summing cpu time");
+    nb_release(ct);
     uint64_t reduced = d ? nb_ddp_bytes_reduced(d) : 0;
     if (rank == 0) {
         printf("\nLeNet training, global batch %d = %d ranks x %d, %d steps, 1 thread per rank\n",
                global, world, per, steps);
         printf("images_per_second %.1f\n", global * steps / dt);
         printf("step_ms %.3f\n", dt / steps * 1e3);
+        printf("cpu_us_per_image %.1f (all ranks, every thread)\n", cpu / global / steps * 1e6);
         if (d) {
-            printf("buckets %d\n", nb_ddp_bucket_count(d));
+            printf("buckets %d (bucket_mb %g%s)\n", nb_ddp_bucket_count(d), dopts.bucket_mb,
+                   dopts.gradient_as_bucket_view ? ", gradient_as_bucket_view" : "");
             printf("bytes_allreduced_per_step %.0f (parameter bytes %llu)\n",
                    (double)reduced / (steps + 5), (unsigned long long)param_bytes);
             printf("comm_wait_fraction %.3f\n", waited / dt);
@@ -110,8 +132,24 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps)
 int main(int argc, char **argv)
 {
     int steps = argc > 1 ? atoi(argv[1]) : 200;
+    nb_ddp_opts dopts = {0};
+    bool table = true;
+    for (int k = 2; k < argc && steps >= 1; k++) {
+        char *end = NULL;
+        if (strcmp(argv[k], "--bucket-mb") == 0 && k + 1 < argc)
+            dopts.bucket_mb = strtod(argv[++k], &end);
+        else if (strcmp(argv[k], "--grad-view") == 0)
+            dopts.gradient_as_bucket_view = true;
+        else if (strcmp(argv[k], "--no-allreduce-table") == 0)
+            table = false;
+        else
+            steps = 0;
+        if (end && (*end || dopts.bucket_mb < 0))
+            steps = 0;
+    }
     if (steps < 1) {
-        fprintf(stderr, "usage: nabla-dist-bench [steps]\n");
+        fprintf(stderr, "usage: nabla-dist-bench [steps [--bucket-mb X] [--grad-view] "
+                        "[--no-allreduce-table]]\n");
         return 2;
     }
     /* One thread per rank: the ranks are the parallelism being measured. */
@@ -121,9 +159,9 @@ int main(int argc, char **argv)
     if (!pg)
         return fail("process group");
     int rank = nb_process_group_rank(pg), world = nb_process_group_size(pg);
-    int rc = bench_allreduce(pg, rank, world);
+    int rc = table ? bench_allreduce(pg, rank, world) : 0;
     if (rc == 0)
-        rc = bench_ddp(pg, rank, world, steps);
+        rc = bench_ddp(pg, rank, world, steps, dopts);
     nb_process_group_free(pg);
     if (nb_shutdown() != NB_OK && rc == 0)
         rc = fail("shutdown");

@@ -1,21 +1,30 @@
 /* ddp.c - distributed data parallel as PyTorch's DDP does it: same model on every rank (checked,
- * then broadcast from rank 0), gradients packed into buckets in reverse registration order, each
- * bucket allreduced as soon as a post-accumulate-grad hook sees its last gradient, and the
- * averages copied back into .grad when the last parameter's gradient is in. */
+ * then broadcast from rank 0), gradients packed into buckets in reverse registration order (the
+ * first capped at 1 MiB so its allreduce starts early), each bucket allreduced as soon as a
+ * post-accumulate-grad hook sees its last gradient, and the averages copied back into .grad (or
+ * left there, with gradient_as_bucket_view) when the last parameter's gradient is in. */
 #include "nabla_layer.h"
 
 #include <string.h>
 #include <time.h>
 
+/* PyTorch's dist._DEFAULT_FIRST_BUCKET_BYTES and default bucket_cap_mb. */
+#define DDP_FIRST_BUCKET_MB 1.0
+#define DDP_BUCKET_MB 25.0
+
 typedef struct ddp_param {
     nb_ddp *ddp;
     nb_tensor *p;     /* retained */
+    nb_tensor *slot;  /* its place in the bucket, shaped like p (NULL when p is empty) */
     const char *name; /* the module's, valid while it lives */
+    int32_t index;    /* nb_module_parameter's index */
     int32_t bucket;
     int64_t offset;   /* in elements, within the bucket */
     int64_t numel;
     bool ready;       /* its gradient of this backward is in the bucket */
     bool hooked;      /* its hook is registered */
+    bool unreached;   /* find_unused_parameters: the last forward's graph does not reach it */
+    bool used;        /* got a gradient since the last reduction (no_sync steps included) */
 } ddp_param;
 
 typedef struct ddp_bucket {
@@ -37,6 +46,12 @@ struct nb_ddp {
     double last_wait_s;
     bool sync;             /* false between nb_ddp_set_sync(d, false) and (d, true): no_sync */
     bool buffer_sync;      /* broadcast buffers from rank 0 before every forward */
+    bool find_unused;      /* opts.find_unused_parameters */
+    bool grad_view;        /* opts.gradient_as_bucket_view */
+    bool traced;           /* the unreached flags describe the forward this backward follows */
+    int32_t *used;         /* find_unused: per parameter, 1 where used, MAX over ranks ... */
+    nb_tensor *used_map;   /* ... through this cpu tensor over the same memory */
+    nb_work *used_work;
     nb_tensor **buffers;   /* the module's state entries that are not parameters (borrowed) */
     int32_t n_buffers;
 };
@@ -128,12 +143,92 @@ static nb_status launch_ready(nb_ddp *d)
     return NB_OK;
 }
 
+/* Puts p's gradient into its bucket slot: nothing to do when .grad is the slot itself
+ * (gradient_as_bucket_view after the first step), zeros when it has none (a parameter this
+ * rank did not use: it adds nothing to the sum). With gradient_as_bucket_view, .grad then
+ * becomes the slot, so the average lands in it without a copy out. */
+static nb_status fill_slot(nb_ddp *d, ddp_param *p)
+{
+    nb_tensor *grad = nbi_grad_of(p->p);
+    if (!p->slot || grad == p->slot)
+        return NB_OK;
+    bool prev = nb_set_grad_enabled(false);
+    nb_status st = grad ? nb_tensor_copy_(p->slot, grad) : nb_fill_(p->slot, 0);
+    nb_set_grad_enabled(prev);
+    if (st == NB_OK && d->grad_view && grad)
+        st = nb_tensor_set_grad(p->p, p->slot);
+    return st;
+}
+
+static nb_status mark_ready(nb_ddp *d, ddp_param *p)
+{
+    nb_status st = fill_slot(d, p);
+    if (st != NB_OK)
+        return st;
+    p->ready = true;
+    d->n_ready++;
+    d->buckets[p->bucket].n_ready++;
+    return launch_ready(d);
+}
+
+/* find_unused_parameters, at the first gradient of a backward (as PyTorch's reducer): the
+ * ranks agree on which parameters anybody used (one small allreduce, issued before any bucket
+ * on every rank), and the parameters the forward's graph did not reach are ready now, with a
+ * zero contribution from this rank (or the gradient no_sync steps accumulated). */
+static nb_status start_unused(nb_ddp *d)
+{
+    if (!d->find_unused)
+        return NB_OK;
+    int32_t *used = d->used;
+    for (int32_t k = 0; k < d->n_params; k++) {
+        ddp_param *p = &d->params[k];
+        if (!d->traced)
+            p->unreached = false; /* forward ran outside nb_ddp_forward: assume all used */
+        used[k] = p->used || !p->unreached;
+    }
+    nbi_bump_version(d->used_map);
+    d->used_work = nb_allreduce(d->pg, d->used_map, NB_REDUCE_OP_MAX);
+    if (!d->used_work)
+        return nb_last_status();
+    nb_status st = NB_OK;
+    for (int32_t k = 0; st == NB_OK && k < d->n_params; k++)
+        if (d->params[k].unreached && !d->params[k].ready)
+            st = mark_ready(d, &d->params[k]);
+    return st;
+}
+
+/* The averaged bucket slot back into .grad. A parameter no rank used keeps its .grad as it was
+ * (PyTorch leaves it untouched); one that only other ranks used gets the average here too, so
+ * every rank steps the same parameters by the same amounts. */
+static nb_status copy_back(nb_ddp *d, ddp_param *p, const int32_t *used)
+{
+    nb_tensor *grad = nbi_grad_of(p->p);
+    if (!p->slot || grad == p->slot)
+        return NB_OK;
+    if (used && !used[p - d->params])
+        return NB_OK;
+    if (d->grad_view)
+        return nb_tensor_set_grad(p->p, p->slot);
+    if (!grad) {
+        nb_tensor *g = nb_clone(p->slot);
+        nb_status st = g ? nb_tensor_set_grad(p->p, g) : nb_last_status();
+        nb_release(g);
+        return st;
+    }
+    return nb_tensor_copy_(grad, p->slot);
+}
+
 /* Waits for every launched bucket and forgets this backward; on success copies the averaged
  * gradients into .grad. */
-static nb_status finish(nb_ddp *d, bool copy_back)
+static nb_status finish(nb_ddp *d, bool copy)
 {
     nb_status st = NB_OK;
     double t0 = now_s();
+    if (d->used_work) {
+        st = nb_work_wait(d->used_work);
+        nb_work_free(d->used_work);
+        d->used_work = NULL;
+    }
     for (int32_t k = 0; k < d->n_buckets; k++) {
         ddp_bucket *b = &d->buckets[k];
         if (b->work) {
@@ -145,24 +240,20 @@ static nb_status finish(nb_ddp *d, bool copy_back)
         }
     }
     d->last_wait_s = now_s() - t0;
+    const int32_t *used = d->find_unused ? d->used : NULL;
     bool prev = nb_set_grad_enabled(false);
     for (int32_t k = 0; k < d->n_params; k++) {
         ddp_param *p = &d->params[k];
-        if (st == NB_OK && copy_back && p->numel > 0) {
-            ddp_bucket *b = &d->buckets[p->bucket];
-            nb_tensor *slice = nb_narrow(b->flat, 0, p->offset, p->numel);
-            nb_tensor *view = slice ? nb_view(slice, nb_tensor_shape(p->p)) : NULL;
-            st = view ? nb_tensor_copy_(nbi_grad_of(p->p), view) : nb_last_status();
-            nb_release(view);
-            nb_release(slice);
-        }
-        p->ready = false;
+        if (st == NB_OK && copy)
+            st = copy_back(d, p, used);
+        p->ready = p->unreached = p->used = false;
     }
     nb_set_grad_enabled(prev);
     for (int32_t k = 0; k < d->n_buckets; k++)
         d->buckets[k].n_ready = 0;
     d->next_launch = 0;
     d->n_ready = 0;
+    d->traced = false;
     return st;
 }
 
@@ -171,49 +262,141 @@ static nb_status on_grad(nb_tensor *t, void *ctx)
 {
     ddp_param *p = ctx;
     nb_ddp *d = p->ddp;
+    (void)t;
+    p->used = true; /* no_sync steps count: their gradient is reduced at the next synced step */
     if (!d->sync)
         return NB_OK; /* gradients accumulate locally; the next synced backward reduces them */
     if (p->ready)
-        return nbi_error(NB_AUTOGRAD, "ddp: parameter '%s' received its gradient twice in one "
-                         "backward (a second backward before the first finished?)", p->name);
+        return nbi_error(NB_AUTOGRAD, "ddp: parameter '%s' received its gradient %s in one "
+                         "backward (a second backward before the first finished?)", p->name,
+                         p->unreached ? "although the forward did not use it" : "twice");
     nbi_api_depth++;
-    nb_status st = NB_OK;
-    if (p->numel > 0) {
-        ddp_bucket *b = &d->buckets[p->bucket];
-        bool prev = nb_set_grad_enabled(false);
-        nb_tensor *slice = nb_narrow(b->flat, 0, p->offset, p->numel);
-        nb_tensor *view = slice ? nb_view(slice, nb_tensor_shape(t)) : NULL;
-        st = view ? nb_tensor_copy_(view, nbi_grad_of(t)) : nb_last_status();
-        nb_release(view);
-        nb_release(slice);
-        nb_set_grad_enabled(prev);
-    }
-    if (st == NB_OK) {
-        p->ready = true;
-        d->buckets[p->bucket].n_ready++;
-        st = launch_ready(d);
-    }
-    if (st == NB_OK && ++d->n_ready == d->n_params)
+    nb_status st = d->n_ready == 0 ? start_unused(d) : NB_OK;
+    if (st == NB_OK)
+        st = mark_ready(d, p);
+    if (st == NB_OK && d->n_ready == d->n_params)
         st = finish(d, true);
     nbi_api_depth--;
     return st;
 }
 
-static nb_status build_buckets(nb_ddp *d, double bucket_mb)
+/* A tiny pointer set for the graph walk (open addressing, grows at half load). */
+typedef struct ptr_set {
+    const void **slots;
+    size_t cap, n;
+} ptr_set;
+
+static size_t ptr_hash(const void *p, size_t cap)
+{
+    return (size_t)(((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull) & (cap - 1);
+}
+
+/* true if p was added, false if already there; NB_OUT_OF_MEMORY in *st on failure. */
+static bool ptr_set_add(ptr_set *s, const void *p, nb_status *st)
+{
+    if (2 * (s->n + 1) > s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 64;
+        const void **slots = nbi_calloc(cap, sizeof *slots);
+        if (!slots) {
+            *st = nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory walking the graph");
+            return false;
+        }
+        for (size_t k = 0; k < s->cap; k++)
+            if (s->slots[k]) {
+                size_t h = ptr_hash(s->slots[k], cap);
+                while (slots[h])
+                    h = (h + 1) & (cap - 1);
+                slots[h] = s->slots[k];
+            }
+        nbi_free(s->slots);
+        s->slots = slots;
+        s->cap = cap;
+    }
+    size_t h = ptr_hash(p, s->cap);
+    while (s->slots[h]) {
+        if (s->slots[h] == p)
+            return false;
+        h = (h + 1) & (s->cap - 1);
+    }
+    s->slots[h] = p;
+    s->n++;
+    return true;
+}
+
+static bool ptr_set_has(const ptr_set *s, const void *p)
+{
+    if (!s->cap)
+        return false;
+    for (size_t h = ptr_hash(p, s->cap); s->slots[h]; h = (h + 1) & (s->cap - 1))
+        if (s->slots[h] == p)
+            return true;
+    return false;
+}
+
+/* PyTorch's prepare_for_backward with find_unused_parameters: walk the output's graph and flag
+ * the parameters whose AccumulateGrad node it does not reach. */
+static nb_status trace_unused(nb_ddp *d, const nb_tensor *out)
+{
+    ptr_set seen = {0}, leaves = {0};
+    const nb_grad_fn **stack = NULL;
+    size_t sp = 0, cap = 0;
+    nb_status st = NB_OK;
+    const nb_grad_fn *root = nb_tensor_grad_fn(out);
+    if (!root && nbi_requires_grad(out))
+        ptr_set_add(&leaves, out, &st); /* the output is a parameter itself */
+    if (root && ptr_set_add(&seen, root, &st)) {
+        if (!(stack = nbi_malloc(16 * sizeof *stack)))
+            st = nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory walking the graph");
+        else
+            stack[sp++] = root, cap = 16;
+    }
+    while (st == NB_OK && sp) {
+        const nb_grad_fn *x = stack[--sp];
+        const nb_tensor *leaf = nbi_grad_fn_leaf(x);
+        if (leaf)
+            ptr_set_add(&leaves, leaf, &st);
+        for (int32_t k = 0; st == NB_OK && k < nb_grad_fn_next_count(x); k++) {
+            const nb_grad_fn *y = nb_grad_fn_next(x, k);
+            if (!y || !ptr_set_add(&seen, y, &st))
+                continue;
+            if (sp == cap) {
+                const nb_grad_fn **g = nbi_realloc(stack, 2 * cap * sizeof *g);
+                if (!g) {
+                    st = nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory walking the graph");
+                    break;
+                }
+                stack = g;
+                cap *= 2;
+            }
+            stack[sp++] = y;
+        }
+    }
+    for (int32_t k = 0; st == NB_OK && k < d->n_params; k++)
+        d->params[k].unreached = !ptr_set_has(&leaves, d->params[k].p);
+    d->traced = st == NB_OK;
+    nbi_free(stack);
+    nbi_free(seen.slots);
+    nbi_free(leaves.slots);
+    return st;
+}
+
+/* Reverse registration order, split where the dtype or device changes and once a bucket holds
+ * its cap: the first (the last layers, whose gradients come first) first_mb, the others
+ * bucket_mb. PyTorch's compute_bucket_assignment_by_size closes a bucket the same way, after
+ * the parameter that reaches the cap. */
+static nb_status build_buckets(nb_ddp *d, double first_mb, double bucket_mb)
 {
     int32_t total = nb_module_parameter_count(d->module), n = 0;
     for (int32_t k = 0; k < total; k++)
         n += nbi_requires_grad(nb_module_parameter(d->module, k));
     d->params = nbi_calloc(n ? (size_t)n : 1, sizeof *d->params);
     d->buckets = nbi_calloc(n ? (size_t)n : 1, sizeof *d->buckets);
-    if (!d->params || !d->buckets)
-        return nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory");
-    double cap = bucket_mb * 1024.0 * 1024.0;
-    double filled = 0;
     int64_t *sizes = nbi_calloc(n ? (size_t)n : 1, sizeof *sizes);
-    if (!sizes)
+    if (!d->params || !d->buckets || !sizes) {
+        nbi_free(sizes);
         return nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory");
-    /* Reverse registration order: backward produces the last layers' gradients first. */
+    }
+    double filled = 0;
     for (int32_t k = total - 1; k >= 0; k--) {
         nb_tensor *t = nb_module_parameter(d->module, k);
         if (!nbi_requires_grad(t))
@@ -222,11 +405,12 @@ static nb_status build_buckets(nb_ddp *d, double bucket_mb)
         ddp_param *last = d->n_params ? p - 1 : NULL;
         bool same = last && nb_tensor_dtype(last->p) == nb_tensor_dtype(t) &&
                     nbi_same_device(last->p, t);
+        double cap = (d->n_buckets <= 1 ? first_mb : bucket_mb) * 1024.0 * 1024.0;
         if (!last || !same || filled >= cap) {
             d->n_buckets++;
             filled = 0;
         }
-        *p = (ddp_param){.ddp = d, .p = nb_retain(t), .bucket = d->n_buckets - 1,
+        *p = (ddp_param){.ddp = d, .p = nb_retain(t), .bucket = d->n_buckets - 1, .index = k,
                          .name = nb_module_parameter_name(d->module, k),
                          .numel = nb_tensor_numel(t)};
         p->offset = sizes[p->bucket];
@@ -236,6 +420,7 @@ static nb_status build_buckets(nb_ddp *d, double bucket_mb)
         d->n_params++;
     }
     nb_status st = NB_OK;
+    bool prev = nb_set_grad_enabled(false);
     for (int32_t b = 0; st == NB_OK && b < d->n_buckets; b++) {
         const nb_tensor *first = NULL;
         for (int32_t k = 0; k < d->n_params && !first; k++)
@@ -247,6 +432,25 @@ static nb_status build_buckets(nb_ddp *d, double bucket_mb)
         if (!d->buckets[b].flat)
             st = nb_last_status();
     }
+    for (int32_t k = 0; st == NB_OK && k < d->n_params; k++) {
+        ddp_param *p = &d->params[k];
+        if (p->numel == 0)
+            continue;
+        nb_tensor *slice = nb_narrow(d->buckets[p->bucket].flat, 0, p->offset, p->numel);
+        p->slot = slice ? nb_view(slice, nb_tensor_shape(p->p)) : NULL;
+        nb_release(slice);
+        if (!p->slot)
+            st = nb_last_status();
+    }
+    nb_set_grad_enabled(prev);
+    if (st == NB_OK && d->find_unused) {
+        if (!(d->used = nbi_calloc(n ? (size_t)n : 1, sizeof *d->used)))
+            st = nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory");
+        else if (!(d->used_map = nb_from_blob(d->used, NB_SHAPE(n),
+                                              (nb_opts){.dtype = NB_DTYPE_I32, .device = "cpu"},
+                                              NULL, NULL)))
+            st = nb_last_status();
+    }
     nbi_free(sizes);
     return st;
 }
@@ -255,15 +459,26 @@ static void ddp_free(nb_ddp *d)
 {
     if (!d)
         return;
-    for (int32_t k = 0; d->buckets && k < d->n_buckets; k++) {
+    nb_work_free(d->used_work);
+    for (int32_t k = 0; d->buckets && k < d->n_buckets; k++)
         nb_work_free(d->buckets[k].work);
-        nb_release(d->buckets[k].flat);
-    }
     for (int32_t k = 0; d->params && k < d->n_params; k++) {
-        if (d->params[k].hooked)
-            nb_tensor_remove_post_accumulate_grad_hook(d->params[k].p, on_grad, &d->params[k]);
-        nb_release(d->params[k].p);
+        ddp_param *p = &d->params[k];
+        if (p->hooked)
+            nb_tensor_remove_post_accumulate_grad_hook(p->p, on_grad, p);
+        /* gradient_as_bucket_view: .grad outlives the bucket as a tensor of its own. */
+        if (p->slot && nbi_grad_of(p->p) == p->slot) {
+            nb_tensor *g = nb_clone(p->slot);
+            nb_tensor_set_grad(p->p, g); /* NULL (out of memory) clears it */
+            nb_release(g);
+        }
+        nb_release(p->slot);
+        nb_release(p->p);
     }
+    for (int32_t k = 0; d->buckets && k < d->n_buckets; k++)
+        nb_release(d->buckets[k].flat);
+    nb_release(d->used_map);
+    nbi_free(d->used);
     nbi_free(d->params);
     nbi_free(d->buckets);
     nbi_free(d->buffers);
@@ -290,6 +505,8 @@ static nb_ddp *ddp_new(nb_module *m, nb_process_group *pg, nb_ddp_opts o)
     d->pg = pg;
     d->sync = true;
     d->buffer_sync = !o.no_buffer_sync;
+    d->find_unused = o.find_unused_parameters;
+    d->grad_view = o.gradient_as_bucket_view;
     nb_status st = check_models(d);
     int32_t n_state = nb_module_state_count(m), n_params = nb_module_parameter_count(m);
     if (st == NB_OK && !(d->buffers = nbi_calloc(n_state > 0 ? (size_t)n_state : 1,
@@ -305,8 +522,11 @@ static nb_ddp *ddp_new(nb_module *m, nb_process_group *pg, nb_ddp_opts o)
     }
     for (int32_t k = 0; st == NB_OK && !o.no_broadcast && k < nb_module_state_count(m); k++)
         st = nb_work_finish(nb_broadcast(pg, nb_module_state(m, k, NULL), 0));
+    /* As PyTorch 2.x: the small first bucket only at the default size; an explicit bucket_mb
+     * caps every bucket, the first too. */
     if (st == NB_OK)
-        st = build_buckets(d, o.bucket_mb > 0 ? o.bucket_mb : 25.0);
+        st = o.bucket_mb > 0 ? build_buckets(d, o.bucket_mb, o.bucket_mb)
+                             : build_buckets(d, DDP_FIRST_BUCKET_MB, DDP_BUCKET_MB);
     for (int32_t k = 0; st == NB_OK && k < d->n_params; k++) {
         st = nb_tensor_register_post_accumulate_grad_hook(d->params[k].p, on_grad,
                                                           &d->params[k]);
@@ -343,27 +563,40 @@ void nb_ddp_free(nb_ddp *d)
     nbi_api_depth--;
 }
 
+/* PyTorch's "Expected to have finished reduction in the prior iteration" error, with the
+ * parameters that got no gradient named (as its TORCH_DISTRIBUTED_DEBUG=DETAIL does). */
 static nb_status finish_impl(nb_ddp *d)
 {
     if (!d)
         return nbi_error(NB_NULL_ARGUMENT, "ddp_finish: ddp is NULL");
     if (d->n_ready == 0)
         return NB_OK;
-    const char *missing = "?";
-    for (int32_t k = 0; k < d->n_params; k++)
-        if (!d->params[k].ready) {
-            missing = d->params[k].name;
-            break;
-        }
-    char name[256];
-    snprintf(name, sizeof name, "%s", missing);
-    int32_t got = d->n_ready;
+    nbi_sbuf names = {0};
+    int32_t missing = 0;
+    for (int32_t k = d->n_params - 1; k >= 0; k--) /* registration order */
+        if (!d->params[k].ready && missing++ < 8)
+            nbi_sbuf_printf(&names, "%s'%s'", missing > 1 ? ", " : "", d->params[k].name);
+    if (missing > 8)
+        nbi_sbuf_printf(&names, " and %d more", missing - 8);
+    char list[512];
+    snprintf(list, sizeof list, "%s", names.p && !names.oom ? names.p : "?");
+    nbi_free(names.p);
+    int32_t rank = nb_process_group_rank(d->pg);
+    bool find_unused = d->find_unused;
     nb_status st = finish(d, false);
     if (st != NB_OK)
         return st;
-    return nbi_error(NB_AUTOGRAD, "ddp: the last backward produced gradients for %d of %d "
-                     "parameters; '%s' got none (every parameter must take part in the loss)",
-                     got, d->n_params, name);
+    if (find_unused)
+        return nbi_error(NB_AUTOGRAD, "ddp: expected to have finished reduction in the prior "
+                         "iteration before starting a new one: on rank %d, %d parameter%s the "
+                         "forward output's graph reaches got no gradient: %s (does every "
+                         "output of the forward take part in the loss?)", rank, missing,
+                         missing == 1 ? "" : "s", list);
+    return nbi_error(NB_AUTOGRAD, "ddp: expected to have finished reduction in the prior "
+                     "iteration before starting a new one: the module has parameters that were "
+                     "not used in producing the loss; parameters which did not receive grad "
+                     "for rank %d: %s. Set find_unused_parameters = true in nb_ddp_opts, and "
+                     "make sure every output of the forward takes part in the loss", rank, list);
 }
 
 nb_status nb_ddp_finish(nb_ddp *d) { return NBI_API_CALL(finish_impl(d)); }
@@ -380,7 +613,17 @@ nb_tensor *nb_ddp_forward(nb_ddp *d, const nb_tensor *x)
     for (int32_t k = 0; d->buffer_sync && k < d->n_buffers; k++)
         if (nb_work_finish(nb_broadcast(d->pg, d->buffers[k], 0)) != NB_OK)
             return NULL;
-    return nb_module_forward(d->module, x);
+    nb_tensor *out = nb_module_forward(d->module, x);
+    if (out && d->find_unused && d->sync && nb_is_grad_enabled()) {
+        nbi_api_depth++;
+        nb_status st = trace_unused(d, out);
+        nbi_api_depth--;
+        if (st != NB_OK) {
+            nb_release(out);
+            return NULL;
+        }
+    }
+    return out;
 }
 
 nb_status nb_ddp_set_sync(nb_ddp *d, bool sync)
@@ -395,5 +638,32 @@ nb_status nb_ddp_set_sync(nb_ddp *d, bool sync)
 }
 
 int32_t nb_ddp_bucket_count(const nb_ddp *d) { return d ? d->n_buckets : -1; }
+
+static int32_t bucket_params_impl(const nb_ddp *d, int32_t bucket, int32_t *idx, int32_t cap)
+{
+    if (!d || (!idx && cap > 0)) {
+        nbi_error(NB_NULL_ARGUMENT, "ddp_bucket_params: %s is NULL", d ? "idx" : "ddp");
+        return -1;
+    }
+    if (bucket < 0 || bucket >= d->n_buckets || cap < 0) {
+        nbi_error(NB_INVALID_ARGUMENT, "ddp_bucket_params: bucket %d, cap %d (expected a bucket "
+                  "in [0, %d) and cap >= 0)", bucket, cap, d->n_buckets);
+        return -1;
+    }
+    int32_t n = 0;
+    for (int32_t k = 0; k < d->n_params; k++)
+        if (d->params[k].bucket == bucket) {
+            if (n < cap)
+                idx[n] = d->params[k].index;
+            n++;
+        }
+    return n;
+}
+
+int32_t nb_ddp_bucket_params(const nb_ddp *d, int32_t bucket, int32_t *idx, int32_t cap)
+{
+    return NBI_API_CALL(bucket_params_impl(d, bucket, idx, cap));
+}
+
 uint64_t nb_ddp_bytes_reduced(const nb_ddp *d) { return d ? d->bytes_reduced : 0; }
 double nb_ddp_last_wait_s(const nb_ddp *d) { return d ? d->last_wait_s : 0; }

@@ -817,15 +817,27 @@ nb_status nb_tensor_remove_post_accumulate_grad_hook(nb_tensor *t,
 
 /* Distributed data parallel (PyTorch's DistributedDataParallel): construction broadcasts the
  * module's parameters and buffers from rank 0 (after checking that every rank has the same
- * names, shapes and dtypes); gradients are packed into buckets of about bucket_mb MiB in
- * reverse registration order, and a bucket is allreduced as soon as backward has produced
- * all of its gradients, overlapping the rest of backward. When the last bucket is in, the
- * gradients are averaged into .grad, so nb_optim_step follows nb_backward as usual. */
+ * names, shapes and dtypes); gradients are packed into buckets in reverse registration order,
+ * the first of 1 MiB (PyTorch's _DEFAULT_FIRST_BUCKET_BYTES: the last layers' gradients, which
+ * backward produces first, start their allreduce early) and the others of 25 MiB, or all of
+ * bucket_mb when it is given (as PyTorch 2.x). A bucket is allreduced as soon as backward has
+ * produced all of its gradients, overlapping the rest of backward. When the last bucket is in,
+ * the gradients are averaged into .grad, so nb_optim_step follows nb_backward as usual. */
 typedef struct nb_ddp nb_ddp;
 typedef struct nb_ddp_opts {
-    double bucket_mb;   /* 0 means 25 */
+    double bucket_mb;   /* 0: a first bucket of 1 MiB, then 25 MiB */
     bool no_broadcast;  /* skip the broadcast from rank 0 at construction */
     bool no_buffer_sync; /* do not broadcast buffers from rank 0 before every forward */
+    /* Parameters the graph of nb_ddp_forward's output does not reach are ready (adding zero,
+     * or what no_sync steps accumulated) when backward starts, so a model whose branches
+     * differ across ranks still reduces; one small extra allreduce per step tells every rank
+     * which parameters somebody used: those get the average in .grad on every rank, the others
+     * keep .grad as it was. Needs the forward through nb_ddp_forward. */
+    bool find_unused_parameters;
+    /* .grad becomes a view into its bucket after the first synced backward (until
+     * nb_ddp_free), so the average needs no copy out; with zero_grad setting .grad to NULL,
+     * each backward still copies its fresh gradient in once. */
+    bool gradient_as_bucket_view;
 } nb_ddp_opts;
 /* m and pg are borrowed and must outlive the nb_ddp. */
 nb_ddp *nb_ddp_new(nb_module *m, nb_process_group *pg, nb_ddp_opts opts);
@@ -833,13 +845,17 @@ void nb_ddp_free(nb_ddp *d); /* removes its hooks; NULL is a no-op */
 /* The module's forward, after broadcasting its buffers from rank 0 (unless no_buffer_sync). */
 nb_tensor *nb_ddp_forward(nb_ddp *d, const nb_tensor *x);
 /* Waits for outstanding buckets of a backward that did not reach every parameter, and fails
- * naming the first parameter that got no gradient (PyTorch's unused-parameter error). NB_OK
- * when the last backward finished normally. */
+ * naming the parameters that got no gradient (PyTorch's unused-parameter error, which points
+ * to find_unused_parameters). NB_OK when the last backward finished normally. */
 nb_status nb_ddp_finish(nb_ddp *d);
 /* PyTorch's no_sync: with sync false, backward only accumulates local gradients into .grad; the
  * next backward with sync true reduces the accumulated sum. Not while a backward is half done. */
 nb_status nb_ddp_set_sync(nb_ddp *d, bool sync);
 int32_t nb_ddp_bucket_count(const nb_ddp *d);
+/* The bucket layout, read-only: bucket b (0 is reduced first) holds the parameters whose
+ * nb_module_parameter indices are written into idx (at most cap of them), in bucket order.
+ * Returns how many it holds, or -1 (and an error) for a bucket out of range. */
+int32_t nb_ddp_bucket_params(const nb_ddp *d, int32_t bucket, int32_t *idx, int32_t cap);
 /* Bytes allreduced since construction (gradients only), for benchmarks. */
 uint64_t nb_ddp_bytes_reduced(const nb_ddp *d);
 /* Seconds the last backward spent waiting for communication after its final gradient. */

@@ -16,6 +16,11 @@ bool nbi_same_device(const nb_tensor *a, const nb_tensor *b)
     return a->storage->device == b->storage->device;
 }
 
+const nb_tensor *nbi_grad_fn_leaf(const nb_grad_fn *fn)
+{
+    return fn ? ((const nbi_node *)fn)->leaf : NULL;
+}
+
 nbi_tensor_memory nbi_tensor_memory_of(const nb_tensor *t)
 {
     const nbi_device *dev = t->storage->device;

@@ -165,6 +165,9 @@ const int64_t *nbi_dims(const nb_tensor *t);           /* t's shape, valid while
 bool nbi_requires_grad(const nb_tensor *t);            /* the flag as it stands */
 nb_tensor *nbi_grad_of(const nb_tensor *t);            /* borrowed .grad, or NULL */
 bool nbi_same_device(const nb_tensor *a, const nb_tensor *b);
+/* The leaf of an AccumulateGrad node (PyTorch's grad_fn.variable), borrowed; NULL for any other
+ * node. DDP's find_unused_parameters walks the graph with it (core/dist/ddp.c). */
+const nb_tensor *nbi_grad_fn_leaf(const nb_grad_fn *fn);
 
 /* What a collective backend needs to reach t's memory (core/dist/): the device plugin's type
  * ("cpu", "cuda"), the device's index in it, the plugin's buffer handle and t's byte offset. */

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "nabla_collective.h"
 
+#include <errno.h>
 #include <mpi.h>
 #include <pthread.h>
 #include <sched.h>
@@ -33,6 +34,7 @@ typedef struct job {
     nb_collective_args args;
     struct job *next;
     bool done;
+    bool abandoned; /* the caller gave up waiting (MPI_Init past the timeout): the thread frees it */
     nb_status status;
     char msg[768];
 } job;
@@ -42,6 +44,7 @@ static pthread_cond_t work_cv = PTHREAD_COND_INITIALIZER, done_cv = PTHREAD_COND
 static job *head, *tail;
 static pthread_t thread;
 static bool thread_running, initialized, finalized;
+static bool init_stuck; /* MPI_Init outlived its timeout: MPI may never become usable here */
 static atomic_bool exiting; /* the process is in exit(): pending collectives give up */
 static bool any_broken;
 static char version[128] = "MPI";
@@ -311,6 +314,12 @@ static void *comm_thread(void *arg)
         }
         pthread_mutex_lock(&lock);
         j->done = true;
+        if (j->abandoned) { /* nobody waits for it any more; the late rank did arrive */
+            init_stuck = false;
+            free(j->c);
+            free(j);
+            continue;
+        }
         pthread_cond_broadcast(&done_cv);
     }
     return NULL;
@@ -337,6 +346,25 @@ static void await(job *j)
     pthread_mutex_unlock(&lock);
 }
 
+/* As await, for at most timeout_s; false (j abandoned to the thread) when it passed. */
+static bool await_for(job *j, double timeout_s)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until); /* done_cv runs on the default clock */
+    double end = (double)until.tv_sec + 1e-9 * (double)until.tv_nsec + timeout_s;
+    until.tv_sec = (time_t)end;
+    until.tv_nsec = (long)((end - (double)until.tv_sec) * 1e9);
+    pthread_mutex_lock(&lock);
+    int rc = 0;
+    while (!j->done && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&done_cv, &lock, &until);
+    bool done = j->done;
+    if (!done)
+        j->abandoned = init_stuck = true;
+    pthread_mutex_unlock(&lock);
+    return done;
+}
+
 /* At exit: MPI wants MPI_Finalize before the process ends, from the thread that owns MPI. The
  * thread itself is left waiting for work rather than joined: a thread that has run Open MPI
  * cannot exit cleanly under AddressSanitizer (its signal stack unmap fails), and exit() ends it
@@ -344,6 +372,11 @@ static void await(job *j)
 static void at_exit(void)
 {
     exiting = true;
+    pthread_mutex_lock(&lock);
+    bool stuck = init_stuck;
+    pthread_mutex_unlock(&lock);
+    if (stuck)
+        return; /* the thread is inside MPI_Init, and would never reach the finalize */
     job j = {.kind = JOB_FINALIZE};
     post(&j);
     await(&j);
@@ -356,6 +389,12 @@ static nb_status comm_new(const nb_collective_init *init, void **out, int32_t *r
         return host->error(NB_NULL_ARGUMENT, "mpi: comm_new got a NULL argument");
     if (finalized)
         return host->error(NB_STATE, "mpi: MPI was finalized; no new group in this process");
+    pthread_mutex_lock(&lock);
+    bool stuck = init_stuck;
+    pthread_mutex_unlock(&lock);
+    if (stuck)
+        return host->error(NB_STATE, "mpi: an earlier MPI_Init is still waiting for the other "
+                           "ranks; no new group until it finishes");
     comm *c = calloc(1, sizeof *c);
     job *j = calloc(1, sizeof *j);
     if (!c || !j) {
@@ -379,7 +418,17 @@ static nb_status comm_new(const nb_collective_init *init, void **out, int32_t *r
     j->kind = JOB_INIT;
     j->c = c;
     post(j);
-    await(j);
+    /* MPI_Init waits for every rank of the job (Open MPI's PMIx fence) and has no timeout of
+     * its own: a rank that never arrives would hang this one. Give up at the group's timeout
+     * and leave the thread inside MPI_Init; exit does not wait for it (at_exit). */
+    if (!await_for(j, c->timeout_s > 0 ? c->timeout_s : 600)) {
+        char who[64] = "";
+        if (init->rank >= 0)
+            snprintf(who, sizeof who, " on rank %d of %d", init->rank, init->world_size);
+        return host->error(NB_DEVICE_ERROR, "mpi: MPI_Init did not finish within %.1f s%s: a "
+                           "rank never started, or stalled before creating its process group "
+                           "(the group's timeout_s)", c->timeout_s, who);
+    }
     nb_status st = j->status;
     if (st == NB_OK && init->world_size >= 0 &&
         (init->world_size != c->world || init->rank != c->rank)) {

@@ -35,7 +35,7 @@ static nb_status sgd_step(nb_optim *o, nb_module *m, nb_tensor *loss)
     return st == NB_OK ? nb_optim_step(o) : st;
 }
 
-static void train_matches_single_process(double bucket_mb)
+static void train_matches_single_process(double bucket_mb, bool view)
 {
 #ifndef NB_HAVE_LENET
     skip();
@@ -44,10 +44,12 @@ static void train_matches_single_process(double bucket_mb)
     nb_module *m = lenet_new((nb_opts){0});
     nb_manual_seed(1234);
     nb_module *ref = lenet_new((nb_opts){0}); /* rank 0's initial weights, trained alone */
-    nb_ddp *d = nb_ddp_new(m, pg, (nb_ddp_opts){.bucket_mb = bucket_mb});
+    nb_ddp *d = nb_ddp_new(m, pg, (nb_ddp_opts){.bucket_mb = bucket_mb,
+                                                .gradient_as_bucket_view = view});
     assert_non_null(d);
-    /* 25 MiB holds LeNet whole; 50 KiB closes a bucket after fc1.weight: two allreduces, the
-     * first in flight while backward still computes conv2's and conv1's gradients. */
+    /* The default first bucket (1 MiB) holds LeNet's 325 KB whole; 50 KiB closes a bucket after
+     * fc1.weight: two allreduces, the first in flight while backward still computes conv2's
+     * and conv1's gradients. */
     assert_int_equal(nb_ddp_bucket_count(d), bucket_mb > 0 ? 2 : 1);
     assert_same_on_every_rank(m);
     nb_optim *o = nb_sgd_new_for(m, (nb_sgd_opts){.lr = 0.05, .momentum = 0.9});
@@ -95,13 +97,19 @@ static void train_matches_single_process(double bucket_mb)
 static void lenet_in_one_bucket_matches_single_process(void **state)
 {
     (void)state;
-    train_matches_single_process(0);
+    train_matches_single_process(0, false);
+}
+
+static void lenet_with_gradients_as_bucket_views_matches_single_process(void **state)
+{
+    (void)state;
+    train_matches_single_process(0.05, true);
 }
 
 static void lenet_in_many_buckets_matches_single_process(void **state)
 {
     (void)state;
-    train_matches_single_process(0.05); /* 50 KiB: fc1.weight alone, the rest in a few */
+    train_matches_single_process(0.05, false); /* 50 KiB: fc1.weight alone, the rest in a few */
 }
 
 static void different_models_fail_at_construction_naming_the_mismatch(void **state)
@@ -201,6 +209,117 @@ static void buffers_follow_rank_0_before_every_forward(void **state)
     }
 }
 
+/* A net with a branch: y = c(relu(a(x) + b(x))) where the rank uses b, c(relu(a(x))) where not. */
+typedef struct branch_net {
+    bool use_b;
+} branch_net;
+
+static nb_tensor *branch_forward(nb_module *self, const nb_tensor *x)
+{
+    const branch_net *bn = nb_module_user(self);
+    nb_tensor *h = nb_module_forward(nb_module_child(self, "a"), x);
+    if (bn->use_b) {
+        nb_tensor *hb = nb_module_forward(nb_module_child(self, "b"), x), *sum = nb_add(h, hb);
+        nb_release(hb);
+        nb_release(h);
+        h = sum;
+    }
+    nb_tensor *r = nb_relu(h), *y = nb_module_forward(nb_module_child(self, "c"), r);
+    nb_release(r);
+    nb_release(h);
+    return y;
+}
+
+static nb_module *branch_new(branch_net *bn)
+{
+    nb_manual_seed(7);
+    nb_module *m = nb_module_new("Branchy", branch_forward, bn);
+    nb_module_add(m, "a", nb_linear_new(4, 3, true, (nb_opts){0}));
+    nb_module_add(m, "b", nb_linear_new(4, 3, true, (nb_opts){0}));
+    nb_module_add(m, "c", nb_linear_new(3, 2, true, (nb_opts){0}));
+    return m;
+}
+
+static nb_tensor *rank_batch(int step, int r)
+{
+    nb_manual_seed(1000 + 16 * (uint64_t)step + (uint64_t)r);
+    return nb_randn(NB_SHAPE(3, 4), (nb_opts){0});
+}
+
+/* find_unused_parameters with b unused on some ranks: DDP's steps equal one process that sums
+ * every rank's loss / world (b's gradient is the average with zeros from the ranks that skip
+ * it), and the parameters stay bitwise identical on all ranks. When no rank uses b, its .grad
+ * stays NULL and its weights never move. */
+static void branch_unused_on_some_ranks(bool any_rank_uses_b, double bucket_mb, bool view)
+{
+    branch_net mine = {.use_b = any_rank_uses_b && rank != world - 1}, theirs = {0};
+    nb_module *m = branch_new(&mine), *ref = branch_new(&theirs);
+    nb_ddp *d = nb_ddp_new(m, pg, (nb_ddp_opts){.bucket_mb = bucket_mb,
+                                                .find_unused_parameters = true,
+                                                .gradient_as_bucket_view = view});
+    assert_non_null(d);
+    nb_optim *o = nb_sgd_new_for(m, (nb_sgd_opts){.lr = 0.1, .momentum = 0.9});
+    nb_optim *oref = nb_sgd_new_for(ref, (nb_sgd_opts){.lr = 0.1, .momentum = 0.9});
+    nb_tensor *b0 = nb_clone(nb_module_parameter(m, 2)); /* b.weight before training */
+    for (int step = 0; step < 4; step++) {
+        nb_tensor *x = rank_batch(step, rank);
+        nb_tensor *y = nb_ddp_forward(d, x), *l = nb_sum(y, NULL, 0, false);
+        assert_non_null(l);
+        NB_ASSERT_OK(sgd_step(o, m, l));
+        NB_ASSERT_OK(nb_ddp_finish(d));
+        assert_same_on_every_rank(m);
+        NB_ASSERT_OK(nb_optim_zero_grad(oref));
+        for (int r = 0; r < world; r++) {
+            theirs.use_b = any_rank_uses_b && r != world - 1;
+            nb_tensor *xr = rank_batch(step, r), *yr = nb_module_forward(ref, xr);
+            nb_tensor *sr = nb_sum(yr, NULL, 0, false), *lr = nb_mul_scalar(sr, 1.0 / world);
+            NB_ASSERT_OK(nb_backward(lr, NULL, (nb_backward_opts){0}));
+            nb_release(lr);
+            nb_release(sr);
+            nb_release(yr);
+            nb_release(xr);
+        }
+        NB_ASSERT_OK(nb_optim_step(oref));
+        for (int32_t k = 0; k < nb_module_parameter_count(m); k++)
+            if (!nb_allclose(nb_module_parameter(m, k), nb_module_parameter(ref, k), 1e-5, 1e-6))
+                fail_msg("rank %d, step %d: %s differs from one process", rank, step,
+                         nb_module_parameter_name(m, k));
+        nb_release(l);
+        nb_release(y);
+        nb_release(x);
+    }
+    nb_tensor *gb = nb_tensor_grad(nb_module_parameter(m, 2));
+    if (any_rank_uses_b) {
+        assert_non_null(gb); /* the average, on the rank that skipped b too */
+        assert_false(nb_equal(b0, nb_module_parameter(m, 2)));
+    } else {
+        assert_null(gb);
+        assert_true(nb_equal(b0, nb_module_parameter(m, 2)));
+    }
+    nb_release(gb);
+    nb_release(b0);
+    nb_optim_free(o);
+    nb_optim_free(oref);
+    nb_ddp_free(d);
+    nb_module_free(ref);
+    nb_module_free(m);
+}
+
+static void find_unused_parameters_with_a_branch_one_rank_skips(void **state)
+{
+    (void)state;
+    branch_unused_on_some_ranks(true, 0, false);    /* one bucket */
+    branch_unused_on_some_ranks(true, 1e-6, false); /* one per parameter: b's go out early */
+    branch_unused_on_some_ranks(true, 1e-6, true);
+}
+
+static void find_unused_parameters_with_a_branch_no_rank_uses(void **state)
+{
+    (void)state;
+    branch_unused_on_some_ranks(false, 0, false);
+    branch_unused_on_some_ranks(false, 1e-6, true);
+}
+
 int main(void)
 {
     pg = nb_process_group_new((nb_process_group_opts){.timeout_s = 120});
@@ -213,9 +332,12 @@ int main(void)
     const struct CMUnitTest tests[] = {
         NB_TEST(lenet_in_one_bucket_matches_single_process),
         NB_TEST(lenet_in_many_buckets_matches_single_process),
+        NB_TEST(lenet_with_gradients_as_bucket_views_matches_single_process),
         NB_TEST(different_models_fail_at_construction_naming_the_mismatch),
         NB_TEST(no_sync_accumulates_locally_then_reduces_the_sum),
         NB_TEST(buffers_follow_rank_0_before_every_forward),
+        NB_TEST(find_unused_parameters_with_a_branch_one_rank_skips),
+        NB_TEST(find_unused_parameters_with_a_branch_no_rank_uses),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     nb_process_group_free(pg);

@@ -1,6 +1,7 @@
 /* dist_fault.c - what the other ranks see when one fails (run under mpirun -np 2):
  *   stall: rank 1 never joins the collective; rank 0 must fail within its 2 s timeout and say so.
- *   exit:  rank 1 dies mid-training; the job must end instead of hanging. */
+ *   exit:  rank 1 dies mid-training; the job must end instead of hanging.
+ *   late:  rank 1 never creates its group; rank 0's MPI_Init must give up within 2 s. */
 #include "nabla.h"
 
 #include <stdio.h>
@@ -21,9 +22,31 @@ static double now_s(void)
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
-    if (strcmp(mode, "stall") != 0 && strcmp(mode, "exit") != 0) {
-        fprintf(stderr, "usage: dist_fault stall|exit\n");
+    if (strcmp(mode, "stall") != 0 && strcmp(mode, "exit") != 0 && strcmp(mode, "late") != 0) {
+        fprintf(stderr, "usage: dist_fault stall|exit|late\n");
         return 2;
+    }
+    if (strcmp(mode, "late") == 0) {
+        const char *r = getenv("OMPI_COMM_WORLD_RANK");
+        if (!r)
+            r = getenv("PMI_RANK");
+        int me = r ? atoi(r) : 0;
+        if (me == 1) {
+            sleep(30); /* killed by mpirun once rank 0 gives up */
+            return 0;
+        }
+        double t0 = now_s();
+        nb_process_group *pg = nb_process_group_new((nb_process_group_opts){.timeout_s = TIMEOUT_S});
+        double waited = now_s() - t0;
+        if (pg || waited < TIMEOUT_S * 0.9 || waited > TIMEOUT_S * 3 + 1) {
+            printf("rank %d: %s after %.1f s with a %.1f s timeout: %s\n", me,
+                   pg ? "joined a group without rank 1" : "failed", waited, TIMEOUT_S,
+                   pg ? "" : nb_last_error());
+            return 1;
+        }
+        printf("rank %d: failed as expected after %.1f s: %s\n", me, waited, nb_last_error());
+        fflush(stdout);
+        return 3;
     }
     nb_process_group *pg = nb_process_group_new((nb_process_group_opts){.timeout_s = TIMEOUT_S});
     if (!pg) {

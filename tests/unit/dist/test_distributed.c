@@ -500,7 +500,8 @@ static void ddp_reports_a_parameter_backward_never_reached(void **state)
     NB_ASSERT_ERROR_HAS("nb_ddp_finish");
     assert_int_equal(nb_ddp_set_sync(NULL, false), NB_NULL_ARGUMENT);
     assert_int_equal(nb_ddp_finish(d), NB_AUTOGRAD);
-    NB_ASSERT_ERROR_HAS("'b.");
+    NB_ASSERT_ERROR_HAS("did not receive grad for rank 0: 'b.weight', 'b.bias'");
+    NB_ASSERT_ERROR_HAS("find_unused_parameters");
     NB_ASSERT_OK(nb_ddp_finish(d)); /* reset: the next iteration starts clean */
     assert_null(nb_ddp_new(m, pg, (nb_ddp_opts){.bucket_mb = -1}));
     assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
@@ -509,6 +510,166 @@ static void ddp_reports_a_parameter_backward_never_reached(void **state)
     nb_release(x);
     nb_ddp_free(d);
     nb_module_free(m);
+}
+
+/* Bucket layout of a model of 2 MiB + 256 KiB + 1 MiB of weights: by default the first bucket
+ * closes once it holds 1 MiB (the last layer: bias, then weight), the rest share a 25 MiB one;
+ * an explicit bucket_mb caps the first bucket too (PyTorch 2.x), here in three buckets. */
+static void ddp_first_bucket_is_1_mib_at_the_default_size(void **state)
+{
+    (void)state;
+    nb_process_group *pg = pg1();
+    if (!pg)
+        skip();
+    nb_module *m = nb_module_new("Net", two_layer, NULL);
+    nb_module_add(m, "l1", nb_linear_new(1024, 512, true, (nb_opts){0}));
+    nb_module_add(m, "l2", nb_linear_new(256, 256, true, (nb_opts){0}));
+    nb_module_add(m, "l3", nb_linear_new(512, 512, true, (nb_opts){0}));
+    const struct {
+        double mb;
+        int32_t n;
+        int32_t sizes[3], idx[6];
+    } cases[] = {
+        {0, 2, {2, 4}, {5, 4, 3, 2, 1, 0}},
+        {25, 1, {6}, {5, 4, 3, 2, 1, 0}},
+        {0.25, 3, {2, 2, 2}, {5, 4, 3, 2, 1, 0}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        nb_ddp *d = nb_ddp_new(m, pg, (nb_ddp_opts){.bucket_mb = cases[c].mb});
+        assert_non_null(d);
+        assert_int_equal(nb_ddp_bucket_count(d), cases[c].n);
+        int32_t at = 0;
+        for (int32_t b = 0; b < cases[c].n; b++) {
+            int32_t idx[6] = {-1, -1, -1, -1, -1, -1};
+            assert_int_equal(nb_ddp_bucket_params(d, b, idx, 6), cases[c].sizes[b]);
+            assert_memory_equal(idx, &cases[c].idx[at], (size_t)cases[c].sizes[b] * sizeof *idx);
+            at += cases[c].sizes[b];
+        }
+        assert_int_equal(at, 6);
+        /* cap 1 reports the count and writes one index only. */
+        int32_t one[2] = {-1, -1};
+        assert_int_equal(nb_ddp_bucket_params(d, 0, one, 1), cases[c].sizes[0]);
+        assert_int_equal(one[0], 5);
+        assert_int_equal(one[1], -1);
+        assert_int_equal(nb_ddp_bucket_params(d, 0, NULL, 0), cases[c].sizes[0]);
+        assert_int_equal(nb_ddp_bucket_params(d, cases[c].n, one, 2), -1);
+        NB_ASSERT_ERROR_HAS("expected a bucket in [0, ");
+        assert_int_equal(nb_ddp_bucket_params(d, -1, one, 2), -1);
+        assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+        assert_int_equal(nb_ddp_bucket_params(d, 0, one, -1), -1);
+        assert_int_equal(nb_ddp_bucket_params(d, 0, NULL, 2), -1);
+        assert_int_equal(nb_last_status(), NB_NULL_ARGUMENT);
+        nb_ddp_free(d);
+    }
+    assert_int_equal(nb_ddp_bucket_params(NULL, 0, NULL, 0), -1);
+    assert_int_equal(nb_last_status(), NB_NULL_ARGUMENT);
+    nb_module_free(m);
+}
+
+static void assert_grads_close(nb_module *a, nb_module *b)
+{
+    for (int32_t k = 0; k < nb_module_parameter_count(a); k++) {
+        nb_tensor *g0 = nb_tensor_grad(nb_module_parameter(a, k));
+        nb_tensor *g1 = nb_tensor_grad(nb_module_parameter(b, k));
+        assert_non_null(g0);
+        assert_non_null(g1);
+        assert_true(nb_allclose(g0, g1, 1e-6, 1e-6));
+        nb_release(g0);
+        nb_release(g1);
+    }
+}
+
+static bool grads_share_storage(nb_module *m, int32_t i, int32_t j)
+{
+    nb_tensor *a = nb_tensor_grad(nb_module_parameter(m, i));
+    nb_tensor *b = nb_tensor_grad(nb_module_parameter(m, j));
+    bool same = a && b && nb_tensor_shares_storage(a, b);
+    nb_release(a);
+    nb_release(b);
+    return same;
+}
+
+/* gradient_as_bucket_view: .grad of every parameter is a view of the one bucket (so two
+ * parameters' gradients share storage), right after a step whose .grad started as NULL and
+ * after a step that accumulates into the view itself; nb_ddp_free leaves tensors of their own. */
+static void ddp_gradients_as_bucket_views(void **state)
+{
+    (void)state;
+    nb_process_group *pg = pg1();
+    if (!pg)
+        skip();
+    for (int view = 0; view < 2; view++) {
+        nb_module *plain = net(two_layer), *m = net(two_layer);
+        nb_ddp *d = nb_ddp_new(m, pg, (nb_ddp_opts){.gradient_as_bucket_view = view});
+        assert_non_null(d);
+        nb_tensor *x = nb_randn(NB_SHAPE(3, 4), (nb_opts){0});
+        for (int step = 0; step < 3; step++) {
+            if (step < 2) { /* the third accumulates on top of the second */
+                NB_ASSERT_OK(nb_module_zero_grad(plain));
+                NB_ASSERT_OK(nb_module_zero_grad(m));
+            }
+            nb_tensor *y0 = nb_module_forward(plain, x), *y1 = nb_ddp_forward(d, x);
+            nb_tensor *l0 = nb_sum(y0, NULL, 0, false), *l1 = nb_sum(y1, NULL, 0, false);
+            NB_ASSERT_OK(nb_backward(l0, NULL, (nb_backward_opts){0}));
+            NB_ASSERT_OK(nb_backward(l1, NULL, (nb_backward_opts){0}));
+            NB_ASSERT_OK(nb_ddp_finish(d));
+            assert_grads_close(plain, m);
+            assert_int_equal(grads_share_storage(m, 0, 3), view);
+            nb_release(l0);
+            nb_release(l1);
+            nb_release(y0);
+            nb_release(y1);
+        }
+        nb_ddp_free(d);
+        assert_false(grads_share_storage(m, 0, 3));
+        assert_grads_close(plain, m);
+        nb_release(x);
+        nb_module_free(m);
+        nb_module_free(plain);
+    }
+}
+
+/* find_unused_parameters on a world of one: 'b' is never used, so it is ready when backward
+ * starts, nobody used it, and its .grad stays NULL; 'a' gets its plain gradient. */
+static void ddp_find_unused_parameters_skips_what_the_graph_does_not_reach(void **state)
+{
+    (void)state;
+    nb_process_group *pg = pg1();
+    if (!pg)
+        skip();
+    nb_module *plain = net(first_layer_only), *m = net(first_layer_only);
+    nb_ddp *d = nb_ddp_new(m, pg, (nb_ddp_opts){.find_unused_parameters = true, .bucket_mb = 1e-6});
+    assert_non_null(d);
+    nb_tensor *x = nb_randn(NB_SHAPE(3, 4), (nb_opts){0});
+    for (int step = 0; step < 2; step++) {
+        nb_tensor *y0 = nb_module_forward(plain, x), *y1 = nb_ddp_forward(d, x);
+        nb_tensor *l0 = nb_sum(y0, NULL, 0, false), *l1 = nb_sum(y1, NULL, 0, false);
+        NB_ASSERT_OK(nb_module_zero_grad(plain));
+        NB_ASSERT_OK(nb_module_zero_grad(m));
+        NB_ASSERT_OK(nb_backward(l0, NULL, (nb_backward_opts){0}));
+        NB_ASSERT_OK(nb_backward(l1, NULL, (nb_backward_opts){0}));
+        NB_ASSERT_OK(nb_ddp_finish(d));
+        for (int32_t k = 0; k < 4; k++) {
+            nb_tensor *g0 = nb_tensor_grad(nb_module_parameter(plain, k));
+            nb_tensor *g1 = nb_tensor_grad(nb_module_parameter(m, k));
+            if (k < 2)
+                assert_true(g0 && g1 && nb_allclose(g0, g1, 1e-6, 1e-6));
+            else
+                assert_true(!g0 && !g1); /* b.*: untouched */
+            nb_release(g0);
+            nb_release(g1);
+        }
+        nb_release(l0);
+        nb_release(l1);
+        nb_release(y0);
+        nb_release(y1);
+    }
+    /* All four buckets went out each step: b's with zeros. */
+    assert_int_equal(nb_ddp_bytes_reduced(d), 2 * 37 * 4);
+    nb_release(x);
+    nb_ddp_free(d);
+    nb_module_free(m);
+    nb_module_free(plain);
 }
 
 int main(void)
@@ -535,6 +696,9 @@ int main(void)
         NB_TEST(sampler_shards_and_reshuffles_the_same_way_on_every_rank),
         NB_TEST(ddp_of_one_rank_gives_plain_gradients),
         NB_TEST(ddp_reports_a_parameter_backward_never_reached),
+        NB_TEST(ddp_first_bucket_is_1_mib_at_the_default_size),
+        NB_TEST(ddp_gradients_as_bucket_views),
+        NB_TEST(ddp_find_unused_parameters_skips_what_the_graph_does_not_reach),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     nb_process_group_free(shared_pg);
