@@ -154,6 +154,7 @@ static void init_device(cl_device_id id, cl_device_type type)
     char ext[8192] = {0};
     clGetDeviceInfo(id, CL_DEVICE_EXTENSIONS, sizeof ext - 1, ext, NULL);
     d->has_fp64 = (fp64 != 0 || strstr(ext, "cl_khr_fp64") != NULL) && !fp64_switched_off();
+    d->has_fp16 = strstr(ext, "cl_khr_fp16") != NULL;
     clGetDeviceInfo(id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof d->compute_units,
                     &d->compute_units, NULL);
     if (d->compute_units == 0)
@@ -659,12 +660,13 @@ static const char *device_info(int32_t device)
     ocl_lock(d);
     snprintf(d->info, sizeof d->info,
              "platform: %s\ndevice: %s, %s, %u compute units\nOpenCL C: %s (programs built as "
-             "1.%d)\nfp64: %s\nGEMM: %s\nprogram cache: %s\nprograms: %d built from source, "
+             "1.%d)\nfp64: %s\nfloat16, bfloat16: 16-bit storage, float32 compute (cl_khr_fp16: "
+             "%s, not needed)\nGEMM: %s\nprogram cache: %s\nprograms: %d built from source, "
              "%d loaded from the cache",
              d->platform, d->version, d->is_gpu ? "GPU" : "not a GPU", d->compute_units,
              d->clc_version, d->cl_c_minor >= 12 ? 2 : 1,
              d->has_fp64 ? "yes" : fp64_switched_off() ? "off (NABLA_OPENCL_NO_FP64)" : "no",
-             ocl_gemm_name(), ocl_cache_dir(), d->progs_built, d->progs_loaded);
+             d->has_fp16 ? "yes" : "no", ocl_gemm_name(), ocl_cache_dir(), d->progs_built, d->progs_loaded);
     ocl_unlock(d);
     return d->info;
 }
