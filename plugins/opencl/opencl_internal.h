@@ -22,6 +22,14 @@
     X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
     X(max_pool2d_backward) X(im2col) X(col2im)
 
+/* The kernels that read and write 16-bit buffers through LD/STORE (common.cl); the others, built
+ * into the f16/bf16 programs as float, must never run on 16-bit buffers (ocl_kernel refuses). */
+#define OCL_HALF_KERNELS(X)                                                                \
+    X(fill) X(copy_from_f32) X(copy_from_f64) X(copy_from_i32) X(copy_from_i64)            \
+    X(copy_from_u8) X(copy_from_bool) X(copy_from_f16) X(copy_from_bf16) X(copy_bits)      \
+    X(unary) X(unary_scalar) X(binary) X(compare) X(compare_scalar) X(where) X(reduce)     \
+    X(reduce_partials) X(softmax_rows) X(softmax_backward_rows)
+
 typedef enum ocl_kid {
 #define OCL_KID_(name) OCL_K_##name,
     OCL_KERNELS(OCL_KID_)
@@ -97,7 +105,10 @@ extern const nb_host *ocl_host;
 ocl_dev *ocl_device(int device, const char *op);
 void ocl_lock(ocl_dev *d);
 void ocl_unlock(ocl_dev *d);
-/* The kernel for (dtype, kid), building the program on first use; NULL after an error. */
+/* Whether kid may run in a 16-bit program (OCL_HALF_KERNELS). */
+int ocl_half_kernel(ocl_kid kid);
+/* The kernel for (dtype, kid), building the program on first use; NULL after an error (a
+ * 16-bit dtype with a kernel outside OCL_HALF_KERNELS is one: NB_DTYPE_UNSUPPORTED). */
 cl_kernel ocl_kernel(ocl_dev *d, nb_dtype dtype, ocl_kid kid, const char *op, size_t *max_wg);
 /* Sets the arguments and enqueues a kernel; local may be NULL. */
 nb_status ocl_launch(ocl_dev *d, cl_kernel k, const char *op, int nargs, const ocl_arg *args,

@@ -144,6 +144,10 @@ nb_status ocl_run_elementwise(int device, const char *op, nb_dtype pdt, ocl_kid 
     ocl_dev *d = ocl_device(device, op);
     if (!d)
         return NB_DEVICE_OUT_OF_RANGE;
+    if (OCL_IS_HALF(pdt) && !ocl_half_kernel(kid)) {
+        ocl_kernel(d, pdt, kid, op, NULL); /* reports it */
+        return NB_DTYPE_UNSUPPORTED;
+    }
     size_t wg;
     cl_kernel k = ocl_kernel(d, pdt, kid, op, &wg);
     if (!k)

@@ -346,9 +346,33 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
     return p;
 }
 
+int ocl_half_kernel(ocl_kid kid)
+{
+#define OCL_HALF_CASE_(name) case OCL_K_##name:
+    switch (kid) {
+    OCL_HALF_KERNELS(OCL_HALF_CASE_)
+        return 1;
+    default:
+        return 0;
+    }
+#undef OCL_HALF_CASE_
+}
+
 cl_kernel ocl_kernel(ocl_dev *d, nb_dtype dt, ocl_kid kid, const char *op, size_t *max_wg)
 {
     cl_kernel k = NULL;
+    if ((unsigned)dt >= NB_DTYPE_COUNT) {
+        ocl_host->error(NB_INVALID_ARGUMENT, "opencl %s: dtype %d, expected 0..%d", op, (int)dt,
+                        NB_DTYPE_COUNT - 1);
+        return NULL;
+    }
+    /* a float kernel over 2-byte elements would reach past the buffer's end */
+    if (OCL_IS_HALF(dt) && !ocl_half_kernel(kid)) {
+        ocl_host->error(NB_DTYPE_UNSUPPORTED, "opencl %s: no %s kernel on opencl:%d (the %s "
+                        "kernels of this plugin are float32/float64 only)", op,
+                        dt == NB_DTYPE_F16 ? "float16" : "bfloat16", d->index, op);
+        return NULL;
+    }
     ocl_lock(d);
     if (!d->kern[dt][kid]) {
         cl_program p = build_program(d, dt, op);

@@ -371,9 +371,10 @@ void ops_without_16_bit_kernels_are_not_registered(void **state)
     (void)state;
     /* what the core may send (dispatch.c only launches registered (op, dtype) pairs) */
     static const char *const yes[] = {"copy", "fill", "add", "exp", "clamp", "lt", "eq_scalar",
-                                      "where", "sum", "argmin", "matmul"};
+                                      "where", "sum", "argmin", "matmul", "softmax",
+                                      "log_softmax_backward"};
     /* kernels still written for T only: the core reports "no bfloat16 kernel on opencl:0" */
-    static const char *const no[] = {"arange", "logical_and", "conv2d", "softmax",
+    static const char *const no[] = {"arange", "logical_and", "conv2d", "relu_backward",
                                      "random_normal", "gather", "sgd_step", "max_pool2d"};
     for (int ti = 0; ti < 2; ti++) {
         for (size_t k = 0; k < sizeof yes / sizeof yes[0]; k++)
@@ -389,8 +390,72 @@ void ops_without_16_bit_kernels_are_not_registered(void **state)
     tview f32 = view(h, 0, NB_DTYPE_F32, 1, (int64_t[]){8}, NULL);
     assert_int_equal(run("exp", NB_DTYPE_BF16, &f32, 1, &b16, NULL, NULL), NB_DTYPE_UNSUPPORTED);
     assert_non_null(strstr(last_error, "bf16"));
+    /* a float32 kernel's function called with 16-bit operands (one function serves every
+     * dtype of an op): refused, not run as float over 2-byte elements */
+    assert_int_equal(run("arange", NB_DTYPE_F32, &b16, 0, NULL, (double[8]){0, 1}, NULL),
+                     NB_DTYPE_UNSUPPORTED);
+    assert_non_null(strstr(last_error, "no bfloat16 kernel on opencl:0"));
+    tview two[2] = {b16, b16};
+    tview bo = view(h, 0, NB_DTYPE_BOOL, 1, (int64_t[]){8}, NULL);
+    assert_int_equal(run("logical_and", NB_DTYPE_F32, &bo, 2, two, NULL, NULL),
+                     NB_DTYPE_UNSUPPORTED);
+    assert_int_equal(run("relu_backward", NB_DTYPE_F32, &b16, 2, two, NULL, NULL),
+                     NB_DTYPE_UNSUPPORTED);
     /* a 16-bit view past its buffer's end */
     tview over = view(h, 30, NB_DTYPE_BF16, 1, (int64_t[]){8}, NULL);
     assert_int_equal(run("neg", NB_DTYPE_BF16, &over, 1, &b16, NULL, NULL), NB_INDEX_OUT_OF_RANGE);
     P->free(0, h);
+}
+
+void softmax_rows_compute_in_float(void **state)
+{
+    (void)state;
+    enum { R = 5, L = 300 };
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        uint16_t x[R * L], y[R * L], gr[R * L], dx[R * L];
+        fill_random(t, x, R * L, 11u + ti, 0);
+        fill_random(t, gr, R * L, 13u + ti, 0);
+        void *hx = buf_from(x, sizeof x), *hy = buf_new(sizeof y), *hg = buf_from(gr, sizeof gr),
+             *hd = buf_new(sizeof dx);
+        int64_t shape[2] = {R, L};
+        tview vx = view(hx, 0, t, 2, shape, NULL), vy = view(hy, 0, t, 2, shape, NULL);
+        tview vg = view(hg, 0, t, 2, shape, NULL), vd = view(hd, 0, t, 2, shape, NULL);
+        int64_t dim[8] = {1};
+        for (int take_log = 0; take_log < 2; take_log++) {
+            assert_int_equal(run(take_log ? "log_softmax" : "softmax", t, &vy, 1, &vx, NULL, dim),
+                             NB_OK);
+            buf_read(hy, y, sizeof y);
+            tview bin[2] = {vg, vy};
+            assert_int_equal(run(take_log ? "log_softmax_backward" : "softmax_backward", t, &vd,
+                                 2, bin, NULL, dim), NB_OK);
+            buf_read(hd, dx, sizeof dx);
+            for (int r = 0; r < R; r++) {
+                double m = -INFINITY, s = 0, gs = 0;
+                for (int k = 0; k < L; k++)
+                    m = fmax(m, widen(t, x[r * L + k]));
+                for (int k = 0; k < L; k++)
+                    s += exp(widen(t, x[r * L + k]) - m);
+                for (int k = 0; k < L; k++) { /* the backward takes the 16-bit y as given */
+                    double gv = widen(t, gr[r * L + k]), yv = widen(t, y[r * L + k]);
+                    gs += take_log ? gv : gv * yv;
+                }
+                for (int k = 0; k < L; k++) {
+                    double xv = widen(t, x[r * L + k]) - m, gv = widen(t, gr[r * L + k]);
+                    double yv = widen(t, y[r * L + k]);
+                    double want = take_log ? xv - log(s) : exp(xv) / s;
+                    double dwant = take_log ? gv - exp(yv) * gs : yv * (gv - gs);
+                    /* one rounding into 16 bits (and float's error, far below it) */
+                    double ulp = t == NB_DTYPE_F16 ? 0x1p-10 : 0x1p-7;
+                    expect_close("softmax", (size_t)(r * L + k), yv, want, 1e-6, ulp);
+                    expect_close("softmax_backward", (size_t)(r * L + k), widen(t, dx[r * L + k]),
+                                 dwant, 1e-5, ulp);
+                }
+            }
+        }
+        P->free(0, hx);
+        P->free(0, hy);
+        P->free(0, hg);
+        P->free(0, hd);
+    }
 }
