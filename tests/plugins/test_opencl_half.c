@@ -160,8 +160,8 @@ static void fill_random(nb_dtype t, uint16_t *h, int n, unsigned seed, int posit
     }
 }
 
-/* got must be round(want) exactly where the float op is correctly rounded, else within one
- * 16-bit ulp of it (the device's exp/log/tanh are not the host's) */
+/* got must be round(want) exactly where OpenCL requires the float op correctly rounded (+ - *,
+ * floor, ...), else within one 16-bit ulp of it (exp, sqrt, division: a few float ulp) */
 static void expect_16(const char *op, nb_dtype t, int k, uint16_t got, float want, int exact)
 {
     uint16_t w = narrow(t, want);
@@ -182,7 +182,7 @@ void elementwise_ops_compute_in_float_and_round_once(void **state)
         const char *op;
         int exact, positive;
         float (*f)(float);
-    } un[] = {{"neg", 1, 0, NULL},     {"abs", 1, 0, fabsf},    {"sqrt", 1, 1, sqrtf},
+    } un[] = {{"neg", 1, 0, NULL},     {"abs", 1, 0, fabsf},    {"sqrt", 0, 1, sqrtf},
               {"exp", 0, 0, expf},     {"log", 0, 1, logf},     {"tanh", 0, 0, tanhf},
               {"sin", 0, 0, sinf},     {"floor", 1, 0, floorf}, {"round", 1, 0, rintf}};
     static const char *const bin[] = {"add", "sub", "mul", "div", "maximum", "minimum"};
@@ -224,7 +224,8 @@ void elementwise_ops_compute_in_float_and_round_once(void **state)
                     case 4: y = (isnan(x) || isnan(z)) ? x + z : (x < z ? z : x); break;
                     default: y = (isnan(x) || isnan(z)) ? x + z : (x > z ? z : x); break;
                     }
-                    expect_16(bin[op], t, r * C + c, out[r * C + c], y, 1);
+                    /* OpenCL lets float division be 2.5 ulp off: one 16-bit ulp for div */
+                    expect_16(bin[op], t, r * C + c, out[r * C + c], y, op != 3);
                 }
         }
         /* a scalar op takes the scalar in float (PyTorch's opmath), not rounded to 16 bits */
