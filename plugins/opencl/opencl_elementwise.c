@@ -230,6 +230,12 @@ static nb_status run_compare_scalar(const nb_kernel_args *a, const char *op, int
     nb_dtype t = a->in[0].dtype;
     int is_float = OCL_IS_FLOAT(t);
     ocl_scalar s = ocl_scalar_of(t, a->f[0]); /* read by the float kernels only */
+    /* a 16-bit tensor compares with the scalar rounded to its dtype, as torch does
+     * (bf16 1.0 == 1.001 is true); arithmetic takes the scalar in float (opmath) */
+    if (t == NB_DTYPE_F16)
+        s.v.f = nb_f16_to_f32(nb_f64_to_f16(a->f[0]));
+    else if (t == NB_DTYPE_BF16)
+        s.v.f = nb_bf16_to_f32(nb_f64_to_bf16(a->f[0]));
     cl_long th = 0;
     cl_int konst = is_float ? -1 : int_threshold(code, a->f[0], &c, &th);
     ocl_arg extra[] = {OCL_ARG(c), SARG(s), OCL_ARG(th), OCL_ARG(konst)};

@@ -255,7 +255,21 @@ void elementwise_ops_compute_in_float_and_round_once(void **state)
         assert_int_equal(run("ge_scalar", t, &vc, 1, &va, gs, NULL), NB_OK);
         buf_read(hc, bo, sizeof bo);
         for (int k = 0; k < N; k++)
-            assert_int_equal(bo[k], widen(t, a[k]) >= 0.3f);
+            assert_int_equal(bo[k], widen(t, a[k]) >= widen(t, t == NB_DTYPE_F16 ?
+                                                             nb_f64_to_f16(0.3) :
+                                                             nb_f64_to_bf16(0.3)));
+        /* the scalar rounded to the tensor's dtype first, as torch does: bf16 1.0 == 1.001
+         * (1.001 rounds to 1.0 in bfloat16), f16 1.0 == 1.0002 */
+        double es[8] = {t == NB_DTYPE_F16 ? 1.0002 : 1.001};
+        uint16_t one = narrow(t, 1.0f);
+        void *h1;
+        tview v1 = vec(&one, t, 1, &h1), c1 = view(hc, 0, NB_DTYPE_BOOL, 1, (int64_t[]){1}, NULL);
+        assert_int_equal(run("eq_scalar", t, &c1, 1, &v1, es, NULL), NB_OK);
+        buf_read(hc, bo, 1);
+        assert_int_equal(bo[0], 1);
+        P->free(0, h1);
+        assert_int_equal(run("ge_scalar", t, &vc, 1, &va, gs, NULL), NB_OK);
+        buf_read(hc, bo, sizeof bo);
         tview w3[3] = {vc, va, pair[1]};
         assert_int_equal(run("where", t, &vo, 3, w3, NULL, NULL), NB_OK);
         buf_read(ho, out, sizeof out);
