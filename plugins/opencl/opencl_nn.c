@@ -33,7 +33,7 @@ static nb_status check_float_ew(const char *op, const nb_kernel_args *a, int n_r
 static nb_status k_relu_backward(const nb_kernel_args *a)
 {
     ocl_view v[4];
-    nb_status st = check_float_ew("relu_backward", a, 2, v, 0);
+    nb_status st = check_float_ew("relu_backward", a, 2, v, 1);
     if (st != NB_OK)
         return st;
     nbk_geom g;
@@ -157,7 +157,7 @@ static nb_status k_adam_step(const nb_kernel_args *a)
 
 
 const ocl_spec ocl_specs_nn[] = {
-    {"relu_backward", k_relu_backward, OCL_FLT},
+    {"relu_backward", k_relu_backward, OCL_FLT16},
     {"softmax", k_softmax, OCL_FLT16},
     {"log_softmax", k_log_softmax, OCL_FLT16},
     {"softmax_backward", k_softmax_backward, OCL_FLT16},

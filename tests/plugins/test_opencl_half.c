@@ -270,6 +270,12 @@ void elementwise_ops_compute_in_float_and_round_once(void **state)
         P->free(0, h1);
         assert_int_equal(run("ge_scalar", t, &vc, 1, &va, gs, NULL), NB_OK);
         buf_read(hc, bo, sizeof bo);
+        /* relu_backward: the gradient where x > 0 (x = a, gradient = pa), else 0 */
+        tview rb[2] = {vp, va};
+        assert_int_equal(run("relu_backward", t, &vo, 2, rb, NULL, NULL), NB_OK);
+        buf_read(ho, out, sizeof out);
+        for (int k = 0; k < N; k++)
+            assert_int_equal(out[k], widen(t, a[k]) > 0 ? pa[k] : 0);
         tview w3[3] = {vc, va, pair[1]};
         assert_int_equal(run("where", t, &vo, 3, w3, NULL, NULL), NB_OK);
         buf_read(ho, out, sizeof out);
@@ -387,9 +393,9 @@ void ops_without_16_bit_kernels_are_not_registered(void **state)
     /* what the core may send (dispatch.c only launches registered (op, dtype) pairs) */
     static const char *const yes[] = {"copy", "fill", "add", "exp", "clamp", "lt", "eq_scalar",
                                       "where", "sum", "argmin", "matmul", "softmax",
-                                      "log_softmax_backward"};
+                                      "log_softmax_backward", "relu_backward"};
     /* kernels still written for T only: the core reports "no bfloat16 kernel on opencl:0" */
-    static const char *const no[] = {"arange", "logical_and", "conv2d", "relu_backward",
+    static const char *const no[] = {"arange", "logical_and", "conv2d", "adam_step",
                                      "random_normal", "gather", "sgd_step", "max_pool2d"};
     for (int ti = 0; ti < 2; ti++) {
         for (size_t k = 0; k < sizeof yes / sizeof yes[0]; k++)
@@ -414,7 +420,8 @@ void ops_without_16_bit_kernels_are_not_registered(void **state)
     tview bo = view(h, 0, NB_DTYPE_BOOL, 1, (int64_t[]){8}, NULL);
     assert_int_equal(run("logical_and", NB_DTYPE_F32, &bo, 2, two, NULL, NULL),
                      NB_DTYPE_UNSUPPORTED);
-    assert_int_equal(run("relu_backward", NB_DTYPE_F32, &b16, 2, two, NULL, NULL),
+    tview f2[2] = {f32, f32};
+    assert_int_equal(run("sgd_step", NB_DTYPE_F32, &b16, 1, f2, (double[8]){0.1}, NULL),
                      NB_DTYPE_UNSUPPORTED);
     /* a 16-bit view past its buffer's end */
     tview over = view(h, 30, NB_DTYPE_BF16, 1, (int64_t[]){8}, NULL);

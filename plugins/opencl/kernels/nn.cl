@@ -1,13 +1,13 @@
 /* nn.cl - tier-2 fused kernels: relu_backward, softmax/log_softmax and their backwards (one
  * work-group per row), and the SGD and Adam parameter updates. Float dtypes only; the 16-bit
- * programs use the softmax rows (float compute, one rounding per output). */
+ * programs use relu_backward and the softmax rows (float compute, one rounding per output). */
 #if IS_FLOAT
 
-__kernel void relu_backward(__global T *out, __global const T *grad, __global const T *x,
+__kernel void relu_backward(__global ST *out, __global const ST *grad, __global const ST *x,
                             nbk_geom g)
 {
     NBK_ELEMENT(3);
-    out[o[0]] = x[o[2]] > 0 ? grad[o[1]] : (T)0;
+    STORE(out, o[0], LD(x, o[2]) > 0 ? LD(grad, o[1]) : (T)0);
 }
 
 /* max that propagates NaN */
