@@ -211,6 +211,72 @@ nb_status ocl_gemm(ocl_dev *d, const char *op, nb_dtype t, int trans_a, int tran
 
 /* ---- matmul ---- */
 
+/* Moves v (shape and strides of its operand) to or from a contiguous float32 copy in tmp, with
+ * the copy kernels of the destination's program: to_f32 widens exactly, the way back rounds
+ * once to nearest even. A broadcast batch (stride 0) stays one batch in the copy. */
+static nb_status half_move(int device, const char *op, const ocl_view *v, cl_mem tmp,
+                           int to_f32)
+{
+    const nb_operand *o = v->o;
+    int64_t shape[3], cst[3] = {0, 0, 0}, vst[3];
+    int64_t n = 1;
+    for (int k = 2; k >= 0; k--) {
+        shape[k] = (k == 0 && o->strides[0] == 0) ? 1 : o->shape[k];
+        vst[k] = o->strides[k];
+        cst[k] = n;
+        n *= shape[k];
+    }
+    nb_operand c = {NULL, 0, NB_DTYPE_F32, 3, shape, cst};
+    nb_operand w = *o;
+    w.shape = shape;
+    w.strides = vst;
+    ocl_view pair[2];
+    pair[to_f32 ? 0 : 1] = (ocl_view){tmp, 0, &c};
+    pair[to_f32 ? 1 : 0] = (ocl_view){v->mem, v->off, &w};
+    nbk_geom g;
+    ocl_geom_views(&g, 2, pair);
+    ocl_kid kid = !to_f32 ? OCL_K_copy_from_f32
+                  : o->dtype == NB_DTYPE_F16 ? OCL_K_copy_from_f16 : OCL_K_copy_from_bf16;
+    return ocl_run_elementwise(device, op, to_f32 ? NB_DTYPE_F32 : o->dtype, kid, 2, pair, &g, 0,
+                               NULL);
+}
+
+/* A 16-bit matmul: the operands widened into float32 temporaries, one float32 GEMM (CLBlast or
+ * the own kernel), the result rounded once into out. */
+static nb_status half_matmul(ocl_dev *d, const char *op, int device, const ocl_view *v,
+                             const nbk_mm *g, double alpha, double beta)
+{
+    size_t bytes[3];
+    int64_t rows[3] = {g->m, g->m, g->k}, cols[3] = {g->n, g->k, g->n};
+    for (int x = 0; x < 3; x++) {
+        /* the sizes are of existing tensors (checked against their buffers): no overflow */
+        int64_t b = g->st[x][0] == 0 ? 1 : v[x].o->shape[0];
+        bytes[x] = (size_t)(b * rows[x] * cols[x]) * 4;
+    }
+    ocl_lock(d); /* the temporaries stay ours until the queued kernels are done */
+    cl_mem t[3];
+    nb_status st = NB_OK;
+    for (int x = 0; x < 3 && st == NB_OK; x++)
+        st = ocl_tmp(d, op, x, bytes[x] ? bytes[x] : 4, &t[x]);
+    for (int x = beta != 0 ? 0 : 1; x < 3 && st == NB_OK; x++)
+        st = half_move(device, op, &v[x], t[x], 1);
+    if (st == NB_OK) {
+        nbk_mm f;
+        memset(&f, 0, sizeof f);
+        f.batch = g->batch, f.m = g->m, f.n = g->n, f.k = g->k;
+        for (int x = 0; x < 3; x++) {
+            f.st[x][0] = g->st[x][0] == 0 ? 0 : rows[x] * cols[x];
+            f.st[x][1] = cols[x];
+            f.st[x][2] = 1;
+        }
+        st = run_gemm(d, op, NB_DTYPE_F32, &f, t[0], t[1], t[2], alpha, beta);
+    }
+    if (st == NB_OK)
+        st = half_move(device, op, &v[0], t[0], 0);
+    ocl_unlock(d);
+    return st;
+}
+
 static nb_status k_matmul(const nb_kernel_args *a)
 {
     const char *op = "matmul";
@@ -218,9 +284,9 @@ static nb_status k_matmul(const nb_kernel_args *a)
     nb_status st = ocl_n_inputs(op, a, 2);
     if (st == NB_OK)
         st = ocl_check(op, "out", a->out, -1, &v[0]);
-    if (st == NB_OK && a->out->dtype != NB_DTYPE_F32 && a->out->dtype != NB_DTYPE_F64)
-        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl matmul: out is %s, expected f32 or f64",
-                 ocl_dt_name[a->out->dtype]);
+    if (st == NB_OK && !OCL_IS_FLOAT(a->out->dtype))
+        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl matmul: out is %s, expected f32, f64, f16 or "
+                 "bf16", ocl_dt_name[a->out->dtype]);
     if (st == NB_OK)
         st = ocl_check(op, "input 0", &a->in[0], (int)a->out->dtype, &v[1]);
     if (st == NB_OK)
@@ -255,11 +321,13 @@ static nb_status k_matmul(const nb_kernel_args *a)
     ocl_dev *d = ocl_device(a->device, op);
     if (!d)
         return NB_DEVICE_OUT_OF_RANGE;
+    if (OCL_IS_HALF(o->dtype))
+        return half_matmul(d, op, a->device, v, &g, a->f[0], a->f[1]);
     return run_gemm(d, op, o->dtype, &g, v[0].mem, v[1].mem, v[2].mem, a->f[0], a->f[1]);
 }
 
 const ocl_spec ocl_specs_blas[] = {
-    {"matmul", k_matmul, OCL_FLT},
+    {"matmul", k_matmul, OCL_FLT16},
 };
 const size_t ocl_n_specs_blas =
     sizeof ocl_specs_blas / sizeof ocl_specs_blas[0];

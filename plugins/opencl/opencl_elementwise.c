@@ -19,6 +19,10 @@ static nb_status k_fill(const nb_kernel_args *a)
     nbk_geom g;
     ocl_geom_views(&g, 1, v);
     ocl_scalar s = ocl_scalar_of(a->out->dtype, a->f[0]);
+    if (OCL_IS_HALF(a->out->dtype)) { /* the stored bits, rounded once from the double */
+        s.v.h = a->out->dtype == NB_DTYPE_F16 ? nb_f64_to_f16(a->f[0]) : nb_f64_to_bf16(a->f[0]);
+        s.size = 2;
+    }
     ocl_arg extra[] = {SARG(s)};
     return ocl_run_elementwise(a->device, "fill", a->out->dtype, OCL_K_fill, 1, v, &g, 1, extra);
 }
@@ -36,8 +40,13 @@ static nb_status k_copy(const nb_kernel_args *a)
     if (st != NB_OK)
         return st;
     static const ocl_kid from[NB_DTYPE_COUNT] = {
-        OCL_K_copy_from_f32, OCL_K_copy_from_f64, OCL_K_copy_from_i32,
-        OCL_K_copy_from_i64, OCL_K_copy_from_bool, OCL_K_copy_from_u8};
+        [NB_DTYPE_F32] = OCL_K_copy_from_f32,   [NB_DTYPE_F64] = OCL_K_copy_from_f64,
+        [NB_DTYPE_I32] = OCL_K_copy_from_i32,   [NB_DTYPE_I64] = OCL_K_copy_from_i64,
+        [NB_DTYPE_BOOL] = OCL_K_copy_from_bool, [NB_DTYPE_U8] = OCL_K_copy_from_u8,
+        [NB_DTYPE_F16] = OCL_K_copy_from_f16,   [NB_DTYPE_BF16] = OCL_K_copy_from_bf16};
+    ocl_kid kid = from[a->in[0].dtype];
+    if (OCL_IS_HALF(a->out->dtype) && a->in[0].dtype == a->out->dtype)
+        kid = OCL_K_copy_bits;
     if (a->in[0].dtype == NB_DTYPE_F64 && a->out->dtype != NB_DTYPE_F64) {
         ocl_dev *d = ocl_device(a->device, "copy");
         if (d && !d->has_fp64)
@@ -46,8 +55,7 @@ static nb_status k_copy(const nb_kernel_args *a)
     }
     nbk_geom g;
     ocl_geom_views(&g, 2, v);
-    return ocl_run_elementwise(a->device, "copy", a->out->dtype, from[a->in[0].dtype], 2, v, &g, 0,
-                               NULL);
+    return ocl_run_elementwise(a->device, "copy", a->out->dtype, kid, 2, v, &g, 0, NULL);
 }
 
 /* True when x is a whole number that int64 holds, into *out. */
@@ -144,7 +152,7 @@ static nb_status run_scalar(const nb_kernel_args *a, const char *op, int code)
                s2 = ocl_scalar_of(a->out->dtype, a->f[1]);
     /* integer clamp bounds rounded inward; a NaN bound leaves integers alone, as on the cpu */
     cl_long lo = nb_float_to_int64(ceil(a->f[0])), hi = nb_float_to_int64(floor(a->f[1]));
-    if (code == NBK_CLAMP && a->out->dtype != NB_DTYPE_F32 && a->out->dtype != NB_DTYPE_F64) {
+    if (code == NBK_CLAMP && !OCL_IS_FLOAT(a->out->dtype)) {
         if (isnan(a->f[0]))
             flags &= ~1;
         if (isnan(a->f[1]))
@@ -220,8 +228,14 @@ static nb_status run_compare_scalar(const nb_kernel_args *a, const char *op, int
     ocl_geom_views(&g, 2, v);
     cl_int c = code;
     nb_dtype t = a->in[0].dtype;
-    int is_float = t == NB_DTYPE_F32 || t == NB_DTYPE_F64;
+    int is_float = OCL_IS_FLOAT(t);
     ocl_scalar s = ocl_scalar_of(t, a->f[0]); /* read by the float kernels only */
+    /* a 16-bit tensor compares with the scalar rounded to its dtype, as torch does
+     * (bf16 1.0 == 1.001 is true); arithmetic takes the scalar in float (opmath) */
+    if (t == NB_DTYPE_F16)
+        s.v.f = nb_f16_to_f32(nb_f64_to_f16(a->f[0]));
+    else if (t == NB_DTYPE_BF16)
+        s.v.f = nb_bf16_to_f32(nb_f64_to_bf16(a->f[0]));
     cl_long th = 0;
     cl_int konst = is_float ? -1 : int_threshold(code, a->f[0], &c, &th);
     ocl_arg extra[] = {OCL_ARG(c), SARG(s), OCL_ARG(th), OCL_ARG(konst)};
@@ -355,56 +369,56 @@ static nb_status k_random_normal(const nb_kernel_args *a)
 
 
 const ocl_spec ocl_specs_elementwise[] = {
-    {"fill", k_fill, OCL_ALL},
-    {"copy", k_copy, OCL_ALL},
+    {"fill", k_fill, OCL_ALL16},
+    {"copy", k_copy, OCL_ALL16},
     {"arange", k_arange, OCL_ALL},
-    {"neg", k_neg, OCL_NUM},
-    {"abs", k_abs, OCL_NUM},
-    {"relu", k_relu, OCL_NUM},
-    {"sign", k_sign, OCL_NUM},
-    {"exp", k_exp, OCL_FLT},
-    {"log", k_log, OCL_FLT},
-    {"sqrt", k_sqrt, OCL_FLT},
-    {"rsqrt", k_rsqrt, OCL_FLT},
-    {"sin", k_sin, OCL_FLT},
-    {"cos", k_cos, OCL_FLT},
-    {"tanh", k_tanh, OCL_FLT},
-    {"sigmoid", k_sigmoid, OCL_FLT},
-    {"floor", k_floor, OCL_FLT},
-    {"ceil", k_ceil, OCL_FLT},
-    {"round", k_round, OCL_FLT},
+    {"neg", k_neg, OCL_NUM16},
+    {"abs", k_abs, OCL_NUM16},
+    {"relu", k_relu, OCL_NUM16},
+    {"sign", k_sign, OCL_NUM16},
+    {"exp", k_exp, OCL_FLT16},
+    {"log", k_log, OCL_FLT16},
+    {"sqrt", k_sqrt, OCL_FLT16},
+    {"rsqrt", k_rsqrt, OCL_FLT16},
+    {"sin", k_sin, OCL_FLT16},
+    {"cos", k_cos, OCL_FLT16},
+    {"tanh", k_tanh, OCL_FLT16},
+    {"sigmoid", k_sigmoid, OCL_FLT16},
+    {"floor", k_floor, OCL_FLT16},
+    {"ceil", k_ceil, OCL_FLT16},
+    {"round", k_round, OCL_FLT16},
     {"logical_not", k_logical_not, OCL_ALL},
-    {"add_scalar", k_add_scalar, OCL_NUM},
-    {"mul_scalar", k_mul_scalar, OCL_NUM},
-    {"rsub_scalar", k_rsub_scalar, OCL_NUM},
-    {"clamp", k_clamp, OCL_NUM},
-    {"div_scalar", k_div_scalar, OCL_FLT},
-    {"rdiv_scalar", k_rdiv_scalar, OCL_FLT},
-    {"pow_scalar", k_pow_scalar, OCL_FLT},
-    {"rpow_scalar", k_rpow_scalar, OCL_FLT},
-    {"eq_scalar", k_eq_scalar, OCL_ALL},
-    {"ne_scalar", k_ne_scalar, OCL_ALL},
-    {"lt_scalar", k_lt_scalar, OCL_ALL},
-    {"le_scalar", k_le_scalar, OCL_ALL},
-    {"gt_scalar", k_gt_scalar, OCL_ALL},
-    {"ge_scalar", k_ge_scalar, OCL_ALL},
-    {"add", k_add, OCL_NUM},
-    {"sub", k_sub, OCL_NUM},
-    {"mul", k_mul, OCL_NUM},
-    {"maximum", k_maximum, OCL_NUM},
-    {"minimum", k_minimum, OCL_NUM},
-    {"div", k_div, OCL_FLT},
-    {"pow", k_pow, OCL_FLT},
-    {"eq", k_eq, OCL_ALL},
-    {"ne", k_ne, OCL_ALL},
-    {"lt", k_lt, OCL_ALL},
-    {"le", k_le, OCL_ALL},
-    {"gt", k_gt, OCL_ALL},
-    {"ge", k_ge, OCL_ALL},
+    {"add_scalar", k_add_scalar, OCL_NUM16},
+    {"mul_scalar", k_mul_scalar, OCL_NUM16},
+    {"rsub_scalar", k_rsub_scalar, OCL_NUM16},
+    {"clamp", k_clamp, OCL_NUM16},
+    {"div_scalar", k_div_scalar, OCL_FLT16},
+    {"rdiv_scalar", k_rdiv_scalar, OCL_FLT16},
+    {"pow_scalar", k_pow_scalar, OCL_FLT16},
+    {"rpow_scalar", k_rpow_scalar, OCL_FLT16},
+    {"eq_scalar", k_eq_scalar, OCL_ALL16},
+    {"ne_scalar", k_ne_scalar, OCL_ALL16},
+    {"lt_scalar", k_lt_scalar, OCL_ALL16},
+    {"le_scalar", k_le_scalar, OCL_ALL16},
+    {"gt_scalar", k_gt_scalar, OCL_ALL16},
+    {"ge_scalar", k_ge_scalar, OCL_ALL16},
+    {"add", k_add, OCL_NUM16},
+    {"sub", k_sub, OCL_NUM16},
+    {"mul", k_mul, OCL_NUM16},
+    {"maximum", k_maximum, OCL_NUM16},
+    {"minimum", k_minimum, OCL_NUM16},
+    {"div", k_div, OCL_FLT16},
+    {"pow", k_pow, OCL_FLT16},
+    {"eq", k_eq, OCL_ALL16},
+    {"ne", k_ne, OCL_ALL16},
+    {"lt", k_lt, OCL_ALL16},
+    {"le", k_le, OCL_ALL16},
+    {"gt", k_gt, OCL_ALL16},
+    {"ge", k_ge, OCL_ALL16},
     {"logical_and", k_logical_and, OCL_ALL},
     {"logical_or", k_logical_or, OCL_ALL},
     {"logical_xor", k_logical_xor, OCL_ALL},
-    {"where", k_where, OCL_ALL},
+    {"where", k_where, OCL_ALL16},
     {"random_uniform", k_random_uniform, OCL_FLT},
     {"random_normal", k_random_normal, OCL_FLT},
 };

@@ -13,13 +13,22 @@
 /* Kernels of one program (one per device and dtype); names as in the kernels folder. */
 #define OCL_KERNELS(X)                                                                     \
     X(fill) X(copy_from_f32) X(copy_from_f64) X(copy_from_i32) X(copy_from_i64)            \
-    X(copy_from_u8) X(copy_from_bool) X(arange) X(unary) X(unary_scalar) X(binary)         \
+    X(copy_from_u8) X(copy_from_bool) X(copy_from_f16) X(copy_from_bf16) X(copy_bits)      \
+    X(arange) X(unary) X(unary_scalar) X(binary)         \
     X(compare) X(compare_scalar) X(logical) X(where) X(reduce) X(reduce_partials)          \
     X(matmul) X(matmul_naive) X(gather) X(scatter_add) X(scatter_add_chunks)                 \
     X(scatter_add_combine) X(random_uniform) X(random_normal)                              \
     X(relu_backward) X(softmax_rows) X(softmax_backward_rows) X(sgd_step) X(adam_step)     \
     X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
     X(max_pool2d_backward) X(im2col) X(col2im)
+
+/* The kernels that read and write 16-bit buffers through LD/STORE (common.cl); the others, built
+ * into the f16/bf16 programs as float, must never run on 16-bit buffers (ocl_kernel refuses). */
+#define OCL_HALF_KERNELS(X)                                                                \
+    X(fill) X(copy_from_f32) X(copy_from_f64) X(copy_from_i32) X(copy_from_i64)            \
+    X(copy_from_u8) X(copy_from_bool) X(copy_from_f16) X(copy_from_bf16) X(copy_bits)      \
+    X(unary) X(unary_scalar) X(binary) X(compare) X(compare_scalar) X(where) X(reduce)     \
+    X(reduce_partials) X(relu_backward) X(softmax_rows) X(softmax_backward_rows)
 
 typedef enum ocl_kid {
 #define OCL_KID_(name) OCL_K_##name,
@@ -60,6 +69,7 @@ typedef struct ocl_dev {
     char version[128];     /* CL_DEVICE_VERSION */
     char clc_version[128]; /* CL_DEVICE_OPENCL_C_VERSION as reported */
     int has_fp64;      /* cl_khr_fp64, and not switched off by NABLA_OPENCL_NO_FP64 */
+    int has_fp16;      /* cl_khr_fp16: reported only; the 16-bit kernels do not need it */
     int is_gpu;        /* CL_DEVICE_TYPE_GPU: listed first */
     int cl_c_minor;    /* OpenCL C version the programs are built for: 10 * major + minor */
     cl_uint compute_units;
@@ -95,7 +105,10 @@ extern const nb_host *ocl_host;
 ocl_dev *ocl_device(int device, const char *op);
 void ocl_lock(ocl_dev *d);
 void ocl_unlock(ocl_dev *d);
-/* The kernel for (dtype, kid), building the program on first use; NULL after an error. */
+/* Whether kid may run in a 16-bit program (OCL_HALF_KERNELS). */
+int ocl_half_kernel(ocl_kid kid);
+/* The kernel for (dtype, kid), building the program on first use; NULL after an error (a
+ * 16-bit dtype with a kernel outside OCL_HALF_KERNELS is one: NB_DTYPE_UNSUPPORTED). */
 cl_kernel ocl_kernel(ocl_dev *d, nb_dtype dtype, ocl_kid kid, const char *op, size_t *max_wg);
 /* Sets the arguments and enqueues a kernel; local may be NULL. */
 nb_status ocl_launch(ocl_dev *d, cl_kernel k, const char *op, int nargs, const ocl_arg *args,
@@ -150,6 +163,7 @@ typedef struct ocl_scalar {
         int32_t i;
         int64_t l;
         uint8_t u;
+        uint16_t h; /* a 16-bit float's bits (fill) */
     } v;
     size_t size;
 } ocl_scalar;
@@ -173,7 +187,8 @@ void ocl_geom_views(nbk_geom *g, int nops, const ocl_view *v);
 nb_status ocl_run_elementwise(int device, const char *op, nb_dtype pdt, ocl_kid kid, int nops,
                               const ocl_view *v, const nbk_geom *g, int n_extra,
                               const ocl_arg *extra);
-/* x as a kernel argument of dtype t (integers by nb_float_to_int64's rule). */
+/* x as a kernel argument of dtype t (integers by nb_float_to_int64's rule); a 16-bit t gets a
+ * float, the type its kernels compute in. */
 ocl_scalar ocl_scalar_of(nb_dtype t, double x);
 /* x as the kernels' real_t: double where the device has fp64, else float. */
 ocl_scalar ocl_real_of(int device, double x);
@@ -185,6 +200,14 @@ size_t ocl_pow2_floor(size_t x);
 #define OCL_ALL (OCL_B(F32) | OCL_B(F64) | OCL_B(I32) | OCL_B(I64) | OCL_B(BOOL) | OCL_B(U8))
 #define OCL_FLT (OCL_B(F32) | OCL_B(F64))
 #define OCL_NUM (OCL_FLT | OCL_B(I32) | OCL_B(I64))
+/* float16 and bfloat16: 16-bit storage with float compute on every device (see common.cl),
+ * registered only for the ops whose kernels load and store through LD/STORE */
+#define OCL_HALF (OCL_B(F16) | OCL_B(BF16))
+#define OCL_ALL16 (OCL_ALL | OCL_HALF)
+#define OCL_NUM16 (OCL_NUM | OCL_HALF)
+#define OCL_FLT16 (OCL_FLT | OCL_HALF)
+#define OCL_IS_HALF(t) ((t) == NB_DTYPE_F16 || (t) == NB_DTYPE_BF16)
+#define OCL_IS_FLOAT(t) ((t) == NB_DTYPE_F32 || (t) == NB_DTYPE_F64 || OCL_IS_HALF(t))
 
 typedef struct ocl_spec {
     const char *op;
@@ -201,7 +224,7 @@ OCL_FAMILIES(OCL_SPECS_DECL_)
 
 /* Fills the kernel table (f64 entries only when with_f64); returns the number of entries, which
  * never exceeds OCL_MAX_TABLE. */
-#define OCL_MAX_TABLE 640
+#define OCL_MAX_TABLE 1024
 size_t ocl_kernel_table(nb_kernel_desc *table, int with_f64);
 
 /* ---- opencl_blas.c ---- */

@@ -9,14 +9,17 @@
 /* ---- Tier 2: relu_backward, softmax family, optimizer steps ---- */
 
 /* out and n_in inputs of one float dtype and out's shape (inputs past n_req may be absent). */
-static nb_status check_float_ew(const char *op, const nb_kernel_args *a, int n_req, ocl_view *v)
+/* half: the op also takes f16/bf16 (its kernel is in OCL_HALF_KERNELS) */
+static nb_status check_float_ew(const char *op, const nb_kernel_args *a, int n_req, ocl_view *v,
+                                int half)
 {
     nb_status st = ocl_n_inputs(op, a, n_req);
     if (st == NB_OK)
         st = ocl_check(op, "out", a->out, -1, &v[0]);
-    if (st == NB_OK && a->out->dtype != NB_DTYPE_F32 && a->out->dtype != NB_DTYPE_F64)
-        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s, expected f32 or f64", op,
-                 ocl_dt_name[a->out->dtype]);
+    if (st == NB_OK && a->out->dtype != NB_DTYPE_F32 && a->out->dtype != NB_DTYPE_F64 &&
+        !(half && OCL_IS_HALF(a->out->dtype)))
+        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s, expected f32 or f64%s", op,
+                 ocl_dt_name[a->out->dtype], half ? " (or f16, bf16)" : "");
     for (int k = 0; k < a->n_in && k < 3 && st == NB_OK; k++) {
         char what[24];
         snprintf(what, sizeof what, "input %d", k);
@@ -30,7 +33,7 @@ static nb_status check_float_ew(const char *op, const nb_kernel_args *a, int n_r
 static nb_status k_relu_backward(const nb_kernel_args *a)
 {
     ocl_view v[4];
-    nb_status st = check_float_ew("relu_backward", a, 2, v);
+    nb_status st = check_float_ew("relu_backward", a, 2, v, 1);
     if (st != NB_OK)
         return st;
     nbk_geom g;
@@ -44,7 +47,7 @@ static nb_status run_rows(const nb_kernel_args *a, const char *op, ocl_kid kid, 
                           int take_log)
 {
     ocl_view v[4];
-    nb_status st = check_float_ew(op, a, nops - 1, v);
+    nb_status st = check_float_ew(op, a, nops - 1, v, 1);
     if (st != NB_OK)
         return st;
     const nb_operand *o = a->out;
@@ -83,7 +86,8 @@ static nb_status run_rows(const nb_kernel_args *a, const char *op, ocl_kid kid, 
     for (int i = 0; i < nops; i++)
         args[n++] = OCL_ARG(last[i]);
     args[n++] = OCL_ARG(tl);
-    args[n++] = (ocl_arg){wg * ocl_dt_size[o->dtype], NULL};
+    /* lv holds T, the compute type: float for the 16-bit programs */
+    args[n++] = (ocl_arg){wg * (OCL_IS_HALF(o->dtype) ? 4 : ocl_dt_size[o->dtype]), NULL};
     size_t global = (size_t)g.n * wg;
     return ocl_launch(d, k, op, n, args, 1, &global, &wg);
 }
@@ -108,7 +112,7 @@ static nb_status k_log_softmax_backward(const nb_kernel_args *a)
 static nb_status k_sgd_step(const nb_kernel_args *a)
 {
     ocl_view v[4];
-    nb_status st = check_float_ew("sgd_step", a, 1, v);
+    nb_status st = check_float_ew("sgd_step", a, 1, v, 0);
     if (st != NB_OK)
         return st;
     cl_int has_buf = a->n_in >= 2, nesterov = a->i[0] != 0, first = a->i[1] != 0;
@@ -130,7 +134,7 @@ static nb_status k_sgd_step(const nb_kernel_args *a)
 static nb_status k_adam_step(const nb_kernel_args *a)
 {
     ocl_view v[4];
-    nb_status st = check_float_ew("adam_step", a, 3, v);
+    nb_status st = check_float_ew("adam_step", a, 3, v, 0);
     if (st != NB_OK)
         return st;
     if (a->i[0] < 1)
@@ -153,11 +157,11 @@ static nb_status k_adam_step(const nb_kernel_args *a)
 
 
 const ocl_spec ocl_specs_nn[] = {
-    {"relu_backward", k_relu_backward, OCL_FLT},
-    {"softmax", k_softmax, OCL_FLT},
-    {"log_softmax", k_log_softmax, OCL_FLT},
-    {"softmax_backward", k_softmax_backward, OCL_FLT},
-    {"log_softmax_backward", k_log_softmax_backward, OCL_FLT},
+    {"relu_backward", k_relu_backward, OCL_FLT16},
+    {"softmax", k_softmax, OCL_FLT16},
+    {"log_softmax", k_log_softmax, OCL_FLT16},
+    {"softmax_backward", k_softmax_backward, OCL_FLT16},
+    {"log_softmax_backward", k_log_softmax_backward, OCL_FLT16},
     {"sgd_step", k_sgd_step, OCL_FLT},
     {"adam_step", k_adam_step, OCL_FLT},
 };

@@ -144,6 +144,10 @@ nb_status ocl_run_elementwise(int device, const char *op, nb_dtype pdt, ocl_kid 
     ocl_dev *d = ocl_device(device, op);
     if (!d)
         return NB_DEVICE_OUT_OF_RANGE;
+    if (OCL_IS_HALF(pdt) && !ocl_half_kernel(kid)) {
+        ocl_kernel(d, pdt, kid, op, NULL); /* reports it */
+        return NB_DTYPE_UNSUPPORTED;
+    }
     size_t wg;
     cl_kernel k = ocl_kernel(d, pdt, kid, op, &wg);
     if (!k)
@@ -184,6 +188,8 @@ ocl_scalar ocl_scalar_of(nb_dtype t, double x)
     case NB_DTYPE_I32: s.v.i = (int32_t)(uint32_t)(uint64_t)nb_float_to_int64(x); s.size = 4; break;
     case NB_DTYPE_I64: s.v.l = nb_float_to_int64(x); s.size = 8; break;
     case NB_DTYPE_BOOL: s.v.u = x != 0; s.size = 1; break;
+    case NB_DTYPE_F16:
+    case NB_DTYPE_BF16: s.v.f = (float)x; s.size = 4; break;
     default: s.v.u = (uint8_t)(uint64_t)nb_float_to_int64(x); s.size = 1; break;
     }
     return s;

@@ -154,6 +154,7 @@ static void init_device(cl_device_id id, cl_device_type type)
     char ext[8192] = {0};
     clGetDeviceInfo(id, CL_DEVICE_EXTENSIONS, sizeof ext - 1, ext, NULL);
     d->has_fp64 = (fp64 != 0 || strstr(ext, "cl_khr_fp64") != NULL) && !fp64_switched_off();
+    d->has_fp16 = strstr(ext, "cl_khr_fp16") != NULL;
     clGetDeviceInfo(id, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof d->compute_units,
                     &d->compute_units, NULL);
     if (d->compute_units == 0)
@@ -345,9 +346,33 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
     return p;
 }
 
+int ocl_half_kernel(ocl_kid kid)
+{
+#define OCL_HALF_CASE_(name) case OCL_K_##name:
+    switch (kid) {
+    OCL_HALF_KERNELS(OCL_HALF_CASE_)
+        return 1;
+    default:
+        return 0;
+    }
+#undef OCL_HALF_CASE_
+}
+
 cl_kernel ocl_kernel(ocl_dev *d, nb_dtype dt, ocl_kid kid, const char *op, size_t *max_wg)
 {
     cl_kernel k = NULL;
+    if ((unsigned)dt >= NB_DTYPE_COUNT) {
+        ocl_host->error(NB_INVALID_ARGUMENT, "opencl %s: dtype %d, expected 0..%d", op, (int)dt,
+                        NB_DTYPE_COUNT - 1);
+        return NULL;
+    }
+    /* a float kernel over 2-byte elements would reach past the buffer's end */
+    if (OCL_IS_HALF(dt) && !ocl_half_kernel(kid)) {
+        ocl_host->error(NB_DTYPE_UNSUPPORTED, "opencl %s: no %s kernel on opencl:%d (the %s "
+                        "kernels of this plugin are float32/float64 only)", op,
+                        dt == NB_DTYPE_F16 ? "float16" : "bfloat16", d->index, op);
+        return NULL;
+    }
     ocl_lock(d);
     if (!d->kern[dt][kid]) {
         cl_program p = build_program(d, dt, op);
@@ -659,12 +684,13 @@ static const char *device_info(int32_t device)
     ocl_lock(d);
     snprintf(d->info, sizeof d->info,
              "platform: %s\ndevice: %s, %s, %u compute units\nOpenCL C: %s (programs built as "
-             "1.%d)\nfp64: %s\nGEMM: %s\nprogram cache: %s\nprograms: %d built from source, "
+             "1.%d)\nfp64: %s\nfloat16, bfloat16: 16-bit storage, float32 compute (cl_khr_fp16: "
+             "%s, not needed)\nGEMM: %s\nprogram cache: %s\nprograms: %d built from source, "
              "%d loaded from the cache",
              d->platform, d->version, d->is_gpu ? "GPU" : "not a GPU", d->compute_units,
              d->clc_version, d->cl_c_minor >= 12 ? 2 : 1,
              d->has_fp64 ? "yes" : fp64_switched_off() ? "off (NABLA_OPENCL_NO_FP64)" : "no",
-             ocl_gemm_name(), ocl_cache_dir(), d->progs_built, d->progs_loaded);
+             d->has_fp16 ? "yes" : "no", ocl_gemm_name(), ocl_cache_dir(), d->progs_built, d->progs_loaded);
     ocl_unlock(d);
     return d->info;
 }

@@ -85,7 +85,7 @@ static nb_status run_reduce(const nb_kernel_args *a, const char *op, int code)
     cl_kernel kp = k ? ocl_kernel(d, pdt, OCL_K_reduce_partials, op, &pwg) : NULL;
     if (!k || !kp)
         return NB_DEVICE_ERROR;
-    size_t acc_size = pdt == NB_DTYPE_F32 ? 4 : 8;
+    size_t acc_size = pdt == NB_DTYPE_F32 || OCL_IS_HALF(pdt) ? 4 : 8; /* ACC in reduce.cl */
     size_t wg = ocl_pow2_floor(kwg < 256 ? kwg : 256);
     while (wg > 1 && (int64_t)wg / 2 >= r.n_red)
         wg /= 2;
@@ -140,12 +140,12 @@ REDUCE_OPS(DEF_REDUCE)
 
 
 const ocl_spec ocl_specs_reduce[] = {
-    {"sum", k_sum, OCL_ALL},
-    {"prod", k_prod, OCL_ALL},
-    {"max", k_max, OCL_ALL},
-    {"min", k_min, OCL_ALL},
-    {"argmax", k_argmax, OCL_ALL},
-    {"argmin", k_argmin, OCL_ALL},
+    {"sum", k_sum, OCL_ALL16},
+    {"prod", k_prod, OCL_ALL16},
+    {"max", k_max, OCL_ALL16},
+    {"min", k_min, OCL_ALL16},
+    {"argmax", k_argmax, OCL_ALL16},
+    {"argmin", k_argmin, OCL_ALL16},
 };
 const size_t ocl_n_specs_reduce =
     sizeof ocl_specs_reduce / sizeof ocl_specs_reduce[0];

@@ -75,5 +75,13 @@ void optimizer_steps_match_torch_rules(void **state);
 /* test_opencl_conv.c */
 void conv2d_and_its_gradients_match_direct_loops(void **state);
 void max_pool2d_picks_first_maximum_and_routes_gradients(void **state);
+/* test_opencl_half.c */
+void every_16_bit_pattern_converts_as_the_sdk_does(void **state);
+void integers_and_doubles_round_once_into_16_bits(void **state);
+void elementwise_ops_compute_in_float_and_round_once(void **state);
+void reductions_accumulate_in_float(void **state);
+void matmul_widens_to_float32_and_rounds_once(void **state);
+void ops_without_16_bit_kernels_are_not_registered(void **state);
+void softmax_rows_compute_in_float(void **state);
 
 #endif

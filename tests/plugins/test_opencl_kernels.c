@@ -38,7 +38,9 @@ static const nb_host host = {NB_PLUGIN_ABI_MAJOR, NB_PLUGIN_ABI_MINOR, sizeof(nb
 
 /* ---- helpers ---- */
 
-const size_t esize[NB_DTYPE_COUNT] = {4, 8, 4, 8, 1, 1};
+const size_t esize[NB_DTYPE_COUNT] = {
+    [NB_DTYPE_F32] = 4,  [NB_DTYPE_F64] = 8, [NB_DTYPE_I32] = 4, [NB_DTYPE_I64] = 8,
+    [NB_DTYPE_BOOL] = 1, [NB_DTYPE_U8] = 1,  [NB_DTYPE_F16] = 2, [NB_DTYPE_BF16] = 2};
 
 nb_kernel_fn kernel(const char *op, nb_dtype t)
 {
@@ -236,6 +238,13 @@ int main(int argc, char **argv)
         cmocka_unit_test(integer_arange_and_scalar_compares_are_exact_past_2_to_24),
         cmocka_unit_test(integer_arithmetic_wraps),
         cmocka_unit_test(matmul_with_beta_0_ignores_what_out_held),
+        cmocka_unit_test(every_16_bit_pattern_converts_as_the_sdk_does),
+        cmocka_unit_test(integers_and_doubles_round_once_into_16_bits),
+        cmocka_unit_test(elementwise_ops_compute_in_float_and_round_once),
+        cmocka_unit_test(reductions_accumulate_in_float),
+        cmocka_unit_test(matmul_widens_to_float32_and_rounds_once),
+        cmocka_unit_test(softmax_rows_compute_in_float),
+        cmocka_unit_test(ops_without_16_bit_kernels_are_not_registered),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     if (P->shutdown)

@@ -1,6 +1,7 @@
 /* common.cl - the element type of this program and the strided-offset helpers. The host builds
- * one program per (device, dtype) with -DNBK_KIND=<0..5> (f32 f64 i32 i64 bool u8) and
- * -DHAS_FP64=<0|1>; every kernel below is written once in terms of T. */
+ * one program per (device, dtype) with -DNBK_KIND=<0..7> (f32 f64 i32 i64 bool u8 f16 bf16) and
+ * -DHAS_FP64=<0|1>; every kernel below is written once in terms of T (what it computes in) and
+ * ST (what the buffers hold), read and written through LD and STORE. */
 /* a * b + c stays two roundings, as in the CPU's C, so random numbers and arange match it bit for
  * bit (OpenCL C contracts to FMA by default) */
 #pragma OPENCL FP_CONTRACT OFF
@@ -47,12 +48,29 @@ typedef float real_t;
 #define IS_BOOL 1
 #define T_LOWEST 0
 #define T_HIGHEST 1
-#else
+#elif NBK_KIND == 5
 #define T uchar
 #define UT uchar
 #define ACC long
 #define T_LOWEST 0
 #define T_HIGHEST 255
+#else
+/* float16 (6) and bfloat16 (7): 16-bit storage, float compute (PyTorch's opmath), so no
+ * extension is needed; only the kernels that load and store through LD/STORE are registered
+ * for them, the rest of the program compiles as float and is never launched */
+#define T float
+#define ST ushort
+#define ACC float
+#define IS_FLOAT 1
+#define IS_HALF 1
+#define T_LOWEST (-INFINITY)
+#define T_HIGHEST INFINITY
+#endif
+#ifndef ST
+#define ST T
+#endif
+#ifndef IS_HALF
+#define IS_HALF 0
 #endif
 #ifndef IS_FLOAT
 #define IS_FLOAT 0
@@ -80,6 +98,76 @@ typedef float real_t;
 #endif
 
 #define IS_NAN(x) ((x) != (x))
+
+/* The SDK's 16-bit conversions (nabla_plugin.h), bit for bit: round to nearest even, NaN kept
+ * and made quiet, inf and subnormals exact. Integer code, so no device's own half conversion
+ * (or its NaN payload rule) is involved. */
+float nbk_bf16_to_f32(ushort h) { return as_float((uint)h << 16); }
+
+ushort nbk_f32_to_bf16(float f)
+{
+    uint x = as_uint(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        return (ushort)((x >> 16) | 0x40u);
+    return (ushort)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+float nbk_f16_to_f32(ushort h)
+{
+    uint sign = (uint)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (e == 0x1f)
+        return as_float(sign | 0x7f800000u | (man << 13));
+    if (e)
+        return as_float(sign | ((e + 112) << 23) | (man << 13));
+    return as_float(sign | as_uint((float)man * 0x1p-24f)); /* zero, subnormal: exact */
+}
+
+ushort nbk_f32_to_f16(float f)
+{
+    uint x = as_uint(f), a = x & 0x7fffffffu;
+    ushort sign = (ushort)((x >> 16) & 0x8000u);
+    if (a > 0x7f800000u)
+        return (ushort)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) /* 65520 and up: a tie at 65520 goes to the even inf */
+        return (ushort)(sign | 0x7c00u);
+    if (a >= 0x38800000u) /* a normal half: rebias, round the 13 dropped bits to even */
+        return (ushort)(sign | ((a + 0xfffu + ((a >> 13) & 1u) - 0x38000000u) >> 13));
+    uint e = a >> 23;
+    if (e < 102)
+        return sign;
+    uint mant = (a & 0x7fffffu) | 0x800000u, shift = 126 - e;
+    uint q = mant >> shift, rem = mant & ((1u << shift) - 1), half_ = 1u << (shift - 1);
+    q += rem > half_ || (rem == half_ && (q & 1u));
+    return (ushort)(sign | q);
+}
+
+/* x rounded to float towards zero, its last bit set when inexact (round to odd): a long or a
+ * double then rounds once more into 16 bits as if from the exact value */
+float nbk_long_to_f32_odd(long x)
+{
+    float f = convert_float_rtz(x);
+    return (long)f == x ? f : as_float(as_uint(f) | 1u);
+}
+#if HAS_FP64
+float nbk_f64_to_f32_odd(double x)
+{
+    float f = convert_float_rtz(x);
+    if ((double)f == x || IS_NAN(x) || isinf(f))
+        return f;
+    return as_float(as_uint(f) | 1u);
+}
+#endif
+
+#if NBK_KIND == 6
+#define LD(p, i) nbk_f16_to_f32((p)[i])
+#define STORE(p, i, v) ((p)[i] = nbk_f32_to_f16(v))
+#elif NBK_KIND == 7
+#define LD(p, i) nbk_bf16_to_f32((p)[i])
+#define STORE(p, i, v) ((p)[i] = nbk_f32_to_bf16(v))
+#else
+#define LD(p, i) ((p)[i])
+#define STORE(p, i, v) ((p)[i] = (v))
+#endif
 
 #if !HAS_FP64
 /* Float pairs (h + l, |l| <= ulp(h) / 2) stand in for double where the device has no fp64. */

@@ -1,29 +1,52 @@
 /* elementwise.cl - fill, copy with cast, arange, unary/binary arithmetic, comparisons, logical
- * ops and where, all over strided operands (stride 0 = broadcast). */
+ * ops and where, all over strided operands (stride 0 = broadcast). The 16-bit programs use
+ * fill, copy, unary, unary_scalar, binary, compare, compare_scalar and where. */
 
-__kernel void fill(__global T *out, nbk_geom g, T v)
+/* v: the value as stored (a 16-bit program gets the bits, rounded once by the host) */
+__kernel void fill(__global ST *out, nbk_geom g, ST v)
 {
     NBK_ELEMENT(1);
     out[o[0]] = v;
 }
 
-/* copy_from_<src>: out (T) = (T) in (src type), by the SDK's conversion rule. */
+/* copy_from_<src>: out (T) = (T) in (src type), by the SDK's conversion rule. A 16-bit output
+ * rounds once: wide sources reach float by round to odd first (nb_f64_to_bf16's rule). */
 #define NBK_COPY(name, S, CONV)                                                              \
-    __kernel void name(__global T *out, __global const S *in, nbk_geom g)                     \
+    __kernel void name(__global ST *out, __global const S *in, nbk_geom g)                    \
     {                                                                                         \
         NBK_ELEMENT(2);                                                                       \
-        out[o[0]] = CONV(in[o[1]]);                                                           \
+        STORE(out, o[0], CONV(in[o[1]]));                                                     \
     }
+#if IS_HALF
+#define NBK_FROM_WIDE_INT(x) nbk_long_to_f32_odd((long)(x))
+#define NBK_FROM_F64(x) nbk_f64_to_f32_odd(x)
+#else
+#define NBK_FROM_WIDE_INT(x) TO_T(x)
+#define NBK_FROM_F64(x) TO_T_FROM_FLOAT(x)
+#endif
 NBK_COPY(copy_from_f32, float, TO_T_FROM_FLOAT)
 #if HAS_FP64
-NBK_COPY(copy_from_f64, double, TO_T_FROM_FLOAT)
+NBK_COPY(copy_from_f64, double, NBK_FROM_F64)
 #endif
-NBK_COPY(copy_from_i32, int, TO_T)
-NBK_COPY(copy_from_i64, long, TO_T)
+NBK_COPY(copy_from_i32, int, NBK_FROM_WIDE_INT)
+NBK_COPY(copy_from_i64, long, NBK_FROM_WIDE_INT)
 NBK_COPY(copy_from_u8, uchar, TO_T)
 /* a bool byte may hold any non-zero value (nb_from_data): it reads as 1 */
 #define NBK_FROM_BOOL(x) TO_T((x) != 0)
 NBK_COPY(copy_from_bool, uchar, NBK_FROM_BOOL)
+/* 16-bit sources widen exactly to float, then convert as a float does */
+#define NBK_FROM_F16(x) TO_T_FROM_FLOAT(nbk_f16_to_f32(x))
+#define NBK_FROM_BF16(x) TO_T_FROM_FLOAT(nbk_bf16_to_f32(x))
+NBK_COPY(copy_from_f16, ushort, NBK_FROM_F16)
+NBK_COPY(copy_from_bf16, ushort, NBK_FROM_BF16)
+
+/* same-dtype copy of a 16-bit tensor: the bits as they are (NaN payloads kept), as nb_to_dtype
+ * does on the cpu */
+__kernel void copy_bits(__global ST *out, __global const ST *in, nbk_geom g)
+{
+    NBK_ELEMENT(2);
+    out[o[0]] = in[o[1]];
+}
 
 /* integral: start and step are whole numbers, given exactly in istart/istep; the value is then
  * start + i * step in (wrapping) integers, exact past 2^24 with or without fp64, and a float T
@@ -56,10 +79,10 @@ __kernel void arange(__global T *out, nbk_geom g, real_t start, real_t step, lon
 #endif
 
 #if !IS_BOOL
-__kernel void unary(__global T *out, __global const T *a, nbk_geom g, int op)
+__kernel void unary(__global ST *out, __global const ST *a, nbk_geom g, int op)
 {
     NBK_ELEMENT(2);
-    T x = a[o[1]], y;
+    T x = LD(a, o[1]), y;
     switch (op) {
 #if IS_FLOAT
     case NBK_NEG: y = -x; break;
@@ -87,17 +110,17 @@ __kernel void unary(__global T *out, __global const T *a, nbk_geom g, int op)
 #endif
     default: y = x; break;
     }
-    out[o[0]] = y;
+    STORE(out, o[0], y);
 }
 
 /* s, s2: the scalar(s) in T. clamp: flags bit 0/1 = has min/has max; floats take s/s2 (a NaN
  * bound wins, a NaN x stays), integers compare in long with the bounds rounded inward by the
  * host (lo = ceil(min), hi = floor(max)) and take them wrapped into T, as the CPU does. */
-__kernel void unary_scalar(__global T *out, __global const T *a, nbk_geom g, int op, T s, T s2,
-                           int flags, long lo, long hi)
+__kernel void unary_scalar(__global ST *out, __global const ST *a, nbk_geom g, int op, T s,
+                           T s2, int flags, long lo, long hi)
 {
     NBK_ELEMENT(2);
-    T x = a[o[1]], y;
+    T x = LD(a, o[1]), y;
     switch (op) {
 #if IS_FLOAT
     case NBK_ADD_S: y = x + s; break;
@@ -130,14 +153,14 @@ __kernel void unary_scalar(__global T *out, __global const T *a, nbk_geom g, int
 #endif
     default: y = x; break;
     }
-    out[o[0]] = y;
+    STORE(out, o[0], y);
 }
 
-__kernel void binary(__global T *out, __global const T *a, __global const T *b, nbk_geom g,
+__kernel void binary(__global ST *out, __global const ST *a, __global const ST *b, nbk_geom g,
                      int op)
 {
     NBK_ELEMENT(3);
-    T x = a[o[1]], z = b[o[2]], y;
+    T x = LD(a, o[1]), z = LD(b, o[2]), y;
     switch (op) {
 #if IS_FLOAT
     case NBK_ADD: y = x + z; break;
@@ -158,7 +181,7 @@ __kernel void binary(__global T *out, __global const T *a, __global const T *b, 
 #endif
     default: y = x; break;
     }
-    out[o[0]] = y;
+    STORE(out, o[0], y);
 }
 #endif /* !IS_BOOL */
 
@@ -170,14 +193,14 @@ __kernel void binary(__global T *out, __global const T *a, __global const T *b, 
      : (op) == NBK_GT ? (x) > (z)                                                             \
                       : (x) >= (z))
 
-__kernel void compare(__global uchar *out, __global const T *a, __global const T *b, nbk_geom g,
-                      int op)
+__kernel void compare(__global uchar *out, __global const ST *a, __global const ST *b,
+                      nbk_geom g, int op)
 {
     NBK_ELEMENT(3);
 #if IS_BOOL
     int x = a[o[1]] != 0, z = b[o[2]] != 0;
 #else
-    T x = a[o[1]], z = b[o[2]];
+    T x = LD(a, o[1]), z = LD(b, o[2]);
 #endif
     out[o[0]] = NBK_CMP(op, x, z) ? 1 : 0;
 }
@@ -187,11 +210,11 @@ __kernel void compare(__global uchar *out, __global const T *a, __global const T
  * integer (x < 2.5 is x < 3, x <= 2.5 is x <= 2, ...), or into a constant (konst >= 0) when
  * s is NaN, fractional for ==, or outside the range of long. */
 #if IS_FLOAT
-__kernel void compare_scalar(__global uchar *out, __global const T *a, nbk_geom g, int op, T s,
-                             long t, int konst)
+__kernel void compare_scalar(__global uchar *out, __global const ST *a, nbk_geom g, int op,
+                             T s, long t, int konst)
 {
     NBK_ELEMENT(2);
-    T x = a[o[1]];
+    T x = LD(a, o[1]);
     out[o[0]] = NBK_CMP(op, x, s) ? 1 : 0;
 }
 #else
@@ -208,7 +231,7 @@ __kernel void compare_scalar(__global uchar *out, __global const T *a, nbk_geom 
 }
 #endif
 
-/* b is ignored for NBK_NOT (the host passes a again). */
+/* b is ignored for NBK_NOT (the host passes a again). Not in the 16-bit programs. */
 __kernel void logical(__global uchar *out, __global const T *a, __global const T *b, nbk_geom g,
                       int op)
 {
@@ -223,8 +246,9 @@ __kernel void logical(__global uchar *out, __global const T *a, __global const T
     out[o[0]] = (uchar)y;
 }
 
-__kernel void where(__global T *out, __global const uchar *cond, __global const T *a,
-                    __global const T *b, nbk_geom g)
+/* moves the stored bits: no rounding, NaN payloads kept */
+__kernel void where(__global ST *out, __global const uchar *cond, __global const ST *a,
+                    __global const ST *b, nbk_geom g)
 {
     NBK_ELEMENT(4);
     out[o[0]] = cond[o[1]] ? a[o[2]] : b[o[3]];

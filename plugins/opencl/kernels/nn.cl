@@ -1,12 +1,13 @@
 /* nn.cl - tier-2 fused kernels: relu_backward, softmax/log_softmax and their backwards (one
- * work-group per row), and the SGD and Adam parameter updates. Float dtypes only. */
+ * work-group per row), and the SGD and Adam parameter updates. Float dtypes only; the 16-bit
+ * programs use relu_backward and the softmax rows (float compute, one rounding per output). */
 #if IS_FLOAT
 
-__kernel void relu_backward(__global T *out, __global const T *grad, __global const T *x,
+__kernel void relu_backward(__global ST *out, __global const ST *grad, __global const ST *x,
                             nbk_geom g)
 {
     NBK_ELEMENT(3);
-    out[o[0]] = x[o[2]] > 0 ? grad[o[1]] : (T)0;
+    STORE(out, o[0], LD(x, o[2]) > 0 ? LD(grad, o[1]) : (T)0);
 }
 
 /* max that propagates NaN */
@@ -31,7 +32,7 @@ T nbk_group_reduce(__local T *lv, T v, int op)
 
 /* Row r of g (the leading dims, operands 0 out and 1 in) holds len elements with strides
  * ost/ist. out = softmax(in) or, with take_log, log_softmax(in). */
-__kernel void softmax_rows(__global T *out, __global const T *in, nbk_geom g, long len, long ost,
+__kernel void softmax_rows(__global ST *out, __global const ST *in, nbk_geom g, long len, long ost,
                            long ist, int take_log, __local T *lv)
 {
     long r = get_group_id(0), o[2];
@@ -39,22 +40,22 @@ __kernel void softmax_rows(__global T *out, __global const T *in, nbk_geom g, lo
     int lid = get_local_id(0), wg = get_local_size(0);
     T m = -INFINITY;
     for (long k = lid; k < len; k += wg)
-        m = NBK_NMAX(m, in[o[1] + k * ist]);
+        m = NBK_NMAX(m, LD(in, o[1] + k * ist));
     m = nbk_group_reduce(lv, m, 1); /* a NaN anywhere makes the row NaN, as in torch */
     T s = 0;
     for (long k = lid; k < len; k += wg)
-        s += exp(in[o[1] + k * ist] - m);
+        s += exp(LD(in, o[1] + k * ist) - m);
     s = nbk_group_reduce(lv, s, 0);
     T ls = log(s);
     for (long k = lid; k < len; k += wg) {
-        T x = in[o[1] + k * ist] - m;
-        out[o[0] + k * ost] = take_log ? x - ls : exp(x) / s;
+        T x = LD(in, o[1] + k * ist) - m;
+        STORE(out, o[0] + k * ost, take_log ? x - ls : exp(x) / s);
     }
 }
 
 /* operands 0 out, 1 grad, 2 y (the forward output). softmax: out = y * (g - sum(g * y));
  * log_softmax (take_log): out = g - exp(y) * sum(g). */
-__kernel void softmax_backward_rows(__global T *out, __global const T *gr, __global const T *y,
+__kernel void softmax_backward_rows(__global ST *out, __global const ST *gr, __global const ST *y,
                                     nbk_geom g, long len, long ost, long gst, long yst,
                                     int take_log, __local T *lv)
 {
@@ -63,13 +64,13 @@ __kernel void softmax_backward_rows(__global T *out, __global const T *gr, __glo
     int lid = get_local_id(0), wg = get_local_size(0);
     T s = 0;
     for (long k = lid; k < len; k += wg) {
-        T gv = gr[o[1] + k * gst];
-        s += take_log ? gv : gv * y[o[2] + k * yst];
+        T gv = LD(gr, o[1] + k * gst);
+        s += take_log ? gv : gv * LD(y, o[2] + k * yst);
     }
     s = nbk_group_reduce(lv, s, 0);
     for (long k = lid; k < len; k += wg) {
-        T gv = gr[o[1] + k * gst], yv = y[o[2] + k * yst];
-        out[o[0] + k * ost] = take_log ? gv - exp(yv) * s : yv * (gv - s);
+        T gv = LD(gr, o[1] + k * gst), yv = LD(y, o[2] + k * yst);
+        STORE(out, o[0] + k * ost, take_log ? gv - exp(yv) * s : yv * (gv - s));
     }
 }
 

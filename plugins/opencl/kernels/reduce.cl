@@ -1,6 +1,7 @@
 /* reduce.cl - sum/prod/max/min/argmax/argmin over any set of dims: one work-group per output
  * element (or per slice of it, when a few outputs reduce many elements), each work-item walking
- * a strided share of the reduced elements, then a tree in local memory. */
+ * a strided share of the reduced elements, then a tree in local memory. 16-bit inputs accumulate
+ * in float (ACC) and round once into the output. */
 
 /* Is candidate (vb, ib) better than the current (va, ia)? NaN counts as the extreme (as in
  * torch.argmax); ties go to the smaller index. */
@@ -51,7 +52,7 @@ void nbk_red_combine(int op, ACC *va, long *ia, ACC vb, long ib)
 /* Tree over the work-group (a power of two), then work-item 0 writes the result: to out/outi
  * when final, else to the partial buffers pv/pi at index slot. */
 void nbk_red_finish(int op, int final_, ACC v, long vi, __local ACC *lv,
-                                  __local long *li, __global T *out, __global long *outi,
+                                  __local long *li, __global ST *out, __global long *outi,
                                   long out_off, __global ACC *pv, __global long *pi, long slot)
 {
     int lid = get_local_id(0);
@@ -76,12 +77,12 @@ void nbk_red_finish(int op, int final_, ACC v, long vi, __local ACC *lv,
     } else if (op == NBK_ARGMAX || op == NBK_ARGMIN) {
         outi[out_off] = li[0] == LONG_MAX ? 0 : li[0];
     } else {
-        out[out_off] = TO_T(lv[0]);
+        STORE(out, out_off, TO_T(lv[0]));
     }
 }
 
 /* out and outi name the same buffer: outi is used by argmax/argmin (int64 output). */
-__kernel void reduce(__global T *out, __global long *outi, __global const T *in,
+__kernel void reduce(__global ST *out, __global long *outi, __global const ST *in,
                      __global ACC *pv, __global long *pi, nbk_red g, int op, int final_,
                      __local ACC *lv, __local long *li)
 {
@@ -107,7 +108,7 @@ __kernel void reduce(__global T *out, __global long *outi, __global const T *in,
                 r /= g.shape_red[d];
             }
         }
-        ACC x = (ACC)in[off];
+        ACC x = (ACC)LD(in, off);
 #if IS_FLOAT
         if (op == NBK_SUM) { /* Kahan: long float rows stay accurate; inf/NaN skip the fix-up */
             ACC y = x - comp, t = acc + y;
@@ -122,7 +123,7 @@ __kernel void reduce(__global T *out, __global long *outi, __global const T *in,
 }
 
 /* Second pass after a split reduction: work-group o combines partials [o*split, (o+1)*split). */
-__kernel void reduce_partials(__global T *out, __global long *outi, __global const ACC *pv_in,
+__kernel void reduce_partials(__global ST *out, __global long *outi, __global const ACC *pv_in,
                               __global const long *pi_in, nbk_red g, int op, __local ACC *lv,
                               __local long *li)
 {

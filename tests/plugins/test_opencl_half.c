@@ -1,0 +1,483 @@
+/* test_opencl_half.c - float16 and bfloat16 on the opencl plugin: conversions bit for bit against
+ * the SDK's functions (nabla_plugin.h), elementwise ops, reductions and matmul against float32
+ * computed on the host from the same 16-bit inputs (the cpu plugin's rule: widen, compute in
+ * float, round once), and the ops left unregistered. */
+#include "test_opencl.h"
+
+static const nb_dtype halves[2] = {NB_DTYPE_BF16, NB_DTYPE_F16};
+
+static float widen(nb_dtype t, uint16_t h) { return t == NB_DTYPE_F16 ? nb_f16_to_f32(h) : nb_bf16_to_f32(h); }
+static uint16_t narrow(nb_dtype t, float f) { return t == NB_DTYPE_F16 ? nb_f32_to_f16(f) : nb_f32_to_bf16(f); }
+
+static int registered(const char *op, nb_dtype t)
+{
+    for (size_t k = 0; k < P->n_kernels; k++)
+        if (strcmp(P->kernels[k].op, op) == 0 && P->kernels[k].dtype == t)
+            return 1;
+    return 0;
+}
+
+static uint32_t lcg(uint32_t *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return *s;
+}
+
+/* copy from src (n elements of dtype st) into a fresh buffer of dtype dt, read back */
+static void copy_to(nb_dtype dt, nb_dtype st, const void *src, int64_t n, void *dst)
+{
+    void *hi, *ho;
+    tview in = vec((void *)src, st, n, &hi), out = vec(NULL, dt, n, &ho);
+    assert_int_equal(run("copy", dt, &out, 1, &in, NULL, NULL), NB_OK);
+    buf_read(ho, dst, (size_t)n * esize[dt]);
+    P->free(0, hi);
+    P->free(0, ho);
+}
+
+void every_16_bit_pattern_converts_as_the_sdk_does(void **state)
+{
+    (void)state;
+    enum { N = 65536, M = 1 << 18 };
+    uint16_t *h = malloc(N * sizeof *h), *h2 = malloc((N + M) * sizeof *h2);
+    float *f = malloc((N + M) * sizeof *f);
+    assert_non_null(h);
+    assert_non_null(h2);
+    assert_non_null(f);
+    for (int k = 0; k < N; k++)
+        h[k] = (uint16_t)k;
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        /* 16 -> 32: every pattern widens exactly (NaN payloads too) */
+        copy_to(NB_DTYPE_F32, t, h, N, f);
+        for (int k = 0; k < N; k++) {
+            uint32_t got, want = nb_f32_bits_(widen(t, (uint16_t)k));
+            memcpy(&got, &f[k], 4);
+            if (got != want)
+                fail_msg("%s 0x%04x -> f32: got 0x%08x, expected 0x%08x", t == NB_DTYPE_F16 ?
+                         "f16" : "bf16", k, got, want);
+        }
+        /* 32 -> 16: those floats, their neighbours (ties sit between), random bit patterns
+         * (NaNs, subnormals, overflow) */
+        uint32_t s = 12345u;
+        for (int k = 0; k < M; k++) {
+            uint32_t b = k < N ? nb_f32_bits_(widen(t, (uint16_t)k)) + (k & 3u) : lcg(&s);
+            if (k < N && (k & 4))
+                b += t == NB_DTYPE_F16 ? 0x1000u : 0x8000u; /* exactly half way */
+            f[N + k] = nb_bits_f32_(b);
+        }
+        copy_to(t, NB_DTYPE_F32, f + N, M, h2);
+        for (int k = 0; k < M; k++) {
+            uint16_t want = narrow(t, f[N + k]);
+            if (h2[k] != want)
+                fail_msg("f32 0x%08x -> %s: got 0x%04x, expected 0x%04x",
+                         nb_f32_bits_(f[N + k]), t == NB_DTYPE_F16 ? "f16" : "bf16", h2[k],
+                         want);
+        }
+        /* the same dtype: the bits unchanged, signalling NaNs included */
+        copy_to(t, t, h, N, h2);
+        assert_memory_equal(h2, h, N * sizeof *h);
+        /* into the other 16-bit type: one rounding from the exact value */
+        nb_dtype u = halves[1 - ti];
+        copy_to(u, t, h, N, h2);
+        for (int k = 0; k < N; k++)
+            if (h2[k] != narrow(u, widen(t, (uint16_t)k)))
+                fail_msg("16-bit 0x%04x -> other: got 0x%04x", k, h2[k]);
+    }
+    free(h);
+    free(h2);
+    free(f);
+}
+
+void integers_and_doubles_round_once_into_16_bits(void **state)
+{
+    (void)state;
+    /* ties that double rounding through float gets wrong: 2^24 + 2^16 + 1 is above bf16's tie
+     * 2^24 + 2^16, yet rounds to it in float first */
+    int32_t iv[] = {0, 1, -1, 255, 256, 257, 16777217, 16777216 + 65536 + 1, -(16777216 + 65536 + 1),
+                    2049, 2051, 65519, 65520, 70000, INT32_MAX, INT32_MIN, 4097, -4097};
+    int64_t lv[] = {0, -7, (1ll << 40) + (1ll << 32) + 1, -((1ll << 40) + (1ll << 32) + 1),
+                    (1ll << 52) + 3, 65520, 65519, INT64_MIN};
+    double dv[] = {0.1, -0.1, 1 + 0x1p-8 + 0x1p-30, 1 + 0x1p-11 + 0x1p-40, 1e300, -1e300,
+                   0x1p-140, 0x1p-25 + 0x1p-60, 65520.0, 65519.99, -0.0, NAN, INFINITY, 3.0e38,
+                   5e-324};
+    int ni = sizeof iv / sizeof iv[0], nl = sizeof lv / sizeof lv[0], nd = sizeof dv / sizeof dv[0];
+    uint16_t out[32];
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        uint16_t (*ref)(double) = t == NB_DTYPE_F16 ? nb_f64_to_f16 : nb_f64_to_bf16;
+        copy_to(t, NB_DTYPE_I32, iv, ni, out);
+        for (int k = 0; k < ni; k++)
+            if (out[k] != ref((double)iv[k]))
+                fail_msg("i32 %d: got 0x%04x, expected 0x%04x", iv[k], out[k], ref(iv[k]));
+        copy_to(t, NB_DTYPE_I64, lv, nl, out);
+        for (int k = 0; k < nl; k++) /* all below 2^53 or powers of two: exact in double */
+            if (out[k] != ref((double)lv[k]))
+                fail_msg("i64 %lld: got 0x%04x, expected 0x%04x", (long long)lv[k], out[k],
+                         ref((double)lv[k]));
+        if (has_f64) {
+            copy_to(t, NB_DTYPE_F64, dv, nd, out);
+            for (int k = 0; k < nd; k++)
+                if (out[k] != ref(dv[k]))
+                    fail_msg("f64 %a: got 0x%04x, expected 0x%04x", dv[k], out[k], ref(dv[k]));
+        }
+        /* and back out into the integer types, by nb_float_to_int64's rule */
+        uint16_t src[6];
+        float vals[6] = {2.75f, -3.5f, 300.0f, -0.0f, NAN, INFINITY};
+        for (int k = 0; k < 6; k++)
+            src[k] = narrow(t, vals[k]);
+        int64_t li[6];
+        int32_t ii[6];
+        uint8_t u8[6], bo[6];
+        copy_to(NB_DTYPE_I64, t, src, 6, li);
+        copy_to(NB_DTYPE_I32, t, src, 6, ii);
+        copy_to(NB_DTYPE_U8, t, src, 6, u8);
+        copy_to(NB_DTYPE_BOOL, t, src, 6, bo);
+        for (int k = 0; k < 6; k++) {
+            int64_t w = nb_float_to_int64(widen(t, src[k]));
+            assert_int_equal(li[k], w);
+            assert_int_equal(ii[k], (int32_t)(uint32_t)(uint64_t)w);
+            assert_int_equal(u8[k], (uint8_t)(uint64_t)w);
+            assert_int_equal(bo[k], widen(t, src[k]) != 0);
+        }
+        /* fill rounds the double once */
+        void *hf;
+        tview fv = vec(NULL, t, 5, &hf);
+        double fval[8] = {1 + 0x1p-8 + 0x1p-30};
+        assert_int_equal(run("fill", t, &fv, 0, NULL, fval, NULL), NB_OK);
+        buf_read(hf, out, 5 * 2);
+        for (int k = 0; k < 5; k++)
+            assert_int_equal(out[k], ref(fval[0]));
+        P->free(0, hf);
+    }
+}
+
+/* random 16-bit values in [-2, 2) (log/sqrt/pow take |x| + 0.25) */
+static void fill_random(nb_dtype t, uint16_t *h, int n, unsigned seed, int positive)
+{
+    for (int k = 0; k < n; k++) {
+        float x = frand(&seed);
+        h[k] = narrow(t, positive ? fabsf(x) + 0.25f : x);
+    }
+}
+
+/* got must be round(want) exactly where OpenCL requires the float op correctly rounded (+ - *,
+ * floor, ...), else within one 16-bit ulp of it (exp, sqrt, division: a few float ulp) */
+static void expect_16(const char *op, nb_dtype t, int k, uint16_t got, float want, int exact)
+{
+    uint16_t w = narrow(t, want);
+    if (got == w)
+        return;
+    float g = widen(t, got), ulp = t == NB_DTYPE_F16 ? 0x1p-10f : 0x1p-7f;
+    if (exact || isnan(want) != isnan(g) ||
+        !(fabsf(g - want) <= ulp * fmaxf(fabsf(want), 0x1p-14f)))
+        fail_msg("%s %s[%d]: got %a (0x%04x), expected %a (0x%04x)", op,
+                 t == NB_DTYPE_F16 ? "f16" : "bf16", k, g, got, widen(t, w), w);
+}
+
+void elementwise_ops_compute_in_float_and_round_once(void **state)
+{
+    (void)state;
+    enum { R = 7, C = 13, N = R * C };
+    static const struct {
+        const char *op;
+        int exact, positive;
+        float (*f)(float);
+    } un[] = {{"neg", 1, 0, NULL},     {"abs", 1, 0, fabsf},    {"sqrt", 0, 1, sqrtf},
+              {"exp", 0, 0, expf},     {"log", 0, 1, logf},     {"tanh", 0, 0, tanhf},
+              {"sin", 0, 0, sinf},     {"floor", 1, 0, floorf}, {"round", 1, 0, rintf}};
+    static const char *const bin[] = {"add", "sub", "mul", "div", "maximum", "minimum"};
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        uint16_t a[N], b[N], pa[N], out[N];
+        fill_random(t, a, N, 1u + ti, 0);
+        fill_random(t, b, N, 99u + ti, 0);
+        fill_random(t, pa, N, 7u, 1);
+        a[3] = narrow(t, NAN);
+        void *ha, *hb, *hp, *ho;
+        tview va = vec(a, t, N, &ha), vp = vec(pa, t, N, &hp), vo = vec(NULL, t, N, &ho);
+        hb = buf_from(b, sizeof b);
+        for (size_t u = 0; u < sizeof un / sizeof un[0]; u++) {
+            const tview *in = un[u].positive ? &vp : &va;
+            const uint16_t *src = un[u].positive ? pa : a;
+            assert_int_equal(run(un[u].op, t, &vo, 1, in, NULL, NULL), NB_OK);
+            buf_read(ho, out, sizeof out);
+            for (int k = 0; k < N; k++) {
+                float x = widen(t, src[k]);
+                expect_16(un[u].op, t, k, out[k], un[u].f ? un[u].f(x) : -x, un[u].exact);
+            }
+        }
+        /* binary: b is a [C] row broadcast over R rows, a read transposed (strides 1, R) */
+        int64_t shape[2] = {R, C}, st_a[2] = {1, R}, st_b[2] = {0, 1};
+        tview ins[2] = {view(ha, 0, t, 2, shape, st_a), view(hb, 0, t, 2, shape, st_b)};
+        tview o2 = view(ho, 0, t, 2, shape, NULL);
+        for (size_t op = 0; op < sizeof bin / sizeof bin[0]; op++) {
+            assert_int_equal(run(bin[op], t, &o2, 2, ins, NULL, NULL), NB_OK);
+            buf_read(ho, out, sizeof out);
+            for (int r = 0; r < R; r++)
+                for (int c = 0; c < C; c++) {
+                    float x = widen(t, a[c * R + r]), z = widen(t, b[c]), y;
+                    switch (op) {
+                    case 0: y = x + z; break;
+                    case 1: y = x - z; break;
+                    case 2: y = x * z; break;
+                    case 3: y = x / z; break;
+                    case 4: y = (isnan(x) || isnan(z)) ? x + z : (x < z ? z : x); break;
+                    default: y = (isnan(x) || isnan(z)) ? x + z : (x > z ? z : x); break;
+                    }
+                    /* OpenCL lets float division be 2.5 ulp off: one 16-bit ulp for div */
+                    expect_16(bin[op], t, r * C + c, out[r * C + c], y, op != 3);
+                }
+        }
+        /* a scalar op takes the scalar in float (PyTorch's opmath), not rounded to 16 bits */
+        double f[8] = {0.1, 0};
+        assert_int_equal(run("mul_scalar", t, &vo, 1, &va, f, NULL), NB_OK);
+        buf_read(ho, out, sizeof out);
+        for (int k = 0; k < N; k++)
+            expect_16("mul_scalar", t, k, out[k], widen(t, a[k]) * 0.1f, 1);
+        double cl[8] = {-0.5, 0.75};
+        int64_t ci[8] = {1, 1};
+        assert_int_equal(run("clamp", t, &vo, 1, &va, cl, ci), NB_OK);
+        buf_read(ho, out, sizeof out);
+        for (int k = 0; k < N; k++) {
+            float x = widen(t, a[k]);
+            expect_16("clamp", t, k, out[k], isnan(x) ? x : fminf(fmaxf(x, -0.5f), 0.75f), 1);
+        }
+        /* comparisons give bool; where moves the bits */
+        uint8_t bo[N];
+        void *hc;
+        tview vc = vec(NULL, NB_DTYPE_BOOL, N, &hc);
+        tview pair[2] = {va, vp};
+        assert_int_equal(run("lt", t, &vc, 2, pair, NULL, NULL), NB_OK);
+        buf_read(hc, bo, sizeof bo);
+        for (int k = 0; k < N; k++)
+            assert_int_equal(bo[k], widen(t, a[k]) < widen(t, pa[k]));
+        double gs[8] = {0.3};
+        assert_int_equal(run("ge_scalar", t, &vc, 1, &va, gs, NULL), NB_OK);
+        buf_read(hc, bo, sizeof bo);
+        for (int k = 0; k < N; k++)
+            assert_int_equal(bo[k], widen(t, a[k]) >= widen(t, t == NB_DTYPE_F16 ?
+                                                             nb_f64_to_f16(0.3) :
+                                                             nb_f64_to_bf16(0.3)));
+        /* the scalar rounded to the tensor's dtype first, as torch does: bf16 1.0 == 1.001
+         * (1.001 rounds to 1.0 in bfloat16), f16 1.0 == 1.0002 */
+        double es[8] = {t == NB_DTYPE_F16 ? 1.0002 : 1.001};
+        uint16_t one = narrow(t, 1.0f);
+        void *h1;
+        tview v1 = vec(&one, t, 1, &h1), c1 = view(hc, 0, NB_DTYPE_BOOL, 1, (int64_t[]){1}, NULL);
+        assert_int_equal(run("eq_scalar", t, &c1, 1, &v1, es, NULL), NB_OK);
+        buf_read(hc, bo, 1);
+        assert_int_equal(bo[0], 1);
+        P->free(0, h1);
+        assert_int_equal(run("ge_scalar", t, &vc, 1, &va, gs, NULL), NB_OK);
+        buf_read(hc, bo, sizeof bo);
+        /* relu_backward: the gradient where x > 0 (x = a, gradient = pa), else 0 */
+        tview rb[2] = {vp, va};
+        assert_int_equal(run("relu_backward", t, &vo, 2, rb, NULL, NULL), NB_OK);
+        buf_read(ho, out, sizeof out);
+        for (int k = 0; k < N; k++)
+            assert_int_equal(out[k], widen(t, a[k]) > 0 ? pa[k] : 0);
+        tview w3[3] = {vc, va, pair[1]};
+        assert_int_equal(run("where", t, &vo, 3, w3, NULL, NULL), NB_OK);
+        buf_read(ho, out, sizeof out);
+        for (int k = 0; k < N; k++)
+            assert_int_equal(out[k], bo[k] ? a[k] : pa[k]);
+        P->free(0, ha);
+        P->free(0, hb);
+        P->free(0, hp);
+        P->free(0, ho);
+        P->free(0, hc);
+    }
+}
+
+void reductions_accumulate_in_float(void **state)
+{
+    (void)state;
+    enum { A = 3, B = 700, C = 4, N = A * B * C };
+    uint16_t *x = malloc(N * sizeof *x);
+    assert_non_null(x);
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        fill_random(t, x, N, 5u + ti, 0);
+        void *hx, *ho, *hi;
+        hx = buf_from(x, N * sizeof *x);
+        ho = buf_new(A * C * 2);
+        hi = buf_new(A * C * 8);
+        int64_t shape[3] = {A, B, C}, oshape[3] = {A, 1, C};
+        tview in = view(hx, 0, t, 3, shape, NULL), out = view(ho, 0, t, 3, oshape, NULL);
+        tview outi = view(hi, 0, NB_DTYPE_I64, 3, oshape, NULL);
+        uint16_t got[A * C];
+        int64_t gi[A * C];
+        assert_int_equal(run("sum", t, &out, 1, &in, NULL, NULL), NB_OK);
+        buf_read(ho, got, sizeof got);
+        for (int a = 0; a < A; a++)
+            for (int c = 0; c < C; c++) {
+                double s = 0, sa = 0;
+                for (int b = 0; b < B; b++) {
+                    s += widen(t, x[(a * B + b) * C + c]);
+                    sa += fabs(widen(t, x[(a * B + b) * C + c]));
+                }
+                /* one rounding into 16 bits, plus float accumulation's own error */
+                double g = widen(t, got[a * C + c]), ulp = t == NB_DTYPE_F16 ? 0x1p-11 : 0x1p-8;
+                if (!(fabs(g - s) <= ulp * fabs(s) + sa * 0x1p-20))
+                    fail_msg("sum [%d,:,%d]: got %g, expected %g", a, c, g, s);
+            }
+        assert_int_equal(run("max", t, &out, 1, &in, NULL, NULL), NB_OK);
+        buf_read(ho, got, sizeof got);
+        assert_int_equal(run("argmax", t, &outi, 1, &in, NULL, (int64_t[8]){1}), NB_OK);
+        buf_read(hi, gi, sizeof gi);
+        for (int a = 0; a < A; a++)
+            for (int c = 0; c < C; c++) {
+                int best = 0;
+                for (int b = 1; b < B; b++)
+                    if (widen(t, x[(a * B + b) * C + c]) > widen(t, x[(a * B + best) * C + c]))
+                        best = b;
+                assert_int_equal(got[a * C + c], x[(a * B + best) * C + c]);
+                assert_int_equal(gi[a * C + c], best);
+            }
+        P->free(0, hx);
+        P->free(0, ho);
+        P->free(0, hi);
+    }
+    free(x);
+}
+
+void matmul_widens_to_float32_and_rounds_once(void **state)
+{
+    (void)state;
+    enum { Bt = 2, M = 9, K = 33, N = 17 };
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        uint16_t a[Bt * M * K], b[K * N], c0[Bt * M * N], c[Bt * M * N];
+        fill_random(t, a, Bt * M * K, 3u, 0);
+        fill_random(t, b, K * N, 4u, 0);
+        fill_random(t, c0, Bt * M * N, 6u, 0);
+        void *ha = buf_from(a, sizeof a), *hb = buf_from(b, sizeof b), *hc = buf_from(c0, sizeof c0);
+        /* b shared by both batches (batch stride 0) and read transposed; beta adds out */
+        int64_t sa[3] = {Bt, M, K}, sb[3] = {Bt, K, N}, sc[3] = {Bt, M, N};
+        int64_t stb[3] = {0, 1, K};
+        tview ins[2] = {view(ha, 0, t, 3, sa, NULL), view(hb, 0, t, 3, sb, stb)};
+        tview out = view(hc, 0, t, 3, sc, NULL);
+        double f[8] = {1.5, 0.5};
+        assert_int_equal(run("matmul", t, &out, 2, ins, f, NULL), NB_OK);
+        buf_read(hc, c, sizeof c);
+        for (int bt = 0; bt < Bt; bt++)
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double s = 0, sabs = 0;
+                    for (int k = 0; k < K; k++) {
+                        double p = (double)widen(t, a[(bt * M + i) * K + k]) *
+                                   widen(t, b[j * K + k]); /* b[k][j] stored at j*K + k */
+                        s += p;
+                        sabs += fabs(p);
+                    }
+                    int o = (bt * M + i) * N + j;
+                    double want = 1.5 * s + 0.5 * widen(t, c0[o]);
+                    double g = widen(t, c[o]), ulp = t == NB_DTYPE_F16 ? 0x1p-11 : 0x1p-8;
+                    if (!(fabs(g - want) <= ulp * fabs(want) + 2 * sabs * 0x1p-20 + 0x1p-24))
+                        fail_msg("matmul [%d,%d,%d]: got %g, expected %g", bt, i, j, g, want);
+                }
+        /* mixed dtypes are the caller's mistake */
+        tview f32in = view(ha, 0, NB_DTYPE_F32, 3, (int64_t[]){1, 1, 1}, NULL);
+        tview bad[2] = {f32in, ins[1]};
+        assert_int_equal(run("matmul", t, &out, 2, bad, f, NULL), NB_DTYPE_UNSUPPORTED);
+        assert_non_null(strstr(last_error, "input 0 is f32"));
+        P->free(0, ha);
+        P->free(0, hb);
+        P->free(0, hc);
+    }
+}
+
+void ops_without_16_bit_kernels_are_not_registered(void **state)
+{
+    (void)state;
+    /* what the core may send (dispatch.c only launches registered (op, dtype) pairs) */
+    static const char *const yes[] = {"copy", "fill", "add", "exp", "clamp", "lt", "eq_scalar",
+                                      "where", "sum", "argmin", "matmul", "softmax",
+                                      "log_softmax_backward", "relu_backward"};
+    /* kernels still written for T only: the core reports "no bfloat16 kernel on opencl:0" */
+    static const char *const no[] = {"arange", "logical_and", "conv2d", "adam_step",
+                                     "random_normal", "gather", "sgd_step", "max_pool2d"};
+    for (int ti = 0; ti < 2; ti++) {
+        for (size_t k = 0; k < sizeof yes / sizeof yes[0]; k++)
+            if (!registered(yes[k], halves[ti]))
+                fail_msg("%s has no %d kernel", yes[k], (int)halves[ti]);
+        for (size_t k = 0; k < sizeof no / sizeof no[0]; k++)
+            if (registered(no[k], halves[ti]))
+                fail_msg("%s is registered for dtype %d", no[k], (int)halves[ti]);
+    }
+    /* unary ops keep the dtype: an f32 output of a bf16 input is an error, not a reinterpret */
+    void *h = buf_new(64);
+    tview b16 = view(h, 0, NB_DTYPE_BF16, 1, (int64_t[]){8}, NULL);
+    tview f32 = view(h, 0, NB_DTYPE_F32, 1, (int64_t[]){8}, NULL);
+    assert_int_equal(run("exp", NB_DTYPE_BF16, &f32, 1, &b16, NULL, NULL), NB_DTYPE_UNSUPPORTED);
+    assert_non_null(strstr(last_error, "bf16"));
+    /* a float32 kernel's function called with 16-bit operands (one function serves every
+     * dtype of an op): refused, not run as float over 2-byte elements */
+    assert_int_equal(run("arange", NB_DTYPE_F32, &b16, 0, NULL, (double[8]){0, 1}, NULL),
+                     NB_DTYPE_UNSUPPORTED);
+    assert_non_null(strstr(last_error, "no bfloat16 kernel on opencl:0"));
+    tview two[2] = {b16, b16};
+    tview bo = view(h, 0, NB_DTYPE_BOOL, 1, (int64_t[]){8}, NULL);
+    assert_int_equal(run("logical_and", NB_DTYPE_F32, &bo, 2, two, NULL, NULL),
+                     NB_DTYPE_UNSUPPORTED);
+    tview f2[2] = {f32, f32};
+    assert_int_equal(run("sgd_step", NB_DTYPE_F32, &b16, 1, f2, (double[8]){0.1}, NULL),
+                     NB_DTYPE_UNSUPPORTED);
+    /* a 16-bit view past its buffer's end */
+    tview over = view(h, 30, NB_DTYPE_BF16, 1, (int64_t[]){8}, NULL);
+    assert_int_equal(run("neg", NB_DTYPE_BF16, &over, 1, &b16, NULL, NULL), NB_INDEX_OUT_OF_RANGE);
+    P->free(0, h);
+}
+
+void softmax_rows_compute_in_float(void **state)
+{
+    (void)state;
+    enum { R = 5, L = 300 };
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        uint16_t x[R * L], y[R * L], gr[R * L], dx[R * L];
+        fill_random(t, x, R * L, 11u + ti, 0);
+        fill_random(t, gr, R * L, 13u + ti, 0);
+        void *hx = buf_from(x, sizeof x), *hy = buf_new(sizeof y), *hg = buf_from(gr, sizeof gr),
+             *hd = buf_new(sizeof dx);
+        int64_t shape[2] = {R, L};
+        tview vx = view(hx, 0, t, 2, shape, NULL), vy = view(hy, 0, t, 2, shape, NULL);
+        tview vg = view(hg, 0, t, 2, shape, NULL), vd = view(hd, 0, t, 2, shape, NULL);
+        int64_t dim[8] = {1};
+        for (int take_log = 0; take_log < 2; take_log++) {
+            assert_int_equal(run(take_log ? "log_softmax" : "softmax", t, &vy, 1, &vx, NULL, dim),
+                             NB_OK);
+            buf_read(hy, y, sizeof y);
+            tview bin[2] = {vg, vy};
+            assert_int_equal(run(take_log ? "log_softmax_backward" : "softmax_backward", t, &vd,
+                                 2, bin, NULL, dim), NB_OK);
+            buf_read(hd, dx, sizeof dx);
+            for (int r = 0; r < R; r++) {
+                double m = -INFINITY, s = 0, gs = 0;
+                for (int k = 0; k < L; k++)
+                    m = fmax(m, widen(t, x[r * L + k]));
+                for (int k = 0; k < L; k++)
+                    s += exp(widen(t, x[r * L + k]) - m);
+                for (int k = 0; k < L; k++) { /* the backward takes the 16-bit y as given */
+                    double gv = widen(t, gr[r * L + k]), yv = widen(t, y[r * L + k]);
+                    gs += take_log ? gv : gv * yv;
+                }
+                for (int k = 0; k < L; k++) {
+                    double xv = widen(t, x[r * L + k]) - m, gv = widen(t, gr[r * L + k]);
+                    double yv = widen(t, y[r * L + k]);
+                    double want = take_log ? xv - log(s) : exp(xv) / s;
+                    double dwant = take_log ? gv - exp(yv) * gs : yv * (gv - gs);
+                    /* one rounding into 16 bits (and float's error, far below it) */
+                    double ulp = t == NB_DTYPE_F16 ? 0x1p-10 : 0x1p-7;
+                    expect_close("softmax", (size_t)(r * L + k), yv, want, 1e-6, ulp);
+                    expect_close("softmax_backward", (size_t)(r * L + k), widen(t, dx[r * L + k]),
+                                 dwant, 1e-5, ulp);
+                }
+            }
+        }
+        P->free(0, hx);
+        P->free(0, hy);
+        P->free(0, hg);
+        P->free(0, hd);
+    }
+}
