@@ -146,8 +146,11 @@ static uint64_t fnv1a(const unsigned char *p, size_t n)
     return h;
 }
 
-/* After damage: the next start rebuilds and rewrites a good entry, the one after loads it. */
-static void expect_rebuilt_then_cached(const char *path, size_t good_bytes)
+/* After damage: the next start rebuilds and rewrites a good entry, the one after loads it. The
+ * rewritten entry's size is not compared with the first one's: a driver's binary for the same
+ * source may differ between builds (PoCL's, whose own cache is cold at the first build and warm
+ * at the rebuild, does); that the next start loads it is the proof that it is whole. */
+static void expect_rebuilt_then_cached(const char *path)
 {
     start(folder);
     use_f32_program();
@@ -157,7 +160,7 @@ static void expect_rebuilt_then_cached(const char *path, size_t good_bytes)
     assert_int_equal(n_warned, 0);
     struct stat st;
     assert_int_equal(stat(path, &st), 0);
-    assert_int_equal((size_t)st.st_size, good_bytes);
+    assert_true((size_t)st.st_size > 32); /* more than the header */
     start(folder);
     use_f32_program();
     assert_int_equal(n_built, 0);
@@ -199,9 +202,9 @@ static void truncated_entry_is_rebuilt(void **state)
     size_t n;
     unsigned char *good = read_file(path, &n);
     write_file(path, good, n / 2);
-    expect_rebuilt_then_cached(path, n);
+    expect_rebuilt_then_cached(path);
     write_file(path, good, 20); /* shorter than the header */
-    expect_rebuilt_then_cached(path, n);
+    expect_rebuilt_then_cached(path);
     free(good);
 }
 
@@ -217,7 +220,7 @@ static void entry_of_another_device_is_rebuilt(void **state)
     assert_non_null(dev);
     dev[7] = dev[7] == 'X' ? 'Y' : 'X';
     write_file(path, data, n);
-    expect_rebuilt_then_cached(path, n);
+    expect_rebuilt_then_cached(path);
     free(data);
 }
 
@@ -230,7 +233,7 @@ static void bad_magic_and_corrupt_binary_are_rebuilt(void **state)
     unsigned char *data = read_file(path, &n);
     data[0] ^= 0xff;
     write_file(path, data, n);
-    expect_rebuilt_then_cached(path, n);
+    expect_rebuilt_then_cached(path);
     free(data);
     /* a binary the driver cannot take, behind a valid header and hash: the driver's own
      * clCreateProgramWithBinary / clBuildProgram failure is what makes it rebuild */
@@ -243,7 +246,7 @@ static void bad_magic_and_corrupt_binary_are_rebuilt(void **state)
     uint64_t h = fnv1a(bin, bin_len);
     memcpy(data + 24, &h, 8);
     write_file(path, data, n);
-    expect_rebuilt_then_cached(path, n);
+    expect_rebuilt_then_cached(path);
     free(data);
 }
 
