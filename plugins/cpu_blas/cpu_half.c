@@ -202,7 +202,20 @@ static struct {
     const char *op;
     nb_kernel_fn f32;
     bool reads_out; /* as nabla_plugin.h lists: *_accumulate, scatter_add, matmul with f[1] */
+    bool compares_scalar; /* eq_scalar ... ge_scalar */
 } slots[NBC_HALF_SLOTS];
+
+/* eq_scalar ... ge_scalar: the scalar is rounded to the 16-bit dtype first, as torch does
+ * (bfloat16 1.0 == 1.001 is true there); arithmetic with a scalar keeps it in float32. */
+static bool is_compare_scalar(const char *op)
+{
+    static const char *const names[] = {"eq_scalar", "ne_scalar", "lt_scalar",
+                                        "le_scalar", "gt_scalar", "ge_scalar"};
+    for (size_t k = 0; k < sizeof names / sizeof *names; k++)
+        if (!strcmp(op, names[k]))
+            return true;
+    return false;
+}
 
 static nb_status run_widened(int slot, nb_dtype dt, const nb_kernel_args *a)
 {
@@ -227,6 +240,9 @@ static nb_status run_widened(int slot, nb_dtype dt, const nb_kernel_args *a)
         nb_kernel_args f = *a;
         f.out = &ops[0];
         f.in = &ops[1];
+        if (slots[slot].compares_scalar) /* PyTorch compares in the tensor's dtype */
+            f.f[0] = dt == NB_DTYPE_F16 ? nb_f16_to_f32(nb_f64_to_f16(a->f[0]))
+                                        : nb_bf16_to_f32(nb_f64_to_bf16(a->f[0]));
         st = slots[slot].f32(&f);
     }
     if (st == NB_OK && a->out->dtype == dt)
@@ -277,6 +293,7 @@ size_t nbc_half_kernels(const nb_kernel_desc *f32, size_t n, nb_kernel_desc *out
         slots[s].f32 = f32[k].fn;
         slots[s].reads_out = strstr(f32[k].op, "accumulate") || !strcmp(f32[k].op, "scatter_add") ||
                              !strcmp(f32[k].op, "matmul");
+        slots[s].compares_scalar = is_compare_scalar(f32[k].op);
         if (!native[NB_DTYPE_F16])
             out[m++] = (nb_kernel_desc){f32[k].op, NB_DTYPE_F16, f16_fns[s]};
         if (!native[NB_DTYPE_BF16])

@@ -570,6 +570,48 @@ static void a_plugin_without_16bit_kernels_errors_or_falls_back(void **state)
 #endif
 }
 
+/* torch 2.15: a comparison with a scalar rounds the scalar to the tensor's dtype first, while
+ * arithmetic keeps it in float32:
+ *   x = torch.tensor([1.0], dtype=torch.bfloat16); (x == 1.001, x < 1.001, x + 1.001)
+ *   -> tensor([True]) tensor([False]) tensor([2.], dtype=torch.bfloat16)
+ *   torch.tensor([1.0], dtype=torch.float16) == 1.0001 -> tensor([True])
+ * On every device that has the kernels. */
+static void scalar_comparisons_round_the_scalar_to_the_dtype(void **state)
+{
+    (void)state;
+    const char *devices[] = {"cpu", "opencl:0"};
+    for (int d = 0; d < 2; d++) {
+        if (d == 1 && nb_device_count("opencl") == 0)
+            continue;
+        const struct {
+            nb_dtype dt;
+            double s;
+        } cases[] = {{NB_DTYPE_BF16, 1.001}, {NB_DTYPE_F16, 1.0001}};
+        for (int c = 0; c < 2; c++) {
+            nb_tensor *x = nb_ones(NB_SHAPE(3), (nb_opts){.dtype = cases[c].dt,
+                                                          .device = devices[d]});
+            nb_tensor *eq = nb_eq_scalar(x, cases[c].s), *lt = nb_lt_scalar(x, cases[c].s);
+            nb_tensor *ge = nb_ge_scalar(x, cases[c].s), *ne = nb_ne_scalar(x, cases[c].s);
+            assert_non_null(eq);
+            assert_non_null(ne);
+            bool v[4][3];
+            assert_int_equal(nb_tensor_copy_to_host(eq, v[0], 3), NB_OK);
+            assert_int_equal(nb_tensor_copy_to_host(lt, v[1], 3), NB_OK);
+            assert_int_equal(nb_tensor_copy_to_host(ge, v[2], 3), NB_OK);
+            assert_int_equal(nb_tensor_copy_to_host(ne, v[3], 3), NB_OK);
+            for (int k = 0; k < 3; k++) {
+                assert_true(v[0][k]);
+                assert_false(v[1][k]);
+                assert_true(v[2][k]);
+                assert_false(v[3][k]);
+            }
+            nb_tensor *r[] = {x, eq, lt, ge, ne};
+            for (int k = 0; k < 5; k++)
+                nb_release(r[k]);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -580,6 +622,7 @@ int main(void)
         NB_TEST(to_and_from_every_dtype),
         NB_TEST(promotion_with_tensors_is_pytorchs),
         NB_TEST(ops_compute_in_float32),
+        NB_TEST(scalar_comparisons_round_the_scalar_to_the_dtype),
         NB_TEST(prints_like_pytorch),
         NB_TEST(safetensors_load_and_save_16bit),
         NB_TEST(linear_model_trains_in_16bit_with_f32_master_weights),
