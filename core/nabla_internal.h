@@ -188,6 +188,7 @@ struct nbi_node {
     nb_tensor *unpacked[NBI_MAX_SAVED];  /* outputs unpacked under create_graph, per backward */
     int32_t n_saved;
     bool released; /* saved tensors freed by a backward without retain_graph */
+    bool ctx_freed; /* a custom function's ctx went with them (its free_ctx ran) */
     double f[4];
     int64_t i[NB_MAX_DIMS + 2];
     nb_tensor *leaf;     /* AccumulateGrad: the leaf (strong) */

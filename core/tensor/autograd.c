@@ -147,12 +147,18 @@ void nbi_node_release_unpacked(nbi_node *n)
     }
 }
 
+/* A custom function's ctx is what it saved for backward, so it goes with the saved tensors:
+ * a second backward through the node is then the retain_graph error, as in PyTorch. */
 void nbi_node_release_saved(nbi_node *n)
 {
     nbi_node_release_unpacked(n);
     for (int32_t k = 0; k < n->n_saved; k++) {
         nb_release(n->saved[k]);
         n->saved[k] = NULL;
+    }
+    if (n->fn && n->fn->free_ctx && !n->ctx_freed) {
+        n->fn->free_ctx(n->ctx);
+        n->ctx_freed = true;
     }
 }
 
@@ -190,8 +196,6 @@ void nbi_node_release(nbi_node *n)
             x->leaf->grad_acc = NULL;
             nb_release(x->leaf);
         }
-        if (x->fn && x->fn->free_ctx)
-            x->fn->free_ctx(x->ctx);
         nb_release(x->buf);
         hooks_free(x->hooks);
         nbi_free(x->geom);

@@ -170,7 +170,7 @@ static nb_status process(engine *e, nbi_node *x)
             if (st == NB_OK && !e->n_capture && x->leaf->post_hooks)
                 st = nbi_run_post_hooks(x->leaf);
         } else if (st == NB_OK && x->backward) {
-            if (x->released && x->n_saved) /* as PyTorch: only saved tensors are freed */
+            if (x->released && (x->n_saved || x->ctx_freed)) /* only what was saved is freed */
                 st = nbi_error(NB_AUTOGRAD, "%s", nbi_retain_graph_msg);
             else
                 st = x->backward(x, g, gi);

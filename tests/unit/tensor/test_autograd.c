@@ -441,6 +441,42 @@ static void custom_function_runs_its_backward(void **state)
         nb_release(r[k]);
 }
 
+/* torch.autograd.Function: what the function saved (here its ctx) is freed by a backward
+ * without retain_graph, so a second backward through it fails as PyTorch's does ("Trying to
+ * backward through the graph a second time"); with retain_graph it runs twice. */
+static void custom_function_ctx_goes_with_the_graph(void **state)
+{
+    (void)state;
+    nb_tensor *a = leaf(NB_SHAPE(3), 0, 1, 24), *b = leaf(NB_SHAPE(3), 0, 1, 25);
+    nb_tensor *in[2] = {a, b};
+    ctx_frees = 0;
+    nb_tensor *out = nb_function_apply(&scaled_mul, scaled_ctx(2, a, b), in, 2);
+    nb_tensor *s = nb_sum(out, NULL, 0, false);
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
+    assert_int_equal(ctx_frees, 1); /* freed by the backward, not later */
+    assert_int_equal(nb_backward(s, NULL, (nb_backward_opts){0}), NB_AUTOGRAD);
+    NB_ASSERT_ERROR_HAS("second time");
+    nb_clear_error();
+    nb_release(s);
+    nb_release(out);
+    assert_int_equal(ctx_frees, 1);
+    out = nb_function_apply(&scaled_mul, scaled_ctx(2, a, b), in, 2);
+    s = nb_sum(out, NULL, 0, false);
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){.retain_graph = true}));
+    NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
+    assert_int_equal(ctx_frees, 2);
+    nb_tensor *ga = nb_tensor_grad(a);
+    int64_t n;
+    double *bv = values(b, &n), want[3];
+    for (int k = 0; k < 3; k++)
+        want[k] = 3 * 2 * bv[k]; /* 1 backward + 2 backwards, each 2 * b */
+    expect_values(ga, want, 3, 1e-12);
+    free(bv);
+    nb_tensor *r[] = {a, b, out, s, ga};
+    for (size_t k = 0; k < 5; k++)
+        nb_release(r[k]);
+}
+
 /* Host memory that is never reused while a test runs: freed blocks are filled with a pattern
  * and kept, so a write into freed memory (a double release) shows as a changed pattern. */
 #define POISON 0xA5
@@ -547,6 +583,7 @@ int main(void)
         NB_TEST(hooks_and_retain_grad_across_an_in_place_op),
         NB_TEST(hooks_must_keep_the_gradient_shape_and_dtype),
         NB_TEST(custom_function_runs_its_backward),
+        NB_TEST(custom_function_ctx_goes_with_the_graph),
         NB_TEST(callbacks_release_their_temporaries_inside_a_scope),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
