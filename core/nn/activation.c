@@ -382,10 +382,11 @@ static nb_tensor *erfc_ops(const nb_tensor *z)
     const double *p = nb_tensor_dtype(z) == NB_DTYPE_F64 ? erfc_p64 : erfc_p32;
     int np = nb_tensor_dtype(z) == NB_DTYPE_F64 ? (int)(sizeof erfc_p64 / sizeof *erfc_p64)
                                                 : (int)(sizeof erfc_p32 / sizeof *erfc_p32);
-    tmps s = {0};
+    nnc_tmps s = {0};
     /* beyond |z| = 40 erfc is 0 (or 2) in float64; the clamp keeps u finite for infinities */
-    nb_tensor *a = tk(&s, nb_clamp(tk(&s, nb_abs(z)), NAN, 40.0));
-    nb_tensor *u = tk(&s, nb_div(tk(&s, nb_add_scalar(a, -3.0)), tk(&s, nb_add_scalar(a, 3.0))));
+    nb_tensor *a = nnc_k(&s, nb_clamp(nnc_k(&s, nb_abs(z)), NAN, 40.0));
+    nb_tensor *am3 = nnc_k(&s, nb_add_scalar(a, -3.0)), *ap3 = nnc_k(&s, nb_add_scalar(a, 3.0));
+    nb_tensor *u = nnc_k(&s, nb_div(am3, ap3));
     /* Horner in u; the loop releases as it goes to stay within the temporaries */
     nb_tensor *q = u ? nb_mul_scalar(u, p[np - 1]) : NULL;
     for (int k = np - 2; q && k >= 0; k--) {
@@ -398,21 +399,21 @@ static nb_tensor *erfc_ops(const nb_tensor *z)
             q = q2;
         }
     }
-    tk(&s, q);
-    nb_tensor *den = tk(&s, nb_add_scalar(tk(&s, nb_mul_scalar(a, 2.0)), 1.0));
-    nb_tensor *ex = tk(&s, nb_exp(tk(&s, nb_mul(a, tk(&s, nb_neg(a))))));
-    nb_tensor *e = tk(&s, nb_mul(ex, tk(&s, nb_div(q, den))));
-    nb_tensor *neg = tk(&s, nb_lt_scalar(z, 0.0));
-    return tret(&s, tk(&s, nb_where(neg, tk(&s, nb_rsub_scalar(e, 2.0)), e)));
+    nnc_k(&s, q);
+    nb_tensor *den = nnc_k(&s, nb_add_scalar(nnc_k(&s, nb_mul_scalar(a, 2.0)), 1.0));
+    nb_tensor *ex = nnc_k(&s, nb_exp(nnc_k(&s, nb_mul(a, nnc_k(&s, nb_neg(a))))));
+    nb_tensor *e = nnc_k(&s, nb_mul(ex, nnc_k(&s, nb_div(q, den))));
+    nb_tensor *neg = nnc_k(&s, nb_lt_scalar(z, 0.0));
+    return nnc_ret(&s, nnc_k(&s, nb_where(neg, nnc_k(&s, nb_rsub_scalar(e, 2.0)), e)));
 }
 
 /* Phi(x) = P(X <= x) for a standard normal X = erfc(-x / sqrt 2) / 2. */
 static nb_tensor *normal_cdf(const nb_tensor *x)
 {
-    tmps s = {0};
-    nb_tensor *z = tk(&s, nb_mul_scalar(x, -SQRT1_2));
-    nb_tensor *e = z ? tk(&s, erfc_ops(z)) : NULL;
-    return tret(&s, tk(&s, nb_mul_scalar(e, 0.5)));
+    nnc_tmps s = {0};
+    nb_tensor *z = nnc_k(&s, nb_mul_scalar(x, -SQRT1_2));
+    nb_tensor *e = z ? nnc_k(&s, erfc_ops(z)) : NULL;
+    return nnc_ret(&s, nnc_k(&s, nb_mul_scalar(e, 0.5)));
 }
 
 /* With a device's "gelu" kernel (i[0] = 0: the erf form) forward and "gelu_backward" when the
@@ -445,14 +446,14 @@ static nb_status gelu_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
                          (nb_tensor *[]){(nb_tensor *)g, (nb_tensor *)x}, 2);
         return bw_done(c, gi, n);
     }
-    tmps s = {0};
-    nb_tensor *phi = tk(&s, normal_cdf(x));
-    nb_tensor *x2 = tk(&s, nb_mul(x, x));
-    nb_tensor *pdf = tk(&s, nb_mul_scalar(tk(&s, nb_exp(tk(&s, nb_mul_scalar(x2, -0.5)))),
+    nnc_tmps s = {0};
+    nb_tensor *phi = nnc_k(&s, normal_cdf(x));
+    nb_tensor *x2 = nnc_k(&s, nb_mul(x, x));
+    nb_tensor *pdf = nnc_k(&s, nb_mul_scalar(nnc_k(&s, nb_exp(nnc_k(&s, nb_mul_scalar(x2, -0.5)))),
                                           INV_SQRT_2PI));
-    nb_tensor *d = tk(&s, nb_add(phi, tk(&s, nb_mul(x, pdf))));
+    nb_tensor *d = nnc_k(&s, nb_add(phi, nnc_k(&s, nb_mul(x, pdf))));
     gi[0] = d ? nb_mul(g, d) : NULL;
-    tfree(&s);
+    nnc_free(&s);
     return bw_done(c, gi, n);
 }
 
@@ -470,13 +471,13 @@ static nb_tensor *gelu_impl(const nb_tensor *x)
 /* ctx->i: dim, log; saved: 0 = input, 1 = output (detached) */
 static nb_tensor *softmax_composite(const nb_tensor *x, int32_t dim, bool log)
 {
-    tmps s = {0};
-    nb_tensor *m = tk(&s, nb_amax(x, &dim, 1, true));
-    nb_tensor *sh = tk(&s, nb_sub(x, m));
-    nb_tensor *e = tk(&s, nb_exp(sh));
-    nb_tensor *sum = tk(&s, nb_sum(e, &dim, 1, true));
-    nb_tensor *r = log ? tk(&s, nb_sub(sh, tk(&s, nb_log(sum)))) : tk(&s, nb_div(e, sum));
-    return tret(&s, r);
+    nnc_tmps s = {0};
+    nb_tensor *m = nnc_k(&s, nb_amax(x, &dim, 1, true));
+    nb_tensor *sh = nnc_k(&s, nb_sub(x, m));
+    nb_tensor *e = nnc_k(&s, nb_exp(sh));
+    nb_tensor *sum = nnc_k(&s, nb_sum(e, &dim, 1, true));
+    nb_tensor *r = log ? nnc_k(&s, nb_sub(sh, nnc_k(&s, nb_log(sum)))) : nnc_k(&s, nb_div(e, sum));
+    return nnc_ret(&s, r);
 }
 
 static nb_tensor *softmax_forward(void *ctx, nb_tensor *const *in, int32_t n)
@@ -488,10 +489,10 @@ static nb_tensor *softmax_forward(void *ctx, nb_tensor *const *in, int32_t n)
     const char *kop = log ? "log_softmax" : "softmax";
     nb_tensor *out;
     if (numel_of(x) == 0) {
-        out = nb_empty(shape_of(x), opts_of(x));
+        out = nb_empty(nnc_shape(x), opts_of(x));
     } else if (dim == nb_tensor_ndim(x) - 1 && nbi_has_kernel(x, kop)) {
         nb_tensor *xc = nb_contiguous(x);
-        out = xc ? nb_empty(shape_of(x), opts_of(x)) : NULL;
+        out = xc ? nb_empty(nnc_shape(x), opts_of(x)) : NULL;
         int64_t iv[1] = {dim};
         if (out && nbi_run(kop, out, &xc, 1, NULL, 0, iv, 1) != NB_OK) {
             nb_release(out);
@@ -518,13 +519,13 @@ static nb_status softmax_backward(void *ctx, const nb_tensor *g, nb_tensor **gi,
     bool log = c->i[1] != 0;
     if (!c->need[0])
         return NB_OK;
-    tmps s = {0};
+    nnc_tmps s = {0};
     const char *kop = log ? "log_softmax_backward" : "softmax_backward";
     if (numel_of(g) == 0) {
         gi[0] = nb_zeros_like(x);
     } else if (dim == nb_tensor_ndim(x) - 1 && bw_fast(x, kop)) {
-        nb_tensor *gc = tk(&s, nb_contiguous(g)), *yc = tk(&s, nb_contiguous(y));
-        nb_tensor *gx = gc && yc ? nb_empty(shape_of(x), opts_of(x)) : NULL;
+        nb_tensor *gc = nnc_k(&s, nb_contiguous(g)), *yc = nnc_k(&s, nb_contiguous(y));
+        nb_tensor *gx = gc && yc ? nb_empty(nnc_shape(x), opts_of(x)) : NULL;
         int64_t iv[1] = {dim};
         if (gx && nbi_run(kop, gx, (nb_tensor *[]){gc, yc}, 2, NULL, 0, iv, 1) != NB_OK) {
             nb_release(gx);
@@ -534,17 +535,17 @@ static nb_status softmax_backward(void *ctx, const nb_tensor *g, nb_tensor **gi,
     } else {
         /* building a graph of the gradient: y must come from x again to carry its history */
         if (nb_is_grad_enabled() && nbi_requires_grad(x))
-            y = tk(&s, log ? nb_log_softmax(x, dim) : nb_softmax(x, dim));
+            y = nnc_k(&s, log ? nb_log_softmax(x, dim) : nb_softmax(x, dim));
         if (log) {
-            nb_tensor *sg = tk(&s, nb_sum(g, &dim, 1, true));
-            gi[0] = y && sg ? nb_sub(g, tk(&s, nb_mul(tk(&s, nb_exp(y)), sg))) : NULL;
+            nb_tensor *sg = nnc_k(&s, nb_sum(g, &dim, 1, true));
+            gi[0] = y && sg ? nb_sub(g, nnc_k(&s, nb_mul(nnc_k(&s, nb_exp(y)), sg))) : NULL;
         } else {
-            nb_tensor *gy = y ? tk(&s, nb_mul(g, y)) : NULL;
-            nb_tensor *sg = tk(&s, nb_sum(gy, &dim, 1, true));
-            gi[0] = sg ? nb_mul(y, tk(&s, nb_sub(g, sg))) : NULL;
+            nb_tensor *gy = y ? nnc_k(&s, nb_mul(g, y)) : NULL;
+            nb_tensor *sg = nnc_k(&s, nb_sum(gy, &dim, 1, true));
+            gi[0] = sg ? nb_mul(y, nnc_k(&s, nb_sub(g, sg))) : NULL;
         }
     }
-    tfree(&s);
+    nnc_free(&s);
     return bw_done(c, gi, n);
 }
 

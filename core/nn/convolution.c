@@ -88,26 +88,26 @@ static nb_tensor *window_table(const nb_tensor *like, const geom *g)
 static nb_tensor *gather_windows(const nb_tensor *x, const nb_tensor *table, const geom *g,
                                  int64_t c, double pad)
 {
-    tmps s = {0};
-    nb_tensor *xf = tk(&s, nb_reshape(x, NB_SHAPE(g->n, c, g->h * g->w)));
-    nb_tensor *col = tk(&s, nb_full(NB_SHAPE(g->n, c, 1), pad, opts_of(x)));
+    nnc_tmps s = {0};
+    nb_tensor *xf = nnc_k(&s, nb_reshape(x, NB_SHAPE(g->n, c, g->h * g->w)));
+    nb_tensor *col = nnc_k(&s, nb_full(NB_SHAPE(g->n, c, 1), pad, opts_of(x)));
     nb_tensor *parts[2] = {xf, col};
-    nb_tensor *xp = xf && col ? tk(&s, nb_cat(parts, 2, 2)) : NULL;
-    nb_tensor *idx = tk(&s, nb_expand(table, NB_SHAPE(g->n, c, geom_k(g) * geom_l(g))));
-    return tret(&s, xp && idx ? tk(&s, nb_gather(xp, 2, idx)) : NULL);
+    nb_tensor *xp = xf && col ? nnc_k(&s, nb_cat(parts, 2, 2)) : NULL;
+    nb_tensor *idx = nnc_k(&s, nb_expand(table, NB_SHAPE(g->n, c, geom_k(g) * geom_l(g))));
+    return nnc_ret(&s, xp && idx ? nnc_k(&s, nb_gather(xp, 2, idx)) : NULL);
 }
 
 /* The adjoint of gather_windows: cols (N, c, K * L) summed back into (N, c, H, W). */
 static nb_tensor *scatter_windows(const nb_tensor *cols, const nb_tensor *table, const geom *g,
                                   int64_t c)
 {
-    tmps s = {0};
+    nnc_tmps s = {0};
     int64_t hw = g->h * g->w;
-    nb_tensor *z = tk(&s, nb_zeros(NB_SHAPE(g->n, c, hw + 1), opts_of(cols)));
-    nb_tensor *idx = tk(&s, nb_expand(table, NB_SHAPE(g->n, c, geom_k(g) * geom_l(g))));
-    nb_tensor *acc = z && idx ? tk(&s, nb_scatter_add(z, 2, idx, cols)) : NULL;
-    nb_tensor *in = tk(&s, nb_narrow(acc, 2, 0, hw));
-    return tret(&s, tk(&s, nb_reshape(in, NB_SHAPE(g->n, c, g->h, g->w))));
+    nb_tensor *z = nnc_k(&s, nb_zeros(NB_SHAPE(g->n, c, hw + 1), opts_of(cols)));
+    nb_tensor *idx = nnc_k(&s, nb_expand(table, NB_SHAPE(g->n, c, geom_k(g) * geom_l(g))));
+    nb_tensor *acc = z && idx ? nnc_k(&s, nb_scatter_add(z, 2, idx, cols)) : NULL;
+    nb_tensor *in = nnc_k(&s, nb_narrow(acc, 2, 0, hw));
+    return nnc_ret(&s, nnc_k(&s, nb_reshape(in, NB_SHAPE(g->n, c, g->h, g->w))));
 }
 
 /* Accepts (N, C, H, W) or unbatched (C, H, W) input; *unbatched says which. */
@@ -163,11 +163,11 @@ static nb_tensor *conv_forward(void *ctx, nb_tensor *const *in, int32_t n)
     geom g = conv_geom(x, w, iv);
     int64_t O = nbi_dims(w)[0];
     nb_tensor *out = NULL;
-    tmps s = {0};
+    nnc_tmps s = {0};
     if (numel_of(x) == 0 || numel_of(w) == 0) {
         out = nb_zeros(NB_SHAPE(g.n, O, g.oh, g.ow), opts_of(x));
     } else if (nbi_has_kernel(x, "conv2d")) {
-        nb_tensor *xc = tk(&s, nb_contiguous(x)), *wc = tk(&s, nb_contiguous(w));
+        nb_tensor *xc = nnc_k(&s, nb_contiguous(x)), *wc = nnc_k(&s, nb_contiguous(w));
         out = xc && wc ? nb_empty(NB_SHAPE(g.n, O, g.oh, g.ow), opts_of(x)) : NULL;
         if (out && nbi_run("conv2d", out, (nb_tensor *[]){xc, wc}, 2, NULL, 0, iv, 7) != NB_OK) {
             nb_release(out);
@@ -175,21 +175,21 @@ static nb_tensor *conv_forward(void *ctx, nb_tensor *const *in, int32_t n)
         }
     } else {
         /* im2col by gather, then one batched matmul over the groups */
-        nb_tensor *table = tk(&s, window_table(x, &g));
-        nb_tensor *cols = table ? tk(&s, conv_cols(x, table, &g, G)) : NULL;
-        nb_tensor *wm = tk(&s, conv_wmat(w, G));
-        nb_tensor *wb = tk(&s, nb_unsqueeze(wm, 0));                /* (1, G, O/G, CK) */
-        nb_tensor *o = cols && wb ? tk(&s, nb_matmul(wb, cols)) : NULL; /* (N, G, O/G, L) */
+        nb_tensor *table = nnc_k(&s, window_table(x, &g));
+        nb_tensor *cols = table ? nnc_k(&s, conv_cols(x, table, &g, G)) : NULL;
+        nb_tensor *wm = nnc_k(&s, conv_wmat(w, G));
+        nb_tensor *wb = nnc_k(&s, nb_unsqueeze(wm, 0));                /* (1, G, O/G, CK) */
+        nb_tensor *o = cols && wb ? nnc_k(&s, nb_matmul(wb, cols)) : NULL; /* (N, G, O/G, L) */
         out = o ? nb_reshape(o, NB_SHAPE(g.n, O, g.oh, g.ow)) : NULL;
     }
     if (out && b) {
-        nb_tensor *bv = tk(&s, nb_reshape(b, NB_SHAPE(O, 1, 1)));
+        nb_tensor *bv = nnc_k(&s, nb_reshape(b, NB_SHAPE(O, 1, 1)));
         if (!bv || nb_add_(out, bv) != NB_OK) {
             nb_release(out);
             out = NULL;
         }
     }
-    tfree(&s);
+    nnc_free(&s);
     if (out && c->record) {
         save(c, 0, x);
         save(c, 1, w);
@@ -205,7 +205,7 @@ static nb_status conv_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
     int64_t iv[7], G = c->i[6];
     conv_kernel_ints(c, iv);
     geom geo = conv_geom(x, w, iv);
-    tmps s = {0};
+    nnc_tmps s = {0};
     if (c->need[2]) /* bias: sum over N, OH, OW */
         gi[2] = nb_sum(g, (int32_t[]){0, 2, 3}, 3, false);
     if (!c->need[0] && !c->need[1])
@@ -218,10 +218,10 @@ static nb_status conv_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
     bool fast_x = c->need[0] && bw_fast(x, "conv2d_backward_input");
     bool fast_w = c->need[1] && bw_fast(x, "conv2d_backward_weight");
     if (fast_x || fast_w) {
-        nb_tensor *gc = tk(&s, nb_contiguous(g));
+        nb_tensor *gc = nnc_k(&s, nb_contiguous(g));
         if (fast_x) {
-            nb_tensor *wc = tk(&s, nb_contiguous(w));
-            nb_tensor *gx = gc && wc ? nb_empty(shape_of(x), opts_of(x)) : NULL;
+            nb_tensor *wc = nnc_k(&s, nb_contiguous(w));
+            nb_tensor *gx = gc && wc ? nb_empty(nnc_shape(x), opts_of(x)) : NULL;
             if (gx && nbi_run("conv2d_backward_input", gx, (nb_tensor *[]){gc, wc}, 2, NULL, 0,
                               iv, 7) != NB_OK) {
                 nb_release(gx);
@@ -230,8 +230,8 @@ static nb_status conv_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
             gi[0] = gx;
         }
         if (fast_w) {
-            nb_tensor *xc = tk(&s, nb_contiguous(x));
-            nb_tensor *gw = gc && xc ? nb_empty(shape_of(w), opts_of(w)) : NULL;
+            nb_tensor *xc = nnc_k(&s, nb_contiguous(x));
+            nb_tensor *gw = gc && xc ? nb_empty(nnc_shape(w), opts_of(w)) : NULL;
             if (gw && nbi_run("conv2d_backward_weight", gw, (nb_tensor *[]){gc, xc}, 2, NULL, 0,
                               iv, 7) != NB_OK) {
                 nb_release(gw);
@@ -242,26 +242,26 @@ static nb_status conv_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
     }
     if ((c->need[0] && !fast_x) || (c->need[1] && !fast_w)) {
         int64_t O = nbi_dims(w)[0], L = geom_l(&geo);
-        nb_tensor *table = tk(&s, window_table(x, &geo));
-        nb_tensor *gg = tk(&s, nb_reshape(g, NB_SHAPE(geo.n, G, O / G, L)));
+        nb_tensor *table = nnc_k(&s, window_table(x, &geo));
+        nb_tensor *gg = nnc_k(&s, nb_reshape(g, NB_SHAPE(geo.n, G, O / G, L)));
         if (c->need[0] && !fast_x) {
             /* d cols = W^T g, summed back into the image */
-            nb_tensor *wm = tk(&s, conv_wmat(w, G));
-            nb_tensor *wt = tk(&s, nb_transpose(wm, 1, 2));             /* (G, CK, O/G) */
-            nb_tensor *gcol = wt && gg ? tk(&s, nb_matmul(wt, gg)) : NULL; /* (N, G, CK, L) */
-            nb_tensor *gcf = tk(&s, nb_reshape(gcol, NB_SHAPE(geo.n, geo.c, geom_k(&geo) * L)));
+            nb_tensor *wm = nnc_k(&s, conv_wmat(w, G));
+            nb_tensor *wt = nnc_k(&s, nb_transpose(wm, 1, 2));             /* (G, CK, O/G) */
+            nb_tensor *gcol = wt && gg ? nnc_k(&s, nb_matmul(wt, gg)) : NULL; /* (N, G, CK, L) */
+            nb_tensor *gcf = nnc_k(&s, nb_reshape(gcol, NB_SHAPE(geo.n, geo.c, geom_k(&geo) * L)));
             gi[0] = gcf && table ? scatter_windows(gcf, table, &geo, geo.c) : NULL;
         }
         if (c->need[1] && !fast_w) {
             /* d W = sum over the batch of g cols^T */
-            nb_tensor *cols = table ? tk(&s, conv_cols(x, table, &geo, G)) : NULL;
-            nb_tensor *ct = tk(&s, nb_transpose(cols, 2, 3));          /* (N, G, L, CK) */
-            nb_tensor *p = gg && ct ? tk(&s, nb_matmul(gg, ct)) : NULL; /* (N, G, O/G, CK) */
-            nb_tensor *sw = tk(&s, nb_sum(p, (int32_t[]){0}, 1, false));
-            gi[1] = sw ? nb_reshape(sw, shape_of(w)) : NULL;
+            nb_tensor *cols = table ? nnc_k(&s, conv_cols(x, table, &geo, G)) : NULL;
+            nb_tensor *ct = nnc_k(&s, nb_transpose(cols, 2, 3));          /* (N, G, L, CK) */
+            nb_tensor *p = gg && ct ? nnc_k(&s, nb_matmul(gg, ct)) : NULL; /* (N, G, O/G, CK) */
+            nb_tensor *sw = nnc_k(&s, nb_sum(p, (int32_t[]){0}, 1, false));
+            gi[1] = sw ? nb_reshape(sw, nnc_shape(w)) : NULL;
         }
     }
-    tfree(&s);
+    nnc_free(&s);
     return bw_done(c, gi, n);
 }
 
@@ -292,20 +292,20 @@ static nb_tensor *conv2d_same(const nb_tensor *x, const nb_tensor *w, const nb_t
         extra[k] = total - 2 * o.padding[k];
     }
     o.padding_same = false;
-    tmps s = {0};
+    nnc_tmps s = {0};
     const nb_tensor *xp = x;
     for (int k = 0; k < 2 && xp; k++) {
         if (!extra[k])
             continue;
         int32_t dim = nb_tensor_ndim(xp) - 2 + k;
-        nb_shape zs = shape_of(xp);
+        nb_shape zs = nnc_shape(xp);
         zs.dims[dim] = extra[k];
-        nb_tensor *z = tk(&s, nb_zeros(zs, opts_of(xp)));
+        nb_tensor *z = nnc_k(&s, nb_zeros(zs, opts_of(xp)));
         nb_tensor *parts[2] = {(nb_tensor *)xp, z};
-        xp = z ? tk(&s, nb_cat(parts, 2, dim)) : NULL;
+        xp = z ? nnc_k(&s, nb_cat(parts, 2, dim)) : NULL;
     }
     nb_tensor *out = xp ? conv2d_impl(xp, w, b, o) : NULL;
-    tfree(&s);
+    nnc_free(&s);
     return out;
 }
 
@@ -501,14 +501,14 @@ static nb_tensor *max_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
     geom g = pool_load(c);
     nb_shape os = NB_SHAPE(g.n, g.c, g.oh, g.ow);
     nb_tensor *out = NULL, *idx = NULL;
-    tmps s = {0};
+    nnc_tmps s = {0};
     if (numel_of(x) == 0) {
         out = nb_empty(os, opts_of(x));
         idx = nb_empty(os, (nb_opts){NB_DTYPE_I64, DEVNAME(x)});
     } else if (POOL_PLAIN(c) && nbi_has_kernel(x, "max_pool2d")) {
         int64_t iv[6];
         pool_ints(&g, iv);
-        nb_tensor *xc = tk(&s, nb_contiguous(x));
+        nb_tensor *xc = nnc_k(&s, nb_contiguous(x));
         out = xc ? nb_empty(os, opts_of(x)) : NULL;
         idx = out ? nb_empty(os, (nb_opts){NB_DTYPE_I64, DEVNAME(x)}) : NULL;
         if (idx && nbi_run("max_pool2d", out, (nb_tensor *[]){xc, idx}, 2, NULL, 0, iv, 6) !=
@@ -519,21 +519,21 @@ static nb_tensor *max_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
     } else {
         /* gather the windows with -inf outside, then the first maximum of each */
         int64_t K = geom_k(&g), L = geom_l(&g);
-        nb_tensor *table = tk(&s, window_table(x, &g));
-        nb_tensor *win = table ? tk(&s, gather_windows(x, table, &g, g.c, -INFINITY)) : NULL;
-        nb_tensor *w4 = tk(&s, nb_view(win, NB_SHAPE(g.n, g.c, K, L)));
+        nb_tensor *table = nnc_k(&s, window_table(x, &g));
+        nb_tensor *win = table ? nnc_k(&s, gather_windows(x, table, &g, g.c, -INFINITY)) : NULL;
+        nb_tensor *w4 = nnc_k(&s, nb_view(win, NB_SHAPE(g.n, g.c, K, L)));
         nb_tensor *val = NULL, *arg = NULL;
         if (w4 && nb_max_dim(w4, 2, true, &val, &arg) == NB_OK) {
-            tk(&s, val);
-            tk(&s, arg);
+            nnc_k(&s, val);
+            nnc_k(&s, arg);
             /* window offset -> flat input position, through the same table. Tier 1 promises
              * a float32 gather only, and positions below 2^24 are exact in float32. */
             nb_dtype via = g.h * g.w < (1 << 24) ? NB_DTYPE_F32 : NB_DTYPE_I64;
-            nb_tensor *t1 = tk(&s, nb_view(table, NB_SHAPE(1, 1, K, L)));
-            nb_tensor *tf = tk(&s, nb_to_dtype(t1, via));
-            nb_tensor *t4 = tk(&s, nb_expand(tf, NB_SHAPE(g.n, g.c, K, L)));
-            nb_tensor *pf = t4 ? tk(&s, nb_gather(t4, 2, arg)) : NULL;
-            nb_tensor *pos = pf ? tk(&s, nb_to_dtype(pf, NB_DTYPE_I64)) : NULL;
+            nb_tensor *t1 = nnc_k(&s, nb_view(table, NB_SHAPE(1, 1, K, L)));
+            nb_tensor *tf = nnc_k(&s, nb_to_dtype(t1, via));
+            nb_tensor *t4 = nnc_k(&s, nb_expand(tf, NB_SHAPE(g.n, g.c, K, L)));
+            nb_tensor *pf = t4 ? nnc_k(&s, nb_gather(t4, 2, arg)) : NULL;
+            nb_tensor *pos = pf ? nnc_k(&s, nb_to_dtype(pf, NB_DTYPE_I64)) : NULL;
             out = nb_reshape(val, os);
             idx = pos ? nb_reshape(pos, os) : NULL;
         }
@@ -542,7 +542,7 @@ static nb_tensor *max_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
         nb_release(out);
         out = NULL;
     }
-    tfree(&s);
+    nnc_free(&s);
     if (out && c->record)
         save(c, 0, idx);
     nb_release(idx);
@@ -555,7 +555,7 @@ static nb_status max_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
     SAVED(0, idx);
     geom geo = pool_load(c);
     nb_shape xs = NB_SHAPE(geo.n, geo.c, geo.h, geo.w);
-    tmps s = {0};
+    nnc_tmps s = {0};
     if (!c->need[0])
         return NB_OK;
     if (numel_of(g) == 0) {
@@ -563,7 +563,7 @@ static nb_status max_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
     } else if (POOL_PLAIN(c) && bw_fast(g, "max_pool2d_backward")) {
         int64_t iv[6];
         pool_ints(&geo, iv);
-        nb_tensor *gc = tk(&s, nb_contiguous(g));
+        nb_tensor *gc = nnc_k(&s, nb_contiguous(g));
         nb_tensor *gx = gc ? nb_empty(xs, opts_of(g)) : NULL; /* the kernel zeroes it first */
         if (gx && nbi_run("max_pool2d_backward", gx, (nb_tensor *[]){gc, idx}, 2, NULL, 0, iv,
                           6) != NB_OK) {
@@ -573,13 +573,13 @@ static nb_status max_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
         gi[0] = gx;
     } else {
         int64_t L = geom_l(&geo);
-        nb_tensor *z = tk(&s, nb_zeros(NB_SHAPE(geo.n, geo.c, geo.h * geo.w), opts_of(g)));
-        nb_tensor *i3 = tk(&s, nb_reshape(idx, NB_SHAPE(geo.n, geo.c, L)));
-        nb_tensor *g3 = tk(&s, nb_reshape(g, NB_SHAPE(geo.n, geo.c, L)));
-        nb_tensor *acc = z && i3 && g3 ? tk(&s, nb_scatter_add(z, 2, i3, g3)) : NULL;
+        nb_tensor *z = nnc_k(&s, nb_zeros(NB_SHAPE(geo.n, geo.c, geo.h * geo.w), opts_of(g)));
+        nb_tensor *i3 = nnc_k(&s, nb_reshape(idx, NB_SHAPE(geo.n, geo.c, L)));
+        nb_tensor *g3 = nnc_k(&s, nb_reshape(g, NB_SHAPE(geo.n, geo.c, L)));
+        nb_tensor *acc = z && i3 && g3 ? nnc_k(&s, nb_scatter_add(z, 2, i3, g3)) : NULL;
         gi[0] = acc ? nb_reshape(acc, xs) : NULL;
     }
-    tfree(&s);
+    nnc_free(&s);
     return bw_done(c, gi, n);
 }
 
@@ -600,29 +600,30 @@ static nb_tensor *avg_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
     geom g = pool_load(c);
     nb_shape os = NB_SHAPE(g.n, g.c, g.oh, g.ow);
     nb_tensor *out = NULL;
-    tmps s = {0};
+    nnc_tmps s = {0};
     if (numel_of(x) == 0) {
         out = nb_zeros(os, opts_of(x));
     } else if (POOL_PLAIN(c) && nbi_has_kernel(x, "conv2d")) {
         int64_t iv[7] = {g.sh, g.sw, g.ph, g.pw, 1, 1, 1};
-        nb_tensor *xr = tk(&s, nb_reshape(x, NB_SHAPE(g.n * g.c, 1, g.h, g.w)));
-        nb_tensor *xc = tk(&s, nb_contiguous(xr));
-        nb_tensor *wk = tk(&s, avg_weight(x, &g));
-        nb_tensor *o = xc && wk ? tk(&s, nb_empty(NB_SHAPE(g.n * g.c, 1, g.oh, g.ow), opts_of(x)))
+        nb_tensor *xr = nnc_k(&s, nb_reshape(x, NB_SHAPE(g.n * g.c, 1, g.h, g.w)));
+        nb_tensor *xc = nnc_k(&s, nb_contiguous(xr));
+        nb_tensor *wk = nnc_k(&s, avg_weight(x, &g));
+        nb_tensor *o = xc && wk ? nnc_k(&s, nb_empty(NB_SHAPE(g.n * g.c, 1, g.oh, g.ow),
+                                                     opts_of(x)))
                                 : NULL;
         if (o && nbi_run("conv2d", o, (nb_tensor *[]){xc, wk}, 2, NULL, 0, iv, 7) == NB_OK)
             out = nb_reshape(o, os);
     } else {
-        nb_tensor *table = tk(&s, window_table(x, &g));
-        nb_tensor *win = table ? tk(&s, gather_windows(x, table, &g, g.c, 0.0)) : NULL;
-        nb_tensor *w4 = tk(&s, nb_view(win, NB_SHAPE(g.n, g.c, geom_k(&g), geom_l(&g))));
-        nb_tensor *sum = tk(&s, nb_sum(w4, (int32_t[]){2}, 1, true));
-        nb_tensor *inv = POOL_PLAIN(c) ? NULL : tk(&s, avg_inv_divisor(x, &g, POOL_EXCLUDE(c)));
-        nb_tensor *avg = POOL_PLAIN(c) ? tk(&s, nb_mul_scalar(sum, 1.0 / (double)geom_k(&g)))
-                                       : inv && sum ? tk(&s, nb_mul(sum, inv)) : NULL;
+        nb_tensor *table = nnc_k(&s, window_table(x, &g));
+        nb_tensor *win = table ? nnc_k(&s, gather_windows(x, table, &g, g.c, 0.0)) : NULL;
+        nb_tensor *w4 = nnc_k(&s, nb_view(win, NB_SHAPE(g.n, g.c, geom_k(&g), geom_l(&g))));
+        nb_tensor *sum = nnc_k(&s, nb_sum(w4, (int32_t[]){2}, 1, true));
+        nb_tensor *inv = POOL_PLAIN(c) ? NULL : nnc_k(&s, avg_inv_divisor(x, &g, POOL_EXCLUDE(c)));
+        nb_tensor *avg = POOL_PLAIN(c) ? nnc_k(&s, nb_mul_scalar(sum, 1.0 / (double)geom_k(&g)))
+                                       : inv && sum ? nnc_k(&s, nb_mul(sum, inv)) : NULL;
         out = avg ? nb_reshape(avg, os) : NULL;
     }
-    tfree(&s);
+    nnc_free(&s);
     return out;
 }
 
@@ -631,7 +632,7 @@ static nb_status avg_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
     fctx *c = ctx;
     geom geo = pool_load(c);
     nb_shape xs = NB_SHAPE(geo.n, geo.c, geo.h, geo.w);
-    tmps s = {0};
+    nnc_tmps s = {0};
     if (!c->need[0])
         return NB_OK;
     int64_t K = geom_k(&geo), L = geom_l(&geo);
@@ -639,10 +640,10 @@ static nb_status avg_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
         gi[0] = nb_zeros(xs, opts_of(g));
     } else if (POOL_PLAIN(c) && bw_fast(g, "conv2d_backward_input")) {
         int64_t iv[7] = {geo.sh, geo.sw, geo.ph, geo.pw, 1, 1, 1};
-        nb_tensor *gr = tk(&s, nb_reshape(g, NB_SHAPE(geo.n * geo.c, 1, geo.oh, geo.ow)));
-        nb_tensor *gc = tk(&s, nb_contiguous(gr));
-        nb_tensor *wk = tk(&s, avg_weight(g, &geo));
-        nb_tensor *gx = gc && wk ? tk(&s, nb_empty(NB_SHAPE(geo.n * geo.c, 1, geo.h, geo.w),
+        nb_tensor *gr = nnc_k(&s, nb_reshape(g, NB_SHAPE(geo.n * geo.c, 1, geo.oh, geo.ow)));
+        nb_tensor *gc = nnc_k(&s, nb_contiguous(gr));
+        nb_tensor *wk = nnc_k(&s, avg_weight(g, &geo));
+        nb_tensor *gx = gc && wk ? nnc_k(&s, nb_empty(NB_SHAPE(geo.n * geo.c, 1, geo.h, geo.w),
                                                    opts_of(g)))
                                  : NULL;
         if (gx && nbi_run("conv2d_backward_input", gx, (nb_tensor *[]){gc, wk}, 2, NULL, 0, iv,
@@ -650,16 +651,17 @@ static nb_status avg_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
             gi[0] = nb_reshape(gx, xs);
     } else {
         /* every window position receives g / K */
-        nb_tensor *table = tk(&s, window_table(g, &geo));
-        nb_tensor *g4 = tk(&s, nb_reshape(g, NB_SHAPE(geo.n, geo.c, 1, L)));
-        nb_tensor *inv = POOL_PLAIN(c) ? NULL : tk(&s, avg_inv_divisor(g, &geo, POOL_EXCLUDE(c)));
-        nb_tensor *gs = POOL_PLAIN(c) ? tk(&s, nb_mul_scalar(g4, 1.0 / (double)K))
-                                      : inv && g4 ? tk(&s, nb_mul(g4, inv)) : NULL;
-        nb_tensor *ge = tk(&s, nb_expand(gs, NB_SHAPE(geo.n, geo.c, K, L)));
-        nb_tensor *g3 = tk(&s, nb_reshape(ge, NB_SHAPE(geo.n, geo.c, K * L)));
+        nb_tensor *table = nnc_k(&s, window_table(g, &geo));
+        nb_tensor *g4 = nnc_k(&s, nb_reshape(g, NB_SHAPE(geo.n, geo.c, 1, L)));
+        nb_tensor *inv = POOL_PLAIN(c) ? NULL
+                                       : nnc_k(&s, avg_inv_divisor(g, &geo, POOL_EXCLUDE(c)));
+        nb_tensor *gs = POOL_PLAIN(c) ? nnc_k(&s, nb_mul_scalar(g4, 1.0 / (double)K))
+                                      : inv && g4 ? nnc_k(&s, nb_mul(g4, inv)) : NULL;
+        nb_tensor *ge = nnc_k(&s, nb_expand(gs, NB_SHAPE(geo.n, geo.c, K, L)));
+        nb_tensor *g3 = nnc_k(&s, nb_reshape(ge, NB_SHAPE(geo.n, geo.c, K * L)));
         gi[0] = table && g3 ? scatter_windows(g3, table, &geo, geo.c) : NULL;
     }
-    tfree(&s);
+    nnc_free(&s);
     return bw_done(c, gi, n);
 }
 

@@ -5,7 +5,7 @@
 #ifndef NB_NN_FUNCTIONAL_H
 #define NB_NN_FUNCTIONAL_H
 
-#include "nabla_layer.h"
+#include "composite.h" /* nnc_tmps, nnc_k, nnc_ret, nnc_shape */
 
 #include <math.h>
 #include <string.h>
@@ -72,49 +72,6 @@ static inline bool check_reduction(const char *op, nb_reduction r)
     nbi_error(NB_INVALID_ARGUMENT, "%s: reduction %d is not one of NB_REDUCTION_MEAN (0), "
               "NB_REDUCTION_SUM (1), NB_REDUCTION_NONE (2)", op, (int)r);
     return false;
-}
-
-static inline nb_shape shape_of(const nb_tensor *t)
-{
-    nb_shape s = {.ndim = nb_tensor_ndim(t)};
-    memcpy(s.dims, nbi_dims(t), (size_t)nb_tensor_ndim(t) * sizeof(int64_t));
-    return s;
-}
-
-/* Intermediates of one computation, released together. The chains below are short and fixed,
- * so the capacity is never reached; if it were, the tensor is released and NULL returned. */
-#define TMP_CAP 48
-typedef struct tmps {
-    nb_tensor *t[TMP_CAP];
-    int n;
-} tmps;
-
-static inline nb_tensor *tk(tmps *s, nb_tensor *t)
-{
-    if (!t)
-        return NULL;
-    if (s->n == TMP_CAP) {
-        nb_release(t);
-        nbi_error(NB_OUT_OF_MEMORY, "functional: too many intermediates in one computation");
-        return NULL;
-    }
-    s->t[s->n++] = t;
-    return t;
-}
-
-static inline void tfree(tmps *s)
-{
-    for (int k = 0; k < s->n; k++)
-        nb_release(s->t[k]);
-    s->n = 0;
-}
-
-/* Releases every intermediate but r (a new reference to r is returned). */
-static inline nb_tensor *tret(tmps *s, nb_tensor *r)
-{
-    nb_retain(r);
-    tfree(s);
-    return r;
 }
 
 /* ============================== autograd plumbing ============================== */

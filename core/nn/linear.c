@@ -55,18 +55,18 @@ static nb_tensor *dropout_impl(const nb_tensor *x, double p, bool training)
     /* as PyTorch: nothing to drop hands back the input itself */
     if (!training || p == 0 || numel_of(x) == 0)
         return nb_retain((nb_tensor *)x);
-    tmps s = {0};
+    nnc_tmps s = {0};
     nb_tensor *mask;
     if (p == 1) {
-        mask = tk(&s, nb_zeros(NB_SHAPE_SCALAR, opts_of(x)));
+        mask = nnc_k(&s, nb_zeros(NB_SHAPE_SCALAR, opts_of(x)));
     } else {
         /* keep with probability 1 - p, scaled so that the expectation is unchanged */
-        nb_tensor *keep = tk(&s, nb_lt_scalar(tk(&s, nb_rand_like(x)), 1 - p));
-        mask = tk(&s, nb_to_dtype(keep, nb_tensor_dtype(x)));
+        nb_tensor *keep = nnc_k(&s, nb_lt_scalar(nnc_k(&s, nb_rand_like(x)), 1 - p));
+        mask = nnc_k(&s, nb_to_dtype(keep, nb_tensor_dtype(x)));
         if (mask && nb_mul_scalar_(mask, 1 / (1 - p)) != NB_OK)
             mask = NULL;
     }
-    return tret(&s, mask ? tk(&s, nb_mul(x, mask)) : NULL); /* MulBackward0 */
+    return nnc_ret(&s, mask ? nnc_k(&s, nb_mul(x, mask)) : NULL); /* MulBackward0 */
 }
 
 /* ============================ public entry points ============================ */

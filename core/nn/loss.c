@@ -80,14 +80,14 @@ static nb_status mse_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, int
     fctx *c = ctx;
     SAVED(0, x);
     SAVED(1, t);
-    tmps s = {0};
-    nb_tensor *d = tk(&s, nb_mul_scalar(tk(&s, nb_sub(x, t)), 2.0));
-    nb_tensor *gx = tk(&s, loss_grad(g, d, (nb_reduction)c->i[0], c->i[1]));
+    nnc_tmps s = {0};
+    nb_tensor *d = nnc_k(&s, nb_mul_scalar(nnc_k(&s, nb_sub(x, t)), 2.0));
+    nb_tensor *gx = nnc_k(&s, loss_grad(g, d, (nb_reduction)c->i[0], c->i[1]));
     if (c->need[0])
         gi[0] = nb_retain(gx);
     if (c->need[1])
         gi[1] = gx ? nb_neg(gx) : NULL;
-    tfree(&s);
+    nnc_free(&s);
     return bw_done(c, gi, n);
 }
 
@@ -112,14 +112,14 @@ static nb_tensor *bce_logs(const nb_tensor *x, nb_tensor **l1x)
 static nb_tensor *bce_forward(void *ctx, nb_tensor *const *in, int32_t n)
 {
     fctx *c = ctx;
-    tmps s = {0};
-    nb_tensor *l1x = NULL, *lx = tk(&s, bce_logs(in[0], &l1x));
-    tk(&s, l1x);
+    nnc_tmps s = {0};
+    nb_tensor *l1x = NULL, *lx = nnc_k(&s, bce_logs(in[0], &l1x));
+    nnc_k(&s, l1x);
     /* (t - 1) log(1 - x) - t log x */
-    nb_tensor *a = lx ? tk(&s, nb_mul(in[1], lx)) : NULL;
-    nb_tensor *b = l1x ? tk(&s, nb_mul(tk(&s, nb_add_scalar(in[1], -1.0)), l1x)) : NULL;
+    nb_tensor *a = lx ? nnc_k(&s, nb_mul(in[1], lx)) : NULL;
+    nb_tensor *b = l1x ? nnc_k(&s, nb_mul(nnc_k(&s, nb_add_scalar(in[1], -1.0)), l1x)) : NULL;
     nb_tensor *l = a && b ? nb_sub(b, a) : NULL;
-    tfree(&s);
+    nnc_free(&s);
     c->i[1] = numel_of(in[0]);
     nb_tensor *out = reduce_loss(l, (nb_reduction)c->i[0]);
     loss_save(c, in, out);
@@ -133,20 +133,20 @@ static nb_status bce_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, int
     SAVED(0, x);
     SAVED(1, t);
     nb_reduction r = (nb_reduction)c->i[0];
-    tmps s = {0};
+    nnc_tmps s = {0};
     if (c->need[0]) {
-        nb_tensor *den = tk(&s, nb_clamp(tk(&s, nb_mul(x, tk(&s, nb_rsub_scalar(x, 1.0)))),
+        nb_tensor *den = nnc_k(&s, nb_clamp(nnc_k(&s, nb_mul(x, nnc_k(&s, nb_rsub_scalar(x, 1.0)))),
                                          1e-12, NAN));
-        nb_tensor *d = tk(&s, nb_div(tk(&s, nb_sub(x, t)), den));
+        nb_tensor *d = nnc_k(&s, nb_div(nnc_k(&s, nb_sub(x, t)), den));
         gi[0] = loss_grad(g, d, r, c->i[1]);
     }
     if (c->need[1]) {
-        nb_tensor *l1x = NULL, *lx = tk(&s, bce_logs(x, &l1x));
-        tk(&s, l1x);
-        nb_tensor *d = lx ? tk(&s, nb_sub(l1x, lx)) : NULL;
+        nb_tensor *l1x = NULL, *lx = nnc_k(&s, bce_logs(x, &l1x));
+        nnc_k(&s, l1x);
+        nb_tensor *d = lx ? nnc_k(&s, nb_sub(l1x, lx)) : NULL;
         gi[1] = loss_grad(g, d, r, c->i[1]);
     }
-    tfree(&s);
+    nnc_free(&s);
     return bw_done(c, gi, n);
 }
 
@@ -158,12 +158,13 @@ static nb_tensor *bcel_forward(void *ctx, nb_tensor *const *in, int32_t n)
 {
     fctx *c = ctx;
     const nb_tensor *x = in[0], *t = in[1];
-    tmps s = {0};
-    nb_tensor *sp = tk(&s, nb_log(tk(&s, nb_add_scalar(tk(&s, nb_exp(tk(&s, nb_neg(tk(&s,
-                                                     nb_abs(x)))))), 1.0))));
-    nb_tensor *l = tk(&s, nb_add(tk(&s, nb_sub(tk(&s, nb_relu(x)), tk(&s, nb_mul(x, t)))), sp));
+    nnc_tmps s = {0};
+    nb_tensor *e = nnc_k(&s, nb_exp(nnc_k(&s, nb_neg(nnc_k(&s, nb_abs(x))))));
+    nb_tensor *sp = nnc_k(&s, nb_log(nnc_k(&s, nb_add_scalar(e, 1.0))));
+    nb_tensor *d = nnc_k(&s, nb_sub(nnc_k(&s, nb_relu(x)), nnc_k(&s, nb_mul(x, t))));
+    nb_tensor *l = nnc_k(&s, nb_add(d, sp));
     c->i[1] = numel_of(x);
-    nb_tensor *out = reduce_loss(tret(&s, l), (nb_reduction)c->i[0]);
+    nb_tensor *out = reduce_loss(nnc_ret(&s, l), (nb_reduction)c->i[0]);
     loss_save(c, in, out);
     return out;
 }
@@ -175,12 +176,12 @@ static nb_status bcel_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
     SAVED(0, x);
     SAVED(1, t);
     nb_reduction r = (nb_reduction)c->i[0];
-    tmps s = {0};
+    nnc_tmps s = {0};
     if (c->need[0])
-        gi[0] = loss_grad(g, tk(&s, nb_sub(tk(&s, nb_sigmoid(x)), t)), r, c->i[1]);
+        gi[0] = loss_grad(g, nnc_k(&s, nb_sub(nnc_k(&s, nb_sigmoid(x)), t)), r, c->i[1]);
     if (c->need[1])
-        gi[1] = loss_grad(g, tk(&s, nb_neg(x)), r, c->i[1]);
-    tfree(&s);
+        gi[1] = loss_grad(g, nnc_k(&s, nb_neg(x)), r, c->i[1]);
+    nnc_free(&s);
     return bw_done(c, gi, n);
 }
 
@@ -209,12 +210,13 @@ static nb_tensor *mse_loss_impl(const nb_tensor *input, const nb_tensor *target,
 /* PyTorch refuses probabilities outside [0, 1] (NaN among them) rather than return NaN. */
 static bool check_probabilities(const char *op, const nb_tensor *x)
 {
-    tmps s = {0};
-    nb_tensor *in = tk(&s, nb_logical_and(tk(&s, nb_ge_scalar(x, 0)), tk(&s, nb_le_scalar(x, 1))));
-    nb_tensor *bad = tk(&s, nb_sum(tk(&s, nb_logical_not(in)), NULL, 0, false));
+    nnc_tmps s = {0};
+    nb_tensor *lo = nnc_k(&s, nb_ge_scalar(x, 0)), *hi = nnc_k(&s, nb_le_scalar(x, 1));
+    nb_tensor *in = nnc_k(&s, nb_logical_and(lo, hi));
+    nb_tensor *bad = nnc_k(&s, nb_sum(nnc_k(&s, nb_logical_not(in)), NULL, 0, false));
     double n = 0;
     bool ok = bad && nb_item(bad, &n) == NB_OK;
-    tfree(&s);
+    nnc_free(&s);
     if (ok && n > 0) {
         nbi_error(NB_INVALID_ARGUMENT, "%s: all elements of input should be between 0 and 1 "
                   "(%.0f of input %s are not)", op, n, NBI_SHAPE_STR(x));
@@ -244,18 +246,18 @@ static nb_tensor *nll_forward(void *ctx, nb_tensor *const *in, int32_t n)
     fctx *c = ctx;
     nb_tensor *idx = c->saved[0], *mask = c->saved[1];
     nb_reduction r = (nb_reduction)c->i[0];
-    tmps s = {0};
-    nb_tensor *l = tk(&s, nb_neg(tk(&s, nb_gather(in[0], 1, idx)))); /* (N, 1, *) */
+    nnc_tmps s = {0};
+    nb_tensor *l = nnc_k(&s, nb_neg(nnc_k(&s, nb_gather(in[0], 1, idx)))); /* (N, 1, *) */
     if (l && mask)
-        l = tk(&s, nb_mul(l, mask));
+        l = nnc_k(&s, nb_mul(l, mask));
     nb_tensor *out;
     if (r == NB_REDUCTION_NONE)
         out = l ? nb_reshape(l, c->tshape) : NULL;
     else if (r == NB_REDUCTION_SUM)
         out = l ? nb_sum(l, NULL, 0, false) : NULL;
     else /* mean over the kept entries; 0/0 = nan when all are ignored, as in PyTorch */
-        out = l ? nb_div_scalar(tk(&s, nb_sum(l, NULL, 0, false)), (double)c->i[1]) : NULL;
-    tfree(&s);
+        out = l ? nb_div_scalar(nnc_k(&s, nb_sum(l, NULL, 0, false)), (double)c->i[1]) : NULL;
+    nnc_free(&s);
     return out;
 }
 
@@ -269,15 +271,15 @@ static nb_status nll_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, int
         return NB_OK;
     nb_reduction r = (nb_reduction)c->i[0];
     double scale = r != NB_REDUCTION_MEAN ? -1.0 : c->i[1] ? -1.0 / (double)c->i[1] : 0.0;
-    tmps s = {0};
-    nb_tensor *gs = tk(&s, nb_mul_scalar(g, scale));
-    nb_tensor *src = r == NB_REDUCTION_NONE ? tk(&s, nb_reshape(gs, shape_of(idx)))
-                                            : tk(&s, nb_expand(gs, shape_of(idx)));
+    nnc_tmps s = {0};
+    nb_tensor *gs = nnc_k(&s, nb_mul_scalar(g, scale));
+    nb_tensor *src = r == NB_REDUCTION_NONE ? nnc_k(&s, nb_reshape(gs, nnc_shape(idx)))
+                                            : nnc_k(&s, nb_expand(gs, nnc_shape(idx)));
     if (src && mask)
-        src = tk(&s, nb_mul(src, mask));
-    nb_tensor *z = tk(&s, nb_zeros(c->shape, opts_of(g)));
+        src = nnc_k(&s, nb_mul(src, mask));
+    nb_tensor *z = nnc_k(&s, nb_zeros(c->shape, opts_of(g)));
     gi[0] = z && src ? nb_scatter_add(z, 1, idx, src) : NULL;
-    tfree(&s);
+    nnc_free(&s);
     return bw_done(c, gi, n);
 }
 
@@ -351,8 +353,8 @@ static fctx *nll_prepare(const char *op, const nb_tensor *input, const nb_tensor
     }
     c->i[0] = r;
     c->i[1] = kept;
-    c->tshape = shape_of(target);
-    c->shape = shape_of(input);
+    c->tshape = nnc_shape(target);
+    c->shape = nnc_shape(input);
     if (nb_tensor_ndim(input) == 1) /* unbatched: the node sees (1, C) */
         c->shape = NB_SHAPE(1, classes);
     nb_shape is = {.ndim = c->shape.ndim}; /* (N, 1, *) */
@@ -435,10 +437,11 @@ static nb_tensor *cross_entropy_impl(const nb_tensor *input, const nb_tensor *ta
                       NBI_SHAPE_STR(input), NBI_SHAPE_STR(target));
             return NULL;
         }
-        tmps s = {0};
-        nb_tensor *lp = tk(&s, nb_log_softmax(input, cdim));
-        nb_tensor *l = tk(&s, nb_neg(tk(&s, nb_sum(tk(&s, nb_mul(lp, target)), &cdim, 1, false))));
-        return tret(&s, l ? tk(&s, reduce_loss(nb_retain(l), r)) : NULL);
+        nnc_tmps s = {0};
+        nb_tensor *lp = nnc_k(&s, nb_log_softmax(input, cdim));
+        nb_tensor *prod = nnc_k(&s, nb_mul(lp, target));
+        nb_tensor *l = nnc_k(&s, nb_neg(nnc_k(&s, nb_sum(prod, &cdim, 1, false))));
+        return nnc_ret(&s, l ? nnc_k(&s, reduce_loss(nb_retain(l), r)) : NULL);
     }
     fctx *c = nll_prepare(op, input, target, r);
     if (!c)

@@ -471,41 +471,41 @@ static nb_tensor *bn_forward(void *ctx, nb_tensor *const *in, int32_t n)
     double eps = c->f[0], momentum = c->f[1];
     int32_t dims[NB_MAX_DIMS], nd = bn_dims(x, dims);
     int64_t C = nbi_dims(x)[1], count = numel_of(x) / (C ? C : 1);
-    tmps s = {0};
+    nnc_tmps s = {0};
     nb_tensor *mean, *invstd; /* broadcastable against x */
     if (training) {
-        mean = tk(&s, nb_mean(x, dims, nd, true));
-        nb_tensor *var = tk(&s, nb_var(x, dims, nd, 0, true));
-        invstd = tk(&s, nb_rsqrt(tk(&s, nb_add_scalar(var, eps))));
+        mean = nnc_k(&s, nb_mean(x, dims, nd, true));
+        nb_tensor *var = nnc_k(&s, nb_var(x, dims, nd, 0, true));
+        invstd = nnc_k(&s, nb_rsqrt(nnc_k(&s, nb_add_scalar(var, eps))));
         /* running statistics take the unbiased variance, as in PyTorch */
         if (rm && mean) {
-            nb_tensor *m1 = tk(&s, nb_reshape(mean, NB_SHAPE(C)));
+            nb_tensor *m1 = nnc_k(&s, nb_reshape(mean, NB_SHAPE(C)));
             if (!m1 || nb_mul_scalar_(rm, 1 - momentum) != NB_OK ||
                 nb_add_scaled_(rm, m1, momentum) != NB_OK)
                 mean = NULL;
         }
         if (rv && var) {
-            nb_tensor *v1 = tk(&s, nb_reshape(var, NB_SHAPE(C)));
+            nb_tensor *v1 = nnc_k(&s, nb_reshape(var, NB_SHAPE(C)));
             double unbias = (double)count / (double)(count - 1);
             if (!v1 || nb_mul_scalar_(rv, 1 - momentum) != NB_OK ||
                 nb_add_scaled_(rv, v1, momentum * unbias) != NB_OK)
                 mean = NULL;
         }
     } else {
-        mean = tk(&s, chan_view(rm, nb_tensor_ndim(x)));
-        invstd = tk(&s, chan_view(tk(&s, nb_rsqrt(tk(&s, nb_add_scalar(rv, eps)))),
+        mean = nnc_k(&s, chan_view(rm, nb_tensor_ndim(x)));
+        invstd = nnc_k(&s, chan_view(nnc_k(&s, nb_rsqrt(nnc_k(&s, nb_add_scalar(rv, eps)))),
                                   nb_tensor_ndim(x)));
     }
-    nb_tensor *y = mean && invstd ? tk(&s, nb_mul(tk(&s, nb_sub(x, mean)), invstd)) : NULL;
+    nb_tensor *y = mean && invstd ? nnc_k(&s, nb_mul(nnc_k(&s, nb_sub(x, mean)), invstd)) : NULL;
     if (y && w)
-        y = tk(&s, nb_mul(y, tk(&s, chan_view(w, nb_tensor_ndim(x)))));
+        y = nnc_k(&s, nb_mul(y, nnc_k(&s, chan_view(w, nb_tensor_ndim(x)))));
     if (y && b)
-        y = tk(&s, nb_add(y, tk(&s, chan_view(b, nb_tensor_ndim(x)))));
+        y = nnc_k(&s, nb_add(y, nnc_k(&s, chan_view(b, nb_tensor_ndim(x)))));
     if (y && c->record) {
         save(c, 0, x);
         save(c, 1, w);
         if (!training) { /* the running statistics may change before backward: keep copies */
-            nb_tensor *mc = tk(&s, nb_clone(mean)), *ic = tk(&s, nb_clone(invstd));
+            nb_tensor *mc = nnc_k(&s, nb_clone(mean)), *ic = nnc_k(&s, nb_clone(invstd));
             save(c, 2, mc);
             save(c, 3, ic);
             if (!mc || !ic)
@@ -513,7 +513,7 @@ static nb_tensor *bn_forward(void *ctx, nb_tensor *const *in, int32_t n)
         }
     }
     c->aux[0] = c->aux[1] = NULL;
-    return tret(&s, y);
+    return nnc_ret(&s, y);
 }
 
 /* training: g_x = w invstd (g - mean(g) - xhat mean(g xhat)); eval: g_x = w invstd g.
@@ -527,15 +527,15 @@ static nb_status bn_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, int3
     SAVED(3, sinv);
     bool training = c->i[0] != 0;
     int32_t dims[NB_MAX_DIMS], nd = bn_dims(x, dims);
-    tmps s = {0};
+    nnc_tmps s = {0};
     nb_tensor *mean = smean, *invstd = sinv;
     if (training) {
-        mean = tk(&s, nb_mean(x, dims, nd, true));
-        nb_tensor *var = tk(&s, nb_var(x, dims, nd, 0, true));
-        invstd = tk(&s, nb_rsqrt(tk(&s, nb_add_scalar(var, c->f[0]))));
+        mean = nnc_k(&s, nb_mean(x, dims, nd, true));
+        nb_tensor *var = nnc_k(&s, nb_var(x, dims, nd, 0, true));
+        invstd = nnc_k(&s, nb_rsqrt(nnc_k(&s, nb_add_scalar(var, c->f[0]))));
     }
-    nb_tensor *xhat = mean && invstd ? tk(&s, nb_mul(tk(&s, nb_sub(x, mean)), invstd)) : NULL;
-    nb_tensor *gxhat = xhat ? tk(&s, nb_mul(g, xhat)) : NULL;
+    nb_tensor *xhat = mean && invstd ? nnc_k(&s, nb_mul(nnc_k(&s, nb_sub(x, mean)), invstd)) : NULL;
+    nb_tensor *gxhat = xhat ? nnc_k(&s, nb_mul(g, xhat)) : NULL;
     if (c->need[1])
         gi[1] = gxhat ? nb_sum(gxhat, dims, nd, false) : NULL;
     if (c->need[2])
@@ -543,16 +543,16 @@ static nb_status bn_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, int3
     if (c->need[0]) {
         nb_tensor *scale = invstd;
         if (w && invstd)
-            scale = tk(&s, nb_mul(invstd, tk(&s, chan_view(w, nb_tensor_ndim(x)))));
+            scale = nnc_k(&s, nb_mul(invstd, nnc_k(&s, chan_view(w, nb_tensor_ndim(x)))));
         nb_tensor *t = (nb_tensor *)g;
         if (training && gxhat) {
-            nb_tensor *gm = tk(&s, nb_mean(g, dims, nd, true));
-            nb_tensor *gxm = tk(&s, nb_mean(gxhat, dims, nd, true));
-            t = tk(&s, nb_sub(tk(&s, nb_sub(g, gm)), tk(&s, nb_mul(xhat, gxm))));
+            nb_tensor *gm = nnc_k(&s, nb_mean(g, dims, nd, true));
+            nb_tensor *gxm = nnc_k(&s, nb_mean(gxhat, dims, nd, true));
+            t = nnc_k(&s, nb_sub(nnc_k(&s, nb_sub(g, gm)), nnc_k(&s, nb_mul(xhat, gxm))));
         }
         gi[0] = t && scale ? nb_mul(t, scale) : NULL;
     }
-    tfree(&s);
+    nnc_free(&s);
     return bw_done(c, gi, n);
 }
 
