@@ -24,6 +24,13 @@ int64_t conf_numel(const conf_host *h);
 bool conf_host_alloc(conf_host *h, nb_dtype dtype, int32_t ndim, const int64_t *shape);
 void conf_host_free(conf_host *h);
 
+/* reference.c's rules that reference_nn.c shares: floating dtypes, rounding a result to its
+ * dtype, a negative dim counted from the end, max with NaN propagating (first of equals kept). */
+bool conf_is_float(nb_dtype d);
+void conf_finish(conf_host *out);
+int32_t conf_norm_dim(int32_t d, int32_t ndim);
+double conf_nan_max(double a, double b);
+
 /* Op parameters, meaning per op (written next to each adapter in optable.c). */
 typedef struct conf_params {
     int32_t dims[NB_MAX_DIMS]; /* reduction dims; ndims 0 = all */

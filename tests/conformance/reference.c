@@ -35,7 +35,7 @@ void conf_host_free(conf_host *h)
     h->v = NULL;
 }
 
-static bool is_float(nb_dtype d)
+bool conf_is_float(nb_dtype d)
 {
     return d == NB_DTYPE_F32 || d == NB_DTYPE_F64 || d == NB_DTYPE_F16 || d == NB_DTYPE_BF16;
 }
@@ -71,7 +71,8 @@ static double cast_to(nb_dtype dt, double v)
     }
 }
 
-static void finish(conf_host *out)
+/* Rounds every value of out to what its dtype stores. */
+void conf_finish(conf_host *out)
 {
     int64_t n = conf_numel(out);
     for (int64_t k = 0; k < n; k++)
@@ -126,7 +127,7 @@ static bool broadcast_shape(const conf_host *x, int32_t n, int32_t *ndim, int64_
     return true;
 }
 
-static int32_t norm_dim(int32_t d, int32_t ndim)
+int32_t conf_norm_dim(int32_t d, int32_t ndim)
 {
     int32_t n = ndim ? ndim : 1;
     return d < 0 ? d + n : d;
@@ -143,7 +144,7 @@ static bool map1(const conf_host *x, nb_dtype out_dt, fn1 f, const conf_params *
         return false;
     for (int64_t k = 0; k < conf_numel(x); k++)
         out->v[k] = f(x->v[k], p);
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
@@ -165,15 +166,15 @@ static bool map_n(const conf_host *x, int32_t n, nb_dtype out_dt,
             v[j] = bcast_at(&x[j], idx, nd);
         out->v[k] = f(v, p);
     }
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
 /* exp, log, ... compute in float: integer inputs give float32 (PyTorch's default dtype). */
-static nb_dtype float_of(nb_dtype d) { return is_float(d) ? d : NB_DTYPE_F32; }
+static nb_dtype float_of(nb_dtype d) { return conf_is_float(d) ? d : NB_DTYPE_F32; }
 
 /* of two equal values (-0.0 and 0.0) the first is kept, as the cpu plugin does */
-static double nan_max(double a, double b) { return isnan(a) || isnan(b) ? NAN : a < b ? b : a; }
+double conf_nan_max(double a, double b) { return isnan(a) || isnan(b) ? NAN : a < b ? b : a; }
 static double nan_min(double a, double b) { return isnan(a) || isnan(b) ? NAN : a > b ? b : a; }
 
 #define UNARY_(name, dtype_rule, expr)                                                     \
@@ -211,7 +212,7 @@ UNARY_(logical_not, NB_DTYPE_BOOL, x == 0)
  * division and negative powers of integers give float32. */
 static nb_dtype scalar_dtype(nb_dtype dt, double s)
 {
-    if (is_float(dt))
+    if (conf_is_float(dt))
         return dt;
     bool integral = isfinite(s) && s == floor(s);
     if (dt == NB_DTYPE_BOOL)
@@ -244,12 +245,12 @@ SCALAR_(pow_scalar_any, p->s[0] < 0 ? float_of(dt) : dt, pow(x, s))
 /* PyTorch 2.x: "Integers to negative integer powers are not allowed." */
 bool conf_ref_pow_scalar(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
 {
-    bool is_int = !is_float(x[0].dtype); /* half: 16-bit floats take negative powers too */
+    bool is_int = !conf_is_float(x[0].dtype); /* half: 16-bit floats take negative powers too */
     if (is_int && p->s[0] < 0 && p->s[0] == floor(p->s[0]))
         return false;
     return conf_ref_pow_scalar_any(x, n, p, out);
 }
-SCALAR_(maximum_scalar, x[0].dtype, nan_max(x, s))
+SCALAR_(maximum_scalar, x[0].dtype, conf_nan_max(x, s))
 SCALAR_(minimum_scalar, x[0].dtype, nan_min(x, s))
 /* comparisons with a scalar: bool out; an integer tensor is compared in float64 */
 SCALAR_(eq_scalar, NB_DTYPE_BOOL, x == s)
@@ -278,7 +279,7 @@ bool conf_ref_clamp(const conf_host *x, int32_t n, const conf_params *p, conf_ho
         return false;
     /* integers clamp to the bounds rounded inward: clamp(int [1,2,3,4], min=2.5) is 3 3 3 4 */
     conf_params q = *p;
-    if (!is_float(x[0].dtype)) {
+    if (!conf_is_float(x[0].dtype)) {
         q.s[0] = ceil(q.s[0]);
         q.s[1] = floor(q.s[1]);
     }
@@ -305,7 +306,7 @@ BINARY_(sub, dt, a - b)
 BINARY_(mul, dt, a * b)
 BINARY_(div, float_of(dt), a / b)
 BINARY_(pow, dt, pow(a, b))
-BINARY_(maximum, dt, nan_max(a, b))
+BINARY_(maximum, dt, conf_nan_max(a, b))
 BINARY_(minimum, dt, nan_min(a, b))
 BINARY_(eq, NB_DTYPE_BOOL, a == b)
 BINARY_(ne, NB_DTYPE_BOOL, a != b)
@@ -343,7 +344,7 @@ static bool reduced_mask(const conf_host *x, const conf_params *p, bool *mask)
         return true;
     }
     for (int32_t k = 0; k < p->ndims; k++) {
-        int32_t d = norm_dim(p->dims[k], x->ndim);
+        int32_t d = conf_norm_dim(p->dims[k], x->ndim);
         if (d < 0 || d >= (x->ndim ? x->ndim : 1))
             return false;
         if (x->ndim == 0)
@@ -387,9 +388,9 @@ static bool reduce(const conf_host *x, const conf_params *p, red_kind kind, conf
     if (!reduced_mask(x, p, mask))
         return false;
     nb_dtype dt = x->dtype;
-    if ((kind == RK_SUM || kind == RK_PROD) && !is_float(dt))
+    if ((kind == RK_SUM || kind == RK_PROD) && !conf_is_float(dt))
         dt = NB_DTYPE_I64;
-    if (kind == RK_MEAN && !is_float(dt))
+    if (kind == RK_MEAN && !conf_is_float(dt))
         return false;
     if ((kind == RK_MAX || kind == RK_MIN) && conf_numel(x) == 0)
         return false; /* no identity */
@@ -412,7 +413,7 @@ static bool reduce(const conf_host *x, const conf_params *p, red_kind kind, conf
         case RK_SUM:
         case RK_MEAN: out->v[j] += v; break;
         case RK_PROD: out->v[j] *= v; break;
-        case RK_MAX: out->v[j] = seen[j] ? nan_max(out->v[j], v) : v; break;
+        case RK_MAX: out->v[j] = seen[j] ? conf_nan_max(out->v[j], v) : v; break;
         case RK_MIN: out->v[j] = seen[j] ? nan_min(out->v[j], v) : v; break;
         }
         seen[j] = true;
@@ -421,7 +422,7 @@ static bool reduce(const conf_host *x, const conf_params *p, red_kind kind, conf
         for (int64_t j = 0; j < n_out; j++)
             out->v[j] = count ? out->v[j] / (double)count : NAN;
     free(seen);
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
@@ -454,7 +455,7 @@ bool conf_ref_amin(const conf_host *x, int32_t n, const conf_params *p, conf_hos
 /* var/std: k[1] is the correction; a non-positive denominator gives NaN (PyTorch). */
 static bool variance(const conf_host *x, const conf_params *p, bool take_sqrt, conf_host *out)
 {
-    if (!is_float(x->dtype))
+    if (!conf_is_float(x->dtype))
         return false;
     conf_params pk = *p;
     pk.keepdim = true;
@@ -481,7 +482,7 @@ static bool variance(const conf_host *x, const conf_params *p, bool take_sqrt, c
             out->v[j] = sqrt(out->v[j]);
     }
     conf_host_free(&mean);
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
@@ -501,7 +502,7 @@ bool conf_ref_norm(const conf_host *x, int32_t n, const conf_params *p, conf_hos
 {
     (void)n;
     double pw = p->s[0];
-    if (!is_float(x->dtype) || !(pw > 0))
+    if (!conf_is_float(x->dtype) || !(pw > 0))
         return false;
     conf_host a = {0};
     if (!conf_host_alloc(&a, x->dtype, x->ndim, x->shape))
@@ -512,7 +513,7 @@ bool conf_ref_norm(const conf_host *x, int32_t n, const conf_params *p, conf_hos
     if (ok && !isinf(pw)) {
         for (int64_t j = 0; j < conf_numel(out); j++)
             out->v[j] = pow(out->v[j], 1.0 / pw);
-        finish(out);
+        conf_finish(out);
     }
     conf_host_free(&a);
     return ok;
@@ -532,7 +533,7 @@ static bool arg_reduce(const conf_host *x, const conf_params *p, bool is_max, co
         v.shape[0] = conf_numel(x);
         dim = 0;
     } else {
-        dim = norm_dim(dim, x->ndim);
+        dim = conf_norm_dim(dim, x->ndim);
         if (dim < 0 || dim >= x->ndim)
             return false;
     }
@@ -614,7 +615,7 @@ static bool mm_rank(const conf_host *x, int32_t rank, conf_host *out)
     if (!conf_host_alloc(out, a->dtype, rank, rank == 3 ? shape : shape + 1))
         return false;
     batched_mm(a->v, B, b->v, B, B, n, k, m, out->v);
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
@@ -695,7 +696,7 @@ bool conf_ref_matmul(const conf_host *x, int32_t n_in, const conf_params *p, con
     batched_mm(ea, B, eb, B, B, n, k, m, out->v);
     free(ea);
     free(eb);
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
@@ -706,7 +707,7 @@ bool conf_ref_gather(const conf_host *x, int32_t n, const conf_params *p, conf_h
 {
     (void)n;
     const conf_host *t = &x[0], *ix = &x[1];
-    int32_t dim = norm_dim((int32_t)p->k[0], t->ndim);
+    int32_t dim = conf_norm_dim((int32_t)p->k[0], t->ndim);
     if (ix->dtype != NB_DTYPE_I64 || ix->ndim != t->ndim || dim < 0 || dim >= t->ndim)
         return false;
     for (int32_t d = 0; d < t->ndim; d++)
@@ -733,7 +734,7 @@ bool conf_ref_index_select(const conf_host *x, int32_t n, const conf_params *p, 
 {
     (void)n;
     const conf_host *t = &x[0], *ix = &x[1];
-    int32_t dim = norm_dim((int32_t)p->k[0], t->ndim);
+    int32_t dim = conf_norm_dim((int32_t)p->k[0], t->ndim);
     if (ix->dtype != NB_DTYPE_I64 || ix->ndim > 1 || t->ndim == 0 || dim < 0 || dim >= t->ndim)
         return false;
     int64_t shape[NB_MAX_DIMS];
@@ -760,7 +761,7 @@ bool conf_ref_scatter_add(const conf_host *x, int32_t n, const conf_params *p, c
 {
     (void)n;
     const conf_host *t = &x[0], *ix = &x[1], *src = &x[2];
-    int32_t dim = norm_dim((int32_t)p->k[0], t->ndim);
+    int32_t dim = conf_norm_dim((int32_t)p->k[0], t->ndim);
     if (ix->dtype != NB_DTYPE_I64 || ix->ndim != t->ndim || src->ndim != t->ndim || dim < 0 ||
         dim >= t->ndim)
         return false;
@@ -782,7 +783,7 @@ bool conf_ref_scatter_add(const conf_host *x, int32_t n, const conf_params *p, c
         idx[dim] = j;
         out->v[ravel(idx, t->ndim, t->shape)] += s;
     }
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
@@ -797,7 +798,7 @@ bool conf_ref_cat(const conf_host *x, int32_t n, const conf_params *p, conf_host
         }
     if (ref->ndim == 0)
         return false;
-    int32_t dim = norm_dim((int32_t)p->k[0], ref->ndim);
+    int32_t dim = conf_norm_dim((int32_t)p->k[0], ref->ndim);
     if (dim < 0 || dim >= ref->ndim)
         return false;
     int64_t shape[NB_MAX_DIMS];
@@ -828,7 +829,7 @@ bool conf_ref_cat(const conf_host *x, int32_t n, const conf_params *p, conf_host
         }
         off += x[k].shape[dim];
     }
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
@@ -872,7 +873,7 @@ bool conf_ref_copy(const conf_host *x, int32_t n, const conf_params *p, conf_hos
         unravel(k, nd, shape, idx);
         out->v[k] = bcast_at(src, idx, nd);
     }
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
@@ -885,259 +886,8 @@ bool conf_ref_to_dtype(const conf_host *x, int32_t n, const conf_params *p, conf
     if (!conf_host_alloc(out, (nb_dtype)p->k[0], x[0].ndim, x[0].shape))
         return false;
     memcpy(out->v, x[0].v, (size_t)conf_numel(out) * sizeof *out->v);
-    finish(out);
+    conf_finish(out);
     return true;
-}
-
-/* ======================== nn functional ======================== */
-
-/* softmax / log_softmax along k[0], computed with the maximum subtracted. */
-static bool softmax_any(const conf_host *x, const conf_params *p, bool log_out, conf_host *out)
-{
-    if (!is_float(x->dtype))
-        return false;
-    int32_t dim = norm_dim((int32_t)p->k[0], x->ndim);
-    if (dim < 0 || dim >= (x->ndim ? x->ndim : 1))
-        return false;
-    if (!conf_host_alloc(out, x->dtype, x->ndim, x->shape))
-        return false;
-    if (x->ndim == 0) {
-        out->v[0] = log_out ? 0 : 1;
-        finish(out);
-        return true;
-    }
-    int64_t len = x->shape[dim], inner = 1, outer = 1;
-    for (int32_t d = dim + 1; d < x->ndim; d++)
-        inner *= x->shape[d];
-    for (int32_t d = 0; d < dim; d++)
-        outer *= x->shape[d];
-    for (int64_t o = 0; o < outer; o++)
-        for (int64_t i = 0; i < inner; i++) {
-            const double *v = x->v + o * len * inner + i;
-            double *r = out->v + o * len * inner + i, mx = -INFINITY, s = 0;
-            for (int64_t j = 0; j < len; j++)
-                mx = nan_max(mx, v[j * inner]);
-            for (int64_t j = 0; j < len; j++)
-                s += exp(v[j * inner] - mx);
-            for (int64_t j = 0; j < len; j++)
-                r[j * inner] = log_out ? v[j * inner] - mx - log(s) : exp(v[j * inner] - mx) / s;
-        }
-    finish(out);
-    return true;
-}
-
-bool conf_ref_softmax(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
-{
-    (void)n;
-    return softmax_any(&x[0], p, false, out);
-}
-bool conf_ref_log_softmax(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
-{
-    (void)n;
-    return softmax_any(&x[0], p, true, out);
-}
-
-static int64_t or1(int64_t v) { return v ? v : 1; }
-
-/* conv2d: x (N,C,H,W), w (O,C/g,kh,kw), optional b (O); k[] = stride h,w, padding h,w,
- * dilation h,w, groups (0 means 1 for stride, dilation and groups). */
-bool conf_ref_conv2d(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
-{
-    const conf_host *in = &x[0], *w = &x[1], *b = n > 2 ? &x[2] : NULL;
-    if (in->ndim != 4 || w->ndim != 4 || !is_float(in->dtype) || w->dtype != in->dtype)
-        return false;
-    int64_t sh = or1(p->k[0]), sw = or1(p->k[1]), ph = p->k[2], pw = p->k[3];
-    int64_t dh = or1(p->k[4]), dw = or1(p->k[5]), g = or1(p->k[6]);
-    int64_t N = in->shape[0], C = in->shape[1], H = in->shape[2], W = in->shape[3];
-    int64_t O = w->shape[0], Cg = w->shape[1], kh = w->shape[2], kw = w->shape[3];
-    if (C != Cg * g || O % g || (b && (b->ndim != 1 || b->shape[0] != O)))
-        return false;
-    if (H + 2 * ph < dh * (kh - 1) + 1 || W + 2 * pw < dw * (kw - 1) + 1)
-        return false; /* the kernel does not fit */
-    int64_t OH = (H + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
-    int64_t OW = (W + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
-    if (OH <= 0 || OW <= 0)
-        return false;
-    if (!conf_host_alloc(out, in->dtype, 4, (int64_t[]){N, O, OH, OW}))
-        return false;
-    int64_t Og = O / g;
-    for (int64_t nn = 0; nn < N; nn++)
-        for (int64_t o = 0; o < O; o++)
-            for (int64_t oh = 0; oh < OH; oh++)
-                for (int64_t ow = 0; ow < OW; ow++) {
-                    double acc = b ? b->v[o] : 0;
-                    int64_t grp = o / Og;
-                    for (int64_t c = 0; c < Cg; c++)
-                        for (int64_t i = 0; i < kh; i++)
-                            for (int64_t j = 0; j < kw; j++) {
-                                int64_t h = oh * sh - ph + i * dh, ww = ow * sw - pw + j * dw;
-                                if (h < 0 || h >= H || ww < 0 || ww >= W)
-                                    continue;
-                                int64_t ci = grp * Cg + c;
-                                acc += in->v[((nn * C + ci) * H + h) * W + ww] *
-                                       w->v[((o * Cg + c) * kh + i) * kw + j];
-                            }
-                    out->v[((nn * O + o) * OH + oh) * OW + ow] = acc;
-                }
-    finish(out);
-    return true;
-}
-
-/* Pooling over (N,C,H,W); k[] = kernel h,w, stride h,w (0: the kernel), padding h,w. The
- * average counts the padding (PyTorch's count_include_pad=True). */
-static bool pool(const conf_host *in, const conf_params *p, bool is_max, conf_host *out)
-{
-    if (in->ndim != 4 || !is_float(in->dtype))
-        return false;
-    int64_t kh = p->k[0], kw = p->k[1];
-    int64_t sh = p->k[2] ? p->k[2] : kh, sw = p->k[3] ? p->k[3] : kw, ph = p->k[4], pw = p->k[5];
-    if (kh <= 0 || kw <= 0 || ph > kh / 2 || pw > kw / 2)
-        return false;
-    int64_t N = in->shape[0], C = in->shape[1], H = in->shape[2], W = in->shape[3];
-    if (H + 2 * ph < kh || W + 2 * pw < kw)
-        return false; /* the window does not fit */
-    int64_t OH = (H + 2 * ph - kh) / sh + 1, OW = (W + 2 * pw - kw) / sw + 1;
-    if (OH <= 0 || OW <= 0)
-        return false;
-    if (!conf_host_alloc(out, in->dtype, 4, (int64_t[]){N, C, OH, OW}))
-        return false;
-    for (int64_t nc = 0; nc < N * C; nc++)
-        for (int64_t oh = 0; oh < OH; oh++)
-            for (int64_t ow = 0; ow < OW; ow++) {
-                double acc = is_max ? -INFINITY : 0;
-                for (int64_t i = 0; i < kh; i++)
-                    for (int64_t j = 0; j < kw; j++) {
-                        int64_t h = oh * sh - ph + i, w = ow * sw - pw + j;
-                        if (h < 0 || h >= H || w < 0 || w >= W)
-                            continue;
-                        double v = in->v[(nc * H + h) * W + w];
-                        acc = is_max ? nan_max(acc, v) : acc + v;
-                    }
-                out->v[(nc * OH + oh) * OW + ow] = is_max ? acc : acc / (double)(kh * kw);
-            }
-    finish(out);
-    return true;
-}
-
-bool conf_ref_max_pool2d(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
-{
-    (void)n;
-    return pool(&x[0], p, true, out);
-}
-bool conf_ref_avg_pool2d(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
-{
-    (void)n;
-    return pool(&x[0], p, false, out);
-}
-
-/* linear: x (..., in) @ w (out, in)^T + b (out). */
-bool conf_ref_linear(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
-{
-    (void)p;
-    const conf_host *in = &x[0], *w = &x[1], *b = n > 2 ? &x[2] : NULL;
-    if (in->ndim < 1 || w->ndim != 2 || in->shape[in->ndim - 1] != w->shape[1] ||
-        (b && (b->ndim != 1 || b->shape[0] != w->shape[0])))
-        return false;
-    int64_t K = w->shape[1], O = w->shape[0], rows = K ? conf_numel(in) / K : 0;
-    int64_t shape[NB_MAX_DIMS];
-    memcpy(shape, in->shape, sizeof shape);
-    shape[in->ndim - 1] = O;
-    if (!conf_host_alloc(out, in->dtype, in->ndim, shape))
-        return false;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t o = 0; o < O; o++) {
-            double acc = b ? b->v[o] : 0;
-            for (int64_t k = 0; k < K; k++)
-                acc += in->v[r * K + k] * w->v[o * K + k];
-            out->v[r * O + o] = acc;
-        }
-    finish(out);
-    return true;
-}
-
-/* Applies a reduction mode (k[0]: 0 mean, 1 sum, 2 none) to per-element losses. */
-static bool reduce_loss(conf_host *losses, int64_t k0, double mean_count, conf_host *out)
-{
-    if (k0 == NB_REDUCTION_NONE) {
-        *out = *losses;
-        finish(out);
-        return true;
-    }
-    double s = 0;
-    for (int64_t k = 0; k < conf_numel(losses); k++)
-        s += losses->v[k];
-    nb_dtype dt = losses->dtype;
-    conf_host_free(losses);
-    if (!conf_host_alloc(out, dt, 0, NULL))
-        return false;
-    out->v[0] = k0 == NB_REDUCTION_SUM ? s : s / mean_count;
-    finish(out);
-    return true;
-}
-
-static bool same_shape(const conf_host *a, const conf_host *b)
-{
-    return a->ndim == b->ndim && !memcmp(a->shape, b->shape, (size_t)a->ndim * 8);
-}
-
-bool conf_ref_mse_loss(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
-{
-    (void)n;
-    if (!same_shape(&x[0], &x[1]) || !is_float(x[0].dtype))
-        return false;
-    conf_host l = {0};
-    if (!conf_host_alloc(&l, x[0].dtype, x[0].ndim, x[0].shape))
-        return false;
-    for (int64_t k = 0; k < conf_numel(&l); k++) {
-        double d = x[0].v[k] - x[1].v[k];
-        l.v[k] = d * d;
-    }
-    return reduce_loss(&l, p->k[0], (double)conf_numel(&l), out);
-}
-
-/* binary_cross_entropy_with_logits, in the overflow-free form max(x,0) - x*t + log1p(e^-|x|). */
-bool conf_ref_bce_with_logits(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
-{
-    (void)n;
-    if (!same_shape(&x[0], &x[1]) || !is_float(x[0].dtype))
-        return false;
-    conf_host l = {0};
-    if (!conf_host_alloc(&l, x[0].dtype, x[0].ndim, x[0].shape))
-        return false;
-    for (int64_t k = 0; k < conf_numel(&l); k++) {
-        double v = x[0].v[k], t = x[1].v[k];
-        l.v[k] = (v > 0 ? v : 0) - v * t + log1p(exp(-fabs(v)));
-    }
-    return reduce_loss(&l, p->k[0], (double)conf_numel(&l), out);
-}
-
-/* cross_entropy: input (N, C), target int64 class indices (N). */
-bool conf_ref_cross_entropy(const conf_host *x, int32_t n, const conf_params *p, conf_host *out)
-{
-    (void)n;
-    const conf_host *in = &x[0], *t = &x[1];
-    if (in->ndim != 2 || t->ndim != 1 || t->shape[0] != in->shape[0] ||
-        t->dtype != NB_DTYPE_I64 || !is_float(in->dtype))
-        return false;
-    int64_t N = in->shape[0], C = in->shape[1];
-    conf_host l = {0};
-    if (!conf_host_alloc(&l, in->dtype, 1, &N))
-        return false;
-    for (int64_t i = 0; i < N; i++) {
-        int64_t c = (int64_t)t->v[i];
-        if (c < 0 || c >= C) {
-            conf_host_free(&l);
-            return false;
-        }
-        const double *row = in->v + i * C;
-        double mx = -INFINITY, s = 0;
-        for (int64_t j = 0; j < C; j++)
-            mx = nan_max(mx, row[j]);
-        for (int64_t j = 0; j < C; j++)
-            s += exp(row[j] - mx);
-        l.v[i] = -(row[c] - mx - log(s));
-    }
-    return reduce_loss(&l, p->k[0], (double)N, out);
 }
 
 /* ======================== creation, bit for bit ======================== */
@@ -1150,7 +900,7 @@ bool conf_ref_full(const conf_host *x, int32_t n, const conf_params *p, conf_hos
         return false;
     for (int64_t k = 0; k < conf_numel(out); k++)
         out->v[k] = p->s[0];
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
@@ -1167,7 +917,7 @@ bool conf_ref_arange(const conf_host *x, int32_t n, const conf_params *p, conf_h
         return false;
     for (int64_t k = 0; k < shape[0]; k++)
         out->v[k] = p->s[0] + (double)k * p->s[2];
-    finish(out);
+    conf_finish(out);
     return true;
 }
 
