@@ -270,11 +270,17 @@ ALL_SLOTS(SLOT8)
 static const nb_kernel_fn f16_fns[NBC_HALF_SLOTS] = {ALL_SLOTS(FN8)};
 static const nb_kernel_fn bf16_fns[NBC_HALF_SLOTS] = {ALL_SLOTS(BFN8)};
 
-/* Ops that write an input (the optimizer steps' state): widening would lose those writes, so
- * they stay off the 16-bit table and the core runs its composites. copy has its own kernel. */
+/* Ops that write an input (the optimizer steps' state, the fused backwards' second and third
+ * outputs): widening would lose those writes, so they stay off the 16-bit table and the core
+ * runs its composites. copy has its own kernel. */
 static bool widenable(const char *op)
 {
-    return strcmp(op, "copy") && strcmp(op, "sgd_step") && strcmp(op, "adam_step");
+    static const char *const writes_an_input[] = {"copy", "sgd_step", "adam_step",
+                                                  "attention_backward", "layer_norm_backward"};
+    for (size_t k = 0; k < sizeof writes_an_input / sizeof *writes_an_input; k++)
+        if (!strcmp(op, writes_an_input[k]))
+            return false;
+    return true;
 }
 
 size_t nbc_half_kernels(const nb_kernel_desc *f32, size_t n, nb_kernel_desc *out)
