@@ -173,10 +173,16 @@ static nb_tensor *gpt_forward(nb_module *m, const nb_tensor *idx)
         char p[64];
         snprintf(p, sizeof p, "transformer.h.%d", l);
         nb_module *b = sub(m, p);
-        nb_tensor *qkv = fwd(b, "attn.c_attn", fwd(b, "ln_1", x)); /* (B T, 3 EMB) */
-        nb_tensor *hd[3];
+        /* q, k and v each from their rows of c_attn's (3 EMB, EMB) weight: the same products
+         * as one (B T, 3 EMB) linear split in three, but the narrow backwards then scatter
+         * into the small weight and bias instead of three zeroed (B T, 3 EMB) gradients that
+         * the engine sums (Nabla has no one-node SplitBackward0 yet). */
+        nb_module *ca = sub(b, "attn.c_attn");
+        nb_tensor *w = nb_module_parameter(ca, 0), *bias = nb_module_parameter(ca, 1);
+        nb_tensor *h = fwd(b, "ln_1", x), *hd[3];
         for (int k = 0; k < 3; k++) {
-            nb_tensor *part = nb_narrow(qkv, 1, k * EMB, EMB);
+            nb_tensor *part = nb_linear(h, nb_narrow(w, 0, k * EMB, EMB),
+                                        nb_narrow(bias, 0, k * EMB, EMB)); /* (B T, EMB) */
             hd[k] = nb_transpose(nb_view(part, NB_SHAPE(B, T, HEADS, D)), 1, 2); /* (B, H, T, D) */
         }
         nb_tensor *y = nb_scaled_dot_product_attention(hd[0], hd[1], hd[2],
