@@ -70,6 +70,12 @@ static void embedding_refuses_indices_and_padding_idx_out_of_range(void **state)
         refused(nb_embedding(NULL, w, NB_NO_PADDING_IDX), NB_NULL_ARGUMENT, "indices", dev);
         refused(nb_embedding(big, w, NB_NO_PADDING_IDX), NB_INDEX_OUT_OF_RANGE, "4", dev);
         refused(nb_embedding(neg, w, NB_NO_PADDING_IDX), NB_INDEX_OUT_OF_RANGE, "-1", dev);
+        /* read as the double 2^63, which a cast to int64 may not take (UBSan found it) */
+        nb_tensor *huge = nb_full(NB_SHAPE(1), 0x1p63, (nb_opts){.dtype = NB_DTYPE_I64,
+                                                                 .device = dev});
+        refused(nb_embedding(huge, w, NB_NO_PADDING_IDX), NB_INDEX_OUT_OF_RANGE,
+                "index 9223372036854775808 out", dev);
+        nb_release(huge);
         refused(nb_embedding(fl, w, NB_NO_PADDING_IDX), NB_DTYPE_UNSUPPORTED, "float32", dev);
         /* PyTorch: "Padding_idx must be within num_embeddings" for 4 and -5 with 4 rows */
         refused(nb_embedding(ok, w, 4), NB_INDEX_OUT_OF_RANGE, "4", dev);
