@@ -71,8 +71,9 @@ static void embedding_refuses_indices_and_padding_idx_out_of_range(void **state)
         refused(nb_embedding(big, w, NB_NO_PADDING_IDX), NB_INDEX_OUT_OF_RANGE, "4", dev);
         refused(nb_embedding(neg, w, NB_NO_PADDING_IDX), NB_INDEX_OUT_OF_RANGE, "-1", dev);
         /* read as the double 2^63, which a cast to int64 may not take (UBSan found it) */
-        nb_tensor *huge = nb_full(NB_SHAPE(1), 0x1p63, (nb_opts){.dtype = NB_DTYPE_I64,
-                                                                 .device = dev});
+        const int64_t imax = INT64_MAX;
+        nb_tensor *huge = nb_from_data(&imax, NB_SHAPE(1), (nb_opts){.dtype = NB_DTYPE_I64,
+                                                                     .device = dev});
         refused(nb_embedding(huge, w, NB_NO_PADDING_IDX), NB_INDEX_OUT_OF_RANGE,
                 "index 9223372036854775808 out", dev);
         nb_release(huge);
