@@ -222,6 +222,75 @@ static void mha_refuses_bad_embed_dim_heads_and_masks(void **state)
     }
 }
 
+/* Non-contiguous views give what their contiguous copies give; 0-d and 0-size inputs either
+ * work as in PyTorch (a 0-d index picks one row) or are refused by name. */
+static void views_0d_and_empty_inputs(void **state)
+{
+    (void)state;
+    for (int d = 0; d < n_devices; d++) {
+        const char *dev = devices[d];
+        nb_tensor *x = nb_randn(NB_SHAPE(3, 4), (nb_opts){.device = dev});
+        nb_tensor *xt = nb_transpose(x, 0, 1); /* (4, 3), not contiguous */
+        nb_tensor *xc = nb_contiguous(xt);
+        nb_tensor *a = nb_layer_norm(xt, (int64_t[]){3}, 1, NULL, NULL, 0);
+        nb_tensor *b = nb_layer_norm(xc, (int64_t[]){3}, 1, NULL, NULL, 0);
+        if (!a || !b)
+            fail_msg("%s: layer_norm of a view: %s", dev, nb_last_error());
+        float fa[12], fb[12];
+        NB_ASSERT_OK(nb_tensor_copy_to_host(a, fa, sizeof fa));
+        NB_ASSERT_OK(nb_tensor_copy_to_host(b, fb, sizeof fb));
+        for (int k = 0; k < 12; k++)
+            if (fabsf(fa[k] - fb[k]) > 1e-5f)
+                fail_msg("%s: layer_norm view [%d] %g vs %g", dev, k, (double)fa[k],
+                         (double)fb[k]);
+        nb_tensor *q = nb_unsqueeze(xt, 0), *qc = nb_unsqueeze(xc, 0); /* (1, 4, 3) */
+        nb_tensor *o1 = nb_scaled_dot_product_attention(q, q, q, (nb_sdpa_opts){0});
+        nb_tensor *o2 = nb_scaled_dot_product_attention(qc, qc, qc, (nb_sdpa_opts){0});
+        if (!o1 || !o2)
+            fail_msg("%s: sdpa of a view: %s", dev, nb_last_error());
+        NB_ASSERT_OK(nb_tensor_copy_to_host(o1, fa, sizeof fa));
+        NB_ASSERT_OK(nb_tensor_copy_to_host(o2, fb, sizeof fb));
+        for (int k = 0; k < 12; k++)
+            if (fabsf(fa[k] - fb[k]) > 1e-5f)
+                fail_msg("%s: sdpa view [%d] %g vs %g", dev, k, (double)fa[k], (double)fb[k]);
+        /* a 0-d index: one row, shape (D) (PyTorch: F.embedding(tensor(2), w).shape == (4,)) */
+        const int64_t two = 2;
+        nb_tensor *i0 = nb_from_data(&two, (nb_shape){.ndim = 0},
+                                     (nb_opts){.dtype = NB_DTYPE_I64, .device = dev});
+        nb_tensor *e = nb_embedding(i0, xc, NB_NO_PADDING_IDX);
+        if (!e)
+            fail_msg("%s: embedding of a 0-d index: %s", dev, nb_last_error());
+        assert_int_equal(nb_tensor_ndim(e), 1);
+        assert_int_equal(nb_tensor_size(e, 0), 3);
+        /* 0-d x for layer_norm, 0-d q for sdpa: refused, naming the shape */
+        nb_tensor *z = nb_full((nb_shape){.ndim = 0}, 1, (nb_opts){.device = dev});
+        refused(nb_layer_norm(z, (int64_t[]){1}, 1, NULL, NULL, 0), NB_SHAPE_MISMATCH, "[]", dev);
+        assert_null(nb_scaled_dot_product_attention(z, z, z, (nb_sdpa_opts){0}));
+        assert_int_not_equal(nb_last_status(), NB_OK);
+        nb_clear_error();
+        /* no queries: an empty (1, 0, 3) output, as in PyTorch */
+        nb_tensor *q0 = nb_zeros(NB_SHAPE(1, 0, 3), (nb_opts){.device = dev});
+        nb_tensor *o0 = nb_scaled_dot_product_attention(q0, qc, qc, (nb_sdpa_opts){0});
+        if (!o0)
+            fail_msg("%s: sdpa with no queries: %s", dev, nb_last_error());
+        assert_int_equal(nb_tensor_numel(o0), 0);
+        nb_release(o0);
+        nb_release(q0);
+        nb_release(z);
+        nb_release(e);
+        nb_release(i0);
+        nb_release(o2);
+        nb_release(o1);
+        nb_release(qc);
+        nb_release(q);
+        nb_release(b);
+        nb_release(a);
+        nb_release(xc);
+        nb_release(xt);
+        nb_release(x);
+    }
+}
+
 static void autocast_misuse_is_a_status(void **state)
 {
     (void)state;
@@ -345,6 +414,7 @@ int main(void)
         NB_TEST(sdpa_refuses_masks_and_operands_of_the_wrong_shape),
         NB_TEST(sdpa_row_with_every_key_masked_is_zero),
         NB_TEST(mha_refuses_bad_embed_dim_heads_and_masks),
+        NB_TEST(views_0d_and_empty_inputs),
         NB_TEST(autocast_misuse_is_a_status),
         NB_TEST(grad_scaler_misuse_is_a_status),
         NB_TEST(device_info_refuses_null_and_unknown_devices),
