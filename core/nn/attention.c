@@ -254,7 +254,18 @@ static nb_tensor *sdpa_impl(const nb_tensor *q, const nb_tensor *k, const nb_ten
     } else if (sc && mask) {
         sc = nnc_k(&s, nb_add(sc, mask));
     }
+    /* A row with every key masked out (all scores -inf) gets weights 0, not NaN, as
+     * PyTorch's _safe_softmax since 2.5; its scores are zeroed first so that no NaN reaches
+     * the backward either (the row's gradient is 0, as in PyTorch). */
+    nb_tensor *dead = NULL;
+    if (sc && mask && S > 0) {
+        nb_tensor *mx = nnc_k(&s, nb_amax(sc, (int32_t[]){-1}, 1, true));
+        dead = mx ? nnc_k(&s, nb_eq_scalar(mx, -INFINITY)) : NULL;
+        sc = dead ? nnc_k(&s, nb_masked_fill(sc, dead, 0)) : NULL;
+    }
     nb_tensor *w = sc ? nnc_k(&s, nb_softmax(sc, -1)) : NULL;
+    if (w && dead)
+        w = nnc_k(&s, nb_masked_fill(w, dead, 0));
     if (w && o.dropout_p > 0)
         w = nnc_k(&s, nb_dropout(w, o.dropout_p, true));
     return nnc_ret(&s, w ? nnc_k(&s, nb_matmul(w, v)) : NULL);

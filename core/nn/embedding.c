@@ -21,8 +21,9 @@ static bool check_range(const nb_tensor *idx, int64_t V, nb_tensor **pad_mask, i
     bool ok = nbi_read_f64(idx, v) == NB_OK;
     for (int64_t k = 0; ok && k < n; k++)
         if (v[k] < 0 || v[k] >= (double)V) {
-            nbi_error(NB_INDEX_OUT_OF_RANGE, "embedding: index %lld out of range for a table of "
-                      "%lld rows (valid: 0 to %lld)", (long long)v[k], (long long)V,
+            /* %.0f: an int64 index past 2^63 - 512 reads as 2^63, which no cast may take */
+            nbi_error(NB_INDEX_OUT_OF_RANGE, "embedding: index %.0f out of range for a table of "
+                      "%lld rows (valid: 0 to %lld)", v[k], (long long)V,
                       (long long)V - 1);
             ok = false;
         }

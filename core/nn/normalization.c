@@ -228,10 +228,14 @@ static nb_tensor *layer_norm_impl(const nb_tensor *x, const int64_t *ns, int32_t
     const char *op = "layer_norm";
     if (nnc_null(op, "input", x) || !nnc_float(op, "input", x) || !check_eps(op, eps))
         return NULL;
-    if (n < 1 || n > nb_tensor_ndim(x) || !ns) {
-        nbi_error(NB_SHAPE_MISMATCH, "layer_norm: normalized_shape has %d dims (%s) for an input "
-                  "of shape %s; expected 1 to %d trailing dims", n, ns ? "given" : "NULL",
-                  NBI_SHAPE_STR(x), nb_tensor_ndim(x));
+    if (!ns) {
+        nbi_error(NB_NULL_ARGUMENT, "layer_norm: normalized_shape is NULL (with %d dims)", n);
+        return NULL;
+    }
+    if (n < 1 || n > nb_tensor_ndim(x)) {
+        nbi_error(NB_SHAPE_MISMATCH, "layer_norm: normalized_shape has %d dims for an input of "
+                  "shape %s; expected 1 to %d trailing dims", n, NBI_SHAPE_STR(x),
+                  nb_tensor_ndim(x));
         return NULL;
     }
     if (memcmp(nbi_dims(x) + nb_tensor_ndim(x) - n, ns, (size_t)n * sizeof *ns)) {

@@ -301,6 +301,140 @@ static void op_read(chain *c)
     nb_clear_error();
 }
 
+/* The mixed-precision and attention entry points: 16-bit casts, layer_norm with a
+ * normalized_shape that may not match, embedding with indices and padding_idx out of range,
+ * sdpa with masks of any shape and dtype, a MultiheadAttention of any embed_dim / num_heads,
+ * autocast regions opened and closed in any order, and a grad scaler used out of turn. */
+static const nb_dtype half_table[] = {NB_DTYPE_F16, NB_DTYPE_BF16, NB_DTYPE_F32, NB_DTYPE_I64,
+                                      (nb_dtype)0, NB_DTYPE_BOOL, NB_DTYPE_COUNT, (nb_dtype)-1};
+
+typedef struct mixed_state {
+    int open;                /* autocast regions this input opened and has not closed */
+    nb_grad_scaler *scaler;
+} mixed_state;
+
+static mixed_state mixed;
+
+static void op_mixed(chain *c)
+{
+    nb_tensor *a = slot(c), *b = slot(c), *d = slot(c);
+    int64_t i0 = PICK(&c->in, index_table);
+    double v = PICK(&c->in, scalar_table);
+    switch (fuzz_below(&c->in, 10)) {
+    case 0:
+        if (a)
+            keep(c, nb_to_dtype(a, PICK(&c->in, half_table)));
+        break;
+    case 1: { /* normalized_shape: the tail of a's shape, or anything */
+        int64_t ns[NB_MAX_DIMS + 1];
+        int32_t n = small_dim(c) + 2; /* -3 .. 7 */
+        for (int32_t k = 0; k < NB_MAX_DIMS + 1; k++) {
+            int32_t at = a ? nb_tensor_ndim(a) - (n > 0 ? n : 0) + k : -1;
+            ns[k] = fuzz_u8(&c->in) & 0x80 ? PICK(&c->in, dims_table)
+                    : a && at >= 0 && at < nb_tensor_ndim(a) ? nb_tensor_size(a, at)
+                                                             : fuzz_below(&c->in, 4);
+        }
+        keep(c, nb_layer_norm(a, fuzz_u8(&c->in) & 1 ? NULL : ns, n, b, d, v));
+        break;
+    }
+    case 2:
+        keep(c, nb_embedding(a, b, fuzz_u8(&c->in) & 1 ? NB_NO_PADDING_IDX : i0));
+        break;
+    case 3: {
+        nb_tensor *v3 = slot(c);
+        nb_sdpa_opts o = {.attn_mask = fuzz_u8(&c->in) & 1 ? d : NULL,
+                          .dropout_p = fuzz_u8(&c->in) & 1 ? PICK(&c->in, scalar_table) : 0,
+                          .is_causal = fuzz_u8(&c->in) & 1,
+                          .scale = fuzz_u8(&c->in) & 1 ? PICK(&c->in, scalar_table) : 0};
+        keep(c, nb_scaled_dot_product_attention(a, b, v3, o));
+        break;
+    }
+    case 4: { /* embed_dim, num_heads from small values and huge ones */
+        int64_t e = fuzz_u8(&c->in) & 0x80 ? PICK(&c->in, param_table) : fuzz_below(&c->in, 9);
+        int64_t h = fuzz_u8(&c->in) & 0x80 ? PICK(&c->in, param_table) : fuzz_below(&c->in, 5);
+        uint8_t f = fuzz_u8(&c->in);
+        if (e > 64 && e < ((int64_t)1 << 40)) /* a real allocation of e^2: not under test */
+            break;
+        nb_module *m = nb_multihead_attention_new(e, h, f & 1, f & 2, (nb_opts){0});
+        if (!m) {
+            nb_clear_error();
+            break;
+        }
+        nb_tensor *w = NULL, **wp = f & 4 ? &w : NULL;
+        nb_mha_opts o = {.key_padding_mask = f & 8 ? slot(c) : NULL,
+                         .attn_mask = f & 16 ? slot(c) : NULL, .is_causal = f & 32};
+        if (f & 64)
+            keep(c, nb_module_forward(m, a));
+        else
+            keep(c, nb_multihead_attention(m, a, f & 128 ? a : b, f & 128 ? a : d, o, wp));
+        if (w)
+            keep(c, w);
+        nb_module_free(m);
+        break;
+    }
+    case 5: {
+        static const char *const devs[] = {"cpu", NULL, "cpu:0", "cpu:7", "", "opencl:0", "x"};
+        const char *dev = PICK(&c->in, devs);
+        nb_dtype dt = PICK(&c->in, half_table);
+        nb_status st = fuzz_u8(&c->in) & 1 ? nb_autocast_begin(dev, dt)
+                                           : nb_autocast_begin_ex(dev, dt, fuzz_u8(&c->in) & 1);
+        mixed.open += st == NB_OK;
+        (void)nb_autocast_is_enabled(PICK(&c->in, devs));
+        (void)nb_autocast_dtype(PICK(&c->in, devs));
+        nb_clear_error();
+        break;
+    }
+    case 6: /* closed more often than opened: NB_STATE, never a crash */
+        if (nb_autocast_end() == NB_OK)
+            mixed.open--;
+        nb_clear_error();
+        break;
+    case 7:
+        if (!mixed.scaler || fuzz_u8(&c->in) & 1) {
+            nb_grad_scaler_free(mixed.scaler);
+            nb_grad_scaler_opts o = {.init_scale = v, .growth_factor = PICK(&c->in, scalar_table),
+                                     .backoff_factor = PICK(&c->in, scalar_table),
+                                     .growth_interval = PICK(&c->in, index_table),
+                                     .disabled = fuzz_u8(&c->in) & 1};
+            if (fuzz_u8(&c->in) & 1)
+                o = (nb_grad_scaler_opts){.disabled = o.disabled};
+            mixed.scaler = nb_grad_scaler_new(o);
+        }
+        keep(c, nb_grad_scaler_scale(fuzz_u8(&c->in) & 1 ? mixed.scaler : NULL, a));
+        (void)nb_grad_scaler_get_scale(mixed.scaler);
+        (void)nb_grad_scaler_skipped_steps(mixed.scaler);
+        break;
+    case 8: { /* unscale / step / update in any order, on an optimizer over the slots */
+        nb_tensor *ps[3] = {a, b, d};
+        int32_t n = 0;
+        for (int k = 0; k < 3; k++)
+            if (ps[k] && nb_tensor_requires_grad(ps[k]))
+                ps[n++] = ps[k];
+        nb_optim *o = nb_sgd_new(ps, n, (nb_sgd_opts){.lr = 0.1});
+        nb_grad_scaler *s = fuzz_u8(&c->in) & 1 ? mixed.scaler : NULL;
+        for (int k = 0; k < 4; k++) {
+            switch (fuzz_below(&c->in, 4)) {
+            case 0: (void)nb_grad_scaler_unscale(s, o); break;
+            case 1: (void)nb_grad_scaler_step(s, o); break;
+            case 2: (void)nb_grad_scaler_update(s); break;
+            default: (void)nb_grad_scaler_unscale(s, NULL); break;
+            }
+        }
+        nb_optim_free(o);
+        nb_clear_error();
+        break;
+    }
+    default: {
+        char buf[64];
+        static const char *const devs[] = {"cpu", NULL, "cpu:1", "", "opencl:9"};
+        size_t len = PICK(&c->in, ((const size_t[]){0, 1, 2, 16, 64}));
+        (void)nb_device_info(PICK(&c->in, devs), fuzz_u8(&c->in) & 1 ? buf : NULL, len);
+        nb_clear_error();
+        break;
+    }
+    }
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
@@ -319,11 +453,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     nb_manual_seed(mode);
     void (*const ops[])(chain *) = {op_create, op_create, op_unary, op_binary, op_scalar,
                                     op_view, op_view, op_reduce, op_window, op_pair,
-                                    op_backward, op_read};
+                                    op_backward, op_read, op_mixed, op_mixed};
     for (int k = 0; k < CHAIN_MAX && !fuzz_done(&c.in); k++)
         PICK(&c.in, ops)(&c);
     for (int k = 0; k < SLOTS; k++)
         nb_release(c.t[k]);
+    for (; mixed.open > 0; mixed.open--) /* before the scopes: a region holds its casts */
+        (void)nb_autocast_end();
+    nb_grad_scaler_free(mixed.scaler);
+    mixed.scaler = NULL;
     if (mode & 2)
         nb_no_grad_end();
     if (mode & 1)
