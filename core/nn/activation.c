@@ -461,7 +461,7 @@ static const nb_function gelu_fn = {"GeluBackward0", gelu_forward, gelu_backward
 
 static nb_tensor *gelu_impl(const nb_tensor *x)
 {
-    if (is_null("gelu", "input", x) || !check_float("gelu", "input", x))
+    if (nnc_null("gelu", "input", x) || !nnc_float("gelu", "input", x))
         return NULL;
     return apply(&gelu_fn, fctx_new("gelu"), (nb_tensor *[]){(nb_tensor *)x}, 1);
 }
@@ -489,10 +489,10 @@ static nb_tensor *softmax_forward(void *ctx, nb_tensor *const *in, int32_t n)
     const char *kop = log ? "log_softmax" : "softmax";
     nb_tensor *out;
     if (numel_of(x) == 0) {
-        out = nb_empty(nnc_shape(x), opts_of(x));
+        out = nb_empty(nnc_shape(x), nnc_opts(x));
     } else if (dim == nb_tensor_ndim(x) - 1 && nbi_has_kernel(x, kop)) {
         nb_tensor *xc = nb_contiguous(x);
-        out = xc ? nb_empty(nnc_shape(x), opts_of(x)) : NULL;
+        out = xc ? nb_empty(nnc_shape(x), nnc_opts(x)) : NULL;
         int64_t iv[1] = {dim};
         if (out && nbi_run(kop, out, &xc, 1, NULL, 0, iv, 1) != NB_OK) {
             nb_release(out);
@@ -525,7 +525,7 @@ static nb_status softmax_backward(void *ctx, const nb_tensor *g, nb_tensor **gi,
         gi[0] = nb_zeros_like(x);
     } else if (dim == nb_tensor_ndim(x) - 1 && bw_fast(x, kop)) {
         nb_tensor *gc = nnc_k(&s, nb_contiguous(g)), *yc = nnc_k(&s, nb_contiguous(y));
-        nb_tensor *gx = gc && yc ? nb_empty(nnc_shape(x), opts_of(x)) : NULL;
+        nb_tensor *gx = gc && yc ? nb_empty(nnc_shape(x), nnc_opts(x)) : NULL;
         int64_t iv[1] = {dim};
         if (gx && nbi_run(kop, gx, (nb_tensor *[]){gc, yc}, 2, NULL, 0, iv, 1) != NB_OK) {
             nb_release(gx);
@@ -557,7 +557,7 @@ static const nb_function log_softmax_fn = {"LogSoftmaxBackward0", softmax_forwar
 static nb_tensor *softmax_impl(const nb_tensor *x, int32_t dim, bool log)
 {
     const char *op = log ? "log_softmax" : "softmax";
-    if (is_null(op, "input", x) || !check_float(op, "input", x))
+    if (nnc_null(op, "input", x) || !nnc_float(op, "input", x))
         return NULL;
     if (nb_tensor_ndim(x) == 0) { /* a 0-d input is one row of one element */
         if (dim != 0 && dim != -1) {

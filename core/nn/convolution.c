@@ -79,7 +79,7 @@ static nb_tensor *window_table(const nb_tensor *like, const geom *g)
                                                                        : g->h * g->w;
                 }
             }
-    nb_tensor *t = nb_from_data(tab, NB_SHAPE(1, 1, n), (nb_opts){NB_DTYPE_I64, DEVNAME(like)});
+    nb_tensor *t = nb_from_data(tab, NB_SHAPE(1, 1, n), (nb_opts){NB_DTYPE_I64, NNC_DEV(like)});
     nbi_free(tab);
     return t;
 }
@@ -90,7 +90,7 @@ static nb_tensor *gather_windows(const nb_tensor *x, const nb_tensor *table, con
 {
     nnc_tmps s = {0};
     nb_tensor *xf = nnc_k(&s, nb_reshape(x, NB_SHAPE(g->n, c, g->h * g->w)));
-    nb_tensor *col = nnc_k(&s, nb_full(NB_SHAPE(g->n, c, 1), pad, opts_of(x)));
+    nb_tensor *col = nnc_k(&s, nb_full(NB_SHAPE(g->n, c, 1), pad, nnc_opts(x)));
     nb_tensor *parts[2] = {xf, col};
     nb_tensor *xp = xf && col ? nnc_k(&s, nb_cat(parts, 2, 2)) : NULL;
     nb_tensor *idx = nnc_k(&s, nb_expand(table, NB_SHAPE(g->n, c, geom_k(g) * geom_l(g))));
@@ -103,7 +103,7 @@ static nb_tensor *scatter_windows(const nb_tensor *cols, const nb_tensor *table,
 {
     nnc_tmps s = {0};
     int64_t hw = g->h * g->w;
-    nb_tensor *z = nnc_k(&s, nb_zeros(NB_SHAPE(g->n, c, hw + 1), opts_of(cols)));
+    nb_tensor *z = nnc_k(&s, nb_zeros(NB_SHAPE(g->n, c, hw + 1), nnc_opts(cols)));
     nb_tensor *idx = nnc_k(&s, nb_expand(table, NB_SHAPE(g->n, c, geom_k(g) * geom_l(g))));
     nb_tensor *acc = z && idx ? nnc_k(&s, nb_scatter_add(z, 2, idx, cols)) : NULL;
     nb_tensor *in = nnc_k(&s, nb_narrow(acc, 2, 0, hw));
@@ -119,7 +119,7 @@ static bool check_image(const char *op, const nb_tensor *x, bool *unbatched)
         return false;
     }
     *unbatched = nb_tensor_ndim(x) == 3;
-    return check_float(op, "input", x);
+    return nnc_float(op, "input", x);
 }
 
 /* ================================== conv2d ================================== */
@@ -165,10 +165,10 @@ static nb_tensor *conv_forward(void *ctx, nb_tensor *const *in, int32_t n)
     nb_tensor *out = NULL;
     nnc_tmps s = {0};
     if (numel_of(x) == 0 || numel_of(w) == 0) {
-        out = nb_zeros(NB_SHAPE(g.n, O, g.oh, g.ow), opts_of(x));
+        out = nb_zeros(NB_SHAPE(g.n, O, g.oh, g.ow), nnc_opts(x));
     } else if (nbi_has_kernel(x, "conv2d")) {
         nb_tensor *xc = nnc_k(&s, nb_contiguous(x)), *wc = nnc_k(&s, nb_contiguous(w));
-        out = xc && wc ? nb_empty(NB_SHAPE(g.n, O, g.oh, g.ow), opts_of(x)) : NULL;
+        out = xc && wc ? nb_empty(NB_SHAPE(g.n, O, g.oh, g.ow), nnc_opts(x)) : NULL;
         if (out && nbi_run("conv2d", out, (nb_tensor *[]){xc, wc}, 2, NULL, 0, iv, 7) != NB_OK) {
             nb_release(out);
             out = NULL;
@@ -221,7 +221,7 @@ static nb_status conv_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
         nb_tensor *gc = nnc_k(&s, nb_contiguous(g));
         if (fast_x) {
             nb_tensor *wc = nnc_k(&s, nb_contiguous(w));
-            nb_tensor *gx = gc && wc ? nb_empty(nnc_shape(x), opts_of(x)) : NULL;
+            nb_tensor *gx = gc && wc ? nb_empty(nnc_shape(x), nnc_opts(x)) : NULL;
             if (gx && nbi_run("conv2d_backward_input", gx, (nb_tensor *[]){gc, wc}, 2, NULL, 0,
                               iv, 7) != NB_OK) {
                 nb_release(gx);
@@ -231,7 +231,7 @@ static nb_status conv_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
         }
         if (fast_w) {
             nb_tensor *xc = nnc_k(&s, nb_contiguous(x));
-            nb_tensor *gw = gc && xc ? nb_empty(nnc_shape(w), opts_of(w)) : NULL;
+            nb_tensor *gw = gc && xc ? nb_empty(nnc_shape(w), nnc_opts(w)) : NULL;
             if (gw && nbi_run("conv2d_backward_weight", gw, (nb_tensor *[]){gc, xc}, 2, NULL, 0,
                               iv, 7) != NB_OK) {
                 nb_release(gw);
@@ -300,7 +300,7 @@ static nb_tensor *conv2d_same(const nb_tensor *x, const nb_tensor *w, const nb_t
         int32_t dim = nb_tensor_ndim(xp) - 2 + k;
         nb_shape zs = nnc_shape(xp);
         zs.dims[dim] = extra[k];
-        nb_tensor *z = nnc_k(&s, nb_zeros(zs, opts_of(xp)));
+        nb_tensor *z = nnc_k(&s, nb_zeros(zs, nnc_opts(xp)));
         nb_tensor *parts[2] = {(nb_tensor *)xp, z};
         xp = z ? nnc_k(&s, nb_cat(parts, 2, dim)) : NULL;
     }
@@ -314,8 +314,8 @@ static nb_tensor *conv2d_impl(const nb_tensor *x, const nb_tensor *w, const nb_t
 {
     const char *op = "conv2d";
     bool unbatched;
-    if (is_null(op, "input", x) || is_null(op, "weight", w) || !check_image(op, x, &unbatched) ||
-        !check_like(op, "weight", w, x) || (b && !check_like(op, "bias", b, x)))
+    if (nnc_null(op, "input", x) || nnc_null(op, "weight", w) || !check_image(op, x, &unbatched) ||
+        !nnc_like(op, "weight", w, x) || (b && !nnc_like(op, "bias", b, x)))
         return NULL;
     if (nb_tensor_ndim(w) != 4) {
         nbi_error(NB_SHAPE_MISMATCH, "conv2d: expected a 4-d weight (out_channels, "
@@ -471,7 +471,7 @@ static nb_tensor *avg_inv_divisor(const nb_tensor *like, const geom *g, bool exc
             }
             d[oh * g->ow + ow] = n > 0 ? 1.0 / (double)n : 0.0;
         }
-    nb_tensor *f = nb_from_data(d, NB_SHAPE(1, 1, 1, L), (nb_opts){NB_DTYPE_F64, DEVNAME(like)});
+    nb_tensor *f = nb_from_data(d, NB_SHAPE(1, 1, 1, L), (nb_opts){NB_DTYPE_F64, NNC_DEV(like)});
     nbi_free(d);
     nb_tensor *r = f ? nb_to_dtype(f, nb_tensor_dtype(like)) : NULL;
     nb_release(f);
@@ -503,14 +503,14 @@ static nb_tensor *max_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
     nb_tensor *out = NULL, *idx = NULL;
     nnc_tmps s = {0};
     if (numel_of(x) == 0) {
-        out = nb_empty(os, opts_of(x));
-        idx = nb_empty(os, (nb_opts){NB_DTYPE_I64, DEVNAME(x)});
+        out = nb_empty(os, nnc_opts(x));
+        idx = nb_empty(os, (nb_opts){NB_DTYPE_I64, NNC_DEV(x)});
     } else if (POOL_PLAIN(c) && nbi_has_kernel(x, "max_pool2d")) {
         int64_t iv[6];
         pool_ints(&g, iv);
         nb_tensor *xc = nnc_k(&s, nb_contiguous(x));
-        out = xc ? nb_empty(os, opts_of(x)) : NULL;
-        idx = out ? nb_empty(os, (nb_opts){NB_DTYPE_I64, DEVNAME(x)}) : NULL;
+        out = xc ? nb_empty(os, nnc_opts(x)) : NULL;
+        idx = out ? nb_empty(os, (nb_opts){NB_DTYPE_I64, NNC_DEV(x)}) : NULL;
         if (idx && nbi_run("max_pool2d", out, (nb_tensor *[]){xc, idx}, 2, NULL, 0, iv, 6) !=
                        NB_OK) {
             nb_release(idx);
@@ -559,12 +559,12 @@ static nb_status max_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
     if (!c->need[0])
         return NB_OK;
     if (numel_of(g) == 0) {
-        gi[0] = nb_zeros(xs, opts_of(g));
+        gi[0] = nb_zeros(xs, nnc_opts(g));
     } else if (POOL_PLAIN(c) && bw_fast(g, "max_pool2d_backward")) {
         int64_t iv[6];
         pool_ints(&geo, iv);
         nb_tensor *gc = nnc_k(&s, nb_contiguous(g));
-        nb_tensor *gx = gc ? nb_empty(xs, opts_of(g)) : NULL; /* the kernel zeroes it first */
+        nb_tensor *gx = gc ? nb_empty(xs, nnc_opts(g)) : NULL; /* the kernel zeroes it first */
         if (gx && nbi_run("max_pool2d_backward", gx, (nb_tensor *[]){gc, idx}, 2, NULL, 0, iv,
                           6) != NB_OK) {
             nb_release(gx);
@@ -573,7 +573,7 @@ static nb_status max_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
         gi[0] = gx;
     } else {
         int64_t L = geom_l(&geo);
-        nb_tensor *z = nnc_k(&s, nb_zeros(NB_SHAPE(geo.n, geo.c, geo.h * geo.w), opts_of(g)));
+        nb_tensor *z = nnc_k(&s, nb_zeros(NB_SHAPE(geo.n, geo.c, geo.h * geo.w), nnc_opts(g)));
         nb_tensor *i3 = nnc_k(&s, nb_reshape(idx, NB_SHAPE(geo.n, geo.c, L)));
         nb_tensor *g3 = nnc_k(&s, nb_reshape(g, NB_SHAPE(geo.n, geo.c, L)));
         nb_tensor *acc = z && i3 && g3 ? nnc_k(&s, nb_scatter_add(z, 2, i3, g3)) : NULL;
@@ -590,7 +590,7 @@ static const nb_function max_pool2d_fn = {"MaxPool2DWithIndicesBackward0", max_p
  * is the conv2d kernel with a constant (1, 1, kh, kw) weight over (N * C, 1, H, W). */
 static nb_tensor *avg_weight(const nb_tensor *like, const geom *g)
 {
-    return nb_full(NB_SHAPE(1, 1, g->kh, g->kw), 1.0 / (double)geom_k(g), opts_of(like));
+    return nb_full(NB_SHAPE(1, 1, g->kh, g->kw), 1.0 / (double)geom_k(g), nnc_opts(like));
 }
 
 static nb_tensor *avg_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
@@ -602,14 +602,14 @@ static nb_tensor *avg_pool_forward(void *ctx, nb_tensor *const *in, int32_t n)
     nb_tensor *out = NULL;
     nnc_tmps s = {0};
     if (numel_of(x) == 0) {
-        out = nb_zeros(os, opts_of(x));
+        out = nb_zeros(os, nnc_opts(x));
     } else if (POOL_PLAIN(c) && nbi_has_kernel(x, "conv2d")) {
         int64_t iv[7] = {g.sh, g.sw, g.ph, g.pw, 1, 1, 1};
         nb_tensor *xr = nnc_k(&s, nb_reshape(x, NB_SHAPE(g.n * g.c, 1, g.h, g.w)));
         nb_tensor *xc = nnc_k(&s, nb_contiguous(xr));
         nb_tensor *wk = nnc_k(&s, avg_weight(x, &g));
         nb_tensor *o = xc && wk ? nnc_k(&s, nb_empty(NB_SHAPE(g.n * g.c, 1, g.oh, g.ow),
-                                                     opts_of(x)))
+                                                     nnc_opts(x)))
                                 : NULL;
         if (o && nbi_run("conv2d", o, (nb_tensor *[]){xc, wk}, 2, NULL, 0, iv, 7) == NB_OK)
             out = nb_reshape(o, os);
@@ -637,14 +637,14 @@ static nb_status avg_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
         return NB_OK;
     int64_t K = geom_k(&geo), L = geom_l(&geo);
     if (numel_of(g) == 0) {
-        gi[0] = nb_zeros(xs, opts_of(g));
+        gi[0] = nb_zeros(xs, nnc_opts(g));
     } else if (POOL_PLAIN(c) && bw_fast(g, "conv2d_backward_input")) {
         int64_t iv[7] = {geo.sh, geo.sw, geo.ph, geo.pw, 1, 1, 1};
         nb_tensor *gr = nnc_k(&s, nb_reshape(g, NB_SHAPE(geo.n * geo.c, 1, geo.oh, geo.ow)));
         nb_tensor *gc = nnc_k(&s, nb_contiguous(gr));
         nb_tensor *wk = nnc_k(&s, avg_weight(g, &geo));
         nb_tensor *gx = gc && wk ? nnc_k(&s, nb_empty(NB_SHAPE(geo.n * geo.c, 1, geo.h, geo.w),
-                                                   opts_of(g)))
+                                                   nnc_opts(g)))
                                  : NULL;
         if (gx && nbi_run("conv2d_backward_input", gx, (nb_tensor *[]){gc, wk}, 2, NULL, 0, iv,
                           7) == NB_OK)
@@ -673,7 +673,7 @@ static nb_tensor *pool_impl(const char *op, const nb_function *fn, const nb_tens
 {
     bool unbatched;
     geom g;
-    if (is_null(op, "input", x) || !check_image(op, x, &unbatched) ||
+    if (nnc_null(op, "input", x) || !check_image(op, x, &unbatched) ||
         !pool_geom(op, x, unbatched, o, &g))
         return NULL;
     nb_tensor *xb = unbatched ? nb_unsqueeze(x, 0) : nb_retain((nb_tensor *)x);

@@ -12,51 +12,8 @@
 
 /* ============================== small helpers ============================== */
 
-#define DEVNAME(t) nb_tensor_device(t)
-
-static inline nb_opts opts_of(const nb_tensor *t)
-{
-    return (nb_opts){nb_tensor_dtype(t), DEVNAME(t), false};
-}
 
 static inline int64_t numel_of(const nb_tensor *t) { return nb_tensor_numel(t); }
-
-/* An op given NULL returns NULL and keeps the first error. */
-static inline bool is_null(const char *op, const char *what, const nb_tensor *t)
-{
-    if (t)
-        return false;
-    if (!nbi_error_pending())
-        nbi_error(NB_NULL_ARGUMENT, "%s: %s is NULL", op, what);
-    return true;
-}
-
-static inline bool check_float(const char *op, const char *what, const nb_tensor *t)
-{
-    if (nb_dtype_is_float(nb_tensor_dtype(t)))
-        return true;
-    nbi_error(NB_DTYPE_UNSUPPORTED, "%s: %s must be a floating point tensor, got %s", op, what,
-              nb_dtype_name(nb_tensor_dtype(t)));
-    return false;
-}
-
-/* `t` must live on `ref`'s device and share its dtype (PyTorch does not promote here either). */
-static inline bool check_like(const char *op, const char *what, const nb_tensor *t,
-                              const nb_tensor *ref)
-{
-    if (!nbi_same_device(t, ref)) {
-        nbi_error(NB_DEVICE_MISMATCH, "%s: %s is on %s but the input is on %s", op, what,
-                  DEVNAME(t), DEVNAME(ref));
-        return false;
-    }
-    if (nb_tensor_dtype(t) != nb_tensor_dtype(ref)) {
-        nbi_error(NB_DTYPE_UNSUPPORTED, "%s: %s is %s but the input is %s; both must have the "
-                  "same dtype", op, what, nb_dtype_name(nb_tensor_dtype(t)),
-                  nb_dtype_name(nb_tensor_dtype(ref)));
-        return false;
-    }
-    return true;
-}
 
 static inline bool same_shape(const nb_tensor *a, const nb_tensor *b)
 {

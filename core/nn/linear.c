@@ -7,10 +7,10 @@
 static nb_tensor *linear_impl(const nb_tensor *x, const nb_tensor *w, const nb_tensor *b)
 {
     const char *op = "linear";
-    if (is_null(op, "input", x) || is_null(op, "weight", w))
+    if (nnc_null(op, "input", x) || nnc_null(op, "weight", w))
         return NULL;
-    if (!check_float(op, "input", x) || !check_like(op, "weight", w, x) ||
-        (b && !check_like(op, "bias", b, x)))
+    if (!nnc_float(op, "input", x) || !nnc_like(op, "weight", w, x) ||
+        (b && !nnc_like(op, "bias", b, x)))
         return NULL;
     if (nb_tensor_ndim(w) != 2 || nb_tensor_ndim(x) < 1) {
         nbi_error(NB_SHAPE_MISMATCH, "linear: expected a 2-d weight (out_features, in_features) "
@@ -45,7 +45,7 @@ static nb_tensor *linear_impl(const nb_tensor *x, const nb_tensor *w, const nb_t
 
 static nb_tensor *dropout_impl(const nb_tensor *x, double p, bool training)
 {
-    if (is_null("dropout", "input", x) || !check_float("dropout", "input", x))
+    if (nnc_null("dropout", "input", x) || !nnc_float("dropout", "input", x))
         return NULL;
     if (!(p >= 0 && p <= 1)) {
         nbi_error(NB_INVALID_ARGUMENT, "dropout: probability has to be between 0 and 1, but got "
@@ -58,7 +58,7 @@ static nb_tensor *dropout_impl(const nb_tensor *x, double p, bool training)
     nnc_tmps s = {0};
     nb_tensor *mask;
     if (p == 1) {
-        mask = nnc_k(&s, nb_zeros(NB_SHAPE_SCALAR, opts_of(x)));
+        mask = nnc_k(&s, nb_zeros(NB_SHAPE_SCALAR, nnc_opts(x)));
     } else {
         /* keep with probability 1 - p, scaled so that the expectation is unchanged */
         nb_tensor *keep = nnc_k(&s, nb_lt_scalar(nnc_k(&s, nb_rand_like(x)), 1 - p));

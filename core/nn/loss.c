@@ -32,8 +32,8 @@ static nb_tensor *loss_grad(const nb_tensor *g, const nb_tensor *d, nb_reduction
 static bool loss_check(const char *op, const nb_tensor *input, const nb_tensor *target,
                        nb_reduction r, bool same)
 {
-    if (is_null(op, "input", input) || is_null(op, "target", target) ||
-        !check_float(op, "input", input) || !check_like(op, "target", target, input) ||
+    if (nnc_null(op, "input", input) || nnc_null(op, "target", target) ||
+        !nnc_float(op, "input", input) || !nnc_like(op, "target", target, input) ||
         !check_reduction(op, r))
         return false;
     if (same && !same_shape(input, target)) {
@@ -277,7 +277,7 @@ static nb_status nll_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, int
                                             : nnc_k(&s, nb_expand(gs, nnc_shape(idx)));
     if (src && mask)
         src = nnc_k(&s, nb_mul(src, mask));
-    nb_tensor *z = nnc_k(&s, nb_zeros(c->shape, opts_of(g)));
+    nb_tensor *z = nnc_k(&s, nb_zeros(c->shape, nnc_opts(g)));
     gi[0] = z && src ? nb_scatter_add(z, 1, idx, src) : NULL;
     nnc_free(&s);
     return bw_done(c, gi, n);
@@ -290,12 +290,12 @@ static const nb_function nll_fn = {"NllLossBackward0", nll_forward, nll_backward
 static fctx *nll_prepare(const char *op, const nb_tensor *input, const nb_tensor *target,
                          nb_reduction r)
 {
-    if (is_null(op, "input", input) || is_null(op, "target", target) ||
-        !check_float(op, "input", input) || !check_reduction(op, r))
+    if (nnc_null(op, "input", input) || nnc_null(op, "target", target) ||
+        !nnc_float(op, "input", input) || !check_reduction(op, r))
         return NULL;
     if (!nbi_same_device(target, input)) {
         nbi_error(NB_DEVICE_MISMATCH, "%s: target is on %s but the input is on %s", op,
-                  DEVNAME(target), DEVNAME(input));
+                  NNC_DEV(target), NNC_DEV(input));
         return NULL;
     }
     if (nb_tensor_dtype(target) != NB_DTYPE_I64) {
@@ -369,11 +369,11 @@ static fctx *nll_prepare(const char *op, const nb_tensor *input, const nb_tensor
             mv[k] = tv[k] != NLL_IGNORE_INDEX;
             tv[k] = tv[k] == NLL_IGNORE_INDEX ? 0 : tv[k];
         }
-        nb_tensor *m64 = mv ? nb_from_data(mv, is, (nb_opts){NB_DTYPE_F64, DEVNAME(input)})
+        nb_tensor *m64 = mv ? nb_from_data(mv, is, (nb_opts){NB_DTYPE_F64, NNC_DEV(input)})
                             : NULL;
         if (!mv)
             nbi_error(NB_OUT_OF_MEMORY, "%s: out of host memory", op);
-        idx = m64 ? nb_from_data(tv, is, (nb_opts){NB_DTYPE_I64, DEVNAME(input)}) : NULL;
+        idx = m64 ? nb_from_data(tv, is, (nb_opts){NB_DTYPE_I64, NNC_DEV(input)}) : NULL;
         mask = idx ? nb_to_dtype(m64, nb_tensor_dtype(input)) : NULL;
         nb_release(m64);
         nbi_free(mv);
@@ -424,12 +424,12 @@ static nb_tensor *cross_entropy_impl(const nb_tensor *input, const nb_tensor *ta
                                      nb_reduction r)
 {
     const char *op = "cross_entropy";
-    if (is_null(op, "input", input) || is_null(op, "target", target) ||
-        !check_float(op, "input", input) || !check_reduction(op, r))
+    if (nnc_null(op, "input", input) || nnc_null(op, "target", target) ||
+        !nnc_float(op, "input", input) || !check_reduction(op, r))
         return NULL;
     int32_t cdim = nb_tensor_ndim(input) == 1 ? 0 : 1;
     if (nb_dtype_is_float(nb_tensor_dtype(target))) {
-        if (!check_like(op, "target (class probabilities)", target, input))
+        if (!nnc_like(op, "target (class probabilities)", target, input))
             return NULL;
         if (nb_tensor_ndim(input) < 1 || !same_shape(input, target)) {
             nbi_error(NB_SHAPE_MISMATCH, "cross_entropy: a floating point target holds class "

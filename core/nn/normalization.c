@@ -567,7 +567,7 @@ static bool bn_check_param(const char *what, const nb_tensor *t, const nb_tensor
 {
     if (!t)
         return true;
-    if (!check_like("batch_norm", what, t, x))
+    if (!nnc_like("batch_norm", what, t, x))
         return false;
     if (nb_tensor_ndim(t) != 1 || nbi_dims(t)[0] != nbi_dims(x)[1]) {
         nbi_error(NB_SHAPE_MISMATCH, "batch_norm: %s has shape %s but the input %s has %lld "
@@ -583,7 +583,7 @@ static nb_tensor *batch_norm_impl(const nb_tensor *x, nb_tensor *rm, nb_tensor *
                                   double momentum, double eps)
 {
     const char *op = "batch_norm";
-    if (is_null(op, "input", x) || !check_float(op, "input", x))
+    if (nnc_null(op, "input", x) || !nnc_float(op, "input", x))
         return NULL;
     if (nb_tensor_ndim(x) < 2) {
         nbi_error(NB_SHAPE_MISMATCH, "batch_norm: expected an input of at least 2 dims (N, C, "
