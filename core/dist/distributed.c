@@ -572,6 +572,29 @@ static bool check_count(const char *what, const nb_tensor *t)
     return true;
 }
 
+/* The work of a collective on target (written in place) and, for allgather, a separate input:
+ * each gets its staging buffer (with grad off: buffers are not part of any graph). NULL, with
+ * the error set and nothing left allocated, when either fails. */
+static nb_work *work_for(const char *what, nb_process_group *pg, nb_tensor *target,
+                         const nb_tensor *input)
+{
+    nb_work *w = work_new(pg);
+    if (!w)
+        return NULL;
+    bool prev = nb_set_grad_enabled(false);
+    w->target = nb_retain(target);
+    if (input)
+        w->input = buffer_for(what, pg, input);
+    w->buf = !input || w->input ? buffer_for(what, pg, target) : NULL;
+    nb_set_grad_enabled(prev);
+    if (!w->buf) {
+        work_release(w);
+        nbi_free(w);
+        return NULL;
+    }
+    return w;
+}
+
 static nb_work *allreduce_impl(nb_process_group *pg, nb_tensor *t, nb_reduce_op op)
 {
     if (!pg || !t) {
@@ -593,19 +616,10 @@ static nb_work *allreduce_impl(nb_process_group *pg, nb_tensor *t, nb_reduce_op 
     }
     if (!check_count("allreduce", t))
         return NULL;
-    nb_work *w = work_new(pg);
+    nb_work *w = work_for("allreduce", pg, t, NULL);
     if (!w)
         return NULL;
-    bool prev = nb_set_grad_enabled(false);
-    w->target = nb_retain(t);
-    w->buf = buffer_for("allreduce", pg, t);
-    nb_set_grad_enabled(prev);
     w->average = op == NB_REDUCE_OP_AVG && pg->world > 1;
-    if (!w->buf) {
-        work_release(w);
-        nbi_free(w);
-        return NULL;
-    }
     nb_collective_args args = {.kind = NB_COLLECTIVE_ALLREDUCE, .op = to_abi[op],
                                .check = call_digest(NB_COLLECTIVE_ALLREDUCE, to_abi[op], 0, t)};
     return work_start(pg, &args, w);
@@ -625,18 +639,9 @@ static nb_work *broadcast_impl(nb_process_group *pg, nb_tensor *t, int32_t root)
     }
     if (!check_count("broadcast", t))
         return NULL;
-    nb_work *w = work_new(pg);
+    nb_work *w = work_for("broadcast", pg, t, NULL);
     if (!w)
         return NULL;
-    bool prev = nb_set_grad_enabled(false);
-    w->target = nb_retain(t);
-    w->buf = buffer_for("broadcast", pg, t);
-    nb_set_grad_enabled(prev);
-    if (!w->buf) {
-        work_release(w);
-        nbi_free(w);
-        return NULL;
-    }
     nb_collective_args args = {.kind = NB_COLLECTIVE_BROADCAST, .root = root,
                                .check = call_digest(NB_COLLECTIVE_BROADCAST, 0, root, t)};
     return work_start(pg, &args, w);
@@ -672,19 +677,9 @@ static nb_work *allgather_impl(nb_process_group *pg, const nb_tensor *in, nb_ten
     }
     if (!check_count("allgather", out))
         return NULL;
-    nb_work *w = work_new(pg);
+    nb_work *w = work_for("allgather", pg, out, in);
     if (!w)
         return NULL;
-    bool prev = nb_set_grad_enabled(false);
-    w->target = nb_retain(out);
-    w->input = buffer_for("allgather", pg, in);
-    w->buf = w->input ? buffer_for("allgather", pg, out) : NULL;
-    nb_set_grad_enabled(prev);
-    if (!w->buf) {
-        work_release(w);
-        nbi_free(w);
-        return NULL;
-    }
     nb_collective_args args = {.kind = NB_COLLECTIVE_ALLGATHER,
                                .check = call_digest(NB_COLLECTIVE_ALLGATHER, 0, 0, in)};
     return work_start(pg, &args, w);
