@@ -120,13 +120,22 @@ static nb_status check_ew(const char *op, const nb_kernel_args *a, int n_in, int
     return st;
 }
 
+/* check_ew for ops whose output has the inputs' dtype (unary, scalar, binary). */
+static nb_status check_ew_same_dtype(const char *op, const nb_kernel_args *a, int n_in,
+                                     ocl_view *v)
+{
+    nb_status st = check_ew(op, a, n_in, -1, -1, v);
+    if (st == NB_OK && a->out->dtype != a->in[0].dtype)
+        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s but the input%s %s; expected the "
+                 "same dtype", op, ocl_dt_name[a->out->dtype], n_in > 1 ? "s are" : " is",
+                 ocl_dt_name[a->in[0].dtype]);
+    return st;
+}
+
 static nb_status run_unary(const nb_kernel_args *a, const char *op, int code)
 {
     ocl_view v[2];
-    nb_status st = check_ew(op, a, 1, -1, -1, v);
-    if (st == NB_OK && a->out->dtype != a->in[0].dtype)
-        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s but the input is %s; expected the "
-                 "same dtype", op, ocl_dt_name[a->out->dtype], ocl_dt_name[a->in[0].dtype]);
+    nb_status st = check_ew_same_dtype(op, a, 1, v);
     if (st != NB_OK)
         return st;
     nbk_geom g;
@@ -139,10 +148,7 @@ static nb_status run_unary(const nb_kernel_args *a, const char *op, int code)
 static nb_status run_scalar(const nb_kernel_args *a, const char *op, int code)
 {
     ocl_view v[2];
-    nb_status st = check_ew(op, a, 1, -1, -1, v);
-    if (st == NB_OK && a->out->dtype != a->in[0].dtype)
-        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s but the input is %s; expected the "
-                 "same dtype", op, ocl_dt_name[a->out->dtype], ocl_dt_name[a->in[0].dtype]);
+    nb_status st = check_ew_same_dtype(op, a, 1, v);
     if (st != NB_OK)
         return st;
     nbk_geom g;
@@ -166,10 +172,7 @@ static nb_status run_scalar(const nb_kernel_args *a, const char *op, int code)
 static nb_status run_binary(const nb_kernel_args *a, const char *op, int code)
 {
     ocl_view v[3];
-    nb_status st = check_ew(op, a, 2, -1, -1, v);
-    if (st == NB_OK && a->out->dtype != a->in[0].dtype)
-        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s but the inputs are %s; expected "
-                 "the same dtype", op, ocl_dt_name[a->out->dtype], ocl_dt_name[a->in[0].dtype]);
+    nb_status st = check_ew_same_dtype(op, a, 2, v);
     if (st != NB_OK)
         return st;
     nbk_geom g;
