@@ -4,7 +4,9 @@
  * parameter bytes, and the time backward waits for communication as a fraction of the step.
  *   mpirun -np 1 build/bin/nabla-dist-bench; mpirun -np 2 build/bin/nabla-dist-bench
  *   options after the step count: --bucket-mb X (DDP's bucket_mb), --grad-view
- *   (gradient_as_bucket_view), --no-allreduce-table (LeNet figures only) */
+ *   (gradient_as_bucket_view), --global-batch N (default 64; a 1-rank run with the per-rank
+ *   batch of an N-rank run gives that run's ideal, N times its images/s),
+ *   --no-allreduce-table (LeNet figures only) */
 #include "lenet.h"
 #include "nabla.h"
 
@@ -64,9 +66,10 @@ static int bench_allreduce(nb_process_group *pg, int rank, int world)
     return 0;
 }
 
-static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, nb_ddp_opts dopts)
+static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, int global,
+                     nb_ddp_opts dopts)
 {
-    const int global = 64, per = global / world;
+    const int per = global / world;
     nb_manual_seed(1);
     nb_module *net = lenet_new((nb_opts){0});
     nb_ddp *d = world > 1 ? nb_ddp_new(net, pg, dopts) : NULL;
@@ -134,6 +137,7 @@ int main(int argc, char **argv)
     int steps = argc > 1 ? atoi(argv[1]) : 200;
     nb_ddp_opts dopts = {0};
     bool table = true;
+    long global = 64;
     for (int k = 2; k < argc && steps >= 1; k++) {
         char *end = NULL;
         if (strcmp(argv[k], "--bucket-mb") == 0 && k + 1 < argc)
@@ -142,14 +146,18 @@ int main(int argc, char **argv)
             dopts.gradient_as_bucket_view = true;
         else if (strcmp(argv[k], "--no-allreduce-table") == 0)
             table = false;
-        else
+        else if (strcmp(argv[k], "--global-batch") == 0 && k + 1 < argc) {
+            global = strtol(argv[++k], &end, 10);
+            if (global < 1 || global > 65536)
+                steps = 0;
+        } else
             steps = 0;
         if (end && (*end || dopts.bucket_mb < 0))
             steps = 0;
     }
     if (steps < 1) {
         fprintf(stderr, "usage: nabla-dist-bench [steps [--bucket-mb X] [--grad-view] "
-                        "[--no-allreduce-table]]\n");
+                        "[--global-batch N] [--no-allreduce-table]]\n");
         return 2;
     }
     /* One thread per rank: the ranks are the parallelism being measured. */
@@ -160,8 +168,14 @@ int main(int argc, char **argv)
         return fail("process group");
     int rank = nb_process_group_rank(pg), world = nb_process_group_size(pg);
     int rc = table ? bench_allreduce(pg, rank, world) : 0;
+    if (rc == 0 && global % world != 0) {
+        if (rank == 0)
+            fprintf(stderr, "nabla-dist-bench: --global-batch %ld does not split over %d ranks\n",
+                    global, world);
+        rc = 2;
+    }
     if (rc == 0)
-        rc = bench_ddp(pg, rank, world, steps, dopts);
+        rc = bench_ddp(pg, rank, world, steps, (int)global, dopts);
     nb_process_group_free(pg);
     if (nb_shutdown() != NB_OK && rc == 0)
         rc = fail("shutdown");
