@@ -5,6 +5,7 @@
 #include "nabla_collective.h"
 
 #include <errno.h>
+#include <math.h>
 #include <mpi.h>
 #include <pthread.h>
 #include <sched.h>
@@ -57,8 +58,9 @@ static const char *kind_name(int kind)
 
 static const char *dtype_name(int dtype)
 {
-    static const char *names[] = {"float32", "float64", "int32", "int64", "bool", "uint8"};
-    return dtype >= 0 && dtype < 6 ? names[dtype] : "unknown dtype";
+    static const char *names[] = {"float32", "float64", "int32", "int64",
+                                  "bool",    "uint8",   "float16", "bfloat16"};
+    return dtype >= 0 && dtype < 8 ? names[dtype] : "unknown dtype";
 }
 
 static double now_s(void)
@@ -88,6 +90,7 @@ static nb_status mpi_fail(job *j, const char *call, int rc)
     return fail(j, NB_DEVICE_ERROR, "mpi: %s failed: %s", call, err);
 }
 
+/* float16 and bfloat16 have no MPI type: they travel as 16-bit words. */
 static bool mpi_type(nb_dtype dtype, MPI_Datatype *t)
 {
     switch (dtype) {
@@ -97,18 +100,78 @@ static bool mpi_type(nb_dtype dtype, MPI_Datatype *t)
     case NB_DTYPE_I64: *t = MPI_INT64_T; return true;
     case NB_DTYPE_BOOL: *t = MPI_UINT8_T; return true;
     case NB_DTYPE_U8: *t = MPI_UINT8_T; return true;
+    case NB_DTYPE_F16: *t = MPI_UINT16_T; return true;
+    case NB_DTYPE_BF16: *t = MPI_UINT16_T; return true;
     default: return false;
     }
 }
 
-static MPI_Op mpi_op(nb_collective_reduce op, bool is_bool)
-{
-    switch (op) {
-    case NB_COLLECTIVE_PROD: return is_bool ? MPI_LAND : MPI_PROD;
-    case NB_COLLECTIVE_MIN: return is_bool ? MPI_LAND : MPI_MIN;
-    case NB_COLLECTIVE_MAX: return is_bool ? MPI_LOR : MPI_MAX;
-    default: return is_bool ? MPI_LOR : MPI_SUM;
+/* ---- reductions of 16-bit floats ----
+ * MPI's own operations do not know these types, so they reduce through user-defined ones: each
+ * pairwise step widens both operands to float, combines them, and rounds to nearest even once,
+ * as NCCL's 16-bit reductions do. MIN and MAX propagate NaN, as torch.minimum and maximum do. */
+
+static float half_sum(float a, float b) { return a + b; }
+static float half_prod(float a, float b) { return a * b; }
+static float half_min(float a, float b) { return isnan(a) || isnan(b) ? a + b : a < b ? a : b; }
+static float half_max(float a, float b) { return isnan(a) || isnan(b) ? a + b : a > b ? a : b; }
+
+#define HALF_REDUCER(TYPE, WIDEN, ROUND, OP)                                                   \
+    static void reduce_##TYPE##_##OP(void *in, void *inout, int *len, MPI_Datatype *type)      \
+    {                                                                                          \
+        (void)type;                                                                            \
+        const uint16_t *a = in;                                                                \
+        uint16_t *b = inout;                                                                   \
+        for (int i = 0; i < *len; i++)                                                         \
+            b[i] = ROUND(half_##OP(WIDEN(a[i]), WIDEN(b[i])));                                 \
     }
+#define HALF_REDUCERS(TYPE, WIDEN, ROUND)                                                      \
+    HALF_REDUCER(TYPE, WIDEN, ROUND, sum)                                                      \
+    HALF_REDUCER(TYPE, WIDEN, ROUND, prod)                                                     \
+    HALF_REDUCER(TYPE, WIDEN, ROUND, min)                                                      \
+    HALF_REDUCER(TYPE, WIDEN, ROUND, max)
+HALF_REDUCERS(f16, nb_f16_to_f32, nb_f32_to_f16)
+HALF_REDUCERS(bf16, nb_bf16_to_f32, nb_f32_to_bf16)
+
+/* [0] float16, [1] bfloat16; by nb_collective_reduce (SUM, PROD, MIN, MAX). Created on the
+ * communication thread once MPI is up, freed before MPI_Finalize. */
+static MPI_User_function *const half_fns[2][4] = {
+    {reduce_f16_sum, reduce_f16_prod, reduce_f16_min, reduce_f16_max},
+    {reduce_bf16_sum, reduce_bf16_prod, reduce_bf16_min, reduce_bf16_max},
+};
+static MPI_Op half_ops[2][4];
+static bool half_ops_made;
+
+static int make_half_ops(void)
+{
+    for (int t = 0; t < 2; t++)
+        for (int k = 0; k < 4; k++) {
+            int rc = MPI_Op_create(half_fns[t][k], 1, &half_ops[t][k]);
+            if (rc != MPI_SUCCESS)
+                return rc;
+        }
+    half_ops_made = true;
+    return MPI_SUCCESS;
+}
+
+static void free_half_ops(void)
+{
+    for (int t = 0; half_ops_made && t < 2; t++)
+        for (int k = 0; k < 4; k++)
+            MPI_Op_free(&half_ops[t][k]);
+    half_ops_made = false;
+}
+
+static MPI_Op mpi_op(nb_collective_reduce op, nb_dtype dtype)
+{
+    int k = op == NB_COLLECTIVE_PROD ? 1 : op == NB_COLLECTIVE_MIN ? 2
+          : op == NB_COLLECTIVE_MAX  ? 3 : 0;
+    if (dtype == NB_DTYPE_F16 || dtype == NB_DTYPE_BF16)
+        return half_ops[dtype == NB_DTYPE_BF16][k];
+    if (dtype == NB_DTYPE_BOOL)
+        return k == 1 || k == 2 ? MPI_LAND : MPI_LOR;
+    static const MPI_Op ops[4] = {MPI_SUM, MPI_PROD, MPI_MIN, MPI_MAX};
+    return ops[k];
 }
 
 /* Polls a nonblocking operation until it completes, the deadline passes or the process exits.
@@ -225,7 +288,7 @@ static void run_collective(job *j)
             return;
         call = "MPI_Iallreduce";
         rc = MPI_Iallreduce(MPI_IN_PLACE, send, count, type,
-                            mpi_op(a->op, a->send.dtype == NB_DTYPE_BOOL), c->mpi, &req);
+                            mpi_op(a->op, a->send.dtype), c->mpi, &req);
         break;
     case NB_COLLECTIVE_BROADCAST:
         if (count == 0)
@@ -282,6 +345,11 @@ static void run_init(job *j)
     MPI_Comm_set_errhandler(c->mpi, MPI_ERRORS_RETURN);
     MPI_Comm_rank(c->mpi, &c->rank);
     MPI_Comm_size(c->mpi, &c->world);
+    if (!half_ops_made && (rc = make_half_ops()) != MPI_SUCCESS) {
+        free_half_ops();
+        MPI_Comm_free(&c->mpi);
+        mpi_fail(j, "MPI_Op_create", rc);
+    }
 }
 
 /* Runs jobs in order of posting until the process ends. */
@@ -307,8 +375,10 @@ static void *comm_thread(void *arg)
             break;
         case JOB_FINALIZE:
             /* MPI_Finalize synchronises with every peer: after a timeout it could hang. */
-            if (initialized && !finalized && !any_broken)
+            if (initialized && !finalized && !any_broken) {
+                free_half_ops();
                 MPI_Finalize();
+            }
             finalized = true;
             break;
         }

@@ -187,6 +187,8 @@ static bool nccl_type(nb_dtype dtype, ncclDataType_t *t)
     case NB_DTYPE_I64: *t = ncclInt64; return true;
     case NB_DTYPE_BOOL: *t = ncclUint8; return true;
     case NB_DTYPE_U8: *t = ncclUint8; return true;
+    case NB_DTYPE_F16: *t = ncclFloat16; return true;
+    case NB_DTYPE_BF16: *t = ncclBfloat16; return true; /* NCCL 2.10 and later */
     default: return false;
     }
 }

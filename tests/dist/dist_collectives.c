@@ -31,8 +31,8 @@ static nb_tensor *contribution_tensor(nb_dtype dt, int r, int n, const char *dev
 
 static void sum_every_dtype_on(const char *device)
 {
-    nb_dtype dts[] = {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_I32, NB_DTYPE_I64, NB_DTYPE_BOOL,
-                      NB_DTYPE_U8};
+    nb_dtype dts[] = {NB_DTYPE_F32, NB_DTYPE_F64, NB_DTYPE_I32,  NB_DTYPE_I64,
+                      NB_DTYPE_BOOL, NB_DTYPE_U8, NB_DTYPE_F16, NB_DTYPE_BF16};
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
         enum { N = 7 };
         nb_tensor *t = contribution_tensor(dts[d], rank, N, device);
@@ -81,6 +81,56 @@ static void allreduce_average_max_min_prod(void **state)
             ASSERT_NEAR(got[k], want[o], 1e-12);
         }
         nb_release(t);
+    }
+}
+
+/* float16 and bfloat16: average, max and min with a NaN on the last rank (NaN wins, as in
+ * torch.maximum), prod, then broadcast and allgather, which move the 16-bit words unchanged. */
+static void sixteen_bit_floats_reduce_and_move(void **state)
+{
+    (void)state;
+    const nb_dtype dts[] = {NB_DTYPE_F16, NB_DTYPE_BF16};
+    for (int d = 0; d < 2; d++) {
+        double v[4] = {rank + 1, -(rank + 1), rank == world - 1 ? NAN : rank, 0.5};
+        nb_tensor *f = nb_from_data(v, NB_SHAPE(4), (nb_opts){.dtype = NB_DTYPE_F64});
+        nb_tensor *t[4];
+        for (int k = 0; k < 4; k++)
+            assert_non_null(t[k] = nb_to_dtype(f, dts[d]));
+        NB_ASSERT_OK(nb_work_finish(nb_allreduce(pg, t[0], NB_REDUCE_OP_AVG)));
+        NB_ASSERT_OK(nb_work_finish(nb_allreduce(pg, t[1], NB_REDUCE_OP_MAX)));
+        NB_ASSERT_OK(nb_work_finish(nb_allreduce(pg, t[2], NB_REDUCE_OP_MIN)));
+        NB_ASSERT_OK(nb_work_finish(nb_allreduce(pg, t[3], NB_REDUCE_OP_PROD)));
+        double got[4][4];
+        for (int k = 0; k < 4; k++) {
+            assert_int_equal(nb_tensor_dtype(t[k]), dts[d]);
+            nb_tensor *w = nb_to_dtype(t[k], NB_DTYPE_F64);
+            NB_ASSERT_OK(nb_tensor_copy_to_host(w, got[k], sizeof got[k]));
+            nb_release(w);
+        }
+        ASSERT_NEAR(got[0][0], (world + 1) / 2.0, 0);
+        ASSERT_NEAR(got[1][1], -1, 0);
+        assert_true(isnan(got[1][2]) && isnan(got[2][2]));
+        ASSERT_NEAR(got[2][0], 1, 0);
+        ASSERT_NEAR(got[3][3], ldexp(1, -world), 0);
+        uint16_t mine[3] = {(uint16_t)(0x3c00 + rank), 0x7e01, 0x8001}, bits[3 * 8];
+        nb_tensor *b = nb_empty(NB_SHAPE(3), (nb_opts){.dtype = dts[d]});
+        NB_ASSERT_OK(nb_tensor_copy_from_host(b, mine, sizeof mine));
+        nb_tensor *all = nb_empty(NB_SHAPE(world, 3), (nb_opts){.dtype = dts[d]});
+        NB_ASSERT_OK(nb_work_finish(nb_allgather(pg, b, all)));
+        NB_ASSERT_OK(nb_tensor_copy_to_host(all, bits, (size_t)world * sizeof mine));
+        for (int r = 0; r < world; r++) {
+            assert_int_equal(bits[3 * r], 0x3c00 + r);
+            assert_int_equal(bits[3 * r + 1], 0x7e01); /* a NaN payload, moved as it is */
+            assert_int_equal(bits[3 * r + 2], 0x8001);
+        }
+        NB_ASSERT_OK(nb_work_finish(nb_broadcast(pg, b, world - 1)));
+        NB_ASSERT_OK(nb_tensor_copy_to_host(b, bits, sizeof mine));
+        assert_int_equal(bits[0], 0x3c00 + world - 1);
+        nb_release(all);
+        nb_release(b);
+        for (int k = 0; k < 4; k++)
+            nb_release(t[k]);
+        nb_release(f);
     }
 }
 
@@ -230,6 +280,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         NB_TEST(allreduce_sums_every_dtype),
         NB_TEST(allreduce_average_max_min_prod),
+        NB_TEST(sixteen_bit_floats_reduce_and_move),
         NB_TEST(non_contiguous_and_empty_tensors),
         NB_TEST(broadcast_from_every_root),
         NB_TEST(allgather_in_rank_order),
