@@ -401,7 +401,25 @@ DEF_RANDOM(f64, double, NB_DTYPE_F64, 1)
         const T lr = (T)a_->f[0], mom = (T)a_->f[1], damp = (T)a_->f[2], wd = (T)a_->f[3];  \
         const bool nesterov = a_->i[0] != 0, first = a_->i[1] != 0;                         \
         const bool has_buf = a_->n_in >= 2 && mom != 0;                                     \
+        const int64_t es = (int64_t)sizeof(T);                                              \
         (void)k0;                                                                           \
+        if (s[0] == es && s[1] == es && (!has_buf || s[2] == es)) {                         \
+            /* The common case, written with selects so that it vectorises; the same      \
+             * operations in the same order as the strided loop, so the same bits. */       \
+            T *w = (T *)p[0], *buf = (T *)p[2];                                             \
+            const T *g = (const T *)p[1];                                                   \
+            if (has_buf)                                                                    \
+                for (int64_t j = 0; j < n; j++) {                                           \
+                    T d = wd != 0 ? g[j] + wd * w[j] : g[j];                                \
+                    T b = first ? d : mom * buf[j] + (1 - damp) * d;                        \
+                    buf[j] = b;                                                             \
+                    w[j] -= lr * (nesterov ? d + mom * b : b);                              \
+                }                                                                           \
+            else                                                                            \
+                for (int64_t j = 0; j < n; j++)                                             \
+                    w[j] -= lr * (wd != 0 ? g[j] + wd * w[j] : g[j]);                       \
+            return;                                                                         \
+        }                                                                                   \
         for (int64_t j = 0; j < n; j++) {                                                   \
             T *w = (T *)(p[0] + j * s[0]);                                                  \
             T d = *(const T *)(p[1] + j * s[1]);                                            \
@@ -433,7 +451,25 @@ typedef struct adam_ctx {
         const T b1 = (T)c->b1, b2 = (T)c->b2, eps = (T)c->eps, wd = (T)c->wd;               \
         const T step_size = (T)c->step_size, inv_sqrt_bc2 = (T)c->inv_sqrt_bc2;             \
         const T decay = (T)(1 - c->lr * c->wd);                                             \
+        const int64_t es = (int64_t)sizeof(T);                                              \
         (void)k0;                                                                           \
+        if (s[0] == es && s[1] == es && s[2] == es && s[3] == es) {                         \
+            /* The common case, with selects so that it vectorises (same operations and      \
+             * order as the strided loop below, so the same bits). */                       \
+            T *w = (T *)p[0], *m = (T *)p[2], *v = (T *)p[3];                               \
+            const T *gr = (const T *)p[1];                                                  \
+            const bool dec = c->decoupled, l2 = !c->decoupled && wd != 0;                   \
+            for (int64_t j = 0; j < n; j++) {                                               \
+                const T w0 = w[j], g = l2 ? gr[j] + wd * w0 : gr[j];                        \
+                const T w1 = dec ? w0 * decay : w0;                                         \
+                const T mj = m[j] + (g - m[j]) * (1 - b1);                                  \
+                const T vj = b2 * v[j] + (1 - b2) * g * g;                                  \
+                m[j] = mj;                                                                  \
+                v[j] = vj;                                                                  \
+                w[j] = w1 - step_size * mj / (sqrt(vj) * inv_sqrt_bc2 + eps);               \
+            }                                                                               \
+            return;                                                                         \
+        }                                                                                   \
         for (int64_t j = 0; j < n; j++) {                                                   \
             T *w = (T *)(p[0] + j * s[0]);                                                  \
             T g = *(const T *)(p[1] + j * s[1]);                                            \

@@ -68,7 +68,8 @@ static nb_status pool_geom(const char *name, const nb_kernel_args *a, const nb_o
                 const T m0 = right0 ? b : a, m1 = right1 ? d : c;                           \
                 const IT down = m1 > m0;                                                    \
                 yo[ow] = down ? m1 : m0;                                                    \
-                io[ow] = base + 2 * ow + (down ? W + right1 : right0);                      \
+                /* arithmetic, not a select of two offsets: GCC keeps that one a branch */  \
+                io[ow] = base + 2 * ow + right0 + down * ((IT)W + right1 - right0);         \
             }                                                                               \
         }                                                                                   \
         return !bad;                                                                        \
