@@ -286,8 +286,14 @@ static nb_tensor *conv2d_same(const nb_tensor *x, const nb_tensor *w, const nb_t
         }
     int64_t extra[2];
     for (int k = 0; k < 2; k++) {
-        int64_t d = o.dilation[k] > 0 ? o.dilation[k] : 1;
-        int64_t total = d * (nbi_dims(w)[2 + k] - 1);
+        /* A kernel of size 0 or a negative dilation pads nothing here: conv2d_impl names it. */
+        int64_t d = o.dilation[k] > 0 ? o.dilation[k] : 1, kk = nbi_dims(w)[2 + k], total = 0;
+        if (kk > 0 && o.dilation[k] >= 0 && __builtin_mul_overflow(d, kk - 1, &total)) {
+            nbi_error(NB_INVALID_ARGUMENT, "conv2d: padding='same' with dilation %lld and "
+                      "kernel size %lld: the dilated kernel's extent overflows int64",
+                      (long long)d, (long long)kk);
+            return NULL;
+        }
         o.padding[k] = total / 2;
         extra[k] = total - 2 * o.padding[k];
     }

@@ -244,7 +244,7 @@ nb_tensor *nbi_reduce(nbi_op op, const nb_tensor *t, const int32_t *dims, int32_
     nb_tensor *fname(const nb_tensor *t, const int32_t *dims, int32_t nd, bool keepdim)    \
     {                                                                                      \
         NBI_AUTOCAST((kind) <= RED_PROD ? NBI_AC_FP32 : NBI_AC_NONE, &t);                  \
-        NBI_NULL_CHECK(#fname + 3, t);                                                     \
+        NBI_NULL_CHECK(&#fname[3], t);                                                     \
         return NBI_API(reduce_impl(kind, t, dims, nd, keepdim));                           \
     }
 NB_DEFINE_REDUCE_(nb_sum, RED_SUM)

@@ -435,6 +435,150 @@ static void op_mixed(chain *c)
     }
 }
 
+/* The functional ops past the tutorial (issue 14's list): activations with any parameter,
+ * group_norm and batch_norm with stats of any shape, the option-carrying losses, window ops
+ * with every option, sorting and selection, triangles, einsum equations from a small grammar
+ * of good and bad strings, and the gradient clippers over the slots. */
+static const char *const einsum_table[] = {
+    "ij,jk->ik", "bhqd,bhkd->bhqk", "bi,bj->bij", "i,i->", "ij,ij->ij", "ij,kj->ik",
+    "i,j->ij",   "ii,i->i",         "ij,jk",      "",      "->",        "ij,jk->iz",
+    "i j,j->i",  "ab,bc->ac,",      "IJ,JK->IK",  "ijklmnopq,q->i"};
+
+static void op_extra(chain *c)
+{
+    nb_tensor *a = slot(c), *b = slot(c), *d = slot(c);
+    int64_t i0 = PICK(&c->in, index_table);
+    int32_t d0 = small_dim(c);
+    double v = PICK(&c->in, scalar_table), w = PICK(&c->in, scalar_table);
+    nb_reduction r = (nb_reduction)fuzz_below(&c->in, 5); /* BATCHMEAN and one past the end */
+    bool f = fuzz_u8(&c->in) & 1;
+    switch (fuzz_below(&c->in, 16)) {
+    case 0: {
+        nb_tensor *(*const fns[])(const nb_tensor *) = {nb_silu, nb_gelu_tanh, nb_log_sigmoid};
+        keep(c, PICK(&c->in, fns)(a));
+        break;
+    }
+    case 1:
+        switch (fuzz_below(&c->in, 5)) {
+        case 0: keep(c, nb_leaky_relu(a, v)); break;
+        case 1: keep(c, nb_elu(a, v)); break;
+        case 2: keep(c, nb_softplus(a, v, w)); break;
+        case 3: keep(c, nb_hardtanh(a, v, w)); break;
+        default: keep(c, nb_rpow_scalar(a, v)); break;
+        }
+        break;
+    case 2:
+        keep(c, nb_group_norm(a, i0, f ? b : NULL, fuzz_u8(&c->in) & 1 ? d : NULL, v));
+        break;
+    case 3:
+        keep(c, nb_batch_norm(a, f ? b : NULL, f ? d : NULL, fuzz_u8(&c->in) & 1 ? slot(c) : NULL,
+                              fuzz_u8(&c->in) & 1 ? slot(c) : NULL, fuzz_u8(&c->in) & 1, v, w));
+        break;
+    case 4: {
+        nb_class_loss_opts o = {.reduction = r, .weight = f ? d : NULL, .ignore_index = i0,
+                                .ignore_index_set = fuzz_u8(&c->in) & 1, .label_smoothing = v};
+        keep(c, fuzz_u8(&c->in) & 1 ? nb_cross_entropy_ex(a, b, o) : nb_nll_loss_ex(a, b, o));
+        break;
+    }
+    case 5:
+        switch (fuzz_below(&c->in, 4)) {
+        case 0: keep(c, nb_smooth_l1_loss(a, b, r, v)); break;
+        case 1: keep(c, nb_huber_loss(a, b, r, v)); break;
+        case 2: keep(c, nb_kl_div(a, b, r, f)); break;
+        default:
+            keep(c, nb_binary_cross_entropy_with_logits_ex(a, b, f ? d : NULL,
+                                                           fuzz_u8(&c->in) & 1 ? slot(c) : NULL, r));
+            break;
+        }
+        break;
+    case 6: { /* pool options the first chain leaves at zero */
+        int64_t p[8];
+        for (int k = 0; k < 8; k++)
+            p[k] = fuzz_u8(&c->in) & 0x80 ? PICK(&c->in, param_table) : fuzz_below(&c->in, 4);
+        nb_pool2d_opts o = {{p[0], p[1]}, {p[2], p[3]}, {p[4], p[5]}, {p[6], p[7]}, f,
+                            fuzz_u8(&c->in) & 1};
+        keep(c, fuzz_u8(&c->in) & 1 ? nb_max_pool2d(a, o) : nb_avg_pool2d(a, o));
+        break;
+    }
+    case 7: {
+        int64_t oh = fuzz_u8(&c->in) & 0x80 ? PICK(&c->in, param_table) : fuzz_below(&c->in, 5);
+        int64_t ow = fuzz_u8(&c->in) & 0x80 ? PICK(&c->in, param_table) : fuzz_below(&c->in, 5);
+        keep(c, nb_adaptive_avg_pool2d(a, oh, ow));
+        break;
+    }
+    case 8: { /* conv with padding="same" and dilation */
+        int64_t p[4];
+        for (int k = 0; k < 4; k++)
+            p[k] = fuzz_u8(&c->in) & 0x80 ? PICK(&c->in, param_table) : fuzz_below(&c->in, 3);
+        if (b)
+            keep(c, nb_conv2d(a, b, f ? d : NULL,
+                              (nb_conv2d_opts){.stride = {p[0], p[0]}, .dilation = {p[1], p[2]},
+                                               .groups = p[3], .padding_same = true}));
+        break;
+    }
+    case 9: {
+        nb_tensor *vals = NULL, *idx = NULL;
+        nb_tensor **vp = fuzz_u8(&c->in) & 1 ? &vals : NULL, **ip = f ? &idx : NULL;
+        switch (fuzz_below(&c->in, 3)) {
+        case 0: (void)nb_sort(a, d0, fuzz_u8(&c->in) & 1, vp, ip); break;
+        case 1: (void)nb_topk(a, i0, d0, fuzz_u8(&c->in) & 1, vp, ip); break;
+        default: keep(c, nb_argsort(a, d0, f)); break;
+        }
+        keep(c, vals);
+        keep(c, idx);
+        break;
+    }
+    case 10: {
+        nb_tensor *vals = NULL, *idx = NULL;
+        (void)(f ? nb_max_dim : nb_min_dim)(a, d0, fuzz_u8(&c->in) & 1,
+                                             fuzz_u8(&c->in) & 1 ? &vals : NULL,
+                                             fuzz_u8(&c->in) & 1 ? &idx : NULL);
+        nb_tensor *am = nb_argmin(a, fuzz_u8(&c->in) & 1 ? NB_ALL_DIMS : d0, f);
+        keep(c, vals); /* keep may release a slot: a is not used after this */
+        keep(c, idx);
+        keep(c, am);
+        break;
+    }
+    case 11:
+        switch (fuzz_below(&c->in, 5)) {
+        case 0: keep(c, nb_cumsum(a, d0)); break;
+        case 1: keep(c, nb_tril(a, i0)); break;
+        case 2: keep(c, nb_triu(a, i0)); break;
+        case 3: keep(c, nb_masked_fill(a, b, v)); break;
+        default: keep(c, nb_index_select(a, d0, b)); break;
+        }
+        break;
+    case 12: {
+        int32_t dims[3] = {d0, small_dim(c), small_dim(c)};
+        int32_t nd = (int32_t)fuzz_below(&c->in, 4);
+        keep(c, nb_logsumexp(a, fuzz_u8(&c->in) & 1 ? NULL : dims, nd, f));
+        break;
+    }
+    case 13:
+        switch (fuzz_below(&c->in, 4)) {
+        case 0: keep(c, nb_einsum(fuzz_u8(&c->in) & 1 ? PICK(&c->in, einsum_table) : NULL, a, b)); break;
+        case 1: keep(c, nb_outer(a, b)); break;
+        case 2: keep(c, nb_bmm(a, b)); break;
+        default: keep(c, nb_addmm(d, a, b, v, w)); break;
+        }
+        break;
+    case 14: { /* the clippers over whichever slots hold gradients */
+        nb_tensor *ps[3] = {a, b, d};
+        double total = 0;
+        int32_t n = (int32_t)fuzz_below(&c->in, 4);
+        if (f)
+            (void)nb_clip_grad_norm_(n ? ps : NULL, n, v, w, fuzz_u8(&c->in) & 1 ? &total : NULL);
+        else
+            (void)nb_clip_grad_value_(n ? ps : NULL, n, v);
+        nb_clear_error();
+        break;
+    }
+    default:
+        keep(c, nb_dropout(a, v, f));
+        break;
+    }
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
@@ -453,7 +597,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     nb_manual_seed(mode);
     void (*const ops[])(chain *) = {op_create, op_create, op_unary, op_binary, op_scalar,
                                     op_view, op_view, op_reduce, op_window, op_pair,
-                                    op_backward, op_read, op_mixed, op_mixed};
+                                    op_backward, op_read, op_mixed, op_mixed, op_extra,
+                                    op_extra};
     for (int k = 0; k < CHAIN_MAX && !fuzz_done(&c.in); k++)
         PICK(&c.in, ops)(&c);
     for (int k = 0; k < SLOTS; k++)

@@ -127,6 +127,20 @@ static void same_padding_keeps_the_size_like_pytorch(void **state)
     assert_null(nb_conv2d(x, w, NULL, (nb_conv2d_opts){.padding_same = true, .stride = {2, 2}}));
     assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
     nb_clear_error();
+    /* A dilated extent past int64 (a fuzzer's find: UB before) is an error; one that fits
+     * but reaches far past the input gives the input's size or an error, never a crash. */
+    int64_t huge = INT64_MAX / 2;
+    assert_null(nb_conv2d(x, w, NULL, (nb_conv2d_opts){.padding_same = true,
+                                                       .dilation = {1, huge}}));
+    assert_int_equal(nb_last_status(), NB_INVALID_ARGUMENT);
+    assert_non_null(strstr(nb_last_error(), "overflows"));
+    nb_clear_error();
+    nb_tensor *far = nb_conv2d(x, w, NULL, (nb_conv2d_opts){.padding_same = true,
+                                                             .dilation = {(int64_t)1 << 40, 1}});
+    if (far) /* the taps beyond the input read padding: the size stays */
+        assert_int_equal(nb_tensor_size(far, 2), 5);
+    nb_release(far);
+    nb_clear_error();
     nb_release(hd);
     nb_release(fd);
     nb_release(yd);
