@@ -30,6 +30,13 @@ static inline void fuzz_setup(void)
         fprintf(stderr, "fuzz: no cpu device (is the cpu_blas plugin next to libnabla?)\n");
         abort();
     }
+    /* NABLA_FUZZ_DEVICE=opencl:0 runs the chains there instead (tensors made without a device
+     * go to the default one): replaying a corpus that way checks another plugin. */
+    const char *dev = getenv("NABLA_FUZZ_DEVICE");
+    if (dev && *dev && nb_set_default_device(dev) != NB_OK) {
+        fprintf(stderr, "fuzz: NABLA_FUZZ_DEVICE=%s: %s\n", dev, nb_last_error());
+        abort();
+    }
 }
 
 /* After every input: a tensor or storage still alive is a leak, reported as a crash. */
