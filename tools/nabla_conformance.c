@@ -2,6 +2,7 @@
  * every chosen device and prints the op x dtype matrix (pass, fail, composite, fallback,
  * unsupported) with one summary line per device. Exit 0: no failure; 1: a failure; 77: no device. */
 #include "conformance.h"
+#include "large.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -14,12 +15,14 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: nabla-conformance [--device D] [--plugin PATH] [--op NAME] [--report FILE.md]"
-               " [--verbose]\n"
+               " [--verbose] [--large]\n"
                "  --device D      a device (\"cpu:0\") or a type (\"opencl\": all its devices)\n"
                "  --plugin PATH   load this plugin and test its devices\n"
                "  --op NAME       only this op (repeatable)\n"
                "  --report FILE   also write the matrix as a Markdown table\n"
                "  --verbose       print unsupported checks and accepted error messages too\n"
+               "  --large         instead of the op matrix, the large tier: one op per family on\n"
+               "                  a tensor of more than 2^31 elements (needs about 6 GiB)\n"
                "Without --device or --plugin, every device of every loaded plugin is tested.\n");
 }
 
@@ -107,6 +110,7 @@ static void summary(FILE *f, const device_result *dr)
 int main(int argc, char **argv)
 {
     const char *device = NULL, *plugin = NULL, *report = NULL;
+    bool large = false;
     char **ops = calloc((size_t)argc, sizeof *ops);
     int n_ops = 0;
     if (!ops)
@@ -124,6 +128,8 @@ int main(int argc, char **argv)
             report = argv[++k];
         else if (!strcmp(a, "--verbose"))
             conf_verbose = true;
+        else if (!strcmp(a, "--large"))
+            large = true;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             free(ops);
@@ -206,6 +212,22 @@ int main(int argc, char **argv)
         return EXIT_SKIP;
     }
     nb_clear_error();
+
+    if (large) {
+        conf_large_counts all = {0};
+        for (int i = 0; i < n_dev; i++) {
+            conf_large_counts c;
+            conf_check_large(devices[i], &c);
+            printf("conformance: large tier on %s: %d pass, %d fail, %d skipped\n", devices[i],
+                   c.pass, c.fail, c.skip);
+            all.pass += c.pass, all.fail += c.fail, all.skip += c.skip;
+        }
+        free(ops);
+        nb_status st = nb_shutdown();
+        if (st != NB_OK)
+            printf("FAIL nb_shutdown: %s\n", nb_last_error());
+        return all.fail || st != NB_OK ? 1 : all.pass == 0 ? EXIT_SKIP : 0;
+    }
 
     device_result *results = calloc((size_t)n_dev, sizeof *results);
     bool failed = false, oom = !results;
