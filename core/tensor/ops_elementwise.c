@@ -478,6 +478,17 @@ static nb_status unary_inplace(nbi_op op, nb_tensor *a, const double *f, int32_t
     }
 NB_BINARY_OPS_(NB_DEFINE_BINARY_)
 
+/* The dtype a tensor-scalar comparison runs in. Integer and bool kernels compare (double)x
+ * with the scalar, which is what comparing a float64 copy gives, so they run in the tensor's
+ * own dtype and no copy 8 bytes an element is made; only a device without that kernel gets
+ * the float64 copy. */
+static nb_dtype compare_scalar_dtype(nbi_op op, const nb_tensor *a)
+{
+    if (nb_dtype_is_float(a->dtype) || a->storage->device->kernels[op][a->dtype])
+        return a->dtype;
+    return NB_DTYPE_F64;
+}
+
 #define NB_DEFINE_COMPARE_(name)                                                           \
     nb_tensor *nb_##name(const nb_tensor *a, const nb_tensor *b)                           \
     {                                                                                      \
@@ -488,9 +499,9 @@ NB_BINARY_OPS_(NB_DEFINE_BINARY_)
     {                                                                                      \
         NBI_NULL_CHECK(#name "_scalar", a);                                                \
         double f[1] = {s};                                                                 \
-        nb_dtype dt = nb_dtype_is_float(a->dtype) ? a->dtype : NB_DTYPE_F64;               \
-        return NBI_API(unary_kernel(NBI_OP_##name##_scalar, a, dt, NB_DTYPE_BOOL, f, 1,    \
-                                    NULL, 0, NULL));                                       \
+        return NBI_API(unary_kernel(NBI_OP_##name##_scalar, a,                             \
+                                    compare_scalar_dtype(NBI_OP_##name##_scalar, a),       \
+                                    NB_DTYPE_BOOL, f, 1, NULL, 0, NULL));                  \
     }
 NB_COMPARE_OPS_(NB_DEFINE_COMPARE_)
 

@@ -756,6 +756,33 @@ static void integers_to_negative_integer_powers_are_refused(void **state)
     nb_release(x);
 }
 
+/* An integer tensor compared with a scalar gives the same answers as through float64 (the
+ * scalar may be fractional or past the dtype's range) without a float64 copy of the input:
+ * the peak is the bool output, not 9 bytes an element. */
+static void integer_scalar_comparisons_make_no_float64_copy(void **state)
+{
+    (void)state;
+    const int64_t n = 1 << 16;
+    nb_tensor *x = nb_arange(0, (double)n, 1, (nb_opts){.dtype = NB_DTYPE_I32});
+    nb_tensor *u = nb_full(NB_SHAPE(n), 200, (nb_opts){.dtype = NB_DTYPE_U8});
+    int64_t base = nb_memory_allocated();
+    nb_memory_reset_peak();
+    nb_tensor *lt = nb_lt_scalar(x, 2.5), *ge = nb_ge_scalar(u, 300), *eq = nb_eq_scalar(u, 200);
+    assert_true(nb_memory_peak() - base <= 3 * n + 4096);
+    double v;
+    nb_tensor *s1 = nb_sum(lt, NULL, 0, false), *s2 = nb_sum(ge, NULL, 0, false);
+    nb_tensor *s3 = nb_sum(eq, NULL, 0, false);
+    NB_ASSERT_OK(nb_item(s1, &v));
+    assert_true(v == 3); /* 0, 1, 2 < 2.5 */
+    NB_ASSERT_OK(nb_item(s2, &v));
+    assert_true(v == 0); /* no uint8 is >= 300 */
+    NB_ASSERT_OK(nb_item(s3, &v));
+    assert_true(v == (double)n);
+    nb_tensor *all[] = {s1, s2, s3, lt, ge, eq, x, u};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+        nb_release(all[k]);
+}
+
 int main(void)
 {
     const char *dir = getenv("NABLA_BADPLUGIN_DIR");
@@ -789,6 +816,7 @@ int main(void)
         NB_TEST(in_place_results_are_cast_to_the_destination_when_allowed),
         NB_TEST(bool_arithmetic_gives_bool),
         NB_TEST(integers_to_negative_integer_powers_are_refused),
+        NB_TEST(integer_scalar_comparisons_make_no_float64_copy),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
