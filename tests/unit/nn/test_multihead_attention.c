@@ -429,7 +429,6 @@ static void every_option_matches_pytorch(void **state_)
         NB_ASSERT_OK_(nb_module_train(m, false));
         case_io io = case_inputs(c);
         nb_tensor *w = NULL, *o = case_forward(m, c, &io, &w);
-        print_message("%s\n", c->name);
         expect_values(o, c->out, c->n_out, 1e-10);
         /* the output keeps the input's layout */
         nb_shape os = nb_tensor_shape(o), qs = nb_tensor_shape(io.q);
@@ -826,6 +825,53 @@ static void bad_shapes_name_the_shapes(void **state_)
         nb_release(xs[i]);
 }
 
+static void empty_batches_and_huge_sizes_are_handled(void **state_)
+{
+    (void)state_;
+    /* an empty batch through every option: PyTorch returns empty outputs of the same layout */
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const mha_case *c = &cases[i];
+        if (c->unbatched)
+            continue;
+        nb_module *m = nb_multihead_attention_new_opts(E_, H_, c->cfg,
+                                                       (nb_opts){.dtype = NB_DTYPE_F64});
+        int64_t kd = c->cfg.kdim ? c->cfg.kdim : E_, vd = c->cfg.vdim ? c->cfg.vdim : E_;
+        nb_shape qs = c->cfg.batch_first ? NB_SHAPE(0, L_, E_) : NB_SHAPE(L_, 0, E_);
+        nb_shape ks = c->cfg.batch_first ? NB_SHAPE(0, S_, kd) : NB_SHAPE(S_, 0, kd);
+        nb_shape vs = c->cfg.batch_first ? NB_SHAPE(0, S_, vd) : NB_SHAPE(S_, 0, vd);
+        nb_opts f64 = {.dtype = NB_DTYPE_F64};
+        nb_tensor *q = nb_zeros(qs, f64), *k = nb_zeros(ks, f64), *v = nb_zeros(vs, f64);
+        for (int weights = 0; weights < 2; weights++) {
+            nb_tensor *w = NULL;
+            nb_tensor *o = nb_multihead_attention(m, q, k, v, (nb_mha_opts){0},
+                                                  weights ? &w : NULL);
+            if (!o)
+                fail_msg("%s: %s", c->name, nb_last_error());
+            assert_int_equal(nb_tensor_numel(o), 0);
+            assert_true(!weights || (w && nb_tensor_numel(w) == 0));
+            nb_release(o);
+            nb_release(w);
+        }
+        nb_release(q);
+        nb_release(k);
+        nb_release(v);
+        nb_module_free(m);
+    }
+    /* sizes no allocation can hold fail with a status, never a crash */
+    const nb_mha_config huge[] = {{.kdim = INT64_MAX}, {.vdim = (int64_t)1 << 62},
+                                  {.kdim = (int64_t)1 << 40, .add_bias_kv = true}};
+    for (size_t i = 0; i < sizeof huge / sizeof *huge; i++) {
+        nb_module *m = nb_multihead_attention_new_opts(4, 2, huge[i], (nb_opts){0});
+        if (m) {
+            nb_module_free(m);
+            fail_msg("kdim=%lld vdim=%lld accepted", (long long)huge[i].kdim,
+                     (long long)huge[i].vdim);
+        }
+        assert_int_not_equal(nb_last_status(), NB_OK);
+        nb_clear_error();
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -841,6 +887,7 @@ int main(void)
         NB_TEST(dropout_drops_weights_in_training_and_is_identity_in_eval),
         NB_TEST(new_paths_pass_gradcheck),
         NB_TEST(bad_shapes_name_the_shapes),
+        NB_TEST(empty_batches_and_huge_sizes_are_handled),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     return nb_shutdown() == NB_OK ? rc : 1;
