@@ -416,6 +416,24 @@ static nb_tensor *case_forward(nb_module *m, const mha_case *c, const case_io *i
     return out;
 }
 
+static double max_abs(const nb_tensor *t)
+{
+    nb_tensor *a = nb_abs(t), *mx = a ? nb_max(a) : NULL;
+    double v = -1;
+    NB_ASSERT_OK_(nb_item(mx, &v));
+    nb_release(a);
+    nb_release(mx);
+    return v;
+}
+
+static double max_diff(const nb_tensor *a, const nb_tensor *b)
+{
+    nb_tensor *d = nb_sub(a, b);
+    double v = max_abs(d);
+    nb_release(d);
+    return v;
+}
+
 static void every_option_matches_pytorch(void **state_)
 {
     (void)state_;
@@ -447,6 +465,17 @@ static void every_option_matches_pytorch(void **state_)
         }
         nb_release(o);
         nb_release(w);
+        /* without masks and weights the heads take sdpa's fused kernel: the same output as
+         * the composite that computes the weights */
+        nb_tensor *wc = NULL;
+        nb_tensor *fused = nb_multihead_attention(m, io.q, io.k, io.v, (nb_mha_opts){0}, NULL);
+        nb_tensor *comp = nb_multihead_attention(m, io.q, io.k, io.v, (nb_mha_opts){0}, &wc);
+        assert_non_null(fused);
+        assert_non_null(comp);
+        assert_true(max_diff(fused, comp) < 1e-12);
+        nb_release(fused);
+        nb_release(comp);
+        nb_release(wc);
         case_io_release(&io);
         nb_module_free(m);
     }
@@ -537,16 +566,6 @@ static void repr_and_out_proj_name_follow_pytorch(void **state_)
     nb_module_free(nb);
 }
 
-static double max_abs(const nb_tensor *t)
-{
-    nb_tensor *a = nb_abs(t), *mx = a ? nb_max(a) : NULL;
-    double v = -1;
-    NB_ASSERT_OK_(nb_item(mx, &v));
-    nb_release(a);
-    nb_release(mx);
-    return v;
-}
-
 static double stddev(const nb_tensor *t)
 {
     nb_tensor *sd = nb_std(t, NULL, 0, 1, false);
@@ -588,14 +607,6 @@ static void separate_weights_and_bias_kv_get_pytorchs_init(void **state_)
         assert_true(sd > 0.9 * want && sd < 1.1 * want);
     }
     nb_module_free(m);
-}
-
-static double max_diff(const nb_tensor *a, const nb_tensor *b)
-{
-    nb_tensor *d = nb_sub(a, b);
-    double v = max_abs(d);
-    nb_release(d);
-    return v;
 }
 
 static void dropout_drops_weights_in_training_and_is_identity_in_eval(void **state_)
@@ -702,6 +713,8 @@ static void new_paths_pass_gradcheck(void **state_)
     NB_ASSERT_OK_(nb_gradcheck(mha_fn2, &c, in, 3, 1e-6, 1e-6, 1e-5));
     c.weights = c.per_head = true;
     NB_ASSERT_OK_(nb_gradcheck(mha_fn2, &c, in, 3, 1e-6, 1e-6, 1e-5));
+    c.weights = c.per_head = false; /* and differentiable twice, as PyTorch's */
+    NB_ASSERT_OK_(nb_gradgradcheck(mha_fn2, &c, in, 3, 1e-6, 1e-5, 1e-4));
     /* and bias_k, bias_v and the separate weights get gradients */
     c.weights = false;
     nb_tensor *o = mha_fn2(in, 3, &c), *s = nb_sum(o, NULL, 0, false);
