@@ -322,12 +322,11 @@ static nb_tensor *forward_checked(nb_module *m, const mha_cfg *c, const nb_tenso
         return nnc_ret(&s, NULL);
     for (int j = 0; j < 3; j++)
         nnc_k(&s, pr[j]);
-    S += c->add_bias_kv;
     nb_tensor *qh = nnc_k(&s, split_heads(pr[0], H, false));
     nb_tensor *kh = nnc_k(&s, split_heads(pr[1], H, c->add_zero_attn));
     nb_tensor *vh = nnc_k(&s, split_heads(pr[2], H, c->add_zero_attn));
     if (!qh || !kh || !vh ||
-        merged_mask(c, query, o, !causal, N, L, S - c->add_bias_kv, &mask) != NB_OK)
+        merged_mask(c, query, o, !causal, N, L, S, &mask) != NB_OK)
         return nnc_ret(&s, NULL);
     nnc_k(&s, mask);
     nb_tensor *y, *w = NULL;
