@@ -546,6 +546,43 @@ static void state_dicts_torch_wrote_load_by_name(void **state_)
 #endif
 }
 
+/* A query whose every key is masked out: PyTorch's sdpa path gives it zero attention (the
+ * output is out_proj.bias), its weights path NaN, as plain softmax does. */
+static void fully_masked_rows_follow_pytorch(void **state_)
+{
+    (void)state_;
+    const mha_case *c = &cases[0]; /* kvdim, batch_first */
+    nb_module *m = nb_multihead_attention_new_opts(E_, H_, c->cfg,
+                                                   (nb_opts){.dtype = NB_DTYPE_F64});
+    assert_non_null(m);
+    fill_state(m);
+    case_io io = case_inputs(c);
+    static const uint8_t all_of_batch_0[] = {1, 1, 1, 1, 1, 0, 0, 0, 0, 0};
+    nb_tensor *kpm = nb_from_data(all_of_batch_0, NB_SHAPE(N_, S_),
+                                  (nb_opts){.dtype = NB_DTYPE_BOOL});
+    nb_mha_opts o = {.key_padding_mask = kpm};
+    nb_tensor *w = NULL;
+    nb_tensor *y = nb_multihead_attention(m, io.q, io.k, io.v, o, NULL);
+    nb_tensor *yw = nb_multihead_attention(m, io.q, io.k, io.v, o, &w);
+    double bias[E_], got[N_ * L_ * E_], gotw[N_ * L_ * S_];
+    NB_ASSERT_OK_(nb_tensor_copy_to_host(state(m, "out_proj.bias"), bias, sizeof bias));
+    NB_ASSERT_OK_(nb_tensor_copy_to_host(y, got, sizeof got));
+    for (int i = 0; i < L_ * E_; i++)
+        assert_true(fabs(got[i] - bias[i % E_]) < 1e-15);
+    NB_ASSERT_OK_(nb_tensor_copy_to_host(w, gotw, sizeof gotw));
+    for (int i = 0; i < N_ * L_ * S_; i++)
+        assert_true(i < L_ * S_ ? isnan(gotw[i]) : !isnan(gotw[i]));
+    NB_ASSERT_OK_(nb_tensor_copy_to_host(yw, got, sizeof got));
+    for (int i = 0; i < N_ * L_ * E_; i++)
+        assert_true(i < L_ * E_ ? isnan(got[i]) : !isnan(got[i]));
+    nb_release(y);
+    nb_release(yw);
+    nb_release(w);
+    nb_release(kpm);
+    case_io_release(&io);
+    nb_module_free(m);
+}
+
 static void repr_and_out_proj_name_follow_pytorch(void **state_)
 {
     (void)state_;
@@ -895,6 +932,7 @@ int main(void)
         NB_TEST(bad_input_names_what_was_given),
         NB_TEST(every_option_matches_pytorch),
         NB_TEST(state_dicts_torch_wrote_load_by_name),
+        NB_TEST(fully_masked_rows_follow_pytorch),
         NB_TEST(repr_and_out_proj_name_follow_pytorch),
         NB_TEST(separate_weights_and_bias_kv_get_pytorchs_init),
         NB_TEST(dropout_drops_weights_in_training_and_is_identity_in_eval),
