@@ -546,21 +546,42 @@ typedef struct nb_sdpa_opts {
 nb_tensor *nb_scaled_dot_product_attention(const nb_tensor *q, const nb_tensor *k,
                                            const nb_tensor *v, nb_sdpa_opts opts);
 
-/* nn.MultiheadAttention (core/nn/multihead_attention.c): parameters in_proj_weight (3E, E),
- * in_proj_bias (3E) and the child out_proj (Linear E -> E), PyTorch's names and init; inputs
- * (N, L, E) with batch_first, else (L, N, E), or unbatched (L, E); embed_dim = kdim = vdim.
- * nb_module_forward(m, x) is self-attention. nb_multihead_attention returns the output and,
- * when weights is not NULL, the attention weights averaged over the heads, (N, L, S) (PyTorch's
- * need_weights=True); with weights NULL and no mask (or the is_causal hint) the heads run the
- * fused attention. */
+/* nn.MultiheadAttention (core/nn/multihead_attention.c), PyTorch 2.x's. Parameters in
+ * PyTorch's names, order and init: in_proj_weight (3E, E), or q_proj_weight (E, E),
+ * k_proj_weight (E, kdim) and v_proj_weight (E, vdim) when kdim or vdim differ from E;
+ * in_proj_bias (3E); bias_k and bias_v (1, 1, E) with add_bias_kv; the child out_proj (a Linear
+ * E -> E that prints as NonDynamicallyQuantizableLinear). Inputs (N, L, E) with batch_first,
+ * else (L, N, E), or unbatched (L, E); key (.., S, kdim), value (.., S, vdim). bias_k / bias_v
+ * append one key and value, add_zero_attn a zero one per head (masks get a 0 column each).
+ * dropout applies to the attention weights in training mode only (nb_module_train), drawn as
+ * nb_dropout draws. nb_module_forward(m, x) is self-attention without masks. */
+typedef struct nb_mha_config { /* the zero value is PyTorch's defaults */
+    double dropout;     /* 0.0 */
+    bool no_bias;       /* bias=False: no in_proj_bias, out_proj without bias */
+    bool add_bias_kv;   /* False */
+    bool add_zero_attn; /* False */
+    int64_t kdim, vdim; /* 0 means embed_dim (None) */
+    bool batch_first;   /* False */
+} nb_mha_config;
+nb_module *nb_multihead_attention_new_opts(int64_t embed_dim, int64_t num_heads,
+                                           nb_mha_config cfg, nb_opts opts);
+/* The first constructor: kdim = vdim = embed_dim, no dropout, no bias_kv or zero_attn. */
+nb_module *nb_multihead_attention_new(int64_t embed_dim, int64_t num_heads, bool bias,
+                                      bool batch_first, nb_opts opts);
+/* The forward's options beyond query, key and value; need_weights is `weights != NULL`. */
 typedef struct nb_mha_opts {
-    const nb_tensor *key_padding_mask; /* (N, S): bool, true = ignore that key; or additive */
+    const nb_tensor *key_padding_mask; /* (N, S), (S) unbatched: bool, true = ignore that key;
+                                          or additive */
     const nb_tensor *attn_mask;        /* (L, S) or (N * heads, L, S): bool, true = masked out;
                                           or additive */
     bool is_causal;                    /* hint that attn_mask is the causal mask (needs it) */
+    /* appended */
+    bool per_head_weights;             /* average_attn_weights=False: weights (N, heads, L, S) */
 } nb_mha_opts;
-nb_module *nb_multihead_attention_new(int64_t embed_dim, int64_t num_heads, bool bias,
-                                      bool batch_first, nb_opts opts);
+/* The output, and when weights is not NULL the attention weights (after dropout, as PyTorch)
+ * averaged over the heads, (N, L, S) ((L, S) unbatched), or per head. Without weights and
+ * without a mask (or with the is_causal hint) and dropout off, the heads run the fused
+ * attention; otherwise the composite. Bad shapes: NB_SHAPE_MISMATCH naming them. */
 nb_tensor *nb_multihead_attention(nb_module *m, const nb_tensor *query, const nb_tensor *key,
                                   const nb_tensor *value, nb_mha_opts opts, nb_tensor **weights);
 
