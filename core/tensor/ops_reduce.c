@@ -177,6 +177,49 @@ static nb_status bw_amax(nbi_node *node, nb_tensor *g, nb_tensor **gi)
     return done(gi, 1);
 }
 
+/* The sum or product over every dim of a narrow integer (or bool) tensor, which is int64 as in
+ * PyTorch. Widening the whole input first would cost 8 bytes an element (a bool mask of 2^31
+ * elements: a 17 GB copy), so it is widened a slice of WIDEN_SLICE elements at a time, each
+ * slice reduced, and the partial results combined. Returns kept dims of size 1, as reduce_raw. */
+#define WIDEN_SLICE ((int64_t)1 << 22)
+static nb_tensor *reduce_all_widening(nbi_op op, const nb_tensor *t)
+{
+    nb_tensor *flat = nb_reshape(t, NB_SHAPE(-1)); /* a view, or one copy in the narrow dtype */
+    nb_tensor *acc = NULL;
+    const int64_t n = flat ? nbi_numel(flat->ndim, flat->shape) : 0;
+    const bool all[1] = {true};
+    bool ok = flat != NULL;
+    for (int64_t off = 0; ok && off < n; off += WIDEN_SLICE) {
+        nb_tensor *part = nb_narrow(flat, 0, off, n - off < WIDEN_SLICE ? n - off : WIDEN_SLICE);
+        nb_tensor *wide = part ? as_dtype(part, NB_DTYPE_I64) : NULL;
+        nb_tensor *r = wide ? reduce_raw(op, wide, all, NB_DTYPE_I64, NULL, 0) : NULL;
+        if (wide)
+            drop_cast(wide, part);
+        nb_release(part);
+        if (r && acc) {
+            nb_tensor *in[2] = {acc, r};
+            ok = nbi_launch(op == NBI_OP_prod ? NBI_OP_mul : NBI_OP_add, NB_DTYPE_I64, acc, in,
+                            2, NULL, 0, NULL, 0) == NB_OK;
+            nb_release(r);
+        } else if (r) {
+            acc = r;
+        } else {
+            ok = false;
+        }
+    }
+    nb_release(flat);
+    if (!ok) {
+        nb_release(acc);
+        return NULL;
+    }
+    int64_t ones[NB_MAX_DIMS], zeros[NB_MAX_DIMS] = {0};
+    for (int32_t d = 0; d < t->ndim; d++)
+        ones[d] = 1;
+    nb_tensor *kept = nbi_tensor_view(acc, t->ndim, ones, zeros, acc->offset);
+    nb_release(acc);
+    return kept;
+}
+
 typedef enum { RED_SUM, RED_MEAN, RED_PROD, RED_AMAX, RED_AMIN } red_kind;
 
 static nb_tensor *reduce_impl(red_kind kind, const nb_tensor *t, const int32_t *dims, int32_t nd,
@@ -196,8 +239,14 @@ static nb_tensor *reduce_impl(red_kind kind, const nb_tensor *t, const int32_t *
                   "floating point, got %s", nb_dtype_name(dt));
         return NULL;
     }
-    nb_tensor *src = as_dtype(t, dt);
-    nb_tensor *kept = src ? reduce_raw(op, src, mask, dt, NULL, 0) : NULL;
+    bool every_dim = true;
+    for (int32_t d = 0; d < t->ndim; d++)
+        every_dim = every_dim && mask[d];
+    bool widen = dt != t->dtype && every_dim && numel(t) > WIDEN_SLICE;
+    nb_tensor *src = widen ? (nb_tensor *)t : as_dtype(t, dt);
+    nb_tensor *kept = !src ? NULL
+                      : widen ? reduce_all_widening(op, t)
+                              : reduce_raw(op, src, mask, dt, NULL, 0);
     int64_t count = 1;
     for (int32_t d = 0; d < t->ndim; d++)
         if (mask[d])
@@ -229,7 +278,8 @@ static nb_tensor *reduce_impl(red_kind kind, const nb_tensor *t, const int32_t *
             nbi_save_output(node, out);
         }
     }
-    drop_cast(src, t);
+    if (!widen)
+        drop_cast(src, t);
     return out;
 }
 

@@ -355,14 +355,30 @@ static void op_mixed(chain *c)
         uint8_t f = fuzz_u8(&c->in);
         if (e > 64 && e < ((int64_t)1 << 40)) /* a real allocation of e^2: not under test */
             break;
-        nb_module *m = nb_multihead_attention_new(e, h, f & 1, f & 2, (nb_opts){0});
+        nb_module *m;
+        if (fuzz_u8(&c->in) & 1) {
+            m = nb_multihead_attention_new(e, h, f & 1, f & 2, (nb_opts){0});
+        } else { /* the full constructor: dropout, bias_kv, zero_attn, kdim and vdim */
+            uint8_t g = fuzz_u8(&c->in);
+            int64_t kd = g & 0x80 ? PICK(&c->in, param_table) : fuzz_below(&c->in, 9);
+            int64_t vd = g & 0x40 ? PICK(&c->in, param_table) : fuzz_below(&c->in, 9);
+            if ((kd > 64 && kd < ((int64_t)1 << 40)) || (vd > 64 && vd < ((int64_t)1 << 40)))
+                break;
+            nb_mha_config cfg = {.dropout = g & 1 ? PICK(&c->in, scalar_table) : 0,
+                                 .no_bias = g & 2, .add_bias_kv = g & 4, .add_zero_attn = g & 8,
+                                 .kdim = kd, .vdim = vd, .batch_first = g & 16};
+            m = nb_multihead_attention_new_opts(e, h, cfg, (nb_opts){0});
+            if (m && g & 32)
+                (void)nb_module_train(m, false);
+        }
         if (!m) {
             nb_clear_error();
             break;
         }
         nb_tensor *w = NULL, **wp = f & 4 ? &w : NULL;
         nb_mha_opts o = {.key_padding_mask = f & 8 ? slot(c) : NULL,
-                         .attn_mask = f & 16 ? slot(c) : NULL, .is_causal = f & 32};
+                         .attn_mask = f & 16 ? slot(c) : NULL, .is_causal = f & 32,
+                         .per_head_weights = fuzz_u8(&c->in) & 1};
         if (f & 64)
             keep(c, nb_module_forward(m, a));
         else

@@ -262,6 +262,48 @@ static void max_dim_and_min_dim_give_values_and_indices(void **state)
     nb_release(mins);
 }
 
+/* sum/prod over every dim of a narrow integer tensor: int64 as in PyTorch, widened a slice at
+ * a time (the peak is not 8 bytes an element), with the same value as a sum of the int64
+ * copy; a product whose int64 value wraps wraps the same way. A strided view too. */
+static void narrow_integer_sums_widen_a_slice_at_a_time(void **state)
+{
+    (void)state;
+    const int64_t n = ((int64_t)1 << 25) + 5; /* 8 slices and a tail */
+    nb_tensor *m = nb_full(NB_SHAPE(n), 1, (nb_opts){.dtype = NB_DTYPE_BOOL});
+    nb_tensor *at = nb_narrow(m, 0, n / 3, 7);
+    NB_ASSERT_OK(nb_fill_(at, 0));
+    int64_t base = nb_memory_allocated();
+    nb_memory_reset_peak();
+    nb_tensor *s = nb_sum(m, NULL, 0, false);
+    assert_true(nb_memory_peak() - base < 2 * n); /* a slice is n / 8 int64s, a full copy 8n */
+    assert_int_equal(nb_tensor_dtype(s), NB_DTYPE_I64);
+    assert_int_equal(nb_tensor_ndim(s), 0);
+    double v;
+    NB_ASSERT_OK(nb_item(s, &v));
+    assert_true(v == (double)(n - 7));
+    nb_tensor *k = nb_sum(m, NULL, 0, true);
+    assert_int_equal(nb_tensor_ndim(k), 1);
+    NB_ASSERT_OK(nb_item(k, &v));
+    assert_true(v == (double)(n - 7));
+    /* 3^(n/2) wraps in int64: the sliced product must wrap exactly as the int64 copy's */
+    nb_tensor *u = nb_full(NB_SHAPE(n / 2), 3, (nb_opts){.dtype = NB_DTYPE_U8});
+    nb_tensor *w = nb_to_dtype(u, NB_DTYPE_I64);
+    nb_tensor *p1 = nb_prod(u, NULL, 0, false), *p2 = nb_prod(w, NULL, 0, false);
+    int64_t a = 0, b = 1;
+    NB_ASSERT_OK(nb_tensor_copy_to_host(p1, &a, sizeof a));
+    NB_ASSERT_OK(nb_tensor_copy_to_host(p2, &b, sizeof b));
+    assert_true(a == b);
+    nb_tensor *odd = nb_slice(m, 0, 1, n, 2), *so = nb_sum(odd, NULL, 0, false);
+    nb_tensor *oc = nb_to_dtype(odd, NB_DTYPE_I64), *soc = nb_sum(oc, NULL, 0, false);
+    double x, y;
+    NB_ASSERT_OK(nb_item(so, &x));
+    NB_ASSERT_OK(nb_item(soc, &y));
+    assert_true(x == y);
+    nb_tensor *all[] = {soc, oc, so, odd, p2, p1, w, u, k, s, at, m};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        nb_release(all[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -273,6 +315,7 @@ int main(void)
         NB_TEST(var_std_and_norm_match_the_formulas),
         NB_TEST(argmax_picks_the_first_of_ties),
         NB_TEST(max_dim_and_min_dim_give_values_and_indices),
+        NB_TEST(narrow_integer_sums_widen_a_slice_at_a_time),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
