@@ -148,8 +148,11 @@ int main(int argc, char **argv)
             table = false;
         else if (strcmp(argv[k], "--global-batch") == 0 && k + 1 < argc) {
             global = strtol(argv[++k], &end, 10);
-            if (global < 1 || global > 65536)
+            if (global < 1 || global > 65536) {
+                fprintf(stderr, "nabla-dist-bench: --global-batch %s: expected 1 to 65536\n",
+                        argv[k]);
                 steps = 0;
+            }
         } else
             steps = 0;
         if (end && (*end || dopts.bucket_mb < 0))

@@ -15,10 +15,12 @@ typedef struct mha_cfg {
 static bool packed(const mha_cfg *c) { return c->kdim == c->embed_dim && c->vdim == c->embed_dim; }
 
 /* nb_multihead_attention goes through nb_module_forward (so hooks fire as for any module); its
- * key, value and options reach the forward callback through this per-thread slot, which the
- * callback empties before it does anything else. */
+ * key, value and options reach the forward callback through this per-thread slot, addressed to
+ * the module: a forward pre-hook that runs another MultiheadAttention leaves it alone, and the
+ * callback of the addressed module empties it before it does anything else. */
 typedef struct mha_call {
     bool set;
+    const nb_module *m;
     const nb_tensor *key, *value;
     nb_mha_opts opts;
     nb_tensor **weights;
@@ -391,10 +393,10 @@ static nb_tensor *mha_impl(nb_module *m, const mha_cfg *c, const nb_tensor *quer
 
 static nb_tensor *fw_mha(nb_module *m, const nb_tensor *x, const void *p)
 {
+    if (!pending.set || pending.m != m) /* nb_module_forward(m, x): self-attention */
+        return mha_impl(m, p, x, x, x, (nb_mha_opts){0}, NULL);
     mha_call call = pending;
     pending = (mha_call){0};
-    if (!call.set) /* nb_module_forward(m, x): self-attention */
-        return mha_impl(m, p, x, x, x, (nb_mha_opts){0}, NULL);
     return mha_impl(m, p, x, call.key, call.value, call.opts, call.weights);
 }
 
@@ -533,7 +535,7 @@ static nb_tensor *mha_call_impl(nb_module *m, const nb_tensor *query, const nb_t
     if (nnc_null(op, "query", query))
         return NULL;
     mha_call saved = pending;
-    pending = (mha_call){true, key, value, opts, weights};
+    pending = (mha_call){true, m, key, value, opts, weights};
     nb_tensor *y = nb_module_forward(m, query);
     pending = saved;
     return y;

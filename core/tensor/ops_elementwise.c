@@ -478,15 +478,17 @@ static nb_status unary_inplace(nbi_op op, nb_tensor *a, const double *f, int32_t
     }
 NB_BINARY_OPS_(NB_DEFINE_BINARY_)
 
-/* The dtype a tensor-scalar comparison runs in. Integer and bool kernels compare (double)x
- * with the scalar, which is what comparing a float64 copy gives, so they run in the tensor's
- * own dtype and no copy 8 bytes an element is made; only a device without that kernel gets
- * the float64 copy. */
+/* The dtype a tensor-scalar comparison runs in. For int32, uint8 and bool every value is exact
+ * in a double, so every plugin's kernel gives what comparing a float64 copy gives, and they
+ * run in their own dtype without that copy (8 bytes an element). int64 keeps the float64 copy:
+ * past 2^53 the plugins' kernels differ (cpu and cuda round x to a double, opencl compares
+ * exactly), and the copy is what all of them agree on. So does a device without the kernel. */
 static nb_dtype compare_scalar_dtype(nbi_op op, const nb_tensor *a)
 {
-    if (nb_dtype_is_float(a->dtype) || a->storage->device->kernels[op][a->dtype])
+    if (nb_dtype_is_float(a->dtype))
         return a->dtype;
-    return NB_DTYPE_F64;
+    bool exact = a->dtype == NB_DTYPE_I32 || a->dtype == NB_DTYPE_U8 || a->dtype == NB_DTYPE_BOOL;
+    return exact && a->storage->device->kernels[op][a->dtype] ? a->dtype : NB_DTYPE_F64;
 }
 
 #define NB_DEFINE_COMPARE_(name)                                                           \

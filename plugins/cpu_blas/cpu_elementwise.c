@@ -406,7 +406,7 @@ DEF_RANDOM(f64, double, NB_DTYPE_F64, 1)
         if (s[0] == es && s[1] == es && (!has_buf || s[2] == es)) {                         \
             /* The common case, written with selects so that it vectorises; the same      \
              * operations in the same order as the strided loop, so the same bits. */       \
-            T *w = (T *)p[0], *buf = (T *)p[2];                                             \
+            T *w = (T *)p[0], *buf = has_buf ? (T *)p[2] : NULL;                            \
             const T *g = (const T *)p[1];                                                   \
             if (has_buf)                                                                    \
                 for (int64_t j = 0; j < n; j++) {                                           \

@@ -92,7 +92,7 @@ DEF_POOL2(f64, double, int64_t)
             return NB_OUT_OF_MEMORY;                                                        \
         const int64_t HW = p.H * p.W, OHW = p.OH * p.OW;                                    \
         const bool two = p.kh == 2 && p.kw == 2 && p.sh == 2 && p.sw == 2 && p.ph == 0 &&   \
-                         p.pw == 0;                                                         \
+                         p.pw == 0 && p.W < INT32_MAX; /* W fits pool2x2's index type */    \
         _Pragma("omp parallel for if (p.planes * OHW * p.kh * p.kw >= NBC_PARALLEL_MIN)")   \
         for (int64_t pl = 0; pl < p.planes; pl++) {                                         \
             const T *xp = x + pl * HW;                                                      \

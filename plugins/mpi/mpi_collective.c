@@ -140,26 +140,23 @@ static MPI_User_function *const half_fns[2][4] = {
     {reduce_bf16_sum, reduce_bf16_prod, reduce_bf16_min, reduce_bf16_max},
 };
 static MPI_Op half_ops[2][4];
-static bool half_ops_made;
+static int half_ops_made; /* how many of half_ops exist, in row-major order; 8 when all */
 
 static int make_half_ops(void)
 {
-    for (int t = 0; t < 2; t++)
-        for (int k = 0; k < 4; k++) {
-            int rc = MPI_Op_create(half_fns[t][k], 1, &half_ops[t][k]);
-            if (rc != MPI_SUCCESS)
-                return rc;
-        }
-    half_ops_made = true;
+    for (; half_ops_made < 8; half_ops_made++) {
+        int rc = MPI_Op_create(half_fns[half_ops_made / 4][half_ops_made % 4], 1,
+                               &half_ops[half_ops_made / 4][half_ops_made % 4]);
+        if (rc != MPI_SUCCESS)
+            return rc;
+    }
     return MPI_SUCCESS;
 }
 
 static void free_half_ops(void)
 {
-    for (int t = 0; half_ops_made && t < 2; t++)
-        for (int k = 0; k < 4; k++)
-            MPI_Op_free(&half_ops[t][k]);
-    half_ops_made = false;
+    for (; half_ops_made > 0; half_ops_made--)
+        MPI_Op_free(&half_ops[(half_ops_made - 1) / 4][(half_ops_made - 1) % 4]);
 }
 
 static MPI_Op mpi_op(nb_collective_reduce op, nb_dtype dtype)
@@ -345,10 +342,11 @@ static void run_init(job *j)
     MPI_Comm_set_errhandler(c->mpi, MPI_ERRORS_RETURN);
     MPI_Comm_rank(c->mpi, &c->rank);
     MPI_Comm_size(c->mpi, &c->world);
-    if (!half_ops_made && (rc = make_half_ops()) != MPI_SUCCESS) {
+    if (half_ops_made < 8 && (rc = make_half_ops()) != MPI_SUCCESS) {
         free_half_ops();
         MPI_Comm_free(&c->mpi);
         mpi_fail(j, "MPI_Op_create", rc);
+        return;
     }
 }
 

@@ -188,7 +188,9 @@ static bool nccl_type(nb_dtype dtype, ncclDataType_t *t)
     case NB_DTYPE_BOOL: *t = ncclUint8; return true;
     case NB_DTYPE_U8: *t = ncclUint8; return true;
     case NB_DTYPE_F16: *t = ncclFloat16; return true;
-    case NB_DTYPE_BF16: *t = ncclBfloat16; return true; /* NCCL 2.10 and later */
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 19, 0) || defined(__CUDA_BF16_TYPES_EXIST__)
+    case NB_DTYPE_BF16: *t = ncclBfloat16; return true; /* declared unconditionally from 2.19 */
+#endif
     default: return false;
     }
 }

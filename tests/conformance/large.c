@@ -20,19 +20,32 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* MemAvailable from /proc/meminfo in bytes, or -1 where the kernel does not say. */
-static int64_t host_available(void)
+/* The first number in a file (scanf format fmt), or -1. */
+static long long read_number(const char *path, const char *fmt)
 {
-    FILE *f = fopen("/proc/meminfo", "r");
+    FILE *f = fopen(path, "r");
     if (!f)
         return -1;
     char line[256];
-    long long kb = -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1)
-            break;
+    long long v = -1;
+    while (v < 0 && fgets(line, sizeof line, f))
+        if (sscanf(line, fmt, &v) != 1)
+            v = -1;
     fclose(f);
-    return kb < 0 ? -1 : (int64_t)kb * 1024;
+    return v;
+}
+
+/* The memory this process may still use, in bytes: MemAvailable, capped by the cgroup's
+ * memory.max - memory.current inside a container (cgroup v2); -1 where neither says. */
+static int64_t host_available(void)
+{
+    long long kb = read_number("/proc/meminfo", "MemAvailable: %lld kB");
+    int64_t avail = kb < 0 ? -1 : (int64_t)kb * 1024;
+    long long max = read_number("/sys/fs/cgroup/memory.max", "%lld"); /* "max": no limit */
+    long long cur = read_number("/sys/fs/cgroup/memory.current", "%lld");
+    if (max >= 0 && cur >= 0 && (avail < 0 || max - cur < avail))
+        avail = max > cur ? (int64_t)(max - cur) : 0;
+    return avail;
 }
 
 /* Element i of a 1-d tensor as a double, through a one-element view (no full download). */
@@ -91,7 +104,8 @@ void conf_check_large(const char *device, conf_large_counts *counts)
     if (avail >= 0 && avail < LARGE_NEED_BYTES) {
         counts->skip++;
         printf("large: skipped on %s: the tier needs %lld GiB of free host memory, %.1f GiB is "
-               "available\n", device, (long long)(LARGE_NEED_BYTES >> 30), (double)avail / (1 << 30));
+               "available\n", device, (long long)(LARGE_NEED_BYTES >> 30),
+               (double)avail / (1 << 30));
         return;
     }
     const nb_opts u8 = {.dtype = NB_DTYPE_U8, .device = device};

@@ -112,7 +112,10 @@ static void sixteen_bit_floats_reduce_and_move(void **state)
         assert_true(isnan(got[1][2]) && isnan(got[2][2]));
         ASSERT_NEAR(got[2][0], 1, 0);
         ASSERT_NEAR(got[3][3], ldexp(1, -world), 0);
-        uint16_t mine[3] = {(uint16_t)(0x3c00 + rank), 0x7e01, 0x8001}, bits[3 * 8];
+        /* a finite value per rank, a NaN with a payload, the smallest negative subnormal */
+        const uint16_t nan = d == 0 ? 0x7e01 : 0x7fc1;
+        uint16_t mine[3] = {(uint16_t)(0x3c00 + rank), nan, 0x8001}, bits[3 * 64];
+        assert_true(world <= 64);
         nb_tensor *b = nb_empty(NB_SHAPE(3), (nb_opts){.dtype = dts[d]});
         NB_ASSERT_OK(nb_tensor_copy_from_host(b, mine, sizeof mine));
         nb_tensor *all = nb_empty(NB_SHAPE(world, 3), (nb_opts){.dtype = dts[d]});
@@ -120,7 +123,7 @@ static void sixteen_bit_floats_reduce_and_move(void **state)
         NB_ASSERT_OK(nb_tensor_copy_to_host(all, bits, (size_t)world * sizeof mine));
         for (int r = 0; r < world; r++) {
             assert_int_equal(bits[3 * r], 0x3c00 + r);
-            assert_int_equal(bits[3 * r + 1], 0x7e01); /* a NaN payload, moved as it is */
+            assert_int_equal(bits[3 * r + 1], nan); /* moved as it is, payload and all */
             assert_int_equal(bits[3 * r + 2], 0x8001);
         }
         NB_ASSERT_OK(nb_work_finish(nb_broadcast(pg, b, world - 1)));

@@ -922,6 +922,40 @@ static void empty_batches_and_huge_sizes_are_handled(void **state_)
     }
 }
 
+/* A forward pre-hook that runs another MultiheadAttention (a probe, a shared encoder) must not
+ * take the outer call's key, value and weights: the outer result and weights stay as without
+ * the hook. */
+static nb_tensor *run_other_mha(nb_module *m, const nb_tensor *input, void *ctx)
+{
+    (void)m;
+    nb_release(nb_module_forward((nb_module *)ctx, input));
+    return NULL;
+}
+
+static void a_pre_hook_running_another_mha_leaves_the_call_alone(void **state)
+{
+    (void)state;
+    nb_manual_seed(3);
+    nb_module *outer = nb_multihead_attention_new(4, 2, true, true, (nb_opts){0});
+    nb_module *other = nb_multihead_attention_new(4, 2, true, true, (nb_opts){0});
+    nb_tensor *q = nb_randn(NB_SHAPE(1, 3, 4), (nb_opts){0});
+    nb_tensor *k = nb_randn(NB_SHAPE(1, 5, 4), (nb_opts){0});
+    nb_tensor *w0 = NULL, *w1 = NULL;
+    nb_tensor *y0 = nb_multihead_attention(outer, q, k, k, (nb_mha_opts){0}, &w0);
+    assert_true(nb_module_register_forward_pre_hook(outer, run_other_mha, other) > 0);
+    nb_tensor *y1 = nb_multihead_attention(outer, q, k, k, (nb_mha_opts){0}, &w1);
+    assert_non_null(y1);
+    assert_non_null(w1);
+    assert_int_equal(nb_tensor_size(w1, 2), 5);
+    assert_true(nb_allclose(y0, y1, 0, 0));
+    assert_true(nb_allclose(w0, w1, 0, 0));
+    nb_tensor *all[] = {y0, y1, w0, w1, q, k};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        nb_release(all[i]);
+    nb_module_free(other);
+    nb_module_free(outer);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -939,6 +973,7 @@ int main(void)
         NB_TEST(new_paths_pass_gradcheck),
         NB_TEST(bad_shapes_name_the_shapes),
         NB_TEST(empty_batches_and_huge_sizes_are_handled),
+        NB_TEST(a_pre_hook_running_another_mha_leaves_the_call_alone),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     return nb_shutdown() == NB_OK ? rc : 1;
