@@ -28,7 +28,9 @@
     X(fill) X(copy_from_f32) X(copy_from_f64) X(copy_from_i32) X(copy_from_i64)            \
     X(copy_from_u8) X(copy_from_bool) X(copy_from_f16) X(copy_from_bf16) X(copy_bits)      \
     X(unary) X(unary_scalar) X(binary) X(compare) X(compare_scalar) X(where) X(reduce)     \
-    X(reduce_partials) X(relu_backward) X(softmax_rows) X(softmax_backward_rows)
+    X(reduce_partials) X(relu_backward) X(softmax_rows) X(softmax_backward_rows)          \
+    X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
+    X(max_pool2d_backward) X(im2col) X(col2im)
 
 typedef enum ocl_kid {
 #define OCL_KID_(name) OCL_K_##name,

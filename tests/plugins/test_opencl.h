@@ -83,5 +83,6 @@ void reductions_accumulate_in_float(void **state);
 void matmul_widens_to_float32_and_rounds_once(void **state);
 void ops_without_16_bit_kernels_are_not_registered(void **state);
 void softmax_rows_compute_in_float(void **state);
+void conv2d_and_pooling_sum_in_float_and_round_once(void **state);
 
 #endif

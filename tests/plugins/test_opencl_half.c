@@ -387,16 +387,154 @@ void matmul_widens_to_float32_and_rounds_once(void **state)
     }
 }
 
+/* A 16-bit result against a double reference of the same 16-bit inputs: within one 16-bit ulp
+ * (the float32 sum rounds once; a sum kept in 16 bits drifts by several ulp over dozens of
+ * terms), atol for float32 cancellation near 0. */
+static void expect_16_near(const char *what, nb_dtype t, size_t k, uint16_t got, double ref)
+{
+    expect_close(what, k, widen(t, got), ref, 1e-4, t == NB_DTYPE_F16 ? 0x1p-10 : 0x1p-7);
+}
+
+/* conv2d with groups 2, stride (2,1), padding (1,1), dilation (1,2) and a weight stored
+ * transposed (not dense), through the GEMM path and the direct kernels, and its gradients;
+ * max_pool2d with overlapping windows. */
+void conv2d_and_pooling_sum_in_float_and_round_once(void **state)
+{
+    (void)state;
+    enum { N = 2, C = 4, H = 9, W = 8, O = 6, G = 2, KH = 3, KW = 2, SH = 2, SW = 1, PH = 1,
+           PW = 1, DH = 1, DW = 2 };
+    enum { OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1,
+           OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1, CG = C / G, OG = O / G,
+           NX = N * C * H * W, NW = O * CG * KH * KW, NY = N * O * OH * OW };
+    static uint16_t x[NX], w[NW], gy[NY], y[NY], gx[NX], gw[NW];
+    static double ry[NY], rgx[NX], rgw[NW];
+    /* w (O, CG, KH, KW) stored as (CG, O, KH, KW) */
+    const int64_t w_st[4] = {KH * KW, O * KH * KW, KW, 1};
+#define W_IDX(o, c, a, b) ((size_t)((c) * O + (o)) * KH * KW + (size_t)(a) * KW + (b))
+    static const char *const modes[] = {"gemm", "direct"};
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        fill_random(t, x, NX, 31u + ti, 0);
+        x[5] = x[6] = narrow(t, 9.0f); /* a tie for max_pool2d: the first wins */
+        fill_random(t, w, NW, 37u + ti, 0);
+        fill_random(t, gy, NY, 41u + ti, 0);
+        memset(rgx, 0, sizeof rgx);
+        memset(rgw, 0, sizeof rgw);
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < O; o++)
+                for (int oh = 0; oh < OH; oh++)
+                    for (int ow = 0; ow < OW; ow++) {
+                        double acc = 0;
+                        size_t yi = (size_t)((n * O + o) * OH + oh) * OW + ow;
+                        for (int c = 0; c < CG; c++)
+                            for (int a = 0; a < KH; a++)
+                                for (int b = 0; b < KW; b++) {
+                                    int ih = oh * SH - PH + a * DH, iw = ow * SW - PW + b * DW;
+                                    if (ih < 0 || ih >= H || iw < 0 || iw >= W)
+                                        continue;
+                                    size_t xi = (size_t)((n * C + o / OG * CG + c) * H + ih) * W + iw;
+                                    double xv = widen(t, x[xi]), wv = widen(t, w[W_IDX(o, c, a, b)]);
+                                    double gv = widen(t, gy[yi]);
+                                    acc += xv * wv;
+                                    rgx[xi] += gv * wv;
+                                    rgw[W_IDX(o, c, a, b)] += gv * xv;
+                                }
+                        ry[yi] = acc;
+                    }
+        void *hx = buf_from(x, sizeof x), *hw = buf_from(w, sizeof w), *hgy = buf_from(gy, sizeof gy);
+        void *hy = buf_new(sizeof y), *hgx = buf_new(sizeof gx), *hgw = buf_new(sizeof gw);
+        tview vx = view(hx, 0, t, 4, (int64_t[]){N, C, H, W}, NULL);
+        tview vw = view(hw, 0, t, 4, (int64_t[]){O, CG, KH, KW}, w_st);
+        tview vy = view(hy, 0, t, 4, (int64_t[]){N, O, OH, OW}, NULL);
+        tview vgy = view(hgy, 0, t, 4, (int64_t[]){N, O, OH, OW}, NULL);
+        tview vgx = view(hgx, 0, t, 4, (int64_t[]){N, C, H, W}, NULL);
+        tview vgw = view(hgw, 0, t, 4, (int64_t[]){O, CG, KH, KW}, w_st);
+        int64_t i[8] = {SH, SW, PH, PW, DH, DW, G};
+        tview fin[2] = {vx, vw}, bin[2] = {vgy, vw}, win[2] = {vgy, vx};
+        for (int m = 0; m < 2; m++) {
+            setenv("NABLA_OPENCL_CONV", modes[m], 1);
+            assert_int_equal(run("conv2d", t, &vy, 2, fin, NULL, i), NB_OK);
+            assert_int_equal(run("conv2d_backward_input", t, &vgx, 2, bin, NULL, i), NB_OK);
+            assert_int_equal(run("conv2d_backward_weight", t, &vgw, 2, win, NULL, i), NB_OK);
+            buf_read(hy, y, sizeof y);
+            buf_read(hgx, gx, sizeof gx);
+            buf_read(hgw, gw, sizeof gw);
+            for (size_t k = 0; k < NY; k++)
+                expect_16_near(modes[m], t, k, y[k], ry[k]);
+            for (size_t k = 0; k < NX; k++)
+                expect_16_near(modes[m], t, k, gx[k], rgx[k]);
+            for (size_t k = 0; k < NW; k++)
+                expect_16_near(modes[m], t, k, gw[k], rgw[k]);
+        }
+        unsetenv("NABLA_OPENCL_CONV");
+        /* an f32 weight with 16-bit data: one dtype per conv */
+        tview w32 = view(hw, 0, NB_DTYPE_F32, 4, (int64_t[]){O, CG, KH, 1}, NULL);
+        tview mixed[2] = {vx, w32};
+        assert_int_equal(run("conv2d", t, &vy, 2, mixed, NULL, i), NB_DTYPE_UNSUPPORTED);
+
+        /* max_pool2d 3x3, stride 2, padding 1 over x: the max is exact, the backward sums up to
+         * four windows' gradients in float */
+        enum { K = 3, S = 2, PD = 1, PH2 = (H + 2 * PD - K) / S + 1, PW2 = (W + 2 * PD - K) / S + 1,
+               NP = N * C * PH2 * PW2 };
+        static uint16_t py[NP], pgy[NP];
+        static int64_t idx[NP];
+        fill_random(t, pgy, NP, 43u + ti, 0);
+        void *hpy = buf_new(sizeof py), *hi = buf_new(sizeof idx), *hpgy = buf_from(pgy, sizeof pgy);
+        tview vpy = view(hpy, 0, t, 4, (int64_t[]){N, C, PH2, PW2}, NULL);
+        tview vi = view(hi, 0, NB_DTYPE_I64, 4, (int64_t[]){N, C, PH2, PW2}, NULL);
+        tview vpgy = view(hpgy, 0, t, 4, (int64_t[]){N, C, PH2, PW2}, NULL);
+        int64_t pi[8] = {K, K, S, S, PD, PD};
+        tview pin[2] = {vx, vi}, pbin[2] = {vpgy, vi};
+        assert_int_equal(run("max_pool2d", t, &vpy, 2, pin, NULL, pi), NB_OK);
+        assert_int_equal(run("max_pool2d_backward", t, &vgx, 2, pbin, NULL, pi), NB_OK);
+        buf_read(hpy, py, sizeof py);
+        buf_read(hi, idx, sizeof idx);
+        buf_read(hgx, gx, sizeof gx);
+        memset(rgx, 0, sizeof rgx);
+        for (int q = 0; q < N * C; q++)
+            for (int oh = 0; oh < PH2; oh++)
+                for (int ow = 0; ow < PW2; ow++) {
+                    float best = -INFINITY;
+                    int64_t bi = -1;
+                    for (int a = oh * S - PD; a < oh * S - PD + K; a++)
+                        for (int b = ow * S - PD; b < ow * S - PD + K; b++)
+                            if (a >= 0 && a < H && b >= 0 && b < W &&
+                                widen(t, x[q * H * W + a * W + b]) > best) {
+                                best = widen(t, x[q * H * W + a * W + b]);
+                                bi = a * W + b;
+                            }
+                    size_t r = (size_t)(q * PH2 + oh) * PW2 + ow;
+                    assert_int_equal(py[r], narrow(t, best));
+                    assert_int_equal(idx[r], bi);
+                    rgx[q * H * W + bi] += widen(t, pgy[r]);
+                }
+        for (size_t k = 0; k < NX; k++)
+            assert_int_equal(gx[k], narrow(t, (float)rgx[k])); /* <= 4 terms: exact in float */
+        P->free(0, hpy);
+        P->free(0, hi);
+        P->free(0, hpgy);
+        P->free(0, hx);
+        P->free(0, hw);
+        P->free(0, hgy);
+        P->free(0, hy);
+        P->free(0, hgx);
+        P->free(0, hgw);
+    }
+#undef W_IDX
+}
+
 void ops_without_16_bit_kernels_are_not_registered(void **state)
 {
     (void)state;
     /* what the core may send (dispatch.c only launches registered (op, dtype) pairs) */
     static const char *const yes[] = {"copy", "fill", "add", "exp", "clamp", "lt", "eq_scalar",
                                       "where", "sum", "argmin", "matmul", "softmax",
-                                      "log_softmax_backward", "relu_backward"};
+                                      "log_softmax_backward", "relu_backward", "conv2d",
+                                      "conv2d_backward_input", "conv2d_backward_weight",
+                                      "max_pool2d", "max_pool2d_backward"};
     /* kernels still written for T only: the core reports "no bfloat16 kernel on opencl:0" */
-    static const char *const no[] = {"arange", "logical_and", "conv2d", "adam_step",
-                                     "random_normal", "gather", "sgd_step", "max_pool2d"};
+    static const char *const no[] = {"arange", "logical_and", "adam_step",
+                                     "random_normal", "gather", "sgd_step"};
     for (int ti = 0; ti < 2; ti++) {
         for (size_t k = 0; k < sizeof yes / sizeof yes[0]; k++)
             if (!registered(yes[k], halves[ti]))

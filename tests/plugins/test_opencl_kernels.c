@@ -244,6 +244,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(reductions_accumulate_in_float),
         cmocka_unit_test(matmul_widens_to_float32_and_rounds_once),
         cmocka_unit_test(softmax_rows_compute_in_float),
+        cmocka_unit_test(conv2d_and_pooling_sum_in_float_and_round_once),
         cmocka_unit_test(ops_without_16_bit_kernels_are_not_registered),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
