@@ -84,5 +84,7 @@ void matmul_widens_to_float32_and_rounds_once(void **state);
 void ops_without_16_bit_kernels_are_not_registered(void **state);
 void softmax_rows_compute_in_float(void **state);
 void conv2d_and_pooling_sum_in_float_and_round_once(void **state);
+void index_ops_move_bits_and_scatter_add_sums_in_float(void **state);
+void arange_random_and_logical_ops_round_the_float32_values(void **state);
 
 #endif

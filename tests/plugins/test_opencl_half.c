@@ -523,6 +523,137 @@ void conv2d_and_pooling_sum_in_float_and_round_once(void **state)
 #undef W_IDX
 }
 
+/* gather moves the stored bits; scatter_add sums into a float32 copy of out and rounds once:
+ * 64 additions of a quarter ulp to 1.0 give 1 + 16 ulp in float, while 16-bit partial sums would
+ * stay at 1.0. Both the serial path and the chunked one (NABLA_OPENCL_SCATTER). */
+void index_ops_move_bits_and_scatter_add_sums_in_float(void **state)
+{
+    (void)state;
+    enum { R = 3, C = 5, J = 64 };
+    static const char *const modes[] = {"serial", "chunks"};
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        float ulp = t == NB_DTYPE_F16 ? 0x1p-10f : 0x1p-7f;
+        uint16_t data[R * C], got[R * J], out[R * C], src[R * J], res[R * C];
+        int64_t idx[R * J];
+        unsigned seed = 5u + ti;
+        fill_random(t, data, R * C, 3u + ti, 0);
+        data[2] = (uint16_t)(t == NB_DTYPE_F16 ? 0x7d01u : 0x7f81u); /* a signalling NaN */
+        data[3] = 0x8000u;                                            /* -0.0 */
+        for (int k = 0; k < R * J; k++) {
+            idx[k] = (int64_t)(lcg(&seed) >> 8) % C;
+            src[k] = narrow(t, (k % 3 ? 0.25f : -0.25f) * ulp * (float)(1 + k % 2));
+        }
+        idx[0] = 2;
+        idx[J] = 3;
+        void *hd = buf_from(data, sizeof data), *hi = buf_from(idx, sizeof idx);
+        void *hg = buf_new(sizeof got), *hs = buf_from(src, sizeof src);
+        tview vd = view(hd, 0, t, 2, (int64_t[]){R, C}, NULL);
+        tview vi = view(hi, 0, NB_DTYPE_I64, 2, (int64_t[]){R, J}, NULL);
+        tview vg = view(hg, 0, t, 2, (int64_t[]){R, J}, NULL);
+        tview vs = view(hs, 0, t, 2, (int64_t[]){R, J}, NULL);
+        int64_t dim1[8] = {1};
+        tview gin[2] = {vd, vi};
+        assert_int_equal(run("gather", t, &vg, 2, gin, NULL, dim1), NB_OK);
+        buf_read(hg, got, sizeof got);
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < J; j++)
+                assert_int_equal(got[r * J + j], data[r * C + idx[r * J + j]]);
+        for (int m = 0; m < 2; m++) {
+            setenv("NABLA_OPENCL_SCATTER", modes[m], 1);
+            for (int k = 0; k < R * C; k++)
+                out[k] = narrow(t, 1.0f);
+            void *ho = buf_from(out, sizeof out);
+            tview vo = view(ho, 0, t, 2, (int64_t[]){R, C}, NULL);
+            tview sin_[2] = {vi, vs};
+            assert_int_equal(run("scatter_add", t, &vo, 2, sin_, NULL, dim1), NB_OK);
+            buf_read(ho, res, sizeof res);
+            float acc[R * C];
+            for (int k = 0; k < R * C; k++)
+                acc[k] = 1.0f;
+            for (int r = 0; r < R; r++)
+                for (int j = 0; j < J; j++)
+                    acc[r * C + idx[r * J + j]] += widen(t, src[r * J + j]);
+            /* the sums are exact in float (multiples of ulp/4 near 1): both orders agree */
+            for (int k = 0; k < R * C; k++)
+                if (res[k] != narrow(t, acc[k]))
+                    fail_msg("scatter_add (%s) %s[%d]: got %a, expected %a", modes[m],
+                             t == NB_DTYPE_F16 ? "f16" : "bf16", k, widen(t, res[k]), acc[k]);
+            P->free(0, ho);
+        }
+        unsetenv("NABLA_OPENCL_SCATTER");
+        P->free(0, hd);
+        P->free(0, hi);
+        P->free(0, hg);
+        P->free(0, hs);
+    }
+}
+
+/* arange and random numbers are the float32 kernel's values rounded once (the cpu plugin's
+ * 16-bit kernels narrow its float32 ones); logical ops read a 16-bit value as its float, so
+ * -0.0 is false and NaN true. */
+void arange_random_and_logical_ops_round_the_float32_values(void **state)
+{
+    (void)state;
+    enum { N = 600 };
+    static float f32[N];
+    static uint16_t h[N];
+    void *hf = buf_new(sizeof f32), *hh = buf_new(sizeof h);
+    tview vf = view(hf, 0, NB_DTYPE_F32, 2, (int64_t[]){6, 100}, NULL);
+    int64_t ip[8] = {(int64_t)0x9e3779b97f4a7c15ull, 11};
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        tview vh = view(hh, 0, t, 2, (int64_t[]){6, 100}, NULL);
+        static const char *const ops[] = {"random_uniform", "random_normal"};
+        double par[2][8] = {{-1, 3}, {0.5, 2}};
+        for (int o = 0; o < 2; o++) {
+            assert_int_equal(run(ops[o], NB_DTYPE_F32, &vf, 0, NULL, par[o], ip), NB_OK);
+            assert_int_equal(run(ops[o], t, &vh, 0, NULL, par[o], ip), NB_OK);
+            buf_read(hf, f32, sizeof f32);
+            buf_read(hh, h, sizeof h);
+            int distinct = 0;
+            for (int k = 0; k < N; k++) {
+                if (h[k] != narrow(t, f32[k]))
+                    fail_msg("%s %d: got 0x%04x, expected 0x%04x", ops[o], k, h[k],
+                             narrow(t, f32[k]));
+                distinct += k && h[k] != h[k - 1];
+            }
+            assert_true(distinct > N / 2); /* not a constant */
+        }
+        tview v1 = view(hh, 0, t, 1, (int64_t[]){N}, NULL);
+        double fa[8] = {-3.0, 0.01};
+        assert_int_equal(run("arange", t, &v1, 0, NULL, fa, NULL), NB_OK);
+        buf_read(hh, h, sizeof h);
+        for (int k = 0; k < N; k++)
+            assert_int_equal(h[k], narrow(t, (float)(-3.0 + (double)k * 0.01)));
+
+        uint16_t a[6] = {0x8000u, 0, narrow(t, NAN), 1, narrow(t, -2.0f), narrow(t, 0.5f)};
+        uint16_t b[6] = {0x8000u, 0x8000u, 0, 0x8001u, 0, narrow(t, 1.0f)};
+        uint8_t lo[6];
+        void *ha, *hb, *hl;
+        tview va = vec(a, t, 6, &ha), vb = vec(b, t, 6, &hb), vl = vec(NULL, NB_DTYPE_BOOL, 6, &hl);
+        tview two[2] = {va, vb};
+        static const char *const lops[] = {"logical_and", "logical_or", "logical_xor",
+                                           "logical_not"};
+        for (int o = 0; o < 4; o++) {
+            assert_int_equal(run(lops[o], t, &vl, o == 3 ? 1 : 2, two, NULL, NULL), NB_OK);
+            buf_read(hl, lo, sizeof lo);
+            for (int k = 0; k < 6; k++) {
+                int x = widen(t, a[k]) != 0, z = widen(t, b[k]) != 0;
+                int want = o == 0 ? x && z : o == 1 ? x || z : o == 2 ? x != z : !x;
+                if (lo[k] != want)
+                    fail_msg("%s %s[%d] (0x%04x, 0x%04x): got %d", lops[o],
+                             t == NB_DTYPE_F16 ? "f16" : "bf16", k, a[k], b[k], lo[k]);
+            }
+        }
+        P->free(0, ha);
+        P->free(0, hb);
+        P->free(0, hl);
+    }
+    P->free(0, hf);
+    P->free(0, hh);
+}
+
 void ops_without_16_bit_kernels_are_not_registered(void **state)
 {
     (void)state;
@@ -531,10 +662,11 @@ void ops_without_16_bit_kernels_are_not_registered(void **state)
                                       "where", "sum", "argmin", "matmul", "softmax",
                                       "log_softmax_backward", "relu_backward", "conv2d",
                                       "conv2d_backward_input", "conv2d_backward_weight",
-                                      "max_pool2d", "max_pool2d_backward"};
+                                      "max_pool2d", "max_pool2d_backward", "arange",
+                                      "logical_and", "logical_not", "random_normal",
+                                      "random_uniform", "gather", "scatter_add"};
     /* kernels still written for T only: the core reports "no bfloat16 kernel on opencl:0" */
-    static const char *const no[] = {"arange", "logical_and", "adam_step",
-                                     "random_normal", "gather", "sgd_step"};
+    static const char *const no[] = {"adam_step", "sgd_step"};
     for (int ti = 0; ti < 2; ti++) {
         for (size_t k = 0; k < sizeof yes / sizeof yes[0]; k++)
             if (!registered(yes[k], halves[ti]))
@@ -551,16 +683,12 @@ void ops_without_16_bit_kernels_are_not_registered(void **state)
     assert_non_null(strstr(last_error, "bf16"));
     /* a float32 kernel's function called with 16-bit operands (one function serves every
      * dtype of an op): refused, not run as float over 2-byte elements */
-    assert_int_equal(run("arange", NB_DTYPE_F32, &b16, 0, NULL, (double[8]){0, 1}, NULL),
-                     NB_DTYPE_UNSUPPORTED);
-    assert_non_null(strstr(last_error, "no bfloat16 kernel on opencl:0"));
-    tview two[2] = {b16, b16};
-    tview bo = view(h, 0, NB_DTYPE_BOOL, 1, (int64_t[]){8}, NULL);
-    assert_int_equal(run("logical_and", NB_DTYPE_F32, &bo, 2, two, NULL, NULL),
-                     NB_DTYPE_UNSUPPORTED);
-    tview f2[2] = {f32, f32};
+    tview f2[2] = {f32, f32}, h2[2] = {b16, b16};
     assert_int_equal(run("sgd_step", NB_DTYPE_F32, &b16, 1, f2, (double[8]){0.1}, NULL),
                      NB_DTYPE_UNSUPPORTED);
+    assert_int_equal(run("sgd_step", NB_DTYPE_F32, &b16, 1, h2, (double[8]){0.1}, NULL),
+                     NB_DTYPE_UNSUPPORTED);
+    assert_non_null(strstr(last_error, "out is bf16, expected f32 or f64"));
     /* a 16-bit view past its buffer's end */
     tview over = view(h, 30, NB_DTYPE_BF16, 1, (int64_t[]){8}, NULL);
     assert_int_equal(run("neg", NB_DTYPE_BF16, &over, 1, &b16, NULL, NULL), NB_INDEX_OUT_OF_RANGE);
