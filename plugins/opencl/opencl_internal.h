@@ -30,7 +30,7 @@
     X(arange) X(unary) X(unary_scalar) X(binary) X(compare) X(compare_scalar) X(logical)   \
     X(where) X(reduce) X(reduce_partials) X(gather) X(scatter_add) X(scatter_add_chunks)   \
     X(scatter_add_combine) X(random_uniform) X(random_normal)                              \
-    X(relu_backward) X(softmax_rows) X(softmax_backward_rows)                              \
+    X(relu_backward) X(softmax_rows) X(softmax_backward_rows) X(sgd_step) X(adam_step)     \
     X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
     X(max_pool2d_backward) X(im2col) X(col2im)
 

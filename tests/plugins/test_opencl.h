@@ -81,10 +81,11 @@ void integers_and_doubles_round_once_into_16_bits(void **state);
 void elementwise_ops_compute_in_float_and_round_once(void **state);
 void reductions_accumulate_in_float(void **state);
 void matmul_widens_to_float32_and_rounds_once(void **state);
-void ops_without_16_bit_kernels_are_not_registered(void **state);
 void softmax_rows_compute_in_float(void **state);
 void conv2d_and_pooling_sum_in_float_and_round_once(void **state);
 void index_ops_move_bits_and_scatter_add_sums_in_float(void **state);
 void arange_random_and_logical_ops_round_the_float32_values(void **state);
+void optimizer_steps_compute_in_float_and_round_each_state_once(void **state);
+void every_op_has_16_bit_kernels_and_mixed_dtypes_are_refused(void **state);
 
 #endif

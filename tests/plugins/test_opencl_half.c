@@ -1,7 +1,8 @@
 /* test_opencl_half.c - float16 and bfloat16 on the opencl plugin: conversions bit for bit against
- * the SDK's functions (nabla_plugin.h), elementwise ops, reductions and matmul against float32
- * computed on the host from the same 16-bit inputs (the cpu plugin's rule: widen, compute in
- * float, round once), and the ops left unregistered. */
+ * the SDK's functions (nabla_plugin.h); elementwise ops, reductions, matmul, conv2d, pooling,
+ * index ops, random numbers and optimizer steps against float32 (or float64) computed on the
+ * host from the same 16-bit inputs (the cpu plugin's rule: widen, compute in float, round
+ * once); every op having its 16-bit kernels. */
 #include "test_opencl.h"
 
 static const nb_dtype halves[2] = {NB_DTYPE_BF16, NB_DTYPE_F16};
@@ -654,41 +655,104 @@ void arange_random_and_logical_ops_round_the_float32_values(void **state)
     P->free(0, hh);
 }
 
-void ops_without_16_bit_kernels_are_not_registered(void **state)
+/* One SGD step (momentum, dampening, weight decay, nesterov, a buffer from an earlier step) and
+ * one AdamW and one Adam step at step 3, in float from the 16-bit state, each output rounded
+ * once: against the same float arithmetic on the host (one 16-bit ulp for sqrt and division). */
+void optimizer_steps_compute_in_float_and_round_each_state_once(void **state)
 {
     (void)state;
-    /* what the core may send (dispatch.c only launches registered (op, dtype) pairs) */
-    static const char *const yes[] = {"copy", "fill", "add", "exp", "clamp", "lt", "eq_scalar",
-                                      "where", "sum", "argmin", "matmul", "softmax",
-                                      "log_softmax_backward", "relu_backward", "conv2d",
-                                      "conv2d_backward_input", "conv2d_backward_weight",
-                                      "max_pool2d", "max_pool2d_backward", "arange",
-                                      "logical_and", "logical_not", "random_normal",
-                                      "random_uniform", "gather", "scatter_add"};
-    /* kernels still written for T only: the core reports "no bfloat16 kernel on opencl:0" */
-    static const char *const no[] = {"adam_step", "sgd_step"};
+    enum { N = 97 };
     for (int ti = 0; ti < 2; ti++) {
-        for (size_t k = 0; k < sizeof yes / sizeof yes[0]; k++)
-            if (!registered(yes[k], halves[ti]))
-                fail_msg("%s has no %d kernel", yes[k], (int)halves[ti]);
-        for (size_t k = 0; k < sizeof no / sizeof no[0]; k++)
-            if (registered(no[k], halves[ti]))
-                fail_msg("%s is registered for dtype %d", no[k], (int)halves[ti]);
+        nb_dtype t = halves[ti];
+        uint16_t p[N], g[N], b[N], m[N], v[N], out[N];
+        fill_random(t, p, N, 61u + ti, 0);
+        fill_random(t, g, N, 67u + ti, 0);
+        fill_random(t, b, N, 71u + ti, 0);
+        fill_random(t, m, N, 73u + ti, 0);
+        fill_random(t, v, N, 79u + ti, 1);
+        void *hp = buf_from(p, sizeof p), *hg = buf_from(g, sizeof g), *hb = buf_from(b, sizeof b);
+        void *hm = buf_from(m, sizeof m), *hv = buf_from(v, sizeof v);
+        int64_t shape[1] = {N};
+        tview vp = view(hp, 0, t, 1, shape, NULL), vg = view(hg, 0, t, 1, shape, NULL);
+        tview vb = view(hb, 0, t, 1, shape, NULL), vm = view(hm, 0, t, 1, shape, NULL);
+        tview vv = view(hv, 0, t, 1, shape, NULL);
+        const float lr = 0.1f, mom = 0.9f, damp = 0.1f, wd = 0.01f;
+        tview sin_[2] = {vg, vb};
+        assert_int_equal(run("sgd_step", t, &vp, 2, sin_, (double[8]){lr, mom, damp, wd},
+                             (int64_t[8]){1, 0}), NB_OK);
+        buf_read(hb, out, sizeof out);
+        float rb[N];
+        for (int k = 0; k < N; k++) {
+            float d = widen(t, g[k]) + wd * widen(t, p[k]);
+            rb[k] = mom * widen(t, b[k]) + (1 - damp) * d;
+            expect_16("sgd_step buffer", t, k, out[k], rb[k], 0);
+        }
+        buf_read(hp, out, sizeof out);
+        for (int k = 0; k < N; k++) {
+            float d = widen(t, g[k]) + wd * widen(t, p[k]);
+            expect_16("sgd_step", t, k, out[k], widen(t, p[k]) - lr * (d + mom * rb[k]), 0);
+            p[k] = out[k];
+        }
+        const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+        const int step = 3;
+        const float step_size = (float)(lr / (1 - pow(b1, step)));
+        const float bc2 = (float)sqrt(1 - pow(b2, step));
+        for (int decoupled = 1; decoupled >= 0; decoupled--) {
+            tview ain[3] = {vg, vm, vv};
+            assert_int_equal(run("adam_step", t, &vp, 3, ain, (double[8]){lr, b1, b2, eps, wd},
+                                 (int64_t[8]){step, decoupled}), NB_OK);
+            uint16_t om[N], ov[N];
+            buf_read(hp, out, sizeof out);
+            buf_read(hm, om, sizeof om);
+            buf_read(hv, ov, sizeof ov);
+            for (int k = 0; k < N; k++) {
+                float pv = widen(t, p[k]), gv = widen(t, g[k]), m0 = widen(t, m[k]);
+                if (decoupled)
+                    pv *= 1 - lr * wd;
+                else
+                    gv += wd * pv;
+                float mv = m0 + (1 - (float)b1) * (gv - m0);
+                float vq = (float)b2 * widen(t, v[k]) + (1 - (float)b2) * gv * gv;
+                expect_16("adam_step exp_avg", t, k, om[k], mv, 0);
+                expect_16("adam_step exp_avg_sq", t, k, ov[k], vq, 0);
+                expect_16("adam_step", t, k, out[k],
+                          pv - step_size * mv / (sqrtf(vq) / bc2 + (float)eps), 0);
+                p[k] = out[k], m[k] = om[k], v[k] = ov[k];
+            }
+        }
+        P->free(0, hp);
+        P->free(0, hg);
+        P->free(0, hb);
+        P->free(0, hm);
+        P->free(0, hv);
     }
+}
+
+void every_op_has_16_bit_kernels_and_mixed_dtypes_are_refused(void **state)
+{
+    (void)state;
+    /* every float32 op of the plugin has its float16 and bfloat16 kernels */
+    size_t n32 = 0;
+    for (size_t k = 0; k < P->n_kernels; k++) {
+        if (P->kernels[k].dtype != NB_DTYPE_F32)
+            continue;
+        n32++;
+        for (int ti = 0; ti < 2; ti++)
+            if (!registered(P->kernels[k].op, halves[ti]))
+                fail_msg("%s has no %s kernel", P->kernels[k].op,
+                         halves[ti] == NB_DTYPE_F16 ? "float16" : "bfloat16");
+    }
+    assert_true(n32 > 50);
     /* unary ops keep the dtype: an f32 output of a bf16 input is an error, not a reinterpret */
     void *h = buf_new(64);
     tview b16 = view(h, 0, NB_DTYPE_BF16, 1, (int64_t[]){8}, NULL);
     tview f32 = view(h, 0, NB_DTYPE_F32, 1, (int64_t[]){8}, NULL);
     assert_int_equal(run("exp", NB_DTYPE_BF16, &f32, 1, &b16, NULL, NULL), NB_DTYPE_UNSUPPORTED);
     assert_non_null(strstr(last_error, "bf16"));
-    /* a float32 kernel's function called with 16-bit operands (one function serves every
-     * dtype of an op): refused, not run as float over 2-byte elements */
-    tview f2[2] = {f32, f32}, h2[2] = {b16, b16};
-    assert_int_equal(run("sgd_step", NB_DTYPE_F32, &b16, 1, f2, (double[8]){0.1}, NULL),
+    /* float32 state with a 16-bit parameter: refused, not run over 2-byte elements */
+    tview f2[2] = {f32, f32};
+    assert_int_equal(run("sgd_step", NB_DTYPE_BF16, &b16, 1, f2, (double[8]){0.1}, NULL),
                      NB_DTYPE_UNSUPPORTED);
-    assert_int_equal(run("sgd_step", NB_DTYPE_F32, &b16, 1, h2, (double[8]){0.1}, NULL),
-                     NB_DTYPE_UNSUPPORTED);
-    assert_non_null(strstr(last_error, "out is bf16, expected f32 or f64"));
     /* a 16-bit view past its buffer's end */
     tview over = view(h, 30, NB_DTYPE_BF16, 1, (int64_t[]){8}, NULL);
     assert_int_equal(run("neg", NB_DTYPE_BF16, &over, 1, &b16, NULL, NULL), NB_INDEX_OUT_OF_RANGE);

@@ -247,7 +247,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(conv2d_and_pooling_sum_in_float_and_round_once),
         cmocka_unit_test(index_ops_move_bits_and_scatter_add_sums_in_float),
         cmocka_unit_test(arange_random_and_logical_ops_round_the_float32_values),
-        cmocka_unit_test(ops_without_16_bit_kernels_are_not_registered),
+        cmocka_unit_test(optimizer_steps_compute_in_float_and_round_each_state_once),
+        cmocka_unit_test(every_op_has_16_bit_kernels_and_mixed_dtypes_are_refused),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     if (P->shutdown)
