@@ -811,3 +811,159 @@ void softmax_rows_compute_in_float(void **state)
         P->free(0, hd);
     }
 }
+
+/* An operand of a twin run: its bytes (NULL: a fresh buffer), its view (the handle is set per
+ * plugin), and where to read it back to after the run (NULL: not read). */
+typedef struct twin {
+    const void *data;
+    size_t bytes;
+    tview v;
+    void *back[2]; /* [0] opencl, [1] cpu */
+} twin;
+
+/* Runs op on opencl:0 and on the cpu plugin with the same operands; x[0] is out. */
+static void run_twice(const char *op, nb_dtype t, int n, twin *x, const double *f,
+                      const int64_t *i)
+{
+    for (int side = 0; side < 2; side++) {
+        const nb_plugin *pl = side ? CPU : P;
+        void *h[5];
+        tview v[5];
+        for (int k = 0; k < n; k++) {
+            h[k] = x[k].data ? buf_from_on(pl, x[k].data, x[k].bytes) : buf_new_on(pl, x[k].bytes);
+            v[k] = x[k].v;
+            v[k].op.handle = h[k];
+        }
+        nb_status st = run_on(pl, op, t, &v[0], n - 1, v + 1, f, i);
+        if (st != NB_OK)
+            fail_msg("%s on %s: %s", op, pl->name, last_error);
+        for (int k = 0; k < n; k++) {
+            if (x[k].back[side])
+                buf_read_on(pl, h[k], x[k].back[side], x[k].bytes);
+            pl->free(0, h[k]);
+        }
+    }
+}
+
+/* opencl's 16-bit result against the cpu plugin's: equal, or (sums in another order) within one
+ * 16-bit ulp */
+static void expect_twins(const char *op, nb_dtype t, const uint16_t *ocl, const uint16_t *cpu,
+                         size_t n, int exact)
+{
+    for (size_t k = 0; k < n; k++) {
+        if (ocl[k] == cpu[k])
+            continue;
+        double a = widen(t, ocl[k]), b = widen(t, cpu[k]);
+        double ulp = t == NB_DTYPE_F16 ? 0x1p-10 : 0x1p-7;
+        if (exact || !(fabs(a - b) <= 1e-4 + ulp * fabs(b)))
+            fail_msg("%s %s[%zu]: opencl %a (0x%04x), cpu %a (0x%04x)", op,
+                     t == NB_DTYPE_F16 ? "f16" : "bf16", k, a, ocl[k], b, cpu[k]);
+    }
+}
+
+/* The cpu plugin's 16-bit kernels (widen, float32 kernel, round once) and opencl's give the same
+ * values: bit for bit where both compute the same float32 numbers (pooling, gather, scatter_add
+ * in index order, arange, random, logical ops), within one 16-bit ulp where float32 sums run in
+ * another order (conv2d and its gradients on both opencl paths, matmul). Skipped without the cpu
+ * plugin (argv[2]). */
+void sixteen_bit_results_match_the_cpu_plugins(void **state)
+{
+    (void)state;
+    if (!CPU)
+        skip();
+    enum { N = 2, C = 4, H = 9, W = 8, O = 6, G = 2, KH = 3, KW = 3, OH = 5, OW = 4,
+           NX = N * C * H * W, NW = O * (C / G) * KH * KW, NY = N * O * OH * OW };
+    static uint16_t x[NX], w[NW], gy[NY], r[2][NX > NY ? NX : NY];
+    int64_t ci[8] = {2, 2, 1, 1, 1, 1, G}; /* stride 2, padding 1, dilation 1 */
+    static const char *const modes[] = {"gemm", "direct"};
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        fill_random(t, x, NX, 101u + ti, 0);
+        fill_random(t, w, NW, 103u + ti, 0);
+        fill_random(t, gy, NY, 107u + ti, 0);
+        tview vx = view(NULL, 0, t, 4, (int64_t[]){N, C, H, W}, NULL);
+        tview vw = view(NULL, 0, t, 4, (int64_t[]){O, C / G, KH, KW}, NULL);
+        tview vy = view(NULL, 0, t, 4, (int64_t[]){N, O, OH, OW}, NULL);
+        for (int m = 0; m < 2; m++) {
+            setenv("NABLA_OPENCL_CONV", modes[m], 1);
+            twin fw[3] = {{NULL, sizeof gy, vy, {r[0], r[1]}}, {x, sizeof x, vx, {0}},
+                          {w, sizeof w, vw, {0}}};
+            run_twice("conv2d", t, 3, fw, NULL, ci);
+            expect_twins("conv2d", t, r[0], r[1], NY, 0);
+            twin bi[3] = {{NULL, sizeof x, vx, {r[0], r[1]}}, {gy, sizeof gy, vy, {0}},
+                          {w, sizeof w, vw, {0}}};
+            run_twice("conv2d_backward_input", t, 3, bi, NULL, ci);
+            expect_twins("conv2d_backward_input", t, r[0], r[1], NX, 0);
+            twin bw[3] = {{NULL, sizeof w, vw, {r[0], r[1]}}, {gy, sizeof gy, vy, {0}},
+                          {x, sizeof x, vx, {0}}};
+            run_twice("conv2d_backward_weight", t, 3, bw, NULL, ci);
+            expect_twins("conv2d_backward_weight", t, r[0], r[1], NW, 0);
+        }
+        unsetenv("NABLA_OPENCL_CONV");
+
+        /* max_pool2d 3x3, stride 2, padding 1: x (N,C,9,8) -> (N,C,5,4); the values and the
+         * indices, then the backward from the same indices */
+        enum { NP = N * C * 5 * 4 };
+        static int64_t idx[2][NP];
+        tview vp = view(NULL, 0, t, 4, (int64_t[]){N, C, 5, 4}, NULL);
+        tview vi = view(NULL, 0, NB_DTYPE_I64, 4, (int64_t[]){N, C, 5, 4}, NULL);
+        int64_t pi[8] = {3, 3, 2, 2, 1, 1};
+        twin mp[3] = {{NULL, NP * 2, vp, {r[0], r[1]}}, {x, sizeof x, vx, {0}},
+                      {NULL, sizeof idx[0], vi, {idx[0], idx[1]}}};
+        run_twice("max_pool2d", t, 3, mp, NULL, pi);
+        expect_twins("max_pool2d", t, r[0], r[1], NP, 1);
+        assert_memory_equal(idx[0], idx[1], sizeof idx[0]);
+        twin mb[3] = {{NULL, sizeof x, vx, {r[0], r[1]}}, {gy, NP * 2, vp, {0}},
+                      {idx[0], sizeof idx[0], vi, {0}}};
+        run_twice("max_pool2d_backward", t, 3, mb, NULL, pi);
+        expect_twins("max_pool2d_backward", t, r[0], r[1], NX, 1);
+
+        /* matmul (4,9,8) @ (4,8,6) */
+        tview ma = view(NULL, 0, t, 3, (int64_t[]){4, 9, 8}, NULL);
+        tview mbv = view(NULL, 0, t, 3, (int64_t[]){4, 8, 6}, NULL);
+        tview mo = view(NULL, 0, t, 3, (int64_t[]){4, 9, 6}, NULL);
+        twin mm[3] = {{NULL, 4 * 9 * 6 * 2, mo, {r[0], r[1]}}, {x, 4 * 9 * 8 * 2, ma, {0}},
+                      {gy, 4 * 8 * 6 * 2, mbv, {0}}};
+        run_twice("matmul", t, 3, mm, (double[8]){1, 0}, NULL);
+        expect_twins("matmul", t, r[0], r[1], 4 * 9 * 6, 0);
+
+        /* gather and scatter_add along dim 1 of (8, 9) with (8, 40) indices */
+        static int64_t gi[8 * 40];
+        uint32_t s = 7u + ti;
+        for (int k = 0; k < 8 * 40; k++)
+            gi[k] = (int64_t)(lcg(&s) >> 8) % 9;
+        tview vd = view(NULL, 0, t, 2, (int64_t[]){8, 9}, NULL);
+        tview vgi = view(NULL, 0, NB_DTYPE_I64, 2, (int64_t[]){8, 40}, NULL);
+        tview vg = view(NULL, 0, t, 2, (int64_t[]){8, 40}, NULL);
+        twin ga[3] = {{NULL, 8 * 40 * 2, vg, {r[0], r[1]}}, {x, 8 * 9 * 2, vd, {0}},
+                      {gi, sizeof gi, vgi, {0}}};
+        run_twice("gather", t, 3, ga, NULL, (int64_t[8]){1});
+        expect_twins("gather", t, r[0], r[1], 8 * 40, 1);
+        setenv("NABLA_OPENCL_SCATTER", "serial", 1); /* the cpu's order */
+        twin sa[3] = {{w, 8 * 9 * 2, vd, {r[0], r[1]}}, {gi, sizeof gi, vgi, {0}},
+                      {x, 8 * 40 * 2, vg, {0}}};
+        run_twice("scatter_add", t, 3, sa, NULL, (int64_t[8]){1});
+        unsetenv("NABLA_OPENCL_SCATTER");
+        expect_twins("scatter_add", t, r[0], r[1], 8 * 9, 1);
+
+        /* arange, random numbers, a logical op */
+        tview v1 = view(NULL, 0, t, 1, (int64_t[]){NX}, NULL);
+        twin ar[1] = {{NULL, sizeof x, v1, {r[0], r[1]}}};
+        run_twice("arange", t, 1, ar, (double[8]){-2.5, 0.013}, NULL);
+        expect_twins("arange", t, r[0], r[1], NX, 1);
+        int64_t ri[8] = {(int64_t)0x0123456789abcdefull, 5};
+        run_twice("random_uniform", t, 1, ar, (double[8]){-1, 2}, ri);
+        expect_twins("random_uniform", t, r[0], r[1], NX, 1);
+        run_twice("random_normal", t, 1, ar, (double[8]){0.5, 3}, ri);
+        expect_twins("random_normal", t, r[0], r[1], NX, has_f64);
+        static uint8_t lo[2][NX];
+        static uint16_t b2[NX]; /* gy, then zeros */
+        memcpy(b2, gy, sizeof gy);
+        x[0] = 0x8000u, x[1] = narrow(t, NAN);
+        tview vb = view(NULL, 0, NB_DTYPE_BOOL, 1, (int64_t[]){NX}, NULL);
+        twin la[3] = {{NULL, NX, vb, {lo[0], lo[1]}}, {x, sizeof x, v1, {0}},
+                      {b2, sizeof b2, v1, {0}}};
+        run_twice("logical_xor", t, 3, la, NULL, NULL);
+        assert_memory_equal(lo[0], lo[1], NX);
+    }
+}
