@@ -57,7 +57,6 @@ static nb_status check4(const char *op, const nb_kernel_args *a, int idx_dtype, 
     return st;
 }
 
-
 /* ---- conv2d as GEMMs ----
  * With L = OH*OW output positions per image and K = C/groups*KH*KW taps per output channel:
  *   col (C*KH*KW, N, L)   im2col of x: row (c, kh, kw), column (n, oh, ow)
