@@ -211,34 +211,16 @@ nb_status ocl_gemm(ocl_dev *d, const char *op, nb_dtype t, int trans_a, int tran
 
 /* ---- matmul ---- */
 
-/* Moves v (shape and strides of its operand) to or from a contiguous float32 copy in tmp, with
- * the copy kernels of the destination's program: to_f32 widens exactly, the way back rounds
- * once to nearest even. A broadcast batch (stride 0) stays one batch in the copy. */
+/* ocl_half_move of a (batch, rows, cols) operand; a broadcast batch (stride 0) stays one batch
+ * in the float32 copy. */
 static nb_status half_move(int device, const char *op, const ocl_view *v, cl_mem tmp,
                            int to_f32)
 {
-    const nb_operand *o = v->o;
-    int64_t shape[3], cst[3] = {0, 0, 0}, vst[3];
-    int64_t n = 1;
-    for (int k = 2; k >= 0; k--) {
-        shape[k] = (k == 0 && o->strides[0] == 0) ? 1 : o->shape[k];
-        vst[k] = o->strides[k];
-        cst[k] = n;
-        n *= shape[k];
-    }
-    nb_operand c = {NULL, 0, NB_DTYPE_F32, 3, shape, cst};
-    nb_operand w = *o;
+    nb_operand w = *v->o;
+    int64_t shape[3] = {w.strides[0] == 0 ? 1 : w.shape[0], w.shape[1], w.shape[2]};
     w.shape = shape;
-    w.strides = vst;
-    ocl_view pair[2];
-    pair[to_f32 ? 0 : 1] = (ocl_view){tmp, 0, &c};
-    pair[to_f32 ? 1 : 0] = (ocl_view){v->mem, v->off, &w};
-    nbk_geom g;
-    ocl_geom_views(&g, 2, pair);
-    ocl_kid kid = !to_f32 ? OCL_K_copy_from_f32
-                  : o->dtype == NB_DTYPE_F16 ? OCL_K_copy_from_f16 : OCL_K_copy_from_bf16;
-    return ocl_run_elementwise(device, op, to_f32 ? NB_DTYPE_F32 : o->dtype, kid, 2, pair, &g, 0,
-                               NULL);
+    ocl_view wv = {v->mem, v->off, &w};
+    return ocl_half_move(device, op, &wv, tmp, to_f32);
 }
 
 /* A 16-bit matmul: the operands widened into float32 temporaries, one float32 GEMM (CLBlast or

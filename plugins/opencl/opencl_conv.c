@@ -1,5 +1,7 @@
 /* opencl_conv.c - conv2d and its two backwards as im2col/col2im kernels around GEMMs (CLBlast
- * where built with it, see opencl_blas.c), and max_pool2d forward and backward. */
+ * where built with it, see opencl_blas.c), and max_pool2d forward and backward. float16 and
+ * bfloat16 run as the cpu plugin runs them: operands read as float32, float32 GEMMs and sums,
+ * the result rounded once into the 16-bit output. */
 #include "opencl_internal.h"
 
 #include <math.h>
@@ -35,15 +37,15 @@ static nb_status run_flat(int device, const char *op, nb_dtype t, ocl_kid kid, i
     return ocl_launch(d, k, op, 4, args, 1, &global, &local);
 }
 
-/* out, in[0], in[1] as 4-d float tensors (in[1] int64 for the pooling indices). */
+/* out, in[0], in[1] as 4-d float tensors of one dtype (in[1] int64 for the pooling indices). */
 static nb_status check4(const char *op, const nb_kernel_args *a, int idx_dtype, ocl_view *v)
 {
     nb_status st = ocl_n_inputs(op, a, 2);
     if (st == NB_OK)
         st = ocl_check(op, "out", a->out, -1, &v[0]);
-    if (st == NB_OK && a->out->dtype != NB_DTYPE_F32 && a->out->dtype != NB_DTYPE_F64)
-        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s, expected f32 or f64", op,
-                 ocl_dt_name[a->out->dtype]);
+    if (st == NB_OK && !OCL_IS_FLOAT(a->out->dtype))
+        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s, expected f32, f64, f16 or bf16",
+                 op, ocl_dt_name[a->out->dtype]);
     if (st == NB_OK)
         st = ocl_check(op, "input 0", &a->in[0], (int)a->out->dtype, &v[1]);
     if (st == NB_OK)
@@ -55,13 +57,6 @@ static nb_status check4(const char *op, const nb_kernel_args *a, int idx_dtype, 
     return st;
 }
 
-static void conv_role(int64_t *off, int64_t *st, const ocl_view *v)
-{
-    *off = v->off;
-    for (int k = 0; k < 4; k++)
-        st[k] = v->o->strides[k];
-}
-
 /* ---- conv2d as GEMMs ----
  * With L = OH*OW output positions per image and K = C/groups*KH*KW taps per output channel:
  *   col (C*KH*KW, N, L)   im2col of x: row (c, kh, kw), column (n, oh, ow)
@@ -71,20 +66,62 @@ static void conv_role(int64_t *off, int64_t *st, const ocl_view *v)
  *   backward input   col_g = w_g^T @ yt_g (yt = grad y), then col2im sums col into grad x
  *   backward weight  grad w_g = yt_g @ col_g^T (yt = grad y, col = im2col of x) */
 
-/* Copies a 4-d tensor of shape sh from (src, soff, sst) to (dst, doff, dst_st) with the copy
- * kernel; both of dtype t. */
-static nb_status copy4(ocl_dev *d, const char *op, nb_dtype t, const int64_t *sh, cl_mem dst,
-                       int64_t doff, const int64_t *dst_st, cl_mem src, int64_t soff,
-                       const int64_t *sst)
+/* The dtype a conv of dtype t computes and keeps its temporaries in. */
+static nb_dtype compute_dtype(nb_dtype t) { return OCL_IS_HALF(t) ? NB_DTYPE_F32 : t; }
+
+/* Copies a 4-d tensor of shape sh from (src, soff, sst) of dtype s to (dst, doff, dst_st) of
+ * dtype t with the copy kernel: widening 16 to 32 bits is exact, narrowing rounds once. */
+static nb_status copy4(ocl_dev *d, const char *op, nb_dtype t, nb_dtype s, const int64_t *sh,
+                       cl_mem dst, int64_t doff, const int64_t *dst_st, cl_mem src,
+                       int64_t soff, const int64_t *sst)
 {
     const int64_t *strides[2] = {dst_st, sst};
     int64_t off[2] = {doff, soff};
     nbk_geom g;
     ocl_geom_make(&g, 4, sh, 2, strides, off);
     ocl_view v[2] = {{dst, doff, NULL}, {src, soff, NULL}};
-    return ocl_run_elementwise(d->index, op, t,
-                               t == NB_DTYPE_F32 ? OCL_K_copy_from_f32 : OCL_K_copy_from_f64, 2,
-                               v, &g, 0, NULL);
+    ocl_kid kid = s == NB_DTYPE_F32 ? OCL_K_copy_from_f32
+                : s == NB_DTYPE_F64 ? OCL_K_copy_from_f64
+                : s == NB_DTYPE_F16 ? OCL_K_copy_from_f16 : OCL_K_copy_from_bf16;
+    return ocl_run_elementwise(d->index, op, t, kid, 2, v, &g, 0, NULL);
+}
+
+static void conv_role(int64_t *off, int64_t *st, const ocl_view *v)
+{
+    *off = v->off;
+    for (int k = 0; k < 4; k++)
+        st[k] = v->o->strides[k];
+}
+
+/* run_flat for a kernel that adds into its output v[0], whose place in p is (off, st) and whose
+ * shape is sh. A 16-bit output is summed in a dense float32 temporary instead and rounded once
+ * into v[0] afterwards, so no partial sum is rounded to 16 bits. */
+static nb_status run_flat_sum(int device, const char *op, nb_dtype t, ocl_kid kid, int64_t n,
+                              const ocl_view *v, nbk_conv *p, int64_t *off, int64_t *st,
+                              const int64_t *sh)
+{
+    if (!OCL_IS_HALF(t) || n == 0)
+        return run_flat(device, op, t, kid, n, v, p);
+    ocl_dev *d = ocl_device(device, op);
+    if (!d)
+        return NB_DEVICE_OUT_OF_RANGE;
+    /* sh is an existing tensor's (checked against its buffer): 4 bytes each cannot overflow */
+    const int64_t dense[4] = {sh[1] * sh[2] * sh[3], sh[2] * sh[3], sh[3], 1};
+    const int64_t off0 = *off, st0[4] = {st[0], st[1], st[2], st[3]};
+    ocl_view tv[3] = {v[0], v[1], v[2]};
+    ocl_lock(d); /* the temporary stays ours until the copy out is queued */
+    nb_status s = ocl_tmp(d, op, 3, (size_t)(sh[0] * dense[0]) * 4, &tv[0].mem);
+    if (s == NB_OK) {
+        *off = 0;
+        memcpy(st, dense, sizeof dense);
+        s = run_flat(device, op, t, kid, n, tv, p);
+        *off = off0;
+        memcpy(st, st0, sizeof st0);
+    }
+    if (s == NB_OK)
+        s = copy4(d, op, t, NB_DTYPE_F32, sh, v[0].mem, off0, st0, tv[0].mem, 0, dense);
+    ocl_unlock(d);
+    return s;
 }
 
 /* Launches a conv.cl kernel (im2col/col2im) over n work-items: out, in, p. */
@@ -110,7 +147,10 @@ static nb_status conv_gemm(ocl_dev *d, const char *op, nb_dtype t, int role, con
 {
     *done = 0;
     const int64_t G = p->groups, cg = p->c / G, og = p->o / G, KK = p->kh * p->kw;
-    const int64_t K = cg * KK, L = p->oh * p->ow, es = (int64_t)ocl_dt_size[t];
+    /* a 16-bit conv keeps its columns, yt and the GEMM's weight in float32 */
+    const nb_dtype ct = compute_dtype(t);
+    const int half = ct != t;
+    const int64_t K = cg * KK, L = p->oh * p->ow, es = (int64_t)ocl_dt_size[ct];
     int64_t NL, col_n, yt_n, col_b, yt_b;
     if (!mul_ok(p->n, L, &NL) || !mul_ok(p->c * KK, NL, &col_n) || !mul_ok(p->o, NL, &yt_n) ||
         !mul_ok(col_n, es, &col_b) || !mul_ok(yt_n, es, &yt_b) ||
@@ -130,26 +170,28 @@ static nb_status conv_gemm(ocl_dev *d, const char *op, nb_dtype t, int role, con
     int w_dense = 1;
     for (int k = 0; k < 4; k++)
         w_dense &= wshape[k] == 1 || p->st_w[k] == w_st[k];
-    if (role != 2 && !w_dense) { /* w is a GEMM operand: make it dense */
+    if (role != 2 && (!w_dense || half)) { /* w is a GEMM operand: dense, of dtype ct */
         if ((st = ocl_tmp(d, op, 2, (size_t)(p->o * K * es), &wp)) != NB_OK ||
-            (st = copy4(d, op, t, wshape, wp, 0, w_st, w, p->off_w, p->st_w)) != NB_OK)
+            (st = copy4(d, op, ct, t, wshape, wp, 0, w_st, w, p->off_w, p->st_w)) != NB_OK)
             return st;
         woff = 0;
     }
+    /* im2col and col2im run in t's program: x and grad x of dtype t, the columns of dtype ct */
     if (role == 0) {
         if ((st = launch_cols(d, op, t, OCL_K_im2col, col_n, col, x, p)) != NB_OK)
             return st;
         for (int64_t g = 0; g < G && st == NB_OK; g++)
-            st = ocl_gemm(d, op, t, 0, 0, og, NL, K, 1.0, wp, woff + g * og * K, K, 0, col,
+            st = ocl_gemm(d, op, ct, 0, 0, og, NL, K, 1.0, wp, woff + g * og * K, K, 0, col,
                           g * K * NL, NL, 0, 0.0, yt, g * og * NL, NL, 0, 1);
-        return st == NB_OK ? copy4(d, op, t, yshape, y, p->off_y, p->st_y, yt, 0, yt_st) : st;
+        return st == NB_OK ? copy4(d, op, t, ct, yshape, y, p->off_y, p->st_y, yt, 0, yt_st)
+                           : st;
     }
     /* the backwards read grad y as yt */
-    if ((st = copy4(d, op, t, yshape, yt, 0, yt_st, y, p->off_y, p->st_y)) != NB_OK)
+    if ((st = copy4(d, op, ct, t, yshape, yt, 0, yt_st, y, p->off_y, p->st_y)) != NB_OK)
         return st;
     if (role == 1) {
         for (int64_t g = 0; g < G && st == NB_OK; g++)
-            st = ocl_gemm(d, op, t, 1, 0, K, NL, og, 1.0, wp, woff + g * og * K, K, 0, yt,
+            st = ocl_gemm(d, op, ct, 1, 0, K, NL, og, 1.0, wp, woff + g * og * K, K, 0, yt,
                           g * og * NL, NL, 0, 0.0, col, g * K * NL, NL, 0, 1);
         return st == NB_OK ? launch_cols(d, op, t, OCL_K_col2im, p->n * p->c * p->h * p->w, x,
                                          col, p)
@@ -159,16 +201,16 @@ static nb_status conv_gemm(ocl_dev *d, const char *op, nb_dtype t, int role, con
         return st;
     cl_mem gw = w;
     int64_t gw_off = p->off_w;
-    if (!w_dense) {
+    if (!w_dense || half) {
         if ((st = ocl_tmp(d, op, 2, (size_t)(p->o * K * es), &gw)) != NB_OK)
             return st;
         gw_off = 0;
     }
     for (int64_t g = 0; g < G && st == NB_OK; g++)
-        st = ocl_gemm(d, op, t, 0, 1, og, K, NL, 1.0, yt, g * og * NL, NL, 0, col, g * K * NL,
+        st = ocl_gemm(d, op, ct, 0, 1, og, K, NL, 1.0, yt, g * og * NL, NL, 0, col, g * K * NL,
                       NL, 0, 0.0, gw, gw_off + g * og * K, K, 0, 1);
-    if (st == NB_OK && !w_dense)
-        st = copy4(d, op, t, wshape, w, p->off_w, p->st_w, gw, 0, w_st);
+    if (st == NB_OK && (!w_dense || half))
+        st = copy4(d, op, t, ct, wshape, w, p->off_w, p->st_w, gw, 0, w_st);
     return st;
 }
 
@@ -244,8 +286,11 @@ static nb_status run_conv(const nb_kernel_args *a, const char *op, ocl_kid kid, 
     if (st != NB_OK || done)
         return st;
     /* columns too large for one buffer: the direct kernels, one work-item per output (per
-     * output row for the forward, see conv.cl) */
-    return run_flat(a->device, op, a->out->dtype, kid, role == 0 ? p.n * p.o * p.oh : n, v, &p);
+     * output row for the forward, see conv.cl); the forward adds tap after tap into y */
+    if (role == 0)
+        return run_flat_sum(a->device, op, a->out->dtype, kid, p.n * p.o * p.oh, v, &p,
+                            &p.off_y, p.st_y, ys);
+    return run_flat(a->device, op, a->out->dtype, kid, n, v, &p);
 }
 
 static nb_status k_conv2d(const nb_kernel_args *a)
@@ -297,8 +342,10 @@ static nb_status run_pool(const nb_kernel_args *a, const char *op, int backward)
     conv_role(&p.off_w, p.st_w, &v[2]);
     /* the backward runs one work-item per input row (see conv.cl) */
     int64_t n = backward ? (p.w ? p.n * p.c * p.h : 0) : p.n * p.c * p.oh * p.ow;
-    return run_flat(a->device, op, a->out->dtype,
-                    backward ? OCL_K_max_pool2d_backward : OCL_K_max_pool2d, n, v, &p);
+    if (backward) /* adds each window's gradient into grad x */
+        return run_flat_sum(a->device, op, a->out->dtype, OCL_K_max_pool2d_backward, n, v, &p,
+                            &p.off_x, p.st_x, xs);
+    return run_flat(a->device, op, a->out->dtype, OCL_K_max_pool2d, n, v, &p);
 }
 
 static nb_status k_max_pool2d(const nb_kernel_args *a)
@@ -312,11 +359,11 @@ static nb_status k_max_pool2d_backward(const nb_kernel_args *a)
 
 
 const ocl_spec ocl_specs_conv[] = {
-    {"conv2d", k_conv2d, OCL_FLT},
-    {"conv2d_backward_input", k_conv2d_backward_input, OCL_FLT},
-    {"conv2d_backward_weight", k_conv2d_backward_weight, OCL_FLT},
-    {"max_pool2d", k_max_pool2d, OCL_FLT},
-    {"max_pool2d_backward", k_max_pool2d_backward, OCL_FLT},
+    {"conv2d", k_conv2d, OCL_FLT16},
+    {"conv2d_backward_input", k_conv2d_backward_input, OCL_FLT16},
+    {"conv2d_backward_weight", k_conv2d_backward_weight, OCL_FLT16},
+    {"max_pool2d", k_max_pool2d, OCL_FLT16},
+    {"max_pool2d_backward", k_max_pool2d_backward, OCL_FLT16},
 };
 const size_t ocl_n_specs_conv =
     sizeof ocl_specs_conv / sizeof ocl_specs_conv[0];

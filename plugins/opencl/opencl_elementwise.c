@@ -335,8 +335,8 @@ static nb_status run_random(const nb_kernel_args *a, const char *op, ocl_kid kid
     nb_status st = ocl_n_inputs(op, a, 0);
     if (st == NB_OK)
         st = ocl_check(op, "out", a->out, -1, &v[0]);
-    if (st == NB_OK && a->out->dtype != NB_DTYPE_F32 && a->out->dtype != NB_DTYPE_F64)
-        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s, expected f32 or f64", op,
+    if (st == NB_OK && !OCL_IS_FLOAT(a->out->dtype))
+        st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s, expected f32, f64, f16 or bf16", op,
                  ocl_dt_name[a->out->dtype]);
     if (st != NB_OK)
         return st;
@@ -374,7 +374,7 @@ static nb_status k_random_normal(const nb_kernel_args *a)
 const ocl_spec ocl_specs_elementwise[] = {
     {"fill", k_fill, OCL_ALL16},
     {"copy", k_copy, OCL_ALL16},
-    {"arange", k_arange, OCL_ALL},
+    {"arange", k_arange, OCL_ALL16},
     {"neg", k_neg, OCL_NUM16},
     {"abs", k_abs, OCL_NUM16},
     {"relu", k_relu, OCL_NUM16},
@@ -390,7 +390,7 @@ const ocl_spec ocl_specs_elementwise[] = {
     {"floor", k_floor, OCL_FLT16},
     {"ceil", k_ceil, OCL_FLT16},
     {"round", k_round, OCL_FLT16},
-    {"logical_not", k_logical_not, OCL_ALL},
+    {"logical_not", k_logical_not, OCL_ALL16},
     {"add_scalar", k_add_scalar, OCL_NUM16},
     {"mul_scalar", k_mul_scalar, OCL_NUM16},
     {"rsub_scalar", k_rsub_scalar, OCL_NUM16},
@@ -418,12 +418,12 @@ const ocl_spec ocl_specs_elementwise[] = {
     {"le", k_le, OCL_ALL16},
     {"gt", k_gt, OCL_ALL16},
     {"ge", k_ge, OCL_ALL16},
-    {"logical_and", k_logical_and, OCL_ALL},
-    {"logical_or", k_logical_or, OCL_ALL},
-    {"logical_xor", k_logical_xor, OCL_ALL},
+    {"logical_and", k_logical_and, OCL_ALL16},
+    {"logical_or", k_logical_or, OCL_ALL16},
+    {"logical_xor", k_logical_xor, OCL_ALL16},
     {"where", k_where, OCL_ALL16},
-    {"random_uniform", k_random_uniform, OCL_FLT},
-    {"random_normal", k_random_normal, OCL_FLT},
+    {"random_uniform", k_random_uniform, OCL_FLT16},
+    {"random_normal", k_random_normal, OCL_FLT16},
 };
 const size_t ocl_n_specs_elementwise =
     sizeof ocl_specs_elementwise / sizeof ocl_specs_elementwise[0];

@@ -1,6 +1,7 @@
 /* opencl_index.c - gather and scatter_add along one dim. A bad index is found on the device
  * and reported at the next read or synchronize, so the queue never waits for a check. A
- * scatter_add of few long lines runs in chunks (see scatter_in_chunks). */
+ * scatter_add of few long lines runs in chunks (see scatter_in_chunks); a 16-bit one adds into
+ * a float32 copy of out, rounded back once (the cpu plugin's rounding). */
 #include "opencl_internal.h"
 
 #include <math.h>
@@ -133,7 +134,8 @@ static nb_status run_scatter_chunks(ocl_dev *d, nb_dtype t, const ocl_view *v, c
     int64_t per = (len + chunks - 1) / chunks;
     cl_mem part, flag;
     ocl_lock(d); /* the scratch stays ours until both passes are queued */
-    nb_status st = ocl_tmp(d, op, 0, (size_t)(chunks * g->n * m) * ocl_dt_size[t], &part);
+    size_t es = OCL_IS_HALF(t) ? 4 : ocl_dt_size[t]; /* a 16-bit scatter sums in float32 */
+    nb_status st = ocl_tmp(d, op, 0, (size_t)(chunks * g->n * m) * es, &part);
     if (st == NB_OK)
         st = ocl_flag(d, op, &flag);
     if (st == NB_OK) {
@@ -152,6 +154,22 @@ static nb_status run_scatter_chunks(ocl_dev *d, nb_dtype t, const ocl_view *v, c
     }
     ocl_unlock(d);
     return st;
+}
+
+/* scatter_add over the lines of g, serial or in chunks; out is of dtype t, or the float32 copy
+ * of a 16-bit out (dtype t, dense strides) */
+static nb_status scatter_lines(ocl_dev *d, nb_dtype t, const ocl_view *v, const nbk_geom *g,
+                               const nb_operand *out, const nb_operand *idx,
+                               const nb_operand *src, int64_t dim)
+{
+    int64_t chunks = scatter_chunks(d, g->n, idx->shape[dim], out->shape[dim],
+                                    OCL_IS_HALF(t) ? 4 : ocl_dt_size[t]);
+    if (chunks)
+        return run_scatter_chunks(d, t, v, g, chunks, idx->shape[dim], out->shape[dim], dim,
+                                  out->strides[dim], idx->strides[dim], src->strides[dim]);
+    return run_checked(d->index, "scatter_add", t, OCL_K_scatter_add, v, g, idx->shape[dim],
+                       out->shape[dim], dim, out->strides[dim], 1, idx->strides[dim],
+                       src->strides[dim]);
 }
 
 static nb_status k_scatter_add(const nb_kernel_args *a)
@@ -196,20 +214,37 @@ static nb_status k_scatter_add(const nb_kernel_args *a)
     ocl_dev *d = ocl_device(a->device, op);
     if (!d)
         return NB_DEVICE_OUT_OF_RANGE;
-    int64_t chunks = scatter_chunks(d, g.n, idx.shape[dim], out.shape[dim],
-                                    ocl_dt_size[out.dtype]);
-    if (chunks)
-        return run_scatter_chunks(d, out.dtype, v, &g, chunks, idx.shape[dim], out.shape[dim],
-                                  dim, out.strides[dim], idx.strides[dim], src.strides[dim]);
-    return run_checked(a->device, op, out.dtype, OCL_K_scatter_add, v, &g, idx.shape[dim],
-                       out.shape[dim], dim, out.strides[dim], 1, idx.strides[dim],
-                       src.strides[dim]);
+    if (!OCL_IS_HALF(out.dtype))
+        return scatter_lines(d, out.dtype, v, &g, &out, &idx, &src, dim);
+    /* out's shape is an existing tensor's: 4 bytes an element cannot overflow */
+    int64_t dense[NB_MAX_DIMS], n = 1;
+    for (int k = out.ndim - 1; k >= 0; k--) {
+        dense[k] = n;
+        n *= out.shape[k];
+    }
+    nb_operand fout = out;
+    fout.strides = dense;
+    ocl_view fv[3] = {{NULL, 0, &fout}, v[1], v[2]};
+    ocl_lock(d); /* the copy stays ours until the way back is queued (chunks use slot 0) */
+    st = ocl_tmp(d, op, 1, (size_t)n * 4, &fv[0].mem);
+    if (st == NB_OK)
+        st = ocl_half_move(a->device, op, &v[0], fv[0].mem, 1);
+    if (st == NB_OK) {
+        strides[0] = dense;
+        off[0] = 0;
+        ocl_geom_make(&g, idx.ndim, lines, 3, strides, off);
+        st = scatter_lines(d, out.dtype, fv, &g, &fout, &idx, &src, dim);
+    }
+    if (st == NB_OK)
+        st = ocl_half_move(a->device, op, &v[0], fv[0].mem, 0);
+    ocl_unlock(d);
+    return st;
 }
 
 
 const ocl_spec ocl_specs_index[] = {
-    {"gather", k_gather, OCL_ALL},
-    {"scatter_add", k_scatter_add, OCL_ALL},
+    {"gather", k_gather, OCL_ALL16},
+    {"scatter_add", k_scatter_add, OCL_ALL16},
 };
 const size_t ocl_n_specs_index =
     sizeof ocl_specs_index / sizeof ocl_specs_index[0];

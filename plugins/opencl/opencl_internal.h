@@ -27,8 +27,12 @@
 #define OCL_HALF_KERNELS(X)                                                                \
     X(fill) X(copy_from_f32) X(copy_from_f64) X(copy_from_i32) X(copy_from_i64)            \
     X(copy_from_u8) X(copy_from_bool) X(copy_from_f16) X(copy_from_bf16) X(copy_bits)      \
-    X(unary) X(unary_scalar) X(binary) X(compare) X(compare_scalar) X(where) X(reduce)     \
-    X(reduce_partials) X(relu_backward) X(softmax_rows) X(softmax_backward_rows)
+    X(arange) X(unary) X(unary_scalar) X(binary) X(compare) X(compare_scalar) X(logical)   \
+    X(where) X(reduce) X(reduce_partials) X(gather) X(scatter_add) X(scatter_add_chunks)   \
+    X(scatter_add_combine) X(random_uniform) X(random_normal)                              \
+    X(relu_backward) X(softmax_rows) X(softmax_backward_rows) X(sgd_step) X(adam_step)     \
+    X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
+    X(max_pool2d_backward) X(im2col) X(col2im)
 
 typedef enum ocl_kid {
 #define OCL_KID_(name) OCL_K_##name,
@@ -183,6 +187,10 @@ void ocl_geom_make(nbk_geom *g, int32_t ndim, const int64_t *shape, int nops,
                    const int64_t *const *st, const int64_t *off);
 /* The same for views v[0..nops) of v[0]'s shape. */
 void ocl_geom_views(nbk_geom *g, int nops, const ocl_view *v);
+/* Copies the 16-bit view v to (to_f32) or from tmp, a dense row-major float32 array of v's
+ * shape, with the copy kernels of the destination's program: widening is exact, narrowing
+ * rounds once to nearest even. tmp holds at least 4 bytes per element of v. */
+nb_status ocl_half_move(int device, const char *op, const ocl_view *v, cl_mem tmp, int to_f32);
 /* Launches a 1-d elementwise kernel over g->n work-items with the nops buffers, g, then extra. */
 nb_status ocl_run_elementwise(int device, const char *op, nb_dtype pdt, ocl_kid kid, int nops,
                               const ocl_view *v, const nbk_geom *g, int n_extra,

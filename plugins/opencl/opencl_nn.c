@@ -112,7 +112,7 @@ static nb_status k_log_softmax_backward(const nb_kernel_args *a)
 static nb_status k_sgd_step(const nb_kernel_args *a)
 {
     ocl_view v[4];
-    nb_status st = check_float_ew("sgd_step", a, 1, v, 0);
+    nb_status st = check_float_ew("sgd_step", a, 1, v, 1);
     if (st != NB_OK)
         return st;
     cl_int has_buf = a->n_in >= 2, nesterov = a->i[0] != 0, first = a->i[1] != 0;
@@ -134,7 +134,7 @@ static nb_status k_sgd_step(const nb_kernel_args *a)
 static nb_status k_adam_step(const nb_kernel_args *a)
 {
     ocl_view v[4];
-    nb_status st = check_float_ew("adam_step", a, 3, v, 0);
+    nb_status st = check_float_ew("adam_step", a, 3, v, 1);
     if (st != NB_OK)
         return st;
     if (a->i[0] < 1)
@@ -162,8 +162,8 @@ const ocl_spec ocl_specs_nn[] = {
     {"log_softmax", k_log_softmax, OCL_FLT16},
     {"softmax_backward", k_softmax_backward, OCL_FLT16},
     {"log_softmax_backward", k_log_softmax_backward, OCL_FLT16},
-    {"sgd_step", k_sgd_step, OCL_FLT},
-    {"adam_step", k_adam_step, OCL_FLT},
+    {"sgd_step", k_sgd_step, OCL_FLT16},
+    {"adam_step", k_adam_step, OCL_FLT16},
 };
 const size_t ocl_n_specs_nn =
     sizeof ocl_specs_nn / sizeof ocl_specs_nn[0];

@@ -176,6 +176,28 @@ void ocl_geom_views(nbk_geom *g, int nops, const ocl_view *v)
     ocl_geom_make(g, v[0].o->ndim, v[0].o->shape, nops, st, off);
 }
 
+nb_status ocl_half_move(int device, const char *op, const ocl_view *v, cl_mem tmp, int to_f32)
+{
+    const nb_operand *o = v->o;
+    int64_t dense[NB_MAX_DIMS], n = 1;
+    for (int k = o->ndim - 1; k >= 0; k--) {
+        dense[k] = n;
+        n *= o->shape[k];
+    }
+    if (n == 0)
+        return NB_OK;
+    nb_operand c = {NULL, 0, NB_DTYPE_F32, o->ndim, o->shape, dense};
+    ocl_view pair[2];
+    pair[to_f32 ? 0 : 1] = (ocl_view){tmp, 0, &c};
+    pair[to_f32 ? 1 : 0] = *v;
+    nbk_geom g;
+    ocl_geom_views(&g, 2, pair);
+    ocl_kid kid = !to_f32 ? OCL_K_copy_from_f32
+                  : o->dtype == NB_DTYPE_F16 ? OCL_K_copy_from_f16 : OCL_K_copy_from_bf16;
+    return ocl_run_elementwise(device, op, to_f32 ? NB_DTYPE_F32 : o->dtype, kid, 2, pair, &g, 0,
+                               NULL);
+}
+
 /* ---- Scalars ---- */
 
 ocl_scalar ocl_scalar_of(nb_dtype t, double x)

@@ -9,7 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool nn_float(nb_dtype d) { return d == NB_DTYPE_F32 || d == NB_DTYPE_F64; }
+/* the float dtypes a reference computes for: float64 arithmetic on the (rounded) inputs, the
+ * harness rounding the result once into the dtype under test */
+static bool nn_float(nb_dtype d)
+{
+    return d == NB_DTYPE_F32 || d == NB_DTYPE_F64 || d == NB_DTYPE_F16 || d == NB_DTYPE_BF16;
+}
 
 /* ---- elementwise references: s[0], s[1] are the op's parameters ---- */
 
@@ -496,6 +501,8 @@ static const conf_error e_nn_loss[] = {
 };
 
 #define NN_FO_ (1u << NB_DTYPE_F32 | 1u << NB_DTYPE_F64)
+/* float16 and bfloat16 too: every op below runs in both in PyTorch 2.x */
+#define NN_FH_ (NN_FO_ | 1u << NB_DTYPE_F16 | 1u << NB_DTYPE_BF16)
 #define NN_ROW_(name, api, needs, dtypes, diff, scale, run, ref, samples, errors)          \
     {name, api, NULL, needs, CONF_KD_SAME, dtypes, diff, scale, run, ref, samples,         \
      COUNT_(samples), errors, COUNT_(errors)}
@@ -505,44 +512,44 @@ static const conf_error e_nn_loss[] = {
      COUNT_(samples), errors, COUNT_(errors)}
 
 #define CONF_NN_ROWS                                                                       \
-    NN_ROW_("leaky_relu", "nb_leaky_relu", "gt_scalar mul_scalar where", NN_FO_, true, 0,  \
+    NN_ROW_("leaky_relu", "nb_leaky_relu", "gt_scalar mul_scalar where", NN_FH_, true, 0,  \
             a_leaky, ref_leaky, s_nn_leaky, e_nn_act),                                     \
-    NN_ROW_("elu", "nb_elu", "gt_scalar clamp exp where", NN_FO_, true, 0, a_elu, ref_elu, \
+    NN_ROW_("elu", "nb_elu", "gt_scalar clamp exp where", NN_FH_, true, 0, a_elu, ref_elu, \
             s_nn_elu, e_nn_act),                                                           \
-    NN_ROW_("silu", "nb_silu", "sigmoid mul", NN_FO_, true, 0, a_silu, ref_silu,           \
+    NN_ROW_("silu", "nb_silu", "sigmoid mul", NN_FH_, true, 0, a_silu, ref_silu,           \
             s_nn_plain, e_nn_act),                                                         \
-    NN_ROW_("softplus", "nb_softplus", "clamp sigmoid log where", NN_FO_, true, 0,         \
+    NN_ROW_("softplus", "nb_softplus", "clamp sigmoid log where", NN_FH_, true, 0,         \
             a_softplus, ref_softplus, s_nn_softplus, e_nn_act),                            \
-    NN_ROW_K_("gelu_tanh", "nb_gelu_tanh", "gelu", "mul add sigmoid", NN_FO_, true, 0,     \
+    NN_ROW_K_("gelu_tanh", "nb_gelu_tanh", "gelu", "mul add sigmoid", NN_FH_, true, 0,     \
               a_gelu_tanh, ref_gelu_tanh, s_nn_plain, e_nn_act),                           \
-    NN_ROW_K_("gelu", "nb_gelu", "gelu", "mul exp abs div where", NN_FO_, true, 0,         \
+    NN_ROW_K_("gelu", "nb_gelu", "gelu", "mul exp abs div where", NN_FH_, true, 0,         \
               a_gelu_erf, ref_gelu_erf, s_nn_plain, e_nn_act),                             \
-    NN_ROW_("hardtanh", "nb_hardtanh", "gt_scalar lt_scalar clamp where", NN_FO_, true, 0, \
+    NN_ROW_("hardtanh", "nb_hardtanh", "gt_scalar lt_scalar clamp where", NN_FH_, true, 0, \
             a_hardtanh, ref_hardtanh, s_nn_hardtanh, e_nn_act),                            \
-    NN_ROW_("log_sigmoid", "nb_log_sigmoid", "clamp sigmoid log where", NN_FO_, true, 0,   \
+    NN_ROW_("log_sigmoid", "nb_log_sigmoid", "clamp sigmoid log where", NN_FH_, true, 0,   \
             a_log_sigmoid, ref_log_sigmoid, s_nn_plain, e_nn_act),                         \
-    NN_ROW_("rpow_scalar", "nb_rpow_scalar", "rpow_scalar", NN_FO_, true, 0, a_rpow,       \
+    NN_ROW_("rpow_scalar", "nb_rpow_scalar", "rpow_scalar", NN_FH_, true, 0, a_rpow,       \
             ref_rpow, s_nn_rpow, e_nn_act),                                                \
-    NN_ROW_K_("layer_norm", "nb_layer_norm", "layer_norm", "sum sub mul rsqrt add", NN_FO_,\
+    NN_ROW_K_("layer_norm", "nb_layer_norm", "layer_norm", "sum sub mul rsqrt add", NN_FH_,\
               true, 10, a_layer_norm, ref_layer_norm, s_nn_layer_norm, e_nn_layer_norm),   \
-    NN_ROW_("logsumexp", "nb_logsumexp", "max sub exp sum log where", NN_FO_, true, 10,    \
+    NN_ROW_("logsumexp", "nb_logsumexp", "max sub exp sum log where", NN_FH_, true, 10,    \
             a_logsumexp, ref_logsumexp, s_nn_logsumexp, e_nn_logsumexp),                   \
-    NN_ROW_("cumsum", "nb_cumsum", "matmul where copy", NN_FO_, true, 10, a_cumsum,        \
+    NN_ROW_("cumsum", "nb_cumsum", "matmul where copy", NN_FH_, true, 10, a_cumsum,        \
             ref_cumsum, s_nn_cumsum, e_nn_cumsum),                                         \
-    NN_ROW_("tril", "nb_tril", "where", NN_FO_ | (1u << NB_DTYPE_I32 | 1u << NB_DTYPE_I64),\
+    NN_ROW_("tril", "nb_tril", "where", NN_FH_ | (1u << NB_DTYPE_I32 | 1u << NB_DTYPE_I64),\
             true, 0, a_tril, ref_tril, s_nn_tril, e_nn_tril),                              \
-    NN_ROW_("outer", "nb_outer", "mul", NN_FO_, true, 0, a_outer, ref_outer, s_nn_outer,   \
+    NN_ROW_("outer", "nb_outer", "mul", NN_FH_, true, 0, a_outer, ref_outer, s_nn_outer,   \
             e_nn_outer),                                                                   \
-    NN_ROW_K_("embedding", "nb_embedding", "embedding_backward", "gather scatter_add", NN_FO_,\
+    NN_ROW_K_("embedding", "nb_embedding", "embedding_backward", "gather scatter_add", NN_FH_,\
               true, 0, a_embedding, ref_embedding, s_nn_embedding, e_nn_embedding),        \
     NN_ROW_K_("scaled_dot_product_attention", "nb_scaled_dot_product_attention",           \
-              "attention", "matmul max sub exp sum div where", NN_FO_, true, 10, a_sdpa,   \
+              "attention", "matmul max sub exp sum div where", NN_FH_, true, 10, a_sdpa,   \
               ref_sdpa, s_nn_sdpa, e_nn_sdpa),                                             \
-    NN_ROW_("smooth_l1_loss", "nb_smooth_l1_loss", "sub abs mul where sum", NN_FO_, true,  \
+    NN_ROW_("smooth_l1_loss", "nb_smooth_l1_loss", "sub abs mul where sum", NN_FH_, true,  \
             10, a_smooth_l1, ref_smooth_l1, s_nn_pair_loss, e_nn_loss),                    \
-    NN_ROW_("huber_loss", "nb_huber_loss", "sub abs mul where sum", NN_FO_, true, 10,      \
+    NN_ROW_("huber_loss", "nb_huber_loss", "sub abs mul where sum", NN_FH_, true, 10,      \
             a_huber, ref_huber, s_nn_pair_loss, e_nn_loss),                                \
-    NN_ROW_("kl_div", "nb_kl_div", "log mul sub where sum", NN_FO_, true, 10, a_kl_div,    \
+    NN_ROW_("kl_div", "nb_kl_div", "log mul sub where sum", NN_FH_, true, 10, a_kl_div,    \
             ref_kl_div, s_nn_kl, e_nn_loss),
 
 #endif

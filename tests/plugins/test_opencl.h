@@ -17,6 +17,7 @@
 #include "nabla_plugin.h"
 
 extern const nb_plugin *P;
+extern const nb_plugin *CPU; /* the cpu plugin when argv[2] names it, else NULL */
 extern int has_f64;
 extern char last_error[2048];
 extern nb_status last_status;
@@ -40,6 +41,12 @@ tview view(void *h, int64_t off_elems, nb_dtype t, int ndim, const int64_t *shap
 nb_operand opnd(const tview *v);
 nb_status run(const char *op, nb_dtype t, const tview *out, int n_in, const tview *in,
                const double *f, const int64_t *i);
+/* the same on plugin pl (its device 0) */
+nb_status run_on(const nb_plugin *pl, const char *op, nb_dtype t, const tview *out, int n_in,
+                 const tview *in, const double *f, const int64_t *i);
+void *buf_new_on(const nb_plugin *pl, size_t bytes);
+void *buf_from_on(const nb_plugin *pl, const void *data, size_t bytes);
+void buf_read_on(const nb_plugin *pl, void *h, void *dst, size_t bytes);
 /* |got - ref| <= atol + rtol * |ref|, NaN only matching NaN */
 void expect_close(const char *what, size_t k, double got, double ref, double atol,
                   double rtol);
@@ -81,7 +88,12 @@ void integers_and_doubles_round_once_into_16_bits(void **state);
 void elementwise_ops_compute_in_float_and_round_once(void **state);
 void reductions_accumulate_in_float(void **state);
 void matmul_widens_to_float32_and_rounds_once(void **state);
-void ops_without_16_bit_kernels_are_not_registered(void **state);
 void softmax_rows_compute_in_float(void **state);
+void conv2d_and_pooling_sum_in_float_and_round_once(void **state);
+void index_ops_move_bits_and_scatter_add_sums_in_float(void **state);
+void arange_random_and_logical_ops_round_the_float32_values(void **state);
+void optimizer_steps_compute_in_float_and_round_each_state_once(void **state);
+void every_op_has_16_bit_kernels_and_mixed_dtypes_are_refused(void **state);
+void sixteen_bit_results_match_the_cpu_plugins(void **state);
 
 #endif

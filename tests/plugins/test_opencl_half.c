@@ -1,7 +1,8 @@
 /* test_opencl_half.c - float16 and bfloat16 on the opencl plugin: conversions bit for bit against
- * the SDK's functions (nabla_plugin.h), elementwise ops, reductions and matmul against float32
- * computed on the host from the same 16-bit inputs (the cpu plugin's rule: widen, compute in
- * float, round once), and the ops left unregistered. */
+ * the SDK's functions (nabla_plugin.h); elementwise ops, reductions, matmul, conv2d, pooling,
+ * index ops, random numbers and optimizer steps against float32 (or float64) computed on the
+ * host from the same 16-bit inputs (the cpu plugin's rule: widen, compute in float, round
+ * once); every op having its 16-bit kernels. */
 #include "test_opencl.h"
 
 static const nb_dtype halves[2] = {NB_DTYPE_BF16, NB_DTYPE_F16};
@@ -387,41 +388,370 @@ void matmul_widens_to_float32_and_rounds_once(void **state)
     }
 }
 
-void ops_without_16_bit_kernels_are_not_registered(void **state)
+/* A 16-bit result against a double reference of the same 16-bit inputs: within one 16-bit ulp
+ * (the float32 sum rounds once; a sum kept in 16 bits drifts by several ulp over dozens of
+ * terms), atol for float32 cancellation near 0. */
+static void expect_16_near(const char *what, nb_dtype t, size_t k, uint16_t got, double ref)
+{
+    expect_close(what, k, widen(t, got), ref, 1e-4, t == NB_DTYPE_F16 ? 0x1p-10 : 0x1p-7);
+}
+
+/* conv2d with groups 2, stride (2,1), padding (1,1), dilation (1,2) and a weight stored
+ * transposed (not dense), through the GEMM path and the direct kernels, and its gradients;
+ * max_pool2d with overlapping windows. */
+void conv2d_and_pooling_sum_in_float_and_round_once(void **state)
 {
     (void)state;
-    /* what the core may send (dispatch.c only launches registered (op, dtype) pairs) */
-    static const char *const yes[] = {"copy", "fill", "add", "exp", "clamp", "lt", "eq_scalar",
-                                      "where", "sum", "argmin", "matmul", "softmax",
-                                      "log_softmax_backward", "relu_backward"};
-    /* kernels still written for T only: the core reports "no bfloat16 kernel on opencl:0" */
-    static const char *const no[] = {"arange", "logical_and", "conv2d", "adam_step",
-                                     "random_normal", "gather", "sgd_step", "max_pool2d"};
+    enum { N = 2, C = 4, H = 9, W = 8, O = 6, G = 2, KH = 3, KW = 2, SH = 2, SW = 1, PH = 1,
+           PW = 1, DH = 1, DW = 2 };
+    enum { OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1,
+           OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1, CG = C / G, OG = O / G,
+           NX = N * C * H * W, NW = O * CG * KH * KW, NY = N * O * OH * OW };
+    static uint16_t x[NX], w[NW], gy[NY], y[NY], gx[NX], gw[NW];
+    static double ry[NY], rgx[NX], rgw[NW];
+    /* w (O, CG, KH, KW) stored as (CG, O, KH, KW) */
+    const int64_t w_st[4] = {KH * KW, O * KH * KW, KW, 1};
+#define W_IDX(o, c, a, b) ((size_t)((c) * O + (o)) * KH * KW + (size_t)(a) * KW + (b))
+    static const char *const modes[] = {"gemm", "direct"};
     for (int ti = 0; ti < 2; ti++) {
-        for (size_t k = 0; k < sizeof yes / sizeof yes[0]; k++)
-            if (!registered(yes[k], halves[ti]))
-                fail_msg("%s has no %d kernel", yes[k], (int)halves[ti]);
-        for (size_t k = 0; k < sizeof no / sizeof no[0]; k++)
-            if (registered(no[k], halves[ti]))
-                fail_msg("%s is registered for dtype %d", no[k], (int)halves[ti]);
+        nb_dtype t = halves[ti];
+        fill_random(t, x, NX, 31u + ti, 0);
+        x[5] = x[6] = narrow(t, 9.0f); /* a tie for max_pool2d: the first wins */
+        fill_random(t, w, NW, 37u + ti, 0);
+        fill_random(t, gy, NY, 41u + ti, 0);
+        memset(rgx, 0, sizeof rgx);
+        memset(rgw, 0, sizeof rgw);
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < O; o++)
+                for (int oh = 0; oh < OH; oh++)
+                    for (int ow = 0; ow < OW; ow++) {
+                        double acc = 0;
+                        size_t yi = (size_t)((n * O + o) * OH + oh) * OW + ow;
+                        for (int c = 0; c < CG; c++)
+                            for (int a = 0; a < KH; a++)
+                                for (int b = 0; b < KW; b++) {
+                                    int ih = oh * SH - PH + a * DH, iw = ow * SW - PW + b * DW;
+                                    if (ih < 0 || ih >= H || iw < 0 || iw >= W)
+                                        continue;
+                                    size_t xi = (size_t)((n * C + o / OG * CG + c) * H + ih) * W + iw;
+                                    double xv = widen(t, x[xi]), wv = widen(t, w[W_IDX(o, c, a, b)]);
+                                    double gv = widen(t, gy[yi]);
+                                    acc += xv * wv;
+                                    rgx[xi] += gv * wv;
+                                    rgw[W_IDX(o, c, a, b)] += gv * xv;
+                                }
+                        ry[yi] = acc;
+                    }
+        void *hx = buf_from(x, sizeof x), *hw = buf_from(w, sizeof w), *hgy = buf_from(gy, sizeof gy);
+        void *hy = buf_new(sizeof y), *hgx = buf_new(sizeof gx), *hgw = buf_new(sizeof gw);
+        tview vx = view(hx, 0, t, 4, (int64_t[]){N, C, H, W}, NULL);
+        tview vw = view(hw, 0, t, 4, (int64_t[]){O, CG, KH, KW}, w_st);
+        tview vy = view(hy, 0, t, 4, (int64_t[]){N, O, OH, OW}, NULL);
+        tview vgy = view(hgy, 0, t, 4, (int64_t[]){N, O, OH, OW}, NULL);
+        tview vgx = view(hgx, 0, t, 4, (int64_t[]){N, C, H, W}, NULL);
+        tview vgw = view(hgw, 0, t, 4, (int64_t[]){O, CG, KH, KW}, w_st);
+        int64_t i[8] = {SH, SW, PH, PW, DH, DW, G};
+        tview fin[2] = {vx, vw}, bin[2] = {vgy, vw}, win[2] = {vgy, vx};
+        for (int m = 0; m < 2; m++) {
+            setenv("NABLA_OPENCL_CONV", modes[m], 1);
+            assert_int_equal(run("conv2d", t, &vy, 2, fin, NULL, i), NB_OK);
+            assert_int_equal(run("conv2d_backward_input", t, &vgx, 2, bin, NULL, i), NB_OK);
+            assert_int_equal(run("conv2d_backward_weight", t, &vgw, 2, win, NULL, i), NB_OK);
+            buf_read(hy, y, sizeof y);
+            buf_read(hgx, gx, sizeof gx);
+            buf_read(hgw, gw, sizeof gw);
+            for (size_t k = 0; k < NY; k++)
+                expect_16_near(modes[m], t, k, y[k], ry[k]);
+            for (size_t k = 0; k < NX; k++)
+                expect_16_near(modes[m], t, k, gx[k], rgx[k]);
+            for (size_t k = 0; k < NW; k++)
+                expect_16_near(modes[m], t, k, gw[k], rgw[k]);
+        }
+        unsetenv("NABLA_OPENCL_CONV");
+        /* an f32 weight with 16-bit data: one dtype per conv */
+        tview w32 = view(hw, 0, NB_DTYPE_F32, 4, (int64_t[]){O, CG, KH, 1}, NULL);
+        tview mixed[2] = {vx, w32};
+        assert_int_equal(run("conv2d", t, &vy, 2, mixed, NULL, i), NB_DTYPE_UNSUPPORTED);
+
+        /* max_pool2d 3x3, stride 2, padding 1 over x: the max is exact, the backward sums up to
+         * four windows' gradients in float */
+        enum { K = 3, S = 2, PD = 1, PH2 = (H + 2 * PD - K) / S + 1, PW2 = (W + 2 * PD - K) / S + 1,
+               NP = N * C * PH2 * PW2 };
+        static uint16_t py[NP], pgy[NP];
+        static int64_t idx[NP];
+        fill_random(t, pgy, NP, 43u + ti, 0);
+        void *hpy = buf_new(sizeof py), *hi = buf_new(sizeof idx), *hpgy = buf_from(pgy, sizeof pgy);
+        tview vpy = view(hpy, 0, t, 4, (int64_t[]){N, C, PH2, PW2}, NULL);
+        tview vi = view(hi, 0, NB_DTYPE_I64, 4, (int64_t[]){N, C, PH2, PW2}, NULL);
+        tview vpgy = view(hpgy, 0, t, 4, (int64_t[]){N, C, PH2, PW2}, NULL);
+        int64_t pi[8] = {K, K, S, S, PD, PD};
+        tview pin[2] = {vx, vi}, pbin[2] = {vpgy, vi};
+        assert_int_equal(run("max_pool2d", t, &vpy, 2, pin, NULL, pi), NB_OK);
+        assert_int_equal(run("max_pool2d_backward", t, &vgx, 2, pbin, NULL, pi), NB_OK);
+        buf_read(hpy, py, sizeof py);
+        buf_read(hi, idx, sizeof idx);
+        buf_read(hgx, gx, sizeof gx);
+        memset(rgx, 0, sizeof rgx);
+        for (int q = 0; q < N * C; q++)
+            for (int oh = 0; oh < PH2; oh++)
+                for (int ow = 0; ow < PW2; ow++) {
+                    float best = -INFINITY;
+                    int64_t bi = -1;
+                    for (int a = oh * S - PD; a < oh * S - PD + K; a++)
+                        for (int b = ow * S - PD; b < ow * S - PD + K; b++)
+                            if (a >= 0 && a < H && b >= 0 && b < W &&
+                                widen(t, x[q * H * W + a * W + b]) > best) {
+                                best = widen(t, x[q * H * W + a * W + b]);
+                                bi = a * W + b;
+                            }
+                    size_t r = (size_t)(q * PH2 + oh) * PW2 + ow;
+                    assert_int_equal(py[r], narrow(t, best));
+                    assert_int_equal(idx[r], bi);
+                    rgx[q * H * W + bi] += widen(t, pgy[r]);
+                }
+        for (size_t k = 0; k < NX; k++)
+            assert_int_equal(gx[k], narrow(t, (float)rgx[k])); /* <= 4 terms: exact in float */
+        P->free(0, hpy);
+        P->free(0, hi);
+        P->free(0, hpgy);
+        P->free(0, hx);
+        P->free(0, hw);
+        P->free(0, hgy);
+        P->free(0, hy);
+        P->free(0, hgx);
+        P->free(0, hgw);
     }
+#undef W_IDX
+}
+
+/* gather moves the stored bits; scatter_add sums into a float32 copy of out and rounds once:
+ * 64 additions of a quarter ulp to 1.0 give 1 + 16 ulp in float, while 16-bit partial sums would
+ * stay at 1.0. Both the serial path and the chunked one (NABLA_OPENCL_SCATTER). */
+void index_ops_move_bits_and_scatter_add_sums_in_float(void **state)
+{
+    (void)state;
+    enum { R = 3, C = 5, J = 64 };
+    static const char *const modes[] = {"serial", "chunks"};
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        float ulp = t == NB_DTYPE_F16 ? 0x1p-10f : 0x1p-7f;
+        uint16_t data[R * C], got[R * J], out[R * C], src[R * J], res[R * C];
+        int64_t idx[R * J];
+        unsigned seed = 5u + ti;
+        fill_random(t, data, R * C, 3u + ti, 0);
+        data[2] = (uint16_t)(t == NB_DTYPE_F16 ? 0x7d01u : 0x7f81u); /* a signalling NaN */
+        data[3] = 0x8000u;                                            /* -0.0 */
+        for (int k = 0; k < R * J; k++) {
+            idx[k] = (int64_t)(lcg(&seed) >> 8) % C;
+            src[k] = narrow(t, (k % 3 ? 0.25f : -0.25f) * ulp * (float)(1 + k % 2));
+        }
+        idx[0] = 2;
+        idx[J] = 3;
+        void *hd = buf_from(data, sizeof data), *hi = buf_from(idx, sizeof idx);
+        void *hg = buf_new(sizeof got), *hs = buf_from(src, sizeof src);
+        tview vd = view(hd, 0, t, 2, (int64_t[]){R, C}, NULL);
+        tview vi = view(hi, 0, NB_DTYPE_I64, 2, (int64_t[]){R, J}, NULL);
+        tview vg = view(hg, 0, t, 2, (int64_t[]){R, J}, NULL);
+        tview vs = view(hs, 0, t, 2, (int64_t[]){R, J}, NULL);
+        int64_t dim1[8] = {1};
+        tview gin[2] = {vd, vi};
+        assert_int_equal(run("gather", t, &vg, 2, gin, NULL, dim1), NB_OK);
+        buf_read(hg, got, sizeof got);
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < J; j++)
+                assert_int_equal(got[r * J + j], data[r * C + idx[r * J + j]]);
+        for (int m = 0; m < 2; m++) {
+            setenv("NABLA_OPENCL_SCATTER", modes[m], 1);
+            for (int k = 0; k < R * C; k++)
+                out[k] = narrow(t, 1.0f);
+            void *ho = buf_from(out, sizeof out);
+            tview vo = view(ho, 0, t, 2, (int64_t[]){R, C}, NULL);
+            tview sin_[2] = {vi, vs};
+            assert_int_equal(run("scatter_add", t, &vo, 2, sin_, NULL, dim1), NB_OK);
+            buf_read(ho, res, sizeof res);
+            float acc[R * C];
+            for (int k = 0; k < R * C; k++)
+                acc[k] = 1.0f;
+            for (int r = 0; r < R; r++)
+                for (int j = 0; j < J; j++)
+                    acc[r * C + idx[r * J + j]] += widen(t, src[r * J + j]);
+            /* the sums are exact in float (multiples of ulp/4 near 1): both orders agree */
+            for (int k = 0; k < R * C; k++)
+                if (res[k] != narrow(t, acc[k]))
+                    fail_msg("scatter_add (%s) %s[%d]: got %a, expected %a", modes[m],
+                             t == NB_DTYPE_F16 ? "f16" : "bf16", k, widen(t, res[k]), acc[k]);
+            P->free(0, ho);
+        }
+        unsetenv("NABLA_OPENCL_SCATTER");
+        P->free(0, hd);
+        P->free(0, hi);
+        P->free(0, hg);
+        P->free(0, hs);
+    }
+}
+
+/* arange and random numbers are the float32 kernel's values rounded once (the cpu plugin's
+ * 16-bit kernels narrow its float32 ones); logical ops read a 16-bit value as its float, so
+ * -0.0 is false and NaN true. */
+void arange_random_and_logical_ops_round_the_float32_values(void **state)
+{
+    (void)state;
+    enum { N = 600 };
+    static float f32[N];
+    static uint16_t h[N];
+    void *hf = buf_new(sizeof f32), *hh = buf_new(sizeof h);
+    tview vf = view(hf, 0, NB_DTYPE_F32, 2, (int64_t[]){6, 100}, NULL);
+    int64_t ip[8] = {(int64_t)0x9e3779b97f4a7c15ull, 11};
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        tview vh = view(hh, 0, t, 2, (int64_t[]){6, 100}, NULL);
+        static const char *const ops[] = {"random_uniform", "random_normal"};
+        double par[2][8] = {{-1, 3}, {0.5, 2}};
+        for (int o = 0; o < 2; o++) {
+            assert_int_equal(run(ops[o], NB_DTYPE_F32, &vf, 0, NULL, par[o], ip), NB_OK);
+            assert_int_equal(run(ops[o], t, &vh, 0, NULL, par[o], ip), NB_OK);
+            buf_read(hf, f32, sizeof f32);
+            buf_read(hh, h, sizeof h);
+            int distinct = 0;
+            for (int k = 0; k < N; k++) {
+                if (h[k] != narrow(t, f32[k]))
+                    fail_msg("%s %d: got 0x%04x, expected 0x%04x", ops[o], k, h[k],
+                             narrow(t, f32[k]));
+                distinct += k && h[k] != h[k - 1];
+            }
+            assert_true(distinct > N / 2); /* not a constant */
+        }
+        tview v1 = view(hh, 0, t, 1, (int64_t[]){N}, NULL);
+        double fa[8] = {-3.0, 0.01};
+        assert_int_equal(run("arange", t, &v1, 0, NULL, fa, NULL), NB_OK);
+        buf_read(hh, h, sizeof h);
+        for (int k = 0; k < N; k++)
+            assert_int_equal(h[k], narrow(t, (float)(-3.0 + (double)k * 0.01)));
+
+        uint16_t a[6] = {0x8000u, 0, narrow(t, NAN), 1, narrow(t, -2.0f), narrow(t, 0.5f)};
+        uint16_t b[6] = {0x8000u, 0x8000u, 0, 0x8001u, 0, narrow(t, 1.0f)};
+        uint8_t lo[6];
+        void *ha, *hb, *hl;
+        tview va = vec(a, t, 6, &ha), vb = vec(b, t, 6, &hb), vl = vec(NULL, NB_DTYPE_BOOL, 6, &hl);
+        tview two[2] = {va, vb};
+        static const char *const lops[] = {"logical_and", "logical_or", "logical_xor",
+                                           "logical_not"};
+        for (int o = 0; o < 4; o++) {
+            assert_int_equal(run(lops[o], t, &vl, o == 3 ? 1 : 2, two, NULL, NULL), NB_OK);
+            buf_read(hl, lo, sizeof lo);
+            for (int k = 0; k < 6; k++) {
+                int x = widen(t, a[k]) != 0, z = widen(t, b[k]) != 0;
+                int want = o == 0 ? x && z : o == 1 ? x || z : o == 2 ? x != z : !x;
+                if (lo[k] != want)
+                    fail_msg("%s %s[%d] (0x%04x, 0x%04x): got %d", lops[o],
+                             t == NB_DTYPE_F16 ? "f16" : "bf16", k, a[k], b[k], lo[k]);
+            }
+        }
+        P->free(0, ha);
+        P->free(0, hb);
+        P->free(0, hl);
+    }
+    P->free(0, hf);
+    P->free(0, hh);
+}
+
+/* One SGD step (momentum, dampening, weight decay, nesterov, a buffer from an earlier step) and
+ * one AdamW and one Adam step at step 3, in float from the 16-bit state, each output rounded
+ * once: against the same float arithmetic on the host (one 16-bit ulp for sqrt and division). */
+void optimizer_steps_compute_in_float_and_round_each_state_once(void **state)
+{
+    (void)state;
+    enum { N = 97 };
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        uint16_t p[N], g[N], b[N], m[N], v[N], out[N];
+        fill_random(t, p, N, 61u + ti, 0);
+        fill_random(t, g, N, 67u + ti, 0);
+        fill_random(t, b, N, 71u + ti, 0);
+        fill_random(t, m, N, 73u + ti, 0);
+        fill_random(t, v, N, 79u + ti, 1);
+        void *hp = buf_from(p, sizeof p), *hg = buf_from(g, sizeof g), *hb = buf_from(b, sizeof b);
+        void *hm = buf_from(m, sizeof m), *hv = buf_from(v, sizeof v);
+        int64_t shape[1] = {N};
+        tview vp = view(hp, 0, t, 1, shape, NULL), vg = view(hg, 0, t, 1, shape, NULL);
+        tview vb = view(hb, 0, t, 1, shape, NULL), vm = view(hm, 0, t, 1, shape, NULL);
+        tview vv = view(hv, 0, t, 1, shape, NULL);
+        const float lr = 0.1f, mom = 0.9f, damp = 0.1f, wd = 0.01f;
+        tview sin_[2] = {vg, vb};
+        assert_int_equal(run("sgd_step", t, &vp, 2, sin_, (double[8]){lr, mom, damp, wd},
+                             (int64_t[8]){1, 0}), NB_OK);
+        buf_read(hb, out, sizeof out);
+        float rb[N];
+        for (int k = 0; k < N; k++) {
+            float d = widen(t, g[k]) + wd * widen(t, p[k]);
+            rb[k] = mom * widen(t, b[k]) + (1 - damp) * d;
+            expect_16("sgd_step buffer", t, k, out[k], rb[k], 0);
+        }
+        buf_read(hp, out, sizeof out);
+        for (int k = 0; k < N; k++) {
+            float d = widen(t, g[k]) + wd * widen(t, p[k]);
+            expect_16("sgd_step", t, k, out[k], widen(t, p[k]) - lr * (d + mom * rb[k]), 0);
+            p[k] = out[k];
+        }
+        const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+        const int step = 3;
+        const float step_size = (float)(lr / (1 - pow(b1, step)));
+        const float bc2 = (float)sqrt(1 - pow(b2, step));
+        for (int decoupled = 1; decoupled >= 0; decoupled--) {
+            tview ain[3] = {vg, vm, vv};
+            assert_int_equal(run("adam_step", t, &vp, 3, ain, (double[8]){lr, b1, b2, eps, wd},
+                                 (int64_t[8]){step, decoupled}), NB_OK);
+            uint16_t om[N], ov[N];
+            buf_read(hp, out, sizeof out);
+            buf_read(hm, om, sizeof om);
+            buf_read(hv, ov, sizeof ov);
+            for (int k = 0; k < N; k++) {
+                float pv = widen(t, p[k]), gv = widen(t, g[k]), m0 = widen(t, m[k]);
+                if (decoupled)
+                    pv *= 1 - lr * wd;
+                else
+                    gv += wd * pv;
+                float mv = m0 + (1 - (float)b1) * (gv - m0);
+                float vq = (float)b2 * widen(t, v[k]) + (1 - (float)b2) * gv * gv;
+                expect_16("adam_step exp_avg", t, k, om[k], mv, 0);
+                expect_16("adam_step exp_avg_sq", t, k, ov[k], vq, 0);
+                expect_16("adam_step", t, k, out[k],
+                          pv - step_size * mv / (sqrtf(vq) / bc2 + (float)eps), 0);
+                p[k] = out[k], m[k] = om[k], v[k] = ov[k];
+            }
+        }
+        P->free(0, hp);
+        P->free(0, hg);
+        P->free(0, hb);
+        P->free(0, hm);
+        P->free(0, hv);
+    }
+}
+
+void every_op_has_16_bit_kernels_and_mixed_dtypes_are_refused(void **state)
+{
+    (void)state;
+    /* every float32 op of the plugin has its float16 and bfloat16 kernels */
+    size_t n32 = 0;
+    for (size_t k = 0; k < P->n_kernels; k++) {
+        if (P->kernels[k].dtype != NB_DTYPE_F32)
+            continue;
+        n32++;
+        for (int ti = 0; ti < 2; ti++)
+            if (!registered(P->kernels[k].op, halves[ti]))
+                fail_msg("%s has no %s kernel", P->kernels[k].op,
+                         halves[ti] == NB_DTYPE_F16 ? "float16" : "bfloat16");
+    }
+    assert_true(n32 > 50);
     /* unary ops keep the dtype: an f32 output of a bf16 input is an error, not a reinterpret */
     void *h = buf_new(64);
     tview b16 = view(h, 0, NB_DTYPE_BF16, 1, (int64_t[]){8}, NULL);
     tview f32 = view(h, 0, NB_DTYPE_F32, 1, (int64_t[]){8}, NULL);
     assert_int_equal(run("exp", NB_DTYPE_BF16, &f32, 1, &b16, NULL, NULL), NB_DTYPE_UNSUPPORTED);
     assert_non_null(strstr(last_error, "bf16"));
-    /* a float32 kernel's function called with 16-bit operands (one function serves every
-     * dtype of an op): refused, not run as float over 2-byte elements */
-    assert_int_equal(run("arange", NB_DTYPE_F32, &b16, 0, NULL, (double[8]){0, 1}, NULL),
-                     NB_DTYPE_UNSUPPORTED);
-    assert_non_null(strstr(last_error, "no bfloat16 kernel on opencl:0"));
-    tview two[2] = {b16, b16};
-    tview bo = view(h, 0, NB_DTYPE_BOOL, 1, (int64_t[]){8}, NULL);
-    assert_int_equal(run("logical_and", NB_DTYPE_F32, &bo, 2, two, NULL, NULL),
-                     NB_DTYPE_UNSUPPORTED);
+    /* float32 state with a 16-bit parameter: refused, not run over 2-byte elements */
     tview f2[2] = {f32, f32};
-    assert_int_equal(run("sgd_step", NB_DTYPE_F32, &b16, 1, f2, (double[8]){0.1}, NULL),
+    assert_int_equal(run("sgd_step", NB_DTYPE_BF16, &b16, 1, f2, (double[8]){0.1}, NULL),
                      NB_DTYPE_UNSUPPORTED);
     /* a 16-bit view past its buffer's end */
     tview over = view(h, 30, NB_DTYPE_BF16, 1, (int64_t[]){8}, NULL);
@@ -479,5 +809,161 @@ void softmax_rows_compute_in_float(void **state)
         P->free(0, hy);
         P->free(0, hg);
         P->free(0, hd);
+    }
+}
+
+/* An operand of a twin run: its bytes (NULL: a fresh buffer), its view (the handle is set per
+ * plugin), and where to read it back to after the run (NULL: not read). */
+typedef struct twin {
+    const void *data;
+    size_t bytes;
+    tview v;
+    void *back[2]; /* [0] opencl, [1] cpu */
+} twin;
+
+/* Runs op on opencl:0 and on the cpu plugin with the same operands; x[0] is out. */
+static void run_twice(const char *op, nb_dtype t, int n, twin *x, const double *f,
+                      const int64_t *i)
+{
+    for (int side = 0; side < 2; side++) {
+        const nb_plugin *pl = side ? CPU : P;
+        void *h[5];
+        tview v[5];
+        for (int k = 0; k < n; k++) {
+            h[k] = x[k].data ? buf_from_on(pl, x[k].data, x[k].bytes) : buf_new_on(pl, x[k].bytes);
+            v[k] = x[k].v;
+            v[k].op.handle = h[k];
+        }
+        nb_status st = run_on(pl, op, t, &v[0], n - 1, v + 1, f, i);
+        if (st != NB_OK)
+            fail_msg("%s on %s: %s", op, pl->name, last_error);
+        for (int k = 0; k < n; k++) {
+            if (x[k].back[side])
+                buf_read_on(pl, h[k], x[k].back[side], x[k].bytes);
+            pl->free(0, h[k]);
+        }
+    }
+}
+
+/* opencl's 16-bit result against the cpu plugin's: equal, or (sums in another order) within one
+ * 16-bit ulp */
+static void expect_twins(const char *op, nb_dtype t, const uint16_t *ocl, const uint16_t *cpu,
+                         size_t n, int exact)
+{
+    for (size_t k = 0; k < n; k++) {
+        if (ocl[k] == cpu[k])
+            continue;
+        double a = widen(t, ocl[k]), b = widen(t, cpu[k]);
+        double ulp = t == NB_DTYPE_F16 ? 0x1p-10 : 0x1p-7;
+        if (exact || !(fabs(a - b) <= 1e-4 + ulp * fabs(b)))
+            fail_msg("%s %s[%zu]: opencl %a (0x%04x), cpu %a (0x%04x)", op,
+                     t == NB_DTYPE_F16 ? "f16" : "bf16", k, a, ocl[k], b, cpu[k]);
+    }
+}
+
+/* The cpu plugin's 16-bit kernels (widen, float32 kernel, round once) and opencl's give the same
+ * values: bit for bit where both compute the same float32 numbers (pooling, gather, scatter_add
+ * in index order, arange, random, logical ops), within one 16-bit ulp where float32 sums run in
+ * another order (conv2d and its gradients on both opencl paths, matmul). Skipped without the cpu
+ * plugin (argv[2]). */
+void sixteen_bit_results_match_the_cpu_plugins(void **state)
+{
+    (void)state;
+    if (!CPU)
+        skip();
+    enum { N = 2, C = 4, H = 9, W = 8, O = 6, G = 2, KH = 3, KW = 3, OH = 5, OW = 4,
+           NX = N * C * H * W, NW = O * (C / G) * KH * KW, NY = N * O * OH * OW };
+    static uint16_t x[NX], w[NW], gy[NY], r[2][NX > NY ? NX : NY];
+    int64_t ci[8] = {2, 2, 1, 1, 1, 1, G}; /* stride 2, padding 1, dilation 1 */
+    static const char *const modes[] = {"gemm", "direct"};
+    for (int ti = 0; ti < 2; ti++) {
+        nb_dtype t = halves[ti];
+        fill_random(t, x, NX, 101u + ti, 0);
+        fill_random(t, w, NW, 103u + ti, 0);
+        fill_random(t, gy, NY, 107u + ti, 0);
+        tview vx = view(NULL, 0, t, 4, (int64_t[]){N, C, H, W}, NULL);
+        tview vw = view(NULL, 0, t, 4, (int64_t[]){O, C / G, KH, KW}, NULL);
+        tview vy = view(NULL, 0, t, 4, (int64_t[]){N, O, OH, OW}, NULL);
+        for (int m = 0; m < 2; m++) {
+            setenv("NABLA_OPENCL_CONV", modes[m], 1);
+            twin fw[3] = {{NULL, sizeof gy, vy, {r[0], r[1]}}, {x, sizeof x, vx, {0}},
+                          {w, sizeof w, vw, {0}}};
+            run_twice("conv2d", t, 3, fw, NULL, ci);
+            expect_twins("conv2d", t, r[0], r[1], NY, 0);
+            twin bi[3] = {{NULL, sizeof x, vx, {r[0], r[1]}}, {gy, sizeof gy, vy, {0}},
+                          {w, sizeof w, vw, {0}}};
+            run_twice("conv2d_backward_input", t, 3, bi, NULL, ci);
+            expect_twins("conv2d_backward_input", t, r[0], r[1], NX, 0);
+            twin bw[3] = {{NULL, sizeof w, vw, {r[0], r[1]}}, {gy, sizeof gy, vy, {0}},
+                          {x, sizeof x, vx, {0}}};
+            run_twice("conv2d_backward_weight", t, 3, bw, NULL, ci);
+            expect_twins("conv2d_backward_weight", t, r[0], r[1], NW, 0);
+        }
+        unsetenv("NABLA_OPENCL_CONV");
+
+        /* max_pool2d 3x3, stride 2, padding 1: x (N,C,9,8) -> (N,C,5,4); the values and the
+         * indices, then the backward from the same indices */
+        enum { NP = N * C * 5 * 4 };
+        static int64_t idx[2][NP];
+        tview vp = view(NULL, 0, t, 4, (int64_t[]){N, C, 5, 4}, NULL);
+        tview vi = view(NULL, 0, NB_DTYPE_I64, 4, (int64_t[]){N, C, 5, 4}, NULL);
+        int64_t pi[8] = {3, 3, 2, 2, 1, 1};
+        twin mp[3] = {{NULL, NP * 2, vp, {r[0], r[1]}}, {x, sizeof x, vx, {0}},
+                      {NULL, sizeof idx[0], vi, {idx[0], idx[1]}}};
+        run_twice("max_pool2d", t, 3, mp, NULL, pi);
+        expect_twins("max_pool2d", t, r[0], r[1], NP, 1);
+        assert_memory_equal(idx[0], idx[1], sizeof idx[0]);
+        twin mb[3] = {{NULL, sizeof x, vx, {r[0], r[1]}}, {gy, NP * 2, vp, {0}},
+                      {idx[0], sizeof idx[0], vi, {0}}};
+        run_twice("max_pool2d_backward", t, 3, mb, NULL, pi);
+        expect_twins("max_pool2d_backward", t, r[0], r[1], NX, 1);
+
+        /* matmul (4,9,8) @ (4,8,6) */
+        tview ma = view(NULL, 0, t, 3, (int64_t[]){4, 9, 8}, NULL);
+        tview mbv = view(NULL, 0, t, 3, (int64_t[]){4, 8, 6}, NULL);
+        tview mo = view(NULL, 0, t, 3, (int64_t[]){4, 9, 6}, NULL);
+        twin mm[3] = {{NULL, 4 * 9 * 6 * 2, mo, {r[0], r[1]}}, {x, 4 * 9 * 8 * 2, ma, {0}},
+                      {gy, 4 * 8 * 6 * 2, mbv, {0}}};
+        run_twice("matmul", t, 3, mm, (double[8]){1, 0}, NULL);
+        expect_twins("matmul", t, r[0], r[1], 4 * 9 * 6, 0);
+
+        /* gather and scatter_add along dim 1 of (8, 9) with (8, 40) indices */
+        static int64_t gi[8 * 40];
+        uint32_t s = 7u + ti;
+        for (int k = 0; k < 8 * 40; k++)
+            gi[k] = (int64_t)(lcg(&s) >> 8) % 9;
+        tview vd = view(NULL, 0, t, 2, (int64_t[]){8, 9}, NULL);
+        tview vgi = view(NULL, 0, NB_DTYPE_I64, 2, (int64_t[]){8, 40}, NULL);
+        tview vg = view(NULL, 0, t, 2, (int64_t[]){8, 40}, NULL);
+        twin ga[3] = {{NULL, 8 * 40 * 2, vg, {r[0], r[1]}}, {x, 8 * 9 * 2, vd, {0}},
+                      {gi, sizeof gi, vgi, {0}}};
+        run_twice("gather", t, 3, ga, NULL, (int64_t[8]){1});
+        expect_twins("gather", t, r[0], r[1], 8 * 40, 1);
+        setenv("NABLA_OPENCL_SCATTER", "serial", 1); /* the cpu's order */
+        twin sa[3] = {{w, 8 * 9 * 2, vd, {r[0], r[1]}}, {gi, sizeof gi, vgi, {0}},
+                      {x, 8 * 40 * 2, vg, {0}}};
+        run_twice("scatter_add", t, 3, sa, NULL, (int64_t[8]){1});
+        unsetenv("NABLA_OPENCL_SCATTER");
+        expect_twins("scatter_add", t, r[0], r[1], 8 * 9, 1);
+
+        /* arange, random numbers, a logical op */
+        tview v1 = view(NULL, 0, t, 1, (int64_t[]){NX}, NULL);
+        twin ar[1] = {{NULL, sizeof x, v1, {r[0], r[1]}}};
+        run_twice("arange", t, 1, ar, (double[8]){-2.5, 0.013}, NULL);
+        expect_twins("arange", t, r[0], r[1], NX, 1);
+        int64_t ri[8] = {(int64_t)0x0123456789abcdefull, 5};
+        run_twice("random_uniform", t, 1, ar, (double[8]){-1, 2}, ri);
+        expect_twins("random_uniform", t, r[0], r[1], NX, 1);
+        run_twice("random_normal", t, 1, ar, (double[8]){0.5, 3}, ri);
+        expect_twins("random_normal", t, r[0], r[1], NX, has_f64);
+        static uint8_t lo[2][NX];
+        static uint16_t b2[NX]; /* gy, then zeros */
+        memcpy(b2, gy, sizeof gy);
+        x[0] = 0x8000u, x[1] = narrow(t, NAN);
+        tview vb = view(NULL, 0, NB_DTYPE_BOOL, 1, (int64_t[]){NX}, NULL);
+        twin la[3] = {{NULL, NX, vb, {lo[0], lo[1]}}, {x, sizeof x, v1, {0}},
+                      {b2, sizeof b2, v1, {0}}};
+        run_twice("logical_xor", t, 3, la, NULL, NULL);
+        assert_memory_equal(lo[0], lo[1], NX);
     }
 }

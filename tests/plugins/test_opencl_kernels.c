@@ -1,5 +1,6 @@
 /* test_opencl_kernels.c - the opencl plugin tested on its own: dlopens the built .so (path in
- * argv[1]), runs kernels on device 0 through the plugin table and compares with plain C loops.
+ * argv[1]), runs kernels on device 0 through the plugin table and compares with plain C loops
+ * (and, for 16 bits, with the cpu plugin's kernels when argv[2] names it).
  * This file holds main, the helpers (test_opencl.h) and the device checks; the op families'
  * tests are in test_opencl_<family>.c, as the plugin's kernels are in opencl_<family>.c.
  * Exits 77 (skipped) when the plugin finds no OpenCL device. */
@@ -7,7 +8,7 @@
 
 #include "test_opencl.h"
 
-const nb_plugin *P;
+const nb_plugin *P, *CPU;
 int has_f64;
 char last_error[2048];
 nb_status last_status;
@@ -42,34 +43,40 @@ const size_t esize[NB_DTYPE_COUNT] = {
     [NB_DTYPE_F32] = 4,  [NB_DTYPE_F64] = 8, [NB_DTYPE_I32] = 4, [NB_DTYPE_I64] = 8,
     [NB_DTYPE_BOOL] = 1, [NB_DTYPE_U8] = 1,  [NB_DTYPE_F16] = 2, [NB_DTYPE_BF16] = 2};
 
-nb_kernel_fn kernel(const char *op, nb_dtype t)
+static nb_kernel_fn kernel_of(const nb_plugin *pl, const char *op, nb_dtype t)
 {
-    for (size_t k = 0; k < P->n_kernels; k++)
-        if (strcmp(P->kernels[k].op, op) == 0 && P->kernels[k].dtype == t)
-            return P->kernels[k].fn;
-    fail_msg("no kernel %s for dtype %d", op, (int)t);
+    for (size_t k = 0; k < pl->n_kernels; k++)
+        if (strcmp(pl->kernels[k].op, op) == 0 && pl->kernels[k].dtype == t)
+            return pl->kernels[k].fn;
+    fail_msg("no kernel %s for dtype %d in %s", op, (int)t, pl->name);
     return NULL;
 }
 
-void *buf_new(size_t bytes)
+nb_kernel_fn kernel(const char *op, nb_dtype t) { return kernel_of(P, op, t); }
+
+void *buf_new_on(const nb_plugin *pl, size_t bytes)
 {
     void *h = NULL;
-    assert_int_equal(P->alloc(0, bytes, &h), NB_OK);
+    assert_int_equal(pl->alloc(0, bytes, &h), NB_OK);
     assert_non_null(h);
     return h;
 }
 
-void *buf_from(const void *data, size_t bytes)
+void *buf_from_on(const nb_plugin *pl, const void *data, size_t bytes)
 {
-    void *h = buf_new(bytes);
-    assert_int_equal(P->write(0, h, 0, data, bytes), NB_OK);
+    void *h = buf_new_on(pl, bytes);
+    assert_int_equal(pl->write(0, h, 0, data, bytes), NB_OK);
     return h;
 }
 
-void buf_read(void *h, void *dst, size_t bytes)
+void buf_read_on(const nb_plugin *pl, void *h, void *dst, size_t bytes)
 {
-    assert_int_equal(P->read(0, h, 0, dst, bytes), NB_OK);
+    assert_int_equal(pl->read(0, h, 0, dst, bytes), NB_OK);
 }
+
+void *buf_new(size_t bytes) { return buf_new_on(P, bytes); }
+void *buf_from(const void *data, size_t bytes) { return buf_from_on(P, data, bytes); }
+void buf_read(void *h, void *dst, size_t bytes) { buf_read_on(P, h, dst, bytes); }
 
 /* strides NULL: contiguous */
 tview view(void *h, int64_t off_elems, nb_dtype t, int ndim, const int64_t *shape,
@@ -99,6 +106,12 @@ nb_operand opnd(const tview *v)
 nb_status run(const char *op, nb_dtype t, const tview *out, int n_in, const tview *in,
               const double *f, const int64_t *i)
 {
+    return run_on(P, op, t, out, n_in, in, f, i);
+}
+
+nb_status run_on(const nb_plugin *pl, const char *op, nb_dtype t, const tview *out, int n_in,
+                 const tview *in, const double *f, const int64_t *i)
+{
     nb_operand o = opnd(out), ins[4];
     for (int k = 0; k < n_in; k++)
         ins[k] = opnd(&in[k]);
@@ -115,7 +128,7 @@ nb_status run(const char *op, nb_dtype t, const tview *out, int n_in, const tvie
         a.i[k] = i[k];
     last_error[0] = '\0';
     last_status = NB_OK;
-    return kernel(op, t)(&a);
+    return kernel_of(pl, op, t)(&a);
 }
 
 /* |got - ref| <= atol + rtol * |ref|, NaN only matching NaN */
@@ -213,6 +226,17 @@ int main(int argc, char **argv)
     char name[256] = "";
     P->device_name(0, name, sizeof name);
     fprintf(stderr, "opencl:0 is %s (%s f64)\n", name, has_f64 ? "with" : "without");
+    void *cdl = NULL;
+    if (argc > 2) { /* the cpu plugin, for the 16-bit comparisons */
+        cdl = dlopen(argv[2], RTLD_NOW | RTLD_LOCAL);
+        nb_plugin_entry_fn ce = cdl ? (nb_plugin_entry_fn)dlsym(cdl, NB_PLUGIN_ENTRY_SYMBOL) : NULL;
+        CPU = ce ? ce(&host) : NULL;
+        if (!CPU) {
+            fprintf(stderr, "cannot load the cpu plugin %s: %s\n", argv[2],
+                    cdl ? last_error : dlerror());
+            return 1;
+        }
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(device_reports_a_name_and_rejects_bad_buffers),
         cmocka_unit_test(binary_ops_follow_strides_and_broadcast),
@@ -244,9 +268,18 @@ int main(int argc, char **argv)
         cmocka_unit_test(reductions_accumulate_in_float),
         cmocka_unit_test(matmul_widens_to_float32_and_rounds_once),
         cmocka_unit_test(softmax_rows_compute_in_float),
-        cmocka_unit_test(ops_without_16_bit_kernels_are_not_registered),
+        cmocka_unit_test(conv2d_and_pooling_sum_in_float_and_round_once),
+        cmocka_unit_test(index_ops_move_bits_and_scatter_add_sums_in_float),
+        cmocka_unit_test(arange_random_and_logical_ops_round_the_float32_values),
+        cmocka_unit_test(optimizer_steps_compute_in_float_and_round_each_state_once),
+        cmocka_unit_test(every_op_has_16_bit_kernels_and_mixed_dtypes_are_refused),
+        cmocka_unit_test(sixteen_bit_results_match_the_cpu_plugins),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    if (CPU && CPU->shutdown)
+        CPU->shutdown();
+    if (cdl)
+        dlclose(cdl);
     if (P->shutdown)
         P->shutdown();
     dlclose(dl); /* opened RTLD_NODELETE: leak checkers can still name the ICD loader's frames */

@@ -1,7 +1,10 @@
 /* conv.cl - im2col/col2im for conv2d as GEMMs, the direct conv2d kernels (forward, grad of
  * input, grad of weight) for convs whose columns do not fit in a buffer, and max_pool2d (forward
  * and backward). One work-item per output element; each gathers what it needs, so nothing races
- * and no atomics are needed. Float dtypes only. */
+ * and no atomics are needed. Float dtypes only; in the 16-bit programs the tensors are ST
+ * (read through LD, written through STORE) and what a kernel accumulates into (y of the direct
+ * conv2d, gx of the pooling backward, the columns) is a float32 temporary (T), rounded once by
+ * the host's copy afterwards, as the cpu plugin rounds its float32 result. */
 #if IS_FLOAT
 #define Y_AT(p, n, o, a, b) ((p).off_y + (n) * (p).st_y[0] + (o) * (p).st_y[1] + (a) * (p).st_y[2] + (b) * (p).st_y[3])
 #define X_AT(p, n, c, a, b) ((p).off_x + (n) * (p).st_x[0] + (c) * (p).st_x[1] + (a) * (p).st_x[2] + (b) * (p).st_x[3])
@@ -24,7 +27,7 @@
  * would; but the innermost loop runs along the row, one weight against consecutive inputs,
  * which CPU runtimes vectorise, and the columns whose tap falls into the padding are cut from
  * its range instead of tested one by one. */
-__kernel void conv2d(__global T *y, __global const T *x, __global const T *w, nbk_conv p)
+__kernel void conv2d(__global T *y, __global const ST *x, __global const ST *w, nbk_conv p)
 {
     long i = get_global_id(0);
     if (i >= p.n * p.o * p.oh)
@@ -44,7 +47,7 @@ __kernel void conv2d(__global T *y, __global const T *x, __global const T *w, nb
                 continue;
             long xr = xc + ih * p.st_x[2], wr = wc + a * p.st_w[2];
             for (long b = 0; b < p.kw; b++) {
-                T wv = w[wr + b * p.st_w[3]];
+                T wv = LD(w, wr + b * p.st_w[3]);
                 /* iw = ow * sw + base lies in [0, w) for ow in [lo, hi) */
                 long base = b * p.dw - p.pw;
                 long lo = base >= 0 ? 0 : (-base + p.sw - 1) / p.sw;
@@ -52,12 +55,12 @@ __kernel void conv2d(__global T *y, __global const T *x, __global const T *w, nb
                 long x0 = xr + base * p.st_x[3];
                 if (sy == 1 && sx == 1) { /* unit strides, as compilers vectorise best */
                     __global T *yp = y + yr;
-                    __global const T *xp = x + x0;
+                    __global const ST *xp = x + x0;
                     for (long ow = lo; ow < hi; ow++)
-                        yp[ow] += xp[ow] * wv;
+                        yp[ow] += LD(xp, ow) * wv;
                 } else {
                     for (long ow = lo; ow < hi; ow++)
-                        y[yr + ow * sy] += x[x0 + ow * sx] * wv;
+                        y[yr + ow * sy] += LD(x, x0 + ow * sx) * wv;
                 }
             }
         }
@@ -65,8 +68,8 @@ __kernel void conv2d(__global T *y, __global const T *x, __global const T *w, nb
 }
 
 /* gx (N,C,H,W) = sum over the outputs each input element feeds */
-__kernel void conv2d_backward_input(__global T *gx, __global const T *gy, __global const T *w,
-                                    nbk_conv p)
+__kernel void conv2d_backward_input(__global ST *gx, __global const ST *gy,
+                                    __global const ST *w, nbk_conv p)
 {
     long i = get_global_id(0), total = p.n * p.c * p.h * p.w;
     if (i >= total)
@@ -83,16 +86,16 @@ __kernel void conv2d_backward_input(__global T *gx, __global const T *gy, __glob
                 long u = iw + p.pw - b * p.dw;
                 if (u < 0 || u % p.sw || u / p.sw >= p.ow)
                     continue;
-                acc += gy[Y_AT(p, n, o, t / p.sh, u / p.sw)] * w[W_AT(p, o, cl, a, b)];
+                acc += LD(gy, Y_AT(p, n, o, t / p.sh, u / p.sw)) * LD(w, W_AT(p, o, cl, a, b));
             }
         }
-    gx[X_AT(p, n, c, ih, iw)] = acc;
+    STORE(gx, X_AT(p, n, c, ih, iw), acc);
 }
 
 /* gw (O,C/g,KH,KW) = sum over batch and output positions; the output columns whose tap falls
  * into the padding are cut from the loop's range instead of tested one by one. */
-__kernel void conv2d_backward_weight(__global T *gw, __global const T *gy, __global const T *x,
-                                     nbk_conv p)
+__kernel void conv2d_backward_weight(__global ST *gw, __global const ST *gy,
+                                     __global const ST *x, nbk_conv p)
 {
     long cg = p.c / p.groups, og = p.o / p.groups;
     long i = get_global_id(0);
@@ -119,30 +122,30 @@ __kernel void conv2d_backward_weight(__global T *gw, __global const T *gy, __glo
             long xr = xn + ih * p.st_x[2] + base * p.st_x[3] + ow_lo * sx;
             long m = ow_hi - ow_lo, k = 0;
             if (sy == 1 && sx == 1) { /* unit strides: plain pointer walks */
-                __global const T *yp = gy + yr, *xp = x + xr;
+                __global const ST *yp = gy + yr, *xp = x + xr;
                 for (; k + 4 <= m; k += 4) {
-                    s0 += yp[k] * xp[k];
-                    s1 += yp[k + 1] * xp[k + 1];
-                    s2 += yp[k + 2] * xp[k + 2];
-                    s3 += yp[k + 3] * xp[k + 3];
+                    s0 += LD(yp, k) * LD(xp, k);
+                    s1 += LD(yp, k + 1) * LD(xp, k + 1);
+                    s2 += LD(yp, k + 2) * LD(xp, k + 2);
+                    s3 += LD(yp, k + 3) * LD(xp, k + 3);
                 }
             }
             for (; k + 4 <= m; k += 4) {
-                s0 += gy[yr + k * sy] * x[xr + k * sx];
-                s1 += gy[yr + (k + 1) * sy] * x[xr + (k + 1) * sx];
-                s2 += gy[yr + (k + 2) * sy] * x[xr + (k + 2) * sx];
-                s3 += gy[yr + (k + 3) * sy] * x[xr + (k + 3) * sx];
+                s0 += LD(gy, yr + k * sy) * LD(x, xr + k * sx);
+                s1 += LD(gy, yr + (k + 1) * sy) * LD(x, xr + (k + 1) * sx);
+                s2 += LD(gy, yr + (k + 2) * sy) * LD(x, xr + (k + 2) * sx);
+                s3 += LD(gy, yr + (k + 3) * sy) * LD(x, xr + (k + 3) * sx);
             }
             for (; k < m; k++)
-                s0 += gy[yr + k * sy] * x[xr + k * sx];
+                s0 += LD(gy, yr + k * sy) * LD(x, xr + k * sx);
         }
     }
-    gw[W_AT(p, o, c, a, b)] = (s0 + s1) + (s2 + s3);
+    STORE(gw, W_AT(p, o, c, a, b), (s0 + s1) + (s2 + s3));
 }
 
 /* col (C*KH*KW, N, OH*OW) from x: row (c, a, b), column (n, oh, ow); zero where the tap falls
  * into the padding */
-__kernel void im2col(__global T *col, __global const T *x, nbk_conv p)
+__kernel void im2col(__global T *col, __global const ST *x, nbk_conv p)
 {
     long L = p.oh * p.ow, NL = p.n * L, KK = p.kh * p.kw;
     long i = get_global_id(0);
@@ -151,12 +154,12 @@ __kernel void im2col(__global T *col, __global const T *x, nbk_conv p)
     long l = i % L, n = i / L % p.n, r = i / NL;
     long b = r % p.kw, a = r / p.kw % p.kh, c = r / KK;
     long ih = l / p.ow * p.sh - p.ph + a * p.dh, iw = l % p.ow * p.sw - p.pw + b * p.dw;
-    col[i] = (ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) ? x[X_AT(p, n, c, ih, iw)] : (T)0;
+    col[i] = (ih >= 0 && ih < p.h && iw >= 0 && iw < p.w) ? LD(x, X_AT(p, n, c, ih, iw)) : (T)0;
 }
 
 /* gx (N,C,H,W) = the sum of the columns of col (laid out as im2col's) that element feeds; one
  * work-item per element gathers them, so nothing races */
-__kernel void col2im(__global T *gx, __global const T *col, nbk_conv p)
+__kernel void col2im(__global ST *gx, __global const T *col, nbk_conv p)
 {
     long i = get_global_id(0), total = p.n * p.c * p.h * p.w;
     if (i >= total)
@@ -176,7 +179,7 @@ __kernel void col2im(__global T *gx, __global const T *col, nbk_conv p)
                     acc += col[cb + (a * p.kw + b) * NL + t * p.ow + u];
             }
         }
-        gx[X_AT(p, n, c, ih, iw)] = acc;
+        STORE(gx, X_AT(p, n, c, ih, iw), acc);
         return;
     }
     for (long a = 0; a < p.kh; a++) {
@@ -190,12 +193,12 @@ __kernel void col2im(__global T *gx, __global const T *col, nbk_conv p)
             acc += col[((c * p.kh + a) * p.kw + b) * NL + n * L + t / p.sh * p.ow + u / p.sw];
         }
     }
-    gx[X_AT(p, n, c, ih, iw)] = acc;
+    STORE(gx, X_AT(p, n, c, ih, iw), acc);
 }
 
 /* y (N,C,OH,OW) = window max, idx (role w, shaped like y) = its flat h*W+w; NaN wins, and an
  * all -inf window reports its first in-bounds element, as PyTorch does. */
-__kernel void max_pool2d(__global T *y, __global const T *x, __global long *idx, nbk_conv p)
+__kernel void max_pool2d(__global ST *y, __global const ST *x, __global long *idx, nbk_conv p)
 {
     long i = get_global_id(0), total = p.n * p.c * p.oh * p.ow;
     if (i >= total)
@@ -207,13 +210,13 @@ __kernel void max_pool2d(__global T *y, __global const T *x, __global long *idx,
     long bi = hs * p.w + ws;
     for (long a = hs; a < he; a++)
         for (long b = ws; b < we; b++) {
-            T v = x[X_AT(p, n, c, a, b)];
+            T v = LD(x, X_AT(p, n, c, a, b));
             if (v > best || (IS_NAN(v) && !IS_NAN(best))) { /* the first NaN stays */
                 best = v;
                 bi = a * p.w + b;
             }
         }
-    y[Y_AT(p, n, c, oh, ow)] = best;
+    STORE(y, Y_AT(p, n, c, oh, ow), best); /* a 16-bit max is exact: no rounding */
     idx[W_AT(p, n, c, oh, ow)] = bi;
 }
 
@@ -222,8 +225,8 @@ __kernel void max_pool2d(__global T *y, __global const T *x, __global long *idx,
  * and adds each window's gradient where its index falls into the row: no division per element,
  * and each element still sums its windows in (oh, ow) order. An index outside the row (or the
  * plane) is ignored. */
-__kernel void max_pool2d_backward(__global T *gx, __global const T *gy, __global const long *idx,
-                                  nbk_conv p)
+__kernel void max_pool2d_backward(__global T *gx, __global const ST *gy,
+                                  __global const long *idx, nbk_conv p)
 {
     long i = get_global_id(0), total = p.n * p.c * p.h;
     if (i >= total)
@@ -246,7 +249,7 @@ __kernel void max_pool2d_backward(__global T *gx, __global const T *gy, __global
         for (long ow = 0; ow < p.ow; ow++) {
             long j = idx[ir + ow * p.st_w[3]];
             if (j >= lo && j < hi)
-                gx[xr + (j - lo) * sx] += gy[yr + ow * p.st_y[3]];
+                gx[xr + (j - lo) * sx] += LD(gy, yr + ow * p.st_y[3]);
         }
     }
 }

@@ -1,6 +1,6 @@
 /* elementwise.cl - fill, copy with cast, arange, unary/binary arithmetic, comparisons, logical
- * ops and where, all over strided operands (stride 0 = broadcast). The 16-bit programs use
- * fill, copy, unary, unary_scalar, binary, compare, compare_scalar and where. */
+ * ops and where, all over strided operands (stride 0 = broadcast). Every kernel here reads and
+ * writes its tensors through LD/STORE, so the 16-bit programs use them all. */
 
 /* v: the value as stored (a 16-bit program gets the bits, rounded once by the host) */
 __kernel void fill(__global ST *out, nbk_geom g, ST v)
@@ -54,27 +54,27 @@ __kernel void copy_bits(__global ST *out, __global const ST *in, nbk_geom g)
 #if !HAS_FP64 && NBK_KIND == 0
 /* float32 without fp64: start and step arrive as float pairs (s_h + s_l, t_h + t_l), and i is
  * split into two parts float holds exactly, so the value rounds once as the CPU's does */
-__kernel void arange(__global T *out, nbk_geom g, float s_h, float s_l, float t_h, float t_l,
+__kernel void arange(__global ST *out, nbk_geom g, float s_h, float s_l, float t_h, float t_l,
                      long istart, long istep, int integral)
 {
     NBK_ELEMENT(1);
     if (integral) {
-        out[o[0]] = TO_T_FROM_LONG((long)((ulong)istart + (ulong)i * (ulong)istep));
+        STORE(out, o[0], TO_T_FROM_LONG((long)((ulong)istart + (ulong)i * (ulong)istep)));
         return;
     }
     long i_lo = i & 0xfff;
     float2 v = nbk_axpm2(s_h, s_l, t_h, t_l, (float)(i - i_lo));
-    out[o[0]] = nbk_axpm(v.x, v.y, t_h, t_l, (float)i_lo);
+    STORE(out, o[0], nbk_axpm(v.x, v.y, t_h, t_l, (float)i_lo));
 }
 #else
-__kernel void arange(__global T *out, nbk_geom g, real_t start, real_t step, long istart,
+__kernel void arange(__global ST *out, nbk_geom g, real_t start, real_t step, long istart,
                      long istep, int integral)
 {
     NBK_ELEMENT(1);
     if (integral)
-        out[o[0]] = TO_T_FROM_LONG((long)((ulong)istart + (ulong)i * (ulong)istep));
+        STORE(out, o[0], TO_T_FROM_LONG((long)((ulong)istart + (ulong)i * (ulong)istep)));
     else
-        out[o[0]] = TO_T_FROM_FLOAT(start + (real_t)i * step);
+        STORE(out, o[0], TO_T_FROM_FLOAT(start + (real_t)i * step));
 }
 #endif
 
@@ -232,11 +232,12 @@ __kernel void compare_scalar(__global uchar *out, __global const T *a, nbk_geom 
 #endif
 
 /* b is ignored for NBK_NOT (the host passes a again). Not in the 16-bit programs. */
-__kernel void logical(__global uchar *out, __global const T *a, __global const T *b, nbk_geom g,
-                      int op)
+/* a 16-bit value is true when its float is != 0: -0.0 is false, NaN true */
+__kernel void logical(__global uchar *out, __global const ST *a, __global const ST *b,
+                      nbk_geom g, int op)
 {
     NBK_ELEMENT(3);
-    int x = a[o[1]] != 0, z = op == NBK_NOT ? 0 : b[o[2]] != 0, y;
+    int x = LD(a, o[1]) != 0, z = op == NBK_NOT ? 0 : LD(b, o[2]) != 0, y;
     switch (op) {
     case NBK_AND: y = x && z; break;
     case NBK_OR: y = x || z; break;

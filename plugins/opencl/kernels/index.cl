@@ -1,6 +1,8 @@
 /* index.cl - gather and scatter_add along one dim. Each checks its indices as it goes: a bad
  * one is skipped (never read or written through) and recorded in flag, which the host reads at
- * the next synchronisation point, so no op waits for a check. */
+ * the next synchronisation point, so no op waits for a check. In the 16-bit programs gather
+ * moves the stored bits, and scatter_add sums 16-bit sources (LD) into a float32 copy of out
+ * (T), which the host rounds back once. */
 
 /* The first bad index wins flag (NBK_FLAG_WORDS ints, see nbk_shared.h). 32-bit atomics are
  * core in OpenCL C 1.1; the words after the first are written only by the winner. */
@@ -18,14 +20,14 @@ void nbk_flag_bad(__global volatile int *flag, long v, long size, long dim, int 
 
 /* Operands: 0 out, 1 data (its stride along dim set to 0), 2 index; dstride is data's stride
  * along dim, size its size there. A bad index writes 0. */
-__kernel void gather(__global T *out, __global const T *data, __global const long *idx,
+__kernel void gather(__global ST *out, __global const ST *data, __global const long *idx,
                      nbk_geom g, long dstride, long size, long dim, __global volatile int *flag)
 {
     NBK_ELEMENT(3);
     long v = idx[o[2]];
     if (v < 0 || v >= size) {
         nbk_flag_bad(flag, v, size, dim, 0);
-        out[o[0]] = (T)0;
+        out[o[0]] = (ST)0;
         return;
     }
     out[o[0]] = data[o[1] + v * dstride];
@@ -34,7 +36,7 @@ __kernel void gather(__global T *out, __global const T *data, __global const lon
 /* One work-item per line along dim: operands 0 out (stride along dim set to 0), 1 index,
  * 2 src, over the index's shape with dim collapsed. Distinct lines write distinct output
  * elements, so no atomics are needed and the sums come out in a fixed order. */
-__kernel void scatter_add(__global T *out, __global const long *idx, __global const T *src,
+__kernel void scatter_add(__global T *out, __global const long *idx, __global const ST *src,
                           nbk_geom g, long len, long ost, long ist, long sst, long size,
                           long dim, __global volatile int *flag)
 {
@@ -49,7 +51,7 @@ __kernel void scatter_add(__global T *out, __global const long *idx, __global co
 #if IS_BOOL
         out[t] = (out[t] | src[o[2] + j * sst]) != 0;
 #else
-        out[t] += src[o[2] + j * sst];
+        out[t] += LD(src, o[2] + j * sst);
 #endif
     }
 }
@@ -58,7 +60,7 @@ __kernel void scatter_add(__global T *out, __global const long *idx, __global co
  * (line, s) sums chunk s of its line (j in [s * per, (s + 1) * per)) into its own row of part,
  * m values that it zeroes first: rows are private to a work-item, so nothing races. */
 __kernel void scatter_add_chunks(__global T *part, __global const long *idx,
-                                 __global const T *src, nbk_geom g, long len, long per, long m,
+                                 __global const ST *src, nbk_geom g, long len, long per, long m,
                                  long ist, long sst, long dim, __global volatile int *flag)
 {
     long line = get_global_id(0), s = get_global_id(1);
@@ -79,7 +81,7 @@ __kernel void scatter_add_chunks(__global T *part, __global const long *idx,
 #if IS_BOOL
         row[v] = (row[v] | src[o[2] + j * sst]) != 0;
 #else
-        row[v] += src[o[2] + j * sst];
+        row[v] += LD(src, o[2] + j * sst);
 #endif
     }
 }

@@ -1,6 +1,6 @@
 /* nn.cl - tier-2 fused kernels: relu_backward, softmax/log_softmax and their backwards (one
- * work-group per row), and the SGD and Adam parameter updates. Float dtypes only; the 16-bit
- * programs use relu_backward and the softmax rows (float compute, one rounding per output). */
+ * work-group per row), and the SGD and Adam parameter updates. Float dtypes only; in the 16-bit
+ * programs each computes in float and rounds each output (and optimizer state) once. */
 #if IS_FLOAT
 
 __kernel void relu_backward(__global ST *out, __global const ST *grad, __global const ST *x,
@@ -75,37 +75,37 @@ __kernel void softmax_backward_rows(__global ST *out, __global const ST *gr, __g
 }
 
 /* operands 0 param, 1 grad, 2 momentum buffer (ignored unless has_buf). As torch.optim.SGD. */
-__kernel void sgd_step(__global T *p, __global const T *gr, __global T *buf, nbk_geom g, T lr,
-                       T momentum, T dampening, T wd, int nesterov, int first, int has_buf)
+__kernel void sgd_step(__global ST *p, __global const ST *gr, __global ST *buf, nbk_geom g,
+                       T lr, T momentum, T dampening, T wd, int nesterov, int first, int has_buf)
 {
     NBK_ELEMENT(3);
-    T pv = p[o[0]], d = gr[o[1]];
+    T pv = LD(p, o[0]), d = LD(gr, o[1]);
     if (wd != 0)
         d += wd * pv;
     if (momentum != 0 && has_buf) {
-        T b = first ? d : momentum * buf[o[2]] + (1 - dampening) * d;
-        buf[o[2]] = b;
+        T b = first ? d : momentum * LD(buf, o[2]) + (1 - dampening) * d;
+        STORE(buf, o[2], b);
         d = nesterov ? d + momentum * b : b;
     }
-    p[o[0]] = pv - lr * d;
+    STORE(p, o[0], pv - lr * d);
 }
 
 /* operands 0 param, 1 grad, 2 exp_avg, 3 exp_avg_sq. As torch.optim.Adam / AdamW; the bias
  * corrections come from the host: step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t). */
-__kernel void adam_step(__global T *p, __global const T *gr, __global T *m, __global T *v,
+__kernel void adam_step(__global ST *p, __global const ST *gr, __global ST *m, __global ST *v,
                         nbk_geom g, T lr, T beta1, T beta2, T eps, T wd, T step_size, T bc2_sqrt,
                         int decoupled)
 {
     NBK_ELEMENT(4);
-    T pv = p[o[0]], gv = gr[o[1]];
+    T pv = LD(p, o[0]), gv = LD(gr, o[1]), m0 = LD(m, o[2]);
     if (decoupled)
         pv *= 1 - lr * wd;
     else if (wd != 0)
         gv += wd * pv;
-    T mv = m[o[2]] + (1 - beta1) * (gv - m[o[2]]);
-    T vv = beta2 * v[o[3]] + (1 - beta2) * gv * gv;
-    m[o[2]] = mv;
-    v[o[3]] = vv;
-    p[o[0]] = pv - step_size * mv / (sqrt(vv) / bc2_sqrt + eps);
+    T mv = m0 + (1 - beta1) * (gv - m0);
+    T vv = beta2 * LD(v, o[3]) + (1 - beta2) * gv * gv;
+    STORE(m, o[2], mv);
+    STORE(v, o[3], vv);
+    STORE(p, o[0], pv - step_size * mv / (sqrt(vv) / bc2_sqrt + eps));
 }
 #endif

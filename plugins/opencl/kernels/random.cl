@@ -1,5 +1,6 @@
 /* random.cl - random_uniform and random_normal through Philox4x32-10, the same function as
- * nb_philox() in nabla_plugin.h, so a seed gives the CPU's numbers on every device. */
+ * nb_philox() in nabla_plugin.h, so a seed gives the CPU's numbers on every device. A 16-bit
+ * output gets the float32 number rounded once (the cpu plugin's float32 kernel, narrowed). */
 #if IS_FLOAT
 void nbk_philox(ulong key, ulong ctr_lo, ulong ctr_hi, uint r[4])
 {
@@ -28,7 +29,7 @@ void nbk_philox(ulong key, ulong ctr_lo, ulong ctr_hi, uint r[4])
 
 #if HAS_FP64
 /* out = lo + (hi - lo) * u; the element's row-major index is its counter */
-__kernel void random_uniform(__global T *out, nbk_geom g, ulong seed, ulong offset, real_t lo,
+__kernel void random_uniform(__global ST *out, nbk_geom g, ulong seed, ulong offset, real_t lo,
                              real_t hi)
 {
     NBK_ELEMENT(1);
@@ -39,11 +40,11 @@ __kernel void random_uniform(__global T *out, nbk_geom g, ulong seed, ulong offs
 #else
     real_t u = (real_t)(r[0] >> 8) * (real_t)0x1p-24f;
 #endif
-    out[o[0]] = (T)(lo + (hi - lo) * u);
+    STORE(out, o[0], (T)(lo + (hi - lo) * u));
 }
 
 /* out = mean + std * z with z = sqrt(-2 ln u1) cos(2 pi u2); u1 in (0, 1] */
-__kernel void random_normal(__global T *out, nbk_geom g, ulong seed, ulong offset, real_t mean,
+__kernel void random_normal(__global ST *out, nbk_geom g, ulong seed, ulong offset, real_t mean,
                             real_t std)
 {
     NBK_ELEMENT(1);
@@ -53,7 +54,7 @@ __kernel void random_normal(__global T *out, nbk_geom g, ulong seed, ulong offse
     real_t u1 = (real_t)(((ulong)1 << 53) - NBK_BITS53(r[0], r[1])) * (real_t)0x1p-53f;
     real_t u2 = (real_t)NBK_BITS53(r[2], r[3]) * (real_t)0x1p-53f;
     real_t z = sqrt((real_t)-2 * log(u1)) * cos((real_t)2 * NBK_PI * u2);
-    out[o[0]] = (T)(mean + std * z);
+    STORE(out, o[0], (T)(mean + std * z));
 }
 #else
 /* Without fp64 (float32 only): the double arithmetic of the reference is carried in float
@@ -61,19 +62,19 @@ __kernel void random_normal(__global T *out, nbk_geom g, ulong seed, ulong offse
  * arrive split: a = a_h + a_l. */
 
 /* out = lo + (hi - lo) * u, u exact in float (24 bits); d = hi - lo from the host */
-__kernel void random_uniform(__global T *out, nbk_geom g, ulong seed, ulong offset, float lo_h,
+__kernel void random_uniform(__global ST *out, nbk_geom g, ulong seed, ulong offset, float lo_h,
                              float lo_l, float d_h, float d_l)
 {
     NBK_ELEMENT(1);
     uint r[4];
     nbk_philox(seed, (ulong)i, offset, r);
-    out[o[0]] = nbk_axpm(lo_h, lo_l, d_h, d_l, (float)(r[0] >> 8) * 0x1p-24f);
+    STORE(out, o[0], nbk_axpm(lo_h, lo_l, d_h, d_l, (float)(r[0] >> 8) * 0x1p-24f));
 }
 
 /* z = sqrt(-2 ln u1) cos(2 pi u2) from the same 53-bit u1 = 1 - v and u2 as the reference:
  * ln u1 comes from whichever of v and u1 is the smaller (no cancellation), and cos(2 pi u2)
  * takes the low bits of u2 as a first-order correction to cospi of its high bits */
-__kernel void random_normal(__global T *out, nbk_geom g, ulong seed, ulong offset, float m_h,
+__kernel void random_normal(__global ST *out, nbk_geom g, ulong seed, ulong offset, float m_h,
                             float m_l, float s_h, float s_l)
 {
     NBK_ELEMENT(1);
@@ -86,7 +87,7 @@ __kernel void random_normal(__global T *out, nbk_geom g, ulong seed, ulong offse
     float rad = sqrt(-2.0f * ln_u1);
     float u2h = (float)(b2 >> 29) * 0x1p-24f, u2l = (float)(b2 & 0x1fffffff) * 0x1p-53f;
     float c = cospi(2.0f * u2h) - sinpi(2.0f * u2h) * (2.0f * M_PI_F * u2l);
-    out[o[0]] = nbk_axpm(m_h, m_l, s_h, s_l, rad * c);
+    STORE(out, o[0], nbk_axpm(m_h, m_l, s_h, s_l, rad * c));
 }
 #endif
 #endif
