@@ -683,8 +683,6 @@ static double cublas_gemmex_f16_seconds(int ordinal, int n, int reps, const char
     void *rt = dlopen_first(rt_names), *bl = rt ? dlopen_first(blas_names) : NULL;
     if (!rt || !bl) {
         *why = rt ? "cuBLAS not loadable" : "CUDA runtime not loadable";
-        if (rt)
-            dlclose(rt);
         return -1;
     }
     cublas_direct c;
@@ -730,8 +728,8 @@ done:
         c.free_(b);
     if (out)
         c.free_(out);
-    dlclose(bl);
-    dlclose(rt);
+    /* rt and bl stay loaded: the plugin's own (static) runtime shares the device's primary
+     * context, and unloading a CUDA runtime in the middle of a process buys nothing */
     return secs;
 }
 
