@@ -570,8 +570,8 @@ template <class T> struct AccumOut {
 // (k x m) + beta * C, where ta/tb say the stored matrix is the transpose (A stored k x n).
 // lda, ldb, ldc are the row strides of the stored matrices, sa, sb, sc the batch strides
 // (0 = shared). Defined in cuda_matmul.cu for float and double (TC = T, cuBLAS's S/D gemm) and
-// for the 16-bit types (cublasGemmStridedBatchedEx, float32 compute; C is T or float, where a
-// caller accumulates several products before rounding once).
+// for the 16-bit types (cublasGemmEx or its strided-batched form, float32 compute; C is T or
+// float, where a caller accumulates several products before rounding once).
 template <class T, class TC = T>
 nb_status gemm_rm(const char *op, int device, bool ta, bool tb, int64_t n, int64_t m, int64_t k,
                   opmath_t<T> alpha, const T *A, int64_t lda, int64_t sa, const T *B, int64_t ldb,

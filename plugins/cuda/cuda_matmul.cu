@@ -1,5 +1,5 @@
 // cuda_matmul.cu - batched strided matmul through cuBLAS (integers: a plain kernel; float16 and
-// bfloat16: cublasGemmStridedBatchedEx with float32 compute, which runs on the tensor cores).
+// bfloat16: cublasGemmEx / cublasGemmStridedBatchedEx with float32 compute, on the tensor cores).
 // Row-major C = A B is computed as the column-major product C^T = B^T A^T; an operand with unit
 // stride in neither matrix dim (or with a broadcast row or column) is first copied to dense
 // scratch memory.
@@ -78,19 +78,23 @@ static cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
                            const T *b, int ldb, long long sb, const float *beta, TC *c, int ldc,
                            long long sc, int batch)
 {
-    static_assert(is_half<T>::value, "gemm_ex is for 16-bit operands");
+    static_assert(is_half<T>::value, "the Ex gemm is for 16-bit operands");
+    if (batch == 1) // one product: cublasGemmEx itself (what nabla-bench compares with)
+        return nbcu_cublas->gemm_ex(h, ta, tb, m, n, k, alpha, a, cuda_type<T>::value, lda, b,
+                                    cuda_type<T>::value, ldb, beta, c, cuda_type<TC>::value, ldc,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     return nbcu_cublas->gemm_strided_batched_ex(h, ta, tb, m, n, k, alpha, a, cuda_type<T>::value,
                                                 lda, sa, b, cuda_type<T>::value, ldb, sb, beta, c,
                                                 cuda_type<TC>::value, ldc, sc, batch,
                                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
 
-// The cuBLAS call gemm() makes for T, for error messages.
-template <class T> static const char *gemm_name()
+// The cuBLAS call gemm() makes for T and the batch count, for error messages.
+template <class T> static const char *gemm_name(int64_t batch)
 {
-    return is_half<T>::value ? "cublasGemmStridedBatchedEx"
-           : sizeof(T) == 4  ? "cublasSgemmStridedBatched"
-                             : "cublasDgemmStridedBatched";
+    if (is_half<T>::value)
+        return batch == 1 ? "cublasGemmEx" : "cublasGemmStridedBatchedEx";
+    return sizeof(T) == 4 ? "cublasSgemmStridedBatched" : "cublasDgemmStridedBatched";
 }
 
 static bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
@@ -141,7 +145,7 @@ nb_status gemm_rm(const char *op, int device, bool ta, bool tb, int64_t n, int64
                              (int)lda, (long long)sa, &beta, C, (int)ldc, (long long)sc,
                              (int)batch);
     if (bs != CUBLAS_STATUS_SUCCESS)
-        return nbcu_blas_error(op, gemm_name<T>(), bs);
+        return nbcu_blas_error(op, gemm_name<T>(batch), bs);
     return NB_OK;
 }
 #define NBCU_GEMM_RM(T, TC)                                                                   \
@@ -284,7 +288,7 @@ static nb_status blas_matmul(const nb_kernel_args *a, int64_t batch, int64_t n, 
                              (long long)mx.batch_stride, &beta, c, (int)ldc, (long long)sc,
                              (int)batch);
     if (bs != CUBLAS_STATUS_SUCCESS)
-        return nbcu_blas_error(op, gemm_name<T>(), bs);
+        return nbcu_blas_error(op, gemm_name<T>(batch), bs);
     if (!direct && (st = copy_strided(op, a->device, o, &dense.op)) != NB_OK)
         return st;
     return launched(op);
