@@ -1,9 +1,10 @@
 /* nabla_bench.c - nabla-bench: one `name value unit` line per figure (median of repetitions):
  * matmul against cblas called directly (in this process, and with each OpenBLAS core in a child),
  * and on opencl devices against CLBlast called directly on the same device,
- * matmul in float16/bfloat16 against float32,
+ * matmul in float16/bfloat16 against float32, on cuda float16 4096^3 against cublasGemmEx,
  * elementwise add against memcpy, per-op dispatch cost,
  * the seed's two-layer net and a LeNet training step/epoch. Never run by ctest. */
+#include <dlfcn.h> /* cuda: cuBLAS called directly, loaded at run time */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -640,6 +641,143 @@ static int bench_matmul_16bit(const bench_opts *o)
     return 0;
 }
 
+/* ---- cuda: matmul float16 4096^3 against cublasGemmEx called directly on the same sizes, in
+ * the same run (issue 12's GPU target: nabla at least 0.8x). The CUDA runtime and cuBLAS are
+ * dlopened here, so nabla-bench builds and runs without CUDA; on other devices the row is not
+ * run, and without the libraries it says n/a. Both sides time the same way: a warm-up, then
+ * each product followed by a device-wide synchronisation, median of --reps. ---- */
+typedef struct cublas_direct {
+    int (*set_device)(int);
+    int (*malloc_)(void **, size_t);
+    int (*free_)(void *);
+    int (*memset_)(void *, int, size_t);
+    int (*sync)(void);
+    int (*create)(void **);
+    int (*destroy)(void *);
+    /* cublasGemmEx: the enums are passed as int (C enums of int size) */
+    int (*gemm_ex)(void *h, int ta, int tb, int m, int n, int k, const void *alpha,
+                   const void *a, int at, int lda, const void *b, int bt, int ldb,
+                   const void *beta, void *c, int ct, int ldc, int compute, int algo);
+} cublas_direct;
+
+enum { CUDA_R_16F_ = 2, CUBLAS_COMPUTE_32F_ = 68, CUBLAS_GEMM_DEFAULT_ = -1 };
+
+static void *dlopen_first(const char *const *names)
+{
+    for (int k = 0; names[k]; k++) {
+        void *h = dlopen(names[k], RTLD_NOW | RTLD_LOCAL);
+        if (h)
+            return h;
+    }
+    return NULL;
+}
+
+/* Seconds per cublasGemmEx of two n x n float16 matrices (float32 compute), median of reps;
+ * -1 with *why set when the libraries or the device are not there. */
+static double cublas_gemmex_f16_seconds(int ordinal, int n, int reps, const char **why)
+{
+    static const char *const rt_names[] = {"libcudart.so.13", "libcudart.so.12", "libcudart.so",
+                                           "/usr/local/cuda/lib64/libcudart.so", NULL};
+    static const char *const blas_names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so",
+                                             "/usr/local/cuda/lib64/libcublas.so", NULL};
+    void *rt = dlopen_first(rt_names), *bl = rt ? dlopen_first(blas_names) : NULL;
+    if (!rt || !bl) {
+        *why = rt ? "cuBLAS not loadable" : "CUDA runtime not loadable";
+        return -1;
+    }
+    cublas_direct c;
+    struct { void **slot; void *lib; const char *name; } syms[] = {
+        {(void **)&c.set_device, rt, "cudaSetDevice"}, {(void **)&c.malloc_, rt, "cudaMalloc"},
+        {(void **)&c.free_, rt, "cudaFree"}, {(void **)&c.memset_, rt, "cudaMemset"},
+        {(void **)&c.sync, rt, "cudaDeviceSynchronize"},
+        {(void **)&c.create, bl, "cublasCreate_v2"}, {(void **)&c.destroy, bl, "cublasDestroy_v2"},
+        {(void **)&c.gemm_ex, bl, "cublasGemmEx"}};
+    double secs = -1;
+    void *h = NULL, *a = NULL, *b = NULL, *out = NULL;
+    size_t bytes = (size_t)n * (size_t)n * 2;
+    for (size_t k = 0; k < sizeof syms / sizeof *syms; k++)
+        if (!(*syms[k].slot = dlsym(syms[k].lib, syms[k].name))) {
+            *why = "a CUDA symbol is missing";
+            goto done;
+        }
+    if (c.set_device(ordinal) || c.malloc_(&a, bytes) || c.malloc_(&b, bytes) ||
+        c.malloc_(&out, bytes) || c.memset_(a, 0x3c, bytes) || c.memset_(b, 0x3c, bytes) ||
+        c.create(&h)) {
+        *why = "CUDA setup failed";
+        goto done;
+    }
+    const float alpha = 1, beta = 0;
+    double t[64];
+    for (int r = -1; r < reps; r++) { /* r == -1 warms up (cuBLAS picks its kernel) */
+        double t0 = now_s();
+        if (c.gemm_ex(h, 0, 0, n, n, n, &alpha, a, CUDA_R_16F_, n, b, CUDA_R_16F_, n, &beta, out,
+                      CUDA_R_16F_, n, CUBLAS_COMPUTE_32F_, CUBLAS_GEMM_DEFAULT_) || c.sync()) {
+            *why = "cublasGemmEx failed";
+            goto done;
+        }
+        if (r >= 0)
+            t[r] = now_s() - t0;
+    }
+    secs = median(t, reps);
+done:
+    if (h)
+        c.destroy(h);
+    if (a)
+        c.free_(a);
+    if (b)
+        c.free_(b);
+    if (out)
+        c.free_(out);
+    /* rt and bl stay loaded: the plugin's own (static) runtime shares the device's primary
+     * context, and unloading a CUDA runtime in the middle of a process buys nothing */
+    return secs;
+}
+
+static int bench_cuda_matmul_f16(const bench_opts *o)
+{
+    enum { N = 4096 };
+    if (strncmp(o->device, "cuda:", 5) != 0)
+        return 0;
+    if (!nb_device_has_kernel(o->device, "matmul", NB_DTYPE_F16)) {
+        printf("matmul_f16_4096 n/a (no float16 matmul kernel on %s)\n", o->device);
+        return 0;
+    }
+    const double flop = 2.0 * N * N * N;
+    /* inputs drawn in float32 and rounded: the comparison is about the product alone */
+    nb_tensor *a32 = nb_randn(NB_SHAPE(N, N), (nb_opts){.device = o->device});
+    nb_tensor *b32 = nb_randn(NB_SHAPE(N, N), (nb_opts){.device = o->device});
+    nb_tensor *a = nb_to_dtype(a32, NB_DTYPE_F16), *b = nb_to_dtype(b32, NB_DTYPE_F16);
+    nb_release(a32);
+    nb_release(b32);
+    bool ok = a && b && nb_synchronize(o->device) == NB_OK;
+    double t[64];
+    for (int r = -1; ok && r < o->reps; r++) {
+        double t0 = now_s();
+        nb_tensor *c = nb_matmul(a, b);
+        ok = c && nb_synchronize(o->device) == NB_OK;
+        nb_release(c);
+        if (r >= 0)
+            t[r] = now_s() - t0;
+    }
+    nb_release(a);
+    nb_release(b);
+    if (!ok)
+        return fail("matmul float16 4096");
+    double ours = median(t, o->reps);
+    report("matmul_f16_4096", flop / ours / 1e9, "GFLOP/s");
+    /* cuda:N is taken as CUDA ordinal N: the plugin maps them 1:1 unless it skipped a GPU
+     * whose architecture this build lacks */
+    const char *why = NULL;
+    double theirs = cublas_gemmex_f16_seconds(atoi(o->device + 5), N, o->reps, &why);
+    if (theirs <= 0) {
+        printf("cublas_gemmex_f16_4096 n/a (%s)\n", why ? why : "failed");
+        return 0;
+    }
+    report("cublas_gemmex_f16_4096", flop / theirs / 1e9, "GFLOP/s");
+    report("matmul_f16_4096_ratio", theirs / ours, "nabla/cublas");
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: nabla-bench [--device D] [--only NAME[,NAME...]] [--reps N] "
@@ -649,7 +787,8 @@ static void usage(FILE *f)
                "  matmul_ratio, matmul_ratio_same_core; on opencl:N clblast_sgemm_1024,\n"
                "  matmul_ratio_clblast),\n"
                "  matmul16 (matmul_f32_1024_ms, matmul_bf16_1024, matmul_bf16_ratio, "
-               "matmul_f16_1024, matmul_f16_ratio),\n"
+               "matmul_f16_1024, matmul_f16_ratio;\n"
+               "  on cuda:N matmul_f16_4096, cublas_gemmex_f16_4096, matmul_f16_4096_ratio),\n"
                "  add (add_f32_16M, memcpy_16M, add_ratio), dispatch (dispatch_add_1),\n"
                "  mlp (mlp_seed_500), lenet (lenet_step, lenet_epoch)\n");
 }
@@ -717,7 +856,9 @@ int main(int argc, char **argv)
                                            "matmul_ratio_clblast", NULL};
     static const char *const g_matmul16[] = {"matmul_f32_1024_ms", "matmul_bf16_1024",
                                              "matmul_bf16_ratio", "matmul_f16_1024",
-                                             "matmul_f16_ratio", NULL};
+                                             "matmul_f16_ratio", "matmul_f16_4096",
+                                             "cublas_gemmex_f16_4096", "matmul_f16_4096_ratio",
+                                             NULL};
     static const char *const g_add[] = {"add_f32_16M", "memcpy_16M", "add_ratio", NULL};
     static const char *const g_dispatch[] = {"dispatch_add_1", NULL};
     static const char *const g_mlp[] = {"mlp_seed_500", NULL};
@@ -757,6 +898,8 @@ int main(int argc, char **argv)
         rc |= bench_clblast(&o);
     if (wanted(&o, "matmul16", g_matmul16))
         rc |= bench_matmul_16bit(&o);
+    if (wanted(&o, "matmul16", g_matmul16))
+        rc |= bench_cuda_matmul_f16(&o);
     if (wanted(&o, "add", g_add))
         rc |= bench_add(&o);
     if (wanted(&o, "dispatch", g_dispatch))

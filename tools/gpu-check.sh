@@ -3,7 +3,8 @@
 # (Release, only what the checks need, for the GPU that is there), then runs the cuda plugin's
 # unit tests, nabla-conformance on cuda:0, the cuda-vs-cpu training test, nabla-bench on cuda:0
 # and nabla-cuda-check (issue 16's "suspected" items, one line each), and prints a summary a note
-# can quote. Every step has a time limit; a failed step is reported and the next one runs.
+# can quote: the float16/bfloat16 kernel tests, conformance's 16-bit columns and the f16 matmul
+# against cublasGemmEx (issue 12's 0.8x target) get a line each. Every step has a time limit; a failed step is reported and the next one runs.
 # Without a GPU (or without the toolkit) each CUDA step reports SKIP with the reason.
 #
 # Usage: bash tools/gpu-check.sh            (about 4-6 minutes on an H100/H200 with 16 cores)
@@ -162,12 +163,29 @@ fi
 # -V: a skipped test's own output (its reason) goes to the log too
 if have test_cuda_kernels unit-tests; then
     run_step unit-tests 240 ctest --test-dir "$BUILD" -R '^plugin\.cuda' -V --timeout 200
+    # the 16-bit cmocka tests one by one: the kernels' (half_*, GPU) and the host conversions'
+    grep -oE '\[ +(OK|FAILED) +\] (half_|every_16bit|float_sample|wide_sources)[a-z0-9_]*' \
+        "$LOGS/unit-tests.log" | awk '!seen[$0]++' | while read -r _ v _ name; do
+        [ "$v" = OK ] && v=PASS || v=FAIL
+        printf '  %s %s\n' "$v" "$name"
+    done >"$LOGS/unit-tests-16bit.txt"
+    while IFS= read -r line; do add "$line"; done <"$LOGS/unit-tests-16bit.txt"
+    grep -q '^  .* half_' "$LOGS/unit-tests-16bit.txt" ||
+        add "  SKIP half_* kernel tests (not run: $(grep -m1 -oE 'skipped: .*' "$LOGS/unit-tests.log" | cut -c1-120))"
 fi
 
 if have nabla-conformance conformance; then
     run_step conformance 300 "$BIN/nabla-conformance" --device "$DEVICE" \
         --report "$LOGS/conformance-cuda.md"
     grep -E '^(FAIL|fail)|pass(ed)?[, ]|summary' "$LOGS/conformance.log" | tail -n 4 | sed 's/^/      /'
+    if [ -s "$LOGS/conformance.log" ] && ! grep -qE '^SKIP|no device' "$LOGS/conformance.log"; then
+        n16=$(grep -cE '^FAIL .* (float16|bfloat16) on ' "$LOGS/conformance.log")
+        if [ "$n16" = 0 ]; then
+            add "  PASS conformance float16/bfloat16 columns (no failing sample)"
+        else
+            add "  FAIL conformance float16/bfloat16 columns ($n16 failing samples, first: $(grep -m1 -E '^FAIL .* (float16|bfloat16) on ' "$LOGS/conformance.log" | cut -c1-120))"
+        fi
+    fi
 fi
 
 if ! ctest --test-dir "$BUILD" -N -R 'cuda_matches_cpu' 2>/dev/null | grep -q 'Total Tests: [1-9]'; then
@@ -181,6 +199,18 @@ if [ "$GPU_OK" != 1 ]; then
 elif have nabla-bench bench; then
     run_step bench 240 "$BIN/nabla-bench" --device "$DEVICE" --reps 3 --long-reps 1
     grep -vE '^\s*$' "$LOGS/bench.log" | tail -n 12 | sed 's/^/      /'
+    # issue 12: nb_matmul float16 4096^3 at least 0.8x cublasGemmEx called directly
+    ratio=$(awk '$1 == "matmul_f16_4096_ratio" {print $2}' "$LOGS/bench.log")
+    ours=$(awk '$1 == "matmul_f16_4096" {print $2}' "$LOGS/bench.log")
+    theirs=$(awk '$1 == "cublas_gemmex_f16_4096" {print $2}' "$LOGS/bench.log")
+    if [ -z "$ratio" ]; then
+        add "  SKIP matmul_f16_4096_ratio (no figure: $(grep -m1 -E 'f16_4096' "$LOGS/bench.log" || echo 'row not run'))"
+    elif awk -v r="$ratio" 'BEGIN { exit !(r >= 0.8) }'; then
+        add "  PASS matmul_f16_4096_ratio $ratio >= 0.8 (nabla $ours, cublasGemmEx $theirs GFLOP/s)"
+    else
+        add "  FAIL matmul_f16_4096_ratio $ratio < 0.8 (nabla $ours, cublasGemmEx $theirs GFLOP/s)"
+        FAILS=$((FAILS + 1)) # a missed target, though the bench step itself ran
+    fi
 fi
 
 if have nabla-cuda-check cuda-check; then

@@ -1,6 +1,8 @@
 // cuda_conv.cu - conv2d and its two backwards as im2col + cuBLAS gemm (col2im for the input
 // gradient). The column buffer holds a chunk of the batch at a time (at most
 // NBCU_CONV_SCRATCH bytes), so a large batch needs no more scratch memory than a small one.
+// float16/bfloat16: 16-bit operands, float32 accumulation (cuBLAS's compute type, and float32
+// buffers wherever partial results are summed: col2im's columns, the weight gradient).
 #include "cuda_common.cuh"
 
 namespace nbcu {
@@ -30,15 +32,15 @@ template <class T> struct Im2colF {
         int64_t w = (l % p.ow) * p.sw - p.pw + kj * p.dw;
         col[i] = h >= 0 && h < p.h && w >= 0 && w < p.w
                      ? x[(n0 + b) * xs[0] + c * xs[1] + h * xs[2] + w * xs[3]]
-                     : T(0);
+                     : zero_of<T>();
     }
 };
 
-// Input gradient of images n0.. from a column buffer of all groups, col[b][c*k + ki*kw + kj][l]:
-// each x position sums the window positions that read it. out has strides os.
+// Input gradient of images n0.. from a column buffer of all groups, col[b][c*k + ki*kw + kj][l]
+// (in opmath_t<T>): each x position sums the window positions that read it. out has strides os.
 template <class T> struct Col2imF {
     T *out;
-    const T *col;
+    const opmath_t<T> *col;
     int64_t os[4];
     Conv p;
     int64_t n0;
@@ -46,8 +48,8 @@ template <class T> struct Col2imF {
     {
         int64_t w = i % p.w, h = (i / p.w) % p.h, c = (i / (p.w * p.h)) % p.c;
         int64_t b = i / (p.w * p.h * p.c);
-        const T *cb = col + b * p.c * p.k * p.l + c * p.k * p.l;
-        T sum = T(0);
+        const opmath_t<T> *cb = col + b * p.c * p.k * p.l + c * p.k * p.l;
+        opmath_t<T> sum = 0;
         for (int64_t ki = 0; ki < p.kh; ki++) {
             int64_t th = h + p.ph - ki * p.dh;
             if (th < 0 || th % p.sh)
@@ -64,13 +66,13 @@ template <class T> struct Col2imF {
                     sum += cb[(ki * p.kw + kj) * p.l + oh * p.ow + ow];
             }
         }
-        out[(n0 + b) * os[0] + c * os[1] + h * os[2] + w * os[3]] = sum;
+        out[(n0 + b) * os[0] + c * os[1] + h * os[2] + w * os[3]] = convert<T>(sum);
     }
 };
 
 template <class T> struct ZeroAllF {
     T *out;
-    __device__ void operator()(int64_t, const int64_t *off) const { out[off[0]] = T(0); }
+    __device__ void operator()(int64_t, const int64_t *off) const { out[off[0]] = zero_of<T>(); }
 };
 
 // Runs f(i) for i in [0, n) on the device's stream.
@@ -206,9 +208,9 @@ template <class T> static nb_status k_conv2d(const nb_kernel_args *a)
             st = launch_n(op, a->device, b * p.ck * p.l, f);
             // y[n][group rows] (og x l) = w[group] (og x ck) @ col[n] (ck x l)
             if (st == NB_OK)
-                st = gemm_rm<T>(op, a->device, false, false, p.og, p.l, p.ck, T(1),
+                st = gemm_rm<T>(op, a->device, false, false, p.og, p.l, p.ck, 1,
                                 wp + gi * p.og * p.ck, p.ck, 0, (const T *)scol.p, p.l,
-                                p.ck * p.l, T(0), yp + (n0 * p.o + gi * p.og) * p.l, p.l,
+                                p.ck * p.l, 0, yp + (n0 * p.o + gi * p.og) * p.l, p.l,
                                 p.o * p.l, b);
         }
     }
@@ -242,18 +244,19 @@ template <class T> static nb_status k_conv2d_backward_input(const nb_kernel_args
     if ((st = dense_in<T>(op, a->device, s, &a->in[0], sg, &gp)) != NB_OK ||
         (st = dense_in<T>(op, a->device, s, &a->in[1], sw, &wp)) != NB_OK)
         return st;
-    int64_t nc = chunk_of<T>(p.n, p.c * p.k * p.l);
-    if ((st = scol.get(op, a->device, s, (size_t)(nc * p.c * p.k * p.l) * sizeof(T))) != NB_OK)
+    typedef opmath_t<T> A; // the columns: each input position sums several of them
+    int64_t nc = chunk_of<A>(p.n, p.c * p.k * p.l);
+    if ((st = scol.get(op, a->device, s, (size_t)(nc * p.c * p.k * p.l) * sizeof(A))) != NB_OK)
         return st;
-    T *col = (T *)scol.p;
+    A *col = (A *)scol.p;
     for (int64_t n0 = 0; n0 < p.n && st == NB_OK; n0 += nc) {
         int64_t b = p.n - n0 < nc ? p.n - n0 : nc;
         // col[n][group rows] (ck x l) = w[group]^T (ck x og) @ grad[n][group] (og x l)
         for (int64_t gi = 0; gi < p.groups && st == NB_OK; gi++)
-            st = gemm_rm<T>(op, a->device, true, false, p.ck, p.l, p.og, T(1),
-                            wp + gi * p.og * p.ck, p.ck, 0, gp + (n0 * p.o + gi * p.og) * p.l,
-                            p.l, p.o * p.l, T(0), col + gi * p.ck * p.l, p.l, p.c * p.k * p.l,
-                            b);
+            st = gemm_rm<T, A>(op, a->device, true, false, p.ck, p.l, p.og, 1,
+                               wp + gi * p.og * p.ck, p.ck, 0, gp + (n0 * p.o + gi * p.og) * p.l,
+                               p.l, p.o * p.l, 0, col + gi * p.ck * p.l, p.l, p.c * p.k * p.l,
+                               b);
         if (st == NB_OK) {
             Col2imF<T> f{data<T>(gx), col,
                          {gx->strides[0], gx->strides[1], gx->strides[2], gx->strides[3]}, p, n0};
@@ -285,12 +288,15 @@ template <class T> static nb_status k_conv2d_backward_weight(const nb_kernel_arg
     const T *gp;
     if ((st = dense_in<T>(op, a->device, s, &a->in[0], sg, &gp)) != NB_OK)
         return st;
-    bool direct = is_contiguous(gw);
-    T *wp = data<T>(gw);
+    // The images' products accumulate in A (float32 for a 16-bit gradient, rounded once at the
+    // end), into gw itself where it is contiguous and of that type.
+    typedef opmath_t<T> A;
+    bool direct = is_contiguous(gw) && std::is_same<A, T>::value;
+    A *wp = (A *)data<T>(gw);
     if (!direct) {
-        if ((st = sw.get(op, a->device, s, (size_t)numel(gw) * sizeof(T))) != NB_OK)
+        if ((st = sw.get(op, a->device, s, (size_t)numel(gw) * sizeof(A))) != NB_OK)
             return st;
-        wp = (T *)sw.p;
+        wp = (A *)sw.p;
     }
     int64_t nc = chunk_of<T>(p.n, p.ck * p.l);
     if ((st = scol.get(op, a->device, s, (size_t)(nc * p.ck * p.l) * sizeof(T))) != NB_OK)
@@ -304,13 +310,13 @@ template <class T> static nb_status k_conv2d_backward_weight(const nb_kernel_arg
             st = launch_n(op, a->device, b * p.ck * p.l, f);
             // w[group] (og x ck) += grad[n][group] (og x l) @ col[n]^T (l x ck), image by image
             for (int64_t j = 0; j < b && st == NB_OK; j++)
-                st = gemm_rm<T>(op, a->device, false, true, p.og, p.ck, p.l, T(1),
-                                gp + ((n0 + j) * p.o + gi * p.og) * p.l, p.l, 0,
-                                col + j * p.ck * p.l, p.l, 0, n0 + j == 0 ? T(0) : T(1),
-                                wp + gi * p.og * p.ck, p.ck, 0, 1);
+                st = gemm_rm<T, A>(op, a->device, false, true, p.og, p.ck, p.l, 1,
+                                   gp + ((n0 + j) * p.o + gi * p.og) * p.l, p.l, 0,
+                                   col + j * p.ck * p.l, p.l, 0, n0 + j == 0 ? 0 : 1,
+                                   wp + gi * p.og * p.ck, p.ck, 0, 1);
         }
     if (st == NB_OK && !direct) {
-        Dense d(sw.p, dtype_of<T>::value, 4, gw->shape);
+        Dense d(sw.p, dtype_of<A>::value, 4, gw->shape);
         st = copy_strided(op, a->device, gw, &d.op);
     }
     return st;
@@ -320,7 +326,9 @@ template <class T> static nb_status k_conv2d_backward_weight(const nb_kernel_arg
 
 using namespace nbcu;
 
-#define FLOATS(name, tmpl) {name, NB_DTYPE_F32, tmpl<float>}, {name, NB_DTYPE_F64, tmpl<double>},
+#define FLOATS(name, tmpl)                                                                    \
+    {name, NB_DTYPE_F32, tmpl<float>}, {name, NB_DTYPE_F64, tmpl<double>},                    \
+    {name, NB_DTYPE_F16, tmpl<__half>}, {name, NB_DTYPE_BF16, tmpl<__nv_bfloat16>},
 
 extern "C" const nb_kernel_desc nbcu_conv_kernels[] = {
     FLOATS("conv2d", k_conv2d)

@@ -1,6 +1,6 @@
 // cuda_elementwise.cu - elementwise kernels: unary math, scalar ops, clamp, binary arithmetic,
 // comparisons, logical ops, where, and copy with any dtype cast; plus the argument checks the
-// other .cu files share.
+// other .cu files share. float16/bfloat16 compute in float (opmath_t) and round once per store.
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -199,21 +199,23 @@ NBCU_UNARY(RpowScalar, "rpow_scalar", m_pow(p.s, x))
 NBCU_UNARY(Clamp, "clamp", m_clamp(x, p))
 #undef NBCU_UNARY
 
+// The op runs in opmath_t<T>, with its scalars in that type too (a bfloat16 tensor times 1.0039
+// multiplies by the float 1.0039, as PyTorch's opmath does).
 template <class T, class Op> struct UnaryF {
     T *out;
     const T *in;
-    Par<T> p;
+    Par<opmath_t<T>> p;
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = Op()(in[off[1]], p);
+        out[off[0]] = convert<T>(Op()(widen(in[off[1]]), p));
     }
 };
 
-template <class T> static Par<T> make_par(const nb_kernel_args *a)
+template <class A> static Par<A> make_par(const nb_kernel_args *a)
 {
-    Par<T> p;
-    p.s = convert<T>(a->f[0]);
-    p.t = convert<T>(a->f[1]);
+    Par<A> p;
+    p.s = convert<A>(a->f[0]);
+    p.t = convert<A>(a->f[1]);
     p.fs = a->f[0];
     p.ft = a->f[1];
     p.lo = a->i[0] != 0;
@@ -234,7 +236,7 @@ template <class T, class Op> static nb_status k_unary(const nb_kernel_args *a)
     if (st != NB_OK)
         return st;
     const nb_operand *ops[2] = {a->out, &a->in[0]};
-    UnaryF<T, Op> f{data<T>(a->out), data<const T>(&a->in[0]), make_par<T>(a)};
+    UnaryF<T, Op> f{data<T>(a->out), data<const T>(&a->in[0]), make_par<opmath_t<T>>(a)};
     return launch_ew<2>(op, a->device, ops, f);
 }
 
@@ -254,13 +256,15 @@ NBCU_CMP(Gt, "gt", >)
 NBCU_CMP(Ge, "ge", >=)
 #undef NBCU_CMP
 
+// Floats compare with the scalar rounded to their dtype first, as PyTorch does (a bfloat16 1.0
+// equals 1.001, which rounds to 1.0), in opmath_t.
 template <class T, class Op> struct CmpScalarF {
     bool *out;
     const T *in;
-    T s;
+    opmath_t<T> s;
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = Op()(ld(in, off[1]), s);
+        out[off[0]] = Op()(ldw(in, off[1]), s);
     }
 };
 
@@ -271,7 +275,7 @@ template <class T, class Op> struct CmpScalarWideF {
     double s;
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = Op()((double)ld(in, off[1]), s);
+        out[off[0]] = Op()(convert<double>(ld(in, off[1])), s);
     }
 };
 
@@ -288,13 +292,14 @@ template <class T, class Op> static nb_status k_cmp_scalar(const nb_kernel_args 
     if (st != NB_OK)
         return st;
     const nb_operand *ops[2] = {a->out, &a->in[0]};
-    if (dtype_of<T>::value == NB_DTYPE_F32) // float compares in float, as PyTorch does
+    if constexpr (dtype_of<T>::value == NB_DTYPE_F32 || is_half<T>::value)
         return launch_ew<2>(op, a->device, ops,
                             CmpScalarF<T, Op>{data<bool>(a->out), data<const T>(&a->in[0]),
-                                              convert<T>(a->f[0])});
-    return launch_ew<2>(op, a->device, ops,
-                        CmpScalarWideF<T, Op>{data<bool>(a->out), data<const T>(&a->in[0]),
-                                              a->f[0]});
+                                              widen(convert<T>(a->f[0]))});
+    else
+        return launch_ew<2>(op, a->device, ops,
+                            CmpScalarWideF<T, Op>{data<bool>(a->out), data<const T>(&a->in[0]),
+                                                  a->f[0]});
 }
 
 // ---- binary ops ----
@@ -318,7 +323,7 @@ template <class Tout, class T, class Op> struct BinaryF {
     const T *x, *y;
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = Op()(ld(x, off[1]), ld(y, off[2]));
+        out[off[0]] = convert<Tout>(Op()(ldw(x, off[1]), ldw(y, off[2])));
     }
 };
 
@@ -407,7 +412,7 @@ static nb_status k_logical_not(const nb_kernel_args *a)
                                                  a->in[0].dtype});
 }
 
-// ---- where ----
+// ---- where (moves the stored values: 16-bit bits, NaN payloads included, unchanged) ----
 
 template <class T> struct WhereF {
     T *out;
@@ -439,7 +444,7 @@ template <class T> static nb_status k_where(const nb_kernel_args *a)
     return launch_ew<4>(op, a->device, ops, f);
 }
 
-// ---- copy with cast ----
+// ---- copy with cast (convert: one rounding into a 16-bit type, bits kept 16 -> same 16) ----
 
 template <class To, class From> struct CopyF {
     To *out;
@@ -468,6 +473,8 @@ static nb_status copy_to(const char *op, int device, const nb_operand *dst, cons
     case NB_DTYPE_I64: return copy_typed<To, int64_t>(op, device, dst, src);
     case NB_DTYPE_BOOL: return copy_typed<To, bool>(op, device, dst, src);
     case NB_DTYPE_U8: return copy_typed<To, uint8_t>(op, device, dst, src);
+    case NB_DTYPE_F16: return copy_typed<To, __half>(op, device, dst, src);
+    case NB_DTYPE_BF16: return copy_typed<To, __nv_bfloat16>(op, device, dst, src);
     default: break;
     }
     return fail(NB_DTYPE_UNSUPPORTED, "%s: unknown source dtype %d", op, (int)src->dtype);
@@ -482,6 +489,8 @@ nb_status copy_strided(const char *op, int device, const nb_operand *dst, const 
     case NB_DTYPE_I64: return copy_to<int64_t>(op, device, dst, src);
     case NB_DTYPE_BOOL: return copy_to<bool>(op, device, dst, src);
     case NB_DTYPE_U8: return copy_to<uint8_t>(op, device, dst, src);
+    case NB_DTYPE_F16: return copy_to<__half>(op, device, dst, src);
+    case NB_DTYPE_BF16: return copy_to<__nv_bfloat16>(op, device, dst, src);
     default: break;
     }
     return fail(NB_DTYPE_UNSUPPORTED, "%s: unknown destination dtype %d", op, (int)dst->dtype);
@@ -514,31 +523,40 @@ extern "C" cudaError_t nbcu_probe_kernels(void)
 
 // ---- the table ----
 
+// HALF_ / FLOAT_ / NUM_ include float16 and bfloat16: the opencl plugin's OCL_FLT16/NUM16 ops.
 #define UNARY(name, Op, T) {name, dtype_of<T>::value, k_unary<T, Op>},
-#define FLOAT_UNARY(name, Op) UNARY(name, Op, float) UNARY(name, Op, double)
+#define HALF_UNARY(name, Op) UNARY(name, Op, __half) UNARY(name, Op, __nv_bfloat16)
+#define FLOAT_UNARY(name, Op) UNARY(name, Op, float) UNARY(name, Op, double) HALF_UNARY(name, Op)
 #define INT_UNARY(name, Op) UNARY(name, Op, int32_t) UNARY(name, Op, int64_t) UNARY(name, Op, uint8_t)
 #define NUM_UNARY(name, Op) FLOAT_UNARY(name, Op) INT_UNARY(name, Op)
 
 #define BIN(name, Op, T, Tout) {name, dtype_of<T>::value, k_binary<T, Op, Tout>},
+#define HALF_BINARY(name, Op)                                                                 \
+    BIN(name, Op, __half, __half) BIN(name, Op, __nv_bfloat16, __nv_bfloat16)
 #define NUM_BINARY(name, Op)                                                                  \
     BIN(name, Op, float, float) BIN(name, Op, double, double)                                 \
-    BIN(name, Op, int32_t, int32_t) BIN(name, Op, int64_t, int64_t) BIN(name, Op, uint8_t, uint8_t)
+    BIN(name, Op, int32_t, int32_t) BIN(name, Op, int64_t, int64_t) BIN(name, Op, uint8_t, uint8_t) \
+    HALF_BINARY(name, Op)
 #define COMPARE(name, Op)                                                                     \
     BIN(name, Op, float, bool) BIN(name, Op, double, bool) BIN(name, Op, int32_t, bool)       \
-    BIN(name, Op, int64_t, bool) BIN(name, Op, bool, bool) BIN(name, Op, uint8_t, bool)
+    BIN(name, Op, int64_t, bool) BIN(name, Op, bool, bool) BIN(name, Op, uint8_t, bool)       \
+    BIN(name, Op, __half, bool) BIN(name, Op, __nv_bfloat16, bool)
 
 #define CMPS(name, Op, T) {name, dtype_of<T>::value, k_cmp_scalar<T, Op>},
 #define COMPARE_SCALAR(name, Op)                                                              \
     CMPS(name, Op, float) CMPS(name, Op, double) CMPS(name, Op, int32_t)                      \
-    CMPS(name, Op, int64_t) CMPS(name, Op, bool) CMPS(name, Op, uint8_t)
+    CMPS(name, Op, int64_t) CMPS(name, Op, bool) CMPS(name, Op, uint8_t)                      \
+    CMPS(name, Op, __half) CMPS(name, Op, __nv_bfloat16)
 
 #define ALL_DTYPES(name, fn)                                                                  \
     {name, NB_DTYPE_F32, fn}, {name, NB_DTYPE_F64, fn}, {name, NB_DTYPE_I32, fn},             \
-    {name, NB_DTYPE_I64, fn}, {name, NB_DTYPE_BOOL, fn}, {name, NB_DTYPE_U8, fn},
+    {name, NB_DTYPE_I64, fn}, {name, NB_DTYPE_BOOL, fn}, {name, NB_DTYPE_U8, fn},             \
+    {name, NB_DTYPE_F16, fn}, {name, NB_DTYPE_BF16, fn},
 #define ALL_TYPED(name, tmpl)                                                                 \
     {name, NB_DTYPE_F32, tmpl<float>}, {name, NB_DTYPE_F64, tmpl<double>},                    \
     {name, NB_DTYPE_I32, tmpl<int32_t>}, {name, NB_DTYPE_I64, tmpl<int64_t>},                 \
-    {name, NB_DTYPE_BOOL, tmpl<bool>}, {name, NB_DTYPE_U8, tmpl<uint8_t>},
+    {name, NB_DTYPE_BOOL, tmpl<bool>}, {name, NB_DTYPE_U8, tmpl<uint8_t>},                    \
+    {name, NB_DTYPE_F16, tmpl<__half>}, {name, NB_DTYPE_BF16, tmpl<__nv_bfloat16>},
 
 extern "C" const nb_kernel_desc nbcu_elementwise_kernels[] = {
     NUM_UNARY("neg", Neg)
@@ -573,7 +591,7 @@ extern "C" const nb_kernel_desc nbcu_elementwise_kernels[] = {
     NUM_BINARY("add", Add)
     NUM_BINARY("sub", Sub)
     NUM_BINARY("mul", Mul)
-    BIN("div", Div, float, float) BIN("div", Div, double, double)
+    BIN("div", Div, float, float) BIN("div", Div, double, double) HALF_BINARY("div", Div)
     NUM_BINARY("pow", Pow)
     NUM_BINARY("maximum", Maximum) BIN("maximum", Maximum, bool, bool)
     NUM_BINARY("minimum", Minimum) BIN("minimum", Minimum, bool, bool)

@@ -1,6 +1,8 @@
 // cuda_index.cu - kernels that write by position: fill, arange, Philox random fills (the same
 // numbers as every other plugin), gather and scatter_add (atomics) with index checking that
-// reports at the next synchronisation.
+// reports at the next synchronisation. float16/bfloat16: fill and arange round the double once,
+// gather moves the bits, scatter_add sums in float32 (AccumOut), random fills are float32's
+// numbers rounded (the cpu plugin's, bit for bit).
 #include "cuda_common.cuh"
 
 namespace nbcu {
@@ -96,7 +98,10 @@ template <class T, bool Normal> struct RandomF {
             // No fused multiply-add, so uniforms agree bit for bit with the other plugins.
             v = __dadd_rn(a, __dmul_rn(b - a, u));
         }
-        out[off[0]] = (T)v;
+        if constexpr (is_half<T>::value)
+            out[off[0]] = convert<T>((float)v); // as the cpu: the float32 number, rounded
+        else
+            out[off[0]] = (T)v;
     }
 };
 
@@ -145,7 +150,7 @@ template <class T> struct GatherF {
         int64_t i = index[off[2]];
         if (i < 0 || i >= size) {
             report_bad(flags, NBCU_IDX_GATHER, i, size);
-            out[off[0]] = T(0);
+            out[off[0]] = zero_of<T>();
             return;
         }
         out[off[0]] = ld(in, off[1] + i * stride);
@@ -173,10 +178,11 @@ __device__ inline void atomic_add(int64_t *p, int64_t v)
     atomicAdd((unsigned long long *)p, (unsigned long long)v); // two's complement wraps alike
 }
 __device__ inline void atomic_add(uint8_t *p, uint8_t v) { atomic_add_u8(p, v); }
-// The loop runs over the index's shape: operand 0 is the index, 1 the output, 2 the source.
+// The loop runs over the index's shape: operand 0 is the index, 1 the output (a float32 copy
+// for a 16-bit output), 2 the source.
 template <class T> struct ScatterAddF {
     const int64_t *index;
-    T *out;
+    opmath_t<T> *out;
     const T *src;
     int64_t size, stride; // of the scattered dim of out
     unsigned long long *flags;
@@ -187,7 +193,7 @@ template <class T> struct ScatterAddF {
             report_bad(flags, NBCU_IDX_SCATTER_ADD, i, size);
             return;
         }
-        atomic_add(&out[off[1] + i * stride], src[off[2]]);
+        atomic_add(&out[off[1] + i * stride], widen(src[off[2]]));
     }
 };
 
@@ -278,14 +284,22 @@ template <class T> static nb_status k_scatter_add(const nb_kernel_args *a)
         return st;
     if (numel(idx) == 0)
         return NB_OK;
-    int64_t size = out->ndim ? out->shape[dim] : 1, stride = out->ndim ? out->strides[dim] : 0;
-    Reshaped rout(out, idx->shape, dim), rsrc(src, idx->shape, -1);
-    return with_index_check(op, a->device, [&](unsigned long long *flags) {
+    cudaStream_t s;
+    if ((st = nbcu_stream(op, a->device, &s)) != NB_OK)
+        return st;
+    AccumOut<T> acc; // adds to out's values
+    if ((st = acc.begin(op, a->device, s, out, true)) != NB_OK)
+        return st;
+    const nb_operand *tgt = acc.target();
+    int64_t size = tgt->ndim ? tgt->shape[dim] : 1, stride = tgt->ndim ? tgt->strides[dim] : 0;
+    Reshaped rout(tgt, idx->shape, dim), rsrc(src, idx->shape, -1);
+    st = with_index_check(op, a->device, [&](unsigned long long *flags) {
         const nb_operand *ops[3] = {idx, &rout.op, &rsrc.op};
-        ScatterAddF<T> f{data<const int64_t>(idx), data<T>(out), data<const T>(src), size,
-                         stride, flags};
+        ScatterAddF<T> f{data<const int64_t>(idx), acc.ptr(), data<const T>(src), size, stride,
+                         flags};
         return launch_ew<3>(op, a->device, ops, f);
     });
+    return st != NB_OK ? st : acc.end();
 }
 
 } // namespace nbcu
@@ -295,7 +309,8 @@ using namespace nbcu;
 #define ALL_TYPED(name, tmpl)                                                                 \
     {name, NB_DTYPE_F32, tmpl<float>}, {name, NB_DTYPE_F64, tmpl<double>},                    \
     {name, NB_DTYPE_I32, tmpl<int32_t>}, {name, NB_DTYPE_I64, tmpl<int64_t>},                 \
-    {name, NB_DTYPE_BOOL, tmpl<bool>}, {name, NB_DTYPE_U8, tmpl<uint8_t>},
+    {name, NB_DTYPE_BOOL, tmpl<bool>}, {name, NB_DTYPE_U8, tmpl<uint8_t>},                    \
+    {name, NB_DTYPE_F16, tmpl<__half>}, {name, NB_DTYPE_BF16, tmpl<__nv_bfloat16>},
 
 extern "C" const nb_kernel_desc nbcu_index_kernels[] = {
     ALL_TYPED("fill", k_fill)
@@ -304,6 +319,10 @@ extern "C" const nb_kernel_desc nbcu_index_kernels[] = {
     {"random_uniform", NB_DTYPE_F64, k_random<double, false>},
     {"random_normal", NB_DTYPE_F32, k_random<float, true>},
     {"random_normal", NB_DTYPE_F64, k_random<double, true>},
+    {"random_uniform", NB_DTYPE_F16, k_random<__half, false>},
+    {"random_uniform", NB_DTYPE_BF16, k_random<__nv_bfloat16, false>},
+    {"random_normal", NB_DTYPE_F16, k_random<__half, true>},
+    {"random_normal", NB_DTYPE_BF16, k_random<__nv_bfloat16, true>},
     ALL_TYPED("gather", k_gather)
     // No bool scatter_add, as on the cpu: a sum of bools is not a bool (PyTorch refuses it too).
     {"scatter_add", NB_DTYPE_F32, k_scatter_add<float>},
@@ -311,5 +330,7 @@ extern "C" const nb_kernel_desc nbcu_index_kernels[] = {
     {"scatter_add", NB_DTYPE_I32, k_scatter_add<int32_t>},
     {"scatter_add", NB_DTYPE_I64, k_scatter_add<int64_t>},
     {"scatter_add", NB_DTYPE_U8, k_scatter_add<uint8_t>},
+    {"scatter_add", NB_DTYPE_F16, k_scatter_add<__half>},
+    {"scatter_add", NB_DTYPE_BF16, k_scatter_add<__nv_bfloat16>},
 };
 extern "C" const size_t nbcu_index_count = sizeof nbcu_index_kernels / sizeof nbcu_index_kernels[0];

@@ -48,6 +48,22 @@ typedef struct nbcu_cublas_api {
                                             long long sa, const double *B, int ldb,
                                             long long sb, const double *beta, double *C,
                                             int ldc, long long sc, int batch);
+    /* float16/bfloat16 matmul and conv2d (16-bit A and B, C 16-bit or float32) */
+    cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t h, cublasOperation_t ta,
+                                              cublasOperation_t tb, int m, int n, int k,
+                                              const void *alpha, const void *A,
+                                              cudaDataType at, int lda, long long sa,
+                                              const void *B, cudaDataType bt, int ldb,
+                                              long long sb, const void *beta, void *C,
+                                              cudaDataType ct, int ldc, long long sc, int batch,
+                                              cublasComputeType_t compute,
+                                              cublasGemmAlgo_t algo);
+    /* the same for one product (batch 1) */
+    cublasStatus_t (*gemm_ex)(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                              int m, int n, int k, const void *alpha, const void *A,
+                              cudaDataType at, int lda, const void *B, cudaDataType bt, int ldb,
+                              const void *beta, void *C, cudaDataType ct, int ldc,
+                              cublasComputeType_t compute, cublasGemmAlgo_t algo);
 } nbcu_cublas_api;
 
 /* The loaded cuBLAS (NULL once it was found before). Valid after nbcu_blas succeeded. */

@@ -1,6 +1,8 @@
-// cuda_matmul.cu - batched strided matmul through cuBLAS (integers: a plain kernel). Row-major C = A B is computed as the
-// column-major product C^T = B^T A^T; an operand with unit stride in neither matrix dim (or
-// with a broadcast row or column) is first copied to dense scratch memory.
+// cuda_matmul.cu - batched strided matmul through cuBLAS (integers: a plain kernel; float16 and
+// bfloat16: cublasGemmEx / cublasGemmStridedBatchedEx with float32 compute, on the tensor cores).
+// Row-major C = A B is computed as the column-major product C^T = B^T A^T; an operand with unit
+// stride in neither matrix dim (or with a broadcast row or column) is first copied to dense
+// scratch memory.
 #include <limits.h>
 
 #include "cuda_common.cuh"
@@ -37,10 +39,10 @@ static bool blas_view(int64_t r, int64_t c, int64_t sr, int64_t sc, cublasOperat
 // out = beta * out (beta == 0: zeros), for k == 0, where the product is empty.
 template <class T> struct ScaleF {
     T *out;
-    T beta;
+    opmath_t<T> beta;
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = beta == T(0) ? T(0) : T(beta * out[off[0]]);
+        out[off[0]] = beta == 0 ? zero_of<T>() : convert<T>(beta * widen(out[off[0]]));
     }
 };
 
@@ -60,6 +62,39 @@ static cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
 {
     return nbcu_cublas->dgemm_strided_batched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb,
                                               beta, c, ldc, sc, batch);
+}
+
+// The 16-bit types (and a float32 C, where conv2d's backwards sum several products): cuBLAS's
+// mixed-precision GEMM, float32 compute and float alpha/beta. CUBLAS_COMPUTE_32F lets cuBLAS 12+
+// use the tensor cores (its default math mode allows them; no TF32 is involved for 16-bit A/B).
+template <class T> struct cuda_type;
+template <> struct cuda_type<__half> { static constexpr cudaDataType value = CUDA_R_16F; };
+template <> struct cuda_type<__nv_bfloat16> { static constexpr cudaDataType value = CUDA_R_16BF; };
+template <> struct cuda_type<float> { static constexpr cudaDataType value = CUDA_R_32F; };
+
+template <class T, class TC>
+static cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                           int n, int k, const float *alpha, const T *a, int lda, long long sa,
+                           const T *b, int ldb, long long sb, const float *beta, TC *c, int ldc,
+                           long long sc, int batch)
+{
+    static_assert(is_half<T>::value, "the Ex gemm is for 16-bit operands");
+    if (batch == 1) // one product: cublasGemmEx itself (what nabla-bench compares with)
+        return nbcu_cublas->gemm_ex(h, ta, tb, m, n, k, alpha, a, cuda_type<T>::value, lda, b,
+                                    cuda_type<T>::value, ldb, beta, c, cuda_type<TC>::value, ldc,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    return nbcu_cublas->gemm_strided_batched_ex(h, ta, tb, m, n, k, alpha, a, cuda_type<T>::value,
+                                                lda, sa, b, cuda_type<T>::value, ldb, sb, beta, c,
+                                                cuda_type<TC>::value, ldc, sc, batch,
+                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+// The cuBLAS call gemm() makes for T and the batch count, for error messages.
+template <class T> static const char *gemm_name(int64_t batch)
+{
+    if (is_half<T>::value)
+        return batch == 1 ? "cublasGemmEx" : "cublasGemmStridedBatchedEx";
+    return sizeof(T) == 4 ? "cublasSgemmStridedBatched" : "cublasDgemmStridedBatched";
 }
 
 static bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
@@ -91,10 +126,10 @@ static nb_status prepare(const char *op, int device, cudaStream_t s, const nb_op
     return NB_OK;
 }
 
-template <class T>
+template <class T, class TC>
 nb_status gemm_rm(const char *op, int device, bool ta, bool tb, int64_t n, int64_t m, int64_t k,
-                  T alpha, const T *A, int64_t lda, int64_t sa, const T *B, int64_t ldb,
-                  int64_t sb, T beta, T *C, int64_t ldc, int64_t sc, int64_t batch)
+                  opmath_t<T> alpha, const T *A, int64_t lda, int64_t sa, const T *B, int64_t ldb,
+                  int64_t sb, opmath_t<T> beta, TC *C, int64_t ldc, int64_t sc, int64_t batch)
 {
     if (!fits_int(n) || !fits_int(m) || !fits_int(k) || !fits_int(lda) || !fits_int(ldb) ||
         !fits_int(ldc) || !fits_int(batch))
@@ -110,16 +145,21 @@ nb_status gemm_rm(const char *op, int device, bool ta, bool tb, int64_t n, int64
                              (int)lda, (long long)sa, &beta, C, (int)ldc, (long long)sc,
                              (int)batch);
     if (bs != CUBLAS_STATUS_SUCCESS)
-        return nbcu_blas_error(op, sizeof(T) == 4 ? "cublasSgemmStridedBatched"
-                                                  : "cublasDgemmStridedBatched", bs);
+        return nbcu_blas_error(op, gemm_name<T>(batch), bs);
     return NB_OK;
 }
-template nb_status gemm_rm<float>(const char *, int, bool, bool, int64_t, int64_t, int64_t,
-                                  float, const float *, int64_t, int64_t, const float *, int64_t,
-                                  int64_t, float, float *, int64_t, int64_t, int64_t);
-template nb_status gemm_rm<double>(const char *, int, bool, bool, int64_t, int64_t, int64_t,
-                                   double, const double *, int64_t, int64_t, const double *,
-                                   int64_t, int64_t, double, double *, int64_t, int64_t, int64_t);
+#define NBCU_GEMM_RM(T, TC)                                                                   \
+    template nb_status gemm_rm<T, TC>(const char *, int, bool, bool, int64_t, int64_t, int64_t, \
+                                      opmath_t<T>, const T *, int64_t, int64_t, const T *,      \
+                                      int64_t, int64_t, opmath_t<T>, TC *, int64_t, int64_t,    \
+                                      int64_t);
+NBCU_GEMM_RM(float, float)
+NBCU_GEMM_RM(double, double)
+NBCU_GEMM_RM(__half, __half)
+NBCU_GEMM_RM(__half, float)
+NBCU_GEMM_RM(__nv_bfloat16, __nv_bfloat16)
+NBCU_GEMM_RM(__nv_bfloat16, float)
+#undef NBCU_GEMM_RM
 
 // Integer matmul, as the cpu computes it: products summed in 64-bit wrapping arithmetic; with
 // alpha != 1 or beta != 0 the result is alpha * sum + beta * out in double, converted by the
@@ -189,7 +229,7 @@ template <class T> static nb_status k_matmul(const nb_kernel_args *a)
                     (long long)n, (long long)m);
     if (batch == 0 || n == 0 || m == 0)
         return NB_OK;
-    if constexpr (!is_float<T>::value)
+    if constexpr (!is_float<T>::value && !is_half<T>::value)
         return int_matmul<T>(a, batch, n, m, k);
     else
         return blas_matmul<T>(a, batch, n, m, k);
@@ -203,7 +243,7 @@ static nb_status blas_matmul(const nb_kernel_args *a, int64_t batch, int64_t n, 
     const char *op = "matmul";
     const nb_operand *o = a->out, *x = &a->in[0], *y = &a->in[1];
     nb_status st;
-    T alpha = (T)a->f[0], beta = (T)a->f[1];
+    opmath_t<T> alpha = (opmath_t<T>)a->f[0], beta = (opmath_t<T>)a->f[1];
     if (k == 0) {
         const nb_operand *ops[1] = {o};
         return launch_ew<1>(op, a->device, ops, ScaleF<T>{data<T>(o), beta});
@@ -237,7 +277,7 @@ static nb_status blas_matmul(const nb_kernel_args *a, int64_t batch, int64_t n, 
         if ((st = so.get(op, a->device, s, (size_t)(batch * n * m) * sizeof(T))) != NB_OK)
             return st;
         dense.op.handle = so.p;
-        if (beta != T(0) && (st = copy_strided(op, a->device, &dense.op, o)) != NB_OK)
+        if (beta != 0 && (st = copy_strided(op, a->device, &dense.op, o)) != NB_OK)
             return st;
         c = (T *)so.p;
         ldc = m;
@@ -248,8 +288,7 @@ static nb_status blas_matmul(const nb_kernel_args *a, int64_t batch, int64_t n, 
                              (long long)mx.batch_stride, &beta, c, (int)ldc, (long long)sc,
                              (int)batch);
     if (bs != CUBLAS_STATUS_SUCCESS)
-        return nbcu_blas_error(op, sizeof(T) == 4 ? "cublasSgemmStridedBatched"
-                                                  : "cublasDgemmStridedBatched", bs);
+        return nbcu_blas_error(op, gemm_name<T>(batch), bs);
     if (!direct && (st = copy_strided(op, a->device, o, &dense.op)) != NB_OK)
         return st;
     return launched(op);
@@ -265,6 +304,8 @@ extern "C" const nb_kernel_desc nbcu_matmul_kernels[] = {
     {"matmul", NB_DTYPE_I32, k_matmul<int32_t>},
     {"matmul", NB_DTYPE_I64, k_matmul<int64_t>},
     {"matmul", NB_DTYPE_U8, k_matmul<uint8_t>},
+    {"matmul", NB_DTYPE_F16, k_matmul<__half>},
+    {"matmul", NB_DTYPE_BF16, k_matmul<__nv_bfloat16>},
 };
 extern "C" const size_t nbcu_matmul_count =
     sizeof nbcu_matmul_kernels / sizeof nbcu_matmul_kernels[0];

@@ -1,6 +1,7 @@
 // cuda_nn.cu - tier-2 kernels: relu_backward, softmax and log_softmax with their backwards (one
 // block per row), the SGD and Adam steps (elementwise, PyTorch's update rules), and max_pool2d
-// with its backward.
+// with its backward. float16/bfloat16 compute in float and round once per output element (the
+// optimizer steps have no 16-bit kernels: the core's composites run them).
 #include "cuda_common.cuh"
 
 namespace nbcu {
@@ -13,7 +14,7 @@ template <class T> struct ReluBackF {
     // A select rather than g * (x > 0): an infinite gradient stays out of the zeroed positions.
     __device__ void operator()(int64_t, const int64_t *off) const
     {
-        out[off[0]] = x[off[2]] > T(0) ? g[off[1]] : T(0);
+        out[off[0]] = widen(x[off[2]]) > opmath_t<T>(0) ? g[off[1]] : zero_of<T>();
     }
 };
 
@@ -72,48 +73,56 @@ __device__ inline float r_log(float x) { return logf(x); }
 __device__ inline double r_log(double x) { return log(x); }
 
 // rows: out (0), in0 (1), in1 (2) over all dims but the last; s0, s1, s2 are the operands'
-// strides along the last dim, of size d. Everything is computed in T (float32 in float32, with
-// compensated sums: no fp64 on GPUs where it runs at 1/32-1/64 rate), and exp runs once per
-// element: softmax keeps exp(x - max) in the output and scales it in place.
+// strides along the last dim, of size d. Everything is computed in A = opmath_t<T> (float32 in
+// float32, with compensated sums: no fp64 on GPUs where it runs at 1/32-1/64 rate; float for
+// the 16-bit types), and exp runs once per element where T holds exp(x - max) exactly: softmax
+// keeps it in the output and scales it. A 16-bit output would round it twice, so there the exp
+// is recomputed instead.
 template <class T, RowKind K>
 __global__ void row_kernel(Layout<3> rows, int64_t n_rows, int64_t d, int64_t s0, int64_t s1,
                            int64_t s2, T *out, const T *x, const T *y)
 {
-    __shared__ T part[32];
+    typedef opmath_t<T> A;
+    constexpr bool keep_exp = std::is_same<A, T>::value;
+    __shared__ A part[32];
     for (int64_t r = blockIdx.x; r < n_rows; r += gridDim.x) {
         int64_t off[3];
         offsets(rows, r, off);
         T *o = out + off[0];
         const T *a = x + off[1], *b = y + off[2];
         if (K == SOFTMAX || K == LOG_SOFTMAX) {
-            T mx = T(-INFINITY);
+            A mx = A(-INFINITY);
             for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
-                mx = MaxNan()(mx, a[k * s1]);
+                mx = MaxNan()(mx, widen(a[k * s1]));
             mx = block_all(mx, MaxNan(), part);
-            Kahan<T> acc;
+            Kahan<A> acc;
             for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
-                T e = r_exp(a[k * s1] - mx);
-                if (K == SOFTMAX)
-                    o[k * s0] = e; // read back below by this same thread
+                A e = r_exp(widen(a[k * s1]) - mx);
+                if (K == SOFTMAX && keep_exp)
+                    o[k * s0] = convert<T>(e); // read back below by this same thread
                 acc.add(e);
             }
-            T sum = block_all(acc.value(), Plus(), part);
+            A sum = block_all(acc.value(), Plus(), part);
             if (K == SOFTMAX) {
-                for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
-                    o[k * s0] = o[k * s0] / sum;
+                for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
+                    A e = keep_exp ? widen(o[k * s0]) : r_exp(widen(a[k * s1]) - mx);
+                    o[k * s0] = convert<T>(e / sum);
+                }
             } else {
-                T ls = r_log(sum);
+                A ls = r_log(sum);
                 for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
-                    o[k * s0] = (a[k * s1] - mx) - ls;
+                    o[k * s0] = convert<T>((widen(a[k * s1]) - mx) - ls);
             }
         } else { // a = grad, b = the forward's output
-            Kahan<T> acc;
+            Kahan<A> acc;
             for (int64_t k = threadIdx.x; k < d; k += blockDim.x)
-                acc.add(K == SOFTMAX_BACKWARD ? a[k * s1] * b[k * s2] : a[k * s1]);
-            T sum = block_all(acc.value(), Plus(), part);
+                acc.add(K == SOFTMAX_BACKWARD ? widen(a[k * s1]) * widen(b[k * s2])
+                                              : widen(a[k * s1]));
+            A sum = block_all(acc.value(), Plus(), part);
             for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
-                T g = a[k * s1], yv = b[k * s2];
-                o[k * s0] = K == SOFTMAX_BACKWARD ? yv * (g - sum) : g - r_exp(yv) * sum;
+                A g = widen(a[k * s1]), yv = widen(b[k * s2]);
+                o[k * s0] = convert<T>(K == SOFTMAX_BACKWARD ? yv * (g - sum)
+                                                             : g - r_exp(yv) * sum);
             }
         }
     }
@@ -279,7 +288,7 @@ template <class T> struct PoolF {
         int64_t n = k / (p.ow * p.oh * p.c);
         int64_t h0 = oh * p.sh - p.ph, w0 = ow * p.sw - p.pw;
         const T *xp = x + n * p.xs[0] + c * p.xs[1];
-        T best = T(-INFINITY);
+        opmath_t<T> best = opmath_t<T>(-INFINITY);
         int64_t at = -1;
         for (int64_t i = 0; i < p.kh; i++) {
             int64_t h = h0 + i;
@@ -289,14 +298,14 @@ template <class T> struct PoolF {
                 int64_t w = w0 + j;
                 if (w < 0 || w >= p.w)
                     continue;
-                T v = xp[h * p.xs[2] + w * p.xs[3]];
+                opmath_t<T> v = widen(xp[h * p.xs[2] + w * p.xs[3]]);
                 if (at < 0 || v > best || (is_nan(v) && !is_nan(best))) {
                     best = v;
                     at = h * p.w + w;
                 }
             }
         }
-        out[off[0]] = best;
+        out[off[0]] = convert<T>(best); // a widened input: exact
         ind[off[1]] = at < 0 ? 0 : at;
     }
 };
@@ -355,9 +364,11 @@ template <class T> struct ZeroF {
     __device__ void operator()(int64_t, const int64_t *off) const { out[off[0]] = T(0); }
 };
 
-// Operand 0 the grad, 1 the indices (both (N,C,OH,OW)); out (N,C,H,W) gets grad at each index.
+// Operand 0 the grad, 1 the indices (both (N,C,OH,OW)); out (N,C,H,W) gets grad at each index,
+// summed with atomics in opmath_t<T> (a 16-bit input gradient collects in a float32 buffer and
+// is rounded once, so neither the order of the atomics nor 16-bit partial sums change it).
 template <class T> struct PoolBackF {
-    T *out;
+    opmath_t<T> *out;
     const T *g;
     const int64_t *ind;
     Pool p; // p.xs are out's strides here
@@ -370,7 +381,7 @@ template <class T> struct PoolBackF {
             return;
         }
         atomicAdd(&out[n * p.xs[0] + c * p.xs[1] + (at / p.w) * p.xs[2] + (at % p.w) * p.xs[3]],
-                  g[off[0]]);
+                  widen(g[off[0]]));
     }
 };
 
@@ -395,14 +406,21 @@ template <class T> static nb_status k_max_pool2d_backward(const nb_kernel_args *
     cudaStream_t s;
     if ((st = nbcu_stream(op, a->device, &s)) != NB_OK) // before nbcu_index_flags
         return st;
-    const nb_operand *zo[1] = {a->out};
-    if ((st = launch_ew<1>(op, a->device, zo, ZeroF<T>{data<T>(a->out)})) != NB_OK)
+    AccumOut<T> acc;
+    if ((st = acc.begin(op, a->device, s, a->out, false)) != NB_OK)
         return st;
+    const nb_operand *zo[1] = {acc.target()};
+    if ((st = launch_ew<1>(op, a->device, zo, ZeroF<opmath_t<T>>{acc.ptr()})) != NB_OK)
+        return st;
+    for (int d = 0; d < 4; d++)
+        p.xs[d] = acc.target()->strides[d];
     const nb_operand *ops[2] = {&a->in[0], &a->in[1]};
-    return launch_ew<2>(op, a->device, ops,
-                        PoolBackF<T>{data<T>(a->out), data<const T>(&a->in[0]),
-                                     data<const int64_t>(&a->in[1]), p,
-                                     nbcu_index_flags(a->device)});
+    if ((st = launch_ew<2>(op, a->device, ops,
+                           PoolBackF<T>{acc.ptr(), data<const T>(&a->in[0]),
+                                        data<const int64_t>(&a->in[1]), p,
+                                        nbcu_index_flags(a->device)})) != NB_OK)
+        return st;
+    return acc.end();
 }
 
 } // namespace nbcu
@@ -410,17 +428,21 @@ template <class T> static nb_status k_max_pool2d_backward(const nb_kernel_args *
 using namespace nbcu;
 
 #define FLOATS(name, tmpl) {name, NB_DTYPE_F32, tmpl<float>}, {name, NB_DTYPE_F64, tmpl<double>},
-#define ROWS(name, K) {name, NB_DTYPE_F32, k_rows<float, K>}, {name, NB_DTYPE_F64, k_rows<double, K>},
+#define FLOATS16(name, tmpl)                                                                  \
+    FLOATS(name, tmpl) {name, NB_DTYPE_F16, tmpl<__half>}, {name, NB_DTYPE_BF16, tmpl<__nv_bfloat16>},
+#define ROWS(name, K)                                                                         \
+    {name, NB_DTYPE_F32, k_rows<float, K>}, {name, NB_DTYPE_F64, k_rows<double, K>},          \
+    {name, NB_DTYPE_F16, k_rows<__half, K>}, {name, NB_DTYPE_BF16, k_rows<__nv_bfloat16, K>},
 
 extern "C" const nb_kernel_desc nbcu_nn_kernels[] = {
-    FLOATS("relu_backward", k_relu_backward)
+    FLOATS16("relu_backward", k_relu_backward)
     ROWS("softmax", SOFTMAX)
     ROWS("log_softmax", LOG_SOFTMAX)
     ROWS("softmax_backward", SOFTMAX_BACKWARD)
     ROWS("log_softmax_backward", LOG_SOFTMAX_BACKWARD)
     FLOATS("sgd_step", k_sgd_step)
     FLOATS("adam_step", k_adam_step)
-    FLOATS("max_pool2d", k_max_pool2d)
-    FLOATS("max_pool2d_backward", k_max_pool2d_backward)
+    FLOATS16("max_pool2d", k_max_pool2d)
+    FLOATS16("max_pool2d_backward", k_max_pool2d_backward)
 };
 extern "C" const size_t nbcu_nn_count = sizeof nbcu_nn_kernels / sizeof nbcu_nn_kernels[0];

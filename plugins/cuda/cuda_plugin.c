@@ -266,6 +266,8 @@ static void load_cublas(void)
         {(void **)&cublas_api.status_string, "cublasGetStatusString"},
         {(void **)&cublas_api.sgemm_strided_batched, "cublasSgemmStridedBatched"},
         {(void **)&cublas_api.dgemm_strided_batched, "cublasDgemmStridedBatched"},
+        {(void **)&cublas_api.gemm_strided_batched_ex, "cublasGemmStridedBatchedEx"},
+        {(void **)&cublas_api.gemm_ex, "cublasGemmEx"},
     };
     for (size_t k = 0; k < sizeof syms / sizeof syms[0]; k++)
         if (!(*syms[k].slot = dlsym(h, syms[k].name))) {
@@ -297,6 +299,11 @@ _Static_assert(__builtin_types_compatible_p(__typeof__(&cublasSgemmStridedBatche
 _Static_assert(__builtin_types_compatible_p(__typeof__(&cublasDgemmStridedBatched),
                                             __typeof__(cublas_api.dgemm_strided_batched)),
                "cublasDgemmStridedBatched");
+_Static_assert(__builtin_types_compatible_p(__typeof__(&cublasGemmStridedBatchedEx),
+                                            __typeof__(cublas_api.gemm_strided_batched_ex)),
+               "cublasGemmStridedBatchedEx");
+_Static_assert(__builtin_types_compatible_p(__typeof__(&cublasGemmEx),
+                                            __typeof__(cublas_api.gemm_ex)), "cublasGemmEx");
 
 nb_status nbcu_blas(const char *op, int device, cublasHandle_t *handle)
 {

@@ -1,7 +1,8 @@
 // cuda_reduce.cu - reductions over dims (sum, prod, max, min) and argmax/argmin along one dim.
 // nbcu_plan_reduce picks the loop: a block per output (reduced elements innermost), a thread per
 // output (coalesced over the kept dims, or short reductions), or chunks of one output over many
-// blocks and a second pass (few outputs, long reductions).
+// blocks and a second pass (few outputs, long reductions). float16/bfloat16 fold in float (sums
+// Kahan-compensated) and round once.
 #include "cuda_common.cuh"
 #include "cuda_host.h"
 
@@ -32,22 +33,32 @@ template <> struct Lim<uint8_t> {
     static __device__ uint8_t lo() { return 0; }
     static __device__ uint8_t hi() { return 255; }
 };
+template <> struct Lim<__half> : Lim<float> {};
+template <> struct Lim<__nv_bfloat16> : Lim<float> {};
 
 // Accumulator types. float32 sums accumulate in float32, each thread with a compensated
 // (Kahan) sum and the threads' results combined as a tree, so a float32 sum costs no fp64 (1/32
 // to 1/64 of the fp32 rate on GeForce, T4 and L4 parts) and stays as close to a float64
 // reference as float32 allows. float32 products accumulate in double (rare; keeps intermediate
 // over/underflow out). Integers accumulate in int64 with wrapping arithmetic. Extremes keep the
-// type, except that one-byte types widen to int so warp shuffles can move them.
+// type, except that one-byte types widen to int so warp shuffles can move them. The 16-bit
+// types fold as float32 does (sums in float, products in double, extremes in float): their
+// result is float32's on the widened input, rounded once.
 template <class T> struct SumAcc { typedef int64_t type; };
 template <> struct SumAcc<float> { typedef float type; };
 template <> struct SumAcc<double> { typedef double type; };
+template <> struct SumAcc<__half> { typedef float type; };
+template <> struct SumAcc<__nv_bfloat16> { typedef float type; };
 template <class T> struct ProdAcc { typedef int64_t type; };
 template <> struct ProdAcc<float> { typedef double type; };
 template <> struct ProdAcc<double> { typedef double type; };
+template <> struct ProdAcc<__half> { typedef double type; };
+template <> struct ProdAcc<__nv_bfloat16> { typedef double type; }; // bf16 spans float's range
 template <class T> struct Shuffle { typedef T type; };
 template <> struct Shuffle<bool> { typedef int type; };
 template <> struct Shuffle<uint8_t> { typedef int type; };
+template <> struct Shuffle<__half> { typedef float type; };
+template <> struct Shuffle<__nv_bfloat16> { typedef float type; };
 
 template <class T> struct SumOp {
     typedef typename SumAcc<T>::type Acc;
@@ -123,7 +134,7 @@ __global__ void reduce_rows(Layout<2> outer, Layout<1> inner, int64_t n_out, int
         for (int64_t r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
             int64_t ioff[1];
             offsets(inner, r, ioff);
-            f.add((Acc)ld(in, off[1] + ioff[0]));
+            f.add(convert<Acc>(ld(in, off[1] + ioff[0])));
         }
         Acc acc = block_reduce<Op>(f.value(), part);
         if (threadIdx.x == 0) {
@@ -154,7 +165,7 @@ __global__ void reduce_cols(Layout<2> outer, Layout<1> inner, int64_t n_out, int
             for (int64_t r = threadIdx.y; r < n_red; r += COLS_Y) {
                 int64_t ioff[1];
                 offsets(inner, r, ioff);
-                f.add((Acc)ld(in, off[1] + ioff[0]));
+                f.add(convert<Acc>(ld(in, off[1] + ioff[0])));
             }
         }
         part[threadIdx.y][threadIdx.x] = f.value();
@@ -301,7 +312,7 @@ __global__ void arg_kernel(Layout<2> outer, int64_t n_out, int64_t n_red, int64_
         V v = V(0);
         int64_t idx = -1; // -1: no element seen
         for (int64_t r = threadIdx.x; r < n_red; r += blockDim.x) {
-            V x = (V)ld(in, off[1] + r * rstride);
+            V x = convert<V>(ld(in, off[1] + r * rstride));
             if (beats<IsMax>(x, r, v, idx)) {
                 v = x;
                 idx = r;
@@ -378,14 +389,15 @@ using namespace nbcu;
 #define RED(name, Op, T) {name, dtype_of<T>::value, k_reduce<T, Op>},
 #define RED_ALL(name, Op)                                                                     \
     RED(name, Op, float) RED(name, Op, double) RED(name, Op, int32_t) RED(name, Op, int64_t)  \
-    RED(name, Op, bool) RED(name, Op, uint8_t)
+    RED(name, Op, bool) RED(name, Op, uint8_t) RED(name, Op, __half) RED(name, Op, __nv_bfloat16)
 #define RED_NUM(name, Op)                                                                     \
     RED(name, Op, float) RED(name, Op, double) RED(name, Op, int32_t) RED(name, Op, int64_t)  \
-    RED(name, Op, uint8_t)
+    RED(name, Op, uint8_t) RED(name, Op, __half) RED(name, Op, __nv_bfloat16)
 #define ARG(name, IsMax, T) {name, dtype_of<T>::value, k_arg<T, IsMax>},
 #define ARG_ALL(name, IsMax)                                                                  \
     ARG(name, IsMax, float) ARG(name, IsMax, double) ARG(name, IsMax, int32_t)                \
-    ARG(name, IsMax, int64_t) ARG(name, IsMax, bool) ARG(name, IsMax, uint8_t)
+    ARG(name, IsMax, int64_t) ARG(name, IsMax, bool) ARG(name, IsMax, uint8_t)                \
+    ARG(name, IsMax, __half) ARG(name, IsMax, __nv_bfloat16)
 
 extern "C" const nb_kernel_desc nbcu_reduce_kernels[] = {
     // No bool sum or prod, as on the cpu (the core sums bools as int64, as PyTorch does).

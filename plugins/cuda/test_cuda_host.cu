@@ -2,6 +2,7 @@
 // the conversion rule the kernels and the host-side scalar casts share, bool bytes, wrapping
 // integer arithmetic, which devices a build's architectures run on, the words for a missing or
 // old driver, the choice of reduction loop, and the plugin's kernel table (argv[1]: the plugin).
+// The 16-bit conversions the kernels run (__host__ __device__) are compared with the SDK's.
 #include <dlfcn.h>
 #include <limits.h>
 #include <stdio.h>
@@ -194,6 +195,158 @@ static nb_status host_error(nb_status st, const char *fmt, ...)
     (void)fmt;
     return st;
 }
+// ---- float16 / bfloat16: the kernels' conversions against the SDK's, bit for bit ----
+
+static uint32_t fbits(float f) { return nb_f32_bits_(f); }
+
+// Every 16-bit pattern widens to the SDK's float (NaN payloads, subnormals, -0.0), moves
+// unchanged into its own type (a signalling NaN too), and reaches the other 16-bit type with one
+// rounding.
+static void every_16bit_pattern_widens_as_the_sdk(void **state)
+{
+    (void)state;
+    for (uint32_t b = 0; b < 65536; b++) {
+        uint16_t h = (uint16_t)b;
+        __half x = of_bits16<__half>(h);
+        __nv_bfloat16 y = of_bits16<__nv_bfloat16>(h);
+        assert_int_equal(fbits(convert<float>(x)), fbits(nb_f16_to_f32(h)));
+        assert_int_equal(fbits(convert<float>(y)), fbits(nb_bf16_to_f32(h)));
+        assert_int_equal(fbits(widen(x)), fbits(nb_f16_to_f32(h)));
+        assert_int_equal(bits16(convert<__half>(x)), h);
+        assert_int_equal(bits16(convert<__nv_bfloat16>(y)), h);
+        assert_int_equal(bits16(convert<__nv_bfloat16>(x)), nb_f32_to_bf16(nb_f16_to_f32(h)));
+        assert_int_equal(bits16(convert<__half>(y)), nb_f32_to_f16(nb_bf16_to_f32(h)));
+        double d = convert<double>(x);
+        assert_true(d == (double)nb_f16_to_f32(h) || (d != d && nb_f16_to_f32(h) != nb_f16_to_f32(h)));
+        // To integers and bool through float, by the rule (NaN -> INT64_MIN -> 0 in int32).
+        assert_int_equal(convert<int32_t>(x), convert<int32_t>(nb_f16_to_f32(h)));
+        assert_int_equal(convert<uint8_t>(y), convert<uint8_t>(nb_bf16_to_f32(h)));
+        assert_int_equal(convert<bool>(x), nb_f16_to_f32(h) != 0.0f);
+    }
+    assert_int_equal(convert<uint8_t>(of_bits16<__nv_bfloat16>(0xbf80)), 255); // -1.0
+    assert_false(convert<bool>(of_bits16<__half>(0x8000)));                  // -0.0
+    assert_true(convert<bool>(of_bits16<__half>(0x7e00)));                   // NaN
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+// float -> 16 bits: every 16-bit value widened, its float neighbours, the exact midpoints to the
+// next value (ties) and their neighbours, and 2^20 random float patterns (NaN payloads, float
+// subnormals, overflow among them).
+static void float_sample_rounds_as_the_sdk(void **state)
+{
+    (void)state;
+    long n = 0;
+    auto check = [&](float f) {
+        assert_int_equal(bits16(convert<__half>(f)), nb_f32_to_f16(f));
+        assert_int_equal(bits16(convert<__nv_bfloat16>(f)), nb_f32_to_bf16(f));
+        n++;
+    };
+    for (uint32_t b = 0; b < 65536; b++) {
+        float v[2] = {nb_f16_to_f32((uint16_t)b), nb_bf16_to_f32((uint16_t)b)};
+        float w[2] = {nb_f16_to_f32((uint16_t)(b + 1)), nb_bf16_to_f32((uint16_t)(b + 1))};
+        for (int t = 0; t < 2; t++) {
+            uint32_t x = fbits(v[t]);
+            for (int d = -2; d <= 2; d++)
+                check(nb_bits_f32_(x + (uint32_t)d));
+            float mid = (float)(((double)v[t] + (double)w[t]) / 2); // exact for both types
+            uint32_t m = fbits(mid);
+            for (int d = -1; d <= 1; d++)
+                check(nb_bits_f32_(m + (uint32_t)d));
+        }
+    }
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    for (int k = 0; k < (1 << 20); k++)
+        check(nb_bits_f32_((uint32_t)xorshift(&seed)));
+    const float special[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, 65504.0f, 65520.0f,
+                             65519.996f, 0x1p-24f, 0x1p-25f, 0x1.000002p-25f, 0x1p-149f,
+                             3.4028235e38f};
+    for (float f : special)
+        check(f);
+    assert_true(n > 1000000);
+}
+
+// The correctly rounded 16-bit value of an integer, computed apart from the plugin's code:
+// among the SDK's rounding of (double)x and its two neighbours, the one nearest x in long double
+// (exact for any int64 on x86), ties to the even pattern.
+template <class H> static uint16_t exact_round(int64_t x)
+{
+    bool f16 = std::is_same<H, __half>::value;
+    if (f16 && (x >= 65520 || x <= -65520)) // 65520 (a tie) and up: inf
+        return x < 0 ? 0xfc00 : 0x7c00;
+    uint16_t c = f16 ? nb_f64_to_f16((double)x) : nb_f64_to_bf16((double)x);
+    uint16_t best = c;
+    long double bd = -1;
+    for (int d = -1; d <= 1; d++) {
+        uint16_t h = (uint16_t)(c + d);
+        float f = f16 ? nb_f16_to_f32(h) : nb_bf16_to_f32(h);
+        if (f != f || isinf(f) || ((h & 0x7fff) == 0 && d != 0)) // NaN, inf, or past zero
+            continue;
+        long double dist = fabsl((long double)f - (long double)x);
+        if (bd < 0 || dist < bd || (dist == bd && !(h & 1))) {
+            best = h;
+            bd = dist;
+        }
+    }
+    return best;
+}
+
+// double, int32 and int64 -> 16 bits round once (round to odd into float first): a double just
+// above or below a tie, and integers whose rounding through float would round twice.
+static void wide_sources_round_once(void **state)
+{
+    (void)state;
+    for (uint32_t b = 0; b < 65535; b++) {
+        double v[2] = {nb_f16_to_f32((uint16_t)b), nb_bf16_to_f32((uint16_t)b)};
+        double w[2] = {nb_f16_to_f32((uint16_t)(b + 1)), nb_bf16_to_f32((uint16_t)(b + 1))};
+        for (int t = 0; t < 2; t++) {
+            double mid = (v[t] + w[t]) / 2;
+            double e = fabs(mid) * 0x1p-40;
+            const double ds[3] = {mid, mid + e, mid - e};
+            for (double d : ds) {
+                assert_int_equal(bits16(convert<__half>(d)), nb_f64_to_f16(d));
+                assert_int_equal(bits16(convert<__nv_bfloat16>(d)), nb_f64_to_bf16(d));
+            }
+        }
+    }
+    // The double-rounding cases of NOTE-half: through float they round to 1.0.
+    assert_int_equal(bits16(convert<__half>(1 + 0x1p-11 + 0x1p-40)), 0x3c01);
+    assert_int_equal(bits16(convert<__nv_bfloat16>(1 + 0x1p-8 + 0x1p-30)), 0x3f81);
+    // int32 2^24 + 2^16 + 1: through float it is the tie 2^24 + 2^16, which rounds to even.
+    assert_int_equal(bits16(convert<__nv_bfloat16>((int32_t)(16777216 + 65536 + 1))),
+                     exact_round<__nv_bfloat16>(16777216 + 65536 + 1));
+    assert_int_equal(bits16(convert<__nv_bfloat16>((int32_t)(16777216 + 65536 + 1))), 0x4b81);
+    uint64_t seed = 12345;
+    const int64_t fixed[] = {0, 1, -1, 65504, 65519, 65520, -65520, 2049, 2051, 4097,
+                             INT64_MAX, INT64_MIN, INT64_MIN + 1, (1LL << 53) + 1,
+                             (1LL << 62) + (1LL << 54) + 1, INT32_MAX, INT32_MIN};
+    for (int k = 0; k < (1 << 18) + 17; k++) {
+        int64_t x;
+        if (k < 17)
+            x = fixed[k];
+        else {
+            uint64_t r = xorshift(&seed);
+            x = (int64_t)(r >> (r & 63)); // every magnitude
+            if (r & 1)
+                x = -x;
+        }
+        assert_int_equal(bits16(convert<__nv_bfloat16>(x)), exact_round<__nv_bfloat16>(x));
+        assert_int_equal(bits16(convert<__half>(x)), exact_round<__half>(x));
+        int32_t i = (int32_t)x;
+        assert_int_equal(bits16(convert<__nv_bfloat16>(i)), nb_f64_to_bf16((double)i));
+        assert_int_equal(bits16(convert<__half>(i)), nb_f64_to_f16((double)i));
+    }
+    assert_int_equal(bits16(convert<__half>((uint8_t)255)), 0x5bf8);
+    assert_int_equal(bits16(convert<__nv_bfloat16>(true)), 0x3f80);
+    assert_int_equal(bits16(zero_of<__half>()), 0);
+}
+
 static void host_log(int level, const char *fmt, ...)
 {
     (void)level;
@@ -226,6 +379,26 @@ static void kernel_table_agrees_with_the_cpu(void **state)
     assert_false(has_kernel("sum", NB_DTYPE_BOOL));
     assert_false(has_kernel("prod", NB_DTYPE_BOOL));
     assert_true(has_kernel("max", NB_DTYPE_BOOL));
+    // float16 and bfloat16: the tier-1 ops (opencl's OCL_ALL16/NUM16/FLT16 rows), conv2d,
+    // pooling, random fills; no optimizer steps (the core's composites run those).
+    static const char *const half_ops[] = {
+        "fill", "copy", "where", "neg", "abs", "relu", "sign", "exp", "log", "sqrt", "rsqrt",
+        "sin", "cos", "tanh", "sigmoid", "floor", "ceil", "round", "add_scalar", "mul_scalar",
+        "rsub_scalar", "div_scalar", "rdiv_scalar", "pow_scalar", "rpow_scalar", "clamp",
+        "eq_scalar", "ne_scalar", "lt_scalar", "le_scalar", "gt_scalar", "ge_scalar", "add",
+        "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge",
+        "sum", "prod", "max", "min", "argmax", "argmin", "matmul", "relu_backward", "softmax",
+        "log_softmax", "softmax_backward", "log_softmax_backward", "conv2d",
+        "conv2d_backward_input", "conv2d_backward_weight", "max_pool2d", "max_pool2d_backward",
+        "gather", "scatter_add", "arange", "random_uniform", "random_normal"};
+    for (const char *op : half_ops) {
+        if (!has_kernel(op, NB_DTYPE_F16) || !has_kernel(op, NB_DTYPE_BF16))
+            fail_msg("no 16-bit %s kernel", op);
+    }
+    for (nb_dtype t : {NB_DTYPE_F16, NB_DTYPE_BF16}) {
+        assert_false(has_kernel("sgd_step", t));
+        assert_false(has_kernel("adam_step", t));
+    }
     // Device discovery never fails to answer: a count, and a reason when it is 0.
     int n = plugin->device_count();
     assert_true(n >= 0);
@@ -250,6 +423,9 @@ int main(int argc, char **argv)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(float_to_u8_truncates_then_wraps),
+        cmocka_unit_test(every_16bit_pattern_widens_as_the_sdk),
+        cmocka_unit_test(float_sample_rounds_as_the_sdk),
+        cmocka_unit_test(wide_sources_round_once),
         cmocka_unit_test(out_of_range_and_nan_go_through_int64_min),
         cmocka_unit_test(integer_conversions_wrap),
         cmocka_unit_test(bool_is_any_nonzero_byte_and_converts_to_0_or_1),

@@ -1,6 +1,7 @@
 /* test_cuda_kernels.c - the cuda plugin tested on its own: dlopens the built .so (argv[1]), runs
- * kernels on cuda:0 through the plugin table and compares them with plain C loops. Exits 77
- * (skipped) with the plugin's reason when there is no CUDA device. */
+ * kernels on cuda:0 through the plugin table and compares them with plain C loops (the 16-bit
+ * cases are in test_cuda_half.c). Exits 77 (skipped) with the plugin's reason when there is no
+ * CUDA device. */
 #include <dlfcn.h>
 #include <limits.h>
 #include <math.h>
@@ -15,9 +16,10 @@
 #include <cmocka.h>
 
 #include "nabla_plugin.h"
+#include "test_cuda.h"
 
-static const nb_plugin *P;
-static char last_error[2048];
+const nb_plugin *P;
+char last_error[2048];
 
 static nb_status host_error(nb_status st, const char *fmt, ...)
 {
@@ -44,9 +46,9 @@ static const nb_host host = {NB_PLUGIN_ABI_MAJOR, NB_PLUGIN_ABI_MINOR, sizeof(nb
 
 /* ---- helpers ---- */
 
-static const size_t esize[NB_DTYPE_COUNT] = {4, 8, 4, 8, 1, 1};
+const size_t esize[NB_DTYPE_COUNT] = {4, 8, 4, 8, 1, 1, 2, 2};
 
-static nb_kernel_fn kernel(const char *op, nb_dtype t)
+nb_kernel_fn kernel(const char *op, nb_dtype t)
 {
     for (size_t k = 0; k < P->n_kernels; k++)
         if (strcmp(P->kernels[k].op, op) == 0 && P->kernels[k].dtype == t)
@@ -55,7 +57,7 @@ static nb_kernel_fn kernel(const char *op, nb_dtype t)
     return NULL;
 }
 
-static void *buf_from(const void *data, size_t bytes)
+void *buf_from(const void *data, size_t bytes)
 {
     void *h = NULL;
     assert_int_equal(P->alloc(0, bytes, &h), NB_OK);
@@ -65,19 +67,13 @@ static void *buf_from(const void *data, size_t bytes)
     return h;
 }
 
-static void buf_read(void *h, void *dst, size_t bytes)
+void buf_read(void *h, void *dst, size_t bytes)
 {
     assert_int_equal(P->read(0, h, 0, dst, bytes), NB_OK);
 }
 
-/* An operand together with the arrays it points to. */
-typedef struct tview {
-    nb_operand op;
-    int64_t shape[NB_MAX_DIMS], strides[NB_MAX_DIMS];
-} tview;
-
 /* strides NULL: contiguous. The operand's pointers are fixed up in run(). */
-static tview view(void *h, int64_t off, nb_dtype t, int ndim, const int64_t *shape,
+tview view(void *h, int64_t off, nb_dtype t, int ndim, const int64_t *shape,
                   const int64_t *strides)
 {
     tview v;
@@ -92,7 +88,7 @@ static tview view(void *h, int64_t off, nb_dtype t, int ndim, const int64_t *sha
     return v;
 }
 
-static nb_status run(const char *op, nb_dtype t, tview *out, int n_in, tview *in,
+nb_status run(const char *op, nb_dtype t, tview *out, int n_in, tview *in,
                      const double *f, const int64_t *i)
 {
     nb_operand o = out->op, ins[4];
@@ -117,7 +113,7 @@ static nb_status run(const char *op, nb_dtype t, tview *out, int n_in, tview *in
 }
 
 /* |got - ref| <= atol + rtol * |ref| */
-static void expect_close(const char *what, int k, double got, double ref, double atol,
+void expect_close(const char *what, int k, double got, double ref, double atol,
                          double rtol)
 {
     if (isnan(ref) && isnan(got))
@@ -127,7 +123,7 @@ static void expect_close(const char *what, int k, double got, double ref, double
                  rtol);
 }
 
-static float frand(unsigned *s)
+float frand(unsigned *s)
 {
     *s = *s * 1664525u + 1013904223u;
     return (float)((*s >> 8) & 0xffff) / 65536.0f * 4.0f - 2.0f;
@@ -592,6 +588,14 @@ int main(int argc, char **argv)
         cmocka_unit_test(integer_matmul_matches_a_loop),
         cmocka_unit_test(sums_over_columns_and_long_rows),
         cmocka_unit_test(max_pool2d_backward_rejects_bad_indices),
+        cmocka_unit_test(half_copies_match_the_sdk_bit_for_bit),
+        cmocka_unit_test(half_elementwise_computes_in_float),
+        cmocka_unit_test(half_reductions_fold_in_float),
+        cmocka_unit_test(half_matmul_reads_transposed_and_broadcast_batches),
+        cmocka_unit_test(half_softmax_rows_match_the_reference),
+        cmocka_unit_test(half_conv2d_and_backwards_match_loops),
+        cmocka_unit_test(half_scatter_add_and_pool_backward_sum_in_float),
+        cmocka_unit_test(half_random_is_the_float32_numbers_rounded),
     };
     int failed = cmocka_run_group_tests_name("cuda kernels", tests, NULL, NULL);
     if (P->shutdown)
