@@ -72,7 +72,6 @@ static NBI_OPS_SHARED bool same_shape(const nb_tensor *a, int32_t ndim, const in
     return a->ndim == ndim && !memcmp(a->shape, shape, (size_t)ndim * sizeof *shape);
 }
 
-/* Casts t to dtype when it is not already (a new reference either way). */
 /* t itself, borrowed, when it has dtype already, else a new cast of it; give it back with
  * drop_cast. Borrowing spares the common case (no promotion) two atomic reference counts. */
 static NBI_OPS_SHARED nb_tensor *as_dtype(const nb_tensor *t, nb_dtype dtype)

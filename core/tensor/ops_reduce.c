@@ -243,6 +243,12 @@ static nb_tensor *reduce_impl(red_kind kind, const nb_tensor *t, const int32_t *
     for (int32_t d = 0; d < t->ndim; d++)
         every_dim = every_dim && mask[d];
     bool widen = dt != t->dtype && every_dim && numel(t) > WIDEN_SLICE;
+    /* A 16-bit mean sums and scales in float32 and rounds once, as PyTorch's opmath does: a
+     * 16-bit sum then a 16-bit multiply by 1/n would round twice (bfloat16 [1.359375] x 3
+     * would average to 1.3515625). */
+    const nb_dtype out_dt = dt;
+    if (kind == RED_MEAN && (dt == NB_DTYPE_F16 || dt == NB_DTYPE_BF16))
+        dt = NB_DTYPE_F32;
     nb_tensor *src = widen ? (nb_tensor *)t : as_dtype(t, dt);
     nb_tensor *kept = !src ? NULL
                       : widen ? reduce_all_widening(op, t)
@@ -258,6 +264,11 @@ static nb_tensor *reduce_impl(red_kind kind, const nb_tensor *t, const int32_t *
             nb_release(kept);
             kept = NULL;
         }
+    }
+    if (kept && dt != out_dt) {
+        nb_tensor *narrow = as_dtype(kept, out_dt);
+        nb_release(kept);
+        kept = narrow;
     }
     nb_tensor *out = drop_dims(kept, mask, keepdim);
     static const char *bw_names[][2] = {{"SumBackward0", "SumBackward1"},
@@ -394,11 +405,21 @@ static nb_tensor *var_std(bool is_std, const nb_tensor *t, const int32_t *dims, 
     nb_tensor *in[1] = {(nb_tensor *)t};
     bool grad = nbi_grad_needed(in, 1);
     bool prev = nb_set_grad_enabled(false);
-    nb_tensor *v = var_impl(t, dims, nd, corr, keepdim);
+    /* 16-bit inputs are computed in float32 and rounded once, as PyTorch's opmath does */
+    bool half = t->dtype == NB_DTYPE_F16 || t->dtype == NB_DTYPE_BF16;
+    nb_tensor *wide = half ? as_dtype(t, NB_DTYPE_F32) : NULL;
+    nb_tensor *v = !half || wide ? var_impl(half ? wide : t, dims, nd, corr, keepdim) : NULL;
     nb_tensor *r = v && is_std ? nbi_unary_kernel(NBI_OP_sqrt, v, v->dtype, v->dtype, NULL, 0,
                                                   NULL, 0, NULL)
                                : nb_retain(v);
     nb_release(v);
+    if (half && r) {
+        nb_tensor *narrow = as_dtype(r, t->dtype);
+        nb_release(r);
+        r = narrow;
+    }
+    if (wide)
+        drop_cast(wide, t);
     nb_set_grad_enabled(prev);
     bool mask[NB_MAX_DIMS];
     nbi_node *node = r && grad && reduce_dims("var", t, dims, nd, mask) == NB_OK

@@ -203,7 +203,23 @@ static struct {
     nb_kernel_fn f32;
     bool reads_out; /* as nabla_plugin.h lists: *_accumulate, scatter_add, matmul with f[1] */
     bool compares_scalar; /* eq_scalar ... ge_scalar */
+    bool uniform;         /* random_uniform: the result stays below the high end */
 } slots[NBC_HALF_SLOTS];
+
+/* random_uniform's float32 numbers lie in [lo, hi), but u near 1 rounds up to hi in 16 bits
+ * (one draw in 2^12 for float16 at [0, 1), one in 2^9 for bfloat16). [lo, hi) maps those back
+ * to lo, as PyTorch's CUDA uniform does; the opencl and cuda plugins do the same. */
+static void keep_below_hi(nb_dtype dt, float *v, int64_t n, double lo, double hi)
+{
+    for (int64_t k = 0; k < n; k++) {
+        uint16_t h;
+        float r;
+        nbc_f32_to_half(dt, &v[k], &h, 1);
+        nbc_half_to_f32(dt, &h, &r, 1);
+        if ((double)r >= hi)
+            v[k] = (float)lo;
+    }
+}
 
 /* eq_scalar ... ge_scalar: the scalar is rounded to the 16-bit dtype first, as torch does
  * (bfloat16 1.0 == 1.001 is true there); arithmetic with a scalar keeps it in float32. */
@@ -245,6 +261,8 @@ static nb_status run_widened(int slot, nb_dtype dt, const nb_kernel_args *a)
                                         : nb_bf16_to_f32(nb_f64_to_bf16(a->f[0]));
         st = slots[slot].f32(&f);
     }
+    if (st == NB_OK && slots[slot].uniform && a->out->dtype == dt)
+        keep_below_hi(dt, w[0].buf, w[0].n, a->f[0], a->f[1]);
     if (st == NB_OK && a->out->dtype == dt)
         transfer(a->out, w[0].buf, false);
     return st;
@@ -300,6 +318,7 @@ size_t nbc_half_kernels(const nb_kernel_desc *f32, size_t n, nb_kernel_desc *out
         slots[s].reads_out = strstr(f32[k].op, "accumulate") || !strcmp(f32[k].op, "scatter_add") ||
                              !strcmp(f32[k].op, "matmul");
         slots[s].compares_scalar = is_compare_scalar(f32[k].op);
+        slots[s].uniform = !strcmp(f32[k].op, "random_uniform");
         if (!native[NB_DTYPE_F16])
             out[m++] = (nb_kernel_desc){f32[k].op, NB_DTYPE_F16, f16_fns[s]};
         if (!native[NB_DTYPE_BF16])

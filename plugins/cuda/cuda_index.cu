@@ -98,9 +98,14 @@ template <class T, bool Normal> struct RandomF {
             // No fused multiply-add, so uniforms agree bit for bit with the other plugins.
             v = __dadd_rn(a, __dmul_rn(b - a, u));
         }
-        if constexpr (is_half<T>::value)
-            out[off[0]] = convert<T>((float)v); // as the cpu: the float32 number, rounded
-        else
+        if constexpr (is_half<T>::value) {
+            T h = convert<T>((float)v); // as the cpu: the float32 number, rounded
+            // u near 1 rounds up to the high end; [low, high) maps that back to low, as the
+            // other plugins (and PyTorch's CUDA uniform) do
+            if (!Normal && (double)widen16(h) >= b)
+                h = convert<T>((float)a);
+            out[off[0]] = h;
+        } else
             out[off[0]] = (T)v;
     }
 };

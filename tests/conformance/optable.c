@@ -972,14 +972,12 @@ bool conf_gradgrad_skips(const conf_op *op, const conf_sample *s)
 }
 
 /* Samples whose 16-bit gradients are not comparable with float32's, so check_grad16 skips them
- * (the 16-bit forward is still checked, and float64 gradcheck still runs). std over a constant
- * slice sits on its kink: float32 computes the mean exactly and x - mean = 0 gives gradient 0,
- * while float16's composite rounds the mean once (sum, then times 1/n, each rounded to 16
- * bits), so x - mean is a rounding residue and (x - mean) / (n std) is of order 1. */
+ * (the 16-bit forward is still checked, and float64 gradcheck still runs). None today: std over
+ * a constant slice, on its kink, was here while the 16-bit mean rounded twice; it rounds once
+ * now, as PyTorch's, and x - mean is 0 in both dtypes. */
 static const struct {
     const char *op, *sample;
 } no_grad16[] = {
-    {"std", "stride-0 expand dim 0"},
     {NULL, NULL},
 };
 

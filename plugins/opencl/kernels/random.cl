@@ -27,6 +27,19 @@ void nbk_philox(ulong key, ulong ctr_lo, ulong ctr_hi, uint r[4])
 /* 53 random bits from two words, as nb_philox_uniform and nb_philox_normal_parts take them */
 #define NBK_BITS53(hi, lo) ((((ulong)(hi)) << 21) ^ (ulong)((lo) >> 11))
 
+/* A 16-bit uniform: u near 1 rounds up to the high end, and [lo, hi) maps that back to lo, as
+ * the cpu and cuda plugins (and PyTorch's CUDA uniform) do. */
+#if IS_HALF
+#define NBK_BELOW_HI(v, lo, hi) (LD_ROUNDED(v) >= (hi) ? (T)(lo) : (v))
+#if NBK_KIND == 6
+#define LD_ROUNDED(v) nbk_f16_to_f32(nbk_f32_to_f16(v))
+#else
+#define LD_ROUNDED(v) nbk_bf16_to_f32(nbk_f32_to_bf16(v))
+#endif
+#else
+#define NBK_BELOW_HI(v, lo, hi) (v)
+#endif
+
 #if HAS_FP64
 /* out = lo + (hi - lo) * u; the element's row-major index is its counter */
 __kernel void random_uniform(__global ST *out, nbk_geom g, ulong seed, ulong offset, real_t lo,
@@ -40,7 +53,8 @@ __kernel void random_uniform(__global ST *out, nbk_geom g, ulong seed, ulong off
 #else
     real_t u = (real_t)(r[0] >> 8) * (real_t)0x1p-24f;
 #endif
-    STORE(out, o[0], (T)(lo + (hi - lo) * u));
+    T v = (T)(lo + (hi - lo) * u);
+    STORE(out, o[0], NBK_BELOW_HI(v, lo, hi));
 }
 
 /* out = mean + std * z with z = sqrt(-2 ln u1) cos(2 pi u2); u1 in (0, 1] */
@@ -68,7 +82,9 @@ __kernel void random_uniform(__global ST *out, nbk_geom g, ulong seed, ulong off
     NBK_ELEMENT(1);
     uint r[4];
     nbk_philox(seed, (ulong)i, offset, r);
-    STORE(out, o[0], nbk_axpm(lo_h, lo_l, d_h, d_l, (float)(r[0] >> 8) * 0x1p-24f));
+    float v = nbk_axpm(lo_h, lo_l, d_h, d_l, (float)(r[0] >> 8) * 0x1p-24f);
+    /* the high end in float: it differs from the double comparison only where hi is no float */
+    STORE(out, o[0], NBK_BELOW_HI(v, lo_h + lo_l, (lo_h + d_h) + (lo_l + d_l)));
 }
 
 /* z = sqrt(-2 ln u1) cos(2 pi u2) from the same 53-bit u1 = 1 - v and u2 as the reference:

@@ -612,6 +612,74 @@ static void scalar_comparisons_round_the_scalar_to_the_dtype(void **state)
     }
 }
 
+/* rand and uniform stay in [low, high) in 16 bits: a float32 draw just below 1 rounds up to 1
+ * (one in 2^12 draws in float16, one in 2^9 in bfloat16) and must come back as low; on every
+ * device, with the same numbers on each. */
+static void sixteen_bit_uniforms_stay_below_high(void **state)
+{
+    (void)state;
+    const char *devices[] = {"cpu", "opencl:0"};
+    const nb_dtype dts[] = {NB_DTYPE_F16, NB_DTYPE_BF16};
+    double first[2] = {0};
+    for (int d = 0; d < 2; d++) {
+        if (d == 1 && nb_device_count("opencl") <= 0)
+            continue;
+        for (int t = 0; t < 2; t++) {
+            nb_manual_seed(7);
+            nb_opts o = {.dtype = dts[t], .device = devices[d]};
+            nb_tensor *u = nb_rand(NB_SHAPE(1 << 16), o);
+            nb_tensor *v = nb_uniform(-2, 3, NB_SHAPE(1 << 16), o);
+            nb_tensor *mu = nb_max(u), *nu = nb_min(u), *mv = nb_max(v), *nv = nb_min(v);
+            nb_tensor *w = nb_to_dtype(u, NB_DTYPE_F64), *s = nb_sum(w, NULL, 0, false);
+            double hi, lo, hv, lv, sum;
+            NB_ASSERT_OK(nb_item(mu, &hi));
+            NB_ASSERT_OK(nb_item(nu, &lo));
+            NB_ASSERT_OK(nb_item(mv, &hv));
+            NB_ASSERT_OK(nb_item(nv, &lv));
+            NB_ASSERT_OK(nb_item(s, &sum));
+            assert_true(hi < 1 && lo >= 0);
+            assert_true(hv < 3 && lv >= -2);
+            assert_true(fabs(sum / (1 << 16) - 0.5) < 0.01);
+            if (d == 0)
+                first[t] = sum;
+            else
+                assert_true(sum == first[t]); /* the cpu's numbers on opencl too */
+            nb_tensor *all[] = {u, v, mu, nu, mv, nv, w, s};
+            for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+                nb_release(all[k]);
+        }
+    }
+}
+
+/* mean, var and std of 16-bit tensors compute in float32 and round once, as PyTorch's opmath:
+ * bfloat16 [1.359375] x 3 averages to itself (a 16-bit sum, 4.0625, times 1/3 in 16 bits gave
+ * 1.3515625), and its std is 0 with a zero gradient (torch 2.15: mean 1.359375, std 0). */
+static void sixteen_bit_mean_and_std_round_once(void **state)
+{
+    (void)state;
+    const nb_dtype dts[] = {NB_DTYPE_BF16, NB_DTYPE_F16};
+    for (int t = 0; t < 2; t++) {
+        nb_tensor *x = nb_full(NB_SHAPE(3), 1.359375, (nb_opts){.dtype = dts[t],
+                                                                .requires_grad = true});
+        nb_tensor *m = nb_mean(x, NULL, 0, false), *s = nb_std(x, NULL, 0, 1, false);
+        double mv, sv;
+        NB_ASSERT_OK(nb_item(m, &mv));
+        NB_ASSERT_OK(nb_item(s, &sv));
+        assert_true(mv == 1.359375);
+        assert_true(sv == 0);
+        assert_int_equal(nb_tensor_dtype(m), dts[t]);
+        assert_int_equal(nb_tensor_dtype(s), dts[t]);
+        NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
+        nb_tensor *g = nb_tensor_grad(x), *ga = nb_abs(g), *gm = nb_max(ga);
+        double gv;
+        NB_ASSERT_OK(nb_item(gm, &gv));
+        assert_true(gv == 0);
+        nb_tensor *all[] = {gm, ga, g, s, m, x};
+        for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+            nb_release(all[k]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -627,6 +695,8 @@ int main(void)
         NB_TEST(safetensors_load_and_save_16bit),
         NB_TEST(linear_model_trains_in_16bit_with_f32_master_weights),
         NB_TEST(a_plugin_without_16bit_kernels_errors_or_falls_back),
+        NB_TEST(sixteen_bit_uniforms_stay_below_high),
+        NB_TEST(sixteen_bit_mean_and_std_round_once),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     return failed || nb_shutdown() != NB_OK;
