@@ -178,7 +178,9 @@ if have nabla-conformance conformance; then
     run_step conformance 300 "$BIN/nabla-conformance" --device "$DEVICE" \
         --report "$LOGS/conformance-cuda.md"
     grep -E '^(FAIL|fail)|pass(ed)?[, ]|summary' "$LOGS/conformance.log" | tail -n 4 | sed 's/^/      /'
-    if [ -s "$LOGS/conformance.log" ] && ! grep -qE '^SKIP|no device' "$LOGS/conformance.log"; then
+    if [ "$STEP_RC" != 0 ]; then
+        add "  SKIP conformance float16/bfloat16 columns (conformance did not finish: rc $STEP_RC)"
+    elif [ -s "$LOGS/conformance.log" ] && ! grep -qE '^SKIP|no device' "$LOGS/conformance.log"; then
         n16=$(grep -cE '^FAIL .* (float16|bfloat16) on ' "$LOGS/conformance.log")
         if [ "$n16" = 0 ]; then
             add "  PASS conformance float16/bfloat16 columns (no failing sample)"

@@ -31,8 +31,13 @@ template <class T> struct ArangeF {
     double start, step;
     __device__ void operator()(int64_t k, const int64_t *off) const
     {
-        // Rounded multiply then add, never a fused multiply-add: the CPU's numbers exactly.
-        out[off[0]] = convert<T>(__dadd_rn(start, __dmul_rn((double)k, step)));
+        // Rounded multiply then add, never a fused multiply-add: the CPU's numbers exactly. A
+        // 16-bit arange rounds through float as the cpu and opencl plugins (and torch) do.
+        double v = __dadd_rn(start, __dmul_rn((double)k, step));
+        if constexpr (is_half<T>::value)
+            out[off[0]] = round16<T>((float)v);
+        else
+            out[off[0]] = convert<T>(v);
     }
 };
 
