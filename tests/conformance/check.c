@@ -800,7 +800,7 @@ void conf_check_cell(const conf_op *op, nb_dtype dt, const char *device, conf_ce
                 out->gradgrad.n[g[2]]++;
         }
         if ((dt == NB_DTYPE_F16 || dt == NB_DTYPE_BF16) && op->differentiable && /* half */
-            !(s->flags & CONF_NO_GRAD) && !conf_grad16_skips(op, s) &&
+            !(s->flags & CONF_NO_GRAD) &&
             (r == CONF_PASS || r == CONF_COMPOSITE || r == CONF_FALLBACK)) {
             conf_result g = check_grad16(op, dt, device, si);
             if (g != CONF_NONE)

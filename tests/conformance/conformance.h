@@ -140,9 +140,6 @@ bool conf_op_available(const conf_op *op);
 bool conf_op_twice_differentiable(const conf_op *op);
 /* True for a sample at a point where the op is not twice differentiable (no gradgradcheck). */
 bool conf_gradgrad_skips(const conf_op *op, const conf_sample *s);
-/* Whether the 16-bit run's gradients are not compared with float32's on sample s (optable.c
- * says why for each). */
-bool conf_grad16_skips(const conf_op *op, const conf_sample *s);
 
 /* ---- reference.c: float64 loops, one per op ---- */
 #define CONF_REF_LIST_(X)                                                                  \

@@ -970,21 +970,3 @@ bool conf_gradgrad_skips(const conf_op *op, const conf_sample *s)
             return true;
     return false;
 }
-
-/* Samples whose 16-bit gradients are not comparable with float32's, so check_grad16 skips them
- * (the 16-bit forward is still checked, and float64 gradcheck still runs). None today: std over
- * a constant slice, on its kink, was here while the 16-bit mean rounded twice; it rounds once
- * now, as PyTorch's, and x - mean is 0 in both dtypes. */
-static const struct {
-    const char *op, *sample;
-} no_grad16[] = {
-    {NULL, NULL},
-};
-
-bool conf_grad16_skips(const conf_op *op, const conf_sample *s)
-{
-    for (size_t k = 0; no_grad16[k].op; k++)
-        if (!strcmp(no_grad16[k].op, op->name) && !strcmp(no_grad16[k].sample, s->name))
-            return true;
-    return false;
-}
