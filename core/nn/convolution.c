@@ -288,10 +288,13 @@ static nb_tensor *conv2d_same(const nb_tensor *x, const nb_tensor *w, const nb_t
     for (int k = 0; k < 2; k++) {
         /* A kernel of size 0 or a negative dilation pads nothing here: conv2d_impl names it. */
         int64_t d = o.dilation[k] > 0 ? o.dilation[k] : 1, kk = nbi_dims(w)[2 + k], total = 0;
-        if (kk > 0 && o.dilation[k] >= 0 && __builtin_mul_overflow(d, kk - 1, &total)) {
+        int64_t size = nbi_dims(x)[nb_tensor_ndim(x) - 2 + k], padded;
+        if (kk > 0 && o.dilation[k] >= 0 &&
+            (__builtin_mul_overflow(d, kk - 1, &total) ||
+             __builtin_add_overflow(size, total, &padded))) {
             nbi_error(NB_INVALID_ARGUMENT, "conv2d: padding='same' with dilation %lld and "
-                      "kernel size %lld: the dilated kernel's extent overflows int64",
-                      (long long)d, (long long)kk);
+                      "kernel size %lld on an input of size %lld: the padded extent overflows "
+                      "int64", (long long)d, (long long)kk, (long long)size);
             return NULL;
         }
         o.padding[k] = total / 2;
