@@ -100,6 +100,21 @@ static inline void nnc_free(nnc_tmps *s)
     s->n = 0;
 }
 
+/* A new tensor of that shape and options, written by the plugin kernel op (the arguments as
+ * nbi_run takes them); NULL, with the error, when either step fails. The tier-2 fast paths of
+ * the composites all start this way. */
+static inline nb_tensor *nnc_run(const char *op, nb_shape shape, nb_opts o, nb_tensor *const *in,
+                                 int32_t n_in, const double *f, int32_t nf, const int64_t *iv,
+                                 int32_t ni)
+{
+    nb_tensor *out = nb_empty(shape, o);
+    if (out && nbi_run(op, out, in, n_in, f, nf, iv, ni) != NB_OK) {
+        nb_release(out);
+        return NULL;
+    }
+    return out;
+}
+
 /* Releases every intermediate and returns r (a new reference, or NULL). */
 static inline nb_tensor *nnc_ret(nnc_tmps *s, nb_tensor *r)
 {

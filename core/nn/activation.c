@@ -106,11 +106,9 @@ static nb_tensor *gelu_run(const char *op, const gelu_ctx *c, nb_tensor *const *
     bool ok = true;
     for (int32_t k = 0; k < n; k++)
         ok = ok && (ops[k] = nnc_k(&s, nb_contiguous(in[k])));
-    nb_tensor *out = ok ? nb_empty(nnc_shape(ops[n - 1]), nnc_opts(ops[n - 1])) : NULL;
-    if (out && nbi_run(op, out, ops, n, NULL, 0, &c->tanh, 1) != NB_OK) {
-        nb_release(out);
-        out = NULL;
-    }
+    nb_tensor *out = ok ? nnc_run(op, nnc_shape(ops[n - 1]), nnc_opts(ops[n - 1]), ops, n, NULL,
+                                  0, &c->tanh, 1)
+                        : NULL;
     nnc_free(&s);
     return out;
 }
@@ -492,12 +490,8 @@ static nb_tensor *softmax_forward(void *ctx, nb_tensor *const *in, int32_t n)
         out = nb_empty(nnc_shape(x), nnc_opts(x));
     } else if (dim == nb_tensor_ndim(x) - 1 && nbi_has_kernel(x, kop)) {
         nb_tensor *xc = nb_contiguous(x);
-        out = xc ? nb_empty(nnc_shape(x), nnc_opts(x)) : NULL;
         int64_t iv[1] = {dim};
-        if (out && nbi_run(kop, out, &xc, 1, NULL, 0, iv, 1) != NB_OK) {
-            nb_release(out);
-            out = NULL;
-        }
+        out = xc ? nnc_run(kop, nnc_shape(x), nnc_opts(x), &xc, 1, NULL, 0, iv, 1) : NULL;
         nb_release(xc);
     } else {
         out = softmax_composite(x, dim, log);
@@ -525,13 +519,10 @@ static nb_status softmax_backward(void *ctx, const nb_tensor *g, nb_tensor **gi,
         gi[0] = nb_zeros_like(x);
     } else if (dim == nb_tensor_ndim(x) - 1 && bw_fast(x, kop)) {
         nb_tensor *gc = nnc_k(&s, nb_contiguous(g)), *yc = nnc_k(&s, nb_contiguous(y));
-        nb_tensor *gx = gc && yc ? nb_empty(nnc_shape(x), nnc_opts(x)) : NULL;
         int64_t iv[1] = {dim};
-        if (gx && nbi_run(kop, gx, (nb_tensor *[]){gc, yc}, 2, NULL, 0, iv, 1) != NB_OK) {
-            nb_release(gx);
-            gx = NULL;
-        }
-        gi[0] = gx;
+        gi[0] = gc && yc ? nnc_run(kop, nnc_shape(x), nnc_opts(x), (nb_tensor *[]){gc, yc}, 2,
+                                   NULL, 0, iv, 1)
+                         : NULL;
     } else {
         /* building a graph of the gradient: y must come from x again to carry its history */
         if (nb_is_grad_enabled() && nbi_requires_grad(x))

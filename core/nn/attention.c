@@ -56,16 +56,12 @@ static nb_tensor *att_forward(void *p, nb_tensor *const *in, int32_t n)
     nnc_tmps s = {0};
     nb_tensor *q = nnc_k(&s, nb_contiguous(in[0])), *k = nnc_k(&s, nb_contiguous(in[1]));
     nb_tensor *v = nnc_k(&s, nb_contiguous(in[2]));
-    nb_tensor *out = q && k && v ? nb_empty(NB_SHAPE(nbi_dims(q)[0], nbi_dims(q)[1],
-                                                     nbi_dims(v)[2]),
-                                            nnc_opts(q))
-                                 : NULL;
     int64_t causal = c->causal;
-    if (out && nbi_run("attention", out, (nb_tensor *[]){q, k, v}, 3, &c->scale, 1, &causal,
-                       1) != NB_OK) {
-        nb_release(out);
-        out = NULL;
-    }
+    nb_tensor *out = q && k && v ? nnc_run("attention",
+                                           NB_SHAPE(nbi_dims(q)[0], nbi_dims(q)[1], nbi_dims(v)[2]),
+                                           nnc_opts(q), (nb_tensor *[]){q, k, v}, 3, &c->scale, 1,
+                                           &causal, 1)
+                                 : NULL;
     nnc_free(&s);
     if (out && !c->q) {
         c->q = nb_retain(in[0]);
@@ -87,12 +83,10 @@ static nb_status att_backward_kernel(att_ctx *c, const nb_tensor *g, nb_tensor *
     bool ok = true;
     for (int j = 0; j < 6; j++)
         ok = ok && ops[j];
-    nb_tensor *dq = ok ? nb_empty(nnc_shape(c->q), nnc_opts(c->q)) : NULL;
     int64_t causal = c->causal;
-    if (dq && nbi_run("attention_backward", dq, ops, 6, &c->scale, 1, &causal, 1) != NB_OK) {
-        nb_release(dq);
-        dq = NULL;
-    }
+    nb_tensor *dq = ok ? nnc_run("attention_backward", nnc_shape(c->q), nnc_opts(c->q), ops, 6,
+                                 &c->scale, 1, &causal, 1)
+                       : NULL;
     nnc_free(&s);
     if (!dq) {
         nb_release(ops[4]);

@@ -168,11 +168,9 @@ static nb_tensor *conv_forward(void *ctx, nb_tensor *const *in, int32_t n)
         out = nb_zeros(NB_SHAPE(g.n, O, g.oh, g.ow), nnc_opts(x));
     } else if (nbi_has_kernel(x, "conv2d")) {
         nb_tensor *xc = nnc_k(&s, nb_contiguous(x)), *wc = nnc_k(&s, nb_contiguous(w));
-        out = xc && wc ? nb_empty(NB_SHAPE(g.n, O, g.oh, g.ow), nnc_opts(x)) : NULL;
-        if (out && nbi_run("conv2d", out, (nb_tensor *[]){xc, wc}, 2, NULL, 0, iv, 7) != NB_OK) {
-            nb_release(out);
-            out = NULL;
-        }
+        out = xc && wc ? nnc_run("conv2d", NB_SHAPE(g.n, O, g.oh, g.ow), nnc_opts(x),
+                                 (nb_tensor *[]){xc, wc}, 2, NULL, 0, iv, 7)
+                       : NULL;
     } else {
         /* im2col by gather, then one batched matmul over the groups */
         nb_tensor *table = nnc_k(&s, window_table(x, &g));
@@ -221,23 +219,15 @@ static nb_status conv_backward(void *ctx, const nb_tensor *g, nb_tensor **gi, in
         nb_tensor *gc = nnc_k(&s, nb_contiguous(g));
         if (fast_x) {
             nb_tensor *wc = nnc_k(&s, nb_contiguous(w));
-            nb_tensor *gx = gc && wc ? nb_empty(nnc_shape(x), nnc_opts(x)) : NULL;
-            if (gx && nbi_run("conv2d_backward_input", gx, (nb_tensor *[]){gc, wc}, 2, NULL, 0,
-                              iv, 7) != NB_OK) {
-                nb_release(gx);
-                gx = NULL;
-            }
-            gi[0] = gx;
+            gi[0] = gc && wc ? nnc_run("conv2d_backward_input", nnc_shape(x), nnc_opts(x),
+                                       (nb_tensor *[]){gc, wc}, 2, NULL, 0, iv, 7)
+                             : NULL;
         }
         if (fast_w) {
             nb_tensor *xc = nnc_k(&s, nb_contiguous(x));
-            nb_tensor *gw = gc && xc ? nb_empty(nnc_shape(w), nnc_opts(w)) : NULL;
-            if (gw && nbi_run("conv2d_backward_weight", gw, (nb_tensor *[]){gc, xc}, 2, NULL, 0,
-                              iv, 7) != NB_OK) {
-                nb_release(gw);
-                gw = NULL;
-            }
-            gi[1] = gw;
+            gi[1] = gc && xc ? nnc_run("conv2d_backward_weight", nnc_shape(w), nnc_opts(w),
+                                       (nb_tensor *[]){gc, xc}, 2, NULL, 0, iv, 7)
+                             : NULL;
         }
     }
     if ((c->need[0] && !fast_x) || (c->need[1] && !fast_w)) {
@@ -573,13 +563,9 @@ static nb_status max_pool_backward(void *ctx, const nb_tensor *g, nb_tensor **gi
         int64_t iv[6];
         pool_ints(&geo, iv);
         nb_tensor *gc = nnc_k(&s, nb_contiguous(g));
-        nb_tensor *gx = gc ? nb_empty(xs, nnc_opts(g)) : NULL; /* the kernel zeroes it first */
-        if (gx && nbi_run("max_pool2d_backward", gx, (nb_tensor *[]){gc, idx}, 2, NULL, 0, iv,
-                          6) != NB_OK) {
-            nb_release(gx);
-            gx = NULL;
-        }
-        gi[0] = gx;
+        gi[0] = gc ? nnc_run("max_pool2d_backward", xs, nnc_opts(g), (nb_tensor *[]){gc, idx}, 2,
+                             NULL, 0, iv, 6) /* the kernel zeroes it first */
+                   : NULL;
     } else {
         int64_t L = geom_l(&geo);
         nb_tensor *z = nnc_k(&s, nb_zeros(NB_SHAPE(geo.n, geo.c, geo.h * geo.w), nnc_opts(g)));

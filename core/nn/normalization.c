@@ -97,11 +97,9 @@ static nb_tensor *ln_forward(void *p, nb_tensor *const *in, int32_t n)
         flags |= 4;
         ok = stats != NULL;
     }
-    nb_tensor *out = ok ? nb_empty(nnc_shape(ops[0]), nnc_opts(ops[0])) : NULL;
-    if (out && nbi_run("layer_norm", out, ops, k, &c->eps, 1, &flags, 1) != NB_OK) {
-        nb_release(out);
-        out = NULL;
-    }
+    nb_tensor *out = ok ? nnc_run("layer_norm", nnc_shape(ops[0]), nnc_opts(ops[0]), ops, k,
+                                  &c->eps, 1, &flags, 1)
+                        : NULL;
     nnc_free(&s);
     if (out && !c->x) {
         c->x = nb_retain(in[0]);
@@ -136,11 +134,9 @@ static nb_status ln_backward_kernel(ln_ctx *c, const nb_tensor *g, nb_tensor **g
     bool ok = true;
     for (int32_t j = 0; j < k; j++)
         ok = ok && ops[j];
-    nb_tensor *dx = ok ? nb_empty(nnc_shape(c->x), nnc_opts(c->x)) : NULL;
-    if (dx && nbi_run("layer_norm_backward", dx, ops, k, NULL, 0, &flags, 1) != NB_OK) {
-        nb_release(dx);
-        dx = NULL;
-    }
+    nb_tensor *dx = ok ? nnc_run("layer_norm_backward", nnc_shape(c->x), nnc_opts(c->x), ops, k,
+                                 NULL, 0, &flags, 1)
+                       : NULL;
     nnc_free(&s);
     if (!dx) {
         nb_release(dw);

@@ -184,11 +184,9 @@ static nb_tensor *rpow_forward(void *p, nb_tensor *const *in, int32_t n)
     (void)n;
     rpow_ctx *c = p;
     nb_tensor *xc = nb_contiguous(in[0]);
-    nb_tensor *out = xc ? nb_empty(nnc_shape(xc), nnc_opts(xc)) : NULL;
-    if (out && nbi_run("rpow_scalar", out, &xc, 1, &c->s, 1, NULL, 0) != NB_OK) {
-        nb_release(out);
-        out = NULL;
-    }
+    nb_tensor *out = xc ? nnc_run("rpow_scalar", nnc_shape(xc), nnc_opts(xc), &xc, 1, &c->s, 1,
+                                  NULL, 0)
+                        : NULL;
     nb_release(xc);
     if (out && !c->x)
         c->x = nb_retain(in[0]);
