@@ -1,8 +1,10 @@
 /* ddp.c - distributed data parallel as PyTorch's DDP does it: same model on every rank (checked,
  * then broadcast from rank 0), gradients packed into buckets in reverse registration order (the
- * first capped at 1 MiB so its allreduce starts early), each bucket allreduced as soon as a
- * post-accumulate-grad hook sees its last gradient, and the averages copied back into .grad (or
- * left there, with gradient_as_bucket_view) when the last parameter's gradient is in. */
+ * first capped at 1 MiB so its allreduce starts early) and, after the first synced backward,
+ * repacked in the order that backward produced them (rank 0's order, as PyTorch's reducer
+ * rebuilds its buckets once); each bucket allreduced as soon as a post-accumulate-grad hook sees
+ * its last gradient, and the averages copied back into .grad (or left there, with
+ * gradient_as_bucket_view) when the last parameter's gradient is in. */
 #include "nabla_layer.h"
 
 #include <string.h>
@@ -36,10 +38,16 @@ typedef struct ddp_bucket {
 struct nb_ddp {
     nb_module *module;
     nb_process_group *pg;
-    ddp_param *params; /* in bucket order: reverse registration order */
+    ddp_param *params; /* reverse registration order; the hooks hold pointers into it */
     int32_t n_params;
+    int32_t *order;    /* positions in params, in bucket layout order */
     ddp_bucket *buckets;
     int32_t n_buckets;
+    double first_mb, bucket_mb; /* the caps the layout follows */
+    int32_t *arrival;  /* positions in params as the first synced backward made them ready */
+    int32_t n_arrived;
+    bool rebuilt;      /* the layout follows a backward's order (or never will: find_unused) */
+    bool rebuild_due;  /* arrival holds a whole backward: repack before the next one */
     int32_t next_launch; /* buckets launch strictly in index order: the same order on all ranks */
     int32_t n_ready;     /* parameters whose gradient is in, this backward */
     uint64_t bytes_reduced;
@@ -71,15 +79,22 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
     return h;
 }
 
-static nb_status allreduce_i64(nb_process_group *pg, int64_t *v, int64_t n, nb_reduce_op op)
+/* A collective on host int64 values: an allreduce with op, or (root >= 0) a broadcast. */
+static nb_status host_i64(nb_process_group *pg, int64_t *v, int64_t n, nb_reduce_op op,
+                          int32_t root)
 {
     nb_tensor *t = nb_from_blob(v, NB_SHAPE(n), (nb_opts){.dtype = NB_DTYPE_I64, .device = "cpu"},
                                 NULL, NULL);
     if (!t)
         return nb_last_status();
-    nb_status st = nb_work_finish(nb_allreduce(pg, t, op));
+    nb_status st = nb_work_finish(root >= 0 ? nb_broadcast(pg, t, root) : nb_allreduce(pg, t, op));
     nb_release(t);
     return st;
+}
+
+static nb_status allreduce_i64(nb_process_group *pg, int64_t *v, int64_t n, nb_reduce_op op)
+{
+    return host_i64(pg, v, n, op, -1);
 }
 
 /* Every rank must hold the same state names, dtypes and shapes, in the same order; a mismatch
@@ -166,6 +181,8 @@ static nb_status mark_ready(nb_ddp *d, ddp_param *p)
     if (st != NB_OK)
         return st;
     p->ready = true;
+    if (!d->rebuilt && d->n_arrived < d->n_params)
+        d->arrival[d->n_arrived++] = (int32_t)(p - d->params);
     d->n_ready++;
     d->buckets[p->bucket].n_ready++;
     return launch_ready(d);
@@ -251,11 +268,18 @@ static nb_status finish(nb_ddp *d, bool copy)
     nb_set_grad_enabled(prev);
     for (int32_t k = 0; k < d->n_buckets; k++)
         d->buckets[k].n_ready = 0;
+    if (!d->rebuilt) {
+        d->rebuild_due = st == NB_OK && copy && d->n_arrived == d->n_params;
+        if (!d->rebuild_due)
+            d->n_arrived = 0; /* an incomplete backward says nothing about the order */
+    }
     d->next_launch = 0;
     d->n_ready = 0;
     d->traced = false;
     return st;
 }
+
+static nb_status rebuild_buckets(nb_ddp *d);
 
 /* The post-accumulate-grad hook of one parameter. */
 static nb_status on_grad(nb_tensor *t, void *ctx)
@@ -271,7 +295,10 @@ static nb_status on_grad(nb_tensor *t, void *ctx)
                          "backward (a second backward before the first finished?)", p->name,
                          p->unreached ? "although the forward did not use it" : "twice");
     nbi_api_depth++;
-    nb_status st = d->n_ready == 0 ? start_unused(d) : NB_OK;
+    /* A forward outside nb_ddp_forward leaves the rebuild to the first gradient. */
+    nb_status st = d->n_ready == 0 && d->rebuild_due ? rebuild_buckets(d) : NB_OK;
+    if (st == NB_OK && d->n_ready == 0)
+        st = start_unused(d);
     if (st == NB_OK)
         st = mark_ready(d, p);
     if (st == NB_OK && d->n_ready == d->n_params)
@@ -380,78 +407,197 @@ static nb_status trace_unused(nb_ddp *d, const nb_tensor *out)
     return st;
 }
 
-/* Reverse registration order, split where the dtype or device changes and once a bucket holds
- * its cap: the first (the last layers, whose gradients come first) first_mb, the others
- * bucket_mb. PyTorch's compute_bucket_assignment_by_size closes a bucket the same way, after
- * the parameter that reaches the cap. */
-static nb_status build_buckets(nb_ddp *d, double first_mb, double bucket_mb)
+/* The bucket layout for the parameters taken in `order` (positions in d->params): a bucket
+ * closes where the dtype or device changes and once it holds its cap, the first (the gradients
+ * that come first) first_mb, the others bucket_mb. PyTorch's compute_bucket_assignment_by_size
+ * closes a bucket the same way, after the parameter that reaches the cap. Writes each
+ * parameter's bucket and offset (in elements) and each bucket's element count; returns the
+ * number of buckets. */
+static int32_t plan_buckets(const nb_ddp *d, const int32_t *order, int32_t *bucket,
+                            int64_t *offset, int64_t *sizes)
+{
+    int32_t n_buckets = 0;
+    double filled = 0;
+    const ddp_param *last = NULL;
+    for (int32_t j = 0; j < d->n_params; j++) {
+        const ddp_param *p = &d->params[order[j]];
+        bool same = last && nb_tensor_dtype(last->p) == nb_tensor_dtype(p->p) &&
+                    nbi_same_device(last->p, p->p);
+        double cap = (n_buckets <= 1 ? d->first_mb : d->bucket_mb) * 1024.0 * 1024.0;
+        if (!same || filled >= cap) {
+            sizes[n_buckets++] = 0;
+            filled = 0;
+        }
+        bucket[order[j]] = n_buckets - 1;
+        offset[order[j]] = sizes[n_buckets - 1];
+        sizes[n_buckets - 1] += p->numel;
+        filled += (double)p->numel * nb_dtype_size(nb_tensor_dtype(p->p));
+        last = p;
+    }
+    return n_buckets;
+}
+
+/* The flat tensors of a plan (zeroed) and each parameter's slot in them, shaped like it (NULL
+ * for an empty one). On failure the caller releases what was made. */
+static nb_status make_buckets(const nb_ddp *d, const int32_t *bucket, const int64_t *offset,
+                              const int64_t *sizes, ddp_bucket *buckets, nb_tensor **slots)
+{
+    nb_status st = NB_OK;
+    bool prev = nb_set_grad_enabled(false);
+    for (int32_t k = 0; st == NB_OK && k < d->n_params; k++) {
+        ddp_bucket *b = &buckets[bucket[k]];
+        const nb_tensor *p = d->params[k].p;
+        b->n_params++;
+        if (!b->flat && !(b->flat = nb_zeros(NB_SHAPE(sizes[bucket[k]]),
+                                             (nb_opts){.dtype = nb_tensor_dtype(p),
+                                                       .device = nb_tensor_device(p)})))
+            st = nb_last_status();
+    }
+    for (int32_t k = 0; st == NB_OK && k < d->n_params; k++) {
+        const ddp_param *p = &d->params[k];
+        if (p->numel == 0)
+            continue;
+        nb_tensor *slice = nb_narrow(buckets[bucket[k]].flat, 0, offset[k], p->numel);
+        slots[k] = slice ? nb_view(slice, nb_tensor_shape(p->p)) : NULL;
+        nb_release(slice);
+        if (!slots[k])
+            st = nb_last_status();
+    }
+    nb_set_grad_enabled(prev);
+    return st;
+}
+
+/* Lays out buckets for `order` and makes them d's, replacing the old layout. A .grad that is a
+ * view into an old bucket (gradient_as_bucket_view) moves into its new slot with its values.
+ * All or nothing: on failure d keeps its layout. */
+static nb_status apply_layout(nb_ddp *d, const int32_t *order)
+{
+    int32_t n = d->n_params;
+    size_t cap = n ? (size_t)n : 1;
+    int32_t *bucket = nbi_calloc(cap, sizeof *bucket);
+    int32_t *order_copy = nbi_calloc(cap, sizeof *order_copy);
+    int64_t *offset = nbi_calloc(cap, sizeof *offset), *sizes = nbi_calloc(cap, sizeof *sizes);
+    nb_tensor **slots = nbi_calloc(cap, sizeof *slots);
+    ddp_bucket *buckets = nbi_calloc(cap, sizeof *buckets);
+    nb_status st = bucket && order_copy && offset && sizes && slots && buckets
+                       ? NB_OK
+                       : nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory laying out buckets");
+    int32_t n_buckets = st == NB_OK ? plan_buckets(d, order, bucket, offset, sizes) : 0;
+    if (st == NB_OK)
+        st = make_buckets(d, bucket, offset, sizes, buckets, slots);
+    bool prev = nb_set_grad_enabled(false);
+    for (int32_t k = 0; st == NB_OK && k < n; k++) {
+        nb_tensor *grad = nbi_grad_of(d->params[k].p);
+        if (grad && grad == d->params[k].slot)
+            st = nb_tensor_copy_(slots[k], grad);
+    }
+    for (int32_t k = 0; st == NB_OK && k < n; k++) {
+        ddp_param *p = &d->params[k];
+        if (nbi_grad_of(p->p) == p->slot && p->slot)
+            st = nb_tensor_set_grad(p->p, slots[k]); /* same shape and dtype: cannot fail */
+        nb_release(p->slot);
+        p->slot = slots[k];
+        slots[k] = NULL;
+        p->bucket = bucket[k];
+        p->offset = offset[k];
+    }
+    nb_set_grad_enabled(prev);
+    if (st == NB_OK) {
+        for (int32_t k = 0; k < d->n_buckets; k++)
+            nb_release(d->buckets[k].flat);
+        nbi_free(d->buckets);
+        d->buckets = buckets;
+        d->n_buckets = n_buckets;
+        buckets = NULL;
+        memcpy(order_copy, order, (size_t)n * sizeof *order);
+        nbi_free(d->order);
+        d->order = order_copy;
+        order_copy = NULL;
+    }
+    for (int32_t k = 0; buckets && k < n; k++) /* n bounds the buckets of a plan */
+        nb_release(buckets[k].flat);
+    for (int32_t k = 0; slots && k < n; k++)
+        nb_release(slots[k]);
+    nbi_free(buckets);
+    nbi_free(slots);
+    nbi_free(sizes);
+    nbi_free(offset);
+    nbi_free(order_copy);
+    nbi_free(bucket);
+    return st;
+}
+
+/* The first layout: reverse registration order. */
+static nb_status build_buckets(nb_ddp *d)
 {
     int32_t total = nb_module_parameter_count(d->module), n = 0;
     for (int32_t k = 0; k < total; k++)
         n += nbi_requires_grad(nb_module_parameter(d->module, k));
-    d->params = nbi_calloc(n ? (size_t)n : 1, sizeof *d->params);
-    d->buckets = nbi_calloc(n ? (size_t)n : 1, sizeof *d->buckets);
-    int64_t *sizes = nbi_calloc(n ? (size_t)n : 1, sizeof *sizes);
-    if (!d->params || !d->buckets || !sizes) {
-        nbi_free(sizes);
+    size_t cap = n ? (size_t)n : 1;
+    d->params = nbi_calloc(cap, sizeof *d->params);
+    d->arrival = nbi_calloc(cap, sizeof *d->arrival);
+    int32_t *order = nbi_calloc(cap, sizeof *order);
+    if (!d->params || !d->arrival || !order) {
+        nbi_free(order);
         return nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory");
     }
-    double filled = 0;
     for (int32_t k = total - 1; k >= 0; k--) {
         nb_tensor *t = nb_module_parameter(d->module, k);
         if (!nbi_requires_grad(t))
             continue;
-        ddp_param *p = &d->params[d->n_params];
-        ddp_param *last = d->n_params ? p - 1 : NULL;
-        bool same = last && nb_tensor_dtype(last->p) == nb_tensor_dtype(t) &&
-                    nbi_same_device(last->p, t);
-        double cap = (d->n_buckets <= 1 ? first_mb : bucket_mb) * 1024.0 * 1024.0;
-        if (!last || !same || filled >= cap) {
-            d->n_buckets++;
-            filled = 0;
-        }
-        *p = (ddp_param){.ddp = d, .p = nb_retain(t), .bucket = d->n_buckets - 1, .index = k,
-                         .name = nb_module_parameter_name(d->module, k),
-                         .numel = nb_tensor_numel(t)};
-        p->offset = sizes[p->bucket];
-        sizes[p->bucket] += p->numel;
-        d->buckets[p->bucket].n_params++;
-        filled += (double)p->numel * nb_dtype_size(nb_tensor_dtype(t));
-        d->n_params++;
+        order[d->n_params] = d->n_params;
+        d->params[d->n_params++] = (ddp_param){.ddp = d, .p = nb_retain(t), .index = k,
+                                               .name = nb_module_parameter_name(d->module, k),
+                                               .numel = nb_tensor_numel(t)};
     }
-    nb_status st = NB_OK;
-    bool prev = nb_set_grad_enabled(false);
-    for (int32_t b = 0; st == NB_OK && b < d->n_buckets; b++) {
-        const nb_tensor *first = NULL;
-        for (int32_t k = 0; k < d->n_params && !first; k++)
-            if (d->params[k].bucket == b)
-                first = d->params[k].p;
-        d->buckets[b].flat = nb_zeros(NB_SHAPE(sizes[b]),
-                                      (nb_opts){.dtype = nb_tensor_dtype(first),
-                                                .device = nb_tensor_device(first)});
-        if (!d->buckets[b].flat)
-            st = nb_last_status();
-    }
-    for (int32_t k = 0; st == NB_OK && k < d->n_params; k++) {
-        ddp_param *p = &d->params[k];
-        if (p->numel == 0)
-            continue;
-        nb_tensor *slice = nb_narrow(d->buckets[p->bucket].flat, 0, p->offset, p->numel);
-        p->slot = slice ? nb_view(slice, nb_tensor_shape(p->p)) : NULL;
-        nb_release(slice);
-        if (!p->slot)
-            st = nb_last_status();
-    }
-    nb_set_grad_enabled(prev);
+    nb_status st = apply_layout(d, order);
+    nbi_free(order);
     if (st == NB_OK && d->find_unused) {
-        if (!(d->used = nbi_calloc(n ? (size_t)n : 1, sizeof *d->used)))
+        if (!(d->used = nbi_calloc(cap, sizeof *d->used)))
             st = nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory");
         else if (!(d->used_map = nb_from_blob(d->used, NB_SHAPE(n),
                                               (nb_opts){.dtype = NB_DTYPE_I32, .device = "cpu"},
                                               NULL, NULL)))
             st = nb_last_status();
     }
-    nbi_free(sizes);
+    return st;
+}
+
+/* PyTorch's Reducer::rebuild_buckets, once, before the second synced backward: the parameters
+ * in the order the first one made their gradients ready, so each bucket fills (and its
+ * allreduce starts) as early as the graph allows. Every rank takes rank 0's order, so the
+ * layouts agree even where the ranks' backwards ran in different orders. Not with
+ * find_unused_parameters, whose order changes from step to step (as PyTorch). */
+static nb_status rebuild_buckets(nb_ddp *d)
+{
+    d->rebuild_due = false;
+    d->rebuilt = true;
+    int32_t n = d->n_params;
+    int64_t *order64 = nbi_calloc(n ? (size_t)n : 1, sizeof *order64);
+    int32_t *order = nbi_calloc(n ? (size_t)n : 1, sizeof *order);
+    nb_status st = order64 && order ? NB_OK : nbi_error(NB_OUT_OF_MEMORY, "ddp: out of memory");
+    for (int32_t k = 0; st == NB_OK && k < n; k++)
+        order64[k] = d->arrival[k];
+    if (st == NB_OK)
+        st = host_i64(d->pg, order64, n, NB_REDUCE_OP_SUM, 0); /* rank 0's */
+    /* The same values on every rank, so every rank takes the same branch below. */
+    for (int32_t k = 0; st == NB_OK && k < n; k++) {
+        int64_t v = order64[k];
+        if (v < 0 || v >= n || order[v])
+            st = nbi_error(NB_STATE, "ddp: rank 0's gradient order (entry %d is %lld) is not a "
+                           "permutation of the %d parameters", k, (long long)v, n);
+        else
+            order[v] = 1;
+    }
+    bool same = true;
+    for (int32_t k = 0; st == NB_OK && k < n; k++) {
+        order[k] = (int32_t)order64[k];
+        same = same && order[k] == d->order[k];
+    }
+    if (st == NB_OK && !same)
+        st = apply_layout(d, order);
+    nbi_free(order);
+    nbi_free(order64);
     return st;
 }
 
@@ -480,6 +626,8 @@ static void ddp_free(nb_ddp *d)
     nb_release(d->used_map);
     nbi_free(d->used);
     nbi_free(d->params);
+    nbi_free(d->order);
+    nbi_free(d->arrival);
     nbi_free(d->buckets);
     nbi_free(d->buffers);
     nbi_free(d);
@@ -507,6 +655,11 @@ static nb_ddp *ddp_new(nb_module *m, nb_process_group *pg, nb_ddp_opts o)
     d->buffer_sync = !o.no_buffer_sync;
     d->find_unused = o.find_unused_parameters;
     d->grad_view = o.gradient_as_bucket_view;
+    d->rebuilt = d->find_unused; /* its order changes from step to step: no rebuild */
+    /* As PyTorch 2.x: the small first bucket only at the default size; an explicit bucket_mb
+     * caps every bucket, the first too. */
+    d->first_mb = o.bucket_mb > 0 ? o.bucket_mb : DDP_FIRST_BUCKET_MB;
+    d->bucket_mb = o.bucket_mb > 0 ? o.bucket_mb : DDP_BUCKET_MB;
     nb_status st = check_models(d);
     int32_t n_state = nb_module_state_count(m), n_params = nb_module_parameter_count(m);
     if (st == NB_OK && !(d->buffers = nbi_calloc(n_state > 0 ? (size_t)n_state : 1,
@@ -522,11 +675,8 @@ static nb_ddp *ddp_new(nb_module *m, nb_process_group *pg, nb_ddp_opts o)
     }
     for (int32_t k = 0; st == NB_OK && !o.no_broadcast && k < nb_module_state_count(m); k++)
         st = nb_work_finish(nb_broadcast(pg, nb_module_state(m, k, NULL), 0));
-    /* As PyTorch 2.x: the small first bucket only at the default size; an explicit bucket_mb
-     * caps every bucket, the first too. */
     if (st == NB_OK)
-        st = o.bucket_mb > 0 ? build_buckets(d, o.bucket_mb, o.bucket_mb)
-                             : build_buckets(d, DDP_FIRST_BUCKET_MB, DDP_BUCKET_MB);
+        st = build_buckets(d);
     for (int32_t k = 0; st == NB_OK && k < d->n_params; k++) {
         st = nb_tensor_register_post_accumulate_grad_hook(d->params[k].p, on_grad,
                                                           &d->params[k]);
@@ -609,6 +759,13 @@ nb_tensor *nb_ddp_forward(nb_ddp *d, const nb_tensor *x)
     }
     if (nb_ddp_finish(d) != NB_OK)
         return NULL;
+    if (d->rebuild_due && nb_is_grad_enabled()) {
+        nbi_api_depth++;
+        nb_status st = rebuild_buckets(d);
+        nbi_api_depth--;
+        if (st != NB_OK)
+            return NULL;
+    }
     /* PyTorch's broadcast_buffers: running statistics follow rank 0's. */
     for (int32_t k = 0; d->buffer_sync && k < d->n_buffers; k++)
         if (nb_work_finish(nb_broadcast(d->pg, d->buffers[k], 0)) != NB_OK)
@@ -651,12 +808,14 @@ static int32_t bucket_params_impl(const nb_ddp *d, int32_t bucket, int32_t *idx,
         return -1;
     }
     int32_t n = 0;
-    for (int32_t k = 0; k < d->n_params; k++)
-        if (d->params[k].bucket == bucket) {
+    for (int32_t j = 0; j < d->n_params; j++) {
+        const ddp_param *p = &d->params[d->order[j]];
+        if (p->bucket == bucket) {
             if (n < cap)
-                idx[n] = d->params[k].index;
+                idx[n] = p->index;
             n++;
         }
+    }
     return n;
 }
 

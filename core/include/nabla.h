@@ -841,7 +841,10 @@ nb_status nb_tensor_remove_post_accumulate_grad_hook(nb_tensor *t,
  * names, shapes and dtypes); gradients are packed into buckets in reverse registration order,
  * the first of 1 MiB (PyTorch's _DEFAULT_FIRST_BUCKET_BYTES: the last layers' gradients, which
  * backward produces first, start their allreduce early) and the others of 25 MiB, or all of
- * bucket_mb when it is given (as PyTorch 2.x). A bucket is allreduced as soon as backward has
+ * bucket_mb when it is given (as PyTorch 2.x). Before the second synced backward (in
+ * nb_ddp_forward, or at its first gradient), the buckets are rebuilt once in the order the first
+ * backward produced its gradients, rank 0's order on every rank (PyTorch's bucket rebuild; not
+ * with find_unused_parameters). A bucket is allreduced as soon as backward has
  * produced all of its gradients, overlapping the rest of backward. When the last bucket is in,
  * the gradients are averaged into .grad, so nb_optim_step follows nb_backward as usual. */
 typedef struct nb_ddp nb_ddp;

@@ -320,6 +320,136 @@ static void find_unused_parameters_with_a_branch_no_rank_uses(void **state)
     branch_unused_on_some_ranks(false, 1e-6, true);
 }
 
+/* A net that registers its layers in the opposite order to their use: y = first(relu(second(x)))
+ * with first registered first, so backward produces first's gradients before second's, while
+ * the initial layout (reverse registration) puts second's in the first buckets. */
+static nb_tensor *reversed_forward(nb_module *self, const nb_tensor *x)
+{
+    nb_tensor *h = nb_module_forward(nb_module_child(self, "second"), x), *r = nb_relu(h);
+    nb_tensor *y = nb_module_forward(nb_module_child(self, "first"), r);
+    nb_release(r);
+    nb_release(h);
+    return y;
+}
+
+static nb_module *reversed_new(void)
+{
+    nb_manual_seed(11);
+    nb_module *m = nb_module_new("Reversed", reversed_forward, NULL);
+    nb_module_add(m, "first", nb_linear_new(3, 2, true, (nb_opts){0}));  /* parameters 0, 1 */
+    nb_module_add(m, "second", nb_linear_new(4, 3, true, (nb_opts){0})); /* parameters 2, 3 */
+    return m;
+}
+
+/* Records the order in which backward made the parameters' gradients ready. */
+typedef struct arrivals {
+    nb_module *m;
+    int32_t order[4], n;
+} arrivals;
+
+static nb_status record_arrival(nb_tensor *t, void *ctx)
+{
+    arrivals *a = ctx;
+    for (int32_t k = 0; k < 4; k++)
+        if (nb_module_parameter(a->m, k) == t && a->n < 4)
+            a->order[a->n++] = k;
+    return NB_OK;
+}
+
+/* The parameter indices of every bucket, one per bucket (bucket_mb this small closes a bucket
+ * after each parameter). */
+static void bucket_layout(const nb_ddp *d, int32_t *idx)
+{
+    assert_int_equal(nb_ddp_bucket_count(d), 4);
+    for (int32_t b = 0; b < 4; b++)
+        assert_int_equal(nb_ddp_bucket_params(d, b, &idx[b], 1), 1);
+}
+
+/* PyTorch's bucket rebuild: after the first synced backward the buckets follow the order its
+ * gradients came in (rank 0's; every rank runs the same graph here), which is not the initial
+ * reverse registration order; gradients that are bucket views keep their values through the
+ * move; training stays equal to one process on the whole batch, bitwise the same on every
+ * rank. */
+static void buckets_are_rebuilt_in_gradient_order_after_the_first_backward(bool view)
+{
+    nb_module *m = reversed_new(), *ref = reversed_new();
+    nb_ddp *d = nb_ddp_new(m, pg, (nb_ddp_opts){.bucket_mb = 1e-6, .gradient_as_bucket_view = view});
+    assert_non_null(d);
+    int32_t idx[4];
+    bucket_layout(d, idx);
+    for (int32_t b = 0; b < 4; b++)
+        assert_int_equal(idx[b], 3 - b); /* reverse registration */
+    arrivals seen = {.m = m};
+    for (int32_t k = 0; k < 4; k++)
+        NB_ASSERT_OK(nb_tensor_register_post_accumulate_grad_hook(nb_module_parameter(m, k),
+                                                                  record_arrival, &seen));
+    nb_optim *o = nb_sgd_new_for(m, (nb_sgd_opts){.lr = 0.1, .momentum = 0.9});
+    nb_optim *oref = nb_sgd_new_for(ref, (nb_sgd_opts){.lr = 0.1, .momentum = 0.9});
+    for (int step = 0; step < 4; step++) {
+        nb_tensor *saved[4] = {0};
+        for (int32_t k = 0; step == 1 && k < 4; k++) { /* the averages the rebuild must keep */
+            nb_tensor *g = nb_tensor_grad(nb_module_parameter(m, k));
+            saved[k] = nb_clone(g);
+            nb_release(g);
+        }
+        nb_tensor *xr = rank_batch(step, rank), *y = nb_ddp_forward(d, xr);
+        assert_non_null(y);
+        if (step >= 1) {
+            assert_int_equal(seen.n, 4);
+            bucket_layout(d, idx);
+            for (int32_t b = 0; b < 4; b++)
+                assert_int_equal(idx[b], seen.order[b]);
+        }
+        for (int32_t k = 0; step == 1 && k < 4; k++) {
+            nb_tensor *g = nb_tensor_grad(nb_module_parameter(m, k));
+            assert_true(nb_equal(saved[k], g));
+            nb_release(g);
+            nb_release(saved[k]);
+        }
+        nb_tensor *l = nb_sum(y, NULL, 0, false);
+        NB_ASSERT_OK(nb_optim_zero_grad(o));
+        NB_ASSERT_OK(nb_backward(l, NULL, (nb_backward_opts){0}));
+        NB_ASSERT_OK(nb_ddp_finish(d));
+        NB_ASSERT_OK(nb_optim_step(o));
+        /* The reference: the mean over ranks of each rank's loss, in one process. */
+        NB_ASSERT_OK(nb_optim_zero_grad(oref));
+        for (int r = 0; r < world; r++) {
+            nb_tensor *x = rank_batch(step, r), *yr = nb_module_forward(ref, x);
+            nb_tensor *s = nb_sum(yr, NULL, 0, false), *lr = nb_div_scalar(s, world);
+            NB_ASSERT_OK(nb_backward(lr, NULL, (nb_backward_opts){0}));
+            nb_release(lr);
+            nb_release(s);
+            nb_release(yr);
+            nb_release(x);
+        }
+        NB_ASSERT_OK(nb_optim_step(oref));
+        assert_same_on_every_rank(m);
+        for (int32_t k = 0; k < 4; k++)
+            if (!nb_allclose(nb_module_parameter(m, k), nb_module_parameter(ref, k), 1e-5, 1e-6))
+                fail_msg("rank %d step %d: %s differs from one process", rank, step,
+                         nb_module_parameter_name(m, k));
+        nb_release(l);
+        nb_release(y);
+        nb_release(xr);
+    }
+    assert_true(memcmp(seen.order, (int32_t[]){3, 2, 1, 0}, sizeof seen.order) != 0);
+    for (int32_t k = 0; k < 4; k++)
+        NB_ASSERT_OK(nb_tensor_remove_post_accumulate_grad_hook(nb_module_parameter(m, k),
+                                                                record_arrival, &seen));
+    nb_optim_free(o);
+    nb_optim_free(oref);
+    nb_ddp_free(d);
+    nb_module_free(ref);
+    nb_module_free(m);
+}
+
+static void buckets_follow_the_gradient_order_from_the_second_step(void **state)
+{
+    (void)state;
+    buckets_are_rebuilt_in_gradient_order_after_the_first_backward(false);
+    buckets_are_rebuilt_in_gradient_order_after_the_first_backward(true);
+}
+
 int main(void)
 {
     pg = nb_process_group_new((nb_process_group_opts){.timeout_s = 120});
@@ -338,6 +468,7 @@ int main(void)
         NB_TEST(buffers_follow_rank_0_before_every_forward),
         NB_TEST(find_unused_parameters_with_a_branch_one_rank_skips),
         NB_TEST(find_unused_parameters_with_a_branch_no_rank_uses),
+        NB_TEST(buckets_follow_the_gradient_order_from_the_second_step),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     nb_process_group_free(pg);
