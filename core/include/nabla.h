@@ -706,19 +706,28 @@ typedef struct nb_sgd_opts {
     double lr, momentum, dampening, weight_decay;
     bool nesterov;
 } nb_sgd_opts;
+/* A zero field means PyTorch's default, so {.lr = 3e-4} is Adam(lr=3e-4). Zeros that PyTorch
+ * takes as values (Adam's betas=(0.0, 0.99), eps=0, AdamW's weight_decay=0) need as_given:
+ * start from nb_adam_defaults() / nb_adamw_defaults() / nb_rmsprop_defaults(), which set it
+ * with PyTorch's defaults filled in, and every field is then taken as it is. */
 typedef struct nb_adam_opts {
     double lr;       /* 0 means 1e-3 */
     double beta1;    /* 0 means 0.9 */
     double beta2;    /* 0 means 0.999 */
     double eps;      /* 0 means 1e-8 */
     double weight_decay; /* AdamW: 0 means 1e-2 */
+    bool as_given;   /* every field as it is, zeros included */
 } nb_adam_opts;
 typedef struct nb_rmsprop_opts {
     double lr;    /* 0 means 1e-2 */
     double alpha; /* 0 means 0.99 */
     double eps;   /* 0 means 1e-8 */
     double weight_decay, momentum;
+    bool as_given; /* every field as it is, zeros included */
 } nb_rmsprop_opts;
+nb_adam_opts nb_adam_defaults(void);  /* lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 0 */
+nb_adam_opts nb_adamw_defaults(void); /* the same with weight_decay 1e-2 */
+nb_rmsprop_opts nb_rmsprop_defaults(void); /* lr 1e-2, alpha 0.99, eps 1e-8 */
 /* params are retained by the optimizer. */
 nb_optim *nb_sgd_new(nb_tensor *const *params, int32_t n, nb_sgd_opts opts);
 nb_optim *nb_adam_new(nb_tensor *const *params, int32_t n, nb_adam_opts opts);

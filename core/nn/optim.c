@@ -148,12 +148,38 @@ nb_optim *nb_sgd_new(nb_tensor *const *params, int32_t n, nb_sgd_opts opts)
     return NBI_API_CALL(sgd_new_impl(params, n, opts));
 }
 
+/* The zero fields replaced by PyTorch's defaults (the as_given = false reading). */
+static nb_adam_opts adam_fill(nb_adam_opts o, bool adamw)
+{
+    o.lr = o.lr ? o.lr : 1e-3;
+    o.beta1 = o.beta1 ? o.beta1 : 0.9;
+    o.beta2 = o.beta2 ? o.beta2 : 0.999;
+    o.eps = o.eps ? o.eps : 1e-8;
+    o.weight_decay = o.weight_decay ? o.weight_decay : adamw ? 1e-2 : 0;
+    o.as_given = true;
+    return o;
+}
+
+nb_adam_opts nb_adam_defaults(void) { return adam_fill((nb_adam_opts){0}, false); }
+nb_adam_opts nb_adamw_defaults(void) { return adam_fill((nb_adam_opts){0}, true); }
+
+static nb_rmsprop_opts rmsprop_fill(nb_rmsprop_opts o)
+{
+    o.lr = o.lr ? o.lr : 1e-2;
+    o.alpha = o.alpha ? o.alpha : 0.99;
+    o.eps = o.eps ? o.eps : 1e-8;
+    o.as_given = true;
+    return o;
+}
+
+nb_rmsprop_opts nb_rmsprop_defaults(void) { return rmsprop_fill((nb_rmsprop_opts){0}); }
+
 static nb_optim *adam_new(const char *what, optim_kind kind, nb_tensor *const *params,
                           int32_t n, nb_adam_opts opts)
 {
-    double lr = opts.lr ? opts.lr : 1e-3, b1 = opts.beta1 ? opts.beta1 : 0.9,
-           b2 = opts.beta2 ? opts.beta2 : 0.999, eps = opts.eps ? opts.eps : 1e-8;
-    double wd = opts.weight_decay ? opts.weight_decay : kind == OPT_ADAMW ? 1e-2 : 0;
+    if (!opts.as_given)
+        opts = adam_fill(opts, kind == OPT_ADAMW);
+    double lr = opts.lr, b1 = opts.beta1, b2 = opts.beta2, eps = opts.eps, wd = opts.weight_decay;
     if (!(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1)) {
         nbi_error(NB_INVALID_ARGUMENT, "%s: invalid betas (%g, %g); each must be in [0, 1)",
                   what, b1, b2);
@@ -191,8 +217,9 @@ nb_optim *nb_adamw_new(nb_tensor *const *params, int32_t n, nb_adam_opts opts)
 static nb_optim *rmsprop_new_impl(nb_tensor *const *params, int32_t n, nb_rmsprop_opts opts)
 {
     const char *what = "nb_rmsprop_new";
-    double lr = opts.lr ? opts.lr : 1e-2, alpha = opts.alpha ? opts.alpha : 0.99,
-           eps = opts.eps ? opts.eps : 1e-8;
+    if (!opts.as_given)
+        opts = rmsprop_fill(opts);
+    double lr = opts.lr, alpha = opts.alpha, eps = opts.eps;
     if (!(alpha >= 0 && alpha <= 1)) {
         nbi_error(NB_INVALID_ARGUMENT, "%s: invalid alpha %g; expected alpha in [0, 1]", what,
                   alpha);

@@ -128,6 +128,12 @@ static const config CONFIGS[] = {
                                .weight_decay = 0.01}},
     {.kind = K_ADAMW, .adam = {.lr = 0.05, .beta1 = 0.5, .beta2 = 0.9, .eps = 1e-4,
                                .weight_decay = 0.5}},
+    /* Zeros PyTorch takes as values: Adam(betas=(0.0, 0.99), eps=0), AdamW(weight_decay=0),
+     * RMSprop(alpha=0). */
+    {.kind = K_ADAM, .adam = {.lr = 0.01, .beta1 = 0, .beta2 = 0.99, .eps = 0, .as_given = true}},
+    {.kind = K_ADAMW, .adam = {.lr = 0.01, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                               .weight_decay = 0, .as_given = true}},
+    {.kind = K_RMSPROP, .rms = {.lr = 0.01, .alpha = 0, .eps = 1e-8, .as_given = true}},
     {.kind = K_RMSPROP, .rms = {.lr = 0.01, .alpha = 0.99, .eps = 1e-8}},
     {.kind = K_RMSPROP, .rms = {.lr = 0.01, .alpha = 0.9, .eps = 1e-6, .weight_decay = 0.1,
                                 .momentum = 0.9}},
@@ -243,6 +249,36 @@ static void defaults_are_pytorchs(void **state)
         nb_optim_free(oa);
         nb_optim_free(ob);
     }
+    nb_scope_end();
+}
+
+static void default_constructors_fill_in_pytorchs_values(void **state)
+{
+    (void)state;
+    nb_adam_opts a = nb_adam_defaults(), w = nb_adamw_defaults();
+    nb_rmsprop_opts r = nb_rmsprop_defaults();
+    assert_true(a.as_given && w.as_given && r.as_given);
+    assert_true(a.lr == 1e-3 && a.beta1 == 0.9 && a.beta2 == 0.999 && a.eps == 1e-8);
+    assert_true(a.weight_decay == 0 && w.weight_decay == 1e-2);
+    assert_true(w.lr == a.lr && w.beta1 == a.beta1 && w.beta2 == a.beta2 && w.eps == a.eps);
+    assert_true(r.lr == 1e-2 && r.alpha == 0.99 && r.eps == 1e-8);
+    assert_true(r.weight_decay == 0 && r.momentum == 0);
+    /* as_given reads a zero as a zero: AdamW with weight_decay 0 steps as Adam does. */
+    nb_scope_begin();
+    nb_tensor *pa = nb_ones(NB_SHAPE(N), (nb_opts){.dtype = NB_DTYPE_F64}),
+              *pw = nb_ones(NB_SHAPE(N), (nb_opts){.dtype = NB_DTYPE_F64});
+    w.weight_decay = 0;
+    nb_optim *oa = nb_adam_new(&pa, 1, a), *ow = nb_adamw_new(&pw, 1, w);
+    assert_non_null(oa);
+    assert_non_null(ow);
+    nb_tensor *g = nb_full(NB_SHAPE(N), 0.25, (nb_opts){.dtype = NB_DTYPE_F64});
+    NB_ASSERT_OK(nb_tensor_set_grad(pa, g));
+    NB_ASSERT_OK(nb_tensor_set_grad(pw, g));
+    NB_ASSERT_OK(nb_optim_step(oa));
+    NB_ASSERT_OK(nb_optim_step(ow));
+    assert_true(nb_equal(pa, pw));
+    nb_optim_free(oa);
+    nb_optim_free(ow);
     nb_scope_end();
 }
 
@@ -517,6 +553,7 @@ int main(void)
         NB_TEST(optimizers_follow_the_torch_rules_on_the_fused_path),
         NB_TEST(optimizers_follow_the_torch_rules_on_the_composite_path),
         NB_TEST(defaults_are_pytorchs),
+        NB_TEST(default_constructors_fill_in_pytorchs_values),
         NB_TEST(step_refuses_a_gradient_unlike_its_parameter),
         NB_TEST(parameters_without_grad_are_skipped),
         NB_TEST(sgd_trains_a_linear_module),
