@@ -246,6 +246,35 @@ static nb_tensor *rank_batch(int step, int r)
     return nb_randn(NB_SHAPE(3, 4), (nb_opts){0});
 }
 
+/* One step of the single-process reference: the mean over ranks of each rank's summed output,
+ * rank r's batch through ref. With uses_b (the branch net's flag), the last rank skips b, as
+ * branch_unused_on_some_ranks's ranks do when *uses_b is true. */
+static void reference_step(nb_module *ref, nb_optim *oref, int step, bool *uses_b)
+{
+    bool any = uses_b && *uses_b;
+    NB_ASSERT_OK(nb_optim_zero_grad(oref));
+    for (int r = 0; r < world; r++) {
+        if (uses_b)
+            *uses_b = any && r != world - 1;
+        nb_tensor *xr = rank_batch(step, r), *yr = nb_module_forward(ref, xr);
+        nb_tensor *sr = nb_sum(yr, NULL, 0, false), *lr = nb_mul_scalar(sr, 1.0 / world);
+        NB_ASSERT_OK(nb_backward(lr, NULL, (nb_backward_opts){0}));
+        nb_release(lr);
+        nb_release(sr);
+        nb_release(yr);
+        nb_release(xr);
+    }
+    NB_ASSERT_OK(nb_optim_step(oref));
+}
+
+static void assert_matches_reference(nb_module *m, nb_module *ref, int step)
+{
+    for (int32_t k = 0; k < nb_module_parameter_count(m); k++)
+        if (!nb_allclose(nb_module_parameter(m, k), nb_module_parameter(ref, k), 1e-5, 1e-6))
+            fail_msg("rank %d, step %d: %s differs from one process", rank, step,
+                     nb_module_parameter_name(m, k));
+}
+
 /* find_unused_parameters with b unused on some ranks: DDP's steps equal one process that sums
  * every rank's loss / world (b's gradient is the average with zeros from the ranks that skip
  * it), and the parameters stay bitwise identical on all ranks. When no rank uses b, its .grad
@@ -268,22 +297,9 @@ static void branch_unused_on_some_ranks(bool any_rank_uses_b, double bucket_mb, 
         NB_ASSERT_OK(sgd_step(o, m, l));
         NB_ASSERT_OK(nb_ddp_finish(d));
         assert_same_on_every_rank(m);
-        NB_ASSERT_OK(nb_optim_zero_grad(oref));
-        for (int r = 0; r < world; r++) {
-            theirs.use_b = any_rank_uses_b && r != world - 1;
-            nb_tensor *xr = rank_batch(step, r), *yr = nb_module_forward(ref, xr);
-            nb_tensor *sr = nb_sum(yr, NULL, 0, false), *lr = nb_mul_scalar(sr, 1.0 / world);
-            NB_ASSERT_OK(nb_backward(lr, NULL, (nb_backward_opts){0}));
-            nb_release(lr);
-            nb_release(sr);
-            nb_release(yr);
-            nb_release(xr);
-        }
-        NB_ASSERT_OK(nb_optim_step(oref));
-        for (int32_t k = 0; k < nb_module_parameter_count(m); k++)
-            if (!nb_allclose(nb_module_parameter(m, k), nb_module_parameter(ref, k), 1e-5, 1e-6))
-                fail_msg("rank %d, step %d: %s differs from one process", rank, step,
-                         nb_module_parameter_name(m, k));
+        theirs.use_b = any_rank_uses_b;
+        reference_step(ref, oref, step, &theirs.use_b);
+        assert_matches_reference(m, ref, step);
         nb_release(l);
         nb_release(y);
         nb_release(x);
@@ -411,23 +427,9 @@ static void buckets_are_rebuilt_in_gradient_order_after_the_first_backward(bool 
         NB_ASSERT_OK(nb_backward(l, NULL, (nb_backward_opts){0}));
         NB_ASSERT_OK(nb_ddp_finish(d));
         NB_ASSERT_OK(nb_optim_step(o));
-        /* The reference: the mean over ranks of each rank's loss, in one process. */
-        NB_ASSERT_OK(nb_optim_zero_grad(oref));
-        for (int r = 0; r < world; r++) {
-            nb_tensor *x = rank_batch(step, r), *yr = nb_module_forward(ref, x);
-            nb_tensor *s = nb_sum(yr, NULL, 0, false), *lr = nb_div_scalar(s, world);
-            NB_ASSERT_OK(nb_backward(lr, NULL, (nb_backward_opts){0}));
-            nb_release(lr);
-            nb_release(s);
-            nb_release(yr);
-            nb_release(x);
-        }
-        NB_ASSERT_OK(nb_optim_step(oref));
+        reference_step(ref, oref, step, NULL);
         assert_same_on_every_rank(m);
-        for (int32_t k = 0; k < 4; k++)
-            if (!nb_allclose(nb_module_parameter(m, k), nb_module_parameter(ref, k), 1e-5, 1e-6))
-                fail_msg("rank %d step %d: %s differs from one process", rank, step,
-                         nb_module_parameter_name(m, k));
+        assert_matches_reference(m, ref, step);
         nb_release(l);
         nb_release(y);
         nb_release(xr);
