@@ -1,0 +1,334 @@
+/* cpu_gemm.c - the plugin's own single-precision GEMM for CPUs with AVX-512 (cblas_sgemm's
+ * row-major contract), GotoBLAS/BLIS style: packed panels of A and B, a 12x32 register tile.
+ * NABLA_CPU_GEMM=blas|own|auto picks who multiplies float32 matrices (read at plugin open):
+ *   blas  every sgemm goes to the BLAS library;
+ *   own   every row-major sgemm goes here (falling back to the library where the CPU or the OS
+ *         lacks AVX-512, or when the packing buffers cannot be allocated);
+ *   auto  the shapes measured faster here than in the library (nbc_gemm_wins).
+ * The default is NBC_GEMM_DEFAULT (cpu_internal.h). */
+#include "cpu_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define NBC_HAVE_AVX512_GEMM 1
+#include <immintrin.h>
+#define NBC_AVX512 __attribute__((target("avx512f,fma")))
+#else
+#define NBC_HAVE_AVX512_GEMM 0
+#endif
+
+/* The register tile: MR rows of C by NR = 2 zmm columns; 24 accumulators, two B vectors and
+ * one broadcast A value hold 27 of the 32 zmm registers. 14 rows (28 accumulators) measured
+ * no faster and wastes more of the last row panel. */
+enum { MR = 12, NR = 32 };
+
+nbc_gemm_mode nbc_gemm = NBC_GEMM_BLAS;
+static char gemm_note[160];
+static int64_t KC = 256, NC = 512, MC = 1020; /* recomputed from the caches at open */
+
+/* Blocking from the cache sizes the C library reports (cpuid leaf 4 on x86), never from the
+ * CPU model: a B micro-panel (KC x NR) streams from L2 while an A micro-panel (MR x KC) stays
+ * in half of L1; a packed block of B (KC x NC) fills half of L2; a block of A (MC x KC) is
+ * packed once per KC step, so only its buffer size bounds MC. */
+static void choose_blocking(void)
+{
+    long l1 = -1, l2 = -1;
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+    l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    if (l1 < 16 * 1024 || l1 > 4 * 1024 * 1024)
+        l1 = 32 * 1024;
+    if (l2 < 128 * 1024 || l2 > 64 * 1024 * 1024)
+        l2 = 1024 * 1024;
+    int64_t kc = (int64_t)(l1 / 2) / (MR * (int64_t)sizeof(float));
+    kc = kc / 16 * 16;
+    KC = kc < 64 ? 64 : kc > 1024 ? 1024 : kc;
+    int64_t nc = (int64_t)(l2 / 2) / (KC * (int64_t)sizeof(float));
+    nc = nc / NR * NR;
+    NC = nc < NR ? NR : nc > 4096 ? 4096 : nc;
+    MC = 1020; /* 85 row panels: the buffer is 4 MiB at KC = 1024 */
+}
+
+/* ---- the micro-kernel ---- */
+#if NBC_HAVE_AVX512_GEMM
+/* C[0:m, 0:n] = alpha * A~ B~ + beta * C, A~ an MR x kc panel (k-major: MR values per k), B~ a
+ * kc x NR panel (NR values per k), both zero-padded past m and n. beta == 0 never reads C (a
+ * NaN there must not leak through, as in BLAS). */
+NBC_AVX512 static void kernel_12x32(int64_t kc, const float *restrict a, const float *restrict b,
+                                    float *c, int64_t ldc, int m, int n, float alpha, float beta)
+{
+    __m512 acc[MR][2];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    /* The tile of C is wanted after the k loop; ask for it now, as its rows lie ldc apart. */
+#pragma GCC unroll 12
+    for (int i = 0; i < m; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + NR - 1), _MM_HINT_T0);
+    }
+#pragma GCC unroll 2
+    for (int64_t p = 0; p < kc; p++) {
+        const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        /* B~ comes from L2: eight k steps ahead is about 100 cycles */
+        _mm_prefetch((const char *)(b + 8 * NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + 8 * NR + 16), _MM_HINT_T0);
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; i++) {
+            const __m512 av = _mm512_set1_ps(a[i]);
+            acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+        }
+        a += MR;
+        b += NR;
+    }
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    const __mmask16 k0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+    const __mmask16 k1 = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+        if (i >= m)
+            break;
+        float *r = c + i * ldc;
+        __m512 x0 = _mm512_mul_ps(acc[i][0], va), x1 = _mm512_mul_ps(acc[i][1], va);
+        if (beta != 0) {
+            x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k0, r), x0);
+            x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(k1, r + 16), x1);
+        }
+        _mm512_mask_storeu_ps(r, k0, x0);
+        _mm512_mask_storeu_ps(r + 16, k1, x1);
+    }
+}
+#endif
+
+/* ---- packing ---- */
+
+/* One operand as the product sees it: element (r, c) of op(X) is p[r * rs + c * cs]. */
+typedef struct view {
+    const float *p;
+    int64_t rs, cs;
+} view;
+
+/* A~ for rows [i0, i0 + m) and k [p0, p0 + kc) of op(A): MR values per k, zeros past m. */
+static void pack_a(float *restrict d, view a, int64_t i0, int m, int64_t p0, int64_t kc)
+{
+    if (a.cs == 1) { /* rows of op(A) are contiguous: read along k, write with stride MR */
+        for (int i = 0; i < m; i++) {
+            const float *s = a.p + (i0 + i) * a.rs + p0;
+            for (int64_t p = 0; p < kc; p++)
+                d[p * MR + i] = s[p];
+        }
+    } else { /* columns are: each k step is one contiguous run of m values */
+        for (int64_t p = 0; p < kc; p++) {
+            const float *s = a.p + (p0 + p) * a.cs + i0 * a.rs;
+            for (int i = 0; i < m; i++)
+                d[p * MR + i] = s[i * a.rs];
+        }
+    }
+    for (int i = m; i < MR; i++)
+        for (int64_t p = 0; p < kc; p++)
+            d[p * MR + i] = 0;
+}
+
+/* B~ for k [p0, p0 + kc) and columns [j0, j0 + n) of op(B): NR values per k, zeros past n. */
+static void pack_b(float *restrict d, view b, int64_t p0, int64_t kc, int64_t j0, int n)
+{
+    if (b.cs == 1) {
+        for (int64_t p = 0; p < kc; p++) {
+            const float *s = b.p + (p0 + p) * b.rs + j0;
+            float *o = d + p * NR;
+            memcpy(o, s, sizeof(float) * (size_t)n);
+            for (int j = n; j < NR; j++)
+                o[j] = 0;
+        }
+    } else {
+        for (int j = 0; j < n; j++) {
+            const float *s = b.p + (j0 + j) * b.cs + p0 * b.rs;
+            for (int64_t p = 0; p < kc; p++)
+                d[p * NR + j] = s[p * b.rs];
+        }
+        for (int64_t p = 0; p < kc; p++)
+            for (int j = n; j < NR; j++)
+                d[p * NR + j] = 0;
+    }
+}
+
+static int64_t min64(int64_t x, int64_t y) { return x < y ? x : y; }
+
+/* C = beta * C where the product is empty (K == 0) or vanishes (alpha == 0), as BLAS does. */
+static void scale_c(float *c, int64_t ldc, int64_t m, int64_t n, float beta)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++)
+            c[i * ldc + j] = beta == 0 ? 0.0f : beta * c[i * ldc + j];
+}
+
+#if NBC_HAVE_AVX512_GEMM
+/* The loops around the kernel, for one thread or for all of an OpenMP team: A~ for the MC
+ * rows at ic is packed once per KC step, B~ once per (KC, NC) block; both are shared, and the
+ * team splits each packing and the row panels of the kernel calls among itself. */
+static void gemm_blocked(view a, view b, float *c, int64_t ldc, int64_t M, int64_t N, int64_t K,
+                         float alpha, float beta, float *pa, float *pb, int nt)
+{
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    for (int64_t ic = 0; ic < M; ic += MC) {
+        const int64_t mc = min64(MC, M - ic);
+        for (int64_t pc = 0; pc < K; pc += KC) {
+            const int64_t kc = min64(KC, K - pc);
+            const float bt = pc == 0 ? beta : 1.0f;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t ir = 0; ir < mc; ir += MR)
+                pack_a(pa + ir * kc, a, ic + ir, (int)min64(MR, mc - ir), pc, kc);
+            for (int64_t jc = 0; jc < N; jc += NC) {
+                const int64_t nc = min64(NC, N - jc);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+                for (int64_t jr = 0; jr < nc; jr += NR)
+                    pack_b(pb + jr * kc, b, pc, kc, jc + jr, (int)min64(NR, nc - jr));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+                for (int64_t ir = 0; ir < mc; ir += MR) {
+                    const int m = (int)min64(MR, mc - ir);
+                    for (int64_t jr = 0; jr < nc; jr += NR)
+                        kernel_12x32(kc, pa + ir * kc, pb + jr * kc, c + (ic + ir) * ldc + jc + jr,
+                                     ldc, m, (int)min64(NR, nc - jr), alpha, bt);
+                }
+            }
+        }
+    }
+}
+#endif
+
+/* Work below this many multiply-adds stays on one thread. */
+#define GEMM_PARALLEL_MIN (1 << 21)
+
+void nbc_own_sgemm(const enum CBLAS_ORDER order, const enum CBLAS_TRANSPOSE ta,
+                   const enum CBLAS_TRANSPOSE tb, const blasint M, const blasint N,
+                   const blasint K, const float alpha, const float *A, const blasint lda,
+                   const float *B, const blasint ldb, const float beta, float *C,
+                   const blasint ldc)
+{
+    const bool at = ta != CblasNoTrans, bt = tb != CblasNoTrans;
+    /* Anything the library would refuse (and report) or that this code does not take goes to
+     * the library unchanged. */
+    const bool ok = order == CblasRowMajor && M >= 0 && N >= 0 && K >= 0 &&
+                    lda >= (at ? (M > 1 ? M : 1) : (K > 1 ? K : 1)) &&
+                    ldb >= (bt ? (K > 1 ? K : 1) : (N > 1 ? N : 1)) && ldc >= (N > 1 ? N : 1);
+    if (!ok || !nbc_gemm_available()) {
+        nbc_blas.sgemm_lib(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    if (M == 0 || N == 0)
+        return;
+    if (K == 0 || alpha == 0) {
+        scale_c(C, ldc, M, N, beta);
+        return;
+    }
+#if NBC_HAVE_AVX512_GEMM
+    const int64_t kcb = min64(KC, K), mcb = min64(MC, ((int64_t)M + MR - 1) / MR * MR),
+                  ncb = min64(NC, ((int64_t)N + NR - 1) / NR * NR);
+    float *pa = nbc_scratch(NBC_SCRATCH_GEMM, (size_t)(mcb * kcb) * sizeof(float));
+    float *pb = pa ? nbc_scratch(NBC_SCRATCH_GEMM + 1, (size_t)(ncb * kcb) * sizeof(float)) : NULL;
+    if (!pb) {
+        nbc_blas.sgemm_lib(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    const view a = at ? (view){A, 1, lda} : (view){A, lda, 1};
+    const view b = bt ? (view){B, 1, ldb} : (view){B, ldb, 1};
+    int nt = nbc_max_threads();
+    if ((double)M * N * K < GEMM_PARALLEL_MIN)
+        nt = 1;
+    gemm_blocked(a, b, C, ldc, M, N, K, alpha, beta, pa, pb, nt);
+#endif
+}
+
+bool nbc_gemm_available(void)
+{
+#if NBC_HAVE_AVX512_GEMM
+    /* nbc_isa_level has cpuid's AVX-512 F/CD/BW/DQ/VL and the OS saving the zmm state
+     * (XCR0), capped by NABLA_CPU_ISA. */
+    return nbc_isa_level >= NBC_ISA_AVX512;
+#else
+    return false;
+#endif
+}
+
+/* Where the own GEMM was measured faster than OpenBLAS's SkylakeX sgemm (NOTE-gemm.md): one
+ * thread, large enough that the packing is paid back. */
+bool nbc_gemm_wins(blasint M, blasint N, blasint K)
+{
+    return nbc_max_threads() == 1 && M >= NBC_GEMM_AUTO_MIN && N >= NBC_GEMM_AUTO_MIN &&
+           K >= NBC_GEMM_AUTO_MIN;
+}
+
+/* nbc_blas.sgemm under NABLA_CPU_GEMM=auto: the own GEMM where it wins, else the library. */
+static void auto_sgemm(const enum CBLAS_ORDER order, const enum CBLAS_TRANSPOSE ta,
+                       const enum CBLAS_TRANSPOSE tb, const blasint M, const blasint N,
+                       const blasint K, const float alpha, const float *A, const blasint lda,
+                       const float *B, const blasint ldb, const float beta, float *C,
+                       const blasint ldc)
+{
+    if (order == CblasRowMajor && nbc_gemm_wins(M, N, K))
+        nbc_own_sgemm(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        nbc_blas.sgemm_lib(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void nbc_gemm_open(void)
+{
+    nbc_blas.sgemm = nbc_blas.sgemm_lib;
+    choose_blocking();
+    const char *env = getenv("NABLA_CPU_GEMM");
+    const char *why = "";
+    nbc_gemm = NBC_GEMM_DEFAULT;
+    if (env && *env) {
+        if (strcasecmp(env, "blas") == 0)
+            nbc_gemm = NBC_GEMM_BLAS;
+        else if (strcasecmp(env, "own") == 0)
+            nbc_gemm = NBC_GEMM_OWN;
+        else if (strcasecmp(env, "auto") == 0)
+            nbc_gemm = NBC_GEMM_AUTO;
+        else
+            why = " (NABLA_CPU_GEMM ignored: expected blas, own or auto)";
+    }
+    if (nbc_gemm != NBC_GEMM_BLAS && !nbc_gemm_available()) {
+        snprintf(gemm_note, sizeof gemm_note, "the BLAS library's (the own AVX-512 GEMM needs "
+                 "AVX-512%s)%s", nbc_gemm == NBC_GEMM_OWN ? "; NABLA_CPU_GEMM=own" : "", why);
+        nbc_gemm = NBC_GEMM_BLAS;
+        return;
+    }
+    switch (nbc_gemm) {
+    case NBC_GEMM_BLAS:
+        snprintf(gemm_note, sizeof gemm_note, "the BLAS library's (%s)%s",
+                 env && strcasecmp(env, "blas") == 0 ? "NABLA_CPU_GEMM=blas" :
+                 "default; NABLA_CPU_GEMM=own or auto for the own AVX-512 GEMM", why);
+        break;
+    case NBC_GEMM_OWN:
+        nbc_blas.sgemm = nbc_own_sgemm;
+        snprintf(gemm_note, sizeof gemm_note, "own AVX-512 %dx%d (NABLA_CPU_GEMM=own; blocks "
+                 "KC %lld, NC %lld, MC %lld)", MR, NR, (long long)KC, (long long)NC, (long long)MC);
+        break;
+    case NBC_GEMM_AUTO:
+        nbc_blas.sgemm = auto_sgemm;
+        snprintf(gemm_note, sizeof gemm_note, "own AVX-512 %dx%d on one thread for M, N, K >= %d, "
+                 "else the BLAS library's%s", MR, NR, NBC_GEMM_AUTO_MIN, why);
+        break;
+    }
+}
+
+const char *nbc_gemm_describe(void) { return gemm_note; }
