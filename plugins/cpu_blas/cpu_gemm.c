@@ -5,7 +5,7 @@
  *   own   every row-major sgemm goes here (falling back to the library where the CPU or the OS
  *         lacks AVX-512, or when the packing buffers cannot be allocated);
  *   auto  the shapes measured faster here than in the library (nbc_gemm_wins).
- * The default is NBC_GEMM_DEFAULT (cpu_internal.h). */
+ * The default is auto (NBC_GEMM_DEFAULT, cpu_internal.h, says why). */
 #include "cpu_internal.h"
 
 #include <stdio.h>
@@ -34,7 +34,7 @@
 enum { MR = NBC_GEMM_MR, NV = NBC_GEMM_NV, NR = 16 * NV };
 
 nbc_gemm_mode nbc_gemm = NBC_GEMM_BLAS;
-static char gemm_note[160];
+static char gemm_note[256];
 static int64_t KC = 256, NC = 512, MC = 2040; /* recomputed from the caches at open */
 
 /* Blocking from the cache sizes the C library reports (cpuid leaf 4 on x86), never from the
@@ -58,8 +58,6 @@ static void choose_blocking(void)
     int64_t nc = (int64_t)(l2 / 2) / (KC * (int64_t)sizeof(float));
     nc = nc / NR * NR;
     NC = nc < NR ? NR : nc > 4096 ? 4096 : nc;
-    if (getenv("TMP_KC")) KC = atoi(getenv("TMP_KC"));
-    if (getenv("TMP_NC")) NC = atoi(getenv("TMP_NC"));
     MC = 2040; /* 170 row panels, so that B is packed once up to M = 2040; 4 MiB at KC 512 */
 }
 
@@ -406,39 +404,44 @@ void nbc_gemm_open(void)
     nbc_blas.sgemm = nbc_blas.sgemm_lib;
     choose_blocking();
     const char *env = getenv("NABLA_CPU_GEMM");
-    const char *why = "";
+    char how[96]; /* where the mode came from */
     nbc_gemm = NBC_GEMM_DEFAULT;
+    snprintf(how, sizeof how, "default");
     if (env && *env) {
-        if (strcasecmp(env, "blas") == 0)
-            nbc_gemm = NBC_GEMM_BLAS;
-        else if (strcasecmp(env, "own") == 0)
-            nbc_gemm = NBC_GEMM_OWN;
-        else if (strcasecmp(env, "auto") == 0)
-            nbc_gemm = NBC_GEMM_AUTO;
-        else
-            why = " (NABLA_CPU_GEMM ignored: expected blas, own or auto)";
+        static const char *const names[] = {"blas", "own", "auto"};
+        int k = 0;
+        while (k < 3 && strcasecmp(env, names[k]) != 0)
+            k++;
+        if (k < 3) {
+            nbc_gemm = (nbc_gemm_mode)k;
+            snprintf(how, sizeof how, "NABLA_CPU_GEMM=%s", names[k]);
+        } else {
+            snprintf(how, sizeof how, "NABLA_CPU_GEMM='%.24s' ignored: expected blas, own or auto",
+                     env);
+        }
     }
     if (nbc_gemm != NBC_GEMM_BLAS && !nbc_gemm_available()) {
-        snprintf(gemm_note, sizeof gemm_note, "the BLAS library's (the own AVX-512 GEMM needs "
-                 "AVX-512%s)%s", nbc_gemm == NBC_GEMM_OWN ? "; NABLA_CPU_GEMM=own" : "", why);
+        snprintf(gemm_note, sizeof gemm_note,
+                 "the BLAS library's (%s; the own GEMM needs AVX-512, which %s)", how,
+                 nbc_isa_level < NBC_ISA_AVX512 && getenv("NABLA_CPU_ISA") ? "NABLA_CPU_ISA caps off"
+                                                                         : "this CPU or OS lacks");
         nbc_gemm = NBC_GEMM_BLAS;
         return;
     }
     switch (nbc_gemm) {
     case NBC_GEMM_BLAS:
-        snprintf(gemm_note, sizeof gemm_note, "the BLAS library's (%s)%s",
-                 env && strcasecmp(env, "blas") == 0 ? "NABLA_CPU_GEMM=blas" :
-                 "default; NABLA_CPU_GEMM=own or auto for the own AVX-512 GEMM", why);
+        snprintf(gemm_note, sizeof gemm_note, "the BLAS library's (%s)", how);
         break;
     case NBC_GEMM_OWN:
         nbc_blas.sgemm = nbc_own_sgemm;
-        snprintf(gemm_note, sizeof gemm_note, "own AVX-512 %dx%d (NABLA_CPU_GEMM=own; blocks "
-                 "KC %lld, NC %lld, MC %lld)", MR, NR, (long long)KC, (long long)NC, (long long)MC);
+        snprintf(gemm_note, sizeof gemm_note, "own AVX-512 %dx%d for every product (%s; blocks "
+                 "KC %lld, NC %lld, MC %lld)", MR, NR, how, (long long)KC, (long long)NC,
+                 (long long)MC);
         break;
     case NBC_GEMM_AUTO:
         nbc_blas.sgemm = auto_sgemm;
         snprintf(gemm_note, sizeof gemm_note, "own AVX-512 %dx%d on one thread for M, N, K >= %d, "
-                 "else the BLAS library's%s", MR, NR, NBC_GEMM_AUTO_MIN, why);
+                 "else the BLAS library's (%s)", MR, NR, NBC_GEMM_AUTO_MIN, how);
         break;
     }
 }

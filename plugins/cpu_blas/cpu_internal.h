@@ -198,11 +198,15 @@ __typeof__(cblas_sbgemm) nbc_reference_sbgemm;
  * A packed-panel AVX-512 sgemm with cblas_sgemm's row-major contract. NABLA_CPU_GEMM=blas|own|
  * auto (read by nbc_gemm_open at plugin open, after the BLAS is loaded) decides what
  * nbc_blas.sgemm points to, so matmul and the convolutions' gemms follow it alike. */
+/* in the order of NABLA_CPU_GEMM's names: blas, own, auto */
 typedef enum nbc_gemm_mode { NBC_GEMM_BLAS, NBC_GEMM_OWN, NBC_GEMM_AUTO } nbc_gemm_mode;
 extern nbc_gemm_mode nbc_gemm; /* the mode in use (BLAS where the CPU lacks AVX-512) */
-/* Without NABLA_CPU_GEMM: the library, as the own GEMM did not measure faster (NOTE-gemm.md). */
-#define NBC_GEMM_DEFAULT NBC_GEMM_BLAS
-/* Under auto, the own GEMM takes one-thread products whose M, N and K all reach this. */
+/* Without NABLA_CPU_GEMM: auto (the own GEMM measured 1.1-1.2x OpenBLAS's SkylakeX sgemm on one
+ * thread from 256^3 to 1024^3 on an Ice Lake server, and slower at 64^3; NOTE-gemm.md). */
+#define NBC_GEMM_DEFAULT NBC_GEMM_AUTO
+/* Under auto, the own GEMM takes one-thread products whose M, N and K all reach this; the
+ * rest, and every product run with more threads (where OpenBLAS's threading measured faster),
+ * stays with the library. */
 #define NBC_GEMM_AUTO_MIN 256
 void nbc_gemm_open(void);
 /* The CPU and OS run the own kernel (AVX-512, zmm state saved, NABLA_CPU_ISA not below it). */

@@ -203,6 +203,7 @@ static void odd_sizes_and_edges_of_every_block(void **state)
     check(13, 1061, 33, false, true, 0, 1, 0, false);   /* N crosses NC several times */
     check(31, 33, 1030, true, false, 0, 1, 0, false);   /* K crosses KC twice, tail 6 */
     check(1001, 129, 1003, false, false, 0, 1, 1, false);
+    check(300, 257, 513, true, false, 0, 1, 0, false); /* what auto hands the own GEMM */
 }
 
 static void leading_dimensions_wider_than_the_rows(void **state)
