@@ -76,11 +76,10 @@ NBC_AVX512 static void kernel_tile(int64_t kc, const float *restrict a, const fl
         for (int v = 0; v < NV; v++)
             acc[i][v] = _mm512_setzero_ps();
     /* The tile of C is wanted after the k loop; ask for it now, as its rows lie ldc apart. */
-#pragma GCC unroll 16
-    for (int i = 0; i < m; i++) {
-        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + i * ldc + NR - 1), _MM_HINT_T0);
-    }
+    for (int i = 0; i < m; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            _mm_prefetch((const char *)(c + i * ldc + 16 * v), _MM_HINT_T0);
     /* B~ streams from L2 front to back, which the hardware prefetcher follows: software
      * prefetches 4, 8 or 16 steps ahead measured 2-4% slower */
 #pragma GCC unroll 2
