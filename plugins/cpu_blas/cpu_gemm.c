@@ -61,6 +61,14 @@ static void choose_blocking(void)
     MC = 2040; /* 170 row panels, so that B is packed once up to M = 2040; 4 MiB at KC 512 */
 }
 
+/* C = beta * C where the product is empty (K == 0) or vanishes (alpha == 0), as BLAS does. */
+static void scale_c(float *c, int64_t ldc, int64_t m, int64_t n, float beta)
+{
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++)
+            c[i * ldc + j] = beta == 0 ? 0.0f : beta * c[i * ldc + j];
+}
+
 /* ---- the micro-kernel ---- */
 #if NBC_HAVE_AVX512_GEMM
 /* C[0:m, 0:n] = alpha * A~ B~ + beta * C, A~ an MR x kc panel (k-major: MR values per k), B~ a
@@ -119,7 +127,6 @@ NBC_AVX512 static void kernel_tile(int64_t kc, const float *restrict a, const fl
         }
     }
 }
-#endif
 
 /* ---- packing ---- */
 
@@ -259,15 +266,7 @@ static int64_t even_block(int64_t n, int64_t max, int64_t unit)
     return min64((b + unit - 1) / unit * unit, max);
 }
 
-/* C = beta * C where the product is empty (K == 0) or vanishes (alpha == 0), as BLAS does. */
-static void scale_c(float *c, int64_t ldc, int64_t m, int64_t n, float beta)
-{
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < n; j++)
-            c[i * ldc + j] = beta == 0 ? 0.0f : beta * c[i * ldc + j];
-}
 
-#if NBC_HAVE_AVX512_GEMM
 /* The loops around the kernel, for one thread or for all of an OpenMP team: A~ for the MC
  * rows at ic is packed once per KC step, B~ once per (KC, NC) block; both are shared, and the
  * team splits each packing and the row panels of the kernel calls among itself. */
