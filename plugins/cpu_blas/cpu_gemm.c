@@ -232,7 +232,7 @@ static void pack_b(float *restrict d, view b, int64_t p0, int64_t kc, int64_t j0
  * read once, front to back, and dealt out NR values to a panel (the panels are kc * NR apart);
  * the last panel's tail is zeroed by the masked load. */
 NBC_AVX512 static void pack_b_rows(float *restrict d, view b, int64_t p0, int64_t kc, int64_t j0,
-                                   int64_t nc, int64_t p_begin, int64_t p_end)
+                                   int64_t nc)
 {
     const int64_t full = nc / NR, rest = nc - full * NR;
     __mmask16 km[NV];
@@ -240,7 +240,7 @@ NBC_AVX512 static void pack_b_rows(float *restrict d, view b, int64_t p0, int64_
         const int64_t left = rest - 16 * v;
         km[v] = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
     }
-    for (int64_t p = p_begin; p < p_end; p++) {
+    for (int64_t p = 0; p < kc; p++) {
         const float *s = b.p + (p0 + p) * b.rs + j0;
         float *o = d + p * NR;
         for (int64_t q = 0; q < full; q++, s += NR, o += kc * NR)
@@ -267,58 +267,42 @@ static int64_t even_block(int64_t n, int64_t max, int64_t unit)
 }
 
 
-/* The loops around the kernel, for one thread or for all of an OpenMP team: A~ for the MC
- * rows at ic is packed once per KC step, B~ once per (KC, NC) block; both are shared, and the
- * team splits each packing and the row panels of the kernel calls among itself. */
-static void gemm_blocked(view a, view b, float *c, int64_t ldc, int64_t M, int64_t N, int64_t K,
-                         float alpha, float beta, float *pa, float *pb, int nt, int64_t MC,
-                         int64_t KC, int64_t NC)
+/* The loops around the kernel on one thread: A~ for the MC rows at ic is packed once per KC
+ * step, B~ once per (KC, NC) block (all of B once while M <= MC). False, with nothing written,
+ * when the panels cannot be allocated. */
+static bool gemm_blocked(view a, view b, float *c, int64_t ldc, int64_t M, int64_t N, int64_t K,
+                         float alpha, float beta)
 {
-    (void)nt;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    for (int64_t ic = 0; ic < M; ic += MC) {
-        const int64_t mc = min64(MC, M - ic);
-        for (int64_t pc = 0; pc < K; pc += KC) {
-            const int64_t kc = min64(KC, K - pc);
+    const int64_t KCb = even_block(K, KC, 1), MCb = even_block(M, MC, MR),
+                  NCb = even_block(N, NC, NR);
+    float *pa = nbc_scratch(NBC_SCRATCH_GEMM, (size_t)(MCb * KCb) * sizeof(float));
+    float *pb = pa ? nbc_scratch(NBC_SCRATCH_GEMM + 1, (size_t)(NCb * KCb) * sizeof(float)) : NULL;
+    if (!pb)
+        return false;
+    for (int64_t ic = 0; ic < M; ic += MCb) {
+        const int64_t mc = min64(MCb, M - ic);
+        for (int64_t pc = 0; pc < K; pc += KCb) {
+            const int64_t kc = min64(KCb, K - pc);
             const float bt = pc == 0 ? beta : 1.0f;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
             for (int64_t ir = 0; ir < mc; ir += MR)
                 pack_a(pa + ir * kc, a, ic + ir, (int)min64(MR, mc - ir), pc, kc);
-            for (int64_t jc = 0; jc < N; jc += NC) {
-                const int64_t nc = min64(NC, N - jc);
-                if (b.cs == 1) {
-#ifdef _OPENMP
-                    const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-                    const int t = 0, T = 1;
-#endif
-                    pack_b_rows(pb, b, pc, kc, jc, nc, kc * t / T, kc * (t + 1) / T);
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-                } else {
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
+            for (int64_t jc = 0; jc < N; jc += NCb) {
+                const int64_t nc = min64(NCb, N - jc);
+                if (b.cs == 1)
+                    pack_b_rows(pb, b, pc, kc, jc, nc);
+                else
                     for (int64_t jr = 0; jr < nc; jr += NR)
                         pack_b(pb + jr * kc, b, pc, kc, jc + jr, (int)min64(NR, nc - jr));
-                }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
                 for (int64_t ir = 0; ir < mc; ir += MR) {
                     const int m = (int)min64(MR, mc - ir);
                     for (int64_t jr = 0; jr < nc; jr += NR)
                         kernel_tile(kc, pa + ir * kc, pb + jr * kc, c + (ic + ir) * ldc + jc + jr,
-                                     ldc, m, (int)min64(NR, nc - jr), alpha, bt);
+                                    ldc, m, (int)min64(NR, nc - jr), alpha, bt);
                 }
             }
         }
     }
+    return true;
 }
 #endif
 
@@ -348,20 +332,37 @@ void nbc_own_sgemm(const enum CBLAS_ORDER order, const enum CBLAS_TRANSPOSE ta,
         return;
     }
 #if NBC_HAVE_AVX512_GEMM
-    const int64_t kcb = even_block(K, KC, 1), mcb = even_block(M, MC, MR),
-                  ncb = even_block(N, NC, NR);
-    float *pa = nbc_scratch(NBC_SCRATCH_GEMM, (size_t)(mcb * kcb) * sizeof(float));
-    float *pb = pa ? nbc_scratch(NBC_SCRATCH_GEMM + 1, (size_t)(ncb * kcb) * sizeof(float)) : NULL;
-    if (!pb) {
-        nbc_blas.sgemm_lib(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
     const view a = at ? (view){A, 1, lda} : (view){A, lda, 1};
     const view b = bt ? (view){B, 1, ldb} : (view){B, ldb, 1};
     int nt = nbc_max_threads();
     if ((double)M * N * K < GEMM_PARALLEL_MIN)
         nt = 1;
-    gemm_blocked(a, b, C, ldc, M, N, K, alpha, beta, pa, pb, nt, mcb, kcb, ncb);
+    if (nt > M / MR)
+        nt = (int)(M / MR) > 1 ? (int)(M / MR) : 1;
+    if (nt == 1) {
+        if (!gemm_blocked(a, b, C, ldc, M, N, K, alpha, beta))
+            nbc_blas.sgemm_lib(order, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* Threads take bands of rows of C and run the one-thread loops on them, each with its own
+     * panels (B is packed once per thread): no barrier inside, so a thread the OS preempts
+     * holds up no other. A shared B~ with barriers between packing and kernels measured 3x
+     * slower than one thread on this 2-core machine under load. */
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int64_t panels = (M + MR - 1) / MR;
+        const int64_t i0 = panels * t / T * MR, i1 = min64(panels * (t + 1) / T * MR, M);
+        if (i1 > i0) {
+            const view at_rows = {a.p + i0 * a.rs, a.rs, a.cs};
+            if (!gemm_blocked(at_rows, b, C + i0 * ldc, ldc, i1 - i0, N, K, alpha, beta))
+                nbc_blas.sgemm_lib(order, ta, tb, (blasint)(i1 - i0), N, K, alpha,
+                                   at ? A + i0 : A + i0 * lda, lda, B, ldb, beta, C + i0 * ldc,
+                                   ldc);
+        }
+    }
+#endif
 #endif
 }
 
