@@ -208,6 +208,12 @@ static int bench_matmul(const bench_opts *o)
     if (!rc) {
         report("matmul_f32_1024", nabla, "GFLOP/s");
         matmul_f32_1024 = nabla;
+        /* which sgemm that was: the cpu plugin's own GEMM or the library's (NABLA_CPU_GEMM) */
+        char info[1024];
+        const char *line = nb_device_info(o->device ? o->device : "cpu", info, sizeof info) == NB_OK
+                               ? strstr(info, "sgemm: ") : NULL;
+        if (line)
+            printf("# matmul_f32_1024 %.*s\n", (int)strcspn(line, "\n"), line);
     }
 #ifdef NB_BENCH_BLAS_SONAME
     /* The cblas figures compare with the cpu plugin only. */
@@ -254,6 +260,7 @@ static int bench_matmul(const bench_opts *o)
             printf("cblas_sgemm_best_f32_1024 %.4g GFLOP/s (core %s)\n", median(ceil, n),
                    *best_core ? best_core : "OpenBLAS's own pick");
             report("matmul_ratio", median(r_best, n), "nabla/best-core-cblas");
+            /* with the plugin's own GEMM in use this is own / OpenBLAS, interleaved */
             report("matmul_ratio_same_core", median(r_same, n), "nabla/cblas");
         }
     }

@@ -103,7 +103,9 @@ nb_status nbc_ew(const nb_kernel_args *a, nbc_row_fn fn, const void *ctx);
  * memory. */
 /* slots 0-5 for the kernels, NBC_SCRATCH_HALF.. for cpu_half.c's float32 copies of operands */
 #define NBC_SCRATCH_HALF 6
-#define NBC_SCRATCH_SLOTS (NBC_SCRATCH_HALF + NBC_MAX_OPS + 3)
+/* two slots after cpu_half.c's for cpu_gemm.c's packed panels */
+#define NBC_SCRATCH_GEMM (NBC_SCRATCH_HALF + NBC_MAX_OPS + 3)
+#define NBC_SCRATCH_SLOTS (NBC_SCRATCH_GEMM + 2)
 void *nbc_scratch(int slot, size_t bytes);
 void nbc_scratch_release(void);
 
@@ -170,7 +172,9 @@ static inline float nbc_expf(float x)
  * openblas_* members are NULL for another BLAS. */
 #include <cblas.h>
 typedef struct nbc_blas_fns {
+    /* what the plugin calls: the library's sgemm_lib, or cpu_gemm.c's (nbc_gemm_open) */
     __typeof__(cblas_sgemm) *sgemm;
+    __typeof__(cblas_sgemm) *sgemm_lib; /* the library's own */
     __typeof__(cblas_dgemm) *dgemm;
     char *(*get_config)(void);
     char *(*get_corename)(void);
@@ -189,6 +193,31 @@ void nbc_platform_info(char *buf, size_t len);     /* the same, one "topic: valu
 /* cpu_matmul.c: a plain loop with cblas_sbgemm's signature (row-major only), the stand-in that
  * lets the tests run the sbgemm path where the library has none. */
 __typeof__(cblas_sbgemm) nbc_reference_sbgemm;
+
+/* ---- the own GEMM (cpu_gemm.c) ----
+ * A packed-panel AVX-512 sgemm with cblas_sgemm's row-major contract. NABLA_CPU_GEMM=blas|own|
+ * auto (read by nbc_gemm_open at plugin open, after the BLAS is loaded) decides what
+ * nbc_blas.sgemm points to, so matmul and the convolutions' gemms follow it alike. */
+/* in the order of NABLA_CPU_GEMM's names: blas, own, auto */
+typedef enum nbc_gemm_mode { NBC_GEMM_BLAS, NBC_GEMM_OWN, NBC_GEMM_AUTO } nbc_gemm_mode;
+extern nbc_gemm_mode nbc_gemm; /* the mode in use (BLAS where the CPU lacks AVX-512) */
+/* Without NABLA_CPU_GEMM: auto (the own GEMM measured 1.1-1.2x OpenBLAS's SkylakeX sgemm on one
+ * thread from 256^3 to 1024^3 on an Ice Lake server, and slower at 64^3; NOTE-gemm.md). */
+#define NBC_GEMM_DEFAULT NBC_GEMM_AUTO
+/* Under auto, the own GEMM takes one-thread products whose M, N and K all reach this; the
+ * rest, and every product run with more threads (where OpenBLAS's threading measured faster),
+ * stays with the library. */
+#define NBC_GEMM_AUTO_MIN 256
+void nbc_gemm_open(void);
+/* The CPU and OS run the own kernel (AVX-512, zmm state saved, NABLA_CPU_ISA not below it). */
+bool nbc_gemm_available(void);
+/* Under auto: whether an M x N x K product goes to the own GEMM. */
+bool nbc_gemm_wins(blasint M, blasint N, blasint K);
+/* For nabla-info: which sgemm matmul uses, and why. */
+const char *nbc_gemm_describe(void);
+/* cblas_sgemm's contract; what it does not take (column-major, bad leading dimensions, no
+ * AVX-512, no memory for the panels) goes to the library's sgemm unchanged. */
+__typeof__(cblas_sgemm) nbc_own_sgemm;
 
 /* ---- 16-bit floats (cpu_half.c) ----
  * float16 and bfloat16 kernels widen their 16-bit operands to float32 and run the float32

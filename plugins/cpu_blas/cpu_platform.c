@@ -160,7 +160,8 @@ static const char *core_for(nbc_isa level)
 static bool resolve_blas(void *h)
 {
     nbc_blas = (nbc_blas_fns){0};
-    *(void **)&nbc_blas.sgemm = dlsym(h, "cblas_sgemm");
+    *(void **)&nbc_blas.sgemm_lib = dlsym(h, "cblas_sgemm");
+    nbc_blas.sgemm = nbc_blas.sgemm_lib;
     *(void **)&nbc_blas.dgemm = dlsym(h, "cblas_dgemm");
     *(void **)&nbc_blas.get_config = dlsym(h, "openblas_get_config");
     *(void **)&nbc_blas.get_corename = dlsym(h, "openblas_get_corename");
@@ -268,6 +269,7 @@ nb_status nbc_platform_open(void)
             return st;
     }
     choose_sbgemm();
+    nbc_gemm_open();
     return NB_OK;
 }
 
@@ -286,10 +288,10 @@ void nbc_platform_stop_threads(void)
 
 void nbc_platform_describe(char *buf, size_t len)
 {
-    snprintf(buf, len, "%s; ISA %s%s; BLAS %s, core %s, sbgemm %s; %d threads (BLAS %d)",
+    snprintf(buf, len, "%s; ISA %s%s; BLAS %s, core %s, sgemm %s, sbgemm %s; %d threads (BLAS %d)",
              cpu_model[0] ? cpu_model : "unknown CPU", isa_names[nbc_isa_level], isa_note,
              nbc_blas.get_config ? nbc_blas.get_config() : NBC_BLAS_SONAME,
-             core_note[0] ? core_note : "?", sbgemm_note, nbc_max_threads(),
+             core_note[0] ? core_note : "?", nbc_gemm_describe(), sbgemm_note, nbc_max_threads(),
              nbc_blas.get_num_threads ? nbc_blas.get_num_threads() : 1);
 }
 
@@ -297,9 +299,10 @@ void nbc_platform_describe(char *buf, size_t len)
 void nbc_platform_info(char *buf, size_t len)
 {
     snprintf(buf, len,
-             "CPU: %s\nISA: %s%s\nBLAS: %s\nBLAS core: %s\nsbgemm: %s\nthreads: %d (BLAS %d)",
+             "CPU: %s\nISA: %s%s\nBLAS: %s\nBLAS core: %s\nsgemm: %s\nsbgemm: %s\n"
+             "threads: %d (BLAS %d)",
              cpu_model[0] ? cpu_model : "unknown CPU", isa_names[nbc_isa_level], isa_note,
              nbc_blas.get_config ? nbc_blas.get_config() : NBC_BLAS_SONAME,
-             core_note[0] ? core_note : "?", sbgemm_note, nbc_max_threads(),
+             core_note[0] ? core_note : "?", nbc_gemm_describe(), sbgemm_note, nbc_max_threads(),
              nbc_blas.get_num_threads ? nbc_blas.get_num_threads() : 1);
 }
