@@ -107,6 +107,12 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, int g
     if (!ct || nb_work_finish(nb_allreduce(pg, ct, NB_REDUCE_OP_SUM)) != NB_OK)
         return fail("summing cpu time");
     nb_release(ct);
+    /* Each rank's wait: one that always waits has a faster partner, not just jitter. */
+    double w[2] = {waited, -waited};
+    nb_tensor *wt = nb_from_blob(w, NB_SHAPE(2), (nb_opts){.dtype = NB_DTYPE_F64}, NULL, NULL);
+    if (!wt || nb_work_finish(nb_allreduce(pg, wt, NB_REDUCE_OP_MAX)) != NB_OK)
+        return fail("collecting the waits");
+    nb_release(wt);
     uint64_t reduced = d ? nb_ddp_bytes_reduced(d) : 0;
     if (rank == 0) {
         printf("\nLeNet training, global batch %d = %d ranks x %d, %d steps, 1 thread per rank\n",
@@ -119,7 +125,8 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, int g
                    dopts.gradient_as_bucket_view ? ", gradient_as_bucket_view" : "");
             printf("bytes_allreduced_per_step %.0f (parameter bytes %llu)\n",
                    (double)reduced / (steps + 5), (unsigned long long)param_bytes);
-            printf("comm_wait_fraction %.3f\n", waited / dt);
+            printf("comm_wait_fraction %.3f (rank 0; the ranks from %.3f to %.3f)\n",
+                   waited / dt, -w[1] / dt, w[0] / dt);
         } else {
             printf("ddp: off (world size 1, plain training)\n");
         }
