@@ -285,11 +285,10 @@ static nb_status run_conv(const nb_kernel_args *a, const char *op, ocl_kid kid, 
     }
     if (st != NB_OK || done)
         return st;
-    /* columns too large for one buffer: the direct kernels, one work-item per output (per
-     * output row for the forward, see conv.cl); the forward adds tap after tap into y */
+    /* the direct kernels: one work-item per output, or for the forward per output row of a
+     * block of NBK_CONV_OB channels of one group (see conv.cl) */
     if (role == 0)
-        return run_flat_sum(a->device, op, a->out->dtype, kid, p.n * p.o * p.oh, v, &p,
-                            &p.off_y, p.st_y, ys);
+        n = p.n * p.groups * ((p.o / p.groups + NBK_CONV_OB - 1) / NBK_CONV_OB) * p.oh;
     return run_flat(a->device, op, a->out->dtype, kid, n, v, &p);
 }
 

@@ -133,6 +133,18 @@ void ocl_geom_make(nbk_geom *g, int32_t ndim, const int64_t *shape, int nops,
     g->ndim = nd;
 }
 
+int ocl_chunked_kernel(ocl_kid kid)
+{
+#define OCL_CHUNKED_CASE_(name) case OCL_K_##name:
+    switch (kid) {
+    OCL_CHUNKED_KERNELS(OCL_CHUNKED_CASE_)
+        return 1;
+    default:
+        return 0;
+    }
+#undef OCL_CHUNKED_CASE_
+}
+
 /* Launches a 1-d elementwise kernel over g->n work-items with arguments: the nops buffers, g,
  * then extra. Kernel program dtype pdt. */
 nb_status ocl_run_elementwise(int device, const char *op, nb_dtype pdt, ocl_kid kid,
@@ -159,8 +171,14 @@ nb_status ocl_run_elementwise(int device, const char *op, nb_dtype pdt, ocl_kid 
     args[n++] = (ocl_arg){sizeof *g, g};
     for (int i = 0; i < n_extra; i++)
         args[n++] = extra[i];
+    /* a chunked kernel takes up to NBK_CHUNK elements of a row per work-item (common.cl) */
+    size_t items = (size_t)g->n;
+    if (ocl_chunked_kernel(kid)) {
+        int64_t inner = g->shape[g->ndim - 1];
+        items = (size_t)(g->n / inner) * (size_t)((inner + NBK_CHUNK - 1) / NBK_CHUNK);
+    }
     size_t local = wg < 256 ? wg : 256;
-    size_t global = ((size_t)g->n + local - 1) / local * local;
+    size_t global = (items + local - 1) / local * local;
     return ocl_launch(d, k, op, n, args, 1, &global, &local);
 }
 

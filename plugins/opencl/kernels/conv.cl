@@ -1,10 +1,11 @@
 /* conv.cl - im2col/col2im for conv2d as GEMMs, the direct conv2d kernels (forward, grad of
- * input, grad of weight) for convs whose columns do not fit in a buffer, and max_pool2d (forward
- * and backward). One work-item per output element; each gathers what it needs, so nothing races
- * and no atomics are needed. Float dtypes only; in the 16-bit programs the tensors are ST
- * (read through LD, written through STORE) and what a kernel accumulates into (y of the direct
- * conv2d, gx of the pooling backward, the columns) is a float32 temporary (T), rounded once by
- * the host's copy afterwards, as the cpu plugin rounds its float32 result. */
+ * input, grad of weight) for convs whose columns do not fit in a buffer or that are too small
+ * for a GEMM, and max_pool2d (forward and backward). Each work-item gathers what its outputs
+ * need, so nothing races and no atomics are needed. Float dtypes only; in the 16-bit programs
+ * the tensors are ST (read through LD, written through STORE) and what a kernel accumulates
+ * into (gx of the pooling backward, the columns) is a float32 temporary (T), rounded once by
+ * the host's copy afterwards, as the cpu plugin rounds its float32 result; the direct conv2d
+ * sums in registers and rounds each output once itself. */
 #if IS_FLOAT
 #define Y_AT(p, n, o, a, b) ((p).off_y + (n) * (p).st_y[0] + (o) * (p).st_y[1] + (a) * (p).st_y[2] + (b) * (p).st_y[3])
 #define X_AT(p, n, c, a, b) ((p).off_x + (n) * (p).st_x[0] + (c) * (p).st_x[1] + (a) * (p).st_x[2] + (b) * (p).st_x[3])
@@ -22,47 +23,77 @@
         i0 = (i) / ((s3) * (s2) * (s1));                                                        \
     }
 
-/* y (N,O,OH,OW): one work-item per output row (n, o, oh). It adds tap after tap into the row,
- * so each element still sums its taps in plain (c, a, b) order from 0, as a sum per element
- * would; but the innermost loop runs along the row, one weight against consecutive inputs,
- * which CPU runtimes vectorise, and the columns whose tap falls into the padding are cut from
- * its range instead of tested one by one. */
-__kernel void conv2d(__global T *y, __global const ST *x, __global const ST *w, nbk_conv p)
+/* 16 lanes of T, and the mask type select() takes with them */
+#if NBK_KIND == 1
+#define TV16 double16
+#define MV16 long16
+#define CONVERT_MV16 convert_long16
+#else
+#define TV16 float16
+#define MV16 int16
+#define CONVERT_MV16
+#endif
+
+/* y (N,O,OH,OW): one work-item per output row (n, oh) of a block of NBK_CONV_OB output
+ * channels of one group, in pieces of 16 columns held in vector registers: each input vector
+ * loaded serves NBK_CONV_OB channels, each weight 16 columns. Every element sums its taps in
+ * plain (c, a, b) order from 0, as a sum per element would. A tap that falls into the padding
+ * is not added (its lane adds +0, which leaves a sum that started at +0 as it is), so an inf
+ * weight next to the padding gives inf, not NaN, as before. */
+__kernel void conv2d(__global ST *y, __global const ST *x, __global const ST *w, nbk_conv p)
 {
+    long cg = p.c / p.groups, og = p.o / p.groups, obg = (og + NBK_CONV_OB - 1) / NBK_CONV_OB;
     long i = get_global_id(0);
-    if (i >= p.n * p.o * p.oh)
+    if (i >= p.n * p.groups * obg * p.oh)
         return;
-    long oh = i % p.oh, o = i / p.oh % p.o, n = i / (p.oh * p.o);
-    long cg = p.c / p.groups, og = p.o / p.groups, c0 = o / og * cg;
-    long yr = p.off_y + n * p.st_y[0] + o * p.st_y[1] + oh * p.st_y[2], sy = p.st_y[3];
-    for (long ow = 0; ow < p.ow; ow++)
-        y[yr + ow * sy] = 0;
-    long xn = p.off_x + n * p.st_x[0] + c0 * p.st_x[1], wo = p.off_w + o * p.st_w[0];
+    long oh = i % p.oh, blk = i / p.oh % (p.groups * obg), n = i / (p.oh * p.groups * obg);
+    long grp = blk / obg, o0 = grp * og + blk % obg * NBK_CONV_OB;
+    int nob = (int)min((long)NBK_CONV_OB, (grp + 1) * og - o0);
+    long xn = p.off_x + n * p.st_x[0] + grp * cg * p.st_x[1];
     long sx = p.sw * p.st_x[3];
-    for (long c = 0; c < cg; c++) {
-        long xc = xn + c * p.st_x[1], wc = wo + c * p.st_w[1];
-        for (long a = 0; a < p.kh; a++) {
-            long ih = oh * p.sh - p.ph + a * p.dh;
-            if (ih < 0 || ih >= p.h)
-                continue;
-            long xr = xc + ih * p.st_x[2], wr = wc + a * p.st_w[2];
-            for (long b = 0; b < p.kw; b++) {
-                T wv = LD(w, wr + b * p.st_w[3]);
-                /* iw = ow * sw + base lies in [0, w) for ow in [lo, hi) */
-                long base = b * p.dw - p.pw;
-                long lo = base >= 0 ? 0 : (-base + p.sw - 1) / p.sw;
-                long hi = p.w - 1 - base < 0 ? 0 : min((p.w - 1 - base) / p.sw + 1, p.ow);
-                long x0 = xr + base * p.st_x[3];
-                if (sy == 1 && sx == 1) { /* unit strides, as compilers vectorise best */
-                    __global T *yp = y + yr;
-                    __global const ST *xp = x + x0;
-                    for (long ow = lo; ow < hi; ow++)
-                        yp[ow] += LD(xp, ow) * wv;
-                } else {
-                    for (long ow = lo; ow < hi; ow++)
-                        y[yr + ow * sy] += LD(x, x0 + ow * sx) * wv;
+    for (long ow0 = 0; ow0 < p.ow; ow0 += 16) {
+        TV16 acc[NBK_CONV_OB];
+        for (int ob = 0; ob < NBK_CONV_OB; ob++)
+            acc[ob] = (TV16)(0);
+        for (long c = 0; c < cg; c++) {
+            long xc = xn + c * p.st_x[1];
+            for (long a = 0; a < p.kh; a++) {
+                long ih = oh * p.sh - p.ph + a * p.dh;
+                if (ih < 0 || ih >= p.h)
+                    continue;
+                long xr = xc + ih * p.st_x[2];
+                for (long b = 0; b < p.kw; b++) {
+                    /* input column of output column ow0 + t: iw0 + t * sw */
+                    long iw0 = ow0 * p.sw + b * p.dw - p.pw;
+                    __global const ST *xp = x + xr + iw0 * p.st_x[3];
+                    T wv[NBK_CONV_OB];
+                    for (int ob = 0; ob < NBK_CONV_OB; ob++)
+                        wv[ob] = ob < nob ? LD(w, W_AT(p, o0 + ob, c, a, b)) : (T)0;
+                    if (!IS_HALF && sx == 1 && ow0 + 16 <= p.ow && iw0 >= 0 && iw0 + 16 <= p.w) {
+                        TV16 xv = vload16(0, (__global const T *)xp);
+                        for (int ob = 0; ob < NBK_CONV_OB; ob++)
+                            acc[ob] += xv * wv[ob];
+                    } else { /* a piece at the row's end, in the padding or strided */
+                        T xs[16];
+                        int m[16];
+                        for (int t = 0; t < 16; t++) {
+                            long iw = iw0 + t * p.sw;
+                            m[t] = ow0 + t < p.ow && iw >= 0 && iw < p.w ? -1 : 0;
+                            xs[t] = m[t] ? LD(xp, t * sx) : (T)0;
+                        }
+                        TV16 xv = vload16(0, xs);
+                        MV16 mv = CONVERT_MV16(vload16(0, m));
+                        for (int ob = 0; ob < NBK_CONV_OB; ob++)
+                            acc[ob] += select((TV16)(0), xv * wv[ob], mv);
+                    }
                 }
             }
+        }
+        for (int ob = 0; ob < nob; ob++) {
+            T out[16];
+            vstore16(acc[ob], 0, out);
+            for (int t = 0; t < 16 && ow0 + t < p.ow; t++)
+                STORE(y, Y_AT(p, n, o0 + ob, oh, ow0 + t), out[t]);
         }
     }
 }

@@ -16,6 +16,9 @@ typedef int64_t nbk_i64;
  * checked against, [5] the dim, [6] 0 gather / 1 scatter_add. */
 #define NBK_FLAG_WORDS 8
 #define NBK_MAX_OPERANDS 4
+/* Elements per work-item of the chunked elementwise kernels (NBK_CHUNKED in common.cl): the
+ * host sizes their launches by it. */
+#define NBK_CHUNK 32
 
 /* Up to four operands sharing one (coalesced) shape; work-item i is element i in row-major
  * order. off and st are in elements. ndim >= 1 (a 0-d view becomes shape [1]). */
@@ -66,6 +69,8 @@ typedef struct nbk_conv {
     nbk_i64 off_y, off_x, off_w;
     nbk_i64 st_y[4], st_x[4], st_w[4];
 } nbk_conv;
+/* The direct conv2d's register block (conv.cl): output channels per work-item */
+#define NBK_CONV_OB 8
 
 /* unary, out = op(x) */
 #define NBK_NEG 0
