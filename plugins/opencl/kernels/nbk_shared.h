@@ -68,6 +68,7 @@ typedef struct nbk_conv {
     nbk_i64 kh, kw, sh, sw, ph, pw, dh, dw, groups;
     nbk_i64 off_y, off_x, off_w;
     nbk_i64 st_y[4], st_x[4], st_w[4];
+    nbk_i64 len_y, len_x, len_w; /* elements in each role's buffer (the direct convs' loads) */
 } nbk_conv;
 /* The direct conv2d's register block (conv.cl): output channels per work-item */
 #define NBK_CONV_OB 8

@@ -1,6 +1,6 @@
 /* reduce.cl - sum/prod/max/min/argmax/argmin over any set of dims: one work-group per output
  * element (or per slice of it, when a few outputs reduce many elements), each work-item walking
- * a strided share of the reduced elements, then a tree in local memory. 16-bit inputs accumulate
+ * a contiguous share of the reduced elements, then a tree in local memory. 16-bit inputs accumulate
  * in float (ACC) and round once into the output. */
 
 /* Is candidate (vb, ib) better than the current (va, ia)? NaN counts as the extreme (as in
@@ -97,27 +97,50 @@ __kernel void reduce(__global ST *out, __global long *outi, __global const ST *i
     long beg = part * g.chunk, end = min(g.n_red, beg + g.chunk);
     ACC acc = nbk_red_init(op), comp = 0;
     long ai = LONG_MAX;
-    for (long k = beg + get_local_id(0); k < end; k += get_local_size(0)) {
-        long off = base;
-        if (g.nd_red == 1) {
-            off += k * g.st_in_red[0];
-        } else {
-            long r = k;
-            for (int d = (int)g.nd_red - 1; d >= 0; d--) {
-                off += (r % g.shape_red[d]) * g.st_in_red[d];
-                r /= g.shape_red[d];
+    /* each work-item takes a contiguous run [k0, k1) of the reduced elements and walks it with
+     * a running multi-index, so no element costs a division (64-bit divisions per element made
+     * the conv bias gradients the slowest reductions on CPU runtimes) */
+    long wgs = get_local_size(0), per = (end - beg + wgs - 1) / wgs;
+    long k0 = beg + get_local_id(0) * per, k1 = min(end, k0 + per);
+    if (k0 < k1) {
+        int last = (int)g.nd_red - 1;
+        long idx[NBK_MAX_DIMS], off = base, r = k0;
+        for (int d = last; d >= 0; d--) {
+            idx[d] = r % g.shape_red[d];
+            r /= g.shape_red[d];
+            off += idx[d] * g.st_in_red[d];
+        }
+        long inner = last >= 0 ? g.shape_red[last] : 1, sti = last >= 0 ? g.st_in_red[last] : 0;
+        long pos = last >= 0 ? idx[last] : 0;
+        for (long k = k0; k < k1;) {
+            long m = min(k1 - k, inner - pos);
+            for (long j = 0; j < m; j++) {
+                ACC x = (ACC)LD(in, off + j * sti);
+#if IS_FLOAT
+                if (op == NBK_SUM) { /* Kahan: long rows stay accurate; inf/NaN skip the fix-up */
+                    ACC y = x - comp, t = acc + y;
+                    comp = isfinite(t) ? (t - acc) - y : (ACC)0;
+                    acc = t;
+                    continue;
+                }
+#endif
+                nbk_red_combine(op, &acc, &ai, x, k + j);
+            }
+            k += m;
+            off += m * sti;
+            pos += m;
+            if (pos == inner && k < k1) { /* carry into the outer reduced dims */
+                pos = 0;
+                off -= inner * sti;
+                for (int d = last - 1; d >= 0; d--) {
+                    off += g.st_in_red[d];
+                    if (++idx[d] < g.shape_red[d])
+                        break;
+                    off -= idx[d] * g.st_in_red[d];
+                    idx[d] = 0;
+                }
             }
         }
-        ACC x = (ACC)LD(in, off);
-#if IS_FLOAT
-        if (op == NBK_SUM) { /* Kahan: long float rows stay accurate; inf/NaN skip the fix-up */
-            ACC y = x - comp, t = acc + y;
-            comp = isfinite(t) ? (t - acc) - y : (ACC)0;
-            acc = t;
-            continue;
-        }
-#endif
-        nbk_red_combine(op, &acc, &ai, x, k);
     }
     nbk_red_finish(op, final_, acc, ai, lv, li, out, outi, out_off, pv, pi, grp);
 }
