@@ -100,6 +100,7 @@ typedef struct ocl_dev {
     cl_mem flag;
     int flag_pending;
     ocl_argcache *argcache; /* OCL_ARG_SLOTS entries, allocated at the first launch */
+    int gemm_setup;         /* CLBlast's parameters for this device chosen (opencl_blas.c) */
 } ocl_dev;
 
 /* One kernel argument: a value of size bytes, or local memory of size bytes when ptr is NULL. */

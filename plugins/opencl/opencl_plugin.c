@@ -5,7 +5,9 @@
  * Environment:
  *   NABLA_OPENCL_NO_FP64=1     treat every device as lacking cl_khr_fp64 (no float64 kernels)
  *   NABLA_OPENCL_C_VERSION=1.1 build the programs as for an OpenCL C 1.1 device
- *   NABLA_OPENCL_GEMM=own      the plugin's own GEMM kernel instead of CLBlast
+ *   NABLA_OPENCL_GEMM=own      the plugin's own GEMM kernel instead of CLBlast; =clblast-default
+ *                              CLBlast with its own direct/indirect choice on CPU runtimes
+ *                              too (see opencl_blas.c)
  *   NABLA_OPENCL_CONV=gemm|direct  every conv2d as GEMMs or as the direct kernels (see
  *                              opencl_conv.c for the default)
  *   NABLA_OPENCL_SCATTER=serial|chunks  scatter_add one work-item per line, or in parallel
