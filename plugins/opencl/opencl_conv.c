@@ -350,8 +350,8 @@ static nb_status run_pool(const nb_kernel_args *a, const char *op, int backward)
     conv_role(&p.off_y, p.st_y, &p.len_y, vy);
     conv_role(&p.off_x, p.st_x, &p.len_x, vx);
     conv_role(&p.off_w, p.st_w, &p.len_w, &v[2]);
-    /* the backward runs one work-item per input row (see conv.cl) */
-    int64_t n = backward ? (p.w ? p.n * p.c * p.h : 0) : p.n * p.c * p.oh * p.ow;
+    /* one work-item per input row (backward) or output row (forward), see conv.cl */
+    int64_t n = backward ? (p.w ? p.n * p.c * p.h : 0) : (p.ow ? p.n * p.c * p.oh : 0);
     if (backward) /* adds each window's gradient into grad x */
         return run_flat_sum(a->device, op, a->out->dtype, OCL_K_max_pool2d_backward, n, v, &p,
                             &p.off_x, p.st_x, xs);

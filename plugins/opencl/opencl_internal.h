@@ -181,6 +181,8 @@ typedef struct ocl_scalar {
 
 #define SARG(s) ((ocl_arg){(s).size, &(s).v})
 
+/* "input 0".."input 3", for the operand checks' messages */
+extern const char *const ocl_input_name[NBK_MAX_OPERANDS];
 int64_t ocl_numel(int32_t ndim, const int64_t *shape);
 const char *ocl_dtype_str(nb_dtype t);
 /* Checks o (named what) and that every element it addresses lies inside its buffer, so a bad

@@ -231,9 +231,10 @@ void nbk_offsets(const nbk_geom *g, long i, int nops, long *o)
  * tensors ran at a quarter of memcpy's speed with one work-item per element. */
 #define NBK_CHUNKED(nops)                                                                    \
     long inner_ = g.shape[g.ndim - 1], per_row_ = (inner_ + NBK_CHUNK - 1) / NBK_CHUNK;      \
-    long item_ = get_global_id(0), row_ = item_ / per_row_;                                  \
-    if (row_ >= g.n / inner_)                                                                \
+    long item_ = get_global_id(0);                                                            \
+    if (item_ >= g.n / inner_ * per_row_) /* the same for every work-item: hoisted */         \
         return;                                                                               \
+    long row_ = item_ / per_row_;                                                             \
     long j0_ = (item_ - row_ * per_row_) * NBK_CHUNK;                                         \
     long len = min((long)NBK_CHUNK, inner_ - j0_);                                            \
     long o[NBK_MAX_OPERANDS] = {0}, sj[NBK_MAX_OPERANDS] = {0};                                \

@@ -328,27 +328,33 @@ __kernel void col2im(__global ST *gx, __global const T *col, nbk_conv p)
 }
 
 /* y (N,C,OH,OW) = window max, idx (role w, shaped like y) = its flat h*W+w; NaN wins, and an
- * all -inf window reports its first in-bounds element, as PyTorch does. */
+ * all -inf window reports its first in-bounds element, as PyTorch does. One work-item per
+ * output row (n, c, oh): its index is split once, not once per element. */
 __kernel void max_pool2d(__global ST *y, __global const ST *x, __global long *idx, nbk_conv p)
 {
-    long i = get_global_id(0), total = p.n * p.c * p.oh * p.ow;
+    long i = get_global_id(0), total = p.n * p.c * p.oh;
     if (i >= total)
         return;
-    SPLIT4(i, total, p.c, p.oh, p.ow, n, c, oh, ow);
-    long h0 = oh * p.sh - p.ph, w0 = ow * p.sw - p.pw;
-    long hs = max(h0, 0L), ws = max(w0, 0L), he = min(h0 + p.kh, p.h), we = min(w0 + p.kw, p.w);
-    T best = -INFINITY;
-    long bi = hs * p.w + ws;
-    for (long a = hs; a < he; a++)
-        for (long b = ws; b < we; b++) {
-            T v = LD(x, X_AT(p, n, c, a, b));
-            if (v > best || (IS_NAN(v) && !IS_NAN(best))) { /* the first NaN stays */
-                best = v;
-                bi = a * p.w + b;
+    long oh = i % p.oh, c = i / p.oh % p.c, n = i / (p.oh * p.c);
+    long h0 = oh * p.sh - p.ph, hs = max(h0, 0L), he = min(h0 + p.kh, p.h);
+    long xb = p.off_x + n * p.st_x[0] + c * p.st_x[1];
+    long yr = p.off_y + n * p.st_y[0] + c * p.st_y[1] + oh * p.st_y[2];
+    long ir = p.off_w + n * p.st_w[0] + c * p.st_w[1] + oh * p.st_w[2];
+    for (long ow = 0; ow < p.ow; ow++) {
+        long w0 = ow * p.sw - p.pw, ws = max(w0, 0L), we = min(w0 + p.kw, p.w);
+        T best = -INFINITY;
+        long bi = hs * p.w + ws;
+        for (long a = hs; a < he; a++)
+            for (long b = ws; b < we; b++) {
+                T v = LD(x, xb + a * p.st_x[2] + b * p.st_x[3]);
+                if (v > best || (IS_NAN(v) && !IS_NAN(best))) { /* the first NaN stays */
+                    best = v;
+                    bi = a * p.w + b;
+                }
             }
-        }
-    STORE(y, Y_AT(p, n, c, oh, ow), best); /* a 16-bit max is exact: no rounding */
-    idx[W_AT(p, n, c, oh, ow)] = bi;
+        STORE(y, yr + ow * p.st_y[3], best); /* a 16-bit max is exact: no rounding */
+        idx[ir + ow * p.st_w[3]] = bi;
+    }
 }
 
 /* gx (N,C,H,W): each input element sums the gradients of the windows that picked it. One
