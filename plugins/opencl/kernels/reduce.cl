@@ -81,6 +81,15 @@ void nbk_red_finish(int op, int final_, ACC v, long vi, __local ACC *lv,
     }
 }
 
+/* One step of a Kahan sum (acc - comp is the running value): long rows stay accurate; once the
+ * sum is inf or NaN the fix-up is skipped. */
+#define NBK_KAHAN(acc, comp, x)                                                              \
+    do {                                                                                      \
+        ACC y_ = (x) - (comp), t_ = (acc) + y_;                                               \
+        comp = isfinite(t_) ? (t_ - (acc)) - y_ : (ACC)0;                                     \
+        acc = t_;                                                                             \
+    } while (0)
+
 /* out and outi name the same buffer: outi is used by argmax/argmin (int64 output). */
 __kernel void reduce(__global ST *out, __global long *outi, __global const ST *in,
                      __global ACC *pv, __global long *pi, nbk_red g, int op, int final_,
@@ -95,7 +104,8 @@ __kernel void reduce(__global ST *out, __global long *outi, __global const ST *i
         out_off += c * g.st_out[d];
     }
     long beg = part * g.chunk, end = min(g.n_red, beg + g.chunk);
-    ACC acc = nbk_red_init(op), comp = 0;
+    ACC acc = nbk_red_init(op), comp = 0, acc1 = 0, comp1 = 0, acc2 = 0, comp2 = 0, acc3 = 0,
+        comp3 = 0;
     long ai = LONG_MAX;
     /* each work-item takes a contiguous run [k0, k1) of the reduced elements and walks it with
      * a running multi-index, so no element costs a division (64-bit divisions per element made
@@ -114,18 +124,22 @@ __kernel void reduce(__global ST *out, __global long *outi, __global const ST *i
         long pos = last >= 0 ? idx[last] : 0;
         for (long k = k0; k < k1;) {
             long m = min(k1 - k, inner - pos);
-            for (long j = 0; j < m; j++) {
-                ACC x = (ACC)LD(in, off + j * sti);
 #if IS_FLOAT
-                if (op == NBK_SUM) { /* Kahan: long rows stay accurate; inf/NaN skip the fix-up */
-                    ACC y = x - comp, t = acc + y;
-                    comp = isfinite(t) ? (t - acc) - y : (ACC)0;
-                    acc = t;
-                    continue;
+            if (op == NBK_SUM) { /* four Kahan sums side by side, so one add need not wait for
+                                  * the previous one */
+                long j = 0;
+                for (; j + 4 <= m; j += 4) {
+                    NBK_KAHAN(acc, comp, (ACC)LD(in, off + j * sti));
+                    NBK_KAHAN(acc1, comp1, (ACC)LD(in, off + (j + 1) * sti));
+                    NBK_KAHAN(acc2, comp2, (ACC)LD(in, off + (j + 2) * sti));
+                    NBK_KAHAN(acc3, comp3, (ACC)LD(in, off + (j + 3) * sti));
                 }
+                for (; j < m; j++)
+                    NBK_KAHAN(acc, comp, (ACC)LD(in, off + j * sti));
+            } else
 #endif
-                nbk_red_combine(op, &acc, &ai, x, k + j);
-            }
+                for (long j = 0; j < m; j++)
+                    nbk_red_combine(op, &acc, &ai, (ACC)LD(in, off + j * sti), k + j);
             k += m;
             off += m * sti;
             pos += m;
@@ -142,6 +156,13 @@ __kernel void reduce(__global ST *out, __global long *outi, __global const ST *i
             }
         }
     }
+#if IS_FLOAT
+    if (op == NBK_SUM) { /* the three other sums into the first, each as its value */
+        NBK_KAHAN(acc, comp, acc1 - comp1);
+        NBK_KAHAN(acc, comp, acc2 - comp2);
+        NBK_KAHAN(acc, comp, acc3 - comp3);
+    }
+#endif
     nbk_red_finish(op, final_, acc, ai, lv, li, out, outi, out_off, pv, pi, grp);
 }
 
