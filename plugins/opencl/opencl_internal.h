@@ -202,6 +202,8 @@ void ocl_geom_views(nbk_geom *g, int nops, const ocl_view *v);
 nb_status ocl_half_move(int device, const char *op, const ocl_view *v, cl_mem tmp, int to_f32);
 /* Whether kid is one of OCL_CHUNKED_KERNELS. */
 int ocl_chunked_kernel(ocl_kid kid);
+/* Elements per work-item of those kernels on d (NBK_CHUNK of its programs). */
+int ocl_chunk(const ocl_dev *d);
 /* Launches a 1-d elementwise kernel over g->n elements (one work-item each, or a chunk of a row
  * each for OCL_CHUNKED_KERNELS) with the nops buffers, g, then extra. */
 nb_status ocl_run_elementwise(int device, const char *op, nb_dtype pdt, ocl_kid kid, int nops,

@@ -179,7 +179,8 @@ nb_status ocl_run_elementwise(int device, const char *op, nb_dtype pdt, ocl_kid 
     size_t items = (size_t)g->n;
     if (ocl_chunked_kernel(kid)) {
         int64_t inner = g->shape[g->ndim - 1];
-        items = (size_t)(g->n / inner) * (size_t)((inner + NBK_CHUNK - 1) / NBK_CHUNK);
+        int64_t chunk = ocl_chunk(d);
+        items = (size_t)(g->n / inner) * (size_t)((inner + chunk - 1) / chunk);
     }
     /* groups of 256, but a single work-item alone: on PoCL each work-item of a group costs
      * about 9 ns even when it returns at once, so a one-element op (a loss, a scalar) in a

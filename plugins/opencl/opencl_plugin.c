@@ -298,9 +298,9 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
     }
     /* programs are OpenCL C 1.1 or 1.2, whichever the device reports (2.x/3.0 devices build
      * 1.2); FP_CONTRACT is off in common.cl so that results match the CPU bit for bit */
-    char opts[128], key[2048], what[32];
-    snprintf(opts, sizeof opts, "-cl-std=CL1.%d -DNBK_KIND=%d -DHAS_FP64=%d",
-             d->cl_c_minor >= 12 ? 2 : 1, (int)dt, d->has_fp64);
+    char opts[160], key[2048], what[32];
+    snprintf(opts, sizeof opts, "-cl-std=CL1.%d -DNBK_KIND=%d -DHAS_FP64=%d -DNBK_CHUNK=%d",
+             d->cl_c_minor >= 12 ? 2 : 1, (int)dt, d->has_fp64, ocl_chunk(d));
     snprintf(what, sizeof what, "%s kernels", ocl_dt_name[dt]);
     ocl_cache_key(d, opts, key, sizeof key);
     cl_program p = ocl_cache_load(d, key, opts, what);
@@ -346,6 +346,11 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
     d->progs_built++;
     d->prog[dt] = p;
     return p;
+}
+
+int ocl_chunk(const ocl_dev *d)
+{
+    return d->is_gpu ? 1 : NBK_CHUNK_CPU;
 }
 
 int ocl_half_kernel(ocl_kid kid)

@@ -16,9 +16,10 @@ typedef int64_t nbk_i64;
  * checked against, [5] the dim, [6] 0 gather / 1 scatter_add. */
 #define NBK_FLAG_WORDS 8
 #define NBK_MAX_OPERANDS 4
-/* Elements per work-item of the chunked elementwise kernels (NBK_CHUNKED in common.cl): the
- * host sizes their launches by it. */
-#define NBK_CHUNK 32
+/* Elements per work-item of the chunked elementwise kernels (NBK_CHUNKED in common.cl) on a
+ * CPU runtime; a GPU takes one each (neighbouring work-items then read neighbouring elements).
+ * The host builds the programs with -DNBK_CHUNK and sizes the launches by it (ocl_chunk). */
+#define NBK_CHUNK_CPU 32
 
 /* Up to four operands sharing one (coalesced) shape; work-item i is element i in row-major
  * order. off and st are in elements. ndim >= 1 (a 0-d view becomes shape [1]). */
