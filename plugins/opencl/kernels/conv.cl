@@ -137,6 +137,7 @@ __kernel void conv2d(__global ST *y, __global const ST *x, __global const ST *w,
                 }
             }
         }
+#pragma unroll
         for (int ob = 0; ob < NBK_CONV_OB; ob++) { /* constant indices: acc[] in registers */
             T out[16];
             vstore16(acc[ob], 0, out);
@@ -205,6 +206,7 @@ __kernel void conv2d_backward_input(__global ST *gx, __global const ST *gy,
                     }
                 }
             }
+#pragma unroll
         for (int cb = 0; cb < NBK_CONV_OB; cb++) { /* constant indices: acc[] in registers */
             T out[16];
             vstore16(acc[cb], 0, out);
@@ -255,7 +257,9 @@ __kernel void conv2d_backward_weight(__global ST *gw, __global const ST *gy,
                                  xv, mv);
                 }
                 long hy = min(16L, p.ow - ow0);
-                /* constant trip counts and indices throughout, so acc[] stays in registers */
+                /* constant trip counts and indices throughout, unrolled (the loads inside hold
+                 * a loop), so acc[] stays in registers */
+#pragma unroll
                 for (int ob = 0; ob < NBK_CONV_OB; ob++) {
                     if (ob < nob) {
                         long e = yr + ob * p.st_y[1] + ow0 * sy;
@@ -269,6 +273,7 @@ __kernel void conv2d_backward_weight(__global ST *gw, __global const ST *gy,
             }
         }
     }
+#pragma unroll
     for (int ob = 0; ob < NBK_CONV_OB; ob++)
         if (ob < nob)
             STORE(gw, W_AT(p, o0 + ob, c, a, b), nbk_hsum16(acc[ob]));
