@@ -80,6 +80,36 @@ static const char *clblast_status_name(CLBlastStatusCode s)
     }
 }
 
+/* On a CPU runtime CLBlast's "direct" GEMM kernel (one pass, no packing), which it picks below
+ * XGEMM_MIN_INDIRECT_SIZE^3 multiply-adds, is slow with its default parameters for PoCL (no
+ * tuning for it in CLBlast's database): the nine GEMMs of LeNet's linear layers (64x120x576 and
+ * smaller) took 11.6 ms through it and 4.0 ms through the indirect kernel with its packing
+ * passes, in one test program on a loaded machine; the 64x10x84 ones stayed about even, below
+ * 0.2 ms either way. So for devices that are not
+ * GPUs, GEMMs of at least 64^3 multiply-adds go the indirect way. Set once per device, before
+ * its first GEMM (the device locked); NABLA_OPENCL_GEMM=clblast-default keeps CLBlast's own
+ * threshold. A failed override only keeps CLBlast's choice. */
+static void clblast_setup(ocl_dev *d)
+{
+    if (d->gemm_setup)
+        return;
+    d->gemm_setup = 1;
+    const char *e = getenv("NABLA_OPENCL_GEMM");
+    if (d->is_gpu || (e && strcmp(e, "clblast-default") == 0))
+        return;
+    const char *names[] = {"XGEMM_MIN_INDIRECT_SIZE"};
+    const size_t values[] = {64};
+    const CLBlastPrecision precs[] = {CLBlastPrecisionSingle, CLBlastPrecisionDouble};
+    for (int k = 0; k < (d->has_fp64 ? 2 : 1); k++) {
+        CLBlastStatusCode s =
+            CLBlastOverrideParameters(d->id, "GemmRoutine", precs[k], 1, names, values);
+        if (s != CLBlastSuccess)
+            ocl_host->log(NB_LOG_DEBUG, "opencl: CLBlastOverrideParameters(GemmRoutine) for %s "
+                          "failed: %s (%d); CLBlast's own GEMM choice stays", d->name,
+                          clblast_status_name(s), (int)s);
+    }
+}
+
 /* One strided-batched row-major GEMM; the caller checked that every stride fits. */
 static nb_status clblast_gemm(ocl_dev *d, const char *op, nb_dtype t, int ta, int tb, size_t m,
                               size_t n, size_t k, double alpha, cl_mem a, size_t a_off,
@@ -93,6 +123,7 @@ static nb_status clblast_gemm(ocl_dev *d, const char *op, nb_dtype t, int ta, in
     CLBlastStatusCode s;
     const char *call;
     ocl_lock(d); /* CLBlast enqueues on the device's queue: one caller at a time */
+    clblast_setup(d);
     if (t == NB_DTYPE_F32 && batch == 1) {
         call = "CLBlastSgemm";
         s = CLBlastSgemm(L, TA, TB, m, n, k, (float)alpha, a, a_off, lda, b, b_off, ldb,

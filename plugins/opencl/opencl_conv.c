@@ -28,8 +28,8 @@ static nb_status run_flat(int device, const char *op, nb_dtype t, ocl_kid kid, i
                       {sizeof *p, p}};
     size_t local = wg < 128 ? wg : 128;
     /* at least 4 work-groups per compute unit where the work allows: the weight gradient has
-     * one long-running work-item per weight (150 for LeNet's first conv), and two groups of
-     * 128 would leave a CPU runtime's second core nearly idle */
+     * one long-running work-item per tap of a channel block (9 for LeNet's first conv), and
+     * one group of them would leave a CPU runtime's second core idle */
     size_t want = (size_t)n / (4 * (size_t)d->compute_units);
     if (want < local)
         local = want < 1 ? 1 : ocl_pow2_floor(want);
@@ -86,11 +86,13 @@ static nb_status copy4(ocl_dev *d, const char *op, nb_dtype t, nb_dtype s, const
     return ocl_run_elementwise(d->index, op, t, kid, 2, v, &g, 0, NULL);
 }
 
-static void conv_role(int64_t *off, int64_t *st, const ocl_view *v)
+/* v's place in p: offset, strides, and the elements its buffer holds */
+static void conv_role(int64_t *off, int64_t *st, int64_t *len, const ocl_view *v)
 {
     *off = v->off;
     for (int k = 0; k < 4; k++)
         st[k] = v->o->strides[k];
+    *len = (int64_t)(((const ocl_buf *)v->o->handle)->bytes / ocl_dt_size[v->o->dtype]);
 }
 
 /* run_flat for a kernel that adds into its output v[0], whose place in p is (off, st) and whose
@@ -217,18 +219,21 @@ static nb_status conv_gemm(ocl_dev *d, const char *op, nb_dtype t, int role, con
 /* GEMMs or the direct kernels. On a GPU always GEMMs: the direct weight gradient has one
  * work-item per weight. On a CPU runtime (PoCL), where a few hundred work-items fill the
  * cores, a GEMM with few output channels mostly multiplies CLBlast's tile padding: LeNet's
- * 6- and 16-channel convs ran 2-4x slower as GEMMs forward and for the weight gradient, and
- * faster as GEMMs for the input gradient. NABLA_OPENCL_CONV=direct or =gemm overrides (for
+ * 6- and 16-channel convs ran 2-4x slower as GEMMs forward and for the weight gradient. The
+ * input gradient's GEMM (im2col layout, then col2im) was faster than the old one-work-item-per-
+ * element kernel, but the register-blocked one takes a fifth of the GEMM's and col2im's time
+ * for LeNet's second conv (perf samples against an unchanged CLBlast kernel), so it is used
+ * under the same rule as the forward. NABLA_OPENCL_CONV=direct or =gemm overrides (for
  * measuring). */
 static int conv_as_gemm(const ocl_dev *d, int role, const nbk_conv *p)
 {
     const char *e = getenv("NABLA_OPENCL_CONV");
     if (e && strcmp(e, "direct") == 0)
         return 0;
-    if ((e && strcmp(e, "gemm") == 0) || d->is_gpu || role == 1)
+    if ((e && strcmp(e, "gemm") == 0) || d->is_gpu)
         return 1;
     int64_t og = p->o / p->groups, taps = p->c / p->groups * p->kh * p->kw;
-    return og >= 32 && (role == 0 || taps >= 32);
+    return og >= 32 && (role != 2 || taps >= 32);
 }
 
 /* role 0: out = conv2d(in[0] x, in[1] w); 1: out = grad x from in[0] grad y and in[1] w;
@@ -266,9 +271,9 @@ static nb_status run_conv(const nb_kernel_args *a, const char *op, ocl_kid kid, 
                    (long long)xs[2], (long long)xs[3], (long long)ws[0], (long long)ws[1],
                    (long long)ws[2], (long long)ws[3], (long long)ys[0], (long long)ys[1],
                    (long long)ys[2], (long long)ys[3], (long long)p.groups);
-    conv_role(&p.off_y, p.st_y, vy);
-    conv_role(&p.off_x, p.st_x, vx);
-    conv_role(&p.off_w, p.st_w, vw);
+    conv_role(&p.off_y, p.st_y, &p.len_y, vy);
+    conv_role(&p.off_x, p.st_x, &p.len_x, vx);
+    conv_role(&p.off_w, p.st_w, &p.len_w, vw);
     int64_t n = role == 0 ? p.n * p.o * p.oh * p.ow
               : role == 1 ? p.n * p.c * p.h * p.w
                           : p.o * (p.c / p.groups) * p.kh * p.kw;
@@ -285,11 +290,16 @@ static nb_status run_conv(const nb_kernel_args *a, const char *op, ocl_kid kid, 
     }
     if (st != NB_OK || done)
         return st;
-    /* columns too large for one buffer: the direct kernels, one work-item per output (per
-     * output row for the forward, see conv.cl); the forward adds tap after tap into y */
+    /* the direct kernels: for the forward one work-item per output row of a block of
+     * NBK_CONV_OB channels of one group, for the input gradient the same per input row, for
+     * the weight gradient one per tap of such a block (see conv.cl) */
     if (role == 0)
-        return run_flat_sum(a->device, op, a->out->dtype, kid, p.n * p.o * p.oh, v, &p,
-                            &p.off_y, p.st_y, ys);
+        n = p.n * p.groups * ((p.o / p.groups + NBK_CONV_OB - 1) / NBK_CONV_OB) * p.oh;
+    else if (role == 1)
+        n = p.n * p.groups * ((p.c / p.groups + NBK_CONV_OB - 1) / NBK_CONV_OB) * p.h;
+    else
+        n = p.groups * ((p.o / p.groups + NBK_CONV_OB - 1) / NBK_CONV_OB) * (p.c / p.groups) *
+            p.kh * p.kw;
     return run_flat(a->device, op, a->out->dtype, kid, n, v, &p);
 }
 
@@ -337,11 +347,11 @@ static nb_status run_pool(const nb_kernel_args *a, const char *op, int backward)
                    "padding %lldx%lld; expected kernel and stride >= 1 and 0 <= padding <= "
                    "kernel/2", op, (long long)p.kh, (long long)p.kw, (long long)p.sh,
                    (long long)p.sw, (long long)p.ph, (long long)p.pw);
-    conv_role(&p.off_y, p.st_y, vy);
-    conv_role(&p.off_x, p.st_x, vx);
-    conv_role(&p.off_w, p.st_w, &v[2]);
-    /* the backward runs one work-item per input row (see conv.cl) */
-    int64_t n = backward ? (p.w ? p.n * p.c * p.h : 0) : p.n * p.c * p.oh * p.ow;
+    conv_role(&p.off_y, p.st_y, &p.len_y, vy);
+    conv_role(&p.off_x, p.st_x, &p.len_x, vx);
+    conv_role(&p.off_w, p.st_w, &p.len_w, &v[2]);
+    /* one work-item per input row (backward) or output row (forward), see conv.cl */
+    int64_t n = backward ? (p.w ? p.n * p.c * p.h : 0) : (p.ow ? p.n * p.c * p.oh : 0);
     if (backward) /* adds each window's gradient into grad x */
         return run_flat_sum(a->device, op, a->out->dtype, OCL_K_max_pool2d_backward, n, v, &p,
                             &p.off_x, p.st_x, xs);

@@ -111,8 +111,7 @@ static nb_status check_ew(const char *op, const nb_kernel_args *a, int n_in, int
     if (st == NB_OK)
         st = ocl_check(op, "out", a->out, out_dt, &v[0]);
     for (int k = 0; k < n_in && st == NB_OK; k++) {
-        char what[24];
-        snprintf(what, sizeof what, "input %d", k);
+        const char *what = ocl_input_name[k];
         st = ocl_check(op, what, &a->in[k], k == 0 ? in_dt : (int)a->in[0].dtype, &v[k + 1]);
         if (st == NB_OK)
             st = ocl_same_shape(op, what, &a->in[k], a->out);

@@ -34,6 +34,12 @@
     X(conv2d) X(conv2d_backward_input) X(conv2d_backward_weight) X(max_pool2d)             \
     X(max_pool2d_backward) X(im2col) X(col2im)
 
+/* The elementwise kernels that take a chunk of a row per work-item (NBK_CHUNKED, common.cl);
+ * the others take one element each. */
+#define OCL_CHUNKED_KERNELS(X)                                                             \
+    X(fill) X(copy_from_f32) X(copy_from_f64) X(copy_from_i32) X(copy_from_i64)            \
+    X(copy_from_u8) X(copy_from_bool) X(copy_from_f16) X(copy_from_bf16) X(copy_bits)      \
+    X(unary) X(unary_scalar) X(binary) X(relu_backward)
 typedef enum ocl_kid {
 #define OCL_KID_(name) OCL_K_##name,
     OCL_KERNELS(OCL_KID_)
@@ -94,6 +100,7 @@ typedef struct ocl_dev {
     cl_mem flag;
     int flag_pending;
     ocl_argcache *argcache; /* OCL_ARG_SLOTS entries, allocated at the first launch */
+    int gemm_setup;         /* CLBlast's parameters for this device chosen (opencl_blas.c) */
 } ocl_dev;
 
 /* One kernel argument: a value of size bytes, or local memory of size bytes when ptr is NULL. */
@@ -174,6 +181,8 @@ typedef struct ocl_scalar {
 
 #define SARG(s) ((ocl_arg){(s).size, &(s).v})
 
+/* "input 0".."input 3", for the operand checks' messages */
+extern const char *const ocl_input_name[NBK_MAX_OPERANDS];
 int64_t ocl_numel(int32_t ndim, const int64_t *shape);
 const char *ocl_dtype_str(nb_dtype t);
 /* Checks o (named what) and that every element it addresses lies inside its buffer, so a bad
@@ -191,7 +200,12 @@ void ocl_geom_views(nbk_geom *g, int nops, const ocl_view *v);
  * shape, with the copy kernels of the destination's program: widening is exact, narrowing
  * rounds once to nearest even. tmp holds at least 4 bytes per element of v. */
 nb_status ocl_half_move(int device, const char *op, const ocl_view *v, cl_mem tmp, int to_f32);
-/* Launches a 1-d elementwise kernel over g->n work-items with the nops buffers, g, then extra. */
+/* Whether kid is one of OCL_CHUNKED_KERNELS. */
+int ocl_chunked_kernel(ocl_kid kid);
+/* Elements per work-item of those kernels on d (NBK_CHUNK of its programs). */
+int ocl_chunk(const ocl_dev *d);
+/* Launches a 1-d elementwise kernel over g->n elements (one work-item each, or a chunk of a row
+ * each for OCL_CHUNKED_KERNELS) with the nops buffers, g, then extra. */
 nb_status ocl_run_elementwise(int device, const char *op, nb_dtype pdt, ocl_kid kid, int nops,
                               const ocl_view *v, const nbk_geom *g, int n_extra,
                               const ocl_arg *extra);

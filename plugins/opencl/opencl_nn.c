@@ -21,8 +21,7 @@ static nb_status check_float_ew(const char *op, const nb_kernel_args *a, int n_r
         st = ERR(NB_DTYPE_UNSUPPORTED, "opencl %s: out is %s, expected f32 or f64%s", op,
                  ocl_dt_name[a->out->dtype], half ? " (or f16, bf16)" : "");
     for (int k = 0; k < a->n_in && k < 3 && st == NB_OK; k++) {
-        char what[24];
-        snprintf(what, sizeof what, "input %d", k);
+        const char *what = ocl_input_name[k];
         st = ocl_check(op, what, &a->in[k], (int)a->out->dtype, &v[k + 1]);
         if (st == NB_OK)
             st = ocl_same_shape(op, what, &a->in[k], a->out);

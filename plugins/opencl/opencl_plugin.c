@@ -5,7 +5,9 @@
  * Environment:
  *   NABLA_OPENCL_NO_FP64=1     treat every device as lacking cl_khr_fp64 (no float64 kernels)
  *   NABLA_OPENCL_C_VERSION=1.1 build the programs as for an OpenCL C 1.1 device
- *   NABLA_OPENCL_GEMM=own      the plugin's own GEMM kernel instead of CLBlast
+ *   NABLA_OPENCL_GEMM=own      the plugin's own GEMM kernel instead of CLBlast; =clblast-default
+ *                              CLBlast with its own direct/indirect choice on CPU runtimes
+ *                              too (see opencl_blas.c)
  *   NABLA_OPENCL_CONV=gemm|direct  every conv2d as GEMMs or as the direct kernels (see
  *                              opencl_conv.c for the default)
  *   NABLA_OPENCL_SCATTER=serial|chunks  scatter_add one work-item per line, or in parallel
@@ -296,9 +298,9 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
     }
     /* programs are OpenCL C 1.1 or 1.2, whichever the device reports (2.x/3.0 devices build
      * 1.2); FP_CONTRACT is off in common.cl so that results match the CPU bit for bit */
-    char opts[128], key[2048], what[32];
-    snprintf(opts, sizeof opts, "-cl-std=CL1.%d -DNBK_KIND=%d -DHAS_FP64=%d",
-             d->cl_c_minor >= 12 ? 2 : 1, (int)dt, d->has_fp64);
+    char opts[160], key[2048], what[32];
+    snprintf(opts, sizeof opts, "-cl-std=CL1.%d -DNBK_KIND=%d -DHAS_FP64=%d -DNBK_CHUNK=%d",
+             d->cl_c_minor >= 12 ? 2 : 1, (int)dt, d->has_fp64, ocl_chunk(d));
     snprintf(what, sizeof what, "%s kernels", ocl_dt_name[dt]);
     ocl_cache_key(d, opts, key, sizeof key);
     cl_program p = ocl_cache_load(d, key, opts, what);
@@ -344,6 +346,11 @@ static cl_program build_program(ocl_dev *d, nb_dtype dt, const char *op)
     d->progs_built++;
     d->prog[dt] = p;
     return p;
+}
+
+int ocl_chunk(const ocl_dev *d)
+{
+    return d->is_gpu ? 1 : NBK_CHUNK_CPU;
 }
 
 int ocl_half_kernel(ocl_kid kid)

@@ -89,6 +89,11 @@ static nb_status run_reduce(const nb_kernel_args *a, const char *op, int code)
     size_t wg = ocl_pow2_floor(kwg < 256 ? kwg : 256);
     while (wg > 1 && (int64_t)wg / 2 >= r.n_red)
         wg /= 2;
+    /* On a CPU runtime, many short reductions (a linear layer's bias gradient: 120 sums of 64)
+     * run one work-item per output: a group's tree and barriers cost more there than the
+     * elements, which one work-item walks in a few hundred cycles. */
+    if (!d->is_gpu && r.n_red <= 1024 && r.n_out >= 4 * (int64_t)d->compute_units)
+        wg = 1;
     /* few outputs over many elements: split each over several work-groups, then combine */
     int64_t target = 4 * (int64_t)d->compute_units, split = 1;
     if (r.n_out < target && r.n_red >= (int64_t)wg * 64) {

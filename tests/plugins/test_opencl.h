@@ -81,6 +81,7 @@ void softmax_family_matches_reference(void **state);
 void optimizer_steps_match_torch_rules(void **state);
 /* test_opencl_conv.c */
 void conv2d_and_its_gradients_match_direct_loops(void **state);
+void direct_convs_mask_row_ends_padding_and_strides(void **state);
 void max_pool2d_picks_first_maximum_and_routes_gradients(void **state);
 /* test_opencl_half.c */
 void every_16_bit_pattern_converts_as_the_sdk_does(void **state);

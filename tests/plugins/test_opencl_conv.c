@@ -79,6 +79,114 @@ void conv2d_and_its_gradients_match_direct_loops(void **state)
     P->free(0, hgw);
 }
 
+/* The direct kernels' vector pieces (conv.cl): rows of 37 columns (two full 16-lane pieces and
+ * a partial one), 10 output channels (a full block of 8 and a partial one), padding 2 on the
+ * columns, column stride 1 and 2, x stored contiguously or with its last two dims swapped (the
+ * gather path). Every buffer has NaN before and after the tensor, so a lane that reads past a
+ * row and is not masked out shows up as NaN; and a forward with an inf weight gives inf (or
+ * NaN where x is 0) only where that tap is inside the row, as direct loops do. */
+void direct_convs_mask_row_ends_padding_and_strides(void **state)
+{
+    (void)state;
+    enum { N = 2, C = 3, H = 4, W = 37, O = 10, KH = 3, KW = 3, PH = 1, PW = 2, GUARD = 40 };
+    enum { XN = N * C * H * W, WN = O * C * KH * KW, OWMAX = W + 2 * PW - KW + 1 };
+    enum { YN = N * O * H * OWMAX };
+    static float xs[XN + 2 * GUARD], ws[WN], gys[YN + 2 * GUARD], y[YN], gx[XN], gw[WN];
+    static float xv[XN], gyv[YN];
+    static double ry[YN], rgx[XN], rgw[WN];
+    setenv("NABLA_OPENCL_CONV", "direct", 1);
+    for (int sw = 1; sw <= 2; sw++)
+        for (int layout = 0; layout < 2; layout++)
+            for (int inf_w = 0; inf_w < 2; inf_w++) {
+                const int OH = H + 2 * PH - KH + 1, OW = (W + 2 * PW - KW) / sw + 1;
+                unsigned seed = 77 + sw + 2 * layout;
+                for (int k = 0; k < XN; k++)
+                    xv[k] = frand(&seed);
+                for (int k = 0; k < WN; k++)
+                    ws[k] = frand(&seed);
+                for (int k = 0; k < N * O * OH * OW; k++)
+                    gyv[k] = frand(&seed);
+                if (inf_w)
+                    ws[0] = INFINITY; /* o 0, c 0, tap (0, 0): in the padding at ow 0 and 1 */
+                /* x (N,C,H,W) stored as (N,C,H,W) or (N,C,W,H), between NaN guards */
+                const int64_t xst[2][4] = {{C * H * W, H * W, W, 1}, {C * H * W, H * W, 1, H}};
+                for (int k = 0; k < XN + 2 * GUARD; k++)
+                    xs[k] = NAN;
+                for (int n = 0; n < N; n++)
+                    for (int c = 0; c < C; c++)
+                        for (int h = 0; h < H; h++)
+                            for (int iw = 0; iw < W; iw++)
+                                xs[GUARD + n * xst[layout][0] + c * xst[layout][1] +
+                                   h * xst[layout][2] + iw * xst[layout][3]] =
+                                    xv[((n * C + c) * H + h) * W + iw];
+                for (int k = 0; k < YN + 2 * GUARD; k++)
+                    gys[k] = NAN;
+                memcpy(gys + GUARD, gyv, sizeof(float) * (size_t)(N * O * OH * OW));
+                memset(rgx, 0, sizeof rgx);
+                memset(rgw, 0, sizeof rgw);
+                for (int n = 0; n < N; n++)
+                    for (int o = 0; o < O; o++)
+                        for (int oh = 0; oh < OH; oh++)
+                            for (int ow = 0; ow < OW; ow++) {
+                                int yi = ((n * O + o) * OH + oh) * OW + ow;
+                                double acc = 0;
+                                for (int c = 0; c < C; c++)
+                                    for (int a = 0; a < KH; a++)
+                                        for (int b = 0; b < KW; b++) {
+                                            int ih = oh - PH + a, iw = ow * sw - PW + b;
+                                            if (ih < 0 || ih >= H || iw < 0 || iw >= W)
+                                                continue;
+                                            int xi = ((n * C + c) * H + ih) * W + iw;
+                                            int wi = ((o * C + c) * KH + a) * KW + b;
+                                            acc += (double)xv[xi] * ws[wi];
+                                            rgx[xi] += (double)gyv[yi] * ws[wi];
+                                            rgw[wi] += (double)gyv[yi] * xv[xi];
+                                        }
+                                ry[yi] = acc;
+                            }
+                void *hx = buf_from(xs, sizeof xs), *hw = buf_from(ws, sizeof ws);
+                void *hgy = buf_from(gys, sizeof gys), *hy = buf_new(sizeof y);
+                void *hgx = buf_new(sizeof gx), *hgw = buf_new(sizeof gw);
+                tview vx = view(hx, GUARD, NB_DTYPE_F32, 4, (int64_t[]){N, C, H, W}, xst[layout]);
+                tview vw = view(hw, 0, NB_DTYPE_F32, 4, (int64_t[]){O, C, KH, KW}, NULL);
+                tview vy = view(hy, 0, NB_DTYPE_F32, 4, (int64_t[]){N, O, OH, OW}, NULL);
+                tview vgy = view(hgy, GUARD, NB_DTYPE_F32, 4, (int64_t[]){N, O, OH, OW}, NULL);
+                tview vgx = view(hgx, 0, NB_DTYPE_F32, 4, (int64_t[]){N, C, H, W}, NULL);
+                tview vgw = view(hgw, 0, NB_DTYPE_F32, 4, (int64_t[]){O, C, KH, KW}, NULL);
+                int64_t i[8] = {1, sw, PH, PW, 1, 1, 1};
+                tview fin[2] = {vx, vw}, bin[2] = {vgy, vw}, win[2] = {vgy, vx};
+                char what[64];
+                assert_int_equal(run("conv2d", NB_DTYPE_F32, &vy, 2, fin, NULL, i), NB_OK);
+                buf_read(hy, y, sizeof y);
+                snprintf(what, sizeof what, "conv2d sw %d layout %d inf %d", sw, layout, inf_w);
+                for (int k = 0; k < N * O * OH * OW; k++)
+                    expect_close(what, (size_t)k, y[k], ry[k], 1e-5, 1e-5);
+                if (!inf_w) { /* the gradients with finite weights only */
+                    assert_int_equal(
+                        run("conv2d_backward_input", NB_DTYPE_F32, &vgx, 2, bin, NULL, i), NB_OK);
+                    assert_int_equal(
+                        run("conv2d_backward_weight", NB_DTYPE_F32, &vgw, 2, win, NULL, i), NB_OK);
+                    buf_read(hgx, gx, sizeof gx);
+                    buf_read(hgw, gw, sizeof gw);
+                    snprintf(what, sizeof what, "conv2d_backward_input sw %d layout %d", sw,
+                             layout);
+                    for (int k = 0; k < XN; k++)
+                        expect_close(what, (size_t)k, gx[k], rgx[k], 1e-5, 1e-5);
+                    snprintf(what, sizeof what, "conv2d_backward_weight sw %d layout %d", sw,
+                             layout);
+                    for (int k = 0; k < WN; k++) /* sums of ~500 products below 4 */
+                        expect_close(what, (size_t)k, gw[k], rgw[k], 1e-4, 1e-5);
+                }
+                P->free(0, hx);
+                P->free(0, hw);
+                P->free(0, hgy);
+                P->free(0, hy);
+                P->free(0, hgx);
+                P->free(0, hgw);
+            }
+    unsetenv("NABLA_OPENCL_CONV");
+}
+
 /* 3x3 windows, stride 2, padding 1 over values with ties: the first maximum wins, and the
  * backward adds each window's gradient at its argmax (overlapping windows add up). */
 void max_pool2d_picks_first_maximum_and_routes_gradients(void **state)

@@ -254,6 +254,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(softmax_family_matches_reference),
         cmocka_unit_test(optimizer_steps_match_torch_rules),
         cmocka_unit_test(conv2d_and_its_gradients_match_direct_loops),
+        cmocka_unit_test(direct_convs_mask_row_ends_padding_and_strides),
         cmocka_unit_test(max_pool2d_picks_first_maximum_and_routes_gradients),
         cmocka_unit_test(bad_operands_are_errors_not_crashes),
         cmocka_unit_test(float_to_integer_follows_the_sdk_rule),

@@ -222,3 +222,43 @@ void nbk_offsets(const nbk_geom *g, long i, int nops, long *o)
         return;                                                                               \
     long o[nops];                                                                             \
     nbk_offsets(&g, i, nops, o)
+
+/* The prologue of the chunked elementwise kernels: work-item i covers up to NBK_CHUNK consecutive
+ * elements of one row of g's innermost dim (the host launches rows * ceil(inner / NBK_CHUNK)
+ * work-items, ocl_run_elementwise). o holds the offsets of the chunk's first element, sj the
+ * innermost strides, len its length. One index split per chunk instead of per element, and a
+ * plain inner loop (see NBK_LOOP) that CPU runtimes vectorise: on PoCL an add of two contiguous
+ * tensors ran at a quarter of memcpy's speed with one work-item per element. */
+#define NBK_CHUNKED(nops)                                                                    \
+    long inner_ = g.shape[g.ndim - 1], per_row_ = (inner_ + NBK_CHUNK - 1) / NBK_CHUNK;      \
+    long item_ = get_global_id(0);                                                            \
+    if (item_ >= g.n / inner_ * per_row_) /* the same for every work-item: hoisted */         \
+        return;                                                                               \
+    long row_ = item_ / per_row_;                                                             \
+    long j0_ = (item_ - row_ * per_row_) * NBK_CHUNK;                                         \
+    long len = min((long)NBK_CHUNK, inner_ - j0_);                                            \
+    long o[NBK_MAX_OPERANDS] = {0}, sj[NBK_MAX_OPERANDS] = {0};                                \
+    nbk_offsets(&g, row_ * inner_ + j0_, nops, o);                                            \
+    for (int k_ = 0; k_ < (nops); k_++)                                                       \
+        sj[k_] = g.st[k_][g.ndim - 1]
+
+/* The chunk's loop: BODY sees the element offsets p0..p3. Where every operand named in unit
+ * (a bit per operand, a compile-time constant) has stride 1 the loop runs on plain offsets for
+ * them, which the compiler can vectorise; otherwise every operand goes with its stride. */
+/* stride of operand k in NBK_LOOP's plain loop: 1 when unit names it */
+#define NBK_UST_(unit, k) (((unit) >> (k)) & 1 ? 1 : sj[k])
+#define NBK_LOOP(unit, BODY)                                                                 \
+    if ((!((unit) & 1) || sj[0] == 1) && (!((unit) & 2) || sj[1] == 1) &&                    \
+        (!((unit) & 4) || sj[2] == 1) && (!((unit) & 8) || sj[3] == 1)) {                    \
+        for (long j = 0; j < len; j++) {                                                      \
+            long p0 = o[0] + j * NBK_UST_(unit, 0), p1 = o[1] + j * NBK_UST_(unit, 1),        \
+                 p2 = o[2] + j * NBK_UST_(unit, 2), p3 = o[3] + j * NBK_UST_(unit, 3);        \
+            BODY;                                                                             \
+        }                                                                                     \
+    } else {                                                                                  \
+        for (long j = 0; j < len; j++) {                                                      \
+            long p0 = o[0] + j * sj[0], p1 = o[1] + j * sj[1], p2 = o[2] + j * sj[2],         \
+                 p3 = o[3] + j * sj[3];                                                       \
+            BODY;                                                                             \
+        }                                                                                     \
+    }

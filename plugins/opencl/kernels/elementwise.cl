@@ -5,8 +5,8 @@
 /* v: the value as stored (a 16-bit program gets the bits, rounded once by the host) */
 __kernel void fill(__global ST *out, nbk_geom g, ST v)
 {
-    NBK_ELEMENT(1);
-    out[o[0]] = v;
+    NBK_CHUNKED(1);
+    NBK_LOOP(1, out[p0] = v);
 }
 
 /* copy_from_<src>: out (T) = (T) in (src type), by the SDK's conversion rule. A 16-bit output
@@ -14,8 +14,8 @@ __kernel void fill(__global ST *out, nbk_geom g, ST v)
 #define NBK_COPY(name, S, CONV)                                                              \
     __kernel void name(__global ST *out, __global const S *in, nbk_geom g)                    \
     {                                                                                         \
-        NBK_ELEMENT(2);                                                                       \
-        STORE(out, o[0], CONV(in[o[1]]));                                                     \
+        NBK_CHUNKED(2);                                                                       \
+        NBK_LOOP(3, STORE(out, p0, CONV(in[p1])));                                            \
     }
 #if IS_HALF
 #define NBK_FROM_WIDE_INT(x) nbk_long_to_f32_odd((long)(x))
@@ -44,8 +44,8 @@ NBK_COPY(copy_from_bf16, ushort, NBK_FROM_BF16)
  * does on the cpu */
 __kernel void copy_bits(__global ST *out, __global const ST *in, nbk_geom g)
 {
-    NBK_ELEMENT(2);
-    out[o[0]] = in[o[1]];
+    NBK_CHUNKED(2);
+    NBK_LOOP(3, out[p0] = in[p1]);
 }
 
 /* integral: start and step are whole numbers, given exactly in istart/istep; the value is then
@@ -79,38 +79,41 @@ __kernel void arange(__global ST *out, nbk_geom g, real_t start, real_t step, lo
 #endif
 
 #if !IS_BOOL
+/* One loop per op (the switch outside it), so each loop is plain enough to vectorise. */
+#define NBK_U_(code, expr)                                                                   \
+    case code:                                                                                \
+        NBK_LOOP(3, T x = LD(a, p1); STORE(out, p0, (expr)));                                 \
+        break;
 __kernel void unary(__global ST *out, __global const ST *a, nbk_geom g, int op)
 {
-    NBK_ELEMENT(2);
-    T x = LD(a, o[1]), y;
+    NBK_CHUNKED(2);
     switch (op) {
 #if IS_FLOAT
-    case NBK_NEG: y = -x; break;
-    case NBK_ABS: y = fabs(x); break; /* abs(-0.0) is +0.0 */
+    NBK_U_(NBK_NEG, -x)
+    NBK_U_(NBK_ABS, fabs(x)) /* abs(-0.0) is +0.0 */
 #else
-    case NBK_NEG: y = (T)(0 - (UT)x); break;
-    case NBK_ABS: y = x < 0 ? (T)(0 - (UT)x) : x; break;
+    NBK_U_(NBK_NEG, (T)(0 - (UT)x))
+    NBK_U_(NBK_ABS, x < 0 ? (T)(0 - (UT)x) : x)
 #endif
     /* relu keeps NaN and -0.0 as they are, like torch.relu */
-    case NBK_RELU: y = x < 0 ? (T)0 : x; break;
+    NBK_U_(NBK_RELU, x < 0 ? (T)0 : x)
     /* sign(NaN) is 0, like torch.sign */
-    case NBK_SIGN: y = (T)((x > 0) - (x < 0)); break;
+    NBK_U_(NBK_SIGN, (T)((x > 0) - (x < 0)))
 #if IS_FLOAT
-    case NBK_EXP: y = exp(x); break;
-    case NBK_LOG: y = log(x); break;
-    case NBK_SQRT: y = sqrt(x); break;
-    case NBK_RSQRT: y = (T)1 / sqrt(x); break;
-    case NBK_SIN: y = sin(x); break;
-    case NBK_COS: y = cos(x); break;
-    case NBK_TANH: y = tanh(x); break;
-    case NBK_SIGMOID: y = (T)1 / ((T)1 + exp(-x)); break;
-    case NBK_FLOOR: y = floor(x); break;
-    case NBK_CEIL: y = ceil(x); break;
-    case NBK_ROUND: y = rint(x); break; /* half to even, like torch.round */
+    NBK_U_(NBK_EXP, exp(x))
+    NBK_U_(NBK_LOG, log(x))
+    NBK_U_(NBK_SQRT, sqrt(x))
+    NBK_U_(NBK_RSQRT, (T)1 / sqrt(x))
+    NBK_U_(NBK_SIN, sin(x))
+    NBK_U_(NBK_COS, cos(x))
+    NBK_U_(NBK_TANH, tanh(x))
+    NBK_U_(NBK_SIGMOID, (T)1 / ((T)1 + exp(-x)))
+    NBK_U_(NBK_FLOOR, floor(x))
+    NBK_U_(NBK_CEIL, ceil(x))
+    NBK_U_(NBK_ROUND, rint(x)) /* half to even, like torch.round */
 #endif
-    default: y = x; break;
+    default: NBK_LOOP(3, STORE(out, p0, LD(a, p1))); break;
     }
-    STORE(out, o[0], y);
 }
 
 /* s, s2: the scalar(s) in T. clamp: flags bit 0/1 = has min/has max; floats take s/s2 (a NaN
@@ -119,69 +122,71 @@ __kernel void unary(__global ST *out, __global const ST *a, nbk_geom g, int op)
 __kernel void unary_scalar(__global ST *out, __global const ST *a, nbk_geom g, int op, T s,
                            T s2, int flags, long lo, long hi)
 {
-    NBK_ELEMENT(2);
-    T x = LD(a, o[1]), y;
+    NBK_CHUNKED(2);
     switch (op) {
 #if IS_FLOAT
-    case NBK_ADD_S: y = x + s; break;
-    case NBK_MUL_S: y = x * s; break;
-    case NBK_RSUB_S: y = s - x; break;
+    NBK_U_(NBK_ADD_S, x + s)
+    NBK_U_(NBK_MUL_S, x * s)
+    NBK_U_(NBK_RSUB_S, s - x)
     case NBK_CLAMP:
-        y = x;
-        if ((flags & 1) && (y < s || IS_NAN(s)))
-            y = s;
-        if ((flags & 2) && (y > s2 || IS_NAN(s2)))
-            y = s2;
+        NBK_LOOP(3, T x = LD(a, p1);
+                 T y = (flags & 1) && (x < s || IS_NAN(s)) ? s : x;
+                 STORE(out, p0, (flags & 2) && (y > s2 || IS_NAN(s2)) ? s2 : y));
         break;
-    case NBK_DIV_S: y = x / s; break;
-    case NBK_RDIV_S: y = s / x; break;
-    case NBK_POW_S: y = pow(x, s); break;
-    case NBK_RPOW_S: y = pow(s, x); break;
+    NBK_U_(NBK_DIV_S, x / s)
+    NBK_U_(NBK_RDIV_S, s / x)
+    NBK_U_(NBK_POW_S, pow(x, s))
+    NBK_U_(NBK_RPOW_S, pow(s, x))
 #else
-    case NBK_ADD_S: y = (T)((UT)x + (UT)s); break;
-    case NBK_MUL_S: y = (T)((UT)x * (UT)s); break;
-    case NBK_RSUB_S: y = (T)((UT)s - (UT)x); break;
-    case NBK_CLAMP: {
-        long v = (long)x;
-        if ((flags & 1) && v < lo)
-            v = lo;
-        if ((flags & 2) && v > hi)
-            v = hi;
-        y = TO_T_FROM_LONG(v);
+    NBK_U_(NBK_ADD_S, (T)((UT)x + (UT)s))
+    NBK_U_(NBK_MUL_S, (T)((UT)x * (UT)s))
+    NBK_U_(NBK_RSUB_S, (T)((UT)s - (UT)x))
+    case NBK_CLAMP:
+        NBK_LOOP(3, long v = (long)LD(a, p1);
+                 v = (flags & 1) && v < lo ? lo : v;
+                 v = (flags & 2) && v > hi ? hi : v;
+                 STORE(out, p0, TO_T_FROM_LONG(v)));
         break;
-    }
 #endif
-    default: y = x; break;
+    default: NBK_LOOP(3, STORE(out, p0, LD(a, p1))); break;
     }
-    STORE(out, o[0], y);
 }
 
+/* Where b is a broadcast along the chunk (a bias added over a row), its value is loaded once. */
+#define NBK_B_(code, expr)                                                                   \
+    case code:                                                                                \
+        if (bcast) {                                                                          \
+            T z = LD(b, o[2]);                                                                \
+            NBK_LOOP(3, T x = LD(a, p1); STORE(out, p0, (expr)));                             \
+        } else {                                                                              \
+            NBK_LOOP(7, T x = LD(a, p1); T z = LD(b, p2); STORE(out, p0, (expr)));            \
+        }                                                                                     \
+        break;
 __kernel void binary(__global ST *out, __global const ST *a, __global const ST *b, nbk_geom g,
                      int op)
 {
-    NBK_ELEMENT(3);
-    T x = LD(a, o[1]), z = LD(b, o[2]), y;
+    NBK_CHUNKED(3);
+    int bcast = sj[2] == 0;
     switch (op) {
 #if IS_FLOAT
-    case NBK_ADD: y = x + z; break;
-    case NBK_SUB: y = x - z; break;
-    case NBK_MUL: y = x * z; break;
+    NBK_B_(NBK_ADD, x + z)
+    NBK_B_(NBK_SUB, x - z)
+    NBK_B_(NBK_MUL, x * z)
 #else
-    case NBK_ADD: y = (T)((UT)x + (UT)z); break;
-    case NBK_SUB: y = (T)((UT)x - (UT)z); break;
-    case NBK_MUL: y = (T)((UT)x * (UT)z); break;
+    NBK_B_(NBK_ADD, (T)((UT)x + (UT)z))
+    NBK_B_(NBK_SUB, (T)((UT)x - (UT)z))
+    NBK_B_(NBK_MUL, (T)((UT)x * (UT)z))
 #endif
     /* maximum/minimum propagate NaN (x + z is NaN when either is); of -0.0 and 0.0 they keep
      * x, as the CPU's x < z ? z : x does */
-    case NBK_MAXIMUM: y = (IS_NAN(x) || IS_NAN(z)) ? x + z : (x < z ? z : x); break;
-    case NBK_MINIMUM: y = (IS_NAN(x) || IS_NAN(z)) ? x + z : (x > z ? z : x); break;
+    NBK_B_(NBK_MAXIMUM, (IS_NAN(x) || IS_NAN(z)) ? x + z : (x < z ? z : x))
+    NBK_B_(NBK_MINIMUM, (IS_NAN(x) || IS_NAN(z)) ? x + z : (x > z ? z : x))
 #if IS_FLOAT
-    case NBK_DIV: y = x / z; break;
-    case NBK_POW: y = pow(x, z); break;
+    NBK_B_(NBK_DIV, x / z)
+    NBK_B_(NBK_POW, pow(x, z))
 #endif
-    default: y = x; break;
+    default: NBK_LOOP(3, STORE(out, p0, LD(a, p1))); break;
     }
-    STORE(out, o[0], y);
 }
 #endif /* !IS_BOOL */
 

@@ -16,6 +16,10 @@ typedef int64_t nbk_i64;
  * checked against, [5] the dim, [6] 0 gather / 1 scatter_add. */
 #define NBK_FLAG_WORDS 8
 #define NBK_MAX_OPERANDS 4
+/* Elements per work-item of the chunked elementwise kernels (NBK_CHUNKED in common.cl) on a
+ * CPU runtime; a GPU takes one each (neighbouring work-items then read neighbouring elements).
+ * The host builds the programs with -DNBK_CHUNK and sizes the launches by it (ocl_chunk). */
+#define NBK_CHUNK_CPU 32
 
 /* Up to four operands sharing one (coalesced) shape; work-item i is element i in row-major
  * order. off and st are in elements. ndim >= 1 (a 0-d view becomes shape [1]). */
@@ -65,7 +69,10 @@ typedef struct nbk_conv {
     nbk_i64 kh, kw, sh, sw, ph, pw, dh, dw, groups;
     nbk_i64 off_y, off_x, off_w;
     nbk_i64 st_y[4], st_x[4], st_w[4];
+    nbk_i64 len_y, len_x, len_w; /* elements in each role's buffer (the direct convs' loads) */
 } nbk_conv;
+/* The direct conv2d's register block (conv.cl): output channels per work-item */
+#define NBK_CONV_OB 8
 
 /* unary, out = op(x) */
 #define NBK_NEG 0

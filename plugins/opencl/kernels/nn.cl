@@ -6,8 +6,8 @@
 __kernel void relu_backward(__global ST *out, __global const ST *grad, __global const ST *x,
                             nbk_geom g)
 {
-    NBK_ELEMENT(3);
-    STORE(out, o[0], LD(x, o[2]) > 0 ? LD(grad, o[1]) : (T)0);
+    NBK_CHUNKED(3);
+    NBK_LOOP(7, STORE(out, p0, LD(x, p2) > 0 ? LD(grad, p1) : (T)0));
 }
 
 /* max that propagates NaN */

@@ -1,6 +1,6 @@
 /* reduce.cl - sum/prod/max/min/argmax/argmin over any set of dims: one work-group per output
  * element (or per slice of it, when a few outputs reduce many elements), each work-item walking
- * a strided share of the reduced elements, then a tree in local memory. 16-bit inputs accumulate
+ * a contiguous share of the reduced elements, then a tree in local memory. 16-bit inputs accumulate
  * in float (ACC) and round once into the output. */
 
 /* Is candidate (vb, ib) better than the current (va, ia)? NaN counts as the extreme (as in
@@ -81,6 +81,15 @@ void nbk_red_finish(int op, int final_, ACC v, long vi, __local ACC *lv,
     }
 }
 
+/* One step of a Kahan sum (acc - comp is the running value): long rows stay accurate; once the
+ * sum is inf or NaN the fix-up is skipped. */
+#define NBK_KAHAN(acc, comp, x)                                                              \
+    do {                                                                                      \
+        ACC y_ = (x) - (comp), t_ = (acc) + y_;                                               \
+        comp = isfinite(t_) ? (t_ - (acc)) - y_ : (ACC)0;                                     \
+        acc = t_;                                                                             \
+    } while (0)
+
 /* out and outi name the same buffer: outi is used by argmax/argmin (int64 output). */
 __kernel void reduce(__global ST *out, __global long *outi, __global const ST *in,
                      __global ACC *pv, __global long *pi, nbk_red g, int op, int final_,
@@ -95,30 +104,65 @@ __kernel void reduce(__global ST *out, __global long *outi, __global const ST *i
         out_off += c * g.st_out[d];
     }
     long beg = part * g.chunk, end = min(g.n_red, beg + g.chunk);
-    ACC acc = nbk_red_init(op), comp = 0;
+    ACC acc = nbk_red_init(op), comp = 0, acc1 = 0, comp1 = 0, acc2 = 0, comp2 = 0, acc3 = 0,
+        comp3 = 0;
     long ai = LONG_MAX;
-    for (long k = beg + get_local_id(0); k < end; k += get_local_size(0)) {
-        long off = base;
-        if (g.nd_red == 1) {
-            off += k * g.st_in_red[0];
-        } else {
-            long r = k;
-            for (int d = (int)g.nd_red - 1; d >= 0; d--) {
-                off += (r % g.shape_red[d]) * g.st_in_red[d];
-                r /= g.shape_red[d];
+    /* each work-item takes a contiguous run [k0, k1) of the reduced elements and walks it with
+     * a running multi-index, so no element costs a division (64-bit divisions per element made
+     * the conv bias gradients the slowest reductions on CPU runtimes) */
+    long wgs = get_local_size(0), per = (end - beg + wgs - 1) / wgs;
+    long k0 = beg + get_local_id(0) * per, k1 = min(end, k0 + per);
+    if (k0 < k1) {
+        int last = (int)g.nd_red - 1;
+        long idx[NBK_MAX_DIMS], off = base, r = k0;
+        for (int d = last; d >= 0; d--) {
+            idx[d] = r % g.shape_red[d];
+            r /= g.shape_red[d];
+            off += idx[d] * g.st_in_red[d];
+        }
+        long inner = last >= 0 ? g.shape_red[last] : 1, sti = last >= 0 ? g.st_in_red[last] : 0;
+        long pos = last >= 0 ? idx[last] : 0;
+        for (long k = k0; k < k1;) {
+            long m = min(k1 - k, inner - pos);
+#if IS_FLOAT
+            if (op == NBK_SUM) { /* four Kahan sums side by side, so one add need not wait for
+                                  * the previous one */
+                long j = 0;
+                for (; j + 4 <= m; j += 4) {
+                    NBK_KAHAN(acc, comp, (ACC)LD(in, off + j * sti));
+                    NBK_KAHAN(acc1, comp1, (ACC)LD(in, off + (j + 1) * sti));
+                    NBK_KAHAN(acc2, comp2, (ACC)LD(in, off + (j + 2) * sti));
+                    NBK_KAHAN(acc3, comp3, (ACC)LD(in, off + (j + 3) * sti));
+                }
+                for (; j < m; j++)
+                    NBK_KAHAN(acc, comp, (ACC)LD(in, off + j * sti));
+            } else
+#endif
+                for (long j = 0; j < m; j++)
+                    nbk_red_combine(op, &acc, &ai, (ACC)LD(in, off + j * sti), k + j);
+            k += m;
+            off += m * sti;
+            pos += m;
+            if (pos == inner && k < k1) { /* carry into the outer reduced dims */
+                pos = 0;
+                off -= inner * sti;
+                for (int d = last - 1; d >= 0; d--) {
+                    off += g.st_in_red[d];
+                    if (++idx[d] < g.shape_red[d])
+                        break;
+                    off -= idx[d] * g.st_in_red[d];
+                    idx[d] = 0;
+                }
             }
         }
-        ACC x = (ACC)LD(in, off);
-#if IS_FLOAT
-        if (op == NBK_SUM) { /* Kahan: long float rows stay accurate; inf/NaN skip the fix-up */
-            ACC y = x - comp, t = acc + y;
-            comp = isfinite(t) ? (t - acc) - y : (ACC)0;
-            acc = t;
-            continue;
-        }
-#endif
-        nbk_red_combine(op, &acc, &ai, x, k);
     }
+#if IS_FLOAT
+    if (op == NBK_SUM) { /* the three other sums into the first, each as its value */
+        NBK_KAHAN(acc, comp, acc1 - comp1);
+        NBK_KAHAN(acc, comp, acc2 - comp2);
+        NBK_KAHAN(acc, comp, acc3 - comp3);
+    }
+#endif
     nbk_red_finish(op, final_, acc, ai, lv, li, out, outi, out_off, pv, pi, grp);
 }
 
