@@ -639,7 +639,7 @@ static conf_result check_gradgrad(const conf_op *op, const char *device, const c
                                   gc_ctx *ctx, nb_tensor *const *leaves, int32_t nl)
 {
     const nb_dtype dt = NB_DTYPE_F64;
-    if (conf_gradgrad_skips(op, s))
+    if (conf_sample_at_kink(op, s))
         return CONF_NONE;
     nb_clear_error();
     nb_status st = nb_gradgradcheck(gc_fn, ctx, leaves, nl, 1e-6, 1e-5, 1e-3);
@@ -658,14 +658,18 @@ static conf_result check_gradgrad(const conf_op *op, const char *device, const c
     return CONF_FAIL;
 }
 
-/* half: the 16-bit run's gradients against float32's, on the same inputs (16-bit values, exact
- * in float32) and the same upstream gradient, within the dtype's tolerance: backward in 16-bit
- * computes what float32 computes, up to the rounding of each of its steps. gradcheck itself
- * stays in float64 (check_grad). */
-static conf_result check_grad16(const conf_op *op, nb_dtype dt, const char *device, int32_t si)
+/* A narrower float's gradients against the next wider one's (16-bit against float32, float32
+ * against float64), on the same inputs (values of dt, exact in the wider type) and the same
+ * upstream gradient, within dt's tolerance: backward in dt computes what the wider type
+ * computes, up to the rounding of each of its steps. This is what catches a float32 backward
+ * kernel that is wrong where the float64 one is right (gradcheck runs in float64 only,
+ * check_grad). No comparison where the device cannot run the wider type (no fp64). */
+static conf_result check_grad_narrow(const conf_op *op, nb_dtype dt, const char *device,
+                                     int32_t si)
 {
     const conf_sample *s = &op->samples[si];
-    const nb_dtype run_dt[2] = {dt, NB_DTYPE_F32};
+    const nb_dtype wide = dt == NB_DTYPE_F32 ? NB_DTYPE_F64 : NB_DTYPE_F32;
+    const nb_dtype run_dt[2] = {dt, wide};
     prepared p[2][CONF_MAX_IN];
     double *g[2][CONF_MAX_IN] = {{0}};
     conf_result res = CONF_NONE;
@@ -673,9 +677,9 @@ static conf_result check_grad16(const conf_op *op, nb_dtype dt, const char *devi
     seed_for(op->name, dt, si);
     bool ok = prepare_host(s->in, s->n_in, dt, p[0]);
     memset(p[1], 0, sizeof p[1]);
-    for (int32_t k = 0; ok && k < s->n_in; k++) { /* the same values, held in float32 */
+    for (int32_t k = 0; ok && k < s->n_in; k++) { /* the same values, held in the wider type */
         const conf_host *b = &p[0][k].base;
-        ok = conf_host_alloc(&p[1][k].base, s->in[k].dtype < 0 ? NB_DTYPE_F32 : b->dtype,
+        ok = conf_host_alloc(&p[1][k].base, s->in[k].dtype < 0 ? wide : b->dtype,
                              b->ndim, b->shape);
         if (ok)
             memcpy(p[1][k].base.v, b->v, (size_t)conf_numel(b) * sizeof *b->v);
@@ -718,7 +722,7 @@ static conf_result check_grad16(const conf_op *op, nb_dtype dt, const char *devi
         nb_release(out);
         conf_host_free(&uh);
         if (ok && st != NB_OK) {
-            /* a float32 reference this device cannot differentiate leaves nothing to compare */
+            /* a wider reference this device cannot differentiate leaves nothing to compare */
             res = unsupported_status(st) ? (r == 0 ? CONF_UNSUPPORTED : CONF_NONE) : CONF_FAIL;
             if (res == CONF_FAIL)
                 FAILF(op, run_dt[r], device, s->name, "backward failed: %s", nb_last_error());
@@ -741,15 +745,15 @@ static conf_result check_grad16(const conf_op *op, nb_dtype dt, const char *devi
                 continue;
             if (!g[0][k] || !g[1][k]) {
                 FAILF(op, dt, device, s->name, "input %d has a gradient only in %s", k,
-                      g[0][k] ? nb_dtype_name(dt) : "float32");
+                      nb_dtype_name(g[0][k] ? dt : wide));
                 res = CONF_FAIL;
                 break;
             }
             for (int64_t e = 0; e < conf_numel(&p[0][k].base); e++)
                 if (!values_match(g[0][k][e], g[1][k][e], tol, false)) {
                     FAILF(op, dt, device, s->name, "gradient of input %d at index %lld: %.9g, "
-                          "float32 gives %.9g (rtol %g, atol %g)", k, (long long)e,
-                          g[0][k][e], g[1][k][e], tol.rtol, tol.atol);
+                          "%s gives %.9g (rtol %g, atol %g)", k, (long long)e,
+                          g[0][k][e], nb_dtype_name(wide), g[1][k][e], tol.rtol, tol.atol);
                     res = CONF_FAIL;
                     break;
                 }
@@ -799,10 +803,10 @@ void conf_check_cell(const conf_op *op, nb_dtype dt, const char *device, conf_ce
             if (g[2] != CONF_NONE)
                 out->gradgrad.n[g[2]]++;
         }
-        if ((dt == NB_DTYPE_F16 || dt == NB_DTYPE_BF16) && op->differentiable && /* half */
-            !(s->flags & CONF_NO_GRAD) &&
+        if ((dt == NB_DTYPE_F16 || dt == NB_DTYPE_BF16 || dt == NB_DTYPE_F32) &&
+            op->differentiable && !(s->flags & CONF_NO_GRAD) && !conf_sample_at_kink(op, s) &&
             (r == CONF_PASS || r == CONF_COMPOSITE || r == CONF_FALLBACK)) {
-            conf_result g = check_grad16(op, dt, device, si);
+            conf_result g = check_grad_narrow(op, dt, device, si);
             if (g != CONF_NONE)
                 record(out, g);
         }

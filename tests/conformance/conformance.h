@@ -138,8 +138,9 @@ conf_tol conf_tolerance(const conf_op *op, nb_dtype dtype);
 bool conf_op_available(const conf_op *op);
 /* False for the ops the table lists as once-differentiable (create_graph must be refused). */
 bool conf_op_twice_differentiable(const conf_op *op);
-/* True for a sample at a point where the op is not twice differentiable (no gradgradcheck). */
-bool conf_gradgrad_skips(const conf_op *op, const conf_sample *s);
+/* True for a sample on the op's kink (optable.c): no gradgradcheck, and no comparison of a
+ * narrow float's gradient with a wider one's. */
+bool conf_sample_at_kink(const conf_op *op, const conf_sample *s);
 
 /* ---- reference.c: float64 loops, one per op ---- */
 #define CONF_REF_LIST_(X)                                                                  \
