@@ -54,6 +54,21 @@ float frand(unsigned *s);
 /* a 1-d view of n elements of dtype t over a fresh buffer holding data */
 tview vec(void *data, nb_dtype t, int64_t n, void **h);
 
+/* test_opencl_conv.c: direct loops in double, the references of the conv and pooling tests.
+ * ref_conv2d: x (N, C, H, W) contiguous, w (O, C/G, KH, KW) at element strides w_st (NULL:
+ * contiguous); y = conv2d(x, w), and gx, gw (zeroed here) the adjoints for the upstream
+ * gradient gy, with gw laid out as w. */
+typedef struct conv_ref {
+    int N, C, H, W, O, G, KH, KW, SH, SW, PH, PW, DH, DW;
+    const int64_t *w_st;
+} conv_ref;
+void ref_conv2d(const conv_ref *g, const double *x, const double *w, const double *gy, double *y,
+                double *gx, double *gw);
+/* max_pool2d of K x K windows, stride S, padding PD over nc planes of H x W: y the first
+ * maximum of each window, idx its index in the plane, gx (zeroed here) gy added at idx. */
+void ref_max_pool2d(int nc, int H, int W, int K, int S, int PD, const double *x,
+                    const double *gy, double *y, int64_t *idx, double *gx);
+
 /* test_opencl_elementwise.c */
 void binary_ops_follow_strides_and_broadcast(void **state);
 void unary_and_scalar_ops_match_libm(void **state);

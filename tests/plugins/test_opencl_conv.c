@@ -3,6 +3,64 @@
  * test_opencl_kernels.c). */
 #include "test_opencl.h"
 
+void ref_conv2d(const conv_ref *g, const double *x, const double *w, const double *gy, double *y,
+                double *gx, double *gw)
+{
+    const int OH = (g->H + 2 * g->PH - g->DH * (g->KH - 1) - 1) / g->SH + 1;
+    const int OW = (g->W + 2 * g->PW - g->DW * (g->KW - 1) - 1) / g->SW + 1;
+    const int CG = g->C / g->G, OG = g->O / g->G;
+    const int64_t dense[4] = {(int64_t)CG * g->KH * g->KW, (int64_t)g->KH * g->KW, g->KW, 1};
+    const int64_t *ws = g->w_st ? g->w_st : dense;
+    memset(gx, 0, sizeof *gx * (size_t)g->N * g->C * g->H * g->W);
+    memset(gw, 0, sizeof *gw * (size_t)(ws[0] * (g->O - 1) + ws[1] * (CG - 1) +
+                                        ws[2] * (g->KH - 1) + ws[3] * (g->KW - 1) + 1));
+    for (int n = 0; n < g->N; n++)
+        for (int o = 0; o < g->O; o++)
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++) {
+                    double acc = 0;
+                    size_t yi = (size_t)((n * g->O + o) * OH + oh) * OW + ow;
+                    for (int c = 0; c < CG; c++)
+                        for (int a = 0; a < g->KH; a++)
+                            for (int b = 0; b < g->KW; b++) {
+                                int ih = oh * g->SH - g->PH + a * g->DH;
+                                int iw = ow * g->SW - g->PW + b * g->DW;
+                                if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
+                                    continue;
+                                size_t xi = (size_t)((n * g->C + o / OG * CG + c) * g->H + ih) *
+                                                g->W + iw;
+                                size_t wi = (size_t)(o * ws[0] + c * ws[1] + a * ws[2] + b * ws[3]);
+                                acc += x[xi] * w[wi];
+                                gx[xi] += gy[yi] * w[wi];
+                                gw[wi] += gy[yi] * x[xi];
+                            }
+                    y[yi] = acc;
+                }
+}
+
+void ref_max_pool2d(int nc, int H, int W, int K, int S, int PD, const double *x,
+                    const double *gy, double *y, int64_t *idx, double *gx)
+{
+    const int OH = (H + 2 * PD - K) / S + 1, OW = (W + 2 * PD - K) / S + 1;
+    memset(gx, 0, sizeof *gx * (size_t)nc * H * W);
+    for (int p = 0; p < nc; p++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                double best = -INFINITY;
+                int64_t bi = -1;
+                for (int a = oh * S - PD; a < oh * S - PD + K; a++)
+                    for (int b = ow * S - PD; b < ow * S - PD + K; b++)
+                        if (a >= 0 && a < H && b >= 0 && b < W && x[p * H * W + a * W + b] > best) {
+                            best = x[p * H * W + a * W + b];
+                            bi = a * W + b;
+                        }
+                size_t q = (size_t)(p * OH + oh) * OW + ow;
+                y[q] = best;
+                idx[q] = bi;
+                gx[p * H * W + bi] += gy[q];
+            }
+}
+
 /* conv2d with groups 2, stride (2,1), padding (1,1), dilation (1,2) against direct loops, and
  * its two gradients against the loops' adjoints. */
 void conv2d_and_its_gradients_match_direct_loops(void **state)
@@ -15,35 +73,16 @@ void conv2d_and_its_gradients_match_direct_loops(void **state)
     static float x[N * C * H * W], w[O * CG * KH * KW], gy[N * O * OH * OW];
     static float y[N * O * OH * OW], gx[N * C * H * W], gw[O * CG * KH * KW];
     static double ry[N * O * OH * OW], rgx[N * C * H * W], rgw[O * CG * KH * KW];
+    static double xd[N * C * H * W], wd[O * CG * KH * KW], gyd[N * O * OH * OW];
     unsigned seed = 21;
     for (size_t k = 0; k < sizeof x / sizeof x[0]; k++)
-        x[k] = frand(&seed);
+        xd[k] = x[k] = frand(&seed);
     for (size_t k = 0; k < sizeof w / sizeof w[0]; k++)
-        w[k] = frand(&seed);
+        wd[k] = w[k] = frand(&seed);
     for (size_t k = 0; k < sizeof gy / sizeof gy[0]; k++)
-        gy[k] = frand(&seed);
-    memset(rgx, 0, sizeof rgx);
-    memset(rgw, 0, sizeof rgw);
-    for (int n = 0; n < N; n++)
-        for (int o = 0; o < O; o++)
-            for (int oh = 0; oh < OH; oh++)
-                for (int ow = 0; ow < OW; ow++) {
-                    double acc = 0;
-                    size_t yi = (size_t)((n * O + o) * OH + oh) * OW + ow;
-                    for (int c = 0; c < CG; c++)
-                        for (int a = 0; a < KH; a++)
-                            for (int b = 0; b < KW; b++) {
-                                int ih = oh * SH - PH + a * DH, iw = ow * SW - PW + b * DW;
-                                if (ih < 0 || ih >= H || iw < 0 || iw >= W)
-                                    continue;
-                                size_t xi = (size_t)((n * C + o / OG * CG + c) * H + ih) * W + iw;
-                                size_t wi = (size_t)((o * CG + c) * KH + a) * KW + b;
-                                acc += (double)x[xi] * w[wi];
-                                rgx[xi] += (double)gy[yi] * w[wi];
-                                rgw[wi] += (double)gy[yi] * x[xi];
-                            }
-                    ry[yi] = acc;
-                }
+        gyd[k] = gy[k] = frand(&seed);
+    ref_conv2d(&(conv_ref){N, C, H, W, O, G, KH, KW, SH, SW, PH, PW, DH, DW, NULL}, xd, wd, gyd,
+               ry, rgx, rgw);
     void *hx = buf_from(x, sizeof x), *hw = buf_from(w, sizeof w), *hgy = buf_from(gy, sizeof gy);
     void *hy = buf_new(sizeof y), *hgx = buf_new(sizeof gx), *hgw = buf_new(sizeof gw);
     tview vx = view(hx, 0, NB_DTYPE_F32, 4, (int64_t[]){N, C, H, W}, NULL);
@@ -93,7 +132,7 @@ void direct_convs_mask_row_ends_padding_and_strides(void **state)
     enum { YN = N * O * H * OWMAX };
     static float xs[XN + 2 * GUARD], ws[WN], gys[YN + 2 * GUARD], y[YN], gx[XN], gw[WN];
     static float xv[XN], gyv[YN];
-    static double ry[YN], rgx[XN], rgw[WN];
+    static double ry[YN], rgx[XN], rgw[WN], xd[XN], wd[WN], gyd[YN];
     setenv("NABLA_OPENCL_CONV", "direct", 1);
     for (int sw = 1; sw <= 2; sw++)
         for (int layout = 0; layout < 2; layout++)
@@ -122,28 +161,14 @@ void direct_convs_mask_row_ends_padding_and_strides(void **state)
                 for (int k = 0; k < YN + 2 * GUARD; k++)
                     gys[k] = NAN;
                 memcpy(gys + GUARD, gyv, sizeof(float) * (size_t)(N * O * OH * OW));
-                memset(rgx, 0, sizeof rgx);
-                memset(rgw, 0, sizeof rgw);
-                for (int n = 0; n < N; n++)
-                    for (int o = 0; o < O; o++)
-                        for (int oh = 0; oh < OH; oh++)
-                            for (int ow = 0; ow < OW; ow++) {
-                                int yi = ((n * O + o) * OH + oh) * OW + ow;
-                                double acc = 0;
-                                for (int c = 0; c < C; c++)
-                                    for (int a = 0; a < KH; a++)
-                                        for (int b = 0; b < KW; b++) {
-                                            int ih = oh - PH + a, iw = ow * sw - PW + b;
-                                            if (ih < 0 || ih >= H || iw < 0 || iw >= W)
-                                                continue;
-                                            int xi = ((n * C + c) * H + ih) * W + iw;
-                                            int wi = ((o * C + c) * KH + a) * KW + b;
-                                            acc += (double)xv[xi] * ws[wi];
-                                            rgx[xi] += (double)gyv[yi] * ws[wi];
-                                            rgw[wi] += (double)gyv[yi] * xv[xi];
-                                        }
-                                ry[yi] = acc;
-                            }
+                for (int k = 0; k < XN; k++)
+                    xd[k] = xv[k];
+                for (int k = 0; k < WN; k++)
+                    wd[k] = ws[k];
+                for (int k = 0; k < N * O * OH * OW; k++)
+                    gyd[k] = gyv[k];
+                ref_conv2d(&(conv_ref){N, C, H, W, O, 1, KH, KW, 1, sw, PH, PW, 1, 1, NULL}, xd,
+                           wd, gyd, ry, rgx, rgw);
                 void *hx = buf_from(xs, sizeof xs), *hw = buf_from(ws, sizeof ws);
                 void *hgy = buf_from(gys, sizeof gys), *hy = buf_new(sizeof y);
                 void *hgx = buf_new(sizeof gx), *hgw = buf_new(sizeof gw);
@@ -195,13 +220,13 @@ void max_pool2d_picks_first_maximum_and_routes_gradients(void **state)
     enum { N = 2, C = 3, H = 7, W = 7, K = 3, S = 2, PD = 1, OH = (H + 2 * PD - K) / S + 1,
            OW = OH };
     static float x[N * C * H * W], y[N * C * OH * OW], gy[N * C * OH * OW], gx[N * C * H * W];
-    static int64_t idx[N * C * OH * OW];
-    static double rgx[N * C * H * W];
+    static int64_t idx[N * C * OH * OW], ridx[N * C * OH * OW];
+    static double rgx[N * C * H * W], ry[N * C * OH * OW], xd[N * C * H * W], gyd[N * C * OH * OW];
     unsigned seed = 23;
     for (size_t k = 0; k < sizeof x / sizeof x[0]; k++)
-        x[k] = (float)((int)(frand(&seed) * 2)); /* few distinct values: many ties */
+        xd[k] = x[k] = (float)((int)(frand(&seed) * 2)); /* few distinct values: many ties */
     for (size_t k = 0; k < sizeof gy / sizeof gy[0]; k++)
-        gy[k] = frand(&seed);
+        gyd[k] = gy[k] = frand(&seed);
     void *hx = buf_from(x, sizeof x), *hy = buf_new(sizeof y), *hi = buf_new(sizeof idx);
     void *hgy = buf_from(gy, sizeof gy), *hgx = buf_new(sizeof gx);
     tview vx = view(hx, 0, NB_DTYPE_F32, 4, (int64_t[]){N, C, H, W}, NULL);
@@ -216,23 +241,11 @@ void max_pool2d_picks_first_maximum_and_routes_gradients(void **state)
     buf_read(hy, y, sizeof y);
     buf_read(hi, idx, sizeof idx);
     buf_read(hgx, gx, sizeof gx);
-    memset(rgx, 0, sizeof rgx);
-    for (int p = 0; p < N * C; p++)
-        for (int oh = 0; oh < OH; oh++)
-            for (int ow = 0; ow < OW; ow++) {
-                double best = -INFINITY;
-                int64_t bi = -1;
-                for (int a = oh * S - PD; a < oh * S - PD + K; a++)
-                    for (int b = ow * S - PD; b < ow * S - PD + K; b++)
-                        if (a >= 0 && a < H && b >= 0 && b < W && x[p * H * W + a * W + b] > best) {
-                            best = x[p * H * W + a * W + b];
-                            bi = a * W + b;
-                        }
-                size_t q = (size_t)(p * OH + oh) * OW + ow;
-                assert_true(y[q] == best);
-                assert_int_equal(idx[q], bi);
-                rgx[p * H * W + bi] += gy[q];
-            }
+    ref_max_pool2d(N * C, H, W, K, S, PD, xd, gyd, ry, ridx, rgx);
+    for (size_t q = 0; q < sizeof y / sizeof y[0]; q++) {
+        assert_true(y[q] == ry[q]);
+        assert_int_equal(idx[q], ridx[q]);
+    }
     for (size_t k = 0; k < sizeof gx / sizeof gx[0]; k++)
         expect_close("max_pool2d_backward", k, gx[k], rgx[k], 1e-6, 1e-6);
     P->free(0, hx);

@@ -408,10 +408,9 @@ void conv2d_and_pooling_sum_in_float_and_round_once(void **state)
            OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1, CG = C / G, OG = O / G,
            NX = N * C * H * W, NW = O * CG * KH * KW, NY = N * O * OH * OW };
     static uint16_t x[NX], w[NW], gy[NY], y[NY], gx[NX], gw[NW];
-    static double ry[NY], rgx[NX], rgw[NW];
+    static double ry[NY], rgx[NX], rgw[NW], xd[NX], wd[NW], gyd[NY];
     /* w (O, CG, KH, KW) stored as (CG, O, KH, KW) */
     const int64_t w_st[4] = {KH * KW, O * KH * KW, KW, 1};
-#define W_IDX(o, c, a, b) ((size_t)((c) * O + (o)) * KH * KW + (size_t)(a) * KW + (b))
     static const char *const modes[] = {"gemm", "direct"};
     for (int ti = 0; ti < 2; ti++) {
         nb_dtype t = halves[ti];
@@ -419,29 +418,14 @@ void conv2d_and_pooling_sum_in_float_and_round_once(void **state)
         x[5] = x[6] = narrow(t, 9.0f); /* a tie for max_pool2d: the first wins */
         fill_random(t, w, NW, 37u + ti, 0);
         fill_random(t, gy, NY, 41u + ti, 0);
-        memset(rgx, 0, sizeof rgx);
-        memset(rgw, 0, sizeof rgw);
-        for (int n = 0; n < N; n++)
-            for (int o = 0; o < O; o++)
-                for (int oh = 0; oh < OH; oh++)
-                    for (int ow = 0; ow < OW; ow++) {
-                        double acc = 0;
-                        size_t yi = (size_t)((n * O + o) * OH + oh) * OW + ow;
-                        for (int c = 0; c < CG; c++)
-                            for (int a = 0; a < KH; a++)
-                                for (int b = 0; b < KW; b++) {
-                                    int ih = oh * SH - PH + a * DH, iw = ow * SW - PW + b * DW;
-                                    if (ih < 0 || ih >= H || iw < 0 || iw >= W)
-                                        continue;
-                                    size_t xi = (size_t)((n * C + o / OG * CG + c) * H + ih) * W + iw;
-                                    double xv = widen(t, x[xi]), wv = widen(t, w[W_IDX(o, c, a, b)]);
-                                    double gv = widen(t, gy[yi]);
-                                    acc += xv * wv;
-                                    rgx[xi] += gv * wv;
-                                    rgw[W_IDX(o, c, a, b)] += gv * xv;
-                                }
-                        ry[yi] = acc;
-                    }
+        for (int k = 0; k < NX; k++)
+            xd[k] = widen(t, x[k]);
+        for (int k = 0; k < NW; k++)
+            wd[k] = widen(t, w[k]);
+        for (int k = 0; k < NY; k++)
+            gyd[k] = widen(t, gy[k]);
+        ref_conv2d(&(conv_ref){N, C, H, W, O, G, KH, KW, SH, SW, PH, PW, DH, DW, w_st}, xd, wd,
+                   gyd, ry, rgx, rgw);
         void *hx = buf_from(x, sizeof x), *hw = buf_from(w, sizeof w), *hgy = buf_from(gy, sizeof gy);
         void *hy = buf_new(sizeof y), *hgx = buf_new(sizeof gx), *hgw = buf_new(sizeof gw);
         tview vx = view(hx, 0, t, 4, (int64_t[]){N, C, H, W}, NULL);
@@ -478,7 +462,8 @@ void conv2d_and_pooling_sum_in_float_and_round_once(void **state)
         enum { K = 3, S = 2, PD = 1, PH2 = (H + 2 * PD - K) / S + 1, PW2 = (W + 2 * PD - K) / S + 1,
                NP = N * C * PH2 * PW2 };
         static uint16_t py[NP], pgy[NP];
-        static int64_t idx[NP];
+        static int64_t idx[NP], ridx[NP];
+        static double pry[NP], pgyd[NP];
         fill_random(t, pgy, NP, 43u + ti, 0);
         void *hpy = buf_new(sizeof py), *hi = buf_new(sizeof idx), *hpgy = buf_from(pgy, sizeof pgy);
         tview vpy = view(hpy, 0, t, 4, (int64_t[]){N, C, PH2, PW2}, NULL);
@@ -491,24 +476,13 @@ void conv2d_and_pooling_sum_in_float_and_round_once(void **state)
         buf_read(hpy, py, sizeof py);
         buf_read(hi, idx, sizeof idx);
         buf_read(hgx, gx, sizeof gx);
-        memset(rgx, 0, sizeof rgx);
-        for (int q = 0; q < N * C; q++)
-            for (int oh = 0; oh < PH2; oh++)
-                for (int ow = 0; ow < PW2; ow++) {
-                    float best = -INFINITY;
-                    int64_t bi = -1;
-                    for (int a = oh * S - PD; a < oh * S - PD + K; a++)
-                        for (int b = ow * S - PD; b < ow * S - PD + K; b++)
-                            if (a >= 0 && a < H && b >= 0 && b < W &&
-                                widen(t, x[q * H * W + a * W + b]) > best) {
-                                best = widen(t, x[q * H * W + a * W + b]);
-                                bi = a * W + b;
-                            }
-                    size_t r = (size_t)(q * PH2 + oh) * PW2 + ow;
-                    assert_int_equal(py[r], narrow(t, best));
-                    assert_int_equal(idx[r], bi);
-                    rgx[q * H * W + bi] += widen(t, pgy[r]);
-                }
+        for (int k = 0; k < NP; k++)
+            pgyd[k] = widen(t, pgy[k]);
+        ref_max_pool2d(N * C, H, W, K, S, PD, xd, pgyd, pry, ridx, rgx);
+        for (int r = 0; r < NP; r++) {
+            assert_int_equal(py[r], narrow(t, (float)pry[r]));
+            assert_int_equal(idx[r], ridx[r]);
+        }
         for (size_t k = 0; k < NX; k++)
             assert_int_equal(gx[k], narrow(t, (float)rgx[k])); /* <= 4 terms: exact in float */
         P->free(0, hpy);
@@ -521,7 +495,6 @@ void conv2d_and_pooling_sum_in_float_and_round_once(void **state)
         P->free(0, hgx);
         P->free(0, hgw);
     }
-#undef W_IDX
 }
 
 /* gather moves the stored bits; scatter_add sums into a float32 copy of out and rounds once:
