@@ -580,7 +580,8 @@ static nb_status rebuild_buckets(nb_ddp *d)
         order64[k] = d->arrival[k];
     if (st == NB_OK)
         st = host_i64(d->pg, order64, n, NB_REDUCE_OP_SUM, 0); /* rank 0's */
-    /* The same values on every rank, so every rank takes the same branch below. */
+    /* The same values on every rank, so every rank takes the same branch below. order first
+     * marks the positions seen (a permutation hits each once), then takes the values. */
     for (int32_t k = 0; st == NB_OK && k < n; k++) {
         int64_t v = order64[k];
         if (v < 0 || v >= n || order[v])
