@@ -2,7 +2,8 @@
 # compare_pytorch.sh - runs the same workloads in Nabla and PyTorch with the same thread count
 # and prints `workload | nabla | pytorch | ratio`: the seed's two-layer net (500 steps), one
 # Fashion-MNIST epoch of LeNet (nabla-train vs torch_lenet.py, same recipe, plus peak RSS),
-# matmul 1024^3, a 1-element add, and the character transformer (nabla-makemore vs
+# matmul 1024^3 (--matmul-rounds interleaved nabla/pytorch runs: medians of each side and of
+# the rounds' own ratios), a 1-element add, and the character transformer (nabla-makemore vs
 # torch_makemore.py from the same initial weights: step time, wall and the process's CPU time,
 # medians of --makemore-runs interleaved runs, and validation loss). Without torch
 # it says so and prints Nabla's column only.
@@ -17,6 +18,7 @@ epochs=1
 mm_steps=3000
 mm_runs=1
 mm_only=0
+mat_rounds=5
 usage() {
     echo "usage: $0 [--build DIR] [--threads N] [--data DIR] [--device D] [--quick]"
     echo "  --build DIR  Nabla build folder holding bin/nabla-bench and bin/nabla-train"
@@ -24,6 +26,7 @@ usage() {
     echo "  --makemore-steps N  steps of the transformer for both (default 3000, batch 32)"
     echo "  --makemore-runs N   N interleaved nabla/pytorch runs; the step times are their medians"
     echo "  --makemore-only     only the transformer rows"
+    echo "  --matmul-rounds N   N interleaved nabla/pytorch matmul runs (default 5); medians"
 }
 limit=0
 while [ $# -gt 0 ]; do
@@ -36,12 +39,14 @@ while [ $# -gt 0 ]; do
     --makemore-steps) mm_steps=$2; shift 2 ;;
     --makemore-runs) mm_runs=$2; shift 2 ;;
     --makemore-only) mm_only=1; shift ;;
+    --matmul-rounds) mat_rounds=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "compare_pytorch.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
 case "$threads" in ''|*[!0-9]*) echo "compare_pytorch.sh: --threads '$threads': expected a positive integer" >&2; exit 2 ;; esac
 case "$mm_runs" in ''|0|*[!0-9]*) echo "compare_pytorch.sh: --makemore-runs '$mm_runs': expected a positive integer" >&2; exit 2 ;; esac
+case "$mat_rounds" in ''|0|*[!0-9]*) echo "compare_pytorch.sh: --matmul-rounds '$mat_rounds': expected a positive integer" >&2; exit 2 ;; esac
 
 bench="$build/bin/nabla-bench"
 train="$build/bin/nabla-train"
@@ -91,14 +96,34 @@ limit_args=()
 [ "$limit" -gt 0 ] && limit_args=(--limit "$limit")
 : > "$tmp/nb_bench.txt"
 : > "$tmp/nb_train.txt"
+# median is used by the matmul rounds and the transformer's runs.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 if [ "$mm_only" = 0 ]; then
-    "$bench" --device "$device" --only mlp,matmul,dispatch > "$tmp/nb_bench.txt"
+    "$bench" --device "$device" --only mlp,dispatch > "$tmp/nb_bench.txt"
+    # matmul: nabla and PyTorch one after the other, mat_rounds times, so that a host whose speed
+    # drifts moves both sides of each round's ratio alike; the figures are medians.
+    : > "$tmp/nb_mat.txt"
+    : > "$tmp/pt_mat.txt"
+    : > "$tmp/mat_ratio.txt"
+    for run in $(seq 1 "$mat_rounds"); do
+        "$bench" --device "$device" --only matmul > "$tmp/nb_mat_$run.txt"
+        value matmul_f32_1024 "$tmp/nb_mat_$run.txt" >> "$tmp/nb_mat.txt"
+        if [ -n "$py" ]; then
+            "$py" "$here/torch_bench.py" --only matmul --threads "$threads" > "$tmp/pt_mat_$run.txt"
+            value matmul_f32_1024 "$tmp/pt_mat_$run.txt" >> "$tmp/pt_mat.txt"
+            awk -v a="$(value matmul_f32_1024 "$tmp/nb_mat_$run.txt")" \
+                -v b="$(value matmul_f32_1024 "$tmp/pt_mat_$run.txt")" \
+                'BEGIN { if (a != "" && b > 0) printf "%.3f\n", a / b }' >> "$tmp/mat_ratio.txt"
+        fi
+    done
+    # The cblas ceiling lines come from the first round.
+    grep -v '^matmul_f32_1024 ' "$tmp/nb_mat_1.txt" >> "$tmp/nb_bench.txt" || true
+    echo "matmul_f32_1024 $(median < "$tmp/nb_mat.txt") GFLOP/s" >> "$tmp/nb_bench.txt"
     "$train" --data "$data" --device "$device" --threads "$threads" --epochs "$epochs" \
         "${limit_args[@]}" > "$tmp/nb_train.txt"
 fi
 # The transformer, nabla then PyTorch, mm_runs times back to back (the first run also gives the
 # validation losses and the first losses' agreement); step times are the medians.
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 : > "$tmp/pt_mm.txt"
 for run in $(seq 1 "$mm_runs"); do
     "$makemore" --steps "$mm_steps" --eval-every "$mm_steps" --init-out "$tmp/mm_init.safetensors" \
@@ -123,7 +148,8 @@ if [ "$mm_runs" -gt 1 ]; then
     echo "# makemore step CPU times (ms), run by run: nabla $(tr '\n' ' ' < "$tmp/nb_mm_cpu.txt")/ pytorch $([ -n "$py" ] && tr '\n' ' ' < "$tmp/pt_mm_cpu.txt")"
 fi
 if [ -n "$py" ] && [ "$mm_only" = 0 ]; then
-    "$py" "$here/torch_bench.py" --only mlp,matmul,dispatch --threads "$threads" > "$tmp/pt_bench.txt"
+    "$py" "$here/torch_bench.py" --only mlp,dispatch --threads "$threads" > "$tmp/pt_bench.txt"
+    echo "matmul_f32_1024 $(median < "$tmp/pt_mat.txt") GFLOP/s" >> "$tmp/pt_bench.txt"
     "$py" "$here/torch_lenet.py" --data "$data" --threads "$threads" --epochs "$epochs" \
         "${limit_args[@]}" > "$tmp/pt_train.txt"
 else
@@ -154,6 +180,10 @@ row "makemore_step_cpu (ms)" "$nb_cpu" "$pt_cpu"
 row "makemore_val_loss_${mm_steps} (nats)" "$(value makemore_val_loss "$tmp/nb_mm.txt")" "$(value makemore_val_loss "$tmp/pt_mm.txt")"
 first=$(awk '$1 ~ /^makemore_first[0-9]+_max_diff$/ { print $2; exit }' "$tmp/pt_mm.txt")
 [ -n "$first" ] && echo "# makemore: the first 20 steps' losses differ by at most $first (same initial weights and batches)"
+if [ "$mm_only" = 0 ] && [ "$mat_rounds" -gt 1 ]; then
+    echo "# matmul_f32_1024 (GFLOP/s), round by round: nabla $(tr '\n' ' ' < "$tmp/nb_mat.txt")/ pytorch $([ -n "$py" ] && tr '\n' ' ' < "$tmp/pt_mat.txt")"
+    [ -s "$tmp/mat_ratio.txt" ] && echo "# matmul nabla / pytorch, round by round: $(tr '\n' ' ' < "$tmp/mat_ratio.txt")(median $(median < "$tmp/mat_ratio.txt"))"
+fi
 best=$(value cblas_sgemm_best_f32_1024 "$tmp/nb_bench.txt")
 [ -n "$best" ] && echo "# nabla matmul / cblas_sgemm with the best OpenBLAS core ($best GFLOP/s): $(value matmul_ratio "$tmp/nb_bench.txt")"
 echo "# ratio = nabla / pytorch: below 1 is better for times, memory and ns; above 1 for GFLOP/s"

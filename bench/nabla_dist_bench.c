@@ -10,6 +10,7 @@
 #include "lenet.h"
 #include "nabla.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,23 @@ static double cpu_s(void)
     getrusage(RUSAGE_SELF, &ru);
     return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec +
            (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The step time that ranks stepping like the sorted samples t[0..n) would take if each step
+ * waited for the slowest of `world` of them, drawn independently: the expected maximum of
+ * `world` draws from the samples, sum over k of t[k] * P(the maximum is the k-th smallest). */
+static double expected_max(const double *t, int n, int world)
+{
+    double e = 0;
+    for (int k = 0; k < n; k++)
+        e += t[k] * (pow((k + 1.0) / n, world) - pow((double)k / n, world));
+    return e;
 }
 
 static int fail(const char *what)
@@ -82,7 +100,11 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, int g
     nb_tensor *x = nb_randn(NB_SHAPE(per, 1, 32, 32), (nb_opts){0});
     nb_tensor *y = nb_randint(0, 10, NB_SHAPE(per), (nb_opts){.dtype = NB_DTYPE_I64});
     double waited = 0, t0 = 0, c0 = 0;
+    double *busy = malloc(sizeof(double) * (size_t)steps); /* each step's time less its wait */
+    if (!busy)
+        return fail("out of memory");
     for (int s = -5; s < steps; s++) { /* 5 warm-up steps */
+        double s0 = now_s();
         if (s == 0) {
             nb_work_finish(nb_barrier(pg));
             t0 = now_s();
@@ -95,9 +117,14 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, int g
         bool ok = loss && nb_optim_zero_grad(o) == NB_OK && nb_backward(loss, NULL, (nb_backward_opts){0}) == NB_OK &&
                   (!d || nb_ddp_finish(d) == NB_OK) && nb_optim_step(o) == NB_OK;
         nb_scope_end();
-        if (!ok)
+        if (!ok) {
+            free(busy);
             return fail("training step");
-        waited += d ? nb_ddp_last_wait_s(d) : 0;
+        }
+        double w = d ? nb_ddp_last_wait_s(d) : 0;
+        waited += w;
+        if (s >= 0)
+            busy[s] = now_s() - s0 - w;
     }
     double dt = now_s() - t0;
     /* CPU time summed over the ranks: unlike images/s it hardly depends on how many other
@@ -113,6 +140,10 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, int g
     if (!wt || nb_work_finish(nb_allreduce(pg, wt, NB_REDUCE_OP_MAX)) != NB_OK)
         return fail("collecting the waits");
     nb_release(wt);
+    qsort(busy, (size_t)steps, sizeof *busy, cmp_double);
+    double mean = 0;
+    for (int k = 0; k < steps; k++)
+        mean += busy[k] / steps;
     uint64_t reduced = d ? nb_ddp_bytes_reduced(d) : 0;
     if (rank == 0) {
         printf("\nLeNet training, global batch %d = %d ranks x %d, %d steps, 1 thread per rank\n",
@@ -120,6 +151,17 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, int g
         printf("images_per_second %.1f\n", global * steps / dt);
         printf("step_ms %.3f\n", dt / steps * 1e3);
         printf("cpu_us_per_image %.1f (all ranks, every thread)\n", cpu / global / steps * 1e6);
+        /* The jitter: with ranks in lockstep, every step lasts as long as the slowest rank's. */
+        printf("busy_step_ms %.3f (rank 0, less the wait; p10 %.3f p50 %.3f p90 %.3f)\n",
+               mean * 1e3, busy[steps / 10] * 1e3, busy[steps / 2] * 1e3,
+               busy[steps - 1 - steps / 10] * 1e3);
+        if (!d)
+            for (int w = 2; w <= 3; w++) {
+                double e = expected_max(busy, steps, w);
+                printf("lockstep_%d_ranks %.1f images/s, wait fraction %.3f (%d ranks each "
+                       "stepping like this one, every step as long as the slowest's)\n",
+                       w, w * per / e, (e - mean) / e, w);
+            }
         if (d) {
             printf("buckets %d (bucket_mb %g%s)\n", nb_ddp_bucket_count(d), dopts.bucket_mb,
                    dopts.gradient_as_bucket_view ? ", gradient_as_bucket_view" : "");
@@ -131,6 +173,7 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, int g
             printf("ddp: off (world size 1, plain training)\n");
         }
     }
+    free(busy);
     nb_release(x);
     nb_release(y);
     nb_optim_free(o);
