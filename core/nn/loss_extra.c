@@ -151,8 +151,13 @@ static bool class_rows(const char *op, const nb_tensor *input, const nb_tensor *
     *tshape = nnc_shape(target);
     int64_t C = nb_tensor_ndim(input) == 1 ? nbi_dims(input)[0] : nbi_dims(input)[1];
     const nb_tensor *xm = input;
-    if (nb_tensor_ndim(input) > 2)
-        xm = nnc_k(s, nb_transpose(input, 1, -1)); /* (N, d..., C) */
+    if (nb_tensor_ndim(input) > 2) {
+        /* movedim(1, -1): a transpose of 1 and -1 would also reverse d1 and dk */
+        int32_t perm[NB_MAX_DIMS], nd = nb_tensor_ndim(input);
+        for (int32_t d = 0; d < nd; d++)
+            perm[d] = d == 0 ? 0 : d == nd - 1 ? 1 : d + 1;
+        xm = nnc_k(s, nb_permute(input, perm, nd)); /* (N, d..., C) */
+    }
     *x2 = xm ? nnc_k(s, nb_reshape(xm, NB_SHAPE(-1, C))) : NULL;
     *t1 = nnc_k(s, nb_reshape(target, NB_SHAPE(-1)));
     return *x2 && *t1;
@@ -246,10 +251,22 @@ static nb_tensor *class_loss(const char *op, const nb_tensor *input, const nb_te
             a = nnc_k(&s, nb_sum(nll, NULL, 0, false));
             b = smooth ? nnc_k(&s, nb_sum(smooth, NULL, 0, false)) : NULL;
             if (o.reduction == NB_REDUCTION_MEAN) {
-                /* 0 / 0 = NaN when every target is ignored, as PyTorch returns */
+                /* Every target ignored: PyTorch returns 0 / 0 = NaN but a zero gradient,
+                 * so the loss is a * (1 / den or 0) plus a constant NaN, not a / den (whose
+                 * gradient 1 / 0 times the zero rows would be NaN). */
                 nb_tensor *den = nnc_k(&s, nb_sum(wt, NULL, 0, false));
-                a = a && den ? nnc_k(&s, nb_div(a, den)) : NULL;
-                b = b && den ? nnc_k(&s, nb_div(b, den)) : NULL;
+                nb_tensor *none = den ? nnc_k(&s, nb_eq_scalar(den, 0)) : NULL;
+                nb_tensor *inv = den ? nnc_k(&s, nb_rdiv_scalar(den, 1)) : NULL;
+                nb_tensor *z = nnc_k(&s, nb_zeros(NB_SHAPE_SCALAR, nnc_opts(input)));
+                nb_tensor *nan = nnc_k(&s, nb_full(NB_SHAPE_SCALAR, NAN, nnc_opts(input)));
+                nb_tensor *scale = none && inv && z ? nnc_k(&s, nb_where(none, z, inv)) : NULL;
+                nb_tensor *bad = none && nan && z ? nnc_k(&s, nb_where(none, nan, z)) : NULL;
+                nb_tensor *as = a && scale ? nnc_k(&s, nb_mul(a, scale)) : NULL;
+                a = as && bad ? nnc_k(&s, nb_add(as, bad)) : NULL;
+                if (b) {
+                    nb_tensor *bs = scale ? nnc_k(&s, nb_mul(b, scale)) : NULL;
+                    b = bs && bad ? nnc_k(&s, nb_add(bs, bad)) : NULL;
+                }
             }
         }
         if (a && eps > 0 && b) {

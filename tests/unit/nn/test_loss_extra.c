@@ -171,14 +171,107 @@ static void bce_with_logits_takes_pos_weight(void **state)
     nb_release(x);
 }
 
+/* ------------------------------------------- on every device (cpu, opencl:0 where present) */
+
+static const char *devices[2];
+static int n_devices;
+
+static nb_tensor *tdev(nb_shape sh, const double *v, bool grad, const char *dev)
+{
+    nb_tensor *t = nb_from_data(v, sh, (nb_opts){.dtype = NB_DTYPE_F64, .device = dev,
+                                                 .requires_grad = grad});
+    assert_non_null(t);
+    return t;
+}
+
+static nb_tensor *idev(nb_shape sh, const int64_t *v, const char *dev)
+{
+    nb_tensor *t = nb_from_data(v, sh, (nb_opts){.dtype = NB_DTYPE_I64, .device = dev});
+    assert_non_null(t);
+    return t;
+}
+
+/* (N, C, d1, d2) input: class scores move to the last dim without reordering d1 and d2 (a
+ * transpose of dims 1 and -1 would pair each target with the wrong position).
+ * x = torch.linspace(-1, 2, 24).reshape(2, 3, 2, 2).requires_grad_()
+ * t = torch.tensor([0, 1, 2, -100, 2, 2, 1, 0]).reshape(2, 2, 2)
+ * F.nll_loss(x, t, reduction='none'); c = F.cross_entropy(x, t, reduction='sum');
+ * c.backward(); x.grad */
+static void class_losses_keep_the_order_of_spatial_dims(void **state)
+{
+    (void)state;
+    double xv[24];
+    for (int i = 0; i < 24; i++)
+        xv[i] = -1 + 3.0 * i / 23;
+    const int64_t tv[8] = {0, 1, 2, -100, 2, 2, 1, 0};
+    for (int d = 0; d < n_devices; d++) {
+        nb_tensor *x = tdev(NB_SHAPE(2, 3, 2, 2), xv, true, devices[d]);
+        nb_tensor *t = idev(NB_SHAPE(2, 2, 2), tv, devices[d]);
+        nb_tensor *nll = nb_nll_loss_ex(x, t, (nb_class_loss_opts){.reduction = NB_REDUCTION_NONE});
+        expect_values(nll, ARR(1.0, 0.34782608695652173, -0.3043478260869565, 0.0,
+                               -1.608695652173913, -1.7391304347826086, -1.3478260869565217,
+                               -0.9565217391304348), 8, 1e-12);
+        nb_tensor *ce = nb_cross_entropy_ex(x, t, (nb_class_loss_opts){.reduction = NB_REDUCTION_SUM});
+        expect_values(ce, ARR(7.789841082133281), 1, 1e-12);
+        NB_ASSERT_OK_(nb_backward(ce, NULL, (nb_backward_opts){0}));
+        nb_tensor *g = nb_tensor_grad(x);
+        const double a = 0.181027245353355, b = 0.305022845532244, c = 0.513949909114401;
+        expect_values(g, ARR(a - 1, a, a, 0, b, b - 1, b, 0, c, c, c - 1, 0,
+                             a, a, a, a - 1, b, b, b - 1, b, c - 1, c - 1, c, c), 24, 1e-12);
+        nb_release(g);
+        nb_release(ce);
+        nb_release(nll);
+        nb_release(t);
+        nb_release(x);
+    }
+}
+
+/* Every target ignored, mean reduction: the loss is NaN but the gradient is zero, not NaN.
+ * x = torch.linspace(-2, 2, 12).reshape(3, 4).requires_grad_()
+ * F.cross_entropy(x, torch.tensor([-100] * 3), label_smoothing=ls) -> nan; x.grad -> zeros
+ * (ls 0 and 0.1); F.nll_loss(x, ..., weight=torch.ones(4)) the same. */
+static void every_target_ignored_gives_nan_loss_and_zero_gradient(void **state)
+{
+    (void)state;
+    double xv[12], zeros[12] = {0};
+    for (int i = 0; i < 12; i++)
+        xv[i] = -2 + 4.0 * i / 11;
+    const int64_t tv[3] = {-100, -100, -100};
+    for (int d = 0; d < n_devices; d++) {
+        nb_tensor *w = tdev(NB_SHAPE(4), ARR(1, 1, 1, 1), false, devices[d]);
+        for (int k = 0; k < 3; k++) {
+            nb_tensor *x = tdev(NB_SHAPE(3, 4), xv, true, devices[d]);
+            nb_tensor *t = idev(NB_SHAPE(3), tv, devices[d]);
+            nb_class_loss_opts o = {.label_smoothing = k == 1 ? 0.1 : 0, .weight = k == 2 ? w : NULL};
+            nb_tensor *l = k == 2 ? nb_nll_loss_ex(x, t, o) : nb_cross_entropy_ex(x, t, o);
+            expect_values(l, ARR(NAN), 1, 0);
+            NB_ASSERT_OK_(nb_backward(l, NULL, (nb_backward_opts){0}));
+            nb_tensor *g = nb_tensor_grad(x);
+            expect_values(g, zeros, 12, 0);
+            nb_release(g);
+            nb_release(l);
+            nb_release(t);
+            nb_release(x);
+        }
+        nb_release(w);
+    }
+}
+
 int main(void)
 {
+    if (nb_init() != NB_OK)
+        return 1;
+    devices[n_devices++] = "cpu";
+    if (nb_device_count("opencl") > 0)
+        devices[n_devices++] = "opencl:0";
     const struct CMUnitTest tests[] = {
         NB_TEST(smooth_l1_and_huber_match_pytorch),
         NB_TEST(kl_div_matches_pytorch),
         NB_TEST(cross_entropy_takes_weight_smoothing_ignore_and_spatial_dims),
         NB_TEST(ignore_index_and_nll_weight_match_pytorch),
         NB_TEST(bce_with_logits_takes_pos_weight),
+        NB_TEST(class_losses_keep_the_order_of_spatial_dims),
+        NB_TEST(every_target_ignored_gives_nan_loss_and_zero_gradient),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     return nb_shutdown() == NB_OK ? rc : 1;
