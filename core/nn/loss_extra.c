@@ -1,6 +1,7 @@
 /* loss_extra.c - the losses and loss options PyTorch users set beyond loss.c's:
  * smooth_l1_loss, huber_loss, kl_div, cross_entropy / nll_loss with weight, ignore_index,
- * label_smoothing and (N, C, d...) inputs, and binary_cross_entropy_with_logits's pos_weight. */
+ * label_smoothing, (N, C, d...) inputs and class-probability targets, and
+ * binary_cross_entropy_with_logits's pos_weight. */
 #include "nn_common.h"
 
 static bool check_reduction(const char *op, nb_reduction r, bool batchmean)
@@ -134,9 +135,9 @@ static bool class_rows(const char *op, const nb_tensor *input, const nb_tensor *
         !nnc_float(op, "input", input) || !nnc_same_device(op, "target", target, input))
         return false;
     if (nb_tensor_dtype(target) != NB_DTYPE_I64) {
-        nbi_error(NB_DTYPE_UNSUPPORTED, "%s: expected int64 class indices as target, got %s "
-                  "(probability targets are not supported)", op,
-                  nb_dtype_name(nb_tensor_dtype(target)));
+        nbi_error(NB_DTYPE_UNSUPPORTED, "%s: expected int64 class indices as target%s, got %s",
+                  op, strcmp(op, "cross_entropy") ? "" : " (or class probabilities of the "
+                  "input's floating point dtype)", nb_dtype_name(nb_tensor_dtype(target)));
         return false;
     }
     bool ok = nb_tensor_ndim(input) >= 1 && nb_tensor_ndim(target) == nb_tensor_ndim(input) - 1;
@@ -186,6 +187,56 @@ static bool check_targets(const char *op, const nb_tensor *t1, int64_t ignore, i
     return ok;
 }
 
+/* cross_entropy with class probabilities as target (a floating point tensor of the input's
+ * shape): -sum_c w_c y_c log_softmax(x)_c at each position, with y smoothed to
+ * y (1 - ls) + ls / C. The mean divides by the positions (N d1 ...), not by a weight sum, and
+ * ignore_index does not apply, as in PyTorch. */
+static nb_tensor *prob_class_loss(const char *op, const nb_tensor *input, const nb_tensor *target,
+                                  nb_class_loss_opts o)
+{
+    if (!nnc_like(op, "target (class probabilities)", target, input))
+        return NULL;
+    int32_t nd = nb_tensor_ndim(input);
+    if (nd < 1 || nb_tensor_ndim(target) != nd ||
+        memcmp(nbi_dims(input), nbi_dims(target), (size_t)nd * sizeof(int64_t))) {
+        nbi_error(NB_SHAPE_MISMATCH, "%s: a floating point target holds class probabilities "
+                  "and must have the input's shape %s, got %s", op, NBI_SHAPE_STR(input),
+                  NBI_SHAPE_STR(target));
+        return NULL;
+    }
+    int32_t cdim = nd == 1 ? 0 : 1;
+    int64_t C = nbi_dims(input)[cdim];
+    const nb_tensor *w = o.weight;
+    if (w && !nnc_like(op, "weight", w, input))
+        return NULL;
+    if (w && (nb_tensor_ndim(w) != 1 || nbi_dims(w)[0] != C)) {
+        nbi_error(NB_SHAPE_MISMATCH, "%s: weight %s should have one value per class: expected "
+                  "[%lld]", op, NBI_SHAPE_STR(w), (long long)C);
+        return NULL;
+    }
+    nnc_tmps s = {0};
+    nb_tensor *lp = nnc_k(&s, nb_log_softmax(input, cdim));
+    const nb_tensor *y = target;
+    if (o.label_smoothing > 0) {
+        nb_tensor *ys = nnc_k(&s, nb_mul_scalar(target, 1 - o.label_smoothing));
+        y = ys ? nnc_k(&s, nb_add_scalar(ys, o.label_smoothing / (double)C)) : NULL;
+    }
+    nb_tensor *prod = lp && y ? nnc_k(&s, nb_mul(lp, y)) : NULL;
+    if (prod && w) {
+        /* (C) -> (C, 1, ..., 1) so that it lines up with the class dim */
+        nb_shape ws = {.ndim = nd - cdim};
+        ws.dims[0] = C;
+        for (int32_t d = 1; d < ws.ndim; d++)
+            ws.dims[d] = 1;
+        nb_tensor *wv = nnc_k(&s, nb_reshape(w, ws));
+        prod = wv ? nnc_k(&s, nb_mul(prod, wv)) : NULL;
+    }
+    nb_tensor *sum = prod ? nnc_k(&s, nb_sum(prod, &cdim, 1, false)) : NULL;
+    nb_tensor *l = sum ? nb_neg(sum) : NULL;
+    nnc_free(&s);
+    return reduce(l, o.reduction);
+}
+
 static nb_tensor *class_loss(const char *op, const nb_tensor *input, const nb_tensor *target,
                              nb_class_loss_opts o, bool from_logits)
 {
@@ -196,6 +247,9 @@ static nb_tensor *class_loss(const char *op, const nb_tensor *input, const nb_te
                   op, o.label_smoothing);
         return NULL;
     }
+    if (from_logits && target && nb_dtype_is_float(nb_tensor_dtype(target)) && input &&
+        nnc_float(op, "input", input))
+        return prob_class_loss(op, input, target, o);
     nnc_tmps s = {0};
     nb_tensor *x2, *t1;
     nb_shape tshape;

@@ -257,6 +257,79 @@ static void every_target_ignored_gives_nan_loss_and_zero_gradient(void **state)
     }
 }
 
+static nb_tensor *sin_dev(nb_shape sh, double k, double scale, double offset, bool grad,
+                          const char *dev)
+{
+    double v[64];
+    int64_t n = 1;
+    for (int32_t d = 0; d < sh.ndim; d++)
+        n *= sh.dims[d];
+    assert_true(n <= 64);
+    for (int64_t i = 0; i < n; i++)
+        v[i] = offset + scale * sin((double)i * 1.7 + k);
+    return tdev(sh, v, grad, dev);
+}
+
+/* A floating point target of the input's shape holds class probabilities, with weight, label
+ * smoothing and spatial dims; the mean divides by the positions, not by a weight sum.
+ * SIN = lambda k, sc, off, s: (off + sc * torch.sin(torch.arange(math.prod(s)) * 1.7 + k)).reshape(s)
+ * x = SIN(0, 2, 0, (2, 3, 2, 2)).requires_grad_(); t = SIN(1, 0.4, 0.5, (2, 3, 2, 2))
+ * l = F.cross_entropy(x, t, weight=torch.tensor([1., 2, 3]), label_smoothing=0.25); l.backward()
+ * F.cross_entropy(SIN(0, 2, 0, (3,)), SIN(1, 0.4, 0.5, (3,)), reduction='none')
+ * F.cross_entropy(SIN(0, 2, 0, (3, 4)), SIN(1, 0.4, 0.5, (3, 4)), reduction='none') */
+static void cross_entropy_takes_class_probabilities(void **state)
+{
+    (void)state;
+    for (int d = 0; d < n_devices; d++) {
+        const char *dev = devices[d];
+        nb_tensor *x = sin_dev(NB_SHAPE(2, 3, 2, 2), 0, 2, 0, true, dev);
+        nb_tensor *t = sin_dev(NB_SHAPE(2, 3, 2, 2), 1, 0.4, 0.5, false, dev);
+        nb_tensor *w = tdev(NB_SHAPE(3), ARR(1, 2, 3), false, dev);
+        nb_tensor *l = nb_cross_entropy_ex(x, t, (nb_class_loss_opts){.weight = w,
+                                                                      .label_smoothing = 0.25});
+        expect_values(l, ARR(3.15437277924811), 1, 1e-12);
+        NB_ASSERT_OK_(nb_backward(l, NULL, (nb_backward_opts){0}));
+        nb_tensor *g = nb_tensor_grad(x);
+        expect_values(g, ARR(-0.029369255991414826, 0.07355126603301891, 0.0691166588875068,
+                             0.008390989191223063, -0.02968958736966952, -0.009144796509521838,
+                             -0.0038392910265494062, -0.03025007060398517, 0.05905884336108435,
+                             -0.064406469523497, -0.0652773678609574, 0.021859081412762108,
+                             0.06981723047323639, 0.06494230229601262, 0.019220155971687705,
+                             -0.01630676327366913, -0.0038468427714648703, -0.00554296634237279,
+                             -0.023740722894869056, -0.007977490691133982, -0.0659703877017715,
+                             -0.05939933595363984, 0.004520566923181399, 0.02428425396480307),
+                      24, 1e-10);
+        nb_tensor *x1 = sin_dev(NB_SHAPE(3), 0, 2, 0, false, dev);
+        nb_tensor *t1 = sin_dev(NB_SHAPE(3), 1, 0.4, 0.5, false, dev);
+        nb_tensor *l1 = nb_cross_entropy_ex(x1, t1, (nb_class_loss_opts){.reduction = NB_REDUCTION_NONE});
+        expect_values(l1, ARR(2.280678879553397), 1, 1e-12);
+        assert_int_equal(nb_tensor_ndim(l1), 0);
+        nb_tensor *x2 = sin_dev(NB_SHAPE(3, 4), 0, 2, 0, false, dev);
+        nb_tensor *t2 = sin_dev(NB_SHAPE(3, 4), 1, 0.4, 0.5, false, dev);
+        nb_tensor *l2 = nb_cross_entropy_ex(x2, t2, (nb_class_loss_opts){.reduction = NB_REDUCTION_NONE});
+        expect_values(l2, ARR(4.039762061276036, 3.7194534076277375, 3.5409279156975315), 3, 1e-12);
+        /* the target must have the input's shape; nll_loss takes class indices only */
+        assert_null(nb_cross_entropy_ex(x2, t1, (nb_class_loss_opts){0}));
+        assert_int_equal(nb_last_status(), NB_SHAPE_MISMATCH);
+        assert_non_null(strstr(nb_last_error(), "[3, 4]"));
+        nb_clear_error();
+        assert_null(nb_nll_loss_ex(x2, t2, (nb_class_loss_opts){0}));
+        assert_int_equal(nb_last_status(), NB_DTYPE_UNSUPPORTED);
+        nb_clear_error();
+        nb_release(l2);
+        nb_release(t2);
+        nb_release(x2);
+        nb_release(l1);
+        nb_release(t1);
+        nb_release(x1);
+        nb_release(g);
+        nb_release(l);
+        nb_release(w);
+        nb_release(t);
+        nb_release(x);
+    }
+}
+
 int main(void)
 {
     if (nb_init() != NB_OK)
@@ -272,6 +345,7 @@ int main(void)
         NB_TEST(bce_with_logits_takes_pos_weight),
         NB_TEST(class_losses_keep_the_order_of_spatial_dims),
         NB_TEST(every_target_ignored_gives_nan_loss_and_zero_gradient),
+        NB_TEST(cross_entropy_takes_class_probabilities),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     return nb_shutdown() == NB_OK ? rc : 1;
