@@ -25,16 +25,27 @@ static nb_tensor *reduce(nb_tensor *l, nb_reduction r)
     return out;
 }
 
-static bool check_pair(const char *op, const nb_tensor *input, const nb_tensor *target)
+/* PyTorch's smooth_l1, huber and kl_div broadcast input against target (smooth_l1 and huber
+ * with a warning) as mse_loss does; binary_cross_entropy_with_logits wants the same shape. */
+static bool check_pair(const char *op, const nb_tensor *input, const nb_tensor *target,
+                       bool broadcast)
 {
     if (nnc_null(op, "input", input) || nnc_null(op, "target", target) ||
         !nnc_float(op, "input", input) || !nnc_like(op, "target", target, input))
         return false;
-    if (nb_tensor_ndim(input) != nb_tensor_ndim(target) ||
-        memcmp(nbi_dims(input), nbi_dims(target),
-               (size_t)nb_tensor_ndim(input) * sizeof(int64_t))) {
-        nbi_error(NB_SHAPE_MISMATCH, "%s: input %s and target %s must have the same shape", op,
-                  NBI_SHAPE_STR(input), NBI_SHAPE_STR(target));
+    int32_t ni = nb_tensor_ndim(input), nt = nb_tensor_ndim(target);
+    bool ok = ni == nt && !memcmp(nbi_dims(input), nbi_dims(target), (size_t)ni * sizeof(int64_t));
+    if (!ok && broadcast) {
+        ok = true;
+        for (int32_t k = 1; ok && k <= ni && k <= nt; k++) {
+            int64_t a = nbi_dims(input)[ni - k], b = nbi_dims(target)[nt - k];
+            ok = a == b || a == 1 || b == 1;
+        }
+    }
+    if (!ok) {
+        nbi_error(NB_SHAPE_MISMATCH, "%s: input %s and target %s must have %s", op,
+                  NBI_SHAPE_STR(input), NBI_SHAPE_STR(target),
+                  broadcast ? "broadcastable shapes" : "the same shape");
         return false;
     }
     return true;
@@ -59,7 +70,7 @@ static nb_tensor *smooth_l1_impl(const nb_tensor *input, const nb_tensor *target
                                  nb_reduction r, double beta)
 {
     const char *op = "smooth_l1_loss";
-    if (!check_pair(op, input, target) || !check_reduction(op, r, false))
+    if (!check_pair(op, input, target, true) || !check_reduction(op, r, false))
         return NULL;
     if (!(beta >= 0)) {
         nbi_error(NB_INVALID_ARGUMENT, "smooth_l1_loss: beta=%g must not be negative", beta);
@@ -78,7 +89,7 @@ static nb_tensor *huber_impl(const nb_tensor *input, const nb_tensor *target, nb
                              double delta)
 {
     const char *op = "huber_loss";
-    if (!check_pair(op, input, target) || !check_reduction(op, r, false))
+    if (!check_pair(op, input, target, true) || !check_reduction(op, r, false))
         return NULL;
     if (!(delta > 0)) {
         nbi_error(NB_INVALID_ARGUMENT, "huber_loss: delta=%g must be positive", delta);
@@ -93,7 +104,7 @@ static nb_tensor *kl_div_impl(const nb_tensor *input, const nb_tensor *target, n
                               bool log_target)
 {
     const char *op = "kl_div";
-    if (!check_pair(op, input, target) || !check_reduction(op, r, true))
+    if (!check_pair(op, input, target, true) || !check_reduction(op, r, true))
         return NULL;
     nnc_tmps s = {0};
     nb_tensor *l = NULL;
@@ -340,7 +351,7 @@ static nb_tensor *bcel_impl(const nb_tensor *input, const nb_tensor *target,
                             const nb_tensor *weight, const nb_tensor *pos_weight, nb_reduction r)
 {
     const char *op = "binary_cross_entropy_with_logits";
-    if (!check_pair(op, input, target) || !check_reduction(op, r, false))
+    if (!check_pair(op, input, target, false) || !check_reduction(op, r, false))
         return NULL;
     if ((weight && !nnc_like(op, "weight", weight, input)) ||
         (pos_weight && !nnc_like(op, "pos_weight", pos_weight, input)))

@@ -330,6 +330,56 @@ static void cross_entropy_takes_class_probabilities(void **state)
     }
 }
 
+/* smooth_l1, huber and kl_div broadcast input against target as PyTorch (and mse_loss) do:
+ * x = torch.linspace(-1.5, 1.5, 6).reshape(2, 3).requires_grad_(); t = torch.tensor([0.5, -1, 0.3])
+ * F.smooth_l1_loss(x, t, beta=0.7, reduction='none'); h = F.huber_loss(t, x, delta=0.5), d h/dx
+ * lp = torch.linspace(-3, -0.2, 3).requires_grad_(); tp = [[0, 0.2, 0.8], [0.5, 0.5, 0]]
+ * k = F.kl_div(lp, tp, reduction='batchmean') (divides by input.size(0) = 3), d k/d lp */
+static void regression_losses_broadcast_like_pytorch(void **state)
+{
+    (void)state;
+    for (int d = 0; d < n_devices; d++) {
+        const char *dev = devices[d];
+        double xv[6];
+        for (int i = 0; i < 6; i++)
+            xv[i] = -1.5 + 0.6 * i;
+        nb_tensor *x = tdev(NB_SHAPE(2, 3), xv, true, dev);
+        nb_tensor *t = tdev(NB_SHAPE(3), ARR(0.5, -1, 0.3), false, dev);
+        nb_tensor *l = nb_smooth_l1_loss(x, t, NB_REDUCTION_NONE, 0.7);
+        expect_values(l, ARR(1.65, 0.00714285714285714, 0.25714285714285723, 0.02857142857142856,
+                             1.5499999999999998, 0.85), 6, 1e-12);
+        nb_tensor *h = nb_huber_loss(t, x, NB_REDUCTION_MEAN, 0.5);
+        expect_values(h, ARR(0.39583333333333326), 1, 1e-12);
+        nb_tensor *g = grad_of_sum(h, x);
+        expect_values(g, ARR(-0.08333333333333333, 0.016666666666666663, -0.08333333333333333,
+                             -0.033333333333333326, 0.08333333333333333, 0.08333333333333333),
+                      6, 1e-12);
+        nb_tensor *lp = tdev(NB_SHAPE(3), ARR(-3, -1.6, -0.2), true, dev);
+        nb_tensor *tp = tdev(NB_SHAPE(2, 3), ARR(0, 0.2, 0.8, 0.5, 0.5, 0), false, dev);
+        nb_tensor *k = nb_kl_div(lp, tp, NB_REDUCTION_BATCHMEAN, false);
+        expect_values(k, ARR(0.5288167986339556), 1, 1e-12);
+        nb_tensor *gk = grad_of_sum(k, lp);
+        expect_values(gk, ARR(-0.16666666666666666, -0.23333333333333334, -0.26666666666666666),
+                      3, 1e-12);
+        /* shapes that do not broadcast are refused, naming both */
+        nb_tensor *t2 = tdev(NB_SHAPE(2), ARR(1, 1), false, dev);
+        assert_null(nb_smooth_l1_loss(x, t2, NB_REDUCTION_MEAN, 1));
+        assert_int_equal(nb_last_status(), NB_SHAPE_MISMATCH);
+        assert_non_null(strstr(nb_last_error(), "[2, 3] and target [2]"));
+        nb_clear_error();
+        nb_release(t2);
+        nb_release(gk);
+        nb_release(k);
+        nb_release(tp);
+        nb_release(lp);
+        nb_release(g);
+        nb_release(h);
+        nb_release(l);
+        nb_release(t);
+        nb_release(x);
+    }
+}
+
 int main(void)
 {
     if (nb_init() != NB_OK)
@@ -346,6 +396,7 @@ int main(void)
         NB_TEST(class_losses_keep_the_order_of_spatial_dims),
         NB_TEST(every_target_ignored_gives_nan_loss_and_zero_gradient),
         NB_TEST(cross_entropy_takes_class_probabilities),
+        NB_TEST(regression_losses_broadcast_like_pytorch),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     return nb_shutdown() == NB_OK ? rc : 1;
