@@ -22,13 +22,15 @@ static nb_tensor *leaky_relu_impl(const nb_tensor *x, double slope)
     return nnc_ret(&s, pos && neg ? nnc_k(&s, nb_where(pos, x, neg)) : NULL);
 }
 
-/* x > 0 ? x : alpha * (exp(x) - 1) */
+/* x <= 0 ? alpha * (exp(x) - 1) : x. The test is x <= 0, not x > 0, so that NaN takes the
+ * linear branch and its gradient 1, as PyTorch's elu_backward does. */
 static nb_tensor *elu_impl(const nb_tensor *x, double alpha)
 {
     if (!act_check("elu", x))
         return NULL;
     nnc_tmps s = {0};
-    nb_tensor *pos = nnc_k(&s, nb_gt_scalar(x, 0));
+    nb_tensor *neg_in = nnc_k(&s, nb_le_scalar(x, 0));
+    nb_tensor *pos = nnc_k(&s, nb_logical_not(neg_in));
     /* x where x <= 0, else 0: masked_fill, not clamp, so that x = 0 takes the exp branch's
      * gradient alpha as PyTorch does (clamp's gradient is 0 at its bound). */
     nb_tensor *xn = pos ? nnc_k(&s, nb_masked_fill(x, pos, 0)) : NULL;
@@ -180,8 +182,8 @@ static nb_tensor *gelu_tanh_impl(const nb_tensor *x)
     return nb_function_apply(&gelu_tanh_fn, c, (nb_tensor *[]){(nb_tensor *)x}, 1);
 }
 
-/* PyTorch's hardtanh passes the gradient only strictly inside (min, max); clamp would pass it
- * at the bounds too, so the outside values are constants taken from a detached clamp. */
+/* PyTorch's hardtanh passes the gradient only strictly inside (min, max), and at NaN (its
+ * test is x <= min || x >= max); the outside values are constants from a detached clamp. */
 static nb_tensor *hardtanh_impl(const nb_tensor *x, double lo, double hi)
 {
     if (!act_check("hardtanh", x))
@@ -192,12 +194,12 @@ static nb_tensor *hardtanh_impl(const nb_tensor *x, double lo, double hi)
         return NULL;
     }
     nnc_tmps s = {0};
-    nb_tensor *a = nnc_k(&s, nb_gt_scalar(x, lo));
-    nb_tensor *b = nnc_k(&s, nb_lt_scalar(x, hi));
-    nb_tensor *in = a && b ? nnc_k(&s, nb_logical_and(a, b)) : NULL;
+    nb_tensor *a = nnc_k(&s, nb_le_scalar(x, lo));
+    nb_tensor *b = nnc_k(&s, nb_ge_scalar(x, hi));
+    nb_tensor *out = a && b ? nnc_k(&s, nb_logical_or(a, b)) : NULL;
     nb_tensor *d = nnc_k(&s, nb_detach(x));
     nb_tensor *c = nnc_k(&s, nb_clamp(d, lo, hi));
-    return nnc_ret(&s, in && c ? nnc_k(&s, nb_where(in, x, c)) : NULL);
+    return nnc_ret(&s, out && c ? nnc_k(&s, nb_where(out, c, x)) : NULL);
 }
 
 /* log(sigmoid(x)) = -softplus(-x): x itself below -20, where sigmoid would underflow. */

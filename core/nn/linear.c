@@ -24,13 +24,16 @@ static nb_tensor *linear_impl(const nb_tensor *x, const nb_tensor *w, const nb_t
                   NBI_SHAPE_STR(w), (long long)nbi_dims(w)[1]);
         return NULL;
     }
-    if (b && !(nb_tensor_ndim(b) == 1 && nbi_dims(b)[0] == nbi_dims(w)[0])) {
-        nbi_error(NB_SHAPE_MISMATCH, "linear: bias %s does not match weight %s: expected [%lld]",
-                  NBI_SHAPE_STR(b), NBI_SHAPE_STR(w), (long long)nbi_dims(w)[0]);
+    /* PyTorch's bias is (out_features) or () (a 1-element (1) broadcasts as well) */
+    bool full_bias = b && nb_tensor_ndim(b) == 1 && nbi_dims(b)[0] == nbi_dims(w)[0];
+    if (b && !full_bias && !(nb_tensor_ndim(b) == 0 ||
+                             (nb_tensor_ndim(b) == 1 && nbi_dims(b)[0] == 1))) {
+        nbi_error(NB_SHAPE_MISMATCH, "linear: bias %s does not match weight %s: expected [%lld] "
+                  "or a 0-d bias", NBI_SHAPE_STR(b), NBI_SHAPE_STR(w), (long long)nbi_dims(w)[0]);
         return NULL;
     }
     nb_tensor *wt = nb_t(w), *out;
-    if (nb_tensor_ndim(x) == 2 && b) {
+    if (nb_tensor_ndim(x) == 2 && full_bias) {
         out = wt ? nb_addmm(b, x, wt, 1, 1) : NULL; /* AddmmBackward0, as in PyTorch */
     } else {
         nb_tensor *y = wt ? nb_matmul(x, wt) : NULL;

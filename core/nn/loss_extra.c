@@ -1,6 +1,7 @@
 /* loss_extra.c - the losses and loss options PyTorch users set beyond loss.c's:
  * smooth_l1_loss, huber_loss, kl_div, cross_entropy / nll_loss with weight, ignore_index,
- * label_smoothing and (N, C, d...) inputs, and binary_cross_entropy_with_logits's pos_weight. */
+ * label_smoothing, (N, C, d...) inputs and class-probability targets, and
+ * binary_cross_entropy_with_logits's pos_weight. */
 #include "nn_common.h"
 
 static bool check_reduction(const char *op, nb_reduction r, bool batchmean)
@@ -24,16 +25,27 @@ static nb_tensor *reduce(nb_tensor *l, nb_reduction r)
     return out;
 }
 
-static bool check_pair(const char *op, const nb_tensor *input, const nb_tensor *target)
+/* PyTorch's smooth_l1, huber and kl_div broadcast input against target (smooth_l1 and huber
+ * with a warning) as mse_loss does; binary_cross_entropy_with_logits wants the same shape. */
+static bool check_pair(const char *op, const nb_tensor *input, const nb_tensor *target,
+                       bool broadcast)
 {
     if (nnc_null(op, "input", input) || nnc_null(op, "target", target) ||
         !nnc_float(op, "input", input) || !nnc_like(op, "target", target, input))
         return false;
-    if (nb_tensor_ndim(input) != nb_tensor_ndim(target) ||
-        memcmp(nbi_dims(input), nbi_dims(target),
-               (size_t)nb_tensor_ndim(input) * sizeof(int64_t))) {
-        nbi_error(NB_SHAPE_MISMATCH, "%s: input %s and target %s must have the same shape", op,
-                  NBI_SHAPE_STR(input), NBI_SHAPE_STR(target));
+    int32_t ni = nb_tensor_ndim(input), nt = nb_tensor_ndim(target);
+    bool ok = ni == nt && !memcmp(nbi_dims(input), nbi_dims(target), (size_t)ni * sizeof(int64_t));
+    if (!ok && broadcast) {
+        ok = true;
+        for (int32_t k = 1; ok && k <= ni && k <= nt; k++) {
+            int64_t a = nbi_dims(input)[ni - k], b = nbi_dims(target)[nt - k];
+            ok = a == b || a == 1 || b == 1;
+        }
+    }
+    if (!ok) {
+        nbi_error(NB_SHAPE_MISMATCH, "%s: input %s and target %s must have %s", op,
+                  NBI_SHAPE_STR(input), NBI_SHAPE_STR(target),
+                  broadcast ? "broadcastable shapes" : "the same shape");
         return false;
     }
     return true;
@@ -58,7 +70,7 @@ static nb_tensor *smooth_l1_impl(const nb_tensor *input, const nb_tensor *target
                                  nb_reduction r, double beta)
 {
     const char *op = "smooth_l1_loss";
-    if (!check_pair(op, input, target) || !check_reduction(op, r, false))
+    if (!check_pair(op, input, target, true) || !check_reduction(op, r, false))
         return NULL;
     if (!(beta >= 0)) {
         nbi_error(NB_INVALID_ARGUMENT, "smooth_l1_loss: beta=%g must not be negative", beta);
@@ -77,7 +89,7 @@ static nb_tensor *huber_impl(const nb_tensor *input, const nb_tensor *target, nb
                              double delta)
 {
     const char *op = "huber_loss";
-    if (!check_pair(op, input, target) || !check_reduction(op, r, false))
+    if (!check_pair(op, input, target, true) || !check_reduction(op, r, false))
         return NULL;
     if (!(delta > 0)) {
         nbi_error(NB_INVALID_ARGUMENT, "huber_loss: delta=%g must be positive", delta);
@@ -92,7 +104,7 @@ static nb_tensor *kl_div_impl(const nb_tensor *input, const nb_tensor *target, n
                               bool log_target)
 {
     const char *op = "kl_div";
-    if (!check_pair(op, input, target) || !check_reduction(op, r, true))
+    if (!check_pair(op, input, target, true) || !check_reduction(op, r, true))
         return NULL;
     nnc_tmps s = {0};
     nb_tensor *l = NULL;
@@ -134,9 +146,9 @@ static bool class_rows(const char *op, const nb_tensor *input, const nb_tensor *
         !nnc_float(op, "input", input) || !nnc_same_device(op, "target", target, input))
         return false;
     if (nb_tensor_dtype(target) != NB_DTYPE_I64) {
-        nbi_error(NB_DTYPE_UNSUPPORTED, "%s: expected int64 class indices as target, got %s "
-                  "(probability targets are not supported)", op,
-                  nb_dtype_name(nb_tensor_dtype(target)));
+        nbi_error(NB_DTYPE_UNSUPPORTED, "%s: expected int64 class indices as target%s, got %s",
+                  op, strcmp(op, "cross_entropy") ? "" : " (or class probabilities of the "
+                  "input's floating point dtype)", nb_dtype_name(nb_tensor_dtype(target)));
         return false;
     }
     bool ok = nb_tensor_ndim(input) >= 1 && nb_tensor_ndim(target) == nb_tensor_ndim(input) - 1;
@@ -151,8 +163,13 @@ static bool class_rows(const char *op, const nb_tensor *input, const nb_tensor *
     *tshape = nnc_shape(target);
     int64_t C = nb_tensor_ndim(input) == 1 ? nbi_dims(input)[0] : nbi_dims(input)[1];
     const nb_tensor *xm = input;
-    if (nb_tensor_ndim(input) > 2)
-        xm = nnc_k(s, nb_transpose(input, 1, -1)); /* (N, d..., C) */
+    if (nb_tensor_ndim(input) > 2) {
+        /* movedim(1, -1): a transpose of 1 and -1 would also reverse d1 and dk */
+        int32_t perm[NB_MAX_DIMS], nd = nb_tensor_ndim(input);
+        for (int32_t d = 0; d < nd; d++)
+            perm[d] = d == 0 ? 0 : d == nd - 1 ? 1 : d + 1;
+        xm = nnc_k(s, nb_permute(input, perm, nd)); /* (N, d..., C) */
+    }
     *x2 = xm ? nnc_k(s, nb_reshape(xm, NB_SHAPE(-1, C))) : NULL;
     *t1 = nnc_k(s, nb_reshape(target, NB_SHAPE(-1)));
     return *x2 && *t1;
@@ -181,6 +198,56 @@ static bool check_targets(const char *op, const nb_tensor *t1, int64_t ignore, i
     return ok;
 }
 
+/* cross_entropy with class probabilities as target (a floating point tensor of the input's
+ * shape): -sum_c w_c y_c log_softmax(x)_c at each position, with y smoothed to
+ * y (1 - ls) + ls / C. The mean divides by the positions (N d1 ...), not by a weight sum, and
+ * ignore_index does not apply, as in PyTorch. */
+static nb_tensor *prob_class_loss(const char *op, const nb_tensor *input, const nb_tensor *target,
+                                  nb_class_loss_opts o)
+{
+    if (!nnc_like(op, "target (class probabilities)", target, input))
+        return NULL;
+    int32_t nd = nb_tensor_ndim(input);
+    if (nd < 1 || nb_tensor_ndim(target) != nd ||
+        memcmp(nbi_dims(input), nbi_dims(target), (size_t)nd * sizeof(int64_t))) {
+        nbi_error(NB_SHAPE_MISMATCH, "%s: a floating point target holds class probabilities "
+                  "and must have the input's shape %s, got %s", op, NBI_SHAPE_STR(input),
+                  NBI_SHAPE_STR(target));
+        return NULL;
+    }
+    int32_t cdim = nd == 1 ? 0 : 1;
+    int64_t C = nbi_dims(input)[cdim];
+    const nb_tensor *w = o.weight;
+    if (w && !nnc_like(op, "weight", w, input))
+        return NULL;
+    if (w && (nb_tensor_ndim(w) != 1 || nbi_dims(w)[0] != C)) {
+        nbi_error(NB_SHAPE_MISMATCH, "%s: weight %s should have one value per class: expected "
+                  "[%lld]", op, NBI_SHAPE_STR(w), (long long)C);
+        return NULL;
+    }
+    nnc_tmps s = {0};
+    nb_tensor *lp = nnc_k(&s, nb_log_softmax(input, cdim));
+    const nb_tensor *y = target;
+    if (o.label_smoothing > 0) {
+        nb_tensor *ys = nnc_k(&s, nb_mul_scalar(target, 1 - o.label_smoothing));
+        y = ys ? nnc_k(&s, nb_add_scalar(ys, o.label_smoothing / (double)C)) : NULL;
+    }
+    nb_tensor *prod = lp && y ? nnc_k(&s, nb_mul(lp, y)) : NULL;
+    if (prod && w) {
+        /* (C) -> (C, 1, ..., 1) so that it lines up with the class dim */
+        nb_shape ws = {.ndim = nd - cdim};
+        ws.dims[0] = C;
+        for (int32_t d = 1; d < ws.ndim; d++)
+            ws.dims[d] = 1;
+        nb_tensor *wv = nnc_k(&s, nb_reshape(w, ws));
+        prod = wv ? nnc_k(&s, nb_mul(prod, wv)) : NULL;
+    }
+    nb_tensor *sum = prod ? nnc_k(&s, nb_sum(prod, &cdim, 1, false)) : NULL;
+    nb_tensor *l = sum ? nb_neg(sum) : NULL;
+    nnc_free(&s);
+    return reduce(l, o.reduction);
+}
+
 static nb_tensor *class_loss(const char *op, const nb_tensor *input, const nb_tensor *target,
                              nb_class_loss_opts o, bool from_logits)
 {
@@ -191,6 +258,9 @@ static nb_tensor *class_loss(const char *op, const nb_tensor *input, const nb_te
                   op, o.label_smoothing);
         return NULL;
     }
+    if (from_logits && target && nb_dtype_is_float(nb_tensor_dtype(target)) && input &&
+        nnc_float(op, "input", input))
+        return prob_class_loss(op, input, target, o);
     nnc_tmps s = {0};
     nb_tensor *x2, *t1;
     nb_shape tshape;
@@ -246,10 +316,22 @@ static nb_tensor *class_loss(const char *op, const nb_tensor *input, const nb_te
             a = nnc_k(&s, nb_sum(nll, NULL, 0, false));
             b = smooth ? nnc_k(&s, nb_sum(smooth, NULL, 0, false)) : NULL;
             if (o.reduction == NB_REDUCTION_MEAN) {
-                /* 0 / 0 = NaN when every target is ignored, as PyTorch returns */
+                /* Every target ignored: PyTorch returns 0 / 0 = NaN but a zero gradient,
+                 * so the loss is a * (1 / den or 0) plus a constant NaN, not a / den (whose
+                 * gradient 1 / 0 times the zero rows would be NaN). */
                 nb_tensor *den = nnc_k(&s, nb_sum(wt, NULL, 0, false));
-                a = a && den ? nnc_k(&s, nb_div(a, den)) : NULL;
-                b = b && den ? nnc_k(&s, nb_div(b, den)) : NULL;
+                nb_tensor *none = den ? nnc_k(&s, nb_eq_scalar(den, 0)) : NULL;
+                nb_tensor *inv = den ? nnc_k(&s, nb_rdiv_scalar(den, 1)) : NULL;
+                nb_tensor *z = nnc_k(&s, nb_zeros(NB_SHAPE_SCALAR, nnc_opts(input)));
+                nb_tensor *nan = nnc_k(&s, nb_full(NB_SHAPE_SCALAR, NAN, nnc_opts(input)));
+                nb_tensor *scale = none && inv && z ? nnc_k(&s, nb_where(none, z, inv)) : NULL;
+                nb_tensor *bad = none && nan && z ? nnc_k(&s, nb_where(none, nan, z)) : NULL;
+                nb_tensor *as = a && scale ? nnc_k(&s, nb_mul(a, scale)) : NULL;
+                a = as && bad ? nnc_k(&s, nb_add(as, bad)) : NULL;
+                if (b) {
+                    nb_tensor *bs = scale ? nnc_k(&s, nb_mul(b, scale)) : NULL;
+                    b = bs && bad ? nnc_k(&s, nb_add(bs, bad)) : NULL;
+                }
             }
         }
         if (a && eps > 0 && b) {
@@ -269,7 +351,7 @@ static nb_tensor *bcel_impl(const nb_tensor *input, const nb_tensor *target,
                             const nb_tensor *weight, const nb_tensor *pos_weight, nb_reduction r)
 {
     const char *op = "binary_cross_entropy_with_logits";
-    if (!check_pair(op, input, target) || !check_reduction(op, r, false))
+    if (!check_pair(op, input, target, false) || !check_reduction(op, r, false))
         return NULL;
     if ((weight && !nnc_like(op, "weight", weight, input)) ||
         (pos_weight && !nnc_like(op, "pos_weight", pos_weight, input)))

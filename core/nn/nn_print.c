@@ -146,8 +146,9 @@ static void extra_repr(const nb_module *m, char *buf, size_t len)
     case NN_BATCHNORM2D:
         py_float_repr(m->cfg.bn.eps, a, sizeof a);
         py_float_repr(m->cfg.bn.momentum, b, sizeof b);
-        snprintf(buf, len, "%lld, eps=%s, momentum=%s, affine=True, track_running_stats=True",
-                 (long long)m->cfg.bn.features, a, b);
+        /* PyTorch 2.15 prints bias= too (BatchNorm2d(3) -> "..., affine=True, bias=True, ...") */
+        snprintf(buf, len, "%lld, eps=%s, momentum=%s, affine=True, bias=True, "
+                 "track_running_stats=True", (long long)m->cfg.bn.features, a, b);
         break;
     case NN_EXT:
         if (m->ext->extra_repr)

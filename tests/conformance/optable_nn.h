@@ -496,7 +496,8 @@ static const conf_sample s_nn_kl[] = {
     {"3x2 none", 2, {IN(CONF_ANY, 3, 2), IN(CONF_UNIT, 3, 2)}, .p.k = {NB_REDUCTION_NONE}},
 };
 static const conf_error e_nn_loss[] = {
-    {"shapes 2x3 and 3", 2, {IN(CONF_ANY, 2, 3), IN(CONF_ANY, 3)}, .p.s = {1}},
+    /* 2x3 and 3 broadcast (PyTorch's smooth_l1/huber/kl_div take them); 2x3 and 2 do not */
+    {"shapes 2x3 and 2", 2, {IN(CONF_ANY, 2, 3), IN(CONF_ANY, 2)}, .p.s = {1}},
     {"NULL target", 2, {IN(CONF_ANY, 2), IN(CONF_ANY, 2)}, .p.s = {1}, .null_arg = 2},
 };
 

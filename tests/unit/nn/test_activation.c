@@ -311,6 +311,42 @@ static void activations_refuse_integers_and_null(void **state)
     nb_release(i);
 }
 
+/* NaN takes the pass-through branch of hardtanh's and elu's gradients, as PyTorch's tests
+ * (x <= min || x >= max, x <= 0) do, on every device:
+ * x = torch.tensor([nan, -1, 1, 0.5], dtype=torch.float64, requires_grad=True)
+ * F.hardtanh(x) -> [nan, -1, 1, 0.5], grad [1, 0, 0, 1]
+ * F.relu6(tensor([nan, 0, 6, 3])) grad [1, 0, 0, 1]
+ * F.elu(tensor([nan, 0, -1, 2])) -> [nan, 0, -0.6321205588285577, 2], grad [1, 1, exp(-1), 1] */
+static void hardtanh_and_elu_pass_the_gradient_at_nan(void **state)
+{
+    (void)state;
+    const char *devices[2] = {"cpu", "opencl:0"};
+    int n_dev = nb_device_count("opencl") > 0 ? 2 : 1;
+    nb_clear_error();
+    for (int d = 0; d < n_dev; d++) {
+        nb_opts o = {.dtype = NB_DTYPE_F64, .device = devices[d], .requires_grad = true};
+        for (int k = 0; k < 3; k++) {
+            const double xv[3][4] = {{NAN, -1, 1, 0.5}, {NAN, 0, 6, 3}, {NAN, 0, -1, 2}};
+            nb_tensor *x = nb_from_data(xv[k], NB_SHAPE(4), o);
+            assert_non_null(x);
+            nb_tensor *y = k == 0 ? nb_hardtanh(x, -1, 1) : k == 1 ? nb_hardtanh(x, 0, 6)
+                                                                   : nb_elu(x, 1);
+            if (k == 2)
+                expect_values(y, ARR(NAN, 0, -0.6321205588285577, 2), 4, 1e-12);
+            else
+                expect_values(y, ARR(NAN, xv[k][1], xv[k][2], xv[k][3]), 4, 0);
+            nb_tensor *g = grad_of_sum(y, x);
+            if (k == 2)
+                expect_values(g, ARR(1, 1, exp(-1.0), 1), 4, 1e-12);
+            else
+                expect_values(g, ARR(1, 0, 0, 1), 4, 0);
+            nb_release(g);
+            nb_release(y);
+            nb_release(x);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------------- main */
 
 int main(int argc, char **argv)
@@ -330,6 +366,7 @@ int main(int argc, char **argv)
         NB_TEST(activations_pass_gradcheck),
         NB_TEST(activations_pass_second_order_gradcheck),
         NB_TEST(activations_refuse_integers_and_null),
+        NB_TEST(hardtanh_and_elu_pass_the_gradient_at_nan),
     };
     return nbt_run_tiers("activation", twice, NBT_COUNT(twice), once, NBT_COUNT(once), argv);
 }

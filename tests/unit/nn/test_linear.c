@@ -149,6 +149,50 @@ static void dropout_is_identity_in_eval_and_zero_at_p1(void **state)
     release_all((nb_tensor *[]){x, e, p0, z}, 4);
 }
 
+/* A 0-d or one-element bias broadcasts, as PyTorch documents ("Bias: (out) or ()"):
+ * x = torch.sin(torch.arange(8.)).reshape(2, 4); w = torch.cos(torch.arange(12.)).reshape(3, 4)
+ * b = torch.tensor(0.5, requires_grad=True); y = F.linear(x, w, b); y.sum().backward(); b.grad -> 6 */
+static void linear_takes_a_0d_bias(void **state)
+{
+    (void)state;
+    const char *devices[2] = {"cpu", "opencl:0"};
+    int n_dev = nb_device_count("opencl") > 0 ? 2 : 1;
+    nb_clear_error();
+    for (int d = 0; d < n_dev; d++) {
+        nb_opts o = {.dtype = NB_DTYPE_F64, .device = devices[d]};
+        double xv[8], wv[12];
+        for (int i = 0; i < 12; i++) {
+            if (i < 8)
+                xv[i] = sin((double)i);
+            wv[i] = cos((double)i);
+        }
+        nb_tensor *x = nb_from_data(xv, NB_SHAPE(2, 4), o), *w = nb_from_data(wv, NB_SHAPE(3, 4), o);
+        for (int k = 0; k < 2; k++) {
+            nb_tensor *b = nb_from_data((double[]){0.5}, k ? NB_SHAPE(1) : NB_SHAPE_SCALAR,
+                                        (nb_opts){.dtype = NB_DTYPE_F64, .device = devices[d],
+                                                  .requires_grad = true});
+            nb_tensor *y = nb_linear(x, w, b);
+            assert_non_null(y);
+            assert_shape(y, NB_SHAPE(2, 3));
+            const double want[6] = {0.43653971665941377, 1.7181645617294352, -1.0290307065325397,
+                                    -1.3090454195022776, 0.9496857867142237, 1.7211769277447035};
+            assert_close(y, want, 6, 1e-12, 1e-12, "linear 0-d bias");
+            nb_tensor *s = nb_sum(y, NULL, 0, false);
+            NB_ASSERT_OK(nb_backward(s, NULL, (nb_backward_opts){0}));
+            nb_tensor *g = nb_tensor_grad(b);
+            double gv = 0;
+            NB_ASSERT_OK(nb_item(g, &gv));
+            assert_true(gv == 6);
+            nb_release(g);
+            nb_release(s);
+            nb_release(y);
+            nb_release(b);
+        }
+        nb_release(w);
+        nb_release(x);
+    }
+}
+
 /* ---------------------------------------------------------------------- main */
 
 int main(int argc, char **argv)
@@ -161,6 +205,7 @@ int main(int argc, char **argv)
         NB_TEST(linear_rejects_bad_input),
         NB_TEST(dropout_zeroes_with_probability_p_and_scales_the_rest),
         NB_TEST(dropout_is_identity_in_eval_and_zero_at_p1),
+        NB_TEST(linear_takes_a_0d_bias),
     };
     return nbt_run_tiers("linear", twice, NBT_COUNT(twice), NULL, 0, argv);
 }

@@ -176,9 +176,11 @@ static void builtins_print_like_pytorch(void **state)
     assert_repr(nb_dropout_new(0), "Dropout(p=0.0, inplace=False)");
     assert_repr(nb_dropout_new(1), "Dropout(p=1.0, inplace=False)");
     assert_repr(nb_batch_norm2d_new(6, 1e-5, 0.1, o),
-                "BatchNorm2d(6, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)");
+                "BatchNorm2d(6, eps=1e-05, momentum=0.1, affine=True, bias=True, "
+                "track_running_stats=True)"); /* print(torch.nn.BatchNorm2d(6)) in 2.15 */
     assert_repr(nb_batch_norm1d_new(4, 0.001, 0.01, o),
-                "BatchNorm1d(4, eps=0.001, momentum=0.01, affine=True, track_running_stats=True)");
+                "BatchNorm1d(4, eps=0.001, momentum=0.01, affine=True, bias=True, "
+                "track_running_stats=True)");
     /* floats print as Python's repr() does (strings from python3 -c "print(repr(v))") */
     static const struct {
         double v;
@@ -189,12 +191,13 @@ static void builtins_print_like_pytorch(void **state)
     for (size_t k = 0; k < sizeof floats / sizeof floats[0]; k++) {
         char want[160];
         snprintf(want, sizeof want, "BatchNorm2d(2, eps=%s, momentum=0.1, affine=True, "
-                 "track_running_stats=True)", floats[k].repr);
+                 "bias=True, track_running_stats=True)", floats[k].repr);
         assert_repr(nb_batch_norm2d_new(2, floats[k].v, 0.1, o), want);
     }
     /* zeros ask for the defaults */
     assert_repr(nb_batch_norm1d_new(4, 0, 0, o),
-                "BatchNorm1d(4, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)");
+                "BatchNorm1d(4, eps=1e-05, momentum=0.1, affine=True, bias=True, "
+                "track_running_stats=True)");
     assert_repr(nb_conv2d_new(4, 8, 5, 3, (nb_conv2d_opts){.stride = {2, 1}, .padding = {1, 2},
                                                           .dilation = {2, 2}, .groups = 2},
                               false, o),
@@ -233,7 +236,7 @@ static void nested_sequential_indents_like_pytorch(void **state)
                 "    (2): Linear(in_features=3, out_features=1, bias=True)\n"
                 "  )\n"
                 "  (bn): BatchNorm1d(1, eps=1e-05, momentum=0.1, affine=True, "
-                "track_running_stats=True)\n"
+                "bias=True, track_running_stats=True)\n"
                 ")");
 }
 
