@@ -524,15 +524,16 @@ void integer_pow_and_uint8_arithmetic_match_torch(void **state)
     P->free(0, hb);
     P->free(0, ho);
 
+    const double three[8] = {3}; /* run() reads 8 of f and i, as nb_kernel_args holds */
     int32_t a32[8] = {-7, -3, -1, 0, 1, 5, 2, 3}, g32[8];
     int32_t cube[8] = {-343, -27, -1, 0, 1, 125, 8, 27}, three_to[8] = {0, 0, 0, 1, 3, 243, 9, 27};
     tview v32 = vec(a32, NB_DTYPE_I32, 8, &ha), o32 = vec(NULL, NB_DTYPE_I32, 8, &ho);
-    assert_int_equal(run("pow_scalar", NB_DTYPE_I32, &o32, 1, &v32, (double[]){3, 0}, NULL),
+    assert_int_equal(run("pow_scalar", NB_DTYPE_I32, &o32, 1, &v32, three, NULL),
                      NB_OK);
     buf_read(ho, g32, sizeof g32);
     for (int k = 0; k < 8; k++)
         assert_int_equal(g32[k], cube[k]);
-    assert_int_equal(run("rpow_scalar", NB_DTYPE_I32, &o32, 1, &v32, (double[]){3, 0}, NULL),
+    assert_int_equal(run("rpow_scalar", NB_DTYPE_I32, &o32, 1, &v32, three, NULL),
                      NB_OK);
     buf_read(ho, g32, sizeof g32);
     for (int k = 0; k < 8; k++)
@@ -548,10 +549,12 @@ void integer_pow_and_uint8_arithmetic_match_torch(void **state)
     tview vx = vec(x, NB_DTYPE_U8, 8, &ha), vy = vec(y, NB_DTYPE_U8, 8, &hb),
           vu = vec(NULL, NB_DTYPE_U8, 8, &ho);
     tview xy[2] = {vx, vy};
+    const double bounds[8] = {2, 100};
+    const int64_t has[8] = {1, 1};
     for (int o = 0; o < 6; o++) {
         int n_in = o < 4 ? 2 : 1;
-        const double *f = o == 5 ? (double[]){2, 100} : NULL;
-        const int64_t *iv = o == 5 ? (int64_t[]){1, 1} : NULL;
+        const double *f = o == 5 ? bounds : NULL;
+        const int64_t *iv = o == 5 ? has : NULL;
         assert_int_equal(run(ops[o], NB_DTYPE_U8, &vu, n_in, xy, f, iv), NB_OK);
         buf_read(ho, gu, sizeof gu);
         for (int k = 0; k < 8; k++)
