@@ -416,6 +416,18 @@ static nb_tensor *unary_op(nbi_op op, const nb_tensor *a, const double *f, int32
                            const int64_t *iv, int32_t ni, nb_tensor *into)
 {
     nb_dtype dt = a->dtype;
+    if ((op == NBI_OP_floor || op == NBI_OP_ceil || op == NBI_OP_round) &&
+        !nb_dtype_is_float(dt)) {
+        /* Integers are already whole: PyTorch returns a copy in the same dtype (and refuses
+         * bool). Done here, not by a kernel, so every device gives it without an integer
+         * kernel of its own (opencl has none). */
+        if (dt == NB_DTYPE_BOOL) {
+            nbi_error(NB_DTYPE_UNSUPPORTED, "%s: not implemented for bool tensors",
+                      nbi_op_name(op));
+            return NULL;
+        }
+        return into ? nb_retain(into) : nb_clone(a);
+    }
     if (unary_info[op].to_float && !nb_dtype_is_float(dt))
         dt = nbi_default_float();
     if (op >= NBI_OP_add_scalar && op <= NBI_OP_rpow_scalar)

@@ -9,7 +9,8 @@
 /* ================================ logsumexp ================================ */
 
 /* m + log(sum(exp(t - m))) with m the (detached) max; an infinite max is replaced by 0 so that
- * rows of -inf give -inf and rows with +inf give +inf, as PyTorch. */
+ * rows of -inf give -inf and rows with +inf give +inf, as PyTorch. An empty input has no max
+ * and reduces to -inf (torch.logsumexp(torch.zeros(0), 0) is -inf). */
 static nb_tensor *logsumexp_impl(const nb_tensor *t, const int32_t *dims, int32_t nd,
                                  bool keepdim)
 {
@@ -19,6 +20,11 @@ static nb_tensor *logsumexp_impl(const nb_tensor *t, const int32_t *dims, int32_
     const nb_tensor *x = t;
     if (!nb_dtype_is_float(t->dtype))
         x = nnc_k(&s, nb_to_dtype(t, nbi_default_float()));
+    if (x && nb_tensor_numel(x) == 0) { /* no max to shift by: log(sum of nothing) = -inf */
+        nb_tensor *e0 = nnc_k(&s, nb_exp(x));
+        nb_tensor *s0 = nnc_k(&s, nb_sum(e0, dims, nd, keepdim));
+        return nnc_ret(&s, nnc_k(&s, nb_log(s0)));
+    }
     nb_tensor *d = x ? nnc_k(&s, nb_detach(x)) : NULL;
     nb_tensor *m = nnc_k(&s, nb_amax(d, dims, nd, true));
     nb_tensor *am = nnc_k(&s, nb_abs(m));

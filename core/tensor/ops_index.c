@@ -8,9 +8,17 @@ static nb_status check_index(const char *op, const nb_tensor *t, const nb_tensor
     if (same_device(op, t, index) != NB_OK)
         return nb_last_status();
     if (index->dtype != NB_DTYPE_I64)
-        return nbi_error(NB_DTYPE_UNSUPPORTED, "%s: index must be int64, got %s", op,
+        return nbi_error(NB_DTYPE_UNSUPPORTED, "%s: index must be int32 or int64, got %s", op,
                          nb_dtype_name(index->dtype));
     return NB_OK;
+}
+
+/* PyTorch 2.x's gather, index_select and scatter_add take an int32 index as well as int64; the
+ * kernels read int64, so an int32 one is widened (*wide, released by the caller). */
+static const nb_tensor *widen_index(const nb_tensor *index, nb_tensor **wide)
+{
+    *wide = index->dtype == NB_DTYPE_I32 ? nb_to_dtype(index, NB_DTYPE_I64) : NULL;
+    return index->dtype == NB_DTYPE_I32 ? *wide : index;
 }
 
 static nb_status bw_gather(nbi_node *node, nb_tensor *g, nb_tensor **gi)
@@ -66,7 +74,11 @@ static nb_tensor *gather_impl(const char *name, const nb_tensor *t, int32_t dim,
 nb_tensor *nb_gather(const nb_tensor *t, int32_t dim, const nb_tensor *index)
 {
     NBI_NULL_CHECK("gather", t, index);
-    return NBI_API(gather_impl("gather", t, dim, index));
+    nb_tensor *wide;
+    const nb_tensor *ix = widen_index(index, &wide);
+    nb_tensor *r = ix ? gather_impl("gather", t, dim, ix) : NULL;
+    nb_release(wide);
+    return NBI_API(r);
 }
 
 nb_tensor *nb_index_select(const nb_tensor *t, int32_t dim, const nb_tensor *index)
@@ -83,14 +95,19 @@ nb_tensor *nb_index_select(const nb_tensor *t, int32_t dim, const nb_tensor *ind
         nbi_error(NB_SHAPE_MISMATCH, "index_select: input must have at least one dimension");
         return NULL;
     }
+    nb_tensor *wide;
+    const nb_tensor *ix = widen_index(index, &wide);
+    if (!ix)
+        return NULL;
     /* a stride-0 expansion of the index turns index_select into gather */
     int64_t shape[NB_MAX_DIMS], strides[NB_MAX_DIMS] = {0};
     memcpy(shape, t->shape, sizeof shape);
-    shape[dim] = index->ndim ? index->shape[0] : 1;
-    strides[dim] = index->ndim ? index->strides[0] : 0;
-    nb_tensor *ex = nbi_tensor_view(index, t->ndim, shape, strides, index->offset);
+    shape[dim] = ix->ndim ? ix->shape[0] : 1;
+    strides[dim] = ix->ndim ? ix->strides[0] : 0;
+    nb_tensor *ex = nbi_tensor_view(ix, t->ndim, shape, strides, ix->offset);
     nb_tensor *r = ex ? gather_impl("index_select", t, dim, ex) : NULL;
     nb_release(ex);
+    nb_release(wide);
     return NBI_API(r);
 }
 
@@ -153,7 +170,11 @@ nb_tensor *nb_scatter_add(const nb_tensor *t, int32_t dim, const nb_tensor *inde
                           const nb_tensor *src)
 {
     NBI_NULL_CHECK("scatter_add", t, index, src);
-    return NBI_API(scatter_add_impl(t, dim, index, src));
+    nb_tensor *wide;
+    const nb_tensor *ix = widen_index(index, &wide);
+    nb_tensor *r = ix ? scatter_add_impl(t, dim, ix, src) : NULL;
+    nb_release(wide);
+    return NBI_API(r);
 }
 
 static nb_status bw_cat(nbi_node *node, nb_tensor *g, nb_tensor **gi)

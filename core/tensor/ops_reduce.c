@@ -355,7 +355,10 @@ static nb_tensor *var_impl(const nb_tensor *t, const int32_t *dims, int32_t nd, 
     nb_tensor *m = nb_mean(t, dims, nd, true), *c = m ? nb_sub(t, m) : NULL;
     nb_tensor *sq = c ? nb_mul(c, c) : NULL, *s = sq ? nb_sum(sq, dims, nd, keepdim) : NULL;
     double denom = (double)count - (double)corr; /* corr may be any int64: no overflow */
-    nb_tensor *v = s ? nb_mul_scalar(s, denom > 0 ? 1.0 / denom : NAN) : NULL;
+    /* PyTorch divides by max(0, N - correction): no degrees of freedom left gives inf, or NaN
+     * where every deviation is 0 (torch.var(torch.tensor([1., 3.]), correction=2) is inf). */
+    nb_tensor *v = s ? (denom > 0 ? nb_mul_scalar(s, 1.0 / denom) : nb_div_scalar(s, 0.0))
+                     : NULL;
     nb_release(m);
     nb_release(c);
     nb_release(sq);
@@ -454,8 +457,8 @@ nb_tensor *nb_std(const nb_tensor *t, const int32_t *dims, int32_t nd, int64_t c
     return NBI_API(var_std(true, t, dims, nd, corr, keepdim));
 }
 
-/* torch.linalg.vector_norm's backward: g * sign(x) |x|^(p-1) / norm^(p-1); for p = inf the
- * gradient is shared among the elements of largest |x|. Where the norm is 0 the gradient is 0
+/* torch.linalg.vector_norm's backward: g * sign(x) |x|^(p-1) / norm^(p-1); for p = +-inf the
+ * gradient is shared among the elements of largest (smallest) |x|; for p = 0 it is 0. Where the norm is 0 the gradient is 0
  * (PyTorch's rule), with a safe denominator so that higher orders see no inf or NaN. */
 static nb_status bw_norm(nbi_node *node, nb_tensor *g, nb_tensor **gi)
 {
@@ -481,6 +484,8 @@ static nb_status bw_norm(nbi_node *node, nb_tensor *g, nb_tensor **gi)
         nb_release(hit);
         nb_release(hf);
         nb_release(cnt);
+    } else if (p == 0) { /* a count: piecewise constant, gradient 0 as in PyTorch */
+        w = nb_zeros_like(x);
     } else if (p == 2) {
         w = rs ? nb_div(x, rs) : NULL;
     } else if (p == 1) {
@@ -532,16 +537,25 @@ static nb_tensor *norm_value(const nb_tensor *t, double p, const int32_t *dims, 
                   nb_dtype_name(t->dtype));
         return NULL;
     }
-    if (!(p > 0)) {
-        nbi_error(NB_INVALID_ARGUMENT, "norm: p must be positive (or INFINITY), got %g", p);
+    if (isnan(p)) {
+        nbi_error(NB_INVALID_ARGUMENT, "norm: p must be a number or +-INFINITY, got nan");
         return NULL;
     }
+    if (p == 0) { /* the count of nonzero elements, in t's dtype (torch.linalg.vector_norm) */
+        nb_tensor *nz = nb_ne_scalar(t, 0);
+        nb_tensor *f = nz ? nb_to_dtype(nz, t->dtype) : NULL;
+        nb_tensor *r = f ? nb_sum(f, dims, nd, keepdim) : NULL;
+        nb_release(nz);
+        nb_release(f);
+        return r;
+    }
     nb_tensor *a = nb_abs(t);
-    if (isinf(p)) {
-        nb_tensor *r = a ? nb_amax(a, dims, nd, keepdim) : NULL;
+    if (isinf(p)) { /* inf: the largest |x|; -inf: the smallest */
+        nb_tensor *r = a ? (p > 0 ? nb_amax : nb_amin)(a, dims, nd, keepdim) : NULL;
         nb_release(a);
         return r;
     }
+    /* A negative p takes the same formula: |0|^p = inf, and inf^(1/p) = 0, as in PyTorch. */
     nb_tensor *pw = a ? (p == 2 ? nb_mul(t, t) : nb_pow_scalar(a, p)) : NULL;
     nb_tensor *s = pw ? nb_sum(pw, dims, nd, keepdim) : NULL;
     nb_tensor *r = s ? (p == 2 ? nb_sqrt(s) : nb_pow_scalar(s, 1.0 / p)) : NULL;

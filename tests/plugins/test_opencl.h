@@ -81,6 +81,7 @@ void clamp_rounds_integer_bounds_inward_and_a_nan_bound_wins(void **state);
 void signed_zeros_come_out_as_on_the_cpu(void **state);
 void integer_arange_and_scalar_compares_are_exact_past_2_to_24(void **state);
 void integer_arithmetic_wraps(void **state);
+void integer_pow_and_uint8_arithmetic_match_torch(void **state);
 /* test_opencl_reduce.c */
 void reductions_over_a_middle_dim(void **state);
 void full_sum_of_a_long_vector_is_accurate(void **state);

@@ -498,3 +498,71 @@ void integer_arithmetic_wraps(void **state)
     P->free(0, hb);
     P->free(0, ho);
 }
+
+/* Integer pow (tensor ** tensor, ** scalar, scalar **) and uint8 arithmetic, which the plugin
+ * had no kernels for (the core answered "no int64 kernel on opencl:0"). Expected values from
+ * PyTorch 2.15: a = torch.tensor([-7, -3, -1, 0, 1, 5, 2, 3]),
+ * b = torch.tensor([2, 3, -2, 3, -3, 2, 62, 40]): (a ** b).tolist() -> [49, -27, 1, 0, 1, 25,
+ * 4611686018427387904, -6289078614652622815]; (a.int() ** 3), (3 ** a.int()) below;
+ * x = torch.tensor([0, 1, 2, 3, 200, 255, 16, 7], dtype=torch.uint8), y = [3, 255, 7, 2, 2, 1,
+ * 2, 3] (uint8): x + y, x - y, x * y, x ** y, -x, torch.clamp(x, 2, 100) below. */
+void integer_pow_and_uint8_arithmetic_match_torch(void **state)
+{
+    (void)state;
+    int64_t a[8] = {-7, -3, -1, 0, 1, 5, 2, 3}, b[8] = {2, 3, -2, 3, -3, 2, 62, 40}, g[8];
+    int64_t want[8] = {49, -27, 1, 0, 1, 25, INT64_C(4611686018427387904),
+                       INT64_C(-6289078614652622815)};
+    void *ha, *hb, *ho;
+    tview va = vec(a, NB_DTYPE_I64, 8, &ha), vb = vec(b, NB_DTYPE_I64, 8, &hb),
+          vo = vec(NULL, NB_DTYPE_I64, 8, &ho);
+    tview ab[2] = {va, vb};
+    assert_int_equal(run("pow", NB_DTYPE_I64, &vo, 2, ab, NULL, NULL), NB_OK);
+    buf_read(ho, g, sizeof g);
+    for (int k = 0; k < 8; k++)
+        assert_int_equal(g[k], want[k]);
+    P->free(0, ha);
+    P->free(0, hb);
+    P->free(0, ho);
+
+    const double three[8] = {3}; /* run() reads 8 of f and i, as nb_kernel_args holds */
+    int32_t a32[8] = {-7, -3, -1, 0, 1, 5, 2, 3}, g32[8];
+    int32_t cube[8] = {-343, -27, -1, 0, 1, 125, 8, 27}, three_to[8] = {0, 0, 0, 1, 3, 243, 9, 27};
+    tview v32 = vec(a32, NB_DTYPE_I32, 8, &ha), o32 = vec(NULL, NB_DTYPE_I32, 8, &ho);
+    assert_int_equal(run("pow_scalar", NB_DTYPE_I32, &o32, 1, &v32, three, NULL),
+                     NB_OK);
+    buf_read(ho, g32, sizeof g32);
+    for (int k = 0; k < 8; k++)
+        assert_int_equal(g32[k], cube[k]);
+    assert_int_equal(run("rpow_scalar", NB_DTYPE_I32, &o32, 1, &v32, three, NULL),
+                     NB_OK);
+    buf_read(ho, g32, sizeof g32);
+    for (int k = 0; k < 8; k++)
+        assert_int_equal(g32[k], three_to[k]);
+    P->free(0, ha);
+    P->free(0, ho);
+
+    uint8_t x[8] = {0, 1, 2, 3, 200, 255, 16, 7}, y[8] = {3, 255, 7, 2, 2, 1, 2, 3}, gu[8];
+    const char *ops[] = {"add", "sub", "mul", "pow", "neg", "clamp"};
+    uint8_t wu[6][8] = {{3, 0, 9, 5, 202, 0, 18, 10},      {253, 2, 251, 1, 198, 254, 14, 4},
+                        {0, 255, 14, 6, 144, 255, 32, 21}, {0, 1, 128, 9, 64, 255, 0, 87},
+                        {0, 255, 254, 253, 56, 1, 240, 249}, {2, 2, 2, 3, 100, 100, 16, 7}};
+    tview vx = vec(x, NB_DTYPE_U8, 8, &ha), vy = vec(y, NB_DTYPE_U8, 8, &hb),
+          vu = vec(NULL, NB_DTYPE_U8, 8, &ho);
+    tview xy[2] = {vx, vy};
+    const double bounds[8] = {2, 100};
+    const int64_t has[8] = {1, 1};
+    for (int o = 0; o < 6; o++) {
+        int n_in = o < 4 ? 2 : 1;
+        const double *f = o == 5 ? bounds : NULL;
+        const int64_t *iv = o == 5 ? has : NULL;
+        assert_int_equal(run(ops[o], NB_DTYPE_U8, &vu, n_in, xy, f, iv), NB_OK);
+        buf_read(ho, gu, sizeof gu);
+        for (int k = 0; k < 8; k++)
+            if (gu[k] != wu[o][k])
+                fail_msg("uint8 %s, element %d: got %u, expected %u", ops[o], k, gu[k],
+                         wu[o][k]);
+    }
+    P->free(0, ha);
+    P->free(0, hb);
+    P->free(0, ho);
+}

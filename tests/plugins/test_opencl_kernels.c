@@ -262,6 +262,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(signed_zeros_come_out_as_on_the_cpu),
         cmocka_unit_test(integer_arange_and_scalar_compares_are_exact_past_2_to_24),
         cmocka_unit_test(integer_arithmetic_wraps),
+        cmocka_unit_test(integer_pow_and_uint8_arithmetic_match_torch),
         cmocka_unit_test(matmul_with_beta_0_ignores_what_out_held),
         cmocka_unit_test(every_16_bit_pattern_converts_as_the_sdk_does),
         cmocka_unit_test(integers_and_doubles_round_once_into_16_bits),

@@ -79,6 +79,24 @@ __kernel void arange(__global ST *out, nbk_geom g, real_t start, real_t step, lo
 #endif
 
 #if !IS_BOOL
+#if !IS_FLOAT
+/* Integer power as the cpu plugin's ipow: by squaring in ulong (wrapping), and for a negative
+ * exponent PyTorch's results, where only bases 1 and -1 survive. */
+inline long nbk_ipow(long b, long e)
+{
+    if (e < 0)
+        return b == 1 ? 1 : b == -1 ? ((e & 1) ? -1 : 1) : 0;
+    ulong r = 1, ub = (ulong)b;
+    while (e) {
+        if (e & 1)
+            r *= ub;
+        ub *= ub;
+        e >>= 1;
+    }
+    return (long)r;
+}
+#endif
+
 /* One loop per op (the switch outside it), so each loop is plain enough to vectorise. */
 #define NBK_U_(code, expr)                                                                   \
     case code:                                                                                \
@@ -147,6 +165,8 @@ __kernel void unary_scalar(__global ST *out, __global const ST *a, nbk_geom g, i
                  v = (flags & 2) && v > hi ? hi : v;
                  STORE(out, p0, TO_T_FROM_LONG(v)));
         break;
+    NBK_U_(NBK_POW_S, TO_T_FROM_LONG(nbk_ipow((long)x, (long)s)))
+    NBK_U_(NBK_RPOW_S, TO_T_FROM_LONG(nbk_ipow((long)s, (long)x)))
 #endif
     default: NBK_LOOP(3, STORE(out, p0, LD(a, p1))); break;
     }
@@ -184,6 +204,8 @@ __kernel void binary(__global ST *out, __global const ST *a, __global const ST *
 #if IS_FLOAT
     NBK_B_(NBK_DIV, x / z)
     NBK_B_(NBK_POW, pow(x, z))
+#else
+    NBK_B_(NBK_POW, TO_T_FROM_LONG(nbk_ipow((long)x, (long)z)))
 #endif
     default: NBK_LOOP(3, STORE(out, p0, LD(a, p1))); break;
     }

@@ -295,6 +295,38 @@ static void unary_ops_on_integers_follow_torch_dtypes(void **state)
     nb_release(e);
 }
 
+/* torch.floor/ceil/round(torch.tensor([-7, 0, 5], dtype=torch.int32)) -> the same values,
+ * int32 (likewise int64 and uint8); on a bool tensor torch raises "not implemented for 'Bool'".
+ * A copy in the core, so a device with no integer rounding kernel (opencl) gives it too. */
+static void floor_ceil_round_on_integers_are_copies(void **state)
+{
+    (void)state;
+    nb_dtype dts[] = {NB_DTYPE_I32, NB_DTYPE_I64, NB_DTYPE_U8};
+    for (size_t k = 0; k < 3; k++) {
+        bool u = dts[k] == NB_DTYPE_U8;
+        double v[3] = {u ? 7 : -7, 0, 5};
+        nb_tensor *t = mk(v, NB_SHAPE(3), dts[k]);
+        nb_tensor *r[3] = {nb_floor(t), nb_ceil(t), nb_round(t)};
+        for (int j = 0; j < 3; j++) {
+            expect_shape_dtype(r[j], NB_SHAPE(3), dts[k]);
+            expect_close(r[j], v, 3, 0, 0);
+        }
+        NB_ASSERT_OK(nb_fill_(r[0], 1)); /* a copy: t keeps its values */
+        expect_close(t, v, 3, 0, 0);
+        NB_ASSERT_OK(nb_floor_(t));
+        expect_close(t, v, 3, 0, 0);
+        for (int j = 0; j < 3; j++)
+            nb_release(r[j]);
+        nb_release(t);
+    }
+    nb_tensor *b = mk((double[]){1, 0}, NB_SHAPE(2), NB_DTYPE_BOOL);
+    assert_null(nb_round(b));
+    assert_int_equal(nb_last_status(), NB_DTYPE_UNSUPPORTED);
+    NB_ASSERT_ERROR_HAS("bool");
+    nb_clear_error();
+    nb_release(b);
+}
+
 /* ---- scalar forms ---- */
 
 static void scalar_ops_keep_integer_dtype_for_integral_scalars(void **state)
@@ -802,6 +834,7 @@ int main(void)
         NB_TEST(logical_ops_take_any_dtype),
         NB_TEST(unary_ops_match_libm),
         NB_TEST(unary_ops_on_integers_follow_torch_dtypes),
+        NB_TEST(floor_ceil_round_on_integers_are_copies),
         NB_TEST(scalar_ops_keep_integer_dtype_for_integral_scalars),
         NB_TEST(scalar_ops_on_floats),
         NB_TEST(in_place_ops_write_into_their_first_argument),

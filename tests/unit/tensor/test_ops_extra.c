@@ -19,6 +19,22 @@ static void logsumexp_matches_pytorch_without_overflow(void **state)
     nb_tensor *ni = tf64(NB_SHAPE(2), ARR(-INFINITY, -INFINITY), false);
     nb_tensor *li = nb_logsumexp(ni, NULL, 0, false);
     expect_values(li, ARR(-INFINITY), 1, 0);
+    /* torch.logsumexp(torch.zeros(0), 0) -> -inf; torch.logsumexp(torch.zeros(3, 0), 1) ->
+     * [-inf, -inf, -inf]; torch.logsumexp(torch.zeros(0, 3), 0) -> [-inf, -inf, -inf] */
+    nb_tensor *e0 = nb_zeros(NB_SHAPE(0), (nb_opts){0});
+    nb_tensor *e30 = nb_zeros(NB_SHAPE(3, 0), (nb_opts){0});
+    nb_tensor *e03 = nb_zeros(NB_SHAPE(0, 3), (nb_opts){0});
+    nb_tensor *l0 = nb_logsumexp(e0, (int32_t[]){0}, 1, false);
+    nb_tensor *l30 = nb_logsumexp(e30, (int32_t[]){1}, 1, false);
+    nb_tensor *l03 = nb_logsumexp(e03, (int32_t[]){0}, 1, true);
+    assert_int_equal(nb_tensor_ndim(l0), 0);
+    expect_values(l0, ARR(-INFINITY), 1, 0);
+    expect_values(l30, ARR(-INFINITY, -INFINITY, -INFINITY), 3, 0);
+    assert_int_equal(nb_tensor_ndim(l03), 2);
+    expect_values(l03, ARR(-INFINITY, -INFINITY, -INFINITY), 3, 0);
+    nb_tensor *em[] = {e0, e30, e03, l0, l30, l03};
+    for (size_t q = 0; q < sizeof em / sizeof *em; q++)
+        nb_release(em[q]);
     nb_release(li);
     nb_release(ni);
     nb_release(k);

@@ -51,6 +51,32 @@ static void gather_index_select_and_scatter_add_match_loops(void **state)
         nb_release(rel[k]);
 }
 
+/* t = torch.arange(12.).reshape(3, 4); i = torch.tensor([2, 0], dtype=torch.int32):
+ * torch.index_select(t, 0, i) -> rows 2 and 0; torch.gather(t, 1, torch.tensor([[3, 1]] * 3,
+ * dtype=torch.int32)) -> [[3, 1], [7, 5], [11, 9]]; torch.zeros(3, 4).scatter_add(0,
+ * torch.tensor([[0, 1]], dtype=torch.int32), t[:1, :2]) -> 1 at [1, 1], 0 elsewhere */
+static void int32_indices_work_like_int64(void **state)
+{
+    (void)state;
+    double v[12];
+    for (int k = 0; k < 12; k++)
+        v[k] = k;
+    nb_tensor *t = mk(v, NB_SHAPE(3, 4), NB_DTYPE_F32);
+    nb_tensor *i = mk((double[]){2, 0}, NB_SHAPE(2), NB_DTYPE_I32);
+    nb_tensor *gi = mk((double[]){3, 1, 3, 1, 3, 1}, NB_SHAPE(3, 2), NB_DTYPE_I32);
+    nb_tensor *si = mk((double[]){0, 1}, NB_SHAPE(1, 2), NB_DTYPE_I32);
+    nb_tensor *sel = nb_index_select(t, 0, i), *g = nb_gather(t, 1, gi);
+    expect_close(sel, (double[]){8, 9, 10, 11, 0, 1, 2, 3}, 8, 0, 0);
+    expect_close(g, (double[]){3, 1, 7, 5, 11, 9}, 6, 0, 0);
+    nb_tensor *z = nb_zeros(NB_SHAPE(3, 4), (nb_opts){0});
+    nb_tensor *src = nb_slice(t, 1, 0, 2, 1), *src1 = nb_slice(src, 0, 0, 1, 1);
+    nb_tensor *sa = nb_scatter_add(z, 0, si, src1);
+    expect_close(sa, (double[]){0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0}, 12, 0, 0);
+    nb_tensor *rel[] = {t, i, gi, si, sel, g, z, src, src1, sa};
+    for (size_t k = 0; k < sizeof rel / sizeof *rel; k++)
+        nb_release(rel[k]);
+}
+
 static void indexing_errors(void **state)
 {
     (void)state;
@@ -64,10 +90,24 @@ static void indexing_errors(void **state)
     assert_null(nb_gather(t, 1, far2));
     assert_int_equal(nb_last_status(), NB_INDEX_OUT_OF_RANGE);
     nb_clear_error();
-    assert_null(nb_index_select(t, 0, i32));
+    /* torch.index_select(x, 0, torch.tensor([1], dtype=torch.uint8)) -> "index_select():
+     * Expected dtype int32 or int64 for index" */
+    nb_tensor *u8 = mk(ok, NB_SHAPE(2), NB_DTYPE_U8);
+    assert_null(nb_index_select(t, 0, u8));
     assert_int_equal(nb_last_status(), NB_DTYPE_UNSUPPORTED);
-    NB_ASSERT_ERROR_HAS("index must be int64, got int32");
+    NB_ASSERT_ERROR_HAS("index must be int32 or int64, got uint8");
     nb_clear_error();
+    nb_release(u8);
+    /* an int32 index is taken, as torch 2.x: index_select, gather and scatter_add; an int32
+     * index out of range is the same error as an int64 one */
+    nb_tensor *s32 = nb_index_select(t, 0, i32);
+    expect_shape_dtype(s32, NB_SHAPE(2, 4), NB_DTYPE_F32);
+    nb_release(s32);
+    nb_tensor *far32 = mk(bad, NB_SHAPE(1, 2), NB_DTYPE_I32);
+    assert_null(nb_gather(t, 1, far32));
+    assert_int_equal(nb_last_status(), NB_INDEX_OUT_OF_RANGE);
+    nb_clear_error();
+    nb_release(far32);
     assert_null(nb_gather(t, 0, far)); /* 1-d index for a 2-d input */
     assert_int_equal(nb_last_status(), NB_SHAPE_MISMATCH);
     nb_clear_error();
@@ -140,6 +180,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         NB_TEST(gather_index_select_and_scatter_add_match_loops),
+        NB_TEST(int32_indices_work_like_int64),
         NB_TEST(indexing_errors),
         NB_TEST(cat_and_stack_join_along_a_dim),
     };
