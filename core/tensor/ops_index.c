@@ -14,10 +14,14 @@ static nb_status check_index(const char *op, const nb_tensor *t, const nb_tensor
 }
 
 /* PyTorch 2.x's gather, index_select and scatter_add take an int32 index as well as int64; the
- * kernels read int64, so an int32 one is widened (*wide, released by the caller). */
+ * kernels read int64, so an int32 one is widened (*wide, released by the caller). The copy is
+ * the op's own: made inside the API depth, so no scope of the application tracks it (it would
+ * release it a second time). */
 static const nb_tensor *widen_index(const nb_tensor *index, nb_tensor **wide)
 {
+    nbi_api_depth++;
     *wide = index->dtype == NB_DTYPE_I32 ? nb_to_dtype(index, NB_DTYPE_I64) : NULL;
+    nbi_api_depth--;
     return index->dtype == NB_DTYPE_I32 ? *wide : index;
 }
 

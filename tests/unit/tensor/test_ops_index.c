@@ -77,6 +77,29 @@ static void int32_indices_work_like_int64(void **state)
         nb_release(rel[k]);
 }
 
+/* The int64 copy of an int32 index is the op's own: inside an application's scope, the scope
+ * must not track it, or closing the scope releases it a second time (the fuzzer found that
+ * use after free under ASan). */
+static void int32_indices_inside_a_scope(void **state)
+{
+    (void)state;
+    nb_tensor *i = mk((double[]){2, 0}, NB_SHAPE(2), NB_DTYPE_I32); /* the test's own */
+    nb_tensor *gi = mk((double[]){3, 1, 3, 1, 3, 1}, NB_SHAPE(3, 2), NB_DTYPE_I32);
+    nb_scope_begin(); /* everything made from here to nb_scope_end belongs to the scope */
+    nb_tensor *t = nb_arange(0, 12, 1, (nb_opts){0});
+    nb_tensor *t2 = t ? nb_reshape(t, NB_SHAPE(3, 4)) : NULL;
+    nb_tensor *z = nb_zeros(NB_SHAPE(3, 4), (nb_opts){0});
+    nb_tensor *g = nb_gather(t2, 1, gi), *sel = nb_index_select(t2, 0, i);
+    nb_tensor *sa = nb_scatter_add(z, 1, gi, g);
+    expect_close(g, (double[]){3, 1, 7, 5, 11, 9}, 6, 0, 0);
+    expect_close(sel, (double[]){8, 9, 10, 11, 0, 1, 2, 3}, 8, 0, 0);
+    expect_close(sa, (double[]){0, 1, 0, 3, 0, 5, 0, 7, 0, 9, 0, 11}, 12, 0, 0);
+    nb_scope_end();
+    assert_int_equal(nb_last_status(), NB_OK);
+    nb_release(i);
+    nb_release(gi);
+}
+
 static void indexing_errors(void **state)
 {
     (void)state;
@@ -181,6 +204,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         NB_TEST(gather_index_select_and_scatter_add_match_loops),
         NB_TEST(int32_indices_work_like_int64),
+        NB_TEST(int32_indices_inside_a_scope),
         NB_TEST(indexing_errors),
         NB_TEST(cat_and_stack_join_along_a_dim),
     };
