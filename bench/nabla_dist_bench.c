@@ -104,13 +104,13 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, int g
     if (!busy)
         return fail("out of memory");
     for (int s = -5; s < steps; s++) { /* 5 warm-up steps */
-        double s0 = now_s();
         if (s == 0) {
             nb_work_finish(nb_barrier(pg));
             t0 = now_s();
             c0 = cpu_s();
             waited = 0;
         }
+        double s0 = now_s(); /* after the barrier: step 0's time must not include it */
         nb_scope_begin();
         nb_tensor *out = d ? nb_ddp_forward(d, x) : nb_module_forward(net, x);
         nb_tensor *loss = nb_cross_entropy(out, y, NB_REDUCTION_MEAN);
@@ -131,14 +131,18 @@ static int bench_ddp(nb_process_group *pg, int rank, int world, int steps, int g
      * processes share the cores, so it shows what the ranks cost even on a busy machine. */
     double cpu = cpu_s() - c0;
     nb_tensor *ct = nb_from_blob(&cpu, NB_SHAPE(1), (nb_opts){.dtype = NB_DTYPE_F64}, NULL, NULL);
-    if (!ct || nb_work_finish(nb_allreduce(pg, ct, NB_REDUCE_OP_SUM)) != NB_OK)
+    if (!ct || nb_work_finish(nb_allreduce(pg, ct, NB_REDUCE_OP_SUM)) != NB_OK) {
+        free(busy);
         return fail("summing cpu time");
+    }
     nb_release(ct);
     /* Each rank's wait: one that always waits has a faster partner, not just jitter. */
     double w[2] = {waited, -waited};
     nb_tensor *wt = nb_from_blob(w, NB_SHAPE(2), (nb_opts){.dtype = NB_DTYPE_F64}, NULL, NULL);
-    if (!wt || nb_work_finish(nb_allreduce(pg, wt, NB_REDUCE_OP_MAX)) != NB_OK)
+    if (!wt || nb_work_finish(nb_allreduce(pg, wt, NB_REDUCE_OP_MAX)) != NB_OK) {
+        free(busy);
         return fail("collecting the waits");
+    }
     nb_release(wt);
     qsort(busy, (size_t)steps, sizeof *busy, cmp_double);
     double mean = 0;
